@@ -1,0 +1,25 @@
+//! Wire types shared by every kakuremichi role.
+//!
+//! Two things cross the network between Control and its nodes:
+//! - a [`ConfigSnapshot`]: everything one node needs (its WireGuard address, its peers, the routes a
+//!   Gateway serves, the services an Agent forwards), identified by a content hash;
+//! - [`NodeMessage`] / [`ControlMessage`]: the JSON messages of the node session (a WebSocket).
+//!
+//! This crate does no I/O. Every message carries [`PROTOCOL_VERSION`] in the first exchange so that
+//! a node and a Control of incompatible versions fail with a message that says what to upgrade.
+
+mod message;
+mod snapshot;
+
+pub use message::{decode_control, decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole};
+pub use snapshot::{AgentService, ConfigSnapshot, GatewayRoute, WgPeer};
+
+/// Version of the node-session protocol. Bump on any incompatible change to the messages or the
+/// snapshot; Control refuses a node that speaks another version, with a message naming both.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Path of the node-session WebSocket on Control.
+pub const CONNECT_PATH: &str = "/api/v1/connect";
+
+/// Path of the pull endpoint (seed 003): the same snapshot over plain HTTP.
+pub const PULL_CONFIG_PATH: &str = "/api/v1/edge-nodes/me/config";

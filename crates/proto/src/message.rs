@@ -1,0 +1,176 @@
+//! Messages of the node session: JSON text frames over the WebSocket at [`crate::CONNECT_PATH`].
+//!
+//! The node speaks first with [`NodeMessage::Hello`]; Control answers [`ControlMessage::Welcome`]
+//! followed by a [`ControlMessage::Config`] when the node's hash differs from the current
+//! snapshot, and pushes a new `Config` on every change. Liveness uses WebSocket pings.
+
+use crate::{ConfigSnapshot, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// Which role a node plays; fixed by the credential it presents, echoed for clear errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    Gateway,
+    Agent,
+}
+
+/// Node → Control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NodeMessage {
+    /// First message of every session.
+    Hello {
+        protocol_version: u32,
+        role: NodeRole,
+        /// Base64 of the node's X25519 WireGuard public key (the private key never leaves it).
+        public_key: String,
+        /// Hash of the snapshot the node already holds (from its disk cache), if any.
+        config_hash: Option<String>,
+        /// Free text for operators, e.g. "kakuremichi 0.1.0".
+        software: String,
+    },
+    /// The node applied the snapshot with this hash.
+    Applied { config_hash: String },
+}
+
+/// Control → node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlMessage {
+    /// Session accepted.
+    Welcome { protocol_version: u32, node_id: i64 },
+    /// A snapshot the node does not have yet.
+    Config { snapshot: ConfigSnapshot },
+    /// Session refused or ended; `code` is stable (`version_mismatch`, `bad_hello`, ...).
+    Error { code: String, message: String },
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(
+        "protocol version mismatch: this program speaks kakuremichi protocol {ours}, the peer speaks \
+         {theirs}; run the same kakuremichi version on Control, Gateways and Agents"
+    )]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Upper bound on a message; a larger frame is rejected before parsing.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Decodes a node's message, checking the protocol version of a `Hello`.
+pub fn decode_node(text: &str) -> Result<NodeMessage, DecodeError> {
+    let msg: NodeMessage = decode(text)?;
+    if let NodeMessage::Hello { protocol_version, .. } = &msg {
+        check_version(*protocol_version)?;
+    }
+    Ok(msg)
+}
+
+/// Decodes Control's message, checking the protocol version of a `Welcome`.
+pub fn decode_control(text: &str) -> Result<ControlMessage, DecodeError> {
+    let msg: ControlMessage = decode(text)?;
+    if let ControlMessage::Welcome { protocol_version, .. } = &msg {
+        check_version(*protocol_version)?;
+    }
+    Ok(msg)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, DecodeError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::Malformed(serde::de::Error::custom(format!(
+            "message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+            text.len()
+        ))));
+    }
+    // A version mismatch must be reported as such even when the rest of the message no longer
+    // parses (a newer peer may have added fields), so look at the version first.
+    if let Ok(probe) = serde_json::from_str::<VersionProbe>(text) {
+        if let Some(v) = probe.protocol_version {
+            check_version(v)?;
+        }
+    }
+    Ok(serde_json::from_str(text)?)
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    protocol_version: Option<u32>,
+}
+
+fn check_version(theirs: u32) -> Result<(), DecodeError> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(DecodeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs })
+    }
+}
+
+impl NodeMessage {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("message serialises")
+    }
+}
+
+impl ControlMessage {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("message serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> NodeMessage {
+        NodeMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role: NodeRole::Agent,
+            public_key: "k".repeat(44),
+            config_hash: Some("ab".repeat(32)),
+            software: "test".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_every_message() {
+        for m in [hello(), NodeMessage::Applied { config_hash: "h".into() }] {
+            assert_eq!(decode_node(&m.encode()).unwrap(), m);
+        }
+        for m in [
+            ControlMessage::Welcome { protocol_version: PROTOCOL_VERSION, node_id: 4 },
+            ControlMessage::Config { snapshot: crate::ConfigSnapshot::default().seal() },
+            ControlMessage::Error { code: "bad_hello".into(), message: "no".into() },
+        ] {
+            assert_eq!(decode_control(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn version_mismatch_is_actionable_even_with_new_fields() {
+        let text = r#"{"type":"hello","protocol_version":99,"role":"agent","public_key":"k",
+            "config_hash":null,"software":"future","new_field":true}"#;
+        let err = decode_node(text).unwrap_err();
+        assert!(matches!(err, DecodeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 99 }));
+        assert!(err.to_string().contains("same kakuremichi version"));
+        let welcome = r#"{"type":"welcome","protocol_version":2,"node_id":1}"#;
+        assert!(matches!(decode_control(welcome), Err(DecodeError::VersionMismatch { .. })));
+    }
+
+    #[test]
+    fn garbage_and_unknown_types_are_errors_not_panics() {
+        for text in ["", "{", "null", "[]", r#"{"type":"launch_missiles"}"#, r#"{"type":"hello"}"#] {
+            assert!(matches!(decode_node(text), Err(DecodeError::Malformed(_))), "{text}");
+            assert!(decode_control(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn oversized_message_rejected() {
+        let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
+        assert!(decode_node(&big).is_err());
+    }
+}

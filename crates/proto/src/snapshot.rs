@@ -1,0 +1,178 @@
+//! The per-node configuration snapshot and its content hash.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// Everything a node needs to do its job, as computed by Control for that one node.
+///
+/// The same type serves both roles: a Gateway uses `routes`/`hostnames`, an Agent uses `services`.
+/// Collections are sorted (BTreeMap, sorted Vecs) so that equal content always hashes equally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSnapshot {
+    /// Hex SHA-256 of the snapshot's content (every other field); see [`ConfigSnapshot::seal`].
+    pub config_hash: String,
+    /// The node's id in Control's database.
+    pub node_id: i64,
+    /// The node's own WireGuard address.
+    pub wg_address: Ipv4Addr,
+    /// WireGuard peers: for a Gateway every Agent, for an Agent every enabled Gateway.
+    pub peers: Vec<WgPeer>,
+    /// Gateway only: hostname (lower case) → where to send its requests.
+    #[serde(default)]
+    pub routes: BTreeMap<String, GatewayRoute>,
+    /// Gateway only: the hostnames it serves (the keys of `routes`), as seed 003 lists them.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Agent only: tunnel port → local target.
+    #[serde(default)]
+    pub services: Vec<AgentService>,
+}
+
+/// One WireGuard peer of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WgPeer {
+    /// Database id of the peer node (an Agent's id on a Gateway, a Gateway's id on an Agent).
+    pub id: i64,
+    pub name: String,
+    /// Base64 of the peer's X25519 public key.
+    pub public_key: String,
+    /// The peer's WireGuard address; the only AllowedIP of this peer.
+    pub wg_address: Ipv4Addr,
+    /// `host:port` to send WireGuard to. Set for Gateways (as seen by Agents); `None` for Agents,
+    /// whose endpoint a Gateway learns from their handshakes.
+    pub endpoint: Option<String>,
+}
+
+/// Where a Gateway sends requests for one hostname: a TCP port on an Agent's WireGuard address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRoute {
+    pub tunnel_id: i64,
+    pub agent_id: i64,
+    pub agent_address: Ipv4Addr,
+    /// The tunnel's port on the Agent's userspace stack; the Agent maps it to the tunnel's target.
+    pub port: u16,
+}
+
+/// One tunnel as its Agent sees it: connections to `port` go to `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentService {
+    pub tunnel_id: i64,
+    pub hostname: String,
+    pub port: u16,
+    /// `host:port` as the Agent resolves it (`localhost:8080`, `app:3000`).
+    pub target: String,
+}
+
+impl Default for ConfigSnapshot {
+    fn default() -> Self {
+        Self {
+            config_hash: String::new(),
+            node_id: 0,
+            wg_address: Ipv4Addr::UNSPECIFIED,
+            peers: Vec::new(),
+            routes: BTreeMap::new(),
+            hostnames: Vec::new(),
+            services: Vec::new(),
+        }
+    }
+}
+
+impl ConfigSnapshot {
+    /// Computes the content hash, stores it in `config_hash` and returns the sealed snapshot.
+    /// Peers and services are sorted first, so the hash does not depend on query order.
+    pub fn seal(mut self) -> Self {
+        self.peers.sort_by_key(|p| p.id);
+        self.services.sort_by_key(|s| s.port);
+        self.hostnames = self.routes.keys().cloned().collect();
+        self.config_hash = self.content_hash();
+        self
+    }
+
+    /// Hex SHA-256 over the canonical JSON of everything but `config_hash`.
+    pub fn content_hash(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.config_hash = String::new();
+        let bytes = serde_json::to_vec(&unhashed).expect("snapshot serialises");
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    /// True when `config_hash` matches the content: a cached or received snapshot is intact.
+    pub fn is_intact(&self) -> bool {
+        self.config_hash == self.content_hash()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> ConfigSnapshot {
+        let mut routes = BTreeMap::new();
+        routes.insert(
+            "app.example.com".to_string(),
+            GatewayRoute { tunnel_id: 7, agent_id: 3, agent_address: Ipv4Addr::new(10, 77, 0, 3), port: 10007 },
+        );
+        ConfigSnapshot {
+            config_hash: String::new(),
+            node_id: 1,
+            wg_address: Ipv4Addr::new(10, 77, 0, 1),
+            peers: vec![WgPeer {
+                id: 3,
+                name: "home".into(),
+                public_key: "x".repeat(44),
+                wg_address: Ipv4Addr::new(10, 77, 0, 3),
+                endpoint: None,
+            }],
+            routes,
+            hostnames: vec![],
+            services: vec![],
+        }
+        .seal()
+    }
+
+    #[test]
+    fn seal_sets_hash_and_hostnames() {
+        let s = sample();
+        assert_eq!(s.hostnames, vec!["app.example.com".to_string()]);
+        assert_eq!(s.config_hash.len(), 64);
+        assert!(s.is_intact());
+    }
+
+    #[test]
+    fn hash_changes_with_content_and_not_with_order() {
+        let a = sample();
+        let mut b = a.clone();
+        b.routes.get_mut("app.example.com").unwrap().port = 10008;
+        assert_ne!(a.config_hash, b.seal().config_hash);
+
+        let mut c = a.clone();
+        c.peers.push(WgPeer { id: 1, name: "a".into(), public_key: "k".into(), wg_address: Ipv4Addr::new(10, 77, 0, 9), endpoint: None });
+        let mut d = a.clone();
+        d.peers.insert(0, c.peers[1].clone());
+        assert_eq!(c.seal().config_hash, d.seal().config_hash);
+    }
+
+    #[test]
+    fn tampered_snapshot_is_not_intact() {
+        let mut s = sample();
+        s.node_id = 2;
+        assert!(!s.is_intact());
+    }
+
+    #[test]
+    fn json_round_trip_and_unknown_fields_rejected() {
+        let s = sample();
+        let json = serde_json::to_string(&s).unwrap();
+        let back: ConfigSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["surprise"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<ConfigSnapshot>(v).is_err());
+    }
+}
