@@ -11,7 +11,9 @@
 mod message;
 mod snapshot;
 
-pub use message::{decode_control, decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole};
+pub use message::{
+    decode_control, decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole,
+};
 pub use snapshot::{AgentService, ConfigSnapshot, GatewayRoute, WgPeer};
 
 /// Version of the node-session protocol. Bump on any incompatible change to the messages or the

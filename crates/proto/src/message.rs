@@ -64,7 +64,10 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Decodes a node's message, checking the protocol version of a `Hello`.
 pub fn decode_node(text: &str) -> Result<NodeMessage, DecodeError> {
     let msg: NodeMessage = decode(text)?;
-    if let NodeMessage::Hello { protocol_version, .. } = &msg {
+    if let NodeMessage::Hello {
+        protocol_version, ..
+    } = &msg
+    {
         check_version(*protocol_version)?;
     }
     Ok(msg)
@@ -73,7 +76,10 @@ pub fn decode_node(text: &str) -> Result<NodeMessage, DecodeError> {
 /// Decodes Control's message, checking the protocol version of a `Welcome`.
 pub fn decode_control(text: &str) -> Result<ControlMessage, DecodeError> {
     let msg: ControlMessage = decode(text)?;
-    if let ControlMessage::Welcome { protocol_version, .. } = &msg {
+    if let ControlMessage::Welcome {
+        protocol_version, ..
+    } = &msg
+    {
         check_version(*protocol_version)?;
     }
     Ok(msg)
@@ -105,7 +111,10 @@ fn check_version(theirs: u32) -> Result<(), DecodeError> {
     if theirs == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(DecodeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs })
+        Err(DecodeError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        })
     }
 }
 
@@ -137,13 +146,26 @@ mod tests {
 
     #[test]
     fn round_trip_every_message() {
-        for m in [hello(), NodeMessage::Applied { config_hash: "h".into() }] {
+        for m in [
+            hello(),
+            NodeMessage::Applied {
+                config_hash: "h".into(),
+            },
+        ] {
             assert_eq!(decode_node(&m.encode()).unwrap(), m);
         }
         for m in [
-            ControlMessage::Welcome { protocol_version: PROTOCOL_VERSION, node_id: 4 },
-            ControlMessage::Config { snapshot: crate::ConfigSnapshot::default().seal() },
-            ControlMessage::Error { code: "bad_hello".into(), message: "no".into() },
+            ControlMessage::Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: 4,
+            },
+            ControlMessage::Config {
+                snapshot: crate::ConfigSnapshot::default().seal(),
+            },
+            ControlMessage::Error {
+                code: "bad_hello".into(),
+                message: "no".into(),
+            },
         ] {
             assert_eq!(decode_control(&m.encode()).unwrap(), m);
         }
@@ -154,16 +176,35 @@ mod tests {
         let text = r#"{"type":"hello","protocol_version":99,"role":"agent","public_key":"k",
             "config_hash":null,"software":"future","new_field":true}"#;
         let err = decode_node(text).unwrap_err();
-        assert!(matches!(err, DecodeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 99 }));
+        assert!(matches!(
+            err,
+            DecodeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 99
+            }
+        ));
         assert!(err.to_string().contains("same kakuremichi version"));
         let welcome = r#"{"type":"welcome","protocol_version":2,"node_id":1}"#;
-        assert!(matches!(decode_control(welcome), Err(DecodeError::VersionMismatch { .. })));
+        assert!(matches!(
+            decode_control(welcome),
+            Err(DecodeError::VersionMismatch { .. })
+        ));
     }
 
     #[test]
     fn garbage_and_unknown_types_are_errors_not_panics() {
-        for text in ["", "{", "null", "[]", r#"{"type":"launch_missiles"}"#, r#"{"type":"hello"}"#] {
-            assert!(matches!(decode_node(text), Err(DecodeError::Malformed(_))), "{text}");
+        for text in [
+            "",
+            "{",
+            "null",
+            "[]",
+            r#"{"type":"launch_missiles"}"#,
+            r#"{"type":"hello"}"#,
+        ] {
+            assert!(
+                matches!(decode_node(text), Err(DecodeError::Malformed(_))),
+                "{text}"
+            );
             assert!(decode_control(text).is_err(), "{text}");
         }
     }

@@ -116,7 +116,12 @@ mod tests {
         let mut routes = BTreeMap::new();
         routes.insert(
             "app.example.com".to_string(),
-            GatewayRoute { tunnel_id: 7, agent_id: 3, agent_address: Ipv4Addr::new(10, 77, 0, 3), port: 10007 },
+            GatewayRoute {
+                tunnel_id: 7,
+                agent_id: 3,
+                agent_address: Ipv4Addr::new(10, 77, 0, 3),
+                port: 10007,
+            },
         );
         ConfigSnapshot {
             config_hash: String::new(),
@@ -152,7 +157,13 @@ mod tests {
         assert_ne!(a.config_hash, b.seal().config_hash);
 
         let mut c = a.clone();
-        c.peers.push(WgPeer { id: 1, name: "a".into(), public_key: "k".into(), wg_address: Ipv4Addr::new(10, 77, 0, 9), endpoint: None });
+        c.peers.push(WgPeer {
+            id: 1,
+            name: "a".into(),
+            public_key: "k".into(),
+            wg_address: Ipv4Addr::new(10, 77, 0, 9),
+            endpoint: None,
+        });
         let mut d = a.clone();
         d.peers.insert(0, c.peers[1].clone());
         assert_eq!(c.seal().config_hash, d.seal().config_hash);

@@ -1,1 +1,399 @@
-//! placeholder
+//! Userspace WireGuard with a userspace TCP/IP stack: dial and accept TCP streams through the
+//! tunnel without root, a TUN device or any capability.
+//!
+//! A [`Device`] owns one UDP socket and any number of peers. Each peer has its own noise session
+//! (boringtun) and its own TCP/IP stack (smoltcp) driven by its own task, so peers never contend
+//! with each other. One receive loop reads datagrams and routes each to its peer by the receiver
+//! index (or, for a handshake initiation, by the initiator's static key).
+//!
+//! The crates doing the work are wrapped here so that replacing one (e.g. boringtun by gotatun)
+//! touches only this crate.
+
+mod keys;
+mod nic;
+mod peer;
+mod stream;
+
+pub use keys::{KeyError, PrivateKey, PublicKey};
+pub use nic::TUNNEL_MTU;
+pub use stream::TunnelStream;
+
+use arc_swap::ArcSwap;
+use boringtun::noise::{handshake::parse_handshake_anon, Packet, Tunn};
+use boringtun::x25519;
+use peer::{Inbound, Peer};
+use smoltcp::socket::tcp;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Datagrams waiting for one peer's task; beyond this they are dropped like on a busy NIC.
+const PEER_QUEUE: usize = 1024;
+/// Established inbound connections waiting for [`Acceptor::accept`].
+const ACCEPT_QUEUE: usize = 1024;
+
+/// How to build a [`Device`].
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub private_key: PrivateKey,
+    /// This node's address inside the tunnel network.
+    pub address: Ipv4Addr,
+    /// UDP address to bind (`0.0.0.0:51820` on a Gateway, `0.0.0.0:0` on an Agent).
+    pub listen: SocketAddr,
+    /// Receive and send buffer of each TCP connection, in bytes (the largest TCP window).
+    pub tcp_buffer: usize,
+}
+
+impl DeviceConfig {
+    pub fn new(private_key: PrivateKey, address: Ipv4Addr, listen: SocketAddr) -> Self {
+        Self {
+            private_key,
+            address,
+            listen,
+            tcp_buffer: 256 * 1024,
+        }
+    }
+}
+
+/// One WireGuard peer as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub public_key: PublicKey,
+    /// The peer's tunnel address: its only AllowedIP.
+    pub allowed_ip: Ipv4Addr,
+    /// Where to send to; `None` to learn it from the peer's handshake (the Gateway side).
+    pub endpoint: Option<SocketAddr>,
+    /// Persistent keepalive in seconds; the initiating side sets it to hold NAT mappings open.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// What a peer looks like right now.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub public_key: PublicKey,
+    pub allowed_ip: Ipv4Addr,
+    pub endpoint: Option<SocketAddr>,
+    pub since_handshake: Option<Duration>,
+    pub tx_bytes: usize,
+    pub rx_bytes: usize,
+}
+
+/// State shared by the device and all its peers.
+pub(crate) struct Shared {
+    pub address: Ipv4Addr,
+    pub udp: Arc<UdpSocket>,
+    tcp_buffer: usize,
+    listen_ports: ArcSwap<HashSet<u16>>,
+    accept_tx: mpsc::Sender<TunnelStream>,
+    epoch: std::time::Instant,
+}
+
+impl Shared {
+    pub fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    pub fn listening(&self, port: u16) -> bool {
+        self.listen_ports.load().contains(&port)
+    }
+
+    pub fn new_socket(&self) -> tcp::Socket<'static> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.tcp_buffer]),
+            tcp::SocketBuffer::new(vec![0; self.tcp_buffer]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_congestion_control(tcp::CongestionControl::Cubic);
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
+        s.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
+        s
+    }
+
+    /// Queues an established inbound connection; gives it back when nobody will accept it.
+    pub fn accepted(&self, stream: TunnelStream) -> Result<(), TunnelStream> {
+        self.accept_tx.try_send(stream).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+        })
+    }
+}
+
+struct PeerEntry {
+    peer: Arc<Peer>,
+    index: u32,
+    config: PeerConfig,
+    /// The endpoint last given by configuration (the live one may have roamed since).
+    configured_endpoint: Mutex<Option<SocketAddr>>,
+    inbound: mpsc::Sender<Inbound>,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for PeerEntry {
+    fn drop(&mut self) {
+        self.driver.abort();
+        self.peer.close();
+    }
+}
+
+#[derive(Default)]
+struct PeerTable {
+    by_key: HashMap<PublicKey, Arc<PeerEntry>>,
+    by_index: HashMap<u32, Arc<PeerEntry>>,
+    by_ip: HashMap<Ipv4Addr, Arc<PeerEntry>>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    private_key: PrivateKey,
+    public_key: PublicKey,
+    peers: ArcSwap<PeerTable>,
+    /// Serialises configuration changes (not traffic).
+    update: Mutex<()>,
+    next_index: AtomicU32,
+    receiver: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+/// A userspace WireGuard interface. Cheap to clone; the last clone dropped stops it.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Inner>,
+}
+
+/// Inbound connections to the ports set with [`Device::set_listen_ports`].
+pub struct Acceptor {
+    rx: mpsc::Receiver<TunnelStream>,
+}
+
+impl Acceptor {
+    /// The next established inbound connection; `None` once the device is gone.
+    pub async fn accept(&mut self) -> Option<TunnelStream> {
+        self.rx.recv().await
+    }
+}
+
+impl Device {
+    /// Binds the UDP socket and starts the receive loop.
+    pub async fn bind(config: DeviceConfig) -> io::Result<(Device, Acceptor)> {
+        let udp = Arc::new(bind_udp(config.listen)?);
+        let (accept_tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        let shared = Arc::new(Shared {
+            address: config.address,
+            udp: udp.clone(),
+            tcp_buffer: config.tcp_buffer,
+            listen_ports: ArcSwap::from_pointee(HashSet::new()),
+            accept_tx,
+            epoch: std::time::Instant::now(),
+        });
+        let public_key = config.private_key.public_key();
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+            let receiver = tokio::spawn(receive_loop(
+                udp,
+                weak.clone(),
+                config.private_key.0.clone(),
+                x25519::PublicKey::from(*public_key.as_bytes()),
+            ));
+            Inner {
+                shared,
+                private_key: config.private_key,
+                public_key,
+                peers: ArcSwap::from_pointee(PeerTable::default()),
+                update: Mutex::new(()),
+                next_index: AtomicU32::new(rand::random::<u32>() & 0xffff),
+                receiver,
+            }
+        });
+        Ok((Device { inner }, Acceptor { rx }))
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.public_key
+    }
+
+    pub fn address(&self) -> Ipv4Addr {
+        self.inner.shared.address
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.shared.udp.local_addr()
+    }
+
+    /// Replaces the peer set. Unchanged peers keep their sessions and connections; removed
+    /// peers have their connections aborted; new peers with an endpoint start a handshake.
+    pub fn set_peers(&self, peers: Vec<PeerConfig>) {
+        let _guard = self.inner.update.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.inner.peers.load_full();
+        let mut table = PeerTable::default();
+        for config in peers {
+            if table.by_ip.contains_key(&config.allowed_ip)
+                || table.by_key.contains_key(&config.public_key)
+            {
+                tracing::warn!(address = %config.allowed_ip, "duplicate WireGuard peer ignored");
+                continue;
+            }
+            let entry = match old.by_key.get(&config.public_key) {
+                Some(e)
+                    if e.config.allowed_ip == config.allowed_ip
+                        && e.config.persistent_keepalive == config.persistent_keepalive =>
+                {
+                    let mut configured = e
+                        .configured_endpoint
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if let Some(endpoint) = config.endpoint.filter(|ep| Some(*ep) != *configured) {
+                        e.peer.set_endpoint(endpoint);
+                        e.peer.initiate_handshake();
+                        *configured = Some(endpoint);
+                    }
+                    drop(configured);
+                    e.clone()
+                }
+                _ => Arc::new(self.new_peer(config)),
+            };
+            table.by_ip.insert(entry.config.allowed_ip, entry.clone());
+            table.by_index.insert(entry.index, entry.clone());
+            table.by_key.insert(entry.config.public_key, entry);
+        }
+        self.inner.peers.store(Arc::new(table));
+    }
+
+    /// Ports on which inbound connections are accepted; SYNs to other ports are refused (RST).
+    pub fn set_listen_ports(&self, ports: impl IntoIterator<Item = u16>) {
+        self.inner
+            .shared
+            .listen_ports
+            .store(Arc::new(ports.into_iter().collect()));
+    }
+
+    /// Opens a TCP connection to `dst` through the peer whose address it is.
+    pub async fn connect(&self, dst: SocketAddrV4) -> io::Result<TunnelStream> {
+        let peer = {
+            let table = self.inner.peers.load();
+            let entry = table.by_ip.get(dst.ip()).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::HostUnreachable,
+                    format!("no WireGuard peer has address {}", dst.ip()),
+                )
+            })?;
+            entry.peer.clone()
+        };
+        let stream = peer.open(dst)?;
+        stream.established().await?;
+        Ok(stream)
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.inner
+            .peers
+            .load()
+            .by_key
+            .values()
+            .map(|e| {
+                let (since_handshake, tx_bytes, rx_bytes) = e.peer.stats();
+                PeerStatus {
+                    public_key: e.config.public_key,
+                    allowed_ip: e.config.allowed_ip,
+                    endpoint: e.peer.endpoint(),
+                    since_handshake,
+                    tx_bytes,
+                    rx_bytes,
+                }
+            })
+            .collect()
+    }
+
+    fn new_peer(&self, config: PeerConfig) -> PeerEntry {
+        let index = self.inner.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        let tunn = Tunn::new(
+            self.inner.private_key.0.clone(),
+            x25519::PublicKey::from(*config.public_key.as_bytes()),
+            None,
+            config.persistent_keepalive,
+            index,
+            None,
+        );
+        let peer = Peer::new(
+            self.inner.shared.clone(),
+            config.allowed_ip,
+            tunn,
+            config.endpoint,
+        );
+        if config.endpoint.is_some() {
+            peer.initiate_handshake();
+        }
+        let (inbound, rx) = mpsc::channel(PEER_QUEUE);
+        let driver = tokio::spawn(peer::drive(peer.clone(), rx));
+        PeerEntry {
+            peer,
+            index,
+            configured_endpoint: Mutex::new(config.endpoint),
+            config,
+            inbound,
+            driver,
+        }
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Bulk transfers burst many datagrams; small default buffers would drop them.
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Reads datagrams and routes each to its peer's task.
+async fn receive_loop(
+    udp: Arc<UdpSocket>,
+    device: std::sync::Weak<Inner>,
+    private: x25519::StaticSecret,
+    public: x25519::PublicKey,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, src) = match udp.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "WireGuard receive error");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        let Some(device) = device.upgrade() else {
+            return;
+        };
+        let data = &buf[..n];
+        let table = device.peers.load();
+        let entry = match Tunn::parse_incoming_packet(data) {
+            Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&private, &public, &p)
+                .ok()
+                .and_then(|h| table.by_key.get(&PublicKey(h.peer_static_public))),
+            Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Err(_) => None,
+        };
+        match entry {
+            Some(e) => {
+                let _ = e.inbound.try_send(Inbound {
+                    src,
+                    data: data.to_vec(),
+                });
+            }
+            None => tracing::trace!(%src, "dropped datagram for no known peer"),
+        }
+    }
+}

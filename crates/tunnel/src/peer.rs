@@ -1,0 +1,492 @@
+//! One WireGuard peer: its noise session and its own userspace TCP/IP stack, driven by one task.
+//!
+//! Every peer has a separate smoltcp interface behind its own lock, so Agents served by one
+//! Gateway (or Gateways serving one Agent) never contend with each other: there is no device-wide
+//! lock or poll loop on the data path. Streams touch their peer's lock only for the duration of a
+//! buffer copy.
+
+use crate::nic::Nic;
+use crate::stream::TunnelStream;
+use crate::Shared;
+use boringtun::noise::{Tunn, TunnResult};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+/// How often boringtun's timers run (handshake retries, keepalives, session expiry).
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Datagrams handled per poll of the stack; bounds the time the lock is held.
+const RX_BATCH: usize = 256;
+/// Ceiling on TCP sockets per peer (streams, listeners and closing ones together).
+const MAX_SOCKETS: usize = 16_384;
+/// Idle listening sockets kept per port between bursts of connections.
+const IDLE_LISTENERS: usize = 8;
+/// A dropped stream's socket is forcibly aborted after this long if it has not closed.
+const ORPHAN_DEADLINE: Duration = Duration::from_secs(60);
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// A datagram from the network, routed to this peer by the device's receive loop.
+pub(crate) struct Inbound {
+    pub src: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+pub(crate) struct Peer {
+    pub allowed_ip: Ipv4Addr,
+    state: Mutex<PeerState>,
+    /// Wakes the driver: a stream queued data or freed receive window.
+    pub wake: Notify,
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct PeerState {
+    pub nic: Nic,
+    iface: Interface,
+    pub sockets: SocketSet<'static>,
+    listeners: HashMap<u16, Vec<SocketHandle>>,
+    syns_in_batch: HashMap<u16, usize>,
+    client_ports: HashMap<SocketHandle, u16>,
+    used_ports: HashSet<u16>,
+    next_port: u16,
+    orphans: Vec<(SocketHandle, Instant)>,
+    decap: Vec<u8>,
+    pub closed: bool,
+}
+
+impl Peer {
+    pub fn new(
+        shared: Arc<Shared>,
+        allowed_ip: Ipv4Addr,
+        tunn: Tunn,
+        endpoint: Option<SocketAddr>,
+    ) -> Arc<Self> {
+        let mut nic = Nic::new(tunn, endpoint, shared.udp.clone());
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = rand::random();
+        let mut iface = Interface::new(config, &mut nic, shared.now());
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(shared.address), 32));
+        });
+        // The stack talks to exactly one host: the peer. Route everything to it.
+        let _ = iface.routes_mut().add_default_ipv4_route(allowed_ip);
+        let span = EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start();
+        let next_port = EPHEMERAL_PORTS.start() + rand::random::<u16>() % span;
+        Arc::new(Self {
+            allowed_ip,
+            wake: Notify::new(),
+            shared,
+            state: Mutex::new(PeerState {
+                nic,
+                iface,
+                sockets: SocketSet::new(Vec::new()),
+                listeners: HashMap::new(),
+                syns_in_batch: HashMap::new(),
+                client_ports: HashMap::new(),
+                used_ports: HashSet::new(),
+                next_port,
+                orphans: Vec::new(),
+                decap: vec![0; 65536],
+                closed: false,
+            }),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, PeerState> {
+        // A panic while holding the lock would be a bug in smoltcp or here; keep serving the
+        // other streams rather than poisoning the whole peer.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a TCP connection to `dst` through this peer; the caller awaits establishment.
+    pub fn open(self: &Arc<Self>, dst: SocketAddrV4) -> io::Result<TunnelStream> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "WireGuard peer removed",
+            ));
+        }
+        if st.nic.endpoint.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!(
+                    "WireGuard peer {} has not connected yet (no endpoint known)",
+                    self.allowed_ip
+                ),
+            ));
+        }
+        if st.sockets.iter().count() >= MAX_SOCKETS {
+            return Err(io::Error::other(
+                "too many connections through this WireGuard peer",
+            ));
+        }
+        let port = st.alloc_port()?;
+        let mut socket = self.shared.new_socket();
+        let PeerState { iface, .. } = &mut *st;
+        socket
+            .connect(
+                iface.context(),
+                (IpAddress::Ipv4(*dst.ip()), dst.port()),
+                port,
+            )
+            .map_err(|e| io::Error::other(format!("connect: {e}")))?;
+        let handle = st.sockets.add(socket);
+        st.client_ports.insert(handle, port);
+        st.used_ports.insert(port);
+        drop(st);
+        self.wake.notify_one();
+        Ok(TunnelStream::new(
+            self.clone(),
+            handle,
+            SocketAddrV4::new(self.shared.address, port),
+            dst,
+        ))
+    }
+
+    /// Sends a handshake initiation now (the initiating side does this when a peer appears).
+    pub fn initiate_handshake(&self) {
+        let mut st = self.lock();
+        let PeerState { nic, decap, .. } = &mut *st;
+        if let TunnResult::WriteToNetwork(d) = nic.tunn.format_handshake_initiation(decap, false) {
+            Nic::send_datagram(&nic.udp, nic.endpoint, d);
+        }
+    }
+
+    /// Points the peer at a new endpoint (from configuration).
+    pub fn set_endpoint(&self, endpoint: SocketAddr) {
+        self.lock().nic.endpoint = Some(endpoint);
+    }
+
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.lock().nic.endpoint
+    }
+
+    /// Time since the last completed handshake, and bytes sent and received.
+    pub fn stats(&self) -> (Option<Duration>, usize, usize) {
+        let (since, tx, rx, _, _) = self.lock().nic.tunn.stats();
+        (since, tx, rx)
+    }
+
+    /// Aborts every connection; streams see EOF or a broken pipe. Used when the peer is removed.
+    pub fn close(self: &Arc<Self>) {
+        let mut st = self.lock();
+        st.closed = true;
+        for (_, socket) in st.sockets.iter_mut() {
+            #[allow(irrefutable_let_patterns)] // only TCP sockets are compiled in
+            if let smoltcp::socket::Socket::Tcp(s) = socket {
+                s.abort();
+            }
+        }
+        st.poll(self);
+    }
+}
+
+impl PeerState {
+    fn alloc_port(&mut self) -> io::Result<u16> {
+        for _ in EPHEMERAL_PORTS {
+            let port = self.next_port;
+            self.next_port = if port == *EPHEMERAL_PORTS.end() {
+                *EPHEMERAL_PORTS.start()
+            } else {
+                port + 1
+            };
+            if !self.used_ports.contains(&port) {
+                return Ok(port);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "no free local port",
+        ))
+    }
+
+    /// Decrypts one datagram; hands the IP packet to the stack or answers handshakes.
+    fn handle_datagram(&mut self, peer: &Peer, inbound: &Inbound) {
+        let kind = inbound.data.first().copied().unwrap_or(0);
+        let Self { nic, decap, .. } = self;
+        let mut tunnel_packet = None;
+        match nic
+            .tunn
+            .decapsulate(Some(inbound.src.ip()), &inbound.data, decap)
+        {
+            TunnResult::WriteToNetwork(reply) => {
+                // A handshake response (92 bytes) proves the initiator holds the peer's key, so
+                // its source address is where the peer is now (roaming). A cookie reply does not.
+                if kind == 1 && reply.len() == 92 || kind == 2 {
+                    nic.endpoint = Some(inbound.src);
+                }
+                Nic::send_datagram(&nic.udp, Some(inbound.src), reply);
+                // Packets queued while the handshake was pending go out now.
+                while let TunnResult::WriteToNetwork(d) = nic.tunn.decapsulate(None, &[], decap) {
+                    Nic::send_datagram(&nic.udp, nic.endpoint, d);
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                nic.endpoint = Some(inbound.src);
+                if src == peer.allowed_ip && !packet.is_empty() {
+                    tunnel_packet = Some(packet.len());
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {
+                if kind == 2 {
+                    nic.endpoint = Some(inbound.src);
+                }
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(error = ?e, src = %inbound.src, "dropped WireGuard packet")
+            }
+        }
+        if let Some(len) = tunnel_packet {
+            let packet = std::mem::take(&mut self.decap);
+            self.prepare_listener(peer, &packet[..len]);
+            self.nic.push_rx(&packet[..len]);
+            self.decap = packet;
+        }
+    }
+
+    /// Makes sure an incoming SYN for a served port finds a listening socket. smoltcp has no
+    /// listen backlog, so we add one listener per SYN seen in this batch.
+    fn prepare_listener(&mut self, peer: &Peer, packet: &[u8]) {
+        let Some(port) = syn_port(packet, peer.shared.address) else {
+            return;
+        };
+        if !peer.shared.listening(port) {
+            return;
+        }
+        let seen = self.syns_in_batch.entry(port).or_default();
+        *seen += 1;
+        let wanted = *seen;
+        let handles = self.listeners.entry(port).or_default();
+        let idle = handles
+            .iter()
+            .filter(|h| self.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
+            .count();
+        if idle >= wanted || self.sockets.iter().count() >= MAX_SOCKETS {
+            return;
+        }
+        let mut socket = peer.shared.new_socket();
+        if socket.listen(port).is_ok() {
+            handles.push(self.sockets.add(socket));
+        }
+    }
+
+    pub fn update_timers(&mut self) {
+        let Self { nic, decap, .. } = self;
+        match nic.tunn.update_timers(decap) {
+            TunnResult::WriteToNetwork(d) => Nic::send_datagram(&nic.udp, nic.endpoint, d),
+            TunnResult::Err(e) => tracing::trace!(error = ?e, "WireGuard timer"),
+            _ => {}
+        }
+    }
+
+    /// Runs the TCP/IP stack, then hands established connections to the acceptor and frees
+    /// sockets nobody owns any more. Returns how long until the stack needs polling again.
+    pub fn poll(&mut self, peer: &Arc<Peer>) -> Option<Duration> {
+        let now = peer.shared.now();
+        let Self {
+            iface,
+            nic,
+            sockets,
+            ..
+        } = self;
+        iface.poll(now, nic, sockets);
+        self.syns_in_batch.clear();
+        self.hand_over_accepted(peer);
+        self.collect_orphans();
+        let Self { iface, sockets, .. } = self;
+        iface
+            .poll_delay(peer.shared.now(), sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    fn hand_over_accepted(&mut self, peer: &Arc<Peer>) {
+        let mut established = Vec::new();
+        for (port, handles) in self.listeners.iter_mut() {
+            let serving = peer.shared.listening(*port);
+            let mut idle = 0;
+            handles.retain(|h| {
+                let socket = self.sockets.get_mut::<tcp::Socket>(*h);
+                match socket.state() {
+                    tcp::State::Listen => {
+                        idle += 1;
+                        if serving && idle <= IDLE_LISTENERS {
+                            true
+                        } else {
+                            self.sockets.remove(*h);
+                            false
+                        }
+                    }
+                    tcp::State::SynReceived => true,
+                    tcp::State::Closed => {
+                        // The handshake failed (RST); listen again rather than reallocate.
+                        let ok = serving && socket.listen(*port).is_ok();
+                        if !ok {
+                            self.sockets.remove(*h);
+                        }
+                        ok
+                    }
+                    _ => {
+                        established.push(*h);
+                        false
+                    }
+                }
+            });
+        }
+        self.listeners.retain(|_, v| !v.is_empty());
+        for handle in established {
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint())
+            else {
+                self.orphan(handle);
+                continue;
+            };
+            let stream = TunnelStream::new(peer.clone(), handle, v4(local), v4(remote));
+            if let Err(e) = peer.shared.accepted(stream) {
+                // No one to accept it: refuse the connection. The stream's Drop would take the
+                // lock we hold, so take the handle back out of it first.
+                let handle = e.into_handle();
+                self.sockets.get_mut::<tcp::Socket>(handle).abort();
+                self.orphan(handle);
+            }
+        }
+    }
+
+    pub fn orphan(&mut self, handle: SocketHandle) {
+        self.orphans.push((handle, Instant::now()));
+    }
+
+    fn collect_orphans(&mut self) {
+        let now = Instant::now();
+        let Self {
+            orphans,
+            sockets,
+            client_ports,
+            used_ports,
+            ..
+        } = self;
+        orphans.retain(|(handle, since)| {
+            let socket = sockets.get_mut::<tcp::Socket>(*handle);
+            if now.duration_since(*since) > ORPHAN_DEADLINE {
+                socket.abort();
+            }
+            if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                sockets.remove(*handle);
+                if let Some(port) = client_ports.remove(handle) {
+                    used_ports.remove(&port);
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// The destination port of a TCP SYN (without ACK) addressed to `local`, if `packet` is one.
+fn syn_port(packet: &[u8], local: Ipv4Addr) -> Option<u16> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
+        return None;
+    }
+    if packet.get(16..20)? != local.octets() {
+        return None;
+    }
+    let tcp = packet.get(ihl..)?;
+    let flags = *tcp.get(13)?;
+    (flags & 0x12 == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+}
+
+fn v4(endpoint: smoltcp::wire::IpEndpoint) -> SocketAddrV4 {
+    match endpoint.addr {
+        IpAddress::Ipv4(ip) => SocketAddrV4::new(ip, endpoint.port),
+    }
+}
+
+/// The peer's task: feeds it datagrams, runs its timers and its stack, forever.
+pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>) {
+    let mut next_tick = Instant::now();
+    let mut pending: Option<Inbound> = None;
+    loop {
+        let (delay, more) = {
+            let mut st = peer.lock();
+            let mut handled = 0;
+            if let Some(d) = pending.take() {
+                st.handle_datagram(&peer, &d);
+                handled += 1;
+            }
+            while handled < RX_BATCH {
+                match inbound.try_recv() {
+                    Ok(d) => st.handle_datagram(&peer, &d),
+                    Err(_) => break,
+                }
+                handled += 1;
+            }
+            if Instant::now() >= next_tick {
+                st.update_timers();
+                next_tick = Instant::now() + TIMER_TICK;
+            }
+            (st.poll(&peer), handled >= RX_BATCH)
+        };
+        if more {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let deadline = match delay {
+            Some(d) => (Instant::now() + d).min(next_tick),
+            None => next_tick,
+        };
+        tokio::select! {
+            d = inbound.recv() => match d {
+                Some(d) => pending = Some(d),
+                None => return,
+            },
+            _ = peer.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_packet(dst: [u8; 4], flags: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[9] = 6;
+        p[16..20].copy_from_slice(&dst);
+        p[20 + 2..20 + 4].copy_from_slice(&8080u16.to_be_bytes());
+        p[20 + 13] = flags;
+        p
+    }
+
+    #[test]
+    fn recognises_only_syns_to_us() {
+        let us = Ipv4Addr::new(10, 77, 0, 2);
+        assert_eq!(syn_port(&tcp_packet(us.octets(), 0x02), us), Some(8080));
+        assert_eq!(
+            syn_port(&tcp_packet(us.octets(), 0x12), us),
+            None,
+            "SYN-ACK"
+        );
+        assert_eq!(syn_port(&tcp_packet(us.octets(), 0x10), us), None, "ACK");
+        assert_eq!(
+            syn_port(&tcp_packet([10, 77, 0, 3], 0x02), us),
+            None,
+            "other host"
+        );
+        let mut udp = tcp_packet(us.octets(), 0x02);
+        udp[9] = 17;
+        assert_eq!(syn_port(&udp, us), None);
+        for n in 0..40 {
+            let _ = syn_port(&tcp_packet(us.octets(), 0x02)[..n], us);
+        }
+    }
+}

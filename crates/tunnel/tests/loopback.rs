@@ -1,0 +1,198 @@
+//! Two devices on loopback: dial, accept, transfer, refuse, remove a peer.
+
+use kakuremichi_tunnel::{Acceptor, Device, DeviceConfig, PeerConfig, PrivateKey};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const GW: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const AG: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A "gateway" device (learns the endpoint) and an "agent" device (initiates, listens on 8080).
+async fn pair() -> (Device, Device, Acceptor) {
+    let (gw, _) = Device::bind(DeviceConfig::new(
+        PrivateKey::generate(),
+        GW,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let (ag, acceptor) = Device::bind(DeviceConfig::new(
+        PrivateKey::generate(),
+        AG,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    gw.set_peers(vec![PeerConfig {
+        public_key: ag.public_key(),
+        allowed_ip: AG,
+        endpoint: None,
+        persistent_keepalive: None,
+    }]);
+    ag.set_listen_ports([8080]);
+    ag.set_peers(vec![PeerConfig {
+        public_key: gw.public_key(),
+        allowed_ip: GW,
+        endpoint: Some(gw.local_addr().unwrap()),
+        persistent_keepalive: Some(25),
+    }]);
+    // The gateway can dial once the agent's handshake has taught it the endpoint.
+    timeout(DEADLINE, async {
+        while gw.peers()[0].endpoint.is_none() || gw.peers()[0].since_handshake.is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("handshake completes");
+    (gw, ag, acceptor)
+}
+
+#[tokio::test]
+async fn dial_accept_and_echo_both_ways() {
+    let (gw, _ag, mut acceptor) = pair().await;
+    let server = tokio::spawn(async move {
+        let mut s = acceptor.accept().await.unwrap();
+        assert_eq!(s.local_addr().port(), 8080);
+        let mut buf = vec![0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+        s.write_all(b" world").await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
+        .await
+        .unwrap()
+        .unwrap();
+    c.write_all(b"hello").await.unwrap();
+    let mut out = String::new();
+    timeout(DEADLINE, c.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, "hello world");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn bulk_transfer_many_streams() {
+    let (gw, _ag, mut acceptor) = pair().await;
+    const STREAMS: usize = 8;
+    const BYTES: usize = 8 << 20;
+    tokio::spawn(async move {
+        while let Some(mut s) = acceptor.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0usize;
+                let mut sum = 0u64;
+                loop {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                    sum = buf[..n]
+                        .iter()
+                        .fold(sum, |a, b| a.wrapping_mul(31).wrapping_add(*b as u64));
+                }
+                s.write_all(format!("{total} {sum}").as_bytes())
+                    .await
+                    .unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+    let mut tasks = Vec::new();
+    for i in 0..STREAMS {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = gw.connect(SocketAddrV4::new(AG, 8080)).await.unwrap();
+            let data: Vec<u8> = (0..BYTES).map(|j| (j * 7 + i) as u8).collect();
+            let sum = data
+                .iter()
+                .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(*b as u64));
+            c.write_all(&data).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut reply = String::new();
+            c.read_to_string(&mut reply).await.unwrap();
+            assert_eq!(reply, format!("{BYTES} {sum}"));
+        }));
+    }
+    for t in tasks {
+        timeout(Duration::from_secs(60), t)
+            .await
+            .expect("transfer finishes")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn unserved_port_is_refused_quickly() {
+    let (gw, _ag, _acceptor) = pair().await;
+    let err = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 9999)))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn unknown_address_and_peer_without_endpoint_fail_at_once() {
+    let (gw, _) = Device::bind(DeviceConfig::new(
+        PrivateKey::generate(),
+        GW,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let err = gw.connect(SocketAddrV4::new(AG, 80)).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::HostUnreachable);
+    gw.set_peers(vec![PeerConfig {
+        public_key: PrivateKey::generate().public_key(),
+        allowed_ip: AG,
+        endpoint: None,
+        persistent_keepalive: None,
+    }]);
+    let err = gw.connect(SocketAddrV4::new(AG, 80)).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+}
+
+#[tokio::test]
+async fn removing_a_peer_ends_its_streams() {
+    let (gw, _ag, mut acceptor) = pair().await;
+    let mut c = gw.connect(SocketAddrV4::new(AG, 8080)).await.unwrap();
+    let _server_side = acceptor.accept().await.unwrap();
+    gw.set_peers(vec![]);
+    let mut buf = [0u8; 1];
+    let n = timeout(DEADLINE, c.read(&mut buf))
+        .await
+        .expect("read returns")
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(c.write_all(b"x").await.is_err());
+}
+
+#[tokio::test]
+async fn garbage_datagrams_are_ignored() {
+    let (gw, _ag, mut acceptor) = pair().await;
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = gw.local_addr().unwrap();
+    for len in [0usize, 1, 4, 32, 92, 148, 1500] {
+        for kind in 0u8..6 {
+            let mut d = vec![0xA5u8; len];
+            if len > 0 {
+                d[0] = kind;
+            }
+            junk.send_to(&d, target).await.unwrap();
+        }
+    }
+    // Still works afterwards.
+    let accept = tokio::spawn(async move { acceptor.accept().await.is_some() });
+    let c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
+        .await
+        .unwrap();
+    assert!(c.is_ok());
+    assert!(accept.await.unwrap());
+}
