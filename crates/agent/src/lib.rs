@@ -1,1 +1,209 @@
-//! placeholder
+//! kakuremichi Agent: runs next to the apps. Outbound connections only: a WebSocket to Control
+//! and WireGuard (UDP, in userspace) to every enabled Gateway. Streams that Gateways open to a
+//! tunnel's port are forwarded to that tunnel's target (`localhost:8080`, `app:3000`).
+//!
+//! No root, no TUN device, no listening port on the host.
+
+mod forward;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use kakuremichi_node::{ControlSession, NodeState, Secret, SessionConfig, SessionEvent};
+use kakuremichi_proto::{ConfigSnapshot, NodeRole};
+use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Keepalive towards Gateways: holds NAT mappings open and detects a lost path.
+const PERSISTENT_KEEPALIVE: u16 = 25;
+/// How often Gateway endpoints are resolved again (DNS changes, a Gateway that moved).
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Control's base URL (`CONTROL_URL`).
+    pub control_url: String,
+    /// The agent's API key (`API_KEY`), created in Control.
+    pub api_key: Secret,
+    /// Where the WireGuard key and the last config are kept; `None` keeps nothing on disk.
+    pub data_dir: Option<PathBuf>,
+    /// How long to wait for a tunnel's target to accept a connection.
+    pub target_connect_timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(control_url: impl Into<String>, api_key: Secret) -> Self {
+        Self {
+            control_url: control_url.into(),
+            api_key,
+            data_dir: None,
+            target_connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks the settings, with messages that say what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.control_url.trim().is_empty() {
+            return Err("CONTROL_URL is required: the URL of your kakuremichi Control, e.g. https://control.example.com".into());
+        }
+        kakuremichi_node::control_ws_url(&self.control_url)?;
+        if self.api_key.is_empty() {
+            return Err("API_KEY is required: create an agent in Control (web UI or POST /api/v1/agents) and copy its key".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs the Agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let state = NodeState::open(config.data_dir.clone(), NodeRole::Agent)?;
+    let key = state.key()?;
+    let cached = state.cached_config();
+    let session = SessionConfig::new(
+        config.control_url.clone(),
+        config.api_key.clone(),
+        NodeRole::Agent,
+        key.public_key(),
+    );
+    let (events_tx, mut events) = mpsc::channel(16);
+    let session_task = tokio::spawn(
+        ControlSession::new(
+            session,
+            state,
+            cached.as_ref().map(|c| c.config_hash.clone()),
+        )
+        .run(events_tx),
+    );
+    tracing::info!(public_key = %key.public_key(), "agent starting");
+
+    let mut agent = Agent::new(key, config.target_connect_timeout);
+    if let Some(snapshot) = cached {
+        tracing::info!("starting from cached config while Control is contacted");
+        agent.apply(Arc::new(snapshot)).await?;
+    }
+    let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            event = events.recv() => match event {
+                Some(SessionEvent::Config(snapshot)) => agent.apply(snapshot).await?,
+                Some(_) => {}
+                None => break,
+            },
+            _ = resolve.tick() => agent.refresh_peers().await,
+        }
+    }
+    session_task.abort();
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Port → target, shared with the forwarding tasks.
+pub(crate) type Services = Arc<ArcSwap<HashMap<u16, String>>>;
+
+struct Agent {
+    key: PrivateKey,
+    device: Option<Device>,
+    services: Services,
+    snapshot: Option<Arc<ConfigSnapshot>>,
+    target_connect_timeout: Duration,
+}
+
+impl Agent {
+    fn new(key: PrivateKey, target_connect_timeout: Duration) -> Self {
+        Self {
+            key,
+            device: None,
+            services: Arc::default(),
+            snapshot: None,
+            target_connect_timeout,
+        }
+    }
+
+    async fn apply(&mut self, snapshot: Arc<ConfigSnapshot>) -> anyhow::Result<()> {
+        if self.device.as_ref().map(Device::address) != Some(snapshot.wg_address) {
+            self.device = Some(self.start_device(snapshot.wg_address).await?);
+        }
+        let device = self.device.as_ref().expect("device started above");
+        let services: HashMap<u16, String> = snapshot
+            .services
+            .iter()
+            .map(|s| (s.port, s.target.clone()))
+            .collect();
+        device.set_listen_ports(services.keys().copied());
+        self.services.store(Arc::new(services));
+        for s in &snapshot.services {
+            tracing::debug!(hostname = %s.hostname, target = %s.target, port = s.port, "serving tunnel");
+        }
+        tracing::info!(
+            tunnels = snapshot.services.len(),
+            gateways = snapshot.peers.len(),
+            "config applied"
+        );
+        self.snapshot = Some(snapshot);
+        self.refresh_peers().await;
+        Ok(())
+    }
+
+    async fn start_device(&self, address: Ipv4Addr) -> anyhow::Result<Device> {
+        let config = DeviceConfig::new(
+            self.key.clone(),
+            address,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+        );
+        let (device, acceptor) = Device::bind(config)
+            .await
+            .context("binding the WireGuard socket")?;
+        tokio::spawn(forward::accept_loop(
+            acceptor,
+            self.services.clone(),
+            self.target_connect_timeout,
+        ));
+        tracing::info!(%address, "tunnel interface up");
+        Ok(device)
+    }
+
+    /// Resolves every Gateway's endpoint and hands the peer set to the device.
+    async fn refresh_peers(&self) {
+        let (Some(device), Some(snapshot)) = (&self.device, &self.snapshot) else {
+            return;
+        };
+        let mut peers = Vec::new();
+        for gw in &snapshot.peers {
+            let Ok(public_key) = PublicKey::from_base64(&gw.public_key) else {
+                tracing::warn!(gateway = %gw.name, "gateway has an invalid public key; skipped");
+                continue;
+            };
+            let Some(endpoint) = &gw.endpoint else {
+                continue;
+            };
+            match resolve_v4(endpoint).await {
+                Some(addr) => peers.push(PeerConfig {
+                    public_key,
+                    allowed_ip: gw.wg_address,
+                    endpoint: Some(addr),
+                    persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
+                }),
+                None => {
+                    tracing::warn!(gateway = %gw.name, %endpoint, "cannot resolve the gateway's endpoint to an IPv4 address; will retry")
+                }
+            }
+        }
+        device.set_peers(peers);
+    }
+}
+
+async fn resolve_v4(endpoint: &str) -> Option<SocketAddr> {
+    let addrs = tokio::net::lookup_host(endpoint).await.ok()?;
+    addrs.into_iter().find(SocketAddr::is_ipv4)
+}

@@ -1,4 +1,230 @@
 //! kakuremichi Gateway: the public entrance. Routes each request by Host to the Agent that serves
 //! it, over a userspace WireGuard tunnel.
+//!
+//! [`run`] wires three things together: the session to Control (config snapshots, cached on
+//! disk), the WireGuard device with every Agent as a peer, and the HTTP proxy whose route table
+//! and dialer follow the latest snapshot.
 
 pub mod proxy;
+
+use anyhow::Context;
+use arc_swap::ArcSwapOption;
+use kakuremichi_node::{ControlSession, NodeState, Secret, SessionConfig, SessionEvent};
+use kakuremichi_proto::{ConfigSnapshot, NodeRole};
+use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
+use proxy::{BoxStream, Dialer, Proxy, ProxyConfig, RouteTable};
+use std::future::Future;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Control's base URL (`CONTROL_URL`).
+    pub control_url: String,
+    /// The gateway's token (`GATEWAY_TOKEN`), created in Control.
+    pub token: Secret,
+    /// Where the WireGuard key and the last config are kept; `None` keeps nothing on disk.
+    pub data_dir: Option<PathBuf>,
+    pub proxy: ProxyConfig,
+}
+
+impl GatewayConfig {
+    pub fn new(control_url: impl Into<String>, token: Secret) -> Self {
+        Self {
+            control_url: control_url.into(),
+            token,
+            data_dir: None,
+            proxy: ProxyConfig::default(),
+        }
+    }
+
+    /// Checks the settings, with messages that say what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.control_url.trim().is_empty() {
+            return Err("CONTROL_URL is required: the URL of your kakuremichi Control, e.g. https://control.example.com".into());
+        }
+        kakuremichi_node::control_ws_url(&self.control_url)?;
+        if self.token.is_empty() {
+            return Err("GATEWAY_TOKEN is required: create a gateway in Control (POST /api/v1/gateways) and copy its token".into());
+        }
+        Ok(())
+    }
+}
+
+/// The sockets a Gateway serves on, bound by the caller (ephemeral ports in tests).
+pub struct GatewayListeners {
+    /// Public HTTP.
+    pub http: TcpListener,
+    /// Health checks (`/healthz`), normally on loopback.
+    pub admin: TcpListener,
+    /// WireGuard, where Agents send their handshakes.
+    pub wg: std::net::UdpSocket,
+}
+
+/// Runs the Gateway until `shutdown` resolves; in-flight requests are then drained.
+pub async fn run(
+    config: GatewayConfig,
+    listeners: GatewayListeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let state = NodeState::open(config.data_dir.clone(), NodeRole::Gateway)?;
+    let key = state.key()?;
+    let cached = state.cached_config();
+    tracing::info!(public_key = %key.public_key(), "gateway starting");
+
+    let routes = Arc::new(RouteTable::new());
+    let dialer = Arc::new(TunnelDialer::default());
+    let proxy = Proxy::new(routes.clone(), dialer.clone(), config.proxy.clone());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let http = tokio::spawn(proxy::serve(listeners.http, proxy, stopped()));
+    let admin = tokio::spawn(proxy::serve_admin(listeners.admin, stopped()));
+
+    let session = SessionConfig::new(
+        config.control_url.clone(),
+        config.token.clone(),
+        NodeRole::Gateway,
+        key.public_key(),
+    );
+    let (events_tx, mut events) = mpsc::channel(16);
+    let session_task = tokio::spawn(
+        ControlSession::new(
+            session,
+            state,
+            cached.as_ref().map(|c| c.config_hash.clone()),
+        )
+        .run(events_tx),
+    );
+
+    let mut gateway = Gateway {
+        key,
+        wg_socket: Some(listeners.wg),
+        device: None,
+        routes,
+        dialer,
+    };
+    if let Some(snapshot) = cached {
+        tracing::info!("starting from cached config while Control is contacted");
+        gateway.apply(&snapshot)?;
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            event = events.recv() => match event {
+                Some(SessionEvent::Config(snapshot)) => gateway.apply(&snapshot)?,
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    session_task.abort();
+    tracing::info!("gateway draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    let _ = admin.await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+struct Gateway {
+    key: PrivateKey,
+    /// The WireGuard socket until the device takes it (once the tunnel address is known).
+    wg_socket: Option<std::net::UdpSocket>,
+    device: Option<Device>,
+    routes: Arc<RouteTable>,
+    dialer: Arc<TunnelDialer>,
+}
+
+impl Gateway {
+    fn apply(&mut self, snapshot: &ConfigSnapshot) -> anyhow::Result<()> {
+        let device = match &self.device {
+            Some(d) if d.address() == snapshot.wg_address => d.clone(),
+            Some(d) => {
+                // Control never re-addresses a node; if it did, a restart picks it up.
+                anyhow::bail!(
+                    "Control changed this gateway's tunnel address from {} to {}; restart the gateway",
+                    d.address(),
+                    snapshot.wg_address
+                );
+            }
+            None => {
+                let socket = self
+                    .wg_socket
+                    .take()
+                    .expect("socket kept until the device exists");
+                let config = DeviceConfig::new(
+                    self.key.clone(),
+                    snapshot.wg_address,
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                );
+                let (device, _acceptor) =
+                    Device::with_socket(config, socket).context("starting WireGuard")?;
+                tracing::info!(address = %snapshot.wg_address, udp = ?device.local_addr().ok(), "tunnel interface up");
+                self.dialer.device.store(Some(Arc::new(device.clone())));
+                self.device = Some(device.clone());
+                device
+            }
+        };
+        let peers = snapshot
+            .peers
+            .iter()
+            .filter_map(|agent| match PublicKey::from_base64(&agent.public_key) {
+                Ok(public_key) => Some(PeerConfig {
+                    public_key,
+                    allowed_ip: agent.wg_address,
+                    endpoint: None,
+                    persistent_keepalive: None,
+                }),
+                Err(_) => {
+                    tracing::warn!(agent = %agent.name, "agent has an invalid public key; skipped");
+                    None
+                }
+            })
+            .collect();
+        device.set_peers(peers);
+        self.routes.replace(snapshot.routes.clone());
+        tracing::info!(
+            hostnames = snapshot.routes.len(),
+            agents = snapshot.peers.len(),
+            "config applied"
+        );
+        Ok(())
+    }
+}
+
+/// Opens streams to Agents through the WireGuard device, once it exists.
+#[derive(Default)]
+struct TunnelDialer {
+    device: ArcSwapOption<Device>,
+}
+
+impl Dialer for TunnelDialer {
+    fn dial(
+        &self,
+        addr: SocketAddrV4,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send + '_>> {
+        let device = self.device.load_full();
+        Box::pin(async move {
+            let device = device.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "no tunnel yet: waiting for the first config from Control",
+                )
+            })?;
+            let stream = device.connect(addr).await?;
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}

@@ -183,9 +183,24 @@ impl Acceptor {
 }
 
 impl Device {
-    /// Binds the UDP socket and starts the receive loop.
+    /// Binds the UDP socket (`config.listen`) and starts the receive loop.
     pub async fn bind(config: DeviceConfig) -> io::Result<(Device, Acceptor)> {
-        let udp = Arc::new(bind_udp(config.listen)?);
+        let socket = bind_udp(config.listen)?;
+        Self::with_socket(config, socket)
+    }
+
+    /// Starts on an already bound UDP socket (`config.listen` is ignored). Must be called
+    /// within a tokio runtime.
+    pub fn with_socket(
+        config: DeviceConfig,
+        socket: std::net::UdpSocket,
+    ) -> io::Result<(Device, Acceptor)> {
+        let sock = socket2::Socket::from(socket);
+        // Bulk transfers burst many datagrams; small default buffers would drop them.
+        let _ = sock.set_recv_buffer_size(8 << 20);
+        let _ = sock.set_send_buffer_size(8 << 20);
+        sock.set_nonblocking(true)?;
+        let udp = Arc::new(UdpSocket::from_std(sock.into())?);
         let (accept_tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let shared = Arc::new(Shared {
             address: config.address,
@@ -344,15 +359,11 @@ impl Device {
     }
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Bulk transfers burst many datagrams; small default buffers would drop them.
-    let _ = socket.set_recv_buffer_size(8 << 20);
-    let _ = socket.set_send_buffer_size(8 << 20);
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Reads datagrams and routes each to its peer's task.

@@ -1,0 +1,183 @@
+//! Command-line interface: every flag has an environment-variable twin (12-factor, as Docker
+//! users expect); the flag wins when both are given.
+
+use crate::{hello, signal, up};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use kakuremichi_node::Secret;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "kakuremichi",
+    version,
+    about = "Self-hosted tunnels: publish apps behind NAT on your own domains through your own Gateways, without opening a port.",
+    after_help = "Try it on one machine:  kakuremichi up\nLogs: set KAKUREMICHI_LOG=debug for more detail."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Control: REST API, accounts, database and config distribution to Gateways and Agents.
+    Control(ControlArgs),
+    /// Run a Gateway: the public HTTP entrance that routes each host name to its Agent.
+    Gateway(GatewayArgs),
+    /// Run an Agent next to your apps: outbound connections only, no root, no open port.
+    Agent(AgentArgs),
+    /// Run Control, a Gateway, an Agent and a demo app in one process, ready to try.
+    Up(up::UpArgs),
+    /// Run a tiny hello-world web app, for demos and tests.
+    Hello(HelloArgs),
+}
+
+#[derive(Args)]
+struct ControlArgs {
+    /// Address for the API (and, later, the web UI) and the node sessions.
+    #[arg(long, env = "KAKUREMICHI_LISTEN", default_value = "0.0.0.0:8780")]
+    listen: SocketAddr,
+    /// Directory for the SQLite database and other state.
+    #[arg(long, env = "KAKUREMICHI_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Database URL; default: a SQLite file in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// How nodes and browsers reach Control, e.g. https://control.example.com.
+    #[arg(long, env = "KAKUREMICHI_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Private IPv4 range from which Gateways and Agents get their tunnel addresses.
+    #[arg(long, env = "KAKUREMICHI_WG_NETWORK", default_value = "10.77.0.0/16")]
+    wg_network: String,
+    /// E-mail of the first admin, created on first start if no user exists.
+    #[arg(long, env = "KAKUREMICHI_ADMIN_EMAIL")]
+    admin_email: Option<String>,
+    /// Password of the first admin (prefer the environment variable: flags show in `ps`).
+    #[arg(long, env = "KAKUREMICHI_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// Control's URL, e.g. https://control.example.com.
+    #[arg(long, env = "CONTROL_URL")]
+    control_url: String,
+    /// This gateway's token, from `POST /api/v1/gateways`.
+    #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Public HTTP address.
+    #[arg(long, env = "KAKUREMICHI_HTTP_LISTEN", default_value = "0.0.0.0:80")]
+    http_listen: SocketAddr,
+    /// UDP address for WireGuard from Agents (open it in the firewall).
+    #[arg(long, env = "KAKUREMICHI_WG_LISTEN", default_value = "0.0.0.0:51820")]
+    wg_listen: SocketAddr,
+    /// Address of the health endpoint (`/healthz`).
+    #[arg(
+        long,
+        env = "KAKUREMICHI_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    admin_listen: SocketAddr,
+    /// Directory for the WireGuard key and the cached config.
+    #[arg(long, env = "KAKUREMICHI_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Seconds to wait for a connection to an Agent before answering 502.
+    #[arg(long, env = "KAKUREMICHI_CONNECT_TIMEOUT", default_value_t = 5)]
+    connect_timeout: u64,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Control's URL, e.g. https://control.example.com.
+    #[arg(long, env = "CONTROL_URL")]
+    control_url: String,
+    /// This agent's API key, from the web UI or `POST /api/v1/agents`.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Keep the WireGuard key and last config here, to start without Control (optional).
+    #[arg(long, env = "KAKUREMICHI_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct HelloArgs {
+    /// Address to serve on.
+    #[arg(
+        long,
+        env = "KAKUREMICHI_HELLO_LISTEN",
+        default_value = "127.0.0.1:8000"
+    )]
+    listen: SocketAddr,
+    /// Name shown on the page.
+    #[arg(long, default_value = "kakuremichi")]
+    name: String,
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Control(a) => {
+            let config = kakuremichi_control::ControlConfig {
+                data_dir: a.data_dir,
+                database_url: a.database_url,
+                public_url: a.public_url,
+                admin_email: a.admin_email,
+                admin_password: a.admin_password,
+                wg_network: a.wg_network,
+                ..Default::default()
+            };
+            config.validate()?;
+            let listener = bind_tcp(a.listen, "--listen").await?;
+            tracing::info!(listen = %a.listen, "control listening");
+            kakuremichi_control::run(config, listener, signal::shutdown()).await
+        }
+        Command::Gateway(a) => {
+            let mut config =
+                kakuremichi_gateway::GatewayConfig::new(a.control_url, Secret::new(a.token));
+            config.data_dir = Some(a.data_dir);
+            config.proxy.connect_timeout = Duration::from_secs(a.connect_timeout.max(1));
+            config.validate().map_err(anyhow::Error::msg)?;
+            let listeners = kakuremichi_gateway::GatewayListeners {
+                http: bind_tcp(a.http_listen, "--http-listen").await?,
+                admin: bind_tcp(a.admin_listen, "--admin-listen").await?,
+                wg: bind_udp(a.wg_listen, "--wg-listen")?,
+            };
+            tracing::info!(http = %a.http_listen, wireguard = %a.wg_listen, admin = %a.admin_listen, "gateway listening");
+            kakuremichi_gateway::run(config, listeners, signal::shutdown()).await
+        }
+        Command::Agent(a) => {
+            let mut config =
+                kakuremichi_agent::AgentConfig::new(a.control_url, Secret::new(a.api_key));
+            config.data_dir = a.data_dir;
+            kakuremichi_agent::run(config, signal::shutdown()).await
+        }
+        Command::Up(a) => up::run(a).await,
+        Command::Hello(a) => {
+            let listener = bind_tcp(a.listen, "--listen").await?;
+            println!("hello app on http://{}/", listener.local_addr()?);
+            hello::serve(listener, a.name, signal::shutdown()).await;
+            Ok(())
+        }
+    }
+}
+
+pub async fn bind_tcp(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| bind_hint(addr, flag))
+}
+
+pub fn bind_udp(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(addr).with_context(|| bind_hint(addr, flag))
+}
+
+fn bind_hint(addr: SocketAddr, flag: &str) -> String {
+    let low = if addr.port() < 1024 {
+        " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    } else {
+        ""
+    };
+    format!("cannot listen on {addr}{low}; is another program using it? Choose another address with {flag}")
+}
