@@ -1,7 +1,8 @@
 //! Forwarding: each stream a Gateway opens to a tunnel port is spliced to that tunnel's target.
 
-use crate::Services;
+use crate::{Service, Services};
 use kakuremichi_tunnel::{Acceptor, TunnelStream};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -15,15 +16,16 @@ pub(crate) async fn accept_loop(
 ) {
     while let Some(stream) = acceptor.accept().await {
         let port = stream.local_addr().port();
-        let Some(target) = services.load().get(&port).cloned() else {
+        let Some(service) = services.load().get(&port).cloned() else {
             // The tunnel was removed between the SYN and now: refuse by dropping.
             continue;
         };
-        tokio::spawn(forward(stream, target, connect_timeout));
+        tokio::spawn(forward(stream, service, connect_timeout));
     }
 }
 
-async fn forward(mut stream: TunnelStream, target: String, connect_timeout: Duration) {
+async fn forward(mut stream: TunnelStream, service: Arc<Service>, connect_timeout: Duration) {
+    let target = &service.target;
     let upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(&target)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -37,14 +39,20 @@ async fn forward(mut stream: TunnelStream, target: String, connect_timeout: Dura
     };
     let _ = upstream.set_nodelay(true);
     let mut upstream = upstream;
-    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+    let copy = tokio::io::copy_bidirectional_with_sizes(
         &mut stream,
         &mut upstream,
         COPY_BUFFER,
         COPY_BUFFER,
-    )
-    .await
-    {
-        tracing::debug!(%target, error = %e, "forwarded connection ended with an error");
+    );
+    tokio::select! {
+        result = copy => {
+            if let Err(e) = result {
+                tracing::debug!(%target, error = %e, "forwarded connection ended with an error");
+            }
+        }
+        _ = service.retired.cancelled() => {
+            tracing::debug!(%target, "tunnel changed; closing its open connection");
+        }
     }
 }

@@ -108,8 +108,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Port → target, shared with the forwarding tasks.
-pub(crate) type Services = Arc<ArcSwap<HashMap<u16, String>>>;
+/// One tunnel as the forwarding tasks see it. `retired` fires when the tunnel's target changes
+/// or the tunnel goes away: its open connections are then cut, so that no pooled connection on
+/// a Gateway keeps reaching the old target.
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub target: String,
+    pub retired: tokio_util::sync::CancellationToken,
+}
+
+/// Port → service, shared with the forwarding tasks.
+pub(crate) type Services = Arc<ArcSwap<HashMap<u16, Arc<Service>>>>;
 
 struct Agent {
     key: PrivateKey,
@@ -135,13 +144,28 @@ impl Agent {
             self.device = Some(self.start_device(snapshot.wg_address).await?);
         }
         let device = self.device.as_ref().expect("device started above");
-        let services: HashMap<u16, String> = snapshot
+        let old = self.services.load_full();
+        let services: HashMap<u16, Arc<Service>> = snapshot
             .services
             .iter()
-            .map(|s| (s.port, s.target.clone()))
+            .map(|s| {
+                let service = match old.get(&s.port) {
+                    Some(existing) if existing.target == s.target => existing.clone(),
+                    _ => Arc::new(Service {
+                        target: s.target.clone(),
+                        retired: Default::default(),
+                    }),
+                };
+                (s.port, service)
+            })
             .collect();
         device.set_listen_ports(services.keys().copied());
-        self.services.store(Arc::new(services));
+        self.services.store(Arc::new(services.clone()));
+        for (port, service) in old.iter() {
+            if !services.get(port).is_some_and(|s| Arc::ptr_eq(s, service)) {
+                service.retired.cancel();
+            }
+        }
         for s in &snapshot.services {
             tracing::debug!(hostname = %s.hostname, target = %s.target, port = s.port, "serving tunnel");
         }

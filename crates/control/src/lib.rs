@@ -1,1 +1,112 @@
-//! placeholder
+//! kakuremichi Control: the REST API, accounts, the database and config distribution to nodes.
+//!
+//! [`run`] serves everything on one listener until its shutdown future resolves. Gateways and
+//! Agents hold a WebSocket session (see [`kakuremichi_proto::CONNECT_PATH`]) over which Control
+//! pushes each one its [`kakuremichi_proto::ConfigSnapshot`] whenever it changes.
+
+mod api;
+mod config;
+mod secrets;
+mod sessions;
+mod snapshot;
+mod store;
+mod validate;
+
+pub use config::{ConfigError, ControlConfig};
+
+use anyhow::Context as _;
+use sessions::Hub;
+use std::future::Future;
+use std::time::Duration;
+use store::Store;
+
+/// How long in-flight HTTP requests may take to finish after shutdown is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long node sessions get to say goodbye.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs Control on `listener` until `shutdown` resolves, then closes node sessions and drains.
+pub async fn run(
+    config: ControlConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let network = config.network()?;
+    tokio::fs::create_dir_all(&config.data_dir)
+        .await
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = match &config.database_url {
+        Some(url) => Store::open(url).await,
+        None => Store::open_file(&config.data_dir.join("control.db")).await,
+    }
+    .context("cannot open the database")?;
+    bootstrap_admin(&config, &store).await?;
+    let dummy_hash = hash_password(secrets::generate("dummy_")).await?;
+
+    let hub = Hub::new(
+        store.clone(),
+        config.heartbeat_interval,
+        config.heartbeat_timeout,
+    );
+    let state = api::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash);
+    let app = api::router(state);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tracing::info!(wg_network = %network, "control is serving");
+
+    tokio::select! {
+        result = &mut server => {
+            store.close().await;
+            return match result {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("the HTTP server failed")),
+                Err(e) => Err(anyhow::Error::new(e).context("the HTTP server task failed")),
+            };
+        }
+        () = shutdown => {}
+    }
+    tracing::info!("control is shutting down");
+    hub.begin_shutdown();
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still running after {DRAIN_TIMEOUT:?}; aborting them");
+        server.abort();
+    }
+    if !hub.wait_sessions_closed(SESSION_CLOSE_TIMEOUT).await {
+        tracing::warn!("some node sessions did not close in time");
+    }
+    store.close().await;
+    tracing::info!("control stopped");
+    Ok(())
+}
+
+/// Creates the configured admin if no user exists yet; otherwise leaves the accounts alone.
+async fn bootstrap_admin(config: &ControlConfig, store: &Store) -> anyhow::Result<()> {
+    let users = store.count_users().await?;
+    match (&config.admin_email, &config.admin_password) {
+        (Some(email), Some(password)) if users == 0 => {
+            let email = validate::email(email)?;
+            let hash = hash_password(password.clone()).await?;
+            if store.bootstrap_admin(&email, &hash).await? {
+                tracing::info!(%email, "created the first admin account");
+            }
+        }
+        _ if users == 0 => tracing::warn!(
+            "no user exists yet: set admin_email and admin_password to create the first admin"
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Argon2 is slow by design: keep it off the async workers.
+async fn hash_password(password: String) -> anyhow::Result<String> {
+    Ok(tokio::task::spawn_blocking(move || secrets::hash_password(&password)).await??)
+}

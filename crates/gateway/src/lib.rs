@@ -5,21 +5,28 @@
 //! disk), the WireGuard device with every Agent as a peer, and the HTTP proxy whose route table
 //! and dialer follow the latest snapshot.
 
+mod endpoints;
 pub mod proxy;
 
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
+use endpoints::EndpointMemory;
 use kakuremichi_node::{ControlSession, NodeState, Secret, SessionConfig, SessionEvent};
 use kakuremichi_proto::{ConfigSnapshot, NodeRole};
 use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
 use proxy::{BoxStream, Dialer, Proxy, ProxyConfig, RouteTable};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+/// How often learned Agent endpoints are written to disk.
+const REMEMBER_ENDPOINTS: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -101,7 +108,7 @@ pub async fn run(
     let session_task = tokio::spawn(
         ControlSession::new(
             session,
-            state,
+            state.clone(),
             cached.as_ref().map(|c| c.config_hash.clone()),
         )
         .run(events_tx),
@@ -113,11 +120,14 @@ pub async fn run(
         device: None,
         routes,
         dialer,
+        endpoints: EndpointMemory::new(state),
+        remembered: HashMap::new(),
     };
     if let Some(snapshot) = cached {
         tracing::info!("starting from cached config while Control is contacted");
         gateway.apply(&snapshot)?;
     }
+    let mut remember = tokio::time::interval(REMEMBER_ENDPOINTS);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -127,8 +137,10 @@ pub async fn run(
                 Some(_) => {}
                 None => break,
             },
+            _ = remember.tick() => gateway.remember_endpoints(),
         }
     }
+    gateway.remember_endpoints();
     session_task.abort();
     tracing::info!("gateway draining in-flight requests");
     let _ = stop_tx.send(true);
@@ -145,9 +157,18 @@ struct Gateway {
     device: Option<Device>,
     routes: Arc<RouteTable>,
     dialer: Arc<TunnelDialer>,
+    endpoints: EndpointMemory,
+    /// Endpoints from the previous run, used once when the device starts.
+    remembered: HashMap<PublicKey, SocketAddr>,
 }
 
 impl Gateway {
+    fn remember_endpoints(&mut self) {
+        if let Some(device) = &self.device {
+            self.endpoints.save(device);
+        }
+    }
+
     fn apply(&mut self, snapshot: &ConfigSnapshot) -> anyhow::Result<()> {
         let device = match &self.device {
             Some(d) if d.address() == snapshot.wg_address => d.clone(),
@@ -173,6 +194,7 @@ impl Gateway {
                     Device::with_socket(config, socket).context("starting WireGuard")?;
                 tracing::info!(address = %snapshot.wg_address, udp = ?device.local_addr().ok(), "tunnel interface up");
                 self.dialer.device.store(Some(Arc::new(device.clone())));
+                self.remembered = self.endpoints.load();
                 self.device = Some(device.clone());
                 device
             }
@@ -184,7 +206,8 @@ impl Gateway {
                 Ok(public_key) => Some(PeerConfig {
                     public_key,
                     allowed_ip: agent.wg_address,
-                    endpoint: None,
+                    // Known from a previous run: initiate, so Agents reconnect at once.
+                    endpoint: self.remembered.remove(&public_key),
                     persistent_keepalive: None,
                 }),
                 Err(_) => {

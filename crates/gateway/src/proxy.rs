@@ -1,0 +1,136 @@
+//! The Gateway's HTTP reverse proxy: accepts browser connections (HTTP/1.1 and h2c), picks the
+//! route for each request's host and forwards it over a tunnel stream to the Agent serving that
+//! host.
+//!
+//! The proxy knows nothing about WireGuard: it opens upstream connections through a [`Dialer`],
+//! which the Gateway backs with its userspace tunnel and tests back with plain TCP.
+//!
+//! Layout:
+//! - [`routes`]: the hostname → route table, swapped atomically on each config snapshot.
+//! - `connector`: adapts a [`Dialer`] into a pooled hyper client connector.
+//! - `headers`: host normalisation, hop-by-hop stripping, `X-Forwarded-*` / `Forwarded`.
+//! - `forward`: the per-request handler, including HTTP/1.1 upgrades (WebSocket).
+//! - `pages`: the small error pages the proxy answers itself.
+//! - `server`: accept loops, connection caps, timeouts and graceful drain.
+
+mod connector;
+mod forward;
+mod headers;
+mod pages;
+pub mod routes;
+mod server;
+
+use std::future::Future;
+use std::net::SocketAddrV4;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use routes::RouteTable;
+pub use server::{serve, serve_admin, serve_with_scheme};
+
+/// A byte stream to an Agent (a TCP connection through the tunnel, or a plain socket in tests).
+pub trait TunnelStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> TunnelStream for T {}
+
+/// An owned, type-erased [`TunnelStream`].
+pub type BoxStream = Box<dyn TunnelStream>;
+
+/// Opens streams to Agents. The Gateway implements this with its WireGuard tunnel.
+pub trait Dialer: Send + Sync + 'static {
+    /// Opens a stream to `addr` (an Agent's tunnel address and a tunnel's port).
+    fn dial(
+        &self,
+        addr: SocketAddrV4,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send + '_>>;
+}
+
+/// Limits and timeouts of the proxy. `Default` gives the production values.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// How long opening a stream to an Agent may take before the request fails with 502.
+    pub connect_timeout: Duration,
+    /// Concurrent client connections per listener; further clients wait in the accept backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (slowloris protection); also bounds
+    /// how long an idle keep-alive connection is held open.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The scheme a listener's clients used, reported upstream in `X-Forwarded-Proto` / `Forwarded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// How long pooled upstream connections may sit idle. Agents see every Gateway connection as a
+/// tunnel stream, so idle ones are not free for them either.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The proxy's shared state: routes, the pooled upstream client and limits. One per Gateway,
+/// shared by its HTTP and HTTPS listeners.
+pub struct Proxy {
+    routes: Arc<RouteTable>,
+    client: Client<connector::DialConnector, Incoming>,
+    config: ProxyConfig,
+}
+
+impl Proxy {
+    pub fn new(routes: Arc<RouteTable>, dialer: Arc<dyn Dialer>, config: ProxyConfig) -> Arc<Self> {
+        let connector = connector::DialConnector::new(dialer, config.connect_timeout);
+        // The pool is keyed by scheme+authority, i.e. by (agent address, port): keep-alive
+        // connections are reused per tunnel target.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Arc::new(Self {
+            routes,
+            client,
+            config,
+        })
+    }
+
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("routes", &self.routes.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,9 +1,10 @@
 //! Command-line interface: every flag has an environment-variable twin (12-factor, as Docker
 //! users expect); the flag wins when both are given.
 
-use crate::{hello, signal, up};
+use crate::{signal, up};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use kakuremichi::hello;
 use kakuremichi_node::Secret;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,7 +1,6 @@
 //! The `kakuremichi` binary: command-line parsing and wiring only. Each role is a library.
 
 mod cli;
-mod hello;
 mod signal;
 mod up;
 

@@ -6,9 +6,10 @@
 //! `<data-dir>/up.json` (mode 0600) so later starts reuse them.
 
 use crate::cli::{bind_tcp, bind_udp};
-use crate::{hello, signal};
+use crate::signal;
 use anyhow::{bail, Context};
 use clap::Args;
+use kakuremichi::hello;
 use kakuremichi_node::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

@@ -80,6 +80,19 @@ impl NodeState {
         }
     }
 
+    /// Reads a small state file of this role (`None` if absent or stateless).
+    pub fn read(&self, what: &str) -> Option<String> {
+        std::fs::read_to_string(self.file(what)?).ok()
+    }
+
+    /// Writes a small state file of this role atomically, mode 0600.
+    pub fn write(&self, what: &str, bytes: &[u8]) -> Result<(), StateError> {
+        match self.file(what) {
+            Some(path) => write_private(&path, bytes),
+            None => Ok(()),
+        }
+    }
+
     pub fn store_config(&self, snapshot: &ConfigSnapshot) -> Result<(), StateError> {
         let Some(path) = self.file("config.json") else {
             return Ok(());

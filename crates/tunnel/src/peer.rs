@@ -22,6 +22,13 @@ use tokio::time::Instant;
 
 /// How often boringtun's timers run (handshake retries, keepalives, session expiry).
 const TIMER_TICK: Duration = Duration::from_millis(250);
+/// While an initiating peer has no session, its handshake is retried after this delay, doubling
+/// up to [`INITIATION_RETRY_MAX`] (boringtun alone waits the protocol's 5 s REKEY_TIMEOUT, which
+/// makes a lost first initiation cost 5 s).
+const INITIATION_RETRY: Duration = Duration::from_secs(1);
+const INITIATION_RETRY_MAX: Duration = Duration::from_secs(4);
+/// A session older than this is dead (WireGuard's REJECT_AFTER_TIME).
+const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// Datagrams handled per poll of the stack; bounds the time the lock is held.
 const RX_BATCH: usize = 256;
 /// Ceiling on TCP sockets per peer (streams, listeners and closing ones together).
@@ -57,6 +64,10 @@ pub(crate) struct PeerState {
     next_port: u16,
     orphans: Vec<(SocketHandle, Instant)>,
     decap: Vec<u8>,
+    /// This side initiates (it was given the peer's endpoint); it keeps trying until a session exists.
+    initiator: bool,
+    last_initiation: Option<Instant>,
+    initiation_retry: Duration,
     pub closed: bool,
 }
 
@@ -93,6 +104,9 @@ impl Peer {
                 next_port,
                 orphans: Vec::new(),
                 decap: vec![0; 65536],
+                initiator: false,
+                last_initiation: None,
+                initiation_retry: INITIATION_RETRY,
                 closed: false,
             }),
         })
@@ -153,10 +167,8 @@ impl Peer {
     /// Sends a handshake initiation now (the initiating side does this when a peer appears).
     pub fn initiate_handshake(&self) {
         let mut st = self.lock();
-        let PeerState { nic, decap, .. } = &mut *st;
-        if let TunnResult::WriteToNetwork(d) = nic.tunn.format_handshake_initiation(decap, false) {
-            Nic::send_datagram(&nic.udp, nic.endpoint, d);
-        }
+        st.initiator = true;
+        st.send_initiation();
     }
 
     /// Points the peer at a new endpoint (from configuration).
@@ -277,12 +289,33 @@ impl PeerState {
         }
     }
 
+    fn send_initiation(&mut self) {
+        self.last_initiation = Some(Instant::now());
+        let Self { nic, decap, .. } = self;
+        if let TunnResult::WriteToNetwork(d) = nic.tunn.format_handshake_initiation(decap, true) {
+            Nic::send_datagram(&nic.udp, nic.endpoint, d);
+        }
+    }
+
     pub fn update_timers(&mut self) {
         let Self { nic, decap, .. } = self;
         match nic.tunn.update_timers(decap) {
             TunnResult::WriteToNetwork(d) => Nic::send_datagram(&nic.udp, nic.endpoint, d),
             TunnResult::Err(e) => tracing::trace!(error = ?e, "WireGuard timer"),
             _ => {}
+        }
+        if self.initiator && self.nic.endpoint.is_some() {
+            let (since_handshake, ..) = self.nic.tunn.stats();
+            let no_session = since_handshake.is_none_or(|d| d > SESSION_LIFETIME);
+            if !no_session {
+                self.initiation_retry = INITIATION_RETRY;
+            } else if self
+                .last_initiation
+                .is_none_or(|t| t.elapsed() >= self.initiation_retry)
+            {
+                self.send_initiation();
+                self.initiation_retry = (self.initiation_retry * 2).min(INITIATION_RETRY_MAX);
+            }
         }
     }
 

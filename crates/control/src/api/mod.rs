@@ -1,0 +1,136 @@
+//! The HTTP API (`/api/v1`), health endpoints and the node endpoints, as one axum router.
+
+mod agents;
+mod auth;
+mod authn;
+mod error;
+mod gateways;
+mod nodes;
+mod tokens;
+mod tunnels;
+
+pub use error::ApiError;
+
+use crate::sessions::Hub;
+use crate::store::Store;
+use crate::validate::WgNetwork;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kakuremichi_proto::{CONNECT_PATH, PULL_CONFIG_PATH};
+use std::ops::Deref;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// How many Argon2 verifications may run at once; each needs ~19 MiB and a core for a while.
+const PASSWORD_CHECKS_IN_FLIGHT: usize = 4;
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub network: WgNetwork,
+    pub secure_cookies: bool,
+    /// Verified against for unknown e-mails, so a failed login takes as long either way.
+    pub dummy_password_hash: String,
+    pub password_checks: Semaphore,
+}
+
+impl AppState {
+    pub fn new(
+        hub: Arc<Hub>,
+        network: WgNetwork,
+        secure_cookies: bool,
+        dummy_password_hash: String,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            store: hub.store().clone(),
+            hub,
+            network,
+            secure_cookies,
+            dummy_password_hash,
+            password_checks: Semaphore::new(PASSWORD_CHECKS_IN_FLIGHT),
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Every route of Control.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/auth/login", post(auth::login))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/api/v1/auth/me", get(auth::me))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::delete))
+        .route("/api/v1/agents", get(agents::list).post(agents::create))
+        .route(
+            "/api/v1/agents/{id}",
+            get(agents::get)
+                .patch(agents::update)
+                .delete(agents::delete),
+        )
+        .route(
+            "/api/v1/gateways",
+            get(gateways::list).post(gateways::create),
+        )
+        .route(
+            "/api/v1/gateways/{id}",
+            get(gateways::get)
+                .patch(gateways::update)
+                .delete(gateways::delete),
+        )
+        .route("/api/v1/tunnels", get(tunnels::list).post(tunnels::create))
+        .route(
+            "/api/v1/tunnels/{id}",
+            get(tunnels::get)
+                .patch(tunnels::update)
+                .delete(tunnels::delete),
+        )
+        .route(CONNECT_PATH, get(nodes::connect))
+        .route(PULL_CONFIG_PATH, get(nodes::pull_config))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::map_response(error::json_errors))
+        .with_state(state)
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the database answers.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.store.ping().await {
+        Ok(()) => Ok(Json(serde_json::json!({ "status": "ok" }))),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is not reachable",
+            ))
+        }
+    }
+}
+
+/// `"online"` while the node has an open session.
+fn status(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}

@@ -1,0 +1,92 @@
+//! The node endpoints: the session WebSocket ([`CONNECT_PATH`](kakuremichi_proto::CONNECT_PATH))
+//! and the pull endpoint of seed 003 ([`PULL_CONFIG_PATH`](kakuremichi_proto::PULL_CONFIG_PATH)).
+
+use super::authn::AuthNode;
+use super::error::ApiError;
+use super::AppState;
+use crate::sessions;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// Largest frame or message a node may send; a Hello is a few hundred bytes.
+const MAX_NODE_MESSAGE: usize = 64 * 1024;
+
+/// Upgrades an authenticated node's request to its session.
+pub async fn connect(
+    State(state): State<AppState>,
+    AuthNode(node): AuthNode,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|r| {
+        ApiError::bad_request(format!(
+            "this endpoint expects a WebSocket upgrade: {}",
+            r.body_text()
+        ))
+    })?;
+    let hub = state.hub.clone();
+    Ok(upgrade
+        .max_message_size(MAX_NODE_MESSAGE)
+        .max_frame_size(MAX_NODE_MESSAGE)
+        .on_upgrade(move |socket| sessions::serve(socket, node, hub)))
+}
+
+/// The node's snapshot with its hash as ETag; `304` when `If-None-Match` already names it.
+pub async fn pull_config(
+    State(state): State<AppState>,
+    AuthNode(node): AuthNode,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let world = state.hub.world().await?;
+    // The node may have been deleted since it authenticated.
+    let snapshot = world.snapshot(node).ok_or_else(ApiError::unauthorized)?;
+    if let Err(e) = state.store.touch_node(node).await {
+        tracing::warn!(%node, error = %e, "could not record last_seen");
+    }
+    let etag = format!("\"{}\"", snapshot.config_hash);
+    let cache = [(ETAG, etag), (CACHE_CONTROL, "no-cache".to_string())];
+    if etag_matches(&headers, &snapshot.config_hash) {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    Ok((cache, Json(snapshot)).into_response())
+}
+
+/// True when any `If-None-Match` entry is `*` or names `hash` (quoted or not, weak or strong).
+fn etag_matches(headers: &HeaderMap, hash: &str) -> bool {
+    headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim())
+        .map(|tag| tag.strip_prefix("W/").unwrap_or(tag))
+        .map(|tag| tag.trim_matches('"'))
+        .any(|tag| tag == "*" || tag == hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn if_none_match_forms() {
+        let check = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(IF_NONE_MATCH, HeaderValue::from_static(value));
+            etag_matches(&h, "abc")
+        };
+        assert!(check("\"abc\""));
+        assert!(check("abc"));
+        assert!(check("*"));
+        assert!(check("W/\"abc\""));
+        assert!(check("\"x\", \"abc\""));
+        assert!(!check("\"abcd\""));
+        assert!(!check(""));
+        assert!(!etag_matches(&HeaderMap::new(), "abc"));
+    }
+}

@@ -1,0 +1,281 @@
+//! Control's configuration: defaults, validation with actionable messages, secrets masked in `Debug`.
+
+use crate::validate::WgNetwork;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `run` needs. The binary fills it from env vars / CLI; tests build it directly.
+#[derive(Clone)]
+pub struct ControlConfig {
+    /// Where the SQLite database (and later certificates) live.
+    pub data_dir: PathBuf,
+    /// `sqlite:...` URL; `None` means `<data_dir>/control.db`, created if missing.
+    pub database_url: Option<String>,
+    /// How nodes and browsers reach Control; an `https://` URL makes session cookies `Secure`.
+    pub public_url: Option<String>,
+    /// Bootstrap: the first admin account, created only while no user exists.
+    pub admin_email: Option<String>,
+    /// Password of the bootstrap admin. Never logged; masked in `Debug`.
+    pub admin_password: Option<String>,
+    /// IPv4 CIDR from which WireGuard addresses are allocated to Agents and Gateways.
+    pub wg_network: String,
+    /// How often Control pings every node session.
+    pub heartbeat_interval: Duration,
+    /// A node session with no frame from the node for this long is closed.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            public_url: None,
+            admin_email: None,
+            admin_password: None,
+            wg_network: "10.77.0.0/16".to_string(),
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+impl fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(mask_url_password),
+            )
+            .field("public_url", &self.public_url)
+            .field("admin_email", &self.admin_email)
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("wg_network", &self.wg_network)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .finish()
+    }
+}
+
+/// Hides the user-info part of a URL (`scheme://user:password@host`), which may hold a password.
+fn mask_url_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(start), Some(at)) if at > start => {
+            format!("{}<redacted>{}", &url[..start + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A configuration value that cannot work; the message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("data_dir must not be empty; set it to a writable directory such as ./data")]
+    EmptyDataDir,
+    #[error("wg_network {value:?} is invalid: {reason}")]
+    WgNetwork { value: String, reason: String },
+    #[error(
+        "database_url {0:?} is not supported: use a sqlite: URL such as sqlite:///var/lib/kakuremichi/control.db, \
+         or leave it unset to use <data_dir>/control.db"
+    )]
+    DatabaseUrl(String),
+    #[error("public_url {0:?} must start with http:// or https:// (for example https://control.example.com)")]
+    PublicUrl(String),
+    #[error("admin_email and admin_password must be set together (set both to create the first admin, or neither)")]
+    AdminIncomplete,
+    #[error(
+        "admin_email {0:?} is not an email address (expected something like admin@example.com)"
+    )]
+    AdminEmail(String),
+    #[error("admin_password must not be empty")]
+    AdminPassword,
+    #[error("heartbeat_interval must be greater than zero")]
+    HeartbeatInterval,
+    #[error(
+        "heartbeat_timeout ({timeout:?}) must be longer than heartbeat_interval ({interval:?}); \
+         about 2.5 times the interval is a good value"
+    )]
+    HeartbeatTimeout {
+        timeout: Duration,
+        interval: Duration,
+    },
+}
+
+impl ControlConfig {
+    /// Checks every value; the first problem found is returned with a message saying what to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyDataDir);
+        }
+        WgNetwork::parse(&self.wg_network).map_err(|e| ConfigError::WgNetwork {
+            value: self.wg_network.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(url) = &self.database_url {
+            if !url.starts_with("sqlite:") {
+                return Err(ConfigError::DatabaseUrl(url.clone()));
+            }
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::PublicUrl(url.clone()));
+            }
+        }
+        match (&self.admin_email, &self.admin_password) {
+            (None, None) => {}
+            (Some(email), Some(password)) => {
+                crate::validate::email(email)
+                    .map_err(|_| ConfigError::AdminEmail(email.clone()))?;
+                if password.is_empty() {
+                    return Err(ConfigError::AdminPassword);
+                }
+            }
+            _ => return Err(ConfigError::AdminIncomplete),
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::HeartbeatInterval);
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(ConfigError::HeartbeatTimeout {
+                timeout: self.heartbeat_timeout,
+                interval: self.heartbeat_interval,
+            });
+        }
+        Ok(())
+    }
+
+    /// The parsed WireGuard network; only valid after [`ControlConfig::validate`].
+    pub(crate) fn network(&self) -> Result<WgNetwork, ConfigError> {
+        WgNetwork::parse(&self.wg_network).map_err(|e| ConfigError::WgNetwork {
+            value: self.wg_network.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Session cookies get `Secure` when browsers reach Control over HTTPS.
+    pub(crate) fn secure_cookies(&self) -> bool {
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        ControlConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn debug_masks_password() {
+        let c = ControlConfig {
+            admin_password: Some("hunter2-secret".into()),
+            ..Default::default()
+        };
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2-secret"));
+        assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn debug_masks_database_credentials() {
+        let c = ControlConfig {
+            database_url: Some("postgres://km:s3cret@db/km".into()),
+            ..Default::default()
+        };
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("postgres://<redacted>@db/km"), "{dbg}");
+    }
+
+    #[test]
+    fn secure_cookies_follow_public_url() {
+        let https = ControlConfig {
+            public_url: Some("https://c.example.com".into()),
+            ..Default::default()
+        };
+        let http = ControlConfig {
+            public_url: Some("http://c.example.com".into()),
+            ..Default::default()
+        };
+        assert!(https.secure_cookies());
+        assert!(!http.secure_cookies());
+        assert!(!ControlConfig::default().secure_cookies());
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let bad = [
+            ControlConfig {
+                wg_network: "10.77.0.0".into(),
+                ..Default::default()
+            },
+            ControlConfig {
+                wg_network: "10.77.0.0/31".into(),
+                ..Default::default()
+            },
+            ControlConfig {
+                wg_network: "10.77.0.0/7".into(),
+                ..Default::default()
+            },
+            ControlConfig {
+                wg_network: "fd00::/64".into(),
+                ..Default::default()
+            },
+            ControlConfig {
+                wg_network: "10.77.0.1/16".into(),
+                ..Default::default()
+            },
+            ControlConfig {
+                database_url: Some("postgres://x".into()),
+                ..Default::default()
+            },
+            ControlConfig {
+                public_url: Some("control.example.com".into()),
+                ..Default::default()
+            },
+            ControlConfig {
+                admin_email: Some("a@b.c".into()),
+                ..Default::default()
+            },
+            ControlConfig {
+                admin_password: Some("pw".into()),
+                ..Default::default()
+            },
+            ControlConfig {
+                admin_email: Some("nope".into()),
+                admin_password: Some("pw".into()),
+                ..Default::default()
+            },
+            ControlConfig {
+                admin_email: Some("a@b.c".into()),
+                admin_password: Some(String::new()),
+                ..Default::default()
+            },
+            ControlConfig {
+                heartbeat_interval: Duration::ZERO,
+                ..Default::default()
+            },
+            ControlConfig {
+                heartbeat_timeout: Duration::from_secs(5),
+                ..Default::default()
+            },
+            ControlConfig {
+                data_dir: PathBuf::new(),
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            let err = c.validate().expect_err(&format!("{c:?}"));
+            assert!(!err.to_string().is_empty());
+        }
+    }
+}

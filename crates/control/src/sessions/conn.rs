@@ -1,0 +1,288 @@
+//! One node session: Hello/Welcome handshake, snapshot pushes on change, heartbeats, clean close.
+//!
+//! Everything the node sends is untrusted: a bad frame ends the session with an `Error` message
+//! and a Close frame, never a panic. Every send is bounded by the heartbeat timeout, so a node
+//! that stops reading cannot pin the task.
+
+use super::Hub;
+use crate::store::{NodeKind, NodeRef, StoreError};
+use crate::validate;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
+use futures_util::SinkExt as _;
+use kakuremichi_proto::{
+    decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, PROTOCOL_VERSION,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant, MissedTickBehavior};
+
+/// How often `last_seen` is refreshed while a session stays open.
+const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a session ended; decides what, if anything, the node is told.
+enum End {
+    /// The node closed, the connection dropped, or a send failed: nothing more to say.
+    Gone,
+    /// Tell the node why (an `Error` message it should not retry blindly), then close.
+    Error { code: &'static str, message: String },
+    /// Close without an `Error` message, so the node simply reconnects: Control is shutting
+    /// down, had an internal fault, or heard nothing from the node for too long.
+    Close(u16, &'static str),
+}
+
+const SHUTDOWN: End = End::Close(close_code::AWAY, "control is shutting down");
+
+impl End {
+    fn error(code: &'static str, message: impl Into<String>) -> Self {
+        End::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => End::error("revoked", "this node was deleted from Control"),
+            e => {
+                tracing::error!(error = %e, "node session: database error");
+                End::Close(close_code::ERROR, "internal error")
+            }
+        }
+    }
+}
+
+/// Resolves once Control is shutting down.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Runs the session of an authenticated node until it ends.
+pub async fn serve(socket: WebSocket, node: NodeRef, hub: Arc<Hub>) {
+    let _live = hub.session_started();
+    let mut session = Session {
+        socket,
+        node,
+        hub,
+        last_rx: Instant::now(),
+    };
+    let end = session.run().await;
+    session.finish(end).await;
+}
+
+struct Session {
+    socket: WebSocket,
+    node: NodeRef,
+    hub: Arc<Hub>,
+    /// When the node last sent any frame (data, ping, pong).
+    last_rx: Instant,
+}
+
+impl Session {
+    async fn run(&mut self) -> End {
+        let mut shutdown = self.hub.shutdown_signal();
+        let config_hash = tokio::select! {
+            () = stopped(&mut shutdown) => return SHUTDOWN,
+            hello = self.handshake() => match hello {
+                Ok(hash) => hash,
+                Err(end) => return end,
+            },
+        };
+        let _online = self.hub.mark_online(self.node);
+        tracing::info!(node = %self.node, "node session open");
+        let welcome = ControlMessage::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: self.node.id,
+        };
+        if let Err(end) = self.send(&welcome).await {
+            return end;
+        }
+        let mut generation = self.hub.subscribe();
+        generation.borrow_and_update();
+        let mut sent_hash = config_hash;
+        if let Err(end) = self.push_if_changed(&mut sent_hash).await {
+            return end;
+        }
+        let interval = self.hub.heartbeat_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_touch = Instant::now();
+        loop {
+            let deadline = self.last_rx + self.hub.heartbeat_timeout;
+            let step = tokio::select! {
+                () = stopped(&mut shutdown) => Err(SHUTDOWN),
+                changed = generation.changed() => match changed {
+                    Ok(()) => self.push_if_changed(&mut sent_hash).await,
+                    Err(_) => Err(SHUTDOWN),
+                },
+                _ = ping.tick() => self.heartbeat(&mut last_touch).await,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(node = %self.node, timeout = ?self.hub.heartbeat_timeout, "node silent for too long; closing its session");
+                    Err(End::Close(close_code::POLICY, "heartbeat timeout"))
+                }
+                frame = self.socket.recv() => self.on_frame(frame),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Reads and checks the Hello; records the node's key. Returns the hash the node already has.
+    async fn handshake(&mut self) -> Result<Option<String>, End> {
+        let deadline = Instant::now() + self.hub.heartbeat_timeout;
+        let text = loop {
+            let frame = timeout_at(deadline, self.socket.recv())
+                .await
+                .map_err(|_| End::error("bad_hello", "no hello received in time"))?;
+            match frame {
+                Some(Ok(Message::Text(text))) => break text,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(End::error(
+                        "bad_hello",
+                        "expected a JSON text frame with a hello message",
+                    ))
+                }
+                Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
+                Some(Err(e)) => {
+                    return Err(End::error("bad_hello", format!("unreadable frame: {e}")))
+                }
+            }
+        };
+        self.last_rx = Instant::now();
+        let (role, public_key, config_hash) = match decode_node(text.as_str()) {
+            Ok(NodeMessage::Hello {
+                role,
+                public_key,
+                config_hash,
+                ..
+            }) => (role, public_key, config_hash),
+            Ok(NodeMessage::Applied { .. }) => {
+                return Err(End::error("bad_hello", "the first message must be a hello"))
+            }
+            Err(e @ DecodeError::VersionMismatch { .. }) => {
+                return Err(End::error("version_mismatch", e.to_string()))
+            }
+            Err(e) => return Err(End::error("bad_hello", e.to_string())),
+        };
+        let expected = match self.node.kind {
+            NodeKind::Agent => NodeRole::Agent,
+            NodeKind::Gateway => NodeRole::Gateway,
+        };
+        if role != expected {
+            return Err(End::error(
+                "bad_hello",
+                format!(
+                    "this credential belongs to {}, but the hello says role {role:?}",
+                    self.node
+                ),
+            ));
+        }
+        validate::public_key(&public_key).map_err(|e| End::error("bad_hello", e.0))?;
+        if self
+            .hub
+            .store()
+            .node_connected(self.node, &public_key)
+            .await?
+        {
+            tracing::info!(node = %self.node, "node public key changed");
+            self.hub.changed();
+        }
+        Ok(config_hash)
+    }
+
+    /// Pings the node, and refreshes `last_seen` now and then.
+    async fn heartbeat(&mut self, last_touch: &mut Instant) -> Result<(), End> {
+        if last_touch.elapsed() >= LAST_SEEN_EVERY {
+            *last_touch = Instant::now();
+            self.hub.store().touch_node(self.node).await?;
+        }
+        self.send_raw(Message::Ping(Default::default())).await
+    }
+
+    /// Sends the node's current snapshot if its hash differs from the last one it has.
+    async fn push_if_changed(&mut self, sent_hash: &mut Option<String>) -> Result<(), End> {
+        let world = self.hub.world().await?;
+        let Some(snapshot) = world.snapshot(self.node) else {
+            return Err(StoreError::NotFound.into());
+        };
+        if sent_hash.as_deref() == Some(snapshot.config_hash.as_str()) {
+            return Ok(());
+        }
+        let hash = snapshot.config_hash.clone();
+        self.send(&ControlMessage::Config { snapshot }).await?;
+        tracing::debug!(node = %self.node, config_hash = %hash, "pushed config");
+        *sent_hash = Some(hash);
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        self.last_rx = Instant::now();
+        match frame {
+            Some(Ok(Message::Text(text))) => match decode_node(text.as_str()) {
+                Ok(NodeMessage::Applied { config_hash }) => {
+                    tracing::debug!(node = %self.node, %config_hash, "node applied config");
+                    Ok(())
+                }
+                Ok(NodeMessage::Hello { .. }) => {
+                    Err(End::error("bad_message", "hello may only be sent once"))
+                }
+                Err(e) => Err(End::error("bad_message", e.to_string())),
+            },
+            Some(Ok(Message::Binary(_))) => {
+                Err(End::error("bad_message", "binary frames are not supported"))
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+            Some(Ok(Message::Close(_))) | None => Err(End::Gone),
+            Some(Err(e)) => Err(End::error("bad_message", e.to_string())),
+        }
+    }
+
+    async fn send(&mut self, msg: &ControlMessage) -> Result<(), End> {
+        self.send_raw(Message::text(msg.encode())).await
+    }
+
+    async fn send_raw(&mut self, msg: Message) -> Result<(), End> {
+        match timeout(self.hub.heartbeat_timeout, self.socket.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    /// Tells the node why the session ends (best effort), closes, and records `last_seen`.
+    async fn finish(&mut self, end: End) {
+        let close = match end {
+            End::Gone => None,
+            End::Close(code, reason) => Some((code, reason)),
+            End::Error { code, message } => {
+                tracing::info!(node = %self.node, code, %message, "closing node session");
+                let _ = self
+                    .send(&ControlMessage::Error {
+                        code: code.to_string(),
+                        message,
+                    })
+                    .await;
+                Some((close_code::POLICY, code))
+            }
+        };
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = timeout(
+                Duration::from_secs(1),
+                self.socket.send(Message::Close(Some(frame))),
+            )
+            .await;
+        }
+        let _ = timeout(Duration::from_secs(1), self.socket.close()).await;
+        if let Err(e) = self.hub.store().touch_node(self.node).await {
+            tracing::warn!(node = %self.node, error = %e, "could not record last_seen");
+        }
+        tracing::info!(node = %self.node, "node session closed");
+    }
+}

@@ -1,0 +1,269 @@
+//! Computation of each node's [`ConfigSnapshot`] from the database.
+//!
+//! The whole topology (nodes and enabled tunnels) is loaded once per change into a [`World`],
+//! shared by every session; each node's snapshot is then derived from it without further queries.
+
+use crate::store::{AgentRow, GatewayRow, NodeKind, NodeRef, Store, StoreResult, TunnelRow};
+use kakuremichi_proto::{AgentService, ConfigSnapshot, GatewayRoute, WgPeer};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// Everything snapshots are made of, read in one consistent transaction.
+#[derive(Debug, Default)]
+pub struct World {
+    agents: Vec<AgentRow>,
+    gateways: Vec<GatewayRow>,
+    /// Enabled tunnels only.
+    tunnels: Vec<TunnelRow>,
+}
+
+impl Store {
+    /// Reads the current [`World`].
+    pub async fn load_world(&self) -> StoreResult<World> {
+        let mut tx = self.pool().begin().await?;
+        let agents = sqlx::query_as(
+            "SELECT id, name, wg_address, public_key, last_seen, created_at FROM agents ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let gateways = sqlx::query_as(
+            "SELECT id, name, public_endpoint, wg_address, public_key, enabled, last_seen, created_at \
+             FROM gateways ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let tunnels = sqlx::query_as(
+            "SELECT id, hostname, agent_id, target, port, enabled, created_at, updated_at \
+             FROM tunnels WHERE enabled = TRUE ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(World {
+            agents,
+            gateways,
+            tunnels,
+        })
+    }
+}
+
+impl World {
+    /// The sealed snapshot of `node`, or `None` if the node no longer exists.
+    pub fn snapshot(&self, node: NodeRef) -> Option<ConfigSnapshot> {
+        let snapshot = match node.kind {
+            NodeKind::Gateway => self.gateway_snapshot(node.id)?,
+            NodeKind::Agent => self.agent_snapshot(node.id)?,
+        };
+        Some(snapshot.seal())
+    }
+
+    fn gateway_snapshot(&self, id: i64) -> Option<ConfigSnapshot> {
+        let gateway = self.gateways.iter().find(|g| g.id == id)?;
+        let peers = self
+            .agents
+            .iter()
+            .filter_map(|a| {
+                Some(WgPeer {
+                    id: a.id,
+                    name: a.name.clone(),
+                    public_key: a.public_key.clone()?,
+                    wg_address: address(&a.wg_address)?,
+                    endpoint: None,
+                })
+            })
+            .collect();
+        let mut routes = BTreeMap::new();
+        for t in &self.tunnels {
+            let Some(agent) = self.agents.iter().find(|a| a.id == t.agent_id) else {
+                continue;
+            };
+            let (Some(agent_address), Ok(port)) =
+                (address(&agent.wg_address), u16::try_from(t.port))
+            else {
+                continue;
+            };
+            let route = GatewayRoute {
+                tunnel_id: t.id,
+                agent_id: agent.id,
+                agent_address,
+                port,
+            };
+            routes.insert(t.hostname.clone(), route);
+        }
+        Some(ConfigSnapshot {
+            node_id: gateway.id,
+            wg_address: address(&gateway.wg_address)?,
+            peers,
+            routes,
+            ..ConfigSnapshot::default()
+        })
+    }
+
+    fn agent_snapshot(&self, id: i64) -> Option<ConfigSnapshot> {
+        let agent = self.agents.iter().find(|a| a.id == id)?;
+        let peers = self
+            .gateways
+            .iter()
+            .filter(|g| g.enabled)
+            .filter_map(|g| {
+                Some(WgPeer {
+                    id: g.id,
+                    name: g.name.clone(),
+                    public_key: g.public_key.clone()?,
+                    wg_address: address(&g.wg_address)?,
+                    endpoint: Some(g.public_endpoint.clone()),
+                })
+            })
+            .collect();
+        let services = self
+            .tunnels
+            .iter()
+            .filter(|t| t.agent_id == id)
+            .filter_map(|t| {
+                Some(AgentService {
+                    tunnel_id: t.id,
+                    hostname: t.hostname.clone(),
+                    port: u16::try_from(t.port).ok()?,
+                    target: t.target.clone(),
+                })
+            })
+            .collect();
+        Some(ConfigSnapshot {
+            node_id: agent.id,
+            wg_address: address(&agent.wg_address)?,
+            peers,
+            services,
+            ..ConfigSnapshot::default()
+        })
+    }
+}
+
+/// Stored addresses were written by the allocator, so a parse failure means a corrupt row: skip it.
+fn address(text: &str) -> Option<Ipv4Addr> {
+    let parsed = text.parse().ok();
+    if parsed.is_none() {
+        tracing::warn!(
+            address = text,
+            "ignoring invalid wg_address in the database"
+        );
+    }
+    parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: i64, key: Option<&str>) -> AgentRow {
+        AgentRow {
+            id,
+            name: format!("agent{id}"),
+            wg_address: format!("10.77.0.{id}"),
+            public_key: key.map(str::to_string),
+            last_seen: None,
+            created_at: String::new(),
+        }
+    }
+
+    fn gateway(id: i64, key: Option<&str>, enabled: bool) -> GatewayRow {
+        GatewayRow {
+            id,
+            name: format!("gw{id}"),
+            public_endpoint: format!("gw{id}.example.com:51820"),
+            wg_address: format!("10.77.1.{id}"),
+            public_key: key.map(str::to_string),
+            enabled,
+            last_seen: None,
+            created_at: String::new(),
+        }
+    }
+
+    fn tunnel(id: i64, agent_id: i64, port: i64) -> TunnelRow {
+        TunnelRow {
+            id,
+            hostname: format!("t{id}.example.com"),
+            agent_id,
+            target: "app:3000".into(),
+            port,
+            enabled: true,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn world() -> World {
+        World {
+            agents: vec![agent(1, Some("A1")), agent(2, None)],
+            gateways: vec![
+                gateway(1, Some("G1"), true),
+                gateway(2, Some("G2"), false),
+                gateway(3, None, true),
+            ],
+            tunnels: vec![
+                tunnel(10, 1, 10000),
+                tunnel(11, 2, 10000),
+                tunnel(12, 1, 10001),
+            ],
+        }
+    }
+
+    #[test]
+    fn gateway_sees_keyed_agents_and_all_routes() {
+        let s = world()
+            .snapshot(NodeRef {
+                kind: NodeKind::Gateway,
+                id: 1,
+            })
+            .unwrap();
+        assert!(s.is_intact());
+        assert_eq!(s.wg_address, Ipv4Addr::new(10, 77, 1, 1));
+        assert_eq!(s.peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(s.peers[0].endpoint, None);
+        assert_eq!(
+            s.hostnames,
+            vec!["t10.example.com", "t11.example.com", "t12.example.com"]
+        );
+        let r = &s.routes["t11.example.com"];
+        assert_eq!(
+            (r.tunnel_id, r.agent_id, r.agent_address, r.port),
+            (11, 2, Ipv4Addr::new(10, 77, 0, 2), 10000)
+        );
+        assert!(s.services.is_empty());
+    }
+
+    #[test]
+    fn agent_sees_enabled_keyed_gateways_and_its_services() {
+        let s = world()
+            .snapshot(NodeRef {
+                kind: NodeKind::Agent,
+                id: 1,
+            })
+            .unwrap();
+        assert_eq!(s.peers.len(), 1);
+        assert_eq!(
+            s.peers[0].endpoint.as_deref(),
+            Some("gw1.example.com:51820")
+        );
+        assert_eq!(
+            s.services.iter().map(|s| s.tunnel_id).collect::<Vec<_>>(),
+            vec![10, 12]
+        );
+        assert!(s.routes.is_empty());
+    }
+
+    #[test]
+    fn unknown_node_has_no_snapshot() {
+        assert!(world()
+            .snapshot(NodeRef {
+                kind: NodeKind::Agent,
+                id: 9
+            })
+            .is_none());
+        assert!(world()
+            .snapshot(NodeRef {
+                kind: NodeKind::Gateway,
+                id: 9
+            })
+            .is_none());
+    }
+}

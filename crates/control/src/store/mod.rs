@@ -1,0 +1,152 @@
+//! The database: opening SQLite (WAL, foreign keys, busy timeout), versioned migrations, and the
+//! queries of every table, one submodule per table.
+//!
+//! Every mutation runs in one transaction that validates, allocates and writes, so a failed
+//! request leaves nothing behind. Queries use `$n` placeholders to stay portable to PostgreSQL.
+
+mod agents;
+mod alloc;
+mod gateways;
+mod nodes;
+mod tokens;
+mod tunnels;
+mod users;
+
+pub use agents::AgentRow;
+pub use gateways::{GatewayPatch, GatewayRow};
+pub use nodes::{NodeKind, NodeRef};
+pub use tokens::TokenRow;
+pub use tunnels::{NewTunnel, TunnelPatch, TunnelRow};
+pub use users::UserRow;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Why a store operation failed. The API maps each variant to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// The request contradicts existing data (duplicate hostname, agent still in use...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request references something that does not exist (e.g. an unknown agent_id).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the SQLite database at `url` and applies pending migrations.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        // Each connection to an in-memory database is a separate database: keep exactly one.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        Self::connect(SqliteConnectOptions::from_str(url)?, in_memory).await
+    }
+
+    /// Opens (creating if missing) the SQLite database file at `path` and applies pending migrations.
+    pub async fn open_file(path: &Path) -> StoreResult<Self> {
+        Self::connect(SqliteConnectOptions::new().filename(path), false).await
+    }
+
+    async fn connect(options: SqliteConnectOptions, in_memory: bool) -> StoreResult<Self> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if in_memory { 1 } else { 8 })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Starts a write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock up front, so
+    /// read-then-write allocations (addresses, ports) cannot interleave or fail with SQLITE_BUSY.
+    pub(crate) async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Current time as stored: RFC 3339 UTC, whole seconds.
+pub fn now() -> String {
+    timestamp(OffsetDateTime::now_utc())
+}
+
+/// RFC 3339 UTC, whole seconds, e.g. `2025-01-31T12:00:00Z`. Fixed width, so text order is time order.
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+/// Time `d` from now, formatted like [`now`].
+pub fn from_now(d: time::Duration) -> String {
+    timestamp(OffsetDateTime::now_utc() + d)
+}
+
+/// True when a database error is a UNIQUE constraint violation.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// True when a database error is a FOREIGN KEY constraint violation.
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_fixed_width_utc() {
+        let t = now();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.ends_with('Z'));
+        assert!(from_now(time::Duration::days(7)) > t);
+    }
+
+    #[tokio::test]
+    async fn opens_in_memory_and_migrates() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        store.ping().await.unwrap();
+        assert_eq!(store.count_users().await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,156 @@
+//! Tunnels: a public hostname served by one Agent, forwarded to a local target through a port on
+//! the Agent's userspace stack.
+
+use super::{
+    alloc, is_foreign_key_violation, is_unique_violation, now, Store, StoreError, StoreResult,
+};
+use sqlx::{Sqlite, Transaction};
+
+const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, created_at, updated_at";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TunnelRow {
+    pub id: i64,
+    pub hostname: String,
+    pub agent_id: i64,
+    pub target: String,
+    pub port: i64,
+    pub enabled: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A tunnel to create; values are already validated and normalised.
+#[derive(Debug)]
+pub struct NewTunnel {
+    pub hostname: String,
+    pub agent_id: i64,
+    pub target: String,
+    pub enabled: bool,
+}
+
+/// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
+#[derive(Debug, Default)]
+pub struct TunnelPatch {
+    pub hostname: Option<String>,
+    pub agent_id: Option<i64>,
+    pub target: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+impl Store {
+    /// Creates a tunnel on the lowest free port of its agent.
+    pub async fn create_tunnel(&self, new: &NewTunnel) -> StoreResult<TunnelRow> {
+        let mut tx = self.write_tx().await?;
+        require_agent(&mut tx, new.agent_id).await?;
+        let port = alloc::allocate_port(&mut tx, new.agent_id).await?;
+        let now = now();
+        let sql = format!(
+            "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query_as(&sql)
+            .bind(&new.hostname)
+            .bind(new.agent_id)
+            .bind(&new.target)
+            .bind(port)
+            .bind(new.enabled)
+            .bind(&now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| write_error(e, &new.hostname))?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn list_tunnels(&self) -> StoreResult<Vec<TunnelRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM tunnels ORDER BY id");
+        Ok(sqlx::query_as(&sql).fetch_all(self.pool()).await?)
+    }
+
+    pub async fn get_tunnel(&self, id: i64) -> StoreResult<TunnelRow> {
+        let sql = format!("SELECT {COLUMNS} FROM tunnels WHERE id = $1");
+        sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Applies a PATCH; moving a tunnel to another agent gives it a free port there.
+    pub async fn update_tunnel(&self, id: i64, patch: &TunnelPatch) -> StoreResult<TunnelRow> {
+        let mut tx = self.write_tx().await?;
+        let select = format!("SELECT {COLUMNS} FROM tunnels WHERE id = $1");
+        let current: TunnelRow = sqlx::query_as(&select)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let (agent_id, port) = match patch.agent_id {
+            Some(agent) if agent != current.agent_id => {
+                require_agent(&mut tx, agent).await?;
+                (agent, alloc::allocate_port(&mut tx, agent).await?)
+            }
+            _ => (current.agent_id, current.port),
+        };
+        let hostname = patch.hostname.clone().unwrap_or(current.hostname);
+        let sql = format!(
+            "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
+             updated_at = $6 WHERE id = $7 RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query_as(&sql)
+            .bind(&hostname)
+            .bind(agent_id)
+            .bind(patch.target.as_ref().unwrap_or(&current.target))
+            .bind(port)
+            .bind(patch.enabled.unwrap_or(current.enabled))
+            .bind(now())
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| write_error(e, &hostname))?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn delete_tunnel(&self, id: i64) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM tunnels WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+async fn require_agent(tx: &mut Transaction<'static, Sqlite>, agent_id: i64) -> StoreResult<()> {
+    let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1")
+        .bind(agent_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(unknown_agent(agent_id)),
+    }
+}
+
+fn unknown_agent(agent_id: i64) -> StoreError {
+    StoreError::Invalid(format!(
+        "agent_id {agent_id} does not exist; create the agent first"
+    ))
+}
+
+/// Maps constraint violations of a tunnel write to user-facing errors.
+fn write_error(e: sqlx::Error, hostname: &str) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(format!(
+            "hostname {hostname} is already used by another tunnel"
+        ))
+    } else if is_foreign_key_violation(&e) {
+        StoreError::Invalid("agent_id does not exist; create the agent first".to_string())
+    } else {
+        e.into()
+    }
+}

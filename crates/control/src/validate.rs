@@ -1,0 +1,404 @@
+//! Validation and normalisation of every user-supplied value: hostnames, `host:port` targets and
+//! endpoints, names, e-mail addresses, WireGuard public keys and the WireGuard network.
+//!
+//! Each check returns the normalised value or a [`Invalid`] whose message tells the user what to fix.
+
+use base64::Engine as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// A rejected value; the message is shown to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid(msg.into()))
+}
+
+/// Maximum length of a node or token name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// A display name: surrounding whitespace trimmed, 1–100 characters, no control characters.
+pub fn name(input: &str) -> Result<String, Invalid> {
+    let name = input.trim();
+    if name.is_empty() {
+        return invalid("name must not be empty");
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return invalid(format!("name must be at most {MAX_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return invalid("name must not contain control characters");
+    }
+    Ok(name.to_string())
+}
+
+/// An e-mail address, trimmed and lower-cased. Only a sanity check: one `@` with text on both sides.
+pub fn email(input: &str) -> Result<String, Invalid> {
+    let email = input.trim().to_lowercase();
+    match email.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && email.len() <= 254
+                && !email.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(email)
+        }
+        _ => invalid("email must look like name@example.com"),
+    }
+}
+
+/// A public hostname served by the Gateways, e.g. `app.example.com`.
+///
+/// One trailing dot is removed and the name is lower-cased. At least two labels; no wildcard, IP
+/// address, port or scheme.
+pub fn hostname(input: &str) -> Result<String, Invalid> {
+    if input.contains("://") {
+        return invalid("hostname must not include a scheme: write app.example.com, not https://app.example.com");
+    }
+    if input.contains('*') {
+        return invalid("wildcard hostnames are not supported; create one tunnel per hostname");
+    }
+    if input.contains(':') {
+        return invalid("hostname must not include a port: Gateways serve it on ports 80 and 443");
+    }
+    if input.contains('/') {
+        return invalid("hostname must not include a path");
+    }
+    let name = input
+        .strip_suffix('.')
+        .unwrap_or(input)
+        .to_ascii_lowercase();
+    if name.parse::<Ipv4Addr>().is_ok() {
+        return invalid("hostname must be a DNS name, not an IP address");
+    }
+    dns_name(&name, false, 2).map_err(|Invalid(m)| Invalid(format!("hostname {m}")))?;
+    Ok(name)
+}
+
+/// Checks a lower-case DNS name: total length, number of labels, label syntax, numeric TLD.
+fn dns_name(name: &str, allow_underscore: bool, min_labels: usize) -> Result<(), Invalid> {
+    if name.is_empty() {
+        return invalid("must not be empty");
+    }
+    if name.len() > 253 {
+        return invalid("must be at most 253 characters");
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < min_labels {
+        return invalid(format!(
+            "{name:?} needs at least {min_labels} labels, such as app.example.com"
+        ));
+    }
+    for label in &labels {
+        if label.is_empty() {
+            return invalid(format!(
+                "{name:?} has an empty label (two dots in a row, or a leading dot)"
+            ));
+        }
+        if label.len() > 63 {
+            return invalid(format!("{name:?} has a label longer than 63 characters"));
+        }
+        let ok_char = |c: char| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '-'
+                || (allow_underscore && c == '_')
+        };
+        if let Some(c) = label.chars().find(|&c| !ok_char(c)) {
+            return invalid(format!(
+                "{name:?} contains {c:?}; only letters, digits and '-' are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return invalid(format!("{name:?} has a label that starts or ends with '-'"));
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return invalid(format!(
+            "{name:?} is not a valid DNS name (the last label is numeric)"
+        ));
+    }
+    Ok(())
+}
+
+/// A `host:port` where host is a DNS name (a single label such as `app` is allowed), an IPv4
+/// address or a bracketed IPv6 address, and port is 1–65535. `what` names the field in messages.
+///
+/// Returns the normalised form (lower-case host, canonical IP, decimal port).
+pub fn host_port(input: &str, what: &str) -> Result<String, Invalid> {
+    let fail = |m: &str| invalid(format!("{what} {m}"));
+    if input.contains("://") {
+        return fail("must not include a scheme: write host:port, such as localhost:8080");
+    }
+    if input.contains('/') {
+        return fail("must not include a path: write host:port, such as localhost:8080");
+    }
+    let (host, port) = if let Some(rest) = input.strip_prefix('[') {
+        let Some((v6, port)) = rest.split_once("]:") else {
+            return fail("must be [ipv6]:port, such as [::1]:8080");
+        };
+        match v6.parse::<Ipv6Addr>() {
+            Ok(addr) => (format!("[{addr}]"), port),
+            Err(_) => return fail("has an invalid IPv6 address between the brackets"),
+        }
+    } else {
+        let Some((host, port)) = input.rsplit_once(':') else {
+            return fail("must be host:port, such as localhost:8080");
+        };
+        if host.contains(':') {
+            return fail("has an IPv6 address without brackets: write [::1]:8080");
+        }
+        (
+            target_host(host).map_err(|Invalid(m)| Invalid(format!("{what} {m}")))?,
+            port,
+        )
+    };
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return fail("needs a port number between 1 and 65535 after the ':'");
+    }
+    match port.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(format!("{host}:{p}")),
+        _ => fail("needs a port number between 1 and 65535 after the ':'"),
+    }
+}
+
+/// The host part of a target: IPv4 or a DNS name. Underscores are accepted because Docker
+/// Compose service and container names (`wp_db`) resolve on the Agent's network.
+fn target_host(host: &str) -> Result<String, Invalid> {
+    if host.is_empty() {
+        return invalid("needs a host before the ':'");
+    }
+    if let Ok(v4) = host.parse::<Ipv4Addr>() {
+        return Ok(v4.to_string());
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return invalid(format!("host {host:?} is not a valid IPv4 address"));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if name.contains('*') {
+        return invalid("host must not be a wildcard");
+    }
+    dns_name(&name, true, 1).map_err(|Invalid(m)| Invalid(format!("host {m}")))?;
+    Ok(name)
+}
+
+/// A WireGuard public key: standard base64 of exactly 32 bytes.
+pub fn public_key(input: &str) -> Result<(), Invalid> {
+    match base64::engine::general_purpose::STANDARD.decode(input) {
+        Ok(bytes) if bytes.len() == 32 => Ok(()),
+        Ok(bytes) => invalid(format!(
+            "public_key must be 32 bytes (base64 of an X25519 key), got {}",
+            bytes.len()
+        )),
+        Err(_) => invalid("public_key must be standard base64 of a 32-byte X25519 key"),
+    }
+}
+
+/// The IPv4 network WireGuard addresses come from, e.g. `10.77.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WgNetwork {
+    base: u32,
+    prefix: u8,
+}
+
+impl WgNetwork {
+    /// Parses `a.b.c.d/prefix` with prefix 8..=30 and no host bits set.
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
+        let Some((addr, prefix)) = input.trim().split_once('/') else {
+            return invalid("expected an IPv4 CIDR such as 10.77.0.0/16");
+        };
+        let Ok(addr) = addr.parse::<Ipv4Addr>() else {
+            return invalid("the address must be IPv4, such as 10.77.0.0/16");
+        };
+        let prefix = match prefix.parse::<u8>() {
+            Ok(p @ 8..=30) => p,
+            _ => return invalid("the prefix length must be between 8 and 30"),
+        };
+        let base = u32::from(addr);
+        let net = Self { base, prefix };
+        if base & !net.mask() != 0 {
+            let fixed = Ipv4Addr::from(base & net.mask());
+            return invalid(format!("host bits are set; did you mean {fixed}/{prefix}?"));
+        }
+        Ok(net)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// First and last usable host address (network and broadcast excluded).
+    pub fn host_range(&self) -> (u32, u32) {
+        let broadcast = self.base | !self.mask();
+        (self.base + 1, broadcast - 1)
+    }
+}
+
+impl std::fmt::Display for WgNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_hostnames_are_normalised() {
+        assert_eq!(hostname("App.Example.COM.").unwrap(), "app.example.com");
+        assert_eq!(
+            hostname("a-b.c9.example.org").unwrap(),
+            "a-b.c9.example.org"
+        );
+        assert_eq!(hostname("x.io").unwrap(), "x.io");
+        let long_label = "a".repeat(63);
+        assert!(hostname(&format!("{long_label}.example.com")).is_ok());
+    }
+
+    #[test]
+    fn bad_hostnames_are_rejected() {
+        let too_long = format!("{}.com", vec!["a".repeat(60); 5].join("."));
+        assert!(too_long.len() > 253);
+        let label64 = format!("{}.example.com", "a".repeat(64));
+        for bad in [
+            "",
+            ".",
+            "localhost",
+            "app",
+            "*.example.com",
+            "1.2.3.4",
+            "1.2.3.4.",
+            "app.123",
+            "app.example.com:443",
+            "https://app.example.com",
+            "app.example.com/path",
+            "-app.example.com",
+            "app-.example.com",
+            "app..example.com",
+            ".app.example.com",
+            "app.example.com..",
+            "app_1.example.com",
+            "app example.com",
+            " app.example.com",
+            "app.exämple.com",
+            "[::1]",
+            "::1",
+            &too_long,
+            &label64,
+        ] {
+            assert!(hostname(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn good_targets() {
+        for (input, out) in [
+            ("localhost:8080", "localhost:8080"),
+            ("app:3000", "app:3000"),
+            ("App.Internal:80", "app.internal:80"),
+            ("wp_db:3306", "wp_db:3306"),
+            ("127.0.0.1:1", "127.0.0.1:1"),
+            ("[::1]:65535", "[::1]:65535"),
+            ("[2001:DB8::1]:443", "[2001:db8::1]:443"),
+            ("host.:8080", "host:8080"),
+        ] {
+            assert_eq!(host_port(input, "target").unwrap(), out, "{input}");
+        }
+    }
+
+    #[test]
+    fn bad_targets_are_rejected() {
+        for bad in [
+            "",
+            "localhost",
+            "localhost:",
+            ":8080",
+            "localhost:0",
+            "localhost:65536",
+            "localhost:99999",
+            "localhost:-1",
+            "localhost:+80",
+            "localhost:80a",
+            "localhost:http",
+            "http://localhost:8080",
+            "localhost:8080/path",
+            "::1:8080",
+            "[::1]",
+            "[::1]8080",
+            "[not-v6]:80",
+            "999.1.1.1:80",
+            "1.2.3:80",
+            "-app:80",
+            "app-:80",
+            "a..b:80",
+            "*.example.com:80",
+            "app host:80",
+            "ap$p:80",
+        ] {
+            let err = host_port(bad, "target").expect_err(bad);
+            assert!(err.0.starts_with("target "), "{err}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(name("  home  ").unwrap(), "home");
+        assert!(name(&"é".repeat(100)).is_ok());
+        for bad in ["", "   ", "a\nb", "tab\there"] {
+            assert!(name(bad).is_err(), "{bad:?}");
+        }
+        assert!(name(&"x".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(email(" Admin@Example.COM ").unwrap(), "admin@example.com");
+        for bad in ["", "admin", "@example.com", "admin@", "a@b@c", "a b@c.d"] {
+            assert!(email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn public_keys() {
+        use base64::Engine as _;
+        let good = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        assert!(public_key(&good).is_ok());
+        let short = base64::engine::general_purpose::STANDARD.encode([7u8; 31]);
+        let url_safe = base64::engine::general_purpose::URL_SAFE.encode([0xffu8; 32]);
+        for bad in ["", "not base64!", short.as_str(), url_safe.as_str()] {
+            assert!(public_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn networks() {
+        let n = WgNetwork::parse("10.77.0.0/16").unwrap();
+        assert_eq!(
+            n.host_range(),
+            (
+                u32::from(Ipv4Addr::new(10, 77, 0, 1)),
+                u32::from(Ipv4Addr::new(10, 77, 255, 254))
+            )
+        );
+        let n = WgNetwork::parse("192.168.5.0/30").unwrap();
+        assert_eq!(n.host_range().1 - n.host_range().0, 1);
+        for bad in [
+            "",
+            "10.77.0.0",
+            "10.77.0.0/7",
+            "10.77.0.0/31",
+            "10.77.0.1/16",
+            "fd00::/64",
+            "10.77.0.0/x",
+        ] {
+            assert!(WgNetwork::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The few responses the proxy writes itself: small, self-contained HTML pages that name the
+//! problem without leaking upstream details (those go to the log).
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// Host names in pages are cut to this many characters so a hostile Host header cannot make a
+/// large page.
+const MAX_HOST_IN_PAGE: usize = 255;
+
+pub(crate) fn not_found(host: Option<&str>) -> Response<Full<Bytes>> {
+    let detail = match host {
+        Some(host) => {
+            let host: String = host.chars().take(MAX_HOST_IN_PAGE).collect();
+            format!(
+                "The host <code>{}</code> is not served by this gateway.",
+                escape(&host)
+            )
+        }
+        None => "The request named no host, so this gateway cannot route it.".to_owned(),
+    };
+    page(StatusCode::NOT_FOUND, &detail)
+}
+
+pub(crate) fn bad_gateway() -> Response<Full<Bytes>> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        "The service behind this host could not be reached.",
+    )
+}
+
+pub(crate) fn bad_request() -> Response<Full<Bytes>> {
+    page(
+        StatusCode::BAD_REQUEST,
+        "The request could not be understood.",
+    )
+}
+
+pub(crate) fn method_not_allowed() -> Response<Full<Bytes>> {
+    page(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "This gateway is not a forward proxy.",
+    )
+}
+
+fn page(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
+         <body><h1>{title}</h1><p>{detail}</p><hr><p>kakuremichi gateway</p></body></html>\n"
+    );
+    let mut response = Response::new(Full::new(Bytes::from(html)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn host_is_escaped() {
+        assert_eq!(
+            escape("<a href='x'>&\""),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
+        );
+        let response = not_found(Some("<script>"));
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            html.contains("<code>&lt;script&gt;</code> is not served"),
+            "{html}"
+        );
+    }
+}

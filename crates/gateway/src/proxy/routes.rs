@@ -1,0 +1,96 @@
+//! The hostname → route table. Readers (every request) load an immutable snapshot without a lock;
+//! a config update builds a new map and swaps it in atomically, so a request sees either the old
+//! table or the new one, never a mix.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use kakuremichi_proto::GatewayRoute;
+
+/// Hostname → route, swapped atomically when a new config snapshot arrives.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: ArcSwap<HashMap<String, GatewayRoute>>,
+}
+
+impl RouteTable {
+    pub fn new() -> Self {
+        Self {
+            routes: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// Replaces the whole table. Hostnames are normalised the way request hosts are, so a route
+    /// for `Example.COM.` matches a request for `example.com`.
+    pub fn replace(&self, routes: BTreeMap<String, GatewayRoute>) {
+        let map = routes
+            .into_iter()
+            .map(|(host, route)| (normalize_host(&host).into_owned(), route))
+            .collect::<HashMap<_, _>>();
+        self.routes.store(Arc::new(map));
+    }
+
+    /// The route for `host` (port already stripped), exact match after normalisation.
+    pub fn get(&self, host: &str) -> Option<GatewayRoute> {
+        self.routes
+            .load()
+            .get(normalize_host(host).as_ref())
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.load().is_empty()
+    }
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Lowercases and drops one trailing dot (`Example.com.` → `example.com`); borrows when the host
+/// is already normal, which is the common case on the request path.
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn route(port: u16) -> GatewayRoute {
+        GatewayRoute {
+            tunnel_id: 1,
+            agent_id: 1,
+            agent_address: Ipv4Addr::new(10, 0, 0, 2),
+            port,
+        }
+    }
+
+    #[test]
+    fn replace_normalises_and_swaps() {
+        let table = RouteTable::new();
+        assert!(table.is_empty());
+        table.replace(BTreeMap::from([("Example.COM.".to_string(), route(1))]));
+        assert_eq!(table.get("example.com"), Some(route(1)));
+        assert_eq!(table.get("EXAMPLE.com."), Some(route(1)));
+        assert_eq!(table.get("other.com"), None);
+        table.replace(BTreeMap::from([("other.com".to_string(), route(2))]));
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.get("example.com"), None);
+        assert_eq!(table.get("other.com"), Some(route(2)));
+    }
+}

@@ -1,0 +1,270 @@
+//! Listeners: the accept loop with its connection cap, per-connection HTTP/1.1 + h2c serving
+//! with a header-read timeout, and graceful drain on shutdown. The public proxy listener and the
+//! admin (health) listener share all of it and differ only in what answers requests.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::forward::ProxyBody;
+use super::{Proxy, Scheme};
+
+/// How long in-flight requests (and upgraded connections) may run after shutdown is requested.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Pause after an accept error such as EMFILE, so a full fd table does not become a busy loop.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the proxy for plain-HTTP clients (`X-Forwarded-Proto: http`).
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_with_scheme(listener, proxy, Scheme::Http, shutdown).await
+}
+
+/// Serves HTTP/1.1 and h2c (prior knowledge) on `listener` until `shutdown` resolves, then stops
+/// accepting and lets in-flight requests finish for up to 30 s. `scheme` is what the clients of
+/// this listener used, as reported to origins.
+pub async fn serve_with_scheme(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    scheme: Scheme,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let builder = http_builder(proxy.config.header_read_timeout);
+    let max_connections = proxy.config.max_connections;
+    let site = Site {
+        builder,
+        scheme,
+        proxy: Some(proxy),
+    };
+    accept_loop(listener, site, max_connections, shutdown).await
+}
+
+/// The admin listener: `GET /healthz` → 200 "ok"; anything else 404.
+pub async fn serve_admin(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let builder = http_builder(ADMIN_HEADER_READ_TIMEOUT);
+    let site = Site {
+        builder,
+        scheme: Scheme::Http,
+        proxy: None,
+    };
+    accept_loop(listener, site, ADMIN_MAX_CONNECTIONS, shutdown).await
+}
+
+fn http_builder(header_read_timeout: Duration) -> Arc<Builder<TokioExecutor>> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    // HTTP/2 has no header-read timeout; pings at least free the slots of vanished peers.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_INTERVAL);
+    Arc::new(builder)
+}
+
+/// What a listener serves: the proxy, or (`proxy: None`) the admin endpoints.
+#[derive(Clone)]
+struct Site {
+    builder: Arc<Builder<TokioExecutor>>,
+    scheme: Scheme,
+    proxy: Option<Arc<Proxy>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Running,
+    Draining,
+    Stopped,
+}
+
+/// Held, through clones, by everything serving one client connection, spliced upgrades included:
+/// it occupies the connection's slot under the cap until the last clone is gone, and tells the
+/// holders when to drain and when to stop.
+#[derive(Clone)]
+pub(crate) struct ConnGuard {
+    _slot: Arc<OwnedSemaphorePermit>,
+    phase: watch::Receiver<Phase>,
+}
+
+impl ConnGuard {
+    pub(crate) async fn draining(&mut self) {
+        self.reached(Phase::Draining).await
+    }
+
+    pub(crate) async fn stopped(&mut self) {
+        self.reached(Phase::Stopped).await
+    }
+
+    async fn reached(&mut self, phase: Phase) {
+        // An error means the listener is gone altogether, which is as stopped as it gets.
+        let _ = self.phase.wait_for(|current| *current >= phase).await;
+    }
+}
+
+/// The client connection a request arrived on.
+#[derive(Clone)]
+pub(crate) struct ClientConn {
+    pub(crate) peer: SocketAddr,
+    pub(crate) scheme: Scheme,
+    pub(crate) guard: ConnGuard,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    site: Site,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    // Bounded by what `acquire_many` (u32) and the semaphore can count; 0 would serve nobody.
+    let max = max_connections.clamp(1, (u32::MAX as usize).min(Semaphore::MAX_PERMITS));
+    let slots = Arc::new(Semaphore::new(max));
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        // The slot is taken before accepting: clients over the cap wait in the kernel backlog and
+        // are served as soon as a slot frees, rather than being accepted only to be reset.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // the semaphore is never closed
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Small writes (SSE events, WebSocket frames) must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let guard = ConnGuard {
+            _slot: Arc::new(slot),
+            phase: phase_rx.clone(),
+        };
+        tokio::spawn(serve_connection(site.clone(), stream, peer, guard));
+    }
+    drop(listener);
+    drain(&slots, max, &phase_tx).await;
+    Ok(())
+}
+
+async fn accept_failed(err: io::Error) {
+    // A client that gave up between SYN and accept is not our problem; anything else (EMFILE,
+    // ENOBUFS) is, and retrying at once would spin.
+    if !matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    ) {
+        tracing::warn!(error = %err, "accept failed");
+        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+    }
+}
+
+async fn drain(slots: &Semaphore, max: usize, phase_tx: &watch::Sender<Phase>) {
+    let _ = phase_tx.send(Phase::Draining);
+    // Every slot back means every connection, spliced upgrades included, has finished.
+    let all_idle = slots.acquire_many(max as u32);
+    if tokio::time::timeout(DRAIN_DEADLINE, all_idle)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed, closing the remaining connections");
+    }
+    let _ = phase_tx.send(Phase::Stopped);
+}
+
+async fn serve_connection(site: Site, stream: TcpStream, peer: SocketAddr, mut guard: ConnGuard) {
+    let builder = site.builder.clone();
+    let conn = ClientConn {
+        peer,
+        scheme: site.scheme,
+        guard: guard.clone(),
+    };
+    let service = ConnService { site, conn };
+    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+    tokio::select! {
+        result = conn.as_mut() => return log_connection_end(result, peer),
+        () = guard.draining() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        result = conn.as_mut() => log_connection_end(result, peer),
+        () = guard.stopped() => {}
+    }
+}
+
+fn log_connection_end(
+    result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    peer: SocketAddr,
+) {
+    // Client-side failures (resets, timeouts, garbage) are routine on a public listener.
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "client connection ended with error");
+    }
+}
+
+/// The per-connection hyper service: one concrete type for both sites so a single connection
+/// driver serves them.
+struct ConnService {
+    site: Site,
+    conn: ClientConn,
+}
+
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ServiceFuture {
+        match &self.site.proxy {
+            Some(proxy) => {
+                let (proxy, conn) = (proxy.clone(), self.conn.clone());
+                Box::pin(async move { Ok(proxy.handle(req, conn).await) })
+            }
+            None => Box::pin(std::future::ready(Ok(admin(&req)))),
+        }
+    }
+}
+
+fn admin(req: &Request<Incoming>) -> Response<ProxyBody> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => (StatusCode::OK, "ok"),
+        _ => (StatusCode::NOT_FOUND, "not found"),
+    };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    response
+}

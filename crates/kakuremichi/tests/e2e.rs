@@ -1,0 +1,512 @@
+//! End to end, in one process: Control + two Gateways + an Agent + origins, all on ephemeral
+//! loopback ports, wired only through Control's API — the way a user sets it up.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use kakuremichi_node::Secret;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+/// Stops a component started in-process when dropped or told to.
+struct Stop(watch::Sender<bool>);
+
+impl Stop {
+    fn new() -> (
+        Stop,
+        impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) {
+        let (tx, rx) = watch::channel(false);
+        let wait = move || {
+            let mut rx = rx.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        };
+        (Stop(tx), wait)
+    }
+    fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn start_control(
+    dir: &std::path::Path,
+) -> (String, Stop, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let config = kakuremichi_control::ControlConfig {
+        data_dir: dir.to_path_buf(),
+        admin_email: Some(ADMIN_EMAIL.into()),
+        admin_password: Some(ADMIN_PASSWORD.into()),
+        ..Default::default()
+    };
+    let (stop, wait) = Stop::new();
+    let task = tokio::spawn(kakuremichi_control::run(config, listener, wait()));
+    (base, stop, task)
+}
+
+struct Gateway {
+    http: SocketAddr,
+    wg: SocketAddr,
+    token: String,
+    dir: std::path::PathBuf,
+    stop: Stop,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn create_gateway(api: &Api, name: &str, dir: std::path::PathBuf) -> Gateway {
+    let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let wg_addr = wg.local_addr().unwrap();
+    let created = api
+        .post(
+            "gateways",
+            json!({"name": name, "public_endpoint": wg_addr.to_string()}),
+        )
+        .await;
+    let token = created["token"].as_str().unwrap().to_string();
+    start_gateway(&api.base, token, wg, dir).await
+}
+
+async fn start_gateway(
+    control: &str,
+    token: String,
+    wg: std::net::UdpSocket,
+    dir: std::path::PathBuf,
+) -> Gateway {
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let wg_addr = wg.local_addr().unwrap();
+    let mut config =
+        kakuremichi_gateway::GatewayConfig::new(control.to_string(), Secret::new(token.clone()));
+    config.data_dir = Some(dir.clone());
+    config.proxy.connect_timeout = Duration::from_secs(2);
+    let (stop, wait) = Stop::new();
+    let listeners = kakuremichi_gateway::GatewayListeners { http, admin, wg };
+    let task = tokio::spawn(kakuremichi_gateway::run(config, listeners, wait()));
+    Gateway {
+        http: http_addr,
+        wg: wg_addr,
+        token,
+        dir,
+        stop,
+        task,
+    }
+}
+
+async fn start_agent(api: &Api, dir: std::path::PathBuf) -> (i64, Stop) {
+    let created = api.post("agents", json!({"name": "home"})).await;
+    let mut config = kakuremichi_agent::AgentConfig::new(
+        api.base.clone(),
+        Secret::new(created["api_key"].as_str().unwrap().to_string()),
+    );
+    config.data_dir = Some(dir);
+    let (stop, wait) = Stop::new();
+    tokio::spawn(kakuremichi_agent::run(config, wait()));
+    (created["id"].as_i64().unwrap(), stop)
+}
+
+async fn start_origin(name: &str) -> (SocketAddr, Stop) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, wait) = Stop::new();
+    tokio::spawn(kakuremichi::hello::serve(
+        listener,
+        name.to_string(),
+        wait(),
+    ));
+    (addr, stop)
+}
+
+const FIRST_CONTACT: Duration = Duration::from_secs(20);
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tunnel_through_two_gateways_follows_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _control_stop, _control) = start_control(&dir.path().join("control")).await;
+    let api = Api::login(base).await;
+    let gw1 = create_gateway(&api, "tokyo", dir.path().join("gw1")).await;
+    let gw2 = create_gateway(&api, "osaka", dir.path().join("gw2")).await;
+    let (agent_id, _agent) = start_agent(&api, dir.path().join("agent")).await;
+    let (origin_a, _stop_a) = start_origin("origin-a").await;
+    let (origin_b, stop_b) = start_origin("origin-b").await;
+    let http = reqwest::Client::new();
+
+    let tunnel = api
+        .post(
+            "tunnels",
+            json!({"hostname": "app.test", "agent_id": agent_id, "target": origin_a.to_string()}),
+        )
+        .await;
+    let id = tunnel["id"].as_i64().unwrap();
+    for gw in [&gw1, &gw2] {
+        let took = wait_through(
+            &http,
+            gw.http,
+            "app.test",
+            "/",
+            FIRST_CONTACT,
+            "origin A through a gateway",
+            |s, b| s == 200 && b.contains("origin-a"),
+        )
+        .await;
+        eprintln!("first response through {} after {took:?}", gw.http);
+    }
+
+    // Every node reports online.
+    assert_eq!(
+        api.get(&format!("agents/{agent_id}")).await["status"],
+        "online"
+    );
+    for g in api.get("gateways").await.as_array().unwrap() {
+        assert_eq!(g["status"], "online", "{g}");
+    }
+
+    // Edit the target: both gateways reach the new origin within a second.
+    api.patch(
+        &format!("tunnels/{id}"),
+        json!({"target": origin_b.to_string()}),
+    )
+    .await;
+    for gw in [&gw1, &gw2] {
+        let took = wait_through(
+            &http,
+            gw.http,
+            "app.test",
+            "/",
+            ONE_SECOND,
+            "new target",
+            |s, b| s == 200 && b.contains("origin-b"),
+        )
+        .await;
+        eprintln!("target change visible through {} after {took:?}", gw.http);
+    }
+
+    // Rename: the old name is gone, the new one works.
+    api.patch(
+        &format!("tunnels/{id}"),
+        json!({"hostname": "renamed.test"}),
+    )
+    .await;
+    for gw in [&gw1, &gw2] {
+        wait_through(
+            &http,
+            gw.http,
+            "renamed.test",
+            "/",
+            ONE_SECOND,
+            "new hostname",
+            |s, _| s == 200,
+        )
+        .await;
+        wait_through(
+            &http,
+            gw.http,
+            "app.test",
+            "/",
+            ONE_SECOND,
+            "old hostname gone",
+            |s, _| s == 404,
+        )
+        .await;
+    }
+
+    // Disable and enable.
+    api.patch(&format!("tunnels/{id}"), json!({"enabled": false}))
+        .await;
+    for gw in [&gw1, &gw2] {
+        wait_through(
+            &http,
+            gw.http,
+            "renamed.test",
+            "/",
+            ONE_SECOND,
+            "disabled tunnel 404",
+            |s, _| s == 404,
+        )
+        .await;
+    }
+    api.patch(&format!("tunnels/{id}"), json!({"enabled": true}))
+        .await;
+    for gw in [&gw1, &gw2] {
+        wait_through(
+            &http,
+            gw.http,
+            "renamed.test",
+            "/",
+            ONE_SECOND,
+            "re-enabled tunnel",
+            |s, _| s == 200,
+        )
+        .await;
+    }
+
+    // WebSocket echo through the tunnel.
+    let mut request = format!("ws://{}/ws", gw1.http)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("host", "renamed.test".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket through the gateway");
+    for msg in [
+        Message::text("hello tunnel"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+    ] {
+        ws.send(msg.clone()).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, msg);
+    }
+    ws.close(None).await.unwrap();
+
+    // Server-sent events arrive as they are sent, not when the response ends.
+    let started = Instant::now();
+    let mut sse = http
+        .get(format!("http://{}/sse?n=3&interval_ms=400", gw2.http))
+        .header("host", "renamed.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    let first = sse.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&first).contains("event 0"));
+    let mut rest = Vec::new();
+    while let Some(c) = sse.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    let end_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&rest).contains("event 2"));
+    assert!(
+        end_at - first_at >= Duration::from_millis(700),
+        "first event at {first_at:?}, end at {end_at:?}"
+    );
+
+    // Unknown host: 404 from the gateway itself.
+    for gw in [&gw1, &gw2] {
+        assert_eq!(through(&http, gw.http, "nobody.test", "/").await.0, 404);
+    }
+
+    // The origin stops: 502, quickly.
+    stop_b.stop();
+    drop(stop_b);
+    let started = Instant::now();
+    wait_through(
+        &http,
+        gw1.http,
+        "renamed.test",
+        "/",
+        Duration::from_secs(5),
+        "502 for a stopped origin",
+        |s, _| s == 502,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Delete: gone within a second.
+    api.delete(&format!("tunnels/{id}")).await;
+    for gw in [&gw1, &gw2] {
+        wait_through(
+            &http,
+            gw.http,
+            "renamed.test",
+            "/",
+            ONE_SECOND,
+            "deleted tunnel 404",
+            |s, _| s == 404,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_large_bodies_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _control_stop, _control) = start_control(&dir.path().join("control")).await;
+    let api = Api::login(base).await;
+    let gw = create_gateway(&api, "gw", dir.path().join("gw")).await;
+    let (agent_id, _agent) = start_agent(&api, dir.path().join("agent")).await;
+    let (origin, _origin) = start_origin("big").await;
+    api.post(
+        "tunnels",
+        json!({"hostname": "big.test", "agent_id": agent_id, "target": origin.to_string()}),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    wait_through(
+        &http,
+        gw.http,
+        "big.test",
+        "/",
+        FIRST_CONTACT,
+        "tunnel up",
+        |s, _| s == 200,
+    )
+    .await;
+
+    const SIZE: u64 = 64 << 20;
+    let (got, ok) = download(&http, gw.http, "big.test", SIZE).await;
+    assert_eq!(got, SIZE);
+    assert!(ok, "downloaded bytes match the pattern");
+    let (sent, digest) = upload(&http, gw.http, "big.test", SIZE).await;
+    assert_eq!(sent["bytes"].as_u64(), Some(SIZE));
+    assert_eq!(sent["sha256"].as_str(), Some(digest.as_str()));
+}
+
+/// Downloads `/bytes?n=size`, checking every byte against the pattern without keeping it.
+pub async fn download(
+    http: &reqwest::Client,
+    gw: SocketAddr,
+    host: &str,
+    size: u64,
+) -> (u64, bool) {
+    let mut resp = http
+        .get(format!("http://{gw}/bytes?n={size}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut offset = 0u64;
+    let mut ok = true;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        ok &= chunk
+            .iter()
+            .enumerate()
+            .all(|(k, b)| *b == kakuremichi::hello::pattern_byte(offset + k as u64));
+        offset += chunk.len() as u64;
+    }
+    (offset, ok)
+}
+
+/// Streams `size` pattern bytes to `/upload`; returns the origin's answer and our own digest.
+pub async fn upload(
+    http: &reqwest::Client,
+    gw: SocketAddr,
+    host: &str,
+    size: u64,
+) -> (serde_json::Value, String) {
+    use sha2::Digest;
+    const CHUNK: u64 = 256 * 1024;
+    let body = futures_util::stream::unfold(0u64, move |sent| async move {
+        if sent >= size {
+            return None;
+        }
+        let len = CHUNK.min(size - sent) as usize;
+        let mut buf = vec![0u8; len];
+        kakuremichi::hello::fill_pattern(sent, &mut buf);
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(buf)),
+            sent + len as u64,
+        ))
+    });
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut off = 0u64;
+    while off < size {
+        let len = CHUNK.min(size - off) as usize;
+        kakuremichi::hello::fill_pattern(off, &mut buf[..len]);
+        hasher.update(&buf[..len]);
+        off += len as u64;
+    }
+    let resp = http
+        .post(format!("http://{gw}/upload"))
+        .header("host", host)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    (resp.json().await.unwrap(), hex::encode(hasher.finalize()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_restarts_from_its_cache_while_control_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, control_stop, control) = start_control(&dir.path().join("control")).await;
+    let api = Api::login(base.clone()).await;
+    let gw1 = create_gateway(&api, "one", dir.path().join("gw1")).await;
+    let gw2 = create_gateway(&api, "two", dir.path().join("gw2")).await;
+    let (agent_id, _agent) = start_agent(&api, dir.path().join("agent")).await;
+    let (origin, _origin) = start_origin("cached").await;
+    api.post(
+        "tunnels",
+        json!({"hostname": "cache.test", "agent_id": agent_id, "target": origin.to_string()}),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for gw in [&gw1, &gw2] {
+        wait_through(
+            &http,
+            gw.http,
+            "cache.test",
+            "/",
+            FIRST_CONTACT,
+            "tunnel up",
+            |s, _| s == 200,
+        )
+        .await;
+    }
+
+    // Control goes away: the data path does not notice.
+    control_stop.stop();
+    control.await.unwrap().unwrap();
+    for gw in [&gw1, &gw2] {
+        assert_eq!(
+            through(&http, gw.http, "cache.test", "/").await.0,
+            200,
+            "served with Control down"
+        );
+    }
+
+    // A gateway restarted during the outage starts from its cached config and reconnects to the
+    // agent by itself (it remembers where the agent was).
+    let Gateway {
+        wg,
+        token,
+        dir: gw_dir,
+        stop,
+        task,
+        ..
+    } = gw1;
+    stop.stop();
+    task.await.unwrap().unwrap();
+    let socket = eventually(
+        Duration::from_secs(5),
+        "the WireGuard port is free again",
+        || async { std::net::UdpSocket::bind(wg).ok() },
+    )
+    .await;
+    let restarted = start_gateway(&base, token, socket, gw_dir).await;
+    let took = wait_through(
+        &http,
+        restarted.http,
+        "cache.test",
+        "/",
+        Duration::from_secs(10),
+        "served after restart",
+        |s, _| s == 200,
+    )
+    .await;
+    eprintln!("restarted gateway served from cache after {took:?}");
+    assert_eq!(through(&http, gw2.http, "cache.test", "/").await.0, 200);
+}

@@ -1,0 +1,749 @@
+//! Interoperability with a real WireGuard implementation: `wireguard-go`, configured by `wg`.
+//!
+//! What this proves: our [`Device`], set up exactly as a Gateway sets it up (UDP bound on a fixed
+//! address, the peer's endpoint unknown and learned from its handshake), completes a WireGuard
+//! handshake initiated by `wireguard-go` (playing the Agent, with persistent keepalive), and
+//! carries TCP both ways between our userspace stack (smoltcp) and the Linux kernel TCP stack
+//! behind wireguard-go's TUN device:
+//!
+//! - A (what the Gateway does): we dial a server listening on the peer's tunnel address inside
+//!   the namespace and download a 4 MiB random file over HTTP, byte for byte;
+//! - B (what the Agent does): `curl` in the namespace connects to our tunnel address, uploads
+//!   4 MiB and gets the same bytes back from our Acceptor;
+//! - `wg show ... latest-handshakes` on the wireguard-go side reports the handshake too, and the
+//!   key text format of `wg genkey`/`wg pubkey` is the one our keys read.
+//!
+//! Everything happens in a network namespace and a veth pair this test creates (TEST-NET
+//! addresses from 198.18.0.0/15 chosen by process id) and removes again, even on panic. Needs
+//! root and the Debian packages `wireguard-go`, `wireguard-tools`, `iproute2` and `curl`. Without
+//! them the test is skipped with a loud message, unless `CI` is set or
+//! `KAKUREMICHI_REQUIRE_PEERS=1`, in which case it fails.
+//!
+//! The HTTP server of direction A is this test binary itself, re-run inside the namespace as the
+//! ignored test `netns_file_server` (so no Python or other server package is needed).
+
+use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey, TunnelStream};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+
+/// Our tunnel address (the Gateway's).
+const OURS: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+/// wireguard-go's tunnel address (the Agent's).
+const THEIRS: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+/// wireguard-go's UDP port inside the namespace.
+const WG_PORT: u16 = 51820;
+/// Port our device serves in direction B.
+const SERVE_PORT: u16 = 8080;
+/// Bytes moved each way.
+const PAYLOAD: usize = 4 << 20;
+/// Deadline of any single wait.
+const STEP: Duration = Duration::from_secs(15);
+/// Deadline of the whole test.
+const TOTAL: Duration = Duration::from_secs(50);
+/// Interval at which conditions are polled.
+const POLL: Duration = Duration::from_millis(20);
+/// Set (to "ADDRESS FILE") when this binary runs as the in-namespace file server.
+const SERVE_ENV: &str = "KAKUREMICHI_WG_TEST_SERVE";
+const READY: &str = "KMWG-READY port=";
+
+// ---------------------------------------------------------------------------------------------
+// Requirements
+
+/// What is missing to run this test, with the package that provides it.
+fn missing_requirements() -> Vec<String> {
+    let mut missing = Vec::new();
+    let euid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned))
+        });
+    if euid.as_deref() != Some("0") {
+        missing.push("root (to create network namespaces and a TUN device)".to_owned());
+    }
+    for (binary, package) in [
+        ("wireguard-go", "wireguard-go"),
+        ("wg", "wireguard-tools"),
+        ("ip", "iproute2"),
+        ("curl", "curl"),
+    ] {
+        if find_in_path(binary).is_none() {
+            missing.push(format!(
+                "`{binary}` (apt-get install -y {package}; Debian package `{package}`)"
+            ));
+        }
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun (a TUN device for wireguard-go)".to_owned());
+    }
+    missing
+}
+
+fn find_in_path(binary: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(binary))
+            .find(|p| p.is_file())
+    })
+}
+
+/// True when the test can run; false (after a loud message) when it is skipped. Panics when it
+/// cannot run but must (`CI` set or `KAKUREMICHI_REQUIRE_PEERS=1`).
+fn requirements_met() -> bool {
+    let missing = missing_requirements();
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!(
+        "wireguard-go interoperability test needs: {}. Install with: \
+         apt-get install -y wireguard-go wireguard-tools iproute2 curl (and run as root)",
+        missing.join("; ")
+    );
+    let required = std::env::var_os("CI").is_some()
+        || std::env::var("KAKUREMICHI_REQUIRE_PEERS").as_deref() == Ok("1");
+    if required {
+        panic!("{message}");
+    }
+    // Straight to the stderr handle, not eprintln!: the test harness would capture that and
+    // hide it, since a skipped test passes.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n==================== SKIPPED: {message} ====================\n"
+    );
+    false
+}
+
+// ---------------------------------------------------------------------------------------------
+// The namespace, the veth pair, the processes, and their cleanup
+
+/// Names and addresses of everything this run creates; dropping it removes all of it.
+struct Lab {
+    netns: String,
+    veth_root: String,
+    veth_ns: String,
+    wg_if: String,
+    root_ip: Ipv4Addr,
+    ns_ip: Ipv4Addr,
+    dir: PathBuf,
+    /// Long-running processes (wireguard-go, the file server), killed on drop.
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let pid = std::process::id();
+        // A /30 out of 198.18.0.0/15 (benchmarking TEST-NET), one per process id.
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (pid % (1 << 15)) * 4;
+        let dir = std::env::temp_dir().join(format!("kmwg-test-{pid}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self {
+            netns: format!("kmwg{pid}"),
+            veth_root: format!("kmwg{pid}r"),
+            veth_ns: format!("kmwg{pid}n"),
+            // Not a fixed name like `wgkm0`: wireguard-go's control socket
+            // (/var/run/wireguard/NAME.sock) is not per namespace, so parallel runs would clash.
+            wg_if: format!("wgkm{pid}"),
+            root_ip: Ipv4Addr::from(base + 1),
+            ns_ip: Ipv4Addr::from(base + 2),
+            dir,
+            children: Vec::new(),
+        }
+    }
+
+    fn wg_log(&self) -> PathBuf {
+        self.dir.join("wireguard-go.log")
+    }
+
+    /// Namespace with lo up, and a veth pair: root end `root_ip/30`, namespace end `ns_ip/30`.
+    async fn create_network(&self) {
+        // Leftovers of a killed earlier run with the same process id.
+        quiet(&["ip", "netns", "del", &self.netns]);
+        quiet(&["ip", "link", "del", &self.veth_root]);
+        let (ns, r, n) = (&self.netns, &self.veth_root, &self.veth_ns);
+        let root_cidr = format!("{}/30", self.root_ip);
+        let ns_cidr = format!("{}/30", self.ns_ip);
+        run(&["ip", "netns", "add", ns]).await;
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
+        run(&["ip", "link", "add", r, "type", "veth", "peer", "name", n]).await;
+        run(&["ip", "link", "set", n, "netns", ns]).await;
+        run(&["ip", "addr", "add", &root_cidr, "dev", r]).await;
+        run(&["ip", "link", "set", r, "up"]).await;
+        run(&["ip", "-n", ns, "addr", "add", &ns_cidr, "dev", n]).await;
+        run(&["ip", "-n", ns, "link", "set", n, "up"]).await;
+    }
+
+    /// Starts wireguard-go in the foreground inside the namespace; returns once `wg` reaches it.
+    async fn start_wireguard_go(&mut self) {
+        let log = std::fs::File::create(self.wg_log()).expect("create wireguard-go log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "wireguard-go",
+                "-f",
+                &self.wg_if,
+            ])
+            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+            .env("LOG_LEVEL", "verbose")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log file"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn wireguard-go");
+        self.children.push(("wireguard-go", child));
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok(Some(status)) = self.children.last_mut().unwrap().1.try_wait() {
+                panic!(
+                    "wireguard-go exited at start ({status}):\n{}",
+                    std::fs::read_to_string(self.wg_log()).unwrap_or_default()
+                );
+            }
+            let probe = Command::new("ip")
+                .args(["netns", "exec", &self.netns, "wg", "show", &self.wg_if])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if probe.is_ok_and(|s| s.success()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wireguard-go did not come up within {STEP:?}:\n{}",
+                std::fs::read_to_string(self.wg_log()).unwrap_or_default()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Runs this test binary inside the namespace as a file server on `THEIRS`; returns its port.
+    async fn start_file_server(&mut self, file: &Path) -> u16 {
+        let exe = std::env::current_exe().expect("own executable");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "netns_file_server",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SERVE_ENV, format!("{THEIRS} {}", file.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the in-namespace file server");
+        let stdout = child.stdout.take().unwrap();
+        self.children.push(("file server", child));
+        let mut lines = BufReader::new(stdout).lines();
+        timeout(STEP, async {
+            while let Some(line) = lines.next_line().await.expect("read file server output") {
+                if let Some(rest) = line.split_once(READY).map(|(_, r)| r) {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    return digits.parse::<u16>().expect("port in ready line");
+                }
+            }
+            panic!("file server exited before it was ready");
+        })
+        .await
+        .expect("file server ready in time")
+    }
+
+    fn ns_cmd(&self, args: &[&str]) -> Vec<String> {
+        ["ip", "netns", "exec", &self.netns]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (name, child) in &mut self.children {
+            let Some(pid) = child.id() else { continue };
+            // SIGTERM first so wireguard-go removes its TUN device and control socket.
+            quiet(&["kill", "-TERM", &pid.to_string()]);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+                std::thread::sleep(POLL);
+            }
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                eprintln!("{name} (pid {pid}) ignored SIGTERM; killing it");
+                let _ = child.start_kill();
+            }
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.wg_log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- wireguard-go log (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.wg_if));
+        quiet(&["ip", "netns", "del", &self.netns]);
+        // Normally gone with the namespace (its peer end was in there).
+        quiet(&["ip", "link", "del", &self.veth_root]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a command synchronously, ignoring failure and output (cleanup only).
+fn quiet(args: &[&str]) {
+    let _ = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Runs a command to completion (with a deadline) and returns its stdout; panics on failure.
+async fn run(args: &[&str]) -> String {
+    run_with_input(args, None).await
+}
+
+async fn run_with_input(args: &[&str], input: Option<&[u8]>) -> String {
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
+    }
+    let out = timeout(STEP, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} did not finish within {STEP:?}"))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after [`STEP`].
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP by hand
+
+/// Reads up to the end of the header block; returns (header text, body bytes already read).
+async fn read_head(s: &mut TunnelStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            return (head, buf[end + 4..].to_vec());
+        }
+        let n = s.read(&mut chunk).await.expect("read request head");
+        assert!(n > 0, "connection closed before the end of the headers");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length in:\n{head}"))
+}
+
+/// Direction B's server: answers one HTTP POST by echoing its body.
+async fn echo_one_post(s: &mut TunnelStream) -> usize {
+    let (head, mut body) = read_head(s).await;
+    assert!(
+        head.starts_with("POST /echo "),
+        "unexpected request:\n{head}"
+    );
+    let len = content_length(&head);
+    let mut chunk = vec![0u8; 64 * 1024];
+    while body.len() < len {
+        let n = s.read(&mut chunk).await.expect("read request body");
+        assert!(n > 0, "client closed after {} of {len} bytes", body.len());
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(body.len(), len, "client sent more than Content-Length");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    s.write_all(&body).await.expect("write body");
+    s.shutdown().await.expect("shutdown");
+    // Wait for curl to close its side, so our FIN and all data are acknowledged.
+    let n = s.read(&mut chunk).await.expect("read after response");
+    assert_eq!(n, 0, "unexpected data after the request");
+    len
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_tcp_both_ways_with_wireguard_go() {
+    if !requirements_met() {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new();
+    timeout(TOTAL, interoperate(&mut lab))
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {TOTAL:?}"));
+    drop(lab);
+    eprintln!(
+        "wireguard-go interoperability: passed in {:.2?}",
+        started.elapsed()
+    );
+}
+
+async fn interoperate(lab: &mut Lab) {
+    lab.create_network().await;
+
+    // wireguard-go's keys, made by `wg`; our key parser must read the same text format.
+    let their_private = run(&["wg", "genkey"]).await.trim().to_owned();
+    let their_public = run_with_input(&["wg", "pubkey"], Some(their_private.as_bytes()))
+        .await
+        .trim()
+        .to_owned();
+    let their_key = PublicKey::from_base64(&their_public).expect("wg pubkey output parses");
+    assert_eq!(
+        PrivateKey::from_base64(&their_private)
+            .expect("wg genkey output parses")
+            .public_key(),
+        their_key,
+        "our public key derivation disagrees with `wg pubkey`"
+    );
+    let key_file = lab.dir.join("wg.key");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_file)
+        .and_then(|mut f| f.write_all(their_private.as_bytes()))
+        .expect("write wireguard-go key");
+
+    // Our device, as on a Gateway: fixed UDP address, endpoint learned from the handshake.
+    let (device, mut acceptor) = Device::bind(DeviceConfig::new(
+        PrivateKey::generate(),
+        OURS,
+        SocketAddr::from((lab.root_ip, 0)),
+    ))
+    .await
+    .expect("bind our device on the root-side veth address");
+    let our_udp = device.local_addr().unwrap();
+    device.set_peers(vec![PeerConfig {
+        public_key: their_key,
+        allowed_ip: THEIRS,
+        endpoint: None,
+        persistent_keepalive: None,
+    }]);
+
+    // wireguard-go as the Agent: it knows our endpoint and initiates.
+    lab.start_wireguard_go().await;
+    let our_public = device.public_key().to_base64();
+    let endpoint = our_udp.to_string();
+    let key_path = key_file.display().to_string();
+    let wg_port = WG_PORT.to_string();
+    let wg_set = lab.ns_cmd(&[
+        "wg",
+        "set",
+        &lab.wg_if,
+        "private-key",
+        &key_path,
+        "listen-port",
+        &wg_port,
+        "peer",
+        &our_public,
+        "allowed-ips",
+        &format!("{OURS}/32"),
+        "persistent-keepalive",
+        "1",
+        "endpoint",
+        &endpoint,
+    ]);
+    run(&wg_set.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let ns = lab.netns.clone();
+    let wg_if = lab.wg_if.clone();
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{THEIRS}/24"),
+        "dev",
+        &wg_if,
+    ])
+    .await;
+    let handshake_started = Instant::now();
+    run(&["ip", "-n", &ns, "link", "set", &wg_if, "up"]).await;
+
+    // Handshake, seen from our side: a session exists and the endpoint was learned.
+    let learned = wait_for(
+        "our device to complete a handshake with wireguard-go",
+        || {
+            let peers = device.peers();
+            async move {
+                let p = peers.first()?;
+                p.since_handshake?;
+                p.endpoint
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "handshake with wireguard-go after {:.2?}; endpoint learned: {learned}",
+        handshake_started.elapsed()
+    );
+    assert_eq!(
+        learned,
+        SocketAddr::from((lab.ns_ip, WG_PORT)),
+        "the learned endpoint is not wireguard-go's UDP address"
+    );
+
+    // Handshake, seen from wireguard-go's side.
+    let show = lab.ns_cmd(&["wg", "show", &wg_if, "latest-handshakes"]);
+    let show: Vec<&str> = show.iter().map(String::as_str).collect();
+    let at = wait_for("`wg show latest-handshakes` to report a handshake", || {
+        let show = show.clone();
+        let our_public = our_public.clone();
+        async move {
+            let out = run(&show).await;
+            let line = out.lines().find(|l| l.starts_with(&our_public))?;
+            let at: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            (at != 0).then_some(at)
+        }
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        at <= now + 1 && now - at.min(now) < 120,
+        "wg reports an implausible handshake time {at} (now {now})"
+    );
+
+    // Direction A: we dial a server inside the namespace and download a file over HTTP.
+    let file = noise(PAYLOAD, seed());
+    let file_path = lab.dir.join("blob.bin");
+    std::fs::write(&file_path, &file).expect("write test file");
+    let http_port = lab.start_file_server(&file_path).await;
+    let a_started = Instant::now();
+    let mut s = timeout(STEP, device.connect(SocketAddrV4::new(THEIRS, http_port)))
+        .await
+        .expect("connect through the tunnel in time")
+        .expect("connect through the tunnel to the server in the namespace");
+    s.write_all(format!("GET /blob.bin HTTP/1.0\r\nHost: {THEIRS}:{http_port}\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut response = Vec::with_capacity(PAYLOAD + 256);
+    timeout(STEP, s.read_to_end(&mut response))
+        .await
+        .expect("download finishes in time")
+        .expect("read response");
+    drop(s);
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response has a header block");
+    let head = String::from_utf8_lossy(&response[..end]);
+    assert!(head.starts_with("HTTP/1.0 200 "), "bad response:\n{head}");
+    assert_eq!(content_length(&head), PAYLOAD);
+    let body = &response[end + 4..];
+    assert_eq!(body.len(), PAYLOAD, "downloaded body has the wrong length");
+    assert!(
+        body == file.as_slice(),
+        "downloaded body differs from the file"
+    );
+    eprintln!(
+        "direction A (we dial, HTTP GET of {} MiB): {:.2?}",
+        PAYLOAD >> 20,
+        a_started.elapsed()
+    );
+
+    // Direction B: curl in the namespace dials us and gets its upload echoed back.
+    device.set_listen_ports([SERVE_PORT]);
+    let upload = noise(PAYLOAD, seed() ^ 0x5A5A);
+    let upload_path = lab.dir.join("upload.bin");
+    std::fs::write(&upload_path, &upload).expect("write upload file");
+    let b_started = Instant::now();
+    let server = tokio::spawn(async move {
+        let mut s = timeout(STEP, acceptor.accept())
+            .await
+            .expect("an inbound connection arrives in time")
+            .expect("acceptor open");
+        assert_eq!(*s.peer_addr().ip(), THEIRS);
+        assert_eq!(s.local_addr(), SocketAddrV4::new(OURS, SERVE_PORT));
+        timeout(STEP, echo_one_post(&mut s))
+            .await
+            .expect("echo finishes in time")
+    });
+    let curl = lab.ns_cmd(&[
+        "curl",
+        "--silent",
+        "--show-error",
+        "--fail",
+        "--max-time",
+        "15",
+        "--header",
+        "Expect:",
+        "--header",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", upload_path.display()),
+        &format!("http://{OURS}:{SERVE_PORT}/echo"),
+    ]);
+    let out = timeout(
+        STEP,
+        Command::new(&curl[0])
+            .args(&curl[1..])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("curl finishes in time")
+    .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.await.expect("echo server task"), PAYLOAD);
+    assert_eq!(
+        out.stdout.len(),
+        PAYLOAD,
+        "curl got a body of the wrong length"
+    );
+    assert!(out.stdout == upload, "curl got back different bytes");
+    eprintln!(
+        "direction B (curl dials us, {} MiB each way): {:.2?}",
+        PAYLOAD >> 20,
+        b_started.elapsed()
+    );
+
+    let status = &device.peers()[0];
+    assert!(
+        status.rx_bytes >= 2 * PAYLOAD && status.tx_bytes >= PAYLOAD,
+        "implausible traffic counters: {status:?}"
+    );
+}
+
+/// Not a test: the HTTP file server of direction A, run by the test above inside the namespace
+/// (`ip netns exec NS <this binary> --ignored --exact netns_file_server`). Does nothing unless
+/// [`SERVE_ENV`] is set.
+#[test]
+#[ignore = "helper; run by handshake_and_tcp_both_ways_with_wireguard_go inside its namespace"]
+fn netns_file_server() {
+    let Ok(spec) = std::env::var(SERVE_ENV) else {
+        return;
+    };
+    let (addr, path) = spec.split_once(' ').expect("ADDRESS FILE");
+    let addr: Ipv4Addr = addr.parse().expect("address");
+    let body = std::fs::read(path).expect("read file to serve");
+    let listener = std::net::TcpListener::bind((addr, 0)).expect("bind in the namespace");
+    // Watchdog: never outlive the test, even if it was killed before it could clean up.
+    std::thread::spawn(|| {
+        std::thread::sleep(TOTAL + STEP);
+        std::process::exit(0);
+    });
+    println!("\n{READY}{}", listener.local_addr().unwrap().port());
+    std::io::stdout().flush().unwrap();
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(STEP));
+        let _ = conn.set_write_timeout(Some(STEP));
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = if request.starts_with(b"GET ") {
+            format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+        } else {
+            "HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_owned()
+        };
+        let _ = conn.write_all(head.as_bytes());
+        if request.starts_with(b"GET ") {
+            let _ = conn.write_all(&body);
+        }
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+    }
+}
