@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+mod transfer;
+pub use transfer::{download, upload};
+
 use serde_json::{json, Value};
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,0 +1,195 @@
+//! End to end with real processes of the built binary: `kakuremichi control`, `gateway`, `agent`
+//! and `hello`, each its own process on a loopback address of its own, configured only through
+//! flags, environment and Control's API, exactly as a user runs them on separate machines.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kakuremichi");
+
+/// A child process killed when dropped; its log is printed if the test fails.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("KAKUREMICHI_LOG", "info")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        Proc { name, child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("---- last lines of {} ----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A loopback address no other test run is likely to use, so fixed port numbers are safe.
+fn private_loopback() -> Ipv4Addr {
+    let r: u32 = rand_u32();
+    Ipv4Addr::new(127, 1 + (r % 250) as u8, (r >> 8) as u8, 1 + ((r >> 16) % 250) as u8)
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let ip = private_loopback();
+    let at = |port: u16| SocketAddr::from((ip, port));
+    let (control_addr, http_addr, wg_addr, admin_addr, origin_addr) = (at(8780), at(8080), at(51820), at(9090), at(8000));
+    let control_url = format!("http://{control_addr}");
+
+    let _control = Proc::spawn(
+        "control",
+        dir.path(),
+        &["control", "--listen", &control_addr.to_string()],
+        &[
+            ("KAKUREMICHI_DATA_DIR", dir.path().join("control").to_str().unwrap()),
+            ("KAKUREMICHI_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("KAKUREMICHI_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    );
+    let api = Api::login(control_url.clone()).await;
+    let gateway = api.post("gateways", json!({"name": "edge", "public_endpoint": wg_addr.to_string()})).await;
+    let agent = api.post("agents", json!({"name": "home"})).await;
+    let agent_id = agent["id"].as_i64().unwrap();
+    api.post("tunnels", json!({"hostname": "big.test", "agent_id": agent_id, "target": origin_addr.to_string()})).await;
+
+    let mut origin = Some(Proc::spawn("hello", dir.path(), &["hello", "--listen", &origin_addr.to_string()], &[]));
+    let gw = Proc::spawn(
+        "gateway",
+        dir.path(),
+        &[
+            "gateway",
+            "--http-listen",
+            &http_addr.to_string(),
+            "--wg-listen",
+            &wg_addr.to_string(),
+            "--admin-listen",
+            &admin_addr.to_string(),
+        ],
+        &[
+            ("CONTROL_URL", &control_url),
+            ("GATEWAY_TOKEN", gateway["token"].as_str().unwrap()),
+            ("KAKUREMICHI_DATA_DIR", dir.path().join("gateway").to_str().unwrap()),
+        ],
+    );
+    let ag = Proc::spawn(
+        "agent",
+        dir.path(),
+        &["agent"],
+        &[("CONTROL_URL", &control_url), ("API_KEY", agent["api_key"].as_str().unwrap())],
+    );
+
+    let http = reqwest::Client::new();
+    let took = wait_through(&http, http_addr, "big.test", "/", Duration::from_secs(30), "tunnel up", |s, b| {
+        s == 200 && b.contains("Hello from")
+    })
+    .await;
+    eprintln!("first response after {took:?}");
+    let health = http.get(format!("http://{admin_addr}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "gateway admin /healthz");
+    assert_eq!(through(&http, http_addr, "unknown.test", "/").await.0, 404);
+    let (idle_gw, _) = rss_mib(gw.pid());
+    let (idle_ag, _) = rss_mib(ag.pid());
+
+    const GIB: u64 = 1 << 30;
+    let started = Instant::now();
+    let (got, ok) = download(&http, http_addr, "big.test", GIB).await;
+    assert_eq!(got, GIB);
+    assert!(ok, "every downloaded byte matches the pattern");
+    eprintln!("1 GiB download through the tunnel in {:?}", started.elapsed());
+    let started = Instant::now();
+    let (answer, digest) = upload(&http, http_addr, "big.test", GIB).await;
+    assert_eq!(answer["bytes"].as_u64(), Some(GIB));
+    assert_eq!(answer["sha256"].as_str(), Some(digest.as_str()));
+    eprintln!("1 GiB upload through the tunnel in {:?}", started.elapsed());
+
+    let (peak_gw, _) = rss_mib(gw.pid());
+    let (peak_ag, _) = rss_mib(ag.pid());
+    eprintln!("peak RSS: gateway {peak_gw:.1} MiB (idle {idle_gw:.1}), agent {peak_ag:.1} MiB (idle {idle_ag:.1})");
+    for (who, peak) in [("gateway", peak_gw), ("agent", peak_ag)] {
+        assert!(peak > 0.0, "could not read the {who}'s memory");
+        assert!(peak < 160.0, "{who} peaked at {peak:.1} MiB moving 1 GiB: bodies must stream, not buffer");
+    }
+
+    // The origin stops: the gateway answers 502 promptly.
+    drop(origin.take());
+    let started = Instant::now();
+    wait_through(&http, http_addr, "big.test", "/", Duration::from_secs(10), "502 for a stopped origin", |s, _| s == 502)
+        .await;
+    eprintln!("502 after the origin stopped, within {:?}", started.elapsed());
+}
+
+#[test]
+fn every_command_explains_itself() {
+    for (cmd, must_mention) in [
+        (vec!["--help"], vec!["control", "gateway", "agent", "up", "hello"]),
+        (vec!["control", "--help"], vec!["--listen", "KAKUREMICHI_DATA_DIR", "DATABASE_URL", "KAKUREMICHI_PUBLIC_URL"]),
+        (vec!["gateway", "--help"], vec!["CONTROL_URL", "GATEWAY_TOKEN", "--http-listen", "--wg-listen", "--admin-listen"]),
+        (vec!["agent", "--help"], vec!["CONTROL_URL", "API_KEY", "--data-dir"]),
+        (vec!["up", "--help"], vec!["--data-dir"]),
+        (vec!["hello", "--help"], vec!["--listen"]),
+    ] {
+        let out = Command::new(BIN).args(&cmd).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in must_mention {
+            assert!(text.contains(word), "`kakuremichi {}` does not mention {word}:\n{text}", cmd.join(" "));
+        }
+    }
+}
+
+#[test]
+fn missing_or_bad_settings_fail_with_a_clear_message() {
+    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+        (&["agent"], &[("CONTROL_URL", "http://127.0.0.1:1"), ("API_KEY", "")], "API_KEY"),
+        (&["agent"], &[("CONTROL_URL", "ftp://x"), ("API_KEY", "kma_x")], "CONTROL_URL"),
+        (&["gateway", "--http-listen", "127.0.0.1:0"], &[("CONTROL_URL", "control.example.com"), ("GATEWAY_TOKEN", "kmg_x")], "CONTROL_URL"),
+        (&["control", "--listen", "127.0.0.1:0", "--wg-network", "banana"], &[("KAKUREMICHI_DATA_DIR", "/tmp/km-never-created")], "banana"),
+    ];
+    for (args, env, mention) in cases {
+        let out = Command::new(BIN).args(args).envs(env.iter().copied()).env_remove("KAKUREMICHI_DATA_DIR").output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(mention), "{args:?}: error does not mention {mention}: {err}");
+    }
+}
+
