@@ -13,6 +13,7 @@ mod keys;
 mod nic;
 mod peer;
 mod stream;
+mod udp;
 
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use nic::TUNNEL_MTU;
@@ -29,9 +30,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use udp::Udp;
 
 /// Datagrams waiting for one peer's task; beyond this they are dropped like on a busy NIC.
 const PEER_QUEUE: usize = 1024;
@@ -87,7 +88,7 @@ pub struct PeerStatus {
 /// State shared by the device and all its peers.
 pub(crate) struct Shared {
     pub address: Ipv4Addr,
-    pub udp: Arc<UdpSocket>,
+    pub udp: Arc<Udp>,
     tcp_buffer: usize,
     listen_ports: ArcSwap<HashSet<u16>>,
     accept_tx: mpsc::Sender<TunnelStream>,
@@ -200,7 +201,7 @@ impl Device {
         let _ = sock.set_recv_buffer_size(8 << 20);
         let _ = sock.set_send_buffer_size(8 << 20);
         sock.set_nonblocking(true)?;
-        let udp = Arc::new(UdpSocket::from_std(sock.into())?);
+        let udp = Arc::new(Udp::new(tokio::net::UdpSocket::from_std(sock.into())?));
         let (accept_tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let shared = Arc::new(Shared {
             address: config.address,
@@ -368,14 +369,14 @@ fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 /// Reads datagrams and routes each to its peer's task.
 async fn receive_loop(
-    udp: Arc<UdpSocket>,
+    udp: Arc<Udp>,
     device: std::sync::Weak<Inner>,
     private: x25519::StaticSecret,
     public: x25519::PublicKey,
 ) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let (n, src) = match udp.recv_from(&mut buf).await {
+        let (n, src, segment) = match udp.recv(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "WireGuard receive error");
@@ -387,8 +388,11 @@ async fn receive_loop(
             return;
         };
         let data = &buf[..n];
+        // A GRO burst comes from one sender: route it by its first datagram; the peer checks
+        // every datagram cryptographically anyway.
+        let first = &data[..segment.min(n)];
         let table = device.peers.load();
-        let entry = match Tunn::parse_incoming_packet(data) {
+        let entry = match Tunn::parse_incoming_packet(first) {
             Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&private, &public, &p)
                 .ok()
                 .and_then(|h| table.by_key.get(&PublicKey(h.peer_static_public))),
@@ -402,6 +406,7 @@ async fn receive_loop(
                 let _ = e.inbound.try_send(Inbound {
                     src,
                     data: data.to_vec(),
+                    segment,
                 });
             }
             None => tracing::trace!(%src, "dropped datagram for no known peer"),

@@ -5,13 +5,13 @@
 //! a second scratch buffer and sent with a non-blocking `send_to`. A full socket buffer drops the
 //! packet, exactly as a NIC would; TCP retransmits. No per-packet allocation on the way out.
 
+use crate::udp::{Udp, MAX_BATCH_BYTES, MAX_GSO_SEGMENTS};
 use boringtun::noise::{Tunn, TunnResult};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::UdpSocket;
 
 /// MTU inside the tunnel: the WireGuard default, leaving room for IPv6 + UDP + WireGuard headers
 /// on a 1500-byte link.
@@ -27,14 +27,19 @@ const RX_QUEUE_LIMIT: usize = 4096;
 pub(crate) struct Nic {
     pub tunn: Tunn,
     pub endpoint: Option<SocketAddr>,
-    pub udp: Arc<UdpSocket>,
+    pub udp: Arc<Udp>,
     pub rx: VecDeque<Vec<u8>>,
     tx_plain: Vec<u8>,
     tx_sealed: Vec<u8>,
+    /// Sealed datagrams of one size waiting to leave in one GSO send (see [`Nic::flush`]).
+    batch: Vec<u8>,
+    batch_segment: usize,
+    batch_count: usize,
+    batch_to: Option<SocketAddr>,
 }
 
 impl Nic {
-    pub fn new(tunn: Tunn, endpoint: Option<SocketAddr>, udp: Arc<UdpSocket>) -> Self {
+    pub fn new(tunn: Tunn, endpoint: Option<SocketAddr>, udp: Arc<Udp>) -> Self {
         Self {
             tunn,
             endpoint,
@@ -42,6 +47,10 @@ impl Nic {
             rx: VecDeque::new(),
             tx_plain: vec![0; TUNNEL_MTU],
             tx_sealed: vec![0; MAX_DATAGRAM],
+            batch: Vec::with_capacity(MAX_BATCH_BYTES + MAX_DATAGRAM),
+            batch_segment: 0,
+            batch_count: 0,
+            batch_to: None,
         }
     }
 
@@ -54,31 +63,53 @@ impl Nic {
         true
     }
 
-    /// Sends an already-sealed WireGuard datagram to the peer's current endpoint.
-    pub fn send_datagram(udp: &UdpSocket, endpoint: Option<SocketAddr>, datagram: &[u8]) {
-        let Some(to) = endpoint else { return };
-        if let Err(e) = udp.try_send_to(datagram, to) {
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                tracing::debug!(%to, error = %e, "WireGuard send failed");
-            }
+    /// Sends an already-sealed WireGuard datagram (a handshake message) at once.
+    pub fn send_datagram(udp: &Udp, endpoint: Option<SocketAddr>, datagram: &[u8]) {
+        if let Some(to) = endpoint {
+            udp.send(datagram, to);
         }
     }
 
-    /// Encrypts one IP packet (or, with an empty packet, a keepalive) and sends it.
+    /// Encrypts one IP packet and queues it for the next [`Nic::flush`].
     pub fn seal_and_send(&mut self, len: usize) {
-        let Self {
-            tunn,
-            tx_plain,
-            tx_sealed,
-            udp,
-            endpoint,
-            ..
-        } = self;
-        match tunn.encapsulate(&tx_plain[..len], tx_sealed) {
-            TunnResult::WriteToNetwork(d) => Self::send_datagram(udp, *endpoint, d),
-            TunnResult::Err(e) => tracing::debug!(error = ?e, "WireGuard encapsulate failed"),
-            _ => {}
+        let sealed = match self
+            .tunn
+            .encapsulate(&self.tx_plain[..len], &mut self.tx_sealed)
+        {
+            TunnResult::WriteToNetwork(d) => d.len(),
+            TunnResult::Err(e) => {
+                tracing::debug!(error = ?e, "WireGuard encapsulate failed");
+                return;
+            }
+            _ => return,
+        };
+        let Some(to) = self.endpoint else { return };
+        let fits = self.batch_to == Some(to)
+            && sealed <= self.batch_segment
+            && self.batch_count < MAX_GSO_SEGMENTS
+            && self.batch.len() + sealed <= MAX_BATCH_BYTES;
+        if !self.batch.is_empty() && !fits {
+            self.flush();
         }
+        if self.batch.is_empty() {
+            self.batch_segment = sealed;
+            self.batch_to = Some(to);
+        }
+        self.batch.extend_from_slice(&self.tx_sealed[..sealed]);
+        self.batch_count += 1;
+        if sealed < self.batch_segment {
+            // Only the last datagram of a GSO send may be shorter than the others.
+            self.flush();
+        }
+    }
+
+    /// Sends the queued datagrams, in one syscall where the kernel allows.
+    pub fn flush(&mut self) {
+        if let Some(to) = self.batch_to.take() {
+            self.udp.send_batch(&self.batch, self.batch_segment, to);
+        }
+        self.batch.clear();
+        self.batch_count = 0;
     }
 }
 

@@ -29,8 +29,9 @@ const INITIATION_RETRY: Duration = Duration::from_secs(1);
 const INITIATION_RETRY_MAX: Duration = Duration::from_secs(4);
 /// A session older than this is dead (WireGuard's REJECT_AFTER_TIME).
 const SESSION_LIFETIME: Duration = Duration::from_secs(180);
-/// Datagrams handled per poll of the stack; bounds the time the lock is held.
-const RX_BATCH: usize = 256;
+/// Packets handed to the stack per poll; bounds the time the lock is held and, with at most one
+/// GRO burst (64 datagrams) on top, stays below the NIC's receive queue limit.
+const RX_BATCH: usize = 512;
 /// Ceiling on TCP sockets per peer (streams, listeners and closing ones together).
 const MAX_SOCKETS: usize = 16_384;
 /// Idle listening sockets kept per port between bursts of connections.
@@ -42,7 +43,9 @@ const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 /// A datagram from the network, routed to this peer by the device's receive loop.
 pub(crate) struct Inbound {
     pub src: SocketAddr,
+    /// One datagram, or a GRO burst of datagrams of `segment` bytes (the last may be shorter).
     pub data: Vec<u8>,
+    pub segment: usize,
 }
 
 pub(crate) struct Peer {
@@ -219,40 +222,43 @@ impl PeerState {
         ))
     }
 
+    fn handle_inbound(&mut self, peer: &Peer, inbound: &Inbound) {
+        for datagram in inbound.data.chunks(inbound.segment.max(1)) {
+            self.handle_datagram(peer, inbound.src, datagram);
+        }
+    }
+
     /// Decrypts one datagram; hands the IP packet to the stack or answers handshakes.
-    fn handle_datagram(&mut self, peer: &Peer, inbound: &Inbound) {
-        let kind = inbound.data.first().copied().unwrap_or(0);
+    fn handle_datagram(&mut self, peer: &Peer, src: SocketAddr, datagram: &[u8]) {
+        let kind = datagram.first().copied().unwrap_or(0);
         let Self { nic, decap, .. } = self;
         let mut tunnel_packet = None;
-        match nic
-            .tunn
-            .decapsulate(Some(inbound.src.ip()), &inbound.data, decap)
-        {
+        match nic.tunn.decapsulate(Some(src.ip()), datagram, decap) {
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake response (92 bytes) proves the initiator holds the peer's key, so
                 // its source address is where the peer is now (roaming). A cookie reply does not.
                 if kind == 1 && reply.len() == 92 || kind == 2 {
-                    nic.endpoint = Some(inbound.src);
+                    nic.endpoint = Some(src);
                 }
-                Nic::send_datagram(&nic.udp, Some(inbound.src), reply);
+                Nic::send_datagram(&nic.udp, Some(src), reply);
                 // Packets queued while the handshake was pending go out now.
                 while let TunnResult::WriteToNetwork(d) = nic.tunn.decapsulate(None, &[], decap) {
                     Nic::send_datagram(&nic.udp, nic.endpoint, d);
                 }
             }
-            TunnResult::WriteToTunnelV4(packet, src) => {
-                nic.endpoint = Some(inbound.src);
-                if src == peer.allowed_ip && !packet.is_empty() {
+            TunnResult::WriteToTunnelV4(packet, inner_src) => {
+                nic.endpoint = Some(src);
+                if inner_src == peer.allowed_ip && !packet.is_empty() {
                     tunnel_packet = Some(packet.len());
                 }
             }
             TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {
                 if kind == 2 {
-                    nic.endpoint = Some(inbound.src);
+                    nic.endpoint = Some(src);
                 }
             }
             TunnResult::Err(e) => {
-                tracing::trace!(error = ?e, src = %inbound.src, "dropped WireGuard packet")
+                tracing::trace!(error = ?e, %src, "dropped WireGuard packet")
             }
         }
         if let Some(len) = tunnel_packet {
@@ -330,6 +336,7 @@ impl PeerState {
             ..
         } = self;
         iface.poll(now, nic, sockets);
+        nic.flush();
         self.syns_in_batch.clear();
         self.hand_over_accepted(peer);
         self.collect_orphans();
@@ -449,18 +456,17 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
     loop {
         let (delay, more) = {
             let mut st = peer.lock();
-            let mut handled = 0;
             if let Some(d) = pending.take() {
-                st.handle_datagram(&peer, &d);
-                handled += 1;
+                st.handle_inbound(&peer, &d);
             }
-            while handled < RX_BATCH {
+            // Count packets, not bursts: a GRO burst holds up to 64 of them.
+            while st.nic.rx.len() < RX_BATCH {
                 match inbound.try_recv() {
-                    Ok(d) => st.handle_datagram(&peer, &d),
+                    Ok(d) => st.handle_inbound(&peer, &d),
                     Err(_) => break,
                 }
-                handled += 1;
             }
+            let handled = st.nic.rx.len();
             if Instant::now() >= next_tick {
                 st.update_timers();
                 next_tick = Instant::now() + TIMER_TICK;
