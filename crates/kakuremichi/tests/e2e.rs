@@ -44,7 +44,13 @@ impl Drop for Stop {
 async fn start_control(
     dir: &std::path::Path,
 ) -> (String, Stop, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_control_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), dir)
+}
+
+fn start_control_on(
+    listener: TcpListener,
+    dir: &std::path::Path,
+) -> (String, Stop, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let config = kakuremichi_control::ControlConfig {
         data_dir: dir.to_path_buf(),
@@ -94,7 +100,13 @@ async fn start_gateway(
     config.data_dir = Some(dir.clone());
     config.proxy.connect_timeout = Duration::from_secs(2);
     let (stop, wait) = Stop::new();
-    let listeners = kakuremichi_gateway::GatewayListeners { http, admin, wg };
+    let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listeners = kakuremichi_gateway::GatewayListeners {
+        http,
+        https,
+        admin,
+        wg,
+    };
     let task = tokio::spawn(kakuremichi_gateway::run(config, listeners, wait()));
     Gateway {
         http: http_addr,
@@ -152,19 +164,17 @@ async fn tunnel_through_two_gateways_follows_every_change() {
         )
         .await;
     let id = tunnel["id"].as_i64().unwrap();
-    for gw in [&gw1, &gw2] {
-        let took = wait_through(
-            &http,
-            gw.http,
-            "app.test",
-            "/",
-            FIRST_CONTACT,
-            "origin A through a gateway",
-            |s, b| s == 200 && b.contains("origin-a"),
-        )
-        .await;
-        eprintln!("first response through {} after {took:?}", gw.http);
-    }
+    let both = [gw1.http, gw2.http];
+    let origin_is = |name: &'static str| move |s: u16, b: &str| s == 200 && b.contains(name);
+    wait_all(
+        &http,
+        &both,
+        "app.test",
+        FIRST_CONTACT,
+        "origin A",
+        origin_is("origin-a"),
+    )
+    .await;
 
     // Every node reports online.
     assert_eq!(
@@ -181,78 +191,64 @@ async fn tunnel_through_two_gateways_follows_every_change() {
         json!({"target": origin_b.to_string()}),
     )
     .await;
-    for gw in [&gw1, &gw2] {
-        let took = wait_through(
-            &http,
-            gw.http,
-            "app.test",
-            "/",
-            ONE_SECOND,
-            "new target",
-            |s, b| s == 200 && b.contains("origin-b"),
-        )
-        .await;
-        eprintln!("target change visible through {} after {took:?}", gw.http);
-    }
+    wait_all(
+        &http,
+        &both,
+        "app.test",
+        ONE_SECOND,
+        "new target",
+        origin_is("origin-b"),
+    )
+    .await;
 
-    // Rename: the old name is gone, the new one works.
+    // Rename: the new name works, the old one is gone.
     api.patch(
         &format!("tunnels/{id}"),
         json!({"hostname": "renamed.test"}),
     )
     .await;
-    for gw in [&gw1, &gw2] {
-        wait_through(
-            &http,
-            gw.http,
-            "renamed.test",
-            "/",
-            ONE_SECOND,
-            "new hostname",
-            |s, _| s == 200,
-        )
-        .await;
-        wait_through(
-            &http,
-            gw.http,
-            "app.test",
-            "/",
-            ONE_SECOND,
-            "old hostname gone",
-            |s, _| s == 404,
-        )
-        .await;
-    }
+    wait_all(
+        &http,
+        &both,
+        "renamed.test",
+        ONE_SECOND,
+        "new hostname",
+        |s, _| s == 200,
+    )
+    .await;
+    wait_all(
+        &http,
+        &both,
+        "app.test",
+        ONE_SECOND,
+        "old hostname gone",
+        |s, _| s == 404,
+    )
+    .await;
 
     // Disable and enable.
     api.patch(&format!("tunnels/{id}"), json!({"enabled": false}))
         .await;
-    for gw in [&gw1, &gw2] {
-        wait_through(
-            &http,
-            gw.http,
-            "renamed.test",
-            "/",
-            ONE_SECOND,
-            "disabled tunnel 404",
-            |s, _| s == 404,
-        )
-        .await;
-    }
+    wait_all(
+        &http,
+        &both,
+        "renamed.test",
+        ONE_SECOND,
+        "disabled tunnel 404",
+        |s, _| s == 404,
+    )
+    .await;
     api.patch(&format!("tunnels/{id}"), json!({"enabled": true}))
         .await;
-    for gw in [&gw1, &gw2] {
-        wait_through(
-            &http,
-            gw.http,
-            "renamed.test",
-            "/",
-            ONE_SECOND,
-            "re-enabled tunnel",
-            |s, _| s == 200,
-        )
-        .await;
-    }
+    wait_all(
+        &http,
+        &both,
+        "renamed.test",
+        ONE_SECOND,
+        "re-enabled tunnel",
+        |s, _| s == 200,
+    )
+    .await;
 
     // WebSocket echo through the tunnel.
     let mut request = format!("ws://{}/ws", gw1.http)
@@ -324,18 +320,15 @@ async fn tunnel_through_two_gateways_follows_every_change() {
 
     // Delete: gone within a second.
     api.delete(&format!("tunnels/{id}")).await;
-    for gw in [&gw1, &gw2] {
-        wait_through(
-            &http,
-            gw.http,
-            "renamed.test",
-            "/",
-            ONE_SECOND,
-            "deleted tunnel 404",
-            |s, _| s == 404,
-        )
-        .await;
-    }
+    wait_all(
+        &http,
+        &both,
+        "renamed.test",
+        ONE_SECOND,
+        "deleted tunnel 404",
+        |s, _| s == 404,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -387,18 +380,15 @@ async fn gateway_restarts_from_its_cache_while_control_is_down() {
     )
     .await;
     let http = reqwest::Client::new();
-    for gw in [&gw1, &gw2] {
-        wait_through(
-            &http,
-            gw.http,
-            "cache.test",
-            "/",
-            FIRST_CONTACT,
-            "tunnel up",
-            |s, _| s == 200,
-        )
-        .await;
-    }
+    wait_all(
+        &http,
+        &[gw1.http, gw2.http],
+        "cache.test",
+        FIRST_CONTACT,
+        "tunnel up",
+        |s, _| s == 200,
+    )
+    .await;
 
     // Control goes away: the data path does not notice.
     control_stop.stop();
@@ -442,4 +432,40 @@ async fn gateway_restarts_from_its_cache_while_control_is_down() {
     .await;
     eprintln!("restarted gateway served from cache after {took:?}");
     assert_eq!(through(&http, gw2.http, "cache.test", "/").await.0, 200);
+
+    // Control comes back on the same address: every node reconnects by itself, and a change made
+    // now reaches both gateways (through their new sessions) without restarting anything.
+    let control_addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let listener = eventually(
+        Duration::from_secs(5),
+        "Control's port is free again",
+        || async { TcpListener::bind(control_addr).await.ok() },
+    )
+    .await;
+    let (_, _control_stop, _control) = start_control_on(listener, &dir.path().join("control"));
+    eventually(Duration::from_secs(30), "Control ready again", || async {
+        let (status, _) = api.call(reqwest::Method::GET, "tunnels", None).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    api.post(
+        "tunnels",
+        json!({"hostname": "later.test", "agent_id": agent_id, "target": origin.to_string()}),
+    )
+    .await;
+    let later = Duration::from_secs(15);
+    wait_all(
+        &http,
+        &[restarted.http, gw2.http],
+        "later.test",
+        later,
+        "change after Control returned",
+        |s, _| s == 200,
+    )
+    .await;
+    eprintln!(
+        "change made after Control returned served by both gateways after {:?}",
+        started.elapsed()
+    );
 }

@@ -58,7 +58,12 @@ impl Drop for Proc {
 /// A loopback address no other test run is likely to use, so fixed port numbers are safe.
 fn private_loopback() -> Ipv4Addr {
     let r: u32 = rand_u32();
-    Ipv4Addr::new(127, 1 + (r % 250) as u8, (r >> 8) as u8, 1 + ((r >> 16) % 250) as u8)
+    Ipv4Addr::new(
+        127,
+        1 + (r % 250) as u8,
+        (r >> 8) as u8,
+        1 + ((r >> 16) % 250) as u8,
+    )
 }
 
 fn rand_u32() -> u32 {
@@ -73,7 +78,8 @@ async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let ip = private_loopback();
     let at = |port: u16| SocketAddr::from((ip, port));
-    let (control_addr, http_addr, wg_addr, admin_addr, origin_addr) = (at(8780), at(8080), at(51820), at(9090), at(8000));
+    let (control_addr, http_addr, wg_addr, admin_addr, origin_addr) =
+        (at(8780), at(8080), at(51820), at(9090), at(8000));
     let control_url = format!("http://{control_addr}");
 
     let _control = Proc::spawn(
@@ -81,18 +87,35 @@ async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
         dir.path(),
         &["control", "--listen", &control_addr.to_string()],
         &[
-            ("KAKUREMICHI_DATA_DIR", dir.path().join("control").to_str().unwrap()),
+            (
+                "KAKUREMICHI_DATA_DIR",
+                dir.path().join("control").to_str().unwrap(),
+            ),
             ("KAKUREMICHI_ADMIN_EMAIL", ADMIN_EMAIL),
             ("KAKUREMICHI_ADMIN_PASSWORD", ADMIN_PASSWORD),
         ],
     );
     let api = Api::login(control_url.clone()).await;
-    let gateway = api.post("gateways", json!({"name": "edge", "public_endpoint": wg_addr.to_string()})).await;
+    let gateway = api
+        .post(
+            "gateways",
+            json!({"name": "edge", "public_endpoint": wg_addr.to_string()}),
+        )
+        .await;
     let agent = api.post("agents", json!({"name": "home"})).await;
     let agent_id = agent["id"].as_i64().unwrap();
-    api.post("tunnels", json!({"hostname": "big.test", "agent_id": agent_id, "target": origin_addr.to_string()})).await;
+    api.post(
+        "tunnels",
+        json!({"hostname": "big.test", "agent_id": agent_id, "target": origin_addr.to_string()}),
+    )
+    .await;
 
-    let mut origin = Some(Proc::spawn("hello", dir.path(), &["hello", "--listen", &origin_addr.to_string()], &[]));
+    let mut origin = Some(Proc::spawn(
+        "hello",
+        dir.path(),
+        &["hello", "--listen", &origin_addr.to_string()],
+        &[],
+    ));
     let gw = Proc::spawn(
         "gateway",
         dir.path(),
@@ -108,25 +131,46 @@ async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
         &[
             ("CONTROL_URL", &control_url),
             ("GATEWAY_TOKEN", gateway["token"].as_str().unwrap()),
-            ("KAKUREMICHI_DATA_DIR", dir.path().join("gateway").to_str().unwrap()),
+            (
+                "KAKUREMICHI_DATA_DIR",
+                dir.path().join("gateway").to_str().unwrap(),
+            ),
         ],
     );
     let ag = Proc::spawn(
         "agent",
         dir.path(),
         &["agent"],
-        &[("CONTROL_URL", &control_url), ("API_KEY", agent["api_key"].as_str().unwrap())],
+        &[
+            ("CONTROL_URL", &control_url),
+            ("API_KEY", agent["api_key"].as_str().unwrap()),
+        ],
     );
 
     let http = reqwest::Client::new();
-    let took = wait_through(&http, http_addr, "big.test", "/", Duration::from_secs(30), "tunnel up", |s, b| {
-        s == 200 && b.contains("Hello from")
-    })
+    let took = wait_through(
+        &http,
+        http_addr,
+        "big.test",
+        "/",
+        Duration::from_secs(30),
+        "tunnel up",
+        |s, b| s == 200 && b.contains("Hello from"),
+    )
     .await;
     eprintln!("first response after {took:?}");
-    let health = http.get(format!("http://{admin_addr}/healthz")).send().await.unwrap();
+    let health = http
+        .get(format!("http://{admin_addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200, "gateway admin /healthz");
     assert_eq!(through(&http, http_addr, "unknown.test", "/").await.0, 404);
+    assert_eq!(
+        listening_tcp_sockets(ag.pid()),
+        0,
+        "the agent opens no listening port"
+    );
     let (idle_gw, _) = rss_mib(gw.pid());
     let (idle_ag, _) = rss_mib(ag.pid());
 
@@ -135,7 +179,10 @@ async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
     let (got, ok) = download(&http, http_addr, "big.test", GIB).await;
     assert_eq!(got, GIB);
     assert!(ok, "every downloaded byte matches the pattern");
-    eprintln!("1 GiB download through the tunnel in {:?}", started.elapsed());
+    eprintln!(
+        "1 GiB download through the tunnel in {:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     let (answer, digest) = upload(&http, http_addr, "big.test", GIB).await;
     assert_eq!(answer["bytes"].as_u64(), Some(GIB));
@@ -147,24 +194,96 @@ async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
     eprintln!("peak RSS: gateway {peak_gw:.1} MiB (idle {idle_gw:.1}), agent {peak_ag:.1} MiB (idle {idle_ag:.1})");
     for (who, peak) in [("gateway", peak_gw), ("agent", peak_ag)] {
         assert!(peak > 0.0, "could not read the {who}'s memory");
-        assert!(peak < 160.0, "{who} peaked at {peak:.1} MiB moving 1 GiB: bodies must stream, not buffer");
+        assert!(
+            peak < 160.0,
+            "{who} peaked at {peak:.1} MiB moving 1 GiB: bodies must stream, not buffer"
+        );
     }
 
     // The origin stops: the gateway answers 502 promptly.
     drop(origin.take());
     let started = Instant::now();
-    wait_through(&http, http_addr, "big.test", "/", Duration::from_secs(10), "502 for a stopped origin", |s, _| s == 502)
-        .await;
-    eprintln!("502 after the origin stopped, within {:?}", started.elapsed());
+    wait_through(
+        &http,
+        http_addr,
+        "big.test",
+        "/",
+        Duration::from_secs(10),
+        "502 for a stopped origin",
+        |s, _| s == 502,
+    )
+    .await;
+    eprintln!(
+        "502 after the origin stopped, within {:?}",
+        started.elapsed()
+    );
+}
+
+/// TCP sockets in LISTEN state owned by `pid` (from /proc: its socket inodes against net/tcp*).
+fn listening_tcp_sockets(pid: u32) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            Some(
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        !inodes.is_empty(),
+        "the agent has sockets (to Control and WireGuard)"
+    );
+    let mut listening = 0;
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        listening += text
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 9 && f[3] == "0A" && inodes.contains(f[9])
+            })
+            .count();
+    }
+    listening
 }
 
 #[test]
 fn every_command_explains_itself() {
     for (cmd, must_mention) in [
-        (vec!["--help"], vec!["control", "gateway", "agent", "up", "hello"]),
-        (vec!["control", "--help"], vec!["--listen", "KAKUREMICHI_DATA_DIR", "DATABASE_URL", "KAKUREMICHI_PUBLIC_URL"]),
-        (vec!["gateway", "--help"], vec!["CONTROL_URL", "GATEWAY_TOKEN", "--http-listen", "--wg-listen", "--admin-listen"]),
-        (vec!["agent", "--help"], vec!["CONTROL_URL", "API_KEY", "--data-dir"]),
+        (
+            vec!["--help"],
+            vec!["control", "gateway", "agent", "up", "hello"],
+        ),
+        (
+            vec!["control", "--help"],
+            vec![
+                "--listen",
+                "KAKUREMICHI_DATA_DIR",
+                "DATABASE_URL",
+                "KAKUREMICHI_PUBLIC_URL",
+            ],
+        ),
+        (
+            vec!["gateway", "--help"],
+            vec![
+                "CONTROL_URL",
+                "GATEWAY_TOKEN",
+                "--http-listen",
+                "--wg-listen",
+                "--admin-listen",
+            ],
+        ),
+        (
+            vec!["agent", "--help"],
+            vec!["CONTROL_URL", "API_KEY", "--data-dir"],
+        ),
         (vec!["up", "--help"], vec!["--data-dir"]),
         (vec!["hello", "--help"], vec!["--listen"]),
     ] {
@@ -172,7 +291,11 @@ fn every_command_explains_itself() {
         assert!(out.status.success(), "{cmd:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         for word in must_mention {
-            assert!(text.contains(word), "`kakuremichi {}` does not mention {word}:\n{text}", cmd.join(" "));
+            assert!(
+                text.contains(word),
+                "`kakuremichi {}` does not mention {word}:\n{text}",
+                cmd.join(" ")
+            );
         }
     }
 }
@@ -180,16 +303,48 @@ fn every_command_explains_itself() {
 #[test]
 fn missing_or_bad_settings_fail_with_a_clear_message() {
     let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
-        (&["agent"], &[("CONTROL_URL", "http://127.0.0.1:1"), ("API_KEY", "")], "API_KEY"),
-        (&["agent"], &[("CONTROL_URL", "ftp://x"), ("API_KEY", "kma_x")], "CONTROL_URL"),
-        (&["gateway", "--http-listen", "127.0.0.1:0"], &[("CONTROL_URL", "control.example.com"), ("GATEWAY_TOKEN", "kmg_x")], "CONTROL_URL"),
-        (&["control", "--listen", "127.0.0.1:0", "--wg-network", "banana"], &[("KAKUREMICHI_DATA_DIR", "/tmp/km-never-created")], "banana"),
+        (
+            &["agent"],
+            &[("CONTROL_URL", "http://127.0.0.1:1"), ("API_KEY", "")],
+            "API_KEY",
+        ),
+        (
+            &["agent"],
+            &[("CONTROL_URL", "ftp://x"), ("API_KEY", "kma_x")],
+            "CONTROL_URL",
+        ),
+        (
+            &["gateway", "--http-listen", "127.0.0.1:0"],
+            &[
+                ("CONTROL_URL", "control.example.com"),
+                ("GATEWAY_TOKEN", "kmg_x"),
+            ],
+            "CONTROL_URL",
+        ),
+        (
+            &[
+                "control",
+                "--listen",
+                "127.0.0.1:0",
+                "--wg-network",
+                "banana",
+            ],
+            &[("KAKUREMICHI_DATA_DIR", "/tmp/km-never-created")],
+            "banana",
+        ),
     ];
     for (args, env, mention) in cases {
-        let out = Command::new(BIN).args(args).envs(env.iter().copied()).env_remove("KAKUREMICHI_DATA_DIR").output().unwrap();
+        let out = Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("KAKUREMICHI_DATA_DIR")
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(mention), "{args:?}: error does not mention {mention}: {err}");
+        assert!(
+            err.contains(mention),
+            "{args:?}: error does not mention {mention}: {err}"
+        );
     }
 }
-

@@ -183,6 +183,21 @@ pub async fn wait_through(
     start.elapsed()
 }
 
+/// [`wait_through`] on every gateway in turn (GET `/`), printing how long each took.
+pub async fn wait_all(
+    http: &reqwest::Client,
+    gateways: &[std::net::SocketAddr],
+    host: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(u16, &str) -> bool,
+) {
+    for gw in gateways {
+        let took = wait_through(http, *gw, host, "/", within, what, &check).await;
+        eprintln!("{what}: through {gw} after {took:?}");
+    }
+}
+
 /// Peak and current resident memory of a process, in MiB, from /proc.
 pub fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -68,4 +68,3 @@ pub async fn upload(
     assert_eq!(resp.status(), 200);
     (resp.json().await.unwrap(), hex::encode(hasher.finalize()))
 }
-
