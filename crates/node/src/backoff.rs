@@ -37,7 +37,7 @@ impl Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self::new(Duration::from_millis(500), Duration::from_secs(5))
+        Self::new(Duration::from_millis(250), Duration::from_secs(2))
     }
 }
 

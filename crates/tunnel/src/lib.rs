@@ -343,6 +343,7 @@ impl Device {
             config.allowed_ip,
             tunn,
             config.endpoint,
+            config.persistent_keepalive,
         );
         if config.endpoint.is_some() {
             peer.initiate_handshake();

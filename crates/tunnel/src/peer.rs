@@ -70,6 +70,11 @@ pub(crate) struct PeerState {
     /// This side initiates (it was given the peer's endpoint); it keeps trying until a session exists.
     initiator: bool,
     last_initiation: Option<Instant>,
+    /// Persistent keepalive; with it, silence from the peer for two intervals means the path or
+    /// the peer is gone (a restarted peer drops our old session silently), so re-handshake.
+    keepalive: Option<Duration>,
+    /// When the peer last sent us anything authenticated.
+    last_rx: Option<Instant>,
     initiation_retry: Duration,
     pub closed: bool,
 }
@@ -80,6 +85,7 @@ impl Peer {
         allowed_ip: Ipv4Addr,
         tunn: Tunn,
         endpoint: Option<SocketAddr>,
+        keepalive: Option<u16>,
     ) -> Arc<Self> {
         let mut nic = Nic::new(tunn, endpoint, shared.udp.clone());
         let mut config = Config::new(HardwareAddress::Ip);
@@ -109,6 +115,8 @@ impl Peer {
                 decap: vec![0; 65536],
                 initiator: false,
                 last_initiation: None,
+                keepalive: keepalive.map(|k| Duration::from_secs(u64::from(k))),
+                last_rx: None,
                 initiation_retry: INITIATION_RETRY,
                 closed: false,
             }),
@@ -233,12 +241,14 @@ impl PeerState {
         let kind = datagram.first().copied().unwrap_or(0);
         let Self { nic, decap, .. } = self;
         let mut tunnel_packet = None;
+        let mut authenticated = false;
         match nic.tunn.decapsulate(Some(src.ip()), datagram, decap) {
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake response (92 bytes) proves the initiator holds the peer's key, so
                 // its source address is where the peer is now (roaming). A cookie reply does not.
                 if kind == 1 && reply.len() == 92 || kind == 2 {
                     nic.endpoint = Some(src);
+                    authenticated = true;
                 }
                 Nic::send_datagram(&nic.udp, Some(src), reply);
                 // Packets queued while the handshake was pending go out now.
@@ -248,6 +258,7 @@ impl PeerState {
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
                 nic.endpoint = Some(src);
+                authenticated = true;
                 if inner_src == peer.allowed_ip && !packet.is_empty() {
                     tunnel_packet = Some(packet.len());
                 }
@@ -255,11 +266,15 @@ impl PeerState {
             TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {
                 if kind == 2 {
                     nic.endpoint = Some(src);
+                    authenticated = true;
                 }
             }
             TunnResult::Err(e) => {
                 tracing::trace!(error = ?e, %src, "dropped WireGuard packet")
             }
+        }
+        if authenticated {
+            self.last_rx = Some(Instant::now());
         }
         if let Some(len) = tunnel_packet {
             let packet = std::mem::take(&mut self.decap);
@@ -313,7 +328,16 @@ impl PeerState {
         if self.initiator && self.nic.endpoint.is_some() {
             let (since_handshake, ..) = self.nic.tunn.stats();
             let no_session = since_handshake.is_none_or(|d| d > SESSION_LIFETIME);
-            if !no_session {
+            // Silent for two keepalives (and a retry) since both the last packet and our last try.
+            let silence = self.keepalive.map(|k| 2 * k + INITIATION_RETRY_MAX);
+            let quiet_since =
+                |t: Option<Instant>| t.is_none_or(|t| silence.is_some_and(|s| t.elapsed() > s));
+            let silent =
+                silence.is_some() && quiet_since(self.last_rx) && quiet_since(self.last_initiation);
+            if silent && !no_session {
+                tracing::debug!(peer = %self.nic.endpoint.map(|e| e.to_string()).unwrap_or_default(), "peer silent; re-handshaking");
+                self.send_initiation();
+            } else if !no_session {
                 self.initiation_retry = INITIATION_RETRY;
             } else if self
                 .last_initiation

@@ -196,3 +196,60 @@ async fn garbage_datagrams_are_ignored() {
     assert!(c.is_ok());
     assert!(accept.await.unwrap());
 }
+
+#[tokio::test]
+async fn initiator_rehandshakes_when_its_peer_restarts_silently() {
+    let gw_key = PrivateKey::generate();
+    let bind = |key: PrivateKey, ip, addr: &str| {
+        Device::bind(DeviceConfig::new(key, ip, addr.parse().unwrap()))
+    };
+    let (gw, _) = bind(gw_key.clone(), GW, "127.0.0.1:0").await.unwrap();
+    let gw_addr = gw.local_addr().unwrap();
+    let (ag, mut acceptor) = bind(PrivateKey::generate(), AG, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let gw_peer = |ag: &Device| PeerConfig {
+        public_key: ag.public_key(),
+        allowed_ip: AG,
+        endpoint: None,
+        persistent_keepalive: Some(1),
+    };
+    gw.set_peers(vec![gw_peer(&ag)]);
+    ag.set_listen_ports([8080]);
+    ag.set_peers(vec![PeerConfig {
+        public_key: gw.public_key(),
+        allowed_ip: GW,
+        endpoint: Some(gw_addr),
+        persistent_keepalive: Some(1),
+    }]);
+    tokio::spawn(async move { while acceptor.accept().await.is_some() {} });
+    timeout(DEADLINE, async {
+        while gw.connect(SocketAddrV4::new(AG, 8080)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("tunnel up");
+
+    // The gateway restarts: same key and address, but no session and no idea where the agent is.
+    drop(gw);
+    let gw = timeout(DEADLINE, async {
+        loop {
+            if let Ok((d, _)) = bind(gw_key.clone(), GW, &gw_addr.to_string()).await {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("port free again");
+    gw.set_peers(vec![gw_peer(&ag)]);
+    // Only the agent can fix this: it must notice the silence and handshake again.
+    timeout(Duration::from_secs(20), async {
+        while gw.connect(SocketAddrV4::new(AG, 8080)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the agent re-handshakes after its peer went silent");
+}
