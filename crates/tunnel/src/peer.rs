@@ -247,7 +247,6 @@ impl PeerState {
                 // A handshake response (92 bytes) proves the initiator holds the peer's key, so
                 // its source address is where the peer is now (roaming). A cookie reply does not.
                 if kind == 1 && reply.len() == 92 || kind == 2 {
-                    nic.endpoint = Some(src);
                     authenticated = true;
                 }
                 Nic::send_datagram(&nic.udp, Some(src), reply);
@@ -257,15 +256,15 @@ impl PeerState {
                 }
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
-                nic.endpoint = Some(src);
                 authenticated = true;
                 if inner_src == peer.allowed_ip && !packet.is_empty() {
                     tunnel_packet = Some(packet.len());
                 }
             }
             TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {
-                if kind == 2 {
-                    nic.endpoint = Some(src);
+                // `Done` after a handshake response (2), or for an authenticated keepalive (4):
+                // a keepalive is often the only packet a roaming peer sends from its new address.
+                if kind == 2 || kind == 4 {
                     authenticated = true;
                 }
             }
@@ -275,6 +274,10 @@ impl PeerState {
         }
         if authenticated {
             self.last_rx = Some(Instant::now());
+            if self.nic.endpoint != Some(src) {
+                tracing::info!(peer = %peer.allowed_ip, from = ?self.nic.endpoint, to = %src, "WireGuard peer endpoint changed");
+                self.nic.endpoint = Some(src);
+            }
         }
         if let Some(len) = tunnel_packet {
             let packet = std::mem::take(&mut self.decap);
