@@ -1,5 +1,6 @@
 //! Control's configuration: defaults, validation with actionable messages, secrets masked in `Debug`.
 
+use crate::certs::{AcmeConfig, TlsMode};
 use crate::validate::WgNetwork;
 use std::fmt;
 use std::path::PathBuf;
@@ -24,6 +25,13 @@ pub struct ControlConfig {
     pub heartbeat_interval: Duration,
     /// A node session with no frame from the node for this long is closed.
     pub heartbeat_timeout: Duration,
+    /// The ACME CA, account and retry pacing.
+    pub acme: AcmeConfig,
+    /// TLS mode of tunnels created without one (`kakuremichi up` uses `internal`).
+    pub default_tls: TlsMode,
+    /// `Strict-Transport-Security` max-age (seconds) sent by Gateways on HTTPS responses of
+    /// tunnels that redirect to https; 0 sends no header.
+    pub hsts_max_age: u32,
 }
 
 impl Default for ControlConfig {
@@ -37,6 +45,9 @@ impl Default for ControlConfig {
             wg_network: "10.77.0.0/16".to_string(),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(25),
+            acme: AcmeConfig::default(),
+            default_tls: TlsMode::Acme,
+            hsts_max_age: 31_536_000,
         }
     }
 }
@@ -58,6 +69,9 @@ impl fmt::Debug for ControlConfig {
             .field("wg_network", &self.wg_network)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("acme", &self.acme)
+            .field("default_tls", &self.default_tls)
+            .field("hsts_max_age", &self.hsts_max_age)
             .finish()
     }
 }
@@ -104,6 +118,8 @@ pub enum ConfigError {
         timeout: Duration,
         interval: Duration,
     },
+    #[error("{0}")]
+    Acme(String),
 }
 
 impl ControlConfig {
@@ -146,6 +162,7 @@ impl ControlConfig {
                 interval: self.heartbeat_interval,
             });
         }
+        self.acme.validate().map_err(ConfigError::Acme)?;
         Ok(())
     }
 

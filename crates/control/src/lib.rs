@@ -5,6 +5,7 @@
 //! pushes each one its [`kakuremichi_proto::ConfigSnapshot`] whenever it changes.
 
 mod api;
+mod certs;
 mod config;
 mod secrets;
 mod sessions;
@@ -12,7 +13,13 @@ mod snapshot;
 mod store;
 mod validate;
 
+pub use certs::{AcmeConfig, ChallengeChoice, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
+
+/// Where Control keeps its internal CA's root certificate (`root.crt`; the key is beside it).
+pub fn internal_ca_root(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("internal-ca").join("root.crt")
+}
 
 use anyhow::Context as _;
 use sessions::Hub;
@@ -49,9 +56,17 @@ pub async fn run(
         config.heartbeat_interval,
         config.heartbeat_timeout,
     );
-    let state = api::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash);
+    hub.set_hsts_max_age(config.hsts_max_age);
+    let ca_dir = config.data_dir.join("internal-ca");
+    let ca =
+        tokio::task::spawn_blocking(move || certs::InternalCa::load_or_create(&ca_dir)).await??;
+    tracing::info!(root = %ca.root_path().display(), "internal CA ready");
+    let state = api::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
+        .with_default_tls(config.default_tls);
     let app = api::router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);
+    let manager = tokio::spawn(manager.run(stop_rx.clone()));
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
@@ -60,6 +75,7 @@ pub async fn run(
 
     tokio::select! {
         result = &mut server => {
+            manager.abort();
             store.close().await;
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
@@ -72,6 +88,7 @@ pub async fn run(
     tracing::info!("control is shutting down");
     hub.begin_shutdown();
     let _ = stop_tx.send(true);
+    manager.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await
         .is_err()

@@ -4,7 +4,9 @@
 //! shared by every session; each node's snapshot is then derived from it without further queries.
 
 use crate::store::{AgentRow, GatewayRow, NodeKind, NodeRef, Store, StoreResult, TunnelRow};
-use kakuremichi_proto::{AgentService, ConfigSnapshot, GatewayRoute, WgPeer};
+use kakuremichi_proto::{
+    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, TlsCertificate, WgPeer,
+};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -15,6 +17,12 @@ pub struct World {
     gateways: Vec<GatewayRow>,
     /// Enabled tunnels only.
     tunnels: Vec<TunnelRow>,
+    /// Issued certificates: hostname → (source, certificate).
+    certificates: BTreeMap<String, (String, TlsCertificate)>,
+    /// ACME challenges in flight (filled in by the hub, not the database).
+    pub acme: AcmeChallenges,
+    /// HSTS max-age for routes that redirect to https (from Control's settings).
+    pub hsts_max_age: u32,
 }
 
 impl Store {
@@ -33,16 +41,30 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let tunnels = sqlx::query_as(
-            "SELECT id, hostname, agent_id, target, port, enabled, created_at, updated_at \
-             FROM tunnels WHERE enabled = TRUE ORDER BY id",
+            "SELECT id, hostname, agent_id, target, port, enabled, tls, https_redirect, created_at, \
+             updated_at FROM tunnels WHERE enabled = TRUE ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let certs: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT hostname, source, cert_pem, key_pem FROM certificates \
+             WHERE cert_pem IS NOT NULL AND key_pem IS NOT NULL",
         )
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        let certificates = certs
+            .into_iter()
+            .map(|(host, source, cert_pem, key_pem)| {
+                (host, (source, TlsCertificate { cert_pem, key_pem }))
+            })
+            .collect();
         Ok(World {
             agents,
             gateways,
             tunnels,
+            certificates,
+            ..World::default()
         })
     }
 }
@@ -73,6 +95,7 @@ impl World {
             })
             .collect();
         let mut routes = BTreeMap::new();
+        let mut certificates = BTreeMap::new();
         for t in &self.tunnels {
             let Some(agent) = self.agents.iter().find(|a| a.id == t.agent_id) else {
                 continue;
@@ -82,11 +105,20 @@ impl World {
             else {
                 continue;
             };
+            let https = t.tls != "off";
+            if let Some((source, cert)) = self.certificates.get(&t.hostname) {
+                if https && *source == t.tls {
+                    certificates.insert(t.hostname.clone(), cert.clone());
+                }
+            }
+            let redirect = https && t.https_redirect;
             let route = GatewayRoute {
                 tunnel_id: t.id,
                 agent_id: agent.id,
                 agent_address,
                 port,
+                https_redirect: redirect,
+                hsts_max_age: if redirect { self.hsts_max_age } else { 0 },
             };
             routes.insert(t.hostname.clone(), route);
         }
@@ -95,6 +127,8 @@ impl World {
             wg_address: address(&gateway.wg_address)?,
             peers,
             routes,
+            certificates,
+            acme: self.acme.clone(),
             ..ConfigSnapshot::default()
         })
     }
@@ -186,13 +220,41 @@ mod tests {
             target: "app:3000".into(),
             port,
             enabled: true,
+            tls: if id == 12 {
+                "off".into()
+            } else {
+                "acme".into()
+            },
+            https_redirect: true,
             created_at: String::new(),
             updated_at: String::new(),
         }
     }
 
     fn world() -> World {
+        let cert = |n: &str| TlsCertificate {
+            cert_pem: format!("cert-{n}"),
+            key_pem: format!("key-{n}"),
+        };
+        let mut acme = AcmeChallenges::default();
+        acme.http01.insert("tok".into(), "tok.thumb".into());
         World {
+            certificates: BTreeMap::from([
+                (
+                    "t10.example.com".to_string(),
+                    ("acme".to_string(), cert("10")),
+                ),
+                (
+                    "t11.example.com".to_string(),
+                    ("internal".to_string(), cert("11")),
+                ),
+                (
+                    "t12.example.com".to_string(),
+                    ("acme".to_string(), cert("12")),
+                ),
+            ]),
+            acme,
+            hsts_max_age: 60,
             agents: vec![agent(1, Some("A1")), agent(2, None)],
             gateways: vec![
                 gateway(1, Some("G1"), true),
@@ -229,6 +291,32 @@ mod tests {
             (11, 2, Ipv4Addr::new(10, 77, 0, 2), 10000)
         );
         assert!(s.services.is_empty());
+    }
+
+    #[test]
+    fn gateway_gets_certificates_of_matching_source_and_challenges() {
+        let s = world()
+            .snapshot(NodeRef {
+                kind: NodeKind::Gateway,
+                id: 1,
+            })
+            .unwrap();
+        // t11's certificate came from another source than its tunnel asks; t12 has tls off.
+        assert_eq!(
+            s.certificates.keys().collect::<Vec<_>>(),
+            vec!["t10.example.com"]
+        );
+        let (t10, t12) = (&s.routes["t10.example.com"], &s.routes["t12.example.com"]);
+        assert!(t10.https_redirect && t10.hsts_max_age == 60);
+        assert!(!t12.https_redirect && t12.hsts_max_age == 0);
+        assert_eq!(s.acme.http01["tok"], "tok.thumb");
+        let agent = world()
+            .snapshot(NodeRef {
+                kind: NodeKind::Agent,
+                id: 1,
+            })
+            .unwrap();
+        assert!(agent.certificates.is_empty() && agent.acme.is_empty());
     }
 
     #[test]

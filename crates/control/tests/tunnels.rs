@@ -35,12 +35,15 @@ async fn tunnels_crud_and_validation() {
         keys(&t),
         [
             "agent_id",
+            "certificate",
             "created_at",
             "enabled",
             "hostname",
+            "https_redirect",
             "id",
             "port",
             "target",
+            "tls",
             "updated_at"
         ]
     );
@@ -48,6 +51,27 @@ async fn tunnels_crud_and_validation() {
         (&t["hostname"], &t["port"], &t["enabled"]),
         (&json!("app.example.com"), &json!(10000), &json!(true))
     );
+    // HTTPS defaults: an ACME certificate (pending: no Gateway is connected), redirect on.
+    assert_eq!(
+        (&t["tls"], &t["https_redirect"]),
+        (&json!("acme"), &json!(true))
+    );
+    assert_eq!(t["certificate"]["status"], "pending");
+    assert!(t["certificate"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("No Gateway"));
+    for bad in [
+        json!({"tls": "letsencrypt"}),
+        json!({"https_redirect": "yes"}),
+    ] {
+        let mut body = json!({"hostname": "bad-tls.example.com", "agent_id": a1, "target": "a:1"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let (s, v) = c.post("/api/v1/tunnels", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
     let t2 = c.tunnel("blog.example.com", a1, "app:3000").await;
     assert_eq!(t2["port"], 10001);
     let body = json!({"hostname": "off.example.com", "agent_id": a2, "target": "[::1]:80", "enabled": false});

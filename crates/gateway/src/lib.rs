@@ -2,11 +2,14 @@
 //! it, over a userspace WireGuard tunnel.
 //!
 //! [`run`] wires three things together: the session to Control (config snapshots, cached on
-//! disk), the WireGuard device with every Agent as a peer, and the HTTP proxy whose route table
-//! and dialer follow the latest snapshot.
+//! disk), the WireGuard device with every Agent as a peer, and the HTTP and HTTPS proxy whose
+//! route table, certificates (see [`tls`]) and dialer follow the latest snapshot. Certificates
+//! travel inside the snapshot, so the on-disk snapshot cache (mode 0600) is also the certificate
+//! cache: a restarted Gateway serves HTTPS before, or without, reaching Control.
 
 mod endpoints;
 pub mod proxy;
+pub mod tls;
 
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
@@ -25,8 +28,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+/// Keepalive towards Agents, in seconds (the Agents use the same).
+const AGENT_KEEPALIVE: u16 = 15;
+
 /// How often learned Agent endpoints are written to disk.
-const REMEMBER_ENDPOINTS: Duration = Duration::from_secs(5);
+/// Cheap: the file is rewritten only when an endpoint changed.
+const REMEMBER_ENDPOINTS: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -37,6 +44,8 @@ pub struct GatewayConfig {
     /// Where the WireGuard key and the last config are kept; `None` keeps nothing on disk.
     pub data_dir: Option<PathBuf>,
     pub proxy: ProxyConfig,
+    /// Port in the `Location` of http → https redirects; `None`: the HTTPS listener's own port.
+    pub https_redirect_port: Option<u16>,
 }
 
 impl GatewayConfig {
@@ -46,6 +55,7 @@ impl GatewayConfig {
             token,
             data_dir: None,
             proxy: ProxyConfig::default(),
+            https_redirect_port: None,
         }
     }
 
@@ -66,6 +76,8 @@ impl GatewayConfig {
 pub struct GatewayListeners {
     /// Public HTTP.
     pub http: TcpListener,
+    /// Public HTTPS (TLS by SNI with the certificates Control distributes).
+    pub https: TcpListener,
     /// Health checks (`/healthz`), normally on loopback.
     pub admin: TcpListener,
     /// WireGuard, where Agents send their handshakes.
@@ -86,7 +98,13 @@ pub async fn run(
 
     let routes = Arc::new(RouteTable::new());
     let dialer = Arc::new(TunnelDialer::default());
-    let proxy = Proxy::new(routes.clone(), dialer.clone(), config.proxy.clone());
+    let mut proxy_config = config.proxy.clone();
+    proxy_config.https_port = match config.https_redirect_port {
+        Some(port) => port,
+        None => listeners.https.local_addr()?.port(),
+    };
+    let proxy = Proxy::new(routes.clone(), dialer.clone(), proxy_config);
+    let certs = proxy.certs().clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -95,7 +113,8 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let http = tokio::spawn(proxy::serve(listeners.http, proxy, stopped()));
+    let http = tokio::spawn(proxy::serve(listeners.http, proxy.clone(), stopped()));
+    let https = tokio::spawn(proxy::serve_tls(listeners.https, proxy, stopped()));
     let admin = tokio::spawn(proxy::serve_admin(listeners.admin, stopped()));
 
     let session = SessionConfig::new(
@@ -119,6 +138,7 @@ pub async fn run(
         wg_socket: Some(listeners.wg),
         device: None,
         routes,
+        certs,
         dialer,
         endpoints: EndpointMemory::new(state),
         remembered: HashMap::new(),
@@ -145,6 +165,7 @@ pub async fn run(
     tracing::info!("gateway draining in-flight requests");
     let _ = stop_tx.send(true);
     let _ = http.await;
+    let _ = https.await;
     let _ = admin.await;
     tracing::info!("gateway stopped");
     Ok(())
@@ -156,6 +177,7 @@ struct Gateway {
     wg_socket: Option<std::net::UdpSocket>,
     device: Option<Device>,
     routes: Arc<RouteTable>,
+    certs: Arc<tls::CertStore>,
     dialer: Arc<TunnelDialer>,
     endpoints: EndpointMemory,
     /// Endpoints from the previous run, used once when the device starts.
@@ -208,7 +230,9 @@ impl Gateway {
                     allowed_ip: agent.wg_address,
                     // Known from a previous run: initiate, so Agents reconnect at once.
                     endpoint: self.remembered.remove(&public_key),
-                    persistent_keepalive: None,
+                    // Keepalives both ways: NAT mappings stay fresh, and a silent peer means a
+                    // dead path to the side that re-handshakes.
+                    persistent_keepalive: Some(AGENT_KEEPALIVE),
                 }),
                 Err(_) => {
                     tracing::warn!(agent = %agent.name, "agent has an invalid public key; skipped");
@@ -218,8 +242,10 @@ impl Gateway {
             .collect();
         device.set_peers(peers);
         self.routes.replace(snapshot.routes.clone());
+        self.certs.apply(&snapshot.certificates, &snapshot.acme);
         tracing::info!(
             hostnames = snapshot.routes.len(),
+            certificates = self.certs.len(),
             agents = snapshot.peers.len(),
             "config applied"
         );

@@ -11,12 +11,14 @@
 //! - `headers`: host normalisation, hop-by-hop stripping, `X-Forwarded-*` / `Forwarded`.
 //! - `forward`: the per-request handler, including HTTP/1.1 upgrades (WebSocket).
 //! - `pages`: the small error pages the proxy answers itself.
+//! - `redirect`: ACME HTTP-01 answers, the http → https `308` and HSTS.
 //! - `server`: accept loops, connection caps, timeouts and graceful drain.
 
 mod connector;
 mod forward;
 mod headers;
 mod pages;
+mod redirect;
 pub mod routes;
 mod server;
 
@@ -32,7 +34,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use routes::RouteTable;
-pub use server::{serve, serve_admin, serve_with_scheme};
+pub use server::{serve, serve_admin, serve_tls, serve_with_scheme};
+
+use crate::tls::CertStore;
 
 /// A byte stream to an Agent (a TCP connection through the tunnel, or a plain socket in tests).
 pub trait TunnelStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -60,6 +64,10 @@ pub struct ProxyConfig {
     /// How long a client may take to send a request's headers (slowloris protection); also bounds
     /// how long an idle keep-alive connection is held open.
     pub header_read_timeout: Duration,
+    /// The port plain-HTTP clients are redirected to (left out of the URL when 443).
+    pub https_port: u16,
+    /// How long a client may take to complete the TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -68,6 +76,8 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(30),
+            https_port: 443,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -96,6 +106,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// shared by its HTTP and HTTPS listeners.
 pub struct Proxy {
     routes: Arc<RouteTable>,
+    certs: Arc<CertStore>,
     client: Client<connector::DialConnector, Incoming>,
     config: ProxyConfig,
 }
@@ -112,6 +123,7 @@ impl Proxy {
             .build(connector);
         Arc::new(Self {
             routes,
+            certs: Arc::new(CertStore::new()),
             client,
             config,
         })
@@ -119,6 +131,11 @@ impl Proxy {
 
     pub fn routes(&self) -> &Arc<RouteTable> {
         &self.routes
+    }
+
+    /// Certificates and ACME challenges, shared by the HTTP and HTTPS listeners.
+    pub fn certs(&self) -> &Arc<CertStore> {
+        &self.certs
     }
 
     pub fn config(&self) -> &ProxyConfig {

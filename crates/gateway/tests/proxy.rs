@@ -106,6 +106,8 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         agent_id: 1,
         agent_address: *agent(1, 80).ip(),
         port: 80,
+        https_redirect: false,
+        hsts_max_age: 0,
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();

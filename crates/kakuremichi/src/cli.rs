@@ -34,6 +34,9 @@ enum Command {
     Up(up::UpArgs),
     /// Run a tiny hello-world web app, for demos and tests.
     Hello(HelloArgs),
+    /// Probe an HTTP health endpoint; exit status 0 only for a 2xx answer (for Docker's
+    /// HEALTHCHECK: the images have no curl).
+    Healthcheck(HealthcheckArgs),
 }
 
 #[derive(Args)]
@@ -59,6 +62,32 @@ struct ControlArgs {
     /// Password of the first admin (prefer the environment variable: flags show in `ps`).
     #[arg(long, env = "KAKUREMICHI_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// ACME directory URL of the CA certificates are ordered from (staging:
+    /// https://acme-staging-v02.api.letsencrypt.org/directory).
+    #[arg(long, env = "KAKUREMICHI_ACME_DIRECTORY", default_value = kakuremichi_control::LETS_ENCRYPT)]
+    acme_directory: String,
+    /// Contact e-mail of the ACME account (the CA may send expiry notices).
+    #[arg(long, env = "KAKUREMICHI_ACME_EMAIL")]
+    acme_email: Option<String>,
+    /// PEM file of extra root certificates to trust for the ACME server (a private CA, Pebble).
+    #[arg(long, env = "KAKUREMICHI_ACME_CA_ROOTS")]
+    acme_ca_roots: Option<PathBuf>,
+    /// External account binding key id, for CAs that require one.
+    #[arg(long, env = "KAKUREMICHI_ACME_EAB_KID")]
+    acme_eab_kid: Option<String>,
+    /// External account binding HMAC key (base64url), for CAs that require one.
+    #[arg(long, env = "KAKUREMICHI_ACME_EAB_HMAC_KEY", hide_env_values = true)]
+    acme_eab_hmac_key: Option<String>,
+    /// ACME challenge the CA validates: auto (HTTP-01, alternating with TLS-ALPN-01 after a
+    /// failure), http-01 (port 80 must reach the Gateways) or tls-alpn-01 (port 443 only).
+    #[arg(long, env = "KAKUREMICHI_ACME_CHALLENGE", default_value = "auto")]
+    acme_challenge: kakuremichi_control::ChallengeChoice,
+    /// TLS of tunnels created without a `tls` field: acme, internal or off.
+    #[arg(long, env = "KAKUREMICHI_DEFAULT_TLS", default_value = "acme")]
+    default_tls: kakuremichi_control::TlsMode,
+    /// Strict-Transport-Security max-age (seconds) on HTTPS responses of redirecting tunnels; 0 = no header.
+    #[arg(long, env = "KAKUREMICHI_HSTS_MAX_AGE", default_value_t = 31_536_000)]
+    hsts_max_age: u32,
 }
 
 #[derive(Args)]
@@ -72,6 +101,9 @@ struct GatewayArgs {
     /// Public HTTP address.
     #[arg(long, env = "KAKUREMICHI_HTTP_LISTEN", default_value = "0.0.0.0:80")]
     http_listen: SocketAddr,
+    /// Public HTTPS address (certificates come from Control).
+    #[arg(long, env = "KAKUREMICHI_HTTPS_LISTEN", default_value = "0.0.0.0:443")]
+    https_listen: SocketAddr,
     /// UDP address for WireGuard from Agents (open it in the firewall).
     #[arg(long, env = "KAKUREMICHI_WG_LISTEN", default_value = "0.0.0.0:51820")]
     wg_listen: SocketAddr,
@@ -117,6 +149,16 @@ struct HelloArgs {
     name: String,
 }
 
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// URL to probe, e.g. http://127.0.0.1:9090/healthz.
+    #[arg(long)]
+    url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Control(a) => {
@@ -127,6 +169,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 admin_email: a.admin_email,
                 admin_password: a.admin_password,
                 wg_network: a.wg_network,
+                acme: kakuremichi_control::AcmeConfig {
+                    directory_url: a.acme_directory,
+                    email: a.acme_email,
+                    ca_roots: a.acme_ca_roots,
+                    eab_kid: a.acme_eab_kid,
+                    eab_hmac_key: a.acme_eab_hmac_key,
+                    challenge: a.acme_challenge,
+                    ..Default::default()
+                },
+                default_tls: a.default_tls,
+                hsts_max_age: a.hsts_max_age,
                 ..Default::default()
             };
             config.validate()?;
@@ -142,10 +195,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config.validate().map_err(anyhow::Error::msg)?;
             let listeners = kakuremichi_gateway::GatewayListeners {
                 http: bind_tcp(a.http_listen, "--http-listen").await?,
+                https: bind_tcp(a.https_listen, "--https-listen").await?,
                 admin: bind_tcp(a.admin_listen, "--admin-listen").await?,
                 wg: bind_udp(a.wg_listen, "--wg-listen")?,
             };
-            tracing::info!(http = %a.http_listen, wireguard = %a.wg_listen, admin = %a.admin_listen, "gateway listening");
+            tracing::info!(http = %a.http_listen, https = %a.https_listen, wireguard = %a.wg_listen, admin = %a.admin_listen, "gateway listening");
             kakuremichi_gateway::run(config, listeners, signal::shutdown()).await
         }
         Command::Agent(a) => {
@@ -159,6 +213,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let listener = bind_tcp(a.listen, "--listen").await?;
             println!("hello app on http://{}/", listener.local_addr()?);
             hello::serve(listener, a.name, signal::shutdown()).await;
+            Ok(())
+        }
+        Command::Healthcheck(a) => {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(a.timeout.max(1)))
+                .build()?;
+            let status = client.get(&a.url).send().await?.status();
+            anyhow::ensure!(status.is_success(), "{} answered {status}", a.url);
             Ok(())
         }
     }

@@ -29,6 +29,9 @@ pub struct UpArgs {
     /// The Gateway's public HTTP address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_listen: SocketAddr,
+    /// The Gateway's public HTTPS address (certificates from Control's internal CA).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    https_listen: SocketAddr,
     /// The Gateway's WireGuard (UDP) address.
     #[arg(long, default_value = "127.0.0.1:51820")]
     wg_listen: SocketAddr,
@@ -56,11 +59,13 @@ const DEMO_HOST: &str = "hello.localhost";
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let control_listener = bind_tcp(args.control_listen, "--control-listen").await?;
     let http = bind_tcp(args.http_listen, "--http-listen").await?;
+    let https = bind_tcp(args.https_listen, "--https-listen").await?;
     let admin = bind_tcp(args.admin_listen, "--admin-listen").await?;
     let wg = bind_udp(args.wg_listen, "--wg-listen")?;
     let hello_listener = bind_tcp(args.hello_listen, "--hello-listen").await?;
     let control_addr = control_listener.local_addr()?;
     let http_addr = http.local_addr()?;
+    let https_addr = https.local_addr()?;
     let wg_addr = wg.local_addr()?;
     let hello_addr = hello_listener.local_addr()?;
     let control_url = format!("http://{control_addr}");
@@ -81,8 +86,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
 
+    let control_dir = args.data_dir.join("control");
+    let ca_root = kakuremichi_control::internal_ca_root(&control_dir);
     let control_config = kakuremichi_control::ControlConfig {
-        data_dir: args.data_dir.join("control"),
+        data_dir: control_dir,
+        // Local names cannot get public certificates: every tunnel uses the internal CA.
+        default_tls: kakuremichi_control::TlsMode::Internal,
         public_url: Some(control_url.clone()),
         admin_email: Some("admin@localhost".into()),
         admin_password: Some(bootstrap_password.clone()),
@@ -122,7 +131,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Secret::new(state.gateway_token.clone()),
     );
     gateway_config.data_dir = Some(args.data_dir.join("gateway"));
-    let listeners = kakuremichi_gateway::GatewayListeners { http, admin, wg };
+    let listeners = kakuremichi_gateway::GatewayListeners {
+        http,
+        https,
+        admin,
+        wg,
+    };
     let gateway = tokio::spawn(kakuremichi_gateway::run(
         gateway_config,
         listeners,
@@ -135,7 +149,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     agent_config.data_dir = Some(args.data_dir.join("agent"));
     let agent = tokio::spawn(kakuremichi_agent::run(agent_config, stopped()));
 
-    print_banner(&state, &control_url, http_addr, first_run, &state_path);
+    print_banner(
+        &state,
+        &control_url,
+        (http_addr, https_addr),
+        first_run,
+        (&state_path, &ca_root),
+    );
 
     signal::shutdown().await;
     let _ = stop_tx.send(true);
@@ -242,7 +262,7 @@ async fn bootstrap(
     let agent_id = agent["id"].as_i64().context("no agent id in response")?;
     post(
         "tunnels",
-        json!({"hostname": DEMO_HOST, "agent_id": agent_id, "target": hello_addr.to_string()}),
+        json!({"hostname": DEMO_HOST, "agent_id": agent_id, "target": hello_addr.to_string(), "tls": "internal"}),
         bearer(),
     )
     .await?;
@@ -265,11 +285,12 @@ async fn bootstrap(
 fn print_banner(
     state: &UpState,
     control_url: &str,
-    http_addr: SocketAddr,
+    (http_addr, https_addr): (SocketAddr, SocketAddr),
     first_run: bool,
-    state_path: &Path,
+    (state_path, ca_root): (&Path, &Path),
 ) {
     let port = http_addr.port();
+    let tls_port = https_addr.port();
     let start = if first_run {
         "kakuremichi is up (first start: admin, gateway, agent and demo tunnel created)"
     } else {
@@ -280,18 +301,23 @@ fn print_banner(
          \x20 Control API   {control_url}\n\
          \x20 Sign in       {email} / {password}   (POST {control_url}/api/v1/auth/login)\n\
          \x20 API token     {token}\n\
-         \x20 Demo app      http://{DEMO_HOST}:{port}/   (Gateway -> WireGuard -> Agent -> app)\n\n\
+         \x20 Demo app      https://{DEMO_HOST}:{tls_port}/   (Gateway -> WireGuard -> Agent -> app)\n\
+         \x20               http://{DEMO_HOST}:{port}/ redirects there\n\
+         \x20 HTTPS root    {ca}\n\
+         \x20               (Control's internal CA: trust it in your browser, or\n\
+         \x20                curl --cacert {ca} https://{DEMO_HOST}:{tls_port}/ )\n\n\
          Publish a local port, e.g. an app on localhost:3000:\n\n\
          \x20 curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n\
          \x20      -d '{{\"hostname\":\"myapp.localhost\",\"agent_id\":{agent},\"target\":\"localhost:3000\"}}' \\\n\
          \x20      {control_url}/api/v1/tunnels\n\n\
-         then open http://myapp.localhost:{port}/  (any *.localhost name reaches this machine).\n\
+         then open https://myapp.localhost:{tls_port}/  (any *.localhost name reaches this machine).\n\
          Credentials are kept in {path} (readable only by you). Ctrl-C stops everything.\n",
         email = state.admin_email,
         password = state.admin_password,
         token = state.api_token,
         agent = state.agent_id,
         path = state_path.display(),
+        ca = ca_root.display(),
     );
 }
 

@@ -229,7 +229,11 @@ async fn acme_http01_one_order_for_two_gateways_failures_retry_and_cache() {
     // Control down, Gateway restarted: HTTPS from the cached certificate.
     control.shut_down().await;
     let (token, wg, gw_dir, addrs) = gw1.shut_down().await;
-    let wg = std::net::UdpSocket::bind(wg).unwrap();
+    // The old device releases its UDP socket shortly after the gateway task ends.
+    let wg = eventually(ISSUE_WITHIN, "WireGuard port free again", || async {
+        std::net::UdpSocket::bind(wg).ok()
+    })
+    .await;
     let _gw1 = start_gateway(&api.base, token, wg, addrs, gw_dir).await;
     eventually(
         ISSUE_WITHIN,

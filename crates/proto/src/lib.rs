@@ -14,7 +14,10 @@ mod snapshot;
 pub use message::{
     decode_control, decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole,
 };
-pub use snapshot::{AgentService, ConfigSnapshot, GatewayRoute, WgPeer};
+pub use snapshot::{
+    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, TlsAlpnChallenge, TlsCertificate,
+    WgPeer,
+};
 
 /// Version of the node-session protocol. Bump on any incompatible change to the messages or the
 /// snapshot; Control refuses a node that speaks another version, with a message naming both.

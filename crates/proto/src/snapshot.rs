@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::Ipv4Addr;
 
 /// Everything a node needs to do its job, as computed by Control for that one node.
@@ -29,6 +30,12 @@ pub struct ConfigSnapshot {
     /// Agent only: tunnel port → local target.
     #[serde(default)]
     pub services: Vec<AgentService>,
+    /// Gateway only: hostname → the certificate (and key) it serves for that name.
+    #[serde(default)]
+    pub certificates: BTreeMap<String, TlsCertificate>,
+    /// Gateway only: pending ACME challenges Control wants every Gateway to answer.
+    #[serde(default)]
+    pub acme: AcmeChallenges,
 }
 
 /// One WireGuard peer of a node.
@@ -56,6 +63,68 @@ pub struct GatewayRoute {
     pub agent_address: Ipv4Addr,
     /// The tunnel's port on the Agent's userspace stack; the Agent maps it to the tunnel's target.
     pub port: u16,
+    /// Plain-HTTP requests are answered `308` to https (once the Gateway holds a certificate).
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// `Strict-Transport-Security: max-age=...` on HTTPS responses; 0 sends no header.
+    #[serde(default)]
+    pub hsts_max_age: u32,
+}
+
+/// A PEM certificate chain (leaf first) and its PEM private key. The key is masked in `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for TlsCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsCertificate")
+            .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// ACME challenges in flight, pushed to every Gateway before Control asks the CA to validate, so
+/// that whichever Gateway the CA reaches can answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeChallenges {
+    /// HTTP-01: token → key authorization, served at `/.well-known/acme-challenge/{token}`.
+    #[serde(default)]
+    pub http01: BTreeMap<String, String>,
+    /// TLS-ALPN-01: hostname → the challenge certificate served to `acme-tls/1` clients.
+    #[serde(default)]
+    pub tls_alpn01: BTreeMap<String, TlsAlpnChallenge>,
+}
+
+impl AcmeChallenges {
+    pub fn is_empty(&self) -> bool {
+        self.http01.is_empty() && self.tls_alpn01.is_empty()
+    }
+
+    /// Stable ids of the challenges contained (`http01:{token}`, `tls-alpn01:{token}`); a Gateway
+    /// that applied a snapshot holding an id is ready to answer that challenge.
+    pub fn ids(&self) -> Vec<String> {
+        let http = self.http01.keys().map(|t| format!("http01:{t}"));
+        let alpn = self
+            .tls_alpn01
+            .values()
+            .map(|c| format!("tls-alpn01:{}", c.token));
+        http.chain(alpn).collect()
+    }
+}
+
+/// One TLS-ALPN-01 challenge: the self-signed certificate carrying the `acmeIdentifier` extension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsAlpnChallenge {
+    /// The ACME challenge token, which identifies this challenge.
+    pub token: String,
+    pub certificate: TlsCertificate,
 }
 
 /// One tunnel as its Agent sees it: connections to `port` go to `target`.
@@ -79,6 +148,8 @@ impl Default for ConfigSnapshot {
             routes: BTreeMap::new(),
             hostnames: Vec::new(),
             services: Vec::new(),
+            certificates: BTreeMap::new(),
+            acme: AcmeChallenges::default(),
         }
     }
 }
@@ -121,6 +192,21 @@ mod tests {
                 agent_id: 3,
                 agent_address: Ipv4Addr::new(10, 77, 0, 3),
                 port: 10007,
+                https_redirect: true,
+                hsts_max_age: 31_536_000,
+            },
+        );
+        let cert = TlsCertificate {
+            cert_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----\nsecret-key-material".into(),
+        };
+        let mut acme = AcmeChallenges::default();
+        acme.http01.insert("tok".into(), "tok.thumb".into());
+        acme.tls_alpn01.insert(
+            "app.example.com".into(),
+            TlsAlpnChallenge {
+                token: "tok2".into(),
+                certificate: cert.clone(),
             },
         );
         ConfigSnapshot {
@@ -137,6 +223,8 @@ mod tests {
             routes,
             hostnames: vec![],
             services: vec![],
+            certificates: BTreeMap::from([("app.example.com".to_string(), cert)]),
+            acme,
         }
         .seal()
     }
@@ -167,6 +255,33 @@ mod tests {
         let mut d = a.clone();
         d.peers.insert(0, c.peers[1].clone());
         assert_eq!(c.seal().config_hash, d.seal().config_hash);
+    }
+
+    #[test]
+    fn private_keys_are_masked_in_debug() {
+        let dbg = format!("{:?}", sample());
+        assert!(!dbg.contains("secret-key-material"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn challenge_ids_name_every_challenge() {
+        assert_eq!(sample().acme.ids(), vec!["http01:tok", "tls-alpn01:tok2"]);
+        assert!(AcmeChallenges::default().is_empty());
+    }
+
+    #[test]
+    fn older_snapshots_without_tls_fields_still_parse() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("certificates");
+        obj.remove("acme");
+        let route = obj["routes"]["app.example.com"].as_object_mut().unwrap();
+        route.remove("https_redirect");
+        route.remove("hsts_max_age");
+        let back: ConfigSnapshot = serde_json::from_value(v).unwrap();
+        assert!(back.certificates.is_empty() && back.acme.is_empty());
+        assert!(!back.routes["app.example.com"].https_redirect);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod tunnels;
 
 pub use error::ApiError;
 
+use crate::certs::TlsMode;
 use crate::sessions::Hub;
 use crate::store::Store;
 use crate::validate::WgNetwork;
@@ -38,6 +39,8 @@ pub struct Inner {
     /// Verified against for unknown e-mails, so a failed login takes as long either way.
     pub dummy_password_hash: String,
     pub password_checks: Semaphore,
+    /// TLS mode of tunnels created without one.
+    pub default_tls: TlsMode,
 }
 
 impl AppState {
@@ -54,7 +57,16 @@ impl AppState {
             secure_cookies,
             dummy_password_hash,
             password_checks: Semaphore::new(PASSWORD_CHECKS_IN_FLIGHT),
+            default_tls: TlsMode::Acme,
         }))
+    }
+
+    /// Sets the TLS mode of tunnels created without one; only before the state is shared.
+    pub fn with_default_tls(mut self, mode: TlsMode) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.default_tls = mode;
+        }
+        self
     }
 }
 

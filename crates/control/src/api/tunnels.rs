@@ -1,10 +1,15 @@
 //! `/tunnels`: a public hostname served by an Agent. Every change is pushed to the Gateways (routes)
 //! and to the Agent concerned (services).
+//!
+//! HTTPS per tunnel: `tls` (`acme`, `internal` or `off`; default Control's `default_tls`, itself
+//! `acme` unless configured), `https_redirect` (default true: plain HTTP gets a 308 to https, and
+//! HTTPS responses carry HSTS), and the read-only `certificate` status (null when `tls` is off).
 
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
 use super::AppState;
-use crate::store::{NewTunnel, TunnelPatch, TunnelRow};
+use crate::certs::{self, TlsMode};
+use crate::store::{CertRow, NewTunnel, TunnelPatch, TunnelRow};
 use crate::validate;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,6 +23,8 @@ pub struct CreateTunnel {
     agent_id: i64,
     target: String,
     enabled: Option<bool>,
+    tls: Option<TlsMode>,
+    https_redirect: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +34,8 @@ pub struct PatchTunnel {
     agent_id: Option<i64>,
     target: Option<String>,
     enabled: Option<bool>,
+    tls: Option<TlsMode>,
+    https_redirect: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -37,12 +46,17 @@ pub struct TunnelView {
     target: String,
     port: i64,
     enabled: bool,
+    tls: TlsMode,
+    https_redirect: bool,
+    certificate: Option<serde_json::Value>,
     created_at: String,
     updated_at: String,
 }
 
-impl From<TunnelRow> for TunnelView {
-    fn from(t: TunnelRow) -> Self {
+impl TunnelView {
+    fn new(t: TunnelRow, cert: Option<&CertRow>, gateways_online: bool) -> Self {
+        // Only this API writes the column, with a validated value.
+        let tls = t.tls.parse().unwrap_or(TlsMode::Off);
         Self {
             id: t.id,
             hostname: t.hostname,
@@ -50,10 +64,20 @@ impl From<TunnelRow> for TunnelView {
             target: t.target,
             port: t.port,
             enabled: t.enabled,
+            tls,
+            https_redirect: t.https_redirect,
+            certificate: certs::status_view(tls, cert, gateways_online),
             created_at: t.created_at,
             updated_at: t.updated_at,
         }
     }
+}
+
+/// The view of one tunnel, with its certificate's state.
+async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
+    let cert = state.store.get_certificate(&row.hostname).await?;
+    let online = !state.hub.online_gateways().is_empty();
+    Ok(TunnelView::new(row, cert.as_ref(), online))
 }
 
 fn hostname(input: &str) -> Result<String, ApiError> {
@@ -74,11 +98,13 @@ pub async fn create(
         agent_id: body.agent_id,
         target: target(&body.target)?,
         enabled: body.enabled.unwrap_or(true),
+        tls: body.tls.unwrap_or(state.default_tls).as_str().to_string(),
+        https_redirect: body.https_redirect.unwrap_or(true),
     };
     let row = state.store.create_tunnel(&new).await?;
     state.hub.changed();
-    tracing::info!(tunnel_id = row.id, hostname = %row.hostname, agent_id = row.agent_id, "tunnel created");
-    Ok((StatusCode::CREATED, Json(row.into())))
+    tracing::info!(tunnel_id = row.id, hostname = %row.hostname, agent_id = row.agent_id, tls = %row.tls, "tunnel created");
+    Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
 }
 
 pub async fn list(
@@ -86,7 +112,22 @@ pub async fn list(
     _user: AuthUser,
 ) -> Result<Json<Vec<TunnelView>>, ApiError> {
     let rows = state.store.list_tunnels().await?;
-    Ok(Json(rows.into_iter().map(TunnelView::from).collect()))
+    let certs: std::collections::HashMap<String, CertRow> = state
+        .store
+        .list_certificates()
+        .await?
+        .into_iter()
+        .map(|c| (c.hostname.clone(), c))
+        .collect();
+    let online = !state.hub.online_gateways().is_empty();
+    Ok(Json(
+        rows.into_iter()
+            .map(|t| {
+                let cert = certs.get(&t.hostname);
+                TunnelView::new(t, cert, online)
+            })
+            .collect(),
+    ))
 }
 
 pub async fn get(
@@ -94,14 +135,8 @@ pub async fn get(
     _user: AuthUser,
     Id(id): Id,
 ) -> Result<Json<TunnelView>, ApiError> {
-    Ok(Json(
-        state
-            .store
-            .get_tunnel(id)
-            .await
-            .map_err(about("tunnel"))?
-            .into(),
-    ))
+    let row = state.store.get_tunnel(id).await.map_err(about("tunnel"))?;
+    Ok(Json(view(&state, row).await?))
 }
 
 pub async fn update(
@@ -115,6 +150,8 @@ pub async fn update(
         agent_id: body.agent_id,
         target: body.target.as_deref().map(target).transpose()?,
         enabled: body.enabled,
+        tls: body.tls.map(|t| t.as_str().to_string()),
+        https_redirect: body.https_redirect,
     };
     let row = state
         .store
@@ -122,7 +159,7 @@ pub async fn update(
         .await
         .map_err(about("tunnel"))?;
     state.hub.changed();
-    Ok(Json(row.into()))
+    Ok(Json(view(&state, row).await?))
 }
 
 pub async fn delete(

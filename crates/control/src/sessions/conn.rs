@@ -12,6 +12,7 @@ use futures_util::SinkExt as _;
 use kakuremichi_proto::{
     decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, PROTOCOL_VERSION,
 };
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -67,6 +68,7 @@ pub async fn serve(socket: WebSocket, node: NodeRef, hub: Arc<Hub>) {
         node,
         hub,
         last_rx: Instant::now(),
+        sent_challenges: Arc::new(HashSet::new()),
     };
     let end = session.run().await;
     session.finish(end).await;
@@ -78,6 +80,8 @@ struct Session {
     hub: Arc<Hub>,
     /// When the node last sent any frame (data, ping, pong).
     last_rx: Instant,
+    /// Ids of the ACME challenges in the last snapshot pushed (see `AcmeChallenges::ids`).
+    sent_challenges: Arc<HashSet<String>>,
 }
 
 impl Session {
@@ -122,7 +126,7 @@ impl Session {
                     tracing::info!(node = %self.node, timeout = ?self.hub.heartbeat_timeout, "node silent for too long; closing its session");
                     Err(End::Close(close_code::POLICY, "heartbeat timeout"))
                 }
-                frame = self.socket.recv() => self.on_frame(frame),
+                frame = self.socket.recv() => self.on_frame(frame, sent_hash.as_deref()),
             };
             if let Err(end) = step {
                 return end;
@@ -209,9 +213,16 @@ impl Session {
         let Some(snapshot) = world.snapshot(self.node) else {
             return Err(StoreError::NotFound.into());
         };
+        let challenges: Arc<HashSet<String>> = Arc::new(snapshot.acme.ids().into_iter().collect());
         if sent_hash.as_deref() == Some(snapshot.config_hash.as_str()) {
+            if self.sent_challenges != challenges {
+                // The node already holds this snapshot (it said so in its hello).
+                self.hub.applied(self.node, challenges.clone());
+                self.sent_challenges = challenges;
+            }
             return Ok(());
         }
+        self.sent_challenges = challenges;
         let hash = snapshot.config_hash.clone();
         self.send(&ControlMessage::Config { snapshot }).await?;
         tracing::debug!(node = %self.node, config_hash = %hash, "pushed config");
@@ -219,12 +230,19 @@ impl Session {
         Ok(())
     }
 
-    fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, axum::Error>>,
+        sent_hash: Option<&str>,
+    ) -> Result<(), End> {
         self.last_rx = Instant::now();
         match frame {
             Some(Ok(Message::Text(text))) => match decode_node(text.as_str()) {
                 Ok(NodeMessage::Applied { config_hash }) => {
                     tracing::debug!(node = %self.node, %config_hash, "node applied config");
+                    if sent_hash == Some(config_hash.as_str()) {
+                        self.hub.applied(self.node, self.sent_challenges.clone());
+                    }
                     Ok(())
                 }
                 Ok(NodeMessage::Hello { .. }) => {

@@ -6,15 +6,20 @@
 //! - a cache of the [`World`] for the current generation, so N sessions cost one load per change;
 //! - online status: how many sessions each node has open (a reconnect racing the old session's
 //!   close still leaves the node online);
-//! - shutdown: sessions close cleanly when Control stops, and `run` waits for them.
+//! - shutdown: sessions close cleanly when Control stops, and `run` waits for them;
+//! - ACME challenges in flight (pushed to every Gateway in its snapshot) and, per node, the
+//!   challenges contained in the last snapshot it confirmed (`Applied`), so the ACME client can
+//!   wait until every online Gateway is ready before asking the CA to validate.
 
 mod conn;
 
 pub use conn::serve;
 
 use crate::snapshot::World;
-use crate::store::{NodeRef, Store, StoreResult};
-use std::collections::HashMap;
+use crate::store::{NodeKind, NodeRef, Store, StoreResult};
+use kakuremichi_proto::AcmeChallenges;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -29,7 +34,17 @@ pub struct Hub {
     live_sessions: watch::Sender<usize>,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
+    challenges: Mutex<AcmeChallenges>,
+    /// Per online node: ids of the challenges in the last snapshot it applied. Also bumped when
+    /// nodes come and go, so waiters re-check who is online.
+    acks: watch::Sender<HashMap<NodeRef, Arc<HashSet<String>>>>,
+    hsts_max_age: AtomicU32,
 }
+
+/// No Gateway is connected, so no ACME challenge can be answered.
+#[derive(Debug, thiserror::Error)]
+#[error("no Gateway is connected to Control")]
+pub struct NoGateway;
 
 impl Hub {
     pub fn new(
@@ -46,7 +61,90 @@ impl Hub {
             live_sessions: watch::channel(0).0,
             heartbeat_interval,
             heartbeat_timeout,
+            challenges: Mutex::new(AcmeChallenges::default()),
+            acks: watch::channel(HashMap::new()).0,
+            hsts_max_age: AtomicU32::new(0),
         })
+    }
+
+    /// The HSTS max-age put into routes that redirect to https.
+    pub fn set_hsts_max_age(&self, seconds: u32) {
+        self.hsts_max_age.store(seconds, Ordering::Relaxed);
+    }
+
+    /// Adds or removes ACME challenges (under the lock) and pushes the change to every Gateway.
+    pub fn edit_challenges(&self, edit: impl FnOnce(&mut AcmeChallenges)) {
+        edit(
+            &mut self
+                .challenges
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.changed();
+    }
+
+    /// Records that `node` applied a snapshot holding the challenges `ids`.
+    pub(crate) fn applied(&self, node: NodeRef, ids: Arc<HashSet<String>>) {
+        self.acks.send_modify(|acks| {
+            acks.insert(node, ids);
+        });
+    }
+
+    /// The online, connected Gateways.
+    pub fn online_gateways(&self) -> Vec<NodeRef> {
+        self.online
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(node, n)| node.kind == NodeKind::Gateway && **n > 0)
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    /// Waits until every online Gateway has applied a snapshot holding all of `ids`, at most
+    /// `limit` (then returns anyway: the Gateways that did confirm can answer). Returns how many
+    /// Gateways were online and ready; fails only when none is online.
+    pub async fn wait_gateways_ready(
+        &self,
+        ids: &[String],
+        limit: Duration,
+    ) -> Result<usize, NoGateway> {
+        let mut acks = self.acks.subscribe();
+        let ready = |acks: &HashMap<NodeRef, Arc<HashSet<String>>>| {
+            let online = self.online_gateways();
+            let confirmed = online
+                .iter()
+                .filter(|g| {
+                    acks.get(g)
+                        .is_some_and(|a| ids.iter().all(|id| a.contains(id)))
+                })
+                .count();
+            (online.len(), confirmed)
+        };
+        let all = acks.wait_for(|a| {
+            let (online, confirmed) = ready(a);
+            online > 0 && confirmed == online
+        });
+        let _ = tokio::time::timeout(limit, all).await;
+        let (online, confirmed) = ready(&acks.borrow());
+        if online == 0 {
+            return Err(NoGateway);
+        }
+        if confirmed < online {
+            tracing::warn!(
+                online,
+                confirmed,
+                "not every Gateway confirmed the ACME challenge in time; asking the CA to validate anyway"
+            );
+        }
+        Ok(confirmed)
+    }
+
+    /// Notifies on node connects and disconnects (and challenge confirmations).
+    pub(crate) fn subscribe_nodes(
+        &self,
+    ) -> watch::Receiver<HashMap<NodeRef, Arc<HashSet<String>>>> {
+        self.acks.subscribe()
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -73,7 +171,14 @@ impl Hub {
                 return Ok(world.clone());
             }
         }
-        let world = Arc::new(self.store.load_world().await?);
+        let mut world = self.store.load_world().await?;
+        world.acme = self
+            .challenges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        world.hsts_max_age = self.hsts_max_age.load(Ordering::Relaxed);
+        let world = Arc::new(world);
         *cache = Some((generation, world.clone()));
         Ok(world)
     }
@@ -94,6 +199,7 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(node)
             .or_insert(0) += 1;
+        self.acks.send_modify(|_| {});
         OnlineGuard {
             hub: self.clone(),
             node,
@@ -141,6 +247,10 @@ impl Drop for OnlineGuard {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 online.remove(&self.node);
+                drop(online);
+                self.hub.acks.send_modify(|acks| {
+                    acks.remove(&self.node);
+                });
             }
         }
     }

@@ -6,6 +6,7 @@
 
 mod agents;
 mod alloc;
+mod certs;
 mod gateways;
 mod nodes;
 mod tokens;
@@ -13,6 +14,7 @@ mod tunnels;
 mod users;
 
 pub use agents::AgentRow;
+pub use certs::{CertRow, NewCert};
 pub use gateways::{GatewayPatch, GatewayRow};
 pub use nodes::{NodeKind, NodeRef};
 pub use tokens::TokenRow;

@@ -6,7 +6,8 @@ use super::{
 };
 use sqlx::{Sqlite, Transaction};
 
-const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, created_at, updated_at";
+const COLUMNS: &str =
+    "id, hostname, agent_id, target, port, enabled, tls, https_redirect, created_at, updated_at";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -16,6 +17,9 @@ pub struct TunnelRow {
     pub target: String,
     pub port: i64,
     pub enabled: bool,
+    /// `acme`, `internal` or `off`.
+    pub tls: String,
+    pub https_redirect: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -27,6 +31,8 @@ pub struct NewTunnel {
     pub agent_id: i64,
     pub target: String,
     pub enabled: bool,
+    pub tls: String,
+    pub https_redirect: bool,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -36,6 +42,8 @@ pub struct TunnelPatch {
     pub agent_id: Option<i64>,
     pub target: Option<String>,
     pub enabled: Option<bool>,
+    pub tls: Option<String>,
+    pub https_redirect: Option<bool>,
 }
 
 impl Store {
@@ -46,8 +54,8 @@ impl Store {
         let port = alloc::allocate_port(&mut tx, new.agent_id).await?;
         let now = now();
         let sql = format!(
-            "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
+            "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
         );
         let row = sqlx::query_as(&sql)
             .bind(&new.hostname)
@@ -55,6 +63,8 @@ impl Store {
             .bind(&new.target)
             .bind(port)
             .bind(new.enabled)
+            .bind(&new.tls)
+            .bind(new.https_redirect)
             .bind(&now)
             .fetch_one(&mut *tx)
             .await
@@ -96,7 +106,7 @@ impl Store {
         let hostname = patch.hostname.clone().unwrap_or(current.hostname);
         let sql = format!(
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
-             updated_at = $6 WHERE id = $7 RETURNING {COLUMNS}"
+             tls = $6, https_redirect = $7, updated_at = $8 WHERE id = $9 RETURNING {COLUMNS}"
         );
         let row = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -104,6 +114,8 @@ impl Store {
             .bind(patch.target.as_ref().unwrap_or(&current.target))
             .bind(port)
             .bind(patch.enabled.unwrap_or(current.enabled))
+            .bind(patch.tls.as_ref().unwrap_or(&current.tls))
+            .bind(patch.https_redirect.unwrap_or(current.https_redirect))
             .bind(now())
             .bind(id)
             .fetch_one(&mut *tx)

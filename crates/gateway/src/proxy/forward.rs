@@ -15,8 +15,9 @@ use kakuremichi_proto::GatewayRoute;
 
 use super::headers::{self, ClientHost, HostError};
 use super::pages;
+use super::redirect;
 use super::server::{ClientConn, ConnGuard};
-use super::Proxy;
+use super::{Proxy, Scheme};
 
 /// Either the origin's streamed body or a page the proxy wrote itself.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -42,6 +43,11 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return local(pages::method_not_allowed());
         }
+        if conn.scheme == Scheme::Http {
+            if let Some(token) = redirect::acme_token(req.uri().path()) {
+                return local(redirect::challenge_answer(self.certs.http01(token)));
+            }
+        }
         let host = match headers::client_host(req.uri(), req.headers()) {
             Ok(host) => host,
             Err(HostError::Missing) => return local(pages::not_found(None)),
@@ -50,8 +56,18 @@ impl Proxy {
         let Some(route) = self.routes.get(&host.name) else {
             return local(pages::not_found(Some(&host.name)));
         };
+        let has_certificate = self.certs.has_certificate(&host.name);
+        if redirect::should_redirect(conn.scheme, &route, has_certificate) {
+            let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let to = redirect::location(&host.name, self.config.https_port, path);
+            return local(redirect::redirect(&to));
+        }
+        let scheme = conn.scheme;
         match self.forward(req, &host, &route, conn).await {
-            Ok(response) => response,
+            Ok(mut response) => {
+                redirect::add_hsts(response.headers_mut(), scheme, &route);
+                response
+            }
             Err(err) => {
                 tracing::warn!(host = %host.name, error = %err, "upstream request failed");
                 local(pages::bad_gateway())
@@ -164,6 +180,8 @@ mod tests {
             agent_id: 2,
             agent_address: Ipv4Addr::new(10, 77, 0, 3),
             port: 10007,
+            https_redirect: false,
+            hsts_max_age: 0,
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

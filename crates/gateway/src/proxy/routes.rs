@@ -77,6 +77,8 @@ mod tests {
             agent_id: 1,
             agent_address: Ipv4Addr::new(10, 0, 0, 2),
             port,
+            https_redirect: false,
+            hsts_max_age: 0,
         }
     }
 

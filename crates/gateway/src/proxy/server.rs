@@ -1,6 +1,7 @@
 //! Listeners: the accept loop with its connection cap, per-connection HTTP/1.1 + h2c serving
 //! with a header-read timeout, and graceful drain on shutdown. The public proxy listener and the
-//! admin (health) listener share all of it and differ only in what answers requests.
+//! admin (health) listener share all of it and differ only in what answers requests; the HTTPS
+//! listener adds a TLS handshake (bounded by a timeout) in front of the same HTTP serving.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,11 +17,14 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use super::forward::ProxyBody;
 use super::{Proxy, Scheme};
+use crate::tls::ACME_TLS_ALPN;
 
 /// How long in-flight requests (and upgraded connections) may run after shutdown is requested.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -54,6 +58,30 @@ pub async fn serve_with_scheme(
         builder,
         scheme,
         proxy: Some(proxy),
+        tls: None,
+    };
+    accept_loop(listener, site, max_connections, shutdown).await
+}
+
+/// Serves HTTPS on `listener`: TLS with the certificate chosen by SNI from the proxy's
+/// [`CertStore`](crate::tls::CertStore), then HTTP/2 or HTTP/1.1 as negotiated by ALPN, with the
+/// same limits and drain as [`serve_with_scheme`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let builder = http_builder(proxy.config.header_read_timeout);
+    let max_connections = proxy.config.max_connections;
+    let tls = Tls {
+        acceptor: TlsAcceptor::from(proxy.certs().server_config()),
+        handshake_timeout: proxy.config.tls_handshake_timeout,
+    };
+    let site = Site {
+        builder,
+        scheme: Scheme::Https,
+        proxy: Some(proxy),
+        tls: Some(tls),
     };
     accept_loop(listener, site, max_connections, shutdown).await
 }
@@ -68,6 +96,7 @@ pub async fn serve_admin(
         builder,
         scheme: Scheme::Http,
         proxy: None,
+        tls: None,
     };
     accept_loop(listener, site, ADMIN_MAX_CONNECTIONS, shutdown).await
 }
@@ -93,6 +122,13 @@ struct Site {
     builder: Arc<Builder<TokioExecutor>>,
     scheme: Scheme,
     proxy: Option<Arc<Proxy>>,
+    tls: Option<Tls>,
+}
+
+#[derive(Clone)]
+struct Tls {
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -203,7 +239,36 @@ async fn drain(slots: &Semaphore, max: usize, phase_tx: &watch::Sender<Phase>) {
     let _ = phase_tx.send(Phase::Stopped);
 }
 
-async fn serve_connection(site: Site, stream: TcpStream, peer: SocketAddr, mut guard: ConnGuard) {
+async fn serve_connection(site: Site, stream: TcpStream, peer: SocketAddr, guard: ConnGuard) {
+    let Some(tls) = site.tls.clone() else {
+        return serve_io(site, stream, peer, guard).await;
+    };
+    let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            // Unknown names, scanners and old clients end here; routine on a public port.
+            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the whole answer (RFC 8737 §3).
+        let mut stream = stream;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        return;
+    }
+    serve_io(site, stream, peer, guard).await
+}
+
+async fn serve_io<IO>(site: Site, stream: IO, peer: SocketAddr, mut guard: ConnGuard)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let builder = site.builder.clone();
     let conn = ClientConn {
         peer,

@@ -111,6 +111,8 @@ impl TestDialer {
             agent_id: 1,
             agent_address: *agent.ip(),
             port: agent.port(),
+            https_redirect: false,
+            hsts_max_age: 0,
         }
     }
 

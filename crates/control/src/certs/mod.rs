@@ -1,0 +1,360 @@
+//! Automatic HTTPS: Control obtains and renews one certificate per tunnel hostname, from the
+//! ACME CA (`tls: acme`) or its internal CA (`tls: internal`), and the hub puts each into every
+//! Gateway's snapshot.
+//!
+//! [`CertManager::run`] is the scheduler. On every change (tunnels, nodes, a finished attempt) and
+//! at the next due time it reads the tunnels and certificate rows and starts one task per hostname
+//! that is due: never issued, issued by the wrong source, past its renewal time, or past its retry
+//! time after a failure. Tasks run concurrently (bounded), so one failing hostname never holds up
+//! another; each failure pushes the next attempt out with exponential backoff and jitter (or the
+//! CA's Retry-After), so nothing retries in a tight loop.
+
+mod acme;
+mod internal_ca;
+mod policy;
+mod settings;
+
+pub use internal_ca::InternalCa;
+pub use settings::{AcmeConfig, ChallengeChoice, TlsMode, LETS_ENCRYPT};
+
+use crate::sessions::Hub;
+use crate::store::{timestamp, CertRow, NewCert, Store, TunnelRow};
+use policy::Failure;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// How many certificates are obtained at once.
+const CONCURRENT_ORDERS: usize = 4;
+/// The scheduler looks again at least this often.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Obtains and renews certificates; see the module documentation.
+pub struct CertManager {
+    store: Store,
+    hub: Arc<Hub>,
+    acme: acme::Acme,
+    ca: InternalCa,
+    config: AcmeConfig,
+    in_flight: Mutex<HashSet<String>>,
+    slots: Semaphore,
+    finished: Notify,
+}
+
+impl CertManager {
+    pub fn new(store: Store, hub: Arc<Hub>, config: AcmeConfig, ca: InternalCa) -> Arc<Self> {
+        Arc::new(Self {
+            acme: acme::Acme::new(config.clone(), store.clone()),
+            store,
+            hub,
+            ca,
+            config,
+            in_flight: Mutex::new(HashSet::new()),
+            slots: Semaphore::new(CONCURRENT_ORDERS),
+            finished: Notify::new(),
+        })
+    }
+
+    /// Schedules until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut generation = self.hub.subscribe();
+        let mut nodes = self.hub.subscribe_nodes();
+        loop {
+            let sleep = match self.tick().await {
+                Ok(sleep) => sleep,
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate scheduler: database error");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = generation.changed() => {}
+                _ = nodes.changed() => {}
+                () = self.finished.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Starts every due task; returns how long until the next one is due.
+    async fn tick(self: &Arc<Self>) -> Result<Duration, crate::store::StoreError> {
+        let tunnels = self.store.list_tunnels().await?;
+        let rows: HashMap<String, CertRow> = self
+            .store
+            .list_certificates()
+            .await?
+            .into_iter()
+            .map(|r| (r.hostname.clone(), r))
+            .collect();
+        let now = OffsetDateTime::now_utc();
+        let gateways_online = !self.hub.online_gateways().is_empty();
+        let mut next = MAX_SLEEP;
+        for (host, mode) in wanted(&tunnels) {
+            if self.is_in_flight(&host) {
+                continue;
+            }
+            // ACME needs a Gateway to answer the CA; a connecting Gateway wakes us up.
+            if mode == TlsMode::Acme && !gateways_online {
+                continue;
+            }
+            let due = due_at(rows.get(&host), mode, now);
+            if due <= now {
+                let failures = rows.get(&host).map(|r| r.failures).unwrap_or(0);
+                self.start(host, mode, failures);
+            } else {
+                let wait = Duration::try_from(due - now).unwrap_or(MAX_SLEEP);
+                next = next.min(wait);
+            }
+        }
+        // Whole-second timestamps make "due in a few microseconds" impossible; the floor is a guard.
+        Ok(next.max(Duration::from_millis(100)))
+    }
+
+    fn is_in_flight(&self, host: &str) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(host)
+    }
+
+    fn start(self: &Arc<Self>, host: String, mode: TlsMode, failures: i64) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(host.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(_slot) = this.slots.acquire().await {
+                this.attempt(&host, mode, failures).await;
+            }
+            this.in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&host);
+            this.finished.notify_one();
+        });
+    }
+
+    /// One attempt for one hostname; the outcome is recorded, never propagated.
+    async fn attempt(&self, host: &str, mode: TlsMode, failures: i64) {
+        let source = mode.as_str();
+        let result = match mode {
+            TlsMode::Internal => self
+                .ca
+                .issue(host)
+                .map(|i| (i.cert_pem, i.key_pem))
+                .map_err(|e| Failure::Internal {
+                    detail: e.to_string(),
+                }),
+            TlsMode::Acme => {
+                let tls_alpn = self.config.challenge.use_tls_alpn(failures);
+                tracing::info!(%host, "ordering a certificate");
+                self.acme
+                    .obtain(host, tls_alpn, &self.hub)
+                    .await
+                    .map(|o| (o.cert_pem, o.key_pem))
+            }
+            TlsMode::Off => return,
+        };
+        let saved = match result {
+            Ok((cert_pem, key_pem)) => self.save(host, mode, cert_pem, key_pem).await,
+            Err(failure) => Err(failure),
+        };
+        match saved {
+            Ok(not_after) => {
+                tracing::info!(%host, source, not_after = %timestamp(not_after), "certificate issued");
+                self.hub.changed();
+            }
+            Err(failure) => self.failed(host, source, failures + 1, &failure).await,
+        }
+    }
+
+    async fn save(
+        &self,
+        host: &str,
+        mode: TlsMode,
+        cert_pem: String,
+        key_pem: String,
+    ) -> Result<OffsetDateTime, Failure> {
+        let info = policy::cert_info(&cert_pem).map_err(|detail| Failure::Ca { detail })?;
+        let renew_at = match mode {
+            TlsMode::Acme => match self.acme.renewal_window(&info.leaf_der).await {
+                Some((start, end)) => policy::in_window(start, end),
+                None => policy::two_thirds(info.not_before, info.not_after),
+            },
+            _ => policy::two_thirds(info.not_before, info.not_after),
+        };
+        let cert = NewCert {
+            cert_pem,
+            key_pem,
+            not_after: timestamp(info.not_after),
+            issuer: info.issuer,
+            renew_at: timestamp(renew_at),
+        };
+        self.store
+            .save_issued(host, mode.as_str(), &cert)
+            .await
+            .map_err(|e| Failure::Internal {
+                detail: e.to_string(),
+            })?;
+        Ok(info.not_after)
+    }
+
+    async fn failed(&self, host: &str, source: &str, failures: i64, failure: &Failure) {
+        let sentence = failure.sentence(host);
+        let delay = policy::backoff(failures, self.config.retry_base, self.config.retry_cap);
+        let mut next = OffsetDateTime::now_utc() + delay;
+        if let Some(not_before) = failure.not_before() {
+            next = next.max(not_before);
+        }
+        tracing::warn!(%host, failures, retry_at = %timestamp(next), "certificate not obtained: {sentence}");
+        if let Err(e) = self
+            .store
+            .record_failure(host, source, &sentence, failures, &timestamp(next))
+            .await
+        {
+            tracing::error!(%host, error = %e, "cannot record the certificate failure");
+        }
+    }
+}
+
+/// Hostnames of enabled tunnels that want HTTPS, with their mode.
+fn wanted(tunnels: &[TunnelRow]) -> Vec<(String, TlsMode)> {
+    tunnels
+        .iter()
+        .filter(|t| t.enabled)
+        .filter_map(|t| match t.tls.parse::<TlsMode>() {
+            Ok(TlsMode::Off) | Err(_) => None,
+            Ok(mode) => Some((t.hostname.clone(), mode)),
+        })
+        .collect()
+}
+
+/// When `row`'s hostname next needs an attempt.
+fn due_at(row: Option<&CertRow>, mode: TlsMode, now: OffsetDateTime) -> OffsetDateTime {
+    let Some(row) = row else { return now };
+    let parse = |t: &Option<String>| t.as_deref().and_then(parse_time);
+    let retry = parse(&row.next_attempt_at);
+    if row.source != mode.as_str() {
+        // Switched mode: start at once, unless that source just failed and waits for a retry.
+        return now;
+    }
+    let renew = if row.cert_pem.is_some() {
+        parse(&row.renew_at).unwrap_or(now)
+    } else {
+        now
+    };
+    match retry {
+        Some(retry) => renew.max(retry),
+        None => renew,
+    }
+}
+
+fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// What the API shows as a tunnel's `certificate`, from its TLS mode and its hostname's row.
+pub fn status_view(
+    mode: TlsMode,
+    row: Option<&CertRow>,
+    gateways_online: bool,
+) -> Option<serde_json::Value> {
+    if mode == TlsMode::Off {
+        return None;
+    }
+    let row = row.filter(|r| r.source == mode.as_str());
+    let view = match row {
+        Some(r) => serde_json::json!({
+            "status": r.status,
+            "not_after": r.not_after,
+            "issuer": r.issuer,
+            "last_error": r.last_error,
+        }),
+        None => {
+            let note = (mode == TlsMode::Acme && !gateways_online).then_some(
+                "No Gateway is connected to Control yet; the certificate is ordered as soon as one is.",
+            );
+            serde_json::json!({
+                "status": "pending",
+                "not_after": null,
+                "issuer": null,
+                "last_error": note,
+            })
+        }
+    };
+    Some(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(source: &str, cert: bool, renew: &str, retry: Option<&str>) -> CertRow {
+        CertRow {
+            hostname: "a.test".into(),
+            source: source.into(),
+            status: if cert { "issued" } else { "failed" }.into(),
+            cert_pem: cert.then(|| "c".into()),
+            not_after: None,
+            issuer: None,
+            renew_at: Some(renew.into()),
+            last_error: None,
+            failures: 0,
+            next_attempt_at: retry.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn due_times() {
+        let now = OffsetDateTime::now_utc();
+        let future = "2999-01-01T00:00:00Z";
+        let past = "2000-01-01T00:00:00Z";
+        assert!(due_at(None, TlsMode::Acme, now) <= now);
+        assert!(due_at(Some(&row("acme", true, future, None)), TlsMode::Acme, now) > now);
+        assert!(due_at(Some(&row("acme", true, past, None)), TlsMode::Acme, now) <= now);
+        assert!(
+            due_at(
+                Some(&row("acme", true, past, Some(future))),
+                TlsMode::Acme,
+                now
+            ) > now,
+            "a failed renewal waits for its retry time"
+        );
+        assert!(
+            due_at(
+                Some(&row("acme", false, past, Some(future))),
+                TlsMode::Acme,
+                now
+            ) > now
+        );
+        assert!(
+            due_at(
+                Some(&row("acme", true, future, None)),
+                TlsMode::Internal,
+                now
+            ) <= now,
+            "a mode switch is due at once"
+        );
+    }
+
+    #[test]
+    fn status_views() {
+        assert!(status_view(TlsMode::Off, None, true).is_none());
+        let pending = status_view(TlsMode::Acme, None, false).unwrap();
+        assert_eq!(pending["status"], "pending");
+        assert!(pending["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("No Gateway"));
+        let issued = status_view(TlsMode::Acme, Some(&row("acme", true, "x", None)), true).unwrap();
+        assert_eq!(issued["status"], "issued");
+        let other =
+            status_view(TlsMode::Internal, Some(&row("acme", true, "x", None)), true).unwrap();
+        assert_eq!(other["status"], "pending");
+        assert!(other["last_error"].is_null());
+    }
+}

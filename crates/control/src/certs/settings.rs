@@ -1,0 +1,230 @@
+//! HTTPS settings of Control: the ACME CA and account, which challenge to use, per-tunnel TLS
+//! modes, HSTS and the retry pacing. Secrets (the EAB HMAC key) are masked in `Debug`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Let's Encrypt's production directory, the default CA.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// How a tunnel's hostname gets its certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// From the configured ACME CA (Let's Encrypt by default).
+    Acme,
+    /// From Control's own CA, for local names and private networks (like Caddy's `tls internal`).
+    Internal,
+    /// No HTTPS: the hostname is served over plain HTTP only.
+    Off,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Acme => "acme",
+            TlsMode::Internal => "internal",
+            TlsMode::Off => "off",
+        }
+    }
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "acme" => Ok(TlsMode::Acme),
+            "internal" => Ok(TlsMode::Internal),
+            "off" => Ok(TlsMode::Off),
+            other => Err(format!(
+                "tls {other:?} is not one of \"acme\", \"internal\", \"off\""
+            )),
+        }
+    }
+}
+
+/// Which ACME challenge Control asks the CA to validate. Both are always pushed to the Gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeChoice {
+    /// HTTP-01 first; after a failed attempt, alternate with TLS-ALPN-01.
+    Auto,
+    /// HTTP-01 only (port 80 must reach a Gateway).
+    Http01,
+    /// TLS-ALPN-01 only (port 443 must reach a Gateway; port 80 may stay closed).
+    TlsAlpn01,
+}
+
+impl ChallengeChoice {
+    /// Whether attempt number `failures` (0 for the first) uses TLS-ALPN-01.
+    pub fn use_tls_alpn(self, failures: i64) -> bool {
+        match self {
+            ChallengeChoice::Http01 => false,
+            ChallengeChoice::TlsAlpn01 => true,
+            ChallengeChoice::Auto => failures % 2 == 1,
+        }
+    }
+}
+
+impl FromStr for ChallengeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ChallengeChoice::Auto),
+            "http-01" => Ok(ChallengeChoice::Http01),
+            "tls-alpn-01" => Ok(ChallengeChoice::TlsAlpn01),
+            other => Err(format!(
+                "ACME challenge {other:?} is not one of \"auto\", \"http-01\", \"tls-alpn-01\""
+            )),
+        }
+    }
+}
+
+/// The ACME client's settings.
+#[derive(Clone)]
+pub struct AcmeConfig {
+    /// Directory URL (`KAKUREMICHI_ACME_DIRECTORY`).
+    pub directory_url: String,
+    /// Contact for the account (`KAKUREMICHI_ACME_EMAIL`); the CA may send expiry notices.
+    pub email: Option<String>,
+    /// PEM file of extra roots trusted for the ACME server itself (`KAKUREMICHI_ACME_CA_ROOTS`).
+    pub ca_roots: Option<PathBuf>,
+    /// External account binding key id (`KAKUREMICHI_ACME_EAB_KID`).
+    pub eab_kid: Option<String>,
+    /// External account binding HMAC key, base64url (`KAKUREMICHI_ACME_EAB_HMAC_KEY`). Secret.
+    pub eab_hmac_key: Option<String>,
+    pub challenge: ChallengeChoice,
+    /// First retry delay after a failure; doubles per consecutive failure, with jitter.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_cap: Duration,
+    /// How long to wait for every online Gateway to confirm a challenge before validating anyway.
+    pub gateways_ready_timeout: Duration,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            directory_url: LETS_ENCRYPT.to_string(),
+            email: None,
+            ca_roots: None,
+            eab_kid: None,
+            eab_hmac_key: None,
+            challenge: ChallengeChoice::Auto,
+            retry_base: Duration::from_secs(60),
+            retry_cap: Duration::from_secs(6 * 3600),
+            gateways_ready_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl fmt::Debug for AcmeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeConfig")
+            .field("directory_url", &self.directory_url)
+            .field("email", &self.email)
+            .field("ca_roots", &self.ca_roots)
+            .field("eab_kid", &self.eab_kid)
+            .field(
+                "eab_hmac_key",
+                &self.eab_hmac_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("challenge", &self.challenge)
+            .field("retry_base", &self.retry_base)
+            .field("retry_cap", &self.retry_cap)
+            .field("gateways_ready_timeout", &self.gateways_ready_timeout)
+            .finish()
+    }
+}
+
+impl AcmeConfig {
+    /// Checks the values; the message says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.directory_url.starts_with("https://") {
+            return Err(format!(
+                "KAKUREMICHI_ACME_DIRECTORY {:?} must be an https:// URL, e.g. {LETS_ENCRYPT} \
+                 (or https://acme-staging-v02.api.letsencrypt.org/directory for testing)",
+                self.directory_url
+            ));
+        }
+        if self.eab_kid.is_some() != self.eab_hmac_key.is_some() {
+            return Err("KAKUREMICHI_ACME_EAB_KID and KAKUREMICHI_ACME_EAB_HMAC_KEY must be set together (your CA shows both)".into());
+        }
+        if let Some(email) = &self.email {
+            crate::validate::email(email).map_err(|_| {
+                format!("KAKUREMICHI_ACME_EMAIL {email:?} is not an e-mail address")
+            })?;
+        }
+        if let Some(path) = &self.ca_roots {
+            if !path.is_file() {
+                return Err(format!(
+                    "KAKUREMICHI_ACME_CA_ROOTS {} is not a readable file (expected PEM certificates)",
+                    path.display()
+                ));
+            }
+        }
+        if self.retry_base.is_zero() || self.retry_cap < self.retry_base {
+            return Err("ACME retry delays must be positive, the cap at least the base".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_modes_and_challenges() {
+        assert_eq!("internal".parse::<TlsMode>().unwrap(), TlsMode::Internal);
+        assert!("ACME".parse::<TlsMode>().is_err());
+        assert_eq!(
+            "tls-alpn-01".parse::<ChallengeChoice>().unwrap(),
+            ChallengeChoice::TlsAlpn01
+        );
+        assert!("dns-01".parse::<ChallengeChoice>().is_err());
+    }
+
+    #[test]
+    fn auto_alternates_after_failures() {
+        let auto = ChallengeChoice::Auto;
+        assert!(!auto.use_tls_alpn(0));
+        assert!(auto.use_tls_alpn(1));
+        assert!(!auto.use_tls_alpn(2));
+        assert!(ChallengeChoice::TlsAlpn01.use_tls_alpn(0));
+        assert!(!ChallengeChoice::Http01.use_tls_alpn(1));
+    }
+
+    #[test]
+    fn validation_and_masking() {
+        AcmeConfig::default().validate().unwrap();
+        let c = AcmeConfig {
+            eab_kid: Some("kid".into()),
+            eab_hmac_key: Some("super-secret-hmac".into()),
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("super-secret-hmac"));
+        for bad in [
+            AcmeConfig {
+                directory_url: "http://x".into(),
+                ..Default::default()
+            },
+            AcmeConfig {
+                eab_kid: Some("kid".into()),
+                ..Default::default()
+            },
+            AcmeConfig {
+                email: Some("nope".into()),
+                ..Default::default()
+            },
+            AcmeConfig {
+                ca_roots: Some("/nonexistent/roots.pem".into()),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err());
+        }
+    }
+}

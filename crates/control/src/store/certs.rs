@@ -1,0 +1,208 @@
+//! Certificates by hostname (issued or being obtained) and the ACME account.
+
+use super::{now, Store, StoreResult};
+
+const COLUMNS: &str = "hostname, source, status, cert_pem, not_after, issuer, renew_at, \
+                       last_error, failures, next_attempt_at";
+
+/// One hostname's certificate state (without its key, which only snapshots need).
+#[derive(Clone, sqlx::FromRow)]
+pub struct CertRow {
+    pub hostname: String,
+    pub source: String,
+    pub status: String,
+    pub cert_pem: Option<String>,
+    pub not_after: Option<String>,
+    pub issuer: Option<String>,
+    pub renew_at: Option<String>,
+    pub last_error: Option<String>,
+    pub failures: i64,
+    pub next_attempt_at: Option<String>,
+}
+
+impl std::fmt::Debug for CertRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertRow")
+            .field("hostname", &self.hostname)
+            .field("source", &self.source)
+            .field("status", &self.status)
+            .field("not_after", &self.not_after)
+            .field("renew_at", &self.renew_at)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A freshly issued certificate, ready to store.
+pub struct NewCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub not_after: String,
+    pub issuer: String,
+    pub renew_at: String,
+}
+
+impl Store {
+    pub async fn list_certificates(&self) -> StoreResult<Vec<CertRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM certificates ORDER BY hostname");
+        Ok(sqlx::query_as(&sql).fetch_all(self.pool()).await?)
+    }
+
+    pub async fn get_certificate(&self, hostname: &str) -> StoreResult<Option<CertRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE hostname = $1");
+        Ok(sqlx::query_as(&sql)
+            .bind(hostname)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Stores an issued certificate, replacing whatever the hostname had.
+    pub async fn save_issued(&self, hostname: &str, source: &str, c: &NewCert) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO certificates (hostname, source, status, cert_pem, key_pem, not_after, issuer, \
+             renew_at, last_error, failures, next_attempt_at, updated_at) \
+             VALUES ($1, $2, 'issued', $3, $4, $5, $6, $7, NULL, 0, NULL, $8) \
+             ON CONFLICT (hostname) DO UPDATE SET source = excluded.source, status = 'issued', \
+             cert_pem = excluded.cert_pem, key_pem = excluded.key_pem, not_after = excluded.not_after, \
+             issuer = excluded.issuer, renew_at = excluded.renew_at, last_error = NULL, failures = 0, \
+             next_attempt_at = NULL, updated_at = excluded.updated_at",
+        )
+        .bind(hostname)
+        .bind(source)
+        .bind(&c.cert_pem)
+        .bind(&c.key_pem)
+        .bind(&c.not_after)
+        .bind(&c.issuer)
+        .bind(&c.renew_at)
+        .bind(now())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt. A hostname that still holds a certificate from the same source
+    /// stays `issued` (it keeps being served while renewal retries); otherwise it becomes `failed`.
+    pub async fn record_failure(
+        &self,
+        hostname: &str,
+        source: &str,
+        error: &str,
+        failures: i64,
+        next_attempt_at: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO certificates (hostname, source, status, last_error, failures, next_attempt_at, \
+             updated_at) VALUES ($1, $2, 'failed', $3, $4, $5, $6) \
+             ON CONFLICT (hostname) DO UPDATE SET \
+             status = CASE WHEN certificates.source = excluded.source AND certificates.cert_pem IS NOT NULL \
+                      THEN 'issued' ELSE 'failed' END, \
+             cert_pem = CASE WHEN certificates.source = excluded.source THEN certificates.cert_pem END, \
+             key_pem = CASE WHEN certificates.source = excluded.source THEN certificates.key_pem END, \
+             not_after = CASE WHEN certificates.source = excluded.source THEN certificates.not_after END, \
+             issuer = CASE WHEN certificates.source = excluded.source THEN certificates.issuer END, \
+             source = excluded.source, last_error = excluded.last_error, failures = excluded.failures, \
+             next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
+        )
+        .bind(hostname)
+        .bind(source)
+        .bind(error)
+        .bind(failures)
+        .bind(next_attempt_at)
+        .bind(now())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The stored ACME account credentials (JSON) for a directory URL.
+    pub async fn acme_account(&self, directory: &str) -> StoreResult<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT credentials FROM acme_accounts WHERE directory = $1")
+                .bind(directory)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    pub async fn save_acme_account(&self, directory: &str, credentials: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO acme_accounts (directory, credentials, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (directory) DO UPDATE SET credentials = excluded.credentials",
+        )
+        .bind(directory)
+        .bind(credentials)
+        .bind(now())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(n: &str) -> NewCert {
+        NewCert {
+            cert_pem: format!("cert{n}"),
+            key_pem: format!("key{n}"),
+            not_after: "2030-01-01T00:00:00Z".into(),
+            issuer: "CA".into(),
+            renew_at: "2029-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn failure_keeps_a_served_certificate_of_the_same_source() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        store
+            .record_failure("a.test", "acme", "boom", 1, "2030-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let row = store.get_certificate("a.test").await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.failures), ("failed", 1));
+        store
+            .save_issued("a.test", "acme", &cert("1"))
+            .await
+            .unwrap();
+        let row = store.get_certificate("a.test").await.unwrap().unwrap();
+        assert_eq!(row.status, "issued");
+        assert!(row.last_error.is_none());
+        store
+            .record_failure(
+                "a.test",
+                "acme",
+                "renewal failed",
+                1,
+                "2030-01-01T00:00:00Z",
+            )
+            .await
+            .unwrap();
+        let row = store.get_certificate("a.test").await.unwrap().unwrap();
+        assert_eq!(row.status, "issued");
+        assert_eq!(row.cert_pem.as_deref(), Some("cert1"));
+        assert_eq!(row.last_error.as_deref(), Some("renewal failed"));
+        store
+            .record_failure("a.test", "internal", "x", 1, "2030-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let row = store.get_certificate("a.test").await.unwrap().unwrap();
+        assert_eq!(row.status, "failed");
+        assert!(row.cert_pem.is_none());
+    }
+
+    #[tokio::test]
+    async fn acme_account_round_trip() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        assert!(store.acme_account("https://x").await.unwrap().is_none());
+        store.save_acme_account("https://x", "{}").await.unwrap();
+        store
+            .save_acme_account("https://x", "{\"a\":1}")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.acme_account("https://x").await.unwrap().as_deref(),
+            Some("{\"a\":1}")
+        );
+    }
+}

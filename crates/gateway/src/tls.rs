@@ -1,0 +1,227 @@
+//! TLS for the Gateway's HTTPS listener: the certificates of every hostname it serves, chosen by
+//! SNI, and the ACME challenges Control asks it to answer.
+//!
+//! Everything lives in [`CertStore`], whose maps are rebuilt from each config snapshot and swapped
+//! atomically: a handshake sees the old set or the new one, established connections are never
+//! touched, and nothing restarts. An unknown SNI (or none) gets no certificate, so the client sees
+//! a clean handshake failure rather than another site's certificate. A ClientHello offering only
+//! `acme-tls/1` is the CA validating TLS-ALPN-01: it gets that hostname's challenge certificate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use kakuremichi_proto::{AcmeChallenges, TlsCertificate};
+use rustls::crypto::ring::default_provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::proxy::routes::normalize_host;
+
+/// ALPN protocol id of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Why a certificate from a snapshot cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("no certificate in the PEM chain")]
+    NoCertificate,
+    #[error("unreadable PEM: {0}")]
+    Pem(String),
+    #[error("unusable private key: {0}")]
+    Key(String),
+}
+
+/// Parses a PEM chain and key into what rustls serves.
+pub fn certified_key(cert: &TlsCertificate) -> Result<Arc<CertifiedKey>, CertError> {
+    let chain = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::Pem(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
+    // The key's error would describe the key; say only that it is bad.
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
+        .map_err(|_| CertError::Key("not a PEM private key".into()))?;
+    let signer = default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|_| CertError::Key("unsupported key type".into()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+type KeyMap = HashMap<String, Arc<CertifiedKey>>;
+
+/// Certificates and ACME challenges of one Gateway, hot-swapped on every snapshot.
+#[derive(Default)]
+pub struct CertStore {
+    certs: ArcSwap<KeyMap>,
+    alpn: ArcSwap<KeyMap>,
+    http01: ArcSwap<HashMap<String, String>>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore")
+            .field("hostnames", &self.certs.load().len())
+            .field("tls_alpn01", &self.alpn.load().len())
+            .field("http01", &self.http01.load().len())
+            .finish()
+    }
+}
+
+impl CertStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces every certificate and challenge. A certificate that cannot be parsed is logged and
+    /// left out (that hostname then fails its handshakes) instead of failing the whole snapshot.
+    pub fn apply(&self, certificates: &BTreeMap<String, TlsCertificate>, acme: &AcmeChallenges) {
+        self.certs.store(Arc::new(parse_all(certificates.iter())));
+        self.alpn.store(Arc::new(parse_all(
+            acme.tls_alpn01
+                .iter()
+                .map(|(host, c)| (host, &c.certificate)),
+        )));
+        self.http01.store(Arc::new(
+            acme.http01
+                .iter()
+                .map(|(t, k)| (t.clone(), k.clone()))
+                .collect(),
+        ));
+    }
+
+    /// True when a certificate for `host` (already normalised) is loaded.
+    pub fn has_certificate(&self, host: &str) -> bool {
+        self.certs.load().contains_key(host)
+    }
+
+    /// The key authorization for an HTTP-01 token, if Control pushed one.
+    pub fn http01(&self, token: &str) -> Option<String> {
+        self.http01.load().get(token).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.load().is_empty()
+    }
+
+    /// The certificate for a ClientHello's SNI and ALPN offer.
+    fn select(&self, sni: Option<&str>, alpn_acme: bool) -> Option<Arc<CertifiedKey>> {
+        let host = normalize_host(sni?);
+        let map = if alpn_acme { &self.alpn } else { &self.certs };
+        map.load().get(host.as_ref()).cloned()
+    }
+
+    /// A rustls server configuration backed by this store: TLS 1.2 and 1.3 only, the provider's
+    /// modern cipher suites, ALPN h2 and http/1.1 (plus `acme-tls/1` for validation).
+    pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        Arc::new(config)
+    }
+}
+
+fn parse_all<'a>(entries: impl Iterator<Item = (&'a String, &'a TlsCertificate)>) -> KeyMap {
+    entries
+        .filter_map(|(host, cert)| match certified_key(cert) {
+            Ok(key) => Some((normalize_host(host).into_owned(), key)),
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "ignoring an unusable certificate from Control");
+                None
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<CertStore>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // RFC 8737: the validation handshake offers acme-tls/1 and nothing else.
+        let alpn_acme = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        self.0.select(hello.server_name(), alpn_acme)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kakuremichi_proto::TlsAlpnChallenge;
+
+    fn self_signed(host: &str) -> TlsCertificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        TlsCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn sni_selects_the_matching_certificate_only() {
+        let store = CertStore::new();
+        let a = self_signed("a.test");
+        let mut acme = AcmeChallenges::default();
+        acme.http01.insert("tok".into(), "tok.print".into());
+        acme.tls_alpn01.insert(
+            "b.test".into(),
+            TlsAlpnChallenge {
+                token: "t2".into(),
+                certificate: self_signed("b.test"),
+            },
+        );
+        store.apply(&BTreeMap::from([("A.test".to_string(), a)]), &acme);
+        assert!(store.select(Some("a.test"), false).is_some());
+        assert!(store.select(Some("A.TEST."), false).is_some());
+        assert!(store.select(Some("b.test"), false).is_none(), "unknown SNI");
+        assert!(store.select(None, false).is_none(), "no SNI");
+        assert!(store.select(Some("b.test"), true).is_some(), "challenge");
+        assert!(store.select(Some("a.test"), true).is_none());
+        assert_eq!(store.http01("tok").as_deref(), Some("tok.print"));
+        assert!(store.has_certificate("a.test"));
+        store.apply(&BTreeMap::new(), &AcmeChallenges::default());
+        assert!(store.select(Some("a.test"), false).is_none(), "hot swap");
+        assert!(store.http01("tok").is_none());
+    }
+
+    #[test]
+    fn bad_certificates_are_skipped_not_fatal() {
+        let store = CertStore::new();
+        let good = self_signed("good.test");
+        let bad = TlsCertificate {
+            cert_pem: good.cert_pem.clone(),
+            key_pem: "garbage".into(),
+        };
+        let empty = TlsCertificate {
+            cert_pem: String::new(),
+            key_pem: good.key_pem.clone(),
+        };
+        let certs = BTreeMap::from([
+            ("good.test".to_string(), good),
+            ("bad.test".to_string(), bad),
+            ("empty.test".to_string(), empty),
+        ]);
+        store.apply(&certs, &AcmeChallenges::default());
+        assert_eq!(store.len(), 1);
+        assert!(store.has_certificate("good.test"));
+    }
+}
