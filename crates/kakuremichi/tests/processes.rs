@@ -7,53 +7,8 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_kakuremichi");
-
-/// A child process killed when dropped; its log is printed if the test fails.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("KAKUREMICHI_LOG", "info")
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        Proc { name, child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("---- last lines of {} ----", self.name);
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
 
 /// A loopback address no other test run is likely to use, so fixed port numbers are safe.
 fn private_loopback() -> Ipv4Addr {
@@ -127,6 +82,8 @@ async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
             &wg_addr.to_string(),
             "--admin-listen",
             &admin_addr.to_string(),
+            "--https-listen",
+            &at(8443).to_string(),
         ],
         &[
             ("CONTROL_URL", &control_url),
@@ -302,7 +259,9 @@ fn every_command_explains_itself() {
 
 #[test]
 fn missing_or_bad_settings_fail_with_a_clear_message() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    /// Arguments, environment, and a word the error message must contain.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (
             &["agent"],
             &[("CONTROL_URL", "http://127.0.0.1:1"), ("API_KEY", "")],

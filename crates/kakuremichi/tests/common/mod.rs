@@ -3,7 +3,12 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod netns;
+mod proc;
 mod transfer;
+#[allow(unused_imports)] // not every test binary starts processes
+pub use proc::{Proc, BIN};
+#[allow(unused_imports)]
 pub use transfer::{download, upload};
 
 use serde_json::{json, Value};
@@ -42,6 +47,20 @@ where
     }
 }
 
+/// Waits until Control answers `/readyz` (it may be starting or restarting).
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let ready = format!("{base}/readyz");
+    eventually(Duration::from_secs(30), "Control ready", || async {
+        http.get(&ready)
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// A signed-in client of Control's REST API.
 #[derive(Clone)]
 pub struct Api {
@@ -55,19 +74,7 @@ impl Api {
     pub async fn login(base: String) -> Api {
         init_logs();
         let http = reqwest::Client::new();
-        let ready = format!("{base}/readyz");
-        eventually(Duration::from_secs(30), "Control ready", || {
-            let http = http.clone();
-            let ready = ready.clone();
-            async move {
-                http.get(&ready)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
-        })
-        .await;
+        wait_ready(&http, &base).await;
         let resp = http
             .post(format!("{base}/api/v1/auth/login"))
             .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))

@@ -1,0 +1,87 @@
+//! Processes of the built binary, killed when dropped, their logs shown when a test fails.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kakuremichi");
+
+/// A child process killed when dropped; its log is printed if the test fails.
+pub struct Proc {
+    name: &'static str,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Self::spawn_in(None, name, dir, args, env)
+    }
+
+    /// Like [`Proc::spawn`], inside network namespace `netns` when given (`ip netns exec` execs
+    /// the binary, so the pid is the binary's own).
+    pub fn spawn_in(
+        netns: Option<&str>,
+        name: &'static str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
+            .args(args)
+            .envs(env.iter().copied())
+            .env(
+                "KAKUREMICHI_LOG",
+                std::env::var("KAKUREMICHI_TEST_CHILD_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        Proc { name, child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Proc {
+    /// `kill -9`, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let keep = std::env::var("KAKUREMICHI_TEST_LOG_LINES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(30);
+            let tail: Vec<&str> = log.lines().rev().take(keep).collect();
+            eprintln!("---- last lines of {} ----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
