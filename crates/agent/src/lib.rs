@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Keepalive towards Gateways: holds NAT mappings open and detects a lost path.
-const PERSISTENT_KEEPALIVE: u16 = 25;
+/// Keepalive towards Gateways, in seconds: holds NAT mappings open and detects a lost path.
+/// Shorter than WireGuard's usual 25 s so that a changed NAT mapping (whose first keepalive may
+/// still leave through the stale one) recovers within 30 s.
+const PERSISTENT_KEEPALIVE: u16 = 15;
 /// How often Gateway endpoints are resolved again (DNS changes, a Gateway that moved).
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
