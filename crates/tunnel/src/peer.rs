@@ -26,7 +26,9 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 /// up to [`INITIATION_RETRY_MAX`] (boringtun alone waits the protocol's 5 s REKEY_TIMEOUT, which
 /// makes a lost first initiation cost 5 s).
 const INITIATION_RETRY: Duration = Duration::from_secs(1);
-const INITIATION_RETRY_MAX: Duration = Duration::from_secs(4);
+const INITIATION_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Silence beyond one keepalive interval plus this margin means the path is gone.
+const SILENCE_MARGIN: Duration = Duration::from_secs(4);
 /// A session older than this is dead (WireGuard's REJECT_AFTER_TIME).
 const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// Packets handed to the stack per poll; bounds the time the lock is held and, with at most one
@@ -331,21 +333,22 @@ impl PeerState {
         if self.initiator && self.nic.endpoint.is_some() {
             let (since_handshake, ..) = self.nic.tunn.stats();
             let no_session = since_handshake.is_none_or(|d| d > SESSION_LIFETIME);
-            // Silent for two keepalives (and a retry) since both the last packet and our last try.
-            let silence = self.keepalive.map(|k| 2 * k + INITIATION_RETRY_MAX);
-            let quiet_since =
-                |t: Option<Instant>| t.is_none_or(|t| silence.is_some_and(|s| t.elapsed() > s));
-            let silent =
-                silence.is_some() && quiet_since(self.last_rx) && quiet_since(self.last_initiation);
-            if silent && !no_session {
-                tracing::debug!(peer = %self.nic.endpoint.map(|e| e.to_string()).unwrap_or_default(), "peer silent; re-handshaking");
-                self.send_initiation();
-            } else if !no_session {
+            // Both sides send keepalives, so on a healthy path something arrives at least once a
+            // keepalive interval. Longer silence means the path (or the peer's state) is gone: a
+            // restarted Gateway, a NAT that flushed its mappings. Handshake until it answers.
+            let silent = self.keepalive.is_some_and(|k| {
+                self.last_rx
+                    .is_some_and(|rx| rx.elapsed() > k + SILENCE_MARGIN)
+            });
+            if !no_session && !silent {
                 self.initiation_retry = INITIATION_RETRY;
             } else if self
                 .last_initiation
                 .is_none_or(|t| t.elapsed() >= self.initiation_retry)
             {
+                if silent && self.initiation_retry == INITIATION_RETRY {
+                    tracing::debug!(peer = %self.nic.endpoint.map(|e| e.to_string()).unwrap_or_default(), "peer silent; re-handshaking");
+                }
                 self.send_initiation();
                 self.initiation_retry = (self.initiation_retry * 2).min(INITIATION_RETRY_MAX);
             }
