@@ -10,36 +10,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
-
-/// Stops a component started in-process when dropped or told to.
-struct Stop(watch::Sender<bool>);
-
-impl Stop {
-    fn new() -> (
-        Stop,
-        impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-    ) {
-        let (tx, rx) = watch::channel(false);
-        let wait = move || {
-            let mut rx = rx.clone();
-            Box::pin(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-        };
-        (Stop(tx), wait)
-    }
-    fn stop(&self) {
-        let _ = self.0.send(true);
-    }
-}
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 async fn start_control(
     dir: &std::path::Path,

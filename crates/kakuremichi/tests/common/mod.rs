@@ -5,9 +5,12 @@
 
 pub mod netns;
 mod proc;
+mod stop;
 mod transfer;
 #[allow(unused_imports)] // not every test binary starts processes
 pub use proc::{Proc, BIN};
+#[allow(unused_imports)]
+pub use stop::Stop;
 #[allow(unused_imports)]
 pub use transfer::{download, upload};
 

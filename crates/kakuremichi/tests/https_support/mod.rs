@@ -14,32 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-/// Stops an in-process component when dropped.
-pub struct Stop(watch::Sender<bool>);
-
-impl Stop {
-    pub fn new() -> (
-        Stop,
-        impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-    ) {
-        let (tx, rx) = watch::channel(false);
-        let wait = move || {
-            let mut rx = rx.clone();
-            Box::pin(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-        };
-        (Stop(tx), wait)
-    }
-}
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.send(true);
-    }
-}
+pub use crate::common::Stop;
 
 pub struct Control {
     pub api: Api,
