@@ -156,6 +156,48 @@ async fn tunnel_through_two_gateways_follows_every_change() {
         assert_eq!(g["status"], "online", "{g}");
     }
 
+    // The status summary: both gateways can serve the tunnel; a disabled one drops out.
+    let gateway_ids: Vec<i64> = api
+        .get("gateways")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_i64().unwrap())
+        .collect();
+    let summary = api.get("status").await;
+    assert_eq!(
+        (
+            summary["gateways"]["total"].as_u64(),
+            summary["gateways"]["online"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        (
+            summary["agents"]["total"].as_u64(),
+            summary["agents"]["online"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(summary["tunnels"][0]["hostname"], "app.test");
+    assert_eq!(summary["tunnels"][0]["reachable"], true);
+    assert_eq!(summary["tunnels"][0]["gateways"], json!(gateway_ids));
+    api.patch(
+        &format!("gateways/{}", gateway_ids[0]),
+        json!({"enabled": false}),
+    )
+    .await;
+    assert_eq!(
+        api.get("status").await["tunnels"][0]["gateways"],
+        json!([gateway_ids[1]])
+    );
+    api.patch(
+        &format!("gateways/{}", gateway_ids[0]),
+        json!({"enabled": true}),
+    )
+    .await;
+
     // Edit the target: both gateways reach the new origin within a second.
     api.patch(
         &format!("tunnels/{id}"),
@@ -200,6 +242,8 @@ async fn tunnel_through_two_gateways_follows_every_change() {
     // Disable and enable.
     api.patch(&format!("tunnels/{id}"), json!({"enabled": false}))
         .await;
+    let summary = api.get("status").await;
+    assert_eq!(summary["tunnels"][0]["reachable"], false, "{summary}");
     wait_all(
         &http,
         &both,

@@ -6,6 +6,7 @@ mod authn;
 mod error;
 mod gateways;
 mod nodes;
+mod status;
 mod tokens;
 mod tunnels;
 
@@ -111,6 +112,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(tunnels::update)
                 .delete(tunnels::delete),
         )
+        .route("/api/v1/status", get(status::get))
         .route(CONNECT_PATH, get(nodes::connect))
         .route(PULL_CONFIG_PATH, get(nodes::pull_config))
         .fallback(error::not_found)

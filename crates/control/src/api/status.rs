@@ -1,0 +1,118 @@
+//! `GET /status`: one summary of what is up, for dashboards and scripts — which Gateways and
+//! Agents hold a session, and through which Gateways each tunnel can be served.
+//!
+//! "Can be served" is what Control knows: the tunnel is enabled, its Agent is online, and the
+//! Gateway is online and enabled. It does not probe the data path.
+
+use super::authn::AuthUser;
+use super::error::ApiError;
+use super::{status, AppState};
+use crate::store::{NodeKind, NodeRef};
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct StatusView {
+    gateways: NodeCounts,
+    agents: NodeCounts,
+    tunnels: Vec<TunnelStatus>,
+}
+
+#[derive(Serialize)]
+struct NodeCounts {
+    total: usize,
+    online: usize,
+    items: Vec<NodeStatus>,
+}
+
+#[derive(Serialize)]
+struct NodeStatus {
+    id: i64,
+    name: String,
+    status: &'static str,
+    /// Gateways only: disabled Gateways are dropped by the Agents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enabled: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct TunnelStatus {
+    id: i64,
+    hostname: String,
+    enabled: bool,
+    agent_id: i64,
+    agent_status: &'static str,
+    /// Ids of the Gateways that can serve this tunnel now.
+    gateways: Vec<i64>,
+    reachable: bool,
+}
+
+pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<StatusView>, ApiError> {
+    let online = |kind, id| state.hub.is_online(NodeRef { kind, id });
+    let gateways: Vec<NodeStatus> = state
+        .store
+        .list_gateways()
+        .await?
+        .into_iter()
+        .map(|g| NodeStatus {
+            status: status(online(NodeKind::Gateway, g.id)),
+            enabled: Some(g.enabled),
+            id: g.id,
+            name: g.name,
+        })
+        .collect();
+    let agents: Vec<NodeStatus> = state
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .map(|a| NodeStatus {
+            status: status(online(NodeKind::Agent, a.id)),
+            enabled: None,
+            id: a.id,
+            name: a.name,
+        })
+        .collect();
+    let serving: Vec<i64> = gateways
+        .iter()
+        .filter(|g| g.status == "online" && g.enabled == Some(true))
+        .map(|g| g.id)
+        .collect();
+    let tunnels = state
+        .store
+        .list_tunnels()
+        .await?
+        .into_iter()
+        .map(|t| {
+            let agent_online = online(NodeKind::Agent, t.agent_id);
+            let gateways = if t.enabled && agent_online {
+                serving.clone()
+            } else {
+                Vec::new()
+            };
+            TunnelStatus {
+                reachable: !gateways.is_empty(),
+                gateways,
+                agent_status: status(agent_online),
+                agent_id: t.agent_id,
+                enabled: t.enabled,
+                hostname: t.hostname,
+                id: t.id,
+            }
+        })
+        .collect();
+    Ok(Json(StatusView {
+        gateways: counts(gateways),
+        agents: counts(agents),
+        tunnels,
+    }))
+}
+
+fn counts(items: Vec<NodeStatus>) -> NodeCounts {
+    NodeCounts {
+        total: items.len(),
+        online: items.iter().filter(|n| n.status == "online").count(),
+        items,
+    }
+}
