@@ -365,7 +365,21 @@ impl PeerState {
             sockets,
             ..
         } = self;
-        iface.poll(now, nic, sockets);
+        // smoltcp has panicked on some packet sequences (an underflow in its window-update check
+        // when a zero-window probe lands in buffer space lost to window-scale rounding). Whatever
+        // the cause, a panic here must cost this peer's connections, not the whole tunnel.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            iface.poll(now, nic, sockets);
+        }));
+        if polled.is_err() {
+            tracing::error!(peer = %peer.allowed_ip, "the userspace TCP/IP stack failed on a packet; resetting this peer's connections");
+            for (_, socket) in sockets.iter_mut() {
+                #[allow(irrefutable_let_patterns)] // only TCP sockets are compiled in
+                if let smoltcp::socket::Socket::Tcp(s) = socket {
+                    s.abort();
+                }
+            }
+        }
         nic.flush();
         self.syns_in_batch.clear();
         self.hand_over_accepted(peer);

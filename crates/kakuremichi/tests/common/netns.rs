@@ -69,8 +69,8 @@ impl Topology {
     pub fn new() -> Topology {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let n = ((std::process::id().wrapping_mul(7) + k * 13) % 250 + 1) as u8;
-        let id = format!("{:x}{k}", std::process::id() % 0xffff);
+        let n = claim_subnet();
+        let id = format!("{:x}x{k}", std::process::id()); // "kt" + id fits IFNAMSIZ
         let t = Topology {
             server: format!("kms{id}"),
             router: format!("kmr{id}"),
@@ -143,6 +143,39 @@ impl Topology {
     }
 }
 
+/// Claims a free 198.18.N.0/24 for this topology across every test process on the machine (tests
+/// run in parallel processes): an exclusively created lock file per N, removed on drop; a lock
+/// older than an hour is taken as left behind by a killed run.
+fn claim_subnet() -> u8 {
+    let start = std::process::id() as usize;
+    for i in 0..250 {
+        let n = ((start + i * 7) % 250 + 1) as u8;
+        let lock = lock_path(n);
+        let stale = std::fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > std::time::Duration::from_secs(3600));
+        if stale {
+            let _ = std::fs::remove_file(&lock);
+        }
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .is_ok()
+        {
+            return n;
+        }
+    }
+    panic!(
+        "no free 198.18.N.0/24 for a test topology (lock files in {})",
+        std::env::temp_dir().display()
+    );
+}
+
+fn lock_path(n: u8) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("kakuremichi-netns-198.18.{n}.lock"))
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         for ns in [&self.agent, &self.router, &self.server] {
@@ -151,5 +184,7 @@ impl Drop for Topology {
         let _ = Command::new("ip")
             .args(["link", "del", &format!("kt{}", self.id)])
             .output();
+        // Only now may another test take the subnet.
+        let _ = std::fs::remove_file(lock_path(self.n));
     }
 }
