@@ -1,0 +1,148 @@
+"""Figures of a run: the table (median, min–max, ratios paired by run) and the JSON of issue 6."""
+
+import statistics
+from collections import defaultdict
+
+REFS = ["direct", "nginx", "wggo", "kakuremichi"]
+
+# The public contract of issue 6: every key, always a number.
+KEYS = ["bulk_down_gbps", "bulk_up_gbps", "bulk_down_wggo_gbps", "bulk_down_nginx_gbps",
+        "bulk_down_direct_gbps", "bulk_ratio_vs_wggo", "rps_h1", "rps_h1_nginx", "rps_ratio_vs_nginx",
+        "rps_h2", "p99_added_ms", "agent_rss_idle_mib", "agent_rss_1k_mib", "gateway_rss_idle_mib",
+        "gateway_rss_1k_mib", "rss_after_load_ratio", "cpu_s_per_gib", "control_propagation_p99_ms",
+        "control_rss_mib"]
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+class Results:
+    def __init__(self, runs, quick):
+        self.data = defaultdict(lambda: defaultdict(list))  # workload -> ref -> [value per run]
+        self.resources = {}
+        self.cpu_per_gib = []
+        self.control = {}
+        self.meta = {"runs": runs, "quick": 1 if quick else 0}
+
+    def add(self, workload, ref, value):
+        self.data[workload][ref].append(value)
+
+    def med(self, workload, ref):
+        return median(self.data[workload][ref])
+
+    def paired(self, workload, ref, base, op):
+        """Per-run op(ref, base) of values measured in the same run, then the median."""
+        return median([op(a, b) for a, b in zip(self.data[workload][ref], self.data[workload][base])])
+
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def figures(r):
+    k = "kakuremichi"
+    rss_after = [r.resources[f"{role}_rss_after_mib"] / r.resources[f"{role}_rss_idle_mib"]
+                 for role in ("gateway", "agent")]
+    f = {
+        "bulk_down_gbps": r.med("bulk_down", k),
+        "bulk_up_gbps": r.med("bulk_up", k),
+        "bulk_down_wggo_gbps": r.med("bulk_down", "wggo"),
+        "bulk_down_nginx_gbps": r.med("bulk_down", "nginx"),
+        "bulk_down_direct_gbps": r.med("bulk_down", "direct"),
+        "bulk_ratio_vs_wggo": r.paired("bulk_down", k, "wggo", ratio),
+        "rps_h1": r.med("rps_h1", k),
+        "rps_h1_nginx": r.med("rps_h1", "nginx"),
+        "rps_ratio_vs_nginx": r.paired("rps_h1", k, "nginx", ratio),
+        "rps_h2": r.med("rps_h2", k),
+        "p99_added_ms": r.paired("lat_p99", k, "direct", lambda a, b: a - b),
+        "agent_rss_idle_mib": r.resources["agent_rss_idle_mib"],
+        "agent_rss_1k_mib": r.med("agent_rss_streams", k),
+        "gateway_rss_idle_mib": r.resources["gateway_rss_idle_mib"],
+        "gateway_rss_1k_mib": r.med("gateway_rss_streams", k),
+        "rss_after_load_ratio": max(rss_after),
+        "cpu_s_per_gib": median(r.cpu_per_gib),
+        "control_propagation_p99_ms": r.control["propagation_p99_ms"],
+        "control_rss_mib": r.control["control_rss_mib"],
+    }
+    # Beyond the contract: the other references and details, also numbers only.
+    for w in ("bulk_up", "bulk_par4", "rps_h1", "rps_h2", "lat_p50", "lat_p99"):
+        for ref in REFS:
+            if r.data[w][ref]:
+                f[f"x_{w}_{ref}"] = r.med(w, ref)
+    f["x_bulk_up_ratio_vs_wggo"] = r.paired("bulk_up", k, "wggo", ratio)
+    for role in ("gateway", "agent"):  # memory that grows from one round of streams to the next
+        rounds = r.data[f"{role}_rss_streams"][k]
+        f[f"x_{role}_rss_1k_first_mib"], f[f"x_{role}_rss_1k_max_mib"] = rounds[0], max(rounds)
+    f["x_gateway_rss_after_mib"] = r.resources["gateway_rss_after_mib"]
+    f["x_agent_rss_after_mib"] = r.resources["agent_rss_after_mib"]
+    f["x_latency_rate_rps"] = r.meta["latency_rate"]
+    f["x_streams"] = r.meta["streams"]
+    for key in ("propagation_p50_ms", "propagation_max_ms", "control_cpu_s_changes",
+                "control_cpu_s_sessions", "sessions_s", "create_s", "agents", "gateways", "changes"):
+        f[f"x_control_{key.removeprefix('control_')}"] = r.control[key]
+    f["x_iperf3_wggo_gbps"] = r.meta["iperf3_wggo_gbps"]
+    f["x_https"] = r.meta["https"]
+    f["x_runs"] = r.meta["runs"]
+    f["x_quick"] = r.meta["quick"]
+    return f
+
+
+def _cell(xs, fmt):
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return fmt(xs[0])
+    return f"{fmt(median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
+
+
+def table(r):
+    k = "kakuremichi"
+    g = lambda v: f"{v:.2f}"  # noqa: E731
+    n = lambda v: f"{v:,.0f}"  # noqa: E731
+    ms = lambda v: f"{v:.2f}"  # noqa: E731
+    rate = r.meta["latency_rate"]
+    rows = [
+        ("bulk download, 1 stream, Gbit/s", "bulk_down", g, "wggo"),
+        ("bulk upload, 1 stream, Gbit/s", "bulk_up", g, "wggo"),
+        ("bulk download, 4 streams, Gbit/s", "bulk_par4", g, "wggo"),
+        ("HTTP/1.1 1 KiB, 64 conns, req/s", "rps_h1", n, "nginx"),
+        ("HTTP/2 1 KiB, 64 conns, req/s", "rps_h2", n, "nginx"),
+        (f"p50 ms at {rate:,.0f} req/s (HTTP/1.1)", "lat_p50", ms, "direct"),
+        (f"p99 ms at {rate:,.0f} req/s (HTTP/1.1)", "lat_p99", ms, "direct"),
+    ]
+    scheme = "HTTPS" if r.meta["https"] else "plain HTTP (Gateway had no --https-listen)"
+    out = [f"kakuremichi benchmark: {r.meta['runs']} run(s){' (quick)' if r.meta['quick'] else ''}, "
+           f"median (min–max); kakuremichi over {scheme}, nginx over HTTPS", ""]
+    head = ["workload"] + REFS + ["kakuremichi vs"]
+    body = []
+    for label, w, fmt, base in rows:
+        cells = [label] + [_cell(r.data[w][ref], fmt) for ref in REFS]
+        if w.startswith("lat"):
+            cells.append(f"{r.paired(w, k, base, lambda a, b: a - b):+.2f} ms vs {base}")
+        else:
+            cells.append(f"{r.paired(w, k, base, ratio):.2f}× {base}")
+        body.append(cells)
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    for row in [head] + body:
+        out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
+    f = figures(r)
+    streams, after = r.meta["streams"], r.meta["after"]
+    out += ["",
+            f"Gateway RSS MiB: idle {f['gateway_rss_idle_mib']:.1f}, {streams} streams "
+            f"{_cell(r.data['gateway_rss_streams'][k], g)}, {after} s after load {f['x_gateway_rss_after_mib']:.1f}",
+            f"Agent RSS MiB:   idle {f['agent_rss_idle_mib']:.1f}, {streams} streams "
+            f"{_cell(r.data['agent_rss_streams'][k], g)}, {after} s after load {f['x_agent_rss_after_mib']:.1f}",
+            f"RSS after load vs idle (worse of the two): {f['rss_after_load_ratio']:.2f}×",
+            f"wireguard-go, raw TCP (iperf3, 1 stream, context for the wggo column): "
+            f"{r.meta['iperf3_wggo_gbps']:.2f} Gbit/s",
+            f"CPU-seconds per GiB, Gateway + Agent, 1-stream bulk: {_cell(r.cpu_per_gib, g)}",
+            f"Control, {r.control['agents']} agents + {r.control['gateways']} gateways, "
+            f"{r.control['changes']} changes: propagation to every Gateway p50 "
+            f"{r.control['propagation_p50_ms']:.1f} ms, p99 {r.control['propagation_p99_ms']:.1f} ms, "
+            f"max {r.control['propagation_max_ms']:.1f} ms; Control RSS {r.control['control_rss_mib']:.1f} MiB, "
+            f"CPU {r.control['control_cpu_s_sessions']:.1f} s for the sessions, "
+            f"{r.control['control_cpu_s_changes']:.1f} s for the changes "
+            f"(sessions up in {r.control['sessions_s']:.1f} s)",
+            f"({r.meta['seconds']:.0f} s in all)"]
+    return "\n".join(out)

@@ -1,0 +1,212 @@
+"""Starting the four references: `direct`, `nginx`, `wggo` and `kakuremichi`.
+
+Each is a `Ref`: where its clients connect (`scheme://bench.test:port`, bench.test resolving to
+`ip` inside the client's namespace `netns`). All of them end at a `kakuremichi hello` origin.
+"""
+
+import json
+import os
+import random
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from procs import HOST, BenchError, log, run, wait_until
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ADMIN_EMAIL = "bench@example.com"
+ADMIN_PASSWORD = "bench-" + "%016x" % random.getrandbits(64)
+ORIGIN_PORT, NGINX_PORT, CONTROL_PORT, SCALE_CONTROL_PORT = 8000, 8444, 8780, 8781
+GW_HTTP_PORT, GW_HTTPS_PORT, GW_WG_PORT, GW_ADMIN_PORT = 8080, 8443, 51820, 9090
+
+
+@dataclass
+class Ref:
+    name: str
+    scheme: str
+    ip: str
+    port: int
+    netns: str = None
+    pids: dict = field(default_factory=dict)  # role -> pid, for kakuremichi
+
+    def url(self, path):
+        return f"{self.scheme}://{HOST}:{self.port}{path}"
+
+    @property
+    def tls(self):
+        return self.scheme == "https"
+
+
+def private_loopback():
+    """A loopback address no other run is likely to use, so fixed port numbers are safe."""
+    return f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.{random.randint(1, 250)}"
+
+
+def http_ok(env, ref, path="/healthz"):
+    out = env.client(ref, ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                           ref.url(path)], timeout=10)
+    return out.strip() == "200"
+
+
+def start_origin(env, bins, ip, netns=None, name="origin"):
+    env.spawn(name, [bins["kakuremichi"], "hello", "--listen", f"{ip}:{ORIGIN_PORT}"], netns=netns)
+    ref = Ref("direct", "http", ip, ORIGIN_PORT, netns)
+    wait_until(f"{name} on {ip}:{ORIGIN_PORT}", lambda: http_ok(env, ref), 20, env=env)
+    return ref
+
+
+def start_nginx(env, ip):
+    w = env.work
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}",
+         "-keyout", f"{w}/nginx.key", "-out", f"{w}/nginx.crt"])
+    os.makedirs(f"{w}/nginx-tmp", exist_ok=True)
+    with open(os.path.join(HERE, "nginx.conf.in")) as f:
+        conf = f.read()
+    conf = conf.replace("@WORK@", w).replace("@LISTEN@", f"{ip}:{NGINX_PORT}") \
+        .replace("@ORIGIN@", f"{ip}:{ORIGIN_PORT}") \
+        .replace("@USER@", "user root;" if os.geteuid() == 0 else "")
+    with open(f"{w}/nginx.conf", "w") as f:
+        f.write(conf)
+    env.spawn("nginx", ["nginx", "-p", f"{w}/", "-e", f"{w}/nginx-error.log", "-c", f"{w}/nginx.conf"])
+    ref = Ref("nginx", "https", ip, NGINX_PORT)
+    wait_until("nginx", lambda: http_ok(env, ref), 20, env=env)
+    return ref
+
+
+def start_wggo(env, bins):
+    """Two namespaces joined by a veth pair, with wireguard-go on each end; the origin in `b`."""
+    tag = "%04x" % random.getrandbits(16)
+    ns_a, ns_b = f"kmb{tag}a", f"kmb{tag}b"
+    env.add_netns(ns_a)
+    env.add_netns(ns_b)
+    va, vb = f"kmb{tag}va", f"kmb{tag}vb"
+    run(["ip", "link", "add", va, "type", "veth", "peer", "name", vb])
+    run(["ip", "link", "set", va, "netns", ns_a])
+    run(["ip", "link", "set", vb, "netns", ns_b])
+    keys = {}
+    for side in "ab":
+        priv = run(["wg", "genkey"]).strip()
+        pub = run(["wg", "pubkey"], input=priv).strip()
+        path = f"{env.work}/wg-{side}.key"
+        with open(path, "w") as f:
+            f.write(priv + "\n")
+        os.chmod(path, 0o600)
+        keys[side] = (path, pub)
+    sides = {"a": (ns_a, va, "192.0.2.1", "10.99.0.1"), "b": (ns_b, vb, "192.0.2.2", "10.99.0.2")}
+    for side, (ns, veth, under, over) in sides.items():
+        other = "b" if side == "a" else "a"
+        run(["ip", "-n", ns, "addr", "add", f"{under}/30", "dev", veth])
+        run(["ip", "-n", ns, "link", "set", veth, "up"])
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        dev = f"kmw{tag}{side}"
+        env.spawn(f"wireguard-go-{side}", ["wireguard-go", "-f", dev], netns=ns,
+                  env={"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"})
+        wait_until(f"wireguard-go {dev}", lambda d=dev: os.path.exists(f"/var/run/wireguard/{d}.sock"),
+                   10, env=env)
+        run(["ip", "netns", "exec", ns, "wg", "set", dev, "private-key", keys[side][0],
+             "listen-port", "51820", "peer", keys[other][1], "allowed-ips",
+             sides[other][3] + "/32", "endpoint", f"{sides[other][2]}:51820"])
+        run(["ip", "-n", ns, "addr", "add", f"{over}/24", "dev", dev])
+        run(["ip", "-n", ns, "link", "set", dev, "up"])
+    origin = start_origin(env, bins, "10.99.0.2", netns=ns_b, name="origin-wggo")
+    # Clients live in `a` and reach the origin in `b` through the tunnel.
+    ref = Ref("wggo", "http", "10.99.0.2", ORIGIN_PORT, ns_a)
+    wait_until("origin through wireguard-go", lambda: http_ok(env, ref), 20, env=env)
+    del origin
+    return ref
+
+
+class Api:
+    """Control's REST API with a personal token (stdlib only)."""
+
+    def __init__(self, base):
+        self.base = base
+        status, _, headers = self._req("POST", "/api/v1/auth/login",
+                                       {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        cookie = "; ".join(v.split(";")[0] for k, v in headers if k.lower() == "set-cookie")
+        _, body, _ = self._req("POST", "/api/v1/tokens", {"name": "bench"}, {"Cookie": cookie})
+        self.token = body["token"]
+
+    def _req(self, method, path, body=None, headers=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                text = r.read().decode()
+                return r.status, (json.loads(text) if text else None), r.getheaders()
+        except urllib.error.HTTPError as e:
+            raise BenchError(f"{method} {path}: HTTP {e.code} {e.read().decode(errors='replace')}")
+
+    def post(self, what, body):
+        return self._req("POST", f"/api/v1/{what}", body, {"Authorization": f"Bearer {self.token}"})[1]
+
+
+def start_control(env, bins, ip, port, name):
+    listen = f"{ip}:{port}"
+    p = env.spawn(name, [bins["kakuremichi"], "control", "--listen", listen], env={
+        "KAKUREMICHI_DATA_DIR": f"{env.work}/{name}",
+        "KAKUREMICHI_ADMIN_EMAIL": ADMIN_EMAIL,
+        "KAKUREMICHI_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "KAKUREMICHI_LOG": "warn",
+    })
+
+    def ready():
+        with urllib.request.urlopen(f"http://{listen}/healthz", timeout=2) as r:
+            return r.status == 200
+    wait_until(name, ready, 30, env=env)
+    return p, f"http://{listen}"
+
+
+def gateway_has_https(bins):
+    out = subprocess.run([bins["kakuremichi"], "gateway", "--help"], capture_output=True, text=True)
+    return "--https-listen" in out.stdout
+
+
+def start_kakuremichi(env, bins, ip):
+    """Control, a Gateway and an Agent as separate processes; one tunnel bench.test → origin."""
+    _, control_url = start_control(env, bins, ip, CONTROL_PORT, "control")
+    api = Api(control_url)
+    https = gateway_has_https(bins)
+    gw = api.post("gateways", {"name": "bench", "public_endpoint": f"{ip}:{GW_WG_PORT}"})
+    agent = api.post("agents", {"name": "bench"})
+    base = {"hostname": HOST, "agent_id": agent["id"], "target": f"{ip}:{ORIGIN_PORT}"}
+    extra = {"tls": "internal", "https_redirect": False} if https else {"tls": "off"}
+    try:
+        api.post("tunnels", {**base, **extra})
+    except BenchError as e:
+        if "400" not in str(e):
+            raise
+        api.post("tunnels", base)  # a Control without per-tunnel TLS settings
+    args = [bins["kakuremichi"], "gateway", "--http-listen", f"{ip}:{GW_HTTP_PORT}",
+            "--wg-listen", f"{ip}:{GW_WG_PORT}", "--admin-listen", f"{ip}:{GW_ADMIN_PORT}",
+            "--data-dir", f"{env.work}/gateway"]
+    if https:
+        args += ["--https-listen", f"{ip}:{GW_HTTPS_PORT}"]
+    common = {"CONTROL_URL": control_url, "KAKUREMICHI_LOG": "warn"}
+    gwp = env.spawn("gateway", args, env={**common, "GATEWAY_TOKEN": gw["token"]})
+    agp = env.spawn("agent", [bins["kakuremichi"], "agent", "--data-dir", f"{env.work}/agent"],
+                    env={**common, "API_KEY": agent["api_key"]})
+    pids = {"gateway": gwp.pid, "agent": agp.pid}
+    plain = Ref("kakuremichi", "http", ip, GW_HTTP_PORT, pids=pids)
+    wait_until("the tunnel (bench.test through the Gateway)", lambda: http_ok(env, plain), 60,
+               interval=0.25, env=env)
+    if not https:
+        log("the Gateway has no --https-listen yet: kakuremichi is measured over plain HTTP")
+        return plain
+    tls = Ref("kakuremichi", "https", ip, GW_HTTPS_PORT, pids=pids)
+    try:
+        wait_until("HTTPS on the Gateway", lambda: http_ok(env, tls), 30, interval=0.25, env=env)
+        return tls
+    except BenchError as e:
+        log(f"{e}; kakuremichi is measured over plain HTTP")
+        return plain
+
+
+def settle(seconds):
+    time.sleep(seconds)

@@ -1,0 +1,199 @@
+"""One measurement of one workload against one reference. Each function returns numbers and raises
+`BenchError` when the answer is wrong (bad status, short body, failed requests), so a broken path is
+never reported as a fast one."""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+from procs import HOST, BenchError, cpu_seconds, log
+
+GIB = 1 << 30
+# A transfer that moves nothing for 30 s has stalled: fail then, not after the 30-minute cap.
+CURL = ["curl", "-sS", "-k", "--http1.1", "--max-time", "1800", "--speed-time", "30", "--speed-limit", "1"]
+
+
+def _cpu(ref):
+    return sum(cpu_seconds(pid) for pid in ref.pids.values())
+
+
+def bulk_down(env, ref, size):
+    """One stream: `size` bytes downloaded to /dev/null. Returns (Gbit/s, CPU-s of ref's processes)."""
+    cpu0 = _cpu(ref)
+    out = env.client(ref, CURL + ["-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
+                                  ref.url(f"/bytes?n={size}")], timeout=1900)
+    cpu = _cpu(ref) - cpu0
+    code, got, took = out.split()
+    if code != "200" or int(got) != size:
+        raise BenchError(f"download through {ref.name}: HTTP {code}, {got} of {size} bytes")
+    return size * 8 / float(took) / 1e9, cpu
+
+
+def _upload_argv(ref, size):
+    cmd = (f"head -c {size} /dev/zero | exec {' '.join(CURL)} -X POST -T - -H 'Expect:' "
+           f"-H 'Content-Type: application/octet-stream' -w '\\n%{{http_code}} %{{time_total}}' "
+           f"'{ref.url('/upload')}'")
+    return ["sh", "-c", cmd]
+
+
+def bulk_up(env, ref, size):
+    """One stream: `size` bytes from a generator uploaded to the origin, which counts them."""
+    cpu0 = _cpu(ref)
+    out = env.client(ref, _upload_argv(ref, size), timeout=1900)
+    cpu = _cpu(ref) - cpu0
+    body, _, last = out.rstrip("\n").rpartition("\n")
+    code, took = last.split()
+    try:
+        got = json.loads(body)["bytes"]
+    except (ValueError, KeyError):
+        got = None
+    if code != "200" or got != size:
+        raise BenchError(f"upload through {ref.name}: HTTP {code}, origin counted {got} of {size} bytes")
+    return size * 8 / float(took) / 1e9, cpu
+
+
+def bulk_parallel(env, ref, size_each, streams=4):
+    """`streams` concurrent downloads of `size_each` bytes; aggregate Gbit/s over the wall time."""
+    argv = CURL + ["-o", "/dev/null", "-w", "%{http_code} %{size_download}", ref.url(f"/bytes?n={size_each}")]
+    started = time.monotonic()
+    procs = [env.client_popen(ref, argv) for _ in range(streams)]
+    outs = [p.communicate(timeout=1900) for p in procs]
+    took = time.monotonic() - started
+    for p, (out, err) in zip(procs, outs):
+        parts = out.split()
+        if p.returncode != 0 or parts != ["200", str(size_each)]:
+            env.check_alive()
+            raise BenchError(f"parallel download through {ref.name}: {out.strip()} {err.strip()[-300:]}")
+    return streams * size_each * 8 / took / 1e9
+
+
+def rps_h1(env, ref, duration, conns=64):
+    """wrk, HTTP/1.1 keep-alive, `conns` connections, 1 KiB responses: requests/s."""
+    out = env.client(ref, ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
+                           ref.url("/bytes?n=1024")], timeout=duration + 60)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    if not m or not total:
+        raise BenchError(f"unreadable wrk output for {ref.name}:\n{out}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    if failed > 0.01 * int(total.group(1)):
+        raise BenchError(f"wrk through {ref.name}: {failed} failed of {total.group(1)}:\n{out}")
+    if failed:
+        log(f"wrk through {ref.name}: {failed} failed requests of {total.group(1)}")
+    return float(m.group(1))
+
+
+def _h2load_counts(ref, out):
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored", out)
+    if not m:
+        raise BenchError(f"unreadable h2load output for {ref.name}:\n{out}")
+    total, _, done, ok, failed, errored = map(int, m.groups())
+    status = re.search(r"status codes: (\d+) 2xx", out)
+    ok2xx = int(status.group(1)) if status else 0
+    if ok2xx < 0.99 * max(done, 1) or done == 0:
+        raise BenchError(f"h2load through {ref.name}: {ok2xx} 2xx of {done} done "
+                         f"({failed} failed, {errored} errored):\n{out[-1500:]}")
+    return ok2xx
+
+
+def rps_h2(env, ref, duration, conns=64):
+    """h2load, HTTP/2 (TLS+ALPN for https, prior knowledge h2c for http), `conns` connections with
+    one stream in flight each, 1 KiB responses: requests/s."""
+    out = env.client(ref, ["h2load", f"-c{conns}", "-t2", "-m1", "-D", str(duration),
+                           "--warm-up-time", "1", ref.url("/bytes?n=1024")], timeout=duration + 60)
+    _h2load_counts(ref, out)
+    m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    if not m:
+        raise BenchError(f"unreadable h2load output for {ref.name}:\n{out}")
+    if re.search(r"Application protocol: (\S+)", out).group(1) not in ("h2", "h2c"):
+        raise BenchError(f"h2load through {ref.name} did not speak HTTP/2:\n{out}")
+    return float(m.group(1))
+
+
+def latency(env, ref, rate, duration, conns=64):
+    """HTTP/1.1 at a fixed total `rate` (h2load --h1 --rps, spread over `conns` connections):
+    p50 and p99 of the per-request latencies from h2load's log, in ms, and the achieved rate."""
+    path = os.path.join(env.work, f"latency-{ref.name}.log")
+    if os.path.exists(path):
+        os.unlink(path)
+    out = env.client(ref, ["h2load", "--h1", f"-c{conns}", "-t2", "--rps", f"{rate / conns:.3f}",
+                           "-D", str(duration), "--log-file", path, ref.url("/bytes?n=1024")],
+                     timeout=duration + 60)
+    _h2load_counts(ref, out)
+    lat = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3 and parts[1] == "200":
+                lat.append(int(parts[2]) / 1000.0)
+    if not lat:
+        raise BenchError(f"no latencies logged for {ref.name}")
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, max(0, int(round(p * len(lat))) - 1))]  # noqa: E731
+    return q(0.50), q(0.99), len(lat) / duration
+
+
+def streams(env, bins, ref, n, hold):
+    """`n` concurrent server-sent-event streams through the Gateway, held `hold` seconds; the peak
+    RSS of the Gateway and the Agent meanwhile (sampled by the load tool)."""
+    argv = [bins["loadgen"], "streams", "--connect", f"{ref.ip}:{ref.port}", "--host", HOST,
+            "-n", str(n), "--hold-secs", str(hold), "--timeout-secs", "120"]
+    if ref.tls:
+        argv.append("--https")
+    for role, pid in ref.pids.items():
+        argv += ["--pid", f"{role}={pid}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        env.check_alive()
+        raise BenchError(f"{n} streams through {ref.name}: {r.stderr.strip()[-800:]}")
+    result = json.loads(r.stdout)
+    if result["still_open_at_end"] != n:
+        raise BenchError(f"only {result['still_open_at_end']} of {n} streams lasted the hold")
+    return result
+
+
+def control_scale(env, bins, pid, url, agents, gateways, changes, email, password, timeout):
+    argv = [bins["loadgen"], "control", "--url", url, "--email", email,
+            "--agents", str(agents), "--gateways", str(gateways), "--changes", str(changes),
+            "--control-pid", str(pid), "--timeout-secs", str(timeout)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 600,
+                       env={**os.environ, "LOADGEN_PASSWORD": password})
+    if r.returncode != 0:
+        raise BenchError(f"control scale: {r.stderr.strip()[-800:]}")
+    for line in r.stderr.splitlines():
+        log(line.removeprefix("loadgen: "))
+    return json.loads(r.stdout)
+
+
+def iperf3(env, ref, seconds):
+    """Raw TCP through `ref` (one iperf3 stream to a server next to its origin), Gbit/s: shows how
+    much of the reference's bulk figure HTTP and the origin cost."""
+    server = env.spawn(f"iperf3-{ref.name}", ["iperf3", "-s", "-1", "-B", ref.ip, "-p", "5201"],
+                       netns=_server_netns(ref))
+    try:
+        for _ in range(50):
+            client = env.client_popen(ref, ["iperf3", "-c", ref.ip, "-p", "5201", "-t", str(seconds), "-J"])
+            out, err = client.communicate(timeout=seconds + 30)
+            out = out or err
+            try:
+                result = json.loads(out)
+            except ValueError:
+                result = {"error": out}
+            if "error" not in result:
+                return result["end"]["sum_received"]["bits_per_second"] / 1e9
+            if "connect" not in result["error"]:
+                raise BenchError(f"iperf3 through {ref.name}: {result['error']}")
+            time.sleep(0.1)
+        raise BenchError(f"iperf3 through {ref.name}: {result['error']}")
+    finally:
+        env.stop(server)
+
+
+def _server_netns(ref):
+    # wggo's clients live in namespace `a`; its origin side is the namespace `b` next to it.
+    return ref.netns[:-1] + "b" if ref.netns else None
