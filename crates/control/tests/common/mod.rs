@@ -297,3 +297,27 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("data");
     (dir, path)
 }
+
+/// The sorted keys of a JSON object: what a response exposes, exactly.
+pub fn keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    k.sort();
+    k
+}
+
+/// Asserts an API error: the status, the stable code, and a message a person can read.
+pub fn assert_error(
+    status: reqwest::StatusCode,
+    body: &serde_json::Value,
+    expected: reqwest::StatusCode,
+    code: &str,
+) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
