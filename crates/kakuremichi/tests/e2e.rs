@@ -66,11 +66,6 @@ async fn start_gateway(
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = http.local_addr().unwrap();
     let wg_addr = wg.local_addr().unwrap();
-    let mut config =
-        kakuremichi_gateway::GatewayConfig::new(control.to_string(), Secret::new(token.clone()));
-    config.data_dir = Some(dir.clone());
-    config.proxy.connect_timeout = Duration::from_secs(2);
-    let (stop, wait) = Stop::new();
     let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listeners = kakuremichi_gateway::GatewayListeners {
         http,
@@ -78,7 +73,7 @@ async fn start_gateway(
         admin,
         wg,
     };
-    let task = tokio::spawn(kakuremichi_gateway::run(config, listeners, wait()));
+    let (stop, task) = spawn_gateway(control, &token, listeners, dir.clone());
     Gateway {
         http: http_addr,
         wg: wg_addr,
@@ -116,25 +111,65 @@ async fn start_origin(name: &str) -> (SocketAddr, Stop) {
 const FIRST_CONTACT: Duration = Duration::from_secs(20);
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
+/// What every test here starts from: Control, `gateways` Gateways and an Agent, wired through the
+/// API, and an origin named `origin`.
+struct Site {
+    dir: tempfile::TempDir,
+    base: String,
+    control_stop: Stop,
+    control: tokio::task::JoinHandle<anyhow::Result<()>>,
+    api: Api,
+    gateways: Vec<Gateway>,
+    agent_id: i64,
+    _agent: Stop,
+    origin: SocketAddr,
+    _origin: Stop,
+    http: reqwest::Client,
+}
+
+async fn site(gateways: usize, origin: &str) -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, control_stop, control) = start_control(&dir.path().join("control")).await;
+    let api = Api::login(base.clone()).await;
+    let mut gws = Vec::new();
+    for i in 1..=gateways {
+        gws.push(create_gateway(&api, &format!("gw{i}"), dir.path().join(format!("gw{i}"))).await);
+    }
+    let (agent_id, _agent) = start_agent(&api, dir.path().join("agent")).await;
+    let (origin, _origin) = start_origin(origin).await;
+    let http = reqwest::Client::new();
+    Site {
+        dir,
+        base,
+        control_stop,
+        control,
+        api,
+        gateways: gws,
+        agent_id,
+        _agent,
+        origin,
+        _origin,
+        http,
+    }
+}
+
+impl Site {
+    /// Creates a tunnel `host` → `target` and returns its id.
+    async fn tunnel(&self, host: &str, target: SocketAddr) -> i64 {
+        let body =
+            json!({"hostname": host, "agent_id": self.agent_id, "target": target.to_string()});
+        self.api.post("tunnels", body).await["id"].as_i64().unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tunnel_through_two_gateways_follows_every_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let (base, _control_stop, _control) = start_control(&dir.path().join("control")).await;
-    let api = Api::login(base).await;
-    let gw1 = create_gateway(&api, "tokyo", dir.path().join("gw1")).await;
-    let gw2 = create_gateway(&api, "osaka", dir.path().join("gw2")).await;
-    let (agent_id, _agent) = start_agent(&api, dir.path().join("agent")).await;
-    let (origin_a, _stop_a) = start_origin("origin-a").await;
+    let site = site(2, "origin-a").await;
+    let (api, http, agent_id, origin_a) =
+        (&site.api, site.http.clone(), site.agent_id, site.origin);
+    let (gw1, gw2) = (&site.gateways[0], &site.gateways[1]);
     let (origin_b, stop_b) = start_origin("origin-b").await;
-    let http = reqwest::Client::new();
-
-    let tunnel = api
-        .post(
-            "tunnels",
-            json!({"hostname": "app.test", "agent_id": agent_id, "target": origin_a.to_string()}),
-        )
-        .await;
-    let id = tunnel["id"].as_i64().unwrap();
+    let id = site.tunnel("app.test", origin_a).await;
     let both = [gw1.http, gw2.http];
     let origin_is = |name: &'static str| move |s: u16, b: &str| s == 200 && b.contains(name);
     wait_all(
@@ -348,20 +383,11 @@ async fn tunnel_through_two_gateways_follows_every_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_large_bodies_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let (base, _control_stop, _control) = start_control(&dir.path().join("control")).await;
-    let api = Api::login(base).await;
-    let gw = create_gateway(&api, "gw", dir.path().join("gw")).await;
-    let (agent_id, _agent) = start_agent(&api, dir.path().join("agent")).await;
-    let (origin, _origin) = start_origin("big").await;
-    api.post(
-        "tunnels",
-        json!({"hostname": "big.test", "agent_id": agent_id, "target": origin.to_string()}),
-    )
-    .await;
-    let http = reqwest::Client::new();
+    let site = site(1, "big").await;
+    let (http, gw) = (&site.http, &site.gateways[0]);
+    site.tunnel("big.test", site.origin).await;
     wait_through(
-        &http,
+        http,
         gw.http,
         "big.test",
         "/",
@@ -372,29 +398,35 @@ async fn streams_large_bodies_both_ways() {
     .await;
 
     const SIZE: u64 = 64 << 20;
-    let (got, ok) = download(&http, gw.http, "big.test", SIZE).await;
+    let (got, ok) = download(http, gw.http, "big.test", SIZE).await;
     assert_eq!(got, SIZE);
     assert!(ok, "downloaded bytes match the pattern");
-    let (sent, digest) = upload(&http, gw.http, "big.test", SIZE).await;
+    let (sent, digest) = upload(http, gw.http, "big.test", SIZE).await;
     assert_eq!(sent["bytes"].as_u64(), Some(SIZE));
     assert_eq!(sent["sha256"].as_str(), Some(digest.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_restarts_from_its_cache_while_control_is_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let (base, control_stop, control) = start_control(&dir.path().join("control")).await;
-    let api = Api::login(base.clone()).await;
-    let gw1 = create_gateway(&api, "one", dir.path().join("gw1")).await;
-    let gw2 = create_gateway(&api, "two", dir.path().join("gw2")).await;
-    let (agent_id, _agent) = start_agent(&api, dir.path().join("agent")).await;
-    let (origin, _origin) = start_origin("cached").await;
+    let Site {
+        dir,
+        base,
+        control_stop,
+        control,
+        api,
+        mut gateways,
+        agent_id,
+        _agent,
+        origin,
+        _origin,
+        http,
+    } = site(2, "cached").await;
+    let (gw2, gw1) = (gateways.pop().unwrap(), gateways.pop().unwrap());
     api.post(
         "tunnels",
         json!({"hostname": "cache.test", "agent_id": agent_id, "target": origin.to_string()}),
     )
     .await;
-    let http = reqwest::Client::new();
     wait_all(
         &http,
         &[gw1.http, gw2.http],

@@ -10,7 +10,7 @@ mod transfer;
 #[allow(unused_imports)] // not every test binary starts processes
 pub use proc::{Proc, BIN};
 #[allow(unused_imports)]
-pub use stop::Stop;
+pub use stop::{spawn_gateway, Stop};
 #[allow(unused_imports)]
 pub use transfer::{download, upload};
 

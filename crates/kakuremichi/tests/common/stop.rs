@@ -29,3 +29,21 @@ impl Drop for Stop {
         self.stop();
     }
 }
+
+/// Runs a Gateway in-process on the given listeners; stopped when the returned [`Stop`] drops.
+pub fn spawn_gateway(
+    control: &str,
+    token: &str,
+    listeners: kakuremichi_gateway::GatewayListeners,
+    dir: std::path::PathBuf,
+) -> (Stop, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let token = kakuremichi_node::Secret::new(token.to_string());
+    let mut config = kakuremichi_gateway::GatewayConfig::new(control.to_string(), token);
+    config.data_dir = Some(dir);
+    config.proxy.connect_timeout = std::time::Duration::from_secs(2);
+    let (stop, wait) = Stop::new();
+    (
+        stop,
+        tokio::spawn(kakuremichi_gateway::run(config, listeners, wait())),
+    )
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-pub use crate::common::Stop;
+pub use crate::common::{spawn_gateway, Stop};
 
 pub struct Control {
     pub api: Api,
@@ -130,18 +130,13 @@ pub async fn start_gateway(
     let https = TcpListener::bind(addrs.https()).await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let wg_addr = wg.local_addr().unwrap();
-    let mut config =
-        kakuremichi_gateway::GatewayConfig::new(control.to_string(), Secret::new(token.clone()));
-    config.data_dir = Some(dir.clone());
-    config.proxy.connect_timeout = Duration::from_secs(2);
-    let (stop, wait) = Stop::new();
     let listeners = kakuremichi_gateway::GatewayListeners {
         http,
         https,
         admin,
         wg,
     };
-    let task = tokio::spawn(kakuremichi_gateway::run(config, listeners, wait()));
+    let (stop, task) = spawn_gateway(control, &token, listeners, dir.clone());
     Gateway {
         addrs,
         token,
