@@ -3,11 +3,13 @@
 //! The whole topology (nodes and enabled tunnels) is loaded once per change into a [`World`],
 //! shared by every session; each node's snapshot is then derived from it without further queries.
 
-use crate::store::{AgentRow, GatewayRow, NodeKind, NodeRef, Store, StoreResult, TunnelRow};
-use kakuremichi_proto::{
-    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, TlsCertificate, WgPeer,
+use crate::store::{
+    AgentRow, GatewayRow, NodeKind, NodeRef, ReplicaRow, Store, StoreResult, TunnelRow,
 };
-use std::collections::BTreeMap;
+use kakuremichi_proto::{
+    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteTarget, TlsCertificate, WgPeer,
+};
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
 /// Everything snapshots are made of, read in one consistent transaction.
@@ -17,6 +19,8 @@ pub struct World {
     gateways: Vec<GatewayRow>,
     /// Enabled tunnels only.
     tunnels: Vec<TunnelRow>,
+    /// Replicas of every tunnel (enabled or not), by tunnel then agent.
+    replicas: Vec<ReplicaRow>,
     /// Issued certificates: hostname → (source, certificate).
     certificates: BTreeMap<String, (String, TlsCertificate)>,
     /// ACME challenges in flight (filled in by the hub, not the database).
@@ -46,6 +50,11 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
+        let replicas = sqlx::query_as(
+            "SELECT tunnel_id, agent_id, port FROM tunnel_replicas ORDER BY tunnel_id, agent_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let certs: Vec<(String, String, String, String)> = sqlx::query_as(
             "SELECT hostname, source, cert_pem, key_pem FROM certificates \
              WHERE cert_pem IS NOT NULL AND key_pem IS NOT NULL",
@@ -63,6 +72,7 @@ impl Store {
             agents,
             gateways,
             tunnels,
+            replicas,
             certificates,
             ..World::default()
         })
@@ -70,16 +80,58 @@ impl Store {
 }
 
 impl World {
-    /// The sealed snapshot of `node`, or `None` if the node no longer exists.
-    pub fn snapshot(&self, node: NodeRef) -> Option<ConfigSnapshot> {
+    /// The sealed snapshot of `node`, or `None` if the node no longer exists. `agent_online`
+    /// says whether Control has a session with an Agent; Gateways get it as a hint for routes
+    /// with replicas.
+    pub fn snapshot(
+        &self,
+        node: NodeRef,
+        agent_online: impl Fn(i64) -> bool,
+    ) -> Option<ConfigSnapshot> {
         let snapshot = match node.kind {
-            NodeKind::Gateway => self.gateway_snapshot(node.id)?,
+            NodeKind::Gateway => self.gateway_snapshot(node.id, agent_online)?,
             NodeKind::Agent => self.agent_snapshot(node.id)?,
         };
         Some(snapshot.seal())
     }
 
-    fn gateway_snapshot(&self, id: i64) -> Option<ConfigSnapshot> {
+    /// Agents that serve a tunnel with replicas (primaries included): only their comings and
+    /// goings change Gateway snapshots.
+    pub fn replicated_agents(&self) -> HashSet<i64> {
+        let mut agents = HashSet::new();
+        for r in &self.replicas {
+            agents.insert(r.agent_id);
+            if let Some(t) = self.tunnels.iter().find(|t| t.id == r.tunnel_id) {
+                agents.insert(t.agent_id);
+            }
+        }
+        agents
+    }
+
+    /// Every Agent serving tunnel `t` when it has replicas (primary first), else empty.
+    fn route_replicas(&self, t: &TunnelRow, online: &impl Fn(i64) -> bool) -> Vec<RouteTarget> {
+        let replicas = self.replicas.iter().filter(|r| r.tunnel_id == t.id);
+        let all =
+            std::iter::once((t.agent_id, t.port)).chain(replicas.map(|r| (r.agent_id, r.port)));
+        let targets: Vec<RouteTarget> = all
+            .filter_map(|(agent_id, port)| {
+                let agent = self.agents.iter().find(|a| a.id == agent_id)?;
+                Some(RouteTarget {
+                    agent_id,
+                    agent_address: address(&agent.wg_address)?,
+                    port: u16::try_from(port).ok()?,
+                    online: online(agent_id),
+                })
+            })
+            .collect();
+        if targets.len() > 1 {
+            targets
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn gateway_snapshot(&self, id: i64, online: impl Fn(i64) -> bool) -> Option<ConfigSnapshot> {
         let gateway = self.gateways.iter().find(|g| g.id == id)?;
         let peers = self
             .agents
@@ -119,6 +171,7 @@ impl World {
                 port,
                 https_redirect: redirect,
                 hsts_max_age: if redirect { self.hsts_max_age } else { 0 },
+                replicas: self.route_replicas(t, &online),
             };
             routes.insert(t.hostname.clone(), route);
         }
@@ -149,15 +202,23 @@ impl World {
                 })
             })
             .collect();
-        let services = self
+        let primary = self
             .tunnels
             .iter()
             .filter(|t| t.agent_id == id)
-            .filter_map(|t| {
+            .map(|t| (t, t.port));
+        let replica = self
+            .replicas
+            .iter()
+            .filter(|r| r.agent_id == id)
+            .filter_map(|r| Some((self.tunnels.iter().find(|t| t.id == r.tunnel_id)?, r.port)));
+        let services = primary
+            .chain(replica)
+            .filter_map(|(t, port)| {
                 Some(AgentService {
                     tunnel_id: t.id,
                     hostname: t.hostname.clone(),
-                    port: u16::try_from(t.port).ok()?,
+                    port: u16::try_from(port).ok()?,
                     target: t.target.clone(),
                 })
             })
@@ -266,16 +327,67 @@ mod tests {
                 tunnel(11, 2, 10000),
                 tunnel(12, 1, 10001),
             ],
+            replicas: Vec::new(),
         }
+    }
+
+    #[test]
+    fn replicas_reach_gateways_with_online_hints_and_agents_as_services() {
+        let mut w = world();
+        w.agents.push(agent(3, Some("A3")));
+        // Tunnel 11 (primary agent 2, unkeyed but addressed) gets agent 3 as replica on port 10005.
+        w.replicas.push(ReplicaRow {
+            tunnel_id: 11,
+            agent_id: 3,
+            port: 10005,
+        });
+        assert_eq!(w.replicated_agents(), HashSet::from([2, 3]));
+        let gw = NodeRef {
+            kind: NodeKind::Gateway,
+            id: 1,
+        };
+        let s = w.snapshot(gw, |a| a == 3).unwrap();
+        let r = &s.routes["t11.example.com"];
+        assert_eq!(
+            r.replicas
+                .iter()
+                .map(|t| (t.agent_id, t.port, t.online))
+                .collect::<Vec<_>>(),
+            vec![(2, 10000, false), (3, 10005, true)]
+        );
+        assert_eq!(r.targets().len(), 2);
+        // Unreplicated routes stay as they were; the online hint changes the hash.
+        assert!(s.routes["t10.example.com"].replicas.is_empty());
+        assert_ne!(s.config_hash, w.snapshot(gw, |_| true).unwrap().config_hash);
+        let agent3 = w
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Agent,
+                    id: 3,
+                },
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!(
+            agent3
+                .services
+                .iter()
+                .map(|s| (s.tunnel_id, s.port))
+                .collect::<Vec<_>>(),
+            vec![(11, 10005)]
+        );
     }
 
     #[test]
     fn gateway_sees_keyed_agents_and_all_routes() {
         let s = world()
-            .snapshot(NodeRef {
-                kind: NodeKind::Gateway,
-                id: 1,
-            })
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Gateway,
+                    id: 1,
+                },
+                |_| true,
+            )
             .unwrap();
         assert!(s.is_intact());
         assert_eq!(s.wg_address, Ipv4Addr::new(10, 77, 1, 1));
@@ -296,10 +408,13 @@ mod tests {
     #[test]
     fn gateway_gets_certificates_of_matching_source_and_challenges() {
         let s = world()
-            .snapshot(NodeRef {
-                kind: NodeKind::Gateway,
-                id: 1,
-            })
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Gateway,
+                    id: 1,
+                },
+                |_| true,
+            )
             .unwrap();
         // t11's certificate came from another source than its tunnel asks; t12 has tls off.
         assert_eq!(
@@ -311,10 +426,13 @@ mod tests {
         assert!(!t12.https_redirect && t12.hsts_max_age == 0);
         assert_eq!(s.acme.http01["tok"], "tok.thumb");
         let agent = world()
-            .snapshot(NodeRef {
-                kind: NodeKind::Agent,
-                id: 1,
-            })
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Agent,
+                    id: 1,
+                },
+                |_| true,
+            )
             .unwrap();
         assert!(agent.certificates.is_empty() && agent.acme.is_empty());
     }
@@ -322,10 +440,13 @@ mod tests {
     #[test]
     fn agent_sees_enabled_keyed_gateways_and_its_services() {
         let s = world()
-            .snapshot(NodeRef {
-                kind: NodeKind::Agent,
-                id: 1,
-            })
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Agent,
+                    id: 1,
+                },
+                |_| true,
+            )
             .unwrap();
         assert_eq!(s.peers.len(), 1);
         assert_eq!(
@@ -342,16 +463,22 @@ mod tests {
     #[test]
     fn unknown_node_has_no_snapshot() {
         assert!(world()
-            .snapshot(NodeRef {
-                kind: NodeKind::Agent,
-                id: 9
-            })
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Agent,
+                    id: 9,
+                },
+                |_| true,
+            )
             .is_none());
         assert!(world()
-            .snapshot(NodeRef {
-                kind: NodeKind::Gateway,
-                id: 9
-            })
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Gateway,
+                    id: 9,
+                },
+                |_| true,
+            )
             .is_none());
     }
 }

@@ -3,8 +3,10 @@
 mod common;
 
 use common::*;
+use kakuremichi_proto::NodeRole;
 use reqwest::StatusCode;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn tunnels_crud_and_validation() {
@@ -18,6 +20,7 @@ async fn tunnels_crud_and_validation() {
         keys(&t),
         [
             "agent_id",
+            "agent_ids",
             "certificate",
             "created_at",
             "enabled",
@@ -159,5 +162,105 @@ async fn tunnels_crud_and_validation() {
         again["port"], 10000,
         "lowest free port on a1 after the move"
     );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn replicas_through_the_api_and_into_snapshots() {
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let a1v = c.agent("a1").await;
+    let a2v = c.agent("a2").await;
+    let (a1, a2) = (a1v["id"].as_i64().unwrap(), a2v["id"].as_i64().unwrap());
+    // a2 already serves a tunnel on its first port, so its replica port is the next one.
+    c.tunnel("solo.example.com", a2, "app:1").await;
+    let body = json!({"hostname": "app.example.com", "agent_ids": [a1, a2], "target": "app:80"});
+    let (s, t) = c.post("/api/v1/tunnels", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert_eq!(
+        (&t["agent_id"], &t["agent_ids"]),
+        (&json!(a1), &json!([a1, a2]))
+    );
+    let id = t["id"].as_i64().unwrap();
+
+    // Each bad list is a 400 that stores nothing.
+    for bad in [
+        json!({"hostname": "x.example.com", "agent_ids": [], "target": "a:1"}),
+        json!({"hostname": "x.example.com", "agent_ids": [a1, a1], "target": "a:1"}),
+        json!({"hostname": "x.example.com", "agent_id": a2, "agent_ids": [a1, a2], "target": "a:1"}),
+        json!({"hostname": "x.example.com", "target": "a:1"}),
+        json!({"hostname": "x.example.com", "agent_ids": (1..=17).collect::<Vec<i64>>(), "target": "a:1"}),
+        json!({"hostname": "x.example.com", "agent_ids": [a1, 9999], "target": "a:1"}),
+    ] {
+        let (s, v) = c.post("/api/v1/tunnels", bad.clone()).await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let (_, all) = c.get("/api/v1/tunnels").await;
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    // A replica keeps its agent in use.
+    let (s, v) = c.delete(&format!("/api/v1/agents/{a2}")).await;
+    assert_error(s, &v, StatusCode::CONFLICT, "conflict");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("replica"),
+        "{v}"
+    );
+
+    // The agent gets the tunnel as a service on its own port; the gateway a route listing both,
+    // with Control's view of who is online, updated as agents come and go.
+    let g = c.gateway("g1").await;
+    let (mut gw, _, _) = c
+        .node(g["token"].as_str().unwrap(), NodeRole::Gateway, None)
+        .await;
+    let route = |snap: &kakuremichi_proto::ConfigSnapshot| {
+        snap.routes["app.example.com"]
+            .replicas
+            .iter()
+            .map(|r| (r.agent_id, r.port, r.online))
+            .collect::<Vec<_>>()
+    };
+    let first = next_config(&mut gw, Duration::from_secs(5)).await;
+    assert_eq!(route(&first), vec![(a1, 10000, false), (a2, 10001, false)]);
+    let (mut agent2, _, _) = c
+        .node(a2v["api_key"].as_str().unwrap(), NodeRole::Agent, None)
+        .await;
+    let own = next_config(&mut agent2, Duration::from_secs(5)).await;
+    let mut services: Vec<(i64, u16)> =
+        own.services.iter().map(|s| (s.tunnel_id, s.port)).collect();
+    services.sort();
+    assert_eq!(services, vec![(1, 10000), (id, 10001)]);
+    let online = next_config(&mut gw, Duration::from_secs(5)).await;
+    assert_eq!(route(&online), vec![(a1, 10000, false), (a2, 10001, true)]);
+    drop(agent2);
+    let offline = next_config(&mut gw, Duration::from_secs(5)).await;
+    assert_eq!(
+        route(&offline),
+        vec![(a1, 10000, false), (a2, 10001, false)]
+    );
+
+    // PATCH: agent_ids replaces the set; agent_id alone moves the primary and keeps the rest.
+    let (s, t) = c
+        .patch(
+            &format!("/api/v1/tunnels/{id}"),
+            json!({"agent_ids": [a2, a1]}),
+        )
+        .await;
+    assert_eq!(
+        (s, &t["agent_ids"]),
+        (StatusCode::OK, &json!([a2, a1])),
+        "{t}"
+    );
+    let (s, t) = c
+        .patch(&format!("/api/v1/tunnels/{id}"), json!({"agent_id": a1}))
+        .await;
+    assert_eq!((s, &t["agent_ids"]), (StatusCode::OK, &json!([a1])), "{t}");
+    within(Duration::from_secs(5), async {
+        while !next_config(&mut gw, Duration::from_secs(5)).await.routes["app.example.com"]
+            .replicas
+            .is_empty()
+        {}
+    })
+    .await;
+    let (s, _) = c.delete(&format!("/api/v1/agents/{a2}")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "a2 still has solo.example.com");
     c.stop().await;
 }

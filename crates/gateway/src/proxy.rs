@@ -7,6 +7,7 @@
 //!
 //! Layout:
 //! - [`routes`]: the hostname → route table, swapped atomically on each config snapshot.
+//! - `balance`: spreads requests over a tunnel's replicas and skips Agents that fail.
 //! - `connector`: adapts a [`Dialer`] into a pooled hyper client connector.
 //! - `headers`: host normalisation, hop-by-hop stripping, `X-Forwarded-*` / `Forwarded`.
 //! - `forward`: the per-request handler, including HTTP/1.1 upgrades (WebSocket).
@@ -14,6 +15,7 @@
 //! - `redirect`: ACME HTTP-01 answers, the http → https `308` and HSTS.
 //! - `server`: accept loops, connection caps, timeouts and graceful drain.
 
+mod balance;
 mod connector;
 mod forward;
 mod headers;
@@ -28,7 +30,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -107,7 +108,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct Proxy {
     routes: Arc<RouteTable>,
     certs: Arc<CertStore>,
-    client: Client<connector::DialConnector, Incoming>,
+    client: Client<connector::DialConnector, forward::UpstreamBody>,
+    balancer: balance::Balancer,
     config: ProxyConfig,
 }
 
@@ -125,6 +127,7 @@ impl Proxy {
             routes,
             certs: Arc::new(CertStore::new()),
             client,
+            balancer: balance::Balancer::new(),
             config,
         })
     }

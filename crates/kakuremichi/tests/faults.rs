@@ -378,3 +378,94 @@ async fn gateway_and_control_crashes_under_load() {
     );
     drop((gw1, gw2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_under_load() {
+    require_netns!();
+    let (site, mut procs, _tokens) = site(1).await;
+    let primary = procs.pop().expect("the agent is started last");
+    // Tag the primary's origin, then a replica on the router host with its own origin at the same
+    // target address (each namespace has its own loopback), so responses say who served them.
+    let agents = site.api.get("agents").await;
+    let primary_id = agents[0]["id"].as_i64().unwrap();
+    let replica = site.api.post("agents", json!({"name": "replica"})).await;
+    let replica_id = replica["id"].as_i64().unwrap();
+    let router = Some(site.topo.router.as_str());
+    let _origin_b = Proc::spawn_in(
+        router,
+        "hello-replica",
+        site.dir.path(),
+        &["hello", "--listen", "127.0.0.1:8000", "--name", "replica-b"],
+        &[],
+    );
+    let _replica = Proc::spawn_in(
+        router,
+        "agent-replica",
+        site.dir.path(),
+        &[
+            "agent",
+            "--data-dir",
+            site.dir.path().join("agent-replica").to_str().unwrap(),
+        ],
+        &[
+            (
+                "CONTROL_URL",
+                &format!("http://{}:8780", site.topo.server_public()),
+            ),
+            ("API_KEY", replica["api_key"].as_str().unwrap()),
+        ],
+    );
+    let tunnel = site.api.get("tunnels").await[0].clone();
+    let tunnel_id = tunnel["id"].as_i64().unwrap();
+    let patched = site
+        .api
+        .patch(
+            &format!("tunnels/{tunnel_id}"),
+            json!({"agent_ids": [primary_id, replica_id]}),
+        )
+        .await;
+    assert_eq!(patched["agent_ids"], json!([primary_id, replica_id]));
+
+    // Both replicas serve: requests alternate between the two origins.
+    let gateway = site.gateway_addr(0);
+    eventually(Duration::from_secs(20), "both replicas answer", || async {
+        let mut seen = (false, false);
+        for _ in 0..6 {
+            let (status, body) = through(&site.api.http, gateway, "app.test", "/").await;
+            if status == 200 {
+                seen.0 |= body.contains("replica-b");
+                seen.1 |= !body.contains("replica-b");
+            }
+        }
+        (seen.0 && seen.1).then_some(())
+    })
+    .await;
+
+    // kill -9 the primary under load: only requests in flight at that moment may fail.
+    let load = Load::start(gateway, "app.test");
+    load.settle(Instant::now(), 20).await;
+    let fault = Instant::now();
+    primary.kill();
+    hold(Duration::from_secs(3)).await;
+    load.settle(Instant::now(), 20).await;
+    let (ok, failed) = load.since(fault);
+    let recovered = load.recovered_at(fault).map(|t| t - fault);
+    eprintln!(
+        "replica kill -9: {ok} requests served by the survivor, {failed} failed; all good again {recovered:?} after the kill"
+    );
+    assert!(
+        failed <= 2,
+        "{failed} requests failed; only in-flight ones may"
+    );
+    let settled = Instant::now();
+    load.settle(settled, 20).await;
+    assert_eq!(
+        load.since(settled).1,
+        0,
+        "requests fail after the kill settled"
+    );
+    let status = site.api.get("status").await;
+    let t = &status["tunnels"][0];
+    assert_eq!(t["agents_online"], json!([replica_id]), "{status}");
+    assert_eq!(t["reachable"], true, "{status}");
+}

@@ -15,8 +15,8 @@ pub use message::{
     decode_control, decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole,
 };
 pub use snapshot::{
-    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, TlsAlpnChallenge, TlsCertificate,
-    WgPeer,
+    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteTarget, TlsAlpnChallenge,
+    TlsCertificate, WgPeer,
 };
 
 /// Version of the node-session protocol. Bump on any incompatible change to the messages or the

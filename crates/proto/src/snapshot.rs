@@ -69,6 +69,40 @@ pub struct GatewayRoute {
     /// `Strict-Transport-Security: max-age=...` on HTTPS responses; 0 sends no header.
     #[serde(default)]
     pub hsts_max_age: u32,
+    /// When several Agents serve the tunnel (replicas): all of them, the one above first. Empty
+    /// when only the Agent above serves it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<RouteTarget>,
+}
+
+/// One Agent serving a route with replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTarget {
+    pub agent_id: i64,
+    pub agent_address: Ipv4Addr,
+    /// The tunnel's port on this Agent's stack (each Agent allocates its own).
+    pub port: u16,
+    /// Control has a session with this Agent right now. A hint, not a verdict: Gateways prefer
+    /// online replicas and still try the others when none is.
+    #[serde(default)]
+    pub online: bool,
+}
+
+impl GatewayRoute {
+    /// Every Agent serving this route, the primary first; one entry when there are no replicas.
+    pub fn targets(&self) -> Vec<RouteTarget> {
+        if self.replicas.is_empty() {
+            vec![RouteTarget {
+                agent_id: self.agent_id,
+                agent_address: self.agent_address,
+                port: self.port,
+                online: true,
+            }]
+        } else {
+            self.replicas.clone()
+        }
+    }
 }
 
 /// A PEM certificate chain (leaf first) and its PEM private key. The key is masked in `Debug`.
@@ -194,6 +228,7 @@ mod tests {
                 port: 10007,
                 https_redirect: true,
                 hsts_max_age: 31_536_000,
+                replicas: Vec::new(),
             },
         );
         let cert = TlsCertificate {

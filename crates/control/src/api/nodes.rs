@@ -43,7 +43,9 @@ pub async fn pull_config(
 ) -> Result<Response, ApiError> {
     let world = state.hub.world().await?;
     // The node may have been deleted since it authenticated.
-    let snapshot = world.snapshot(node).ok_or_else(ApiError::unauthorized)?;
+    let snapshot = world
+        .snapshot(node, |a| state.hub.agent_online(a))
+        .ok_or_else(ApiError::unauthorized)?;
     if let Err(e) = state.store.touch_node(node).await {
         tracing::warn!(%node, error = %e, "could not record last_seen");
     }

@@ -1,7 +1,8 @@
 //! `GET /status`: one summary of what is up, for dashboards and scripts — which Gateways and
 //! Agents hold a session, and through which Gateways each tunnel can be served.
 //!
-//! "Can be served" is what Control knows: the tunnel is enabled, its Agent is online, and the
+//! "Can be served" is what Control knows: the tunnel is enabled, one of its Agents (primary or
+//! replica) is online, and the
 //! Gateway is online and enabled. It does not probe the data path.
 
 use super::authn::AuthUser;
@@ -43,6 +44,8 @@ struct TunnelStatus {
     enabled: bool,
     agent_id: i64,
     agent_status: &'static str,
+    /// Ids of the tunnel's Agents (primary and replicas) that hold a session now.
+    agents_online: Vec<i64>,
     /// Ids of the Gateways that can serve this tunnel now.
     gateways: Vec<i64>,
     reachable: bool,
@@ -79,6 +82,7 @@ pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<Stat
         .filter(|g| g.status == "online" && g.enabled == Some(true))
         .map(|g| g.id)
         .collect();
+    let replicas = state.store.list_replicas().await?;
     let tunnels = state
         .store
         .list_tunnels()
@@ -86,7 +90,15 @@ pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<Stat
         .into_iter()
         .map(|t| {
             let agent_online = online(NodeKind::Agent, t.agent_id);
-            let gateways = if t.enabled && agent_online {
+            let replica_ids = replicas
+                .iter()
+                .filter(|r| r.tunnel_id == t.id)
+                .map(|r| r.agent_id);
+            let agents_online: Vec<i64> = std::iter::once(t.agent_id)
+                .chain(replica_ids)
+                .filter(|&a| online(NodeKind::Agent, a))
+                .collect();
+            let gateways = if t.enabled && !agents_online.is_empty() {
                 serving.clone()
             } else {
                 Vec::new()
@@ -95,6 +107,7 @@ pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<Stat
                 reachable: !gateways.is_empty(),
                 gateways,
                 agent_status: status(agent_online),
+                agents_online,
                 agent_id: t.agent_id,
                 enabled: t.enabled,
                 hostname: t.hostname,

@@ -1,6 +1,11 @@
 //! `/tunnels`: a public hostname served by an Agent. Every change is pushed to the Gateways (routes)
 //! and to the Agent concerned (services).
 //!
+//! Replicas: `agent_ids` lists every Agent serving the tunnel, the primary (`agent_id`) first;
+//! Gateways spread requests over them and skip one that is down. On create, give `agent_id` or
+//! `agent_ids` (or both, agreeing); on PATCH, `agent_ids` replaces the set and `agent_id` alone
+//! changes the primary and keeps the other replicas.
+//!
 //! HTTPS per tunnel: `tls` (`acme`, `internal` or `off`; default Control's `default_tls`, itself
 //! `acme` unless configured), `https_redirect` (default true: plain HTTP gets a 308 to https, and
 //! HTTPS responses carry HSTS), and the read-only `certificate` status (null when `tls` is off).
@@ -9,7 +14,7 @@ use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
 use super::AppState;
 use crate::certs::{self, TlsMode};
-use crate::store::{CertRow, NewTunnel, TunnelPatch, TunnelRow};
+use crate::store::{CertRow, NewTunnel, ReplicaRow, TunnelPatch, TunnelRow, MAX_AGENTS_PER_TUNNEL};
 use crate::validate;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,7 +25,8 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct CreateTunnel {
     hostname: String,
-    agent_id: i64,
+    agent_id: Option<i64>,
+    agent_ids: Option<Vec<i64>>,
     target: String,
     enabled: Option<bool>,
     tls: Option<TlsMode>,
@@ -32,6 +38,7 @@ pub struct CreateTunnel {
 pub struct PatchTunnel {
     hostname: Option<String>,
     agent_id: Option<i64>,
+    agent_ids: Option<Vec<i64>>,
     target: Option<String>,
     enabled: Option<bool>,
     tls: Option<TlsMode>,
@@ -43,6 +50,8 @@ pub struct TunnelView {
     id: i64,
     hostname: String,
     agent_id: i64,
+    /// Every Agent serving the tunnel, the primary first.
+    agent_ids: Vec<i64>,
     target: String,
     port: i64,
     enabled: bool,
@@ -54,13 +63,26 @@ pub struct TunnelView {
 }
 
 impl TunnelView {
-    fn new(t: TunnelRow, cert: Option<&CertRow>, gateways_online: bool) -> Self {
+    fn new(
+        t: TunnelRow,
+        replicas: &[ReplicaRow],
+        cert: Option<&CertRow>,
+        gateways_online: bool,
+    ) -> Self {
         // Only this API writes the column, with a validated value.
         let tls = t.tls.parse().unwrap_or(TlsMode::Off);
         Self {
             id: t.id,
             hostname: t.hostname,
             agent_id: t.agent_id,
+            agent_ids: std::iter::once(t.agent_id)
+                .chain(
+                    replicas
+                        .iter()
+                        .filter(|r| r.tunnel_id == t.id)
+                        .map(|r| r.agent_id),
+                )
+                .collect(),
             target: t.target,
             port: t.port,
             enabled: t.enabled,
@@ -76,8 +98,47 @@ impl TunnelView {
 /// The view of one tunnel, with its certificate's state.
 async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
     let cert = state.store.get_certificate(&row.hostname).await?;
+    let replicas = state.store.tunnel_replicas(row.id).await?;
     let online = !state.hub.online_gateways().is_empty();
-    Ok(TunnelView::new(row, cert.as_ref(), online))
+    Ok(TunnelView::new(row, &replicas, cert.as_ref(), online))
+}
+
+/// Primary and replicas from `agent_id` / `agent_ids`: the list must be non-empty, without
+/// duplicates, at most [`MAX_AGENTS_PER_TUNNEL`] long, and start with `agent_id` when both are given.
+fn agents(
+    agent_id: Option<i64>,
+    agent_ids: Option<Vec<i64>>,
+) -> Result<Option<(i64, Vec<i64>)>, ApiError> {
+    let Some(ids) = agent_ids else {
+        return Ok(agent_id.map(|id| (id, Vec::new())));
+    };
+    let Some((&primary, replicas)) = ids.split_first() else {
+        return Err(ApiError::bad_request(
+            "agent_ids must list at least one agent",
+        ));
+    };
+    if ids.len() > MAX_AGENTS_PER_TUNNEL {
+        return Err(ApiError::bad_request(format!(
+            "agent_ids lists {} agents; a tunnel can have at most {MAX_AGENTS_PER_TUNNEL}",
+            ids.len()
+        )));
+    }
+    if let Some(dup) = ids
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| ids[..i].contains(a).then_some(a))
+    {
+        return Err(ApiError::bad_request(format!(
+            "agent_ids lists agent {dup} twice"
+        )));
+    }
+    if agent_id.is_some_and(|a| a != primary) {
+        return Err(ApiError::bad_request(
+            "agent_id and agent_ids disagree: agent_ids must start with agent_id (the primary); \
+             send only agent_ids",
+        ));
+    }
+    Ok(Some((primary, replicas.to_vec())))
 }
 
 fn hostname(input: &str) -> Result<String, ApiError> {
@@ -93,9 +154,13 @@ pub async fn create(
     _user: AuthUser,
     ApiJson(body): ApiJson<CreateTunnel>,
 ) -> Result<(StatusCode, Json<TunnelView>), ApiError> {
+    let (agent_id, replicas) = agents(body.agent_id, body.agent_ids)?.ok_or_else(|| {
+        ApiError::bad_request("give agent_id (the agent serving the tunnel) or agent_ids")
+    })?;
     let new = NewTunnel {
         hostname: hostname(&body.hostname)?,
-        agent_id: body.agent_id,
+        agent_id,
+        replicas,
         target: target(&body.target)?,
         enabled: body.enabled.unwrap_or(true),
         tls: body.tls.unwrap_or(state.default_tls).as_str().to_string(),
@@ -112,6 +177,7 @@ pub async fn list(
     _user: AuthUser,
 ) -> Result<Json<Vec<TunnelView>>, ApiError> {
     let rows = state.store.list_tunnels().await?;
+    let replicas = state.store.list_replicas().await?;
     let certs: std::collections::HashMap<String, CertRow> = state
         .store
         .list_certificates()
@@ -124,7 +190,7 @@ pub async fn list(
         rows.into_iter()
             .map(|t| {
                 let cert = certs.get(&t.hostname);
-                TunnelView::new(t, cert, online)
+                TunnelView::new(t, &replicas, cert, online)
             })
             .collect(),
     ))
@@ -145,9 +211,15 @@ pub async fn update(
     Id(id): Id,
     ApiJson(body): ApiJson<PatchTunnel>,
 ) -> Result<Json<TunnelView>, ApiError> {
+    let (agent_id, replicas) = match agents(body.agent_id, body.agent_ids.clone())? {
+        Some((primary, replicas)) if body.agent_ids.is_some() => (Some(primary), Some(replicas)),
+        Some((primary, _)) => (Some(primary), None),
+        None => (None, None),
+    };
     let patch = TunnelPatch {
         hostname: body.hostname.as_deref().map(hostname).transpose()?,
-        agent_id: body.agent_id,
+        agent_id,
+        replicas,
         target: body.target.as_deref().map(target).transpose()?,
         enabled: body.enabled,
         tls: body.tls.map(|t| t.as_str().to_string()),

@@ -210,7 +210,7 @@ impl Session {
     /// Sends the node's current snapshot if its hash differs from the last one it has.
     async fn push_if_changed(&mut self, sent_hash: &mut Option<String>) -> Result<(), End> {
         let world = self.hub.world().await?;
-        let Some(snapshot) = world.snapshot(self.node) else {
+        let Some(snapshot) = world.snapshot(self.node, |a| self.hub.agent_online(a)) else {
             return Err(StoreError::NotFound.into());
         };
         let challenges: Arc<HashSet<String>> = Arc::new(snapshot.acme.ids().into_iter().collect());

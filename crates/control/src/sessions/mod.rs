@@ -39,6 +39,9 @@ pub struct Hub {
     /// nodes come and go, so waiters re-check who is online.
     acks: watch::Sender<HashMap<NodeRef, Arc<HashSet<String>>>>,
     hsts_max_age: AtomicU32,
+    /// Agents serving tunnels with replicas (from the latest world): Gateway snapshots carry their
+    /// online state, so their sessions opening and closing is a change.
+    replicated_agents: Mutex<Arc<HashSet<i64>>>,
 }
 
 /// No Gateway is connected, so no ACME challenge can be answered.
@@ -64,6 +67,7 @@ impl Hub {
             challenges: Mutex::new(AcmeChallenges::default()),
             acks: watch::channel(HashMap::new()).0,
             hsts_max_age: AtomicU32::new(0),
+            replicated_agents: Mutex::new(Arc::default()),
         })
     }
 
@@ -179,6 +183,7 @@ impl Hub {
             .clone();
         world.hsts_max_age = self.hsts_max_age.load(Ordering::Relaxed);
         let world = Arc::new(world);
+        *lock(&self.replicated_agents) = Arc::new(world.replicated_agents());
         *cache = Some((generation, world.clone()));
         Ok(world)
     }
@@ -192,13 +197,32 @@ impl Hub {
             .is_some_and(|n| *n > 0)
     }
 
+    /// Whether Control has a session with Agent `id`.
+    pub fn agent_online(&self, id: i64) -> bool {
+        self.is_online(NodeRef {
+            kind: NodeKind::Agent,
+            id,
+        })
+    }
+
+    /// An Agent serving a replicated tunnel came or went: Gateways' routes name it as online or
+    /// not, so their snapshots change.
+    fn online_changed(&self, node: NodeRef) {
+        if node.kind == NodeKind::Agent && lock(&self.replicated_agents).contains(&node.id) {
+            self.changed();
+        }
+    }
+
     fn mark_online(self: &Arc<Self>, node: NodeRef) -> OnlineGuard {
-        *self
-            .online
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(node)
-            .or_insert(0) += 1;
+        let first = {
+            let mut online = lock(&self.online);
+            let count = online.entry(node).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.online_changed(node);
+        }
         self.acks.send_modify(|_| {});
         OnlineGuard {
             hub: self.clone(),
@@ -248,6 +272,7 @@ impl Drop for OnlineGuard {
             if *n == 0 {
                 online.remove(&self.node);
                 drop(online);
+                self.hub.online_changed(self.node);
                 self.hub.acks.send_modify(|acks| {
                     acks.remove(&self.node);
                 });
@@ -267,6 +292,11 @@ impl Drop for LiveGuard {
             .live_sessions
             .send_modify(|n| *n = n.saturating_sub(1));
     }
+}
+
+/// Locks a std mutex, shrugging off poison: the data behind these locks stays consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -71,10 +71,13 @@ impl Store {
     /// Deletes an agent that has no tunnels left.
     pub async fn delete_agent(&self, id: i64) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        let (tunnels,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tunnels WHERE agent_id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (tunnels,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM tunnels WHERE agent_id = $1) \
+             + (SELECT COUNT(*) FROM tunnel_replicas WHERE agent_id = $1)",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
         if tunnels > 0 {
             return Err(still_used(id, tunnels));
         }
@@ -93,6 +96,7 @@ impl Store {
 
 fn still_used(id: i64, tunnels: i64) -> StoreError {
     StoreError::Conflict(format!(
-        "agent {id} still serves {tunnels} tunnel(s); delete them or move them to another agent first"
+        "agent {id} still serves {tunnels} tunnel(s) (as primary or replica); delete them, move \
+         them to another agent or drop it from their agent_ids first"
     ))
 }

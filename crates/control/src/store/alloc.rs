@@ -46,10 +46,13 @@ pub(super) async fn allocate_port(
     tx: &mut Transaction<'static, Sqlite>,
     agent_id: i64,
 ) -> StoreResult<i64> {
-    let rows: Vec<(i64,)> = sqlx::query_as("SELECT port FROM tunnels WHERE agent_id = $1")
-        .bind(agent_id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT port FROM tunnels WHERE agent_id = $1 \
+         UNION SELECT port FROM tunnel_replicas WHERE agent_id = $1",
+    )
+    .bind(agent_id)
+    .fetch_all(&mut **tx)
+    .await?;
     let used: HashSet<u16> = rows
         .iter()
         .filter_map(|(p,)| u16::try_from(*p).ok())

@@ -2,7 +2,8 @@
 //! the Agent's userspace stack.
 
 use super::{
-    alloc, is_foreign_key_violation, is_unique_violation, now, Store, StoreError, StoreResult,
+    alloc, is_foreign_key_violation, is_unique_violation, now, replicas, Store, StoreError,
+    StoreResult,
 };
 use sqlx::{Sqlite, Transaction};
 
@@ -33,6 +34,8 @@ pub struct NewTunnel {
     pub enabled: bool,
     pub tls: String,
     pub https_redirect: bool,
+    /// Further Agents serving the tunnel (replicas), primary excluded, no duplicates.
+    pub replicas: Vec<i64>,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -44,6 +47,8 @@ pub struct TunnelPatch {
     pub enabled: Option<bool>,
     pub tls: Option<String>,
     pub https_redirect: Option<bool>,
+    /// The new replica set (primary excluded, no duplicates); `None` keeps it, minus the primary.
+    pub replicas: Option<Vec<i64>>,
 }
 
 impl Store {
@@ -57,7 +62,7 @@ impl Store {
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
         );
-        let row = sqlx::query_as(&sql)
+        let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&new.hostname)
             .bind(new.agent_id)
             .bind(&new.target)
@@ -69,6 +74,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;
+        replicas::set(&mut tx, row.id, &new.replicas).await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -108,7 +114,7 @@ impl Store {
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
              tls = $6, https_redirect = $7, updated_at = $8 WHERE id = $9 RETURNING {COLUMNS}"
         );
-        let row = sqlx::query_as(&sql)
+        let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&hostname)
             .bind(agent_id)
             .bind(patch.target.as_ref().unwrap_or(&current.target))
@@ -121,6 +127,16 @@ impl Store {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &hostname))?;
+        let replicas = match &patch.replicas {
+            Some(list) => list.clone(),
+            None => replicas::of_tunnel(&mut tx, id)
+                .await?
+                .into_iter()
+                .map(|r| r.agent_id)
+                .collect(),
+        };
+        let replicas: Vec<i64> = replicas.into_iter().filter(|a| *a != agent_id).collect();
+        replicas::set(&mut tx, id, &replicas).await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -137,7 +153,10 @@ impl Store {
     }
 }
 
-async fn require_agent(tx: &mut Transaction<'static, Sqlite>, agent_id: i64) -> StoreResult<()> {
+pub(super) async fn require_agent(
+    tx: &mut Transaction<'static, Sqlite>,
+    agent_id: i64,
+) -> StoreResult<()> {
     let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1")
         .bind(agent_id)
         .fetch_optional(&mut **tx)

@@ -7,11 +7,12 @@ use std::error::Error as StdError;
 use bytes::Bytes;
 use http::header::UPGRADE;
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use kakuremichi_proto::GatewayRoute;
+use std::net::Ipv4Addr;
 
 use super::headers::{self, ClientHost, HostError};
 use super::pages;
@@ -22,12 +23,18 @@ use super::{Proxy, Scheme};
 /// Either the origin's streamed body or a page the proxy wrote itself.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+/// The client's streamed body, or nothing: a request known to have no body can be sent again to
+/// another replica when a connect fails.
+pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
 #[derive(Debug, thiserror::Error)]
 enum ForwardError {
     #[error("cannot build upstream uri: {0}")]
     Uri(#[from] http::Error),
     #[error("{}", chain(.0))]
     Upstream(#[from] hyper_util::client::legacy::Error),
+    #[error("the route lists no Agent to send to")]
+    NoTarget,
     #[error("origin answered 101 Switching Protocols to a request that did not ask to upgrade")]
     UnexpectedUpgrade,
 }
@@ -87,7 +94,6 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        parts.uri = upstream_uri(route, &parts.uri)?;
         // Agents speak HTTP/1.1 whatever the client spoke; hyper's server-side extensions mean
         // nothing to its client.
         parts.version = Version::HTTP_11;
@@ -100,10 +106,13 @@ impl Proxy {
             upgrade,
         );
 
-        let mut response = self
-            .client
-            .request(Request::from_parts(parts, body))
-            .await?;
+        let mut response = if route.replicas.is_empty() {
+            parts.uri = upstream_uri(route.agent_address, route.port, &parts.uri)?;
+            let request = Request::from_parts(parts, Either::Left(body));
+            self.client.request(request).await?
+        } else {
+            self.send_to_replicas(route, parts, body).await?
+        };
 
         let mut switched_to = None;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -122,12 +131,63 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Sends a request of a tunnel with replicas, in the balancer's order. A failed connect marks
+    /// that Agent down and, when the request has no body (so nothing was consumed), moves on to
+    /// the next Agent; any other error ends the request as usual.
+    async fn send_to_replicas(
+        &self,
+        route: &GatewayRoute,
+        parts: http::request::Parts,
+        body: Incoming,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let order = self.balancer.order(route.tunnel_id, route.replicas.clone());
+        let retryable = body.is_end_stream();
+        let mut body = Some(body);
+        let last = order.len().saturating_sub(1);
+        for (i, target) in order.iter().enumerate() {
+            let uri = upstream_uri(target.agent_address, target.port, &parts.uri)?;
+            let upstream_body = match body.take() {
+                Some(b) if !retryable => Either::Left(b),
+                _ => Either::Right(Empty::new()),
+            };
+            let mut request = Request::new(upstream_body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            match self.client.request(request).await {
+                Ok(response) => {
+                    self.balancer.succeeded(target.agent_id);
+                    return Ok(response);
+                }
+                Err(e) if e.is_connect() => {
+                    let skip = self.balancer.failed(target.agent_id);
+                    let retry = retryable && i < last;
+                    tracing::warn!(
+                        tunnel_id = route.tunnel_id,
+                        agent_id = target.agent_id,
+                        error = %chain(&e),
+                        "cannot reach this replica; skipping it for {skip:?}{}",
+                        if retry { ", trying the next one" } else { "" }
+                    );
+                    if !retry {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ForwardError::NoTarget)
+    }
+}
+
 /// `http://<agent_address>:<port><path?query>`: the pool key is the tunnel target.
-fn upstream_uri(route: &GatewayRoute, uri: &Uri) -> Result<Uri, http::Error> {
+fn upstream_uri(agent_address: Ipv4Addr, port: u16, uri: &Uri) -> Result<Uri, http::Error> {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     Uri::builder()
         .scheme("http")
-        .authority(format!("{}:{}", route.agent_address, route.port))
+        .authority(format!("{agent_address}:{port}"))
         .path_and_query(path_and_query)
         .build()
 }
@@ -182,15 +242,16 @@ mod tests {
             port: 10007,
             https_redirect: false,
             hsts_max_age: 0,
+            replicas: Vec::new(),
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(
-            upstream_uri(&route, &uri).unwrap(),
+            upstream_uri(route.agent_address, route.port, &uri).unwrap(),
             "http://10.77.0.3:10007/a/b?c=d"
         );
         let uri: Uri = "https://example.com".parse().unwrap();
         assert_eq!(
-            upstream_uri(&route, &uri).unwrap(),
+            upstream_uri(route.agent_address, route.port, &uri).unwrap(),
             "http://10.77.0.3:10007/"
         );
     }
