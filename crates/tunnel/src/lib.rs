@@ -6,38 +6,49 @@
 //! with each other. One receive loop reads datagrams and routes each to its peer by the receiver
 //! index (or, for a handshake initiation, by the initiator's static key).
 //!
+//! Where UDP is blocked, a peer's datagrams can travel over a byte stream instead (TCP/TLS,
+//! opened by the caller): [`Device::attach_stream`] on the side that dials (an Agent),
+//! [`Device::accept_stream`] on the side that accepts (a Gateway). See [`link`] and [`frame`].
+//!
 //! The crates doing the work are wrapped here so that replacing one (e.g. boringtun by gotatun)
 //! touches only this crate.
 
+pub mod frame;
 mod keys;
+mod link;
 mod nic;
 mod peer;
 mod stream;
 mod udp;
 
 pub use keys::{KeyError, PrivateKey, PublicKey};
+pub use link::StreamEnd;
 pub use nic::TUNNEL_MTU;
 pub use stream::TunnelStream;
 
 use arc_swap::ArcSwap;
 use boringtun::noise::{handshake::parse_handshake_anon, Packet, Tunn};
 use boringtun::x25519;
-use peer::{Inbound, Peer};
+use peer::{Inbound, Peer, Source};
 use smoltcp::socket::tcp;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use udp::Udp;
 
 /// Datagrams waiting for one peer's task; beyond this they are dropped like on a busy NIC.
 const PEER_QUEUE: usize = 1024;
 /// Established inbound connections waiting for [`Acceptor::accept`].
 const ACCEPT_QUEUE: usize = 1024;
+/// Streams from [`Device::accept_stream`] open at once; more are refused (closed at once).
+const MAX_ACCEPTED_STREAMS: usize = 1024;
 
 /// How to build a [`Device`].
 #[derive(Debug, Clone)]
@@ -79,8 +90,17 @@ pub struct PeerConfig {
 pub struct PeerStatus {
     pub public_key: PublicKey,
     pub allowed_ip: Ipv4Addr,
+    /// The UDP endpoint (configured, or learned from the peer's packets).
     pub endpoint: Option<SocketAddr>,
+    /// The remote address of the TCP/TLS stream carrying the peer's traffic instead of UDP,
+    /// while one does.
+    pub stream: Option<SocketAddr>,
     pub since_handshake: Option<Duration>,
+    /// Time since the peer last sent anything authenticated (a keepalive at least every 15 s on
+    /// a healthy path with keepalives).
+    pub since_rx: Option<Duration>,
+    /// The same, counting packets that arrived over UDP only.
+    pub since_udp_rx: Option<Duration>,
     pub tx_bytes: usize,
     pub rx_bytes: usize,
 }
@@ -157,11 +177,72 @@ struct Inner {
     update: Mutex<()>,
     next_index: AtomicU32,
     receiver: JoinHandle<()>,
+    /// Cancelled when the device goes away: ends every stream link.
+    streams: CancellationToken,
+    accepted_streams: Arc<AtomicUsize>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.receiver.abort();
+        self.streams.cancel();
+    }
+}
+
+impl Inner {
+    /// Routes a datagram (or a GRO burst of `segment`-byte datagrams from one sender) to its
+    /// peer's task: by receiver index, or for a handshake initiation by the initiator's static key.
+    fn deliver(&self, src: Source, data: &[u8], segment: usize) {
+        // A GRO burst comes from one sender: route it by its first datagram; the peer checks
+        // every datagram cryptographically anyway.
+        let first = &data[..segment.min(data.len())];
+        let table = self.peers.load();
+        let entry = match Tunn::parse_incoming_packet(first) {
+            Ok(Packet::HandshakeInit(p)) => {
+                let public = x25519::PublicKey::from(*self.public_key.as_bytes());
+                parse_handshake_anon(&self.private_key.0, &public, &p)
+                    .ok()
+                    .and_then(|h| table.by_key.get(&PublicKey(h.peer_static_public)))
+            }
+            Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Err(_) => None,
+        };
+        match entry {
+            Some(e) => {
+                let _ = e.inbound.try_send(Inbound {
+                    src,
+                    data: data.to_vec(),
+                    segment,
+                });
+            }
+            None => tracing::trace!(?src, "dropped datagram for no known peer"),
+        }
+    }
+}
+
+/// A stream this side opened to carry one peer's WireGuard traffic (see
+/// [`Device::attach_stream`]). Dropping it closes the stream.
+pub struct AttachedStream {
+    link: Arc<link::StreamLink>,
+    task: JoinHandle<StreamEnd>,
+}
+
+impl AttachedStream {
+    /// Waits until the stream ends and says why. [`StreamEnd::Closed`] after a switch back to
+    /// UDP (the peer's [`PeerStatus::stream`] is then `None`).
+    pub async fn closed(&mut self) -> StreamEnd {
+        match (&mut self.task).await {
+            Ok(end) => end,
+            Err(_) => StreamEnd::Closed,
+        }
+    }
+}
+
+impl Drop for AttachedStream {
+    fn drop(&mut self) {
+        self.link.close();
     }
 }
 
@@ -213,12 +294,7 @@ impl Device {
         });
         let public_key = config.private_key.public_key();
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
-            let receiver = tokio::spawn(receive_loop(
-                udp,
-                weak.clone(),
-                config.private_key.0.clone(),
-                x25519::PublicKey::from(*public_key.as_bytes()),
-            ));
+            let receiver = tokio::spawn(receive_loop(udp, weak.clone()));
             Inner {
                 shared,
                 private_key: config.private_key,
@@ -227,6 +303,8 @@ impl Device {
                 update: Mutex::new(()),
                 next_index: AtomicU32::new(rand::random::<u32>() & 0xffff),
                 receiver,
+                streams: CancellationToken::new(),
+                accepted_streams: Arc::default(),
             }
         });
         Ok((Device { inner }, Acceptor { rx }))
@@ -315,17 +393,92 @@ impl Device {
             .by_key
             .values()
             .map(|e| {
-                let (since_handshake, tx_bytes, rx_bytes) = e.peer.stats();
+                let path = e.peer.status();
                 PeerStatus {
                     public_key: e.config.public_key,
                     allowed_ip: e.config.allowed_ip,
-                    endpoint: e.peer.endpoint(),
-                    since_handshake,
-                    tx_bytes,
-                    rx_bytes,
+                    endpoint: path.endpoint,
+                    stream: path.stream,
+                    since_handshake: path.since_handshake,
+                    since_rx: path.since_rx,
+                    since_udp_rx: path.since_udp_rx,
+                    tx_bytes: path.tx_bytes,
+                    rx_bytes: path.rx_bytes,
                 }
             })
             .collect()
+    }
+
+    /// The status of one peer.
+    pub fn peer(&self, public_key: &PublicKey) -> Option<PeerStatus> {
+        self.peers()
+            .into_iter()
+            .find(|p| p.public_key == *public_key)
+    }
+
+    /// Carries `peer`'s WireGuard traffic over `stream`, which this side opened to the peer
+    /// (an Agent whose UDP gets no answer), and handshakes over it at once. The peer returns to
+    /// UDP, closing the stream, when a handshake sent with [`Device::probe_udp`] is answered
+    /// over UDP; if the stream ends first, the peer is back on UDP too.
+    pub fn attach_stream<S>(
+        &self,
+        peer: &PublicKey,
+        stream: S,
+        remote: SocketAddr,
+    ) -> io::Result<AttachedStream>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let entry = self
+            .inner
+            .peers
+            .load()
+            .by_key
+            .get(peer)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such WireGuard peer"))?;
+        let (link, task) = link::spawn(
+            stream,
+            remote,
+            Arc::downgrade(&self.inner),
+            &self.inner.streams,
+        );
+        entry.peer.attach(link.clone());
+        Ok(AttachedStream { link, task })
+    }
+
+    /// Serves a stream another node opened to carry its WireGuard traffic (a Gateway accepting
+    /// an Agent's fallback). Its datagrams are routed like UDP ones; the peer that authenticates
+    /// one uses the stream from then on, until it is heard over UDP again or the stream ends.
+    pub fn accept_stream<S>(&self, stream: S, remote: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let count = self.inner.accepted_streams.clone();
+        if count.fetch_add(1, Ordering::Relaxed) >= MAX_ACCEPTED_STREAMS {
+            count.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%remote, "too many WireGuard streams; refused one");
+            return;
+        }
+        let (_, task) = link::spawn(
+            stream,
+            remote,
+            Arc::downgrade(&self.inner),
+            &self.inner.streams,
+        );
+        tokio::spawn(async move {
+            let end = task.await;
+            count.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(%remote, ?end, "accepted WireGuard stream ended");
+        });
+    }
+
+    /// Sends `peer` a handshake initiation over UDP even while it uses a stream, to find out
+    /// whether UDP works again.
+    pub fn probe_udp(&self, peer: &PublicKey) {
+        if let Some(e) = self.inner.peers.load().by_key.get(peer) {
+            e.peer.probe_udp();
+        }
     }
 
     fn new_peer(&self, config: PeerConfig) -> PeerEntry {
@@ -369,12 +522,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 /// Reads datagrams and routes each to its peer's task.
-async fn receive_loop(
-    udp: Arc<Udp>,
-    device: std::sync::Weak<Inner>,
-    private: x25519::StaticSecret,
-    public: x25519::PublicKey,
-) {
+async fn receive_loop(udp: Arc<Udp>, device: std::sync::Weak<Inner>) {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, src, segment) = match udp.recv(&mut buf).await {
@@ -388,29 +536,6 @@ async fn receive_loop(
         let Some(device) = device.upgrade() else {
             return;
         };
-        let data = &buf[..n];
-        // A GRO burst comes from one sender: route it by its first datagram; the peer checks
-        // every datagram cryptographically anyway.
-        let first = &data[..segment.min(n)];
-        let table = device.peers.load();
-        let entry = match Tunn::parse_incoming_packet(first) {
-            Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&private, &public, &p)
-                .ok()
-                .and_then(|h| table.by_key.get(&PublicKey(h.peer_static_public))),
-            Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Err(_) => None,
-        };
-        match entry {
-            Some(e) => {
-                let _ = e.inbound.try_send(Inbound {
-                    src,
-                    data: data.to_vec(),
-                    segment,
-                });
-            }
-            None => tracing::trace!(%src, "dropped datagram for no known peer"),
-        }
+        device.deliver(Source::Udp(src), &buf[..n], segment);
     }
 }
