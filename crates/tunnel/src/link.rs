@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 const WRITE_QUEUE: usize = 256;
 /// Most bytes gathered into one write.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Read buffer of a stream. Small: a Gateway may hold many streams that carry little.
+const READ_BUFFER: usize = 16 * 1024;
 /// A stream with no frame at all for this long is dead (keepalives are sent every 15 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A stream must carry an authenticated WireGuard packet within this time.
@@ -167,7 +169,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     link: Arc<StreamLink>,
     device: Weak<Inner>,
 ) -> StreamEnd {
-    let mut reader = BufReader::with_capacity(WRITE_CHUNK, reader);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let mut buf = Box::new([0u8; MAX_FRAME]);
     loop {
         let n = match tokio::time::timeout(IDLE_TIMEOUT, frame::read(&mut reader, &mut buf)).await {
@@ -190,7 +192,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
 
 async fn write_loop<W: AsyncWrite>(writer: W, mut rx: mpsc::Receiver<Vec<u8>>) -> io::Result<()> {
     tokio::pin!(writer);
-    let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+    // Grows to what the traffic needs; an idle stream holds no large buffer.
+    let mut chunk = Vec::new();
     while let Some(first) = rx.recv().await {
         chunk.clear();
         chunk.extend_from_slice(&first);

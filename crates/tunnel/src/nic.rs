@@ -165,10 +165,9 @@ impl Nic {
     /// Sends the queued datagrams, in one syscall where the kernel allows.
     pub fn flush(&mut self) {
         if !self.stream_batch.is_empty() {
-            let batch = std::mem::replace(
-                &mut self.stream_batch,
-                Vec::with_capacity(MAX_BATCH_BYTES + MAX_DATAGRAM),
-            );
+            // The next batch is likely the size of this one.
+            let capacity = self.stream_batch.len();
+            let batch = std::mem::replace(&mut self.stream_batch, Vec::with_capacity(capacity));
             if let Some(link) = &self.stream {
                 link.send_framed(batch);
             }
