@@ -262,4 +262,13 @@ async fn udp_blocked_from_the_start_tunnel_comes_up_over_tls_and_returns_to_udp(
     let (ok, failed) = load.since(unblocked);
     eprintln!("switching back to UDP: {ok} requests served, {failed} failed");
     assert_eq!(failed, 0, "requests failed while switching back to UDP");
+
+    // The Agent says why it switched, each way, in that order.
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let to_tls = log.find("tunnel now carried over TLS");
+    let to_udp = log.find("WireGuard over UDP answers again");
+    assert!(
+        matches!((to_tls, to_udp), (Some(a), Some(b)) if a < b),
+        "the agent's log tells both switches"
+    );
 }
