@@ -22,7 +22,7 @@ mod stream;
 mod udp;
 
 pub use keys::{KeyError, PrivateKey, PublicKey};
-pub use link::StreamEnd;
+pub use link::{AttachedStream, StreamEnd};
 pub use nic::TUNNEL_MTU;
 pub use stream::TunnelStream;
 
@@ -37,7 +37,6 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,8 +46,6 @@ use udp::Udp;
 const PEER_QUEUE: usize = 1024;
 /// Established inbound connections waiting for [`Acceptor::accept`].
 const ACCEPT_QUEUE: usize = 1024;
-/// Streams from [`Device::accept_stream`] open at once; more are refused (closed at once).
-const MAX_ACCEPTED_STREAMS: usize = 1024;
 
 /// How to build a [`Device`].
 #[derive(Debug, Clone)]
@@ -222,30 +219,6 @@ impl Inner {
     }
 }
 
-/// A stream this side opened to carry one peer's WireGuard traffic (see
-/// [`Device::attach_stream`]). Dropping it closes the stream.
-pub struct AttachedStream {
-    link: Arc<link::StreamLink>,
-    task: JoinHandle<StreamEnd>,
-}
-
-impl AttachedStream {
-    /// Waits until the stream ends and says why. [`StreamEnd::Closed`] after a switch back to
-    /// UDP (the peer's [`PeerStatus::stream`] is then `None`).
-    pub async fn closed(&mut self) -> StreamEnd {
-        match (&mut self.task).await {
-            Ok(end) => end,
-            Err(_) => StreamEnd::Closed,
-        }
-    }
-}
-
-impl Drop for AttachedStream {
-    fn drop(&mut self) {
-        self.link.close();
-    }
-}
-
 /// A userspace WireGuard interface. Cheap to clone; the last clone dropped stops it.
 #[derive(Clone)]
 pub struct Device {
@@ -414,71 +387,6 @@ impl Device {
         self.peers()
             .into_iter()
             .find(|p| p.public_key == *public_key)
-    }
-
-    /// Carries `peer`'s WireGuard traffic over `stream`, which this side opened to the peer
-    /// (an Agent whose UDP gets no answer), and handshakes over it at once. The peer returns to
-    /// UDP, closing the stream, when a handshake sent with [`Device::probe_udp`] is answered
-    /// over UDP; if the stream ends first, the peer is back on UDP too.
-    pub fn attach_stream<S>(
-        &self,
-        peer: &PublicKey,
-        stream: S,
-        remote: SocketAddr,
-    ) -> io::Result<AttachedStream>
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let entry = self
-            .inner
-            .peers
-            .load()
-            .by_key
-            .get(peer)
-            .cloned()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such WireGuard peer"))?;
-        let (link, task) = link::spawn(
-            stream,
-            remote,
-            Arc::downgrade(&self.inner),
-            &self.inner.streams,
-        );
-        entry.peer.attach(link.clone());
-        Ok(AttachedStream { link, task })
-    }
-
-    /// Serves a stream another node opened to carry its WireGuard traffic (a Gateway accepting
-    /// an Agent's fallback). Its datagrams are routed like UDP ones; the peer that authenticates
-    /// one uses the stream from then on, until it is heard over UDP again or the stream ends.
-    pub fn accept_stream<S>(&self, stream: S, remote: SocketAddr)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let count = self.inner.accepted_streams.clone();
-        if count.fetch_add(1, Ordering::Relaxed) >= MAX_ACCEPTED_STREAMS {
-            count.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(%remote, "too many WireGuard streams; refused one");
-            return;
-        }
-        let (_, task) = link::spawn(
-            stream,
-            remote,
-            Arc::downgrade(&self.inner),
-            &self.inner.streams,
-        );
-        tokio::spawn(async move {
-            let end = task.await;
-            count.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(%remote, ?end, "accepted WireGuard stream ended");
-        });
-    }
-
-    /// Sends `peer` a handshake initiation over UDP even while it uses a stream, to find out
-    /// whether UDP works again.
-    pub fn probe_udp(&self, peer: &PublicKey) {
-        if let Some(e) = self.inner.peers.load().by_key.get(peer) {
-            e.peer.probe_udp();
-        }
     }
 
     fn new_peer(&self, config: PeerConfig) -> PeerEntry {

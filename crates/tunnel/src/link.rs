@@ -13,7 +13,7 @@
 //! arrived on it within [`AUTH_DEADLINE`] (a scanner or a stranger holding a connection open).
 
 use crate::frame::{self, MAX_FRAME};
-use crate::Inner;
+use crate::{Device, Inner, PublicKey};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Framed batches waiting for the writer; beyond this, batches are dropped.
@@ -33,6 +34,9 @@ const READ_BUFFER: usize = 16 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A stream must carry an authenticated WireGuard packet within this time.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Streams from [`Device::accept_stream`] open at once; more are refused (closed at once).
+const MAX_ACCEPTED_STREAMS: usize = 1024;
 
 /// Why a stream link ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,97 @@ impl std::fmt::Display for StreamEnd {
             StreamEnd::Eof => f.write_str("closed by the other side"),
             StreamEnd::Timeout => f.write_str("timed out"),
             StreamEnd::Error(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// A stream this side opened to carry one peer's WireGuard traffic (see
+/// [`Device::attach_stream`]). Dropping it closes the stream.
+pub struct AttachedStream {
+    link: Arc<StreamLink>,
+    task: JoinHandle<StreamEnd>,
+}
+
+impl AttachedStream {
+    /// Waits until the stream ends and says why. [`StreamEnd::Closed`] after a switch back to
+    /// UDP (the peer's [`PeerStatus::stream`] is then `None`).
+    pub async fn closed(&mut self) -> StreamEnd {
+        match (&mut self.task).await {
+            Ok(end) => end,
+            Err(_) => StreamEnd::Closed,
+        }
+    }
+}
+
+impl Drop for AttachedStream {
+    fn drop(&mut self) {
+        self.link.close();
+    }
+}
+
+impl Device {
+    /// Carries `peer`'s WireGuard traffic over `stream`, which this side opened to the peer
+    /// (an Agent whose UDP gets no answer), and handshakes over it at once. The peer returns to
+    /// UDP, closing the stream, when a handshake sent with [`Device::probe_udp`] is answered
+    /// over UDP; if the stream ends first, the peer is back on UDP too.
+    pub fn attach_stream<S>(
+        &self,
+        peer: &PublicKey,
+        stream: S,
+        remote: SocketAddr,
+    ) -> io::Result<AttachedStream>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let entry = self
+            .inner
+            .peers
+            .load()
+            .by_key
+            .get(peer)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such WireGuard peer"))?;
+        let (link, task) = spawn(
+            stream,
+            remote,
+            Arc::downgrade(&self.inner),
+            &self.inner.streams,
+        );
+        entry.peer.attach(link.clone());
+        Ok(AttachedStream { link, task })
+    }
+
+    /// Serves a stream another node opened to carry its WireGuard traffic (a Gateway accepting
+    /// an Agent's fallback). Its datagrams are routed like UDP ones; the peer that authenticates
+    /// one uses the stream from then on, until it is heard over UDP again or the stream ends.
+    pub fn accept_stream<S>(&self, stream: S, remote: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let count = self.inner.accepted_streams.clone();
+        if count.fetch_add(1, Ordering::Relaxed) >= MAX_ACCEPTED_STREAMS {
+            count.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%remote, "too many WireGuard streams; refused one");
+            return;
+        }
+        let (_, task) = spawn(
+            stream,
+            remote,
+            Arc::downgrade(&self.inner),
+            &self.inner.streams,
+        );
+        tokio::spawn(async move {
+            let end = task.await;
+            count.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(%remote, ?end, "accepted WireGuard stream ended");
+        });
+    }
+
+    /// Sends `peer` a handshake initiation over UDP even while it uses a stream, to find out
+    /// whether UDP works again.
+    pub fn probe_udp(&self, peer: &PublicKey) {
+        if let Some(e) = self.inner.peers.load().by_key.get(peer) {
+            e.peer.probe_udp();
         }
     }
 }
