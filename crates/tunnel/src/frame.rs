@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const TLS_ALPN: &[u8] = b"kakuremichi-wg/1";
 
 /// Largest datagram accepted in a frame. Generous compared with what we send
-/// ([`crate::nic::MAX_DATAGRAM`]) so that a peer with a larger MTU is not cut off.
+/// (`nic::MAX_DATAGRAM`) so that a peer with a larger MTU is not cut off.
 pub const MAX_FRAME: usize = 8192;
 
 /// Appends one frame carrying `datagram` to `out`. Datagrams above [`MAX_FRAME`] are never

@@ -8,7 +8,7 @@
 //!
 //! Where UDP is blocked, a peer's datagrams can travel over a byte stream instead (TCP/TLS,
 //! opened by the caller): [`Device::attach_stream`] on the side that dials (an Agent),
-//! [`Device::accept_stream`] on the side that accepts (a Gateway). See [`link`] and [`frame`].
+//! [`Device::accept_stream`] on the side that accepts (a Gateway). See the `link` module and [`frame`].
 //!
 //! The crates doing the work are wrapped here so that replacing one (e.g. boringtun by gotatun)
 //! touches only this crate.

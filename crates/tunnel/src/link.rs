@@ -45,7 +45,7 @@ pub enum StreamEnd {
     Closed,
     /// The other side closed the stream.
     Eof,
-    /// Nothing arrived for [`IDLE_TIMEOUT`], or nothing authenticated within [`AUTH_DEADLINE`].
+    /// Nothing arrived for 60 s (keepalives flow every 15 s), or nothing authenticated within 15 s.
     Timeout,
     /// The stream failed or carried a bad frame.
     Error(String),
@@ -67,16 +67,20 @@ impl std::fmt::Display for StreamEnd {
 pub struct AttachedStream {
     link: Arc<StreamLink>,
     task: JoinHandle<StreamEnd>,
+    ended: Option<StreamEnd>,
 }
 
 impl AttachedStream {
     /// Waits until the stream ends and says why. [`StreamEnd::Closed`] after a switch back to
-    /// UDP (the peer's [`PeerStatus::stream`] is then `None`).
+    /// UDP (the peer's [`crate::PeerStatus::stream`] is then `None`). Cancel-safe, and may be
+    /// called again after the end.
     pub async fn closed(&mut self) -> StreamEnd {
-        match (&mut self.task).await {
-            Ok(end) => end,
-            Err(_) => StreamEnd::Closed,
+        if let Some(end) = &self.ended {
+            return end.clone();
         }
+        let end = (&mut self.task).await.unwrap_or(StreamEnd::Closed);
+        self.ended = Some(end.clone());
+        end
     }
 }
 
@@ -115,7 +119,11 @@ impl Device {
             &self.inner.streams,
         );
         entry.peer.attach(link.clone());
-        Ok(AttachedStream { link, task })
+        Ok(AttachedStream {
+            link,
+            task,
+            ended: None,
+        })
     }
 
     /// Serves a stream another node opened to carry its WireGuard traffic (a Gateway accepting

@@ -156,6 +156,7 @@ async fn tunnel_comes_up_over_a_stream_and_returns_to_udp() {
         .await
         .expect("stream closed");
     assert_eq!(end, StreamEnd::Closed);
+    assert_eq!(attached.closed().await, StreamEnd::Closed, "asked again");
     assert!(p.ag.peer(&gw_key).unwrap().stream.is_none());
     until("the gateway back on UDP", || {
         let s = p.gw.peer(&ag_key).unwrap();
