@@ -2,8 +2,10 @@
 //! and WireGuard (UDP, in userspace) to every enabled Gateway. Streams that Gateways open to a
 //! tunnel's port are forwarded to that tunnel's target (`localhost:8080`, `app:3000`).
 //!
-//! No root, no TUN device, no listening port on the host.
+//! No root, no TUN device, no listening port on the host. Where UDP to a Gateway is blocked,
+//! WireGuard to it goes over TLS to its HTTPS port instead (see [`fallback`]).
 
+mod fallback;
 mod forward;
 
 use anyhow::Context;
@@ -36,6 +38,9 @@ pub struct AgentConfig {
     pub data_dir: Option<PathBuf>,
     /// How long to wait for a tunnel's target to accept a connection.
     pub target_connect_timeout: Duration,
+    /// Gateways' HTTPS port, where WireGuard goes over TLS when UDP gets no answer; 0 turns the
+    /// fallback off.
+    pub wg_fallback_port: u16,
 }
 
 impl AgentConfig {
@@ -45,6 +50,7 @@ impl AgentConfig {
             api_key,
             data_dir: None,
             target_connect_timeout: Duration::from_secs(10),
+            wg_fallback_port: 443,
         }
     }
 
@@ -87,7 +93,7 @@ pub async fn run(
     );
     tracing::info!(public_key = %key.public_key(), "agent starting");
 
-    let mut agent = Agent::new(key, config.target_connect_timeout);
+    let mut agent = Agent::new(key, config.target_connect_timeout, config.wg_fallback_port);
     if let Some(snapshot) = cached {
         tracing::info!("starting from cached config while Control is contacted");
         agent.apply(Arc::new(snapshot)).await?;
@@ -128,21 +134,27 @@ struct Agent {
     services: Services,
     snapshot: Option<Arc<ConfigSnapshot>>,
     target_connect_timeout: Duration,
+    wg_fallback_port: u16,
+    /// The TLS fallback's supervisor of each Gateway peer.
+    fallbacks: HashMap<PublicKey, fallback::Supervisor>,
 }
 
 impl Agent {
-    fn new(key: PrivateKey, target_connect_timeout: Duration) -> Self {
+    fn new(key: PrivateKey, target_connect_timeout: Duration, wg_fallback_port: u16) -> Self {
         Self {
             key,
             device: None,
             services: Arc::default(),
             snapshot: None,
             target_connect_timeout,
+            wg_fallback_port,
+            fallbacks: HashMap::new(),
         }
     }
 
     async fn apply(&mut self, snapshot: Arc<ConfigSnapshot>) -> anyhow::Result<()> {
         if self.device.as_ref().map(Device::address) != Some(snapshot.wg_address) {
+            self.fallbacks.clear();
             self.device = Some(self.start_device(snapshot.wg_address).await?);
         }
         let device = self.device.as_ref().expect("device started above");
@@ -199,11 +211,13 @@ impl Agent {
         Ok(device)
     }
 
-    /// Resolves every Gateway's endpoint and hands the peer set to the device.
-    async fn refresh_peers(&self) {
+    /// Resolves every Gateway's endpoint and hands the peer set to the device; starts (or
+    /// stops) the TLS fallback's supervisor of each.
+    async fn refresh_peers(&mut self) {
         let (Some(device), Some(snapshot)) = (&self.device, &self.snapshot) else {
             return;
         };
+        let mut fallbacks = HashMap::new();
         let mut peers = Vec::new();
         for gw in &snapshot.peers {
             let Ok(public_key) = PublicKey::from_base64(&gw.public_key) else {
@@ -213,6 +227,22 @@ impl Agent {
             let Some(endpoint) = &gw.endpoint else {
                 continue;
             };
+            if let Some(host) =
+                fallback::endpoint_host(endpoint).filter(|_| self.wg_fallback_port != 0)
+            {
+                let target = format!("{host}:{}", self.wg_fallback_port);
+                let supervisor = match self.fallbacks.remove(&public_key) {
+                    Some(s) if s.target == target => s,
+                    _ => fallback::Supervisor::start(
+                        device.clone(),
+                        public_key,
+                        gw.name.clone(),
+                        host.to_string(),
+                        self.wg_fallback_port,
+                    ),
+                };
+                fallbacks.insert(public_key, supervisor);
+            }
             match resolve_v4(endpoint).await {
                 Some(addr) => peers.push(PeerConfig {
                     public_key,
@@ -226,6 +256,8 @@ impl Agent {
             }
         }
         device.set_peers(peers);
+        // Supervisors of Gateways no longer configured stop here (and close their streams).
+        self.fallbacks = fallbacks;
     }
 }
 

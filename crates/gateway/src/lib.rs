@@ -216,6 +216,7 @@ impl Gateway {
                     Device::with_socket(config, socket).context("starting WireGuard")?;
                 tracing::info!(address = %snapshot.wg_address, udp = ?device.local_addr().ok(), "tunnel interface up");
                 self.dialer.device.store(Some(Arc::new(device.clone())));
+                self.certs.set_wireguard(device.clone());
                 self.remembered = self.endpoints.load();
                 self.device = Some(device.clone());
                 device

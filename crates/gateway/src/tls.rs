@@ -6,13 +6,21 @@
 //! touched, and nothing restarts. An unknown SNI (or none) gets no certificate, so the client sees
 //! a clean handshake failure rather than another site's certificate. A ClientHello offering only
 //! `acme-tls/1` is the CA validating TLS-ALPN-01: it gets that hostname's challenge certificate.
+//!
+//! A ClientHello offering `kakuremichi-wg/1` is an Agent whose UDP is blocked, carrying WireGuard
+//! over TLS instead (see [`WG_TLS_ALPN`]): the connection goes to the WireGuard device rather than
+//! to HTTP. WireGuard authenticates both ends itself, so TLS is only there to pass firewalls
+//! that allow HTTPS alone; such clients do not verify the certificate, and when the SNI names no
+//! hostname of ours they get a self-signed one made at start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use kakuremichi_proto::{AcmeChallenges, TlsCertificate};
+use kakuremichi_tunnel::Device;
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -24,6 +32,10 @@ use crate::proxy::routes::normalize_host;
 
 /// ALPN protocol id of TLS-ALPN-01 validation (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// ALPN protocol id of WireGuard carried over TLS: the fallback of Agents whose UDP is blocked.
+/// Frames are a 2-byte big-endian length and one WireGuard datagram, both ways.
+pub const WG_TLS_ALPN: &[u8] = kakuremichi_tunnel::frame::TLS_ALPN;
 
 /// Why a certificate from a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +74,10 @@ pub struct CertStore {
     certs: ArcSwap<KeyMap>,
     alpn: ArcSwap<KeyMap>,
     http01: ArcSwap<HashMap<String, String>>,
+    /// Served to WireGuard-over-TLS clients whose SNI names no hostname of ours.
+    wg_fallback_cert: OnceLock<Option<Arc<CertifiedKey>>>,
+    /// Where WireGuard-over-TLS connections go, once the tunnel is up.
+    wireguard: ArcSwapOption<Device>,
 }
 
 impl fmt::Debug for CertStore {
@@ -114,6 +130,38 @@ impl CertStore {
         self.certs.load().is_empty()
     }
 
+    /// Sends WireGuard-over-TLS connections to `device` from now on.
+    pub fn set_wireguard(&self, device: Device) {
+        self.wireguard.store(Some(Arc::new(device)));
+    }
+
+    /// Hands a TLS connection that negotiated [`WG_TLS_ALPN`] to the WireGuard device; without
+    /// one yet (no config from Control so far) it is closed.
+    pub(crate) fn hand_over_wireguard<S>(&self, stream: S, remote: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        match self.wireguard.load_full() {
+            Some(device) => device.accept_stream(stream, remote),
+            None => tracing::debug!(%remote, "WireGuard over TLS before the tunnel is up; closed"),
+        }
+    }
+
+    /// The certificate for a WireGuard-over-TLS client: ours for its SNI, else a self-signed one.
+    fn select_wireguard(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.select(sni, false).or_else(|| {
+            self.wg_fallback_cert
+                .get_or_init(|| match self_signed_wireguard() {
+                    Ok(key) => Some(key),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot make a certificate for WireGuard over TLS");
+                        None
+                    }
+                })
+                .clone()
+        })
+    }
+
     /// The certificate for a ClientHello's SNI and ALPN offer.
     fn select(&self, sni: Option<&str>, alpn_acme: bool) -> Option<Arc<CertifiedKey>> {
         let host = normalize_host(sni?);
@@ -129,9 +177,24 @@ impl CertStore {
             .expect("ring supports TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+        config.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            ACME_TLS_ALPN.to_vec(),
+            WG_TLS_ALPN.to_vec(),
+        ];
         Arc::new(config)
     }
+}
+
+/// A throwaway self-signed certificate: WireGuard-over-TLS clients do not verify it.
+fn self_signed_wireguard() -> Result<Arc<CertifiedKey>, CertError> {
+    let made = rcgen::generate_simple_self_signed(vec!["kakuremichi-gateway".to_string()])
+        .map_err(|e| CertError::Key(e.to_string()))?;
+    certified_key(&TlsCertificate {
+        cert_pem: made.cert.pem(),
+        key_pem: made.signing_key.serialize_pem(),
+    })
 }
 
 fn parse_all<'a>(entries: impl Iterator<Item = (&'a String, &'a TlsCertificate)>) -> KeyMap {
@@ -152,10 +215,11 @@ struct Resolver(Arc<CertStore>);
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // RFC 8737: the validation handshake offers acme-tls/1 and nothing else.
-        let alpn_acme = hello
-            .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
-        self.0.select(hello.server_name(), alpn_acme)
+        let offers = |alpn: &[u8]| hello.alpn().is_some_and(|mut o| o.any(|p| p == alpn));
+        if offers(WG_TLS_ALPN) {
+            return self.0.select_wireguard(hello.server_name());
+        }
+        self.0.select(hello.server_name(), offers(ACME_TLS_ALPN))
     }
 }
 
@@ -201,6 +265,33 @@ mod tests {
         store.apply(&BTreeMap::new(), &AcmeChallenges::default());
         assert!(store.select(Some("a.test"), false).is_none(), "hot swap");
         assert!(store.http01("tok").is_none());
+    }
+
+    #[test]
+    fn wireguard_clients_get_a_certificate_for_any_name() {
+        let store = CertStore::new();
+        let a = self_signed("a.test");
+        store.apply(
+            &BTreeMap::from([("a.test".to_string(), a.clone())]),
+            &AcmeChallenges::default(),
+        );
+        let ours = store.select_wireguard(Some("a.test")).unwrap();
+        assert_eq!(
+            ours.cert,
+            certified_key(&a).unwrap().cert,
+            "our own for a known SNI"
+        );
+        let other = store.select_wireguard(Some("198.51.100.7")).unwrap();
+        assert_ne!(other.cert, ours.cert);
+        let none = store.select_wireguard(None).unwrap();
+        assert_eq!(
+            none.cert, other.cert,
+            "one self-signed certificate, made once"
+        );
+        assert!(
+            store.select(None, false).is_none(),
+            "HTTPS still needs a known SNI"
+        );
     }
 
     #[test]

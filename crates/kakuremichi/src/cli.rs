@@ -133,6 +133,10 @@ struct AgentArgs {
     /// Keep the WireGuard key and last config here, to start without Control (optional).
     #[arg(long, env = "KAKUREMICHI_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The Gateways' HTTPS port: where WireGuard goes over TLS when UDP gets no answer
+    /// (0 turns this fallback off).
+    #[arg(long, env = "KAKUREMICHI_WG_FALLBACK_PORT", default_value_t = 443)]
+    wg_fallback_port: u16,
 }
 
 #[derive(Args)]
@@ -206,6 +210,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let mut config =
                 kakuremichi_agent::AgentConfig::new(a.control_url, Secret::new(a.api_key));
             config.data_dir = a.data_dir;
+            config.wg_fallback_port = a.wg_fallback_port;
             kakuremichi_agent::run(config, signal::shutdown()).await
         }
         Command::Up(a) => up::run(a).await,

@@ -147,6 +147,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Secret::new(state.agent_key.clone()),
     );
     agent_config.data_dir = Some(args.data_dir.join("agent"));
+    // The fallback for blocked UDP goes to this Gateway's HTTPS listener.
+    agent_config.wg_fallback_port = https_addr.port();
     let agent = tokio::spawn(kakuremichi_agent::run(agent_config, stopped()));
 
     print_banner(

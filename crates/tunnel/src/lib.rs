@@ -6,32 +6,40 @@
 //! with each other. One receive loop reads datagrams and routes each to its peer by the receiver
 //! index (or, for a handshake initiation, by the initiator's static key).
 //!
+//! Where UDP is blocked, a peer's datagrams can travel over a byte stream instead (TCP/TLS,
+//! opened by the caller): [`Device::attach_stream`] on the side that dials (an Agent),
+//! [`Device::accept_stream`] on the side that accepts (a Gateway). See the `link` module and [`frame`].
+//!
 //! The crates doing the work are wrapped here so that replacing one (e.g. boringtun by gotatun)
 //! touches only this crate.
 
+pub mod frame;
 mod keys;
+mod link;
 mod nic;
 mod peer;
 mod stream;
 mod udp;
 
 pub use keys::{KeyError, PrivateKey, PublicKey};
+pub use link::{AttachedStream, StreamEnd};
 pub use nic::TUNNEL_MTU;
 pub use stream::TunnelStream;
 
 use arc_swap::ArcSwap;
 use boringtun::noise::{handshake::parse_handshake_anon, Packet, Tunn};
 use boringtun::x25519;
-use peer::{Inbound, Peer};
+use peer::{Inbound, Peer, Source};
 use smoltcp::socket::tcp;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use udp::Udp;
 
 /// Datagrams waiting for one peer's task; beyond this they are dropped like on a busy NIC.
@@ -79,8 +87,17 @@ pub struct PeerConfig {
 pub struct PeerStatus {
     pub public_key: PublicKey,
     pub allowed_ip: Ipv4Addr,
+    /// The UDP endpoint (configured, or learned from the peer's packets).
     pub endpoint: Option<SocketAddr>,
+    /// The remote address of the TCP/TLS stream carrying the peer's traffic instead of UDP,
+    /// while one does.
+    pub stream: Option<SocketAddr>,
     pub since_handshake: Option<Duration>,
+    /// Time since the peer last sent anything authenticated (a keepalive at least every 15 s on
+    /// a healthy path with keepalives).
+    pub since_rx: Option<Duration>,
+    /// The same, counting packets that arrived over UDP only.
+    pub since_udp_rx: Option<Duration>,
     pub tx_bytes: usize,
     pub rx_bytes: usize,
 }
@@ -157,11 +174,48 @@ struct Inner {
     update: Mutex<()>,
     next_index: AtomicU32,
     receiver: JoinHandle<()>,
+    /// Cancelled when the device goes away: ends every stream link.
+    streams: CancellationToken,
+    accepted_streams: Arc<AtomicUsize>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.receiver.abort();
+        self.streams.cancel();
+    }
+}
+
+impl Inner {
+    /// Routes a datagram (or a GRO burst of `segment`-byte datagrams from one sender) to its
+    /// peer's task: by receiver index, or for a handshake initiation by the initiator's static key.
+    fn deliver(&self, src: Source, data: &[u8], segment: usize) {
+        // A GRO burst comes from one sender: route it by its first datagram; the peer checks
+        // every datagram cryptographically anyway.
+        let first = &data[..segment.min(data.len())];
+        let table = self.peers.load();
+        let entry = match Tunn::parse_incoming_packet(first) {
+            Ok(Packet::HandshakeInit(p)) => {
+                let public = x25519::PublicKey::from(*self.public_key.as_bytes());
+                parse_handshake_anon(&self.private_key.0, &public, &p)
+                    .ok()
+                    .and_then(|h| table.by_key.get(&PublicKey(h.peer_static_public)))
+            }
+            Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Err(_) => None,
+        };
+        match entry {
+            Some(e) => {
+                let _ = e.inbound.try_send(Inbound {
+                    src,
+                    data: data.to_vec(),
+                    segment,
+                });
+            }
+            None => tracing::trace!(?src, "dropped datagram for no known peer"),
+        }
     }
 }
 
@@ -213,12 +267,7 @@ impl Device {
         });
         let public_key = config.private_key.public_key();
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
-            let receiver = tokio::spawn(receive_loop(
-                udp,
-                weak.clone(),
-                config.private_key.0.clone(),
-                x25519::PublicKey::from(*public_key.as_bytes()),
-            ));
+            let receiver = tokio::spawn(receive_loop(udp, weak.clone()));
             Inner {
                 shared,
                 private_key: config.private_key,
@@ -227,6 +276,8 @@ impl Device {
                 update: Mutex::new(()),
                 next_index: AtomicU32::new(rand::random::<u32>() & 0xffff),
                 receiver,
+                streams: CancellationToken::new(),
+                accepted_streams: Arc::default(),
             }
         });
         Ok((Device { inner }, Acceptor { rx }))
@@ -315,17 +366,27 @@ impl Device {
             .by_key
             .values()
             .map(|e| {
-                let (since_handshake, tx_bytes, rx_bytes) = e.peer.stats();
+                let path = e.peer.status();
                 PeerStatus {
                     public_key: e.config.public_key,
                     allowed_ip: e.config.allowed_ip,
-                    endpoint: e.peer.endpoint(),
-                    since_handshake,
-                    tx_bytes,
-                    rx_bytes,
+                    endpoint: path.endpoint,
+                    stream: path.stream,
+                    since_handshake: path.since_handshake,
+                    since_rx: path.since_rx,
+                    since_udp_rx: path.since_udp_rx,
+                    tx_bytes: path.tx_bytes,
+                    rx_bytes: path.rx_bytes,
                 }
             })
             .collect()
+    }
+
+    /// The status of one peer.
+    pub fn peer(&self, public_key: &PublicKey) -> Option<PeerStatus> {
+        self.peers()
+            .into_iter()
+            .find(|p| p.public_key == *public_key)
     }
 
     fn new_peer(&self, config: PeerConfig) -> PeerEntry {
@@ -369,12 +430,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 /// Reads datagrams and routes each to its peer's task.
-async fn receive_loop(
-    udp: Arc<Udp>,
-    device: std::sync::Weak<Inner>,
-    private: x25519::StaticSecret,
-    public: x25519::PublicKey,
-) {
+async fn receive_loop(udp: Arc<Udp>, device: std::sync::Weak<Inner>) {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, src, segment) = match udp.recv(&mut buf).await {
@@ -388,29 +444,6 @@ async fn receive_loop(
         let Some(device) = device.upgrade() else {
             return;
         };
-        let data = &buf[..n];
-        // A GRO burst comes from one sender: route it by its first datagram; the peer checks
-        // every datagram cryptographically anyway.
-        let first = &data[..segment.min(n)];
-        let table = device.peers.load();
-        let entry = match Tunn::parse_incoming_packet(first) {
-            Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&private, &public, &p)
-                .ok()
-                .and_then(|h| table.by_key.get(&PublicKey(h.peer_static_public))),
-            Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Err(_) => None,
-        };
-        match entry {
-            Some(e) => {
-                let _ = e.inbound.try_send(Inbound {
-                    src,
-                    data: data.to_vec(),
-                    segment,
-                });
-            }
-            None => tracing::trace!(%src, "dropped datagram for no known peer"),
-        }
+        device.deliver(Source::Udp(src), &buf[..n], segment);
     }
 }

@@ -4,7 +4,14 @@
 //! Outbound: smoltcp writes an IP packet into a scratch buffer, which is encrypted straight into
 //! a second scratch buffer and sent with a non-blocking `send_to`. A full socket buffer drops the
 //! packet, exactly as a NIC would; TCP retransmits. No per-packet allocation on the way out.
+//!
+//! Where UDP is blocked, the peer's path is a stream instead ([`StreamLink`]): sealed datagrams
+//! are then framed into one batch per poll and queued to the stream's writer. The UDP path does
+//! not change; it only checks first whether a stream is in use.
 
+use crate::frame;
+use crate::link::StreamLink;
+use crate::peer::Source;
 use crate::udp::{Udp, MAX_BATCH_BYTES, MAX_GSO_SEGMENTS};
 use boringtun::noise::{Tunn, TunnResult};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
@@ -26,8 +33,15 @@ const RX_QUEUE_LIMIT: usize = 4096;
 
 pub(crate) struct Nic {
     pub tunn: Tunn,
+    /// The peer's UDP endpoint: configured, or learned from its packets (roaming).
     pub endpoint: Option<SocketAddr>,
     pub udp: Arc<Udp>,
+    /// The stream carrying this peer's traffic instead of UDP, while one is in use.
+    pub stream: Option<Arc<StreamLink>>,
+    /// This side opened `stream` (an Agent falling back): it closes it when UDP works again.
+    pub stream_owned: bool,
+    /// Framed datagrams for `stream`, queued to its writer on [`Nic::flush`].
+    stream_batch: Vec<u8>,
     pub rx: VecDeque<Vec<u8>>,
     tx_plain: Vec<u8>,
     tx_sealed: Vec<u8>,
@@ -44,6 +58,9 @@ impl Nic {
             tunn,
             endpoint,
             udp,
+            stream: None,
+            stream_owned: false,
+            stream_batch: Vec::new(),
             rx: VecDeque::new(),
             tx_plain: vec![0; TUNNEL_MTU],
             tx_sealed: vec![0; MAX_DATAGRAM],
@@ -63,10 +80,45 @@ impl Nic {
         true
     }
 
-    /// Sends an already-sealed WireGuard datagram (a handshake message) at once.
-    pub fn send_datagram(udp: &Udp, endpoint: Option<SocketAddr>, datagram: &[u8]) {
-        if let Some(to) = endpoint {
-            udp.send(datagram, to);
+    /// The stream in use, if any; a stream that ended is dropped here, which puts the peer back
+    /// on its UDP endpoint.
+    pub fn stream(&mut self) -> Option<&Arc<StreamLink>> {
+        if self.stream.as_ref().is_some_and(|s| s.is_closed()) {
+            let link = self.stream.take().expect("checked above");
+            self.stream_owned = false;
+            self.stream_batch.clear();
+            tracing::info!(stream = %link.remote, udp = ?self.endpoint, "WireGuard stream ended; peer back on UDP");
+        }
+        self.stream.as_ref()
+    }
+
+    /// True when packets can be sent somewhere: a UDP endpoint or a live stream.
+    pub fn has_path(&mut self) -> bool {
+        self.stream().is_some() || self.endpoint.is_some()
+    }
+
+    /// Sends an already-sealed WireGuard datagram (a handshake message) at once, on the
+    /// current path.
+    pub fn send_datagram(&mut self, datagram: &[u8]) {
+        if let Some(link) = self.stream() {
+            link.send(datagram);
+        } else if let Some(to) = self.endpoint {
+            self.udp.send(datagram, to);
+        }
+    }
+
+    /// Answers a datagram on the path it came from.
+    pub fn reply(&self, to: &Source, datagram: &[u8]) {
+        match to {
+            Source::Udp(addr) => self.udp.send(datagram, *addr),
+            Source::Stream(link) => link.send(datagram),
+        }
+    }
+
+    /// Sends over UDP even while a stream is in use: probes whether UDP works again.
+    pub fn send_udp(&self, datagram: &[u8]) {
+        if let Some(to) = self.endpoint {
+            self.udp.send(datagram, to);
         }
     }
 
@@ -83,6 +135,13 @@ impl Nic {
             }
             _ => return,
         };
+        if self.stream.is_some() && self.stream().is_some() {
+            frame::encode(&mut self.stream_batch, &self.tx_sealed[..sealed]);
+            if self.stream_batch.len() >= MAX_BATCH_BYTES {
+                self.flush();
+            }
+            return;
+        }
         let Some(to) = self.endpoint else { return };
         let fits = self.batch_to == Some(to)
             && sealed <= self.batch_segment
@@ -105,6 +164,14 @@ impl Nic {
 
     /// Sends the queued datagrams, in one syscall where the kernel allows.
     pub fn flush(&mut self) {
+        if !self.stream_batch.is_empty() {
+            // The next batch is likely the size of this one.
+            let capacity = self.stream_batch.len();
+            let batch = std::mem::replace(&mut self.stream_batch, Vec::with_capacity(capacity));
+            if let Some(link) = &self.stream {
+                link.send_framed(batch);
+            }
+        }
         if let Some(to) = self.batch_to.take() {
             self.udp.send_batch(&self.batch, self.batch_segment, to);
         }

@@ -4,6 +4,10 @@
 //! Gateway (or Gateways serving one Agent) never contend with each other: there is no device-wide
 //! lock or poll loop on the data path. Streams touch their peer's lock only for the duration of a
 //! buffer copy.
+//!
+//! A peer's packets travel over UDP, or over a stream when UDP is blocked: see [`path`].
+
+mod path;
 
 use crate::nic::Nic;
 use crate::stream::TunnelStream;
@@ -42,9 +46,11 @@ const IDLE_LISTENERS: usize = 8;
 const ORPHAN_DEADLINE: Duration = Duration::from_secs(60);
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
+pub(crate) use path::Source;
+
 /// A datagram from the network, routed to this peer by the device's receive loop.
 pub(crate) struct Inbound {
-    pub src: SocketAddr,
+    pub src: Source,
     /// One datagram, or a GRO burst of datagrams of `segment` bytes (the last may be shorter).
     pub data: Vec<u8>,
     pub segment: usize,
@@ -77,6 +83,8 @@ pub(crate) struct PeerState {
     keepalive: Option<Duration>,
     /// When the peer last sent us anything authenticated.
     last_rx: Option<Instant>,
+    /// The same, over UDP only: whether UDP works while a stream is in use.
+    last_udp_rx: Option<Instant>,
     initiation_retry: Duration,
     pub closed: bool,
 }
@@ -119,6 +127,7 @@ impl Peer {
                 last_initiation: None,
                 keepalive: keepalive.map(|k| Duration::from_secs(u64::from(k))),
                 last_rx: None,
+                last_udp_rx: None,
                 initiation_retry: INITIATION_RETRY,
                 closed: false,
             }),
@@ -140,7 +149,7 @@ impl Peer {
                 "WireGuard peer removed",
             ));
         }
-        if st.nic.endpoint.is_none() {
+        if !st.nic.has_path() {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 format!(
@@ -189,20 +198,15 @@ impl Peer {
         self.lock().nic.endpoint = Some(endpoint);
     }
 
-    pub fn endpoint(&self) -> Option<SocketAddr> {
-        self.lock().nic.endpoint
-    }
-
-    /// Time since the last completed handshake, and bytes sent and received.
-    pub fn stats(&self) -> (Option<Duration>, usize, usize) {
-        let (since, tx, rx, _, _) = self.lock().nic.tunn.stats();
-        (since, tx, rx)
-    }
-
     /// Aborts every connection; streams see EOF or a broken pipe. Used when the peer is removed.
     pub fn close(self: &Arc<Self>) {
         let mut st = self.lock();
         st.closed = true;
+        if let Some(link) = st.nic.stream.take() {
+            if st.nic.stream_owned {
+                link.close();
+            }
+        }
         for (_, socket) in st.sockets.iter_mut() {
             #[allow(irrefutable_let_patterns)] // only TCP sockets are compiled in
             if let smoltcp::socket::Socket::Tcp(s) = socket {
@@ -234,16 +238,17 @@ impl PeerState {
 
     fn handle_inbound(&mut self, peer: &Peer, inbound: &Inbound) {
         for datagram in inbound.data.chunks(inbound.segment.max(1)) {
-            self.handle_datagram(peer, inbound.src, datagram);
+            self.handle_datagram(peer, &inbound.src, datagram);
         }
     }
 
     /// Decrypts one datagram; hands the IP packet to the stack or answers handshakes.
-    fn handle_datagram(&mut self, peer: &Peer, src: SocketAddr, datagram: &[u8]) {
+    fn handle_datagram(&mut self, peer: &Peer, src: &Source, datagram: &[u8]) {
         let kind = datagram.first().copied().unwrap_or(0);
         let Self { nic, decap, .. } = self;
         let mut tunnel_packet = None;
         let mut authenticated = false;
+        let mut handshake_done = false;
         match nic.tunn.decapsulate(Some(src.ip()), datagram, decap) {
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake response (92 bytes) proves the initiator holds the peer's key, so
@@ -251,11 +256,8 @@ impl PeerState {
                 if kind == 1 && reply.len() == 92 || kind == 2 {
                     authenticated = true;
                 }
-                Nic::send_datagram(&nic.udp, Some(src), reply);
-                // Packets queued while the handshake was pending go out now.
-                while let TunnResult::WriteToNetwork(d) = nic.tunn.decapsulate(None, &[], decap) {
-                    Nic::send_datagram(&nic.udp, nic.endpoint, d);
-                }
+                nic.reply(src, reply);
+                handshake_done = true;
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
                 authenticated = true;
@@ -271,14 +273,18 @@ impl PeerState {
                 }
             }
             TunnResult::Err(e) => {
-                tracing::trace!(error = ?e, %src, "dropped WireGuard packet")
+                tracing::trace!(error = ?e, src = ?src, "dropped WireGuard packet")
             }
         }
         if authenticated {
             self.last_rx = Some(Instant::now());
-            if self.nic.endpoint != Some(src) {
-                tracing::info!(peer = %peer.allowed_ip, from = ?self.nic.endpoint, to = %src, "WireGuard peer endpoint changed");
-                self.nic.endpoint = Some(src);
+            self.follow_path(peer, src, kind == 2);
+        }
+        if handshake_done {
+            // Packets queued while the handshake was pending go out now, on the current path.
+            let Self { nic, decap, .. } = self;
+            while let TunnResult::WriteToNetwork(d) = nic.tunn.decapsulate(None, &[], decap) {
+                nic.send_datagram(d);
             }
         }
         if let Some(len) = tunnel_packet {
@@ -319,18 +325,18 @@ impl PeerState {
         self.last_initiation = Some(Instant::now());
         let Self { nic, decap, .. } = self;
         if let TunnResult::WriteToNetwork(d) = nic.tunn.format_handshake_initiation(decap, true) {
-            Nic::send_datagram(&nic.udp, nic.endpoint, d);
+            nic.send_datagram(d);
         }
     }
 
     pub fn update_timers(&mut self) {
         let Self { nic, decap, .. } = self;
         match nic.tunn.update_timers(decap) {
-            TunnResult::WriteToNetwork(d) => Nic::send_datagram(&nic.udp, nic.endpoint, d),
+            TunnResult::WriteToNetwork(d) => nic.send_datagram(d),
             TunnResult::Err(e) => tracing::trace!(error = ?e, "WireGuard timer"),
             _ => {}
         }
-        if self.initiator && self.nic.endpoint.is_some() {
+        if self.initiator && self.nic.has_path() {
             let (since_handshake, ..) = self.nic.tunn.stats();
             let no_session = since_handshake.is_none_or(|d| d > SESSION_LIFETIME);
             // Both sides send keepalives, so on a healthy path something arrives at least once a

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::forward::ProxyBody;
 use super::{Proxy, Scheme};
-use crate::tls::ACME_TLS_ALPN;
+use crate::tls::{ACME_TLS_ALPN, WG_TLS_ALPN};
 
 /// How long in-flight requests (and upgraded connections) may run after shutdown is requested.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -260,6 +260,14 @@ async fn serve_connection(site: Site, stream: TcpStream, peer: SocketAddr, guard
         // A TLS-ALPN-01 validation: the handshake was the whole answer (RFC 8737 §3).
         let mut stream = stream;
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        return;
+    }
+    if stream.get_ref().1.alpn_protocol() == Some(WG_TLS_ALPN) {
+        // WireGuard from an Agent whose UDP is blocked: the tunnel takes the connection (and
+        // bounds how many it holds); it leaves the HTTP connection cap.
+        if let Some(proxy) = &site.proxy {
+            proxy.certs().hand_over_wireguard(stream, peer);
+        }
         return;
     }
     serve_io(site, stream, peer, guard).await
