@@ -5,117 +5,19 @@
 mod common;
 
 use common::*;
-use serde_json::json;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A loopback address no other test run is likely to use, so fixed port numbers are safe.
-fn private_loopback() -> Ipv4Addr {
-    let r: u32 = rand_u32();
-    Ipv4Addr::new(
-        127,
-        1 + (r % 250) as u8,
-        (r >> 8) as u8,
-        1 + ((r >> 16) % 250) as u8,
-    )
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish() as u32
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let ip = private_loopback();
-    let at = |port: u16| SocketAddr::from((ip, port));
-    let (control_addr, http_addr, wg_addr, admin_addr, origin_addr) =
-        (at(8780), at(8080), at(51820), at(9090), at(8000));
-    let control_url = format!("http://{control_addr}");
-
-    let _control = Proc::spawn(
-        "control",
-        dir.path(),
-        &["control", "--listen", &control_addr.to_string()],
-        &[
-            (
-                "KAKUREMICHI_DATA_DIR",
-                dir.path().join("control").to_str().unwrap(),
-            ),
-            ("KAKUREMICHI_ADMIN_EMAIL", ADMIN_EMAIL),
-            ("KAKUREMICHI_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ],
-    );
-    let api = Api::login(control_url.clone()).await;
-    let gateway = api
-        .post(
-            "gateways",
-            json!({"name": "edge", "public_endpoint": wg_addr.to_string()}),
-        )
-        .await;
-    let agent = api.post("agents", json!({"name": "home"})).await;
-    let agent_id = agent["id"].as_i64().unwrap();
-    api.post(
-        "tunnels",
-        json!({"hostname": "big.test", "agent_id": agent_id, "target": origin_addr.to_string()}),
-    )
-    .await;
-
-    let mut origin = Some(Proc::spawn(
-        "hello",
-        dir.path(),
-        &["hello", "--listen", &origin_addr.to_string()],
-        &[],
-    ));
-    let gw = Proc::spawn(
-        "gateway",
-        dir.path(),
-        &[
-            "gateway",
-            "--http-listen",
-            &http_addr.to_string(),
-            "--wg-listen",
-            &wg_addr.to_string(),
-            "--admin-listen",
-            &admin_addr.to_string(),
-            "--https-listen",
-            &at(8443).to_string(),
-        ],
-        &[
-            ("CONTROL_URL", &control_url),
-            ("GATEWAY_TOKEN", gateway["token"].as_str().unwrap()),
-            (
-                "KAKUREMICHI_DATA_DIR",
-                dir.path().join("gateway").to_str().unwrap(),
-            ),
-        ],
-    );
-    let ag = Proc::spawn(
-        "agent",
-        dir.path(),
-        &["agent"],
-        &[
-            ("CONTROL_URL", &control_url),
-            ("API_KEY", agent["api_key"].as_str().unwrap()),
-        ],
-    );
-
+    let started = Instant::now();
+    let mut site = LocalSite::start(dir.path(), "big.test").await;
+    let (http_addr, admin_addr) = (site.http_addr(), site.admin_addr());
+    let (gw, ag) = (&site.gateway, &site.agent);
     let http = reqwest::Client::new();
-    let took = wait_through(
-        &http,
-        http_addr,
-        "big.test",
-        "/",
-        Duration::from_secs(30),
-        "tunnel up",
-        |s, b| s == 200 && b.contains("Hello from"),
-    )
-    .await;
-    eprintln!("first response after {took:?}");
+    let took = started.elapsed();
+    eprintln!("all four processes started and the tunnel answering after {took:?}");
     let health = http
         .get(format!("http://{admin_addr}/healthz"))
         .send()
@@ -158,7 +60,7 @@ async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
     }
 
     // The origin stops: the gateway answers 502 promptly.
-    drop(origin.take());
+    drop(site.origin.take());
     let started = Instant::now();
     wait_through(
         &http,

@@ -3,11 +3,14 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+mod local;
 pub mod netns;
 mod proc;
 mod stop;
 mod transfer;
 #[allow(unused_imports)] // not every test binary starts processes
+pub use local::{private_loopback, spawn_control, LocalSite};
+#[allow(unused_imports)]
 pub use proc::{Proc, BIN};
 #[allow(unused_imports)]
 pub use stop::{spawn_gateway, Stop};
