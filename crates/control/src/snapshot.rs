@@ -5,7 +5,8 @@
 
 use crate::store::{AgentRow, GatewayRow, NodeKind, NodeRef, Store, StoreResult, TunnelRow};
 use kakuremichi_proto::{
-    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, TlsCertificate, WgPeer,
+    AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, TlsCertificate,
+    WgPeer,
 };
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -23,6 +24,8 @@ pub struct World {
     pub acme: AcmeChallenges,
     /// HSTS max-age for routes that redirect to https (from Control's settings).
     pub hsts_max_age: u32,
+    /// Token verification keys and revocations for Gateways (`control_url` set by the hub).
+    pub access: AccessConfig,
 }
 
 impl Store {
@@ -41,8 +44,8 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let tunnels = sqlx::query_as(
-            "SELECT id, hostname, agent_id, target, port, enabled, tls, https_redirect, created_at, \
-             updated_at FROM tunnels WHERE enabled = TRUE ORDER BY id",
+            "SELECT id, hostname, agent_id, target, port, enabled, tls, https_redirect, access_mode, \
+             access_allow, created_at, updated_at FROM tunnels WHERE enabled = TRUE ORDER BY id",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -53,6 +56,12 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        let published = crate::access::published(self).await?;
+        let access = AccessConfig {
+            control_url: String::new(),
+            keys: published.keys,
+            revoked: published.revoked,
+        };
         let certificates = certs
             .into_iter()
             .map(|(host, source, cert_pem, key_pem)| {
@@ -64,6 +73,7 @@ impl Store {
             gateways,
             tunnels,
             certificates,
+            access,
             ..World::default()
         })
     }
@@ -119,6 +129,7 @@ impl World {
                 port,
                 https_redirect: redirect,
                 hsts_max_age: if redirect { self.hsts_max_age } else { 0 },
+                access: crate::store::access::policy_of(t),
             };
             routes.insert(t.hostname.clone(), route);
         }
@@ -129,6 +140,7 @@ impl World {
             routes,
             certificates,
             acme: self.acme.clone(),
+            access: Box::new(self.access.clone()),
             ..ConfigSnapshot::default()
         })
     }
@@ -226,6 +238,8 @@ mod tests {
                 "acme".into()
             },
             https_redirect: true,
+            access_mode: if id == 11 { "login" } else { "public" }.into(),
+            access_allow: "[]".into(),
             created_at: String::new(),
             updated_at: String::new(),
         }
@@ -255,6 +269,14 @@ mod tests {
             ]),
             acme,
             hsts_max_age: 60,
+            access: AccessConfig {
+                control_url: "https://control.example.com".into(),
+                keys: vec![kakuremichi_proto::AccessKey {
+                    kid: "k1".into(),
+                    public_key: "pk".into(),
+                }],
+                revoked: vec!["s1".into()],
+            },
             agents: vec![agent(1, Some("A1")), agent(2, None)],
             gateways: vec![
                 gateway(1, Some("G1"), true),
@@ -310,6 +332,14 @@ mod tests {
         assert!(t10.https_redirect && t10.hsts_max_age == 60);
         assert!(!t12.https_redirect && t12.hsts_max_age == 0);
         assert_eq!(s.acme.http01["tok"], "tok.thumb");
+        // Access: the policy per route, keys and revocations for every Gateway, none for Agents.
+        assert_eq!(
+            s.routes["t11.example.com"].access,
+            kakuremichi_proto::AccessPolicy::Login
+        );
+        assert!(t10.access.is_public());
+        assert_eq!(s.access.keys[0].kid, "k1");
+        assert_eq!(s.access.revoked, vec!["s1"]);
         let agent = world()
             .snapshot(NodeRef {
                 kind: NodeKind::Agent,
@@ -317,6 +347,7 @@ mod tests {
             })
             .unwrap();
         assert!(agent.certificates.is_empty() && agent.acme.is_empty());
+        assert!(agent.access.is_empty());
     }
 
     #[test]

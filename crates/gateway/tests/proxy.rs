@@ -108,6 +108,7 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         port: 80,
         https_redirect: false,
         hsts_max_age: 0,
+        access: Default::default(),
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();

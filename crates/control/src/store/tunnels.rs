@@ -1,13 +1,15 @@
 //! Tunnels: a public hostname served by one Agent, forwarded to a local target through a port on
 //! the Agent's userspace stack.
 
+use super::access::{encode_policy, policy_of};
 use super::{
     alloc, is_foreign_key_violation, is_unique_violation, now, Store, StoreError, StoreResult,
 };
+use kakuremichi_proto::AccessPolicy;
 use sqlx::{Sqlite, Transaction};
 
-const COLUMNS: &str =
-    "id, hostname, agent_id, target, port, enabled, tls, https_redirect, created_at, updated_at";
+const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, https_redirect, \
+     access_mode, access_allow, created_at, updated_at";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -20,6 +22,10 @@ pub struct TunnelRow {
     /// `acme`, `internal` or `off`.
     pub tls: String,
     pub https_redirect: bool,
+    /// `public`, `login` or `users` (see [`super::access`]).
+    pub access_mode: String,
+    /// JSON array of lower-case e-mails, for `users`.
+    pub access_allow: String,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -33,6 +39,7 @@ pub struct NewTunnel {
     pub enabled: bool,
     pub tls: String,
     pub https_redirect: bool,
+    pub access: AccessPolicy,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -44,6 +51,7 @@ pub struct TunnelPatch {
     pub enabled: Option<bool>,
     pub tls: Option<String>,
     pub https_redirect: Option<bool>,
+    pub access: Option<AccessPolicy>,
 }
 
 impl Store {
@@ -55,8 +63,10 @@ impl Store {
         let now = now();
         let sql = format!(
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
+             access_mode, access_allow, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {COLUMNS}"
         );
+        let (access_mode, access_allow) = encode_policy(&new.access);
         let row = sqlx::query_as(&sql)
             .bind(&new.hostname)
             .bind(new.agent_id)
@@ -65,6 +75,8 @@ impl Store {
             .bind(new.enabled)
             .bind(&new.tls)
             .bind(new.https_redirect)
+            .bind(access_mode)
+            .bind(access_allow)
             .bind(&now)
             .fetch_one(&mut *tx)
             .await
@@ -103,10 +115,13 @@ impl Store {
             }
             _ => (current.agent_id, current.port),
         };
+        let access = patch.access.clone().unwrap_or_else(|| policy_of(&current));
+        let (access_mode, access_allow) = encode_policy(&access);
         let hostname = patch.hostname.clone().unwrap_or(current.hostname);
         let sql = format!(
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
-             tls = $6, https_redirect = $7, updated_at = $8 WHERE id = $9 RETURNING {COLUMNS}"
+             tls = $6, https_redirect = $7, access_mode = $8, access_allow = $9, updated_at = $10 \
+             WHERE id = $11 RETURNING {COLUMNS}"
         );
         let row = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -116,6 +131,8 @@ impl Store {
             .bind(patch.enabled.unwrap_or(current.enabled))
             .bind(patch.tls.as_ref().unwrap_or(&current.tls))
             .bind(patch.https_redirect.unwrap_or(current.https_redirect))
+            .bind(access_mode)
+            .bind(access_allow)
             .bind(now())
             .bind(id)
             .fetch_one(&mut *tx)

@@ -99,6 +99,7 @@ mod tests {
             port: 1,
             https_redirect,
             hsts_max_age,
+            access: Default::default(),
         }
     }
 

@@ -79,6 +79,7 @@ mod tests {
             port,
             https_redirect: false,
             hsts_max_age: 0,
+            access: Default::default(),
         }
     }
 

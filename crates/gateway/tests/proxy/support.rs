@@ -113,6 +113,7 @@ impl TestDialer {
             port: agent.port(),
             https_redirect: false,
             hsts_max_age: 0,
+            access: Default::default(),
         }
     }
 
