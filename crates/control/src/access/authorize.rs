@@ -83,7 +83,7 @@ async fn admit(
     headers: &HeaderMap,
     req: &Request,
 ) -> Result<Response, crate::store::StoreError> {
-    let Some(policy) = state.store.access_policy(&req.host).await? else {
+    let Some((policy, https_only)) = state.store.access_policy(&req.host).await? else {
         let detail = format!("No app is published at {}.", req.host);
         return Ok(page(StatusCode::NOT_FOUND, "Unknown app", &detail));
     };
@@ -114,16 +114,24 @@ async fn admit(
         .mint(&user, &hash, &expires, &req.host)
         .await?;
     tracing::info!(user_id = user.id, host = %req.host, "access token issued");
-    Ok(redirect(handoff_url(&req.target, &token).as_str()))
+    Ok(redirect(
+        handoff_url(&req.target, &token, https_only).as_str(),
+    ))
 }
 
-/// `<scheme>://<host>[:port]/.kakuremichi/access?token=...&return=<path?query>`.
-fn handoff_url(target: &url::Url, token: &str) -> url::Url {
+/// `<scheme>://<host>[:port]/.kakuremichi/access?token=...&return=<path?query>`. For a tunnel
+/// served over HTTPS only, a (crafted) `http://` return URL is upgraded, so the token never
+/// crosses the network in clear text.
+fn handoff_url(target: &url::Url, token: &str, https_only: bool) -> url::Url {
     let back = match target.query() {
         Some(q) => format!("{}?{q}", target.path()),
         None => target.path().to_string(),
     };
     let mut to = target.clone();
+    if https_only && to.scheme() == "http" {
+        let _ = to.set_scheme("https");
+        let _ = to.set_port(None);
+    }
     to.set_path(HANDOFF_PATH);
     to.set_fragment(None);
     let query = form_urlencoded::Serializer::new(String::new())
@@ -198,11 +206,22 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.host, "app.example.com");
-        let url = handoff_url(&ok.target, "T.S");
+        let url = handoff_url(&ok.target, "T.S", true);
         assert_eq!(
             url.as_str(),
             "https://app.example.com:8443/.kakuremichi/access?token=T.S&return=%2Fa%3Fb%3D1"
         );
+        let plain = parse(Some(
+            "host=app.example.com&return=http%3A%2F%2Fapp.example.com%3A8080%2F",
+        ))
+        .unwrap();
+        assert_eq!(
+            handoff_url(&plain.target, "T.S", true).as_str(),
+            "https://app.example.com/.kakuremichi/access?token=T.S&return=%2F"
+        );
+        assert!(handoff_url(&plain.target, "T.S", false)
+            .as_str()
+            .starts_with("http://app.example.com:8080/"));
         for bad in [
             "host=app.example.com&return=https%3A%2F%2Fevil.example.com%2F",
             "host=app.example.com&return=javascript%3Aalert(1)",

@@ -44,15 +44,19 @@ pub fn policy_of(row: &TunnelRow) -> AccessPolicy {
 }
 
 impl Store {
-    /// The policy of the enabled tunnel serving `hostname`, if there is one.
-    pub async fn access_policy(&self, hostname: &str) -> StoreResult<Option<AccessPolicy>> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT access_mode, access_allow FROM tunnels WHERE hostname = $1 AND enabled = TRUE",
+    /// The policy of the enabled tunnel serving `hostname`, if there is one, and whether that
+    /// tunnel is served over HTTPS only (TLS on and plain HTTP redirected).
+    pub async fn access_policy(&self, hostname: &str) -> StoreResult<Option<(AccessPolicy, bool)>> {
+        let row: Option<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT access_mode, access_allow, tls, https_redirect FROM tunnels \
+             WHERE hostname = $1 AND enabled = TRUE",
         )
         .bind(hostname)
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|(mode, allow)| decode_policy(&mode, &allow)))
+        Ok(row.map(|(mode, allow, tls, redirect)| {
+            (decode_policy(&mode, &allow), tls != "off" && redirect)
+        }))
     }
 
     /// The user of an unexpired login session and when that session expires.
