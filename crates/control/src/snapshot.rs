@@ -133,6 +133,13 @@ impl World {
             };
             routes.insert(t.hostname.clone(), route);
         }
+        // Only Gateways that serve a protected tunnel need keys: while none is protected, the
+        // snapshot stays readable by Gateways that predate access control.
+        let access = if routes.values().any(|r| !r.access.is_public()) {
+            Box::new(self.access.clone())
+        } else {
+            Box::default()
+        };
         Some(ConfigSnapshot {
             node_id: gateway.id,
             wg_address: address(&gateway.wg_address)?,
@@ -140,7 +147,7 @@ impl World {
             routes,
             certificates,
             acme: self.acme.clone(),
-            access: Box::new(self.access.clone()),
+            access,
             ..ConfigSnapshot::default()
         })
     }
@@ -368,6 +375,21 @@ mod tests {
             vec![10, 12]
         );
         assert!(s.routes.is_empty());
+    }
+
+    #[test]
+    fn access_config_only_with_a_protected_route() {
+        let mut w = world();
+        w.tunnels.retain(|t| t.id != 11);
+        let s = w
+            .snapshot(NodeRef {
+                kind: NodeKind::Gateway,
+                id: 1,
+            })
+            .unwrap();
+        assert!(s.access.is_empty());
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json.get("access").is_none(), "{json}");
     }
 
     #[test]
