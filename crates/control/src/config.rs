@@ -32,6 +32,9 @@ pub struct ControlConfig {
     /// `Strict-Transport-Security` max-age (seconds) sent by Gateways on HTTPS responses of
     /// tunnels that redirect to https; 0 sends no header.
     pub hsts_max_age: u32,
+    /// How long an access token (the cookie that admits a user to a protected tunnel) lives;
+    /// never past the user's login session. Logout reaches Gateways sooner through revocation.
+    pub access_ttl: Duration,
 }
 
 impl Default for ControlConfig {
@@ -48,6 +51,7 @@ impl Default for ControlConfig {
             acme: AcmeConfig::default(),
             default_tls: TlsMode::Acme,
             hsts_max_age: 31_536_000,
+            access_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -72,6 +76,7 @@ impl fmt::Debug for ControlConfig {
             .field("acme", &self.acme)
             .field("default_tls", &self.default_tls)
             .field("hsts_max_age", &self.hsts_max_age)
+            .field("access_ttl", &self.access_ttl)
             .finish()
     }
 }
@@ -120,6 +125,8 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Acme(String),
+    #[error("access_ttl ({0:?}) must be between 1 minute and 7 days")]
+    AccessTtl(Duration),
 }
 
 impl ControlConfig {
@@ -163,6 +170,11 @@ impl ControlConfig {
             });
         }
         self.acme.validate().map_err(ConfigError::Acme)?;
+        if self.access_ttl < Duration::from_secs(60)
+            || self.access_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(ConfigError::AccessTtl(self.access_ttl));
+        }
         Ok(())
     }
 
@@ -287,6 +299,10 @@ mod tests {
             },
             ControlConfig {
                 data_dir: PathBuf::new(),
+                ..Default::default()
+            },
+            ControlConfig {
+                access_ttl: Duration::from_secs(5),
                 ..Default::default()
             },
         ];

@@ -4,6 +4,7 @@
 //! Agents hold a WebSocket session (see [`kakuremichi_proto::CONNECT_PATH`]) over which Control
 //! pushes each one its [`kakuremichi_proto::ConfigSnapshot`] whenever it changes.
 
+mod access;
 mod api;
 mod certs;
 mod config;
@@ -61,8 +62,17 @@ pub async fn run(
     let ca =
         tokio::task::spawn_blocking(move || certs::InternalCa::load_or_create(&ca_dir)).await??;
     tracing::info!(root = %ca.root_path().display(), "internal CA ready");
+    hub.set_access_url(config.public_url.clone().unwrap_or_default());
+    let access = access::Access::new(store.clone(), config.access_ttl);
+    // Keys exist before the first Gateway connects, so its first snapshot can verify tokens.
+    access
+        .maintain()
+        .await
+        .context("cannot prepare access-token keys")?;
+    let access_task = tokio::spawn(access::run_maintenance(access, hub.clone()));
     let state = api::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
-        .with_default_tls(config.default_tls);
+        .with_default_tls(config.default_tls)
+        .with_access_ttl(config.access_ttl);
     let app = api::router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);
@@ -76,6 +86,7 @@ pub async fn run(
     tokio::select! {
         result = &mut server => {
             manager.abort();
+            access_task.abort();
             store.close().await;
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
@@ -89,6 +100,7 @@ pub async fn run(
     hub.begin_shutdown();
     let _ = stop_tx.send(true);
     manager.abort();
+    access_task.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await
         .is_err()

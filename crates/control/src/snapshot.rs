@@ -7,7 +7,8 @@ use crate::store::{
     AgentRow, GatewayRow, NodeKind, NodeRef, ReplicaRow, Store, StoreResult, TunnelRow,
 };
 use kakuremichi_proto::{
-    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteTarget, TlsCertificate, WgPeer,
+    AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteTarget,
+    TlsCertificate, WgPeer,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -27,6 +28,8 @@ pub struct World {
     pub acme: AcmeChallenges,
     /// HSTS max-age for routes that redirect to https (from Control's settings).
     pub hsts_max_age: u32,
+    /// Token verification keys and revocations for Gateways (`control_url` set by the hub).
+    pub access: AccessConfig,
 }
 
 impl Store {
@@ -45,8 +48,8 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let tunnels = sqlx::query_as(
-            "SELECT id, hostname, agent_id, target, port, enabled, tls, https_redirect, created_at, \
-             updated_at FROM tunnels WHERE enabled = TRUE ORDER BY id",
+            "SELECT id, hostname, agent_id, target, port, enabled, tls, https_redirect, access_mode, \
+             access_allow, created_at, updated_at FROM tunnels WHERE enabled = TRUE ORDER BY id",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -62,6 +65,12 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        let published = crate::access::published(self).await?;
+        let access = AccessConfig {
+            control_url: String::new(),
+            keys: published.keys,
+            revoked: published.revoked,
+        };
         let certificates = certs
             .into_iter()
             .map(|(host, source, cert_pem, key_pem)| {
@@ -74,6 +83,7 @@ impl Store {
             tunnels,
             replicas,
             certificates,
+            access,
             ..World::default()
         })
     }
@@ -172,9 +182,17 @@ impl World {
                 https_redirect: redirect,
                 hsts_max_age: if redirect { self.hsts_max_age } else { 0 },
                 replicas: self.route_replicas(t, &online),
+                access: crate::store::access::policy_of(t),
             };
             routes.insert(t.hostname.clone(), route);
         }
+        // Only Gateways that serve a protected tunnel need keys: while none is protected, the
+        // snapshot stays readable by Gateways that predate access control.
+        let access = if routes.values().any(|r| !r.access.is_public()) {
+            Box::new(self.access.clone())
+        } else {
+            Box::default()
+        };
         Some(ConfigSnapshot {
             node_id: gateway.id,
             wg_address: address(&gateway.wg_address)?,
@@ -182,6 +200,7 @@ impl World {
             routes,
             certificates,
             acme: self.acme.clone(),
+            access,
             ..ConfigSnapshot::default()
         })
     }
@@ -287,6 +306,8 @@ mod tests {
                 "acme".into()
             },
             https_redirect: true,
+            access_mode: if id == 11 { "login" } else { "public" }.into(),
+            access_allow: "[]".into(),
             created_at: String::new(),
             updated_at: String::new(),
         }
@@ -316,6 +337,14 @@ mod tests {
             ]),
             acme,
             hsts_max_age: 60,
+            access: AccessConfig {
+                control_url: "https://control.example.com".into(),
+                keys: vec![kakuremichi_proto::AccessKey {
+                    kid: "k1".into(),
+                    public_key: "pk".into(),
+                }],
+                revoked: vec!["s1".into()],
+            },
             agents: vec![agent(1, Some("A1")), agent(2, None)],
             gateways: vec![
                 gateway(1, Some("G1"), true),
@@ -425,6 +454,14 @@ mod tests {
         assert!(t10.https_redirect && t10.hsts_max_age == 60);
         assert!(!t12.https_redirect && t12.hsts_max_age == 0);
         assert_eq!(s.acme.http01["tok"], "tok.thumb");
+        // Access: the policy per route, keys and revocations for every Gateway, none for Agents.
+        assert_eq!(
+            s.routes["t11.example.com"].access,
+            kakuremichi_proto::AccessPolicy::Login
+        );
+        assert!(t10.access.is_public());
+        assert_eq!(s.access.keys[0].kid, "k1");
+        assert_eq!(s.access.revoked, vec!["s1"]);
         let agent = world()
             .snapshot(
                 NodeRef {
@@ -435,6 +472,7 @@ mod tests {
             )
             .unwrap();
         assert!(agent.certificates.is_empty() && agent.acme.is_empty());
+        assert!(agent.access.is_empty());
     }
 
     #[test]
@@ -458,6 +496,24 @@ mod tests {
             vec![10, 12]
         );
         assert!(s.routes.is_empty());
+    }
+
+    #[test]
+    fn access_config_only_with_a_protected_route() {
+        let mut w = world();
+        w.tunnels.retain(|t| t.id != 11);
+        let s = w
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Gateway,
+                    id: 1,
+                },
+                |_| true,
+            )
+            .unwrap();
+        assert!(s.access.is_empty());
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json.get("access").is_none(), "{json}");
     }
 
     #[test]

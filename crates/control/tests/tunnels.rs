@@ -16,9 +16,11 @@ async fn tunnels_crud_and_validation() {
     let a2 = c.agent("a2").await["id"].as_i64().unwrap();
 
     let t = c.tunnel("App.Example.com.", a1, "localhost:8080").await;
+    assert_eq!(t["access"], json!({"mode": "public"}));
     assert_eq!(
         keys(&t),
         [
+            "access",
             "agent_id",
             "agent_ids",
             "certificate",

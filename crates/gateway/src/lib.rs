@@ -105,6 +105,7 @@ pub async fn run(
     };
     let proxy = Proxy::new(routes.clone(), dialer.clone(), proxy_config);
     let certs = proxy.certs().clone();
+    let access = proxy.access().clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -139,6 +140,8 @@ pub async fn run(
         device: None,
         routes,
         certs,
+        access,
+        control_url: config.control_url.clone(),
         dialer,
         endpoints: EndpointMemory::new(state),
         remembered: HashMap::new(),
@@ -178,6 +181,9 @@ struct Gateway {
     device: Option<Device>,
     routes: Arc<RouteTable>,
     certs: Arc<tls::CertStore>,
+    access: Arc<proxy::access::AccessGate>,
+    /// Where browsers are sent to sign in when Control does not announce its public URL.
+    control_url: String,
     dialer: Arc<TunnelDialer>,
     endpoints: EndpointMemory,
     /// Endpoints from the previous run, used once when the device starts.
@@ -244,6 +250,7 @@ impl Gateway {
         device.set_peers(peers);
         self.routes.replace(snapshot.routes.clone());
         self.certs.apply(&snapshot.certificates, &snapshot.acme);
+        self.access.apply(&snapshot.access, &self.control_url);
         tracing::info!(
             hostnames = snapshot.routes.len(),
             certificates = self.certs.len(),

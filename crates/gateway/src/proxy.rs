@@ -14,7 +14,9 @@
 //! - `pages`: the small error pages the proxy answers itself.
 //! - `redirect`: ACME HTTP-01 answers, the http → https `308` and HSTS.
 //! - `server`: accept loops, connection caps, timeouts and graceful drain.
+//! - [`access`]: per-tunnel access control (access cookie, hand-off from Control, user header).
 
+pub mod access;
 mod balance;
 mod connector;
 mod forward;
@@ -108,6 +110,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct Proxy {
     routes: Arc<RouteTable>,
     certs: Arc<CertStore>,
+    access: Arc<access::AccessGate>,
     client: Client<connector::DialConnector, forward::UpstreamBody>,
     balancer: balance::Balancer,
     config: ProxyConfig,
@@ -126,6 +129,7 @@ impl Proxy {
         Arc::new(Self {
             routes,
             certs: Arc::new(CertStore::new()),
+            access: Arc::new(access::AccessGate::default()),
             client,
             balancer: balance::Balancer::new(),
             config,
@@ -139,6 +143,11 @@ impl Proxy {
     /// Certificates and ACME challenges, shared by the HTTP and HTTPS listeners.
     pub fn certs(&self) -> &Arc<CertStore> {
         &self.certs
+    }
+
+    /// Access-token keys and revocations, from the snapshot.
+    pub fn access(&self) -> &Arc<access::AccessGate> {
+        &self.access
     }
 
     pub fn config(&self) -> &ProxyConfig {

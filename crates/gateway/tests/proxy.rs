@@ -109,6 +109,7 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         https_redirect: false,
         hsts_max_age: 0,
         replicas: Vec::new(),
+        access: Default::default(),
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();

@@ -88,6 +88,10 @@ struct ControlArgs {
     /// Strict-Transport-Security max-age (seconds) on HTTPS responses of redirecting tunnels; 0 = no header.
     #[arg(long, env = "KAKUREMICHI_HSTS_MAX_AGE", default_value_t = 31_536_000)]
     hsts_max_age: u32,
+    /// Seconds an access cookie of a protected tunnel lives at most (60 to 604800); logout and
+    /// allow-list changes take effect sooner, through Gateway config pushes.
+    #[arg(long, env = "KAKUREMICHI_ACCESS_TTL", default_value_t = 43_200)]
+    access_ttl: u64,
 }
 
 #[derive(Args)]
@@ -184,6 +188,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 },
                 default_tls: a.default_tls,
                 hsts_max_age: a.hsts_max_age,
+                access_ttl: Duration::from_secs(a.access_ttl),
                 ..Default::default()
             };
             config.validate()?;

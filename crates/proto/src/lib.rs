@@ -8,9 +8,11 @@
 //! This crate does no I/O. Every message carries [`PROTOCOL_VERSION`] in the first exchange so that
 //! a node and a Control of incompatible versions fail with a message that says what to upgrade.
 
+pub mod access;
 mod message;
 mod snapshot;
 
+pub use access::{AccessConfig, AccessKey, AccessPolicy};
 pub use message::{
     decode_control, decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole,
 };

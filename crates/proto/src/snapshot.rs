@@ -1,5 +1,6 @@
 //! The per-node configuration snapshot and its content hash.
 
+use crate::access::{AccessConfig, AccessPolicy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -36,6 +37,10 @@ pub struct ConfigSnapshot {
     /// Gateway only: pending ACME challenges Control wants every Gateway to answer.
     #[serde(default)]
     pub acme: AcmeChallenges,
+    /// Gateway only: keys and revocations for checking access tokens (see [`crate::access`]).
+    /// (Boxed: it keeps `ControlMessage::Config` from dwarfing the other messages.)
+    #[serde(default, skip_serializing_if = "no_access")]
+    pub access: Box<AccessConfig>,
 }
 
 /// One WireGuard peer of a node.
@@ -73,6 +78,10 @@ pub struct GatewayRoute {
     /// when only the Agent above serves it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<RouteTarget>,
+    /// Who may use the tunnel; left out when public, so older Gateways still parse public routes
+    /// (and refuse, rather than serve openly, protected ones).
+    #[serde(default, skip_serializing_if = "AccessPolicy::is_public")]
+    pub access: AccessPolicy,
 }
 
 /// One Agent serving a route with replicas.
@@ -172,6 +181,10 @@ pub struct AgentService {
     pub target: String,
 }
 
+fn no_access(access: &AccessConfig) -> bool {
+    access.is_empty()
+}
+
 impl Default for ConfigSnapshot {
     fn default() -> Self {
         Self {
@@ -184,6 +197,7 @@ impl Default for ConfigSnapshot {
             services: Vec::new(),
             certificates: BTreeMap::new(),
             acme: AcmeChallenges::default(),
+            access: Box::default(),
         }
     }
 }
@@ -229,6 +243,7 @@ mod tests {
                 https_redirect: true,
                 hsts_max_age: 31_536_000,
                 replicas: Vec::new(),
+                access: AccessPolicy::Login,
             },
         );
         let cert = TlsCertificate {
@@ -260,6 +275,14 @@ mod tests {
             services: vec![],
             certificates: BTreeMap::from([("app.example.com".to_string(), cert)]),
             acme,
+            access: Box::new(AccessConfig {
+                control_url: "https://control.example.com".into(),
+                keys: vec![crate::AccessKey {
+                    kid: "k1".into(),
+                    public_key: "A".repeat(43),
+                }],
+                revoked: vec!["s1".into()],
+            }),
         }
         .seal()
     }
@@ -311,12 +334,16 @@ mod tests {
         let obj = v.as_object_mut().unwrap();
         obj.remove("certificates");
         obj.remove("acme");
+        obj.remove("access");
         let route = obj["routes"]["app.example.com"].as_object_mut().unwrap();
         route.remove("https_redirect");
         route.remove("hsts_max_age");
+        route.remove("access");
         let back: ConfigSnapshot = serde_json::from_value(v).unwrap();
         assert!(back.certificates.is_empty() && back.acme.is_empty());
+        assert!(back.access.is_empty());
         assert!(!back.routes["app.example.com"].https_redirect);
+        assert!(back.routes["app.example.com"].access.is_public());
     }
 
     #[test]

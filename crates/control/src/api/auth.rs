@@ -98,6 +98,8 @@ pub async fn logout(
 ) -> Result<Response, ApiError> {
     if let Some(session) = session_cookie(&headers) {
         state.store.delete_session(&secrets::hash(session)).await?;
+        // Gateways learn at once that this session's access tokens are revoked.
+        state.hub.changed();
     }
     let cookie = format!(
         "{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{}",

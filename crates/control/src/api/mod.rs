@@ -2,7 +2,7 @@
 
 mod agents;
 mod auth;
-mod authn;
+pub(crate) mod authn;
 mod error;
 mod gateways;
 mod nodes;
@@ -42,6 +42,8 @@ pub struct Inner {
     pub password_checks: Semaphore,
     /// TLS mode of tunnels created without one.
     pub default_tls: TlsMode,
+    /// Lifetime of the access tokens minted for protected tunnels.
+    pub access_ttl: std::time::Duration,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
             dummy_password_hash,
             password_checks: Semaphore::new(PASSWORD_CHECKS_IN_FLIGHT),
             default_tls: TlsMode::Acme,
+            access_ttl: crate::ControlConfig::default().access_ttl,
         }))
     }
 
@@ -66,6 +69,14 @@ impl AppState {
     pub fn with_default_tls(mut self, mode: TlsMode) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.default_tls = mode;
+        }
+        self
+    }
+
+    /// Sets the lifetime of access tokens; only before the state is shared.
+    pub fn with_access_ttl(mut self, ttl: std::time::Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.access_ttl = ttl;
         }
         self
     }
@@ -118,6 +129,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::map_response(error::json_errors))
+        // Browser-facing pages of per-tunnel access control: HTML, not JSON errors.
+        .merge(crate::access::authorize::routes())
         .with_state(state)
 }
 

@@ -6,6 +6,10 @@
 //! `agent_ids` (or both, agreeing); on PATCH, `agent_ids` replaces the set and `agent_id` alone
 //! changes the primary and keeps the other replicas.
 //!
+//! Access per tunnel: `access` is `{"mode":"public"}` (default), `{"mode":"login"}` (any user
+//! signed in to Control) or `{"mode":"users","allow":["alice@example.com"]}` (e-mails, lower-cased;
+//! addresses without an account yet are allowed, to pre-authorise). See `crate::access`.
+//!
 //! HTTPS per tunnel: `tls` (`acme`, `internal` or `off`; default Control's `default_tls`, itself
 //! `acme` unless configured), `https_redirect` (default true: plain HTTP gets a 308 to https, and
 //! HTTPS responses carry HSTS), and the read-only `certificate` status (null when `tls` is off).
@@ -14,11 +18,13 @@ use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
 use super::AppState;
 use crate::certs::{self, TlsMode};
+use crate::store::access::policy_of;
 use crate::store::{CertRow, NewTunnel, ReplicaRow, TunnelPatch, TunnelRow, MAX_AGENTS_PER_TUNNEL};
 use crate::validate;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use kakuremichi_proto::AccessPolicy;
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -31,6 +37,7 @@ pub struct CreateTunnel {
     enabled: Option<bool>,
     tls: Option<TlsMode>,
     https_redirect: Option<bool>,
+    access: Option<AccessPolicy>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +50,7 @@ pub struct PatchTunnel {
     enabled: Option<bool>,
     tls: Option<TlsMode>,
     https_redirect: Option<bool>,
+    access: Option<AccessPolicy>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +65,7 @@ pub struct TunnelView {
     enabled: bool,
     tls: TlsMode,
     https_redirect: bool,
+    access: AccessPolicy,
     certificate: Option<serde_json::Value>,
     created_at: String,
     updated_at: String,
@@ -71,6 +80,7 @@ impl TunnelView {
     ) -> Self {
         // Only this API writes the column, with a validated value.
         let tls = t.tls.parse().unwrap_or(TlsMode::Off);
+        let access = policy_of(&t);
         Self {
             id: t.id,
             hostname: t.hostname,
@@ -88,6 +98,7 @@ impl TunnelView {
             enabled: t.enabled,
             tls,
             https_redirect: t.https_redirect,
+            access,
             certificate: certs::status_view(tls, cert, gateways_online),
             created_at: t.created_at,
             updated_at: t.updated_at,
@@ -145,6 +156,38 @@ fn hostname(input: &str) -> Result<String, ApiError> {
     validate::hostname(input).map_err(|e| ApiError::bad_request(e.0))
 }
 
+/// Most e-mails one allow-list may hold; every Gateway gets each list on every change.
+const MAX_ALLOWED_USERS: usize = 1000;
+
+/// Validates and lower-cases the e-mails of a `users` policy.
+fn access(policy: AccessPolicy) -> Result<AccessPolicy, ApiError> {
+    let AccessPolicy::Users { allow } = policy else {
+        return Ok(policy);
+    };
+    if allow.is_empty() {
+        return Err(ApiError::bad_request(
+            "access.allow must list at least one e-mail address; use {\"mode\":\"login\"} to admit \
+             every signed-in user",
+        ));
+    }
+    if allow.len() > MAX_ALLOWED_USERS {
+        return Err(ApiError::bad_request(format!(
+            "access.allow may list at most {MAX_ALLOWED_USERS} e-mail addresses"
+        )));
+    }
+    let allow = allow
+        .iter()
+        .map(|e| {
+            validate::email(e).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "access.allow: {e:?} is not an e-mail address (expected name@example.com)"
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(AccessPolicy::Users { allow })
+}
+
 fn target(input: &str) -> Result<String, ApiError> {
     validate::host_port(input, "target").map_err(|e| ApiError::bad_request(e.0))
 }
@@ -165,6 +208,7 @@ pub async fn create(
         enabled: body.enabled.unwrap_or(true),
         tls: body.tls.unwrap_or(state.default_tls).as_str().to_string(),
         https_redirect: body.https_redirect.unwrap_or(true),
+        access: access(body.access.unwrap_or_default())?,
     };
     let row = state.store.create_tunnel(&new).await?;
     state.hub.changed();
@@ -224,6 +268,7 @@ pub async fn update(
         enabled: body.enabled,
         tls: body.tls.map(|t| t.as_str().to_string()),
         https_redirect: body.https_redirect,
+        access: body.access.map(access).transpose()?,
     };
     let row = state
         .store

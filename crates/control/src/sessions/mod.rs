@@ -42,6 +42,8 @@ pub struct Hub {
     /// Agents serving tunnels with replicas (from the latest world): Gateway snapshots carry their
     /// online state, so their sessions opening and closing is a change.
     replicated_agents: Mutex<Arc<HashSet<i64>>>,
+    /// Control's public URL, told to Gateways for access-control redirects ("" if unset).
+    access_url: std::sync::OnceLock<String>,
 }
 
 /// No Gateway is connected, so no ACME challenge can be answered.
@@ -68,12 +70,18 @@ impl Hub {
             acks: watch::channel(HashMap::new()).0,
             hsts_max_age: AtomicU32::new(0),
             replicated_agents: Mutex::new(Arc::default()),
+            access_url: std::sync::OnceLock::new(),
         })
     }
 
     /// The HSTS max-age put into routes that redirect to https.
     pub fn set_hsts_max_age(&self, seconds: u32) {
         self.hsts_max_age.store(seconds, Ordering::Relaxed);
+    }
+
+    /// Control's public URL, put into every Gateway's access config; set once at start.
+    pub fn set_access_url(&self, url: String) {
+        let _ = self.access_url.set(url.trim_end_matches('/').to_string());
     }
 
     /// Adds or removes ACME challenges (under the lock) and pushes the change to every Gateway.
@@ -182,6 +190,7 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         world.hsts_max_age = self.hsts_max_age.load(Ordering::Relaxed);
+        world.access.control_url = self.access_url.get().cloned().unwrap_or_default();
         let world = Arc::new(world);
         *lock(&self.replicated_agents) = Arc::new(world.replicated_agents());
         *cache = Some((generation, world.clone()));

@@ -4,6 +4,7 @@
 //! Every mutation runs in one transaction that validates, allocates and writes, so a failed
 //! request leaves nothing behind. Queries use `$n` placeholders to stay portable to PostgreSQL.
 
+pub mod access;
 mod agents;
 mod alloc;
 mod certs;
@@ -14,6 +15,7 @@ mod tokens;
 mod tunnels;
 mod users;
 
+pub use access::AccessKeyRow;
 pub use agents::AgentRow;
 pub use certs::{CertRow, NewCert};
 pub use gateways::{GatewayPatch, GatewayRow};

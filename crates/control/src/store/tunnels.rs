@@ -1,14 +1,16 @@
 //! Tunnels: a public hostname served by one Agent, forwarded to a local target through a port on
 //! the Agent's userspace stack.
 
+use super::access::{encode_policy, policy_of};
 use super::{
     alloc, is_foreign_key_violation, is_unique_violation, now, replicas, Store, StoreError,
     StoreResult,
 };
+use kakuremichi_proto::AccessPolicy;
 use sqlx::{Sqlite, Transaction};
 
-const COLUMNS: &str =
-    "id, hostname, agent_id, target, port, enabled, tls, https_redirect, created_at, updated_at";
+const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, https_redirect, \
+     access_mode, access_allow, created_at, updated_at";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -21,6 +23,10 @@ pub struct TunnelRow {
     /// `acme`, `internal` or `off`.
     pub tls: String,
     pub https_redirect: bool,
+    /// `public`, `login` or `users` (see [`super::access`]).
+    pub access_mode: String,
+    /// JSON array of lower-case e-mails, for `users`.
+    pub access_allow: String,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -36,6 +42,7 @@ pub struct NewTunnel {
     pub https_redirect: bool,
     /// Further Agents serving the tunnel (replicas), primary excluded, no duplicates.
     pub replicas: Vec<i64>,
+    pub access: AccessPolicy,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -49,6 +56,7 @@ pub struct TunnelPatch {
     pub https_redirect: Option<bool>,
     /// The new replica set (primary excluded, no duplicates); `None` keeps it, minus the primary.
     pub replicas: Option<Vec<i64>>,
+    pub access: Option<AccessPolicy>,
 }
 
 impl Store {
@@ -60,8 +68,10 @@ impl Store {
         let now = now();
         let sql = format!(
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
+             access_mode, access_allow, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {COLUMNS}"
         );
+        let (access_mode, access_allow) = encode_policy(&new.access);
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&new.hostname)
             .bind(new.agent_id)
@@ -70,6 +80,8 @@ impl Store {
             .bind(new.enabled)
             .bind(&new.tls)
             .bind(new.https_redirect)
+            .bind(access_mode)
+            .bind(access_allow)
             .bind(&now)
             .fetch_one(&mut *tx)
             .await
@@ -109,10 +121,13 @@ impl Store {
             }
             _ => (current.agent_id, current.port),
         };
+        let access = patch.access.clone().unwrap_or_else(|| policy_of(&current));
+        let (access_mode, access_allow) = encode_policy(&access);
         let hostname = patch.hostname.clone().unwrap_or(current.hostname);
         let sql = format!(
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
-             tls = $6, https_redirect = $7, updated_at = $8 WHERE id = $9 RETURNING {COLUMNS}"
+             tls = $6, https_redirect = $7, access_mode = $8, access_allow = $9, updated_at = $10 \
+             WHERE id = $11 RETURNING {COLUMNS}"
         );
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -122,6 +137,8 @@ impl Store {
             .bind(patch.enabled.unwrap_or(current.enabled))
             .bind(patch.tls.as_ref().unwrap_or(&current.tls))
             .bind(patch.https_redirect.unwrap_or(current.https_redirect))
+            .bind(access_mode)
+            .bind(access_allow)
             .bind(now())
             .bind(id)
             .fetch_one(&mut *tx)

@@ -43,7 +43,7 @@ impl Proxy {
     /// Answers one client request; every failure becomes a response, never an error or a panic.
     pub(crate) async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: ClientConn,
     ) -> Response<ProxyBody> {
         // CONNECT would turn the Gateway into an open forward proxy.
@@ -68,6 +68,9 @@ impl Proxy {
             let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
             let to = redirect::location(&host.name, self.config.https_port, path);
             return local(redirect::redirect(&to));
+        }
+        if let Err(page) = self.access.admit(&mut req, &host, &route, conn.scheme) {
+            return local(*page);
         }
         let scheme = conn.scheme;
         match self.forward(req, &host, &route, conn).await {
@@ -243,6 +246,7 @@ mod tests {
             https_redirect: false,
             hsts_max_age: 0,
             replicas: Vec::new(),
+            access: Default::default(),
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

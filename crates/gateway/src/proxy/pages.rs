@@ -45,7 +45,8 @@ pub(crate) fn method_not_allowed() -> Response<Full<Bytes>> {
     )
 }
 
-fn page(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
+/// A page with `detail` (HTML: escape what comes from outside) under the status as title.
+pub(crate) fn page(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
     let title = format!(
         "{} {}",
         status.as_u16(),
@@ -66,7 +67,7 @@ fn page(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
     response
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -100,6 +100,7 @@ mod tests {
             https_redirect,
             hsts_max_age,
             replicas: Vec::new(),
+            access: Default::default(),
         }
     }
 

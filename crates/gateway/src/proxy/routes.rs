@@ -80,6 +80,7 @@ mod tests {
             https_redirect: false,
             hsts_max_age: 0,
             replicas: Vec::new(),
+            access: Default::default(),
         }
     }
 

@@ -114,6 +114,7 @@ impl TestDialer {
             https_redirect: false,
             hsts_max_age: 0,
             replicas: Vec::new(),
+            access: Default::default(),
         }
     }
 

@@ -1,0 +1,251 @@
+//! `GET /access/authorize?host=<host>&return=<original URL>`: where Gateways send visitors of a
+//! protected tunnel. Answers with redirects and small HTML pages (browsers, not API clients), so
+//! these routes sit outside the API's JSON error layer.
+
+use super::Access;
+use crate::api::authn::session_cookie;
+use crate::api::AppState;
+use crate::secrets;
+use crate::validate;
+use axum::extract::{RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, REFERRER_POLICY};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use kakuremichi_proto::AccessPolicy;
+
+/// The path the Gateway's hand-off endpoint answers on every protected host.
+pub const HANDOFF_PATH: &str = "/.kakuremichi/access";
+
+/// The routes of this module, merged into Control's router.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/access/authorize", get(authorize))
+}
+
+/// A validated request: the normalised host and the URL to come back to (on that host).
+struct Request {
+    host: String,
+    target: url::Url,
+}
+
+fn parse(raw: Option<&str>) -> Result<Request, &'static str> {
+    let mut host = None;
+    let mut target = None;
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "host" => host = Some(value.into_owned()),
+            "return" => target = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let host = validate::hostname(&host.ok_or("The link names no host.")?)
+        .map_err(|_| "The link names an invalid host.")?;
+    let target = url::Url::parse(&target.ok_or("The link names no address to return to.")?)
+        .map_err(|_| "The address to return to is not a valid URL.")?;
+    let same_host = target
+        .host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case(&host));
+    if !matches!(target.scheme(), "http" | "https")
+        || !same_host
+        || !target.username().is_empty()
+        || target.password().is_some()
+    {
+        return Err("The address to return to does not belong to the host in the link.");
+    }
+    Ok(Request { host, target })
+}
+
+pub async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let req = match parse(raw.as_deref()) {
+        Ok(req) => req,
+        Err(why) => return page(StatusCode::BAD_REQUEST, "Invalid sign-in link", why),
+    };
+    match admit(&state, &headers, &req).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, host = %req.host, "access authorization failed");
+            page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "Control could not complete the sign-in; see its log.",
+            )
+        }
+    }
+}
+
+async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    req: &Request,
+) -> Result<Response, crate::store::StoreError> {
+    let Some((policy, https_only)) = state.store.access_policy(&req.host).await? else {
+        let detail = format!("No app is published at {}.", req.host);
+        return Ok(page(StatusCode::NOT_FOUND, "Unknown app", &detail));
+    };
+    if policy.is_public() {
+        return Ok(redirect(req.target.as_str()));
+    }
+    let session = session_cookie(headers).map(secrets::hash);
+    let signed_in = match &session {
+        Some(hash) => state.store.session_user(hash).await?,
+        None => None,
+    };
+    let (Some(hash), Some((user, expires))) = (session, signed_in) else {
+        let again = form_urlencoded::Serializer::new(String::new())
+            .append_pair("host", &req.host)
+            .append_pair("return", req.target.as_str())
+            .finish();
+        let next = format!("/access/authorize?{again}");
+        let login = form_urlencoded::Serializer::new(String::new())
+            .append_pair("next", &next)
+            .finish();
+        return Ok(redirect(&format!("/login?{login}")));
+    };
+    if !policy.admits(&user.email) {
+        tracing::info!(user_id = user.id, host = %req.host, "access denied by the tunnel's policy");
+        return Ok(denied(&user.email, &req.host, &policy));
+    }
+    let token = Access::new(state.store.clone(), state.access_ttl)
+        .mint(&user, &hash, &expires, &req.host)
+        .await?;
+    tracing::info!(user_id = user.id, host = %req.host, "access token issued");
+    Ok(redirect(
+        handoff_url(&req.target, &token, https_only).as_str(),
+    ))
+}
+
+/// `<scheme>://<host>[:port]/.kakuremichi/access?token=...&return=<path?query>`. For a tunnel
+/// served over HTTPS only, a (crafted) `http://` return URL is upgraded, so the token never
+/// crosses the network in clear text.
+fn handoff_url(target: &url::Url, token: &str, https_only: bool) -> url::Url {
+    let back = match target.query() {
+        Some(q) => format!("{}?{q}", target.path()),
+        None => target.path().to_string(),
+    };
+    let mut to = target.clone();
+    if https_only && to.scheme() == "http" {
+        let _ = to.set_scheme("https");
+        let _ = to.set_port(None);
+    }
+    to.set_path(HANDOFF_PATH);
+    to.set_fragment(None);
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .append_pair("return", &back)
+        .finish();
+    to.set_query(Some(&query));
+    to
+}
+
+fn denied(email: &str, host: &str, policy: &AccessPolicy) -> Response {
+    let rule = match policy {
+        AccessPolicy::Users { .. } => "only admits the users its owner listed",
+        _ => "does not admit this account",
+    };
+    let detail = format!(
+        "You are signed in as <b>{}</b>, but <b>{}</b> {rule}. Ask the app's owner to add \
+         your address, or sign in with another account.",
+        escape(email),
+        escape(host)
+    );
+    page_html(StatusCode::FORBIDDEN, "Access denied", &detail)
+}
+
+fn redirect(location: &str) -> Response {
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        headers.insert(LOCATION, value);
+    }
+    // The hand-off URL carries a token: keep it out of caches and Referer headers.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    page_html(status, title, &escape(text))
+}
+
+fn page_html(status: StatusCode, title: &str, detail_html: &str) -> Response {
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
+         <body><h1>{title}</h1><p>{detail_html}</p><hr><p>kakuremichi</p></body></html>\n"
+    );
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_url_must_be_on_the_host() {
+        let ok = parse(Some(
+            "host=App.Example.com&return=https%3A%2F%2Fapp.example.com%3A8443%2Fa%3Fb%3D1",
+        ))
+        .unwrap();
+        assert_eq!(ok.host, "app.example.com");
+        let url = handoff_url(&ok.target, "T.S", true);
+        assert_eq!(
+            url.as_str(),
+            "https://app.example.com:8443/.kakuremichi/access?token=T.S&return=%2Fa%3Fb%3D1"
+        );
+        let plain = parse(Some(
+            "host=app.example.com&return=http%3A%2F%2Fapp.example.com%3A8080%2F",
+        ))
+        .unwrap();
+        assert_eq!(
+            handoff_url(&plain.target, "T.S", true).as_str(),
+            "https://app.example.com/.kakuremichi/access?token=T.S&return=%2F"
+        );
+        assert!(handoff_url(&plain.target, "T.S", false)
+            .as_str()
+            .starts_with("http://app.example.com:8080/"));
+        for bad in [
+            "host=app.example.com&return=https%3A%2F%2Fevil.example.com%2F",
+            "host=app.example.com&return=javascript%3Aalert(1)",
+            "host=app.example.com&return=https%3A%2F%2Fu%3Ap%40app.example.com%2F",
+            "host=app.example.com&return=%2Frelative",
+            "host=app.example.com",
+            "return=https%3A%2F%2Fapp.example.com%2F",
+            "host=%2F%2F&return=x",
+            "",
+        ] {
+            assert!(parse(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(parse(None).is_err());
+    }
+
+    #[test]
+    fn denied_page_names_the_user_and_escapes() {
+        let r = denied(
+            "<b>@x.io",
+            "app.example.com",
+            &AccessPolicy::Users {
+                allow: Default::default(),
+            },
+        );
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+}

@@ -1,0 +1,362 @@
+//! Per-tunnel access control on the wire: a route's [`AccessPolicy`], the verification keys and
+//! revocations every Gateway receives in its snapshot ([`AccessConfig`]), and the access token.
+//!
+//! Design (the Gateway admits visitors without asking Control per request):
+//! - Control holds Ed25519 signing keys and mints tokens; Gateways only ever get the *public*
+//!   keys, so a Gateway can verify but never mint.
+//! - A token is `base64url(JSON claims) "." base64url(Ed25519 signature over the first part)`.
+//!   The claims name the signing key (`kid`), the one host the token is good for, the user
+//!   (`sub`, `email`), a session id (`sid`, derived from Control's login session) and
+//!   `iat`/`exp` in Unix seconds.
+//! - The same token is handed to the Gateway once in the hand-off URL (accepted there only within
+//!   [`HANDOFF_MAX_AGE_SECS`] of `iat`) and then lives in a host-only cookie until `exp`.
+//! - Logout reaches Gateways as a revoked `sid` in the snapshot (kept until every token of that
+//!   session has expired); removal from a route's allow-list is checked on every request against
+//!   the route's current policy.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+/// Tokens longer than this are rejected before any decoding (a cookie is at most ~4 KiB anyway).
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// A token is accepted at the hand-off URL only this long after it was issued.
+pub const HANDOFF_MAX_AGE_SECS: u64 = 60;
+/// Tolerated clock difference between Control and a Gateway for `iat`.
+pub const CLOCK_SKEW_SECS: u64 = 60;
+
+/// Who may use a tunnel. JSON: `{"mode":"public"}`, `{"mode":"login"}` or
+/// `{"mode":"users","allow":["alice@example.com"]}` (lower-case e-mails).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AccessPolicy {
+    /// Anyone; the Gateway checks nothing.
+    #[default]
+    Public,
+    /// Any user signed in to Control.
+    Login,
+    /// Only the listed users, by e-mail.
+    Users { allow: BTreeSet<String> },
+}
+
+impl AccessPolicy {
+    pub fn is_public(&self) -> bool {
+        matches!(self, AccessPolicy::Public)
+    }
+
+    /// Whether a signed-in user with this (lower-case) e-mail may use the tunnel.
+    pub fn admits(&self, email: &str) -> bool {
+        match self {
+            AccessPolicy::Public | AccessPolicy::Login => true,
+            AccessPolicy::Users { allow } => allow.contains(email),
+        }
+    }
+}
+
+/// What a Gateway needs to check access tokens itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Control's base URL as browsers reach it (its `public_url`); empty: the Gateway uses the
+    /// URL it reaches Control by.
+    #[serde(default)]
+    pub control_url: String,
+    /// Public keys tokens may be signed with: the current one, the next one (published ahead of
+    /// use) and retired ones until their last tokens expire.
+    #[serde(default)]
+    pub keys: Vec<AccessKey>,
+    /// Session ids (`sid`) whose tokens are no longer honoured (logout, deleted user), sorted.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+}
+
+impl AccessConfig {
+    pub fn is_empty(&self) -> bool {
+        self.control_url.is_empty() && self.keys.is_empty() && self.revoked.is_empty()
+    }
+}
+
+/// One verification key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub kid: String,
+    /// base64url (no padding) of the 32-byte Ed25519 public key.
+    pub public_key: String,
+}
+
+/// The signed content of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Id of the key that signed the token.
+    pub kid: String,
+    /// The only host (lower case, no port) the token is good for.
+    pub host: String,
+    /// User id in Control's database.
+    pub sub: i64,
+    /// The user's e-mail (lower case), matched against allow-lists and sent to the app.
+    pub email: String,
+    /// Id of the Control login session the token was minted for; revoked on logout.
+    pub sid: String,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expires at, Unix seconds.
+    pub exp: u64,
+}
+
+/// Why a token was refused. Messages are for logs; visitors only see "sign in again".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("token signed by an unknown key")]
+    UnknownKey,
+    #[error("bad token signature")]
+    BadSignature,
+    #[error("token is for another host")]
+    WrongHost,
+    #[error("token expired")]
+    Expired,
+    #[error("token issued in the future")]
+    NotYetValid,
+    #[error("token's session was revoked")]
+    Revoked,
+}
+
+/// Signs `claims` with `key` (whose id must be `claims.kid`).
+pub fn sign_token(claims: &AccessClaims, key: &Ed25519KeyPair) -> String {
+    let json = serde_json::to_vec(claims).expect("claims serialise");
+    let payload = URL_SAFE_NO_PAD.encode(json);
+    let signature = key.sign(payload.as_bytes());
+    format!("{payload}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+}
+
+/// The verification keys of an [`AccessConfig`], decoded once per snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: HashMap<String, Vec<u8>>,
+}
+
+impl KeySet {
+    /// Keys that are not 32 bytes of base64url are skipped (tokens naming them fail as unknown).
+    pub fn new(keys: &[AccessKey]) -> Self {
+        let keys = keys
+            .iter()
+            .filter_map(|k| {
+                let bytes = URL_SAFE_NO_PAD.decode(&k.public_key).ok()?;
+                (bytes.len() == 32).then(|| (k.kid.clone(), bytes))
+            })
+            .collect();
+        Self { keys }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Checks the signature, the host and the validity period of `token` at Unix time `now`.
+    /// `host` is the request's host, already lower case without port. Never panics on input.
+    pub fn verify(&self, token: &str, host: &str, now: u64) -> Result<AccessClaims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let (payload, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: AccessClaims =
+            serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        let key = self.keys.get(&claims.kid).ok_or(TokenError::UnknownKey)?;
+        UnparsedPublicKey::new(&ED25519, key)
+            .verify(payload.as_bytes(), &signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        if claims.host != host {
+            return Err(TokenError::WrongHost);
+        }
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if claims.iat > now.saturating_add(CLOCK_SKEW_SECS) {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key(seed: u8) -> Ed25519KeyPair {
+        Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap()
+    }
+
+    fn public(kid: &str, seed: u8) -> AccessKey {
+        use ring::signature::KeyPair as _;
+        AccessKey {
+            kid: kid.into(),
+            public_key: URL_SAFE_NO_PAD.encode(key(seed).public_key().as_ref()),
+        }
+    }
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            kid: "k1".into(),
+            host: "app.example.com".into(),
+            sub: 7,
+            email: "alice@example.com".into(),
+            sid: "s1".into(),
+            iat: NOW - 10,
+            exp: NOW + 3600,
+        }
+    }
+
+    fn keys() -> KeySet {
+        KeySet::new(&[public("k1", 1), public("k2", 2)])
+    }
+
+    #[test]
+    fn a_good_token_verifies() {
+        let token = sign_token(&claims(), &key(1));
+        assert_eq!(keys().verify(&token, "app.example.com", NOW), Ok(claims()));
+    }
+
+    #[test]
+    fn forged_signature_is_rejected() {
+        // Signed with a key Control never published, under a published kid.
+        let token = sign_token(&claims(), &key(9));
+        assert_eq!(
+            keys().verify(&token, "app.example.com", NOW),
+            Err(TokenError::BadSignature)
+        );
+        // A valid signature moved onto edited claims.
+        let good = sign_token(&claims(), &key(1));
+        let (_, sig) = good.split_once('.').unwrap();
+        let mut edited = claims();
+        edited.email = "mallory@example.com".into();
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&edited).unwrap());
+        assert_eq!(
+            keys().verify(&format!("{payload}.{sig}"), "app.example.com", NOW),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn wrong_or_unknown_kid_is_rejected() {
+        // Signed by k1's key but claiming to be k2: the signature does not match k2.
+        let mut c = claims();
+        c.kid = "k2".into();
+        assert_eq!(
+            keys().verify(&sign_token(&c, &key(1)), "app.example.com", NOW),
+            Err(TokenError::BadSignature)
+        );
+        c.kid = "retired".into();
+        assert_eq!(
+            keys().verify(&sign_token(&c, &key(1)), "app.example.com", NOW),
+            Err(TokenError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn expired_and_future_tokens_are_rejected() {
+        let token = sign_token(&claims(), &key(1));
+        assert_eq!(
+            keys().verify(&token, "app.example.com", NOW + 3600),
+            Err(TokenError::Expired)
+        );
+        let mut c = claims();
+        c.iat = NOW + CLOCK_SKEW_SECS + 1;
+        assert_eq!(
+            keys().verify(&sign_token(&c, &key(1)), "app.example.com", NOW),
+            Err(TokenError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn other_host_is_rejected() {
+        let token = sign_token(&claims(), &key(1));
+        for host in [
+            "other.example.com",
+            "APP.example.com",
+            "app.example.com.evil",
+        ] {
+            assert_eq!(
+                keys().verify(&token, host, NOW),
+                Err(TokenError::WrongHost),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_input_is_rejected_without_panic() {
+        let good = sign_token(&claims(), &key(1));
+        let long = "a".repeat(MAX_TOKEN_LEN + 1);
+        let inputs = [
+            "",
+            ".",
+            "abc",
+            "abc.def",
+            "!!!.???",
+            "e30.AAAA",   // `{}`: missing claims
+            "bnVsbA.AAA", // `null`
+            &good[..good.len() - 3],
+            &format!("{good}.extra"),
+            &long,
+            "\u{1F600}.\u{1F600}",
+        ];
+        let k = keys();
+        for input in inputs {
+            assert!(
+                k.verify(input, "app.example.com", NOW).is_err(),
+                "{input:?}"
+            );
+        }
+        // A truncated signature decodes but does not verify.
+        assert_eq!(
+            k.verify(&good[..good.len() - 4], "app.example.com", NOW),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn bad_published_keys_are_skipped() {
+        let set = KeySet::new(&[
+            AccessKey {
+                kid: "short".into(),
+                public_key: "AAAA".into(),
+            },
+            AccessKey {
+                kid: "junk".into(),
+                public_key: "***".into(),
+            },
+            public("k1", 1),
+        ]);
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn policy_json_and_admission() {
+        let users: AccessPolicy =
+            serde_json::from_str(r#"{"mode":"users","allow":["a@x.io","b@x.io"]}"#).unwrap();
+        assert!(users.admits("a@x.io") && !users.admits("c@x.io"));
+        assert!(AccessPolicy::Login.admits("c@x.io"));
+        assert_eq!(
+            serde_json::to_string(&AccessPolicy::Login).unwrap(),
+            r#"{"mode":"login"}"#
+        );
+        assert!(serde_json::from_str::<AccessPolicy>(r#"{"mode":"secret"}"#).is_err());
+        assert!(AccessPolicy::default().is_public());
+    }
+}
