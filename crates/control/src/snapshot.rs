@@ -196,6 +196,7 @@ mod tests {
             public_key: key.map(str::to_string),
             last_seen: None,
             created_at: String::new(),
+            owner_id: None,
         }
     }
 
@@ -228,6 +229,7 @@ mod tests {
             https_redirect: true,
             created_at: String::new(),
             updated_at: String::new(),
+            owner_id: None,
         }
     }
 

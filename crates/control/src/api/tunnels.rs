@@ -9,8 +9,8 @@ use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
 use super::AppState;
 use crate::certs::{self, TlsMode};
-use crate::store::{CertRow, NewTunnel, TunnelPatch, TunnelRow};
-use crate::validate;
+use crate::ops::{self, tunnels::TunnelInput};
+use crate::store::{CertRow, TunnelRow};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -51,10 +51,11 @@ pub struct TunnelView {
     certificate: Option<serde_json::Value>,
     created_at: String,
     updated_at: String,
+    owner_id: Option<i64>,
 }
 
 impl TunnelView {
-    fn new(t: TunnelRow, cert: Option<&CertRow>, gateways_online: bool) -> Self {
+    pub fn new(t: TunnelRow, cert: Option<&CertRow>, gateways_online: bool) -> Self {
         // Only this API writes the column, with a validated value.
         let tls = t.tls.parse().unwrap_or(TlsMode::Off);
         Self {
@@ -69,41 +70,32 @@ impl TunnelView {
             certificate: certs::status_view(tls, cert, gateways_online),
             created_at: t.created_at,
             updated_at: t.updated_at,
+            owner_id: t.owner_id,
         }
     }
 }
 
 /// The view of one tunnel, with its certificate's state.
-async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
+pub async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
     let cert = state.store.get_certificate(&row.hostname).await?;
     let online = !state.hub.online_gateways().is_empty();
     Ok(TunnelView::new(row, cert.as_ref(), online))
 }
 
-fn hostname(input: &str) -> Result<String, ApiError> {
-    validate::hostname(input).map_err(|e| ApiError::bad_request(e.0))
-}
-
-fn target(input: &str) -> Result<String, ApiError> {
-    validate::host_port(input, "target").map_err(|e| ApiError::bad_request(e.0))
-}
-
 pub async fn create(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<CreateTunnel>,
 ) -> Result<(StatusCode, Json<TunnelView>), ApiError> {
-    let new = NewTunnel {
-        hostname: hostname(&body.hostname)?,
-        agent_id: body.agent_id,
-        target: target(&body.target)?,
-        enabled: body.enabled.unwrap_or(true),
-        tls: body.tls.unwrap_or(state.default_tls).as_str().to_string(),
-        https_redirect: body.https_redirect.unwrap_or(true),
+    let input = TunnelInput {
+        hostname: Some(body.hostname),
+        agent_id: Some(body.agent_id),
+        target: Some(body.target),
+        enabled: body.enabled,
+        tls: body.tls,
+        https_redirect: body.https_redirect,
     };
-    let row = state.store.create_tunnel(&new).await?;
-    state.hub.changed();
-    tracing::info!(tunnel_id = row.id, hostname = %row.hostname, agent_id = row.agent_id, tls = %row.tls, "tunnel created");
+    let row = ops::tunnels::create(&state, &user, input).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
 }
 
@@ -141,38 +133,27 @@ pub async fn get(
 
 pub async fn update(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     Id(id): Id,
     ApiJson(body): ApiJson<PatchTunnel>,
 ) -> Result<Json<TunnelView>, ApiError> {
-    let patch = TunnelPatch {
-        hostname: body.hostname.as_deref().map(hostname).transpose()?,
+    let input = TunnelInput {
+        hostname: body.hostname,
         agent_id: body.agent_id,
-        target: body.target.as_deref().map(target).transpose()?,
+        target: body.target,
         enabled: body.enabled,
-        tls: body.tls.map(|t| t.as_str().to_string()),
+        tls: body.tls,
         https_redirect: body.https_redirect,
     };
-    let row = state
-        .store
-        .update_tunnel(id, &patch)
-        .await
-        .map_err(about("tunnel"))?;
-    state.hub.changed();
+    let row = ops::tunnels::update(&state, &user, id, input).await?;
     Ok(Json(view(&state, row).await?))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .store
-        .delete_tunnel(id)
-        .await
-        .map_err(about("tunnel"))?;
-    state.hub.changed();
-    tracing::info!(tunnel_id = id, "tunnel deleted");
+    ops::tunnels::delete(&state, &user, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,7 +7,7 @@ use super::{
 use sqlx::{Sqlite, Transaction};
 
 const COLUMNS: &str =
-    "id, hostname, agent_id, target, port, enabled, tls, https_redirect, created_at, updated_at";
+    "id, hostname, agent_id, target, port, enabled, tls, https_redirect, created_at, updated_at, owner_id";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -22,6 +22,9 @@ pub struct TunnelRow {
     pub https_redirect: bool,
     pub created_at: String,
     pub updated_at: String,
+    /// The member who manages it; `None` = admins only. (Absent from queries that do not need it.)
+    #[sqlx(default)]
+    pub owner_id: Option<i64>,
 }
 
 /// A tunnel to create; values are already validated and normalised.
@@ -33,6 +36,7 @@ pub struct NewTunnel {
     pub enabled: bool,
     pub tls: String,
     pub https_redirect: bool,
+    pub owner_id: Option<i64>,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -55,7 +59,8 @@ impl Store {
         let now = now();
         let sql = format!(
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
+             created_at, updated_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
+             RETURNING {COLUMNS}"
         );
         let row = sqlx::query_as(&sql)
             .bind(&new.hostname)
@@ -66,6 +71,7 @@ impl Store {
             .bind(&new.tls)
             .bind(new.https_redirect)
             .bind(&now)
+            .bind(new.owner_id)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;
