@@ -55,7 +55,11 @@ async fn first_run_setup_creates_the_admin_once() {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&res), "/setup");
     let res = b.get(c.url("/login")).send().await.unwrap();
-    assert_eq!(location(&res), "/setup", "no login before an account exists");
+    assert_eq!(
+        location(&res),
+        "/setup",
+        "no login before an account exists"
+    );
 
     // A too-short password is explained, nothing is created.
     let res = b
@@ -76,11 +80,19 @@ async fn first_run_setup_creates_the_admin_once() {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&res), "/");
     let cookie = cookie_of(&res).expect("signed in after setup");
-    let page = b.get(c.url("/")).header("cookie", &cookie).send().await.unwrap();
+    let page = b
+        .get(c.url("/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     assert!(html.contains("root@example.com") && html.contains("Dashboard"));
-    assert!(html.contains("Add a gateway"), "the dashboard says what to do next");
+    assert!(
+        html.contains("Add a gateway"),
+        "the dashboard says what to do next"
+    );
 
     // Setup is closed now; it cannot make a second admin.
     let res = b
@@ -91,8 +103,14 @@ async fn first_run_setup_creates_the_admin_once() {
         .unwrap();
     assert_eq!(location(&res), "/login");
     assert!(cookie_of(&res).is_none());
-    assert!(c.login_csrf("evil@example.com", ADMIN_PASSWORD).await.is_none());
-    assert!(c.login_csrf("root@example.com", ADMIN_PASSWORD).await.is_some());
+    assert!(c
+        .login_csrf("evil@example.com", ADMIN_PASSWORD)
+        .await
+        .is_none());
+    assert!(c
+        .login_csrf("root@example.com", ADMIN_PASSWORD)
+        .await
+        .is_some());
 }
 
 #[tokio::test]
@@ -128,7 +146,11 @@ async fn cookie_writes_need_the_csrf_token() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "reads need no token");
-    assert_eq!(list.as_array().unwrap().len(), 0, "the refused writes wrote nothing");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        0,
+        "the refused writes wrote nothing"
+    );
     let (s, _) = create(Some(&csrf)).await;
     assert_eq!(s, StatusCode::CREATED);
     // Bearer calls need none.
@@ -160,7 +182,10 @@ async fn cookie_writes_need_the_csrf_token() {
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     let res = post(field).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.text().await.unwrap().contains("kma_"), "the key is shown once");
+    assert!(
+        res.text().await.unwrap().contains("kma_"),
+        "the key is shown once"
+    );
     let (_, agents) = c.get("/api/v1/agents").await;
     assert_eq!(agents.as_array().unwrap().len(), 3);
 
@@ -186,7 +211,11 @@ async fn login_rotates_the_session_and_logout_everywhere_ends_all() {
     let res = b
         .post(c.url("/login"))
         .header("cookie", planted)
-        .form(&[("email", ADMIN_EMAIL), ("password", ADMIN_PASSWORD), ("next", "/tunnels")])
+        .form(&[
+            ("email", ADMIN_EMAIL),
+            ("password", ADMIN_PASSWORD),
+            ("next", "/tunnels"),
+        ])
         .send()
         .await
         .unwrap();
@@ -214,10 +243,18 @@ async fn login_rotates_the_session_and_logout_everywhere_ends_all() {
     assert_eq!(me(&c, &second).await, StatusCode::OK);
 
     // `next` must stay on this site.
-    for (next, expected) in [("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/access/x?h=1", "/access/x?h=1")] {
+    for (next, expected) in [
+        ("//evil.example/x", "/"),
+        ("https://evil.example/", "/"),
+        ("/access/x?h=1", "/access/x?h=1"),
+    ] {
         let res = b
             .post(c.url("/login"))
-            .form(&[("email", ADMIN_EMAIL), ("password", ADMIN_PASSWORD), ("next", next)])
+            .form(&[
+                ("email", ADMIN_EMAIL),
+                ("password", ADMIN_PASSWORD),
+                ("next", next),
+            ])
             .send()
             .await
             .unwrap();
@@ -259,19 +296,33 @@ async fn failed_logins_are_throttled_per_account_and_per_address() {
             .send()
     };
     for _ in 0..4 {
-        assert_eq!(login(ADMIN_EMAIL, "wrong").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            login(ADMIN_EMAIL, "wrong").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     let res = login(ADMIN_EMAIL, "wrong").await.unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "the fifth failure starts the wait");
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the fifth failure starts the wait"
+    );
     // Even the right password waits now.
     let res = login(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=30).contains(&wait), "{wait}");
     let (_, body) = into_json(res).await;
     assert_eq!(body["error"]["code"], "too_many_requests");
     assert!(
-        body["error"]["message"].as_str().unwrap().contains(&format!("try again in {wait} seconds")),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("try again in {wait} seconds")),
         "{body}"
     );
     // The login page says it too.
@@ -287,7 +338,10 @@ async fn failed_logins_are_throttled_per_account_and_per_address() {
 
     // One address guessing many accounts is slowed down as well (20 failures).
     for i in 0..14 {
-        let s = login(&format!("guess{i}@example.com"), "x").await.unwrap().status();
+        let s = login(&format!("guess{i}@example.com"), "x")
+            .await
+            .unwrap()
+            .status();
         assert_eq!(s, StatusCode::UNAUTHORIZED, "attempt {i}");
     }
     let res = login("another@example.com", "x").await.unwrap();
@@ -300,7 +354,10 @@ async fn registration_is_closed_by_default_and_works_by_invitation() {
     let c = start(&dir).await;
     let b = browser();
     let form = |email: &'static str, invite: Option<String>| {
-        let mut fields = vec![("email", email.to_string()), ("password", ADMIN_PASSWORD.to_string())];
+        let mut fields = vec![
+            ("email", email.to_string()),
+            ("password", ADMIN_PASSWORD.to_string()),
+        ];
         if let Some(i) = invite {
             fields.push(("invite", i));
         }
@@ -311,25 +368,48 @@ async fn registration_is_closed_by_default_and_works_by_invitation() {
     assert!(res.text().await.unwrap().contains("invitation"));
 
     let (s, inv) = c
-        .post("/api/v1/invitations", json!({"email": "Friend@example.com"}))
+        .post(
+            "/api/v1/invitations",
+            json!({"email": "Friend@example.com"}),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{inv}");
     let token = inv["token"].as_str().unwrap().to_string();
-    let page = b.get(c.url(inv["path"].as_str().unwrap())).send().await.unwrap();
+    let page = b
+        .get(c.url(inv["path"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert!(page.text().await.unwrap().contains("friend@example.com"));
-    let res = form("ignored@example.com", Some(token.clone())).await.unwrap();
+    let res = form("ignored@example.com", Some(token.clone()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert!(cookie_of(&res).is_some());
-    assert!(c.login_csrf("friend@example.com", ADMIN_PASSWORD).await.is_some());
+    assert!(c
+        .login_csrf("friend@example.com", ADMIN_PASSWORD)
+        .await
+        .is_some());
     let res = form("ignored@example.com", Some(token)).await.unwrap();
-    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "an invitation works once");
+    assert_eq!(
+        res.status(),
+        StatusCode::BAD_REQUEST,
+        "an invitation works once"
+    );
 
-    let (s, _) = c.patch("/api/v1/settings", json!({"open_registration": true})).await;
+    let (s, _) = c
+        .patch("/api/v1/settings", json!({"open_registration": true}))
+        .await;
     assert_eq!(s, StatusCode::OK);
     let res = form("walkin@example.com", None).await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let (_, users) = c.get("/api/v1/users").await;
-    let walkin = users.as_array().unwrap().iter().find(|u| u["email"] == "walkin@example.com").unwrap();
+    let walkin = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "walkin@example.com")
+        .unwrap();
     assert_eq!(walkin["is_admin"], false, "open registration makes members");
 }
 
@@ -337,11 +417,19 @@ async fn registration_is_closed_by_default_and_works_by_invitation() {
 async fn every_response_has_the_security_headers() {
     let (_tmp, dir) = data_dir();
     let c = start(&dir).await;
-    for path in ["/login", "/api/v1/status", "/static/app.js", "/no-such-page"] {
+    for path in [
+        "/login",
+        "/api/v1/status",
+        "/static/app.js",
+        "/no-such-page",
+    ] {
         let res = c.http.get(c.url(path)).send().await.unwrap();
         let h = res.headers();
         let csp = h["content-security-policy"].to_str().unwrap();
-        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
         assert!(csp.contains("frame-ancestors 'none'"));
         assert_eq!(h["x-frame-options"], "DENY");
         assert_eq!(h["x-content-type-options"], "nosniff");
@@ -351,5 +439,8 @@ async fn every_response_has_the_security_headers() {
     let (s, body): (StatusCode, Value) = into_json(res).await;
     assert_error(s, &body, StatusCode::NOT_FOUND, "not_found");
     let res = c.http.get(c.url("/nope")).send().await.unwrap();
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
 }

@@ -88,9 +88,7 @@ pub fn router(state: AppState) -> Router {
     api_router()
         .merge(crate::ui::router())
         .fallback(crate::ui::not_found)
-        .layer(axum::middleware::map_response(
-            crate::ui::security_headers,
-        ))
+        .layer(axum::middleware::map_response(crate::ui::security_headers))
         .with_state(state)
 }
 

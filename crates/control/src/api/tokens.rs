@@ -3,8 +3,8 @@
 use super::authn::AuthUser;
 use super::error::{ApiError, ApiJson, Id};
 use super::AppState;
-use crate::store::TokenRow;
 use crate::ops;
+use crate::store::TokenRow;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;

@@ -64,7 +64,8 @@ pub async fn create(
     AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<CreateUser>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
-    let created = ops::users::create(&state, &user, &body.email, body.password, body.is_admin).await?;
+    let created =
+        ops::users::create(&state, &user, &body.email, body.password, body.is_admin).await?;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 

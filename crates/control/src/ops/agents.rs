@@ -65,7 +65,14 @@ pub async fn rotate_key(
         .await
         .map_err(about("agent"))?;
     tracing::info!(agent_id = id, "agent key rotated");
-    audit(state, Some(user), "agent.rotate_key", target(&row), json!({})).await;
+    audit(
+        state,
+        Some(user),
+        "agent.rotate_key",
+        target(&row),
+        json!({}),
+    )
+    .await;
     Ok((row, key))
 }
 
@@ -76,7 +83,14 @@ pub async fn delete(state: &AppState, user: &UserRow, id: i64) -> Result<(), Api
     state.store.delete_agent(id).await.map_err(about("agent"))?;
     state.hub.changed();
     tracing::info!(agent_id = id, "agent deleted");
-    audit(state, Some(user), "agent.delete", target(&current), json!({})).await;
+    audit(
+        state,
+        Some(user),
+        "agent.delete",
+        target(&current),
+        json!({}),
+    )
+    .await;
     Ok(())
 }
 

@@ -60,7 +60,8 @@ pub async fn update(
         .await
         .map_err(about("gateway"))?;
     state.hub.changed();
-    let detail = json!({"name": patch.name, "public_endpoint": patch.public_endpoint, "enabled": enabled});
+    let detail =
+        json!({"name": patch.name, "public_endpoint": patch.public_endpoint, "enabled": enabled});
     audit(state, Some(user), "gateway.update", target(&row), detail).await;
     Ok(row)
 }
@@ -80,7 +81,14 @@ pub async fn delete(state: &AppState, user: &UserRow, id: i64) -> Result<(), Api
         .map_err(about("gateway"))?;
     state.hub.changed();
     tracing::info!(gateway_id = id, "gateway deleted");
-    audit(state, Some(user), "gateway.delete", target(&current), json!({})).await;
+    audit(
+        state,
+        Some(user),
+        "gateway.delete",
+        target(&current),
+        json!({}),
+    )
+    .await;
     Ok(())
 }
 

@@ -102,4 +102,3 @@ fn too_many(wait: std::time::Duration) -> ApiError {
         "too many failed logins for this account or from this address",
     )
 }
-

@@ -26,6 +26,13 @@ pub async fn delete(state: &AppState, user: &UserRow, id: i64) -> Result<(), Api
     if !state.store.delete_token(user.id, id).await? {
         return Err(ApiError::not_found("token"));
     }
-    audit(state, Some(user), "token.revoke", format!("token:{id}"), json!({})).await;
+    audit(
+        state,
+        Some(user),
+        "token.revoke",
+        format!("token:{id}"),
+        json!({}),
+    )
+    .await;
     Ok(())
 }

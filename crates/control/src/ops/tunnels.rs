@@ -112,7 +112,14 @@ pub async fn delete(state: &AppState, user: &UserRow, id: i64) -> Result<(), Api
         .map_err(about("tunnel"))?;
     state.hub.changed();
     tracing::info!(tunnel_id = id, "tunnel deleted");
-    audit(state, Some(user), "tunnel.delete", label(&current), json!({})).await;
+    audit(
+        state,
+        Some(user),
+        "tunnel.delete",
+        label(&current),
+        json!({}),
+    )
+    .await;
     Ok(())
 }
 

@@ -14,16 +14,24 @@ fn email(input: &str) -> Result<String, ApiError> {
 }
 
 /// First run: creates the admin while no user exists; afterwards 409.
-pub async fn setup(state: &AppState, email_in: &str, password: String) -> Result<UserRow, ApiError> {
+pub async fn setup(
+    state: &AppState,
+    email_in: &str,
+    password: String,
+) -> Result<UserRow, ApiError> {
     let email = email(email_in)?;
     check_password(&password)?;
     let hash = hash_password(password).await?;
-    let user = state.store.bootstrap_admin(&email, &hash).await?.ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "Control is already set up; log in instead",
-        )
-    })?;
+    let user = state
+        .store
+        .bootstrap_admin(&email, &hash)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "Control is already set up; log in instead",
+            )
+        })?;
     audit(state, Some(&user), "user.setup", target(&user), json!({})).await;
     Ok(user)
 }
@@ -39,7 +47,10 @@ pub async fn register(
     let user = match invitation.filter(|t| !t.is_empty()) {
         Some(token) => {
             let hash = hash_password(password).await?;
-            state.store.redeem_invitation(&secrets::hash(token), &hash).await?
+            state
+                .store
+                .redeem_invitation(&secrets::hash(token), &hash)
+                .await?
         }
         None => {
             if !state.store.open_registration().await? {
@@ -52,7 +63,14 @@ pub async fn register(
             state.store.create_user(&email, &hash, false).await?
         }
     };
-    audit(state, Some(&user), "user.register", target(&user), json!({})).await;
+    audit(
+        state,
+        Some(&user),
+        "user.register",
+        target(&user),
+        json!({}),
+    )
+    .await;
     Ok(user)
 }
 
@@ -92,10 +110,23 @@ pub async fn invite(
     let token = secrets::generate("kmi_");
     state
         .store
-        .create_invitation(&secrets::hash(&token), &email, is_admin, admin.id, INVITATION_VALID)
+        .create_invitation(
+            &secrets::hash(&token),
+            &email,
+            is_admin,
+            admin.id,
+            INVITATION_VALID,
+        )
         .await?;
     let detail = json!({"is_admin": is_admin});
-    audit(state, Some(admin), "user.invite", format!("invitation {email}"), detail).await;
+    audit(
+        state,
+        Some(admin),
+        "user.invite",
+        format!("invitation {email}"),
+        detail,
+    )
+    .await;
     Ok(token)
 }
 
@@ -107,7 +138,11 @@ pub async fn set_admin(
     is_admin: bool,
 ) -> Result<UserRow, ApiError> {
     require_admin(admin, "change roles")?;
-    let user = state.store.set_admin(id, is_admin).await.map_err(about("user"))?;
+    let user = state
+        .store
+        .set_admin(id, is_admin)
+        .await
+        .map_err(about("user"))?;
     let detail = json!({"is_admin": is_admin});
     audit(state, Some(admin), "user.role", target(&user), detail).await;
     Ok(user)
@@ -124,8 +159,19 @@ pub async fn reset_password(
     check_password(&password)?;
     let user = state.store.get_user(id).await.map_err(about("user"))?;
     let hash = hash_password(password).await?;
-    state.store.set_password(id, &hash).await.map_err(about("user"))?;
-    audit(state, Some(admin), "user.reset_password", target(&user), json!({})).await;
+    state
+        .store
+        .set_password(id, &hash)
+        .await
+        .map_err(about("user"))?;
+    audit(
+        state,
+        Some(admin),
+        "user.reset_password",
+        target(&user),
+        json!({}),
+    )
+    .await;
     Ok(())
 }
 
@@ -146,7 +192,14 @@ pub async fn change_own_password(
     }
     let hash = hash_password(new).await?;
     state.store.set_password(user.id, &hash).await?;
-    audit(state, Some(user), "user.change_password", target(user), json!({})).await;
+    audit(
+        state,
+        Some(user),
+        "user.change_password",
+        target(user),
+        json!({}),
+    )
+    .await;
     Ok(())
 }
 
@@ -170,7 +223,14 @@ pub async fn set_open_registration(
         .set_setting(OPEN_REGISTRATION, if open { "true" } else { "false" })
         .await?;
     let detail = json!({"open_registration": open});
-    audit(state, Some(admin), "settings.update", "settings".into(), detail).await;
+    audit(
+        state,
+        Some(admin),
+        "settings.update",
+        "settings".into(),
+        detail,
+    )
+    .await;
     Ok(())
 }
 

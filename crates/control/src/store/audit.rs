@@ -16,8 +16,7 @@ pub struct AuditRow {
 
 /// `detail` is stored as JSON text; show it as JSON, not as a string of JSON.
 fn raw_json<S: serde::Serializer>(detail: &str, s: S) -> Result<S::Ok, S::Error> {
-    let value: serde_json::Value =
-        serde_json::from_str(detail).unwrap_or(serde_json::Value::Null);
+    let value: serde_json::Value = serde_json::from_str(detail).unwrap_or(serde_json::Value::Null);
     serde::Serialize::serialize(&value, s)
 }
 

@@ -156,10 +156,11 @@ async fn require_other_admin(
             .bind(id)
             .fetch_one(&mut **tx)
             .await?;
-    let (is_admin,): (bool,) = sqlx::query_as("SELECT COALESCE(MAX(is_admin), FALSE) FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
+    let (is_admin,): (bool,) =
+        sqlx::query_as("SELECT COALESCE(MAX(is_admin), FALSE) FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
     if is_admin && others == 0 {
         return Err(StoreError::Conflict(
             "this is the only admin; make another user admin first".to_string(),

@@ -139,7 +139,9 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Response> {
-    viewer.check(&form.csrf).map_err(IntoResponse::into_response)?;
+    viewer
+        .check(&form.csrf)
+        .map_err(IntoResponse::into_response)?;
     if let Some(session) = session_cookie(&headers) {
         state
             .store

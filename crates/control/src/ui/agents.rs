@@ -40,7 +40,11 @@ pub fn control_url(state: &AppState, headers: &HeaderMap) -> String {
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("localhost:8780");
-    let scheme = if state.secure_cookies { "https" } else { "http" };
+    let scheme = if state.secure_cookies {
+        "https"
+    } else {
+        "http"
+    };
     format!("{scheme}://{host}")
 }
 
@@ -65,7 +69,10 @@ pub async fn list(
     Query(q): Query<Done>,
 ) -> Response {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    or_error(&viewer, render_list(&state, &viewer, StatusCode::OK, ctx).await)
+    or_error(
+        &viewer,
+        render_list(&state, &viewer, StatusCode::OK, ctx).await,
+    )
 }
 
 /// The key page: shown once, right after creation or rotation.

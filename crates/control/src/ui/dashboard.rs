@@ -36,31 +36,76 @@ fn attention(o: &overview::Overview, is_admin: bool) -> Vec<Attention> {
         })
     };
     if o.gateways.is_empty() {
-        let action = if is_admin { "Add a gateway" } else { "Ask an admin" };
-        add("bad", "No gateway exists yet: nothing can reach your tunnels from the internet.".into(), action, "/gateways".into());
+        let action = if is_admin {
+            "Add a gateway"
+        } else {
+            "Ask an admin"
+        };
+        add(
+            "bad",
+            "No gateway exists yet: nothing can reach your tunnels from the internet.".into(),
+            action,
+            "/gateways".into(),
+        );
     }
     for g in o.gateways.iter().filter(|g| is(g, "status", "offline")) {
-        add("bad", format!("Gateway {} is offline.", g["name"].as_str().unwrap_or("?")), "Start it with its token", "/gateways".into());
+        add(
+            "bad",
+            format!("Gateway {} is offline.", g["name"].as_str().unwrap_or("?")),
+            "Start it with its token",
+            "/gateways".into(),
+        );
     }
     if o.agents.is_empty() {
-        add("warn", "No agent yet: an agent runs next to your apps and connects out to the gateways.".into(), "Add an agent", "/agents".into());
+        add(
+            "warn",
+            "No agent yet: an agent runs next to your apps and connects out to the gateways."
+                .into(),
+            "Add an agent",
+            "/agents".into(),
+        );
     }
     for a in o.agents.iter().filter(|a| is(a, "status", "offline")) {
         let n = a["tunnels"].as_u64().unwrap_or(0);
-        add("warn", format!("Agent {} is offline; {n} tunnel(s) cannot be served.", a["name"].as_str().unwrap_or("?")), "Start the agent", "/agents".into());
+        add(
+            "warn",
+            format!(
+                "Agent {} is offline; {n} tunnel(s) cannot be served.",
+                a["name"].as_str().unwrap_or("?")
+            ),
+            "Start the agent",
+            "/agents".into(),
+        );
     }
     for t in &o.tunnels {
         let host = t["hostname"].as_str().unwrap_or("?");
         let href = format!("/tunnels/{}", t["id"]);
         if is(&t["certificate"], "status", "failed") {
-            let why = t["certificate"]["last_error"].as_str().unwrap_or("unknown error");
-            add("bad", format!("The certificate for {host} failed: {why}"), "Open the tunnel", href);
+            let why = t["certificate"]["last_error"]
+                .as_str()
+                .unwrap_or("unknown error");
+            add(
+                "bad",
+                format!("The certificate for {host} failed: {why}"),
+                "Open the tunnel",
+                href,
+            );
         } else if t["enabled"] == Json::Bool(false) {
-            add("info", format!("Tunnel {host} is disabled."), "Enable it", href);
+            add(
+                "info",
+                format!("Tunnel {host} is disabled."),
+                "Enable it",
+                href,
+            );
         }
     }
     if o.tunnels.is_empty() && !o.agents.is_empty() {
-        add("info", "No tunnel yet: publish your first app.".into(), "Create a tunnel", "/tunnels".into());
+        add(
+            "info",
+            "No tunnel yet: publish your first app.".into(),
+            "Create a tunnel",
+            "/tunnels".into(),
+        );
     }
     items
 }
@@ -73,7 +118,11 @@ pub async fn page_handler(state: &AppState, viewer: &Viewer) -> Result<Response,
             online => items.iter().filter(|i| is(i, "status", "online")).count(),
         }
     };
-    let reachable = o.tunnels.iter().filter(|t| t["reachable"] == Json::Bool(true)).count();
+    let reachable = o
+        .tunnels
+        .iter()
+        .filter(|t| t["reachable"] == Json::Bool(true))
+        .count();
     let ctx = context! {
         gateways => count(&o.gateways),
         agents => count(&o.agents),
@@ -81,7 +130,13 @@ pub async fn page_handler(state: &AppState, viewer: &Viewer) -> Result<Response,
         attention => Value::from_serialize(attention(&o, viewer.user.is_admin)),
         tunnel_list => Value::from_serialize(&o.tunnels),
     };
-    Ok(render::page(viewer, StatusCode::OK, "dashboard.html", "dashboard", ctx))
+    Ok(render::page(
+        viewer,
+        StatusCode::OK,
+        "dashboard.html",
+        "dashboard",
+        ctx,
+    ))
 }
 
 pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {

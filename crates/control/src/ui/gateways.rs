@@ -51,7 +51,13 @@ async fn render_list(
 ) -> Result<Response, ApiError> {
     let o = overview::load(state, &viewer.user).await?;
     let ctx = context! { gateways => Value::from_serialize(&o.gateways), ..ctx };
-    Ok(render::page(viewer, status, "gateways.html", "gateways", ctx))
+    Ok(render::page(
+        viewer,
+        status,
+        "gateways.html",
+        "gateways",
+        ctx,
+    ))
 }
 
 async fn list_or_error(state: &AppState, viewer: &Viewer, e: ApiError, ctx: Value) -> Response {
@@ -90,7 +96,13 @@ pub async fn create(
                 token => token,
                 control_url => control_url(&state, &headers),
             };
-            render::page(&viewer, StatusCode::OK, "gateway_token.html", "gateways", ctx)
+            render::page(
+                &viewer,
+                StatusCode::OK,
+                "gateway_token.html",
+                "gateways",
+                ctx,
+            )
         }
         Err(e) => {
             let ctx = context! { name => form.name, public_endpoint => form.public_endpoint };

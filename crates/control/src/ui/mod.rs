@@ -8,8 +8,8 @@ mod accounts;
 mod activity;
 mod agents;
 mod dashboard;
-mod overview;
 mod gateways;
+mod overview;
 mod page;
 mod profile;
 mod session;
@@ -59,7 +59,10 @@ pub fn router() -> Router<AppState> {
         .route("/profile/password", post(profile::change_password))
         .route("/profile/tokens", post(profile::create_token))
         .route("/profile/tokens/{id}/delete", post(profile::delete_token))
-        .route("/profile/logout-everywhere", post(profile::logout_everywhere))
+        .route(
+            "/profile/logout-everywhere",
+            post(profile::logout_everywhere),
+        )
         .route("/activity", get(activity::page))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))

@@ -14,18 +14,39 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("macros.html", include_str!("../../templates/macros.html")),
     ("setup.html", include_str!("../../templates/setup.html")),
     ("login.html", include_str!("../../templates/login.html")),
-    ("register.html", include_str!("../../templates/register.html")),
-    ("dashboard.html", include_str!("../../templates/dashboard.html")),
+    (
+        "register.html",
+        include_str!("../../templates/register.html"),
+    ),
+    (
+        "dashboard.html",
+        include_str!("../../templates/dashboard.html"),
+    ),
     ("agents.html", include_str!("../../templates/agents.html")),
-    ("agent_key.html", include_str!("../../templates/agent_key.html")),
+    (
+        "agent_key.html",
+        include_str!("../../templates/agent_key.html"),
+    ),
     ("tunnels.html", include_str!("../../templates/tunnels.html")),
     ("tunnel.html", include_str!("../../templates/tunnel.html")),
-    ("tunnel_delete.html", include_str!("../../templates/tunnel_delete.html")),
-    ("gateways.html", include_str!("../../templates/gateways.html")),
-    ("gateway_token.html", include_str!("../../templates/gateway_token.html")),
+    (
+        "tunnel_delete.html",
+        include_str!("../../templates/tunnel_delete.html"),
+    ),
+    (
+        "gateways.html",
+        include_str!("../../templates/gateways.html"),
+    ),
+    (
+        "gateway_token.html",
+        include_str!("../../templates/gateway_token.html"),
+    ),
     ("users.html", include_str!("../../templates/users.html")),
     ("profile.html", include_str!("../../templates/profile.html")),
-    ("activity.html", include_str!("../../templates/activity.html")),
+    (
+        "activity.html",
+        include_str!("../../templates/activity.html"),
+    ),
     ("error.html", include_str!("../../templates/error.html")),
 ];
 
@@ -60,7 +81,13 @@ pub fn render(status: StatusCode, template: &str, ctx: Value) -> Response {
 }
 
 /// A page of the signed-in UI: adds the user, the CSRF token and the active menu entry.
-pub fn page(viewer: &Viewer, status: StatusCode, template: &str, nav: &str, ctx: Value) -> Response {
+pub fn page(
+    viewer: &Viewer,
+    status: StatusCode,
+    template: &str,
+    nav: &str,
+    ctx: Value,
+) -> Response {
     let me = context! {
         id => viewer.user.id,
         email => viewer.user.email.clone(),
@@ -93,7 +120,9 @@ pub fn flash(code: Option<&str>) -> Option<&'static str> {
     Some(match code? {
         "agent-deleted" => "The agent was deleted.",
         "tunnel-created" => "The tunnel was created. Its status shows whether it can be served.",
-        "tunnel-saved" => "The tunnel was saved; the Gateways and the agent already have the change.",
+        "tunnel-saved" => {
+            "The tunnel was saved; the Gateways and the agent already have the change."
+        }
         "tunnel-deleted" => "The tunnel was deleted.",
         "gateway-saved" => "The gateway was updated.",
         "gateway-deleted" => "The gateway was deleted.",

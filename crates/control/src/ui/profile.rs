@@ -77,7 +77,9 @@ pub async fn change_password(
         ops::users::change_own_password(&state, &viewer.user, form.current, form.new).await?;
         let session = ops::login::start_session(&state, viewer.user.clone()).await?;
         let cookie = ops::login::set_cookie(&state, &session.cookie);
-        Ok::<_, ApiError>(([(SET_COOKIE, cookie)], done("/profile", "password-changed")).into_response())
+        Ok::<_, ApiError>(
+            ([(SET_COOKIE, cookie)], done("/profile", "password-changed")).into_response(),
+        )
     }
     .await;
     show(&state, &viewer, result).await
@@ -123,7 +125,14 @@ pub async fn logout_everywhere(
         let ended = state.store.delete_user_sessions(viewer.user.id).await?;
         let target = format!("user:{} {}", viewer.user.id, viewer.user.email);
         let detail = serde_json::json!({"sessions": ended});
-        ops::audit(&state, Some(&viewer.user), "user.logout_everywhere", target, detail).await;
+        ops::audit(
+            &state,
+            Some(&viewer.user),
+            "user.logout_everywhere",
+            target,
+            detail,
+        )
+        .await;
         let cookie = ops::login::set_cookie(&state, "");
         Ok::<_, ApiError>(([(SET_COOKIE, cookie)], Redirect::to("/login")).into_response())
     }

@@ -65,7 +65,10 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(()); // not sent by old browsers on same-origin posts
     };
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let origin_host = origin
         .split_once("://")
         .map_or("", |(_, rest)| rest.trim_end_matches('/'));

@@ -46,9 +46,10 @@ impl TunnelForm {
             .map_err(|_| ApiError::bad_request("pick the agent that serves this tunnel"))?;
         let tls = match self.tls.as_str() {
             "" => None,
-            t => Some(t.parse::<TlsMode>().map_err(|_| {
-                ApiError::bad_request("TLS must be acme, internal or off")
-            })?),
+            t => Some(
+                t.parse::<TlsMode>()
+                    .map_err(|_| ApiError::bad_request("TLS must be acme, internal or off"))?,
+            ),
         };
         Ok(TunnelInput {
             hostname: Some(self.hostname.clone()),
@@ -115,7 +116,10 @@ pub async fn list(
     Query(q): Query<Done>,
 ) -> Response {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    or_error(&viewer, render_list(&state, &viewer, StatusCode::OK, ctx).await)
+    or_error(
+        &viewer,
+        render_list(&state, &viewer, StatusCode::OK, ctx).await,
+    )
 }
 
 pub async fn create(
@@ -212,7 +216,15 @@ pub async fn confirm_delete(
 ) -> Response {
     or_error(
         &viewer,
-        render_one(&state, &viewer, id, StatusCode::OK, "tunnel_delete.html", context! {}).await,
+        render_one(
+            &state,
+            &viewer,
+            id,
+            StatusCode::OK,
+            "tunnel_delete.html",
+            context! {},
+        )
+        .await,
     )
 }
 
