@@ -72,7 +72,7 @@ pub async fn setup(
     headers: HeaderMap,
     Form(form): Form<SetupForm>,
 ) -> Result<Response, Response> {
-    same_origin(&headers)?;
+    same_origin(&headers).map_err(IntoResponse::into_response)?;
     match ops::users::setup(&state, &form.email, form.password).await {
         Ok(user) => {
             let session = ops::login::start_session(&state, user)
@@ -111,7 +111,7 @@ pub async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Response> {
-    same_origin(&headers)?;
+    same_origin(&headers).map_err(IntoResponse::into_response)?;
     let next = safe_next(form.next.as_deref());
     let previous = session_cookie(&headers);
     let result =
@@ -180,7 +180,7 @@ pub async fn register(
     headers: HeaderMap,
     Form(form): Form<RegisterForm>,
 ) -> Result<Response, Response> {
-    same_origin(&headers)?;
+    same_origin(&headers).map_err(IntoResponse::into_response)?;
     match ops::users::register(&state, form.invite.as_deref(), &form.email, form.password).await {
         Ok(user) => {
             let session = ops::login::start_session(&state, user)

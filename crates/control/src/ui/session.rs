@@ -59,9 +59,22 @@ impl Viewer {
     }
 }
 
+/// A form posted from another site.
+pub struct CrossSite;
+
+impl IntoResponse for CrossSite {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::FORBIDDEN,
+            "cross-site form submission refused; open Control's own page and try again",
+        )
+            .into_response()
+    }
+}
+
 /// Forms without a session yet (login, setup, register): a cross-site `Origin` is refused, so
 /// another site cannot log a browser into an account of its choosing.
-pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
+pub fn same_origin(headers: &HeaderMap) -> Result<(), CrossSite> {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(()); // not sent by old browsers on same-origin posts
     };
@@ -75,11 +88,7 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
     if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
         Ok(())
     } else {
-        Err((
-            StatusCode::FORBIDDEN,
-            "cross-site form submission refused; open Control's own page and try again",
-        )
-            .into_response())
+        Err(CrossSite)
     }
 }
 
