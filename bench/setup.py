@@ -124,10 +124,12 @@ class Api:
 
     def __init__(self, base):
         self.base = base
-        status, _, headers = self._req("POST", "/api/v1/auth/login",
-                                       {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        status, login, headers = self._req("POST", "/api/v1/auth/login",
+                                           {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
         cookie = "; ".join(v.split(";")[0] for k, v in headers if k.lower() == "set-cookie")
-        _, body, _ = self._req("POST", "/api/v1/tokens", {"name": "bench"}, {"Cookie": cookie})
+        # A cookie-authenticated write needs the session's CSRF token.
+        _, body, _ = self._req("POST", "/api/v1/tokens", {"name": "bench"},
+                               {"Cookie": cookie, "X-CSRF-Token": login["csrf_token"]})
         self.token = body["token"]
 
     def _req(self, method, path, body=None, headers=None):

@@ -8,10 +8,12 @@ mod access;
 mod api;
 mod certs;
 mod config;
+mod ops;
 mod secrets;
 mod sessions;
 mod snapshot;
 mod store;
+mod ui;
 mod validate;
 
 pub use certs::{AcmeConfig, ChallengeChoice, TlsMode, LETS_ENCRYPT};
@@ -77,6 +79,8 @@ pub async fn run(
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
+    // The peer address keys the per-IP login throttle.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
@@ -123,7 +127,7 @@ async fn bootstrap_admin(config: &ControlConfig, store: &Store) -> anyhow::Resul
         (Some(email), Some(password)) if users == 0 => {
             let email = validate::email(email)?;
             let hash = hash_password(password.clone()).await?;
-            if store.bootstrap_admin(&email, &hash).await? {
+            if store.bootstrap_admin(&email, &hash).await?.is_some() {
                 tracing::info!(%email, "created the first admin account");
             }
         }

@@ -276,6 +276,7 @@ mod tests {
             public_key: key.map(str::to_string),
             last_seen: None,
             created_at: String::new(),
+            owner_id: None,
         }
     }
 
@@ -310,6 +311,7 @@ mod tests {
             access_allow: "[]".into(),
             created_at: String::new(),
             updated_at: String::new(),
+            owner_id: None,
         }
     }
 

@@ -189,6 +189,7 @@ async fn agents_and_gateways_crud() {
             "id",
             "last_seen",
             "name",
+            "owner_id",
             "public_key",
             "status",
             "wg_address"
@@ -242,6 +243,7 @@ async fn agents_and_gateways_crud() {
             "id",
             "last_seen",
             "name",
+            "owner_id",
             "public_key",
             "status",
             "wg_address"

@@ -29,6 +29,7 @@ async fn tunnels_crud_and_validation() {
             "hostname",
             "https_redirect",
             "id",
+            "owner_id",
             "port",
             "target",
             "tls",

@@ -223,11 +223,19 @@ async fn bootstrap(
         .find_map(|v| v.split(';').next().filter(|c| c.starts_with("km_session=")))
         .context("Control did not set a session cookie")?
         .to_string();
-    let post = |path: &str, body: Value, auth: (reqwest::header::HeaderName, String)| {
-        let request = client
+    // A cookie-authenticated write must carry the session's CSRF token.
+    let login: Value = login.json().await?;
+    let csrf = login["csrf_token"]
+        .as_str()
+        .context("no csrf_token in the login response")?
+        .to_string();
+    let post = |path: &str, body: Value, auth: Vec<(&'static str, String)>| {
+        let mut request = client
             .post(format!("{control_url}/api/v1/{path}"))
-            .header(auth.0, auth.1)
             .json(&body);
+        for (name, value) in auth {
+            request = request.header(name, value);
+        }
         async move {
             let resp = request.send().await?;
             let status = resp.status();
@@ -241,19 +249,14 @@ async fn bootstrap(
     let token = post(
         "tokens",
         json!({"name": "kakuremichi up"}),
-        (reqwest::header::COOKIE, cookie),
+        vec![("cookie", cookie), ("x-csrf-token", csrf)],
     )
     .await?;
     let api_token = token["token"]
         .as_str()
         .context("no token in response")?
         .to_string();
-    let bearer = || {
-        (
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {api_token}"),
-        )
-    };
+    let bearer = || vec![("authorization", format!("Bearer {api_token}"))];
     let gateway = post(
         "gateways",
         json!({"name": "local", "public_endpoint": wg_addr.to_string()}),
@@ -300,8 +303,9 @@ fn print_banner(
     };
     println!(
         "\n{start}.\n\n\
-         \x20 Control API   {control_url}\n\
-         \x20 Sign in       {email} / {password}   (POST {control_url}/api/v1/auth/login)\n\
+         \x20 Web UI        {control_url}/   (sign in there with the line below)\n\
+         \x20 Control API   {control_url}/api/v1\n\
+         \x20 Sign in       {email} / {password}\n\
          \x20 API token     {token}\n\
          \x20 Demo app      https://{DEMO_HOST}:{tls_port}/   (Gateway -> WireGuard -> Agent -> app)\n\
          \x20               http://{DEMO_HOST}:{port}/ redirects there\n\

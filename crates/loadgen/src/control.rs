@@ -358,9 +358,11 @@ async fn api_token(
         .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
         .collect::<Vec<_>>()
         .join("; ");
+    let login: Value = res.json().await.unwrap_or(Value::Null);
     let res = http
         .post(format!("{base}/api/v1/tokens"))
         .header("cookie", cookie)
+        .header("x-csrf-token", str_field(&login, "csrf_token")?)
         .json(&json!({"name": format!("loadgen-{}", rand::random::<u32>())}))
         .send()
         .await?;

@@ -1,10 +1,10 @@
-//! `/agents`: create (returns the API key, once), list, read, rename, delete.
+//! `/agents`: create (returns the API key, once), list, read, rename, rotate the key, delete.
 
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
 use super::{status, AppState};
+use crate::ops;
 use crate::store::{AgentRow, NodeKind, NodeRef};
-use crate::{secrets, validate};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -34,9 +34,10 @@ pub struct AgentView {
     status: &'static str,
     last_seen: Option<String>,
     created_at: String,
+    owner_id: Option<i64>,
 }
 
-fn view(state: &AppState, a: AgentRow, api_key: Option<String>) -> AgentView {
+pub fn view(state: &AppState, a: AgentRow, api_key: Option<String>) -> AgentView {
     let online = state.hub.is_online(NodeRef {
         kind: NodeKind::Agent,
         id: a.id,
@@ -50,22 +51,16 @@ fn view(state: &AppState, a: AgentRow, api_key: Option<String>) -> AgentView {
         status: status(online),
         last_seen: a.last_seen,
         created_at: a.created_at,
+        owner_id: a.owner_id,
     }
 }
 
 pub async fn create(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<CreateAgent>,
 ) -> Result<(StatusCode, Json<AgentView>), ApiError> {
-    let name = validate::name(&body.name).map_err(|e| ApiError::bad_request(e.0))?;
-    let key = secrets::generate(secrets::AGENT_KEY_PREFIX);
-    let row = state
-        .store
-        .create_agent(&name, &secrets::hash(&key), &state.network)
-        .await?;
-    state.hub.changed();
-    tracing::info!(agent_id = row.id, wg_address = %row.wg_address, "agent created");
+    let (row, key) = ops::agents::create(&state, &user, &body.name).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row, Some(key)))))
 }
 
@@ -90,33 +85,30 @@ pub async fn get(
 
 pub async fn update(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     Id(id): Id,
     ApiJson(body): ApiJson<PatchAgent>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let name = body
-        .name
-        .as_deref()
-        .map(validate::name)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.0))?;
-    let row = state
-        .store
-        .update_agent(id, name.as_deref())
-        .await
-        .map_err(about("agent"))?;
-    state.hub.changed();
+    let row = ops::agents::rename(&state, &user, id, body.name.as_deref()).await?;
     Ok(Json(view(&state, row, None)))
+}
+
+/// `POST /agents/{id}/rotate-key`: a new API key (returned once); the old one stops working.
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Id(id): Id,
+) -> Result<Json<AgentView>, ApiError> {
+    let (row, key) = ops::agents::rotate_key(&state, &user, id).await?;
+    Ok(Json(view(&state, row, Some(key))))
 }
 
 /// Refused while the agent still has tunnels; its open session is closed with `revoked`.
 pub async fn delete(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    state.store.delete_agent(id).await.map_err(about("agent"))?;
-    state.hub.changed();
-    tracing::info!(agent_id = id, "agent deleted");
+    ops::agents::delete(&state, &user, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,20 +1,18 @@
-//! Browser login: `POST /auth/login` sets an HttpOnly session cookie, `POST /auth/logout` ends it,
-//! `GET /auth/me` says who is logged in.
+//! Browser login over the API: `POST /auth/login` sets an HttpOnly session cookie and returns the
+//! session's CSRF token, `POST /auth/logout` ends it, `POST /auth/logout-everywhere` ends every
+//! session of the user, `GET /auth/me` says who is logged in.
 
-use super::authn::{session_cookie, AuthUser, SESSION_COOKIE};
+use super::authn::{session_cookie, AuthUser, ClientIp};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
-use crate::secrets;
-use crate::store::{from_now, UserRow};
+use crate::store::UserRow;
+use crate::{ops, secrets};
 use axum::extract::State;
 use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-
-/// Lifetime of a login session.
-const SESSION_DAYS: i64 = 7;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,49 +44,28 @@ pub struct UserBody {
     user: UserView,
 }
 
+#[derive(Serialize)]
+pub struct LoginResponse {
+    user: UserView,
+    /// Send it as `X-CSRF-Token` on state-changing calls authenticated by the cookie.
+    csrf_token: String,
+}
+
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
-    let email = body.email.trim().to_lowercase();
-    let user = state.store.user_by_email(&email).await?;
-    let phc = user.as_ref().map_or_else(
-        || state.dummy_password_hash.clone(),
-        |u| u.password_hash.clone(),
-    );
-    let ok = {
-        let _slot = state
-            .password_checks
-            .acquire()
-            .await
-            .map_err(|_| ApiError::internal())?;
-        let password = body.password;
-        tokio::task::spawn_blocking(move || secrets::verify_password(&password, &phc))
-            .await
-            .unwrap_or(false)
+    let previous = session_cookie(&headers);
+    let session =
+        ops::login::login(&state, &body.email, body.password, ip.as_deref(), previous).await?;
+    let cookie = ops::login::set_cookie(&state, &session.cookie);
+    let body = LoginResponse {
+        user: session.user.into(),
+        csrf_token: session.csrf_token,
     };
-    let user = match (ok, user) {
-        (true, Some(user)) => user,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid email or password",
-            ))
-        }
-    };
-    let session = secrets::generate("");
-    let expires = from_now(time::Duration::days(SESSION_DAYS));
-    state
-        .store
-        .create_session(&secrets::hash(&session), user.id, &expires)
-        .await?;
-    tracing::info!(user_id = user.id, "user logged in");
-    let cookie = format!(
-        "{SESSION_COOKIE}={session}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{}",
-        SESSION_DAYS * 24 * 3600,
-        if state.secure_cookies { "; Secure" } else { "" }
-    );
-    Ok(([(SET_COOKIE, cookie)], Json(UserBody { user: user.into() })).into_response())
+    Ok(([(SET_COOKIE, cookie)], Json(body)).into_response())
 }
 
 /// Ends the session of the cookie, if any, and clears the cookie. Always 204.
@@ -101,10 +78,25 @@ pub async fn logout(
         // Gateways learn at once that this session's access tokens are revoked.
         state.hub.changed();
     }
-    let cookie = format!(
-        "{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{}",
-        if state.secure_cookies { "; Secure" } else { "" }
-    );
+    let cookie = ops::login::set_cookie(&state, "");
+    Ok((StatusCode::NO_CONTENT, [(SET_COOKIE, cookie)]).into_response())
+}
+
+/// Ends every session of the caller, on every device. 204.
+pub async fn logout_everywhere(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Response, ApiError> {
+    let ended = state.store.delete_user_sessions(user.id).await?;
+    ops::audit(
+        &state,
+        Some(&user),
+        "user.logout_everywhere",
+        format!("user:{} {}", user.id, user.email),
+        serde_json::json!({"sessions": ended}),
+    )
+    .await;
+    let cookie = ops::login::set_cookie(&state, "");
     Ok((StatusCode::NO_CONTENT, [(SET_COOKIE, cookie)]).into_response())
 }
 

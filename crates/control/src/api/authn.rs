@@ -1,29 +1,74 @@
 //! Who is calling: users (session cookie or personal API token) and nodes (Gateway token or
 //! Agent API key), as axum extractors.
+//!
+//! A state-changing request authenticated by the session cookie must also carry the session's
+//! CSRF token in `X-CSRF-Token` (a cross-site page can make the browser send the cookie, but
+//! cannot read the token). Bearer-token calls need none: a browser never adds those by itself.
 
 use super::error::ApiError;
 use super::AppState;
 use crate::secrets;
-use crate::store::{NodeKind, NodeRef, UserRow};
+use crate::store::{NodeKind, NodeRef, SessionInfo, UserRow};
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 
 /// Name of the login session cookie.
 pub const SESSION_COOKIE: &str = "km_session";
+/// Header carrying the session's CSRF token on cookie-authenticated API writes.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// A session unused this long ends.
+pub const SESSION_IDLE: time::Duration = time::Duration::hours(12);
+/// A session ends this long after login, however active.
+pub const SESSION_ABSOLUTE: time::Duration = time::Duration::days(7);
 
 /// An authenticated user, by session cookie or `Authorization: Bearer kmt_...`.
 pub struct AuthUser(pub UserRow);
+
+/// The live session of the request's cookie, if any.
+pub async fn current_session(
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Result<Option<SessionInfo>, ApiError> {
+    match session_cookie(headers) {
+        Some(session) => Ok(state
+            .store
+            .session(&secrets::hash(session), SESSION_IDLE)
+            .await?),
+        None => Ok(None),
+    }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal the matching prefix.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && !a.is_empty()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(session) = session_cookie(&parts.headers) {
-            if let Some(user) = state.store.user_by_session(&secrets::hash(session)).await? {
-                return Ok(AuthUser(user));
+        if let Some(session) = current_session(&parts.headers, state).await? {
+            let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !safe && !same_secret(sent, &session.csrf_token) {
+                return Err(ApiError::forbidden(
+                    "CSRF check failed: a request authenticated by the session cookie must send the \
+                     session's token in the X-CSRF-Token header (from the login response), or use \
+                     Authorization: Bearer <personal API token> instead",
+                ));
             }
+            return Ok(AuthUser(session.user));
         }
         let Some(token) = bearer(&parts.headers) else {
             return Err(ApiError::unauthorized());
@@ -41,6 +86,23 @@ impl FromRequestParts<AppState> for AuthUser {
             ));
         }
         Err(ApiError::unauthorized())
+    }
+}
+
+/// The address of the TCP peer (for the per-IP login throttle); `None` when not served with
+/// connect info (e.g. a router driven directly in a unit test).
+pub struct ClientIp(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+        ))
     }
 }
 

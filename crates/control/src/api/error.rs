@@ -18,6 +18,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (throttled logins).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +28,30 @@ impl ApiError {
             status,
             code: code_for_status(status),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// 429 with `Retry-After`, the wait also said in words.
+    pub fn too_many(wait_secs: u64, what: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{what}; try again in {wait_secs} seconds"),
+        );
+        e.retry_after = Some(wait_secs);
+        e
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -64,6 +89,7 @@ fn code_for_status(status: StatusCode) -> &'static str {
         404 => "not_found",
         405 => "method_not_allowed",
         409 => "conflict",
+        429 => "too_many_requests",
         503 => "unavailable",
         500..=599 => "internal",
         _ => "bad_request",
@@ -73,7 +99,13 @@ fn code_for_status(status: StatusCode) -> &'static str {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -3,8 +3,8 @@
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
 use super::{status, AppState};
-use crate::store::{GatewayPatch, GatewayRow, NodeKind, NodeRef};
-use crate::{secrets, validate};
+use crate::ops;
+use crate::store::{GatewayRow, NodeKind, NodeRef};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -41,7 +41,7 @@ pub struct GatewayView {
     created_at: String,
 }
 
-fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayView {
+pub fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayView {
     let online = state.hub.is_online(NodeRef {
         kind: NodeKind::Gateway,
         id: g.id,
@@ -60,29 +60,13 @@ fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayView {
     }
 }
 
-fn endpoint(input: &str) -> Result<String, ApiError> {
-    validate::host_port(input, "public_endpoint").map_err(|e| ApiError::bad_request(e.0))
-}
-
 pub async fn create(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<CreateGateway>,
 ) -> Result<(StatusCode, Json<GatewayView>), ApiError> {
-    let name = validate::name(&body.name).map_err(|e| ApiError::bad_request(e.0))?;
-    let public_endpoint = endpoint(&body.public_endpoint)?;
-    let token = secrets::generate(secrets::GATEWAY_TOKEN_PREFIX);
-    let row = state
-        .store
-        .create_gateway(
-            &name,
-            &public_endpoint,
-            &secrets::hash(&token),
-            &state.network,
-        )
-        .await?;
-    state.hub.changed();
-    tracing::info!(gateway_id = row.id, wg_address = %row.wg_address, "gateway created");
+    let (row, token) =
+        ops::gateways::create(&state, &user, &body.name, &body.public_endpoint).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row, Some(token)))))
 }
 
@@ -111,41 +95,28 @@ pub async fn get(
 
 pub async fn update(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     Id(id): Id,
     ApiJson(body): ApiJson<PatchGateway>,
 ) -> Result<Json<GatewayView>, ApiError> {
-    let patch = GatewayPatch {
-        name: body
-            .name
-            .as_deref()
-            .map(validate::name)
-            .transpose()
-            .map_err(|e| ApiError::bad_request(e.0))?,
-        public_endpoint: body.public_endpoint.as_deref().map(endpoint).transpose()?,
-        enabled: body.enabled,
-    };
-    let row = state
-        .store
-        .update_gateway(id, &patch)
-        .await
-        .map_err(about("gateway"))?;
-    state.hub.changed();
+    let row = ops::gateways::update(
+        &state,
+        &user,
+        id,
+        body.name.as_deref(),
+        body.public_endpoint.as_deref(),
+        body.enabled,
+    )
+    .await?;
     Ok(Json(view(&state, row, None)))
 }
 
 /// Its open session, if any, is closed with `revoked`.
 pub async fn delete(
     State(state): State<AppState>,
-    _user: AuthUser,
+    AuthUser(user): AuthUser,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .store
-        .delete_gateway(id)
-        .await
-        .map_err(about("gateway"))?;
-    state.hub.changed();
-    tracing::info!(gateway_id = id, "gateway deleted");
+    ops::gateways::delete(&state, &user, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

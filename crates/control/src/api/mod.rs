@@ -1,16 +1,17 @@
 //! The HTTP API (`/api/v1`), health endpoints and the node endpoints, as one axum router.
 
-mod agents;
+pub(crate) mod agents;
 mod auth;
 pub(crate) mod authn;
 mod error;
-mod gateways;
+pub(crate) mod gateways;
 mod nodes;
-mod status;
+pub(crate) mod status;
 mod tokens;
-mod tunnels;
+pub(crate) mod tunnels;
+mod users;
 
-pub use error::ApiError;
+pub use error::{about, ApiError};
 
 use crate::certs::TlsMode;
 use crate::sessions::Hub;
@@ -44,6 +45,8 @@ pub struct Inner {
     pub default_tls: TlsMode,
     /// Lifetime of the access tokens minted for protected tunnels.
     pub access_ttl: std::time::Duration,
+    /// Failed logins per account and per IP.
+    pub throttle: crate::ops::throttle::Throttle,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
             password_checks: Semaphore::new(PASSWORD_CHECKS_IN_FLIGHT),
             default_tls: TlsMode::Acme,
             access_ttl: crate::ControlConfig::default().access_ttl,
+            throttle: Default::default(),
         }))
     }
 
@@ -89,14 +93,41 @@ impl Deref for AppState {
     }
 }
 
-/// Every route of Control.
+/// Every route of Control: the API (JSON errors) and the web UI (HTML pages), with the
+/// security headers on every response.
 pub fn router(state: AppState) -> Router {
+    api_router()
+        .merge(crate::ui::router())
+        // Browser-facing pages of per-tunnel access control: HTML, not JSON errors.
+        .merge(crate::access::authorize::routes())
+        .fallback(crate::ui::not_found)
+        .layer(axum::middleware::map_response(crate::ui::security_headers))
+        .with_state(state)
+}
+
+fn api_router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/auth/login", post(auth::login))
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/auth/me", get(auth::me))
+        .route(
+            "/api/v1/auth/logout-everywhere",
+            post(auth::logout_everywhere),
+        )
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route(
+            "/api/v1/users/{id}",
+            axum::routing::patch(users::update).delete(users::delete),
+        )
+        .route("/api/v1/invitations", post(users::invite))
+        .route(
+            "/api/v1/settings",
+            get(users::get_settings).patch(users::update_settings),
+        )
+        .route("/api/v1/audit", get(users::audit))
+        .route("/api/v1/agents/{id}/rotate-key", post(agents::rotate_key))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::delete))
         .route("/api/v1/agents", get(agents::list).post(agents::create))
@@ -126,12 +157,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status", get(status::get))
         .route(CONNECT_PATH, get(nodes::connect))
         .route(PULL_CONFIG_PATH, get(nodes::pull_config))
-        .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::map_response(error::json_errors))
-        // Browser-facing pages of per-tunnel access control: HTML, not JSON errors.
-        .merge(crate::access::authorize::routes())
-        .with_state(state)
+}
+
+/// Unknown `/api/...` routes (the UI's fallback sends them here).
+pub async fn api_not_found() -> ApiError {
+    error::not_found().await
 }
 
 /// Liveness: the process answers.

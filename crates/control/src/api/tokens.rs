@@ -3,8 +3,8 @@
 use super::authn::AuthUser;
 use super::error::{ApiError, ApiJson, Id};
 use super::AppState;
+use crate::ops;
 use crate::store::TokenRow;
-use crate::{secrets, validate};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -29,12 +29,7 @@ pub async fn create(
     AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let name = validate::name(&body.name).map_err(|e| ApiError::bad_request(e.0))?;
-    let token = secrets::generate(secrets::API_TOKEN_PREFIX);
-    let row = state
-        .store
-        .create_token(user.id, &name, &secrets::hash(&token))
-        .await?;
+    let (row, token) = ops::tokens::create(&state, &user, &body.name).await?;
     let created = CreatedToken {
         id: row.id,
         name: row.name,
@@ -56,9 +51,6 @@ pub async fn delete(
     AuthUser(user): AuthUser,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.delete_token(user.id, id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("token"))
-    }
+    ops::tokens::delete(&state, &user, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

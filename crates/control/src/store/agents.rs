@@ -3,7 +3,7 @@
 use super::{alloc, is_foreign_key_violation, now, Store, StoreError, StoreResult};
 use crate::validate::WgNetwork;
 
-const COLUMNS: &str = "id, name, wg_address, public_key, last_seen, created_at";
+const COLUMNS: &str = "id, name, wg_address, public_key, last_seen, created_at, owner_id";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AgentRow {
@@ -13,6 +13,9 @@ pub struct AgentRow {
     pub public_key: Option<String>,
     pub last_seen: Option<String>,
     pub created_at: String,
+    /// The member who manages it; `None` = admins only. (Absent from queries that do not need it.)
+    #[sqlx(default)]
+    pub owner_id: Option<i64>,
 }
 
 impl Store {
@@ -22,17 +25,20 @@ impl Store {
         name: &str,
         key_hash: &str,
         net: &WgNetwork,
+        owner_id: Option<i64>,
     ) -> StoreResult<AgentRow> {
         let mut tx = self.write_tx().await?;
         let address = alloc::allocate_address(&mut tx, net).await?;
         let sql = format!(
-            "INSERT INTO agents (name, api_key_hash, wg_address, created_at) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+            "INSERT INTO agents (name, api_key_hash, wg_address, created_at, owner_id) VALUES ($1, $2, $3, $4, $5) \
+             RETURNING {COLUMNS}"
         );
         let row = sqlx::query_as(&sql)
             .bind(name)
             .bind(key_hash)
             .bind(address)
             .bind(now())
+            .bind(owner_id)
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -66,6 +72,17 @@ impl Store {
             .await?;
         tx.commit().await?;
         row.ok_or(StoreError::NotFound)
+    }
+
+    /// Replaces the agent's API key: the old key stops working for new sessions at once.
+    pub async fn rotate_agent_key(&self, id: i64, key_hash: &str) -> StoreResult<AgentRow> {
+        let sql = format!("UPDATE agents SET api_key_hash = $1 WHERE id = $2 RETURNING {COLUMNS}");
+        sqlx::query_as(&sql)
+            .bind(key_hash)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     /// Deletes an agent that has no tunnels left.

@@ -7,20 +7,26 @@
 pub mod access;
 mod agents;
 mod alloc;
+mod audit;
 mod certs;
 mod gateways;
 mod nodes;
 mod replicas;
+mod sessions;
+mod settings;
 mod tokens;
 mod tunnels;
 mod users;
 
 pub use access::AccessKeyRow;
 pub use agents::AgentRow;
+pub use audit::{Actor, AuditRow};
 pub use certs::{CertRow, NewCert};
 pub use gateways::{GatewayPatch, GatewayRow};
 pub use nodes::{NodeKind, NodeRef};
 pub use replicas::{ReplicaRow, MAX_AGENTS_PER_TUNNEL};
+pub use sessions::SessionInfo;
+pub use settings::OPEN_REGISTRATION;
 pub use tokens::TokenRow;
 pub use tunnels::{NewTunnel, TunnelPatch, TunnelRow};
 pub use users::UserRow;

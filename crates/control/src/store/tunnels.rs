@@ -10,7 +10,7 @@ use kakuremichi_proto::AccessPolicy;
 use sqlx::{Sqlite, Transaction};
 
 const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, https_redirect, \
-     access_mode, access_allow, created_at, updated_at";
+     access_mode, access_allow, created_at, updated_at, owner_id";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -29,6 +29,9 @@ pub struct TunnelRow {
     pub access_allow: String,
     pub created_at: String,
     pub updated_at: String,
+    /// The member who manages it; `None` = admins only. (Absent from queries that do not need it.)
+    #[sqlx(default)]
+    pub owner_id: Option<i64>,
 }
 
 /// A tunnel to create; values are already validated and normalised.
@@ -43,6 +46,7 @@ pub struct NewTunnel {
     /// Further Agents serving the tunnel (replicas), primary excluded, no duplicates.
     pub replicas: Vec<i64>,
     pub access: AccessPolicy,
+    pub owner_id: Option<i64>,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -68,8 +72,8 @@ impl Store {
         let now = now();
         let sql = format!(
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
-             access_mode, access_allow, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {COLUMNS}"
+             access_mode, access_allow, created_at, updated_at, owner_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) RETURNING {COLUMNS}"
         );
         let (access_mode, access_allow) = encode_policy(&new.access);
         let row: TunnelRow = sqlx::query_as(&sql)
@@ -83,6 +87,7 @@ impl Store {
             .bind(access_mode)
             .bind(access_allow)
             .bind(&now)
+            .bind(new.owner_id)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;

@@ -52,14 +52,15 @@ pub async fn start(dir: &Path) -> Control {
 
 pub async fn start_with(config: ControlConfig) -> Control {
     let mut control = launch(config).await;
-    let cookie = control
-        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    let (cookie, csrf) = control
+        .login_csrf(ADMIN_EMAIL, ADMIN_PASSWORD)
         .await
         .expect("admin login");
     let res = control
         .http
         .post(control.url("/api/v1/tokens"))
         .header("cookie", cookie)
+        .header("x-csrf-token", csrf)
         .json(&json!({"name": "tests"}))
         .send()
         .await
@@ -70,6 +71,15 @@ pub async fn start_with(config: ControlConfig) -> Control {
         .unwrap()
         .to_string();
     control
+}
+
+/// Starts Control with no account at all (first run: the UI offers the setup page).
+pub async fn start_fresh(dir: &Path) -> Control {
+    launch(ControlConfig {
+        data_dir: dir.to_path_buf(),
+        ..ControlConfig::default()
+    })
+    .await
 }
 
 /// Starts Control and uses `token` (from an earlier run on the same data dir) for the API.
@@ -106,6 +116,11 @@ impl Control {
 
     /// Logs in; returns the `km_session=...` cookie pair.
     pub async fn login(&self, email: &str, password: &str) -> Option<String> {
+        Some(self.login_csrf(email, password).await?.0)
+    }
+
+    /// Logs in; returns the `km_session=...` cookie pair and the session's CSRF token.
+    pub async fn login_csrf(&self, email: &str, password: &str) -> Option<(String, String)> {
         let res = self
             .http
             .post(self.url("/api/v1/auth/login"))
@@ -117,7 +132,9 @@ impl Control {
             return None;
         }
         let set_cookie = res.headers().get("set-cookie")?.to_str().ok()?.to_string();
-        Some(set_cookie.split(';').next()?.to_string())
+        let cookie = set_cookie.split(';').next()?.to_string();
+        let body: Value = res.json().await.ok()?;
+        Some((cookie, body["csrf_token"].as_str()?.to_string()))
     }
 
     /// Sends a request with the admin token; returns status and JSON body (Null if empty).

@@ -95,9 +95,11 @@ impl Api {
             .next()
             .unwrap()
             .to_string();
+        let login: Value = resp.json().await.unwrap();
         let token: Value = http
             .post(format!("{base}/api/v1/tokens"))
             .header(reqwest::header::COOKIE, cookie)
+            .header("x-csrf-token", login["csrf_token"].as_str().unwrap())
             .json(&json!({"name": "e2e"}))
             .send()
             .await

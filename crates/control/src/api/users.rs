@@ -1,0 +1,151 @@
+//! Admin routes: `/users` (list, create, change role or password, delete), `/invitations`,
+//! `/settings`; and `GET /audit` for everyone (admins see every entry, members their own).
+
+use super::auth::UserView;
+use super::authn::AuthUser;
+use super::error::{about, ApiError, ApiJson, Id};
+use super::AppState;
+use crate::ops::{self, require_admin};
+use crate::store::AuditRow;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    email: String,
+    password: String,
+    #[serde(default)]
+    is_admin: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchUser {
+    is_admin: Option<bool>,
+    password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInvitation {
+    email: String,
+    #[serde(default)]
+    is_admin: bool,
+}
+
+#[derive(Serialize)]
+pub struct Invitation {
+    email: String,
+    /// Shown once; the link is `/register?invite=<token>` on Control.
+    token: String,
+    path: String,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    open_registration: bool,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    require_admin(&user, "list users")?;
+    let users = state.store.list_users().await?;
+    Ok(Json(users.into_iter().map(UserView::from).collect()))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let created =
+        ops::users::create(&state, &user, &body.email, body.password, body.is_admin).await?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Id(id): Id,
+    ApiJson(body): ApiJson<PatchUser>,
+) -> Result<Json<UserView>, ApiError> {
+    require_admin(&user, "change users")?;
+    if let Some(password) = body.password {
+        ops::users::reset_password(&state, &user, id, password).await?;
+    }
+    if let Some(is_admin) = body.is_admin {
+        ops::users::set_admin(&state, &user, id, is_admin).await?;
+    }
+    let row = state.store.get_user(id).await.map_err(about("user"))?;
+    Ok(Json(row.into()))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Id(id): Id,
+) -> Result<StatusCode, ApiError> {
+    ops::users::delete(&state, &user, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn invite(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(body): ApiJson<CreateInvitation>,
+) -> Result<(StatusCode, Json<Invitation>), ApiError> {
+    let token = ops::users::invite(&state, &user, &body.email, body.is_admin).await?;
+    let invitation = Invitation {
+        email: body.email.trim().to_lowercase(),
+        path: format!("/register?invite={token}"),
+        token,
+    };
+    Ok((StatusCode::CREATED, Json(invitation)))
+}
+
+pub async fn get_settings(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Settings>, ApiError> {
+    require_admin(&user, "read settings")?;
+    Ok(Json(Settings {
+        open_registration: state.store.open_registration().await?,
+    }))
+}
+
+pub async fn update_settings(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(body): ApiJson<Settings>,
+) -> Result<Json<Settings>, ApiError> {
+    ops::users::set_open_registration(&state, &user, body.open_registration).await?;
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+/// Newest first; `limit` (1–500, default 100) and `before` (an entry id) page backwards.
+pub async fn audit(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditRow>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    let only = (!user.is_admin).then_some(user.id);
+    Ok(Json(state.store.list_audit(only, q.before, limit).await?))
+}

@@ -1,0 +1,221 @@
+//! Tunnels: create, change, delete. A member may only put tunnels on agents they own.
+
+use super::{audit, require_owner};
+use crate::api::{about, ApiError, AppState};
+use crate::certs::TlsMode;
+use crate::store::{NewTunnel, TunnelPatch, TunnelRow, UserRow, MAX_AGENTS_PER_TUNNEL};
+use crate::validate;
+use kakuremichi_proto::AccessPolicy;
+use serde_json::json;
+
+/// The fields of a tunnel as a caller sends them; `None` = default (create) or unchanged (update).
+#[derive(Debug, Default)]
+pub struct TunnelInput {
+    pub hostname: Option<String>,
+    pub agent_id: Option<i64>,
+    /// Every Agent serving the tunnel, primary first (replicas); replaces the set on update.
+    pub agent_ids: Option<Vec<i64>>,
+    pub target: Option<String>,
+    pub enabled: Option<bool>,
+    pub tls: Option<TlsMode>,
+    pub https_redirect: Option<bool>,
+    pub access: Option<AccessPolicy>,
+}
+
+fn hostname(input: &str) -> Result<String, ApiError> {
+    validate::hostname(input).map_err(|e| ApiError::bad_request(e.0))
+}
+
+fn target_addr(input: &str) -> Result<String, ApiError> {
+    validate::host_port(input, "target").map_err(|e| ApiError::bad_request(e.0))
+}
+
+/// Primary and replicas from `agent_id` / `agent_ids`: the list must be non-empty, without
+/// duplicates, at most [`MAX_AGENTS_PER_TUNNEL`] long, and start with `agent_id` when both are given.
+fn agents(
+    agent_id: Option<i64>,
+    agent_ids: Option<Vec<i64>>,
+) -> Result<Option<(i64, Vec<i64>)>, ApiError> {
+    let Some(ids) = agent_ids else {
+        return Ok(agent_id.map(|id| (id, Vec::new())));
+    };
+    let Some((&primary, replicas)) = ids.split_first() else {
+        return Err(ApiError::bad_request(
+            "agent_ids must list at least one agent",
+        ));
+    };
+    if ids.len() > MAX_AGENTS_PER_TUNNEL {
+        return Err(ApiError::bad_request(format!(
+            "agent_ids lists {} agents; a tunnel can have at most {MAX_AGENTS_PER_TUNNEL}",
+            ids.len()
+        )));
+    }
+    if let Some(dup) = ids
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| ids[..i].contains(a).then_some(a))
+    {
+        return Err(ApiError::bad_request(format!(
+            "agent_ids lists agent {dup} twice"
+        )));
+    }
+    if agent_id.is_some_and(|a| a != primary) {
+        return Err(ApiError::bad_request(
+            "agent_id and agent_ids disagree: agent_ids must start with agent_id (the primary); \
+             send only agent_ids",
+        ));
+    }
+    Ok(Some((primary, replicas.to_vec())))
+}
+
+/// Most e-mails one allow-list may hold; every Gateway gets each list on every change.
+const MAX_ALLOWED_USERS: usize = 1000;
+
+/// Validates and lower-cases the e-mails of a `users` policy.
+fn access(policy: AccessPolicy) -> Result<AccessPolicy, ApiError> {
+    let AccessPolicy::Users { allow } = policy else {
+        return Ok(policy);
+    };
+    if allow.is_empty() {
+        return Err(ApiError::bad_request(
+            "access.allow must list at least one e-mail address; use {\"mode\":\"login\"} to admit \
+             every signed-in user",
+        ));
+    }
+    if allow.len() > MAX_ALLOWED_USERS {
+        return Err(ApiError::bad_request(format!(
+            "access.allow may list at most {MAX_ALLOWED_USERS} e-mail addresses"
+        )));
+    }
+    let allow = allow
+        .iter()
+        .map(|e| {
+            validate::email(e).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "access.allow: {e:?} is not an e-mail address (expected name@example.com)"
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(AccessPolicy::Users { allow })
+}
+
+/// A member may only route to an agent they own; unknown agents are the store's 400.
+async fn require_agent(state: &AppState, user: &UserRow, agent_id: i64) -> Result<(), ApiError> {
+    if user.is_admin {
+        return Ok(());
+    }
+    match state.store.get_agent(agent_id).await {
+        Ok(agent) => require_owner(user, agent.owner_id, "tunnels on agents"),
+        Err(crate::store::StoreError::NotFound) => Err(ApiError::bad_request(format!(
+            "agent_id {agent_id} does not exist; create the agent first"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn create(
+    state: &AppState,
+    user: &UserRow,
+    input: TunnelInput,
+) -> Result<TunnelRow, ApiError> {
+    let agents = agents(input.agent_id, input.agent_ids)?;
+    let (Some(host), Some((agent_id, replicas)), Some(target)) =
+        (input.hostname, agents, input.target)
+    else {
+        return Err(ApiError::bad_request(
+            "hostname, agent_id (or agent_ids) and target are required",
+        ));
+    };
+    let new = NewTunnel {
+        hostname: hostname(&host)?,
+        agent_id,
+        target: target_addr(&target)?,
+        enabled: input.enabled.unwrap_or(true),
+        tls: input.tls.unwrap_or(state.default_tls).as_str().to_string(),
+        https_redirect: input.https_redirect.unwrap_or(true),
+        owner_id: (!user.is_admin).then_some(user.id),
+        access: access(input.access.unwrap_or_default())?,
+        replicas,
+    };
+    require_agent(state, user, agent_id).await?;
+    for &replica in &new.replicas {
+        require_agent(state, user, replica).await?;
+    }
+    let row = state.store.create_tunnel(&new).await?;
+    state.hub.changed();
+    tracing::info!(tunnel_id = row.id, hostname = %row.hostname, agent_id = row.agent_id, tls = %row.tls, "tunnel created");
+    let detail = json!({"agent_id": row.agent_id, "target": row.target, "tls": row.tls});
+    audit(state, Some(user), "tunnel.create", label(&row), detail).await;
+    Ok(row)
+}
+
+pub async fn update(
+    state: &AppState,
+    user: &UserRow,
+    id: i64,
+    input: TunnelInput,
+) -> Result<TunnelRow, ApiError> {
+    let current = state.store.get_tunnel(id).await.map_err(about("tunnel"))?;
+    require_owner(user, current.owner_id, "tunnels")?;
+    let replace_set = input.agent_ids.is_some();
+    let (agent_id, replicas) = match agents(input.agent_id, input.agent_ids)? {
+        Some((primary, replicas)) if replace_set => (Some(primary), Some(replicas)),
+        Some((primary, _)) => (Some(primary), None),
+        None => (None, None),
+    };
+    let patch = TunnelPatch {
+        hostname: input.hostname.as_deref().map(hostname).transpose()?,
+        agent_id,
+        replicas,
+        access: input.access.map(access).transpose()?,
+        target: input.target.as_deref().map(target_addr).transpose()?,
+        enabled: input.enabled,
+        tls: input.tls.map(|t| t.as_str().to_string()),
+        https_redirect: input.https_redirect,
+    };
+    if let Some(agent) = patch.agent_id.filter(|a| *a != current.agent_id) {
+        require_agent(state, user, agent).await?;
+    }
+    for &replica in patch.replicas.iter().flatten() {
+        require_agent(state, user, replica).await?;
+    }
+    let row = state
+        .store
+        .update_tunnel(id, &patch)
+        .await
+        .map_err(about("tunnel"))?;
+    state.hub.changed();
+    let detail = json!({
+        "hostname": patch.hostname, "agent_id": patch.agent_id, "target": patch.target,
+        "enabled": patch.enabled, "tls": patch.tls, "https_redirect": patch.https_redirect,
+        "replicas": patch.replicas, "access": patch.access,
+    });
+    audit(state, Some(user), "tunnel.update", label(&row), detail).await;
+    Ok(row)
+}
+
+pub async fn delete(state: &AppState, user: &UserRow, id: i64) -> Result<(), ApiError> {
+    let current = state.store.get_tunnel(id).await.map_err(about("tunnel"))?;
+    require_owner(user, current.owner_id, "tunnels")?;
+    state
+        .store
+        .delete_tunnel(id)
+        .await
+        .map_err(about("tunnel"))?;
+    state.hub.changed();
+    tracing::info!(tunnel_id = id, "tunnel deleted");
+    audit(
+        state,
+        Some(user),
+        "tunnel.delete",
+        label(&current),
+        json!({}),
+    )
+    .await;
+    Ok(())
+}
+
+fn label(t: &TunnelRow) -> String {
+    format!("tunnel:{} {}", t.id, t.hostname)
+}

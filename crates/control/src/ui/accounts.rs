@@ -1,0 +1,197 @@
+//! Signing in and out: the first-run setup page, login (honouring `?next=`), logout, and
+//! registration by invitation link or, when an admin turned it on, open registration.
+
+use super::page::render;
+use super::session::{safe_next, same_origin, Viewer};
+use crate::api::authn::{session_cookie, ClientIp};
+use crate::api::{ApiError, AppState};
+use crate::ops::{self, login::NewSession};
+use crate::secrets;
+use axum::extract::{Query, State};
+use axum::http::header::{RETRY_AFTER, SET_COOKIE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use minijinja::context;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct SetupForm {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize, Default)]
+pub struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RegisterForm {
+    #[serde(default)]
+    email: String,
+    password: String,
+    invite: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct InviteQuery {
+    invite: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Signed in: the session cookie and a redirect to where the user was going.
+fn signed_in(state: &AppState, session: NewSession, next: &str) -> Response {
+    let cookie = ops::login::set_cookie(state, &session.cookie);
+    ([(SET_COOKIE, cookie)], Redirect::to(next)).into_response()
+}
+
+pub async fn setup_page(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if state.store.count_users().await? > 0 {
+        return Ok(Redirect::to("/login").into_response());
+    }
+    Ok(render(StatusCode::OK, "setup.html", context! {}))
+}
+
+pub async fn setup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SetupForm>,
+) -> Result<Response, Response> {
+    same_origin(&headers).map_err(IntoResponse::into_response)?;
+    match ops::users::setup(&state, &form.email, form.password).await {
+        Ok(user) => {
+            let session = ops::login::start_session(&state, user)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            Ok(signed_in(&state, session, "/"))
+        }
+        Err(e) if e.status() == StatusCode::CONFLICT => Ok(Redirect::to("/login").into_response()),
+        Err(e) => Ok(render(
+            e.status(),
+            "setup.html",
+            context! { error => e.message(), email => form.email },
+        )),
+    }
+}
+
+pub async fn login_page(
+    State(state): State<AppState>,
+    Query(q): Query<NextQuery>,
+) -> Result<Response, ApiError> {
+    if state.store.count_users().await? == 0 {
+        return Ok(Redirect::to("/setup").into_response());
+    }
+    let open = state.store.open_registration().await?;
+    let next = safe_next(q.next.as_deref());
+    Ok(render(
+        StatusCode::OK,
+        "login.html",
+        context! { next => next, open_registration => open },
+    ))
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, Response> {
+    same_origin(&headers).map_err(IntoResponse::into_response)?;
+    let next = safe_next(form.next.as_deref());
+    let previous = session_cookie(&headers);
+    let result =
+        ops::login::login(&state, &form.email, form.password, ip.as_deref(), previous).await;
+    match result {
+        Ok(session) => Ok(signed_in(&state, session, &next)),
+        Err(e) => {
+            let mut response = render(
+                e.status(),
+                "login.html",
+                context! { error => e.message(), email => form.email, next => next },
+            );
+            if let Some(secs) = e.retry_after() {
+                response.headers_mut().insert(RETRY_AFTER, secs.into());
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// Ends this session. The CSRF token is required so another site cannot log the user out.
+pub async fn logout(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Response> {
+    viewer
+        .check(&form.csrf)
+        .map_err(IntoResponse::into_response)?;
+    if let Some(session) = session_cookie(&headers) {
+        state
+            .store
+            .delete_session(&secrets::hash(session))
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?;
+    }
+    let cookie = ops::login::set_cookie(&state, "");
+    Ok(([(SET_COOKIE, cookie)], Redirect::to("/login")).into_response())
+}
+
+pub async fn register_page(
+    State(state): State<AppState>,
+    Query(q): Query<InviteQuery>,
+) -> Result<Response, ApiError> {
+    let invite = q.invite.filter(|t| !t.is_empty());
+    let invitation = match &invite {
+        Some(token) => state.store.invitation(&secrets::hash(token)).await?,
+        None => None,
+    };
+    let open = state.store.open_registration().await?;
+    let ctx = match (&invite, &invitation) {
+        (Some(token), Some(inv)) => context! { invite => token, email => inv.email.clone() },
+        (Some(_), None) => context! {
+            closed => true,
+            error => "This invitation link is unknown, used or expired; ask an admin for a new one.",
+        },
+        (None, _) if open => context! {},
+        (None, _) => context! { closed => true },
+    };
+    Ok(render(StatusCode::OK, "register.html", ctx))
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<RegisterForm>,
+) -> Result<Response, Response> {
+    same_origin(&headers).map_err(IntoResponse::into_response)?;
+    match ops::users::register(&state, form.invite.as_deref(), &form.email, form.password).await {
+        Ok(user) => {
+            let session = ops::login::start_session(&state, user)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            Ok(signed_in(&state, session, "/"))
+        }
+        Err(e) => Ok(render(
+            e.status(),
+            "register.html",
+            context! { error => e.message(), email => form.email, invite => form.invite },
+        )),
+    }
+}

@@ -1,0 +1,147 @@
+//! The dashboard: counts and live status of Gateways, Agents and tunnels, and what needs
+//! attention first, each item with the next step.
+
+use super::overview;
+use super::page as render;
+use super::session::Viewer;
+use crate::api::{ApiError, AppState};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use minijinja::{context, Value};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+/// One thing to look at, most urgent first.
+#[derive(Serialize)]
+struct Attention {
+    level: &'static str,
+    text: String,
+    action: &'static str,
+    href: String,
+}
+
+fn is(v: &Json, key: &str, value: &str) -> bool {
+    v[key].as_str() == Some(value)
+}
+
+fn attention(o: &overview::Overview, is_admin: bool) -> Vec<Attention> {
+    let mut items = Vec::new();
+    let mut add = |level, text: String, action, href: String| {
+        items.push(Attention {
+            level,
+            text,
+            action,
+            href,
+        })
+    };
+    if o.gateways.is_empty() {
+        let action = if is_admin {
+            "Add a gateway"
+        } else {
+            "Ask an admin"
+        };
+        add(
+            "bad",
+            "No gateway exists yet: nothing can reach your tunnels from the internet.".into(),
+            action,
+            "/gateways".into(),
+        );
+    }
+    for g in o.gateways.iter().filter(|g| is(g, "status", "offline")) {
+        add(
+            "bad",
+            format!("Gateway {} is offline.", g["name"].as_str().unwrap_or("?")),
+            "Start it with its token",
+            "/gateways".into(),
+        );
+    }
+    if o.agents.is_empty() {
+        add(
+            "warn",
+            "No agent yet: an agent runs next to your apps and connects out to the gateways."
+                .into(),
+            "Add an agent",
+            "/agents".into(),
+        );
+    }
+    for a in o.agents.iter().filter(|a| is(a, "status", "offline")) {
+        let n = a["tunnels"].as_u64().unwrap_or(0);
+        add(
+            "warn",
+            format!(
+                "Agent {} is offline; {n} tunnel(s) cannot be served.",
+                a["name"].as_str().unwrap_or("?")
+            ),
+            "Start the agent",
+            "/agents".into(),
+        );
+    }
+    for t in &o.tunnels {
+        let host = t["hostname"].as_str().unwrap_or("?");
+        let href = format!("/tunnels/{}", t["id"]);
+        if is(&t["certificate"], "status", "failed") {
+            let why = t["certificate"]["last_error"]
+                .as_str()
+                .unwrap_or("unknown error");
+            add(
+                "bad",
+                format!("The certificate for {host} failed: {why}"),
+                "Open the tunnel",
+                href,
+            );
+        } else if t["enabled"] == Json::Bool(false) {
+            add(
+                "info",
+                format!("Tunnel {host} is disabled."),
+                "Enable it",
+                href,
+            );
+        }
+    }
+    if o.tunnels.is_empty() && !o.agents.is_empty() {
+        add(
+            "info",
+            "No tunnel yet: publish your first app.".into(),
+            "Create a tunnel",
+            "/tunnels".into(),
+        );
+    }
+    items
+}
+
+pub async fn page_handler(state: &AppState, viewer: &Viewer) -> Result<Response, ApiError> {
+    let o = overview::load(state, &viewer.user).await?;
+    let count = |items: &[Json]| {
+        context! {
+            total => items.len(),
+            online => items.iter().filter(|i| is(i, "status", "online")).count(),
+        }
+    };
+    let reachable = o
+        .tunnels
+        .iter()
+        .filter(|t| t["reachable"] == Json::Bool(true))
+        .count();
+    let ctx = context! {
+        gateways => count(&o.gateways),
+        agents => count(&o.agents),
+        tunnels => context! { total => o.tunnels.len(), reachable => reachable },
+        attention => Value::from_serialize(attention(&o, viewer.user.is_admin)),
+        tunnel_list => Value::from_serialize(&o.tunnels),
+    };
+    Ok(render::page(
+        viewer,
+        StatusCode::OK,
+        "dashboard.html",
+        "dashboard",
+        ctx,
+    ))
+}
+
+pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
+    match page_handler(&state, &viewer).await {
+        Ok(r) => r,
+        Err(e) => render::error_page(&viewer, &e),
+    }
+}

@@ -1,0 +1,114 @@
+//! The web UI: server-rendered pages (minijinja templates compiled into the binary), a small
+//! stylesheet and script served from memory, and the security headers of every response.
+//!
+//! Every page works without JavaScript; `static/app.js` only refreshes status badges by polling
+//! `GET /api/v1/status`. Forms post back to the page's own route with the session's CSRF token.
+
+mod accounts;
+mod activity;
+mod agents;
+mod dashboard;
+mod gateways;
+mod overview;
+mod page;
+mod profile;
+mod session;
+mod tunnels;
+mod users;
+
+pub use page::not_found;
+
+use crate::api::AppState;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+/// The UI's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/setup", get(accounts::setup_page).post(accounts::setup))
+        .route("/login", get(accounts::login_page).post(accounts::login))
+        .route("/logout", post(accounts::logout))
+        .route(
+            "/register",
+            get(accounts::register_page).post(accounts::register),
+        )
+        .route("/agents", get(agents::list).post(agents::create))
+        .route("/agents/{id}/rotate-key", post(agents::rotate_key))
+        .route("/agents/{id}/delete", post(agents::delete))
+        .route("/tunnels", get(tunnels::list).post(tunnels::create))
+        .route("/tunnels/{id}", get(tunnels::show).post(tunnels::update))
+        .route("/tunnels/{id}/toggle", post(tunnels::toggle))
+        .route(
+            "/tunnels/{id}/delete",
+            get(tunnels::confirm_delete).post(tunnels::delete),
+        )
+        .route("/gateways", get(gateways::list).post(gateways::create))
+        .route("/gateways/{id}/toggle", post(gateways::toggle))
+        .route("/gateways/{id}/delete", post(gateways::delete))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/invite", post(users::invite))
+        .route("/users/settings", post(users::settings))
+        .route("/users/{id}/admin", post(users::set_admin))
+        .route("/users/{id}/password", post(users::reset_password))
+        .route("/users/{id}/delete", post(users::delete))
+        .route("/profile", get(profile::page))
+        .route("/profile/password", post(profile::change_password))
+        .route("/profile/tokens", post(profile::create_token))
+        .route("/profile/tokens/{id}/delete", post(profile::delete_token))
+        .route(
+            "/profile/logout-everywhere",
+            post(profile::logout_everywhere),
+        )
+        .route("/activity", get(activity::page))
+        .route("/static/app.css", get(css))
+        .route("/static/app.js", get(js))
+}
+
+const CSS: &str = include_str!("../../static/app.css");
+const JS: &str = include_str!("../../static/app.js");
+
+/// Static files change only with the binary; a day of caching, revalidated by the query string
+/// the templates add (the crate version).
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn css() -> Response {
+    asset(CSS, "text/css; charset=utf-8")
+}
+
+async fn js() -> Response {
+    asset(JS, "text/javascript; charset=utf-8")
+}
+
+/// Security headers on every response (API and UI): no inline script, no framing, no sniffing,
+/// no full URLs leaked to other sites.
+pub async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, name: &'static str, value: &'static str| {
+        h.entry(HeaderName::from_static(name))
+            .or_insert(HeaderValue::from_static(value));
+    };
+    set(
+        headers,
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
+         object-src 'none'",
+    );
+    set(headers, "x-frame-options", "DENY");
+    set(headers, "referrer-policy", "same-origin");
+    set(headers, "x-content-type-options", "nosniff");
+    response
+}

@@ -1,0 +1,96 @@
+//! Everything the pages show about nodes and tunnels, as the API's views plus what the UI adds
+//! (names, live status, whether the viewer may change it), loaded once per page.
+
+use crate::api::{agents, gateways, tunnels, ApiError, AppState};
+use crate::ops::can_manage;
+use crate::store::{CertRow, NodeKind, NodeRef, UserRow};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub struct Overview {
+    pub gateways: Vec<Value>,
+    pub agents: Vec<Value>,
+    pub tunnels: Vec<Value>,
+}
+
+/// Adds `extra`'s keys to the JSON object `base`.
+fn with(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
+}
+
+fn to_json(v: impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiError> {
+    let online = |kind, id| state.hub.is_online(NodeRef { kind, id });
+    let gateway_rows = state.store.list_gateways().await?;
+    let serving = gateway_rows
+        .iter()
+        .any(|g| g.enabled && online(NodeKind::Gateway, g.id));
+    let any_gateway_online = !state.hub.online_gateways().is_empty();
+    let gateways = gateway_rows
+        .into_iter()
+        .map(|g| to_json(gateways::view(state, g, None)))
+        .collect();
+    let tunnel_rows = state.store.list_tunnels().await?;
+    let mut per_agent: HashMap<i64, usize> = HashMap::new();
+    for t in &tunnel_rows {
+        *per_agent.entry(t.agent_id).or_default() += 1;
+    }
+    let mut agent_names = HashMap::new();
+    let agents = state
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .map(|a| {
+            agent_names.insert(a.id, a.name.clone());
+            let extra = json!({
+                "can_manage": can_manage(viewer, a.owner_id),
+                "tunnels": per_agent.get(&a.id).copied().unwrap_or(0),
+            });
+            with(to_json(agents::view(state, a, None)), extra)
+        })
+        .collect();
+    let certs: HashMap<String, CertRow> = state
+        .store
+        .list_certificates()
+        .await?
+        .into_iter()
+        .map(|c| (c.hostname.clone(), c))
+        .collect();
+    let replicas = state.store.list_replicas().await?;
+    let tunnels = tunnel_rows
+        .into_iter()
+        .map(|t| {
+            let agent_online = online(NodeKind::Agent, t.agent_id);
+            let scheme = if t.tls == "off" { "http" } else { "https" };
+            let extra = json!({
+                "agent_name": agent_names.get(&t.agent_id),
+                "agent_status": if agent_online { "online" } else { "offline" },
+                "reachable": t.enabled && agent_online && serving,
+                "public_url": format!("{scheme}://{}/", t.hostname),
+                "can_manage": can_manage(viewer, t.owner_id),
+            });
+            let cert = certs.get(&t.hostname);
+            with(
+                to_json(tunnels::TunnelView::new(
+                    t,
+                    &replicas,
+                    cert,
+                    any_gateway_online,
+                )),
+                extra,
+            )
+        })
+        .collect();
+    Ok(Overview {
+        gateways,
+        agents,
+        tunnels,
+    })
+}

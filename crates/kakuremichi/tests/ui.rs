@@ -1,0 +1,173 @@
+//! The web UI in a real browser (Debian's chromium through chromedriver), against a real Control,
+//! Gateway and Agent in this process: first-run setup → add a gateway (start it with the shown
+//! token) → add an agent (start it with the shown key) → add a tunnel → open the tunnel's URL and
+//! see the app. Status badges turn online without a reload (the page's own polling). Saves a
+//! screenshot of each main page to `target/ui-screenshots/` (see `ui_support::screenshot_dir`).
+
+mod common;
+mod ui_support;
+
+use common::*;
+use fantoccini::Locator;
+use kakuremichi_node::Secret;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use ui_support::Browser;
+
+const LIVE: Duration = Duration::from_secs(30);
+const APP_HOST: &str = "app.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_agent_tunnel_and_the_app_in_a_browser() {
+    init_logs();
+    // fantoccini's TLS stack brings a second rustls provider; say which one this process uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some((driver, chromium)) = ui_support::binaries() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    // Control, first run: no account.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let config = kakuremichi_control::ControlConfig {
+        data_dir: dir.path().join("control"),
+        ..Default::default()
+    };
+    let (_control, wait) = Stop::new();
+    tokio::spawn(kakuremichi_control::run(config, listener, wait()));
+    wait_ready(&reqwest::Client::new(), &base).await;
+
+    // The app behind the tunnel, and the Gateway's sockets (it starts once the UI gave a token).
+    let origin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    let (_origin, wait) = Stop::new();
+    tokio::spawn(kakuremichi::hello::serve(
+        origin,
+        "ui-test-app".into(),
+        wait(),
+    ));
+    let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let wg_addr = wg.local_addr().unwrap();
+    let gw_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw_port = gw_http.local_addr().unwrap().port();
+
+    let b = Browser::start(&driver, &chromium, &format!("MAP {APP_HOST} 127.0.0.1")).await;
+
+    // First run: the setup page creates the admin and signs in.
+    b.client.goto(&base).await.unwrap();
+    b.wait_path("/setup").await;
+    b.fill("input[name=email]", ADMIN_EMAIL).await;
+    b.fill("input[name=password]", ADMIN_PASSWORD).await;
+    b.shot("01-setup").await;
+    b.click("button[type=submit]").await;
+    b.wait_path("/").await;
+    assert!(b.text("main").await.contains("Add a gateway"));
+    b.shot("02-dashboard-first-run").await;
+
+    // Add a gateway; start it with the token the page shows once.
+    b.client.goto(&format!("{base}/gateways")).await.unwrap();
+    b.fill("input[name=name]", "edge-1").await;
+    b.fill("input[name=public_endpoint]", &wg_addr.to_string())
+        .await;
+    b.click("form[action='/gateways'] button[type=submit]")
+        .await;
+    let token = b.text("#gateway-token").await;
+    assert!(token.starts_with("kmg_"), "{token}");
+    b.shot("03-gateway-token").await;
+    let listeners = kakuremichi_gateway::GatewayListeners {
+        http: gw_http,
+        https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        wg,
+    };
+    let (_gateway, _gw_task) = spawn_gateway(&base, &token, listeners, dir.path().join("gw"));
+    b.wait_text("[data-node='gateway:1']", "online", LIVE).await;
+
+    // Add an agent; run it with the key the page shows once, with the Control URL it shows.
+    b.client.goto(&format!("{base}/agents")).await.unwrap();
+    b.fill("input[name=name]", "home-server").await;
+    b.click("form[action='/agents'] button[type=submit]").await;
+    let key = b.text("#agent-key").await;
+    assert!(key.starts_with("kma_"), "{key}");
+    let page = b.text("main").await;
+    assert!(
+        page.contains(&format!("CONTROL_URL={base}")),
+        "the commands carry the Control URL"
+    );
+    assert!(
+        page.contains(&format!("API_KEY: {key}")),
+        "the compose snippet carries the key"
+    );
+    b.shot("04-agent-key").await;
+    let mut agent = kakuremichi_agent::AgentConfig::new(base.clone(), Secret::new(key));
+    agent.data_dir = Some(dir.path().join("agent"));
+    let (_agent, wait) = Stop::new();
+    tokio::spawn(kakuremichi_agent::run(agent, wait()));
+    // The badge on the page turns online by itself (no reload).
+    b.wait_text("[data-node='agent:1']", "online", LIVE).await;
+    b.client.goto(&format!("{base}/agents")).await.unwrap();
+    b.shot("05-agents").await;
+
+    // Add a tunnel to the app through that agent.
+    b.client.goto(&format!("{base}/tunnels")).await.unwrap();
+    b.fill("input[name=hostname]", APP_HOST).await;
+    b.client
+        .find(Locator::Css("select[name=agent_id]"))
+        .await
+        .unwrap()
+        .select_by_value("1")
+        .await
+        .unwrap();
+    b.fill("input[name=target]", &origin_addr.to_string()).await;
+    b.client
+        .find(Locator::Css("select[name=tls]"))
+        .await
+        .unwrap()
+        .select_by_value("off")
+        .await
+        .unwrap();
+    b.click("#create-tunnel button[type=submit]").await;
+    b.wait_path("/tunnels/1").await;
+    b.wait_text("[data-tunnel='1']", "serving", LIVE).await;
+    assert_eq!(b.text("#public-url").await, format!("http://{APP_HOST}/"));
+    b.shot("06-tunnel").await;
+
+    // The tunnel's URL (on the Gateway's plain HTTP port) shows the app.
+    let app = format!("http://{APP_HOST}:{gw_port}/");
+    let deadline = std::time::Instant::now() + LIVE;
+    loop {
+        b.client.goto(&app).await.unwrap();
+        let source = b.client.source().await.unwrap_or_default();
+        if source.contains("ui-test-app") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app never answered: {source}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.shot("07-app-through-the-tunnel").await;
+
+    // The other main pages, for the record (and to see they render for a real session).
+    for (path, name, expect) in [
+        ("/", "08-dashboard", "Everything is up"),
+        ("/tunnels", "09-tunnels", APP_HOST),
+        ("/gateways", "10-gateways", "edge-1"),
+        ("/users", "11-users", ADMIN_EMAIL),
+        ("/profile", "12-profile", "Personal API tokens"),
+        ("/activity", "13-activity", "tunnel.create"),
+    ] {
+        b.client.goto(&format!("{base}{path}")).await.unwrap();
+        let text = b.text("main").await;
+        assert!(text.contains(expect), "{path}: {text}");
+        b.shot(name).await;
+    }
+    b.client.goto(&base).await.unwrap();
+    b.wait_text("[data-count='tunnels']", "1 / 1", LIVE).await;
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.client.goto(&format!("{base}/tunnels/1")).await.unwrap();
+    b.shot("14-tunnel-phone").await;
+    b.close().await;
+}
