@@ -1,5 +1,5 @@
-//! Tunnels pages: list with public URL and live status, create, edit (one form for both, see
-//! `templates/macros.html`), enable/disable, delete after a confirmation page.
+//! Tunnels pages: list with public URL, live status and access mode, create, edit (one form for
+//! both, see `templates/macros.html`), enable/disable, delete after a confirmation page.
 
 use super::overview;
 use super::page::{self as render, done, flash};
@@ -7,12 +7,15 @@ use super::session::Viewer;
 use crate::api::{ApiError, AppState};
 use crate::certs::TlsMode;
 use crate::ops::{self, tunnels::TunnelInput};
+use crate::validate;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
+use kakuremichi_proto::AccessPolicy;
 use minijinja::{context, Value};
 use serde::Deserialize;
+use std::collections::BTreeSet;
 
 #[derive(Deserialize)]
 pub struct Done {
@@ -35,6 +38,13 @@ pub struct TunnelForm {
     tls: String,
     https_redirect: Option<String>,
     enabled: Option<String>,
+    /// `public`, `login` or `users`; absent (a form without the choice) keeps the tunnel's policy.
+    /// Serialised under the name the tunnel's page view uses, so one macro renders both.
+    #[serde(default, rename(serialize = "access_mode"))]
+    access: String,
+    /// The e-mails of a `users` policy, one per line or separated by commas.
+    #[serde(default, rename(serialize = "access_allow"))]
+    allow: String,
 }
 
 impl TunnelForm {
@@ -58,9 +68,43 @@ impl TunnelForm {
             enabled: Some(self.enabled.is_some()),
             tls,
             https_redirect: Some(self.https_redirect.is_some()),
-            // Access and replicas are set through the API for now; the form keeps them as they are.
+            access: self.access()?,
+            // Replicas are set through the API; the form keeps them as they are.
             ..Default::default()
         })
+    }
+
+    /// The chosen policy; the e-mails are checked here so the message speaks of the form.
+    fn access(&self) -> Result<Option<AccessPolicy>, ApiError> {
+        match self.access.as_str() {
+            "" => Ok(None),
+            "public" => Ok(Some(AccessPolicy::Public)),
+            "login" => Ok(Some(AccessPolicy::Login)),
+            "users" => {
+                let allow = self
+                    .allow
+                    .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+                    .filter(|e| !e.is_empty())
+                    .map(|e| {
+                        validate::email(e).map_err(|_| {
+                            ApiError::bad_request(format!(
+                                "Access: {e:?} is not an e-mail address (expected name@example.com)"
+                            ))
+                        })
+                    })
+                    .collect::<Result<BTreeSet<_>, _>>()?;
+                if allow.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "Access: list at least one e-mail address under \"Only these people\", \
+                         or choose \"Any signed-in user\"",
+                    ));
+                }
+                Ok(Some(AccessPolicy::Users { allow }))
+            }
+            _ => Err(ApiError::bad_request(
+                "Access must be public, login (any signed-in user) or users (only these people)",
+            )),
+        }
     }
 }
 
@@ -172,7 +216,8 @@ pub async fn update(
     match result {
         Ok(_) => done(&format!("/tunnels/{id}"), "tunnel-saved"),
         Err(e) => {
-            let ctx = context! { error => e.message() };
+            // The form shows what was typed (the e-mail list above all), not the stored values.
+            let ctx = context! { error => e.message(), form => Value::from_serialize(&form) };
             or_error(
                 &viewer,
                 render_one(&state, &viewer, id, e.status(), "tunnel.html", ctx).await,
@@ -244,5 +289,55 @@ pub async fn delete(
     match result {
         Ok(()) => done("/tunnels", "tunnel-deleted"),
         Err(e) => render::error_page(&viewer, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(access: &str, allow: &str) -> TunnelForm {
+        TunnelForm {
+            access: access.into(),
+            allow: allow.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn access_choice_maps_to_the_policy() {
+        assert_eq!(
+            form("", "a@x.io").access().unwrap(),
+            None,
+            "absent: unchanged"
+        );
+        assert_eq!(
+            form("public", "ignored").access().unwrap(),
+            Some(AccessPolicy::Public)
+        );
+        assert_eq!(
+            form("login", "").access().unwrap(),
+            Some(AccessPolicy::Login)
+        );
+        let Some(AccessPolicy::Users { allow }) = form(
+            "users",
+            " Alice@Example.com,bob@example.org\r\n\r\ncarol@example.net ; alice@example.com\n",
+        )
+        .access()
+        .unwrap() else {
+            panic!("a users policy")
+        };
+        assert_eq!(
+            allow.into_iter().collect::<Vec<_>>(),
+            ["alice@example.com", "bob@example.org", "carol@example.net"]
+        );
+    }
+
+    #[test]
+    fn bad_access_input_says_what_to_fix() {
+        let msg = |f: TunnelForm| f.access().unwrap_err().message().to_string();
+        assert!(msg(form("users", " \n, ")).contains("at least one e-mail address"));
+        assert!(msg(form("users", "a@x.io\nnot-an-address")).contains("\"not-an-address\""));
+        assert!(msg(form("everyone", "")).contains("Access must be"));
     }
 }
