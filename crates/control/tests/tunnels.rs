@@ -270,7 +270,7 @@ async fn replicas_through_the_api_and_into_snapshots() {
 
 /// The web UI's tunnel form sets the access policy, shows it pre-filled on the edit form and as a
 /// badge, keeps it when a form without the choice is posted, and shows a bad list as an error
-/// with what was typed still in the form.
+/// with what was typed still in the form. Likewise for the replica agents.
 #[tokio::test]
 async fn the_tunnel_form_sets_and_keeps_access() {
     let (_tmp, dir) = data_dir();
@@ -377,4 +377,33 @@ async fn the_tunnel_form_sets_and_keeps_access() {
     let (_, t) = c.get("/api/v1/tunnels/1").await;
     assert_eq!(t["access"], json!({"mode": "public"}));
     assert!(page("/tunnels").await.contains(">public</span>"));
+
+    // Replicas: the ticked boxes replace the set (the primary ticked too counts once); a form
+    // without the boxes keeps it; the boxes shown and none ticked clear it.
+    let a2 = c.agent("a2").await["id"].as_i64().unwrap().to_string();
+    let agent_ids = || async { c.get("/api/v1/tunnels/1").await.1["agent_ids"].clone() };
+    assert!(page("/tunnels/1")
+        .await
+        .contains(r#"name="replica" value="2" >"#));
+    let mut fields = base("public", "");
+    fields.extend([
+        ("replicas_shown", "1"),
+        ("replica", a2.as_str()),
+        ("replica", agent_id.as_str()),
+    ]);
+    let res = post("/tunnels/1", fields).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(agent_ids().await, json!([agent, 2]));
+    let html = page("/tunnels/1").await;
+    assert!(
+        html.contains(r#"name="replica" value="2" checked>"#),
+        "{html}"
+    );
+    assert!(html.contains("replicas: a2"));
+    post("/tunnels/1", base("public", "")).await.unwrap();
+    assert_eq!(agent_ids().await, json!([agent, 2]), "kept");
+    let mut fields = base("public", "");
+    fields.push(("replicas_shown", "1"));
+    post("/tunnels/1", fields).await.unwrap();
+    assert_eq!(agent_ids().await, json!([agent]), "cleared");
 }

@@ -90,7 +90,15 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
             let agent_online = online(NodeKind::Agent, t.agent_id);
             let scheme = if t.tls == "off" { "http" } else { "https" };
             let access = access_fields(&policy_of(&t));
+            let replica_ids: Vec<i64> = replicas
+                .iter()
+                .filter(|r| r.tunnel_id == t.id)
+                .map(|r| r.agent_id)
+                .collect();
+            let replica_names: Vec<_> = replica_ids.iter().map(|a| agent_names.get(a)).collect();
             let extra = json!({
+                "replica_ids": replica_ids,
+                "replica_names": replica_names,
                 "agent_name": agent_names.get(&t.agent_id),
                 "agent_status": if agent_online { "online" } else { "offline" },
                 "reachable": t.enabled && agent_online && serving,

@@ -8,7 +8,7 @@ use crate::api::{ApiError, AppState};
 use crate::certs::TlsMode;
 use crate::ops::{self, tunnels::TunnelInput};
 use crate::validate;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawForm, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
@@ -22,32 +22,74 @@ pub struct Done {
     done: Option<String>,
 }
 
-/// The tunnel form's fields (a new field: add it here, in [`TunnelForm::input`] and in the
-/// `tunnel_fields` macro).
-#[derive(Deserialize, serde::Serialize, Default)]
+/// The tunnel form's fields (a new field: add it here, in [`TunnelForm::parse`],
+/// [`TunnelForm::input`] and in the `tunnel_fields` macro). Serialised for the template under
+/// the names the tunnel's page view uses, so one macro renders both.
+#[derive(serde::Serialize, Default)]
 pub struct TunnelForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     hostname: String,
-    #[serde(default)]
     agent_id: String,
-    #[serde(default)]
     target: String,
-    #[serde(default)]
     tls: String,
     https_redirect: Option<String>,
     enabled: Option<String>,
     /// `public`, `login` or `users`; absent (a form without the choice) keeps the tunnel's policy.
-    /// Serialised under the name the tunnel's page view uses, so one macro renders both.
-    #[serde(default, rename(serialize = "access_mode"))]
+    #[serde(rename = "access_mode")]
     access: String,
     /// The e-mails of a `users` policy, one per line or separated by commas.
-    #[serde(default, rename(serialize = "access_allow"))]
+    #[serde(rename = "access_allow")]
     allow: String,
+    /// The ticked replica agents (one `replica` field each).
+    #[serde(rename = "replica_ids")]
+    replicas: Vec<String>,
+    /// The form showed the replica boxes: none ticked then means "no replicas", not "unchanged".
+    #[serde(skip)]
+    replicas_shown: bool,
 }
 
 impl TunnelForm {
+    /// Parses the posted body by hand: `replica` repeats, which `Form`'s decoder refuses.
+    fn parse(body: &[u8]) -> TunnelForm {
+        let mut f = TunnelForm::default();
+        for (key, value) in form_urlencoded::parse(body) {
+            let value = value.into_owned();
+            match key.as_ref() {
+                "csrf" => f.csrf = value,
+                "hostname" => f.hostname = value,
+                "agent_id" => f.agent_id = value,
+                "target" => f.target = value,
+                "tls" => f.tls = value,
+                "https_redirect" => f.https_redirect = Some(value),
+                "enabled" => f.enabled = Some(value),
+                "access" => f.access = value,
+                "allow" => f.allow = value,
+                "replica" => f.replicas.push(value),
+                "replicas_shown" => f.replicas_shown = true,
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// Every agent, primary first, when the form showed the replica boxes.
+    fn agent_ids(&self, primary: i64) -> Result<Option<Vec<i64>>, ApiError> {
+        if !self.replicas_shown {
+            return Ok(None);
+        }
+        let mut ids = vec![primary];
+        for r in &self.replicas {
+            let id = r
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::bad_request("pick the replica agents from the list"))?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Ok(Some(ids))
+    }
+
     fn input(&self) -> Result<TunnelInput, ApiError> {
         let agent_id = self
             .agent_id
@@ -64,13 +106,12 @@ impl TunnelForm {
         Ok(TunnelInput {
             hostname: Some(self.hostname.clone()),
             agent_id: Some(agent_id),
+            agent_ids: self.agent_ids(agent_id)?,
             target: Some(self.target.clone()),
             enabled: Some(self.enabled.is_some()),
             tls,
             https_redirect: Some(self.https_redirect.is_some()),
             access: self.access()?,
-            // Replicas are set through the API; the form keeps them as they are.
-            ..Default::default()
         })
     }
 
@@ -171,8 +212,9 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     viewer: Viewer,
-    Form(form): Form<TunnelForm>,
+    RawForm(body): RawForm,
 ) -> Response {
+    let form = TunnelForm::parse(&body);
     let result = async {
         viewer.check(&form.csrf)?;
         let mut input = form.input()?;
@@ -206,8 +248,9 @@ pub async fn update(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<i64>,
-    Form(form): Form<TunnelForm>,
+    RawForm(body): RawForm,
 ) -> Response {
+    let form = TunnelForm::parse(&body);
     let result = async {
         viewer.check(&form.csrf)?;
         ops::tunnels::update(&state, &viewer.user, id, form.input()?).await
@@ -331,6 +374,24 @@ mod tests {
             allow.into_iter().collect::<Vec<_>>(),
             ["alice@example.com", "bob@example.org", "carol@example.net"]
         );
+    }
+
+    #[test]
+    fn replicas_repeat_and_only_count_when_shown() {
+        let f = TunnelForm::parse(b"agent_id=1&replica=2&replica=1&replica=3&access=login");
+        assert_eq!(f.agent_ids(1).unwrap(), None, "no boxes shown: unchanged");
+        let f = TunnelForm::parse(b"agent_id=1&replicas_shown=1&replica=2&replica=1&replica=3");
+        assert_eq!(f.agent_ids(1).unwrap(), Some(vec![1, 2, 3]));
+        let input = f.input().unwrap();
+        assert_eq!((input.agent_id, input.access), (Some(1), None));
+        let f = TunnelForm::parse(b"replicas_shown=1");
+        assert_eq!(
+            f.agent_ids(4).unwrap(),
+            Some(vec![4]),
+            "none ticked: no replicas"
+        );
+        let f = TunnelForm::parse(b"replicas_shown=1&replica=x");
+        assert!(f.agent_ids(4).is_err());
     }
 
     #[test]
