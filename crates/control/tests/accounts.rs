@@ -435,6 +435,23 @@ async fn every_response_has_the_security_headers() {
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["referrer-policy"], "same-origin");
     }
+    // A login on the way to a protected tunnel may post into a redirect chain ending there
+    // (browsers apply form-action to it); the rest of the policy stays.
+    let next = "/access/authorize?host=app.test&return=http%3A%2F%2Fapp.test%3A8080%2Fx";
+    for path in [
+        format!("/login?next={}", urlencode(next)),
+        "/login".to_string(),
+    ] {
+        let res = c.http.get(c.url(&path)).send().await.unwrap();
+        let csp = res.headers()["content-security-policy"].to_str().unwrap();
+        let wide = path != "/login";
+        assert_eq!(
+            csp.contains("form-action 'self' http://app.test:*;"),
+            wide,
+            "{path}: {csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
+    }
     let res = c.http.get(c.url("/api/v1/nope")).send().await.unwrap();
     let (s, body): (StatusCode, Value) = into_json(res).await;
     assert_error(s, &body, StatusCode::NOT_FOUND, "not_found");
@@ -443,4 +460,8 @@ async fn every_response_has_the_security_headers() {
         .to_str()
         .unwrap()
         .starts_with("text/html"));
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -267,3 +267,143 @@ async fn replicas_through_the_api_and_into_snapshots() {
     assert_eq!(s, StatusCode::CONFLICT, "a2 still has solo.example.com");
     c.stop().await;
 }
+
+/// The web UI's tunnel form sets the access policy, shows it pre-filled on the edit form and as a
+/// badge, keeps it when a form without the choice is posted, and shows a bad list as an error
+/// with what was typed still in the form. Likewise for the replica agents.
+#[tokio::test]
+async fn the_tunnel_form_sets_and_keeps_access() {
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let agent = c.agent("a1").await["id"].as_i64().unwrap();
+    let (cookie, csrf) = c.login_csrf(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+    let b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |path: &str, fields: Vec<(&str, &str)>| {
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend(fields);
+        b.post(c.url(path))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+    };
+    let page = |path: &str| {
+        let sent = b.get(c.url(path)).header("cookie", &cookie).send();
+        async move { sent.await.unwrap().text().await.unwrap() }
+    };
+    let agent_id = agent.to_string();
+    let base = |access: &'static str, allow: &'static str| {
+        vec![
+            ("hostname", "app.example.com"),
+            ("agent_id", agent_id.as_str()),
+            ("target", "localhost:8080"),
+            ("tls", "off"),
+            ("access", access),
+            ("allow", allow),
+        ]
+    };
+
+    let res = post(
+        "/tunnels",
+        base(
+            "users",
+            "Alice@Example.com, bob@example.org\ncarol@example.net",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "created");
+    let (_, t) = c.get("/api/v1/tunnels/1").await;
+    assert_eq!(
+        t["access"],
+        json!({"mode": "users", "allow": ["alice@example.com", "bob@example.org", "carol@example.net"]})
+    );
+    let html = page("/tunnels/1").await;
+    assert!(
+        html.contains(r#"name="access" value="users" checked"#),
+        "{html}"
+    );
+    assert!(html.contains("alice@example.com\nbob@example.org\ncarol@example.net</textarea>"));
+    assert!(
+        html.contains(">3 people</span>"),
+        "the badge counts the people"
+    );
+    assert!(page("/tunnels").await.contains(">3 people</span>"));
+
+    // A form without the choice (an older page) changes the target and keeps the policy.
+    let mut fields = base("", "");
+    fields.retain(|(k, _)| !matches!(*k, "access" | "allow"));
+    fields[2] = ("target", "localhost:9090");
+    let res = post("/tunnels/1", fields).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, t) = c.get("/api/v1/tunnels/1").await;
+    assert_eq!(
+        (t["target"].as_str(), t["access"]["mode"].as_str()),
+        (Some("localhost:9090"), Some("users"))
+    );
+
+    // A bad address: 400, the error on the page, the typed list kept, nothing changed.
+    let res = post(
+        "/tunnels/1",
+        base("users", "dave@example.com\nnot-an-address"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("&quot;not-an-address&quot; is not an e-mail address"),
+        "{html}"
+    );
+    assert!(html.contains("dave@example.com\nnot-an-address</textarea>"));
+    let res = post("/tunnels/1", base("users", " ,\n")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("list at least one e-mail address"));
+    let (_, t) = c.get("/api/v1/tunnels/1").await;
+    assert_eq!(t["access"]["allow"].as_array().unwrap().len(), 3);
+
+    // Any signed-in user, then public again.
+    post("/tunnels/1", base("login", "ignored")).await.unwrap();
+    let (_, t) = c.get("/api/v1/tunnels/1").await;
+    assert_eq!(t["access"], json!({"mode": "login"}));
+    assert!(page("/tunnels/1").await.contains(">sign-in</span>"));
+    post("/tunnels/1", base("public", "")).await.unwrap();
+    let (_, t) = c.get("/api/v1/tunnels/1").await;
+    assert_eq!(t["access"], json!({"mode": "public"}));
+    assert!(page("/tunnels").await.contains(">public</span>"));
+
+    // Replicas: the ticked boxes replace the set (the primary ticked too counts once); a form
+    // without the boxes keeps it; the boxes shown and none ticked clear it.
+    let a2 = c.agent("a2").await["id"].as_i64().unwrap().to_string();
+    let agent_ids = || async { c.get("/api/v1/tunnels/1").await.1["agent_ids"].clone() };
+    assert!(page("/tunnels/1")
+        .await
+        .contains(r#"name="replica" value="2" >"#));
+    let mut fields = base("public", "");
+    fields.extend([
+        ("replicas_shown", "1"),
+        ("replica", a2.as_str()),
+        ("replica", agent_id.as_str()),
+    ]);
+    let res = post("/tunnels/1", fields).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(agent_ids().await, json!([agent, 2]));
+    let html = page("/tunnels/1").await;
+    assert!(
+        html.contains(r#"name="replica" value="2" checked>"#),
+        "{html}"
+    );
+    assert!(html.contains("replicas: a2"));
+    post("/tunnels/1", base("public", "")).await.unwrap();
+    assert_eq!(agent_ids().await, json!([agent, 2]), "kept");
+    let mut fields = base("public", "");
+    fields.push(("replicas_shown", "1"));
+    post("/tunnels/1", fields).await.unwrap();
+    assert_eq!(agent_ids().await, json!([agent]), "cleared");
+}

@@ -3,6 +3,10 @@
 //! token) → add an agent (start it with the shown key) → add a tunnel → open the tunnel's URL and
 //! see the app. Status badges turn online without a reload (the page's own polling). Saves a
 //! screenshot of each main page to `target/ui-screenshots/` (see `ui_support::screenshot_dir`).
+//!
+//! Access control in the browser: a tunnel made in the UI for "only these people" sends a fresh
+//! browser to Control's login and back to the URL it asked for; someone not on the list gets the
+//! 403 page.
 
 mod common;
 mod ui_support;
@@ -10,6 +14,7 @@ mod ui_support;
 use common::*;
 use fantoccini::Locator;
 use kakuremichi_node::Secret;
+use serde_json::json;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use ui_support::Browser;
@@ -169,5 +174,198 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
     b.client.set_window_size(390, 844).await.unwrap();
     b.client.goto(&format!("{base}/tunnels/1")).await.unwrap();
     b.shot("14-tunnel-phone").await;
+    b.close().await;
+}
+
+/// Control (admin from the config), a Gateway and an Agent started through the API, and the app.
+struct Stack {
+    base: String,
+    gw_port: u16,
+    origin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+    _stops: Vec<Stop>,
+}
+
+async fn stack() -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let config = kakuremichi_control::ControlConfig {
+        data_dir: dir.path().join("control"),
+        admin_email: Some(ADMIN_EMAIL.into()),
+        admin_password: Some(ADMIN_PASSWORD.into()),
+        ..Default::default()
+    };
+    let (control, wait) = Stop::new();
+    tokio::spawn(kakuremichi_control::run(config, listener, wait()));
+    let api = Api::login(base.clone()).await;
+    let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let endpoint = wg.local_addr().unwrap().to_string();
+    let created = api
+        .post(
+            "gateways",
+            json!({"name": "edge-1", "public_endpoint": endpoint}),
+        )
+        .await;
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw_port = http.local_addr().unwrap().port();
+    let listeners = kakuremichi_gateway::GatewayListeners {
+        http,
+        https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        wg,
+    };
+    let token = created["token"].as_str().unwrap();
+    let (gateway, _) = spawn_gateway(&base, token, listeners, dir.path().join("gw"));
+    let agent = api.post("agents", json!({"name": "home-server"})).await;
+    let key = agent["api_key"].as_str().unwrap().to_string();
+    let mut config = kakuremichi_agent::AgentConfig::new(base.clone(), Secret::new(key));
+    config.data_dir = Some(dir.path().join("agent"));
+    let (agent, wait) = Stop::new();
+    tokio::spawn(kakuremichi_agent::run(config, wait()));
+    let origin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = origin_listener.local_addr().unwrap();
+    let (app, wait) = Stop::new();
+    tokio::spawn(kakuremichi::hello::serve(
+        origin_listener,
+        "ui-test-app".into(),
+        wait(),
+    ));
+    Stack {
+        base,
+        gw_port,
+        origin,
+        _dir: dir,
+        _stops: vec![app, agent, gateway, control],
+    }
+}
+
+/// Signs in on Control's login page, which the browser is on.
+async fn log_in(b: &Browser, email: &str, password: &str) {
+    b.fill("input[name=email]", email).await;
+    b.fill("input[name=password]", password).await;
+    b.click("form[action='/login'] button[type=submit]").await;
+}
+
+/// Opens `url` (on the tunnel) until the Gateway, once it has the route, sends the browser to
+/// Control's login page.
+async fn open_until_login(b: &Browser, url: &str, control: &str) {
+    let deadline = std::time::Instant::now() + LIVE;
+    loop {
+        b.client.goto(url).await.unwrap();
+        let at = b.client.current_url().await.unwrap();
+        if at.path() == "/login" {
+            assert_eq!(
+                at.origin().ascii_serialization(),
+                control,
+                "the login page is Control's"
+            );
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} never redirected to the login page; at {at}: {}",
+            b.client.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_tunnel_sends_to_login_and_back_and_refuses_others() {
+    init_logs();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some((driver, chromium)) = ui_support::binaries() else {
+        return;
+    };
+    let s = stack().await;
+    let base = &s.base;
+    let rules = format!("MAP {APP_HOST} 127.0.0.1");
+    const MEMBER: &str = "member@example.com";
+    const MEMBER_PASSWORD: &str = "member password 42";
+
+    // The admin creates a member and a tunnel only they may open, all in the UI.
+    let b = Browser::start(&driver, &chromium, &rules).await;
+    b.client.goto(&format!("{base}/login")).await.unwrap();
+    log_in(&b, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    b.wait_path("/").await;
+    b.client.goto(&format!("{base}/users")).await.unwrap();
+    b.fill("form[action='/users'] input[name=email]", MEMBER)
+        .await;
+    b.fill(
+        "form[action='/users'] input[name=password]",
+        MEMBER_PASSWORD,
+    )
+    .await;
+    b.click("form[action='/users'] button[type=submit]").await;
+    b.wait_path("/users").await;
+    assert!(b.text("main").await.contains(MEMBER));
+
+    b.client.goto(&format!("{base}/tunnels")).await.unwrap();
+    b.fill("input[name=hostname]", APP_HOST).await;
+    b.fill("input[name=target]", &s.origin.to_string()).await;
+    b.client
+        .find(Locator::Css("select[name=tls]"))
+        .await
+        .unwrap()
+        .select_by_value("off")
+        .await
+        .unwrap();
+    b.click("input[name=access][value=users]").await;
+    b.fill("textarea[name=allow]", ADMIN_EMAIL).await;
+    b.shot("15-tunnel-form-access").await;
+    b.click("#create-tunnel button[type=submit]").await;
+    b.wait_path("/tunnels/1").await;
+    assert_eq!(b.text("[data-access='1']").await, "1 person");
+    assert_eq!(b.text("#access-list").await, ADMIN_EMAIL);
+    b.wait_text("[data-tunnel='1']", "serving", LIVE).await;
+    b.shot("16-tunnel-protected").await;
+    b.close().await;
+
+    // A fresh browser: the tunnel's URL leads to Control's login, then back to that very URL.
+    let app = format!("http://{APP_HOST}:{}", s.gw_port);
+    let b = Browser::start(&driver, &chromium, &rules).await;
+    open_until_login(&b, &format!("{app}/some/path?x=1"), base).await;
+    assert!(b.text("main").await.contains("Log in"));
+    b.shot("17-access-login").await;
+    log_in(&b, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    b.wait_path("/some/path").await;
+    let at = b.client.current_url().await.unwrap();
+    assert_eq!(
+        (at.host_str(), at.port(), at.query()),
+        (Some(APP_HOST), Some(s.gw_port), Some("x=1")),
+        "back on the original URL"
+    );
+    let page = b.text("body").await;
+    assert!(page.contains("Hello from ui-test-app"), "{page}");
+    assert!(page.contains("/some/path"), "{page}");
+    b.shot("18-access-app").await;
+    // The app is told who the visitor is, on every later request too.
+    b.client.goto(&format!("{app}/echo")).await.unwrap();
+    let echo = b.text("body").await;
+    assert!(
+        echo.contains(&format!(r#""x-kakuremichi-user":"{ADMIN_EMAIL}""#)),
+        "{echo}"
+    );
+    b.close().await;
+
+    // Another fresh browser, the member: not on the list, a clear 403 page naming them and the app.
+    let b = Browser::start(&driver, &chromium, &rules).await;
+    open_until_login(&b, &format!("{app}/some/path?x=1"), base).await;
+    log_in(&b, MEMBER, MEMBER_PASSWORD).await;
+    b.wait_path("/access/authorize").await;
+    let at = b.client.current_url().await.unwrap();
+    assert_eq!(at.origin().ascii_serialization(), *base);
+    let page = b.text("body").await;
+    assert!(page.contains("Access denied"), "{page}");
+    assert!(
+        page.contains(&format!("You are signed in as {MEMBER}, but {APP_HOST}")),
+        "{page}"
+    );
+    b.shot("19-access-denied").await;
+    // Still nothing from the app: the Gateway sends them round to the same answer.
+    b.client.goto(&format!("{app}/")).await.unwrap();
+    b.wait_path("/access/authorize").await;
+    assert!(!b.text("body").await.contains("ui-test-app"));
     b.close().await;
 }

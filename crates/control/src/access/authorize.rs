@@ -173,9 +173,14 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
 }
 
 fn page_html(status: StatusCode, title: &str, detail_html: &str) -> Response {
+    // The web UI's look (its stylesheet is on this same origin), readable on a phone.
     let html = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
-         <body><h1>{title}</h1><p>{detail_html}</p><hr><p>kakuremichi</p></body></html>\n"
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · kakuremichi</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\n\
+         <body><header class=\"topbar\"><a class=\"brand\" href=\"/\"><span class=\"logo\"></span>\
+         kakuremichi</a></header>\n<main class=\"container\"><section class=\"card auth\">\
+         <h1>{title}</h1><p>{detail_html}</p></section></main></body></html>\n"
     );
     let mut response = (status, html).into_response();
     let headers = response.headers_mut();

@@ -8,7 +8,7 @@ use crate::api::{ApiError, AppState};
 use crate::ops::{self, login::NewSession};
 use crate::secrets;
 use axum::extract::{Query, State};
-use axum::http::header::{RETRY_AFTER, SET_COOKIE};
+use axum::http::header::{CONTENT_SECURITY_POLICY, RETRY_AFTER, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -98,11 +98,20 @@ pub async fn login_page(
     }
     let open = state.store.open_registration().await?;
     let next = safe_next(q.next.as_deref());
-    Ok(render(
+    let page = render(
         StatusCode::OK,
         "login.html",
         context! { next => next, open_registration => open },
-    ))
+    );
+    Ok(login_page_for(page, &next))
+}
+
+/// A login page that leads on to a protected tunnel may post into a chain ending there.
+fn login_page_for(mut page: Response, next: &str) -> Response {
+    if let Some(csp) = super::csp_for_login(next) {
+        page.headers_mut().insert(CONTENT_SECURITY_POLICY, csp);
+    }
+    page
 }
 
 pub async fn login(
@@ -127,7 +136,7 @@ pub async fn login(
             if let Some(secs) = e.retry_after() {
                 response.headers_mut().insert(RETRY_AFTER, secs.into());
             }
-            Ok(response)
+            Ok(login_page_for(response, &next))
         }
     }
 }

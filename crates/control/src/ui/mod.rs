@@ -92,6 +92,36 @@ async fn js() -> Response {
     asset(JS, "text/javascript; charset=utf-8")
 }
 
+/// The Content-Security-Policy of every response (a handler may set a stricter or wider one).
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
+     object-src 'none'";
+
+/// The policy of a login page whose `next` is a protected tunnel's `/access/authorize?...` link:
+/// browsers apply `form-action` to every redirect after a form is posted, and this login's chain
+/// ends on the tunnel's host, so that one host is allowed too. `/access/authorize` itself checks
+/// that the host is a published tunnel before sending anyone there. `None`: the usual policy.
+pub fn csp_for_login(next: &str) -> Option<HeaderValue> {
+    let query = next.strip_prefix("/access/authorize?")?;
+    let target = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "return")
+        .and_then(|(_, v)| url::Url::parse(&v).ok())?;
+    let host = match target.host()? {
+        url::Host::Domain(d) => d.to_string(),
+        _ => return None, // tunnels have DNS names
+    };
+    if !matches!(target.scheme(), "http" | "https")
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return None;
+    }
+    // `http://host:*` also matches https on any port (the hand-off may upgrade to https).
+    let extra = format!("form-action 'self' {}://{host}:*;", target.scheme());
+    HeaderValue::from_str(&CSP.replace("form-action 'self';", &extra)).ok()
+}
+
 /// Security headers on every response (API and UI): no inline script, no framing, no sniffing,
 /// no full URLs leaked to other sites.
 pub async fn security_headers(mut response: Response) -> Response {
@@ -100,15 +130,37 @@ pub async fn security_headers(mut response: Response) -> Response {
         h.entry(HeaderName::from_static(name))
             .or_insert(HeaderValue::from_static(value));
     };
-    set(
-        headers,
-        "content-security-policy",
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
-         object-src 'none'",
-    );
+    set(headers, "content-security-policy", CSP);
     set(headers, "x-frame-options", "DENY");
     set(headers, "referrer-policy", "same-origin");
     set(headers, "x-content-type-options", "nosniff");
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_toward_a_tunnel_may_post_into_a_chain_ending_there() {
+        let next =
+            "/access/authorize?host=app.test&return=http%3A%2F%2Fapp.test%3A8080%2Fa%3Fb%3D1";
+        let csp = csp_for_login(next).unwrap();
+        let csp = csp.to_str().unwrap();
+        assert!(
+            csp.contains("form-action 'self' http://app.test:*;"),
+            "{csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "the rest stays");
+        for plain in [
+            "/",
+            "/tunnels",
+            "/access/authorize?host=app.test",
+            "/access/authorize?return=javascript%3Aalert(1)",
+            "/access/authorize?return=http%3A%2F%2F127.0.0.1%3A80%2F",
+            "/access/authorize?return=http%3A%2F%2Fa%2520b.test%2F",
+        ] {
+            assert!(csp_for_login(plain).is_none(), "{plain}");
+        }
+    }
 }

@@ -3,7 +3,9 @@
 
 use crate::api::{agents, gateways, tunnels, ApiError, AppState};
 use crate::ops::can_manage;
+use crate::store::access::policy_of;
 use crate::store::{CertRow, NodeKind, NodeRef, UserRow};
+use kakuremichi_proto::AccessPolicy;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -19,6 +21,24 @@ fn with(mut base: Value, extra: Value) -> Value {
         b.extend(e);
     }
     base
+}
+
+/// How the pages show a tunnel's policy: the form's radio value, its e-mail list (one per line)
+/// and a short badge label.
+fn access_fields(policy: &AccessPolicy) -> Value {
+    let (mode, allow, label) = match policy {
+        AccessPolicy::Public => ("public", String::new(), "public".to_string()),
+        AccessPolicy::Login => ("login", String::new(), "sign-in".to_string()),
+        AccessPolicy::Users { allow } => {
+            let label = match allow.len() {
+                1 => "1 person".to_string(),
+                n => format!("{n} people"),
+            };
+            let list = allow.iter().map(String::as_str).collect::<Vec<_>>();
+            ("users", list.join("\n"), label)
+        }
+    };
+    json!({"access_mode": mode, "access_allow": allow, "access_label": label})
 }
 
 fn to_json(v: impl serde::Serialize) -> Value {
@@ -69,7 +89,16 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
         .map(|t| {
             let agent_online = online(NodeKind::Agent, t.agent_id);
             let scheme = if t.tls == "off" { "http" } else { "https" };
+            let access = access_fields(&policy_of(&t));
+            let replica_ids: Vec<i64> = replicas
+                .iter()
+                .filter(|r| r.tunnel_id == t.id)
+                .map(|r| r.agent_id)
+                .collect();
+            let replica_names: Vec<_> = replica_ids.iter().map(|a| agent_names.get(a)).collect();
             let extra = json!({
+                "replica_ids": replica_ids,
+                "replica_names": replica_names,
                 "agent_name": agent_names.get(&t.agent_id),
                 "agent_status": if agent_online { "online" } else { "offline" },
                 "reachable": t.enabled && agent_online && serving,
@@ -77,15 +106,13 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
                 "can_manage": can_manage(viewer, t.owner_id),
             });
             let cert = certs.get(&t.hostname);
-            with(
-                to_json(tunnels::TunnelView::new(
-                    t,
-                    &replicas,
-                    cert,
-                    any_gateway_online,
-                )),
-                extra,
-            )
+            let view = to_json(tunnels::TunnelView::new(
+                t,
+                &replicas,
+                cert,
+                any_gateway_online,
+            ));
+            with(with(view, extra), access)
         })
         .collect();
     Ok(Overview {

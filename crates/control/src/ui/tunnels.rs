@@ -1,5 +1,5 @@
-//! Tunnels pages: list with public URL and live status, create, edit (one form for both, see
-//! `templates/macros.html`), enable/disable, delete after a confirmation page.
+//! Tunnels pages: list with public URL, live status and access mode, create, edit (one form for
+//! both, see `templates/macros.html`), enable/disable, delete after a confirmation page.
 
 use super::overview;
 use super::page::{self as render, done, flash};
@@ -7,37 +7,89 @@ use super::session::Viewer;
 use crate::api::{ApiError, AppState};
 use crate::certs::TlsMode;
 use crate::ops::{self, tunnels::TunnelInput};
-use axum::extract::{Path, Query, State};
+use crate::validate;
+use axum::extract::{Path, Query, RawForm, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
+use kakuremichi_proto::AccessPolicy;
 use minijinja::{context, Value};
 use serde::Deserialize;
+use std::collections::BTreeSet;
 
 #[derive(Deserialize)]
 pub struct Done {
     done: Option<String>,
 }
 
-/// The tunnel form's fields (a new field: add it here, in [`TunnelForm::input`] and in the
-/// `tunnel_fields` macro).
-#[derive(Deserialize, serde::Serialize, Default)]
+/// The tunnel form's fields (a new field: add it here, in [`TunnelForm::parse`],
+/// [`TunnelForm::input`] and in the `tunnel_fields` macro). Serialised for the template under
+/// the names the tunnel's page view uses, so one macro renders both.
+#[derive(serde::Serialize, Default)]
 pub struct TunnelForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     hostname: String,
-    #[serde(default)]
     agent_id: String,
-    #[serde(default)]
     target: String,
-    #[serde(default)]
     tls: String,
     https_redirect: Option<String>,
     enabled: Option<String>,
+    /// `public`, `login` or `users`; absent (a form without the choice) keeps the tunnel's policy.
+    #[serde(rename = "access_mode")]
+    access: String,
+    /// The e-mails of a `users` policy, one per line or separated by commas.
+    #[serde(rename = "access_allow")]
+    allow: String,
+    /// The ticked replica agents (one `replica` field each).
+    #[serde(rename = "replica_ids")]
+    replicas: Vec<String>,
+    /// The form showed the replica boxes: none ticked then means "no replicas", not "unchanged".
+    #[serde(skip)]
+    replicas_shown: bool,
 }
 
 impl TunnelForm {
+    /// Parses the posted body by hand: `replica` repeats, which `Form`'s decoder refuses.
+    fn parse(body: &[u8]) -> TunnelForm {
+        let mut f = TunnelForm::default();
+        for (key, value) in form_urlencoded::parse(body) {
+            let value = value.into_owned();
+            match key.as_ref() {
+                "csrf" => f.csrf = value,
+                "hostname" => f.hostname = value,
+                "agent_id" => f.agent_id = value,
+                "target" => f.target = value,
+                "tls" => f.tls = value,
+                "https_redirect" => f.https_redirect = Some(value),
+                "enabled" => f.enabled = Some(value),
+                "access" => f.access = value,
+                "allow" => f.allow = value,
+                "replica" => f.replicas.push(value),
+                "replicas_shown" => f.replicas_shown = true,
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// Every agent, primary first, when the form showed the replica boxes.
+    fn agent_ids(&self, primary: i64) -> Result<Option<Vec<i64>>, ApiError> {
+        if !self.replicas_shown {
+            return Ok(None);
+        }
+        let mut ids = vec![primary];
+        for r in &self.replicas {
+            let id = r
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::bad_request("pick the replica agents from the list"))?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Ok(Some(ids))
+    }
+
     fn input(&self) -> Result<TunnelInput, ApiError> {
         let agent_id = self
             .agent_id
@@ -54,13 +106,46 @@ impl TunnelForm {
         Ok(TunnelInput {
             hostname: Some(self.hostname.clone()),
             agent_id: Some(agent_id),
+            agent_ids: self.agent_ids(agent_id)?,
             target: Some(self.target.clone()),
             enabled: Some(self.enabled.is_some()),
             tls,
             https_redirect: Some(self.https_redirect.is_some()),
-            // Access and replicas are set through the API for now; the form keeps them as they are.
-            ..Default::default()
+            access: self.access()?,
         })
+    }
+
+    /// The chosen policy; the e-mails are checked here so the message speaks of the form.
+    fn access(&self) -> Result<Option<AccessPolicy>, ApiError> {
+        match self.access.as_str() {
+            "" => Ok(None),
+            "public" => Ok(Some(AccessPolicy::Public)),
+            "login" => Ok(Some(AccessPolicy::Login)),
+            "users" => {
+                let allow = self
+                    .allow
+                    .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+                    .filter(|e| !e.is_empty())
+                    .map(|e| {
+                        validate::email(e).map_err(|_| {
+                            ApiError::bad_request(format!(
+                                "Access: {e:?} is not an e-mail address (expected name@example.com)"
+                            ))
+                        })
+                    })
+                    .collect::<Result<BTreeSet<_>, _>>()?;
+                if allow.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "Access: list at least one e-mail address under \"Only these people\", \
+                         or choose \"Any signed-in user\"",
+                    ));
+                }
+                Ok(Some(AccessPolicy::Users { allow }))
+            }
+            _ => Err(ApiError::bad_request(
+                "Access must be public, login (any signed-in user) or users (only these people)",
+            )),
+        }
     }
 }
 
@@ -127,8 +212,9 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     viewer: Viewer,
-    Form(form): Form<TunnelForm>,
+    RawForm(body): RawForm,
 ) -> Response {
+    let form = TunnelForm::parse(&body);
     let result = async {
         viewer.check(&form.csrf)?;
         let mut input = form.input()?;
@@ -162,8 +248,9 @@ pub async fn update(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<i64>,
-    Form(form): Form<TunnelForm>,
+    RawForm(body): RawForm,
 ) -> Response {
+    let form = TunnelForm::parse(&body);
     let result = async {
         viewer.check(&form.csrf)?;
         ops::tunnels::update(&state, &viewer.user, id, form.input()?).await
@@ -172,7 +259,8 @@ pub async fn update(
     match result {
         Ok(_) => done(&format!("/tunnels/{id}"), "tunnel-saved"),
         Err(e) => {
-            let ctx = context! { error => e.message() };
+            // The form shows what was typed (the e-mail list above all), not the stored values.
+            let ctx = context! { error => e.message(), form => Value::from_serialize(&form) };
             or_error(
                 &viewer,
                 render_one(&state, &viewer, id, e.status(), "tunnel.html", ctx).await,
@@ -244,5 +332,73 @@ pub async fn delete(
     match result {
         Ok(()) => done("/tunnels", "tunnel-deleted"),
         Err(e) => render::error_page(&viewer, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(access: &str, allow: &str) -> TunnelForm {
+        TunnelForm {
+            access: access.into(),
+            allow: allow.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn access_choice_maps_to_the_policy() {
+        assert_eq!(
+            form("", "a@x.io").access().unwrap(),
+            None,
+            "absent: unchanged"
+        );
+        assert_eq!(
+            form("public", "ignored").access().unwrap(),
+            Some(AccessPolicy::Public)
+        );
+        assert_eq!(
+            form("login", "").access().unwrap(),
+            Some(AccessPolicy::Login)
+        );
+        let Some(AccessPolicy::Users { allow }) = form(
+            "users",
+            " Alice@Example.com,bob@example.org\r\n\r\ncarol@example.net ; alice@example.com\n",
+        )
+        .access()
+        .unwrap() else {
+            panic!("a users policy")
+        };
+        assert_eq!(
+            allow.into_iter().collect::<Vec<_>>(),
+            ["alice@example.com", "bob@example.org", "carol@example.net"]
+        );
+    }
+
+    #[test]
+    fn replicas_repeat_and_only_count_when_shown() {
+        let f = TunnelForm::parse(b"agent_id=1&replica=2&replica=1&replica=3&access=login");
+        assert_eq!(f.agent_ids(1).unwrap(), None, "no boxes shown: unchanged");
+        let f = TunnelForm::parse(b"agent_id=1&replicas_shown=1&replica=2&replica=1&replica=3");
+        assert_eq!(f.agent_ids(1).unwrap(), Some(vec![1, 2, 3]));
+        let input = f.input().unwrap();
+        assert_eq!((input.agent_id, input.access), (Some(1), None));
+        let f = TunnelForm::parse(b"replicas_shown=1");
+        assert_eq!(
+            f.agent_ids(4).unwrap(),
+            Some(vec![4]),
+            "none ticked: no replicas"
+        );
+        let f = TunnelForm::parse(b"replicas_shown=1&replica=x");
+        assert!(f.agent_ids(4).is_err());
+    }
+
+    #[test]
+    fn bad_access_input_says_what_to_fix() {
+        let msg = |f: TunnelForm| f.access().unwrap_err().message().to_string();
+        assert!(msg(form("users", " \n, ")).contains("at least one e-mail address"));
+        assert!(msg(form("users", "a@x.io\nnot-an-address")).contains("\"not-an-address\""));
+        assert!(msg(form("everyone", "")).contains("Access must be"));
     }
 }

@@ -140,9 +140,10 @@ impl Browser {
         self.client.current_url().await.unwrap().path().to_string()
     }
 
-    /// Waits until the browser is on `want` (a form post may still be loading).
+    /// Waits until the browser is on `want` (a form post may still be loading; a login hashes a
+    /// password with Argon2, slow in a test build on a busy machine).
     pub async fn wait_path(&self, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let path = self.path().await;
             if path == want {
