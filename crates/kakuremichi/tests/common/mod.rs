@@ -3,10 +3,13 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod load;
 pub mod netns;
 mod proc;
+pub mod site;
 mod stop;
 mod transfer;
+pub mod usage;
 #[allow(unused_imports)] // not every test binary starts processes
 pub use proc::{Proc, BIN};
 #[allow(unused_imports)]

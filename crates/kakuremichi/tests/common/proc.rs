@@ -65,6 +65,24 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, as an orderly restart would, and waits (without blocking the runtime) until the
+    /// process has exited after draining; returns how long that took.
+    pub async fn terminate(mut self, within: std::time::Duration) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(sent.success(), "kill -TERM {} failed", self.name);
+        let name = self.name;
+        super::eventually(within, &format!("{name} exits after SIGTERM"), || {
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            std::future::ready(exited.then_some(()))
+        })
+        .await;
+        start.elapsed()
+    }
 }
 
 impl Drop for Proc {
