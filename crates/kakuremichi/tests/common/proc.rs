@@ -87,9 +87,22 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Whether it had died or hung is half the diagnosis of a failed test.
+        let state = match self.child.try_wait() {
+            Ok(Some(status)) => format!("had exited: {status}"),
+            _ => std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("State:"))
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default(),
+        };
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
+            eprintln!("---- {} (pid {}) {state} ----", self.name, self.child.id());
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let keep = std::env::var("KAKUREMICHI_TEST_LOG_LINES")
                 .ok()
