@@ -14,7 +14,7 @@ FROM debian:bookworm-slim AS recipe
 WORKDIR /src
 COPY . .
 RUN set -eu; mkdir /recipe; \
-    for manifest in Cargo.toml */*/Cargo.toml; do \
+    for manifest in Cargo.toml crates/*/Cargo.toml; do \
         dir=$(dirname "$manifest"); mkdir -p "/recipe/$dir"; cp "$manifest" "/recipe/$manifest"; \
         if [ "$dir" != . ]; then \
             mkdir -p "/recipe/$dir/src"; : > "/recipe/$dir/src/lib.rs"; \
@@ -32,6 +32,8 @@ ENV CARGO_NET_OFFLINE=${CARGO_NET_OFFLINE} \
     CARGO_PROFILE_RELEASE_DEBUG=false
 WORKDIR /src
 COPY --from=recipe /recipe/ ./
+# Patched dependencies (vendor/README.md) build with the others, in the cached layer.
+COPY vendor vendor
 RUN cargo build --release --locked -p kakuremichi
 COPY crates crates
 # The real sources are older than the placeholder build: touch them so cargo rebuilds our crates.

@@ -383,6 +383,13 @@ async fn admin_health_endpoint() {
         get(&client, &format!("http://{addr}/nope")).await.status(),
         StatusCode::NOT_FOUND
     );
+    let metrics: serde_json::Value = get(&client, &format!("http://{addr}/metrics"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // At least the admin accept loop and the connection asking.
+    assert!(metrics["tasks"].as_u64().unwrap() >= 2, "{metrics}");
     let post = within("post", client.post(format!("http://{addr}/healthz")).send()).await;
     assert_eq!(post.unwrap().status(), StatusCode::NOT_FOUND);
 }

@@ -34,7 +34,7 @@ async fn sigterm_on_a_gateway_finishes_in_flight_requests_and_refuses_new_ones()
     );
 
     let signalled = Instant::now();
-    site.gateway.terminate();
+    site.gateway.sigterm();
     let addr = site.http_addr();
     eventually(
         Duration::from_secs(5),
@@ -144,7 +144,7 @@ async fn control_never_loses_an_acknowledged_write() {
         if how == "kill -9" {
             control.kill();
         } else {
-            control.terminate();
+            control.sigterm();
             let status = control
                 .wait_exit(Duration::from_secs(15))
                 .await

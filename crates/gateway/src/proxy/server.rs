@@ -86,7 +86,8 @@ pub async fn serve_tls(
     accept_loop(listener, site, max_connections, shutdown).await
 }
 
-/// The admin listener: `GET /healthz` → 200 "ok"; anything else 404.
+/// The admin listener: `GET /healthz` → 200 "ok", `GET /metrics` → `{"tasks":N}` (live tokio
+/// tasks); anything else 404.
 pub async fn serve_admin(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -332,12 +333,21 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
 fn admin(req: &Request<Incoming>) -> Response<ProxyBody> {
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => (StatusCode::OK, "ok"),
-        _ => (StatusCode::NOT_FOUND, "not found"),
+        (&Method::GET, "/healthz") => (StatusCode::OK, Bytes::from_static(b"ok")),
+        // Live tokio tasks: one per client connection and upgrade, so a leak shows as growth
+        // under steady load (the soak test watches it).
+        (&Method::GET, "/metrics") => {
+            let tasks = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            (
+                StatusCode::OK,
+                Bytes::from(format!("{{\"tasks\":{tasks}}}")),
+            )
+        }
+        _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found")),
     };
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response
 }

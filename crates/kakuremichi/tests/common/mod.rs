@@ -3,11 +3,14 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod load;
 mod local;
 pub mod netns;
 mod proc;
+pub mod site;
 mod stop;
 mod transfer;
+pub mod usage;
 #[allow(unused_imports)] // not every test binary starts processes
 pub use local::{private_loopback, spawn_control, LocalSite};
 #[allow(unused_imports)]

@@ -60,8 +60,8 @@ impl Proc {
 }
 
 impl Proc {
-    /// Sends SIGTERM, as `docker stop` or systemd would.
-    pub fn terminate(&self) {
+    /// Sends SIGTERM, as `docker stop` or systemd would, and returns at once.
+    pub fn sigterm(&self) {
         let status = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -91,13 +91,44 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, as an orderly restart would, and waits (without blocking the runtime) until the
+    /// process has exited after draining; returns how long that took.
+    pub async fn terminate(mut self, within: std::time::Duration) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(sent.success(), "kill -TERM {} failed", self.name);
+        let name = self.name;
+        super::eventually(within, &format!("{name} exits after SIGTERM"), || {
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            std::future::ready(exited.then_some(()))
+        })
+        .await;
+        start.elapsed()
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Whether it had died or hung is half the diagnosis of a failed test.
+        let state = match self.child.try_wait() {
+            Ok(Some(status)) => format!("had exited: {status}"),
+            _ => std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("State:"))
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default(),
+        };
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
+            eprintln!("---- {} (pid {}) {state} ----", self.name, self.child.id());
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let keep = std::env::var("KAKUREMICHI_TEST_LOG_LINES")
                 .ok()
