@@ -33,16 +33,7 @@ struct Site {
 
 async fn site() -> Site {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let config = kakuremichi_control::ControlConfig {
-        data_dir: dir.path().join("control"),
-        admin_email: Some(ADMIN_EMAIL.into()),
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        ..Default::default()
-    };
-    let (control_stop, wait) = Stop::new();
-    tokio::spawn(kakuremichi_control::run(config, listener, wait()));
+    let (base, control_stop) = spawn_control_in_process(dir.path().join("control"), true).await;
     let api = Api::login(base).await;
 
     let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

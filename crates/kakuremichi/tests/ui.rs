@@ -33,14 +33,7 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
 
     // Control, first run: no account.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let config = kakuremichi_control::ControlConfig {
-        data_dir: dir.path().join("control"),
-        ..Default::default()
-    };
-    let (_control, wait) = Stop::new();
-    tokio::spawn(kakuremichi_control::run(config, listener, wait()));
+    let (base, _control) = spawn_control_in_process(dir.path().join("control"), false).await;
     wait_ready(&reqwest::Client::new(), &base).await;
 
     // The app behind the tunnel, and the Gateway's sockets (it starts once the UI gave a token).
@@ -188,16 +181,7 @@ struct Stack {
 
 async fn stack() -> Stack {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let config = kakuremichi_control::ControlConfig {
-        data_dir: dir.path().join("control"),
-        admin_email: Some(ADMIN_EMAIL.into()),
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        ..Default::default()
-    };
-    let (control, wait) = Stop::new();
-    tokio::spawn(kakuremichi_control::run(config, listener, wait()));
+    let (base, control) = spawn_control_in_process(dir.path().join("control"), true).await;
     let api = Api::login(base.clone()).await;
     let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let endpoint = wg.local_addr().unwrap().to_string();

@@ -16,7 +16,7 @@ pub use local::{private_loopback, spawn_control, LocalSite};
 #[allow(unused_imports)]
 pub use proc::{Proc, BIN};
 #[allow(unused_imports)]
-pub use stop::{spawn_gateway, Stop};
+pub use stop::{spawn_control_in_process, spawn_gateway, Stop};
 #[allow(unused_imports)]
 pub use transfer::{download, upload};
 

@@ -47,3 +47,25 @@ pub fn spawn_gateway(
         tokio::spawn(kakuremichi_gateway::run(config, listeners, wait())),
     )
 }
+
+/// Runs Control in-process on an ephemeral port with its data in `data_dir`, the admin account
+/// from [`super::ADMIN_EMAIL`] when `with_admin` (else first run: no account); returns its base
+/// URL. Stopped when the returned [`Stop`] drops.
+pub async fn spawn_control_in_process(
+    data_dir: std::path::PathBuf,
+    with_admin: bool,
+) -> (String, Stop) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = kakuremichi_control::ControlConfig {
+        data_dir,
+        ..Default::default()
+    };
+    if with_admin {
+        config.admin_email = Some(super::ADMIN_EMAIL.into());
+        config.admin_password = Some(super::ADMIN_PASSWORD.into());
+    }
+    let (stop, wait) = Stop::new();
+    tokio::spawn(kakuremichi_control::run(config, listener, wait()));
+    (base, stop)
+}
