@@ -100,6 +100,10 @@ pub struct PeerStatus {
     pub since_udp_rx: Option<Duration>,
     pub tx_bytes: usize,
     pub rx_bytes: usize,
+    /// IP packets sent through the tunnel to this peer.
+    pub tx_packets: u64,
+    /// UDP sends that carried them: with UDP GSO one send carries a burst of packets.
+    pub tx_udp_sends: u64,
 }
 
 /// State shared by the device and all its peers.
@@ -377,6 +381,8 @@ impl Device {
                     since_udp_rx: path.since_udp_rx,
                     tx_bytes: path.tx_bytes,
                     rx_bytes: path.rx_bytes,
+                    tx_packets: path.tx_packets,
+                    tx_udp_sends: path.tx_udp_sends,
                 }
             })
             .collect()

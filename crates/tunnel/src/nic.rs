@@ -43,6 +43,10 @@ pub(crate) struct Nic {
     /// Framed datagrams for `stream`, queued to its writer on [`Nic::flush`].
     stream_batch: Vec<u8>,
     pub rx: VecDeque<Vec<u8>>,
+    /// IP packets handed to this NIC by the stack (wrapping); tells whether a poll sent anything.
+    pub transmitted: u64,
+    /// UDP sends those packets took (a GSO batch is one): packets per send shows the batching.
+    pub udp_sends: u64,
     tx_plain: Vec<u8>,
     tx_sealed: Vec<u8>,
     /// Sealed datagrams of one size waiting to leave in one GSO send (see [`Nic::flush`]).
@@ -62,6 +66,8 @@ impl Nic {
             stream_owned: false,
             stream_batch: Vec::new(),
             rx: VecDeque::new(),
+            transmitted: 0,
+            udp_sends: 0,
             tx_plain: vec![0; TUNNEL_MTU],
             tx_sealed: vec![0; MAX_DATAGRAM],
             batch: Vec::with_capacity(MAX_BATCH_BYTES + MAX_DATAGRAM),
@@ -124,6 +130,7 @@ impl Nic {
 
     /// Encrypts one IP packet and queues it for the next [`Nic::flush`].
     pub fn seal_and_send(&mut self, len: usize) {
+        self.transmitted = self.transmitted.wrapping_add(1);
         let sealed = match self
             .tunn
             .encapsulate(&self.tx_plain[..len], &mut self.tx_sealed)
@@ -174,6 +181,7 @@ impl Nic {
         }
         if let Some(to) = self.batch_to.take() {
             self.udp.send_batch(&self.batch, self.batch_segment, to);
+            self.udp_sends = self.udp_sends.wrapping_add(1);
         }
         self.batch.clear();
         self.batch_count = 0;

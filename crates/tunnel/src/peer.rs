@@ -38,6 +38,8 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// Packets handed to the stack per poll; bounds the time the lock is held and, with at most one
 /// GRO burst (64 datagrams) on top, stays below the NIC's receive queue limit.
 const RX_BATCH: usize = 512;
+/// Packets the stack may send per poll before the task yields to others; four GSO sends.
+const TX_BATCH: u64 = 256;
 /// Ceiling on TCP sockets per peer (streams, listeners and closing ones together).
 const MAX_SOCKETS: usize = 16_384;
 /// Idle listening sockets kept per port between bursts of connections.
@@ -376,6 +378,18 @@ impl PeerState {
         // the cause, a panic here must cost this peer's connections, not the whole tunnel.
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             iface.poll(now, nic, sockets);
+            // smoltcp sends at most one segment per socket per pass; keep passing while the
+            // sockets have more to send, so a window's worth leaves in GSO batches rather than
+            // one datagram per wake-up of this task.
+            let start = nic.transmitted;
+            loop {
+                let before = nic.transmitted;
+                iface.poll_egress(now, nic, sockets);
+                let sent = nic.transmitted.wrapping_sub(start);
+                if nic.transmitted == before || sent >= TX_BATCH {
+                    break;
+                }
+            }
         }));
         if polled.is_err() {
             tracing::error!(peer = %peer.allowed_ip, "the userspace TCP/IP stack failed on a packet; resetting this peer's connections");

@@ -128,6 +128,48 @@ async fn bulk_transfer_many_streams() {
     }
 }
 
+/// One stream's window leaves in bursts: many packets per UDP send (GSO), not one send (and one
+/// wake-up of the peer's task) per packet, which cost a single stream 90% of its throughput.
+#[tokio::test]
+async fn a_bulk_stream_sends_its_packets_in_batches() {
+    let (gw, _ag, mut acceptor) = pair().await;
+    const BYTES: usize = 16 << 20;
+    let sink = tokio::spawn(async move {
+        let mut s = acceptor.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf).await.unwrap() {
+                0 => return total,
+                n => total += n,
+            }
+        }
+    });
+    let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
+        .await
+        .unwrap()
+        .unwrap();
+    let before = gw.peers()[0].clone();
+    let data = vec![7u8; BYTES];
+    timeout(Duration::from_secs(60), async {
+        c.write_all(&data).await.unwrap();
+        c.shutdown().await.unwrap();
+    })
+    .await
+    .expect("upload finishes");
+    assert_eq!(timeout(DEADLINE, sink).await.unwrap().unwrap(), BYTES);
+    let after = gw.peers()[0].clone();
+    let packets = after.tx_packets - before.tx_packets;
+    let sends = after.tx_udp_sends - before.tx_udp_sends;
+    assert!(packets as usize >= BYTES / 1420, "{packets} packets sent");
+    let per_send = packets as f64 / sends.max(1) as f64;
+    eprintln!("{packets} packets in {sends} UDP sends: {per_send:.1} per send");
+    assert!(
+        per_send >= 4.0,
+        "{packets} packets took {sends} UDP sends ({per_send:.1} per send): not batched"
+    );
+}
+
 #[tokio::test]
 async fn unserved_port_is_refused_quickly() {
     let (gw, _ag, _acceptor) = pair().await;

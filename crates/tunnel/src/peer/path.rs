@@ -36,6 +36,8 @@ pub(crate) struct PeerPath {
     pub since_udp_rx: Option<Duration>,
     pub tx_bytes: usize,
     pub rx_bytes: usize,
+    pub tx_packets: u64,
+    pub tx_udp_sends: u64,
 }
 
 impl Peer {
@@ -51,6 +53,8 @@ impl Peer {
             since_udp_rx: st.last_udp_rx.map(|t| t.elapsed()),
             tx_bytes,
             rx_bytes,
+            tx_packets: st.nic.transmitted,
+            tx_udp_sends: st.nic.udp_sends,
         }
     }
 
