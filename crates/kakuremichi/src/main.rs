@@ -43,15 +43,36 @@ fn init_logging() {
         .init();
 }
 
-/// Every tunnelled TCP connection has two 256 KiB buffers. glibc serves allocations that large
-/// with their own `mmap` (given back on free, untouched pages never resident) only until the first
-/// such block is freed: then it raises its threshold and serves them from its heaps, which it does
-/// not give back. After a burst of 1,000 connections a Gateway or Agent would then keep hundreds
-/// of MiB it no longer uses. A fixed threshold keeps the first behaviour.
+/// Gives memory freed after a burst of connections back to the system, so a Gateway or Agent
+/// returns to its idle size (measured: an Agent at 10 MiB idle kept 222 MiB after three rounds of
+/// 1,000 streams with glibc's defaults).
+///
+/// - Every tunnelled TCP connection has two 256 KiB socket buffers and the Agent two 64 KiB copy
+///   buffers. glibc serves blocks that large with their own `mmap` (unmapped on free; untouched
+///   pages never resident) only until the first one is freed: then it raises its threshold and
+///   takes them from its heaps instead. A fixed threshold keeps the first behaviour.
+/// - Smaller blocks (datagrams, HTTP buffers) are allocated on one thread and freed on another,
+///   across glibc's per-thread arenas, which keep free memory inside their heaps. A thread trims
+///   them every few seconds (`malloc_trim`, which releases the free pages of every arena).
 fn return_freed_buffers_to_the_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    {
+        const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+        // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("memory-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: malloc_trim has no preconditions; it takes each arena's lock itself.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("warning: cannot start the memory-trim thread ({e}); freed memory may stay resident");
+        }
     }
 }

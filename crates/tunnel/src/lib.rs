@@ -201,9 +201,21 @@ impl Inner {
         let entry = match Tunn::parse_incoming_packet(first) {
             Ok(Packet::HandshakeInit(p)) => {
                 let public = x25519::PublicKey::from(*self.public_key.as_bytes());
-                parse_handshake_anon(&self.private_key.0, &public, &p)
-                    .ok()
-                    .and_then(|h| table.by_key.get(&PublicKey(h.peer_static_public)))
+                match parse_handshake_anon(&self.private_key.0, &public, &p) {
+                    Ok(h) => {
+                        let key = PublicKey(h.peer_static_public);
+                        let entry = table.by_key.get(&key);
+                        if entry.is_none() {
+                            // Normal for a moment while a new node's key reaches this one.
+                            tracing::debug!(?src, peer = %key.to_base64(), "handshake from a key that is not a configured peer; dropped");
+                        }
+                        entry
+                    }
+                    Err(e) => {
+                        tracing::debug!(?src, error = ?e, "handshake initiation not for this key; dropped");
+                        None
+                    }
+                }
             }
             Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
             Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),

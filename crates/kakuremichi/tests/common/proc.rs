@@ -6,6 +6,10 @@ use std::process::{Child, Command, Stdio};
 pub const BIN: &str = env!("CARGO_BIN_EXE_kakuremichi");
 
 /// A child process killed when dropped; its log is printed if the test fails.
+/// What a child process logs (kept in its log file; the last lines are printed when a test
+/// fails): handshakes included, so a tunnel that never comes up says which side stayed silent.
+const CHILD_LOG: &str = "info,kakuremichi_tunnel=debug,boringtun=debug";
+
 pub struct Proc {
     name: &'static str,
     child: Child,
@@ -45,7 +49,7 @@ impl Proc {
             .envs(env.iter().copied())
             .env(
                 "KAKUREMICHI_LOG",
-                std::env::var("KAKUREMICHI_TEST_CHILD_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("KAKUREMICHI_TEST_CHILD_LOG").unwrap_or_else(|_| CHILD_LOG.into()),
             )
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
