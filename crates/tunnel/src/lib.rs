@@ -177,7 +177,8 @@ struct Inner {
     /// Serialises configuration changes (not traffic).
     update: Mutex<()>,
     next_index: AtomicU32,
-    receiver: JoinHandle<()>,
+    /// The receive loop; set right after the device is built (see [`Device::with_socket`]).
+    receiver: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Cancelled when the device goes away: ends every stream link.
     streams: CancellationToken,
     accepted_streams: Arc<AtomicUsize>,
@@ -185,7 +186,9 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.receiver.abort();
+        if let Some(receiver) = self.receiver.get() {
+            receiver.abort();
+        }
         self.streams.cancel();
     }
 }
@@ -282,20 +285,23 @@ impl Device {
             epoch: std::time::Instant::now(),
         });
         let public_key = config.private_key.public_key();
-        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
-            let receiver = tokio::spawn(receive_loop(udp, weak.clone()));
-            Inner {
-                shared,
-                private_key: config.private_key,
-                public_key,
-                peers: ArcSwap::from_pointee(PeerTable::default()),
-                update: Mutex::new(()),
-                next_index: AtomicU32::new(rand::random::<u32>() & 0xffff),
-                receiver,
-                streams: CancellationToken::new(),
-                accepted_streams: Arc::default(),
-            }
+        let inner = Arc::new(Inner {
+            shared,
+            private_key: config.private_key,
+            public_key,
+            peers: ArcSwap::from_pointee(PeerTable::default()),
+            update: Mutex::new(()),
+            next_index: AtomicU32::new(rand::random::<u32>() & 0xffff),
+            receiver: std::sync::OnceLock::new(),
+            streams: CancellationToken::new(),
+            accepted_streams: Arc::default(),
         });
+        // Spawned only once the device exists: the loop stops when it cannot reach the device,
+        // and a datagram already waiting on the socket (a peer that was quicker than our
+        // configuration) would otherwise reach a device still under construction and end the
+        // loop for good, leaving the device deaf.
+        let receiver = tokio::spawn(receive_loop(udp, Arc::downgrade(&inner)));
+        let _ = inner.receiver.set(receiver.abort_handle());
         Ok((Device { inner }, Acceptor { rx }))
     }
 
