@@ -70,7 +70,7 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
         .await;
     b.click("form[action='/gateways'] button[type=submit]")
         .await;
-    let token = b.text("#gateway-token").await;
+    let token = b.read("#gateway-token").await;
     assert!(token.starts_with("kmg_"), "{token}");
     b.shot("03-gateway-token").await;
     let listeners = kakuremichi_gateway::GatewayListeners {
@@ -86,7 +86,7 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
     b.client.goto(&format!("{base}/agents")).await.unwrap();
     b.fill("input[name=name]", "home-server").await;
     b.click("form[action='/agents'] button[type=submit]").await;
-    let key = b.text("#agent-key").await;
+    let key = b.read("#agent-key").await;
     assert!(key.starts_with("kma_"), "{key}");
     let page = b.text("main").await;
     assert!(

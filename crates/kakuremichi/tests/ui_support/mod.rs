@@ -136,6 +136,24 @@ impl Browser {
         }
     }
 
+    /// The text of `css` once the page shows it: after a form post the browser may still be on
+    /// the previous page (which has no such element) for a moment.
+    pub async fn read(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.text(css).await;
+            if !got.trim().is_empty() {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css}: not on the page after 30 s (on {})",
+                self.path().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn path(&self) -> String {
         self.client.current_url().await.unwrap().path().to_string()
     }
