@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.worker_threads())
         .enable_all()
         .build()
     {

@@ -88,6 +88,9 @@ pub(crate) struct PeerState {
     /// The same, over UDP only: whether UDP works while a stream is in use.
     last_udp_rx: Option<Instant>,
     initiation_retry: Duration,
+    /// When the driver task next polls the stack on its own (its timer); a stream that polls the
+    /// stack itself wakes the driver only when it needs polling sooner.
+    driver_wakes_at: Instant,
     pub closed: bool,
 }
 
@@ -131,6 +134,7 @@ impl Peer {
                 last_rx: None,
                 last_udp_rx: None,
                 initiation_retry: INITIATION_RETRY,
+                driver_wakes_at: Instant::now(),
                 closed: false,
             }),
         })
@@ -410,6 +414,18 @@ impl PeerState {
             .map(|d| Duration::from_micros(d.total_micros()))
     }
 
+    /// Runs the stack from a stream's task, right after it queued data on an idle socket: a
+    /// request or a response leaves without waking the driver task (a thread hand-off per
+    /// message). The driver is still woken when the stack now needs a timer earlier than the
+    /// one it sleeps on (a retransmission).
+    pub fn poll_from_stream(&mut self, peer: &Arc<Peer>) {
+        if let Some(delay) = self.poll(peer) {
+            if Instant::now() + delay < self.driver_wakes_at {
+                peer.wake.notify_one();
+            }
+        }
+    }
+
     fn hand_over_accepted(&mut self, peer: &Arc<Peer>) {
         let mut established = Vec::new();
         for (port, handles) in self.listeners.iter_mut() {
@@ -518,7 +534,7 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
     let mut next_tick = Instant::now();
     let mut pending: Option<Inbound> = None;
     loop {
-        let (delay, more) = {
+        let (deadline, more) = {
             let mut st = peer.lock();
             if let Some(d) = pending.take() {
                 st.handle_inbound(&peer, &d);
@@ -535,16 +551,20 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
                 st.update_timers();
                 next_tick = Instant::now() + TIMER_TICK;
             }
-            (st.poll(&peer), handled >= RX_BATCH)
+            let delay = st.poll(&peer);
+            let more = handled >= RX_BATCH;
+            let deadline = match delay {
+                _ if more => Instant::now(),
+                Some(d) => (Instant::now() + d).min(next_tick),
+                None => next_tick,
+            };
+            st.driver_wakes_at = deadline;
+            (deadline, more)
         };
         if more {
             tokio::task::yield_now().await;
             continue;
         }
-        let deadline = match delay {
-            Some(d) => (Instant::now() + d).min(next_tick),
-            None => next_tick,
-        };
         tokio::select! {
             d = inbound.recv() => match d {
                 Some(d) => pending = Some(d),

@@ -127,11 +127,19 @@ impl AsyncWrite for TunnelStream {
         let mut st = self.peer.lock();
         let socket = st.sockets.get_mut::<tcp::Socket>(self.handle());
         if socket.can_send() {
+            let idle = socket.send_queue() == 0;
             let n = socket
                 .send_slice(data)
                 .map_err(|e| io::Error::other(e.to_string()));
-            drop(st);
-            self.peer.wake.notify_one();
+            if idle {
+                // The common request/response case: send it now, from this task.
+                st.poll_from_stream(&self.peer);
+            } else {
+                // More data behind data in flight (a bulk transfer): the driver sends it in
+                // batches as the window allows.
+                drop(st);
+                self.peer.wake.notify_one();
+            }
             return Poll::Ready(n);
         }
         if !socket.may_send() {
