@@ -28,6 +28,9 @@ pub const TUNNEL_MTU: usize = 1420;
 /// never below a handshake initiation (148 bytes).
 pub const MAX_DATAGRAM: usize = TUNNEL_MTU + 32 + 16;
 
+/// A packet within this many bytes of the MTU counts as full size (TCP options vary).
+const FULL_SLACK: usize = 64;
+
 /// Bound on decrypted packets waiting for smoltcp, so a flood cannot grow memory.
 const RX_QUEUE_LIMIT: usize = 4096;
 
@@ -45,6 +48,8 @@ pub(crate) struct Nic {
     pub rx: VecDeque<Vec<u8>>,
     /// IP packets handed to this NIC by the stack (wrapping); tells whether a poll sent anything.
     pub transmitted: u64,
+    /// Of those, full-size packets: a socket that sent one may have more queued behind it.
+    pub transmitted_full: u64,
     /// UDP sends those packets took (a GSO batch is one): packets per send shows the batching.
     pub udp_sends: u64,
     tx_plain: Vec<u8>,
@@ -67,6 +72,7 @@ impl Nic {
             stream_batch: Vec::new(),
             rx: VecDeque::new(),
             transmitted: 0,
+            transmitted_full: 0,
             udp_sends: 0,
             tx_plain: vec![0; TUNNEL_MTU],
             tx_sealed: vec![0; MAX_DATAGRAM],
@@ -131,6 +137,9 @@ impl Nic {
     /// Encrypts one IP packet and queues it for the next [`Nic::flush`].
     pub fn seal_and_send(&mut self, len: usize) {
         self.transmitted = self.transmitted.wrapping_add(1);
+        if len + FULL_SLACK >= TUNNEL_MTU {
+            self.transmitted_full = self.transmitted_full.wrapping_add(1);
+        }
         let sealed = match self
             .tunn
             .encapsulate(&self.tx_plain[..len], &mut self.tx_sealed)

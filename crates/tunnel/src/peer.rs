@@ -40,6 +40,8 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 const RX_BATCH: usize = 512;
 /// Packets the stack may send per poll before the task yields to others; four GSO sends.
 const TX_BATCH: u64 = 256;
+/// smoltcp's smallest retransmission timeout: no timer armed by sending data fires sooner.
+const MIN_RTO: Duration = Duration::from_millis(10);
 /// Ceiling on TCP sockets per peer (streams, listeners and closing ones together).
 const MAX_SOCKETS: usize = 16_384;
 /// Idle listening sockets kept per port between bursts of connections.
@@ -370,6 +372,33 @@ impl PeerState {
     /// Runs the TCP/IP stack, then hands established connections to the acceptor and frees
     /// sockets nobody owns any more. Returns how long until the stack needs polling again.
     pub fn poll(&mut self, peer: &Arc<Peer>) -> Option<Duration> {
+        self.run_stack(peer, true);
+        self.syns_in_batch.clear();
+        self.hand_over_accepted(peer);
+        self.collect_orphans();
+        let Self { iface, sockets, .. } = self;
+        iface
+            .poll_delay(peer.shared.now(), sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    /// Sends from a stream's task, right after it queued data on an idle socket: a request or a
+    /// response leaves without waking the driver task (a thread hand-off per message). Only
+    /// egress: the driver has already handed every received packet to the stack. Sending data
+    /// arms no timer sooner than the minimum retransmission timeout, so the driver, which
+    /// re-reads every timer when it wakes, needs waking only when it sleeps longer than that.
+    pub fn send_from_stream(&mut self, peer: &Arc<Peer>) {
+        self.run_stack(peer, false);
+        if self.driver_wakes_at > Instant::now() + MIN_RTO {
+            peer.wake.notify_one();
+        }
+    }
+
+    /// One pass of the stack (received packets first when `ingress`), then more egress passes
+    /// while full-size segments leave: smoltcp sends at most one segment per socket per pass,
+    /// so a window's worth goes out in GSO batches rather than one datagram per wake-up. A pass
+    /// that sent only short segments (or none) means every socket has sent all it may.
+    fn run_stack(&mut self, peer: &Arc<Peer>, ingress: bool) {
         let now = peer.shared.now();
         let Self {
             iface,
@@ -381,18 +410,16 @@ impl PeerState {
         // when a zero-window probe lands in buffer space lost to window-scale rounding). Whatever
         // the cause, a panic here must cost this peer's connections, not the whole tunnel.
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            iface.poll(now, nic, sockets);
-            // smoltcp sends at most one segment per socket per pass; keep passing while the
-            // sockets have more to send, so a window's worth leaves in GSO batches rather than
-            // one datagram per wake-up of this task.
             let start = nic.transmitted;
-            loop {
-                let before = nic.transmitted;
+            let mut full = nic.transmitted_full;
+            if ingress {
+                iface.poll(now, nic, sockets);
+            } else {
                 iface.poll_egress(now, nic, sockets);
-                let sent = nic.transmitted.wrapping_sub(start);
-                if nic.transmitted == before || sent >= TX_BATCH {
-                    break;
-                }
+            }
+            while nic.transmitted_full != full && nic.transmitted.wrapping_sub(start) < TX_BATCH {
+                full = nic.transmitted_full;
+                iface.poll_egress(now, nic, sockets);
             }
         }));
         if polled.is_err() {
@@ -405,25 +432,6 @@ impl PeerState {
             }
         }
         nic.flush();
-        self.syns_in_batch.clear();
-        self.hand_over_accepted(peer);
-        self.collect_orphans();
-        let Self { iface, sockets, .. } = self;
-        iface
-            .poll_delay(peer.shared.now(), sockets)
-            .map(|d| Duration::from_micros(d.total_micros()))
-    }
-
-    /// Runs the stack from a stream's task, right after it queued data on an idle socket: a
-    /// request or a response leaves without waking the driver task (a thread hand-off per
-    /// message). The driver is still woken when the stack now needs a timer earlier than the
-    /// one it sleeps on (a retransmission).
-    pub fn poll_from_stream(&mut self, peer: &Arc<Peer>) {
-        if let Some(delay) = self.poll(peer) {
-            if Instant::now() + delay < self.driver_wakes_at {
-                peer.wake.notify_one();
-            }
-        }
     }
 
     fn hand_over_accepted(&mut self, peer: &Arc<Peer>) {
