@@ -2,8 +2,9 @@
 //!
 //! Reads and writes copy straight between the caller's buffer and the socket's buffers in the
 //! peer's smoltcp stack, under the peer's lock; smoltcp's wakers wake the task when data or
-//! window arrives. After a write (and a read that reopens the window) the peer's driver is
-//! nudged to transmit.
+//! window arrives. A write to an idle socket (a request, a response) is sent at once from the
+//! writing task; a write behind data still in flight, and a read that reopens the window, nudge
+//! the peer's driver, which sends in batches.
 
 use crate::peer::Peer;
 use smoltcp::iface::SocketHandle;
