@@ -276,3 +276,38 @@ fn bind_hint(addr: SocketAddr, flag: &str) -> String {
     };
     format!("cannot listen on {addr}{low}; is another program using it? Choose another address with {flag}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads(args: &[&str]) -> usize {
+        let argv = std::iter::once("kakuremichi").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().worker_threads()
+    }
+
+    #[test]
+    fn gateway_and_agent_take_half_the_cpus_unless_told() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let gateway = ["gateway", "--control-url", "http://c", "--token", "t"];
+        let agent = ["agent", "--control-url", "http://c", "--api-key", "k"];
+        assert_eq!(threads(&gateway), (cpus / 2).max(1));
+        assert_eq!(threads(&agent), (cpus / 2).max(1));
+        assert_eq!(threads(&["hello"]), cpus);
+        assert_eq!(threads(&["--threads", "3", "hello"]), 3);
+        assert_eq!(
+            threads(&[
+                "agent",
+                "--threads",
+                "5",
+                "--control-url",
+                "http://c",
+                "--api-key",
+                "k"
+            ]),
+            5
+        );
+        let zero = Cli::try_parse_from(["kakuremichi", "--threads", "0", "hello"]);
+        assert!(zero.is_err(), "0 threads must be refused");
+    }
+}

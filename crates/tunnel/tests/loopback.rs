@@ -3,7 +3,7 @@
 use kakuremichi_tunnel::{Acceptor, Device, DeviceConfig, PeerConfig, PrivateKey};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 const GW: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -174,6 +174,41 @@ async fn a_bulk_stream_sends_its_packets_in_batches() {
         per_send >= 4.0,
         "{packets} packets took {sends} UDP sends ({per_send:.1} per send): not batched"
     );
+}
+
+// A current-thread runtime: the peer's driver task runs only when this test yields.
+#[tokio::test]
+async fn a_write_to_an_idle_connection_leaves_before_the_writer_yields() {
+    let (gw, _ag, mut acceptor) = pair().await;
+    let echo = tokio::spawn(async move {
+        let mut s = acceptor.accept().await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+    });
+    let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
+        .await
+        .unwrap()
+        .unwrap();
+    let before = gw.peers()[0].tx_packets;
+    // One poll of the write, no await in between: only the writing task can have sent it.
+    let written = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut c).poll_write(cx, b"hello"))
+    })
+    .await;
+    assert!(
+        matches!(written, std::task::Poll::Ready(Ok(5))),
+        "{written:?}"
+    );
+    let sent = gw.peers()[0].tx_packets - before;
+    assert!(sent >= 1, "the request waited for the peer's task");
+    let mut buf = [0u8; 5];
+    timeout(DEADLINE, c.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"hello");
+    echo.await.unwrap();
 }
 
 #[tokio::test]
