@@ -52,6 +52,15 @@ const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 pub(crate) use path::Source;
 
+/// What one run of the stack covers.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// Received packets, then every socket's egress.
+    Everything,
+    /// One socket's egress.
+    Socket(SocketHandle),
+}
+
 /// A datagram from the network, routed to this peer by the device's receive loop.
 pub(crate) struct Inbound {
     pub src: Source,
@@ -372,7 +381,7 @@ impl PeerState {
     /// Runs the TCP/IP stack, then hands established connections to the acceptor and frees
     /// sockets nobody owns any more. Returns how long until the stack needs polling again.
     pub fn poll(&mut self, peer: &Arc<Peer>) -> Option<Duration> {
-        self.run_stack(peer, true);
+        self.run_stack(peer, Pass::Everything);
         self.syns_in_batch.clear();
         self.hand_over_accepted(peer);
         self.collect_orphans();
@@ -384,21 +393,23 @@ impl PeerState {
 
     /// Sends from a stream's task, right after it queued data on an idle socket: a request or a
     /// response leaves without waking the driver task (a thread hand-off per message). Only
-    /// egress: the driver has already handed every received packet to the stack. Sending data
-    /// arms no timer sooner than the minimum retransmission timeout, so the driver, which
-    /// re-reads every timer when it wakes, needs waking only when it sleeps longer than that.
-    pub fn send_from_stream(&mut self, peer: &Arc<Peer>) {
-        self.run_stack(peer, false);
+    /// this socket's egress: the driver has already handed every received packet to the stack,
+    /// and other sockets' ACKs and timers are the driver's (asking each of them costs a walk
+    /// over every connection per message). Sending data arms no timer sooner than the minimum
+    /// retransmission timeout, so the driver, which re-reads every timer when it wakes, needs
+    /// waking only when it sleeps longer than that.
+    pub fn send_from_stream(&mut self, peer: &Arc<Peer>, handle: SocketHandle) {
+        self.run_stack(peer, Pass::Socket(handle));
         if self.driver_wakes_at > Instant::now() + MIN_RTO {
             peer.wake.notify_one();
         }
     }
 
-    /// One pass of the stack (received packets first when `ingress`), then more egress passes
-    /// while full-size segments leave: smoltcp sends at most one segment per socket per pass,
-    /// so a window's worth goes out in GSO batches rather than one datagram per wake-up. A pass
-    /// that sent only short segments (or none) means every socket has sent all it may.
-    fn run_stack(&mut self, peer: &Arc<Peer>, ingress: bool) {
+    /// One pass of the stack, then more egress passes while full-size segments leave: smoltcp
+    /// sends at most one segment per socket per pass, so a window's worth goes out in GSO
+    /// batches rather than one datagram per wake-up. A pass that sent only short segments (or
+    /// none) means every socket has sent all it may.
+    fn run_stack(&mut self, peer: &Arc<Peer>, pass: Pass) {
         let now = peer.shared.now();
         let Self {
             iface,
@@ -412,14 +423,16 @@ impl PeerState {
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let start = nic.transmitted;
             let mut full = nic.transmitted_full;
-            if ingress {
-                iface.poll(now, nic, sockets);
-            } else {
-                iface.poll_egress(now, nic, sockets);
-            }
+            match pass {
+                Pass::Everything => iface.poll(now, nic, sockets),
+                Pass::Socket(handle) => iface.poll_egress_socket(now, nic, sockets, handle),
+            };
             while nic.transmitted_full != full && nic.transmitted.wrapping_sub(start) < TX_BATCH {
                 full = nic.transmitted_full;
-                iface.poll_egress(now, nic, sockets);
+                match pass {
+                    Pass::Everything => iface.poll_egress(now, nic, sockets),
+                    Pass::Socket(handle) => iface.poll_egress_socket(now, nic, sockets, handle),
+                };
             }
         }));
         if polled.is_err() {

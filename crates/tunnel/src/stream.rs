@@ -134,7 +134,7 @@ impl AsyncWrite for TunnelStream {
                 .map_err(|e| io::Error::other(e.to_string()));
             if idle {
                 // The common request/response case: send it now, from this task.
-                st.send_from_stream(&self.peer);
+                st.send_from_stream(&self.peer, self.handle());
             } else {
                 // More data behind data in flight (a bulk transfer): the driver sends it in
                 // batches as the window allows.

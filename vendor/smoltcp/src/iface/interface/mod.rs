@@ -37,7 +37,7 @@ use super::fragmentation::{Fragmenter, FragmentsBuffer};
 
 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
 use super::neighbor::{Answer as NeighborAnswer, Cache as NeighborCache};
-use super::socket_set::SocketSet;
+use super::socket_set::{SocketHandle, SocketSet};
 use crate::config::{IFACE_MAX_ADDR_COUNT, IFACE_MAX_SIXLOWPAN_ADDRESS_CONTEXT_COUNT};
 use crate::iface::Routes;
 use crate::phy::PacketMeta;
@@ -476,6 +476,31 @@ impl Interface {
         device: &mut (impl Device + ?Sized),
         sockets: &mut SocketSet<'_>,
     ) -> PollResult {
+        self.egress(timestamp, device, sockets, None)
+    }
+
+    /// Transmit what one socket has queued, without visiting the others.
+    ///
+    /// kakuremichi patch: `poll_egress` asks every socket whether it has something to send,
+    /// which costs O(sockets) per call; a caller that just queued data on one socket only
+    /// needs that socket's segment to leave.
+    pub fn poll_egress_socket(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        sockets: &mut SocketSet<'_>,
+        handle: SocketHandle,
+    ) -> PollResult {
+        self.egress(timestamp, device, sockets, Some(handle))
+    }
+
+    fn egress(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        sockets: &mut SocketSet<'_>,
+        only: Option<SocketHandle>,
+    ) -> PollResult {
         self.inner.now = timestamp;
 
         match self.inner.caps.medium {
@@ -494,7 +519,7 @@ impl Interface {
         #[cfg(feature = "multicast")]
         self.multicast_egress(device);
 
-        self.socket_egress(device, sockets)
+        self.socket_egress(device, sockets, only)
     }
 
     /// Process one incoming packet queued in the device.
@@ -645,6 +670,7 @@ impl Interface {
         &mut self,
         device: &mut (impl Device + ?Sized),
         sockets: &mut SocketSet<'_>,
+        only: Option<SocketHandle>,
     ) -> PollResult {
         let _caps = device.capabilities();
 
@@ -655,6 +681,10 @@ impl Interface {
 
         let mut result = PollResult::None;
         for item in sockets.items_mut() {
+            // kakuremichi patch: see `poll_egress_socket`.
+            if only.is_some_and(|handle| item.meta.handle != handle) {
+                continue;
+            }
             if !item
                 .meta
                 .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))

@@ -243,3 +243,42 @@ pub fn tcp_not_accepted() {
         None,
     );
 }
+
+// kakuremichi patch regression test: `poll_egress_socket` sends what the named socket has queued
+// and leaves every other socket alone; `poll_egress` still serves them all.
+#[cfg(all(feature = "socket-tcp", feature = "medium-ip", feature = "proto-ipv4"))]
+#[test]
+fn test_poll_egress_socket_sends_only_that_socket() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, mut device) = setup(Medium::Ip);
+    let mut handles = Vec::new();
+    for port in [49500u16, 49501] {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        );
+        socket
+            .connect(iface.context(), (IpAddress::v4(192, 168, 1, 2), 80), port)
+            .unwrap();
+        handles.push(sockets.add(socket));
+    }
+    let src_ports = |packets: Vec<Vec<u8>>| -> Vec<u16> {
+        packets
+            .iter()
+            .map(|p| {
+                let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
+                let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+                assert!(tcp.syn());
+                tcp.src_port()
+            })
+            .collect()
+    };
+
+    // Both sockets have a SYN to send; only the second one's leaves.
+    iface.poll_egress_socket(Instant::ZERO, &mut device, &mut sockets, handles[1]);
+    assert_eq!(src_ports(recv_all(&mut device, Instant::ZERO)), [49501]);
+    // The first one's is still there for a full egress pass (the second's is in flight).
+    iface.poll_egress(Instant::ZERO, &mut device, &mut sockets);
+    assert_eq!(src_ports(recv_all(&mut device, Instant::ZERO)), [49500]);
+}
