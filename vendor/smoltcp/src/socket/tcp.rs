@@ -2046,6 +2046,15 @@ impl<'a> Socket<'a> {
 
         let assembler_was_empty = self.assembler.is_empty();
 
+        // kakuremichi patch: data reaching an empty receive buffer (nothing unread, nothing held
+        // out of order) is placed at its start again, as `enqueue_many_with` already does for
+        // the transmit buffer. Otherwise every message moves on through the ring, and a
+        // keep-alive connection carrying small requests ends up touching, and keeping resident,
+        // every page of its receive buffer.
+        if assembler_was_empty && self.rx_buffer.is_empty() {
+            self.rx_buffer.clear();
+        }
+
         // Try adding payload octets to the assembler.
         let Ok(contig_len) = self
             .assembler
@@ -6643,6 +6652,31 @@ mod test {
             window_len: 0,
             ..RECV_TEMPL
         }));
+    }
+
+    // kakuremichi patch regression test: once everything received has been read, the next data
+    // starts at the beginning of the receive buffer (it is not split across the ring's end).
+    #[test]
+    fn test_data_into_empty_rx_buffer_starts_at_its_beginning() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        send!(s, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &[1; 60][..],
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recv(|buffer| (buffer.len(), buffer.len())), Ok(60));
+        send!(s, TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + 60,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &[2; 10][..],
+            ..SEND_TEMPL
+        });
+        // Without the reset the 10 bytes would wrap: 4 at the end of the ring, 6 at its start.
+        assert_eq!(
+            s.recv(|buffer| (buffer.len(), buffer.to_vec())),
+            Ok(vec![2; 10])
+        );
     }
 
     #[test]
