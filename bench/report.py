@@ -20,10 +20,12 @@ def median(xs):
 class Results:
     def __init__(self, runs, quick):
         self.data = defaultdict(lambda: defaultdict(list))  # workload -> ref -> [value per run]
-        self.resources = {}
+        # A run with --only leaves some figures unmeasured: they read as NaN.
+        nan = lambda: float("nan")  # noqa: E731
+        self.resources = defaultdict(nan)
         self.cpu_per_gib = []
-        self.control = {}
-        self.meta = {"runs": runs, "quick": 1 if quick else 0}
+        self.control = defaultdict(nan)
+        self.meta = defaultdict(nan, {"runs": runs, "quick": 1 if quick else 0})
 
     def add(self, workload, ref, value):
         self.data[workload][ref].append(value)
@@ -72,7 +74,7 @@ def figures(r):
                 f[f"x_{w}_{ref}"] = r.med(w, ref)
     f["x_bulk_up_ratio_vs_wggo"] = r.paired("bulk_up", k, "wggo", ratio)
     for role in ("gateway", "agent"):  # memory that grows from one round of streams to the next
-        rounds = r.data[f"{role}_rss_streams"][k]
+        rounds = r.data[f"{role}_rss_streams"][k] or [float("nan")]
         f[f"x_{role}_rss_1k_first_mib"], f[f"x_{role}_rss_1k_max_mib"] = rounds[0], max(rounds)
     f["x_gateway_rss_after_mib"] = r.resources["gateway_rss_after_mib"]
     f["x_agent_rss_after_mib"] = r.resources["agent_rss_after_mib"]
@@ -117,6 +119,8 @@ def table(r):
     head = ["workload"] + REFS + ["kakuremichi vs"]
     body = []
     for label, w, fmt, base in rows:
+        if not r.data[w][k]:
+            continue  # not measured in this run (--only)
         cells = [label] + [_cell(r.data[w][ref], fmt) for ref in REFS]
         if w.startswith("lat"):
             cells.append(f"{r.paired(w, k, base, lambda a, b: a - b):+.2f} ms vs {base}")
