@@ -104,6 +104,9 @@ pub struct PeerStatus {
     pub tx_packets: u64,
     /// UDP sends that carried them: with UDP GSO one send carries a burst of packets.
     pub tx_udp_sends: u64,
+    /// Datagrams from this peer handled by the task that received them, without a hand-off
+    /// to the peer's own task (the rest arrived in bursts or while the stack was busy).
+    pub rx_on_arrival: u64,
 }
 
 /// State shared by the device and all its peers.
@@ -226,12 +229,19 @@ impl Inner {
             Err(_) => None,
         };
         match entry {
+            // A single datagram (a request, a response, an ACK) is handled right here when the
+            // peer's stack is free; bursts go to the peer's task, which sends in batches.
+            Some(e) if segment >= data.len() && e.peer.receive_now(&src, data) => {}
             Some(e) => {
-                let _ = e.inbound.try_send(Inbound {
+                e.peer.queued();
+                let queued = e.inbound.try_send(Inbound {
                     src,
                     data: data.to_vec(),
                     segment,
                 });
+                if queued.is_err() {
+                    e.peer.handled();
+                }
             }
             None => tracing::trace!(?src, "dropped datagram for no known peer"),
         }
@@ -401,6 +411,7 @@ impl Device {
                     rx_bytes: path.rx_bytes,
                     tx_packets: path.tx_packets,
                     tx_udp_sends: path.tx_udp_sends,
+                    rx_on_arrival: path.rx_on_arrival,
                 }
             })
             .collect()

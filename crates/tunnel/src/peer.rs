@@ -19,7 +19,8 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -59,6 +60,8 @@ enum Pass {
     Everything,
     /// One socket's egress.
     Socket(SocketHandle),
+    /// Received packets that all belong to one established connection, then its egress.
+    Received(SocketHandle),
 }
 
 /// A datagram from the network, routed to this peer by the device's receive loop.
@@ -74,6 +77,9 @@ pub(crate) struct Peer {
     state: Mutex<PeerState>,
     /// Wakes the driver: a stream queued data or freed receive window.
     pub wake: Notify,
+    /// Datagrams queued for the driver and not yet handled: while there are any, a datagram
+    /// handled on arrival would overtake them.
+    queued: AtomicUsize,
     shared: Arc<Shared>,
 }
 
@@ -85,6 +91,10 @@ pub(crate) struct PeerState {
     syns_in_batch: HashMap<u16, usize>,
     client_ports: HashMap<SocketHandle, u16>,
     used_ports: HashSet<u16>,
+    /// Established connections by (local port, remote port): finds the socket a received
+    /// packet is for without asking every socket. `connection_keys` is the reverse.
+    connections: HashMap<(u16, u16), SocketHandle>,
+    connection_keys: HashMap<SocketHandle, (u16, u16)>,
     next_port: u16,
     orphans: Vec<(SocketHandle, Instant)>,
     decap: Vec<u8>,
@@ -102,6 +112,8 @@ pub(crate) struct PeerState {
     /// When the driver task next polls the stack on its own (its timer); a stream that polls the
     /// stack itself wakes the driver only when it needs polling sooner.
     driver_wakes_at: Instant,
+    /// Datagrams handled by [`Peer::receive_now`].
+    rx_on_arrival: u64,
     pub closed: bool,
 }
 
@@ -127,6 +139,7 @@ impl Peer {
         Arc::new(Self {
             allowed_ip,
             wake: Notify::new(),
+            queued: AtomicUsize::new(0),
             shared,
             state: Mutex::new(PeerState {
                 nic,
@@ -136,6 +149,8 @@ impl Peer {
                 syns_in_batch: HashMap::new(),
                 client_ports: HashMap::new(),
                 used_ports: HashSet::new(),
+                connections: HashMap::new(),
+                connection_keys: HashMap::new(),
                 next_port,
                 orphans: Vec::new(),
                 decap: vec![0; 65536],
@@ -146,6 +161,7 @@ impl Peer {
                 last_udp_rx: None,
                 initiation_retry: INITIATION_RETRY,
                 driver_wakes_at: Instant::now(),
+                rx_on_arrival: 0,
                 closed: false,
             }),
         })
@@ -155,6 +171,53 @@ impl Peer {
         // A panic while holding the lock would be a bug in smoltcp or here; keep serving the
         // other streams rather than poisoning the whole peer.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Handles one datagram on the receiving task, if that can be done at once: nothing is
+    /// queued for the driver (it would be overtaken) and no other task holds the stack. A
+    /// request or a response then reaches its stream without a hand-off to the driver task (a
+    /// wake-up, a copy and a queue per datagram). False means the caller queues it instead.
+    pub fn receive_now(self: &Arc<Self>, src: &Source, datagram: &[u8]) -> bool {
+        let mut st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        st.rx_on_arrival += 1;
+        match st.handle_datagram(self, src, datagram) {
+            // A packet of an established connection: only that socket can have anything new
+            // to send. Like a stream's send, it arms no timer sooner than the minimum
+            // retransmission timeout (delayed ACKs wait as long), so the driver needs waking
+            // only if it sleeps longer than that.
+            Some(Some(socket)) if st.nic.rx.len() == 1 => {
+                st.run_stack(self, Pass::Received(socket));
+                if st.driver_wakes_at > Instant::now() + MIN_RTO {
+                    self.wake.notify_one();
+                }
+            }
+            // A handshake, a new connection, a packet for no connection: the whole stack.
+            _ => {
+                let delay = st.poll(self);
+                // The driver sleeps until the stack's next timer as it last saw it; wake it
+                // if this datagram armed an earlier one.
+                if delay.is_some_and(|d| Instant::now() + d < st.driver_wakes_at) {
+                    self.wake.notify_one();
+                }
+            }
+        }
+        true
+    }
+
+    /// Counts a datagram queued for the driver (see [`Peer::receive_now`]); `handled` undoes it.
+    pub fn queued(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn handled(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Opens a TCP connection to `dst` through this peer; the caller awaits establishment.
@@ -193,6 +256,7 @@ impl Peer {
         let handle = st.sockets.add(socket);
         st.client_ports.insert(handle, port);
         st.used_ports.insert(port);
+        st.add_connection((port, dst.port()), handle);
         drop(st);
         self.wake.notify_one();
         Ok(TunnelStream::new(
@@ -255,12 +319,19 @@ impl PeerState {
 
     fn handle_inbound(&mut self, peer: &Peer, inbound: &Inbound) {
         for datagram in inbound.data.chunks(inbound.segment.max(1)) {
-            self.handle_datagram(peer, &inbound.src, datagram);
+            let _ = self.handle_datagram(peer, &inbound.src, datagram);
         }
     }
 
-    /// Decrypts one datagram; hands the IP packet to the stack or answers handshakes.
-    fn handle_datagram(&mut self, peer: &Peer, src: &Source, datagram: &[u8]) {
+    /// Decrypts one datagram; hands the IP packet to the stack or answers handshakes. Returns
+    /// whether an IP packet was queued for the stack, and if so the established connection it
+    /// is for, when it is for one.
+    fn handle_datagram(
+        &mut self,
+        peer: &Peer,
+        src: &Source,
+        datagram: &[u8],
+    ) -> Option<Option<SocketHandle>> {
         let kind = datagram.first().copied().unwrap_or(0);
         let Self { nic, decap, .. } = self;
         let mut tunnel_packet = None;
@@ -304,12 +375,14 @@ impl PeerState {
                 nic.send_datagram(d);
             }
         }
-        if let Some(len) = tunnel_packet {
-            let packet = std::mem::take(&mut self.decap);
-            self.prepare_listener(peer, &packet[..len]);
-            self.nic.push_rx(&packet[..len]);
-            self.decap = packet;
-        }
+        let len = tunnel_packet?;
+        let packet = std::mem::take(&mut self.decap);
+        self.prepare_listener(peer, &packet[..len]);
+        let connection = tcp_ports(&packet[..len], peer.shared.address)
+            .and_then(|ports| self.connections.get(&ports).copied());
+        let queued = self.nic.push_rx(&packet[..len]);
+        self.decap = packet;
+        queued.then_some(connection)
     }
 
     /// Makes sure an incoming SYN for a served port finds a listening socket. smoltcp has no
@@ -424,14 +497,26 @@ impl PeerState {
             let start = nic.transmitted;
             let mut full = nic.transmitted_full;
             match pass {
-                Pass::Everything => iface.poll(now, nic, sockets),
-                Pass::Socket(handle) => iface.poll_egress_socket(now, nic, sockets, handle),
-            };
+                Pass::Everything => {
+                    iface.poll(now, nic, sockets);
+                }
+                Pass::Socket(handle) => {
+                    iface.poll_egress_socket(now, nic, sockets, handle);
+                }
+                Pass::Received(handle) => {
+                    while iface.poll_ingress_single(now, nic, sockets)
+                        != smoltcp::iface::PollIngressSingleResult::None
+                    {}
+                    iface.poll_egress_socket(now, nic, sockets, handle);
+                }
+            }
             while nic.transmitted_full != full && nic.transmitted.wrapping_sub(start) < TX_BATCH {
                 full = nic.transmitted_full;
                 match pass {
                     Pass::Everything => iface.poll_egress(now, nic, sockets),
-                    Pass::Socket(handle) => iface.poll_egress_socket(now, nic, sockets, handle),
+                    Pass::Socket(handle) | Pass::Received(handle) => {
+                        iface.poll_egress_socket(now, nic, sockets, handle)
+                    }
                 };
             }
         }));
@@ -488,6 +573,7 @@ impl PeerState {
                 self.orphan(handle);
                 continue;
             };
+            self.add_connection((local.port, remote.port), handle);
             let stream = TunnelStream::new(peer.clone(), handle, v4(local), v4(remote));
             if let Err(e) = peer.shared.accepted(stream) {
                 // No one to accept it: refuse the connection. The stream's Drop would take the
@@ -497,6 +583,13 @@ impl PeerState {
                 self.orphan(handle);
             }
         }
+    }
+
+    fn add_connection(&mut self, key: (u16, u16), handle: SocketHandle) {
+        if let Some(old) = self.connections.insert(key, handle) {
+            self.connection_keys.remove(&old);
+        }
+        self.connection_keys.insert(handle, key);
     }
 
     pub fn orphan(&mut self, handle: SocketHandle) {
@@ -510,6 +603,8 @@ impl PeerState {
             sockets,
             client_ports,
             used_ports,
+            connections,
+            connection_keys,
             ..
         } = self;
         orphans.retain(|(handle, since)| {
@@ -518,6 +613,11 @@ impl PeerState {
                 socket.abort();
             }
             if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                if let Some(key) = connection_keys.remove(handle) {
+                    if connections.get(&key) == Some(handle) {
+                        connections.remove(&key);
+                    }
+                }
                 sockets.remove(*handle);
                 if let Some(port) = client_ports.remove(handle) {
                     used_ports.remove(&port);
@@ -544,6 +644,26 @@ fn syn_port(packet: &[u8], local: Ipv4Addr) -> Option<u16> {
     (flags & 0x12 == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
 }
 
+/// (local port, remote port) of a TCP packet addressed to `local`, if `packet` is one and not
+/// a SYN (which opens a connection rather than belonging to one).
+fn tcp_ports(packet: &[u8], local: Ipv4Addr) -> Option<(u16, u16)> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
+        return None;
+    }
+    if packet.get(16..20)? != local.octets() {
+        return None;
+    }
+    let tcp = packet.get(ihl..ihl + 14)?;
+    if tcp[13] & 0x02 != 0 {
+        return None;
+    }
+    Some((
+        u16::from_be_bytes([tcp[2], tcp[3]]),
+        u16::from_be_bytes([tcp[0], tcp[1]]),
+    ))
+}
+
 fn v4(endpoint: smoltcp::wire::IpEndpoint) -> SocketAddrV4 {
     match endpoint.addr {
         IpAddress::Ipv4(ip) => SocketAddrV4::new(ip, endpoint.port),
@@ -559,11 +679,15 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
             let mut st = peer.lock();
             if let Some(d) = pending.take() {
                 st.handle_inbound(&peer, &d);
+                peer.handled();
             }
             // Count packets, not bursts: a GRO burst holds up to 64 of them.
             while st.nic.rx.len() < RX_BATCH {
                 match inbound.try_recv() {
-                    Ok(d) => st.handle_inbound(&peer, &d),
+                    Ok(d) => {
+                        st.handle_inbound(&peer, &d);
+                        peer.handled();
+                    }
                     Err(_) => break,
                 }
             }
@@ -609,6 +733,28 @@ mod tests {
         p[20 + 2..20 + 4].copy_from_slice(&8080u16.to_be_bytes());
         p[20 + 13] = flags;
         p
+    }
+
+    #[test]
+    fn finds_the_ports_of_segments_to_us_but_not_of_syns() {
+        let us = Ipv4Addr::new(10, 77, 0, 2);
+        let mut p = tcp_packet(us.octets(), 0x10);
+        p[20..22].copy_from_slice(&51000u16.to_be_bytes());
+        assert_eq!(tcp_ports(&p, us), Some((8080, 51000)), "ACK");
+        p[20 + 13] = 0x18;
+        assert_eq!(tcp_ports(&p, us), Some((8080, 51000)), "PSH+ACK");
+        p[20 + 13] = 0x02;
+        assert_eq!(tcp_ports(&p, us), None, "SYN");
+        p[20 + 13] = 0x12;
+        assert_eq!(tcp_ports(&p, us), None, "SYN-ACK");
+        assert_eq!(
+            tcp_ports(&tcp_packet([10, 77, 0, 3], 0x10), us),
+            None,
+            "other host"
+        );
+        for n in 0..40 {
+            let _ = tcp_ports(&tcp_packet(us.octets(), 0x10)[..n], us);
+        }
     }
 
     #[test]

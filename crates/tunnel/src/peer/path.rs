@@ -38,6 +38,7 @@ pub(crate) struct PeerPath {
     pub rx_bytes: usize,
     pub tx_packets: u64,
     pub tx_udp_sends: u64,
+    pub rx_on_arrival: u64,
 }
 
 impl Peer {
@@ -55,6 +56,7 @@ impl Peer {
             rx_bytes,
             tx_packets: st.nic.transmitted,
             tx_udp_sends: st.nic.udp_sends,
+            rx_on_arrival: st.rx_on_arrival,
         }
     }
 
