@@ -4,7 +4,8 @@
 //! A [`Device`] owns one UDP socket and any number of peers. Each peer has its own noise session
 //! (boringtun) and its own TCP/IP stack (smoltcp) driven by its own task, so peers never contend
 //! with each other. One receive loop reads datagrams and routes each to its peer by the receiver
-//! index (or, for a handshake initiation, by the initiator's static key).
+//! index (or, for a handshake initiation, by the initiator's static key); a single datagram is
+//! handled right there when its peer's stack is free, a burst is queued for the peer's task.
 //!
 //! Where UDP is blocked, a peer's datagrams can travel over a byte stream instead (TCP/TLS,
 //! opened by the caller): [`Device::attach_stream`] on the side that dials (an Agent),

@@ -3,11 +3,13 @@
 //! Every peer has a separate smoltcp interface behind its own lock, so Agents served by one
 //! Gateway (or Gateways serving one Agent) never contend with each other: there is no device-wide
 //! lock or poll loop on the data path. Streams touch their peer's lock only for the duration of a
-//! buffer copy.
+//! buffer copy; a stream's write to an idle connection, and a single datagram arriving while the
+//! stack is free ([`receive`]), run the stack from their own task instead of waking the driver.
 //!
 //! A peer's packets travel over UDP, or over a stream when UDP is blocked: see [`path`].
 
 mod path;
+mod receive;
 
 use crate::nic::Nic;
 use crate::stream::TunnelStream;
@@ -19,8 +21,8 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -173,53 +175,6 @@ impl Peer {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Handles one datagram on the receiving task, if that can be done at once: nothing is
-    /// queued for the driver (it would be overtaken) and no other task holds the stack. A
-    /// request or a response then reaches its stream without a hand-off to the driver task (a
-    /// wake-up, a copy and a queue per datagram). False means the caller queues it instead.
-    pub fn receive_now(self: &Arc<Self>, src: &Source, datagram: &[u8]) -> bool {
-        let mut st = match self.state.try_lock() {
-            Ok(st) => st,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => return false,
-        };
-        if self.queued.load(Ordering::Acquire) != 0 {
-            return false;
-        }
-        st.rx_on_arrival += 1;
-        match st.handle_datagram(self, src, datagram) {
-            // A packet of an established connection: only that socket can have anything new
-            // to send. Like a stream's send, it arms no timer sooner than the minimum
-            // retransmission timeout (delayed ACKs wait as long), so the driver needs waking
-            // only if it sleeps longer than that.
-            Some(Some(socket)) if st.nic.rx.len() == 1 => {
-                st.run_stack(self, Pass::Received(socket));
-                if st.driver_wakes_at > Instant::now() + MIN_RTO {
-                    self.wake.notify_one();
-                }
-            }
-            // A handshake, a new connection, a packet for no connection: the whole stack.
-            _ => {
-                let delay = st.poll(self);
-                // The driver sleeps until the stack's next timer as it last saw it; wake it
-                // if this datagram armed an earlier one.
-                if delay.is_some_and(|d| Instant::now() + d < st.driver_wakes_at) {
-                    self.wake.notify_one();
-                }
-            }
-        }
-        true
-    }
-
-    /// Counts a datagram queued for the driver (see [`Peer::receive_now`]); `handled` undoes it.
-    pub fn queued(&self) {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub fn handled(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-    }
-
     /// Opens a TCP connection to `dst` through this peer; the caller awaits establishment.
     pub fn open(self: &Arc<Self>, dst: SocketAddrV4) -> io::Result<TunnelStream> {
         let mut st = self.lock();
@@ -315,100 +270,6 @@ impl PeerState {
             io::ErrorKind::AddrInUse,
             "no free local port",
         ))
-    }
-
-    fn handle_inbound(&mut self, peer: &Peer, inbound: &Inbound) {
-        for datagram in inbound.data.chunks(inbound.segment.max(1)) {
-            let _ = self.handle_datagram(peer, &inbound.src, datagram);
-        }
-    }
-
-    /// Decrypts one datagram; hands the IP packet to the stack or answers handshakes. Returns
-    /// whether an IP packet was queued for the stack, and if so the established connection it
-    /// is for, when it is for one.
-    fn handle_datagram(
-        &mut self,
-        peer: &Peer,
-        src: &Source,
-        datagram: &[u8],
-    ) -> Option<Option<SocketHandle>> {
-        let kind = datagram.first().copied().unwrap_or(0);
-        let Self { nic, decap, .. } = self;
-        let mut tunnel_packet = None;
-        let mut authenticated = false;
-        let mut handshake_done = false;
-        match nic.tunn.decapsulate(Some(src.ip()), datagram, decap) {
-            TunnResult::WriteToNetwork(reply) => {
-                // A handshake response (92 bytes) proves the initiator holds the peer's key, so
-                // its source address is where the peer is now (roaming). A cookie reply does not.
-                if kind == 1 && reply.len() == 92 || kind == 2 {
-                    authenticated = true;
-                }
-                nic.reply(src, reply);
-                handshake_done = true;
-            }
-            TunnResult::WriteToTunnelV4(packet, inner_src) => {
-                authenticated = true;
-                if inner_src == peer.allowed_ip && !packet.is_empty() {
-                    tunnel_packet = Some(packet.len());
-                }
-            }
-            TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {
-                // `Done` after a handshake response (2), or for an authenticated keepalive (4):
-                // a keepalive is often the only packet a roaming peer sends from its new address.
-                if kind == 2 || kind == 4 {
-                    authenticated = true;
-                }
-            }
-            TunnResult::Err(e) => {
-                tracing::trace!(error = ?e, src = ?src, "dropped WireGuard packet")
-            }
-        }
-        if authenticated {
-            self.last_rx = Some(Instant::now());
-            self.follow_path(peer, src, kind == 2);
-        }
-        if handshake_done {
-            // Packets queued while the handshake was pending go out now, on the current path.
-            let Self { nic, decap, .. } = self;
-            while let TunnResult::WriteToNetwork(d) = nic.tunn.decapsulate(None, &[], decap) {
-                nic.send_datagram(d);
-            }
-        }
-        let len = tunnel_packet?;
-        let packet = std::mem::take(&mut self.decap);
-        self.prepare_listener(peer, &packet[..len]);
-        let connection = tcp_ports(&packet[..len], peer.shared.address)
-            .and_then(|ports| self.connections.get(&ports).copied());
-        let queued = self.nic.push_rx(&packet[..len]);
-        self.decap = packet;
-        queued.then_some(connection)
-    }
-
-    /// Makes sure an incoming SYN for a served port finds a listening socket. smoltcp has no
-    /// listen backlog, so we add one listener per SYN seen in this batch.
-    fn prepare_listener(&mut self, peer: &Peer, packet: &[u8]) {
-        let Some(port) = syn_port(packet, peer.shared.address) else {
-            return;
-        };
-        if !peer.shared.listening(port) {
-            return;
-        }
-        let seen = self.syns_in_batch.entry(port).or_default();
-        *seen += 1;
-        let wanted = *seen;
-        let handles = self.listeners.entry(port).or_default();
-        let idle = handles
-            .iter()
-            .filter(|h| self.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
-            .count();
-        if idle >= wanted || self.sockets.iter().count() >= MAX_SOCKETS {
-            return;
-        }
-        let mut socket = peer.shared.new_socket();
-        if socket.listen(port).is_ok() {
-            handles.push(self.sockets.add(socket));
-        }
     }
 
     fn send_initiation(&mut self) {
@@ -585,13 +446,6 @@ impl PeerState {
         }
     }
 
-    fn add_connection(&mut self, key: (u16, u16), handle: SocketHandle) {
-        if let Some(old) = self.connections.insert(key, handle) {
-            self.connection_keys.remove(&old);
-        }
-        self.connection_keys.insert(handle, key);
-    }
-
     pub fn orphan(&mut self, handle: SocketHandle) {
         self.orphans.push((handle, Instant::now()));
     }
@@ -628,40 +482,6 @@ impl PeerState {
             }
         });
     }
-}
-
-/// The destination port of a TCP SYN (without ACK) addressed to `local`, if `packet` is one.
-fn syn_port(packet: &[u8], local: Ipv4Addr) -> Option<u16> {
-    let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
-        return None;
-    }
-    if packet.get(16..20)? != local.octets() {
-        return None;
-    }
-    let tcp = packet.get(ihl..)?;
-    let flags = *tcp.get(13)?;
-    (flags & 0x12 == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
-}
-
-/// (local port, remote port) of a TCP packet addressed to `local`, if `packet` is one and not
-/// a SYN (which opens a connection rather than belonging to one).
-fn tcp_ports(packet: &[u8], local: Ipv4Addr) -> Option<(u16, u16)> {
-    let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
-        return None;
-    }
-    if packet.get(16..20)? != local.octets() {
-        return None;
-    }
-    let tcp = packet.get(ihl..ihl + 14)?;
-    if tcp[13] & 0x02 != 0 {
-        return None;
-    }
-    Some((
-        u16::from_be_bytes([tcp[2], tcp[3]]),
-        u16::from_be_bytes([tcp[0], tcp[1]]),
-    ))
 }
 
 fn v4(endpoint: smoltcp::wire::IpEndpoint) -> SocketAddrV4 {
@@ -717,66 +537,6 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
             },
             _ = peer.wake.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tcp_packet(dst: [u8; 4], flags: u8) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[9] = 6;
-        p[16..20].copy_from_slice(&dst);
-        p[20 + 2..20 + 4].copy_from_slice(&8080u16.to_be_bytes());
-        p[20 + 13] = flags;
-        p
-    }
-
-    #[test]
-    fn finds_the_ports_of_segments_to_us_but_not_of_syns() {
-        let us = Ipv4Addr::new(10, 77, 0, 2);
-        let mut p = tcp_packet(us.octets(), 0x10);
-        p[20..22].copy_from_slice(&51000u16.to_be_bytes());
-        assert_eq!(tcp_ports(&p, us), Some((8080, 51000)), "ACK");
-        p[20 + 13] = 0x18;
-        assert_eq!(tcp_ports(&p, us), Some((8080, 51000)), "PSH+ACK");
-        p[20 + 13] = 0x02;
-        assert_eq!(tcp_ports(&p, us), None, "SYN");
-        p[20 + 13] = 0x12;
-        assert_eq!(tcp_ports(&p, us), None, "SYN-ACK");
-        assert_eq!(
-            tcp_ports(&tcp_packet([10, 77, 0, 3], 0x10), us),
-            None,
-            "other host"
-        );
-        for n in 0..40 {
-            let _ = tcp_ports(&tcp_packet(us.octets(), 0x10)[..n], us);
-        }
-    }
-
-    #[test]
-    fn recognises_only_syns_to_us() {
-        let us = Ipv4Addr::new(10, 77, 0, 2);
-        assert_eq!(syn_port(&tcp_packet(us.octets(), 0x02), us), Some(8080));
-        assert_eq!(
-            syn_port(&tcp_packet(us.octets(), 0x12), us),
-            None,
-            "SYN-ACK"
-        );
-        assert_eq!(syn_port(&tcp_packet(us.octets(), 0x10), us), None, "ACK");
-        assert_eq!(
-            syn_port(&tcp_packet([10, 77, 0, 3], 0x02), us),
-            None,
-            "other host"
-        );
-        let mut udp = tcp_packet(us.octets(), 0x02);
-        udp[9] = 17;
-        assert_eq!(syn_port(&udp, us), None);
-        for n in 0..40 {
-            let _ = syn_port(&tcp_packet(us.octets(), 0x02)[..n], us);
         }
     }
 }
