@@ -132,21 +132,24 @@ def table(r):
         out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
     f = figures(r)
     streams, after = r.meta["streams"], r.meta["after"]
-    out += ["",
-            f"Gateway RSS MiB: idle {f['gateway_rss_idle_mib']:.1f}, {streams} streams "
-            f"{_cell(r.data['gateway_rss_streams'][k], g)}, {after} s after load {f['x_gateway_rss_after_mib']:.1f}",
-            f"Agent RSS MiB:   idle {f['agent_rss_idle_mib']:.1f}, {streams} streams "
-            f"{_cell(r.data['agent_rss_streams'][k], g)}, {after} s after load {f['x_agent_rss_after_mib']:.1f}",
-            f"RSS after load vs idle (worse of the two): {f['rss_after_load_ratio']:.2f}×",
-            f"wireguard-go, raw TCP (iperf3, 1 stream, context for the wggo column): "
-            f"{r.meta['iperf3_wggo_gbps']:.2f} Gbit/s",
-            f"CPU-seconds per GiB, Gateway + Agent, 1-stream bulk: {_cell(r.cpu_per_gib, g)}",
-            f"Control, {r.control['agents']} agents + {r.control['gateways']} gateways, "
-            f"{r.control['changes']} changes: propagation to every Gateway p50 "
-            f"{r.control['propagation_p50_ms']:.1f} ms, p99 {r.control['propagation_p99_ms']:.1f} ms, "
-            f"max {r.control['propagation_max_ms']:.1f} ms; Control RSS {r.control['control_rss_mib']:.1f} MiB, "
-            f"CPU {r.control['control_cpu_s_sessions']:.1f} s for the sessions, "
-            f"{r.control['control_cpu_s_changes']:.1f} s for the changes "
-            f"(sessions up in {r.control['sessions_s']:.1f} s)",
-            f"({r.meta['seconds']:.0f} s in all)"]
+    out.append("")
+    if r.data["gateway_rss_streams"][k]:
+        out += [f"Gateway RSS MiB: idle {f['gateway_rss_idle_mib']:.1f}, {streams} streams "
+                f"{_cell(r.data['gateway_rss_streams'][k], g)}, {after} s after load {f['x_gateway_rss_after_mib']:.1f}",
+                f"Agent RSS MiB:   idle {f['agent_rss_idle_mib']:.1f}, {streams} streams "
+                f"{_cell(r.data['agent_rss_streams'][k], g)}, {after} s after load {f['x_agent_rss_after_mib']:.1f}",
+                f"RSS after load vs idle (worse of the two): {f['rss_after_load_ratio']:.2f}×"]
+    out.append(f"wireguard-go, raw TCP (iperf3, 1 stream, context for the wggo column): "
+               f"{r.meta['iperf3_wggo_gbps']:.2f} Gbit/s")
+    if r.cpu_per_gib:
+        out.append(f"CPU-seconds per GiB, Gateway + Agent, 1-stream bulk: {_cell(r.cpu_per_gib, g)}")
+    if r.control["agents"] == r.control["agents"]:  # not NaN: measured
+        out.append(f"Control, {r.control['agents']} agents + {r.control['gateways']} gateways, "
+                   f"{r.control['changes']} changes: propagation to every Gateway p50 "
+                   f"{r.control['propagation_p50_ms']:.1f} ms, p99 {r.control['propagation_p99_ms']:.1f} ms, "
+                   f"max {r.control['propagation_max_ms']:.1f} ms; Control RSS {r.control['control_rss_mib']:.1f} MiB, "
+                   f"CPU {r.control['control_cpu_s_sessions']:.1f} s for the sessions, "
+                   f"{r.control['control_cpu_s_changes']:.1f} s for the changes "
+                   f"(sessions up in {r.control['sessions_s']:.1f} s)")
+    out.append(f"({r.meta['seconds']:.0f} s in all)")
     return "\n".join(out)
