@@ -108,6 +108,9 @@ pub struct PeerStatus {
     /// Datagrams from this peer handled by the task that received them, without a hand-off
     /// to the peer's own task (the rest arrived in bursts or while the stack was busy).
     pub rx_on_arrival: u64,
+    /// Slots of the peer's socket table: connections, listeners and free slots. It grows with
+    /// a burst of connections and shrinks again within a second or so of their end.
+    pub socket_slots: usize,
 }
 
 /// State shared by the device and all its peers.
@@ -413,6 +416,7 @@ impl Device {
                     tx_packets: path.tx_packets,
                     tx_udp_sends: path.tx_udp_sends,
                     rx_on_arrival: path.rx_on_arrival,
+                    socket_slots: path.socket_slots,
                 }
             })
             .collect()

@@ -446,6 +446,21 @@ impl PeerState {
         }
     }
 
+    /// Gives back the memory a burst of connections left in the socket table and the maps
+    /// beside it, once they are mostly empty again.
+    fn trim(&mut self) {
+        self.sockets.trim();
+        shrink_map(&mut self.client_ports);
+        shrink_map(&mut self.connections);
+        shrink_map(&mut self.connection_keys);
+        if self.used_ports.len() * 4 <= self.used_ports.capacity() {
+            self.used_ports.shrink_to_fit();
+        }
+        if self.orphans.len() * 4 <= self.orphans.capacity() {
+            self.orphans.shrink_to_fit();
+        }
+    }
+
     pub fn orphan(&mut self, handle: SocketHandle) {
         self.orphans.push((handle, Instant::now()));
     }
@@ -484,6 +499,13 @@ impl PeerState {
     }
 }
 
+/// Shrinks a map that is at most a quarter full (hash maps never shrink on their own).
+fn shrink_map<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.len() * 4 <= map.capacity() {
+        map.shrink_to_fit();
+    }
+}
+
 fn v4(endpoint: smoltcp::wire::IpEndpoint) -> SocketAddrV4 {
     match endpoint.addr {
         IpAddress::Ipv4(ip) => SocketAddrV4::new(ip, endpoint.port),
@@ -514,6 +536,7 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
             let handled = st.nic.rx.len();
             if Instant::now() >= next_tick {
                 st.update_timers();
+                st.trim();
                 next_tick = Instant::now() + TIMER_TICK;
             }
             let delay = st.poll(&peer);

@@ -134,6 +134,61 @@ async fn bulk_transfer_many_streams() {
     }
 }
 
+/// A burst of connections grows each side's socket table; once they are closed it shrinks back,
+/// so neither the memory nor the per-poll walk over the table stays at the burst's size.
+#[tokio::test]
+async fn the_socket_table_shrinks_after_a_burst_of_connections() {
+    const BURST: usize = 200;
+    let (gw, ag, mut acceptor) = pair().await;
+    tokio::spawn(async move {
+        while let Some(mut s) = acceptor.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1];
+                let _ = s.read_exact(&mut buf).await;
+                let _ = s.write_all(&buf).await;
+                let _ = s.shutdown().await;
+                let _ = s.read(&mut buf).await; // until the Gateway side closes too
+            });
+        }
+    });
+    let mut streams = Vec::new();
+    for _ in 0..BURST {
+        let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
+            .await
+            .unwrap()
+            .unwrap();
+        c.write_all(b"x").await.unwrap();
+        streams.push(c);
+    }
+    for c in &mut streams {
+        let mut buf = [0u8; 1];
+        timeout(DEADLINE, c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let grown = (gw.peers()[0].socket_slots, ag.peers()[0].socket_slots);
+    assert!(
+        grown.0 >= BURST && grown.1 >= BURST,
+        "slots while open: {grown:?}"
+    );
+    for mut c in streams {
+        c.shutdown().await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = (gw.peers()[0].socket_slots, ag.peers()[0].socket_slots);
+        if now.0 <= 16 && now.1 <= 16 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "socket slots still {now:?} (were {grown:?} while open)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One stream's window leaves in bursts: many packets per UDP send (GSO), not one send (and one
 /// wake-up of the peer's task) per packet, which cost a single stream 90% of its throughput.
 #[tokio::test]

@@ -39,6 +39,7 @@ pub(crate) struct PeerPath {
     pub tx_packets: u64,
     pub tx_udp_sends: u64,
     pub rx_on_arrival: u64,
+    pub socket_slots: usize,
 }
 
 impl Peer {
@@ -57,6 +58,7 @@ impl Peer {
             tx_packets: st.nic.transmitted,
             tx_udp_sends: st.nic.udp_sends,
             rx_on_arrival: st.rx_on_arrival,
+            socket_slots: st.sockets.slots(),
         }
     }
 

@@ -148,4 +148,73 @@ impl<'a> SocketSet<'a> {
     pub(crate) fn items_mut(&mut self) -> impl Iterator<Item = &mut Item<'a>> + '_ {
         self.sockets.iter_mut().filter_map(|x| x.inner.as_mut())
     }
+
+    /// kakuremichi patch: the number of slots, live sockets and free ones (see `trim`).
+    pub fn slots(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// kakuremichi patch: gives back storage that a burst of sockets left behind. The empty
+    /// slots at the end of the set are dropped (the remaining sockets keep their handles), and
+    /// when what is left fills at most a quarter of the allocation, the allocation shrinks to
+    /// twice that. Without it a set keeps its largest size for good, and every poll walks it.
+    #[cfg(feature = "alloc")]
+    pub fn trim(&mut self) {
+        if let ManagedSlice::Owned(sockets) = &mut self.sockets {
+            let used = sockets
+                .iter()
+                .rposition(|slot| slot.inner.is_some())
+                .map_or(0, |last| last + 1);
+            sockets.truncate(used);
+            if used <= sockets.capacity() / 4 {
+                sockets.shrink_to(used * 2);
+            }
+        }
+    }
+}
+
+// kakuremichi patch regression test.
+#[cfg(all(test, feature = "alloc", feature = "socket-tcp"))]
+mod trim_test {
+    use super::*;
+    use crate::socket::tcp;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    fn socket() -> tcp::Socket<'static> {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        )
+    }
+
+    fn slots(set: &SocketSet<'_>) -> (usize, usize) {
+        match &set.sockets {
+            ManagedSlice::Owned(v) => (v.len(), v.capacity()),
+            ManagedSlice::Borrowed(b) => (b.len(), b.len()),
+        }
+    }
+
+    #[test]
+    fn test_trim_gives_back_the_slots_a_burst_left() {
+        let mut set = SocketSet::new(Vec::new());
+        let kept = set.add(socket());
+        let burst: Vec<_> = (0..99).map(|_| set.add(socket())).collect();
+        let last = set.add(socket());
+        for handle in burst {
+            set.remove(handle);
+        }
+        set.trim();
+        // The last socket holds its slot: nothing can be dropped yet.
+        assert_eq!(slots(&set).0, 101);
+        set.remove(last);
+        set.trim();
+        let (len, capacity) = slots(&set);
+        assert_eq!(len, 1);
+        assert!(capacity <= 2, "{capacity}");
+        // The socket kept its handle, and the set grows again as needed.
+        let _ = set.get_mut::<tcp::Socket>(kept);
+        assert_eq!(set.add(socket()), SocketHandle(1));
+        assert_eq!(set.iter().count(), 2);
+    }
 }
