@@ -177,6 +177,19 @@ impl CertStore {
             .expect("ring supports TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        // Resumption by stateless tickets (keys rotated by rustls, in memory only) instead of
+        // a server-side session cache: a cache entry per recent client, allocated among the
+        // connections' buffers, kept heap pages resident after a burst of new clients, and 256
+        // entries resume few clients of a busy Gateway anyway.
+        match rustls::crypto::ring::Ticketer::new() {
+            Ok(ticketer) => {
+                config.ticketer = ticketer;
+                config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no TLS session tickets; clients will not resume sessions")
+            }
+        }
         config.alpn_protocols = vec![
             b"h2".to_vec(),
             b"http/1.1".to_vec(),
@@ -238,6 +251,16 @@ mod tests {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
+    }
+
+    #[test]
+    fn sessions_resume_by_stateless_tickets_not_a_server_side_cache() {
+        let config = Arc::new(CertStore::new()).server_config();
+        assert!(config.ticketer.enabled(), "tickets are issued");
+        assert!(
+            !config.session_storage.can_cache(),
+            "no per-client state is kept"
+        );
     }
 
     #[test]
