@@ -315,7 +315,7 @@ impl PeerState {
     /// Runs the TCP/IP stack, then hands established connections to the acceptor and frees
     /// sockets nobody owns any more. Returns how long until the stack needs polling again.
     pub fn poll(&mut self, peer: &Arc<Peer>) -> Option<Duration> {
-        self.run_stack(peer, Pass::Everything);
+        let _ = self.run_stack(peer, Pass::Everything);
         self.syns_in_batch.clear();
         self.hand_over_accepted(peer);
         self.collect_orphans();
@@ -333,7 +333,7 @@ impl PeerState {
     /// retransmission timeout, so the driver, which re-reads every timer when it wakes, needs
     /// waking only when it sleeps longer than that.
     pub fn send_from_stream(&mut self, peer: &Arc<Peer>, handle: SocketHandle) {
-        self.run_stack(peer, Pass::Socket(handle));
+        let _ = self.run_stack(peer, Pass::Socket(handle));
         if self.driver_wakes_at > Instant::now() + MIN_RTO {
             peer.wake.notify_one();
         }
@@ -343,8 +343,14 @@ impl PeerState {
     /// sends at most one segment per socket per pass, so a window's worth goes out in GSO
     /// batches rather than one datagram per wake-up. A pass that sent only short segments (or
     /// none) means every socket has sent all it may.
-    fn run_stack(&mut self, peer: &Arc<Peer>, pass: Pass) {
+    ///
+    /// After received packets ([`Pass::Received`]) there is a single egress pass: bulk data
+    /// that an ACK lets out is left to the driver, which sends it in batches as before (sending
+    /// a window's worth on the receiving task, ACK by ACK, made bursts that a wireguard-go peer
+    /// dropped). Returns true when full-size segments left, so more may be waiting.
+    fn run_stack(&mut self, peer: &Arc<Peer>, pass: Pass) -> bool {
         let now = peer.shared.now();
+        let full_before = self.nic.transmitted_full;
         let Self {
             iface,
             nic,
@@ -371,7 +377,11 @@ impl PeerState {
                     iface.poll_egress_socket(now, nic, sockets, handle);
                 }
             }
-            while nic.transmitted_full != full && nic.transmitted.wrapping_sub(start) < TX_BATCH {
+            let batch = !matches!(pass, Pass::Received(_));
+            while batch
+                && nic.transmitted_full != full
+                && nic.transmitted.wrapping_sub(start) < TX_BATCH
+            {
                 full = nic.transmitted_full;
                 match pass {
                     Pass::Everything => iface.poll_egress(now, nic, sockets),
@@ -391,6 +401,7 @@ impl PeerState {
             }
         }
         nic.flush();
+        nic.transmitted_full != full_before
     }
 
     fn hand_over_accepted(&mut self, peer: &Arc<Peer>) {

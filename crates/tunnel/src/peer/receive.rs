@@ -31,10 +31,11 @@ impl Peer {
             // A packet of an established connection: only that socket can have anything new
             // to send. Like a stream's send, it arms no timer sooner than the minimum
             // retransmission timeout (delayed ACKs wait as long), so the driver needs waking
-            // only if it sleeps longer than that.
+            // only if it sleeps longer than that, or to send the rest of a window that an ACK
+            // opened (one pass here sends one segment).
             Some(Some(socket)) if st.nic.rx.len() == 1 => {
-                st.run_stack(self, Pass::Received(socket));
-                if st.driver_wakes_at > Instant::now() + MIN_RTO {
+                let more = st.run_stack(self, Pass::Received(socket));
+                if more || st.driver_wakes_at > Instant::now() + MIN_RTO {
                     self.wake.notify_one();
                 }
             }
