@@ -143,7 +143,11 @@ fn bad_cookies_are_sent_to_sign_in() {
     // character's low bits are padding, which a decoder may ignore, so changing it could be a
     // no-op, and it is 'A' for a quarter of all signatures).
     let at = good.rfind('.').unwrap() + 1;
-    let flipped = if good[at..].starts_with('A') { "B" } else { "A" };
+    let flipped = if good[at..].starts_with('A') {
+        "B"
+    } else {
+        "A"
+    };
     let tampered = format!("{}{flipped}{}", &good[..at], &good[at + 1..]);
     for bad in [other_host.as_str(), tampered.as_str(), "garbage", ""] {
         let cookie = format!("km_access={bad}");
