@@ -24,6 +24,14 @@ async fn pair() -> (Device, Device, Acceptor) {
 }
 
 /// An "agent" device peered with `gw`, once their handshake has completed.
+/// A connection from `gw` to the Agent's port 8080, within the deadline.
+async fn dial(gw: &Device) -> kakuremichi_tunnel::TunnelStream {
+    timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
+        .await
+        .expect("connects in time")
+        .expect("connects")
+}
+
 async fn join(gw: &Device) -> (Device, Acceptor) {
     let (ag, acceptor) = Device::bind(DeviceConfig::new(
         PrivateKey::generate(),
@@ -68,10 +76,7 @@ async fn dial_accept_and_echo_both_ways() {
         s.write_all(b" world").await.unwrap();
         s.shutdown().await.unwrap();
     });
-    let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut c = dial(&gw).await;
     c.write_all(b"hello").await.unwrap();
     let mut out = String::new();
     timeout(DEADLINE, c.read_to_string(&mut out))
@@ -153,10 +158,7 @@ async fn the_socket_table_shrinks_after_a_burst_of_connections() {
     });
     let mut streams = Vec::new();
     for _ in 0..BURST {
-        let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut c = dial(&gw).await;
         c.write_all(b"x").await.unwrap();
         streams.push(c);
     }
@@ -206,10 +208,7 @@ async fn a_bulk_stream_sends_its_packets_in_batches() {
             }
         }
     });
-    let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut c = dial(&gw).await;
     let before = gw.peers()[0].clone();
     let data = vec![7u8; BYTES];
     timeout(Duration::from_secs(60), async {
@@ -246,10 +245,7 @@ async fn single_datagrams_are_handled_on_arrival() {
             s.write_all(&buf).await.unwrap();
         }
     });
-    let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut c = dial(&gw).await;
     let (gw_before, ag_before) = (gw.peers()[0].rx_on_arrival, ag.peers()[0].rx_on_arrival);
     for round in 0..ROUNDS {
         let request = [round as u8; 600];
@@ -286,10 +282,7 @@ async fn a_write_to_an_idle_connection_leaves_before_the_writer_yields() {
         s.read_exact(&mut buf).await.unwrap();
         s.write_all(&buf).await.unwrap();
     });
-    let mut c = timeout(DEADLINE, gw.connect(SocketAddrV4::new(AG, 8080)))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut c = dial(&gw).await;
     let before = gw.peers()[0].tx_packets;
     // One poll of the write, no await in between: only the writing task can have sent it.
     let written = std::future::poll_fn(|cx| {
