@@ -364,30 +364,25 @@ impl PeerState {
             let start = nic.transmitted;
             let mut full = nic.transmitted_full;
             match pass {
+                Pass::Received(handle) => {
+                    while iface.poll_ingress_single(now, nic, sockets)
+                        != smoltcp::iface::PollIngressSingleResult::None
+                    {}
+                    iface.poll_egress_socket(now, nic, sockets, handle);
+                    return; // one pass: the rest of an opened window is the driver's
+                }
                 Pass::Everything => {
                     iface.poll(now, nic, sockets);
                 }
                 Pass::Socket(handle) => {
                     iface.poll_egress_socket(now, nic, sockets, handle);
                 }
-                Pass::Received(handle) => {
-                    while iface.poll_ingress_single(now, nic, sockets)
-                        != smoltcp::iface::PollIngressSingleResult::None
-                    {}
-                    iface.poll_egress_socket(now, nic, sockets, handle);
-                }
             }
-            let batch = !matches!(pass, Pass::Received(_));
-            while batch
-                && nic.transmitted_full != full
-                && nic.transmitted.wrapping_sub(start) < TX_BATCH
-            {
+            while nic.transmitted_full != full && nic.transmitted.wrapping_sub(start) < TX_BATCH {
                 full = nic.transmitted_full;
                 match pass {
-                    Pass::Everything => iface.poll_egress(now, nic, sockets),
-                    Pass::Socket(handle) | Pass::Received(handle) => {
-                        iface.poll_egress_socket(now, nic, sockets, handle)
-                    }
+                    Pass::Socket(handle) => iface.poll_egress_socket(now, nic, sockets, handle),
+                    _ => iface.poll_egress(now, nic, sockets),
                 };
             }
         }));

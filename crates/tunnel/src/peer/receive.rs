@@ -122,21 +122,24 @@ impl PeerState {
             }
         }
         let len = tunnel_packet?;
-        let packet = std::mem::take(&mut self.decap);
-        self.prepare_listener(peer, &packet[..len]);
-        let connection = tcp_ports(&packet[..len], peer.shared.address)
-            .and_then(|ports| self.connections.get(&ports).copied());
-        let queued = self.nic.push_rx(&packet[..len]);
-        self.decap = packet;
-        queued.then_some(connection)
+        let segment = Segment::parse(&self.decap[..len], peer.shared.address);
+        let mut connection = None;
+        if let Some(segment) = segment {
+            if segment.opens() {
+                self.prepare_listener(peer, segment.local_port);
+            } else if !segment.is_syn() {
+                connection = self
+                    .connections
+                    .get(&(segment.local_port, segment.remote_port))
+                    .copied();
+            }
+        }
+        self.nic.push_rx(&self.decap[..len]).then_some(connection)
     }
 
     /// Makes sure an incoming SYN for a served port finds a listening socket. smoltcp has no
     /// listen backlog, so we add one listener per SYN seen in this batch.
-    fn prepare_listener(&mut self, peer: &Peer, packet: &[u8]) {
-        let Some(port) = syn_port(packet, peer.shared.address) else {
-            return;
-        };
+    fn prepare_listener(&mut self, peer: &Peer, port: u16) {
         if !peer.shared.listening(port) {
             return;
         }
@@ -165,38 +168,41 @@ impl PeerState {
     }
 }
 
-/// The destination port of a TCP SYN (without ACK) addressed to `local`, if `packet` is one.
-fn syn_port(packet: &[u8], local: Ipv4Addr) -> Option<u16> {
-    let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
-        return None;
-    }
-    if packet.get(16..20)? != local.octets() {
-        return None;
-    }
-    let tcp = packet.get(ihl..)?;
-    let flags = *tcp.get(13)?;
-    (flags & 0x12 == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+/// What routing needs of a TCP packet addressed to this node: its ports and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    local_port: u16,
+    remote_port: u16,
+    flags: u8,
 }
 
-/// (local port, remote port) of a TCP packet addressed to `local`, if `packet` is one and not
-/// a SYN (which opens a connection rather than belonging to one).
-fn tcp_ports(packet: &[u8], local: Ipv4Addr) -> Option<(u16, u16)> {
-    let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
-        return None;
+impl Segment {
+    /// The TCP header of `packet` if it is an IPv4 TCP packet addressed to `local`.
+    fn parse(packet: &[u8], local: Ipv4Addr) -> Option<Segment> {
+        let ihl = usize::from(packet.first()? & 0x0f) * 4;
+        if packet.first()? >> 4 != 4 || ihl < 20 || *packet.get(9)? != 6 {
+            return None;
+        }
+        if packet.get(16..20)? != local.octets() {
+            return None;
+        }
+        let tcp = packet.get(ihl..ihl + 14)?;
+        Some(Segment {
+            local_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+            remote_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+            flags: tcp[13],
+        })
     }
-    if packet.get(16..20)? != local.octets() {
-        return None;
+
+    /// A SYN without ACK: it opens a connection to `local_port`.
+    fn opens(&self) -> bool {
+        self.flags & 0x12 == 0x02
     }
-    let tcp = packet.get(ihl..ihl + 14)?;
-    if tcp[13] & 0x02 != 0 {
-        return None;
+
+    /// Any SYN (a SYN-ACK too): it starts a connection rather than belonging to one.
+    fn is_syn(&self) -> bool {
+        self.flags & 0x02 != 0
     }
-    Some((
-        u16::from_be_bytes([tcp[2], tcp[3]]),
-        u16::from_be_bytes([tcp[0], tcp[1]]),
-    ))
 }
 
 #[cfg(test)]
@@ -211,6 +217,20 @@ mod tests {
         p[20 + 2..20 + 4].copy_from_slice(&8080u16.to_be_bytes());
         p[20 + 13] = flags;
         p
+    }
+
+    /// The port a packet opens a connection to, and the (local, remote) ports of a packet
+    /// that belongs to one, as `handle_datagram` reads them.
+    fn syn_port(packet: &[u8], us: Ipv4Addr) -> Option<u16> {
+        Segment::parse(packet, us)
+            .filter(Segment::opens)
+            .map(|s| s.local_port)
+    }
+
+    fn tcp_ports(packet: &[u8], us: Ipv4Addr) -> Option<(u16, u16)> {
+        Segment::parse(packet, us)
+            .filter(|s| !s.is_syn())
+            .map(|s| (s.local_port, s.remote_port))
     }
 
     #[test]
