@@ -263,6 +263,59 @@ mod tests {
         );
     }
 
+    /// Moves what `from` has to send into `to`, and lets `to` process it.
+    fn transfer(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+        let mut wire = Vec::new();
+        from.write_tls(&mut wire).unwrap();
+        let mut wire = &wire[..];
+        while !wire.is_empty() {
+            to.read_tls(&mut wire).unwrap();
+        }
+        to.process_new_packets().unwrap();
+    }
+
+    #[test]
+    fn a_returning_client_resumes_its_session() {
+        let store = Arc::new(CertStore::new());
+        let cert = self_signed("a.test");
+        store.apply(
+            &BTreeMap::from([("a.test".to_string(), cert.clone())]),
+            &AcmeChallenges::default(),
+        );
+        let server_config = store.server_config();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let client_config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        // One connection in memory; the client config keeps the tickets it was given.
+        let connect = || {
+            let mut client: rustls::Connection =
+                rustls::ClientConnection::new(client_config.clone(), "a.test".try_into().unwrap())
+                    .unwrap()
+                    .into();
+            let mut server: rustls::Connection =
+                rustls::ServerConnection::new(server_config.clone())
+                    .unwrap()
+                    .into();
+            // The handshake, then once more for the tickets sent after it.
+            for _ in 0..4 {
+                transfer(&mut client, &mut server);
+                transfer(&mut server, &mut client);
+            }
+            assert!(!client.is_handshaking() && !server.is_handshaking());
+            client.handshake_kind()
+        };
+        assert_eq!(connect(), Some(rustls::HandshakeKind::Full));
+        assert_eq!(connect(), Some(rustls::HandshakeKind::Resumed));
+    }
+
     #[test]
     fn sni_selects_the_matching_certificate_only() {
         let store = CertStore::new();
