@@ -19,7 +19,7 @@ pub(crate) enum Source {
 }
 
 impl Source {
-    pub(super) fn ip(&self) -> std::net::IpAddr {
+    pub(crate) fn ip(&self) -> std::net::IpAddr {
         match self {
             Source::Udp(addr) => addr.ip(),
             Source::Stream(link) => link.remote.ip(),
