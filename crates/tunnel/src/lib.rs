@@ -16,6 +16,7 @@
 //! The crates doing the work are wrapped here so that replacing one (e.g. boringtun by gotatun)
 //! touches only this crate.
 
+mod admission;
 pub mod frame;
 mod guard;
 mod keys;
@@ -38,7 +39,7 @@ use smoltcp::socket::tcp;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -191,7 +192,8 @@ struct Inner {
     receiver: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Cancelled when the device goes away: ends every stream link.
     streams: CancellationToken,
-    accepted_streams: Arc<AtomicUsize>,
+    /// Slots of the streams other nodes opened to us.
+    stream_slots: Arc<admission::StreamSlots>,
     /// Checks every handshake message before any X25519 work is done for it.
     guard: guard::HandshakeGuard,
 }
@@ -305,7 +307,7 @@ impl Device {
             next_index: AtomicU32::new(rand::random::<u32>() & 0xffff),
             receiver: std::sync::OnceLock::new(),
             streams: CancellationToken::new(),
-            accepted_streams: Arc::default(),
+            stream_slots: Arc::default(),
             guard: guard::HandshakeGuard::new(&public_key),
         });
         // Spawned only once the device exists: the loop stops when it cannot reach the device,
