@@ -12,12 +12,16 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
 use rand::RngCore;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 const GW: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const AG: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// An Agent that joins during the flood.
+const LATE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
 const DEADLINE: Duration = Duration::from_secs(10);
 /// Long enough to stall the old receive loop many times over (it failed within the first second).
 const FLOOD: Duration = Duration::from_secs(5);
@@ -32,9 +36,19 @@ async fn a_handshake_flood_does_not_stall_requests_through_the_tunnel() {
         (gw.local_addr().unwrap(), gw.public_key()),
         (ag.local_addr().unwrap(), ag.public_key()),
     ]);
+    let under_load = flooder.cookies.clone();
     // A thread of its own that stops by itself: a stalled runtime could not stop it.
     let flood = std::thread::spawn(move || flooder.run(FLOOD));
     let started = Instant::now();
+    // A new Agent handshakes once the Gateway is under load (it sends cookie replies): it gets
+    // one too, and succeeds on its next attempt, with a valid mac2, from an address of its own.
+    let (gw2, first) = (gw.clone(), ag.public_key());
+    let late = tokio::spawn(async move {
+        while under_load.load(Ordering::Relaxed) == 0 && started.elapsed() < FLOOD {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        join_late(gw2, first).await
+    });
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
         let gw = gw.clone();
@@ -55,13 +69,14 @@ async fn a_handshake_flood_does_not_stall_requests_through_the_tunnel() {
         results.extend(w.await.unwrap());
     }
     let flood = flood.join().unwrap();
+    let late = late.await.unwrap();
     let failed = results.iter().filter(|(ok, _)| !ok).count();
     let mut latency: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
     latency.sort();
     let pct = |p: usize| latency[(latency.len() * p / 100).min(latency.len() - 1)];
     eprintln!(
         "flood: {} packets in {:.1?} ({:.0}/s), {} cookie replies used; requests: {} of {} failed, \
-         latency p50 {:.1?} p99 {:.1?} max {:.1?}",
+         latency p50 {:.1?} p99 {:.1?} max {:.1?}; a new Agent's handshake took {:.1?}",
         flood.sent,
         flood.elapsed,
         flood.sent as f64 / flood.elapsed.as_secs_f64(),
@@ -71,6 +86,7 @@ async fn a_handshake_flood_does_not_stall_requests_through_the_tunnel() {
         pct(50),
         pct(99),
         latency.last().unwrap(),
+        late,
     );
     // The old receive loop stalled at 22,000 initiations/s; this debug-build flooder sends
     // 40,000-80,000/s on a busy 2-core machine.
@@ -80,36 +96,53 @@ async fn a_handshake_flood_does_not_stall_requests_through_the_tunnel() {
     );
     assert!(results.len() >= 100, "requests flowed: {}", results.len());
     assert!(
+        late.is_some(),
+        "a new Agent completes its handshake during the flood"
+    );
+    assert!(
         failed * 100 < results.len(),
         "{failed} of {} requests failed during the flood",
         results.len()
     );
 }
 
-/// A gateway-like device and an agent-like one (initiating, echoing on port 8080), handshaken.
-async fn pair() -> (Device, Device) {
-    let bind = |address| {
-        Device::bind(DeviceConfig::new(
-            PrivateKey::generate(),
-            address,
-            "127.0.0.1:0".parse().unwrap(),
-        ))
-    };
-    let (gw, _) = bind(GW).await.unwrap();
-    let (ag, mut acceptor) = bind(AG).await.unwrap();
-    gw.set_peers(vec![PeerConfig {
-        public_key: ag.public_key(),
-        allowed_ip: AG,
+async fn bind(address: Ipv4Addr) -> (Device, kakuremichi_tunnel::Acceptor) {
+    Device::bind(DeviceConfig::new(
+        PrivateKey::generate(),
+        address,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap()
+}
+
+/// The Gateway's peer entry for an Agent.
+fn agent(public_key: PublicKey, allowed_ip: Ipv4Addr) -> PeerConfig {
+    PeerConfig {
+        public_key,
+        allowed_ip,
         endpoint: None,
         persistent_keepalive: None,
-    }]);
-    ag.set_listen_ports([8080]);
-    ag.set_peers(vec![PeerConfig {
+    }
+}
+
+/// An Agent's peer entry for the Gateway.
+fn gateway(gw: &Device) -> PeerConfig {
+    PeerConfig {
         public_key: gw.public_key(),
         allowed_ip: GW,
         endpoint: Some(gw.local_addr().unwrap()),
         persistent_keepalive: Some(25),
-    }]);
+    }
+}
+
+/// A gateway-like device and an agent-like one (initiating, echoing on port 8080), handshaken.
+async fn pair() -> (Device, Device) {
+    let (gw, _) = bind(GW).await;
+    let (ag, mut acceptor) = bind(AG).await;
+    gw.set_peers(vec![agent(ag.public_key(), AG)]);
+    ag.set_listen_ports([8080]);
+    ag.set_peers(vec![gateway(&gw)]);
     tokio::spawn(async move {
         while let Some(mut s) = acceptor.accept().await {
             tokio::spawn(async move {
@@ -128,6 +161,23 @@ async fn pair() -> (Device, Device) {
     .await
     .expect("the tunnel comes up");
     (gw, ag)
+}
+
+/// Adds a new Agent next to `first`; how long its handshake took, if it completed during the flood.
+async fn join_late(gw: Device, first: PublicKey) -> Option<Duration> {
+    let started = Instant::now();
+    let (late, _) = bind(LATE).await;
+    gw.set_peers(vec![agent(first, AG), agent(late.public_key(), LATE)]);
+    late.set_peers(vec![gateway(&gw)]);
+    let key = gw.public_key();
+    timeout(FLOOD, async {
+        while late.peer(&key).and_then(|p| p.since_handshake).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
 }
 
 /// One request: a new connection through the tunnel, 64 bytes there and back.
@@ -150,6 +200,8 @@ struct Target {
 struct Flooder {
     socket: UdpSocket,
     targets: Vec<Target>,
+    /// Cookie replies received so far: the target is under load.
+    cookies: Arc<AtomicU64>,
 }
 
 struct FloodReport {
@@ -164,7 +216,8 @@ const MAC1_RING: usize = 4096;
 
 impl Flooder {
     fn new(targets: &[(SocketAddr, PublicKey)]) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // An address of its own: a source address is all that tells an attacker from an Agent.
+        let socket = UdpSocket::bind("127.0.0.2:0").unwrap();
         socket.set_nonblocking(true).unwrap();
         let hash = |label: &[u8], key: &PublicKey| -> [u8; 32] {
             Blake2s256::new()
@@ -182,7 +235,11 @@ impl Flooder {
                 cookie: None,
             })
             .collect();
-        Self { socket, targets }
+        Self {
+            socket,
+            targets,
+            cookies: Arc::default(),
+        }
     }
 
     fn run(mut self, duration: Duration) -> FloodReport {
@@ -194,7 +251,8 @@ impl Flooder {
         let started = Instant::now();
         while started.elapsed() < duration {
             let index = sent as u32;
-            let target = &self.targets[sent as usize % self.targets.len()];
+            // Each target gets both kinds: random ones and ones with a valid mac1.
+            let target = &self.targets[(sent / 2) as usize % self.targets.len()];
             msg[4..8].copy_from_slice(&index.to_le_bytes());
             rng.fill_bytes(&mut msg[8..]);
             if sent % 2 == 1 {
@@ -211,6 +269,7 @@ impl Flooder {
             }
             if sent % 256 == 0 {
                 cookies += self.take_cookies(&mac1s);
+                self.cookies.store(cookies, Ordering::Relaxed);
             }
         }
         FloodReport {
