@@ -266,3 +266,46 @@ async fn idle_unauthenticated_streams_do_not_lock_an_agent_out() {
     }
     assert_eq!(refused, 12, "20 streams from one address, 8 may wait");
 }
+
+/// Handshakes that arrive over a stream pass the same guard as over UDP: a flood of forged
+/// initiations (valid mac1, anybody can compute it) puts the device under load, and from then
+/// on it answers with cookie replies instead of spending X25519 on each.
+#[tokio::test]
+async fn forged_handshakes_over_an_accepted_stream_get_cookie_replies() {
+    use blake2::digest::consts::U16;
+    use blake2::digest::{FixedOutput, KeyInit, Update};
+    use blake2::{Blake2s256, Blake2sMac, Digest};
+    use kakuremichi_tunnel::frame;
+    use rand::RngCore;
+
+    let (gw, _) = device(GW).await;
+    let (mut ours, theirs) = tokio::io::duplex(1 << 20);
+    gw.accept_stream(theirs, "192.0.2.9:1234".parse().unwrap());
+    let mac1_key = Blake2s256::new()
+        .chain_update(b"mac1----")
+        .chain_update(gw.public_key().as_bytes())
+        .finalize();
+    let mut wire = Vec::new();
+    for i in 0..600u32 {
+        let mut msg = [0u8; 148];
+        msg[..4].copy_from_slice(&1u32.to_le_bytes());
+        msg[4..8].copy_from_slice(&i.to_le_bytes());
+        rand::thread_rng().fill_bytes(&mut msg[8..116]);
+        let mut mac = <Blake2sMac<U16> as KeyInit>::new_from_slice(&mac1_key).unwrap();
+        Update::update(&mut mac, &msg[..116]);
+        msg[116..132].copy_from_slice(&mac.finalize_fixed());
+        frame::encode(&mut wire, &msg);
+    }
+    let writer = tokio::spawn(async move {
+        ours.write_all(&wire).await.unwrap();
+        ours
+    });
+    let mut ours = writer.await.unwrap();
+    let mut buf = Box::new([0u8; frame::MAX_FRAME]);
+    let n = timeout(DEADLINE, frame::read(&mut ours, &mut buf))
+        .await
+        .expect("a cookie reply in time")
+        .unwrap()
+        .expect("a reply, not the end of the stream");
+    assert_eq!((n, buf[0]), (64, 3), "a cookie reply");
+}
