@@ -58,9 +58,12 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
+        // Per hostname, the certificate of the source its tunnel asks for (one row at most:
+        // hostnames are unique among tunnels).
         let certs: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT hostname, source, cert_pem, key_pem FROM certificates \
-             WHERE cert_pem IS NOT NULL AND key_pem IS NOT NULL",
+            "SELECT c.hostname, c.source, c.cert_pem, c.key_pem FROM certificates AS c \
+             JOIN tunnels AS t ON t.hostname = c.hostname AND t.tls = c.source \
+             WHERE c.cert_pem IS NOT NULL AND c.key_pem IS NOT NULL",
         )
         .fetch_all(&mut *tx)
         .await?;

@@ -18,6 +18,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant, MissedTickBehavior};
 
+/// The `Error` code (the session's 409) for a hello whose public key another node holds.
+pub const KEY_IN_USE: &str = "public_key_in_use";
+
 /// How often `last_seen` is refreshed while a session stays open.
 const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
 
@@ -47,6 +50,14 @@ impl From<StoreError> for End {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => End::error("revoked", "this node was deleted from Control"),
+            StoreError::KeyInUse(holder) => End::error(
+                KEY_IN_USE,
+                format!(
+                    "this WireGuard public key is already registered to {holder}; every node needs \
+                     its own key: delete this node's *-wireguard.key file so that it generates a \
+                     new one, then reconnect"
+                ),
+            ),
             e => {
                 tracing::error!(error = %e, "node session: database error");
                 End::Close(close_code::ERROR, "internal error")
@@ -186,12 +197,12 @@ impl Session {
             ));
         }
         validate::public_key(&public_key).map_err(|e| End::error("bad_hello", e.0))?;
-        if self
-            .hub
-            .store()
-            .node_connected(self.node, &public_key)
-            .await?
-        {
+        let connected = self.hub.store().node_connected(self.node, &public_key).await;
+        if let Err(StoreError::KeyInUse(holder)) = &connected {
+            // Public keys are not secrets: naming it lets an operator find the clone.
+            tracing::warn!(node = %self.node, %holder, %public_key, "refusing a hello: the public key belongs to another node");
+        }
+        if connected? {
             tracing::info!(node = %self.node, "node public key changed");
             self.hub.changed();
         }
