@@ -1,10 +1,12 @@
 //! Node identities under abuse: a WireGuard public key belongs to one node (a second node
-//! presenting it is refused and changes nothing).
+//! presenting it is refused and changes nothing), and rotating an Agent's API key ends the
+//! session opened with the old one.
 
 mod common;
 
 use common::*;
 use kakuremichi_proto::{ControlMessage, NodeRole, PROTOCOL_VERSION};
+use reqwest::StatusCode;
 use std::time::Duration;
 
 const PUSH: Duration = Duration::from_secs(2);
@@ -131,5 +133,53 @@ async fn a_second_node_cannot_claim_a_held_public_key() {
         matches!(answer, ControlMessage::Welcome { .. }),
         "{answer:?}"
     );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn rotating_an_agent_key_ends_its_live_session() {
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let agent = c.agent("home").await;
+    let (id, old_key) = (
+        agent["id"].as_i64().unwrap(),
+        agent["api_key"].as_str().unwrap().to_string(),
+    );
+    let (mut ws, _, _) = c.node(&old_key, NodeRole::Agent, None).await;
+    next_config(&mut ws, PUSH).await;
+
+    let (s, rotated) = c
+        .post(
+            &format!("/api/v1/agents/{id}/rotate-key"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{rotated}");
+    let new_key = rotated["api_key"].as_str().unwrap().to_string();
+
+    // The old key's session is told and closed at once.
+    match within(PUSH, try_next_message(&mut ws)).await {
+        Some(ControlMessage::Error { code, message }) => {
+            assert_eq!(code, "revoked", "{message}");
+            assert!(message.contains("rotated"), "{message}");
+        }
+        other => panic!("expected revoked, got {other:?}"),
+    }
+    assert!(within(PUSH, try_next_message(&mut ws)).await.is_none());
+    let offline = || async {
+        let (_, a) = c.get(&format!("/api/v1/agents/{id}")).await;
+        a["status"] == "offline"
+    };
+    eventually(PUSH, "the agent shows offline", offline).await;
+
+    // The old key opens nothing; the new one works and is not ended by the earlier rotation.
+    match c.ws(&old_key).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    let (mut ws, _, _) = c.node(&new_key, NodeRole::Agent, None).await;
+    next_config(&mut ws, PUSH).await;
+    c.tunnel("app.example.com", id, "localhost:80").await;
+    config_where(&mut ws, |s| s.services.len() == 1).await;
     c.stop().await;
 }
