@@ -12,7 +12,9 @@
 //!
 //! HTTPS per tunnel: `tls` (`acme`, `internal` or `off`; default Control's `default_tls`, itself
 //! `acme` unless configured), `https_redirect` (default true: plain HTTP gets a 308 to https, and
-//! HTTPS responses carry HSTS), and the read-only `certificate` status (null when `tls` is off).
+//! HTTPS responses carry HSTS), and the read-only `certificate` status (null when `tls` is off):
+//! `status` is `pending`, `issued`, `failed` or `waiting` (an hourly ACME order cap holds the
+//! order back; `last_error` says "waiting: hourly order limit (...), next try at <time>").
 
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
