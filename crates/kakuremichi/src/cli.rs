@@ -103,6 +103,22 @@ struct ControlArgs {
     /// failure), http-01 (port 80 must reach the Gateways) or tls-alpn-01 (port 443 only).
     #[arg(long, env = "KAKUREMICHI_ACME_CHALLENGE", default_value = "auto")]
     acme_challenge: kakuremichi_control::ChallengeChoice,
+    /// Most ACME orders per member per hour (new names, renewals); more wait, and the tunnel's
+    /// certificate status says until when. The admins' tunnels count per domain only. 0 = no cap.
+    #[arg(
+        long,
+        env = "KAKUREMICHI_ACME_ORDERS_PER_USER_HOUR",
+        default_value_t = 10
+    )]
+    acme_orders_per_user_hour: u32,
+    /// Most ACME orders per registered domain (e.g. example.co.uk, from the Public Suffix List)
+    /// per hour, whoever owns the tunnels; more wait. 0 = no cap.
+    #[arg(
+        long,
+        env = "KAKUREMICHI_ACME_ORDERS_PER_DOMAIN_HOUR",
+        default_value_t = 20
+    )]
+    acme_orders_per_domain_hour: u32,
     /// TLS of tunnels created without a `tls` field: acme, internal or off.
     #[arg(long, env = "KAKUREMICHI_DEFAULT_TLS", default_value = "acme")]
     default_tls: kakuremichi_control::TlsMode,
@@ -257,6 +273,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     eab_kid: a.acme_eab_kid,
                     eab_hmac_key: a.acme_eab_hmac_key,
                     challenge: a.acme_challenge,
+                    limits: kakuremichi_control::OrderLimits {
+                        per_user: a.acme_orders_per_user_hour,
+                        per_domain: a.acme_orders_per_domain_hour,
+                    },
                     ..Default::default()
                 },
                 default_tls: a.default_tls,
