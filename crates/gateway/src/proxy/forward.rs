@@ -15,13 +15,16 @@ use kakuremichi_proto::GatewayRoute;
 use std::net::Ipv4Addr;
 
 use super::headers::{self, ClientHost, HostError};
+use super::limits::Counted;
 use super::pages;
 use super::redirect;
 use super::server::{ClientConn, ConnGuard};
 use super::{Proxy, Scheme};
+use tokio::sync::OwnedSemaphorePermit;
 
-/// Either the origin's streamed body or a page the proxy wrote itself.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Either the origin's streamed body (holding the tunnel's concurrency permit, if it has a cap)
+/// or a page the proxy wrote itself.
+pub(crate) type ProxyBody = Either<Counted<Incoming>, Full<Bytes>>;
 
 /// The client's streamed body, or nothing: a request known to have no body can be sent again to
 /// another replica when a connect fails.
@@ -63,6 +66,17 @@ impl Proxy {
         let Some(route) = self.routes.get(&host.name) else {
             return local(pages::not_found(Some(&host.name)));
         };
+        // The tunnel's IP lists and rate before anything else; ACME validations always pass.
+        let limiter = self
+            .routes
+            .limits()
+            .get(route.tunnel_id)
+            .filter(|_| !redirect::is_acme_path(req.uri().path()));
+        if let Some(limiter) = &limiter {
+            if let Err(page) = limiter.admit(conn.peer.ip()) {
+                return local(*page);
+            }
+        }
         let has_certificate = self.certs.has_certificate(&host.name);
         if redirect::should_redirect(conn.scheme, &route, has_certificate) {
             let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -72,8 +86,13 @@ impl Proxy {
         if let Err(page) = self.access.admit(&mut req, &host, &route, conn.scheme) {
             return local(*page);
         }
+        // Only requests that reach the origin occupy one of its concurrent slots.
+        let permit = match limiter.map(|l| l.acquire()).transpose() {
+            Ok(permit) => permit.flatten(),
+            Err(page) => return local(*page),
+        };
         let scheme = conn.scheme;
-        match self.forward(req, &host, &route, conn).await {
+        match self.forward(req, &host, &route, conn, permit).await {
             Ok(mut response) => {
                 redirect::add_hsts(response.headers_mut(), scheme, &route);
                 response
@@ -91,6 +110,7 @@ impl Proxy {
         host: &ClientHost,
         route: &GatewayRoute,
         conn: ClientConn,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let upgrade = headers::upgrade_request(req.version(), req.headers());
         // Taken before the request is moved upstream; it resolves once our 101 reaches the client.
@@ -118,19 +138,21 @@ impl Proxy {
         };
 
         let mut switched_to = None;
+        let mut permit = permit;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let client_upgrade = client_upgrade.ok_or(ForwardError::UnexpectedUpgrade)?;
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             switched_to = response.headers().get(UPGRADE).cloned();
+            // The upgraded connection keeps the request's slot until it closes.
             tokio::spawn(splice(
                 client_upgrade,
                 upstream_upgrade,
-                conn.guard,
+                (conn.guard, permit.take()),
                 host.name.clone(),
             ));
         }
         headers::prepare_response(response.headers_mut(), switched_to);
-        Ok(response.map(Either::Left))
+        Ok(response.map(|body| Either::Left(Counted::new(body, permit))))
     }
 }
 
@@ -197,7 +219,12 @@ fn upstream_uri(agent_address: Ipv4Addr, port: u16, uri: &Uri) -> Result<Uri, ht
 
 /// Copies bytes both ways between the upgraded client and origin connections until either side
 /// closes, or the server's drain deadline passes.
-async fn splice(client: OnUpgrade, upstream: OnUpgrade, mut guard: ConnGuard, host: String) {
+async fn splice(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    (mut guard, _permit): (ConnGuard, Option<OwnedSemaphorePermit>),
+    host: String,
+) {
     let run = async {
         let (client, upstream) = tokio::try_join!(client, upstream)?;
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
@@ -247,6 +274,7 @@ mod tests {
             hsts_max_age: 0,
             replicas: Vec::new(),
             access: Default::default(),
+            limits: Default::default(),
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(
