@@ -40,9 +40,14 @@ use super::pages::{escape, page};
 
 /// Buckets are spread over this many locks, by client.
 const SHARDS: usize = 16;
-/// Most clients whose buckets are tracked per tunnel (about 40 bytes each).
-pub(crate) const MAX_CLIENTS: usize = 16_384;
-const PER_SHARD: usize = MAX_CLIENTS / SHARDS;
+/// Most clients tracked per shard. Evictions leave tombstones that can make the table double
+/// once, to 2,048 slots of 25 bytes (~51 KiB), never more (a unit test hammers it).
+const PER_SHARD: usize = 896;
+/// Most clients whose buckets are tracked per tunnel (14,336; at most ~820 KiB per tunnel).
+pub(crate) const MAX_CLIENTS: usize = PER_SHARD * SHARDS;
+/// A full shard drops its refilled buckets at most this often (nanoseconds); in between, a new
+/// client replaces an arbitrary one, so a flood of new addresses costs O(1) per request.
+const SWEEP_EVERY_NS: u64 = 100_000_000;
 /// `Retry-After` when the concurrency cap is reached: requests usually end within a second.
 const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
 
@@ -188,7 +193,14 @@ struct Buckets {
     interval_ns: u64,
     tolerance_ns: u64,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<ClientKey, u64>>]>,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+/// Clients → their theoretical arrival time, and when refilled entries were last dropped.
+#[derive(Default)]
+struct Shard {
+    clients: HashMap<ClientKey, u64>,
+    swept_at: u64,
 }
 
 impl Buckets {
@@ -208,11 +220,11 @@ impl Buckets {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let shard = &self.shards[self.hasher.hash_one(client) as usize % SHARDS];
         // A panic elsewhere cannot leave a map half-updated in a way that matters here.
-        let mut clients = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        if clients.len() >= PER_SHARD && !clients.contains_key(&client) {
-            make_room(&mut clients, now);
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if shard.clients.len() >= PER_SHARD && !shard.clients.contains_key(&client) {
+            shard.make_room(now);
         }
-        let tat = clients.entry(client).or_insert(now);
+        let tat = shard.clients.entry(client).or_insert(now);
         let next = (*tat).max(now).saturating_add(self.interval_ns);
         let ahead = next - now;
         if ahead > self.tolerance_ns {
@@ -222,21 +234,29 @@ impl Buckets {
         Ok(())
     }
 
+    /// Clients tracked, and the largest capacity of a shard's table.
     #[cfg(test)]
-    fn tracked(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+    fn tracked(&self) -> (usize, usize) {
+        let shards = self.shards.iter().map(|s| {
+            let shard = s.lock().unwrap_or_else(PoisonError::into_inner);
+            (shard.clients.len(), shard.clients.capacity())
+        });
+        shards.fold((0, 0), |(n, cap), (len, c)| (n + len, cap.max(c)))
     }
 }
 
-/// Drops the clients whose buckets are full again; if none is, one arbitrary client.
-fn make_room(clients: &mut HashMap<ClientKey, u64>, now: u64) {
-    clients.retain(|_, tat| *tat > now);
-    if clients.len() >= PER_SHARD {
-        if let Some(key) = clients.keys().next().copied() {
-            clients.remove(&key);
+impl Shard {
+    /// Drops the clients whose buckets are full again (unless that was just done); if that
+    /// frees nothing, one arbitrary client.
+    fn make_room(&mut self, now: u64) {
+        if now.saturating_sub(self.swept_at) >= SWEEP_EVERY_NS || self.swept_at == 0 {
+            self.swept_at = now.max(1);
+            self.clients.retain(|_, tat| *tat > now);
+        }
+        if self.clients.len() >= PER_SHARD {
+            if let Some(key) = self.clients.keys().next().copied() {
+                self.clients.remove(&key);
+            }
         }
     }
 }

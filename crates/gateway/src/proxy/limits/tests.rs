@@ -115,16 +115,25 @@ fn tracked_clients_are_bounded() {
         per_second: 1,
         burst: 1,
     });
-    for i in 0..(MAX_CLIENTS as u32 * 3) {
+    for i in 0..(MAX_CLIENTS as u32 * 4) {
         let _ = buckets.take(ClientKey::V4(i));
+        let _ = buckets.take(ClientKey::V6(u64::from(i) << 8));
     }
-    let tracked = buckets.tracked();
+    let (tracked, capacity) = buckets.tracked();
     assert!(tracked <= MAX_CLIENTS, "{tracked}");
     assert!(tracked > MAX_CLIENTS / 2, "{tracked}");
+    // Every shard's table stays within 2,048 slots (1,792 usable), whatever the churn.
+    assert!(capacity <= 1792, "{capacity}");
     // Refilled buckets are dropped first, and lose nothing.
-    let mut clients = HashMap::from([(ClientKey::V4(1), 5), (ClientKey::V4(2), 50)]);
-    make_room(&mut clients, 10);
-    assert_eq!(clients.into_keys().collect::<Vec<_>>(), [ClientKey::V4(2)]);
+    let mut shard = Shard {
+        clients: HashMap::from([(ClientKey::V4(1), 5), (ClientKey::V4(2), 50)]),
+        swept_at: 0,
+    };
+    shard.make_room(10);
+    assert_eq!(
+        shard.clients.into_keys().collect::<Vec<_>>(),
+        [ClientKey::V4(2)]
+    );
 }
 
 #[test]
