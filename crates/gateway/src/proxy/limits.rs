@@ -40,11 +40,11 @@ use super::pages::{escape, page};
 
 /// Buckets are spread over this many locks, by client.
 const SHARDS: usize = 16;
-/// Most clients tracked per shard. Evictions leave tombstones that can make the table double
+/// Most clients whose buckets are tracked per tunnel (at most ~820 KiB per tunnel).
+const MAX_CLIENTS: usize = 14_336;
+/// Most clients tracked per shard (896). Evictions leave tombstones that can make a table double
 /// once, to 2,048 slots of 25 bytes (~51 KiB), never more (a unit test hammers it).
-const PER_SHARD: usize = 896;
-/// Most clients whose buckets are tracked per tunnel (14,336; at most ~820 KiB per tunnel).
-pub(crate) const MAX_CLIENTS: usize = PER_SHARD * SHARDS;
+const PER_SHARD: usize = MAX_CLIENTS / SHARDS;
 /// A full shard drops its refilled buckets at most this often (nanoseconds); in between, a new
 /// client replaces an arbitrary one, so a flood of new addresses costs O(1) per request.
 const SWEEP_EVERY_NS: u64 = 100_000_000;
