@@ -185,6 +185,18 @@ async fn the_tunnel_form_sets_shows_and_keeps_limits() {
         ("rate_limit_burst", ""),
         ("max_concurrent_requests", "8"),
     ];
+    // The create form offers the limits, empty.
+    let list = b
+        .get(c.url("/tunnels"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains(r#"autocomplete="off"></textarea>"#), "{list}");
+    assert!(list.contains(r#"name="max_concurrent_requests" inputmode="numeric" pattern="[0-9]*" placeholder="no limit" value="""#), "{list}");
     let res = post("/tunnels", limited).await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let (_, t) = c.get("/api/v1/tunnels/1").await;
