@@ -164,6 +164,7 @@ impl Setup {
             replicas: Vec::new(),
             access: Default::default(),
             owner_id: owner,
+            limits: Default::default(),
         };
         self.store.create_tunnel(&new).await.unwrap().id
     }

@@ -1,9 +1,13 @@
 //! Tunnels: create, change, delete. A member may only put tunnels on agents they own.
 
+use super::limits::LimitsInput;
 use super::{audit, require_owner};
 use crate::api::{about, ApiError, AppState};
 use crate::certs::TlsMode;
-use crate::store::{NewTunnel, TunnelPatch, TunnelRow, UserRow, MAX_AGENTS_PER_TUNNEL};
+use crate::store::limits::limits_of;
+use crate::store::{
+    NewTunnel, TunnelLimits, TunnelPatch, TunnelRow, UserRow, MAX_AGENTS_PER_TUNNEL,
+};
 use crate::validate;
 use kakuremichi_proto::AccessPolicy;
 use serde_json::json;
@@ -20,6 +24,8 @@ pub struct TunnelInput {
     pub tls: Option<TlsMode>,
     pub https_redirect: Option<bool>,
     pub access: Option<AccessPolicy>,
+    /// IP lists, rate and concurrency limits enforced by the Gateways.
+    pub limits: LimitsInput,
 }
 
 fn hostname(input: &str) -> Result<String, ApiError> {
@@ -136,6 +142,10 @@ pub async fn create(
         https_redirect: input.https_redirect.unwrap_or(true),
         owner_id: (!user.is_admin).then_some(user.id),
         access: access(input.access.unwrap_or_default())?,
+        limits: input
+            .limits
+            .check(&TunnelLimits::default())?
+            .apply(TunnelLimits::default()),
         replicas,
     };
     require_agent(state, user, agent_id).await?;
@@ -145,7 +155,11 @@ pub async fn create(
     let row = state.store.create_tunnel(&new).await?;
     state.hub.changed();
     tracing::info!(tunnel_id = row.id, hostname = %row.hostname, agent_id = row.agent_id, tls = %row.tls, "tunnel created");
-    let detail = json!({"agent_id": row.agent_id, "target": row.target, "tls": row.tls});
+    let limits = limits_of(&row);
+    let detail = json!({
+        "agent_id": row.agent_id, "target": row.target, "tls": row.tls,
+        "limits": (limits != TunnelLimits::default()).then_some(limits),
+    });
     audit(state, Some(user), "tunnel.create", label(&row), detail).await;
     Ok(row)
 }
@@ -173,6 +187,7 @@ pub async fn update(
         enabled: input.enabled,
         tls: input.tls.map(|t| t.as_str().to_string()),
         https_redirect: input.https_redirect,
+        limits: input.limits.check(&limits_of(&current))?,
     };
     for agent in touched_agents(state, &current, &patch).await? {
         require_agent(state, user, agent).await?;
@@ -187,6 +202,7 @@ pub async fn update(
         "hostname": patch.hostname, "agent_id": patch.agent_id, "target": patch.target,
         "enabled": patch.enabled, "tls": patch.tls, "https_redirect": patch.https_redirect,
         "replicas": patch.replicas, "access": patch.access,
+        "limits": (!patch.limits.is_empty()).then(|| limits_of(&row)),
     });
     audit(state, Some(user), "tunnel.update", label(&row), detail).await;
     Ok(row)

@@ -55,6 +55,7 @@ fn route(access: AccessPolicy) -> GatewayRoute {
         hsts_max_age: 0,
         replicas: Vec::new(),
         access,
+        limits: Default::default(),
     }
 }
 
