@@ -115,6 +115,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not found"),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             StoreError::Invalid(m) => ApiError::bad_request(m),
+            StoreError::Quota(m) => ApiError::forbidden(m),
             e @ (StoreError::Db(_) | StoreError::Migrate(_)) => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::internal()

@@ -11,6 +11,7 @@ mod audit;
 mod certs;
 mod gateways;
 mod nodes;
+mod quotas;
 mod replicas;
 mod sessions;
 mod settings;
@@ -24,6 +25,7 @@ pub use audit::{Actor, AuditRow};
 pub use certs::{CertRow, NewCert};
 pub use gateways::{GatewayPatch, GatewayRow};
 pub use nodes::{NodeKind, NodeRef};
+pub use quotas::{Quotas, MAX_ALLOW_LIST_ENTRIES};
 pub use replicas::{ReplicaRow, MAX_AGENTS_PER_TUNNEL};
 pub use sessions::SessionInfo;
 pub use settings::OPEN_REGISTRATION;
@@ -50,6 +52,9 @@ pub enum StoreError {
     /// The request references something that does not exist (e.g. an unknown agent_id).
     #[error("{0}")]
     Invalid(String),
+    /// The write would exceed a per-user quota; the message names it and its limit.
+    #[error("{0}")]
+    Quota(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
