@@ -327,9 +327,11 @@ async fn protected_tunnels_sign_in_admit_listed_users_and_revoke() {
         .patch(&format!("tunnels/{app}"), json!({"access": alice}))
         .await;
     assert_eq!(patched["access"]["allow"], json!(["alice@example.com"]));
-    eventually(WITHIN, "sent back to Control once listed users only", || async {
-        (site.status(APP, &cookie).await == StatusCode::FOUND).then_some(())
-    })
+    eventually(
+        WITHIN,
+        "sent back to Control once listed users only",
+        || async { (site.status(APP, &cookie).await == StatusCode::FOUND).then_some(()) },
+    )
     .await;
     let back = site.gateway_get(APP, "/echo", Some(&cookie)).await;
     assert!(location(&back).contains("/access/authorize?"));
@@ -353,9 +355,11 @@ async fn protected_tunnels_sign_in_admit_listed_users_and_revoke() {
     site.api
         .patch(&format!("tunnels/{app}"), json!({"access": both}))
         .await;
-    let cookie = eventually(WITHIN, "signed in again once the list is pushed", || async {
-        site.try_sign_in(APP, &session).await
-    })
+    let cookie = eventually(
+        WITHIN,
+        "signed in again once the list is pushed",
+        || async { site.try_sign_in(APP, &session).await },
+    )
     .await;
     assert_eq!(site.status(APP, &cookie).await, StatusCode::OK);
     site.api
