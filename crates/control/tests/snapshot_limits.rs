@@ -181,3 +181,56 @@ async fn a_rejected_config_shows_in_the_status_until_one_is_applied() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn control_never_sends_a_snapshot_over_the_message_limit_and_says_so() {
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let agent = c.agent("home").await;
+    let aid = agent["id"].as_i64().unwrap();
+    let t = c.tunnel("app.example.com", aid, "app:80").await;
+    let (mut ws, _, _) = c
+        .node(agent["api_key"].as_str().unwrap(), NodeRole::Agent, None)
+        .await;
+    let first = next_config(&mut ws, Duration::from_secs(2)).await;
+
+    // A row no API accepts (a target of 17 MiB, written behind Control's back) stands for any
+    // snapshot that outgrew the limit: the node must not be sent it, and the status must say so.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("control.db").display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tunnels SET target = $1 WHERE id = $2")
+        .bind(format!("{}:80", "a".repeat(17 << 20)))
+        .bind(t["id"].as_i64().unwrap())
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    c.tunnel("other.example.com", aid, "app:81").await; // any change: Control recomputes
+    let agent_error = || async {
+        let (_, status) = c.get("/api/v1/status").await;
+        status["agents"]["items"][0]["config_error"]
+            .as_str()
+            .map(str::to_string)
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the agent's config_error",
+        || async { agent_error().await.is_some() },
+    )
+    .await;
+    let error = agent_error().await.unwrap();
+    assert!(
+        error.contains("did not send") && error.contains("message limit"),
+        "{error}"
+    );
+    // Nothing was pushed, and the session is still up (the node keeps its last snapshot).
+    let pending = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    assert!(
+        matches!(pending, Err(_) | Ok(Some(Ok(Message::Ping(_))))),
+        "nothing pushed: {pending:?}"
+    );
+    let (_, a) = c.get(&format!("/api/v1/agents/{aid}")).await;
+    assert_eq!(a["status"], "online");
+    assert!(first.is_intact());
+}
