@@ -210,3 +210,68 @@ async fn api_requests_are_rate_limited_per_user_with_retry_after() {
     }
     assert!(spent, "admins are not exempt from the API rate limit");
 }
+
+#[tokio::test]
+async fn the_users_page_shows_and_sets_the_quotas() {
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let (cookie, csrf) = c.login_csrf(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+    let page = c
+        .http
+        .get(c.url("/users"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"name="max_tunnels_per_user" min="0" max="100000" required value="500""#),
+        "{page}"
+    );
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("max_tunnels_per_user", "12"),
+        ("max_agents_per_user", "3"),
+        ("max_allow_list_entries", "50"),
+        ("api_requests_per_minute", "900"),
+    ];
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = no_redirect
+        .post(c.url("/users/quotas"))
+        .header("cookie", &cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_redirection(), "{}", res.status());
+    let (_, settings) = c.get("/api/v1/settings").await;
+    assert_eq!(
+        (
+            &settings["max_tunnels_per_user"],
+            &settings["max_agents_per_user"],
+            &settings["max_allow_list_entries"],
+            &settings["api_requests_per_minute"]
+        ),
+        (&json!(12), &json!(3), &json!(50), &json!(900))
+    );
+    // Out of range from the form: refused with the reason, nothing changed.
+    let bad = [("csrf", csrf.as_str()), ("max_allow_list_entries", "5000")];
+    let res = no_redirect
+        .post(c.url("/users/quotas"))
+        .header("cookie", &cookie)
+        .form(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.text().await.unwrap().contains("between 1 and 1000"));
+    assert_eq!(
+        c.get("/api/v1/settings").await.1["max_allow_list_entries"],
+        50
+    );
+}
