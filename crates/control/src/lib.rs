@@ -16,7 +16,7 @@ mod store;
 mod ui;
 mod validate;
 
-pub use certs::{AcmeConfig, ChallengeChoice, TlsMode, LETS_ENCRYPT};
+pub use certs::{AcmeConfig, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
 
 /// Where Control keeps its internal CA's root certificate (`root.crt`; the key is beside it).

@@ -69,9 +69,12 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
+        // Per hostname, the certificate of the source its tunnel asks for (one row at most:
+        // hostnames are unique among tunnels).
         let certs: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT hostname, source, cert_pem, key_pem FROM certificates \
-             WHERE cert_pem IS NOT NULL AND key_pem IS NOT NULL",
+            "SELECT c.hostname, c.source, c.cert_pem, c.key_pem FROM certificates AS c \
+             JOIN tunnels AS t ON t.hostname = c.hostname AND t.tls = c.source \
+             WHERE c.cert_pem IS NOT NULL AND c.key_pem IS NOT NULL",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -153,8 +156,27 @@ impl World {
         }
     }
 
+    /// Gateways an admin disabled.
+    pub fn disabled_gateways(&self) -> HashSet<i64> {
+        self.gateways
+            .iter()
+            .filter(|g| !g.enabled)
+            .map(|g| g.id)
+            .collect()
+    }
+
     fn gateway_snapshot(&self, id: i64, online: impl Fn(i64) -> bool) -> Option<ConfigSnapshot> {
         let gateway = self.gateways.iter().find(|g| g.id == id)?;
+        if !gateway.enabled {
+            // A disabled Gateway may be one an admin no longer trusts: it gets its identity and
+            // nothing else, no certificate (private keys), no challenge, no access key, no route
+            // and no peer (Agents drop it too). Applying this also clears what it held.
+            return Some(ConfigSnapshot {
+                node_id: gateway.id,
+                wg_address: address(&gateway.wg_address)?,
+                ..ConfigSnapshot::default()
+            });
+        }
         let peers = self
             .agents
             .iter()
@@ -514,6 +536,27 @@ mod tests {
             vec![10, 12]
         );
         assert!(s.routes.is_empty());
+    }
+
+    #[test]
+    fn a_disabled_gateway_gets_no_secrets() {
+        let w = world();
+        let s = w
+            .snapshot(
+                NodeRef {
+                    kind: NodeKind::Gateway,
+                    id: 2,
+                },
+                |_| true,
+            )
+            .unwrap();
+        assert!(s.is_intact());
+        assert_eq!(s.wg_address, Ipv4Addr::new(10, 77, 1, 2));
+        assert!(s.certificates.is_empty(), "no certificate or private key");
+        assert!(s.acme.is_empty(), "no ACME challenge");
+        assert!(s.access.is_empty(), "no access keys or revocations");
+        assert!(s.routes.is_empty() && s.peers.is_empty());
+        assert_eq!(w.disabled_gateways(), HashSet::from([2]));
     }
 
     #[test]

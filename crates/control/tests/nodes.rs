@@ -126,6 +126,14 @@ async fn sessions_receive_config_and_pushes() {
     )
     .await;
     assert!(next_config(&mut a_ws, PUSH).await.peers.is_empty());
+    // The disabled gateway itself is told nothing but its identity (issue 14: no secrets).
+    let off = next_config(&mut g_ws, PUSH).await;
+    assert!(off.routes.is_empty() && off.peers.is_empty() && off.certificates.is_empty());
+    assert_eq!(off.node_id, gid);
+    c.patch(&format!("/api/v1/gateways/{gid}"), json!({"enabled": true}))
+        .await;
+    assert_eq!(next_config(&mut a_ws, PUSH).await.peers.len(), 1);
+    assert_eq!(next_config(&mut g_ws, PUSH).await.hostnames.len(), 1);
 
     // A change that does not concern a node pushes nothing to it.
     let other = c.agent("other").await;

@@ -368,3 +368,106 @@ async fn the_audit_log_says_who_changed_what() {
     let (_, after) = c.get("/api/v1/audit").await;
     assert_eq!(after.as_array().unwrap().len(), entries.len());
 }
+
+/// Point 7 of issue 14: a tunnel's owner cannot point an Agent they do not own somewhere else.
+#[tokio::test]
+async fn an_owner_cannot_redirect_a_replica_on_someone_elses_agent() {
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let alice = member(&c, "alice@example.com").await;
+    let bob = member(&c, "bob@example.com").await;
+    let new_agent = |m: &Member, name: &'static str| {
+        let m = Member {
+            id: m.id,
+            token: m.token.clone(),
+        };
+        let c = &c;
+        async move {
+            let (s, a) = call(c, &m, "POST", "/api/v1/agents", Some(json!({"name": name}))).await;
+            assert_eq!(s, StatusCode::CREATED, "{a}");
+            a["id"].as_i64().unwrap()
+        }
+    };
+    let a = new_agent(&alice, "alice-home").await;
+    let b = new_agent(&bob, "bob-home").await;
+    let (s, t) = call(
+        &c,
+        &alice,
+        "POST",
+        "/api/v1/tunnels",
+        Some(json!({"hostname": "alice.test", "agent_id": a, "target": "localhost:80"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let path = format!("/api/v1/tunnels/{}", t["id"]);
+    // An admin adds Bob's agent as a replica of Alice's tunnel.
+    let (s, body) = c.patch(&path, json!({"agent_ids": [a, b]})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (_, before) = c.get(&path).await;
+    assert_eq!(before["agent_ids"], json!([a, b]));
+
+    // Alice may not change where Bob's agent connects, nor what name reaches it.
+    for patch in [
+        json!({"target": "169.254.169.254:80"}),
+        json!({"hostname": "evil.test"}),
+        json!({"target": "localhost:22", "tls": "off"}),
+    ] {
+        let (s, body) = call(&c, &alice, "PATCH", &path, Some(patch)).await;
+        assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
+    }
+    // Disabling is hers to do; enabling again would publish Bob's agent anew.
+    let (s, body) = call(&c, &alice, "PATCH", &path, Some(json!({"enabled": false}))).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = call(&c, &alice, "PATCH", &path, Some(json!({"enabled": true}))).await;
+    assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
+
+    // The web UI goes through the same check: the edit form and the one-click toggle.
+    let (cookie, csrf) = c
+        .login_csrf("alice@example.com", ADMIN_PASSWORD)
+        .await
+        .unwrap();
+    let ui = |url: String, form: Vec<(&'static str, String)>| {
+        let mut fields = vec![("csrf", csrf.clone())];
+        fields.extend(form);
+        c.http
+            .post(c.url(&url))
+            .header("cookie", &cookie)
+            .form(&fields)
+            .send()
+    };
+    let page = format!("/tunnels/{}", t["id"]);
+    let form = vec![
+        ("hostname", "alice.test".to_string()),
+        ("agent_id", a.to_string()),
+        ("target", "localhost:22".to_string()),
+        ("tls", "acme".to_string()),
+        ("enabled", "on".to_string()),
+    ];
+    let res = ui(page.clone(), form).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let toggle = vec![("enabled", "true".to_string())];
+    let res = ui(format!("{page}/toggle"), toggle).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    let (_, after) = c.get(&path).await;
+    for field in ["hostname", "target", "agent_ids", "tls"] {
+        assert_eq!(after[field], before[field], "{field} changed");
+    }
+    assert_eq!(after["enabled"], false);
+
+    // An admin may; and once Bob's agent is no longer a replica, so may Alice.
+    let (s, _) = c.patch(&path, json!({"enabled": true})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = call(&c, &alice, "PATCH", &path, Some(json!({"agent_ids": [a]}))).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = call(
+        &c,
+        &alice,
+        "PATCH",
+        &path,
+        Some(json!({"target": "localhost:81"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    c.stop().await;
+}

@@ -14,10 +14,13 @@
 //! - `pages`: the small error pages the proxy answers itself.
 //! - `redirect`: ACME HTTP-01 answers, the http → https `308` and HSTS.
 //! - `server`: accept loops, connection caps, timeouts and graceful drain.
+//! - `client_cap`: the per-client-address connection cap shared by the public listeners.
+//! - `timeouts`: first-request, idle, request-body and WebSocket inactivity timeouts.
 //! - [`access`]: per-tunnel access control (access cookie, hand-off from Control, user header).
 
 pub mod access;
 mod balance;
+mod client_cap;
 mod connector;
 mod forward;
 mod headers;
@@ -25,6 +28,7 @@ mod pages;
 mod redirect;
 pub mod routes;
 mod server;
+mod timeouts;
 
 use std::future::Future;
 use std::net::SocketAddrV4;
@@ -64,9 +68,21 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Concurrent client connections per listener; further clients wait in the accept backlog.
     pub max_connections: usize,
-    /// How long a client may take to send a request's headers (slowloris protection); also bounds
-    /// how long an idle keep-alive connection is held open.
+    /// Concurrent connections one client may hold on the public listeners together (IPv4 by
+    /// address, IPv6 by /64); its further connections are closed at once.
+    pub max_connections_per_ip: usize,
+    /// How long a client may take to send a request's headers (slowloris protection), and to
+    /// send its first request at all. HTTP/1.1 times the next request's headers from the end of
+    /// the previous response, so this also bounds an idle HTTP/1.1 keep-alive connection.
     pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight stays open (HTTP/2 above all).
+    pub idle_timeout: Duration,
+    /// How long a request body may send nothing before the request is cut with 408.
+    pub body_timeout: Duration,
+    /// How long an upgraded (WebSocket) connection may carry no byte either way.
+    pub websocket_idle_timeout: Duration,
+    /// Concurrent streams one HTTP/2 connection may open.
+    pub h2_max_streams: u32,
     /// The port plain-HTTP clients are redirected to (left out of the URL when 443).
     pub https_port: u16,
     /// How long a client may take to complete the TLS handshake.
@@ -78,7 +94,12 @@ impl Default for ProxyConfig {
         Self {
             connect_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            websocket_idle_timeout: Duration::from_secs(600),
+            h2_max_streams: 100,
             https_port: 443,
             tls_handshake_timeout: Duration::from_secs(10),
         }
@@ -113,6 +134,8 @@ pub struct Proxy {
     access: Arc<access::AccessGate>,
     client: Client<connector::DialConnector, forward::UpstreamBody>,
     balancer: balance::Balancer,
+    /// Shared by the HTTP and HTTPS listeners: a client's connections count once across both.
+    client_cap: Arc<client_cap::ClientCap>,
     config: ProxyConfig,
 }
 
@@ -132,6 +155,7 @@ impl Proxy {
             access: Arc::new(access::AccessGate::default()),
             client,
             balancer: balance::Balancer::new(),
+            client_cap: client_cap::ClientCap::new(config.max_connections_per_ip),
             config,
         })
     }

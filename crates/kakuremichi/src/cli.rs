@@ -103,6 +103,22 @@ struct ControlArgs {
     /// failure), http-01 (port 80 must reach the Gateways) or tls-alpn-01 (port 443 only).
     #[arg(long, env = "KAKUREMICHI_ACME_CHALLENGE", default_value = "auto")]
     acme_challenge: kakuremichi_control::ChallengeChoice,
+    /// Most ACME orders per member per hour (new names, renewals); more wait, and the tunnel's
+    /// certificate status says until when. The admins' tunnels count per domain only. 0 = no cap.
+    #[arg(
+        long,
+        env = "KAKUREMICHI_ACME_ORDERS_PER_USER_HOUR",
+        default_value_t = 10
+    )]
+    acme_orders_per_user_hour: u32,
+    /// Most ACME orders per registered domain (e.g. example.co.uk, from the Public Suffix List)
+    /// per hour, whoever owns the tunnels; more wait. 0 = no cap.
+    #[arg(
+        long,
+        env = "KAKUREMICHI_ACME_ORDERS_PER_DOMAIN_HOUR",
+        default_value_t = 20
+    )]
+    acme_orders_per_domain_hour: u32,
     /// TLS of tunnels created without a `tls` field: acme, internal or off.
     #[arg(long, env = "KAKUREMICHI_DEFAULT_TLS", default_value = "acme")]
     default_tls: kakuremichi_control::TlsMode,
@@ -145,6 +161,58 @@ struct GatewayArgs {
     /// Seconds to wait for a connection to an Agent before answering 502.
     #[arg(long, env = "KAKUREMICHI_CONNECT_TIMEOUT", default_value_t = 5)]
     connect_timeout: u64,
+    #[command(flatten)]
+    limits: GatewayLimits,
+}
+
+/// How much of the Gateway one client may hold, so idle or slow clients cannot lock out the rest.
+#[derive(Args)]
+struct GatewayLimits {
+    /// Concurrent client connections per public listener (HTTP, HTTPS); further clients wait.
+    #[arg(long, env = "KAKUREMICHI_MAX_CONNS", default_value_t = 10_000)]
+    max_conns: usize,
+    /// Concurrent connections one client address may hold on the public listeners together
+    /// (IPv6 clients counted by /64); its further connections are closed at once.
+    #[arg(long, env = "KAKUREMICHI_MAX_CONNS_PER_IP", default_value_t = 256)]
+    max_conns_per_ip: usize,
+    /// Seconds a client may take to send a request's headers, and its first request on a new
+    /// connection (slowloris protection). Also ends idle HTTP/1.1 keep-alive connections.
+    #[arg(long, env = "KAKUREMICHI_HEADER_TIMEOUT", default_value_t = 30)]
+    header_timeout: u64,
+    /// Seconds a connection with no request in flight stays open (HTTP/2 above all).
+    #[arg(long, env = "KAKUREMICHI_IDLE_TIMEOUT", default_value_t = 60)]
+    idle_timeout: u64,
+    /// Seconds a request body may send nothing before the request is cut with 408.
+    #[arg(long, env = "KAKUREMICHI_BODY_TIMEOUT", default_value_t = 60)]
+    body_timeout: u64,
+    /// Seconds a WebSocket connection may carry no byte in either direction before it is closed.
+    #[arg(
+        long,
+        env = "KAKUREMICHI_WEBSOCKET_IDLE_TIMEOUT",
+        default_value_t = 600
+    )]
+    websocket_idle_timeout: u64,
+    /// Seconds a client may take to complete the TLS handshake.
+    #[arg(long, env = "KAKUREMICHI_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    tls_handshake_timeout: u64,
+    /// Concurrent requests (streams) one HTTP/2 connection may have open.
+    #[arg(long, env = "KAKUREMICHI_H2_MAX_STREAMS", default_value_t = 100)]
+    h2_max_streams: u32,
+}
+
+impl GatewayLimits {
+    /// Applies the flags; zero durations become one second (a zero timeout would serve nobody).
+    fn apply(&self, proxy: &mut kakuremichi_gateway::proxy::ProxyConfig) {
+        let secs = |s: u64| Duration::from_secs(s.max(1));
+        proxy.max_connections = self.max_conns.max(1);
+        proxy.max_connections_per_ip = self.max_conns_per_ip.max(1);
+        proxy.header_read_timeout = secs(self.header_timeout);
+        proxy.idle_timeout = secs(self.idle_timeout);
+        proxy.body_timeout = secs(self.body_timeout);
+        proxy.websocket_idle_timeout = secs(self.websocket_idle_timeout);
+        proxy.tls_handshake_timeout = secs(self.tls_handshake_timeout);
+        proxy.h2_max_streams = self.h2_max_streams.max(1);
+    }
 }
 
 #[derive(Args)]
@@ -205,6 +273,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     eab_kid: a.acme_eab_kid,
                     eab_hmac_key: a.acme_eab_hmac_key,
                     challenge: a.acme_challenge,
+                    limits: kakuremichi_control::OrderLimits {
+                        per_user: a.acme_orders_per_user_hour,
+                        per_domain: a.acme_orders_per_domain_hour,
+                    },
                     ..Default::default()
                 },
                 default_tls: a.default_tls,
@@ -222,6 +294,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 kakuremichi_gateway::GatewayConfig::new(a.control_url, Secret::new(a.token));
             config.data_dir = Some(a.data_dir);
             config.proxy.connect_timeout = Duration::from_secs(a.connect_timeout.max(1));
+            a.limits.apply(&mut config.proxy);
             config.validate().map_err(anyhow::Error::msg)?;
             let listeners = kakuremichi_gateway::GatewayListeners {
                 http: bind_tcp(a.http_listen, "--http-listen").await?,
@@ -309,5 +382,41 @@ mod tests {
         );
         let zero = Cli::try_parse_from(["kakuremichi", "--threads", "0", "hello"]);
         assert!(zero.is_err(), "0 threads must be refused");
+    }
+
+    #[test]
+    fn gateway_limit_flags_reach_the_proxy_config() {
+        let argv = [
+            "kakuremichi",
+            "gateway",
+            "--control-url",
+            "http://c",
+            "--token",
+            "t",
+            "--max-conns-per-ip",
+            "8",
+            "--header-timeout",
+            "0",
+            "--body-timeout",
+            "7",
+            "--h2-max-streams",
+            "12",
+        ];
+        let Command::Gateway(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not the gateway command");
+        };
+        let mut proxy = kakuremichi_gateway::proxy::ProxyConfig::default();
+        args.limits.apply(&mut proxy);
+        assert_eq!(proxy.max_connections_per_ip, 8);
+        assert_eq!(
+            proxy.header_read_timeout,
+            Duration::from_secs(1),
+            "0 means 1 s"
+        );
+        assert_eq!(proxy.body_timeout, Duration::from_secs(7));
+        assert_eq!(proxy.h2_max_streams, 12);
+        assert_eq!(proxy.idle_timeout, Duration::from_secs(60));
+        assert_eq!(proxy.websocket_idle_timeout, Duration::from_secs(600));
+        assert_eq!(proxy.max_connections, 10_000);
     }
 }

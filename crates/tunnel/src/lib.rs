@@ -6,6 +6,8 @@
 //! with each other. One receive loop reads datagrams and routes each to its peer by the receiver
 //! index (or, for a handshake initiation, by the initiator's static key); a single datagram is
 //! handled right there when its peer's stack is free, a burst is queued for the peer's task.
+//! Handshake messages pass the `guard` module (mac1, cookies under load, a rate per source)
+//! before any X25519 work is spent on them, so a flood of forged ones cannot stall the loop.
 //!
 //! Where UDP is blocked, a peer's datagrams can travel over a byte stream instead (TCP/TLS,
 //! opened by the caller): [`Device::attach_stream`] on the side that dials (an Agent),
@@ -14,7 +16,9 @@
 //! The crates doing the work are wrapped here so that replacing one (e.g. boringtun by gotatun)
 //! touches only this crate.
 
+mod admission;
 pub mod frame;
+mod guard;
 mod keys;
 mod link;
 mod nic;
@@ -28,14 +32,14 @@ pub use nic::TUNNEL_MTU;
 pub use stream::TunnelStream;
 
 use arc_swap::ArcSwap;
-use boringtun::noise::{handshake::parse_handshake_anon, Packet, Tunn};
+use boringtun::noise::{Packet, Tunn};
 use boringtun::x25519;
 use peer::{Inbound, Peer, Source};
 use smoltcp::socket::tcp;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -188,7 +192,10 @@ struct Inner {
     receiver: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Cancelled when the device goes away: ends every stream link.
     streams: CancellationToken,
-    accepted_streams: Arc<AtomicUsize>,
+    /// Slots of the streams other nodes opened to us.
+    stream_slots: Arc<admission::StreamSlots>,
+    /// Checks every handshake message before any X25519 work is done for it.
+    guard: guard::HandshakeGuard,
 }
 
 impl Drop for Inner {
@@ -204,33 +211,25 @@ impl Inner {
     /// Routes a datagram (or a GRO burst of `segment`-byte datagrams from one sender) to its
     /// peer's task: by receiver index, or for a handshake initiation by the initiator's static key.
     fn deliver(&self, src: Source, data: &[u8], segment: usize) {
-        // A GRO burst comes from one sender: route it by its first datagram; the peer checks
-        // every datagram cryptographically anyway.
         let first = &data[..segment.min(data.len())];
-        let table = self.peers.load();
-        let entry = match Tunn::parse_incoming_packet(first) {
-            Ok(Packet::HandshakeInit(p)) => {
-                let public = x25519::PublicKey::from(*self.public_key.as_bytes());
-                match parse_handshake_anon(&self.private_key.0, &public, &p) {
-                    Ok(h) => {
-                        let key = PublicKey(h.peer_static_public);
-                        let entry = table.by_key.get(&key);
-                        if entry.is_none() {
-                            // Normal for a moment while a new node's key reaches this one.
-                            tracing::debug!(?src, peer = %key.to_base64(), "handshake from a key that is not a configured peer; dropped");
-                        }
-                        entry
-                    }
-                    Err(e) => {
-                        tracing::debug!(?src, error = ?e, "handshake initiation not for this key; dropped");
-                        None
-                    }
-                }
+        if segment < data.len() && data.chunks(segment.max(1)).any(|d| d.first() != Some(&4)) {
+            // A burst routed by its first datagram would carry the handshake messages in it
+            // past the guard below: those are taken one by one.
+            for datagram in data.chunks(segment.max(1)) {
+                self.deliver(src.clone(), datagram, datagram.len());
             }
-            Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Err(_) => None,
+            return;
+        }
+        // A GRO burst of data packets comes from one sender: route it by its first datagram;
+        // the peer checks every datagram cryptographically anyway.
+        let table = self.peers.load();
+        let entry = match first.first() {
+            Some(1 | 2) => self.admit_handshake(&src, first, &table),
+            _ => match Tunn::parse_incoming_packet(first) {
+                Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+                Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+                _ => None,
+            },
         };
         match entry {
             // A single datagram (a request, a response, an ACK) is handled right here when the
@@ -308,7 +307,8 @@ impl Device {
             next_index: AtomicU32::new(rand::random::<u32>() & 0xffff),
             receiver: std::sync::OnceLock::new(),
             streams: CancellationToken::new(),
-            accepted_streams: Arc::default(),
+            stream_slots: Arc::default(),
+            guard: guard::HandshakeGuard::new(&public_key),
         });
         // Spawned only once the device exists: the loop stops when it cannot reach the device,
         // and a datagram already waiting on the socket (a peer that was quicker than our
@@ -437,7 +437,7 @@ impl Device {
             None,
             config.persistent_keepalive,
             index,
-            None,
+            Some(self.inner.guard.limiter()),
         );
         let peer = Peer::new(
             self.inner.shared.clone(),
@@ -485,5 +485,9 @@ async fn receive_loop(udp: Arc<Udp>, device: std::sync::Weak<Inner>) {
             return;
         };
         device.deliver(Source::Udp(src), &buf[..n], segment);
+        drop(device);
+        // A socket that is always readable (a flood) would otherwise hold this worker thread
+        // for good: waiting for readiness does not count against tokio's cooperative budget.
+        tokio::task::consume_budget().await;
     }
 }

@@ -11,12 +11,15 @@
 //! A link ends when its stream fails or closes, when it is closed locally, when nothing arrives
 //! for [`IDLE_TIMEOUT`] (keepalives flow every 15 s), or when no authenticated WireGuard packet
 //! arrived on it within [`AUTH_DEADLINE`] (a scanner or a stranger holding a connection open).
+//! Streams we accept have less time, and slots of their own until they authenticate: see
+//! [`crate::admission`].
 
+use crate::admission::{self, StreamSlots};
 use crate::frame::{self, MAX_FRAME};
 use crate::{Device, Inner, PublicKey};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -32,11 +35,8 @@ const WRITE_CHUNK: usize = 64 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
 /// A stream with no frame at all for this long is dead (keepalives are sent every 15 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A stream must carry an authenticated WireGuard packet within this time.
+/// A stream we opened must carry an authenticated WireGuard packet within this time.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(15);
-
-/// Streams from [`Device::accept_stream`] open at once; more are refused (closed at once).
-const MAX_ACCEPTED_STREAMS: usize = 1024;
 
 /// Why a stream link ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,8 @@ pub enum StreamEnd {
     Closed,
     /// The other side closed the stream.
     Eof,
-    /// Nothing arrived for 60 s (keepalives flow every 15 s), or nothing authenticated within 15 s.
+    /// Nothing arrived for 60 s (keepalives flow every 15 s), or nothing authenticated within
+    /// 15 s (5 s on an accepted stream).
     Timeout,
     /// The stream failed or carried a bad frame.
     Error(String),
@@ -117,7 +118,9 @@ impl Device {
             remote,
             Arc::downgrade(&self.inner),
             &self.inner.streams,
-        );
+            None,
+        )
+        .ok_or_else(|| io::Error::other("stream refused"))?;
         entry.peer.attach(link.clone());
         Ok(AttachedStream {
             link,
@@ -129,27 +132,23 @@ impl Device {
     /// Serves a stream another node opened to carry its WireGuard traffic (a Gateway accepting
     /// an Agent's fallback). Its datagrams are routed like UDP ones; the peer that authenticates
     /// one uses the stream from then on, until it is heard over UDP again or the stream ends.
+    /// Until its first authenticated packet, the stream holds only a waiting slot (see
+    /// [`crate::admission`]); one from a source that holds too many is closed at once.
     pub fn accept_stream<S>(&self, stream: S, remote: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let count = self.inner.accepted_streams.clone();
-        if count.fetch_add(1, Ordering::Relaxed) >= MAX_ACCEPTED_STREAMS {
-            count.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(%remote, "too many WireGuard streams; refused one");
-            return;
-        }
-        let (_, task) = spawn(
+        let slots = self.inner.stream_slots.clone();
+        let spawned = spawn(
             stream,
             remote,
             Arc::downgrade(&self.inner),
             &self.inner.streams,
+            Some(slots),
         );
-        tokio::spawn(async move {
-            let end = task.await;
-            count.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(%remote, ?end, "accepted WireGuard stream ended");
-        });
+        if spawned.is_none() {
+            tracing::debug!(%remote, "too many unauthenticated WireGuard streams from this address; refused one");
+        }
     }
 
     /// Sends `peer` a handshake initiation over UDP even while it uses a stream, to find out
@@ -163,12 +162,14 @@ impl Device {
 
 /// One stream carrying WireGuard datagrams.
 pub(crate) struct StreamLink {
-    id: u64,
+    pub id: u64,
     pub remote: SocketAddr,
     tx: mpsc::Sender<Vec<u8>>,
     cancel: CancellationToken,
-    /// Set by the peer that authenticated a packet from this stream.
-    pub authenticated: AtomicBool,
+    /// Whether a peer authenticated a packet from this stream ([`admission::PENDING`], ...).
+    pub admission: AtomicU8,
+    /// The slots of an accepted stream; `None` for one this side opened.
+    slots: Option<Arc<StreamSlots>>,
 }
 
 impl std::fmt::Debug for StreamLink {
@@ -203,15 +204,41 @@ impl StreamLink {
     pub fn same(&self, other: &StreamLink) -> bool {
         self.id == other.id
     }
+
+    /// Called for every authenticated packet from this stream: false when the stream may not
+    /// carry the peer (its waiting slot is gone, or every Agent slot is taken); it is closed.
+    pub fn authenticate(&self) -> bool {
+        if self.admission.load(Ordering::Acquire) == admission::AUTHENTICATED {
+            return true;
+        }
+        let admitted = match &self.slots {
+            Some(slots) => slots.promote(self),
+            None => self
+                .admission
+                .compare_exchange(
+                    admission::PENDING,
+                    admission::AUTHENTICATED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok(),
+        };
+        if !admitted {
+            self.close();
+        }
+        admitted
+    }
 }
 
-/// Starts carrying WireGuard over `io`; the task's result says why the link ended.
+/// Starts carrying WireGuard over `io`; the task's result says why the link ended. With
+/// `slots` (an accepted stream), `None` when they have no room for it.
 pub(crate) fn spawn<S>(
     io: S,
     remote: SocketAddr,
     device: Weak<Inner>,
     parent: &CancellationToken,
-) -> (Arc<StreamLink>, tokio::task::JoinHandle<StreamEnd>)
+    slots: Option<Arc<StreamSlots>>,
+) -> Option<(Arc<StreamLink>, tokio::task::JoinHandle<StreamEnd>)>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -222,10 +249,17 @@ where
         remote,
         tx,
         cancel: parent.child_token(),
-        authenticated: AtomicBool::new(false),
+        admission: AtomicU8::new(admission::PENDING),
+        slots,
     });
+    // Before the task runs: its first packet may authenticate at once.
+    if let Some(slots) = &link.slots {
+        if !slots.admit(&link, remote) {
+            return None;
+        }
+    }
     let task = tokio::spawn(run(io, link.clone(), rx, device));
-    (link, task)
+    Some((link, task))
 }
 
 async fn run<S>(
@@ -238,7 +272,11 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(io);
-    let auth_deadline = tokio::time::sleep(AUTH_DEADLINE);
+    let deadline = match link.slots {
+        Some(_) => admission::PENDING_DEADLINE,
+        None => AUTH_DEADLINE,
+    };
+    let auth_deadline = tokio::time::sleep(deadline);
     tokio::pin!(auth_deadline);
     let read = read_loop(reader, link.clone(), device);
     tokio::pin!(read);
@@ -254,7 +292,7 @@ where
             },
             () = link.cancel.cancelled() => break StreamEnd::Closed,
             () = &mut auth_deadline, if !auth_checked => {
-                if !link.authenticated.load(Ordering::Relaxed) {
+                if link.admission.load(Ordering::Acquire) != admission::AUTHENTICATED {
                     break StreamEnd::Timeout;
                 }
                 auth_checked = true;
@@ -263,6 +301,9 @@ where
     };
     // Peers check this before sending, and fall back to UDP.
     link.cancel.cancel();
+    if let Some(slots) = &link.slots {
+        slots.release(&link);
+    }
     tracing::debug!(remote = %link.remote, %end, "WireGuard stream ended");
     end
 }

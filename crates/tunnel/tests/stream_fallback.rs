@@ -205,3 +205,107 @@ async fn garbage_on_an_accepted_stream_closes_it() {
         assert_eq!(n, 0, "nothing is sent back");
     }
 }
+
+/// Whether the gateway closed the far end of `ours` (a refused or evicted stream).
+async fn closed_by_gateway(ours: &mut tokio::io::DuplexStream) -> bool {
+    let mut buf = [0u8; 16];
+    // A zero timeout still polls the read once: ready only when the gateway dropped its end.
+    matches!(
+        timeout(Duration::ZERO, ours.read(&mut buf)).await,
+        Ok(Ok(0))
+    )
+}
+
+#[tokio::test]
+async fn idle_unauthenticated_streams_do_not_lock_an_agent_out() {
+    let mut p = blocked_pair().await;
+    let gw_key = p.gw.public_key();
+    // More idle streams than there are Agent slots (1,024), from many addresses, none of which
+    // ever sends a WireGuard packet.
+    let mut idle = Vec::new();
+    for i in 0..1100u32 {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let from = SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 40000));
+        p.gw.accept_stream(theirs, from);
+        idle.push(ours);
+    }
+    let _attached = link(&p);
+    until("handshake over the stream", || {
+        p.ag.peer(&gw_key).unwrap().since_handshake.is_some()
+    })
+    .await;
+    echo(&mut p, 64 * 1024).await;
+    // The idle ones have a small pool of their own: the oldest are closed to make room.
+    timeout(DEADLINE, async {
+        loop {
+            let mut open = 0;
+            for ours in &mut idle {
+                if !closed_by_gateway(ours).await {
+                    open += 1;
+                }
+            }
+            if open <= 128 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("at most 128 idle streams stay open");
+
+    // One address gets only a few waiting slots: the rest are closed at once.
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        p.gw.accept_stream(theirs, "203.0.113.5:50000".parse().unwrap());
+        if closed_by_gateway(&mut ours).await {
+            refused += 1;
+        }
+        held.push(ours);
+    }
+    assert_eq!(refused, 12, "20 streams from one address, 8 may wait");
+}
+
+/// Handshakes that arrive over a stream pass the same guard as over UDP: a flood of forged
+/// initiations (valid mac1, anybody can compute it) puts the device under load, and from then
+/// on it answers with cookie replies instead of spending X25519 on each.
+#[tokio::test]
+async fn forged_handshakes_over_an_accepted_stream_get_cookie_replies() {
+    use blake2::digest::consts::U16;
+    use blake2::digest::{FixedOutput, KeyInit, Update};
+    use blake2::{Blake2s256, Blake2sMac, Digest};
+    use kakuremichi_tunnel::frame;
+    use rand::RngCore;
+
+    let (gw, _) = device(GW).await;
+    let (mut ours, theirs) = tokio::io::duplex(1 << 20);
+    gw.accept_stream(theirs, "192.0.2.9:1234".parse().unwrap());
+    let mac1_key = Blake2s256::new()
+        .chain_update(b"mac1----")
+        .chain_update(gw.public_key().as_bytes())
+        .finalize();
+    let mut wire = Vec::new();
+    for i in 0..600u32 {
+        let mut msg = [0u8; 148];
+        msg[..4].copy_from_slice(&1u32.to_le_bytes());
+        msg[4..8].copy_from_slice(&i.to_le_bytes());
+        rand::thread_rng().fill_bytes(&mut msg[8..116]);
+        let mut mac = <Blake2sMac<U16> as KeyInit>::new_from_slice(&mac1_key).unwrap();
+        Update::update(&mut mac, &msg[..116]);
+        msg[116..132].copy_from_slice(&mac.finalize_fixed());
+        frame::encode(&mut wire, &msg);
+    }
+    let writer = tokio::spawn(async move {
+        ours.write_all(&wire).await.unwrap();
+        ours
+    });
+    let mut ours = writer.await.unwrap();
+    let mut buf = Box::new([0u8; frame::MAX_FRAME]);
+    let n = timeout(DEADLINE, frame::read(&mut ours, &mut buf))
+        .await
+        .expect("a cookie reply in time")
+        .unwrap()
+        .expect("a reply, not the end of the stream");
+    assert_eq!((n, buf[0]), (64, 3), "a cookie reply");
+}

@@ -114,6 +114,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not found"),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            e @ StoreError::KeyInUse(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::Quota(m) => ApiError::forbidden(m),
             e @ (StoreError::Db(_) | StoreError::Migrate(_)) => {

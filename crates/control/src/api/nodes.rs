@@ -1,7 +1,7 @@
 //! The node endpoints: the session WebSocket ([`CONNECT_PATH`](kakuremichi_proto::CONNECT_PATH))
 //! and the pull endpoint of seed 003 ([`PULL_CONFIG_PATH`](kakuremichi_proto::PULL_CONFIG_PATH)).
 
-use super::authn::AuthNode;
+use super::authn::{bearer, AuthNode};
 use super::error::ApiError;
 use super::AppState;
 use crate::sessions;
@@ -20,6 +20,7 @@ const MAX_NODE_MESSAGE: usize = 64 * 1024;
 pub async fn connect(
     State(state): State<AppState>,
     AuthNode(node): AuthNode,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|r| {
@@ -28,11 +29,21 @@ pub async fn connect(
             r.body_text()
         ))
     })?;
+    // Read the epoch, then check the credential again: a key rotated after the extractor's check
+    // is either seen here or moves the epoch on, so an old key never keeps a session.
+    let epoch = state.hub.credential_epoch(node);
+    let still_valid = match bearer(&headers) {
+        Some(secret) => state.store.authenticate_node(secret).await? == Some(node),
+        None => false,
+    };
+    if !still_valid {
+        return Err(ApiError::unauthorized());
+    }
     let hub = state.hub.clone();
     Ok(upgrade
         .max_message_size(MAX_NODE_MESSAGE)
         .max_frame_size(MAX_NODE_MESSAGE)
-        .on_upgrade(move |socket| sessions::serve(socket, node, hub)))
+        .on_upgrade(move |socket| sessions::serve(socket, node, epoch, hub)))
 }
 
 /// The node's snapshot with its hash as ETag; `304` when `If-None-Match` already names it.

@@ -12,7 +12,9 @@
 //!
 //! HTTPS per tunnel: `tls` (`acme`, `internal` or `off`; default Control's `default_tls`, itself
 //! `acme` unless configured), `https_redirect` (default true: plain HTTP gets a 308 to https, and
-//! HTTPS responses carry HSTS), and the read-only `certificate` status (null when `tls` is off).
+//! HTTPS responses carry HSTS), and the read-only `certificate` status (null when `tls` is off):
+//! `status` is `pending`, `issued`, `failed` or `waiting` (an hourly ACME order cap holds the
+//! order back; `last_error` says "waiting: hourly order limit (...), next try at <time>").
 
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
@@ -110,10 +112,23 @@ impl TunnelView {
 
 /// The view of one tunnel, with its certificate's state.
 pub async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
-    let cert = state.store.get_certificate(&row.hostname).await?;
+    let cert = state.store.get_certificate(&row.hostname, &row.tls).await?;
     let replicas = state.store.tunnel_replicas(row.id).await?;
     let online = !state.hub.online_gateways().is_empty();
     Ok(TunnelView::new(row, &replicas, cert.as_ref(), online))
+}
+
+/// Every certificate row, by (hostname, source): a tunnel shows the one of its `tls` mode.
+pub async fn certs_by_name_and_source(
+    state: &AppState,
+) -> Result<std::collections::HashMap<(String, String), CertRow>, ApiError> {
+    Ok(state
+        .store
+        .list_certificates()
+        .await?
+        .into_iter()
+        .map(|c| ((c.hostname.clone(), c.source.clone()), c))
+        .collect())
 }
 
 pub async fn create(
@@ -141,18 +156,12 @@ pub async fn list(
 ) -> Result<Json<Vec<TunnelView>>, ApiError> {
     let rows = state.store.list_tunnels().await?;
     let replicas = state.store.list_replicas().await?;
-    let certs: std::collections::HashMap<String, CertRow> = state
-        .store
-        .list_certificates()
-        .await?
-        .into_iter()
-        .map(|c| (c.hostname.clone(), c))
-        .collect();
+    let certs = certs_by_name_and_source(&state).await?;
     let online = !state.hub.online_gateways().is_empty();
     Ok(Json(
         rows.into_iter()
             .map(|t| {
-                let cert = certs.get(&t.hostname);
+                let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
                 TunnelView::new(t, &replicas, cert, online)
             })
             .collect(),

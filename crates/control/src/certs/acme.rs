@@ -11,6 +11,7 @@ use super::settings::AcmeConfig;
 use crate::sessions::Hub;
 use crate::store::Store;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
@@ -34,6 +35,42 @@ const POLL: RetryPolicy = RetryPolicy::new()
 pub struct Obtained {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+/// What the certificate scheduler needs from an ACME CA: [`Acme`] in production, an in-memory
+/// order counter in tests (the seam that lets the scheduler's pacing be tested without a CA).
+pub trait AcmeClient: Send + Sync + 'static {
+    /// Runs one order for `host` to the end: a certificate, or why not.
+    fn obtain<'a>(
+        &'a self,
+        host: &'a str,
+        tls_alpn: bool,
+        hub: &'a Hub,
+    ) -> BoxFuture<'a, Result<Obtained, Failure>>;
+
+    /// The CA's suggested renewal window (ARI) for a certificate, when it offers one.
+    fn renewal_window<'a>(
+        &'a self,
+        leaf_der: &'a [u8],
+    ) -> BoxFuture<'a, Option<(time::OffsetDateTime, time::OffsetDateTime)>>;
+}
+
+impl AcmeClient for Acme {
+    fn obtain<'a>(
+        &'a self,
+        host: &'a str,
+        tls_alpn: bool,
+        hub: &'a Hub,
+    ) -> BoxFuture<'a, Result<Obtained, Failure>> {
+        Box::pin(Acme::obtain(self, host, tls_alpn, hub))
+    }
+
+    fn renewal_window<'a>(
+        &'a self,
+        leaf_der: &'a [u8],
+    ) -> BoxFuture<'a, Option<(time::OffsetDateTime, time::OffsetDateTime)>> {
+        Box::pin(Acme::renewal_window(self, leaf_der))
+    }
 }
 
 /// The ACME client of one Control: settings, and the account once loaded or created.

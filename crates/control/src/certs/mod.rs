@@ -8,13 +8,23 @@
 //! time after a failure. Tasks run concurrently (bounded), so one failing hostname never holds up
 //! another; each failure pushes the next attempt out with exponential backoff and jitter (or the
 //! CA's Retry-After), so nothing retries in a tight loop.
+//!
+//! The state is kept per (hostname, source), so switching a tunnel's `tls` back and forth neither
+//! resets a failure's backoff nor re-orders a certificate that is still good; and ACME orders are
+//! capped per user and per registered domain per hour ([`limits`]): an order over a cap waits,
+//! its tunnel's certificate status says until when, and it is placed then.
 
 mod acme;
 mod internal_ca;
+mod limits;
 mod policy;
 mod settings;
+#[cfg(test)]
+mod tests;
 
+pub use acme::AcmeClient;
 pub use internal_ca::InternalCa;
+pub use limits::OrderLimits;
 pub use settings::{AcmeConfig, ChallengeChoice, TlsMode, LETS_ENCRYPT};
 
 use crate::sessions::Hub;
@@ -35,7 +45,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 pub struct CertManager {
     store: Store,
     hub: Arc<Hub>,
-    acme: acme::Acme,
+    acme: Box<dyn AcmeClient>,
     ca: InternalCa,
     config: AcmeConfig,
     in_flight: Mutex<HashSet<String>>,
@@ -45,8 +55,20 @@ pub struct CertManager {
 
 impl CertManager {
     pub fn new(store: Store, hub: Arc<Hub>, config: AcmeConfig, ca: InternalCa) -> Arc<Self> {
+        let acme = Box::new(acme::Acme::new(config.clone(), store.clone()));
+        Self::with_client(store, hub, config, ca, acme)
+    }
+
+    /// A manager ordering from `acme` (a fake CA in tests).
+    pub fn with_client(
+        store: Store,
+        hub: Arc<Hub>,
+        config: AcmeConfig,
+        ca: InternalCa,
+        acme: Box<dyn AcmeClient>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            acme: acme::Acme::new(config.clone(), store.clone()),
+            acme,
             store,
             hub,
             ca,
@@ -82,17 +104,19 @@ impl CertManager {
     /// Starts every due task; returns how long until the next one is due.
     async fn tick(self: &Arc<Self>) -> Result<Duration, crate::store::StoreError> {
         let tunnels = self.store.list_tunnels().await?;
-        let rows: HashMap<String, CertRow> = self
+        let rows: HashMap<(String, String), CertRow> = self
             .store
             .list_certificates()
             .await?
             .into_iter()
-            .map(|r| (r.hostname.clone(), r))
+            .map(|r| ((r.hostname.clone(), r.source.clone()), r))
             .collect();
         let now = OffsetDateTime::now_utc();
         let gateways_online = !self.hub.online_gateways().is_empty();
         let mut next = MAX_SLEEP;
-        for (host, mode) in wanted(&tunnels) {
+        // The last hour's ACME orders, read once the first order is due.
+        let mut orders: Option<limits::OrderCounts> = None;
+        for (host, mode, owner) in wanted(&tunnels) {
             if self.is_in_flight(&host) {
                 continue;
             }
@@ -100,14 +124,37 @@ impl CertManager {
             if mode == TlsMode::Acme && !gateways_online {
                 continue;
             }
-            let due = due_at(rows.get(&host), mode, now);
-            if due <= now {
-                let failures = rows.get(&host).map(|r| r.failures).unwrap_or(0);
-                self.start(host, mode, failures);
-            } else {
-                let wait = Duration::try_from(due - now).unwrap_or(MAX_SLEEP);
-                next = next.min(wait);
+            let row = rows.get(&(host.clone(), mode.as_str().to_string()));
+            let due = due_at(row, now);
+            if due > now {
+                next = next.min(Duration::try_from(due - now).unwrap_or(MAX_SLEEP));
+                continue;
             }
+            if mode == TlsMode::Acme {
+                let counts = match &mut orders {
+                    Some(counts) => counts,
+                    None => {
+                        let since = timestamp(now - limits::WINDOW);
+                        let rows = self.store.acme_orders_since(&since).await?;
+                        orders.insert(limits::OrderCounts::new(&rows))
+                    }
+                };
+                let domain = limits::registered_domain(&host);
+                if let Err(held) = counts.check(owner, &domain, self.config.limits, now) {
+                    let note = held.note();
+                    tracing::info!(%host, owner_id = ?owner, %domain, "certificate order held back: {note}");
+                    self.store
+                        .record_waiting(&host, mode.as_str(), &note, &timestamp(held.until))
+                        .await?;
+                    let wait = Duration::try_from(held.until - now).unwrap_or(MAX_SLEEP);
+                    next = next.min(wait);
+                    continue;
+                }
+                counts.record(owner, &domain, now);
+                self.store.log_acme_order(&host, &domain, owner).await?;
+            }
+            let failures = row.map(|r| r.failures).unwrap_or(0);
+            self.start(host, mode, failures);
         }
         // Whole-second timestamps make "due in a few microseconds" impossible; the floor is a guard.
         Ok(next.max(Duration::from_millis(100)))
@@ -221,27 +268,25 @@ impl CertManager {
     }
 }
 
-/// Hostnames of enabled tunnels that want HTTPS, with their mode.
-fn wanted(tunnels: &[TunnelRow]) -> Vec<(String, TlsMode)> {
+/// Hostnames of enabled tunnels that want HTTPS, with their mode and owner.
+fn wanted(tunnels: &[TunnelRow]) -> Vec<(String, TlsMode, Option<i64>)> {
     tunnels
         .iter()
         .filter(|t| t.enabled)
         .filter_map(|t| match t.tls.parse::<TlsMode>() {
             Ok(TlsMode::Off) | Err(_) => None,
-            Ok(mode) => Some((t.hostname.clone(), mode)),
+            Ok(mode) => Some((t.hostname.clone(), mode, t.owner_id)),
         })
         .collect()
 }
 
-/// When `row`'s hostname next needs an attempt.
-fn due_at(row: Option<&CertRow>, mode: TlsMode, now: OffsetDateTime) -> OffsetDateTime {
+/// When a hostname next needs an attempt from the source of `row` (its state for that source):
+/// never tried, now; else at its renewal time (if it holds a certificate), and never before its
+/// retry time (a failure's backoff, a CA's Retry-After, an hourly cap), whatever was toggled since.
+fn due_at(row: Option<&CertRow>, now: OffsetDateTime) -> OffsetDateTime {
     let Some(row) = row else { return now };
     let parse = |t: &Option<String>| t.as_deref().and_then(parse_time);
     let retry = parse(&row.next_attempt_at);
-    if row.source != mode.as_str() {
-        // Switched mode: start at once, unless that source just failed and waits for a retry.
-        return now;
-    }
     let renew = if row.cert_pem.is_some() {
         parse(&row.renew_at).unwrap_or(now)
     } else {
@@ -287,74 +332,4 @@ pub fn status_view(
         }
     };
     Some(view)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(source: &str, cert: bool, renew: &str, retry: Option<&str>) -> CertRow {
-        CertRow {
-            hostname: "a.test".into(),
-            source: source.into(),
-            status: if cert { "issued" } else { "failed" }.into(),
-            cert_pem: cert.then(|| "c".into()),
-            not_after: None,
-            issuer: None,
-            renew_at: Some(renew.into()),
-            last_error: None,
-            failures: 0,
-            next_attempt_at: retry.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn due_times() {
-        let now = OffsetDateTime::now_utc();
-        let future = "2999-01-01T00:00:00Z";
-        let past = "2000-01-01T00:00:00Z";
-        assert!(due_at(None, TlsMode::Acme, now) <= now);
-        assert!(due_at(Some(&row("acme", true, future, None)), TlsMode::Acme, now) > now);
-        assert!(due_at(Some(&row("acme", true, past, None)), TlsMode::Acme, now) <= now);
-        assert!(
-            due_at(
-                Some(&row("acme", true, past, Some(future))),
-                TlsMode::Acme,
-                now
-            ) > now,
-            "a failed renewal waits for its retry time"
-        );
-        assert!(
-            due_at(
-                Some(&row("acme", false, past, Some(future))),
-                TlsMode::Acme,
-                now
-            ) > now
-        );
-        assert!(
-            due_at(
-                Some(&row("acme", true, future, None)),
-                TlsMode::Internal,
-                now
-            ) <= now,
-            "a mode switch is due at once"
-        );
-    }
-
-    #[test]
-    fn status_views() {
-        assert!(status_view(TlsMode::Off, None, true).is_none());
-        let pending = status_view(TlsMode::Acme, None, false).unwrap();
-        assert_eq!(pending["status"], "pending");
-        assert!(pending["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("No Gateway"));
-        let issued = status_view(TlsMode::Acme, Some(&row("acme", true, "x", None)), true).unwrap();
-        assert_eq!(issued["status"], "issued");
-        let other =
-            status_view(TlsMode::Internal, Some(&row("acme", true, "x", None)), true).unwrap();
-        assert_eq!(other["status"], "pending");
-        assert!(other["last_error"].is_null());
-    }
 }

@@ -101,6 +101,8 @@ pub struct AcmeConfig {
     pub retry_cap: Duration,
     /// How long to wait for every online Gateway to confirm a challenge before validating anyway.
     pub gateways_ready_timeout: Duration,
+    /// Hourly caps on ACME orders, per user and per registered domain.
+    pub limits: super::limits::OrderLimits,
 }
 
 impl Default for AcmeConfig {
@@ -115,6 +117,7 @@ impl Default for AcmeConfig {
             retry_base: Duration::from_secs(60),
             retry_cap: Duration::from_secs(6 * 3600),
             gateways_ready_timeout: Duration::from_secs(15),
+            limits: super::limits::OrderLimits::default(),
         }
     }
 }
@@ -134,6 +137,7 @@ impl fmt::Debug for AcmeConfig {
             .field("retry_base", &self.retry_base)
             .field("retry_cap", &self.retry_cap)
             .field("gateways_ready_timeout", &self.gateways_ready_timeout)
+            .field("limits", &self.limits)
             .finish()
     }
 }

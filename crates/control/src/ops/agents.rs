@@ -2,7 +2,7 @@
 
 use super::{audit, require_owner};
 use crate::api::{about, ApiError, AppState};
-use crate::store::{AgentRow, UserRow};
+use crate::store::{AgentRow, NodeKind, NodeRef, UserRow};
 use crate::{secrets, validate};
 use serde_json::json;
 
@@ -52,7 +52,7 @@ pub async fn rename(
     Ok(row)
 }
 
-/// A new API key; the old one no longer opens a session.
+/// A new API key; the old one no longer opens a session, and its open session is closed.
 pub async fn rotate_key(
     state: &AppState,
     user: &UserRow,
@@ -66,6 +66,11 @@ pub async fn rotate_key(
         .rotate_agent_key(id, &secrets::hash(&key))
         .await
         .map_err(about("agent"))?;
+    // The old key's open session ends too, not only its next connection.
+    state.hub.credential_replaced(NodeRef {
+        kind: NodeKind::Agent,
+        id,
+    });
     tracing::info!(agent_id = id, "agent key rotated");
     audit(
         state,

@@ -192,11 +192,8 @@ pub async fn update(
         tls: input.tls.map(|t| t.as_str().to_string()),
         https_redirect: input.https_redirect,
     };
-    if let Some(agent) = patch.agent_id.filter(|a| *a != current.agent_id) {
+    for agent in touched_agents(state, &current, &patch).await? {
         require_agent(state, user, agent).await?;
-    }
-    for &replica in patch.replicas.iter().flatten() {
-        require_agent(state, user, replica).await?;
     }
     let row = state
         .store
@@ -211,6 +208,42 @@ pub async fn update(
     });
     audit(state, Some(user), "tunnel.update", label(&row), detail).await;
     Ok(row)
+}
+
+/// The Agents whose connections a PATCH changes, each of which the caller must be allowed to
+/// route to: a new primary or replica always; and when the hostname or target changes or the
+/// tunnel is enabled, every Agent that serves it afterwards (an admin may have added a replica on
+/// someone else's Agent: its owner did not agree to be pointed at another target).
+async fn touched_agents(
+    state: &AppState,
+    current: &TunnelRow,
+    patch: &TunnelPatch,
+) -> Result<Vec<i64>, ApiError> {
+    let replicas: Vec<i64> = state
+        .store
+        .tunnel_replicas(current.id)
+        .await?
+        .into_iter()
+        .map(|r| r.agent_id)
+        .collect();
+    let primary = patch.agent_id.unwrap_or(current.agent_id);
+    let after: Vec<i64> = std::iter::once(primary)
+        .chain(patch.replicas.clone().unwrap_or(replicas.clone()))
+        .collect();
+    let redirects = patch
+        .hostname
+        .as_ref()
+        .is_some_and(|h| *h != current.hostname)
+        || patch.target.as_ref().is_some_and(|t| *t != current.target)
+        || (patch.enabled == Some(true) && !current.enabled);
+    let mut touched: Vec<i64> = if redirects {
+        after
+    } else {
+        let before: Vec<i64> = std::iter::once(current.agent_id).chain(replicas).collect();
+        after.into_iter().filter(|a| !before.contains(a)).collect()
+    };
+    touched.dedup();
+    Ok(touched)
 }
 
 pub async fn delete(state: &AppState, user: &UserRow, id: i64) -> Result<(), ApiError> {

@@ -17,11 +17,14 @@ use kakuremichi_proto::{
     decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, MAX_MESSAGE_BYTES,
     MAX_REASON_CHARS, PROTOCOL_VERSION,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant, MissedTickBehavior};
+
+/// The `Error` code (the session's 409) for a hello whose public key another node holds.
+pub const KEY_IN_USE: &str = "public_key_in_use";
 
 /// How often `last_seen` is refreshed while a session stays open.
 const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
@@ -52,6 +55,14 @@ impl From<StoreError> for End {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => End::error("revoked", "this node was deleted from Control"),
+            StoreError::KeyInUse(holder) => End::error(
+                KEY_IN_USE,
+                format!(
+                    "this WireGuard public key is already registered to {holder}; every node needs \
+                     its own key: delete this node's *-wireguard.key file so that it generates a \
+                     new one, then reconnect"
+                ),
+            ),
             e => {
                 tracing::error!(error = %e, "node session: database error");
                 End::Close(close_code::ERROR, "internal error")
@@ -65,17 +76,28 @@ fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 
+/// The end of a session whose credential (an Agent's API key) was replaced.
+fn credential_replaced() -> End {
+    End::error(
+        "revoked",
+        "this node's credential was replaced (the Agent's API key was rotated); reconnect with the new one",
+    )
+}
+
 /// Resolves once Control is shutting down.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Runs the session of an authenticated node until it ends.
-pub async fn serve(socket: WebSocket, node: NodeRef, hub: Arc<Hub>) {
+/// Runs the session of an authenticated node until it ends. `credential_epoch` is
+/// [`Hub::credential_epoch`] read before the node's credential was last checked: the session ends
+/// as soon as the credential is replaced after that.
+pub async fn serve(socket: WebSocket, node: NodeRef, credential_epoch: u64, hub: Arc<Hub>) {
     let _live = hub.session_started();
     let mut session = Session {
         socket,
         node,
+        credential_epoch,
         hub,
         last_rx: Instant::now(),
         sent_challenges: Arc::new(HashSet::new()),
@@ -87,6 +109,7 @@ pub async fn serve(socket: WebSocket, node: NodeRef, hub: Arc<Hub>) {
 struct Session {
     socket: WebSocket,
     node: NodeRef,
+    credential_epoch: u64,
     hub: Arc<Hub>,
     /// When the node last sent any frame (data, ping, pong).
     last_rx: Instant,
@@ -97,6 +120,10 @@ struct Session {
 impl Session {
     async fn run(&mut self) -> End {
         let mut shutdown = self.hub.shutdown_signal();
+        let mut credentials = self.hub.subscribe_credentials();
+        if self.credential_replaced(&mut credentials) {
+            return credential_replaced();
+        }
         let config_hash = tokio::select! {
             () = stopped(&mut shutdown) => return SHUTDOWN,
             hello = self.handshake() => match hello {
@@ -132,6 +159,11 @@ impl Session {
                     Err(_) => Err(SHUTDOWN),
                 },
                 _ = ping.tick() => self.heartbeat(&mut last_touch).await,
+                _ = credentials.changed() => if self.credential_replaced(&mut credentials) {
+                    Err(credential_replaced())
+                } else {
+                    Ok(())
+                },
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(node = %self.node, timeout = ?self.hub.heartbeat_timeout, "node silent for too long; closing its session");
                     Err(End::Close(close_code::POLICY, "heartbeat timeout"))
@@ -142,6 +174,15 @@ impl Session {
                 return end;
             }
         }
+    }
+
+    /// Whether this node's credential was replaced since the session's was checked.
+    fn credential_replaced(
+        &self,
+        credentials: &mut watch::Receiver<HashMap<NodeRef, u64>>,
+    ) -> bool {
+        let epoch = credentials.borrow_and_update().get(&self.node).copied();
+        epoch.unwrap_or(0) > self.credential_epoch
     }
 
     /// Reads and checks the Hello; records the node's key. Returns the hash the node already has.
@@ -196,12 +237,16 @@ impl Session {
             ));
         }
         validate::public_key(&public_key).map_err(|e| End::error("bad_hello", e.0))?;
-        if self
+        let connected = self
             .hub
             .store()
             .node_connected(self.node, &public_key)
-            .await?
-        {
+            .await;
+        if let Err(StoreError::KeyInUse(holder)) = &connected {
+            // Public keys are not secrets: naming it lets an operator find the clone.
+            tracing::warn!(node = %self.node, %holder, %public_key, "refusing a hello: the public key belongs to another node");
+        }
+        if connected? {
             tracing::info!(node = %self.node, "node public key changed");
             self.hub.changed();
         }

@@ -47,6 +47,12 @@ pub struct Hub {
     /// Per node: why its latest snapshot did not reach it or was not applied (it then runs on
     /// its previous one). Cleared once it applies a snapshot. One entry at most per node.
     config_errors: Mutex<HashMap<NodeRef, String>>,
+    /// Per node, how many times its credential was replaced: a session opened with an older
+    /// credential ends when the count it started with moves on.
+    credential_epochs: watch::Sender<HashMap<NodeRef, u64>>,
+    /// Disabled Gateways (from the latest world): they get no secrets, so they answer no ACME
+    /// challenge and are not waited for.
+    disabled_gateways: Mutex<Arc<HashSet<i64>>>,
 }
 
 /// No Gateway is connected, so no ACME challenge can be answered.
@@ -75,6 +81,8 @@ impl Hub {
             replicated_agents: Mutex::new(Arc::default()),
             access_url: std::sync::OnceLock::new(),
             config_errors: Mutex::new(HashMap::new()),
+            credential_epochs: watch::channel(HashMap::new()).0,
+            disabled_gateways: Mutex::new(Arc::default()),
         })
     }
 
@@ -120,15 +128,39 @@ impl Hub {
         });
     }
 
-    /// The online, connected Gateways.
+    /// The online, connected, enabled Gateways (as of the latest world).
     pub fn online_gateways(&self) -> Vec<NodeRef> {
+        let disabled = lock(&self.disabled_gateways).clone();
         self.online
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|(node, n)| node.kind == NodeKind::Gateway && **n > 0)
+            .filter(|(node, _)| !disabled.contains(&node.id))
             .map(|(node, _)| *node)
             .collect()
+    }
+
+    /// Ends every open session of `node`: its credential was replaced (an Agent's key rotated),
+    /// so whoever held the old one must not keep receiving its configuration.
+    pub fn credential_replaced(&self, node: NodeRef) {
+        self.credential_epochs.send_modify(|epochs| {
+            *epochs.entry(node).or_insert(0) += 1;
+        });
+    }
+
+    /// How many times `node`'s credential was replaced so far; a session remembers it at start.
+    pub fn credential_epoch(&self, node: NodeRef) -> u64 {
+        self.credential_epochs
+            .borrow()
+            .get(&node)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Watches credential replacements; see [`Hub::credential_replaced`].
+    pub(crate) fn subscribe_credentials(&self) -> watch::Receiver<HashMap<NodeRef, u64>> {
+        self.credential_epochs.subscribe()
     }
 
     /// Waits until every online Gateway has applied a snapshot holding all of `ids`, at most
@@ -139,6 +171,10 @@ impl Hub {
         ids: &[String],
         limit: Duration,
     ) -> Result<usize, NoGateway> {
+        // Refresh the list of disabled Gateways: they are sent no challenge, so never confirm one.
+        if let Err(e) = self.world().await {
+            tracing::warn!(error = %e, "cannot refresh the Gateways before an ACME validation");
+        }
         let mut acks = self.acks.subscribe();
         let ready = |acks: &HashMap<NodeRef, Arc<HashSet<String>>>| {
             let online = self.online_gateways();
@@ -211,6 +247,7 @@ impl Hub {
         world.access.control_url = self.access_url.get().cloned().unwrap_or_default();
         let world = Arc::new(world);
         *lock(&self.replicated_agents) = Arc::new(world.replicated_agents());
+        *lock(&self.disabled_gateways) = Arc::new(world.disabled_gateways());
         *cache = Some((generation, world.clone()));
         Ok(world)
     }
@@ -240,7 +277,7 @@ impl Hub {
         }
     }
 
-    fn mark_online(self: &Arc<Self>, node: NodeRef) -> OnlineGuard {
+    pub(crate) fn mark_online(self: &Arc<Self>, node: NodeRef) -> OnlineGuard {
         let first = {
             let mut online = lock(&self.online);
             let count = online.entry(node).or_insert(0);
@@ -282,7 +319,7 @@ impl Hub {
 }
 
 /// Keeps a node online while held.
-struct OnlineGuard {
+pub(crate) struct OnlineGuard {
     hub: Arc<Hub>,
     node: NodeRef,
 }

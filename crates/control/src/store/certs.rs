@@ -1,6 +1,11 @@
-//! Certificates by hostname (issued or being obtained) and the ACME account.
+//! Certificates by hostname and source (issued or being obtained), the log of ACME orders (for
+//! the hourly caps) and the ACME account.
+//!
+//! One row per (hostname, source): switching a tunnel between `acme` and `internal` keeps each
+//! source's certificate, failure count and retry time, so no toggle resets a backoff or throws
+//! away a certificate that is still good.
 
-use super::{now, Store, StoreResult};
+use super::{from_now, now, Store, StoreResult};
 
 const COLUMNS: &str = "hostname, source, status, cert_pem, not_after, issuer, renew_at, \
                        last_error, failures, next_attempt_at";
@@ -33,6 +38,16 @@ impl std::fmt::Debug for CertRow {
     }
 }
 
+/// One ACME order in the log (see [`Store::log_acme_order`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AcmeOrderRow {
+    /// Registered domain (eTLD+1) of the hostname.
+    pub domain: String,
+    /// The tunnel's owner; `None` = the admins.
+    pub owner_id: Option<i64>,
+    pub ordered_at: String,
+}
+
 /// A freshly issued certificate, ready to store.
 pub struct NewCert {
     pub cert_pem: String,
@@ -48,21 +63,27 @@ impl Store {
         Ok(sqlx::query_as(&sql).fetch_all(self.pool()).await?)
     }
 
-    pub async fn get_certificate(&self, hostname: &str) -> StoreResult<Option<CertRow>> {
-        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE hostname = $1");
+    /// The state of `hostname`'s certificate from `source` (`acme` or `internal`).
+    pub async fn get_certificate(
+        &self,
+        hostname: &str,
+        source: &str,
+    ) -> StoreResult<Option<CertRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE hostname = $1 AND source = $2");
         Ok(sqlx::query_as(&sql)
             .bind(hostname)
+            .bind(source)
             .fetch_optional(self.pool())
             .await?)
     }
 
-    /// Stores an issued certificate, replacing whatever the hostname had.
+    /// Stores an issued certificate, replacing what the hostname had from the same source.
     pub async fn save_issued(&self, hostname: &str, source: &str, c: &NewCert) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO certificates (hostname, source, status, cert_pem, key_pem, not_after, issuer, \
              renew_at, last_error, failures, next_attempt_at, updated_at) \
              VALUES ($1, $2, 'issued', $3, $4, $5, $6, $7, NULL, 0, NULL, $8) \
-             ON CONFLICT (hostname) DO UPDATE SET source = excluded.source, status = 'issued', \
+             ON CONFLICT (hostname, source) DO UPDATE SET status = 'issued', \
              cert_pem = excluded.cert_pem, key_pem = excluded.key_pem, not_after = excluded.not_after, \
              issuer = excluded.issuer, renew_at = excluded.renew_at, last_error = NULL, failures = 0, \
              next_attempt_at = NULL, updated_at = excluded.updated_at",
@@ -80,7 +101,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed attempt. A hostname that still holds a certificate from the same source
+    /// Records a failed attempt. A hostname that still holds a certificate from this source
     /// stays `issued` (it keeps being served while renewal retries); otherwise it becomes `failed`.
     pub async fn record_failure(
         &self,
@@ -93,14 +114,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO certificates (hostname, source, status, last_error, failures, next_attempt_at, \
              updated_at) VALUES ($1, $2, 'failed', $3, $4, $5, $6) \
-             ON CONFLICT (hostname) DO UPDATE SET \
-             status = CASE WHEN certificates.source = excluded.source AND certificates.cert_pem IS NOT NULL \
-                      THEN 'issued' ELSE 'failed' END, \
-             cert_pem = CASE WHEN certificates.source = excluded.source THEN certificates.cert_pem END, \
-             key_pem = CASE WHEN certificates.source = excluded.source THEN certificates.key_pem END, \
-             not_after = CASE WHEN certificates.source = excluded.source THEN certificates.not_after END, \
-             issuer = CASE WHEN certificates.source = excluded.source THEN certificates.issuer END, \
-             source = excluded.source, last_error = excluded.last_error, failures = excluded.failures, \
+             ON CONFLICT (hostname, source) DO UPDATE SET \
+             status = CASE WHEN certificates.cert_pem IS NOT NULL THEN 'issued' ELSE 'failed' END, \
+             last_error = excluded.last_error, failures = excluded.failures, \
              next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
         )
         .bind(hostname)
@@ -112,6 +128,69 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Records that an attempt is held back (an hourly order cap) until `next_attempt_at`, with
+    /// `note` saying so. Not a failure: the failure count and any certificate stay.
+    pub async fn record_waiting(
+        &self,
+        hostname: &str,
+        source: &str,
+        note: &str,
+        next_attempt_at: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO certificates (hostname, source, status, last_error, failures, next_attempt_at, \
+             updated_at) VALUES ($1, $2, 'waiting', $3, 0, $4, $5) \
+             ON CONFLICT (hostname, source) DO UPDATE SET \
+             status = CASE WHEN certificates.cert_pem IS NOT NULL THEN 'issued' ELSE 'waiting' END, \
+             last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(hostname)
+        .bind(source)
+        .bind(note)
+        .bind(next_attempt_at)
+        .bind(now())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Logs an ACME order just started, for the hourly caps; prunes entries older than a day.
+    pub async fn log_acme_order(
+        &self,
+        hostname: &str,
+        domain: &str,
+        owner_id: Option<i64>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM acme_orders WHERE ordered_at < $1")
+            .bind(from_now(-time::Duration::DAY))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO acme_orders (hostname, domain, owner_id, ordered_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hostname)
+        .bind(domain)
+        .bind(owner_id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// ACME orders started at or after `since` (RFC 3339), oldest first.
+    pub async fn acme_orders_since(&self, since: &str) -> StoreResult<Vec<AcmeOrderRow>> {
+        Ok(sqlx::query_as(
+            "SELECT domain, owner_id, ordered_at FROM acme_orders \
+             WHERE ordered_at >= $1 ORDER BY ordered_at, id",
+        )
+        .bind(since)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// The stored ACME account credentials (JSON) for a directory URL.
@@ -159,13 +238,21 @@ mod tests {
             .record_failure("a.test", "acme", "boom", 1, "2030-01-01T00:00:00Z")
             .await
             .unwrap();
-        let row = store.get_certificate("a.test").await.unwrap().unwrap();
+        let row = store
+            .get_certificate("a.test", "acme")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((row.status.as_str(), row.failures), ("failed", 1));
         store
             .save_issued("a.test", "acme", &cert("1"))
             .await
             .unwrap();
-        let row = store.get_certificate("a.test").await.unwrap().unwrap();
+        let row = store
+            .get_certificate("a.test", "acme")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(row.status, "issued");
         assert!(row.last_error.is_none());
         store
@@ -178,7 +265,11 @@ mod tests {
             )
             .await
             .unwrap();
-        let row = store.get_certificate("a.test").await.unwrap().unwrap();
+        let row = store
+            .get_certificate("a.test", "acme")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(row.status, "issued");
         assert_eq!(row.cert_pem.as_deref(), Some("cert1"));
         assert_eq!(row.last_error.as_deref(), Some("renewal failed"));
@@ -186,9 +277,56 @@ mod tests {
             .record_failure("a.test", "internal", "x", 1, "2030-01-01T00:00:00Z")
             .await
             .unwrap();
-        let row = store.get_certificate("a.test").await.unwrap().unwrap();
+        let row = store
+            .get_certificate("a.test", "internal")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(row.status, "failed");
         assert!(row.cert_pem.is_none());
+        // The other source's certificate and state are untouched.
+        let acme = store
+            .get_certificate("a.test", "acme")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(acme.cert_pem.as_deref(), Some("cert1"));
+        // Waiting is not a failure: the count stays, the served certificate too.
+        store
+            .record_waiting("a.test", "acme", "waiting", "2030-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let acme = store
+            .get_certificate("a.test", "acme")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((acme.status.as_str(), acme.failures), ("issued", 1));
+        assert_eq!(acme.last_error.as_deref(), Some("waiting"));
+    }
+
+    #[tokio::test]
+    async fn acme_orders_are_logged_and_counted_by_time() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        store
+            .log_acme_order("a.example.com", "example.com", Some(3))
+            .await
+            .unwrap();
+        store
+            .log_acme_order("b.example.com", "example.com", None)
+            .await
+            .unwrap();
+        let recent = store
+            .acme_orders_since(&from_now(-time::Duration::HOUR))
+            .await
+            .unwrap();
+        assert_eq!(recent.len(), 2);
+        assert_eq!((recent[0].owner_id, recent[1].owner_id), (Some(3), None));
+        assert!(store
+            .acme_orders_since(&from_now(time::Duration::HOUR))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]

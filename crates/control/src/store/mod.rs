@@ -22,7 +22,7 @@ mod users;
 pub use access::AccessKeyRow;
 pub use agents::AgentRow;
 pub use audit::{Actor, AuditRow};
-pub use certs::{CertRow, NewCert};
+pub use certs::{AcmeOrderRow, CertRow, NewCert};
 pub use gateways::{GatewayPatch, GatewayRow};
 pub use nodes::{NodeKind, NodeRef};
 pub use quotas::{Quotas, MAX_ALLOW_LIST_ENTRIES};
@@ -49,6 +49,9 @@ pub enum StoreError {
     /// The request contradicts existing data (duplicate hostname, agent still in use...).
     #[error("{0}")]
     Conflict(String),
+    /// A node presented a WireGuard public key that another node holds.
+    #[error("this WireGuard public key is already used by {0}")]
+    KeyInUse(NodeRef),
     /// The request references something that does not exist (e.g. an unknown agent_id).
     #[error("{0}")]
     Invalid(String),

@@ -4,7 +4,7 @@
 use crate::api::{agents, gateways, tunnels, ApiError, AppState};
 use crate::ops::can_manage;
 use crate::store::access::policy_of;
-use crate::store::{CertRow, NodeKind, NodeRef, UserRow};
+use crate::store::{NodeKind, NodeRef, UserRow};
 use kakuremichi_proto::AccessPolicy;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -84,13 +84,7 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
             with(with(to_json(agents::view(state, a, None)), extra), error)
         })
         .collect();
-    let certs: HashMap<String, CertRow> = state
-        .store
-        .list_certificates()
-        .await?
-        .into_iter()
-        .map(|c| (c.hostname.clone(), c))
-        .collect();
+    let certs = tunnels::certs_by_name_and_source(state).await?;
     let replicas = state.store.list_replicas().await?;
     let tunnels = tunnel_rows
         .into_iter()
@@ -113,7 +107,7 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
                 "public_url": format!("{scheme}://{}/", t.hostname),
                 "can_manage": can_manage(viewer, t.owner_id),
             });
-            let cert = certs.get(&t.hostname);
+            let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
             let view = to_json(tunnels::TunnelView::new(
                 t,
                 &replicas,

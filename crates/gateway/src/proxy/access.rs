@@ -84,7 +84,7 @@ impl AccessGate {
         route: &GatewayRoute,
         scheme: Scheme,
     ) -> Result<(), Box<Response<Full<Bytes>>>> {
-        req.headers_mut().remove(USER_HEADER);
+        remove_user_header(req.headers_mut());
         let token = take_cookie(req.headers_mut(), ACCESS_COOKIE);
         let path = req.uri().path();
         if path == HANDOFF_PATH {
@@ -200,6 +200,31 @@ impl AccessState {
             }
         }
     }
+}
+
+/// Removes every header that an origin could read as the user header: `X-Kakuremichi-User` in
+/// any case and with `_` for `-` (PHP, CGI and nginx's `underscores_in_headers` map both to the
+/// same variable). Used on request headers and on request trailers.
+pub(crate) fn remove_user_header(headers: &mut HeaderMap) {
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_user_header(name))
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(name);
+    }
+}
+
+fn is_user_header(name: &HeaderName) -> bool {
+    let ours = USER_HEADER;
+    let (name, ours) = (name.as_str().as_bytes(), ours.as_str().as_bytes());
+    // Header names are lowercase in `http`; only `_` vs `-` remains to fold.
+    name.len() == ours.len()
+        && name
+            .iter()
+            .zip(ours)
+            .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
 }
 
 /// `302` to Control's authorize endpoint, which sends the visitor back to this very URL.

@@ -1,6 +1,7 @@
 //! Forwarding one client request: route lookup, the upstream request through the pooled tunnel
-//! client, and for HTTP/1.1 upgrades (WebSocket) the byte splice once both sides have switched
-//! protocols. Bodies are passed through as hyper streams, so nothing is buffered whole.
+//! client, and for HTTP/1.1 WebSocket upgrades the byte splice once both sides have switched
+//! protocols. Bodies are passed through as hyper streams, so nothing is buffered whole; a request
+//! body that stalls is cut (408), and so is a spliced connection that carries nothing.
 
 use std::error::Error as StdError;
 
@@ -14,10 +15,12 @@ use hyper_util::rt::TokioIo;
 use kakuremichi_proto::GatewayRoute;
 use std::net::Ipv4Addr;
 
+use super::access;
 use super::headers::{self, ClientHost, HostError};
 use super::pages;
 use super::redirect;
 use super::server::{ClientConn, ConnGuard};
+use super::timeouts::{BodyError, IdleIo, RequestBody};
 use super::{Proxy, Scheme};
 
 /// Either the origin's streamed body or a page the proxy wrote itself.
@@ -25,7 +28,7 @@ pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// The client's streamed body, or nothing: a request known to have no body can be sent again to
 /// another replica when a connect fails.
-pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub(crate) type UpstreamBody = Either<RequestBody, Empty<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 enum ForwardError {
@@ -37,6 +40,8 @@ enum ForwardError {
     NoTarget,
     #[error("origin answered 101 Switching Protocols to a request that did not ask to upgrade")]
     UnexpectedUpgrade,
+    #[error("origin switched to a protocol other than websocket")]
+    UnexpectedProtocol,
 }
 
 impl Proxy {
@@ -78,6 +83,10 @@ impl Proxy {
                 redirect::add_hsts(response.headers_mut(), scheme, &route);
                 response
             }
+            Err(ForwardError::Upstream(err)) if BodyError::is_idle(&err) => {
+                tracing::debug!(host = %host.name, error = %chain(&err), "request body stalled");
+                local(pages::request_timeout())
+            }
             Err(err) => {
                 tracing::warn!(host = %host.name, error = %err, "upstream request failed");
                 local(pages::bad_gateway())
@@ -97,6 +106,7 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
+        let body = RequestBody::new(body, self.config.body_timeout, access::remove_user_header);
         // Agents speak HTTP/1.1 whatever the client spoke; hyper's server-side extensions mean
         // nothing to its client.
         parts.version = Version::HTTP_11;
@@ -120,12 +130,17 @@ impl Proxy {
         let mut switched_to = None;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let client_upgrade = client_upgrade.ok_or(ForwardError::UnexpectedUpgrade)?;
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
             switched_to = response.headers().get(UPGRADE).cloned();
+            // Only WebSocket was asked for; an origin switching to anything else is not spliced.
+            if !switched_to.as_ref().is_some_and(headers::is_websocket) {
+                return Err(ForwardError::UnexpectedProtocol);
+            }
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(splice(
                 client_upgrade,
                 upstream_upgrade,
                 conn.guard,
+                self.config.websocket_idle_timeout,
                 host.name.clone(),
             ));
         }
@@ -142,7 +157,7 @@ impl Proxy {
         &self,
         route: &GatewayRoute,
         parts: http::request::Parts,
-        body: Incoming,
+        body: RequestBody,
     ) -> Result<Response<Incoming>, ForwardError> {
         let order = self.balancer.order(route.tunnel_id, route.replicas.clone());
         let retryable = body.is_end_stream();
@@ -196,12 +211,23 @@ fn upstream_uri(agent_address: Ipv4Addr, port: u16, uri: &Uri) -> Result<Uri, ht
 }
 
 /// Copies bytes both ways between the upgraded client and origin connections until either side
-/// closes, or the server's drain deadline passes.
-async fn splice(client: OnUpgrade, upstream: OnUpgrade, mut guard: ConnGuard, host: String) {
+/// closes, no byte has gone either way for `idle_timeout`, or the server's drain deadline passes.
+async fn splice(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    mut guard: ConnGuard,
+    idle_timeout: std::time::Duration,
+    host: String,
+) {
     let run = async {
         let (client, upstream) = tokio::try_join!(client, upstream)?;
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        let mut client = IdleIo::new(TokioIo::new(client));
+        let mut upstream = TokioIo::new(upstream);
+        let idle = client.idle_for(idle_timeout);
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => { copied?; }
+            () = idle => tracing::debug!(host = %host, "closing an idle upgraded connection"),
+        }
         Ok::<_, Box<dyn StdError + Send + Sync>>(())
     };
     tokio::select! {

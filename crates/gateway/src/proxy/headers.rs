@@ -1,6 +1,7 @@
 //! Header work for both directions: which host a request is for, which headers belong to one
-//! connection only (hop-by-hop) and must not cross the proxy, and the `X-Forwarded-*` /
-//! `Forwarded` headers that tell the origin who the real client was.
+//! connection only (hop-by-hop) and must not cross the proxy, which upgrades may (WebSocket
+//! only), and the `X-Forwarded-*` / `Forwarded` headers that tell the origin who the real client
+//! was.
 
 use std::net::IpAddr;
 
@@ -11,6 +12,7 @@ use http::header::{
 use http::uri::{Authority, Uri};
 use http::Version;
 
+use super::access::USER_HEADER;
 use super::routes::normalize_host;
 use super::Scheme;
 
@@ -79,13 +81,26 @@ pub(crate) fn client_host(uri: &Uri, headers: &HeaderMap) -> Result<ClientHost, 
     Ok(ClientHost { authority, name })
 }
 
-/// The protocol an HTTP/1.1 request asks to upgrade to, if it asks (`Connection: upgrade` and an
-/// `Upgrade` header). HTTP/2 has no such mechanism, and HTTP/1.0 cannot carry it safely.
+/// The `Upgrade` header of an HTTP/1.1 request asking for WebSocket (`Connection: upgrade` and
+/// `Upgrade: websocket`, nothing else offered). Any other upgrade (h2c, TLS, custom protocols)
+/// is ignored, as RFC 9110 §7.8 lets a server do: the `Upgrade` header is dropped with the
+/// other hop-by-hop headers and the request is proxied as a plain one, so the client carries
+/// on in HTTP/1.1 and no origin is reached by a protocol the Gateway cannot inspect. HTTP/2 has
+/// no such mechanism, and HTTP/1.0 cannot carry it safely.
 pub(crate) fn upgrade_request(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if version != Version::HTTP_11 || !has_token(headers, &CONNECTION, "upgrade") {
         return None;
     }
-    headers.get(UPGRADE).cloned()
+    let mut values = headers.get_all(UPGRADE).iter();
+    let value = values.next()?;
+    (values.next().is_none() && is_websocket(value)).then(|| value.clone())
+}
+
+/// Whether an `Upgrade` value names exactly WebSocket (no version suffix, no second protocol).
+pub(crate) fn is_websocket(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Rewrites a client request's headers for the upstream hop.
@@ -99,7 +114,13 @@ pub(crate) fn prepare_request(
     // `TE: trailers` is hop-by-hop but means "I can take trailers"; without it the origin (and
     // hyper) would drop response trailers, so it is re-stated on the upstream hop.
     let accepts_trailers = has_token(headers, &TE, "trailers");
+    // The user header is the access gate's own by now (it removed the client's): a client's
+    // `Connection: X-Kakuremichi-User` must not delete it.
+    let user = headers.remove(USER_HEADER);
     strip_hop_by_hop(headers);
+    if let Some(user) = user {
+        headers.insert(USER_HEADER, user);
+    }
     merge_cookies(headers);
     if accepts_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));

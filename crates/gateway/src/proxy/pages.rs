@@ -2,7 +2,7 @@
 //! problem without leaking upstream details (those go to the log).
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
@@ -29,6 +29,19 @@ pub(crate) fn bad_gateway() -> Response<Full<Bytes>> {
         StatusCode::BAD_GATEWAY,
         "The service behind this host could not be reached.",
     )
+}
+
+/// The client stopped sending its request body; `Connection: close` because the rest of that
+/// body will never be read.
+pub(crate) fn request_timeout() -> Response<Full<Bytes>> {
+    let mut response = page(
+        StatusCode::REQUEST_TIMEOUT,
+        "The request body stopped arriving, so the request was cut.",
+    );
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 pub(crate) fn bad_request() -> Response<Full<Bytes>> {

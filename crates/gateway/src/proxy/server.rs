@@ -1,7 +1,8 @@
-//! Listeners: the accept loop with its connection cap, per-connection HTTP/1.1 + h2c serving
-//! with a header-read timeout, and graceful drain on shutdown. The public proxy listener and the
-//! admin (health) listener share all of it and differ only in what answers requests; the HTTPS
-//! listener adds a TLS handshake (bounded by a timeout) in front of the same HTTP serving.
+//! Listeners: the accept loop with its connection caps (per listener, and per client on the
+//! public listeners), per-connection HTTP/1.1 + h2c serving with header, idle and HTTP/2 stream
+//! limits, and graceful drain on shutdown. The public proxy listener and the admin (health)
+//! listener share all of it and differ only in what answers requests; the HTTPS listener adds a
+//! TLS handshake (bounded by a timeout) in front of the same HTTP serving.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,7 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::client_cap::{ClientCap, ClientPermit};
 use super::forward::ProxyBody;
+use super::timeouts::{Activity, Tracked};
 use super::{Proxy, Scheme};
 use crate::tls::{ACME_TLS_ALPN, WG_TLS_ALPN};
 
@@ -31,8 +34,37 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Pause after an accept error such as EMFILE, so a full fd table does not become a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Streams an HTTP/2 client may reset before the server accepted them (the "rapid reset"
+/// flood, CVE-2023-44487); more ends the connection with GOAWAY. h2's own default.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server may reset because the client misbehaved before GOAWAY (RUSTSEC-2024-0003).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// How long a connection closed for idling may take to finish what it was doing.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 const ADMIN_MAX_CONNECTIONS: usize = 64;
-const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const ADMIN_LIMITS: ConnLimits = ConnLimits {
+    header_read_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    h2_max_streams: 16,
+};
+
+/// The per-connection limits of a listener.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    h2_max_streams: u32,
+}
+
+impl ConnLimits {
+    fn of(config: &super::ProxyConfig) -> Self {
+        Self {
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            h2_max_streams: config.h2_max_streams,
+        }
+    }
+}
 
 /// Serves the proxy for plain-HTTP clients (`X-Forwarded-Proto: http`).
 pub async fn serve(
@@ -52,11 +84,13 @@ pub async fn serve_with_scheme(
     scheme: Scheme,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let builder = http_builder(proxy.config.header_read_timeout);
+    let limits = ConnLimits::of(&proxy.config);
     let max_connections = proxy.config.max_connections;
     let site = Site {
-        builder,
+        builder: http_builder(limits),
+        limits,
         scheme,
+        client_cap: Some(proxy.client_cap.clone()),
         proxy: Some(proxy),
         tls: None,
     };
@@ -71,15 +105,17 @@ pub async fn serve_tls(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let builder = http_builder(proxy.config.header_read_timeout);
+    let limits = ConnLimits::of(&proxy.config);
     let max_connections = proxy.config.max_connections;
     let tls = Tls {
         acceptor: TlsAcceptor::from(proxy.certs().server_config()),
         handshake_timeout: proxy.config.tls_handshake_timeout,
     };
     let site = Site {
-        builder,
+        builder: http_builder(limits),
+        limits,
         scheme: Scheme::Https,
+        client_cap: Some(proxy.client_cap.clone()),
         proxy: Some(proxy),
         tls: Some(tls),
     };
@@ -92,28 +128,33 @@ pub async fn serve_admin(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let builder = http_builder(ADMIN_HEADER_READ_TIMEOUT);
     let site = Site {
-        builder,
+        builder: http_builder(ADMIN_LIMITS),
+        limits: ADMIN_LIMITS,
         scheme: Scheme::Http,
+        client_cap: None,
         proxy: None,
         tls: None,
     };
     accept_loop(listener, site, ADMIN_MAX_CONNECTIONS, shutdown).await
 }
 
-fn http_builder(header_read_timeout: Duration) -> Arc<Builder<TokioExecutor>> {
+fn http_builder(limits: ConnLimits) -> Arc<Builder<TokioExecutor>> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    // HTTP/2 has no header-read timeout; pings at least free the slots of vanished peers.
+        .header_read_timeout(limits.header_read_timeout);
+    // HTTP/2 has no header-read timeout: the idle watchdog in `serve_io` bounds idle
+    // connections, and pings free the slots of vanished peers sooner.
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_INTERVAL);
+        .keep_alive_timeout(H2_KEEP_ALIVE_INTERVAL)
+        .max_concurrent_streams(limits.h2_max_streams.max(1))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
     Arc::new(builder)
 }
 
@@ -121,7 +162,10 @@ fn http_builder(header_read_timeout: Duration) -> Arc<Builder<TokioExecutor>> {
 #[derive(Clone)]
 struct Site {
     builder: Arc<Builder<TokioExecutor>>,
+    limits: ConnLimits,
     scheme: Scheme,
+    /// The per-client cap; `None` on the admin listener.
+    client_cap: Option<Arc<ClientCap>>,
     proxy: Option<Arc<Proxy>>,
     tls: Option<Tls>,
 }
@@ -144,8 +188,14 @@ enum Phase {
 /// holders when to drain and when to stop.
 #[derive(Clone)]
 pub(crate) struct ConnGuard {
-    _slot: Arc<OwnedSemaphorePermit>,
+    _slot: Arc<Slot>,
     phase: watch::Receiver<Phase>,
+}
+
+/// A connection's place under the listener cap and under its client's cap.
+struct Slot {
+    _listener: OwnedSemaphorePermit,
+    _client: Option<ClientPermit>,
 }
 
 impl ConnGuard {
@@ -202,8 +252,22 @@ async fn accept_loop(
             },
             () = &mut shutdown => break,
         };
+        let client = match &site.client_cap {
+            Some(cap) => match cap.try_acquire(peer.ip()) {
+                Some(permit) => Some(permit),
+                None => {
+                    refuse_over_client_cap(stream, peer);
+                    continue;
+                }
+            },
+            None => None,
+        };
         // Small writes (SSE events, WebSocket frames) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
+        let slot = Slot {
+            _listener: slot,
+            _client: client,
+        };
         let guard = ConnGuard {
             _slot: Arc::new(slot),
             phase: phase_rx.clone(),
@@ -213,6 +277,13 @@ async fn accept_loop(
     drop(listener);
     drain(&slots, max, &phase_tx).await;
     Ok(())
+}
+
+/// Closes a connection of a client at its cap with a reset: no TIME_WAIT left on our side, and
+/// the slot it held is free for the next accept at once.
+fn refuse_over_client_cap(stream: TcpStream, peer: SocketAddr) {
+    tracing::debug!(%peer, "client at its connection cap; connection refused");
+    let _ = stream.set_zero_linger();
 }
 
 async fn accept_failed(err: io::Error) {
@@ -279,20 +350,40 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let builder = site.builder.clone();
+    let limits = site.limits;
+    let activity = Activity::new();
     let conn = ClientConn {
         peer,
         scheme: site.scheme,
         guard: guard.clone(),
     };
-    let service = ConnService { site, conn };
+    let service = ConnService {
+        site,
+        conn,
+        activity: activity.clone(),
+    };
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
-    tokio::select! {
+    let idle = activity.expired(limits.header_read_timeout, limits.idle_timeout);
+    let grace = tokio::select! {
         result = conn.as_mut() => return log_connection_end(result, peer),
-        () = guard.draining() => conn.as_mut().graceful_shutdown(),
-    }
+        () = guard.draining() => None,
+        () = idle => {
+            tracing::debug!(%peer, "closing an idle client connection");
+            Some(tokio::time::sleep(IDLE_CLOSE_GRACE))
+        }
+    };
+    // HTTP/2 says GOAWAY; an idle HTTP/1.1 connection (or one still being identified) closes.
+    conn.as_mut().graceful_shutdown();
+    let grace = async move {
+        match grace {
+            Some(grace) => grace.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = conn.as_mut() => log_connection_end(result, peer),
         () = guard.stopped() => {}
+        () = grace => {}
     }
 }
 
@@ -311,22 +402,32 @@ fn log_connection_end(
 struct ConnService {
     site: Site,
     conn: ClientConn,
+    activity: Activity,
 }
 
-type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+/// A response whose request counts as in flight (for the idle timeout) until its body is done.
+type ConnResponse = Response<Tracked<ProxyBody>>;
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<ConnResponse, Infallible>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<ProxyBody>;
+    type Response = ConnResponse;
     type Error = Infallible;
     type Future = ServiceFuture;
 
     fn call(&self, req: Request<Incoming>) -> ServiceFuture {
+        let in_flight = self.activity.start();
         match &self.site.proxy {
             Some(proxy) => {
                 let (proxy, conn) = (proxy.clone(), self.conn.clone());
-                Box::pin(async move { Ok(proxy.handle(req, conn).await) })
+                Box::pin(async move {
+                    let response = proxy.handle(req, conn).await;
+                    Ok(response.map(|body| Tracked::new(body, in_flight)))
+                })
             }
-            None => Box::pin(std::future::ready(Ok(admin(&req)))),
+            None => {
+                let response = admin(&req).map(|body| Tracked::new(body, in_flight));
+                Box::pin(std::future::ready(Ok(response)))
+            }
         }
     }
 }

@@ -75,6 +75,7 @@ async fn route(state: OriginState, req: Request<Incoming>) -> Response<Body> {
         "/upload" => upload(state, req).await,
         "/sse" => sse(state),
         "/trailers" => trailers(),
+        "/trailers-echo" => trailers_echo(req).await,
         "/ws" => websocket(req),
         _ => respond(
             StatusCode::NOT_FOUND,
@@ -187,6 +188,31 @@ fn trailers() -> Response<Body> {
     headers.insert("trailer", "x-checksum".parse().unwrap());
     let body = StreamBody::new(stream::iter(frames.map(Ok)));
     respond(StatusCode::OK, headers, body.boxed_unsync())
+}
+
+/// Reads the whole request body and answers with its trailers, one `trailer <name>: <value>`
+/// line each, so tests see which trailers reached the origin.
+async fn trailers_echo(req: Request<Incoming>) -> Response<Body> {
+    let mut text = String::new();
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                HeaderMap::new(),
+                full("body error"),
+            );
+        };
+        if let Some(trailers) = frame.trailers_ref() {
+            for (name, value) in trailers {
+                text += &format!(
+                    "trailer {name}: {}\n",
+                    String::from_utf8_lossy(value.as_bytes())
+                );
+            }
+        }
+    }
+    respond(StatusCode::OK, HeaderMap::new(), full(text))
 }
 
 /// A WebSocket echo, with the handshake done by hand on hyper's upgrade.

@@ -7,7 +7,6 @@ use super::{Peer, PeerState};
 use crate::link::StreamLink;
 use boringtun::noise::TunnResult;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ pub(crate) enum Source {
 }
 
 impl Source {
-    pub(super) fn ip(&self) -> std::net::IpAddr {
+    pub(crate) fn ip(&self) -> std::net::IpAddr {
         match self {
             Source::Udp(addr) => addr.ip(),
             Source::Stream(link) => link.remote.ip(),
@@ -111,7 +110,9 @@ impl PeerState {
                 }
             }
             Source::Stream(link) => {
-                link.authenticated.store(true, Ordering::Relaxed);
+                if !link.authenticate() {
+                    return;
+                }
                 if !nic.stream.as_ref().is_some_and(|s| s.same(link)) {
                     tracing::info!(peer = %peer.allowed_ip, stream = %link.remote, udp = ?nic.endpoint, "WireGuard peer now over a TCP/TLS stream: an authenticated packet arrived on it");
                     if let Some(old) = nic.stream.replace(link.clone()) {

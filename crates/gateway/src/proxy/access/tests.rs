@@ -331,3 +331,42 @@ fn take_cookie_handles_odd_headers() {
     assert_eq!(take_cookie(&mut h, ACCESS_COOKIE), None);
     assert_eq!(h[COOKIE], "my_km_access=1");
 }
+
+#[test]
+fn user_header_lookalikes_are_removed_in_every_spelling() {
+    let cookie = format!("km_access={}", token(HOST, "alice@x.io", 5));
+    let mut req = request("/", &[&cookie]);
+    for forged in [
+        "X_Kakuremichi_User",
+        "x-kakuremichi_user",
+        "X_KAKUREMICHI-USER",
+    ] {
+        let name = HeaderName::from_bytes(forged.as_bytes()).unwrap();
+        req.headers_mut()
+            .append(name, HeaderValue::from_static("mallory@x.io"));
+    }
+    req.headers_mut()
+        .insert("x-kakuremichi-users", HeaderValue::from_static("kept"));
+    gate(&[])
+        .admit(
+            &mut req,
+            &host(),
+            &route(users(&["alice@x.io"])),
+            Scheme::Https,
+        )
+        .unwrap();
+    let mut users: Vec<_> = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().contains("kakuremichi"))
+        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+        .collect();
+    users.sort();
+    assert_eq!(
+        users,
+        [
+            "x-kakuremichi-user: alice@x.io",
+            "x-kakuremichi-users: kept"
+        ]
+    );
+}

@@ -148,3 +148,54 @@ fn upgrade_headers_survive() {
     prepare_response(&mut response, Some(HeaderValue::from_static("websocket")));
     assert_eq!(response["connection"], "upgrade");
 }
+
+#[test]
+fn connection_cannot_remove_the_gateways_user_header() {
+    // As the access gate leaves it: the client's copy gone, the verified user set.
+    let mut map = headers(&[
+        (
+            "connection",
+            "X-Kakuremichi-User, x-kakuremichi-user, x-secret",
+        ),
+        ("x-kakuremichi-user", "alice@example.com"),
+        ("x-secret", "1"),
+    ]);
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    prepare_request(
+        &mut map,
+        &host("a.example", "a.example"),
+        ip,
+        Scheme::Http,
+        None,
+    );
+    assert_eq!(map["x-kakuremichi-user"], "alice@example.com");
+    assert!(map.get("x-secret").is_none());
+    assert!(map.get("connection").is_none());
+}
+
+#[test]
+fn only_a_plain_websocket_upgrade_is_honoured() {
+    let ask = |upgrade: &str| {
+        let map = headers(&[("connection", "Upgrade"), ("upgrade", upgrade)]);
+        upgrade_request(Version::HTTP_11, &map)
+    };
+    assert_eq!(
+        ask("WebSocket"),
+        Some(HeaderValue::from_static("WebSocket"))
+    );
+    for refused in [
+        "h2c",
+        "websocket, h2c",
+        "h2c, websocket",
+        "websocket/13",
+        "TLS/1.2",
+    ] {
+        assert_eq!(ask(refused), None, "{refused}");
+    }
+    let twice = headers(&[
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("upgrade", "h2c"),
+    ]);
+    assert_eq!(upgrade_request(Version::HTTP_11, &twice), None);
+}
