@@ -52,7 +52,8 @@ impl Store {
         .await?;
         let mut tunnels: Vec<TunnelRow> = sqlx::query_as(
             "SELECT id, hostname, agent_id, target, port, enabled, tls, https_redirect, access_mode, \
-             access_allow, created_at, updated_at FROM tunnels WHERE enabled = TRUE ORDER BY id",
+             access_allow, created_at, updated_at, ip_allow, ip_deny, rate_limit_per_second, \
+             rate_limit_burst, max_concurrent_requests FROM tunnels WHERE enabled = TRUE ORDER BY id",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -201,6 +202,14 @@ impl World {
             else {
                 continue;
             };
+            let Some(limits) = crate::store::limits::route_limits(t) else {
+                tracing::error!(
+                    tunnel_id = t.id,
+                    "unreadable IP lists in the database; the tunnel is not served until they \
+                     are set again"
+                );
+                continue;
+            };
             let https = t.tls != "off";
             if let Some((source, cert)) = self.certificates.get(&t.hostname) {
                 if https && *source == t.tls {
@@ -220,6 +229,7 @@ impl World {
                     Some(access) => access.clone(),
                     None => crate::store::access::policy_of(t).for_gateway(t.id),
                 },
+                limits,
             };
             routes.insert(t.hostname.clone(), route);
         }
@@ -349,6 +359,11 @@ mod tests {
             created_at: String::new(),
             updated_at: String::new(),
             owner_id: None,
+            ip_allow: "[]".into(),
+            ip_deny: "[]".into(),
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_concurrent_requests: None,
         }
     }
 
@@ -575,6 +590,43 @@ mod tests {
         assert!(s.access.is_empty());
         let json = serde_json::to_value(&s).unwrap();
         assert!(json.get("access").is_none(), "{json}");
+    }
+
+    #[test]
+    fn routes_carry_their_limits_and_unreadable_lists_fail_closed() {
+        let gw = NodeRef {
+            kind: NodeKind::Gateway,
+            id: 1,
+        };
+        let mut w = world();
+        let plain = w.snapshot(gw, |_| true).unwrap();
+        let t10 = &mut w.tunnels[0];
+        t10.ip_allow = r#"["192.0.2.0/24","2001:db8::1"]"#.into();
+        t10.ip_deny = r#"["192.0.2.9"]"#.into();
+        t10.rate_limit_per_second = Some(5);
+        t10.max_concurrent_requests = Some(40);
+        let s = w.snapshot(gw, |_| true).unwrap();
+        let limits = &s.routes["t10.example.com"].limits;
+        let text =
+            |l: &[kakuremichi_proto::IpNet]| l.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(text(&limits.ip_allow), ["192.0.2.0/24", "2001:db8::1/128"]);
+        assert_eq!(text(&limits.ip_deny), ["192.0.2.9/32"]);
+        assert_eq!(
+            limits.rate,
+            Some(kakuremichi_proto::RateLimit {
+                per_second: 5,
+                burst: 5
+            }),
+            "no burst: the rate"
+        );
+        assert_eq!(limits.max_concurrent_requests, Some(40));
+        assert!(s.routes["t11.example.com"].limits.is_none());
+        assert_ne!(s.config_hash, plain.config_hash);
+        // A list that cannot be read takes the tunnel out rather than serve it unguarded.
+        w.tunnels[0].ip_deny = r#"["not-a-network"]"#.into();
+        let s = w.snapshot(gw, |_| true).unwrap();
+        assert!(!s.routes.contains_key("t10.example.com"));
+        assert!(s.routes.contains_key("t11.example.com"));
     }
 
     #[test]

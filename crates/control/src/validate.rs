@@ -1,10 +1,12 @@
 //! Validation and normalisation of every user-supplied value: hostnames, `host:port` targets and
-//! endpoints, names, e-mail addresses, WireGuard public keys and the WireGuard network.
+//! endpoints, names, e-mail addresses, WireGuard public keys, the WireGuard network and the IP
+//! networks of per-tunnel allow / deny lists.
 //!
 //! Each check returns the normalised value or a [`Invalid`] whose message tells the user what to fix.
 
 use base64::Engine as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use kakuremichi_proto::IpNet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A rejected value; the message is shown to the user as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,6 +202,54 @@ pub fn public_key(input: &str) -> Result<(), Invalid> {
     }
 }
 
+/// An IP network of an allow / deny list: a CIDR (`192.0.2.0/24`, `2001:db8::/48`) or a single
+/// address (`192.0.2.7`, `2001:db8::1`). Returns the canonical text: a single address (a full
+/// prefix) without its prefix, IPv6 compressed, so equal networks are stored equally.
+pub fn ip_network(input: &str) -> Result<String, Invalid> {
+    let text = input.trim();
+    let Some(net) = parse_ip_network(text) else {
+        return invalid(format!(
+            "{text:?} is not an IP address or CIDR network (such as 192.0.2.0/24, 198.51.100.7 \
+             or 2001:db8::/48)"
+        ));
+    };
+    if net.addr() != net.network() {
+        return invalid(format!(
+            "{text:?} has host bits set; did you mean {}/{}?",
+            net.network(),
+            net.prefix_len()
+        ));
+    }
+    Ok(ip_network_text(&net))
+}
+
+/// Parses a stored or typed network: a CIDR or a bare address (as a /32 or /128). An IPv4 address
+/// written as IPv6 (`::ffff:192.0.2.7`) is taken as the IPv4 address it is, since that is how the
+/// Gateway sees such clients.
+pub fn parse_ip_network(text: &str) -> Option<IpNet> {
+    if text.contains('/') {
+        let net: IpNet = text.parse().ok()?;
+        return match net {
+            IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).ok(),
+                None => Some(net),
+            },
+            _ => Some(net),
+        };
+    }
+    let addr: IpAddr = text.parse().ok()?;
+    Some(IpNet::from(addr.to_canonical()))
+}
+
+/// The canonical text of a network: a bare address for a single host, else `network/prefix`.
+pub fn ip_network_text(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
 /// The IPv4 network WireGuard addresses come from, e.g. `10.77.0.0/16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WgNetwork {
@@ -374,6 +424,41 @@ mod tests {
         let url_safe = base64::engine::general_purpose::URL_SAFE.encode([0xffu8; 32]);
         for bad in ["", "not base64!", short.as_str(), url_safe.as_str()] {
             assert!(public_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ip_networks_are_canonical() {
+        for (input, out) in [
+            ("192.0.2.0/24", "192.0.2.0/24"),
+            (" 198.51.100.7 ", "198.51.100.7"),
+            ("198.51.100.7/32", "198.51.100.7"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("2001:DB8:0::/48", "2001:db8::/48"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("2001:db8::1/128", "2001:db8::1"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.0/120", "192.0.2.0/24"),
+            ("::/0", "::/0"),
+        ] {
+            assert_eq!(ip_network(input).unwrap(), out, "{input}");
+            assert!(parse_ip_network(out).is_some(), "{out}");
+        }
+        let err = ip_network("192.0.2.7/24").unwrap_err();
+        assert!(err.0.contains("did you mean 192.0.2.0/24?"), "{err}");
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.0/33",
+            "2001:db8::/129",
+            "example.com",
+            "10.0.0.0/",
+            "/8",
+            "10.0.0.0/8/8",
+            "1.2.3.4:80",
+            "[::1]",
+        ] {
+            assert!(ip_network(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -29,8 +29,13 @@ async fn tunnels_crud_and_validation() {
             "hostname",
             "https_redirect",
             "id",
+            "ip_allow",
+            "ip_deny",
+            "max_concurrent_requests",
             "owner_id",
             "port",
+            "rate_limit_burst",
+            "rate_limit_per_second",
             "target",
             "tls",
             "updated_at"

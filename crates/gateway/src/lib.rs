@@ -116,7 +116,11 @@ pub async fn run(
     };
     let http = tokio::spawn(proxy::serve(listeners.http, proxy.clone(), stopped()));
     let https = tokio::spawn(proxy::serve_tls(listeners.https, proxy, stopped()));
-    let admin = tokio::spawn(proxy::serve_admin(listeners.admin, stopped()));
+    let admin = tokio::spawn(proxy::serve_admin_with_limits(
+        listeners.admin,
+        routes.clone(),
+        stopped(),
+    ));
 
     let session = SessionConfig::new(
         config.control_url.clone(),

@@ -13,6 +13,7 @@
 //! - `forward`: the per-request handler, including HTTP/1.1 upgrades (WebSocket).
 //! - `pages`: the small error pages the proxy answers itself.
 //! - `redirect`: ACME HTTP-01 answers, the http → https `308` and HSTS.
+//! - [`limits`]: per-tunnel IP lists, rate and concurrency limits, and their refusal counters.
 //! - `server`: accept loops, connection caps, timeouts and graceful drain.
 //! - `client_cap`: the per-client-address connection cap shared by the public listeners.
 //! - `timeouts`: first-request, idle, request-body and WebSocket inactivity timeouts.
@@ -24,6 +25,7 @@ mod client_cap;
 mod connector;
 mod forward;
 mod headers;
+pub mod limits;
 mod pages;
 mod redirect;
 pub mod routes;
@@ -41,7 +43,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use routes::RouteTable;
-pub use server::{serve, serve_admin, serve_tls, serve_with_scheme};
+pub use server::{serve, serve_admin, serve_admin_with_limits, serve_tls, serve_with_scheme};
 
 use crate::tls::CertStore;
 

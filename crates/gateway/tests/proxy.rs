@@ -110,6 +110,7 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         hsts_max_age: 0,
         replicas: Vec::new(),
         access: Default::default(),
+        limits: Default::default(),
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();

@@ -9,10 +9,12 @@
 //! a node and a Control of incompatible versions fail with a message that says what to upgrade.
 
 pub mod access;
+pub mod limits;
 pub mod message;
 mod snapshot;
 
 pub use access::{AccessConfig, AccessKey, AccessPolicy, RouteAccess};
+pub use limits::{IpNet, RateLimit, RouteLimits};
 pub use message::{
     decode_control, decode_node, probe_config, ControlMessage, DecodeError, NodeMessage, NodeRole,
     MAX_MESSAGE_BYTES, MAX_REASON_CHARS,

@@ -1,6 +1,7 @@
 //! The per-node configuration snapshot and its content hash.
 
 use crate::access::{AccessConfig, RouteAccess};
+use crate::limits::RouteLimits;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -83,6 +84,10 @@ pub struct GatewayRoute {
     /// route's size does not depend on it (see [`crate::access`]).
     #[serde(default, skip_serializing_if = "RouteAccess::is_public")]
     pub access: RouteAccess,
+    /// IP lists, rate and concurrency limits; left out when the tunnel sets none, so routes
+    /// without limits hash as before (see [`crate::limits`]).
+    #[serde(default, skip_serializing_if = "RouteLimits::is_none")]
+    pub limits: RouteLimits,
 }
 
 /// One Agent serving a route with replicas.
@@ -232,6 +237,9 @@ impl ConfigSnapshot {
 mod tests {
     use super::*;
 
+    /// `sample().config_hash` as computed by the code before [`RouteLimits`] existed.
+    const SAMPLE_HASH: &str = "2a5b4230a02b307f9b4c9ebf69a165198a62ea5c58a4478bc5c0c83f7fba0df3";
+
     pub(crate) fn sample() -> ConfigSnapshot {
         let mut routes = BTreeMap::new();
         routes.insert(
@@ -245,6 +253,7 @@ mod tests {
                 hsts_max_age: 31_536_000,
                 replicas: Vec::new(),
                 access: RouteAccess::Login,
+                limits: RouteLimits::default(),
             },
         );
         let cert = TlsCertificate {
@@ -345,6 +354,47 @@ mod tests {
         assert!(back.access.is_empty());
         assert!(!back.routes["app.example.com"].https_redirect);
         assert!(back.routes["app.example.com"].access.is_public());
+    }
+
+    #[test]
+    fn route_limits_round_trip_and_change_the_hash() {
+        let plain = sample();
+        let mut limited = plain.clone();
+        limited.routes.get_mut("app.example.com").unwrap().limits = RouteLimits {
+            ip_allow: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "2001:db8::/48".parse().unwrap(),
+            ],
+            ip_deny: vec!["192.0.2.9/32".parse().unwrap()],
+            rate: Some(crate::RateLimit {
+                per_second: 10,
+                burst: 20,
+            }),
+            max_concurrent_requests: Some(50),
+        };
+        let limited = limited.seal();
+        assert_ne!(limited.config_hash, plain.config_hash);
+        let json = serde_json::to_string(&limited).unwrap();
+        assert!(
+            json.contains(r#""ip_allow":["192.0.2.0/24","2001:db8::/48"]"#),
+            "{json}"
+        );
+        let back: ConfigSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, limited);
+        assert!(back.is_intact());
+    }
+
+    #[test]
+    fn routes_without_limits_serialise_and_hash_as_before() {
+        let s = sample();
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(
+            json["routes"]["app.example.com"].get("limits").is_none(),
+            "{json}"
+        );
+        // The hash of this very sample before limits existed: unchanged, so no Gateway sees a
+        // new snapshot (or an unknown field) for tunnels that set no limits.
+        assert_eq!(s.config_hash, SAMPLE_HASH);
     }
 
     #[test]

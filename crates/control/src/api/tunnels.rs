@@ -15,14 +15,23 @@
 //! HTTPS responses carry HSTS), and the read-only `certificate` status (null when `tls` is off):
 //! `status` is `pending`, `issued`, `failed` or `waiting` (an hourly ACME order cap holds the
 //! order back; `last_error` says "waiting: hourly order limit (...), next try at <time>").
+//!
+//! Limits per tunnel, enforced by every Gateway on its own (see `kakuremichi_proto::limits`):
+//! `ip_allow` / `ip_deny` (CIDR networks or single addresses, IPv4 and IPv6, at most 100 each;
+//! deny wins over allow; an empty allow-list admits everyone), `rate_limit_per_second` and
+//! `rate_limit_burst` (per client IP, an IPv6 /64; burst null = the rate), and
+//! `max_concurrent_requests`; null turns a number off. Refused requests get 403 (IP lists) or 429
+//! with `Retry-After`.
 
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
 use super::AppState;
 use crate::certs::{self, TlsMode};
+use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
 use crate::store::access::policy_of;
-use crate::store::{CertRow, ReplicaRow, TunnelRow};
+use crate::store::limits::limits_of;
+use crate::store::{CertRow, ReplicaRow, TunnelLimits, TunnelRow};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -40,6 +49,11 @@ pub struct CreateTunnel {
     tls: Option<TlsMode>,
     https_redirect: Option<bool>,
     access: Option<AccessPolicy>,
+    ip_allow: Option<Vec<String>>,
+    ip_deny: Option<Vec<String>>,
+    rate_limit_per_second: Option<i64>,
+    rate_limit_burst: Option<i64>,
+    max_concurrent_requests: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +67,26 @@ pub struct PatchTunnel {
     tls: Option<TlsMode>,
     https_redirect: Option<bool>,
     access: Option<AccessPolicy>,
+    // Absent: unchanged; null: off (an empty list for the IP lists).
+    #[serde(default, deserialize_with = "nullable")]
+    ip_allow: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    ip_deny: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    rate_limit_per_second: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    rate_limit_burst: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrent_requests: Option<Option<i64>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`, by `serde(default)`).
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Serialize)]
@@ -68,6 +102,8 @@ pub struct TunnelView {
     tls: TlsMode,
     https_redirect: bool,
     access: AccessPolicy,
+    #[serde(flatten)]
+    limits: TunnelLimits,
     certificate: Option<serde_json::Value>,
     created_at: String,
     updated_at: String,
@@ -84,6 +120,7 @@ impl TunnelView {
         // Only this API writes the column, with a validated value.
         let tls = t.tls.parse().unwrap_or(TlsMode::Off);
         let access = policy_of(&t);
+        let limits = limits_of(&t);
         Self {
             id: t.id,
             hostname: t.hostname,
@@ -102,6 +139,7 @@ impl TunnelView {
             tls,
             https_redirect: t.https_redirect,
             access,
+            limits,
             certificate: certs::status_view(tls, cert, gateways_online),
             created_at: t.created_at,
             updated_at: t.updated_at,
@@ -145,6 +183,13 @@ pub async fn create(
         tls: body.tls,
         https_redirect: body.https_redirect,
         access: body.access,
+        limits: LimitsInput {
+            ip_allow: body.ip_allow,
+            ip_deny: body.ip_deny,
+            rate_limit_per_second: body.rate_limit_per_second.map(Some),
+            rate_limit_burst: body.rate_limit_burst.map(Some),
+            max_concurrent_requests: body.max_concurrent_requests.map(Some),
+        },
     };
     let row = ops::tunnels::create(&state, &user, input).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
@@ -192,6 +237,13 @@ pub async fn update(
         tls: body.tls,
         https_redirect: body.https_redirect,
         access: body.access,
+        limits: LimitsInput {
+            ip_allow: body.ip_allow.map(Option::unwrap_or_default),
+            ip_deny: body.ip_deny.map(Option::unwrap_or_default),
+            rate_limit_per_second: body.rate_limit_per_second,
+            rate_limit_burst: body.rate_limit_burst,
+            max_concurrent_requests: body.max_concurrent_requests,
+        },
     };
     let row = ops::tunnels::update(&state, &user, id, input).await?;
     Ok(Json(view(&state, row).await?))

@@ -169,6 +169,7 @@ impl Setup {
             access: Default::default(),
             owner_id: owner,
             max_owned: u32::MAX,
+            limits: Default::default(),
         };
         self.store.create_tunnel(&new).await.unwrap().id
     }

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod gateways;
+pub mod limits;
 pub mod login;
 pub mod quotas;
 pub mod ratelimit;

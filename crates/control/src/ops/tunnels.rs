@@ -2,11 +2,14 @@
 //! `max_tunnels_per_user` tunnels, and list at most `max_allow_list_entries` e-mails per tunnel
 //! (that one applies to admins too: it is a property of the tunnel, which an admin can raise).
 
+use super::limits::LimitsInput;
 use super::{audit, require_owner};
 use crate::api::{about, ApiError, AppState};
 use crate::certs::TlsMode;
+use crate::store::limits::limits_of;
 use crate::store::{
-    NewTunnel, TunnelPatch, TunnelRow, UserRow, MAX_AGENTS_PER_TUNNEL, MAX_ALLOW_LIST_ENTRIES,
+    NewTunnel, TunnelLimits, TunnelPatch, TunnelRow, UserRow, MAX_AGENTS_PER_TUNNEL,
+    MAX_ALLOW_LIST_ENTRIES,
 };
 use crate::validate;
 use kakuremichi_proto::AccessPolicy;
@@ -24,6 +27,8 @@ pub struct TunnelInput {
     pub tls: Option<TlsMode>,
     pub https_redirect: Option<bool>,
     pub access: Option<AccessPolicy>,
+    /// IP lists, rate and concurrency limits enforced by the Gateways.
+    pub limits: LimitsInput,
 }
 
 fn hostname(input: &str) -> Result<String, ApiError> {
@@ -153,6 +158,10 @@ pub async fn create(
             input.access.unwrap_or_default(),
             quotas.max_allow_list_entries,
         )?,
+        limits: input
+            .limits
+            .check(&TunnelLimits::default())?
+            .apply(TunnelLimits::default()),
         replicas,
     };
     require_agent(state, user, agent_id).await?;
@@ -162,7 +171,11 @@ pub async fn create(
     let row = state.store.create_tunnel(&new).await?;
     state.hub.changed();
     tracing::info!(tunnel_id = row.id, hostname = %row.hostname, agent_id = row.agent_id, tls = %row.tls, "tunnel created");
-    let detail = json!({"agent_id": row.agent_id, "target": row.target, "tls": row.tls});
+    let limits = limits_of(&row);
+    let detail = json!({
+        "agent_id": row.agent_id, "target": row.target, "tls": row.tls,
+        "limits": (limits != TunnelLimits::default()).then_some(limits),
+    });
     audit(state, Some(user), "tunnel.create", label(&row), detail).await;
     Ok(row)
 }
@@ -191,6 +204,7 @@ pub async fn update(
         enabled: input.enabled,
         tls: input.tls.map(|t| t.as_str().to_string()),
         https_redirect: input.https_redirect,
+        limits: input.limits.check(&limits_of(&current))?,
     };
     for agent in touched_agents(state, &current, &patch).await? {
         require_agent(state, user, agent).await?;
@@ -205,6 +219,7 @@ pub async fn update(
         "hostname": patch.hostname, "agent_id": patch.agent_id, "target": patch.target,
         "enabled": patch.enabled, "tls": patch.tls, "https_redirect": patch.https_redirect,
         "replicas": patch.replicas, "access": patch.access,
+        "limits": (!patch.limits.is_empty()).then(|| limits_of(&row)),
     });
     audit(state, Some(user), "tunnel.update", label(&row), detail).await;
     Ok(row)

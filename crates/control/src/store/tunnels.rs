@@ -2,6 +2,7 @@
 //! the Agent's userspace stack.
 
 use super::access::{encode_policy, policy_of};
+use super::limits::{self, LimitsPatch, TunnelLimits};
 use super::quotas::{Owned, OwnerQuota};
 use super::{
     alloc, is_foreign_key_violation, is_unique_violation, now, replicas, Store, StoreError,
@@ -11,7 +12,8 @@ use kakuremichi_proto::AccessPolicy;
 use sqlx::{Sqlite, Transaction};
 
 const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, https_redirect, \
-     access_mode, access_allow, created_at, updated_at, owner_id";
+     access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, ip_deny, \
+     rate_limit_per_second, rate_limit_burst, max_concurrent_requests";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -33,6 +35,12 @@ pub struct TunnelRow {
     /// The member who manages it; `None` = admins only. (Absent from queries that do not need it.)
     #[sqlx(default)]
     pub owner_id: Option<i64>,
+    /// Gateway limits (see [`super::limits`]): JSON arrays of networks, and NULL = off.
+    pub ip_allow: String,
+    pub ip_deny: String,
+    pub rate_limit_per_second: Option<i64>,
+    pub rate_limit_burst: Option<i64>,
+    pub max_concurrent_requests: Option<i64>,
 }
 
 /// A tunnel to create; values are already validated and normalised.
@@ -50,6 +58,7 @@ pub struct NewTunnel {
     pub owner_id: Option<i64>,
     /// Most tunnels `owner_id` may own (`max_tunnels_per_user`), checked in the same transaction.
     pub max_owned: u32,
+    pub limits: TunnelLimits,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -64,6 +73,7 @@ pub struct TunnelPatch {
     /// The new replica set (primary excluded, no duplicates); `None` keeps it, minus the primary.
     pub replicas: Option<Vec<i64>>,
     pub access: Option<AccessPolicy>,
+    pub limits: LimitsPatch,
 }
 
 impl Store {
@@ -81,10 +91,13 @@ impl Store {
         let now = now();
         let sql = format!(
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
-             access_mode, access_allow, created_at, updated_at, owner_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) RETURNING {COLUMNS}"
+             access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, ip_deny, \
+             rate_limit_per_second, rate_limit_burst, max_concurrent_requests) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16) \
+             RETURNING {COLUMNS}"
         );
         let (access_mode, access_allow) = encode_policy(&new.access);
+        let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&new.limits);
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&new.hostname)
             .bind(new.agent_id)
@@ -97,6 +110,11 @@ impl Store {
             .bind(access_allow)
             .bind(&now)
             .bind(new.owner_id)
+            .bind(ip_allow)
+            .bind(ip_deny)
+            .bind(per_second)
+            .bind(burst)
+            .bind(concurrent)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;
@@ -137,11 +155,15 @@ impl Store {
         };
         let access = patch.access.clone().unwrap_or_else(|| policy_of(&current));
         let (access_mode, access_allow) = encode_policy(&access);
+        // Merged here, inside the transaction, so concurrent changes of different limits all land.
+        let limits = patch.limits.apply(limits::limits_of(&current));
+        let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&limits);
         let hostname = patch.hostname.clone().unwrap_or(current.hostname);
         let sql = format!(
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
-             tls = $6, https_redirect = $7, access_mode = $8, access_allow = $9, updated_at = $10 \
-             WHERE id = $11 RETURNING {COLUMNS}"
+             tls = $6, https_redirect = $7, access_mode = $8, access_allow = $9, updated_at = $10, \
+             ip_allow = $12, ip_deny = $13, rate_limit_per_second = $14, rate_limit_burst = $15, \
+             max_concurrent_requests = $16 WHERE id = $11 RETURNING {COLUMNS}"
         );
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -155,6 +177,11 @@ impl Store {
             .bind(access_allow)
             .bind(now())
             .bind(id)
+            .bind(ip_allow)
+            .bind(ip_deny)
+            .bind(per_second)
+            .bind(burst)
+            .bind(concurrent)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &hostname))?;

@@ -4,6 +4,8 @@
 use crate::api::{agents, gateways, tunnels, ApiError, AppState};
 use crate::ops::can_manage;
 use crate::store::access::policy_of;
+use crate::store::limits::limits_of;
+use crate::store::TunnelLimits;
 use crate::store::{NodeKind, NodeRef, UserRow};
 use kakuremichi_proto::AccessPolicy;
 use serde_json::{json, Value};
@@ -39,6 +41,29 @@ fn access_fields(policy: &AccessPolicy) -> Value {
         }
     };
     json!({"access_mode": mode, "access_allow": allow, "access_label": label})
+}
+
+/// A tunnel's Gateway limits in one line for its page, or "none".
+fn limits_label(l: &TunnelLimits) -> String {
+    let mut parts = Vec::new();
+    if !l.ip_allow.is_empty() {
+        parts.push(format!("only from {}", l.ip_allow.join(", ")));
+    }
+    if !l.ip_deny.is_empty() {
+        parts.push(format!("blocks {}", l.ip_deny.join(", ")));
+    }
+    if let Some(rate) = l.rate_limit_per_second {
+        let burst = l.rate_limit_burst.unwrap_or(rate);
+        parts.push(format!("{rate} requests/s per visitor (burst {burst})"));
+    }
+    if let Some(n) = l.max_concurrent_requests {
+        parts.push(format!("{n} concurrent requests"));
+    }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn to_json(v: impl serde::Serialize) -> Value {
@@ -92,6 +117,7 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
             let agent_online = online(NodeKind::Agent, t.agent_id);
             let scheme = if t.tls == "off" { "http" } else { "https" };
             let access = access_fields(&policy_of(&t));
+            let limits = limits_label(&limits_of(&t));
             let replica_ids: Vec<i64> = replicas
                 .iter()
                 .filter(|r| r.tunnel_id == t.id)
@@ -106,6 +132,7 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
                 "reachable": t.enabled && agent_online && serving,
                 "public_url": format!("{scheme}://{}/", t.hostname),
                 "can_manage": can_manage(viewer, t.owner_id),
+                "limits_label": limits,
             });
             let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
             let view = to_json(tunnels::TunnelView::new(

@@ -6,6 +6,7 @@ use super::page::{self as render, done, flash};
 use super::session::Viewer;
 use crate::api::{ApiError, AppState};
 use crate::certs::TlsMode;
+use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
 use crate::validate;
 use axum::extract::{Path, Query, RawForm, State};
@@ -46,6 +47,35 @@ pub struct TunnelForm {
     /// The form showed the replica boxes: none ticked then means "no replicas", not "unchanged".
     #[serde(skip)]
     replicas_shown: bool,
+    /// Gateway limits: networks one per line or separated by commas; numbers empty = off.
+    ip_allow: Vec<String>,
+    ip_deny: Vec<String>,
+    rate_limit_per_second: String,
+    rate_limit_burst: String,
+    max_concurrent_requests: String,
+    /// The form showed the limits: empty fields then mean "off", not "unchanged".
+    #[serde(skip)]
+    limits_shown: bool,
+}
+
+/// The entries of a list typed one per line or separated by commas, semicolons or spaces.
+fn entries(text: &str) -> Vec<String> {
+    text.split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A number field: empty = off; anything but a whole number is refused here, the bounds in ops.
+fn number_field(text: &str, label: &str) -> Result<Option<i64>, ApiError> {
+    match text.trim() {
+        "" => Ok(None),
+        t => t.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "{label}: enter a whole number, or leave it empty for no limit"
+            ))
+        }),
+    }
 }
 
 impl TunnelForm {
@@ -66,6 +96,12 @@ impl TunnelForm {
                 "allow" => f.allow = value,
                 "replica" => f.replicas.push(value),
                 "replicas_shown" => f.replicas_shown = true,
+                "ip_allow" => f.ip_allow.extend(entries(&value)),
+                "ip_deny" => f.ip_deny.extend(entries(&value)),
+                "rate_limit_per_second" => f.rate_limit_per_second = value,
+                "rate_limit_burst" => f.rate_limit_burst = value,
+                "max_concurrent_requests" => f.max_concurrent_requests = value,
+                "limits_shown" => f.limits_shown = true,
                 _ => {}
             }
         }
@@ -112,6 +148,27 @@ impl TunnelForm {
             tls,
             https_redirect: Some(self.https_redirect.is_some()),
             access: self.access()?,
+            limits: self.limits()?,
+        })
+    }
+
+    /// Every limit, when the form showed them (empty = off); else nothing changes.
+    fn limits(&self) -> Result<LimitsInput, ApiError> {
+        if !self.limits_shown {
+            return Ok(LimitsInput::default());
+        }
+        Ok(LimitsInput {
+            ip_allow: Some(self.ip_allow.clone()),
+            ip_deny: Some(self.ip_deny.clone()),
+            rate_limit_per_second: Some(number_field(
+                &self.rate_limit_per_second,
+                "Requests per second",
+            )?),
+            rate_limit_burst: Some(number_field(&self.rate_limit_burst, "Burst")?),
+            max_concurrent_requests: Some(number_field(
+                &self.max_concurrent_requests,
+                "Concurrent requests",
+            )?),
         })
     }
 
@@ -392,6 +449,33 @@ mod tests {
         );
         let f = TunnelForm::parse(b"replicas_shown=1&replica=x");
         assert!(f.agent_ids(4).is_err());
+    }
+
+    #[test]
+    fn limits_only_count_when_shown_and_empty_means_off() {
+        let f = TunnelForm::parse(b"agent_id=1&ip_deny=10.0.0.0%2F8&rate_limit_per_second=5");
+        let limits = f.input().unwrap().limits;
+        assert!(limits.ip_deny.is_none() && limits.rate_limit_per_second.is_none());
+        let f = TunnelForm::parse(
+            b"agent_id=1&limits_shown=1&ip_allow=192.0.2.0%2F24%0D%0A2001%3Adb8%3A%3A1%2C+198.51.100.7\
+              &ip_deny=&rate_limit_per_second=+5+&rate_limit_burst=&max_concurrent_requests=",
+        );
+        let limits = f.input().unwrap().limits;
+        assert_eq!(
+            limits.ip_allow.unwrap(),
+            ["192.0.2.0/24", "2001:db8::1", "198.51.100.7"]
+        );
+        assert_eq!(limits.ip_deny, Some(vec![]));
+        assert_eq!(limits.rate_limit_per_second, Some(Some(5)));
+        assert_eq!(limits.rate_limit_burst, Some(None));
+        assert_eq!(limits.max_concurrent_requests, Some(None));
+        let f = TunnelForm::parse(b"agent_id=1&limits_shown=1&max_concurrent_requests=many");
+        let err = f.input().unwrap_err();
+        assert!(
+            err.message().starts_with("Concurrent requests"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]

@@ -17,14 +17,17 @@ use std::net::Ipv4Addr;
 
 use super::access;
 use super::headers::{self, ClientHost, HostError};
+use super::limits::Counted;
 use super::pages;
 use super::redirect;
 use super::server::{ClientConn, ConnGuard};
 use super::timeouts::{BodyError, IdleIo, RequestBody};
 use super::{Proxy, Scheme};
+use tokio::sync::OwnedSemaphorePermit;
 
-/// Either the origin's streamed body or a page the proxy wrote itself.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Either the origin's streamed body (holding the tunnel's concurrency permit, if it has a cap)
+/// or a page the proxy wrote itself.
+pub(crate) type ProxyBody = Either<Counted<Incoming>, Full<Bytes>>;
 
 /// The client's streamed body, or nothing: a request known to have no body can be sent again to
 /// another replica when a connect fails.
@@ -68,6 +71,17 @@ impl Proxy {
         let Some(route) = self.routes.get(&host.name) else {
             return local(pages::not_found(Some(&host.name)));
         };
+        // The tunnel's IP lists and rate before anything else; ACME validations always pass.
+        let limiter = self
+            .routes
+            .limits()
+            .get(route.tunnel_id)
+            .filter(|_| !redirect::is_acme_path(req.uri().path()));
+        if let Some(limiter) = &limiter {
+            if let Err(page) = limiter.admit(conn.peer.ip()) {
+                return local(*page);
+            }
+        }
         let has_certificate = self.certs.has_certificate(&host.name);
         if redirect::should_redirect(conn.scheme, &route, has_certificate) {
             let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -77,8 +91,13 @@ impl Proxy {
         if let Err(page) = self.access.admit(&mut req, &host, &route, conn.scheme) {
             return local(*page);
         }
+        // Only requests that reach the origin occupy one of its concurrent slots.
+        let permit = match limiter.map(|l| l.acquire()).transpose() {
+            Ok(permit) => permit.flatten(),
+            Err(page) => return local(*page),
+        };
         let scheme = conn.scheme;
-        match self.forward(req, &host, &route, conn).await {
+        match self.forward(req, &host, &route, conn, permit).await {
             Ok(mut response) => {
                 redirect::add_hsts(response.headers_mut(), scheme, &route);
                 response
@@ -100,6 +119,7 @@ impl Proxy {
         host: &ClientHost,
         route: &GatewayRoute,
         conn: ClientConn,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let upgrade = headers::upgrade_request(req.version(), req.headers());
         // Taken before the request is moved upstream; it resolves once our 101 reaches the client.
@@ -128,6 +148,7 @@ impl Proxy {
         };
 
         let mut switched_to = None;
+        let mut permit = permit;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let client_upgrade = client_upgrade.ok_or(ForwardError::UnexpectedUpgrade)?;
             switched_to = response.headers().get(UPGRADE).cloned();
@@ -136,16 +157,17 @@ impl Proxy {
                 return Err(ForwardError::UnexpectedProtocol);
             }
             let upstream_upgrade = hyper::upgrade::on(&mut response);
+            // The upgraded connection keeps the request's concurrency slot until it closes.
             tokio::spawn(splice(
                 client_upgrade,
                 upstream_upgrade,
-                conn.guard,
+                (conn.guard, permit.take()),
                 self.config.websocket_idle_timeout,
                 host.name.clone(),
             ));
         }
         headers::prepare_response(response.headers_mut(), switched_to);
-        Ok(response.map(Either::Left))
+        Ok(response.map(|body| Either::Left(Counted::new(body, permit))))
     }
 }
 
@@ -215,7 +237,7 @@ fn upstream_uri(agent_address: Ipv4Addr, port: u16, uri: &Uri) -> Result<Uri, ht
 async fn splice(
     client: OnUpgrade,
     upstream: OnUpgrade,
-    mut guard: ConnGuard,
+    (mut guard, _permit): (ConnGuard, Option<OwnedSemaphorePermit>),
     idle_timeout: std::time::Duration,
     host: String,
 ) {
@@ -273,6 +295,7 @@ mod tests {
             hsts_max_age: 0,
             replicas: Vec::new(),
             access: Default::default(),
+            limits: Default::default(),
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

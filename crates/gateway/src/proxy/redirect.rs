@@ -22,6 +22,12 @@ use super::Scheme;
 pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The token of an ACME HTTP-01 request path, if it is one.
+/// Whether `path` is under the ACME HTTP-01 prefix: such requests are never refused by a tunnel's
+/// limits, so a certificate can always be validated.
+pub(crate) fn is_acme_path(path: &str) -> bool {
+    path.starts_with(ACME_CHALLENGE_PREFIX)
+}
+
 pub(crate) fn acme_token(path: &str) -> Option<&str> {
     path.strip_prefix(ACME_CHALLENGE_PREFIX)
         .filter(|t| !t.is_empty() && !t.contains('/'))
@@ -101,6 +107,7 @@ mod tests {
             hsts_max_age,
             replicas: Vec::new(),
             access: Default::default(),
+            limits: Default::default(),
         }
     }
 

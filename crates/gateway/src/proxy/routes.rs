@@ -1,6 +1,6 @@
 //! The hostname → route table. Readers (every request) load an immutable snapshot without a lock;
 //! a config update builds a new map and swaps it in atomically, so a request sees either the old
-//! table or the new one, never a mix.
+//! table or the new one, never a mix. The tunnels' limiters ([`Limits`]) follow the same updates.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -9,17 +9,27 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use kakuremichi_proto::GatewayRoute;
 
-/// Hostname → route, swapped atomically when a new config snapshot arrives.
+use super::limits::Limits;
+
+/// Hostname → route, swapped atomically when a new config snapshot arrives. Routes are shared
+/// (`Arc`): a request takes a reference, not a copy of the route's lists.
 #[derive(Debug)]
 pub struct RouteTable {
-    routes: ArcSwap<HashMap<String, GatewayRoute>>,
+    routes: ArcSwap<HashMap<String, Arc<GatewayRoute>>>,
+    limits: Limits,
 }
 
 impl RouteTable {
     pub fn new() -> Self {
         Self {
             routes: ArcSwap::from_pointee(HashMap::new()),
+            limits: Limits::default(),
         }
+    }
+
+    /// The limiters (and refusal counters) of the tunnels that set limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Replaces the whole table. Hostnames are normalised the way request hosts are, so a route
@@ -27,13 +37,15 @@ impl RouteTable {
     pub fn replace(&self, routes: BTreeMap<String, GatewayRoute>) {
         let map = routes
             .into_iter()
-            .map(|(host, route)| (normalize_host(&host).into_owned(), route))
+            .map(|(host, route)| (normalize_host(&host).into_owned(), Arc::new(route)))
             .collect::<HashMap<_, _>>();
+        // Limiters first: a request that sees a new route finds its limiter already there.
+        self.limits.update(map.values().map(|r| r.as_ref()));
         self.routes.store(Arc::new(map));
     }
 
     /// The route for `host` (port already stripped), exact match after normalisation.
-    pub fn get(&self, host: &str) -> Option<GatewayRoute> {
+    pub fn get(&self, host: &str) -> Option<Arc<GatewayRoute>> {
         self.routes
             .load()
             .get(normalize_host(host).as_ref())
@@ -81,6 +93,7 @@ mod tests {
             hsts_max_age: 0,
             replicas: Vec::new(),
             access: Default::default(),
+            limits: Default::default(),
         }
     }
 
@@ -89,12 +102,12 @@ mod tests {
         let table = RouteTable::new();
         assert!(table.is_empty());
         table.replace(BTreeMap::from([("Example.COM.".to_string(), route(1))]));
-        assert_eq!(table.get("example.com"), Some(route(1)));
-        assert_eq!(table.get("EXAMPLE.com."), Some(route(1)));
+        assert_eq!(table.get("example.com"), Some(Arc::new(route(1))));
+        assert_eq!(table.get("EXAMPLE.com."), Some(Arc::new(route(1))));
         assert_eq!(table.get("other.com"), None);
         table.replace(BTreeMap::from([("other.com".to_string(), route(2))]));
         assert_eq!(table.len(), 1);
         assert_eq!(table.get("example.com"), None);
-        assert_eq!(table.get("other.com"), Some(route(2)));
+        assert_eq!(table.get("other.com"), Some(Arc::new(route(2))));
     }
 }

@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use super::client_cap::{ClientCap, ClientPermit};
 use super::forward::ProxyBody;
 use super::timeouts::{Activity, Tracked};
-use super::{Proxy, Scheme};
+use super::{Proxy, RouteTable, Scheme};
 use crate::tls::{ACME_TLS_ALPN, WG_TLS_ALPN};
 
 /// How long in-flight requests (and upgraded connections) may run after shutdown is requested.
@@ -93,6 +93,7 @@ pub async fn serve_with_scheme(
         client_cap: Some(proxy.client_cap.clone()),
         proxy: Some(proxy),
         tls: None,
+        routes: None,
     };
     accept_loop(listener, site, max_connections, shutdown).await
 }
@@ -118,14 +119,35 @@ pub async fn serve_tls(
         client_cap: Some(proxy.client_cap.clone()),
         proxy: Some(proxy),
         tls: Some(tls),
+        routes: None,
     };
     accept_loop(listener, site, max_connections, shutdown).await
 }
 
-/// The admin listener: `GET /healthz` → 200 "ok", `GET /metrics` → `{"tasks":N}` (live tokio
-/// tasks); anything else 404.
+/// The admin listener: `GET /healthz` → 200 "ok", `GET /metrics` → `{"tasks":N,"refused":{}}`
+/// (live tokio tasks); anything else 404.
 pub async fn serve_admin(
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_admin_site(listener, None, shutdown).await
+}
+
+/// [`serve_admin`] whose `/metrics` also reports the requests that `routes`' limits refused:
+/// `"refused": {"<tunnel id>": {"ip_denied": n, "rate_limited": n, "concurrency": n}}`, one
+/// entry per tunnel that has limits (counters since the Gateway started, or since the tunnel got
+/// limits).
+pub async fn serve_admin_with_limits(
+    listener: TcpListener,
+    routes: Arc<RouteTable>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_admin_site(listener, Some(routes), shutdown).await
+}
+
+async fn serve_admin_site(
+    listener: TcpListener,
+    routes: Option<Arc<RouteTable>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let site = Site {
@@ -135,6 +157,7 @@ pub async fn serve_admin(
         client_cap: None,
         proxy: None,
         tls: None,
+        routes,
     };
     accept_loop(listener, site, ADMIN_MAX_CONNECTIONS, shutdown).await
 }
@@ -168,6 +191,8 @@ struct Site {
     client_cap: Option<Arc<ClientCap>>,
     proxy: Option<Arc<Proxy>>,
     tls: Option<Tls>,
+    /// Admin only: whose refusal counters `/metrics` reports.
+    routes: Option<Arc<RouteTable>>,
 }
 
 #[derive(Clone)]
@@ -425,14 +450,15 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 })
             }
             None => {
-                let response = admin(&req).map(|body| Tracked::new(body, in_flight));
+                let response = admin(&req, self.site.routes.as_deref())
+                    .map(|body| Tracked::new(body, in_flight));
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
 }
 
-fn admin(req: &Request<Incoming>) -> Response<ProxyBody> {
+fn admin(req: &Request<Incoming>, routes: Option<&RouteTable>) -> Response<ProxyBody> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, Bytes::from_static(b"ok")),
         // Live tokio tasks: one per client connection and upgrade, so a leak shows as growth
@@ -441,14 +467,31 @@ fn admin(req: &Request<Incoming>) -> Response<ProxyBody> {
             let tasks = tokio::runtime::Handle::current()
                 .metrics()
                 .num_alive_tasks();
-            (
-                StatusCode::OK,
-                Bytes::from(format!("{{\"tasks\":{tasks}}}")),
-            )
+            let refused = routes.map(refused_json).unwrap_or_default();
+            let body = serde_json::json!({"tasks": tasks, "refused": refused});
+            (StatusCode::OK, Bytes::from(body.to_string()))
         }
         _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found")),
     };
     let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response
+}
+
+/// `{"<tunnel id>": {"ip_denied": n, "rate_limited": n, "concurrency": n}}`, by tunnel id.
+fn refused_json(routes: &RouteTable) -> serde_json::Map<String, serde_json::Value> {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    routes
+        .limits()
+        .refused()
+        .into_iter()
+        .map(|(tunnel, r)| {
+            let counts = serde_json::json!({
+                "ip_denied": load(&r.ip_denied),
+                "rate_limited": load(&r.rate_limited),
+                "concurrency": load(&r.concurrency),
+            });
+            (tunnel.to_string(), counts)
+        })
+        .collect()
 }

@@ -115,6 +115,7 @@ impl TestDialer {
             hsts_max_age: 0,
             replicas: Vec::new(),
             access: Default::default(),
+            limits: Default::default(),
         }
     }
 

@@ -57,6 +57,7 @@ fn route(access: AccessPolicy) -> GatewayRoute {
         hsts_max_age: 0,
         replicas: Vec::new(),
         access: access.for_gateway(1),
+        limits: Default::default(),
     }
 }
 

@@ -1,0 +1,171 @@
+//! Per-tunnel limits end to end, in one process: a PATCH of a tunnel's limits on Control reaches
+//! the Gateway, which then refuses by IP list and by rate, counts the refusals on its admin
+//! `/metrics`, and serves again once the limits are lifted. Visitors are told apart by source
+//! address (127.0.0.2, 127.0.0.3, ...: all loopback on Linux).
+
+mod common;
+
+use common::*;
+use kakuremichi_node::Secret;
+use reqwest::header::HOST;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+const WITHIN: Duration = Duration::from_secs(20);
+const APP: &str = "limited.example.com";
+
+struct Site {
+    _dir: tempfile::TempDir,
+    api: Api,
+    gateway: SocketAddr,
+    admin: SocketAddr,
+    tunnel: i64,
+    _stops: Vec<Stop>,
+}
+
+async fn site() -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, control_stop) = spawn_control_in_process(dir.path().join("control"), true).await;
+    let api = Api::login(base).await;
+
+    let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let created = api
+        .post(
+            "gateways",
+            json!({"name": "gw", "public_endpoint": wg.local_addr().unwrap().to_string()}),
+        )
+        .await;
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (gateway, admin_addr) = (http.local_addr().unwrap(), admin.local_addr().unwrap());
+    let listeners = kakuremichi_gateway::GatewayListeners {
+        http,
+        https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin,
+        wg,
+    };
+    let token = created["token"].as_str().unwrap();
+    let (gateway_stop, _) = spawn_gateway(&api.base, token, listeners, dir.path().join("gw"));
+
+    let agent = api.post("agents", json!({"name": "home"})).await;
+    let mut config = kakuremichi_agent::AgentConfig::new(
+        api.base.clone(),
+        Secret::new(agent["api_key"].as_str().unwrap().to_string()),
+    );
+    config.data_dir = Some(dir.path().join("agent"));
+    let (agent_stop, wait) = Stop::new();
+    tokio::spawn(kakuremichi_agent::run(config, wait()));
+
+    let origin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = origin_listener.local_addr().unwrap();
+    let (origin_stop, wait) = Stop::new();
+    tokio::spawn(kakuremichi::hello::serve(
+        origin_listener,
+        "the-app".into(),
+        wait(),
+    ));
+    let body = json!({"hostname": APP, "agent_id": agent["id"], "target": origin.to_string(),
+        "tls": "off"});
+    let tunnel = api.post("tunnels", body).await["id"].as_i64().unwrap();
+    Site {
+        _dir: dir,
+        api,
+        gateway,
+        admin: admin_addr,
+        tunnel,
+        _stops: vec![origin_stop, agent_stop, gateway_stop, control_stop],
+    }
+}
+
+impl Site {
+    /// The status of `n` requests in a row to the app from `source`.
+    async fn burst(&self, source: &str, n: usize) -> Vec<StatusCode> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .local_address(source.parse::<IpAddr>().unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut statuses = Vec::new();
+        for _ in 0..n {
+            let sent = client
+                .get(format!("http://{}/", self.gateway))
+                .header(HOST, APP)
+                .send()
+                .await;
+            statuses.push(sent.map_or(StatusCode::BAD_GATEWAY, |r| r.status()));
+        }
+        statuses
+    }
+
+    /// Waits until `n` requests from `source` answer as `expected` says.
+    async fn until(
+        &self,
+        what: &str,
+        source: &str,
+        n: usize,
+        expected: impl Fn(&[StatusCode]) -> bool,
+    ) {
+        eventually(WITHIN, what, || async {
+            expected(&self.burst(source, n).await).then_some(())
+        })
+        .await;
+    }
+
+    async fn patch(&self, body: Value) {
+        self.api
+            .patch(&format!("tunnels/{}", self.tunnel), body)
+            .await;
+    }
+
+    async fn refused(&self) -> Value {
+        let metrics: Value = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        metrics["refused"][self.tunnel.to_string()].clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_of_the_limits_takes_effect_on_the_gateway() {
+    let s = site().await;
+    let all_ok = |r: &[StatusCode]| r.iter().all(|c| *c == StatusCode::OK);
+    s.until("the tunnel is served", "127.0.0.2", 1, all_ok)
+        .await;
+
+    s.patch(json!({"ip_deny": ["127.0.0.2"]})).await;
+    s.until("127.0.0.2 is refused", "127.0.0.2", 1, |r| {
+        r == [StatusCode::FORBIDDEN]
+    })
+    .await;
+    assert_eq!(
+        s.burst("127.0.0.3", 3).await,
+        [StatusCode::OK; 3],
+        "others are served"
+    );
+
+    // One request a second, two at once: a burst of five cannot all pass.
+    s.patch(json!({"ip_deny": [], "rate_limit_per_second": 1, "rate_limit_burst": 2}))
+        .await;
+    s.until("a burst is rate limited", "127.0.0.4", 5, |r| {
+        r.contains(&StatusCode::TOO_MANY_REQUESTS) && !r.contains(&StatusCode::FORBIDDEN)
+    })
+    .await;
+    let refused = s.refused().await;
+    assert!(refused["ip_denied"].as_u64().unwrap() >= 1, "{refused}");
+    assert!(refused["rate_limited"].as_u64().unwrap() >= 1, "{refused}");
+
+    s.patch(json!({"rate_limit_per_second": null})).await;
+    s.until("limits lifted", "127.0.0.4", 5, all_ok).await;
+}
