@@ -7,10 +7,10 @@ use crate::store::{
     AgentRow, GatewayRow, NodeKind, NodeRef, ReplicaRow, Store, StoreResult, TunnelRow,
 };
 use kakuremichi_proto::{
-    AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteTarget,
-    TlsCertificate, WgPeer,
+    AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteAccess,
+    RouteTarget, TlsCertificate, WgPeer,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 /// Everything snapshots are made of, read in one consistent transaction.
@@ -18,8 +18,11 @@ use std::net::Ipv4Addr;
 pub struct World {
     agents: Vec<AgentRow>,
     gateways: Vec<GatewayRow>,
-    /// Enabled tunnels only.
+    /// Enabled tunnels only (their allow-lists dropped once digested into `route_access`).
     tunnels: Vec<TunnelRow>,
+    /// Per tunnel id: its policy as Gateways get it, computed once per load rather than once per
+    /// Gateway (a long allow-list costs a parse and a hash).
+    route_access: HashMap<i64, RouteAccess>,
     /// Replicas of every tunnel (enabled or not), by tunnel then agent.
     replicas: Vec<ReplicaRow>,
     /// Issued certificates: hostname → (source, certificate).
@@ -47,13 +50,21 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let tunnels = sqlx::query_as(
+        let mut tunnels: Vec<TunnelRow> = sqlx::query_as(
             "SELECT id, hostname, agent_id, target, port, enabled, tls, https_redirect, access_mode, \
              access_allow, created_at, updated_at, ip_allow, ip_deny, rate_limit_per_second, \
              rate_limit_burst, max_concurrent_requests FROM tunnels WHERE enabled = TRUE ORDER BY id",
         )
         .fetch_all(&mut *tx)
         .await?;
+        let route_access = tunnels
+            .iter_mut()
+            .map(|t| {
+                let access = crate::store::access::policy_of(t).for_gateway(t.id);
+                t.access_allow = String::new();
+                (t.id, access)
+            })
+            .collect();
         let replicas = sqlx::query_as(
             "SELECT tunnel_id, agent_id, port FROM tunnel_replicas ORDER BY tunnel_id, agent_id",
         )
@@ -85,6 +96,7 @@ impl Store {
             agents,
             gateways,
             tunnels,
+            route_access,
             replicas,
             certificates,
             access,
@@ -213,7 +225,10 @@ impl World {
                 https_redirect: redirect,
                 hsts_max_age: if redirect { self.hsts_max_age } else { 0 },
                 replicas: self.route_replicas(t, &online),
-                access: crate::store::access::policy_of(t),
+                access: match self.route_access.get(&t.id) {
+                    Some(access) => access.clone(),
+                    None => crate::store::access::policy_of(t).for_gateway(t.id),
+                },
                 limits,
             };
             routes.insert(t.hostname.clone(), route);
@@ -396,6 +411,7 @@ mod tests {
                 tunnel(12, 1, 10001),
             ],
             replicas: Vec::new(),
+            route_access: HashMap::new(),
         }
     }
 
@@ -496,7 +512,7 @@ mod tests {
         // Access: the policy per route, keys and revocations for every Gateway, none for Agents.
         assert_eq!(
             s.routes["t11.example.com"].access,
-            kakuremichi_proto::AccessPolicy::Login
+            kakuremichi_proto::RouteAccess::Login
         );
         assert!(t10.access.is_public());
         assert_eq!(s.access.keys[0].kid, "k1");

@@ -61,6 +61,15 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
         base: base.clone(),
         token,
     };
+    // The load is the point here: lift the per-user API rate limit (600/min by default) on the
+    // benchmark's Control, or the node creations below would be answered 429.
+    api.call(
+        reqwest::Method::PATCH,
+        "settings",
+        json!({"api_requests_per_minute": 1_000_000}),
+    )
+    .await
+    .context("raising api_requests_per_minute for the load")?;
     let run_id = rand::random::<u32>();
     let timeout = Duration::from_secs(a.timeout_secs);
 

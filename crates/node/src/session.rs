@@ -7,14 +7,17 @@
 
 use crate::{Backoff, NodeState, Secret};
 use futures_util::{SinkExt, StreamExt};
+use kakuremichi_proto::message::MAX_PROBE_BYTES;
 use kakuremichi_proto::{
-    decode_control, ConfigSnapshot, ControlMessage, NodeMessage, NodeRole, PROTOCOL_VERSION,
+    decode_control, probe_config, ConfigSnapshot, ControlMessage, NodeMessage, NodeRole,
+    PROTOCOL_VERSION,
 };
 use kakuremichi_tunnel::PublicKey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 #[derive(Debug, Clone)]
@@ -178,7 +181,12 @@ impl ControlSession {
                 )
             }
         };
-        let connect = tokio_tungstenite::connect_async(request);
+        // Frames up to the probe limit are read whole, so a snapshot over the message limit is
+        // refused by name (and reported) instead of breaking the connection over and over.
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_PROBE_BYTES))
+            .max_frame_size(Some(MAX_PROBE_BYTES));
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), false);
         let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(15), connect).await {
             Err(_) => return End::Lost("connecting to Control timed out".into()),
             Ok(Err(tungstenite::Error::Http(resp))) => {
@@ -248,9 +256,11 @@ impl ControlSession {
                 }
                 Ok(ControlMessage::Config { snapshot }) => {
                     if !snapshot.is_intact() {
-                        tracing::warn!(
-                            "Control sent a config whose hash does not match its content; ignored"
-                        );
+                        let hash = Some(snapshot.config_hash.clone());
+                        let why = "its hash does not match its content";
+                        if let Err(end) = reject(&mut ws, hash, why).await {
+                            return end;
+                        }
                         continue;
                     }
                     if let Err(e) = self.state.store_config(&snapshot) {
@@ -277,10 +287,39 @@ impl ControlSession {
                         "Control refused the session ({code}): {message}"
                     ));
                 }
-                Err(e) => return End::Refused(format!("cannot understand Control: {e}")),
+                Err(e) => match probe_config(&text) {
+                    // A snapshot this node cannot take: say so, keep the last good one, and
+                    // stay connected for the next (fixed) one.
+                    Some(hash) => {
+                        if let Err(end) = reject(&mut ws, hash, &e.to_string()).await {
+                            return end;
+                        }
+                    }
+                    None => return End::Refused(format!("cannot understand Control: {e}")),
+                },
             }
         }
     }
+}
+
+/// Logs at error and tells Control that a snapshot was not applied (the node keeps serving the
+/// last one it applied).
+async fn reject<S>(ws: &mut S, config_hash: Option<String>, reason: &str) -> Result<(), End>
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let short = config_hash
+        .as_deref()
+        .map(|h| &h[..12.min(h.len())])
+        .unwrap_or("?");
+    tracing::error!(
+        config_hash = short,
+        "cannot apply the config Control sent ({reason}); still serving the last good one"
+    );
+    let msg = NodeMessage::rejected(config_hash, &format!("not applied: {reason}"));
+    ws.send(Message::text(msg.encode()))
+        .await
+        .map_err(|e| End::Lost(format!("reporting a rejected config: {e}")))
 }
 
 #[cfg(test)]

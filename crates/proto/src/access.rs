@@ -11,13 +11,19 @@
 //! - The same token is handed to the Gateway once in the hand-off URL (accepted there only within
 //!   [`HANDOFF_MAX_AGE_SECS`] of `iat`) and then lives in a host-only cookie until `exp`.
 //! - Logout reaches Gateways as a revoked `sid` in the snapshot (kept until every token of that
-//!   session has expired); removal from a route's allow-list is checked on every request against
-//!   the route's current policy.
+//!   session has expired).
+//! - Allow-lists never leave Control: a route carries a [`RouteAccess`], where a `users` policy is
+//!   only a short digest of its list ([`AccessPolicy::digest`]). Control checks the list when it
+//!   mints a token and puts that digest in the token (`pol`); a Gateway admits a `users` route only
+//!   with a token whose digest is the route's current one. So a route's size does not grow with
+//!   its list (a member's lists cannot swell every Gateway's snapshot past the message limit),
+//!   and any change of the list sends visitors back through Control, which checks it again.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 
 /// Tokens longer than this are rejected before any decoding (a cookie is at most ~4 KiB anyway).
@@ -51,6 +57,65 @@ impl AccessPolicy {
         match self {
             AccessPolicy::Public | AccessPolicy::Login => true,
             AccessPolicy::Users { allow } => allow.contains(email),
+        }
+    }
+
+    /// The digest of tunnel `tunnel_id`'s allow-list (`None` unless the policy is `users`):
+    /// base64url of the first 16 bytes of SHA-256 over the tunnel id and the sorted e-mails.
+    /// The tunnel id is mixed in so equal lists on two tunnels do not share tokens' digests.
+    pub fn digest(&self, tunnel_id: i64) -> Option<String> {
+        let AccessPolicy::Users { allow } = self else {
+            return None;
+        };
+        let mut hash = Sha256::new();
+        hash.update(format!("kakuremichi-access-policy-v1:{tunnel_id}\n"));
+        for email in allow {
+            hash.update(email.as_bytes());
+            hash.update(b"\n");
+        }
+        Some(URL_SAFE_NO_PAD.encode(&hash.finalize()[..16]))
+    }
+
+    /// What a Gateway gets of this policy for tunnel `tunnel_id`.
+    pub fn for_gateway(&self, tunnel_id: i64) -> RouteAccess {
+        match self {
+            AccessPolicy::Public => RouteAccess::Public,
+            AccessPolicy::Login => RouteAccess::Login,
+            AccessPolicy::Users { .. } => RouteAccess::Users {
+                digest: self.digest(tunnel_id).unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// Who may use a route, as a Gateway needs to know it. JSON: `{"mode":"public"}`,
+/// `{"mode":"login"}` or `{"mode":"users","digest":"..."}`. The allow-list itself stays with
+/// Control (see the module header).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RouteAccess {
+    /// Anyone; the Gateway checks nothing.
+    #[default]
+    Public,
+    /// Any user signed in to Control.
+    Login,
+    /// The users on the tunnel's list, as Control checked when it minted the token: the token's
+    /// `pol` must equal `digest`.
+    Users { digest: String },
+}
+
+impl RouteAccess {
+    pub fn is_public(&self) -> bool {
+        matches!(self, RouteAccess::Public)
+    }
+
+    /// Whether a valid token with these claims may use the route.
+    pub fn admits(&self, claims: &AccessClaims) -> bool {
+        match self {
+            RouteAccess::Public | RouteAccess::Login => true,
+            RouteAccess::Users { digest } => {
+                !digest.is_empty() && claims.pol.as_deref() == Some(digest.as_str())
+            }
         }
     }
 }
@@ -104,6 +169,10 @@ pub struct AccessClaims {
     pub iat: u64,
     /// Expires at, Unix seconds.
     pub exp: u64,
+    /// For a tunnel with an allow-list: the list's digest ([`AccessPolicy::digest`]) when Control
+    /// checked it. Absent in tokens of older Controls, which such routes then send back to Control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pol: Option<String>,
 }
 
 /// Why a token was refused. Messages are for logs; visitors only see "sign in again".
@@ -219,6 +288,7 @@ mod tests {
             sid: "s1".into(),
             iat: NOW - 10,
             exp: NOW + 3600,
+            pol: None,
         }
     }
 
@@ -358,5 +428,59 @@ mod tests {
         );
         assert!(serde_json::from_str::<AccessPolicy>(r#"{"mode":"secret"}"#).is_err());
         assert!(AccessPolicy::default().is_public());
+    }
+
+    fn users(emails: &[&str]) -> AccessPolicy {
+        AccessPolicy::Users {
+            allow: emails.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_route_carries_a_constant_size_digest_not_the_list() {
+        let small = users(&["a@x.io"]);
+        let emails: Vec<String> = (0..1000).map(|i| format!("user{i}@example.com")).collect();
+        let big = AccessPolicy::Users {
+            allow: emails.iter().cloned().collect(),
+        };
+        let (s, b) = (small.for_gateway(7), big.for_gateway(7));
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(serde_json::to_string(&s).unwrap().len(), json.len());
+        assert!(json.len() < 64 && !json.contains('@'), "{json}");
+        assert_eq!(serde_json::from_str::<RouteAccess>(&json).unwrap(), b);
+        // Digests differ by list and by tunnel, and not by the order e-mails were given in.
+        assert_ne!(small.digest(7), big.digest(7));
+        assert_ne!(small.digest(7), small.digest(8));
+        assert_eq!(
+            users(&["b@x.io", "a@x.io"]).digest(1),
+            users(&["a@x.io", "b@x.io"]).digest(1)
+        );
+        assert_eq!(AccessPolicy::Login.for_gateway(7), RouteAccess::Login);
+        assert_eq!(AccessPolicy::Public.digest(7), None);
+    }
+
+    #[test]
+    fn a_users_route_admits_only_tokens_with_its_current_digest() {
+        let policy = users(&["alice@example.com"]);
+        let route = policy.for_gateway(7);
+        let mut c = claims();
+        assert!(
+            !route.admits(&c),
+            "a token without a digest (older Control) re-authorizes"
+        );
+        c.pol = policy.digest(7);
+        assert!(route.admits(&c));
+        // The list changed: tokens minted against the old list no longer pass.
+        let changed = users(&["alice@example.com", "bob@example.com"]).for_gateway(7);
+        assert!(!changed.admits(&c));
+        assert!(RouteAccess::Login.admits(&claims()));
+        let empty = RouteAccess::Users {
+            digest: String::new(),
+        };
+        c.pol = Some(String::new());
+        assert!(!empty.admits(&c));
+        // Tokens of older Controls (no `pol`) still parse.
+        let old = r#"{"kid":"k","host":"h","sub":1,"email":"e","sid":"s","iat":1,"exp":2}"#;
+        assert_eq!(serde_json::from_str::<AccessClaims>(old).unwrap().pol, None);
     }
 }

@@ -10,13 +10,14 @@
 
 pub mod access;
 pub mod limits;
-mod message;
+pub mod message;
 mod snapshot;
 
-pub use access::{AccessConfig, AccessKey, AccessPolicy};
+pub use access::{AccessConfig, AccessKey, AccessPolicy, RouteAccess};
 pub use limits::{IpNet, RateLimit, RouteLimits};
 pub use message::{
-    decode_control, decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole,
+    decode_control, decode_node, probe_config, ControlMessage, DecodeError, NodeMessage, NodeRole,
+    MAX_MESSAGE_BYTES, MAX_REASON_CHARS,
 };
 pub use snapshot::{
     AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteTarget, TlsAlpnChallenge,
@@ -25,7 +26,10 @@ pub use snapshot::{
 
 /// Version of the node-session protocol. Bump on any incompatible change to the messages or the
 /// snapshot; Control refuses a node that speaks another version, with a message naming both.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: routes carry an allow-list digest instead of the list (`RouteAccess`), and nodes report a
+/// snapshot they cannot apply (`NodeMessage::Rejected`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Path of the node-session WebSocket on Control.
 pub const CONNECT_PATH: &str = "/api/v1/connect";

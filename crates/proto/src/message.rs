@@ -32,6 +32,26 @@ pub enum NodeMessage {
     },
     /// The node applied the snapshot with this hash.
     Applied { config_hash: String },
+    /// The node could not apply a snapshot Control sent (too large, unreadable, damaged) and keeps
+    /// serving its last good one. `config_hash` is the refused snapshot's, when it could be read;
+    /// `reason` is for operators (at most [`MAX_REASON_CHARS`] characters).
+    Rejected {
+        config_hash: Option<String>,
+        reason: String,
+    },
+}
+
+/// Longest `reason` a node sends in [`NodeMessage::Rejected`]; Control cuts longer ones.
+pub const MAX_REASON_CHARS: usize = 500;
+
+impl NodeMessage {
+    /// A [`NodeMessage::Rejected`] with `reason` cut to [`MAX_REASON_CHARS`].
+    pub fn rejected(config_hash: Option<String>, reason: &str) -> Self {
+        NodeMessage::Rejected {
+            config_hash,
+            reason: reason.chars().take(MAX_REASON_CHARS).collect(),
+        }
+    }
 }
 
 /// Control → node.
@@ -107,6 +127,35 @@ struct VersionProbe {
     protocol_version: Option<u32>,
 }
 
+/// For a message [`decode_control`] refused: whether it was a `config` and, if the snapshot's
+/// hash can still be read, that hash. Lets a node name the snapshot it rejects. Reads at most
+/// [`MAX_PROBE_BYTES`] (the connection's own frame limit bounds the text anyway).
+pub fn probe_config(text: &str) -> Option<Option<String>> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: String,
+        snapshot: Option<SnapshotProbe>,
+    }
+    #[derive(Deserialize)]
+    struct SnapshotProbe {
+        config_hash: Option<String>,
+    }
+    if text.len() > MAX_PROBE_BYTES {
+        return None;
+    }
+    let probe: Probe = serde_json::from_str(text).ok()?;
+    (probe.kind == "config").then(|| {
+        probe
+            .snapshot
+            .and_then(|s| s.config_hash)
+            .filter(|h| h.len() <= 128)
+    })
+}
+
+/// Largest message [`probe_config`] looks into.
+pub const MAX_PROBE_BYTES: usize = 4 * MAX_MESSAGE_BYTES;
+
 fn check_version(theirs: u32) -> Result<(), DecodeError> {
     if theirs == PROTOCOL_VERSION {
         Ok(())
@@ -151,6 +200,14 @@ mod tests {
             NodeMessage::Applied {
                 config_hash: "h".into(),
             },
+            NodeMessage::Rejected {
+                config_hash: Some("ab".repeat(32)),
+                reason: "config of 20000000 bytes exceeds the limit".into(),
+            },
+            NodeMessage::Rejected {
+                config_hash: None,
+                reason: "unreadable".into(),
+            },
         ] {
             assert_eq!(decode_node(&m.encode()).unwrap(), m);
         }
@@ -184,7 +241,7 @@ mod tests {
             }
         ));
         assert!(err.to_string().contains("same kakuremichi version"));
-        let welcome = r#"{"type":"welcome","protocol_version":2,"node_id":1}"#;
+        let welcome = r#"{"type":"welcome","protocol_version":99,"node_id":1}"#;
         assert!(matches!(
             decode_control(welcome),
             Err(DecodeError::VersionMismatch { .. })
@@ -207,6 +264,27 @@ mod tests {
             );
             assert!(decode_control(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn rejected_reason_is_bounded_and_configs_are_recognised() {
+        let NodeMessage::Rejected { reason, .. } = NodeMessage::rejected(None, &"é".repeat(2000))
+        else {
+            unreachable!()
+        };
+        assert_eq!(reason.chars().count(), MAX_REASON_CHARS);
+        let config = ControlMessage::Config {
+            snapshot: crate::ConfigSnapshot::default().seal(),
+        };
+        let hash = crate::ConfigSnapshot::default().seal().config_hash;
+        let mut text = config.encode();
+        assert_eq!(probe_config(&text), Some(Some(hash.clone())));
+        // A config this program cannot parse (a newer field) is still recognised as one.
+        text.insert_str(text.len() - 2, r#","surprise":1"#);
+        assert!(decode_control(&text).is_err());
+        assert_eq!(probe_config(&text), Some(Some(hash)));
+        assert_eq!(probe_config(r#"{"type":"welcome"}"#), None);
+        assert_eq!(probe_config("garbage"), None);
     }
 
     #[test]

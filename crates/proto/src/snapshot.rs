@@ -1,6 +1,6 @@
 //! The per-node configuration snapshot and its content hash.
 
-use crate::access::{AccessConfig, AccessPolicy};
+use crate::access::{AccessConfig, RouteAccess};
 use crate::limits::RouteLimits;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -80,9 +80,10 @@ pub struct GatewayRoute {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<RouteTarget>,
     /// Who may use the tunnel; left out when public, so older Gateways still parse public routes
-    /// (and refuse, rather than serve openly, protected ones).
-    #[serde(default, skip_serializing_if = "AccessPolicy::is_public")]
-    pub access: AccessPolicy,
+    /// (and refuse, rather than serve openly, protected ones). Never the allow-list itself, so a
+    /// route's size does not depend on it (see [`crate::access`]).
+    #[serde(default, skip_serializing_if = "RouteAccess::is_public")]
+    pub access: RouteAccess,
     /// IP lists, rate and concurrency limits; left out when the tunnel sets none, so routes
     /// without limits hash as before (see [`crate::limits`]).
     #[serde(default, skip_serializing_if = "RouteLimits::is_none")]
@@ -251,7 +252,7 @@ mod tests {
                 https_redirect: true,
                 hsts_max_age: 31_536_000,
                 replicas: Vec::new(),
-                access: AccessPolicy::Login,
+                access: RouteAccess::Login,
                 limits: RouteLimits::default(),
             },
         );

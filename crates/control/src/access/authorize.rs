@@ -83,7 +83,7 @@ async fn admit(
     headers: &HeaderMap,
     req: &Request,
 ) -> Result<Response, crate::store::StoreError> {
-    let Some((policy, https_only)) = state.store.access_policy(&req.host).await? else {
+    let Some((tunnel_id, policy, https_only)) = state.store.access_policy(&req.host).await? else {
         let detail = format!("No app is published at {}.", req.host);
         return Ok(page(StatusCode::NOT_FOUND, "Unknown app", &detail));
     };
@@ -111,7 +111,7 @@ async fn admit(
         return Ok(denied(&user.email, &req.host, &policy));
     }
     let token = Access::new(state.store.clone(), state.access_ttl)
-        .mint(&user, &hash, &expires, &req.host)
+        .mint(&user, &hash, &expires, &req.host, policy.digest(tunnel_id))
         .await?;
     tracing::info!(user_id = user.id, host = %req.host, "access token issued");
     Ok(redirect(

@@ -14,8 +14,9 @@
 //! Tokens live [`crate::ControlConfig::access_ttl`] (default 12 h), never past the login session.
 //! Logout or a deleted user removes the session; every Gateway then gets the session's `sid` in
 //! its snapshot's revocation list, pushed at once by the logout handler, and in any case within
-//! [`MAINTENANCE_EVERY`] by [`run_maintenance`], which also rotates the keys. Removal from an
-//! allow-list is a tunnel change, pushed at once and checked by the Gateway on every request.
+//! [`MAINTENANCE_EVERY`] by [`run_maintenance`], which also rotates the keys. Gateways never see
+//! allow-lists: a token carries the digest of the list it was minted against, a route the digest
+//! of the current list, so any change of the list (pushed at once) sends visitors back here.
 
 pub mod authorize;
 mod keys;
@@ -75,13 +76,15 @@ impl Access {
     }
 
     /// A token for `user` on `host`, for the login session `session_hash` (which expires at the
-    /// RFC 3339 time `session_expires`).
+    /// RFC 3339 time `session_expires`). `pol` is the digest of the allow-list just checked, for
+    /// a tunnel that has one (Gateways then admit the token only while the list is unchanged).
     pub async fn mint(
         &self,
         user: &UserRow,
         session_hash: &str,
         session_expires: &str,
         host: &str,
+        pol: Option<String>,
     ) -> StoreResult<String> {
         let now = unix_now();
         let mut stored = self.store.access_keys().await?;
@@ -111,6 +114,7 @@ impl Access {
             sid,
             iat: now.max(0) as u64,
             exp: exp.max(0) as u64,
+            pol,
         };
         Ok(sign_token(&claims, &pair))
     }

@@ -1,5 +1,6 @@
 //! Who is calling: users (session cookie or personal API token) and nodes (Gateway token or
-//! Agent API key), as axum extractors.
+//! Agent API key), as axum extractors. Every authenticated API request of a user counts against
+//! their `api_requests_per_minute` (see `ops::ratelimit`).
 //!
 //! A state-changing request authenticated by the session cookie must also carry the session's
 //! CSRF token in `X-CSRF-Token` (a cross-site page can make the browser send the cookie, but
@@ -53,7 +54,17 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
+    /// Authenticates, then takes one request from the user's rate limit (429 when spent).
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = Self::from_credentials(parts, state).await?;
+        state.api_rate.check(&state.store, user.0.id).await?;
+        Ok(user)
+    }
+}
+
+impl AuthUser {
+    /// The user of the request, without touching the rate limit.
+    async fn from_credentials(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(session) = current_session(&parts.headers, state).await? {
             let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
             let sent = parts

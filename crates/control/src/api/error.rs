@@ -116,6 +116,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             e @ StoreError::KeyInUse(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Invalid(m) => ApiError::bad_request(m),
+            StoreError::Quota(m) => ApiError::forbidden(m),
             e @ (StoreError::Db(_) | StoreError::Migrate(_)) => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::internal()

@@ -47,6 +47,8 @@ pub struct Inner {
     pub access_ttl: std::time::Duration,
     /// Failed logins per account and per IP.
     pub throttle: crate::ops::throttle::Throttle,
+    /// API requests per user (`api_requests_per_minute`).
+    pub api_rate: crate::ops::ratelimit::ApiRateLimit,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
             default_tls: TlsMode::Acme,
             access_ttl: crate::ControlConfig::default().access_ttl,
             throttle: Default::default(),
+            api_rate: Default::default(),
         }))
     }
 

@@ -35,6 +35,9 @@ struct NodeStatus {
     /// Gateways only: disabled Gateways are dropped by the Agents.
     #[serde(skip_serializing_if = "Option::is_none")]
     enabled: Option<bool>,
+    /// Why the node is not running its latest config (it rejected it, or it was too large to
+    /// send), in which case it keeps serving its previous one; `null` when all is well.
+    config_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -53,6 +56,7 @@ struct TunnelStatus {
 
 pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<StatusView>, ApiError> {
     let online = |kind, id| state.hub.is_online(NodeRef { kind, id });
+    let config_error = |kind, id| state.hub.config_error(NodeRef { kind, id });
     let gateways: Vec<NodeStatus> = state
         .store
         .list_gateways()
@@ -61,6 +65,7 @@ pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<Stat
         .map(|g| NodeStatus {
             status: status(online(NodeKind::Gateway, g.id)),
             enabled: Some(g.enabled),
+            config_error: config_error(NodeKind::Gateway, g.id),
             id: g.id,
             name: g.name,
         })
@@ -73,6 +78,7 @@ pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<Stat
         .map(|a| NodeStatus {
             status: status(online(NodeKind::Agent, a.id)),
             enabled: None,
+            config_error: config_error(NodeKind::Agent, a.id),
             id: a.id,
             name: a.name,
         })

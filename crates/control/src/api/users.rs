@@ -1,12 +1,12 @@
 //! Admin routes: `/users` (list, create, change role or password, delete), `/invitations`,
-//! `/settings`; and `GET /audit` for everyone (admins see every entry, members their own).
+//! `/settings` (open registration and the per-user quotas); and `GET /audit` for everyone (admins see every entry, members their own).
 
 use super::auth::UserView;
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
 use super::AppState;
 use crate::ops::{self, require_admin};
-use crate::store::AuditRow;
+use crate::store::{AuditRow, Quotas};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -44,10 +44,37 @@ pub struct Invitation {
     path: String,
 }
 
-#[derive(Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// `GET /settings`: everything an admin can set.
+#[derive(Serialize)]
 pub struct Settings {
     open_registration: bool,
+    #[serde(flatten)]
+    quotas: Quotas,
+}
+
+/// `PATCH /settings`: only the fields sent change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    open_registration: Option<bool>,
+    max_tunnels_per_user: Option<u32>,
+    max_agents_per_user: Option<u32>,
+    max_allow_list_entries: Option<u32>,
+    api_requests_per_minute: Option<u32>,
+}
+
+impl SettingsPatch {
+    fn quota_changes(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("max_tunnels_per_user", self.max_tunnels_per_user),
+            ("max_agents_per_user", self.max_agents_per_user),
+            ("max_allow_list_entries", self.max_allow_list_entries),
+            ("api_requests_per_minute", self.api_requests_per_minute),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect()
+    }
 }
 
 pub async fn list(
@@ -116,16 +143,25 @@ pub async fn get_settings(
     require_admin(&user, "read settings")?;
     Ok(Json(Settings {
         open_registration: state.store.open_registration().await?,
+        quotas: state.store.quotas().await?,
     }))
 }
 
+/// Quotas are checked (ranges) before anything is written; the answer is the settings in force.
 pub async fn update_settings(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    ApiJson(body): ApiJson<Settings>,
+    ApiJson(body): ApiJson<SettingsPatch>,
 ) -> Result<Json<Settings>, ApiError> {
-    ops::users::set_open_registration(&state, &user, body.open_registration).await?;
-    Ok(Json(body))
+    require_admin(&user, "change settings")?;
+    let quotas = ops::quotas::update(&state, &user, &body.quota_changes()).await?;
+    if let Some(open) = body.open_registration {
+        ops::users::set_open_registration(&state, &user, open).await?;
+    }
+    Ok(Json(Settings {
+        open_registration: state.store.open_registration().await?,
+        quotas,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -122,7 +122,11 @@ async fn setup(fail: bool) -> Setup {
         kind: NodeKind::Gateway,
         id: gateway.id,
     });
-    let agent = store.create_agent("a", "h2", &net, None).await.unwrap().id;
+    let agent = store
+        .create_agent("a", "h2", &net, None, u32::MAX)
+        .await
+        .unwrap()
+        .id;
     let member = store
         .create_user("m@example.com", "x", false)
         .await
@@ -164,6 +168,7 @@ impl Setup {
             replicas: Vec::new(),
             access: Default::default(),
             owner_id: owner,
+            max_owned: u32::MAX,
             limits: Default::default(),
         };
         self.store.create_tunnel(&new).await.unwrap().id

@@ -6,7 +6,8 @@ use crate::store::{AgentRow, NodeKind, NodeRef, UserRow};
 use crate::{secrets, validate};
 use serde_json::json;
 
-/// Creates an agent owned by `user`; returns it with its API key (shown once).
+/// Creates an agent owned by `user`; returns it with its API key (shown once). A member may own
+/// at most `max_agents_per_user` agents (403 naming the quota, nothing written).
 pub async fn create(
     state: &AppState,
     user: &UserRow,
@@ -15,9 +16,10 @@ pub async fn create(
     let name = validate::name(name).map_err(|e| ApiError::bad_request(e.0))?;
     let key = secrets::generate(secrets::AGENT_KEY_PREFIX);
     let owner = (!user.is_admin).then_some(user.id);
+    let max = state.store.quotas().await?.max_agents_per_user;
     let row = state
         .store
-        .create_agent(&name, &secrets::hash(&key), &state.network, owner)
+        .create_agent(&name, &secrets::hash(&key), &state.network, owner, max)
         .await?;
     state.hub.changed();
     tracing::info!(agent_id = row.id, wg_address = %row.wg_address, "agent created");

@@ -8,6 +8,8 @@ pub mod agents;
 pub mod gateways;
 pub mod limits;
 pub mod login;
+pub mod quotas;
+pub mod ratelimit;
 pub mod throttle;
 pub mod tokens;
 pub mod tunnels;

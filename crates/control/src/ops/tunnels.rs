@@ -1,4 +1,6 @@
-//! Tunnels: create, change, delete. A member may only put tunnels on agents they own.
+//! Tunnels: create, change, delete. A member may only put tunnels on agents they own, own at most
+//! `max_tunnels_per_user` tunnels, and list at most `max_allow_list_entries` e-mails per tunnel
+//! (that one applies to admins too: it is a property of the tunnel, which an admin can raise).
 
 use super::limits::LimitsInput;
 use super::{audit, require_owner};
@@ -7,6 +9,7 @@ use crate::certs::TlsMode;
 use crate::store::limits::limits_of;
 use crate::store::{
     NewTunnel, TunnelLimits, TunnelPatch, TunnelRow, UserRow, MAX_AGENTS_PER_TUNNEL,
+    MAX_ALLOW_LIST_ENTRIES,
 };
 use crate::validate;
 use kakuremichi_proto::AccessPolicy;
@@ -74,11 +77,12 @@ fn agents(
     Ok(Some((primary, replicas.to_vec())))
 }
 
-/// Most e-mails one allow-list may hold; every Gateway gets each list on every change.
-const MAX_ALLOWED_USERS: usize = 1000;
+/// Most e-mails one allow-list may ever hold, whatever `max_allow_list_entries` says.
+const MAX_ALLOWED_USERS: usize = MAX_ALLOW_LIST_ENTRIES as usize;
 
-/// Validates and lower-cases the e-mails of a `users` policy.
-fn access(policy: AccessPolicy) -> Result<AccessPolicy, ApiError> {
+/// Validates and lower-cases the e-mails of a `users` policy, which may list at most `quota`
+/// (`max_allow_list_entries`) of them: beyond that a 403 naming the quota.
+fn access(policy: AccessPolicy, quota: u32) -> Result<AccessPolicy, ApiError> {
     let AccessPolicy::Users { allow } = policy else {
         return Ok(policy);
     };
@@ -91,6 +95,13 @@ fn access(policy: AccessPolicy) -> Result<AccessPolicy, ApiError> {
     if allow.len() > MAX_ALLOWED_USERS {
         return Err(ApiError::bad_request(format!(
             "access.allow may list at most {MAX_ALLOWED_USERS} e-mail addresses"
+        )));
+    }
+    if allow.len() > quota as usize {
+        return Err(ApiError::forbidden(format!(
+            "quota exceeded: max_allow_list_entries is {quota} and access.allow lists {}; \
+             shorten the list or ask an admin to raise max_allow_list_entries in the settings",
+            allow.len()
         )));
     }
     let allow = allow
@@ -133,6 +144,7 @@ pub async fn create(
             "hostname, agent_id (or agent_ids) and target are required",
         ));
     };
+    let quotas = state.store.quotas().await?;
     let new = NewTunnel {
         hostname: hostname(&host)?,
         agent_id,
@@ -141,7 +153,11 @@ pub async fn create(
         tls: input.tls.unwrap_or(state.default_tls).as_str().to_string(),
         https_redirect: input.https_redirect.unwrap_or(true),
         owner_id: (!user.is_admin).then_some(user.id),
-        access: access(input.access.unwrap_or_default())?,
+        max_owned: quotas.max_tunnels_per_user,
+        access: access(
+            input.access.unwrap_or_default(),
+            quotas.max_allow_list_entries,
+        )?,
         limits: input
             .limits
             .check(&TunnelLimits::default())?
@@ -172,6 +188,7 @@ pub async fn update(
 ) -> Result<TunnelRow, ApiError> {
     let current = state.store.get_tunnel(id).await.map_err(about("tunnel"))?;
     require_owner(user, current.owner_id, "tunnels")?;
+    let quota = state.store.quotas().await?.max_allow_list_entries;
     let replace_set = input.agent_ids.is_some();
     let (agent_id, replicas) = match agents(input.agent_id, input.agent_ids)? {
         Some((primary, replicas)) if replace_set => (Some(primary), Some(replicas)),
@@ -182,7 +199,7 @@ pub async fn update(
         hostname: input.hostname.as_deref().map(hostname).transpose()?,
         agent_id,
         replicas,
-        access: input.access.map(access).transpose()?,
+        access: input.access.map(|a| access(a, quota)).transpose()?,
         target: input.target.as_deref().map(target_addr).transpose()?,
         enabled: input.enabled,
         tls: input.tls.map(|t| t.as_str().to_string()),

@@ -1,5 +1,9 @@
 //! One node session: Hello/Welcome handshake, snapshot pushes on change, heartbeats, clean close.
 //!
+//! A snapshot over the message limit is never sent (the node would refuse it whole), and a
+//! snapshot the node reports as `Rejected` is logged at error; either way the node keeps its
+//! last good one and the reason shows as the node's `config_error` in the status.
+//!
 //! Everything the node sends is untrusted: a bad frame ends the session with an `Error` message
 //! and a Close frame, never a panic. Every send is bounded by the heartbeat timeout, so a node
 //! that stops reading cannot pin the task.
@@ -10,7 +14,8 @@ use crate::validate;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use futures_util::SinkExt as _;
 use kakuremichi_proto::{
-    decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, PROTOCOL_VERSION,
+    decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, MAX_MESSAGE_BYTES,
+    MAX_REASON_CHARS, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -64,6 +69,11 @@ impl From<StoreError> for End {
             }
         }
     }
+}
+
+/// The first 12 characters of a config hash, as logs show it.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 /// The end of a session whose credential (an Agent's API key) was replaced.
@@ -205,7 +215,7 @@ impl Session {
                 config_hash,
                 ..
             }) => (role, public_key, config_hash),
-            Ok(NodeMessage::Applied { .. }) => {
+            Ok(NodeMessage::Applied { .. } | NodeMessage::Rejected { .. }) => {
                 return Err(End::error("bad_hello", "the first message must be a hello"))
             }
             Err(e @ DecodeError::VersionMismatch { .. }) => {
@@ -260,6 +270,7 @@ impl Session {
         };
         let challenges: Arc<HashSet<String>> = Arc::new(snapshot.acme.ids().into_iter().collect());
         if sent_hash.as_deref() == Some(snapshot.config_hash.as_str()) {
+            self.hub.set_config_error(self.node, None);
             if self.sent_challenges != challenges {
                 // The node already holds this snapshot (it said so in its hello).
                 self.hub.applied(self.node, challenges.clone());
@@ -267,12 +278,40 @@ impl Session {
             }
             return Ok(());
         }
-        self.sent_challenges = challenges;
         let hash = snapshot.config_hash.clone();
-        self.send(&ControlMessage::Config { snapshot }).await?;
+        let text = ControlMessage::Config { snapshot }.encode();
+        if text.len() > MAX_MESSAGE_BYTES {
+            // The node would refuse it whole; keep it on its last snapshot and say why, loudly.
+            // `sent_hash` stays, so the next change is tried again.
+            let why = format!(
+                "Control did not send config {}: {} bytes exceed the {MAX_MESSAGE_BYTES}-byte \
+                 message limit; lower the quotas in settings or remove tunnels",
+                short(&hash),
+                text.len()
+            );
+            tracing::error!(node = %self.node, bytes = text.len(), "{why}");
+            self.hub.set_config_error(self.node, Some(why));
+            return Ok(());
+        }
+        self.sent_challenges = challenges;
+        self.send_raw(Message::text(text)).await?;
         tracing::debug!(node = %self.node, config_hash = %hash, "pushed config");
         *sent_hash = Some(hash);
         Ok(())
+    }
+
+    /// The node did not apply a snapshot: it keeps serving its previous one. Logged at error and
+    /// shown in the status until the node applies one.
+    fn on_rejected(&self, config_hash: Option<&str>, reason: &str) {
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_REASON_CHARS)
+            .collect();
+        let hash = config_hash.map_or("?", short);
+        tracing::error!(node = %self.node, config_hash = hash, %reason, "node rejected its config and keeps serving its previous one");
+        let why = format!("the node rejected config {hash}: {reason}");
+        self.hub.set_config_error(self.node, Some(why));
     }
 
     fn on_frame(
@@ -287,7 +326,15 @@ impl Session {
                     tracing::debug!(node = %self.node, %config_hash, "node applied config");
                     if sent_hash == Some(config_hash.as_str()) {
                         self.hub.applied(self.node, self.sent_challenges.clone());
+                        self.hub.set_config_error(self.node, None);
                     }
+                    Ok(())
+                }
+                Ok(NodeMessage::Rejected {
+                    config_hash,
+                    reason,
+                }) => {
+                    self.on_rejected(config_hash.as_deref(), &reason);
                     Ok(())
                 }
                 Ok(NodeMessage::Hello { .. }) => {

@@ -44,6 +44,9 @@ pub struct Hub {
     replicated_agents: Mutex<Arc<HashSet<i64>>>,
     /// Control's public URL, told to Gateways for access-control redirects ("" if unset).
     access_url: std::sync::OnceLock<String>,
+    /// Per node: why its latest snapshot did not reach it or was not applied (it then runs on
+    /// its previous one). Cleared once it applies a snapshot. One entry at most per node.
+    config_errors: Mutex<HashMap<NodeRef, String>>,
     /// Per node, how many times its credential was replaced: a session opened with an older
     /// credential ends when the count it started with moves on.
     credential_epochs: watch::Sender<HashMap<NodeRef, u64>>,
@@ -77,9 +80,24 @@ impl Hub {
             hsts_max_age: AtomicU32::new(0),
             replicated_agents: Mutex::new(Arc::default()),
             access_url: std::sync::OnceLock::new(),
+            config_errors: Mutex::new(HashMap::new()),
             credential_epochs: watch::channel(HashMap::new()).0,
             disabled_gateways: Mutex::new(Arc::default()),
         })
+    }
+
+    /// Records (or with `None` clears) why `node` is not running its latest snapshot.
+    pub(crate) fn set_config_error(&self, node: NodeRef, error: Option<String>) {
+        let mut errors = lock(&self.config_errors);
+        match error {
+            Some(e) => errors.insert(node, e),
+            None => errors.remove(&node),
+        };
+    }
+
+    /// Why `node` is not running its latest snapshot, if it is not (see the status API).
+    pub fn config_error(&self, node: NodeRef) -> Option<String> {
+        lock(&self.config_errors).get(&node).cloned()
     }
 
     /// The HSTS max-age put into routes that redirect to https.

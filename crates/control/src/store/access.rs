@@ -44,18 +44,21 @@ pub fn policy_of(row: &TunnelRow) -> AccessPolicy {
 }
 
 impl Store {
-    /// The policy of the enabled tunnel serving `hostname`, if there is one, and whether that
-    /// tunnel is served over HTTPS only (TLS on and plain HTTP redirected).
-    pub async fn access_policy(&self, hostname: &str) -> StoreResult<Option<(AccessPolicy, bool)>> {
-        let row: Option<(String, String, String, bool)> = sqlx::query_as(
-            "SELECT access_mode, access_allow, tls, https_redirect FROM tunnels \
+    /// The id and policy of the enabled tunnel serving `hostname`, if there is one, and whether
+    /// that tunnel is served over HTTPS only (TLS on and plain HTTP redirected).
+    pub async fn access_policy(
+        &self,
+        hostname: &str,
+    ) -> StoreResult<Option<(i64, AccessPolicy, bool)>> {
+        let row: Option<(i64, String, String, String, bool)> = sqlx::query_as(
+            "SELECT id, access_mode, access_allow, tls, https_redirect FROM tunnels \
              WHERE hostname = $1 AND enabled = TRUE",
         )
         .bind(hostname)
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|(mode, allow, tls, redirect)| {
-            (decode_policy(&mode, &allow), tls != "off" && redirect)
+        Ok(row.map(|(id, mode, allow, tls, redirect)| {
+            (id, decode_policy(&mode, &allow), tls != "off" && redirect)
         }))
     }
 

@@ -1,5 +1,6 @@
 //! Agents: the origin-side nodes. Each gets an API key (stored hashed) and a WireGuard address.
 
+use super::quotas::{Owned, OwnerQuota};
 use super::{alloc, is_foreign_key_violation, now, Store, StoreError, StoreResult};
 use crate::validate::WgNetwork;
 
@@ -26,8 +27,15 @@ impl Store {
         key_hash: &str,
         net: &WgNetwork,
         owner_id: Option<i64>,
+        max_owned: u32,
     ) -> StoreResult<AgentRow> {
         let mut tx = self.write_tx().await?;
+        let quota = OwnerQuota {
+            owner: owner_id,
+            max: max_owned,
+            what: Owned::Agents,
+        };
+        quota.check(&mut tx).await?;
         let address = alloc::allocate_address(&mut tx, net).await?;
         let sql = format!(
             "INSERT INTO agents (name, api_key_hash, wg_address, created_at, owner_id) VALUES ($1, $2, $3, $4, $5) \

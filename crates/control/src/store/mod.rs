@@ -12,6 +12,7 @@ mod certs;
 mod gateways;
 pub mod limits;
 mod nodes;
+mod quotas;
 mod replicas;
 mod sessions;
 mod settings;
@@ -26,6 +27,7 @@ pub use certs::{AcmeOrderRow, CertRow, NewCert};
 pub use gateways::{GatewayPatch, GatewayRow};
 pub use limits::{LimitsPatch, TunnelLimits};
 pub use nodes::{NodeKind, NodeRef};
+pub use quotas::{Quotas, MAX_ALLOW_LIST_ENTRIES};
 pub use replicas::{ReplicaRow, MAX_AGENTS_PER_TUNNEL};
 pub use sessions::SessionInfo;
 pub use settings::OPEN_REGISTRATION;
@@ -55,6 +57,9 @@ pub enum StoreError {
     /// The request references something that does not exist (e.g. an unknown agent_id).
     #[error("{0}")]
     Invalid(String),
+    /// The write would exceed a per-user quota; the message names it and its limit.
+    #[error("{0}")]
+    Quota(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]

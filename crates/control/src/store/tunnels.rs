@@ -3,6 +3,7 @@
 
 use super::access::{encode_policy, policy_of};
 use super::limits::{self, LimitsPatch, TunnelLimits};
+use super::quotas::{Owned, OwnerQuota};
 use super::{
     alloc, is_foreign_key_violation, is_unique_violation, now, replicas, Store, StoreError,
     StoreResult,
@@ -55,6 +56,8 @@ pub struct NewTunnel {
     pub replicas: Vec<i64>,
     pub access: AccessPolicy,
     pub owner_id: Option<i64>,
+    /// Most tunnels `owner_id` may own (`max_tunnels_per_user`), checked in the same transaction.
+    pub max_owned: u32,
     pub limits: TunnelLimits,
 }
 
@@ -77,6 +80,12 @@ impl Store {
     /// Creates a tunnel on the lowest free port of its agent.
     pub async fn create_tunnel(&self, new: &NewTunnel) -> StoreResult<TunnelRow> {
         let mut tx = self.write_tx().await?;
+        let quota = OwnerQuota {
+            owner: new.owner_id,
+            max: new.max_owned,
+            what: Owned::Tunnels,
+        };
+        quota.check(&mut tx).await?;
         require_agent(&mut tx, new.agent_id).await?;
         let port = alloc::allocate_port(&mut tx, new.agent_id).await?;
         let now = now();

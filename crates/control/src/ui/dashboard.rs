@@ -56,6 +56,20 @@ fn attention(o: &overview::Overview, is_admin: bool) -> Vec<Attention> {
             "/gateways".into(),
         );
     }
+    for (page, n) in [("/gateways", &o.gateways), ("/agents", &o.agents)]
+        .into_iter()
+        .flat_map(|(page, nodes)| nodes.iter().map(move |n| (page, n)))
+    {
+        if let Some(why) = n["config_error"].as_str() {
+            let name = n["name"].as_str().unwrap_or("?");
+            add(
+                "bad",
+                format!("{name} runs an older config: {why}"),
+                "See its status",
+                page.into(),
+            );
+        }
+    }
     if o.agents.is_empty() {
         add(
             "warn",

@@ -52,6 +52,7 @@ pub fn router() -> Router<AppState> {
         .route("/users", get(users::list).post(users::create))
         .route("/users/invite", post(users::invite))
         .route("/users/settings", post(users::settings))
+        .route("/users/quotas", post(users::quotas))
         .route("/users/{id}/admin", post(users::set_admin))
         .route("/users/{id}/password", post(users::reset_password))
         .route("/users/{id}/delete", post(users::delete))

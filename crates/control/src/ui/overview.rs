@@ -77,9 +77,16 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
         .iter()
         .any(|g| g.enabled && online(NodeKind::Gateway, g.id));
     let any_gateway_online = !state.hub.online_gateways().is_empty();
+    // Why a node runs an older config than Control's (it rejected the latest, or it was too large
+    // to send); the pages show it next to the node's status.
+    let config_error =
+        |kind, id| json!({"config_error": state.hub.config_error(NodeRef { kind, id })});
     let gateways = gateway_rows
         .into_iter()
-        .map(|g| to_json(gateways::view(state, g, None)))
+        .map(|g| {
+            let extra = config_error(NodeKind::Gateway, g.id);
+            with(to_json(gateways::view(state, g, None)), extra)
+        })
         .collect();
     let tunnel_rows = state.store.list_tunnels().await?;
     let mut per_agent: HashMap<i64, usize> = HashMap::new();
@@ -98,7 +105,8 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
                 "can_manage": can_manage(viewer, a.owner_id),
                 "tunnels": per_agent.get(&a.id).copied().unwrap_or(0),
             });
-            with(to_json(agents::view(state, a, None)), extra)
+            let error = config_error(NodeKind::Agent, a.id);
+            with(with(to_json(agents::view(state, a, None)), extra), error)
         })
         .collect();
     let certs = tunnels::certs_by_name_and_source(state).await?;

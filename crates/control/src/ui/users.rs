@@ -1,5 +1,5 @@
 //! Users page (admins): list, create with a password, invite by link, make or unmake admin,
-//! reset a password, delete; and the open-registration setting.
+//! reset a password, delete; and the settings: open registration and the per-user quotas.
 
 use super::agents::control_url;
 use super::page::{self as render, done, flash};
@@ -52,7 +52,8 @@ async fn render_list(
         .map(|u| context! { id => u.id, email => u.email, is_admin => u.is_admin, created_at => u.created_at })
         .collect();
     let open = state.store.open_registration().await?;
-    let ctx = context! { users => users, open_registration => open, ..ctx };
+    let quotas = Value::from_serialize(state.store.quotas().await?);
+    let ctx = context! { users => users, open_registration => open, quotas => quotas, ..ctx };
     Ok(render::page(viewer, status, "users.html", "users", ctx))
 }
 
@@ -120,6 +121,39 @@ pub async fn settings(
     let result = async {
         viewer.check(&form.csrf)?;
         ops::users::set_open_registration(&state, &viewer.user, form.value == "true").await?;
+        Ok::<_, ApiError>(done("/users", "settings-saved"))
+    }
+    .await;
+    show(&state, &viewer, result).await
+}
+
+/// The quotas form: every field is sent; each must be a whole number in its range.
+#[derive(Deserialize)]
+pub struct QuotaForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    values: std::collections::HashMap<String, String>,
+}
+
+pub async fn quotas(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<QuotaForm>,
+) -> Response {
+    let result = async {
+        viewer.check(&form.csrf)?;
+        let mut changes = Vec::new();
+        for (name, ..) in crate::store::Quotas::FIELDS {
+            if let Some(text) = form.values.get(name) {
+                let value = text
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| ApiError::bad_request(format!("{name} must be a whole number")))?;
+                changes.push((name, value));
+            }
+        }
+        ops::quotas::update(&state, &viewer.user, &changes).await?;
         Ok::<_, ApiError>(done("/users", "settings-saved"))
     }
     .await;

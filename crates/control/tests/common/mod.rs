@@ -338,3 +338,51 @@ pub fn assert_error(
         "{body}"
     );
 }
+
+/// Creates a member (not an admin) and returns their id and a personal API token.
+pub async fn member_token(c: &Control, email: &str) -> (i64, String) {
+    let body = json!({"email": email, "password": ADMIN_PASSWORD});
+    let (s, user) = c.post("/api/v1/users", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{user}");
+    let (cookie, csrf) = c.login_csrf(email, ADMIN_PASSWORD).await.unwrap();
+    let res = c
+        .http
+        .post(c.url("/api/v1/tokens"))
+        .header("cookie", cookie)
+        .header("x-csrf-token", csrf)
+        .json(&json!({"name": "t"}))
+        .send()
+        .await
+        .unwrap();
+    let (s, token) = into_json(res).await;
+    assert_eq!(s, StatusCode::CREATED, "{token}");
+    (
+        user["id"].as_i64().unwrap(),
+        token["token"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Sends a request with `token`; returns status, JSON body and the `Retry-After` header.
+pub async fn call_as(
+    c: &Control,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value, Option<String>) {
+    let mut req = c
+        .http
+        .request(method.parse().unwrap(), c.url(path))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (s, v) = into_json(res).await;
+    (s, v, retry)
+}

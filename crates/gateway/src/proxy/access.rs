@@ -10,8 +10,9 @@
 //!   key, host, age), sets it as a host-only cookie and redirects to the (relative) path.
 //! - The access cookie and any client-sent `X-Kakuremichi-User` are removed from every request;
 //!   on protected routes the Gateway then sets `X-Kakuremichi-User: <e-mail>` for the app.
-//! - No valid cookie: `302` to Control's `/access/authorize`, which brings the visitor back.
-//!   Valid cookie but the user is no longer on the route's list: a 403 page naming the account.
+//! - No valid cookie, or one minted against another version of the route's allow-list (the
+//!   Gateway holds only the list's digest): `302` to Control's `/access/authorize`, which checks
+//!   the list, mints a new token or shows the denial, and brings the visitor back.
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -113,14 +114,15 @@ impl AccessGate {
         }
         let claims = token.and_then(|t| state.check(&t, &host.name, unix_now()));
         match claims {
-            Some(claims) if route.access.admits(&claims.email) => {
+            Some(claims) if route.access.admits(&claims) => {
                 if let Ok(value) = HeaderValue::from_str(&claims.email) {
                     req.headers_mut().insert(USER_HEADER, value);
                 }
                 Ok(())
             }
-            Some(claims) => Err(Box::new(denied(&claims.email, &host.name))),
-            None => {
+            // No token, or one minted against another version of the route's allow-list: only
+            // Control holds the list, so it decides again (and shows the denial if it is one).
+            _ => {
                 let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
                 Err(Box::new(to_login(&state.control_url, host, scheme, path)))
             }
@@ -155,8 +157,16 @@ impl AccessGate {
             );
             return page(StatusCode::FORBIDDEN, &detail);
         };
-        if !route.access.admits(&claims.email) {
-            return denied(&claims.email, &host.name);
+        if !route.access.admits(&claims) {
+            // Minted against another version of the allow-list than this Gateway holds (it
+            // changed while the visitor signed in): no redirect, so no loop with Control.
+            let detail = format!(
+                "The list of who may use <b>{}</b> changed while you were signing in. \
+                 <a href=\"{}\">Try again</a>.",
+                escape(&host.name),
+                escape(back)
+            );
+            return page(StatusCode::FORBIDDEN, &detail);
         }
         let cookie = format!(
             "{ACCESS_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
@@ -230,16 +240,6 @@ fn to_login(
         .append_pair("return", &original)
         .finish();
     redirect(&format!("{control_url}/access/authorize?{query}"))
-}
-
-fn denied(email: &str, host: &str) -> Response<Full<Bytes>> {
-    let detail = format!(
-        "You are signed in as <b>{}</b>, but <b>{}</b> does not admit this account. Ask the \
-         app's owner to add your address.",
-        escape(email),
-        escape(host)
-    );
-    page(StatusCode::FORBIDDEN, &detail)
 }
 
 fn redirect(location: &str) -> Response<Full<Bytes>> {

@@ -41,6 +41,8 @@ fn token(host: &str, email: &str, iat_ago: u64) -> String {
         sid: "sid-1".into(),
         iat: now - iat_ago,
         exp: now + 3600,
+        // Minted while the route's list was alice's alone.
+        pol: users(&["alice@x.io"]).digest(1),
     };
     sign_token(&claims, &pair())
 }
@@ -54,7 +56,7 @@ fn route(access: AccessPolicy) -> GatewayRoute {
         https_redirect: false,
         hsts_max_age: 0,
         replicas: Vec::new(),
-        access,
+        access: access.for_gateway(1),
         limits: Default::default(),
     }
 }
@@ -169,18 +171,41 @@ fn bad_cookies_are_sent_to_sign_in() {
 }
 
 #[test]
-fn user_removed_from_the_list_gets_403() {
-    let cookie = format!("km_access={}", token(HOST, "alice@x.io", 5));
-    let mut req = request("/", &[&cookie]);
+fn a_changed_list_sends_the_visitor_back_to_control() {
+    // The token was minted against ["alice"]; the route's list is now another one (alice removed,
+    // or someone added): Control, which holds the list, must decide again.
+    for list in [&["bob@x.io"][..], &["alice@x.io", "bob@x.io"][..]] {
+        let cookie = format!("km_access={}", token(HOST, "alice@x.io", 5));
+        let mut req = request("/", &[&cookie]);
+        let r = gate(&[])
+            .admit(&mut req, &host(), &route(users(list)), Scheme::Https)
+            .unwrap_err();
+        assert_eq!(r.status(), StatusCode::FOUND, "{list:?}");
+        assert!(location(&r).contains("/access/authorize?"));
+        assert!(req.headers().get(USER_HEADER).is_none());
+    }
+    // A token of an older Control (no digest) re-authorizes too.
+    let now = unix_now();
+    let old = AccessClaims {
+        kid: "k1".into(),
+        host: HOST.into(),
+        sub: 1,
+        email: "alice@x.io".into(),
+        sid: "sid-1".into(),
+        iat: now - 5,
+        exp: now + 3600,
+        pol: None,
+    };
+    let cookie = format!("km_access={}", sign_token(&old, &pair()));
     let r = gate(&[])
         .admit(
-            &mut req,
+            &mut request("/", &[&cookie]),
             &host(),
-            &route(users(&["bob@x.io"])),
+            &route(users(&["alice@x.io"])),
             Scheme::Https,
         )
         .unwrap_err();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.status(), StatusCode::FOUND);
 }
 
 #[test]
