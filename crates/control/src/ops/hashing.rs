@@ -106,7 +106,7 @@ impl Passwords {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_pool_refuses_at_once_and_recovers() {
         let pool = Arc::new(Passwords::new(1, 1));
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -124,7 +124,10 @@ mod tests {
                 .await
             })
         };
-        started_rx.recv().unwrap();
+        tokio::task::spawn_blocking(move || started_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         let waiting = {
             let pool = Arc::clone(&pool);
             tokio::spawn(async move { pool.run(|| 7).await })
