@@ -77,7 +77,9 @@ pub async fn run(
         .with_default_tls(config.default_tls)
         .with_access_ttl(config.access_ttl)
         .with_passwords(passwords)
-        .with_trusted_proxies(api::client_ip::TrustedProxies::parse(&config.trusted_proxies)?);
+        .with_trusted_proxies(api::client_ip::TrustedProxies::parse(
+            &config.trusted_proxies,
+        )?);
     let app = api::router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);

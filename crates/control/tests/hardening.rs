@@ -194,13 +194,23 @@ async fn an_idle_session_mints_no_access_token() {
     let cookie = c.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
     let (status, to) = authorize(&c, "app.test", &cookie).await;
     assert_eq!(status, StatusCode::FOUND);
-    assert!(to.starts_with("http://app.test/.kakuremichi/access?token="), "{to}");
+    assert!(
+        to.starts_with("http://app.test/.kakuremichi/access?token="),
+        "{to}"
+    );
 
     make_idle(&dir).await;
-    assert_eq!(me(&c, &cookie).await, StatusCode::UNAUTHORIZED, "the API says so");
+    assert_eq!(
+        me(&c, &cookie).await,
+        StatusCode::UNAUTHORIZED,
+        "the API says so"
+    );
     let (status, to) = authorize(&c, "app.test", &cookie).await;
     assert_eq!(status, StatusCode::FOUND);
-    assert!(to.starts_with("/login?next="), "back to the login, no token: {to}");
+    assert!(
+        to.starts_with("/login?next="),
+        "back to the login, no token: {to}"
+    );
 }
 
 /// Registers `email` through the open registration form; the session cookie.
@@ -234,9 +244,16 @@ async fn open_registration_cannot_claim_an_allow_listed_address() {
     // Anyone can type the boss's address into the open registration form.
     let cookie = register(&c, "boss@example.com").await;
     let (status, _) = authorize(&c, "payroll.test", &cookie).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "not admitted by the allow-list");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "not admitted by the allow-list"
+    );
     let (status, to) = authorize(&c, "wiki.test", &cookie).await;
-    assert!(status == StatusCode::FOUND && to.contains("token="), "any signed-in user: {to}");
+    assert!(
+        status == StatusCode::FOUND && to.contains("token="),
+        "any signed-in user: {to}"
+    );
     let (_, users) = c.get("/api/v1/users").await;
     let boss = users
         .as_array()
@@ -281,7 +298,11 @@ async fn api_logout_needs_the_csrf_token() {
             .header("cookie", &cookie)
     };
     let res = logout().send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::FORBIDDEN, "another site cannot log us out");
+    assert_eq!(
+        res.status(),
+        StatusCode::FORBIDDEN,
+        "another site cannot log us out"
+    );
     assert_eq!(me(&c, &cookie).await, StatusCode::OK);
     let res = logout().header("x-csrf-token", &csrf).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
@@ -338,7 +359,10 @@ async fn authorize_sends_nobody_to_a_host_that_is_not_a_tunnel() {
         assert!(to.is_empty(), "{host}: redirected to {to}");
     }
     let (status, to) = authorize(&c, "app.test", &cookie).await;
-    assert_eq!((status, to.as_str()), (StatusCode::FOUND, "http://app.test/page"));
+    assert_eq!(
+        (status, to.as_str()),
+        (StatusCode::FOUND, "http://app.test/page")
+    );
 }
 
 #[cfg(unix)]

@@ -27,10 +27,16 @@ async fn anonymous_setup_and_register_floods_stay_small_and_login_works() {
     let form = |i: usize| {
         let password = format!("a+long+enough+password+{i}");
         if i % 2 == 0 {
-            ("/setup", format!("email=flood{i}%40example.com&password={password}"))
+            (
+                "/setup",
+                format!("email=flood{i}%40example.com&password={password}"),
+            )
         } else {
             let invite = format!("kmi_bogus{i}");
-            ("/register", format!("email=&password={password}&invite={invite}"))
+            (
+                "/register",
+                format!("email=&password={password}&invite={invite}"),
+            )
         }
     };
     let send = |i: usize| {

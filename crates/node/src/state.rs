@@ -203,7 +203,9 @@ mod tests {
             std::fs::write(&tmp, "stale").unwrap();
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
             match what {
-                "config.json" => state.store_config(&ConfigSnapshot::default().seal()).unwrap(),
+                "config.json" => state
+                    .store_config(&ConfigSnapshot::default().seal())
+                    .unwrap(),
                 "wireguard.key" => drop(state.key().unwrap()),
                 _ => state.write(what, b"{}").unwrap(),
             }

@@ -102,7 +102,10 @@ pub struct ClientIp(pub Option<String>);
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(
             parts
                 .extensions
@@ -137,25 +140,46 @@ mod tests {
 
         let proxies = TrustedProxies::parse(&["10.0.0.0/8", "192.0.2.7", " "]).unwrap();
         // From an untrusted peer the header is ignored.
-        assert_eq!(proxies.client(ip("203.0.113.5"), &spoofed), ip("203.0.113.5"));
+        assert_eq!(
+            proxies.client(ip("203.0.113.5"), &spoofed),
+            ip("203.0.113.5")
+        );
         // The right-most untrusted hop is the client; what the client wrote left of it is not.
         let chain = xff(&["6.6.6.6, 198.51.100.4", "10.1.1.1"]);
         assert_eq!(proxies.client(ip("192.0.2.7"), &chain), ip("198.51.100.4"));
         // Only trusted hops: the left-most one.
-        assert_eq!(proxies.client(ip("10.0.0.1"), &xff(&["10.2.2.2"])), ip("10.2.2.2"));
+        assert_eq!(
+            proxies.client(ip("10.0.0.1"), &xff(&["10.2.2.2"])),
+            ip("10.2.2.2")
+        );
         // No header, or garbage: the proxy itself.
-        assert_eq!(proxies.client(ip("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
-        assert_eq!(proxies.client(ip("10.0.0.1"), &xff(&["1.2.3.4, nonsense"])), ip("10.0.0.1"));
+        assert_eq!(
+            proxies.client(ip("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            proxies.client(ip("10.0.0.1"), &xff(&["1.2.3.4, nonsense"])),
+            ip("10.0.0.1")
+        );
         // Ports and IPv4-mapped peers.
-        assert_eq!(proxies.client(ip("::ffff:10.0.0.1"), &xff(&["[2001:db8::1]:443"])), ip("2001:db8::1"));
+        assert_eq!(
+            proxies.client(ip("::ffff:10.0.0.1"), &xff(&["[2001:db8::1]:443"])),
+            ip("2001:db8::1")
+        );
         assert!(TrustedProxies::parse(&["10.0.0.0/33"]).is_err());
         assert!(TrustedProxies::parse(&["proxy.example"]).is_err());
     }
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_64() {
-        assert_eq!(throttle_key(ip("2001:db8:1:2:aaaa::1")), "2001:db8:1:2::/64");
-        assert_eq!(throttle_key(ip("2001:db8:1:2:ffff::9")), "2001:db8:1:2::/64");
+        assert_eq!(
+            throttle_key(ip("2001:db8:1:2:aaaa::1")),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            throttle_key(ip("2001:db8:1:2:ffff::9")),
+            "2001:db8:1:2::/64"
+        );
         assert_ne!(throttle_key(ip("2001:db8:1:3::1")), "2001:db8:1:2::/64");
         assert_eq!(throttle_key(ip("198.51.100.4")), "198.51.100.4");
         assert_eq!(throttle_key(ip("::ffff:198.51.100.4")), "198.51.100.4");

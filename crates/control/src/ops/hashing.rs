@@ -26,10 +26,9 @@ pub enum HashError {
 impl From<HashError> for ApiError {
     fn from(e: HashError) -> Self {
         match e {
-            HashError::Busy => ApiError::busy(
-                RETRY_AFTER_SECS,
-                "Control is busy checking other passwords",
-            ),
+            HashError::Busy => {
+                ApiError::busy(RETRY_AFTER_SECS, "Control is busy checking other passwords")
+            }
             HashError::Failed(why) => {
                 tracing::error!(error = %why, "password hashing failed");
                 ApiError::internal()

@@ -25,10 +25,7 @@ pub async fn login(
 ) -> Result<NewSession, ApiError> {
     let email = email.trim().to_lowercase();
     // Counted before the check, atomically: a burst cannot queue more guesses than the limit.
-    state
-        .throttle
-        .reserve(&email, ip)
-        .map_err(too_many)?;
+    state.throttle.reserve(&email, ip).map_err(too_many)?;
     let user = state.store.user_by_email(&email).await?;
     let phc = user.as_ref().map_or_else(
         || state.dummy_password_hash.clone(),
@@ -120,13 +117,20 @@ mod tests {
         let pool = Arc::new(Passwords::new(2, 400));
         let right = "correct horse battery".to_string();
         let phc = pool.hash(right.clone()).await.unwrap();
-        store.create_user("a@x.io", &phc, false, true).await.unwrap();
+        store
+            .create_user("a@x.io", &phc, false, true)
+            .await
+            .unwrap();
         let hub = crate::sessions::Hub::new(store, Duration::from_secs(1), Duration::from_secs(2));
         let network = crate::validate::WgNetwork::parse("10.77.0.0/16").unwrap();
         let state = AppState::new(hub, network, false, phc).with_passwords(Arc::clone(&pool));
         let before = pool.computed();
         let attempts = (0..300).map(|i| {
-            let password = if i == 299 { right.clone() } else { format!("guess {i}") };
+            let password = if i == 299 {
+                right.clone()
+            } else {
+                format!("guess {i}")
+            };
             let state = state.clone();
             async move { login(&state, "A@x.io", password, Some("192.0.2.1"), None).await }
         });

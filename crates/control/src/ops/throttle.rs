@@ -154,7 +154,10 @@ mod tests {
             t.reserve(&format!("u{i}@x"), Some("5.6.7.8")).unwrap();
         }
         t.reserve("me@x", Some("5.6.7.8")).unwrap();
-        assert!(t.wait("new@x", Some("5.6.7.8")).is_some(), "counted up front");
+        assert!(
+            t.wait("new@x", Some("5.6.7.8")).is_some(),
+            "counted up front"
+        );
         t.succeeded("me@x", Some("5.6.7.8"));
         assert!(t.wait("new@x", Some("5.6.7.8")).is_none());
     }

@@ -103,7 +103,10 @@ pub async fn create(
         return Err(taken(&email));
     }
     let hash = hash_password(state, password).await?;
-    let user = state.store.create_user(&email, &hash, is_admin, true).await?;
+    let user = state
+        .store
+        .create_user(&email, &hash, is_admin, true)
+        .await?;
     let detail = json!({"is_admin": is_admin});
     audit(state, Some(admin), "user.create", target(&user), detail).await;
     Ok(user)
