@@ -26,7 +26,7 @@ async fn anonymous_setup_and_register_floods_stay_small_and_login_works() {
         .unwrap();
     let form = |i: usize| {
         let password = format!("a+long+enough+password+{i}");
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             (
                 "/setup",
                 format!("email=flood{i}%40example.com&password={password}"),
