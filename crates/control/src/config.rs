@@ -35,6 +35,9 @@ pub struct ControlConfig {
     /// How long an access token (the cookie that admits a user to a protected tunnel) lives;
     /// never past the user's login session. Logout reaches Gateways sooner through revocation.
     pub access_ttl: Duration,
+    /// Proxies (CIDR ranges or addresses) whose `X-Forwarded-For` names the client for the
+    /// login throttle; empty: trust nobody's, key clients by the TCP peer.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ControlConfig {
@@ -52,6 +55,7 @@ impl Default for ControlConfig {
             default_tls: TlsMode::Acme,
             hsts_max_age: 31_536_000,
             access_ttl: Duration::from_secs(12 * 3600),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -77,6 +81,7 @@ impl fmt::Debug for ControlConfig {
             .field("default_tls", &self.default_tls)
             .field("hsts_max_age", &self.hsts_max_age)
             .field("access_ttl", &self.access_ttl)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -127,6 +132,8 @@ pub enum ConfigError {
     Acme(String),
     #[error("access_ttl ({0:?}) must be between 1 minute and 7 days")]
     AccessTtl(Duration),
+    #[error("{0}")]
+    TrustedProxy(#[from] crate::api::client_ip::BadProxy),
 }
 
 impl ControlConfig {
@@ -175,6 +182,7 @@ impl ControlConfig {
         {
             return Err(ConfigError::AccessTtl(self.access_ttl));
         }
+        crate::api::client_ip::TrustedProxies::parse(&self.trusted_proxies)?;
         Ok(())
     }
 
@@ -303,6 +311,10 @@ mod tests {
             },
             ControlConfig {
                 access_ttl: Duration::from_secs(5),
+                ..Default::default()
+            },
+            ControlConfig {
+                trusted_proxies: vec!["10.0.0.0/8".into(), "proxy.example".into()],
                 ..Default::default()
             },
         ];

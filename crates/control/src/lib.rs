@@ -43,7 +43,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let network = config.network()?;
-    tokio::fs::create_dir_all(&config.data_dir)
+    create_private_dir(&config.data_dir)
         .await
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = match &config.database_url {
@@ -51,8 +51,9 @@ pub async fn run(
         None => Store::open_file(&config.data_dir.join("control.db")).await,
     }
     .context("cannot open the database")?;
-    bootstrap_admin(&config, &store).await?;
-    let dummy_hash = hash_password(secrets::generate("dummy_")).await?;
+    let passwords = std::sync::Arc::new(ops::hashing::Passwords::for_this_host());
+    bootstrap_admin(&config, &store, &passwords).await?;
+    let dummy_hash = passwords.hash(secrets::generate("dummy_")).await?;
 
     let hub = Hub::new(
         store.clone(),
@@ -74,7 +75,11 @@ pub async fn run(
     let access_task = tokio::spawn(access::run_maintenance(access, hub.clone()));
     let state = api::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
         .with_default_tls(config.default_tls)
-        .with_access_ttl(config.access_ttl);
+        .with_access_ttl(config.access_ttl)
+        .with_passwords(passwords)
+        .with_trusted_proxies(api::client_ip::TrustedProxies::parse(
+            &config.trusted_proxies,
+        )?);
     let app = api::router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);
@@ -121,12 +126,16 @@ pub async fn run(
 }
 
 /// Creates the configured admin if no user exists yet; otherwise leaves the accounts alone.
-async fn bootstrap_admin(config: &ControlConfig, store: &Store) -> anyhow::Result<()> {
+async fn bootstrap_admin(
+    config: &ControlConfig,
+    store: &Store,
+    passwords: &ops::hashing::Passwords,
+) -> anyhow::Result<()> {
     let users = store.count_users().await?;
     match (&config.admin_email, &config.admin_password) {
         (Some(email), Some(password)) if users == 0 => {
             let email = validate::email(email)?;
-            let hash = hash_password(password.clone()).await?;
+            let hash = passwords.hash(password.clone()).await?;
             if store.bootstrap_admin(&email, &hash).await?.is_some() {
                 tracing::info!(%email, "created the first admin account");
             }
@@ -139,7 +148,11 @@ async fn bootstrap_admin(config: &ControlConfig, store: &Store) -> anyhow::Resul
     Ok(())
 }
 
-/// Argon2 is slow by design: keep it off the async workers.
-async fn hash_password(password: String) -> anyhow::Result<String> {
-    Ok(tokio::task::spawn_blocking(move || secrets::hash_password(&password)).await??)
+/// Creates the data directory owner-only (0700) when missing; an existing one is left as it is.
+async fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(dir).await
 }

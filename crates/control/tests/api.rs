@@ -35,7 +35,10 @@ async fn health_login_tokens_and_auth() {
     let (_, body) = into_json(res).await;
     assert_eq!(body["user"]["email"], ADMIN_EMAIL);
     assert_eq!(body["user"]["is_admin"], true);
-    assert_eq!(keys(&body["user"]), ["email", "id", "is_admin"]);
+    assert_eq!(
+        keys(&body["user"]),
+        ["email", "email_verified", "id", "is_admin"]
+    );
 
     let mut messages = vec![];
     for (email, password) in [
@@ -56,7 +59,7 @@ async fn health_login_tokens_and_auth() {
     );
 
     // The cookie authenticates; logout ends it.
-    let cookie = c.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+    let (cookie, csrf) = c.login_csrf(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
     let me = |cookie: String| {
         let req = c
             .http
@@ -71,6 +74,7 @@ async fn health_login_tokens_and_auth() {
         .http
         .post(c.url("/api/v1/auth/logout"))
         .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
         .send()
         .await
         .unwrap();

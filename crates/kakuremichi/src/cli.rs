@@ -129,6 +129,11 @@ struct ControlArgs {
     /// allow-list changes take effect sooner, through Gateway config pushes.
     #[arg(long, env = "KAKUREMICHI_ACCESS_TTL", default_value_t = 43_200)]
     access_ttl: u64,
+    /// Comma-separated CIDR ranges (or addresses) of reverse proxies in front of Control whose
+    /// X-Forwarded-For names the client for the login throttle, e.g. 10.77.0.0/16 when Control
+    /// is published through a tunnel. Default: none, every client is keyed by its TCP address.
+    #[arg(long, env = "KAKUREMICHI_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Args)]
@@ -282,6 +287,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 default_tls: a.default_tls,
                 hsts_max_age: a.hsts_max_age,
                 access_ttl: Duration::from_secs(a.access_ttl),
+                trusted_proxies: a.trusted_proxies,
                 ..Default::default()
             };
             config.validate()?;

@@ -220,7 +220,7 @@ async fn bootstrap(
         .get_all(reqwest::header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.split(';').next().filter(|c| c.starts_with("km_session=")))
+        .find_map(|v| v.split(';').next().filter(|c| c.contains("km_session=")))
         .context("Control did not set a session cookie")?
         .to_string();
     // A cookie-authenticated write must carry the session's CSRF token.

@@ -220,8 +220,9 @@ fn query(url: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-/// Signs in to Control through the JSON API; returns the `km_session=...` cookie.
-async fn control_session(site: &Site) -> String {
+/// Signs in to Control through the JSON API; returns the `km_session=...` cookie and the
+/// session's CSRF token (logging out needs it).
+async fn control_session(site: &Site) -> (String, String) {
     let resp = site
         .http
         .post(format!("{}/api/v1/auth/login", site.api.base))
@@ -231,7 +232,9 @@ async fn control_session(site: &Site) -> String {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let set = resp.headers()[SET_COOKIE].to_str().unwrap();
-    set.split(';').next().unwrap().to_string()
+    let cookie = set.split(';').next().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    (cookie, body["csrf_token"].as_str().unwrap().to_string())
 }
 
 async fn echo(resp: reqwest::Response) -> Value {
@@ -284,7 +287,7 @@ async fn protected_tunnels_sign_in_admit_listed_users_and_revoke() {
 
     // Signed in: back at the Gateway, then at the app, which learns who the user is and sees
     // neither the access cookie nor the forged header.
-    let session = control_session(&site).await;
+    let (session, csrf) = control_session(&site).await;
     let cookie = site.sign_in(APP, &session).await;
     let with_other = format!("{cookie}; theme=dark");
     let e = echo(site.gateway_get(APP, "/echo?x=1", Some(&with_other)).await).await;
@@ -393,6 +396,7 @@ async fn protected_tunnels_sign_in_admit_listed_users_and_revoke() {
         .http
         .post(format!("{}/api/v1/auth/logout", site.api.base))
         .header(COOKIE, &session)
+        .header("x-csrf-token", &csrf)
         .send()
         .await
         .unwrap();

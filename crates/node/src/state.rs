@@ -125,6 +125,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp).map_err(io)?;
+    // `mode` applies only to a file it creates: a stale temporary file left by a crash keeps
+    // its own, so set it explicitly (keys and certificates must never become group-readable).
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
@@ -179,6 +184,35 @@ mod tests {
         assert!(state.cached_config().is_none());
         std::fs::write(&path, "{not json").unwrap();
         assert!(state.cached_config().is_none());
+    }
+
+    /// A crash can leave a temporary file behind with whatever mode it had: the key or the
+    /// certificates renamed from it must still be owner-only.
+    #[cfg(unix)]
+    #[test]
+    fn a_stale_temporary_file_never_makes_state_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = NodeState::open(Some(dir.path().to_path_buf()), NodeRole::Gateway).unwrap();
+        for (what, tmp) in [
+            ("config.json", "gateway-config.tmp"),
+            ("wireguard.key", "gateway-wireguard.tmp"),
+            ("certs.json", "gateway-certs.tmp"),
+        ] {
+            let tmp = dir.path().join(tmp);
+            std::fs::write(&tmp, "stale").unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+            match what {
+                "config.json" => state
+                    .store_config(&ConfigSnapshot::default().seal())
+                    .unwrap(),
+                "wireguard.key" => drop(state.key().unwrap()),
+                _ => state.write(what, b"{}").unwrap(),
+            }
+            let path = dir.path().join(format!("gateway-{what}"));
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{what} is {mode:o}");
+        }
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! these routes sit outside the API's JSON error layer.
 
 use super::Access;
-use crate::api::authn::session_cookie;
+use crate::api::authn::{session_cookie, SESSION_IDLE};
 use crate::api::AppState;
 use crate::secrets;
+use crate::store::UserRow;
 use crate::validate;
 use axum::extract::{RawQuery, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, REFERRER_POLICY};
@@ -83,19 +84,21 @@ async fn admit(
     headers: &HeaderMap,
     req: &Request,
 ) -> Result<Response, crate::store::StoreError> {
+    // Only hosts of this Control's enabled tunnels: never an open redirect to anywhere else.
     let Some((tunnel_id, policy, https_only)) = state.store.access_policy(&req.host).await? else {
         let detail = format!("No app is published at {}.", req.host);
-        return Ok(page(StatusCode::NOT_FOUND, "Unknown app", &detail));
+        return Ok(page(StatusCode::BAD_REQUEST, "Unknown app", &detail));
     };
     if policy.is_public() {
         return Ok(redirect(req.target.as_str()));
     }
-    let session = session_cookie(headers).map(secrets::hash);
-    let signed_in = match &session {
-        Some(hash) => state.store.session_user(hash).await?,
+    // The same validity (absolute and idle expiry) as every other signed-in request.
+    let hash = session_cookie(headers).map(secrets::hash);
+    let signed_in = match &hash {
+        Some(hash) => state.store.session(hash, SESSION_IDLE).await?,
         None => None,
     };
-    let (Some(hash), Some((user, expires))) = (session, signed_in) else {
+    let (Some(hash), Some(session)) = (hash, signed_in) else {
         let again = form_urlencoded::Serializer::new(String::new())
             .append_pair("host", &req.host)
             .append_pair("return", req.target.as_str())
@@ -106,9 +109,10 @@ async fn admit(
             .finish();
         return Ok(redirect(&format!("/login?{login}")));
     };
-    if !policy.admits(&user.email) {
+    let (user, expires) = (session.user, session.expires_at);
+    if !admits(&policy, &user) {
         tracing::info!(user_id = user.id, host = %req.host, "access denied by the tunnel's policy");
-        return Ok(denied(&user.email, &req.host, &policy));
+        return Ok(denied(&user, &req.host, &policy));
     }
     let token = Access::new(state.store.clone(), state.access_ttl)
         .mint(&user, &hash, &expires, &req.host, policy.digest(tunnel_id))
@@ -117,6 +121,13 @@ async fn admit(
     Ok(redirect(
         handoff_url(&req.target, &token, https_only).as_str(),
     ))
+}
+
+/// An allow-list names e-mail addresses, so it admits only accounts known to own theirs: a
+/// self-registered account must be verified by an admin first (anyone can type any address).
+fn admits(policy: &AccessPolicy, user: &UserRow) -> bool {
+    let verified_if_listed = !matches!(policy, AccessPolicy::Users { .. }) || user.email_verified;
+    verified_if_listed && policy.admits(&user.email)
 }
 
 /// `<scheme>://<host>[:port]/.kakuremichi/access?token=...&return=<path?query>`. For a tunnel
@@ -142,8 +153,13 @@ fn handoff_url(target: &url::Url, token: &str, https_only: bool) -> url::Url {
     to
 }
 
-fn denied(email: &str, host: &str, policy: &AccessPolicy) -> Response {
+fn denied(user: &UserRow, host: &str, policy: &AccessPolicy) -> Response {
+    let email = user.email.as_str();
     let rule = match policy {
+        AccessPolicy::Users { .. } if !user.email_verified && policy.admits(email) => {
+            "admits listed addresses only from accounts whose address an admin has verified \
+             (yours was self-registered; ask an admin to verify it)"
+        }
         AccessPolicy::Users { .. } => "only admits the users its owner listed",
         _ => "does not admit this account",
     };
@@ -245,12 +261,34 @@ mod tests {
     #[test]
     fn denied_page_names_the_user_and_escapes() {
         let r = denied(
-            "<b>@x.io",
+            &user("<b>@x.io", true),
             "app.example.com",
             &AccessPolicy::Users {
                 allow: Default::default(),
             },
         );
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+
+    fn user(email: &str, email_verified: bool) -> UserRow {
+        UserRow {
+            id: 1,
+            email: email.into(),
+            password_hash: String::new(),
+            is_admin: false,
+            created_at: String::new(),
+            email_verified,
+        }
+    }
+
+    #[test]
+    fn allow_lists_admit_only_verified_accounts() {
+        let listed = AccessPolicy::Users {
+            allow: ["a@x.io".to_string()].into(),
+        };
+        assert!(admits(&listed, &user("a@x.io", true)));
+        assert!(!admits(&listed, &user("a@x.io", false)));
+        assert!(!admits(&listed, &user("b@x.io", true)));
+        assert!(admits(&AccessPolicy::Login, &user("b@x.io", false)));
     }
 }

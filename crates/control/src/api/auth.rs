@@ -2,7 +2,7 @@
 //! session's CSRF token, `POST /auth/logout` ends it, `POST /auth/logout-everywhere` ends every
 //! session of the user, `GET /auth/me` says who is logged in.
 
-use super::authn::{session_cookie, AuthUser, ClientIp};
+use super::authn::{check_csrf, current_session, session_cookie, AuthUser, ClientIp};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::store::UserRow;
@@ -27,6 +27,8 @@ pub struct UserView {
     id: i64,
     email: String,
     is_admin: bool,
+    /// False for a self-registered account until an admin verifies it: allow-lists skip it.
+    email_verified: bool,
 }
 
 impl From<UserRow> for UserView {
@@ -35,6 +37,7 @@ impl From<UserRow> for UserView {
             id: u.id,
             email: u.email,
             is_admin: u.is_admin,
+            email_verified: u.email_verified,
         }
     }
 }
@@ -68,11 +71,15 @@ pub async fn login(
     Ok(([(SET_COOKIE, cookie)], Json(body)).into_response())
 }
 
-/// Ends the session of the cookie, if any, and clears the cookie. Always 204.
+/// Ends the session of the cookie, if any, and clears the cookie: 204. A live session must be
+/// ended with its CSRF token (403 otherwise), so another site cannot log the user out.
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(live) = current_session(&headers, &state).await? {
+        check_csrf(&headers, &live)?;
+    }
     if let Some(session) = session_cookie(&headers) {
         state.store.delete_session(&secrets::hash(session)).await?;
         // Gateways learn at once that this session's access tokens are revoked.

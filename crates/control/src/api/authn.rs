@@ -15,8 +15,11 @@ use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 
-/// Name of the login session cookie.
+/// Name of the login session cookie where Control is served over plain HTTP (development).
 pub const SESSION_COOKIE: &str = "km_session";
+/// Its name over HTTPS: browsers take a `__Host-` cookie only with `Secure`, `Path=/` and no
+/// `Domain`, so a sibling subdomain (a tunnel's app, say) can neither plant nor overwrite it.
+pub const HOST_SESSION_COOKIE: &str = "__Host-km_session";
 /// Header carrying the session's CSRF token on cookie-authenticated API writes.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A session unused this long ends.
@@ -51,6 +54,23 @@ pub fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// A state-changing request authenticated by `session`'s cookie must carry its CSRF token.
+pub fn check_csrf(headers: &HeaderMap, session: &SessionInfo) -> Result<(), ApiError> {
+    let sent = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if same_secret(sent, &session.csrf_token) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "CSRF check failed: a request authenticated by the session cookie must send the \
+             session's token in the X-CSRF-Token header (from the login response), or use \
+             Authorization: Bearer <personal API token> instead",
+        ))
+    }
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
@@ -67,17 +87,8 @@ impl AuthUser {
     async fn from_credentials(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(session) = current_session(&parts.headers, state).await? {
             let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-            let sent = parts
-                .headers
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !safe && !same_secret(sent, &session.csrf_token) {
-                return Err(ApiError::forbidden(
-                    "CSRF check failed: a request authenticated by the session cookie must send the \
-                     session's token in the X-CSRF-Token header (from the login response), or use \
-                     Authorization: Bearer <personal API token> instead",
-                ));
+            if !safe {
+                check_csrf(&parts.headers, &session)?;
             }
             return Ok(AuthUser(session.user));
         }
@@ -100,22 +111,7 @@ impl AuthUser {
     }
 }
 
-/// The address of the TCP peer (for the per-IP login throttle); `None` when not served with
-/// connect info (e.g. a router driven directly in a unit test).
-pub struct ClientIp(pub Option<String>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
-        ))
-    }
-}
+pub use super::client_ip::ClientIp;
 
 /// An authenticated node, by `Authorization: Bearer kmg_...` or `kma_...`.
 pub struct AuthNode(pub NodeRef);
@@ -146,16 +142,20 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The value of the login session cookie, from any `Cookie` header.
+/// The value of the login session cookie, from any `Cookie` header: the `__Host-` name first,
+/// else the plain one (sessions begun over plain HTTP, or before the rename).
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
-        .map(|(_, value)| value)
+    let named = |wanted: &str| {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, value)| *name == wanted && !value.is_empty())
+            .map(|(_, value)| value)
+    };
+    named(HOST_SESSION_COOKIE).or_else(|| named(SESSION_COOKIE))
 }
 
 #[cfg(test)]
@@ -180,5 +180,7 @@ mod tests {
             HeaderValue::from_static("theme=dark;km_session=xyz"),
         );
         assert_eq!(session_cookie(&h), Some("xyz"));
+        h.append(COOKIE, HeaderValue::from_static("__Host-km_session=abc"));
+        assert_eq!(session_cookie(&h), Some("abc"), "the __Host- name wins");
     }
 }

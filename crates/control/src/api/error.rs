@@ -42,6 +42,16 @@ impl ApiError {
         e
     }
 
+    /// 503 with `Retry-After`: Control is overloaded, not the caller at fault.
+    pub fn busy(wait_secs: u64, what: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what}; try again in {wait_secs} seconds"),
+        );
+        e.retry_after = Some(wait_secs);
+        e
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }

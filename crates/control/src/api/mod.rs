@@ -3,6 +3,7 @@
 pub(crate) mod agents;
 mod auth;
 pub(crate) mod authn;
+pub(crate) mod client_ip;
 mod error;
 pub(crate) mod gateways;
 mod nodes;
@@ -24,10 +25,6 @@ use axum::{Json, Router};
 use kakuremichi_proto::{CONNECT_PATH, PULL_CONFIG_PATH};
 use std::ops::Deref;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
-
-/// How many Argon2 verifications may run at once; each needs ~19 MiB and a core for a while.
-const PASSWORD_CHECKS_IN_FLIGHT: usize = 4;
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
@@ -40,7 +37,10 @@ pub struct Inner {
     pub secure_cookies: bool,
     /// Verified against for unknown e-mails, so a failed login takes as long either way.
     pub dummy_password_hash: String,
-    pub password_checks: Semaphore,
+    /// The one bounded pool every Argon2 computation goes through.
+    pub passwords: Arc<crate::ops::hashing::Passwords>,
+    /// Peers whose `X-Forwarded-For` names the client (for the per-client login throttle).
+    pub trusted_proxies: crate::api::client_ip::TrustedProxies,
     /// TLS mode of tunnels created without one.
     pub default_tls: TlsMode,
     /// Lifetime of the access tokens minted for protected tunnels.
@@ -64,7 +64,8 @@ impl AppState {
             network,
             secure_cookies,
             dummy_password_hash,
-            password_checks: Semaphore::new(PASSWORD_CHECKS_IN_FLIGHT),
+            passwords: Arc::new(crate::ops::hashing::Passwords::for_this_host()),
+            trusted_proxies: Default::default(),
             default_tls: TlsMode::Acme,
             access_ttl: crate::ControlConfig::default().access_ttl,
             throttle: Default::default(),
@@ -76,6 +77,22 @@ impl AppState {
     pub fn with_default_tls(mut self, mode: TlsMode) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.default_tls = mode;
+        }
+        self
+    }
+
+    /// Shares the password pool Control started with; only before the state is shared.
+    pub fn with_passwords(mut self, pool: Arc<crate::ops::hashing::Passwords>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.passwords = pool;
+        }
+        self
+    }
+
+    /// Sets the proxies trusted to name the client; only before the state is shared.
+    pub fn with_trusted_proxies(mut self, proxies: crate::api::client_ip::TrustedProxies) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.trusted_proxies = proxies;
         }
         self
     }

@@ -26,6 +26,7 @@ pub struct CreateUser {
 pub struct PatchUser {
     is_admin: Option<bool>,
     password: Option<String>,
+    email_verified: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +109,9 @@ pub async fn update(
     }
     if let Some(is_admin) = body.is_admin {
         ops::users::set_admin(&state, &user, id, is_admin).await?;
+    }
+    if let Some(verified) = body.email_verified {
+        ops::users::set_email_verified(&state, &user, id, verified).await?;
     }
     let row = state.store.get_user(id).await.map_err(about("user"))?;
     Ok(Json(row.into()))

@@ -144,6 +144,10 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = mode;
     let mut file = options.open(&tmp)?;
+    // `mode` applies only to a file it creates: a stale temporary file left by a crash keeps
+    // its own, so set it explicitly (a key must never be renamed into place group-readable).
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -152,6 +156,24 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_stale_temporary_file_never_makes_the_key_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("internal-ca");
+        std::fs::create_dir_all(&ca_dir).unwrap();
+        let stale = ca_dir.join("root.tmp");
+        std::fs::write(&stale, "left by a crash").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+        InternalCa::load_or_create(&ca_dir).unwrap();
+        let mode = std::fs::metadata(ca_dir.join("root.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "root.key is {mode:o}");
+    }
 
     #[test]
     fn creates_once_issues_and_keeps_the_key_private() {

@@ -128,7 +128,7 @@ async fn setup(fail: bool) -> Setup {
         .unwrap()
         .id;
     let member = store
-        .create_user("m@example.com", "x", false)
+        .create_user("m@example.com", "x", false, true)
         .await
         .unwrap()
         .id;

@@ -1,7 +1,7 @@
 //! Logging in and out: password check behind the throttle, a fresh session per login (the id a
 //! browser presented before is discarded: no session fixation), and the cookie that carries it.
 
-use crate::api::authn::{SESSION_ABSOLUTE, SESSION_COOKIE, SESSION_IDLE};
+use crate::api::authn::{HOST_SESSION_COOKIE, SESSION_ABSOLUTE, SESSION_COOKIE, SESSION_IDLE};
 use crate::api::{ApiError, AppState};
 use crate::secrets;
 use crate::store::{from_now, UserRow};
@@ -24,36 +24,32 @@ pub async fn login(
     previous: Option<&str>,
 ) -> Result<NewSession, ApiError> {
     let email = email.trim().to_lowercase();
-    if let Some(wait) = state.throttle.wait(&email, ip) {
-        return Err(too_many(wait));
-    }
+    // Counted before the check, atomically: a burst cannot queue more guesses than the limit.
+    state.throttle.reserve(&email, ip).map_err(too_many)?;
     let user = state.store.user_by_email(&email).await?;
     let phc = user.as_ref().map_or_else(
         || state.dummy_password_hash.clone(),
         |u| u.password_hash.clone(),
     );
-    let ok = {
-        let _slot = state
-            .password_checks
-            .acquire()
-            .await
-            .map_err(|_| ApiError::internal())?;
-        tokio::task::spawn_blocking(move || secrets::verify_password(&password, &phc))
-            .await
-            .unwrap_or(false)
+    let ok = match state.passwords.verify(password, phc).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            state.throttle.release(&email, ip);
+            return Err(e.into());
+        }
     };
     let user = match (ok, user) {
         (true, Some(user)) => user,
         _ => {
-            state.throttle.failed(&email, ip);
             tracing::info!("failed login");
+            // Already counted; say so when this failure started the wait.
             return Err(match state.throttle.wait(&email, ip) {
                 Some(wait) => too_many(wait),
                 None => ApiError::new(StatusCode::UNAUTHORIZED, "invalid email or password"),
             });
         }
     };
-    state.throttle.succeeded(&email);
+    state.throttle.succeeded(&email, ip);
     if let Some(previous) = previous {
         state.store.delete_session(&secrets::hash(previous)).await?;
     }
@@ -83,17 +79,20 @@ pub async fn start_session(state: &AppState, user: UserRow) -> Result<NewSession
     })
 }
 
-/// `Set-Cookie` value for a session: HttpOnly, SameSite=Lax, Secure when served over HTTPS.
+/// `Set-Cookie` value for a session: HttpOnly, SameSite=Lax, Path=/, no Domain; over HTTPS
+/// also Secure and named `__Host-...` (a plain-HTTP setup cannot use that prefix).
 pub fn set_cookie(state: &AppState, value: &str) -> String {
     let max_age = if value.is_empty() {
         0
     } else {
         SESSION_ABSOLUTE.whole_seconds()
     };
-    format!(
-        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{}",
-        if state.secure_cookies { "; Secure" } else { "" }
-    )
+    let (name, secure) = if state.secure_cookies {
+        (HOST_SESSION_COOKIE, "; Secure")
+    } else {
+        (SESSION_COOKIE, "")
+    };
+    format!("{name}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{secure}")
 }
 
 fn too_many(wait: std::time::Duration) -> ApiError {
@@ -101,4 +100,48 @@ fn too_many(wait: std::time::Duration) -> ApiError {
         wait.as_secs().max(1),
         "too many failed logins for this account or from this address",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::hashing::Passwords;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// 300 guesses polled at once (the right password among them, last): only the throttle's
+    /// allowance reaches Argon2, and the rest are refused before any hashing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_guesses_gets_no_more_checks_than_the_limit() {
+        let store = crate::store::Store::open("sqlite::memory:").await.unwrap();
+        let pool = Arc::new(Passwords::new(2, 400));
+        let right = "correct horse battery".to_string();
+        let phc = pool.hash(right.clone()).await.unwrap();
+        store
+            .create_user("a@x.io", &phc, false, true)
+            .await
+            .unwrap();
+        let hub = crate::sessions::Hub::new(store, Duration::from_secs(1), Duration::from_secs(2));
+        let network = crate::validate::WgNetwork::parse("10.77.0.0/16").unwrap();
+        let state = AppState::new(hub, network, false, phc).with_passwords(Arc::clone(&pool));
+        let before = pool.computed();
+        let attempts = (0..300).map(|i| {
+            let password = if i == 299 {
+                right.clone()
+            } else {
+                format!("guess {i}")
+            };
+            let state = state.clone();
+            async move { login(&state, "A@x.io", password, Some("192.0.2.1"), None).await }
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        let checked = pool.computed() - before;
+        assert!(checked <= 5, "{checked} passwords were checked");
+        let refused = results
+            .iter()
+            .filter(|r| r.as_ref().err().and_then(ApiError::retry_after).is_some())
+            .count();
+        assert!(refused >= 295, "{refused} were told to retry later");
+        assert!(results[299].is_err(), "the right password came too late");
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod gateways;
+pub mod hashing;
 pub mod limits;
 pub mod login;
 pub mod quotas;
@@ -61,15 +62,9 @@ pub async fn audit(
     }
 }
 
-/// Argon2 is slow by design: keep it off the async workers.
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || crate::secrets::hash_password(&password))
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|e| {
-            tracing::error!(error = %e, "password hashing failed");
-            ApiError::internal()
-        })
+/// Argon2id hash of a new password, through the bounded pool (503 when it is full).
+pub async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
+    Ok(state.passwords.hash(password).await?)
 }
 
 /// Passwords: at least 10 characters (a passphrase), at most 1024 (Argon2 input stays small).

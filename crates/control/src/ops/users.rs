@@ -21,17 +21,22 @@ pub async fn setup(
 ) -> Result<UserRow, ApiError> {
     let email = email(email_in)?;
     check_password(&password)?;
-    let hash = hash_password(password).await?;
+    let already = || {
+        ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "Control is already set up; log in instead",
+        )
+    };
+    // Checked before hashing: once set up, this anonymous route costs no Argon2 at all.
+    if state.store.count_users().await? > 0 {
+        return Err(already());
+    }
+    let hash = hash_password(state, password).await?;
     let user = state
         .store
         .bootstrap_admin(&email, &hash)
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "Control is already set up; log in instead",
-            )
-        })?;
+        .ok_or_else(already)?;
     audit(state, Some(&user), "user.setup", target(&user), json!({})).await;
     Ok(user)
 }
@@ -44,13 +49,18 @@ pub async fn register(
     password: String,
 ) -> Result<UserRow, ApiError> {
     check_password(&password)?;
+    // Every check that needs no Argon2 comes first: anonymous callers only reach the hashing
+    // pool with a valid invitation, or a free address while registration is open.
     let user = match invitation.filter(|t| !t.is_empty()) {
         Some(token) => {
-            let hash = hash_password(password).await?;
-            state
-                .store
-                .redeem_invitation(&secrets::hash(token), &hash)
-                .await?
+            let token_hash = secrets::hash(token);
+            if state.store.invitation(&token_hash).await?.is_none() {
+                return Err(ApiError::bad_request(
+                    "this invitation link is unknown, used or expired; ask an admin for a new one",
+                ));
+            }
+            let hash = hash_password(state, password).await?;
+            state.store.redeem_invitation(&token_hash, &hash).await?
         }
         None => {
             if !state.store.open_registration().await? {
@@ -59,8 +69,12 @@ pub async fn register(
                 ));
             }
             let email = email(email_in)?;
-            let hash = hash_password(password).await?;
-            state.store.create_user(&email, &hash, false).await?
+            if state.store.user_by_email(&email).await?.is_some() {
+                return Err(taken(&email));
+            }
+            let hash = hash_password(state, password).await?;
+            // Anyone can type any address: unverified until an admin says otherwise.
+            state.store.create_user(&email, &hash, false, false).await?
         }
     };
     audit(
@@ -85,8 +99,14 @@ pub async fn create(
     require_admin(admin, "create users")?;
     let email = email(email_in)?;
     check_password(&password)?;
-    let hash = hash_password(password).await?;
-    let user = state.store.create_user(&email, &hash, is_admin).await?;
+    if state.store.user_by_email(&email).await?.is_some() {
+        return Err(taken(&email));
+    }
+    let hash = hash_password(state, password).await?;
+    let user = state
+        .store
+        .create_user(&email, &hash, is_admin, true)
+        .await?;
     let detail = json!({"is_admin": is_admin});
     audit(state, Some(admin), "user.create", target(&user), detail).await;
     Ok(user)
@@ -102,10 +122,7 @@ pub async fn invite(
     require_admin(admin, "invite users")?;
     let email = email(email_in)?;
     if state.store.user_by_email(&email).await?.is_some() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            format!("a user with the e-mail {email} already exists"),
-        ));
+        return Err(taken(&email));
     }
     let token = secrets::generate("kmi_");
     state
@@ -148,6 +165,24 @@ pub async fn set_admin(
     Ok(user)
 }
 
+/// Admin: marks an account's e-mail address verified (allow-lists then admit it) or not.
+pub async fn set_email_verified(
+    state: &AppState,
+    admin: &UserRow,
+    id: i64,
+    verified: bool,
+) -> Result<UserRow, ApiError> {
+    require_admin(admin, "verify accounts")?;
+    let user = state
+        .store
+        .set_email_verified(id, verified)
+        .await
+        .map_err(about("user"))?;
+    let detail = json!({"email_verified": verified});
+    audit(state, Some(admin), "user.verify", target(&user), detail).await;
+    Ok(user)
+}
+
 /// Admin: sets a new password for someone (their sessions end).
 pub async fn reset_password(
     state: &AppState,
@@ -158,7 +193,7 @@ pub async fn reset_password(
     require_admin(admin, "reset passwords")?;
     check_password(&password)?;
     let user = state.store.get_user(id).await.map_err(about("user"))?;
-    let hash = hash_password(password).await?;
+    let hash = hash_password(state, password).await?;
     state
         .store
         .set_password(id, &hash)
@@ -184,13 +219,10 @@ pub async fn change_own_password(
 ) -> Result<(), ApiError> {
     check_password(&new)?;
     let phc = user.password_hash.clone();
-    let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&current, &phc))
-        .await
-        .unwrap_or(false);
-    if !ok {
+    if !state.passwords.verify(current, phc).await? {
         return Err(ApiError::bad_request("the current password is not right"));
     }
-    let hash = hash_password(new).await?;
+    let hash = hash_password(state, new).await?;
     state.store.set_password(user.id, &hash).await?;
     audit(
         state,
@@ -232,6 +264,14 @@ pub async fn set_open_registration(
     )
     .await;
     Ok(())
+}
+
+/// 409 for an address that already has an account.
+fn taken(email: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        format!("a user with the e-mail {email} already exists"),
+    )
 }
 
 fn target(u: &UserRow) -> String {

@@ -1,7 +1,7 @@
 //! Access control in the database: tunnel policies (two columns of `tunnels`), the token signing
 //! keys and the grants (login sessions that received access tokens, to report their logout).
 
-use super::{Store, StoreResult, TunnelRow, UserRow};
+use super::{Store, StoreResult, TunnelRow};
 use kakuremichi_proto::AccessPolicy;
 use std::collections::BTreeSet;
 
@@ -60,25 +60,6 @@ impl Store {
         Ok(row.map(|(id, mode, allow, tls, redirect)| {
             (id, decode_policy(&mode, &allow), tls != "off" && redirect)
         }))
-    }
-
-    /// The user of an unexpired login session and when that session expires.
-    pub async fn session_user(&self, id_hash: &str) -> StoreResult<Option<(UserRow, String)>> {
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "SELECT user_id, expires_at FROM sessions WHERE id_hash = $1 AND expires_at > $2",
-        )
-        .bind(id_hash)
-        .bind(super::now())
-        .fetch_optional(self.pool())
-        .await?;
-        let Some((user_id, expires_at)) = row else {
-            return Ok(None);
-        };
-        let user: Option<UserRow> = sqlx::query_as("SELECT * FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(user.map(|u| (u, expires_at)))
     }
 
     /// Every stored signing key, oldest first.

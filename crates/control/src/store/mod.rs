@@ -68,6 +68,30 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Creates the database file owner-only (0600) before SQLite opens it, and tightens an existing
+/// one: it holds the ACME account key and the access-token signing keys. SQLite gives its `-wal`
+/// and `-shm` files the database file's mode.
+fn owner_only(path: &Path) -> StoreResult<()> {
+    let fail = |e: std::io::Error| {
+        StoreError::Db(sqlx::Error::Configuration(
+            format!("cannot create the database file {}: {e}", path.display()).into(),
+        ))
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(0o600);
+        let file = options.open(path).map_err(fail)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(fail)?;
+    }
+    #[cfg(not(unix))]
+    options.open(path).map_err(fail)?;
+    Ok(())
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -79,11 +103,16 @@ impl Store {
     pub async fn open(url: &str) -> StoreResult<Self> {
         // Each connection to an in-memory database is a separate database: keep exactly one.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        Self::connect(SqliteConnectOptions::from_str(url)?, in_memory).await
+        let options = SqliteConnectOptions::from_str(url)?;
+        if !in_memory {
+            owner_only(options.get_filename())?;
+        }
+        Self::connect(options, in_memory).await
     }
 
     /// Opens (creating if missing) the SQLite database file at `path` and applies pending migrations.
     pub async fn open_file(path: &Path) -> StoreResult<Self> {
+        owner_only(path)?;
         Self::connect(SqliteConnectOptions::new().filename(path), false).await
     }
 

@@ -7,6 +7,8 @@ use super::{from_now, now, users::UserRow, Store, StoreResult};
 pub struct SessionInfo {
     pub user: UserRow,
     pub csrf_token: String,
+    /// Absolute expiry (RFC 3339); access tokens minted for the session never outlive it.
+    pub expires_at: String,
 }
 
 impl Store {
@@ -42,14 +44,15 @@ impl Store {
     }
 
     /// The user of a session that has expired neither way; records its use (at most once a
-    /// minute, to spare the write lock).
+    /// minute, to spare the write lock). The one definition of a valid session: the API, the
+    /// UI and `/access/authorize` all ask here.
     pub async fn session(
         &self,
         id_hash: &str,
         idle: time::Duration,
     ) -> StoreResult<Option<SessionInfo>> {
-        let found: Option<(String, String)> = sqlx::query_as(
-            "SELECT csrf_token, last_seen_at FROM sessions \
+        let found: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT csrf_token, last_seen_at, expires_at FROM sessions \
              WHERE id_hash = $1 AND expires_at > $2 AND last_seen_at > $3",
         )
         .bind(id_hash)
@@ -57,7 +60,7 @@ impl Store {
         .bind(from_now(-idle))
         .fetch_optional(self.pool())
         .await?;
-        let Some((csrf_token, last_seen)) = found else {
+        let Some((csrf_token, last_seen, expires_at)) = found else {
             return Ok(None);
         };
         if last_seen <= from_now(time::Duration::minutes(-1)) {
@@ -73,7 +76,11 @@ impl Store {
         .bind(id_hash)
         .fetch_optional(self.pool())
         .await?;
-        Ok(user.map(|user| SessionInfo { user, csrf_token }))
+        Ok(user.map(|user| SessionInfo {
+            user,
+            csrf_token,
+            expires_at,
+        }))
     }
 
     pub async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {

@@ -10,6 +10,8 @@ pub struct UserRow {
     pub password_hash: String,
     pub is_admin: bool,
     pub created_at: String,
+    /// False for open registrations until an admin verifies them: allow-lists ignore them.
+    pub email_verified: bool,
 }
 
 impl Store {
@@ -53,15 +55,17 @@ impl Store {
         email: &str,
         password_hash: &str,
         is_admin: bool,
+        email_verified: bool,
     ) -> StoreResult<UserRow> {
         sqlx::query_as(
-            "INSERT INTO users (email, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING *",
+            "INSERT INTO users (email, password_hash, is_admin, created_at, email_verified) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING *",
         )
         .bind(email)
         .bind(password_hash)
         .bind(is_admin)
         .bind(now())
+        .bind(email_verified)
         .fetch_one(self.pool())
         .await
         .map_err(|e| {
@@ -128,6 +132,16 @@ impl Store {
             .ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         Ok(row)
+    }
+
+    /// Marks an account's e-mail address verified (or not).
+    pub async fn set_email_verified(&self, id: i64, verified: bool) -> StoreResult<UserRow> {
+        sqlx::query_as("UPDATE users SET email_verified = $1 WHERE id = $2 RETURNING *")
+            .bind(verified)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     /// Deletes a user (sessions and tokens go with it; owned agents and tunnels become admin-owned).

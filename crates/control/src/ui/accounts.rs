@@ -54,6 +54,14 @@ pub struct CsrfForm {
     csrf: String,
 }
 
+/// A throttled or overloaded answer says when to come back.
+fn retry_after(mut response: Response, e: &ApiError) -> Response {
+    if let Some(secs) = e.retry_after() {
+        response.headers_mut().insert(RETRY_AFTER, secs.into());
+    }
+    response
+}
+
 /// Signed in: the session cookie and a redirect to where the user was going.
 fn signed_in(state: &AppState, session: NewSession, next: &str) -> Response {
     let cookie = ops::login::set_cookie(state, &session.cookie);
@@ -81,10 +89,13 @@ pub async fn setup(
             Ok(signed_in(&state, session, "/"))
         }
         Err(e) if e.status() == StatusCode::CONFLICT => Ok(Redirect::to("/login").into_response()),
-        Err(e) => Ok(render(
-            e.status(),
-            "setup.html",
-            context! { error => e.message(), email => form.email },
+        Err(e) => Ok(retry_after(
+            render(
+                e.status(),
+                "setup.html",
+                context! { error => e.message(), email => form.email },
+            ),
+            &e,
         )),
     }
 }
@@ -133,9 +144,7 @@ pub async fn login(
                 "login.html",
                 context! { error => e.message(), email => form.email, next => next },
             );
-            if let Some(secs) = e.retry_after() {
-                response.headers_mut().insert(RETRY_AFTER, secs.into());
-            }
+            response = retry_after(response, &e);
             Ok(login_page_for(response, &next))
         }
     }
@@ -197,10 +206,13 @@ pub async fn register(
                 .map_err(IntoResponse::into_response)?;
             Ok(signed_in(&state, session, "/"))
         }
-        Err(e) => Ok(render(
-            e.status(),
-            "register.html",
-            context! { error => e.message(), email => form.email, invite => form.invite },
+        Err(e) => Ok(retry_after(
+            render(
+                e.status(),
+                "register.html",
+                context! { error => e.message(), email => form.email, invite => form.invite },
+            ),
+            &e,
         )),
     }
 }

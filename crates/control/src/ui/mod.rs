@@ -54,6 +54,7 @@ pub fn router() -> Router<AppState> {
         .route("/users/settings", post(users::settings))
         .route("/users/quotas", post(users::quotas))
         .route("/users/{id}/admin", post(users::set_admin))
+        .route("/users/{id}/verified", post(users::set_verified))
         .route("/users/{id}/password", post(users::reset_password))
         .route("/users/{id}/delete", post(users::delete))
         .route("/profile", get(profile::page))

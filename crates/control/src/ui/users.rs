@@ -49,7 +49,7 @@ async fn render_list(
         .list_users()
         .await?
         .into_iter()
-        .map(|u| context! { id => u.id, email => u.email, is_admin => u.is_admin, created_at => u.created_at })
+        .map(|u| context! { id => u.id, email => u.email, is_admin => u.is_admin, created_at => u.created_at, email_verified => u.email_verified })
         .collect();
     let open = state.store.open_registration().await?;
     let quotas = Value::from_serialize(state.store.quotas().await?);
@@ -169,6 +169,21 @@ pub async fn set_admin(
     let result = async {
         viewer.check(&form.csrf)?;
         ops::users::set_admin(&state, &viewer.user, id, form.value == "true").await?;
+        Ok::<_, ApiError>(done("/users", "user-saved"))
+    }
+    .await;
+    show(&state, &viewer, result).await
+}
+
+pub async fn set_verified(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<FlagForm>,
+) -> Response {
+    let result = async {
+        viewer.check(&form.csrf)?;
+        ops::users::set_email_verified(&state, &viewer.user, id, form.value == "true").await?;
         Ok::<_, ApiError>(done("/users", "user-saved"))
     }
     .await;
