@@ -29,8 +29,20 @@ use super::headers::ClientHost;
 use super::pages::{escape, page};
 use super::Scheme;
 
-/// Name of the host-only cookie holding the access token.
+/// Name of the host-only cookie holding the access token over plain HTTP.
 pub const ACCESS_COOKIE: &str = "km_access";
+/// Its name over HTTPS. A browser accepts a `__Host-` cookie only from this very host, `Secure`,
+/// with `Path=/` and no `Domain`, so a sibling subdomain or a plain-HTTP response cannot plant
+/// or shadow it.
+pub const HOST_ACCESS_COOKIE: &str = "__Host-km_access";
+
+/// The access cookie's name for requests arriving over `scheme`.
+fn cookie_name(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::Https => HOST_ACCESS_COOKIE,
+        Scheme::Http => ACCESS_COOKIE,
+    }
+}
 /// Where Control sends visitors back with a fresh token.
 pub const HANDOFF_PATH: &str = "/.kakuremichi/access";
 /// Paths the Gateway keeps for itself on every host.
@@ -85,7 +97,14 @@ impl AccessGate {
         scheme: Scheme,
     ) -> Result<(), Box<Response<Full<Bytes>>>> {
         remove_user_header(req.headers_mut());
-        let token = take_cookie(req.headers_mut(), ACCESS_COOKIE);
+        // Both names leave the request (the app never sees a token); over HTTPS only the
+        // `__Host-` one counts, since the plain one may come from http or a sibling host.
+        let secure = take_cookie(req.headers_mut(), HOST_ACCESS_COOKIE);
+        let plain = take_cookie(req.headers_mut(), ACCESS_COOKIE);
+        let token = match scheme {
+            Scheme::Https => secure,
+            Scheme::Http => plain,
+        };
         let path = req.uri().path();
         if path == HANDOFF_PATH {
             return Err(Box::new(self.handoff(
@@ -169,7 +188,8 @@ impl AccessGate {
             return page(StatusCode::FORBIDDEN, &detail);
         }
         let cookie = format!(
-            "{ACCESS_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+            "{}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+            cookie_name(scheme),
             claims.exp.saturating_sub(now),
             if scheme == Scheme::Https {
                 "; Secure"

@@ -124,7 +124,7 @@ fn no_cookie_redirects_to_control_with_the_original_url() {
 
 #[test]
 fn valid_cookie_admits_and_names_the_user() {
-    let cookie = format!("km_access={}; theme=dark", token(HOST, "alice@x.io", 5));
+    let cookie = format!("{HOST_ACCESS_COOKIE}={}; theme=dark", token(HOST, "alice@x.io", 5));
     let mut req = request("/", &[&cookie]);
     gate(&[])
         .admit(
@@ -175,7 +175,7 @@ fn a_changed_list_sends_the_visitor_back_to_control() {
     // The token was minted against ["alice"]; the route's list is now another one (alice removed,
     // or someone added): Control, which holds the list, must decide again.
     for list in [&["bob@x.io"][..], &["alice@x.io", "bob@x.io"][..]] {
-        let cookie = format!("km_access={}", token(HOST, "alice@x.io", 5));
+        let cookie = format!("{HOST_ACCESS_COOKIE}={}", token(HOST, "alice@x.io", 5));
         let mut req = request("/", &[&cookie]);
         let r = gate(&[])
             .admit(&mut req, &host(), &route(users(list)), Scheme::Https)
@@ -196,7 +196,7 @@ fn a_changed_list_sends_the_visitor_back_to_control() {
         exp: now + 3600,
         pol: None,
     };
-    let cookie = format!("km_access={}", sign_token(&old, &pair()));
+    let cookie = format!("{HOST_ACCESS_COOKIE}={}", sign_token(&old, &pair()));
     let r = gate(&[])
         .admit(
             &mut request("/", &[&cookie]),
@@ -210,7 +210,7 @@ fn a_changed_list_sends_the_visitor_back_to_control() {
 
 #[test]
 fn without_keys_protected_routes_fail_closed() {
-    let cookie = format!("km_access={}", token(HOST, "alice@x.io", 5));
+    let cookie = format!("{HOST_ACCESS_COOKIE}={}", token(HOST, "alice@x.io", 5));
     let mut req = request("/", &[&cookie]);
     let r = AccessGate::default()
         .admit(
@@ -240,7 +240,7 @@ fn handoff_sets_a_host_only_cookie_and_redirects_to_a_relative_path() {
     assert_eq!(location(&r), "/docs?a=1");
     let cookie = r.headers()[SET_COOKIE].to_str().unwrap();
     assert!(cookie.starts_with(&format!(
-        "km_access={t}; Path=/; HttpOnly; SameSite=Lax; Max-Age="
+        "__Host-km_access={t}; Path=/; HttpOnly; SameSite=Lax; Max-Age="
     )));
     assert!(
         cookie.ends_with("; Secure") && !cookie.contains("Domain"),
@@ -335,7 +335,7 @@ fn take_cookie_handles_odd_headers() {
 
 #[test]
 fn user_header_lookalikes_are_removed_in_every_spelling() {
-    let cookie = format!("km_access={}", token(HOST, "alice@x.io", 5));
+    let cookie = format!("{HOST_ACCESS_COOKIE}={}", token(HOST, "alice@x.io", 5));
     let mut req = request("/", &[&cookie]);
     for forged in [
         "X_Kakuremichi_User",
@@ -370,4 +370,30 @@ fn user_header_lookalikes_are_removed_in_every_spelling() {
             "x-kakuremichi-users: kept"
         ]
     );
+}
+
+#[test]
+fn over_https_only_the_host_prefixed_cookie_counts() {
+    let good = token(HOST, "alice@x.io", 5);
+    // A plain cookie (set over http, or planted by a sibling host) is ignored over HTTPS, and
+    // removed all the same.
+    let cookie = format!("{ACCESS_COOKIE}={good}; theme=dark");
+    let mut req = request("/", &[&cookie]);
+    let r = gate(&[])
+        .admit(&mut req, &host(), &route(AccessPolicy::Login), Scheme::Https)
+        .unwrap_err();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(req.headers()[COOKIE], "theme=dark");
+    // Over plain HTTP the `__Host-` cookie cannot exist (it needs Secure): the plain one counts.
+    let cookie = format!("{HOST_ACCESS_COOKIE}={good}");
+    let mut req = request("/", &[&cookie]);
+    assert!(gate(&[])
+        .admit(&mut req, &host(), &route(AccessPolicy::Login), Scheme::Http)
+        .is_err());
+    let cookie = format!("{ACCESS_COOKIE}={good}");
+    let mut req = request("/", &[&cookie]);
+    gate(&[])
+        .admit(&mut req, &host(), &route(AccessPolicy::Login), Scheme::Http)
+        .unwrap();
+    assert_eq!(req.headers()[USER_HEADER], "alice@x.io");
 }
