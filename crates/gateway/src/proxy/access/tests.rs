@@ -124,7 +124,10 @@ fn no_cookie_redirects_to_control_with_the_original_url() {
 
 #[test]
 fn valid_cookie_admits_and_names_the_user() {
-    let cookie = format!("{HOST_ACCESS_COOKIE}={}; theme=dark", token(HOST, "alice@x.io", 5));
+    let cookie = format!(
+        "{HOST_ACCESS_COOKIE}={}; theme=dark",
+        token(HOST, "alice@x.io", 5)
+    );
     let mut req = request("/", &[&cookie]);
     gate(&[])
         .admit(
@@ -380,7 +383,12 @@ fn over_https_only_the_host_prefixed_cookie_counts() {
     let cookie = format!("{ACCESS_COOKIE}={good}; theme=dark");
     let mut req = request("/", &[&cookie]);
     let r = gate(&[])
-        .admit(&mut req, &host(), &route(AccessPolicy::Login), Scheme::Https)
+        .admit(
+            &mut req,
+            &host(),
+            &route(AccessPolicy::Login),
+            Scheme::Https,
+        )
         .unwrap_err();
     assert_eq!(r.status(), StatusCode::FOUND);
     assert_eq!(req.headers()[COOKIE], "theme=dark");
