@@ -1,0 +1,338 @@
+//! Tests of snapshot computation: what each kind of node receives, and what it must not.
+
+use super::*;
+
+fn agent(id: i64, key: Option<&str>) -> AgentRow {
+    AgentRow {
+        id,
+        name: format!("agent{id}"),
+        wg_address: format!("10.77.0.{id}"),
+        public_key: key.map(str::to_string),
+        last_seen: None,
+        created_at: String::new(),
+        owner_id: None,
+    }
+}
+
+fn gateway(id: i64, key: Option<&str>, enabled: bool) -> GatewayRow {
+    GatewayRow {
+        id,
+        name: format!("gw{id}"),
+        public_endpoint: format!("gw{id}.example.com:51820"),
+        wg_address: format!("10.77.1.{id}"),
+        public_key: key.map(str::to_string),
+        enabled,
+        last_seen: None,
+        created_at: String::new(),
+    }
+}
+
+fn tunnel(id: i64, agent_id: i64, port: i64) -> TunnelRow {
+    TunnelRow {
+        id,
+        hostname: format!("t{id}.example.com"),
+        agent_id,
+        target: "app:3000".into(),
+        port,
+        enabled: true,
+        tls: if id == 12 {
+            "off".into()
+        } else {
+            "acme".into()
+        },
+        https_redirect: true,
+        access_mode: if id == 11 { "login" } else { "public" }.into(),
+        access_allow: "[]".into(),
+        created_at: String::new(),
+        updated_at: String::new(),
+        owner_id: None,
+        ip_allow: "[]".into(),
+        ip_deny: "[]".into(),
+        rate_limit_per_second: None,
+        rate_limit_burst: None,
+        max_concurrent_requests: None,
+    }
+}
+
+fn world() -> World {
+    let cert = |n: &str| TlsCertificate {
+        cert_pem: format!("cert-{n}"),
+        key_pem: format!("key-{n}"),
+    };
+    let mut acme = AcmeChallenges::default();
+    acme.http01.insert("tok".into(), "tok.thumb".into());
+    World {
+        certificates: BTreeMap::from([
+            (
+                "t10.example.com".to_string(),
+                ("acme".to_string(), cert("10")),
+            ),
+            (
+                "t11.example.com".to_string(),
+                ("internal".to_string(), cert("11")),
+            ),
+            (
+                "t12.example.com".to_string(),
+                ("acme".to_string(), cert("12")),
+            ),
+        ]),
+        acme,
+        hsts_max_age: 60,
+        access: AccessConfig {
+            control_url: "https://control.example.com".into(),
+            keys: vec![kakuremichi_proto::AccessKey {
+                kid: "k1".into(),
+                public_key: "pk".into(),
+            }],
+            revoked: vec!["s1".into()],
+        },
+        agents: vec![agent(1, Some("A1")), agent(2, None)],
+        gateways: vec![
+            gateway(1, Some("G1"), true),
+            gateway(2, Some("G2"), false),
+            gateway(3, None, true),
+        ],
+        tunnels: vec![
+            tunnel(10, 1, 10000),
+            tunnel(11, 2, 10000),
+            tunnel(12, 1, 10001),
+        ],
+        replicas: Vec::new(),
+        route_access: HashMap::new(),
+    }
+}
+
+#[test]
+fn replicas_reach_gateways_with_online_hints_and_agents_as_services() {
+    let mut w = world();
+    w.agents.push(agent(3, Some("A3")));
+    // Tunnel 11 (primary agent 2, unkeyed but addressed) gets agent 3 as replica on port 10005.
+    w.replicas.push(ReplicaRow {
+        tunnel_id: 11,
+        agent_id: 3,
+        port: 10005,
+    });
+    assert_eq!(w.replicated_agents(), HashSet::from([2, 3]));
+    let gw = NodeRef {
+        kind: NodeKind::Gateway,
+        id: 1,
+    };
+    let s = w.snapshot(gw, |a| a == 3).unwrap();
+    let r = &s.routes["t11.example.com"];
+    assert_eq!(
+        r.replicas
+            .iter()
+            .map(|t| (t.agent_id, t.port, t.online))
+            .collect::<Vec<_>>(),
+        vec![(2, 10000, false), (3, 10005, true)]
+    );
+    assert_eq!(r.targets().len(), 2);
+    // Unreplicated routes stay as they were; the online hint changes the hash.
+    assert!(s.routes["t10.example.com"].replicas.is_empty());
+    assert_ne!(s.config_hash, w.snapshot(gw, |_| true).unwrap().config_hash);
+    let agent3 = w
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Agent,
+                id: 3,
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert_eq!(
+        agent3
+            .services
+            .iter()
+            .map(|s| (s.tunnel_id, s.port))
+            .collect::<Vec<_>>(),
+        vec![(11, 10005)]
+    );
+}
+
+#[test]
+fn gateway_sees_keyed_agents_and_all_routes() {
+    let s = world()
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Gateway,
+                id: 1,
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert!(s.is_intact());
+    assert_eq!(s.wg_address, Ipv4Addr::new(10, 77, 1, 1));
+    assert_eq!(s.peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(s.peers[0].endpoint, None);
+    assert_eq!(
+        s.hostnames,
+        vec!["t10.example.com", "t11.example.com", "t12.example.com"]
+    );
+    let r = &s.routes["t11.example.com"];
+    assert_eq!(
+        (r.tunnel_id, r.agent_id, r.agent_address, r.port),
+        (11, 2, Ipv4Addr::new(10, 77, 0, 2), 10000)
+    );
+    assert!(s.services.is_empty());
+}
+
+#[test]
+fn gateway_gets_certificates_of_matching_source_and_challenges() {
+    let s = world()
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Gateway,
+                id: 1,
+            },
+            |_| true,
+        )
+        .unwrap();
+    // t11's certificate came from another source than its tunnel asks; t12 has tls off.
+    assert_eq!(
+        s.certificates.keys().collect::<Vec<_>>(),
+        vec!["t10.example.com"]
+    );
+    let (t10, t12) = (&s.routes["t10.example.com"], &s.routes["t12.example.com"]);
+    assert!(t10.https_redirect && t10.hsts_max_age == 60);
+    assert!(!t12.https_redirect && t12.hsts_max_age == 0);
+    assert_eq!(s.acme.http01["tok"], "tok.thumb");
+    // Access: the policy per route, keys and revocations for every Gateway, none for Agents.
+    assert_eq!(
+        s.routes["t11.example.com"].access,
+        kakuremichi_proto::RouteAccess::Login
+    );
+    assert!(t10.access.is_public());
+    assert_eq!(s.access.keys[0].kid, "k1");
+    assert_eq!(s.access.revoked, vec!["s1"]);
+    let agent = world()
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Agent,
+                id: 1,
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert!(agent.certificates.is_empty() && agent.acme.is_empty());
+    assert!(agent.access.is_empty());
+}
+
+#[test]
+fn agent_sees_enabled_keyed_gateways_and_its_services() {
+    let s = world()
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Agent,
+                id: 1,
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert_eq!(s.peers.len(), 1);
+    assert_eq!(
+        s.peers[0].endpoint.as_deref(),
+        Some("gw1.example.com:51820")
+    );
+    assert_eq!(
+        s.services.iter().map(|s| s.tunnel_id).collect::<Vec<_>>(),
+        vec![10, 12]
+    );
+    assert!(s.routes.is_empty());
+}
+
+#[test]
+fn a_disabled_gateway_gets_no_secrets() {
+    let w = world();
+    let s = w
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Gateway,
+                id: 2,
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert!(s.is_intact());
+    assert_eq!(s.wg_address, Ipv4Addr::new(10, 77, 1, 2));
+    assert!(s.certificates.is_empty(), "no certificate or private key");
+    assert!(s.acme.is_empty(), "no ACME challenge");
+    assert!(s.access.is_empty(), "no access keys or revocations");
+    assert!(s.routes.is_empty() && s.peers.is_empty());
+    assert_eq!(w.disabled_gateways(), HashSet::from([2]));
+}
+
+#[test]
+fn access_config_only_with_a_protected_route() {
+    let mut w = world();
+    w.tunnels.retain(|t| t.id != 11);
+    let s = w
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Gateway,
+                id: 1,
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert!(s.access.is_empty());
+    let json = serde_json::to_value(&s).unwrap();
+    assert!(json.get("access").is_none(), "{json}");
+}
+
+#[test]
+fn routes_carry_their_limits_and_unreadable_lists_fail_closed() {
+    let gw = NodeRef {
+        kind: NodeKind::Gateway,
+        id: 1,
+    };
+    let mut w = world();
+    let plain = w.snapshot(gw, |_| true).unwrap();
+    let t10 = &mut w.tunnels[0];
+    t10.ip_allow = r#"["192.0.2.0/24","2001:db8::1"]"#.into();
+    t10.ip_deny = r#"["192.0.2.9"]"#.into();
+    t10.rate_limit_per_second = Some(5);
+    t10.max_concurrent_requests = Some(40);
+    let s = w.snapshot(gw, |_| true).unwrap();
+    let limits = &s.routes["t10.example.com"].limits;
+    let text = |l: &[kakuremichi_proto::IpNet]| l.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(text(&limits.ip_allow), ["192.0.2.0/24", "2001:db8::1/128"]);
+    assert_eq!(text(&limits.ip_deny), ["192.0.2.9/32"]);
+    assert_eq!(
+        limits.rate,
+        Some(kakuremichi_proto::RateLimit {
+            per_second: 5,
+            burst: 5
+        }),
+        "no burst: the rate"
+    );
+    assert_eq!(limits.max_concurrent_requests, Some(40));
+    assert!(s.routes["t11.example.com"].limits.is_none());
+    assert_ne!(s.config_hash, plain.config_hash);
+    // A list that cannot be read takes the tunnel out rather than serve it unguarded.
+    w.tunnels[0].ip_deny = r#"["not-a-network"]"#.into();
+    let s = w.snapshot(gw, |_| true).unwrap();
+    assert!(!s.routes.contains_key("t10.example.com"));
+    assert!(s.routes.contains_key("t11.example.com"));
+}
+
+#[test]
+fn unknown_node_has_no_snapshot() {
+    assert!(world()
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Agent,
+                id: 9,
+            },
+            |_| true,
+        )
+        .is_none());
+    assert!(world()
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Gateway,
+                id: 9,
+            },
+            |_| true,
+        )
+        .is_none());
+}
