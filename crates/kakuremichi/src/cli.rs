@@ -23,7 +23,7 @@ pub struct Cli {
     /// Worker threads of the async runtime. Default: half the CPUs (at least one) for `gateway`
     /// and `agent`, every CPU otherwise. A Gateway or Agent shares its machine with the kernel's
     /// network work and, for an Agent, the apps it serves; on 2 CPUs one worker answered 1.5x the
-    /// requests per second of two, at the same bulk throughput (README "Performance").
+    /// requests per second of two, at the same bulk throughput (docs/performance.md).
     #[arg(long, global = true, env = "KAKUREMICHI_THREADS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
