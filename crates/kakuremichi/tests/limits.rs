@@ -6,13 +6,11 @@
 mod common;
 
 use common::*;
-use kakuremichi_node::Secret;
 use reqwest::header::HOST;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 const WITHIN: Duration = Duration::from_secs(20);
 const APP: &str = "limited.example.com";
@@ -27,56 +25,19 @@ struct Site {
 }
 
 async fn site() -> Site {
-    let dir = tempfile::tempdir().unwrap();
-    let (base, control_stop) = spawn_control_in_process(dir.path().join("control"), true).await;
-    let api = Api::login(base).await;
-
-    let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let created = api
-        .post(
-            "gateways",
-            json!({"name": "gw", "public_endpoint": wg.local_addr().unwrap().to_string()}),
-        )
-        .await;
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (gateway, admin_addr) = (http.local_addr().unwrap(), admin.local_addr().unwrap());
-    let listeners = kakuremichi_gateway::GatewayListeners {
-        http,
-        https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        admin,
-        wg,
-    };
-    let token = created["token"].as_str().unwrap();
-    let (gateway_stop, _) = spawn_gateway(&api.base, token, listeners, dir.path().join("gw"));
-
-    let agent = api.post("agents", json!({"name": "home"})).await;
-    let mut config = kakuremichi_agent::AgentConfig::new(
-        api.base.clone(),
-        Secret::new(agent["api_key"].as_str().unwrap().to_string()),
-    );
-    config.data_dir = Some(dir.path().join("agent"));
-    let (agent_stop, wait) = Stop::new();
-    tokio::spawn(kakuremichi_agent::run(config, wait()));
-
-    let origin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = origin_listener.local_addr().unwrap();
-    let (origin_stop, wait) = Stop::new();
-    tokio::spawn(kakuremichi::hello::serve(
-        origin_listener,
-        "the-app".into(),
-        wait(),
-    ));
-    let body = json!({"hostname": APP, "agent_id": agent["id"], "target": origin.to_string(),
-        "tls": "off"});
-    let tunnel = api.post("tunnels", body).await["id"].as_i64().unwrap();
+    let fleet = Fleet::start().await;
+    let body = json!({"hostname": APP, "agent_id": fleet.agent_id,
+        "target": fleet.origin.to_string(), "tls": "off"});
+    let tunnel = fleet.api.post("tunnels", body).await["id"]
+        .as_i64()
+        .unwrap();
     Site {
-        _dir: dir,
-        api,
-        gateway,
-        admin: admin_addr,
+        _dir: fleet.dir,
+        api: fleet.api,
+        gateway: fleet.gateway,
+        admin: fleet.admin,
         tunnel,
-        _stops: vec![origin_stop, agent_stop, gateway_stop, control_stop],
+        _stops: fleet.stops,
     }
 }
 

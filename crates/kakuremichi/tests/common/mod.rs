@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+mod fleet;
 pub mod load;
 mod local;
 pub mod netns;
@@ -11,6 +12,8 @@ pub mod site;
 mod stop;
 mod transfer;
 pub mod usage;
+#[allow(unused_imports)]
+pub use fleet::Fleet;
 #[allow(unused_imports)] // not every test binary starts processes
 pub use local::{private_loopback, spawn_control, LocalSite};
 #[allow(unused_imports)]
