@@ -36,6 +36,7 @@ pub const CLOCK_SKEW_SECS: u64 = 60;
 /// Who may use a tunnel. JSON: `{"mode":"public"}`, `{"mode":"login"}` or
 /// `{"mode":"users","allow":["alice@example.com"]}` (lower-case e-mails).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AccessPolicy {
     /// Anyone; the Gateway checks nothing.
@@ -92,6 +93,7 @@ impl AccessPolicy {
 /// `{"mode":"login"}` or `{"mode":"users","digest":"..."}`. The allow-list itself stays with
 /// Control (see the module header).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RouteAccess {
     /// Anyone; the Gateway checks nothing.
@@ -122,6 +124,7 @@ impl RouteAccess {
 
 /// What a Gateway needs to check access tokens itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AccessConfig {
     /// Control's base URL as browsers reach it (its `public_url`); empty: the Gateway uses the
@@ -145,6 +148,7 @@ impl AccessConfig {
 
 /// One verification key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AccessKey {
     pub kid: String,

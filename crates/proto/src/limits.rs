@@ -17,13 +17,16 @@ use serde::{Deserialize, Serialize};
 
 /// The limits of one tunnel. `Default` is "no limits".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RouteLimits {
     /// Networks allowed to use the tunnel (single addresses as /32 or /128); empty = everyone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub ip_allow: Vec<IpNet>,
     /// Networks refused, whatever `ip_allow` says.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub ip_deny: Vec<IpNet>,
     /// Requests per second per client, with burst; `None` = no rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,6 +45,7 @@ impl RouteLimits {
 
 /// A token bucket: `per_second` tokens are added each second up to `burst`; a request takes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub per_second: u32,

@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 /// The same type serves both roles: a Gateway uses `routes`/`hostnames`, an Agent uses `services`.
 /// Collections are sorted (BTreeMap, sorted Vecs) so that equal content always hashes equally.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConfigSnapshot {
     /// Hex SHA-256 of the snapshot's content (every other field); see [`ConfigSnapshot::seal`].
@@ -20,6 +21,7 @@ pub struct ConfigSnapshot {
     /// The node's id in Control's database.
     pub node_id: i64,
     /// The node's own WireGuard address.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub wg_address: Ipv4Addr,
     /// WireGuard peers: for a Gateway every Agent, for an Agent every enabled Gateway.
     pub peers: Vec<WgPeer>,
@@ -46,6 +48,7 @@ pub struct ConfigSnapshot {
 
 /// One WireGuard peer of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WgPeer {
     /// Database id of the peer node (an Agent's id on a Gateway, a Gateway's id on an Agent).
@@ -54,6 +57,7 @@ pub struct WgPeer {
     /// Base64 of the peer's X25519 public key.
     pub public_key: String,
     /// The peer's WireGuard address; the only AllowedIP of this peer.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub wg_address: Ipv4Addr,
     /// `host:port` to send WireGuard to. Set for Gateways (as seen by Agents); `None` for Agents,
     /// whose endpoint a Gateway learns from their handshakes.
@@ -62,10 +66,12 @@ pub struct WgPeer {
 
 /// Where a Gateway sends requests for one hostname: a TCP port on an Agent's WireGuard address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GatewayRoute {
     pub tunnel_id: i64,
     pub agent_id: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub agent_address: Ipv4Addr,
     /// The tunnel's port on the Agent's userspace stack; the Agent maps it to the tunnel's target.
     pub port: u16,
@@ -92,9 +98,11 @@ pub struct GatewayRoute {
 
 /// One Agent serving a route with replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RouteTarget {
     pub agent_id: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub agent_address: Ipv4Addr,
     /// The tunnel's port on this Agent's stack (each Agent allocates its own).
     pub port: u16,
@@ -122,6 +130,7 @@ impl GatewayRoute {
 
 /// A PEM certificate chain (leaf first) and its PEM private key. The key is masked in `Debug`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TlsCertificate {
     pub cert_pem: String,
@@ -140,6 +149,7 @@ impl fmt::Debug for TlsCertificate {
 /// ACME challenges in flight, pushed to every Gateway before Control asks the CA to validate, so
 /// that whichever Gateway the CA reaches can answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AcmeChallenges {
     /// HTTP-01: token → key authorization, served at `/.well-known/acme-challenge/{token}`.
@@ -169,6 +179,7 @@ impl AcmeChallenges {
 
 /// One TLS-ALPN-01 challenge: the self-signed certificate carrying the `acmeIdentifier` extension.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TlsAlpnChallenge {
     /// The ACME challenge token, which identifies this challenge.
@@ -178,6 +189,7 @@ pub struct TlsAlpnChallenge {
 
 /// One tunnel as its Agent sees it: connections to `port` go to `target`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentService {
     pub tunnel_id: i64,
