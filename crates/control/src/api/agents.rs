@@ -2,6 +2,7 @@
 
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
+use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
 use super::{status, AppState};
 use crate::ops;
 use crate::store::{AgentRow, NodeKind, NodeRef};
@@ -10,20 +11,20 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchAgent {
     name: Option<String>,
 }
 
 /// An agent as the API shows it; `api_key` only in the creation response.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AgentView {
     id: i64,
     name: String,
@@ -31,6 +32,7 @@ pub struct AgentView {
     api_key: Option<String>,
     wg_address: String,
     public_key: Option<String>,
+    #[schema(value_type = super::openapi::Presence)]
     status: &'static str,
     last_seen: Option<String>,
     created_at: String,
@@ -55,6 +57,19 @@ pub fn view(state: &AppState, a: AgentRow, api_key: Option<String>) -> AgentView
     }
 }
 
+/// Creates an Agent and returns its API key, once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents",
+    tag = "agents",
+    operation_id = "create_agent",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    request_body = CreateAgent,
+    responses(
+        (status = 201, description = "Created; `api_key` is shown this once", body = AgentView),
+        WriteErrors,
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -64,6 +79,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, row, Some(key)))))
 }
 
+/// Lists the Agents.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    tag = "agents",
+    operation_id = "list_agents",
+    security(("api_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "Every Agent", body = Vec<AgentView>),
+        ReadErrors,
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -74,6 +101,21 @@ pub async fn list(
     ))
 }
 
+/// Reads one Agent.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{id}",
+    tag = "agents",
+    operation_id = "get_agent",
+    security(("api_token" = []), ("session_cookie" = [])),
+    params(("id" = i64, Path, description = "The Agent's id")),
+    responses(
+        (status = 200, description = "The Agent", body = AgentView),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 404, description = "No such Agent", body = ErrorBody),
+        ReadErrors,
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -83,6 +125,21 @@ pub async fn get(
     Ok(Json(view(&state, row, None)))
 }
 
+/// Renames an Agent.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/agents/{id}",
+    tag = "agents",
+    operation_id = "update_agent",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The Agent's id")),
+    request_body = PatchAgent,
+    responses(
+        (status = 200, description = "The Agent as changed", body = AgentView),
+        (status = 404, description = "No such Agent", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -94,6 +151,19 @@ pub async fn update(
 }
 
 /// `POST /agents/{id}/rotate-key`: a new API key (returned once); the old one stops working.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{id}/rotate-key",
+    tag = "agents",
+    operation_id = "rotate_agent_key",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The Agent's id")),
+    responses(
+        (status = 200, description = "The Agent with its new `api_key`, shown this once", body = AgentView),
+        (status = 404, description = "No such Agent", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn rotate_key(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -104,6 +174,20 @@ pub async fn rotate_key(
 }
 
 /// Refused while the agent still has tunnels; its open session is closed with `revoked`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/agents/{id}",
+    tag = "agents",
+    operation_id = "delete_agent",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The Agent's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such Agent", body = ErrorBody),
+        (status = 409, description = "The Agent still serves tunnels", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

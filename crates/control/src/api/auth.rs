@@ -4,6 +4,7 @@
 
 use super::authn::{check_csrf, current_session, session_cookie, AuthUser, ClientIp};
 use super::error::{ApiError, ApiJson};
+use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
 use super::AppState;
 use crate::store::UserRow;
 use crate::{ops, secrets};
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     email: String,
@@ -22,7 +23,7 @@ pub struct LoginBody {
 }
 
 /// A user as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserView {
     id: i64,
     email: String,
@@ -42,18 +43,36 @@ impl From<UserRow> for UserView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserBody {
     user: UserView,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LoginResponse {
     user: UserView,
     /// Send it as `X-CSRF-Token` on state-changing calls authenticated by the cookie.
     csrf_token: String,
 }
 
+/// Logs in: sets the session cookie and returns the session's CSRF token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    operation_id = "login",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse,
+            headers(("Set-Cookie" = String, description = "The session cookie (HttpOnly)"))),
+        (status = 400, description = "The body is not the JSON expected", body = ErrorBody),
+        (status = 401, description = "Invalid e-mail or password", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for the account or the client",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Control is busy checking other passwords", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -73,6 +92,19 @@ pub async fn login(
 
 /// Ends the session of the cookie, if any, and clears the cookie: 204. A live session must be
 /// ended with its CSRF token (403 otherwise), so another site cannot log the user out.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    operation_id = "logout",
+    security((), ("session_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 204, description = "Logged out; the cookie is cleared",
+            headers(("Set-Cookie" = String, description = "Clears the session cookie"))),
+        (status = 403, description = "A live session's cookie without its CSRF token", body = ErrorBody),
+        (status = 500, description = "Control failed (its log says why)", body = ErrorBody),
+    ),
+)]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -90,6 +122,18 @@ pub async fn logout(
 }
 
 /// Ends every session of the caller, on every device. 204.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout-everywhere",
+    tag = "auth",
+    operation_id = "logout_everywhere",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    responses(
+        (status = 204, description = "Every session of the user ended; the cookie is cleared",
+            headers(("Set-Cookie" = String, description = "Clears the session cookie"))),
+        WriteErrors,
+    ),
+)]
 pub async fn logout_everywhere(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -107,6 +151,15 @@ pub async fn logout_everywhere(
     Ok((StatusCode::NO_CONTENT, [(SET_COOKIE, cookie)]).into_response())
 }
 
+/// Who is logged in.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/me",
+    tag = "auth",
+    operation_id = "me",
+    security(("api_token" = []), ("session_cookie" = [])),
+    responses((status = 200, description = "The caller", body = UserBody), ReadErrors),
+)]
 pub async fn me(AuthUser(user): AuthUser) -> Json<UserBody> {
     Json(UserBody { user: user.into() })
 }

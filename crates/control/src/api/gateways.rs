@@ -2,6 +2,7 @@
 
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
+use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
 use super::{status, AppState};
 use crate::ops;
 use crate::store::{GatewayRow, NodeKind, NodeRef};
@@ -10,14 +11,14 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGateway {
     name: String,
     public_endpoint: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchGateway {
     name: Option<String>,
@@ -26,7 +27,7 @@ pub struct PatchGateway {
 }
 
 /// A gateway as the API shows it; `token` only in the creation response.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GatewayView {
     id: i64,
     name: String,
@@ -36,6 +37,7 @@ pub struct GatewayView {
     wg_address: String,
     public_key: Option<String>,
     enabled: bool,
+    #[schema(value_type = super::openapi::Presence)]
     status: &'static str,
     last_seen: Option<String>,
     created_at: String,
@@ -60,6 +62,19 @@ pub fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayVi
     }
 }
 
+/// Creates a Gateway (admins) and returns its token, once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/gateways",
+    tag = "gateways",
+    operation_id = "create_gateway",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    request_body = CreateGateway,
+    responses(
+        (status = 201, description = "Created; `token` is shown this once", body = GatewayView),
+        WriteErrors,
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -70,6 +85,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, row, Some(token)))))
 }
 
+/// Lists the Gateways.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gateways",
+    tag = "gateways",
+    operation_id = "list_gateways",
+    security(("api_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "Every Gateway", body = Vec<GatewayView>),
+        ReadErrors,
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -80,6 +107,21 @@ pub async fn list(
     ))
 }
 
+/// Reads one Gateway.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gateways/{id}",
+    tag = "gateways",
+    operation_id = "get_gateway",
+    security(("api_token" = []), ("session_cookie" = [])),
+    params(("id" = i64, Path, description = "The Gateway's id")),
+    responses(
+        (status = 200, description = "The Gateway", body = GatewayView),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 404, description = "No such Gateway", body = ErrorBody),
+        ReadErrors,
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -93,6 +135,21 @@ pub async fn get(
     Ok(Json(view(&state, row, None)))
 }
 
+/// Changes a Gateway's name, public endpoint or whether it is enabled (admins).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/gateways/{id}",
+    tag = "gateways",
+    operation_id = "update_gateway",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The Gateway's id")),
+    request_body = PatchGateway,
+    responses(
+        (status = 200, description = "The Gateway as changed", body = GatewayView),
+        (status = 404, description = "No such Gateway", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -111,7 +168,22 @@ pub async fn update(
     Ok(Json(view(&state, row, None)))
 }
 
+/// Deletes a Gateway (admins).
+///
 /// Its open session, if any, is closed with `revoked`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/gateways/{id}",
+    tag = "gateways",
+    operation_id = "delete_gateway",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The Gateway's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such Gateway", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

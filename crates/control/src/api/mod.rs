@@ -7,6 +7,7 @@ pub(crate) mod client_ip;
 mod error;
 pub(crate) mod gateways;
 mod nodes;
+mod openapi;
 pub(crate) mod status;
 mod tokens;
 pub(crate) mod tunnels;
@@ -129,6 +130,7 @@ fn api_router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/auth/login", post(auth::login))
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/auth/me", get(auth::me))
@@ -187,11 +189,28 @@ pub async fn api_not_found() -> ApiError {
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    responses((status = 200, description = "The process answers", body = openapi::Health)),
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Readiness: the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "The database answers", body = openapi::Health),
+        (status = 503, description = "The database is not reachable", body = openapi::ErrorBody),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match state.store.ping().await {
         Ok(()) => Ok(Json(serde_json::json!({ "status": "ok" }))),

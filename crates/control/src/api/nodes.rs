@@ -3,6 +3,7 @@
 
 use super::authn::{bearer, AuthNode};
 use super::error::ApiError;
+use super::openapi::{ErrorBody, NodeErrors};
 use super::AppState;
 use crate::sessions;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -17,6 +18,21 @@ use axum::Json;
 const MAX_NODE_MESSAGE: usize = 64 * 1024;
 
 /// Upgrades an authenticated node's request to its session.
+///
+/// A WebSocket of JSON text messages (`kakuremichi_proto::message`): the node says hello, Control
+/// pushes its config snapshot whenever it changes.
+#[utoipa::path(
+    get,
+    path = kakuremichi_proto::CONNECT_PATH,
+    tag = "nodes",
+    operation_id = "node_connect",
+    security(("node_credential" = [])),
+    responses(
+        (status = 101, description = "Switched to the node session's WebSocket"),
+        (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),
+        NodeErrors,
+    ),
+)]
 pub async fn connect(
     State(state): State<AppState>,
     AuthNode(node): AuthNode,
@@ -47,6 +63,21 @@ pub async fn connect(
 }
 
 /// The node's snapshot with its hash as ETag; `304` when `If-None-Match` already names it.
+#[utoipa::path(
+    get,
+    path = kakuremichi_proto::PULL_CONFIG_PATH,
+    tag = "nodes",
+    operation_id = "node_pull_config",
+    security(("node_credential" = [])),
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag of the snapshot the node holds")),
+    responses(
+        (status = 200, description = "The node's config snapshot", body = kakuremichi_proto::ConfigSnapshot,
+            headers(("ETag" = String, description = "The snapshot's `config_hash`, quoted"))),
+        (status = 304, description = "The node already holds this snapshot",
+            headers(("ETag" = String, description = "The snapshot's `config_hash`, quoted"))),
+        NodeErrors,
+    ),
+)]
 pub async fn pull_config(
     State(state): State<AppState>,
     AuthNode(node): AuthNode,

@@ -7,30 +7,32 @@
 
 use super::authn::AuthUser;
 use super::error::ApiError;
+use super::openapi::{Presence, ReadErrors};
 use super::{status, AppState};
 use crate::store::{NodeKind, NodeRef};
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StatusView {
     gateways: NodeCounts,
     agents: NodeCounts,
     tunnels: Vec<TunnelStatus>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct NodeCounts {
     total: usize,
     online: usize,
     items: Vec<NodeStatus>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct NodeStatus {
     id: i64,
     name: String,
+    #[schema(value_type = Presence)]
     status: &'static str,
     /// Gateways only: disabled Gateways are dropped by the Agents.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,12 +42,13 @@ struct NodeStatus {
     config_error: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TunnelStatus {
     id: i64,
     hostname: String,
     enabled: bool,
     agent_id: i64,
+    #[schema(value_type = Presence)]
     agent_status: &'static str,
     /// Ids of the tunnel's Agents (primary and replicas) that hold a session now.
     agents_online: Vec<i64>,
@@ -54,6 +57,18 @@ struct TunnelStatus {
     reachable: bool,
 }
 
+/// What is up: the nodes holding a session, and the Gateways that can serve each tunnel.
+#[utoipa::path(
+    get,
+    path = "/api/v1/status",
+    tag = "status",
+    operation_id = "get_status",
+    security(("api_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "Nodes online and where each tunnel can be served", body = StatusView),
+        ReadErrors,
+    ),
+)]
 pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<StatusView>, ApiError> {
     let online = |kind, id| state.hub.is_online(NodeRef { kind, id });
     let config_error = |kind, id| state.hub.config_error(NodeRef { kind, id });

@@ -2,6 +2,7 @@
 
 use super::authn::AuthUser;
 use super::error::{ApiError, ApiJson, Id};
+use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
 use super::AppState;
 use crate::ops;
 use crate::store::TokenRow;
@@ -10,13 +11,14 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     name: String,
 }
 
-#[derive(Serialize)]
+/// A new token; `token` is shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     id: i64,
     name: String,
@@ -24,6 +26,19 @@ pub struct CreatedToken {
     created_at: String,
 }
 
+/// Creates a personal API token for the caller.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    operation_id = "create_token",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created; `token` is shown this once", body = CreatedToken),
+        WriteErrors,
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -39,6 +54,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Lists the caller's tokens.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    operation_id = "list_tokens",
+    security(("api_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The caller's tokens (never the secrets)", body = Vec<TokenRow>),
+        ReadErrors,
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -46,6 +73,20 @@ pub async fn list(
     Ok(Json(state.store.list_tokens(user.id).await?))
 }
 
+/// Revokes one of the caller's tokens.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    operation_id = "delete_token",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such token of the caller", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

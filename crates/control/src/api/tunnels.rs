@@ -25,6 +25,7 @@
 
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
+use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
 use super::AppState;
 use crate::certs::{self, TlsMode};
 use crate::ops::limits::LimitsInput;
@@ -38,7 +39,7 @@ use axum::Json;
 use kakuremichi_proto::AccessPolicy;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTunnel {
     hostname: String,
@@ -56,7 +57,7 @@ pub struct CreateTunnel {
     max_concurrent_requests: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchTunnel {
     hostname: Option<String>,
@@ -89,7 +90,7 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TunnelView {
     id: i64,
     hostname: String,
@@ -104,6 +105,7 @@ pub struct TunnelView {
     access: AccessPolicy,
     #[serde(flatten)]
     limits: TunnelLimits,
+    #[schema(value_type = Option<super::openapi::CertificateStatus>)]
     certificate: Option<serde_json::Value>,
     created_at: String,
     updated_at: String,
@@ -169,6 +171,20 @@ pub async fn certs_by_name_and_source(
         .collect())
 }
 
+/// Creates a tunnel: `hostname` served by `agent_id` (or `agent_ids`) to `target`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tunnels",
+    tag = "tunnels",
+    operation_id = "create_tunnel",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    request_body = CreateTunnel,
+    responses(
+        (status = 201, description = "Created", body = TunnelView),
+        (status = 409, description = "The hostname is taken", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -195,6 +211,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
 }
 
+/// Lists the tunnels.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tunnels",
+    tag = "tunnels",
+    operation_id = "list_tunnels",
+    security(("api_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "Every tunnel", body = Vec<TunnelView>),
+        ReadErrors,
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -213,6 +241,21 @@ pub async fn list(
     ))
 }
 
+/// Reads one tunnel.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tunnels/{id}",
+    tag = "tunnels",
+    operation_id = "get_tunnel",
+    security(("api_token" = []), ("session_cookie" = [])),
+    params(("id" = i64, Path, description = "The tunnel's id")),
+    responses(
+        (status = 200, description = "The tunnel", body = TunnelView),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 404, description = "No such tunnel", body = ErrorBody),
+        ReadErrors,
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -222,6 +265,22 @@ pub async fn get(
     Ok(Json(view(&state, row).await?))
 }
 
+/// Changes a tunnel: only the fields sent; `null` turns a limit off.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/tunnels/{id}",
+    tag = "tunnels",
+    operation_id = "update_tunnel",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The tunnel's id")),
+    request_body = PatchTunnel,
+    responses(
+        (status = 200, description = "The tunnel as changed", body = TunnelView),
+        (status = 404, description = "No such tunnel", body = ErrorBody),
+        (status = 409, description = "The hostname is taken", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -249,6 +308,20 @@ pub async fn update(
     Ok(Json(view(&state, row).await?))
 }
 
+/// Deletes a tunnel.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tunnels/{id}",
+    tag = "tunnels",
+    operation_id = "delete_tunnel",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The tunnel's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such tunnel", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

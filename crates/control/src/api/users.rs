@@ -4,6 +4,7 @@
 use super::auth::UserView;
 use super::authn::AuthUser;
 use super::error::{about, ApiError, ApiJson, Id};
+use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
 use super::AppState;
 use crate::ops::{self, require_admin};
 use crate::store::{AuditRow, Quotas};
@@ -12,7 +13,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     email: String,
@@ -21,7 +22,7 @@ pub struct CreateUser {
     is_admin: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
     is_admin: Option<bool>,
@@ -29,7 +30,7 @@ pub struct PatchUser {
     email_verified: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvitation {
     email: String,
@@ -37,7 +38,7 @@ pub struct CreateInvitation {
     is_admin: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Invitation {
     email: String,
     /// Shown once; the link is `/register?invite=<token>` on Control.
@@ -46,7 +47,7 @@ pub struct Invitation {
 }
 
 /// `GET /settings`: everything an admin can set.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Settings {
     open_registration: bool,
     #[serde(flatten)]
@@ -54,7 +55,7 @@ pub struct Settings {
 }
 
 /// `PATCH /settings`: only the fields sent change.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
     open_registration: Option<bool>,
@@ -78,6 +79,18 @@ impl SettingsPatch {
     }
 }
 
+/// Lists the users (admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    operation_id = "list_users",
+    security(("api_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "Every user", body = Vec<UserView>),
+        ReadErrors,
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -87,6 +100,21 @@ pub async fn list(
     Ok(Json(users.into_iter().map(UserView::from).collect()))
 }
 
+/// Creates a user (admins).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    operation_id = "create_user",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 409, description = "The e-mail is taken", body = ErrorBody),
+        (status = 503, description = "Control is busy checking other passwords", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        WriteErrors,
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -97,6 +125,22 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
+/// Changes a user's role, password or verified flag (admins).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    operation_id = "update_user",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The user's id")),
+    request_body = PatchUser,
+    responses(
+        (status = 200, description = "The user as changed", body = UserView),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 503, description = "Control is busy checking other passwords", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        WriteErrors,
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -117,6 +161,20 @@ pub async fn update(
     Ok(Json(row.into()))
 }
 
+/// Deletes a user (admins).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    operation_id = "delete_user",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    params(("id" = i64, Path, description = "The user's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such user", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -126,6 +184,20 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Invites someone by e-mail (admins); the link is shown once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/invitations",
+    tag = "users",
+    operation_id = "invite_user",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    request_body = CreateInvitation,
+    responses(
+        (status = 201, description = "Created; `token` is shown this once", body = Invitation),
+        (status = 409, description = "The e-mail is taken", body = ErrorBody),
+        WriteErrors,
+    ),
+)]
 pub async fn invite(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -140,6 +212,18 @@ pub async fn invite(
     Ok((StatusCode::CREATED, Json(invitation)))
 }
 
+/// Reads the settings (admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/settings",
+    tag = "users",
+    operation_id = "get_settings",
+    security(("api_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The settings in force", body = Settings),
+        ReadErrors,
+    ),
+)]
 pub async fn get_settings(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -151,7 +235,21 @@ pub async fn get_settings(
     }))
 }
 
+/// Changes the settings (admins).
+///
 /// Quotas are checked (ranges) before anything is written; the answer is the settings in force.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/settings",
+    tag = "users",
+    operation_id = "update_settings",
+    security(("api_token" = []), ("session_cookie" = [], "csrf_token" = [])),
+    request_body = SettingsPatch,
+    responses(
+        (status = 200, description = "The settings in force", body = Settings),
+        WriteErrors,
+    ),
+)]
 pub async fn update_settings(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -168,14 +266,32 @@ pub async fn update_settings(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    /// How many entries, 1–500 (default 100).
     limit: Option<i64>,
+    /// Only entries older than this entry id.
     before: Option<i64>,
 }
 
+/// Reads the audit log: every entry for admins, their own for members.
+///
 /// Newest first; `limit` (1–500, default 100) and `before` (an entry id) page backwards.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "users",
+    operation_id = "list_audit",
+    security(("api_token" = []), ("session_cookie" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Entries, newest first", body = Vec<AuditRow>),
+        (status = 400, description = "A query parameter is not valid", body = ErrorBody),
+        ReadErrors,
+    ),
+)]
 pub async fn audit(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

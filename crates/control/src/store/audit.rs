@@ -2,7 +2,7 @@
 
 use super::{now, Store, StoreResult};
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
     pub id: i64,
     pub at: String,
@@ -11,6 +11,7 @@ pub struct AuditRow {
     pub action: String,
     pub target: String,
     #[serde(serialize_with = "raw_json")]
+    #[schema(value_type = serde_json::Value)]
     pub detail: String,
 }
 

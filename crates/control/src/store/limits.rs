@@ -9,7 +9,7 @@ use crate::validate;
 use kakuremichi_proto::{RateLimit, RouteLimits};
 
 /// The limits of one tunnel as stored (and as the API shows them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TunnelLimits {
     pub ip_allow: Vec<String>,
     pub ip_deny: Vec<String>,

@@ -12,7 +12,7 @@ pub const MAX_ALLOW_LIST_ENTRIES: u32 = 1000;
 
 /// The quotas, as `GET /api/v1/settings` shows them. Admins' own tunnels and agents are shared
 /// (no owner), so the counts apply to members; the API rate applies to everyone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quotas {
     /// Tunnels one member may own.
     pub max_tunnels_per_user: u32,

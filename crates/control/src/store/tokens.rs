@@ -3,7 +3,7 @@
 use super::{from_now, now, users::UserRow, Store, StoreResult};
 
 /// A token as listed to its owner; the secret itself is never stored.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenRow {
     pub id: i64,
     pub name: String,
