@@ -79,10 +79,10 @@ def _request_rows(f):
     p99 = _num(f, "x_lat_p99_kakuremichi")
     rate = _num(f, "x_latency_rate_rps")
     kmi = "" if p99 is None or added is None else f"{_fmt(p99, 'g')}, {added:+.2f} vs direct"
-    added_range = _with_range(f, "p99_added_ms", "x_p99_added_ms_min", "x_p99_added_ms_max", "g")
+    lo, hi = _num(f, "x_p99_added_ms_min"), _num(f, "x_p99_added_ms_max")
     verdict = _met(None if added is None else added <= 2.0)
-    if verdict and added_range != _fmt(added, "g"):
-        verdict += f" (added per run: {added_range.split(' ', 1)[1].strip('()')} ms)"
+    if verdict and lo is not None and hi is not None and lo != hi:
+        verdict += f" (added per run: {lo:+.2f} to {hi:+.2f} ms)"
     rows.append([f"p99 at half peak ({_fmt(rate, 'n')} req/s), ms"]
                 + [_fmt(_num(f, f"x_lat_p99_{ref}"), "g") for ref in REFS[:3]] + [kmi, "≤ +2 ms", verdict])
     return rows
@@ -123,7 +123,7 @@ def caption(f):
     release = _num(f, "x_release")
     build = {None: "build not recorded", 1: "release build", 0: "debug build"}[release]
     kind = "quick run (`--quick`: small sizes, figures only show that every path works)" if quick else "full run"
-    runs_text = "1 run" if runs == 1 else f"{runs:.0f} runs, median (min–max)"
+    runs_text = {None: "runs not recorded", 1: "1 run"}.get(runs) or f"{runs:.0f} runs, median (min–max)"
     scheme = "kakuremichi and nginx both over HTTPS" if _num(f, "x_https") else \
         "kakuremichi over plain HTTP, nginx over HTTPS"
     return f"A {kind}: {runs_text}, {build}; {scheme}."
