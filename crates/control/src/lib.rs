@@ -8,9 +8,9 @@ mod access;
 mod api;
 mod certs;
 mod config;
+mod hub;
 mod ops;
 mod secrets;
-mod sessions;
 mod snapshot;
 mod store;
 mod ui;
@@ -25,7 +25,7 @@ pub fn internal_ca_root(data_dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 use anyhow::Context as _;
-use sessions::Hub;
+use hub::Hub;
 use std::future::Future;
 use std::time::Duration;
 use store::Store;

@@ -21,7 +21,7 @@
 pub mod authorize;
 mod keys;
 
-use crate::sessions::Hub;
+use crate::hub::Hub;
 use crate::store::{Store, StoreError, StoreResult, UserRow};
 use kakuremichi_proto::access::{sign_token, AccessClaims};
 use kakuremichi_proto::AccessKey;

@@ -15,7 +15,7 @@ mod users;
 pub use error::{about, ApiError};
 
 use crate::certs::TlsMode;
-use crate::sessions::Hub;
+use crate::hub::Hub;
 use crate::store::Store;
 use crate::validate::WgNetwork;
 use axum::extract::State;

@@ -121,7 +121,7 @@ mod tests {
             .create_user("a@x.io", &phc, false, true)
             .await
             .unwrap();
-        let hub = crate::sessions::Hub::new(store, Duration::from_secs(1), Duration::from_secs(2));
+        let hub = crate::hub::Hub::new(store, Duration::from_secs(1), Duration::from_secs(2));
         let network = crate::validate::WgNetwork::parse("10.77.0.0/16").unwrap();
         let state = AppState::new(hub, network, false, phc).with_passwords(Arc::clone(&pool));
         let before = pool.computed();
