@@ -8,6 +8,7 @@ mod access;
 mod api;
 mod certs;
 mod config;
+mod error;
 mod hub;
 mod ops;
 mod secrets;

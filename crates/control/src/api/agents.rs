@@ -1,8 +1,8 @@
 //! `/agents`: create (returns the API key, once), list, read, rename, rotate the key, delete.
 
 use super::authn::AuthUser;
-use super::error::{about, ApiError, ApiJson, Id};
 use super::{status, AppState};
+use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops;
 use crate::store::{AgentRow, NodeKind, NodeRef};
 use axum::extract::State;

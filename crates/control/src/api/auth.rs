@@ -3,8 +3,8 @@
 //! session of the user, `GET /auth/me` says who is logged in.
 
 use super::authn::{check_csrf, current_session, session_cookie, AuthUser, ClientIp};
-use super::error::{ApiError, ApiJson};
 use super::AppState;
+use crate::error::{ApiError, ApiJson};
 use crate::store::UserRow;
 use crate::{ops, secrets};
 use axum::extract::State;

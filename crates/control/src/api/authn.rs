@@ -6,8 +6,8 @@
 //! CSRF token in `X-CSRF-Token` (a cross-site page can make the browser send the cookie, but
 //! cannot read the token). Bearer-token calls need none: a browser never adds those by itself.
 
-use super::error::ApiError;
 use super::AppState;
+use crate::error::ApiError;
 use crate::secrets;
 use crate::store::{NodeKind, NodeRef, SessionInfo, UserRow};
 use axum::extract::FromRequestParts;

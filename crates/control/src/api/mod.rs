@@ -4,7 +4,6 @@ pub(crate) mod agents;
 mod auth;
 pub(crate) mod authn;
 pub(crate) mod client_ip;
-mod error;
 pub(crate) mod gateways;
 mod nodes;
 pub(crate) mod status;
@@ -12,9 +11,8 @@ mod tokens;
 pub(crate) mod tunnels;
 mod users;
 
-pub use error::{about, ApiError};
-
 use crate::certs::TlsMode;
+use crate::error::{self, ApiError};
 use crate::hub::Hub;
 use crate::store::Store;
 use crate::validate::WgNetwork;

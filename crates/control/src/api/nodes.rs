@@ -2,8 +2,8 @@
 //! and the pull endpoint of seed 003 ([`PULL_CONFIG_PATH`](kakuremichi_proto::PULL_CONFIG_PATH)).
 
 use super::authn::{bearer, AuthNode};
-use super::error::ApiError;
 use super::AppState;
+use crate::error::ApiError;
 use crate::hub;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;

@@ -6,8 +6,8 @@
 //! Gateway is online and enabled. It does not probe the data path.
 
 use super::authn::AuthUser;
-use super::error::ApiError;
 use super::{status, AppState};
+use crate::error::ApiError;
 use crate::store::{NodeKind, NodeRef};
 use axum::extract::State;
 use axum::Json;

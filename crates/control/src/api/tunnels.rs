@@ -24,9 +24,9 @@
 //! with `Retry-After`.
 
 use super::authn::AuthUser;
-use super::error::{about, ApiError, ApiJson, Id};
 use super::AppState;
 use crate::certs::{self, TlsMode};
+use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
 use crate::store::access::policy_of;

@@ -3,8 +3,8 @@
 
 use super::auth::UserView;
 use super::authn::AuthUser;
-use super::error::{about, ApiError, ApiJson, Id};
 use super::AppState;
+use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::{self, require_admin};
 use crate::store::{AuditRow, Quotas};
 use axum::extract::{Query, State};

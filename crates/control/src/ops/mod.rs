@@ -16,7 +16,8 @@ pub mod tokens;
 pub mod tunnels;
 pub mod users;
 
-use crate::api::{ApiError, AppState};
+use crate::api::AppState;
+use crate::error::ApiError;
 use crate::store::{Actor, UserRow};
 
 /// 403 unless `user` is an admin.

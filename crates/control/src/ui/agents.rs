@@ -4,7 +4,8 @@
 use super::overview;
 use super::page::{self as render, done, flash};
 use super::session::Viewer;
-use crate::api::{ApiError, AppState};
+use crate::api::AppState;
+use crate::error::ApiError;
 use crate::ops;
 use crate::store::AgentRow;
 use axum::extract::{Path, Query, State};

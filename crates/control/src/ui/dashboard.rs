@@ -4,7 +4,8 @@
 use super::overview;
 use super::page as render;
 use super::session::Viewer;
-use crate::api::{ApiError, AppState};
+use crate::api::AppState;
+use crate::error::ApiError;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;

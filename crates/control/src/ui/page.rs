@@ -2,7 +2,7 @@
 //! short confirmation messages after a redirect, and HTML error pages.
 
 use super::session::Viewer;
-use crate::api::ApiError;
+use crate::error::ApiError;
 use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use minijinja::{context, Environment, Value};

@@ -3,7 +3,8 @@
 
 use super::page::{self as render, done, flash};
 use super::session::Viewer;
-use crate::api::{ApiError, AppState};
+use crate::api::AppState;
+use crate::error::ApiError;
 use crate::ops;
 use axum::extract::{Path, Query, State};
 use axum::http::header::SET_COOKIE;
