@@ -9,6 +9,7 @@ mod api;
 mod certs;
 mod config;
 mod error;
+mod guard;
 mod hub;
 mod ops;
 mod secrets;
@@ -52,7 +53,7 @@ pub async fn run(
         None => Store::open_file(&config.data_dir.join("control.db")).await,
     }
     .context("cannot open the database")?;
-    let passwords = std::sync::Arc::new(ops::hashing::Passwords::for_this_host());
+    let passwords = std::sync::Arc::new(guard::hashing::Passwords::for_this_host());
     bootstrap_admin(&config, &store, &passwords).await?;
     let dummy_hash = passwords.hash(secrets::generate("dummy_")).await?;
 
@@ -78,7 +79,7 @@ pub async fn run(
         .with_default_tls(config.default_tls)
         .with_access_ttl(config.access_ttl)
         .with_passwords(passwords)
-        .with_trusted_proxies(api::client_ip::TrustedProxies::parse(
+        .with_trusted_proxies(guard::proxies::TrustedProxies::parse(
             &config.trusted_proxies,
         )?);
     let app = api::router(state);
@@ -130,7 +131,7 @@ pub async fn run(
 async fn bootstrap_admin(
     config: &ControlConfig,
     store: &Store,
-    passwords: &ops::hashing::Passwords,
+    passwords: &guard::hashing::Passwords,
 ) -> anyhow::Result<()> {
     let users = store.count_users().await?;
     match (&config.admin_email, &config.admin_password) {

@@ -1,6 +1,6 @@
 //! Who is calling: users (session cookie or personal API token) and nodes (Gateway token or
 //! Agent API key), as axum extractors. Every authenticated API request of a user counts against
-//! their `api_requests_per_minute` (see `ops::ratelimit`).
+//! their `api_requests_per_minute` (see `guard::ratelimit`).
 //!
 //! A state-changing request authenticated by the session cookie must also carry the session's
 //! CSRF token in `X-CSRF-Token` (a cross-site page can make the browser send the cookie, but
@@ -8,12 +8,14 @@
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::guard::proxies::throttle_key;
 use crate::secrets;
 use crate::store::{NodeKind, NodeRef, SessionInfo, UserRow};
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
+use std::net::SocketAddr;
 
 /// Name of the login session cookie where Control is served over plain HTTP (development).
 pub const SESSION_COOKIE: &str = "km_session";
@@ -111,7 +113,25 @@ impl AuthUser {
     }
 }
 
-pub use super::client_ip::ClientIp;
+/// The client's throttle key (see the module header); `None` when not served with connect
+/// info (a router driven directly in a unit test).
+pub struct ClientIp(pub Option<String>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| throttle_key(state.trusted_proxies.client(c.0.ip(), &parts.headers))),
+        ))
+    }
+}
 
 /// An authenticated node, by `Authorization: Bearer kmg_...` or `kma_...`.
 pub struct AuthNode(pub NodeRef);

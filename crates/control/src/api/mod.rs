@@ -3,7 +3,6 @@
 pub(crate) mod agents;
 mod auth;
 pub(crate) mod authn;
-pub(crate) mod client_ip;
 pub(crate) mod gateways;
 mod nodes;
 pub(crate) mod status;
@@ -36,17 +35,17 @@ pub struct Inner {
     /// Verified against for unknown e-mails, so a failed login takes as long either way.
     pub dummy_password_hash: String,
     /// The one bounded pool every Argon2 computation goes through.
-    pub passwords: Arc<crate::ops::hashing::Passwords>,
+    pub passwords: Arc<crate::guard::hashing::Passwords>,
     /// Peers whose `X-Forwarded-For` names the client (for the per-client login throttle).
-    pub trusted_proxies: crate::api::client_ip::TrustedProxies,
+    pub trusted_proxies: crate::guard::proxies::TrustedProxies,
     /// TLS mode of tunnels created without one.
     pub default_tls: TlsMode,
     /// Lifetime of the access tokens minted for protected tunnels.
     pub access_ttl: std::time::Duration,
     /// Failed logins per account and per IP.
-    pub throttle: crate::ops::throttle::Throttle,
+    pub throttle: crate::guard::throttle::Throttle,
     /// API requests per user (`api_requests_per_minute`).
-    pub api_rate: crate::ops::ratelimit::ApiRateLimit,
+    pub api_rate: crate::guard::ratelimit::ApiRateLimit,
 }
 
 impl AppState {
@@ -62,7 +61,7 @@ impl AppState {
             network,
             secure_cookies,
             dummy_password_hash,
-            passwords: Arc::new(crate::ops::hashing::Passwords::for_this_host()),
+            passwords: Arc::new(crate::guard::hashing::Passwords::for_this_host()),
             trusted_proxies: Default::default(),
             default_tls: TlsMode::Acme,
             access_ttl: crate::ControlConfig::default().access_ttl,
@@ -80,7 +79,7 @@ impl AppState {
     }
 
     /// Shares the password pool Control started with; only before the state is shared.
-    pub fn with_passwords(mut self, pool: Arc<crate::ops::hashing::Passwords>) -> Self {
+    pub fn with_passwords(mut self, pool: Arc<crate::guard::hashing::Passwords>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.passwords = pool;
         }
@@ -88,7 +87,7 @@ impl AppState {
     }
 
     /// Sets the proxies trusted to name the client; only before the state is shared.
-    pub fn with_trusted_proxies(mut self, proxies: crate::api::client_ip::TrustedProxies) -> Self {
+    pub fn with_trusted_proxies(mut self, proxies: crate::guard::proxies::TrustedProxies) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.trusted_proxies = proxies;
         }

@@ -106,7 +106,7 @@ fn too_many(wait: std::time::Duration) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::hashing::Passwords;
+    use crate::guard::hashing::Passwords;
     use std::sync::Arc;
     use std::time::Duration;
 

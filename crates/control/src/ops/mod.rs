@@ -6,12 +6,9 @@
 
 pub mod agents;
 pub mod gateways;
-pub mod hashing;
 pub mod limits;
 pub mod login;
 pub mod quotas;
-pub mod ratelimit;
-pub mod throttle;
 pub mod tokens;
 pub mod tunnels;
 pub mod users;
