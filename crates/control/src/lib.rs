@@ -6,6 +6,7 @@
 
 mod access;
 mod api;
+mod app;
 mod certs;
 mod config;
 mod error;
@@ -75,7 +76,7 @@ pub async fn run(
         .await
         .context("cannot prepare access-token keys")?;
     let access_task = tokio::spawn(access::run_maintenance(access, hub.clone()));
-    let state = api::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
+    let state = app::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
         .with_default_tls(config.default_tls)
         .with_access_ttl(config.access_ttl)
         .with_passwords(passwords)

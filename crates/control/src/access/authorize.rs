@@ -4,7 +4,7 @@
 
 use super::Access;
 use crate::api::authn::{session_cookie, SESSION_IDLE};
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::secrets;
 use crate::store::UserRow;
 use crate::validate;

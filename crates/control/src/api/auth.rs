@@ -3,7 +3,7 @@
 //! session of the user, `GET /auth/me` says who is logged in.
 
 use super::authn::{check_csrf, current_session, session_cookie, AuthUser, ClientIp};
-use super::AppState;
+use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
 use crate::store::UserRow;
 use crate::{ops, secrets};

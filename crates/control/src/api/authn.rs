@@ -6,7 +6,7 @@
 //! CSRF token in `X-CSRF-Token` (a cross-site page can make the browser send the cookie, but
 //! cannot read the token). Bearer-token calls need none: a browser never adds those by itself.
 
-use super::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::guard::proxies::throttle_key;
 use crate::secrets;

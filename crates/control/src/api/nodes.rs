@@ -2,7 +2,7 @@
 //! and the pull endpoint of seed 003 ([`PULL_CONFIG_PATH`](kakuremichi_proto::PULL_CONFIG_PATH)).
 
 use super::authn::{bearer, AuthNode};
-use super::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::hub;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;

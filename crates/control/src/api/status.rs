@@ -6,7 +6,8 @@
 //! Gateway is online and enabled. It does not probe the data path.
 
 use super::authn::AuthUser;
-use super::{status, AppState};
+use super::status;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::{NodeKind, NodeRef};
 use axum::extract::State;

@@ -24,7 +24,7 @@
 //! with `Retry-After`.
 
 use super::authn::AuthUser;
-use super::AppState;
+use crate::app::AppState;
 use crate::certs::{self, TlsMode};
 use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::limits::LimitsInput;

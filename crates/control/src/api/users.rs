@@ -3,7 +3,7 @@
 
 use super::auth::UserView;
 use super::authn::AuthUser;
-use super::AppState;
+use crate::app::AppState;
 use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::{self, require_admin};
 use crate::store::{AuditRow, Quotas};

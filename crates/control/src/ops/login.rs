@@ -2,7 +2,7 @@
 //! browser presented before is discarded: no session fixation), and the cookie that carries it.
 
 use crate::api::authn::{HOST_SESSION_COOKIE, SESSION_ABSOLUTE, SESSION_COOKIE, SESSION_IDLE};
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::secrets;
 use crate::store::{from_now, UserRow};

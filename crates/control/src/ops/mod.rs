@@ -13,7 +13,7 @@ pub mod tokens;
 pub mod tunnels;
 pub mod users;
 
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::{Actor, UserRow};
 

@@ -4,7 +4,7 @@
 
 use super::limits::LimitsInput;
 use super::{audit, require_owner};
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::certs::TlsMode;
 use crate::error::{about, ApiError};
 use crate::store::limits::limits_of;

@@ -4,7 +4,7 @@
 use super::page::render;
 use super::session::{safe_next, same_origin, Viewer};
 use crate::api::authn::{session_cookie, ClientIp};
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops::{self, login::NewSession};
 use crate::secrets;

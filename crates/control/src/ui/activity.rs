@@ -3,7 +3,7 @@
 
 use super::page as render;
 use super::session::Viewer;
-use crate::api::AppState;
+use crate::app::AppState;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;

@@ -4,7 +4,7 @@
 use super::overview;
 use super::page::{self as render, done, flash};
 use super::session::Viewer;
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops;
 use crate::store::AgentRow;

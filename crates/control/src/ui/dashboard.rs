@@ -4,7 +4,7 @@
 use super::overview;
 use super::page as render;
 use super::session::Viewer;
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -18,7 +18,7 @@ mod users;
 
 pub use page::not_found;
 
-use crate::api::AppState;
+use crate::app::AppState;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};

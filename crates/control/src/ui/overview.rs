@@ -1,7 +1,8 @@
 //! Everything the pages show about nodes and tunnels, as the API's views plus what the UI adds
 //! (names, live status, whether the viewer may change it), loaded once per page.
 
-use crate::api::{agents, gateways, tunnels, AppState};
+use crate::api::{agents, gateways, tunnels};
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops::can_manage;
 use crate::store::access::policy_of;

@@ -3,7 +3,7 @@
 
 use super::page::{self as render, done, flash};
 use super::session::Viewer;
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops;
 use axum::extract::{Path, Query, State};

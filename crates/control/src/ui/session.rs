@@ -2,7 +2,7 @@
 //! login page, or to the setup page while no user exists), and the CSRF checks of forms.
 
 use crate::api::authn::{current_session, same_secret};
-use crate::api::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::UserRow;
 use axum::extract::FromRequestParts;
