@@ -7,6 +7,7 @@
 mod access;
 mod api;
 mod app;
+mod auth;
 mod certs;
 mod config;
 mod error;

@@ -3,8 +3,8 @@
 //! these routes sit outside the API's JSON error layer.
 
 use super::Access;
-use crate::api::authn::{session_cookie, SESSION_IDLE};
 use crate::app::AppState;
+use crate::auth::{session_cookie, SESSION_IDLE};
 use crate::secrets;
 use crate::store::UserRow;
 use crate::validate;

@@ -1,8 +1,8 @@
 //! `/agents`: create (returns the API key, once), list, read, rename, rotate the key, delete.
 
-use super::authn::AuthUser;
 use super::status;
 use crate::app::AppState;
+use crate::auth::AuthUser;
 use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops;
 use crate::store::{AgentRow, NodeKind, NodeRef};

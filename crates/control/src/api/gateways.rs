@@ -1,8 +1,8 @@
 //! `/gateways`: create (returns the token, once), list, read, update, delete.
 
-use super::authn::AuthUser;
 use super::status;
 use crate::app::AppState;
+use crate::auth::AuthUser;
 use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops;
 use crate::store::{GatewayRow, NodeKind, NodeRef};

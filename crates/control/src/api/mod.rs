@@ -2,7 +2,6 @@
 
 pub(crate) mod agents;
 mod auth;
-pub(crate) mod authn;
 pub(crate) mod gateways;
 mod nodes;
 pub(crate) mod status;

@@ -1,8 +1,8 @@
 //! The node endpoints: the session WebSocket ([`CONNECT_PATH`](kakuremichi_proto::CONNECT_PATH))
 //! and the pull endpoint of seed 003 ([`PULL_CONFIG_PATH`](kakuremichi_proto::PULL_CONFIG_PATH)).
 
-use super::authn::{bearer, AuthNode};
 use crate::app::AppState;
+use crate::auth::{bearer, AuthNode};
 use crate::error::ApiError;
 use crate::hub;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;

@@ -5,9 +5,9 @@
 //! replica) is online, and the
 //! Gateway is online and enabled. It does not probe the data path.
 
-use super::authn::AuthUser;
 use super::status;
 use crate::app::AppState;
+use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::store::{NodeKind, NodeRef};
 use axum::extract::State;

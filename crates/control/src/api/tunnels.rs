@@ -23,8 +23,8 @@
 //! `max_concurrent_requests`; null turns a number off. Refused requests get 403 (IP lists) or 429
 //! with `Retry-After`.
 
-use super::authn::AuthUser;
 use crate::app::AppState;
+use crate::auth::AuthUser;
 use crate::certs::{self, TlsMode};
 use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::limits::LimitsInput;

@@ -2,8 +2,8 @@
 //! `/settings` (open registration and the per-user quotas); and `GET /audit` for everyone (admins see every entry, members their own).
 
 use super::auth::UserView;
-use super::authn::AuthUser;
 use crate::app::AppState;
+use crate::auth::AuthUser;
 use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::{self, require_admin};
 use crate::store::{AuditRow, Quotas};

@@ -1,8 +1,8 @@
 //! Logging in and out: password check behind the throttle, a fresh session per login (the id a
 //! browser presented before is discarded: no session fixation), and the cookie that carries it.
 
-use crate::api::authn::{HOST_SESSION_COOKIE, SESSION_ABSOLUTE, SESSION_COOKIE, SESSION_IDLE};
 use crate::app::AppState;
+use crate::auth::{HOST_SESSION_COOKIE, SESSION_ABSOLUTE, SESSION_COOKIE, SESSION_IDLE};
 use crate::error::ApiError;
 use crate::secrets;
 use crate::store::{from_now, UserRow};

@@ -3,8 +3,8 @@
 
 use super::page::render;
 use super::session::{safe_next, same_origin, Viewer};
-use crate::api::authn::{session_cookie, ClientIp};
 use crate::app::AppState;
+use crate::auth::{session_cookie, ClientIp};
 use crate::error::ApiError;
 use crate::ops::{self, login::NewSession};
 use crate::secrets;

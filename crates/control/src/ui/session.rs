@@ -1,8 +1,8 @@
 //! Who is looking at a page: the signed-in user of the session cookie (else a redirect to the
 //! login page, or to the setup page while no user exists), and the CSRF checks of forms.
 
-use crate::api::authn::{current_session, same_secret};
 use crate::app::AppState;
+use crate::auth::{current_session, same_secret};
 use crate::error::ApiError;
 use crate::store::UserRow;
 use axum::extract::FromRequestParts;

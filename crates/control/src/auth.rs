@@ -1,10 +1,14 @@
-//! Who is calling: users (session cookie or personal API token) and nodes (Gateway token or
-//! Agent API key), as axum extractors. Every authenticated API request of a user counts against
-//! their `api_requests_per_minute` (see `guard::ratelimit`).
+//! Who is calling, for the API, the web UI and the access hand-off alike: users (login session
+//! cookie or personal API token) and nodes (Gateway token or Agent API key), as axum extractors,
+//! plus the client address that keys the login throttle ([`ClientIp`]). The cookie names and the
+//! login session lifetimes are defined here, once. Every authenticated API request of a user
+//! counts against their `api_requests_per_minute` (see `guard::ratelimit`).
 //!
 //! A state-changing request authenticated by the session cookie must also carry the session's
 //! CSRF token in `X-CSRF-Token` (a cross-site page can make the browser send the cookie, but
 //! cannot read the token). Bearer-token calls need none: a browser never adds those by itself.
+//!
+//! Above `app` (the extractors take `AppState`), below `ops` and the front ends that use it.
 
 use crate::app::AppState;
 use crate::error::ApiError;
