@@ -1,8 +1,8 @@
 //! The HTTP API (`/api/v1`), health endpoints and the node endpoints, as one axum router.
 
 pub(crate) mod agents;
-mod auth;
 pub(crate) mod gateways;
+mod login;
 mod nodes;
 pub(crate) mod status;
 mod tokens;
@@ -33,12 +33,12 @@ fn api_router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/api/v1/auth/login", post(auth::login))
-        .route("/api/v1/auth/logout", post(auth::logout))
-        .route("/api/v1/auth/me", get(auth::me))
+        .route("/api/v1/auth/login", post(login::login))
+        .route("/api/v1/auth/logout", post(login::logout))
+        .route("/api/v1/auth/me", get(login::me))
         .route(
             "/api/v1/auth/logout-everywhere",
-            post(auth::logout_everywhere),
+            post(login::logout_everywhere),
         )
         .route("/api/v1/users", get(users::list).post(users::create))
         .route(

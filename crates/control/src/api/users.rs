@@ -1,7 +1,7 @@
 //! Admin routes: `/users` (list, create, change role or password, delete), `/invitations`,
 //! `/settings` (open registration and the per-user quotas); and `GET /audit` for everyone (admins see every entry, members their own).
 
-use super::auth::UserView;
+use super::login::UserView;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::{about, ApiError, ApiJson, Id};
