@@ -84,7 +84,7 @@ pub async fn run(
         .with_trusted_proxies(guard::proxies::TrustedProxies::parse(
             &config.trusted_proxies,
         )?);
-    let app = api::router(state);
+    let app = router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
@@ -127,6 +127,18 @@ pub async fn run(
     store.close().await;
     tracing::info!("control stopped");
     Ok(())
+}
+
+/// Every route of Control: the API (JSON errors), the web UI (HTML pages) and the browser-facing
+/// pages of per-tunnel access control (HTML, not JSON errors), with the security headers on
+/// every response. Assembled here, at the top, so that none of the three imports another.
+fn router(state: app::AppState) -> axum::Router {
+    api::router()
+        .merge(ui::router())
+        .merge(access::authorize::routes())
+        .fallback(ui::not_found)
+        .layer(axum::middleware::map_response(ui::security_headers))
+        .with_state(state)
 }
 
 /// Creates the configured admin if no user exists yet; otherwise leaves the accounts alone.

@@ -17,19 +17,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kakuremichi_proto::{CONNECT_PATH, PULL_CONFIG_PATH};
 
-/// Every route of Control: the API (JSON errors) and the web UI (HTML pages), with the
-/// security headers on every response.
-pub fn router(state: AppState) -> Router {
-    api_router()
-        .merge(crate::ui::router())
-        // Browser-facing pages of per-tunnel access control: HTML, not JSON errors.
-        .merge(crate::access::authorize::routes())
-        .fallback(crate::ui::not_found)
-        .layer(axum::middleware::map_response(crate::ui::security_headers))
-        .with_state(state)
-}
-
-fn api_router() -> Router<AppState> {
+/// The API's routes, with JSON errors (the UI and the access hand-off are merged beside them
+/// in `lib.rs`).
+pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -83,11 +73,6 @@ fn api_router() -> Router<AppState> {
         .route(PULL_CONFIG_PATH, get(nodes::pull_config))
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::map_response(error::json_errors))
-}
-
-/// Unknown `/api/...` routes (the UI's fallback sends them here).
-pub async fn api_not_found() -> ApiError {
-    error::not_found().await
 }
 
 /// Liveness: the process answers.

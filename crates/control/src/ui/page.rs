@@ -139,7 +139,7 @@ pub fn flash(code: Option<&str>) -> Option<&'static str> {
 /// Fallback: JSON for `/api/...`, an HTML page for anything else.
 pub async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/api/") {
-        return crate::api::api_not_found().await.into_response();
+        return crate::error::not_found().await.into_response();
     }
     render(
         StatusCode::NOT_FOUND,
