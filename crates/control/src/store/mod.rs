@@ -20,7 +20,7 @@ mod tokens;
 mod tunnels;
 mod users;
 
-pub use access::AccessKeyRow;
+pub use access::{AccessKeyRow, PublishedAccess};
 pub use agents::AgentRow;
 pub use audit::{Actor, AuditRow};
 pub use certs::{AcmeOrderRow, CertRow, NewCert};
