@@ -19,6 +19,7 @@ mod snapshot;
 mod store;
 mod ui;
 mod validate;
+mod views;
 
 pub use certs::{AcmeConfig, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};

@@ -1,12 +1,12 @@
 //! The HTTP API (`/api/v1`), health endpoints and the node endpoints, as one axum router.
 
-pub(crate) mod agents;
-pub(crate) mod gateways;
+mod agents;
+mod gateways;
 mod login;
 mod nodes;
-pub(crate) mod status;
+mod status;
 mod tokens;
-pub(crate) mod tunnels;
+mod tunnels;
 mod users;
 
 use crate::app::AppState;
@@ -91,14 +91,5 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
                 "the database is not reachable",
             ))
         }
-    }
-}
-
-/// `"online"` while the node has an open session.
-fn status(online: bool) -> &'static str {
-    if online {
-        "online"
-    } else {
-        "offline"
     }
 }
