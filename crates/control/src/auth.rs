@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::guard::proxies::throttle_key;
 use crate::secrets;
-use crate::store::{NodeKind, NodeRef, SessionInfo, UserRow};
+use crate::store::{LoginSession, NodeKind, NodeRef, UserRow};
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
@@ -40,11 +40,11 @@ pub struct AuthUser(pub UserRow);
 pub async fn current_session(
     headers: &HeaderMap,
     state: &AppState,
-) -> Result<Option<SessionInfo>, ApiError> {
+) -> Result<Option<LoginSession>, ApiError> {
     match session_cookie(headers) {
         Some(session) => Ok(state
             .store
-            .session(&secrets::hash(session), SESSION_IDLE)
+            .login_session(&secrets::hash(session), SESSION_IDLE)
             .await?),
         None => Ok(None),
     }
@@ -61,7 +61,7 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// A state-changing request authenticated by `session`'s cookie must carry its CSRF token.
-pub fn check_csrf(headers: &HeaderMap, session: &SessionInfo) -> Result<(), ApiError> {
+pub fn check_csrf(headers: &HeaderMap, session: &LoginSession) -> Result<(), ApiError> {
     let sent = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())

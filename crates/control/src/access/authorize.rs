@@ -95,7 +95,7 @@ async fn admit(
     // The same validity (absolute and idle expiry) as every other signed-in request.
     let hash = session_cookie(headers).map(secrets::hash);
     let signed_in = match &hash {
-        Some(hash) => state.store.session(hash, SESSION_IDLE).await?,
+        Some(hash) => state.store.login_session(hash, SESSION_IDLE).await?,
         None => None,
     };
     let (Some(hash), Some(session)) = (hash, signed_in) else {

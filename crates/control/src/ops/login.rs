@@ -65,7 +65,7 @@ pub async fn start_session(state: &AppState, user: UserRow) -> Result<NewSession
     let csrf_token = secrets::generate("");
     state
         .store
-        .create_session(
+        .create_login_session(
             &secrets::hash(&cookie),
             user.id,
             &csrf_token,
