@@ -38,7 +38,7 @@ use store::Store;
 /// How long in-flight HTTP requests may take to finish after shutdown is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long node sessions get to say goodbye.
-const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const NODE_SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs Control on `listener` until `shutdown` resolves, then closes node sessions and drains.
 pub async fn run(
@@ -122,7 +122,10 @@ pub async fn run(
         tracing::warn!("HTTP requests still running after {DRAIN_TIMEOUT:?}; aborting them");
         server.abort();
     }
-    if !hub.wait_sessions_closed(SESSION_CLOSE_TIMEOUT).await {
+    if !hub
+        .wait_node_sessions_closed(NODE_SESSION_CLOSE_TIMEOUT)
+        .await
+    {
         tracing::warn!("some node sessions did not close in time");
     }
     store.close().await;
