@@ -2,7 +2,7 @@
 //! registration by invitation link or, when an admin turned it on, open registration.
 
 use super::page::render;
-use super::session::{safe_next, same_origin, Viewer};
+use super::viewer::{safe_next, same_origin, Viewer};
 use crate::app::AppState;
 use crate::auth::{session_cookie, ClientIp};
 use crate::error::ApiError;

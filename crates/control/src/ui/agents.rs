@@ -3,7 +3,7 @@
 
 use super::overview;
 use super::page::{self as render, done, flash};
-use super::session::Viewer;
+use super::viewer::Viewer;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops;

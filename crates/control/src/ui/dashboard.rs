@@ -3,7 +3,7 @@
 
 use super::overview;
 use super::page as render;
-use super::session::Viewer;
+use super::viewer::Viewer;
 use crate::app::AppState;
 use crate::error::ApiError;
 use axum::extract::State;

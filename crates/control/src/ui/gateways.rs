@@ -4,7 +4,7 @@
 use super::agents::control_url;
 use super::overview;
 use super::page::{self as render, done, flash};
-use super::session::Viewer;
+use super::viewer::Viewer;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops;

@@ -12,9 +12,9 @@ mod gateways;
 mod overview;
 mod page;
 mod profile;
-mod session;
 mod tunnels;
 mod users;
+mod viewer;
 
 pub use page::not_found;
 

@@ -1,7 +1,7 @@
 //! Rendering: the template environment (templates compiled in), the context every page gets,
 //! short confirmation messages after a redirect, and HTML error pages.
 
-use super::session::Viewer;
+use super::viewer::Viewer;
 use crate::error::ApiError;
 use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};

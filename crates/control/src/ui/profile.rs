@@ -2,7 +2,7 @@
 //! "log out everywhere".
 
 use super::page::{self as render, done, flash};
-use super::session::Viewer;
+use super::viewer::Viewer;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops;
