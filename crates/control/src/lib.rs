@@ -3,6 +3,11 @@
 //! [`run`] serves everything on one listener until its shutdown future resolves. Gateways and
 //! Agents hold a WebSocket session (see [`kakuremichi_proto::CONNECT_PATH`]) over which Control
 //! pushes each one its [`kakuremichi_proto::ConfigSnapshot`] whenever it changes.
+//!
+//! Modules in layers, lowest first; a module uses only lower layers, never a sibling
+//! (`scripts/check-layers` enforces it): `secrets` → `validate` → `store` → `snapshot` → `hub`
+//! (node sessions) → `certs` → `error` → `guard` → `config` → `app` (`AppState`) → `auth` →
+//! {`ops`, `views`} → {`access`, `api`, `ui`}. This file, the top, wires them together.
 
 mod access;
 mod api;
