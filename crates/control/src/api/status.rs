@@ -5,10 +5,11 @@
 //! replica) is online, and the
 //! Gateway is online and enabled. It does not probe the data path.
 
-use super::authn::AuthUser;
-use super::error::ApiError;
-use super::{status, AppState};
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
 use crate::store::{NodeKind, NodeRef};
+use crate::views::status;
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;

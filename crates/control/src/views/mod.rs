@@ -1,0 +1,18 @@
+//! How Control shows its resources to people: the JSON views of agents, gateways and tunnels,
+//! which the API returns and the UI renders into its pages.
+//!
+//! A layer of its own beside `ops` (reads, where `ops` writes), so the API and the UI share one
+//! view without importing each other.
+
+pub mod agents;
+pub mod gateways;
+pub mod tunnels;
+
+/// `"online"` while the node has an open session.
+pub fn status(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
