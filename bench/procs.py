@@ -41,10 +41,9 @@ class Env:
             argv = ["ip", "netns", "exec", netns] + argv
         full_env = dict(os.environ)
         full_env.update(env or {})
-        logf = open(os.path.join(self.work, f"{name}.log"), "ab")
-        p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=full_env,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
-        logf.close()
+        with open(os.path.join(self.work, f"{name}.log"), "ab") as logf:
+            p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=full_env,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append((name, p))
         return p
 
@@ -82,7 +81,7 @@ class Env:
         return path + ":\n    " + "\n    ".join(text)
 
     def stop(self, proc):
-        for i, (name, p) in enumerate(self.procs):
+        for i, (_name, p) in enumerate(self.procs):
             if p is proc:
                 _terminate(p)
                 del self.procs[i]
@@ -93,9 +92,9 @@ class Env:
             _terminate(p)
         self.procs.clear()
         for link in self.links:
-            subprocess.run(["ip", "link", "del", link], capture_output=True)
+            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
         for ns in reversed(self.netns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         self.netns.clear()
         if not self.keep:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -128,9 +127,9 @@ class Env:
         """Runs a client to completion; returns its stdout (raises with stderr on failure)."""
         try:
             r = subprocess.run(self.client_argv(ref, argv), capture_output=True, text=True,
-                               timeout=timeout, stdin=subprocess.DEVNULL)
+                               timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
-            raise BenchError(f"{argv[0]} against {ref.name} took longer than {timeout}s")
+            raise BenchError(f"{argv[0]} against {ref.name} took longer than {timeout}s") from None
         if r.returncode != 0:
             self.check_alive()  # a crashed or panicked process explains the failure best
             raise BenchError(f"{' '.join(argv[:3])}… against {ref.name} failed "
@@ -156,7 +155,7 @@ def _terminate(p):
 
 
 def run(argv, **kw):
-    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    r = subprocess.run(argv, capture_output=True, text=True, check=False, **kw)
     if r.returncode != 0:
         raise BenchError(f"{' '.join(argv)}: {r.stderr.strip()}")
     return r.stdout
@@ -171,7 +170,7 @@ def wait_until(what, check, timeout, interval=0.1, env=None):
         try:
             if check():
                 return
-        except Exception as e:  # noqa: BLE001 - report the last reason on timeout
+        except Exception as e:  # report the last reason on timeout
             last = e
         time.sleep(interval)
     raise BenchError(f"timed out after {timeout}s waiting for {what}" + (f": {last}" if last else ""))

@@ -33,9 +33,13 @@ class Results:
     def med(self, workload, ref):
         return median(self.data[workload][ref])
 
+    def per_run(self, workload, ref, base, op):
+        """op(ref, base) of the values measured in the same run, for each run."""
+        return [op(a, b) for a, b in zip(self.data[workload][ref], self.data[workload][base], strict=False)]
+
     def paired(self, workload, ref, base, op):
         """Per-run op(ref, base) of values measured in the same run, then the median."""
-        return median([op(a, b) for a, b in zip(self.data[workload][ref], self.data[workload][base])])
+        return median(self.per_run(workload, ref, base, op))
 
 
 def ratio(a, b):
@@ -73,6 +77,15 @@ def figures(r):
             if r.data[w][ref]:
                 f[f"x_{w}_{ref}"] = r.med(w, ref)
     f["x_bulk_up_ratio_vs_wggo"] = r.paired("bulk_up", k, "wggo", ratio)
+    f["x_bulk_par4_ratio_vs_wggo"] = r.paired("bulk_par4", k, "wggo", ratio)
+    f["x_rps_h2_ratio_vs_nginx"] = r.paired("rps_h2", k, "nginx", ratio)
+    # The spread of the runs, for the (min–max) of docs/performance.md (bench/markdown.py).
+    spreads = {f"x_{w}_kakuremichi": r.data[w][k] for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2")}
+    spreads["x_rps_ratio_vs_nginx"] = r.per_run("rps_h1", k, "nginx", ratio)
+    spreads["x_p99_added_ms"] = r.per_run("lat_p99", k, "direct", lambda a, b: a - b)
+    spreads["x_cpu_s_per_gib"] = r.cpu_per_gib
+    for key, xs in spreads.items():
+        f[f"{key}_min"], f[f"{key}_max"] = (min(xs), max(xs)) if xs else (float("nan"), float("nan"))
     for role in ("gateway", "agent"):  # memory that grows from one round of streams to the next
         rounds = r.data[f"{role}_rss_streams"][k] or [float("nan")]
         f[f"x_{role}_rss_1k_first_mib"], f[f"x_{role}_rss_1k_max_mib"] = rounds[0], max(rounds)
@@ -87,6 +100,7 @@ def figures(r):
     f["x_https"] = r.meta["https"]
     f["x_runs"] = r.meta["runs"]
     f["x_quick"] = r.meta["quick"]
+    f["x_release"] = r.meta["release"]
     return f
 
 
@@ -135,7 +149,8 @@ def table(r):
     out.append("")
     if r.data["gateway_rss_streams"][k]:
         out += [f"Gateway RSS MiB: idle {f['gateway_rss_idle_mib']:.1f}, {streams} streams "
-                f"{_cell(r.data['gateway_rss_streams'][k], g)}, {after} s after load {f['x_gateway_rss_after_mib']:.1f}",
+                f"{_cell(r.data['gateway_rss_streams'][k], g)}, {after} s after load "
+                f"{f['x_gateway_rss_after_mib']:.1f}",
                 f"Agent RSS MiB:   idle {f['agent_rss_idle_mib']:.1f}, {streams} streams "
                 f"{_cell(r.data['agent_rss_streams'][k], g)}, {after} s after load {f['x_agent_rss_after_mib']:.1f}",
                 f"RSS after load vs idle (worse of the two): {f['rss_after_load_ratio']:.2f}×"]

@@ -17,7 +17,7 @@ from procs import HOST, BenchError, log, run, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ADMIN_EMAIL = "bench@example.com"
-ADMIN_PASSWORD = "bench-" + "%016x" % random.getrandbits(64)
+ADMIN_PASSWORD = f"bench-{random.getrandbits(64):016x}"
 ORIGIN_PORT, NGINX_PORT, CONTROL_PORT, SCALE_CONTROL_PORT = 8000, 8444, 8780, 8781
 GW_HTTP_PORT, GW_HTTPS_PORT, GW_WG_PORT, GW_ADMIN_PORT = 8080, 8443, 51820, 9090
 
@@ -78,7 +78,7 @@ def start_nginx(env, ip):
 
 def start_wggo(env, bins):
     """Two namespaces joined by a veth pair, with wireguard-go on each end; the origin in `b`."""
-    tag = "%04x" % random.getrandbits(16)
+    tag = f"{random.getrandbits(16):04x}"
     ns_a, ns_b = f"kmb{tag}a", f"kmb{tag}b"
     env.add_netns(ns_a)
     env.add_netns(ns_b)
@@ -143,7 +143,7 @@ class Api:
                 text = r.read().decode()
                 return r.status, (json.loads(text) if text else None), r.getheaders()
         except urllib.error.HTTPError as e:
-            raise BenchError(f"{method} {path}: HTTP {e.code} {e.read().decode(errors='replace')}")
+            raise BenchError(f"{method} {path}: HTTP {e.code} {e.read().decode(errors='replace')}") from e
 
     def post(self, what, body):
         return self._req("POST", f"/api/v1/{what}", body, {"Authorization": f"Bearer {self.token}"})[1]
@@ -166,7 +166,8 @@ def start_control(env, bins, ip, port, name):
 
 
 def gateway_has_https(bins):
-    out = subprocess.run([bins["kakuremichi"], "gateway", "--help"], capture_output=True, text=True)
+    out = subprocess.run([bins["kakuremichi"], "gateway", "--help"], capture_output=True, text=True,
+                         check=False)
     return "--https-listen" in out.stdout
 
 

@@ -61,7 +61,7 @@ def bulk_parallel(env, ref, size_each, streams=4):
     procs = [env.client_popen(ref, argv) for _ in range(streams)]
     outs = [p.communicate(timeout=1900) for p in procs]
     took = time.monotonic() - started
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         parts = out.split()
         if p.returncode != 0 or parts != ["200", str(size_each)]:
             env.check_alive()
@@ -147,7 +147,7 @@ def streams(env, bins, ref, n, hold):
         argv.append("--https")
     for role, pid in ref.pids.items():
         argv += ["--pid", f"{role}={pid}"]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     if r.returncode != 0:
         env.check_alive()
         raise BenchError(f"{n} streams through {ref.name}: {r.stderr.strip()[-800:]}")
@@ -162,7 +162,7 @@ def control_scale(env, bins, pid, url, agents, gateways, changes, email, passwor
             "--agents", str(agents), "--gateways", str(gateways), "--changes", str(changes),
             "--control-pid", str(pid), "--timeout-secs", str(timeout)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 600,
-                       env={**os.environ, "LOADGEN_PASSWORD": password})
+                       env={**os.environ, "LOADGEN_PASSWORD": password}, check=False)
     if r.returncode != 0:
         raise BenchError(f"control scale: {r.stderr.strip()[-800:]}")
     for line in r.stderr.splitlines():

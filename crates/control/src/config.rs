@@ -133,7 +133,7 @@ pub enum ConfigError {
     #[error("access_ttl ({0:?}) must be between 1 minute and 7 days")]
     AccessTtl(Duration),
     #[error("{0}")]
-    TrustedProxy(#[from] crate::api::client_ip::BadProxy),
+    TrustedProxy(#[from] crate::guard::proxies::BadProxy),
 }
 
 impl ControlConfig {
@@ -182,7 +182,7 @@ impl ControlConfig {
         {
             return Err(ConfigError::AccessTtl(self.access_ttl));
         }
-        crate::api::client_ip::TrustedProxies::parse(&self.trusted_proxies)?;
+        crate::guard::proxies::TrustedProxies::parse(&self.trusted_proxies)?;
         Ok(())
     }
 

@@ -3,18 +3,28 @@
 //! [`run`] serves everything on one listener until its shutdown future resolves. Gateways and
 //! Agents hold a WebSocket session (see [`kakuremichi_proto::CONNECT_PATH`]) over which Control
 //! pushes each one its [`kakuremichi_proto::ConfigSnapshot`] whenever it changes.
+//!
+//! Modules in layers, lowest first; a module uses only lower layers, never a sibling
+//! (`scripts/check-layers` enforces it): `secrets` → `validate` → `store` → `snapshot` → `hub`
+//! (node sessions) → `certs` → `error` → `guard` → `config` → `app` (`AppState`) → `auth` →
+//! {`ops`, `views`} → {`access`, `api`, `ui`}. This file, the top, wires them together.
 
 mod access;
 mod api;
+mod app;
+mod auth;
 mod certs;
 mod config;
+mod error;
+mod guard;
+mod hub;
 mod ops;
 mod secrets;
-mod sessions;
 mod snapshot;
 mod store;
 mod ui;
 mod validate;
+mod views;
 
 pub use certs::{AcmeConfig, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
@@ -25,7 +35,7 @@ pub fn internal_ca_root(data_dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 use anyhow::Context as _;
-use sessions::Hub;
+use hub::Hub;
 use std::future::Future;
 use std::time::Duration;
 use store::Store;
@@ -33,7 +43,7 @@ use store::Store;
 /// How long in-flight HTTP requests may take to finish after shutdown is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long node sessions get to say goodbye.
-const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const NODE_SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs Control on `listener` until `shutdown` resolves, then closes node sessions and drains.
 pub async fn run(
@@ -51,7 +61,7 @@ pub async fn run(
         None => Store::open_file(&config.data_dir.join("control.db")).await,
     }
     .context("cannot open the database")?;
-    let passwords = std::sync::Arc::new(ops::hashing::Passwords::for_this_host());
+    let passwords = std::sync::Arc::new(guard::hashing::Passwords::for_this_host());
     bootstrap_admin(&config, &store, &passwords).await?;
     let dummy_hash = passwords.hash(secrets::generate("dummy_")).await?;
 
@@ -73,14 +83,14 @@ pub async fn run(
         .await
         .context("cannot prepare access-token keys")?;
     let access_task = tokio::spawn(access::run_maintenance(access, hub.clone()));
-    let state = api::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
+    let state = app::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
         .with_default_tls(config.default_tls)
         .with_access_ttl(config.access_ttl)
         .with_passwords(passwords)
-        .with_trusted_proxies(api::client_ip::TrustedProxies::parse(
+        .with_trusted_proxies(guard::proxies::TrustedProxies::parse(
             &config.trusted_proxies,
         )?);
-    let app = api::router(state);
+    let app = router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
@@ -117,7 +127,10 @@ pub async fn run(
         tracing::warn!("HTTP requests still running after {DRAIN_TIMEOUT:?}; aborting them");
         server.abort();
     }
-    if !hub.wait_sessions_closed(SESSION_CLOSE_TIMEOUT).await {
+    if !hub
+        .wait_node_sessions_closed(NODE_SESSION_CLOSE_TIMEOUT)
+        .await
+    {
         tracing::warn!("some node sessions did not close in time");
     }
     store.close().await;
@@ -125,11 +138,23 @@ pub async fn run(
     Ok(())
 }
 
+/// Every route of Control: the API (JSON errors), the web UI (HTML pages) and the browser-facing
+/// pages of per-tunnel access control (HTML, not JSON errors), with the security headers on
+/// every response. Assembled here, at the top, so that none of the three imports another.
+fn router(state: app::AppState) -> axum::Router {
+    api::router()
+        .merge(ui::router())
+        .merge(access::authorize::routes())
+        .fallback(ui::not_found)
+        .layer(axum::middleware::map_response(ui::security_headers))
+        .with_state(state)
+}
+
 /// Creates the configured admin if no user exists yet; otherwise leaves the accounts alone.
 async fn bootstrap_admin(
     config: &ControlConfig,
     store: &Store,
-    passwords: &ops::hashing::Passwords,
+    passwords: &guard::hashing::Passwords,
 ) -> anyhow::Result<()> {
     let users = store.count_users().await?;
     match (&config.admin_email, &config.admin_password) {

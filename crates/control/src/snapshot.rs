@@ -80,7 +80,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let published = crate::access::published(self).await?;
+        let published = self.published_access().await?;
         let access = AccessConfig {
             control_url: String::new(),
             keys: published.keys,

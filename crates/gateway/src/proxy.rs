@@ -47,12 +47,13 @@ pub use server::{serve, serve_admin, serve_admin_with_limits, serve_tls, serve_w
 
 use crate::tls::CertStore;
 
-/// A byte stream to an Agent (a TCP connection through the tunnel, or a plain socket in tests).
-pub trait TunnelStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> TunnelStream for T {}
+/// What the proxy needs of a byte stream to an Agent: any async I/O (a
+/// `kakuremichi_tunnel::TunnelStream` through the tunnel, or a plain socket in tests).
+pub trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> UpstreamIo for T {}
 
-/// An owned, type-erased [`TunnelStream`].
-pub type BoxStream = Box<dyn TunnelStream>;
+/// An owned, type-erased [`UpstreamIo`].
+pub type BoxStream = Box<dyn UpstreamIo>;
 
 /// Opens streams to Agents. The Gateway implements this with its WireGuard tunnel.
 pub trait Dialer: Send + Sync + 'static {

@@ -1,6 +1,8 @@
 //! The `kakuremichi` binary: command-line parsing and wiring only. Each role is a library.
 
 mod cli;
+#[cfg(test)]
+mod confdoc;
 mod signal;
 mod up;
 

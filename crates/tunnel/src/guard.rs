@@ -16,8 +16,9 @@
 //! Data packets never come here: the data path takes no lock of this module. The per-source
 //! table is sharded and bounded; it is touched only by handshake messages under load.
 
+use crate::device::{Inner, PeerEntry, PeerTable};
 use crate::peer::Source;
-use crate::{PeerEntry, PeerTable, PublicKey};
+use crate::PublicKey;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
@@ -184,7 +185,7 @@ impl HandshakeGuard {
     }
 }
 
-impl crate::Inner {
+impl Inner {
     /// Finds the peer of a handshake message once it passed the guard (mac1, and under
     /// load a cookie and a per-source rate); only then is X25519 spent on an initiation.
     pub(crate) fn admit_handshake<'t>(

@@ -15,8 +15,9 @@
 //! [`crate::admission`].
 
 use crate::admission::{self, StreamSlots};
+use crate::device::{Device, Inner};
 use crate::frame::{self, MAX_FRAME};
-use crate::{Device, Inner, PublicKey};
+use crate::PublicKey;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

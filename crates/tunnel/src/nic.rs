@@ -11,7 +11,7 @@
 
 use crate::frame;
 use crate::link::StreamLink;
-use crate::peer::Source;
+use crate::peer::{Source, StreamPath};
 use crate::udp::{Udp, MAX_BATCH_BYTES, MAX_GSO_SEGMENTS};
 use boringtun::noise::{Tunn, TunnResult};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
@@ -40,9 +40,7 @@ pub(crate) struct Nic {
     pub endpoint: Option<SocketAddr>,
     pub udp: Arc<Udp>,
     /// The stream carrying this peer's traffic instead of UDP, while one is in use.
-    pub stream: Option<Arc<StreamLink>>,
-    /// This side opened `stream` (an Agent falling back): it closes it when UDP works again.
-    pub stream_owned: bool,
+    stream: Option<StreamPath>,
     /// Framed datagrams for `stream`, queued to its writer on [`Nic::flush`].
     stream_batch: Vec<u8>,
     pub rx: VecDeque<Vec<u8>>,
@@ -68,7 +66,6 @@ impl Nic {
             endpoint,
             udp,
             stream: None,
-            stream_owned: false,
             stream_batch: Vec::new(),
             rx: VecDeque::new(),
             transmitted: 0,
@@ -94,14 +91,25 @@ impl Nic {
 
     /// The stream in use, if any; a stream that ended is dropped here, which puts the peer back
     /// on its UDP endpoint.
-    pub fn stream(&mut self) -> Option<&Arc<StreamLink>> {
-        if self.stream.as_ref().is_some_and(|s| s.is_closed()) {
-            let link = self.stream.take().expect("checked above");
-            self.stream_owned = false;
+    pub fn stream(&mut self) -> Option<&StreamPath> {
+        if let Some(ended) = self.stream.take_if(|s| s.link().is_closed()) {
             self.stream_batch.clear();
-            tracing::info!(stream = %link.remote, udp = ?self.endpoint, "WireGuard stream ended; peer back on UDP");
+            tracing::info!(stream = %ended.link().remote, udp = ?self.endpoint, "WireGuard stream ended; peer back on UDP");
         }
         self.stream.as_ref()
+    }
+
+    /// Puts `stream` (a stream, or `None` for UDP) in place of the stream in use, and closes
+    /// the one it replaces if this side opened it: the peer leaves it for good.
+    pub fn set_stream(&mut self, stream: Option<StreamPath>) {
+        if let Some(StreamPath::Opened(left)) = std::mem::replace(&mut self.stream, stream) {
+            left.close();
+        }
+    }
+
+    /// Whether `link` is the stream in use (even one that has just ended).
+    pub fn is_on(&self, link: &StreamLink) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.link().same(link))
     }
 
     /// True when packets can be sent somewhere: a UDP endpoint or a live stream.
@@ -112,8 +120,8 @@ impl Nic {
     /// Sends an already-sealed WireGuard datagram (a handshake message) at once, on the
     /// current path.
     pub fn send_datagram(&mut self, datagram: &[u8]) {
-        if let Some(link) = self.stream() {
-            link.send(datagram);
+        if let Some(stream) = self.stream() {
+            stream.link().send(datagram);
         } else if let Some(to) = self.endpoint {
             self.udp.send(datagram, to);
         }
@@ -184,8 +192,8 @@ impl Nic {
             // The next batch is likely the size of this one.
             let capacity = self.stream_batch.len();
             let batch = std::mem::replace(&mut self.stream_batch, Vec::with_capacity(capacity));
-            if let Some(link) = &self.stream {
-                link.send_framed(batch);
+            if let Some(stream) = &self.stream {
+                stream.link().send_framed(batch);
             }
         }
         if let Some(to) = self.batch_to.take() {

@@ -3,8 +3,8 @@
 //! these routes sit outside the API's JSON error layer.
 
 use super::Access;
-use crate::api::authn::{session_cookie, SESSION_IDLE};
-use crate::api::AppState;
+use crate::app::AppState;
+use crate::auth::{session_cookie, SESSION_IDLE};
 use crate::secrets;
 use crate::store::UserRow;
 use crate::validate;
@@ -95,7 +95,7 @@ async fn admit(
     // The same validity (absolute and idle expiry) as every other signed-in request.
     let hash = session_cookie(headers).map(secrets::hash);
     let signed_in = match &hash {
-        Some(hash) => state.store.session(hash, SESSION_IDLE).await?,
+        Some(hash) => state.store.login_session(hash, SESSION_IDLE).await?,
         None => None,
     };
     let (Some(hash), Some(session)) = (hash, signed_in) else {

@@ -21,10 +21,9 @@
 pub mod authorize;
 mod keys;
 
-use crate::sessions::Hub;
-use crate::store::{Store, StoreError, StoreResult, UserRow};
+use crate::hub::Hub;
+use crate::store::{PublishedAccess, Store, StoreError, StoreResult, UserRow};
 use kakuremichi_proto::access::{sign_token, AccessClaims};
-use kakuremichi_proto::AccessKey;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,13 +39,6 @@ pub struct Access {
     ttl: Duration,
 }
 
-/// What Gateways are told about access, to notice when it changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    pub keys: Vec<AccessKey>,
-    pub revoked: Vec<String>,
-}
-
 impl Access {
     pub fn new(store: Store, ttl: Duration) -> Self {
         Self { store, ttl }
@@ -57,7 +49,7 @@ impl Access {
     }
 
     /// Rotates keys, forgets expired grants, and returns what Gateways should now hold.
-    pub async fn maintain(&self) -> StoreResult<Published> {
+    pub async fn maintain(&self) -> StoreResult<PublishedAccess> {
         let now = unix_now();
         let current = self.store.access_keys().await?;
         let rotation = keys::plan(&current, now, self.ttl_secs());
@@ -72,7 +64,7 @@ impl Access {
             );
         }
         self.store.prune_access_grants(now).await?;
-        published(&self.store).await
+        self.store.published_access().await
     }
 
     /// A token for `user` on `host`, for the login session `session_hash` (which expires at the
@@ -120,21 +112,6 @@ impl Access {
     }
 }
 
-/// The public keys and revoked sessions as of now.
-pub async fn published(store: &Store) -> StoreResult<Published> {
-    let keys = store
-        .access_keys()
-        .await?
-        .into_iter()
-        .map(|k| AccessKey {
-            kid: k.kid,
-            public_key: k.public_key,
-        })
-        .collect();
-    let revoked = store.revoked_access_sids(unix_now()).await?;
-    Ok(Published { keys, revoked })
-}
-
 /// The `sid` of a login session: derived from the stored session hash, so tokens (which travel in
 /// URLs and cookies) never carry the hash itself.
 pub fn session_id(session_hash: &str) -> String {
@@ -151,7 +128,7 @@ pub fn unix_now() -> i64 {
 pub async fn run_maintenance(access: Access, hub: Arc<Hub>) {
     let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<Published> = None;
+    let mut last: Option<PublishedAccess> = None;
     loop {
         tick.tick().await;
         match access.maintain().await {

@@ -1,15 +1,15 @@
 //! `/agents`: create (returns the API key, once), list, read, rename, rotate the key, delete.
 
-use super::authn::AuthUser;
-use super::error::{about, ApiError, ApiJson, Id};
 use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
-use super::{status, AppState};
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops;
-use crate::store::{AgentRow, NodeKind, NodeRef};
+use crate::views::agents::{view, AgentView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -21,40 +21,6 @@ pub struct CreateAgent {
 #[serde(deny_unknown_fields)]
 pub struct PatchAgent {
     name: Option<String>,
-}
-
-/// An agent as the API shows it; `api_key` only in the creation response.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct AgentView {
-    id: i64,
-    name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    api_key: Option<String>,
-    wg_address: String,
-    public_key: Option<String>,
-    #[schema(value_type = super::openapi::Presence)]
-    status: &'static str,
-    last_seen: Option<String>,
-    created_at: String,
-    owner_id: Option<i64>,
-}
-
-pub fn view(state: &AppState, a: AgentRow, api_key: Option<String>) -> AgentView {
-    let online = state.hub.is_online(NodeRef {
-        kind: NodeKind::Agent,
-        id: a.id,
-    });
-    AgentView {
-        id: a.id,
-        name: a.name,
-        api_key,
-        wg_address: a.wg_address,
-        public_key: a.public_key,
-        status: status(online),
-        last_seen: a.last_seen,
-        created_at: a.created_at,
-        owner_id: a.owner_id,
-    }
 }
 
 /// Creates an Agent and returns its API key, once.

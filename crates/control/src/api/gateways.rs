@@ -1,15 +1,15 @@
 //! `/gateways`: create (returns the token, once), list, read, update, delete.
 
-use super::authn::AuthUser;
-use super::error::{about, ApiError, ApiJson, Id};
 use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
-use super::{status, AppState};
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops;
-use crate::store::{GatewayRow, NodeKind, NodeRef};
+use crate::views::gateways::{view, GatewayView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -24,42 +24,6 @@ pub struct PatchGateway {
     name: Option<String>,
     public_endpoint: Option<String>,
     enabled: Option<bool>,
-}
-
-/// A gateway as the API shows it; `token` only in the creation response.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct GatewayView {
-    id: i64,
-    name: String,
-    public_endpoint: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
-    wg_address: String,
-    public_key: Option<String>,
-    enabled: bool,
-    #[schema(value_type = super::openapi::Presence)]
-    status: &'static str,
-    last_seen: Option<String>,
-    created_at: String,
-}
-
-pub fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayView {
-    let online = state.hub.is_online(NodeRef {
-        kind: NodeKind::Gateway,
-        id: g.id,
-    });
-    GatewayView {
-        id: g.id,
-        name: g.name,
-        public_endpoint: g.public_endpoint,
-        token,
-        wg_address: g.wg_address,
-        public_key: g.public_key,
-        enabled: g.enabled,
-        status: status(online),
-        last_seen: g.last_seen,
-        created_at: g.created_at,
-    }
 }
 
 /// Creates a Gateway (admins) and returns its token, once.

@@ -1,11 +1,11 @@
 //! The node endpoints: the session WebSocket ([`CONNECT_PATH`](kakuremichi_proto::CONNECT_PATH))
 //! and the pull endpoint of seed 003 ([`PULL_CONFIG_PATH`](kakuremichi_proto::PULL_CONFIG_PATH)).
 
-use super::authn::{bearer, AuthNode};
-use super::error::ApiError;
 use super::openapi::{ErrorBody, NodeErrors};
-use super::AppState;
-use crate::sessions;
+use crate::app::AppState;
+use crate::auth::{bearer, AuthNode};
+use crate::error::ApiError;
+use crate::hub;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
@@ -59,7 +59,7 @@ pub async fn connect(
     Ok(upgrade
         .max_message_size(MAX_NODE_MESSAGE)
         .max_frame_size(MAX_NODE_MESSAGE)
-        .on_upgrade(move |socket| sessions::serve(socket, node, epoch, hub)))
+        .on_upgrade(move |socket| hub::serve(socket, node, epoch, hub)))
 }
 
 /// The node's snapshot with its hash as ETag; `304` when `If-None-Match` already names it.

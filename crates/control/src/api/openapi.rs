@@ -4,11 +4,13 @@
 //! test `tests/openapi.rs` fails when a route under `/api/v1` is missing from it, and validates it.
 //!
 //! The types below exist for the document only: shapes the handlers build with `json!` (errors,
-//! health, a tunnel's certificate status), status words, and the error responses most routes share.
+//! health) and the error responses most routes share. Those the views need too (a node's
+//! `Presence`, a tunnel's `CertificateStatus`) live beside the views in `crate::views`, below
+//! this layer.
 
 #![allow(dead_code)] // The shapes below are never built: `utoipa` only reads their definitions.
 
-use super::{agents, auth, gateways, nodes, status, tokens, tunnels, users};
+use super::{agents, gateways, login, nodes, status, tokens, tunnels, users};
 use axum::Json;
 use std::sync::LazyLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -32,10 +34,10 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         super::healthz,
         super::readyz,
         serve,
-        auth::login,
-        auth::logout,
-        auth::me,
-        auth::logout_everywhere,
+        login::login,
+        login::logout,
+        login::me,
+        login::logout_everywhere,
         users::list,
         users::create,
         users::update,
@@ -124,7 +126,7 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             SESSION_COOKIE,
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-                super::authn::SESSION_COOKIE,
+                crate::auth::SESSION_COOKIE,
                 "The login session cookie set by `POST /api/v1/auth/login`: `km_session` over \
                  plain HTTP, `__Host-km_session` when Control is served over HTTPS.",
             ))),
@@ -177,35 +179,6 @@ pub enum ErrorCode {
 pub struct Health {
     #[schema(example = "ok")]
     status: String,
-}
-
-/// Whether a node holds a session with Control now.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub enum Presence {
-    Online,
-    Offline,
-}
-
-/// The state of a tunnel's certificate (`null` when its `tls` is `off`).
-#[derive(ToSchema)]
-pub struct CertificateStatus {
-    status: CertificateState,
-    /// RFC 3339 expiry of the certificate served.
-    not_after: Option<String>,
-    issuer: Option<String>,
-    /// Why the last order failed, or why it waits.
-    last_error: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub enum CertificateState {
-    Pending,
-    Issued,
-    Failed,
-    /// An hourly ACME order cap holds the order back; `last_error` says until when.
-    Waiting,
 }
 
 /// Errors of a request that reads, made by a user (session cookie or personal API token).

@@ -5,11 +5,12 @@
 //! replica) is online, and the
 //! Gateway is online and enabled. It does not probe the data path.
 
-use super::authn::AuthUser;
-use super::error::ApiError;
-use super::openapi::{Presence, ReadErrors};
-use super::{status, AppState};
+use super::openapi::ReadErrors;
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
 use crate::store::{NodeKind, NodeRef};
+use crate::views::{status, Presence};
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;

@@ -1,9 +1,9 @@
 //! Personal API tokens: `POST/GET /tokens`, `DELETE /tokens/{id}`. A token is shown once, at creation.
 
-use super::authn::AuthUser;
-use super::error::{ApiError, ApiJson, Id};
 use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
-use super::AppState;
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiJson, Id};
 use crate::ops;
 use crate::store::TokenRow;
 use axum::extract::State;

@@ -23,21 +23,19 @@
 //! `max_concurrent_requests`; null turns a number off. Refused requests get 403 (IP lists) or 429
 //! with `Retry-After`.
 
-use super::authn::AuthUser;
-use super::error::{about, ApiError, ApiJson, Id};
 use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
-use super::AppState;
-use crate::certs::{self, TlsMode};
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::certs::TlsMode;
+use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
-use crate::store::access::policy_of;
-use crate::store::limits::limits_of;
-use crate::store::{CertRow, ReplicaRow, TunnelLimits, TunnelRow};
+use crate::views::tunnels::{certs_by_name_and_source, view, TunnelView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use kakuremichi_proto::AccessPolicy;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -88,87 +86,6 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct TunnelView {
-    id: i64,
-    hostname: String,
-    agent_id: i64,
-    /// Every Agent serving the tunnel, the primary first.
-    agent_ids: Vec<i64>,
-    target: String,
-    port: i64,
-    enabled: bool,
-    tls: TlsMode,
-    https_redirect: bool,
-    access: AccessPolicy,
-    #[serde(flatten)]
-    limits: TunnelLimits,
-    #[schema(value_type = Option<super::openapi::CertificateStatus>)]
-    certificate: Option<serde_json::Value>,
-    created_at: String,
-    updated_at: String,
-    owner_id: Option<i64>,
-}
-
-impl TunnelView {
-    pub fn new(
-        t: TunnelRow,
-        replicas: &[ReplicaRow],
-        cert: Option<&CertRow>,
-        gateways_online: bool,
-    ) -> Self {
-        // Only this API writes the column, with a validated value.
-        let tls = t.tls.parse().unwrap_or(TlsMode::Off);
-        let access = policy_of(&t);
-        let limits = limits_of(&t);
-        Self {
-            id: t.id,
-            hostname: t.hostname,
-            agent_id: t.agent_id,
-            agent_ids: std::iter::once(t.agent_id)
-                .chain(
-                    replicas
-                        .iter()
-                        .filter(|r| r.tunnel_id == t.id)
-                        .map(|r| r.agent_id),
-                )
-                .collect(),
-            target: t.target,
-            port: t.port,
-            enabled: t.enabled,
-            tls,
-            https_redirect: t.https_redirect,
-            access,
-            limits,
-            certificate: certs::status_view(tls, cert, gateways_online),
-            created_at: t.created_at,
-            updated_at: t.updated_at,
-            owner_id: t.owner_id,
-        }
-    }
-}
-
-/// The view of one tunnel, with its certificate's state.
-pub async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
-    let cert = state.store.get_certificate(&row.hostname, &row.tls).await?;
-    let replicas = state.store.tunnel_replicas(row.id).await?;
-    let online = !state.hub.online_gateways().is_empty();
-    Ok(TunnelView::new(row, &replicas, cert.as_ref(), online))
-}
-
-/// Every certificate row, by (hostname, source): a tunnel shows the one of its `tls` mode.
-pub async fn certs_by_name_and_source(
-    state: &AppState,
-) -> Result<std::collections::HashMap<(String, String), CertRow>, ApiError> {
-    Ok(state
-        .store
-        .list_certificates()
-        .await?
-        .into_iter()
-        .map(|c| ((c.hostname.clone(), c.source.clone()), c))
-        .collect())
 }
 
 /// Creates a tunnel: `hostname` served by `agent_id` (or `agent_ids`) to `target`.

@@ -1,11 +1,11 @@
 //! Admin routes: `/users` (list, create, change role or password, delete), `/invitations`,
 //! `/settings` (open registration and the per-user quotas); and `GET /audit` for everyone (admins see every entry, members their own).
 
-use super::auth::UserView;
-use super::authn::AuthUser;
-use super::error::{about, ApiError, ApiJson, Id};
+use super::login::UserView;
 use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
-use super::AppState;
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::{self, require_admin};
 use crate::store::{AuditRow, Quotas};
 use axum::extract::{Query, State};

@@ -8,7 +8,7 @@
 
 use super::policy::Failure;
 use super::settings::AcmeConfig;
-use crate::sessions::Hub;
+use crate::hub::Hub;
 use crate::store::Store;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;

@@ -27,7 +27,7 @@ pub use internal_ca::InternalCa;
 pub use limits::OrderLimits;
 pub use settings::{AcmeConfig, ChallengeChoice, TlsMode, LETS_ENCRYPT};
 
-use crate::sessions::Hub;
+use crate::hub::Hub;
 use crate::store::{timestamp, CertRow, NewCert, Store, TunnelRow};
 use policy::Failure;
 use std::collections::{HashMap, HashSet};

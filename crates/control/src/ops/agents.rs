@@ -1,7 +1,8 @@
 //! Agents: create (the API key is returned once), rename, rotate the key, delete.
 
 use super::{audit, require_owner};
-use crate::api::{about, ApiError, AppState};
+use crate::app::AppState;
+use crate::error::{about, ApiError};
 use crate::store::{AgentRow, NodeKind, NodeRef, UserRow};
 use crate::{secrets, validate};
 use serde_json::json;

@@ -1,7 +1,8 @@
 //! Gateways (admins only): create (the token is returned once), update, delete.
 
 use super::{audit, require_admin};
-use crate::api::{about, ApiError, AppState};
+use crate::app::AppState;
+use crate::error::{about, ApiError};
 use crate::store::{GatewayPatch, GatewayRow, UserRow};
 use crate::{secrets, validate};
 use serde_json::json;

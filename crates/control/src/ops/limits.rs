@@ -5,7 +5,7 @@
 //! Precedence, as documented for users: `ip_deny` wins over `ip_allow`; an empty `ip_allow`
 //! admits every address that is not denied.
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::store::{LimitsPatch, TunnelLimits};
 use crate::validate;
 

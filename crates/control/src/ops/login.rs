@@ -1,8 +1,9 @@
 //! Logging in and out: password check behind the throttle, a fresh session per login (the id a
 //! browser presented before is discarded: no session fixation), and the cookie that carries it.
 
-use crate::api::authn::{HOST_SESSION_COOKIE, SESSION_ABSOLUTE, SESSION_COOKIE, SESSION_IDLE};
-use crate::api::{ApiError, AppState};
+use crate::app::AppState;
+use crate::auth::{HOST_SESSION_COOKIE, SESSION_ABSOLUTE, SESSION_COOKIE, SESSION_IDLE};
+use crate::error::ApiError;
 use crate::secrets;
 use crate::store::{from_now, UserRow};
 use axum::http::StatusCode;
@@ -64,7 +65,7 @@ pub async fn start_session(state: &AppState, user: UserRow) -> Result<NewSession
     let csrf_token = secrets::generate("");
     state
         .store
-        .create_session(
+        .create_login_session(
             &secrets::hash(&cookie),
             user.id,
             &csrf_token,
@@ -105,7 +106,7 @@ fn too_many(wait: std::time::Duration) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::hashing::Passwords;
+    use crate::guard::hashing::Passwords;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -121,7 +122,7 @@ mod tests {
             .create_user("a@x.io", &phc, false, true)
             .await
             .unwrap();
-        let hub = crate::sessions::Hub::new(store, Duration::from_secs(1), Duration::from_secs(2));
+        let hub = crate::hub::Hub::new(store, Duration::from_secs(1), Duration::from_secs(2));
         let network = crate::validate::WgNetwork::parse("10.77.0.0/16").unwrap();
         let state = AppState::new(hub, network, false, phc).with_passwords(Arc::clone(&pool));
         let before = pool.computed();

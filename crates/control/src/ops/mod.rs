@@ -6,17 +6,15 @@
 
 pub mod agents;
 pub mod gateways;
-pub mod hashing;
 pub mod limits;
 pub mod login;
 pub mod quotas;
-pub mod ratelimit;
-pub mod throttle;
 pub mod tokens;
 pub mod tunnels;
 pub mod users;
 
-use crate::api::{ApiError, AppState};
+use crate::app::AppState;
+use crate::error::ApiError;
 use crate::store::{Actor, UserRow};
 
 /// 403 unless `user` is an admin.

@@ -6,7 +6,8 @@
 //! and so does `api_requests_per_minute`. An admin raises any of them here.
 
 use super::{audit, require_admin};
-use crate::api::{ApiError, AppState};
+use crate::app::AppState;
+use crate::error::ApiError;
 use crate::store::{Quotas, UserRow};
 use serde_json::json;
 

@@ -1,7 +1,8 @@
 //! Personal API tokens: create (the token is returned once) and revoke. Each user manages their own.
 
 use super::audit;
-use crate::api::{ApiError, AppState};
+use crate::app::AppState;
+use crate::error::ApiError;
 use crate::store::{TokenRow, UserRow};
 use crate::{secrets, validate};
 use serde_json::json;

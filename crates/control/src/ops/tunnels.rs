@@ -4,8 +4,9 @@
 
 use super::limits::LimitsInput;
 use super::{audit, require_owner};
-use crate::api::{about, ApiError, AppState};
+use crate::app::AppState;
 use crate::certs::TlsMode;
+use crate::error::{about, ApiError};
 use crate::store::limits::limits_of;
 use crate::store::{
     NewTunnel, TunnelLimits, TunnelPatch, TunnelRow, UserRow, MAX_AGENTS_PER_TUNNEL,

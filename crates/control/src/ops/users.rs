@@ -1,7 +1,8 @@
 //! Accounts: first-run setup, registration (invitation or open), and the admin's user management.
 
 use super::{audit, check_password, hash_password, require_admin};
-use crate::api::{about, ApiError, AppState};
+use crate::app::AppState;
+use crate::error::{about, ApiError};
 use crate::store::{UserRow, OPEN_REGISTRATION};
 use crate::{secrets, validate};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! keys and the grants (login sessions that received access tokens, to report their logout).
 
 use super::{Store, StoreResult, TunnelRow};
-use kakuremichi_proto::AccessPolicy;
+use kakuremichi_proto::{AccessKey, AccessPolicy};
 use std::collections::BTreeSet;
 
 /// A stored signing key.
@@ -13,6 +13,13 @@ pub struct AccessKeyRow {
     pub seed: String,
     pub public_key: String,
     pub sign_from: i64,
+}
+
+/// What Gateways are told about access (in every snapshot), to notice when it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedAccess {
+    pub keys: Vec<AccessKey>,
+    pub revoked: Vec<String>,
 }
 
 /// `(access_mode, access_allow)` columns of a policy.
@@ -60,6 +67,23 @@ impl Store {
         Ok(row.map(|(id, mode, allow, tls, redirect)| {
             (id, decode_policy(&mode, &allow), tls != "off" && redirect)
         }))
+    }
+
+    /// The public keys and the revoked login sessions as of now: what snapshots carry. A store
+    /// query (not part of `access`) so that the snapshot layer below `access` can read it.
+    pub async fn published_access(&self) -> StoreResult<PublishedAccess> {
+        let keys = self
+            .access_keys()
+            .await?
+            .into_iter()
+            .map(|k| AccessKey {
+                kid: k.kid,
+                public_key: k.public_key,
+            })
+            .collect();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let revoked = self.revoked_access_sids(now).await?;
+        Ok(PublishedAccess { keys, revoked })
     }
 
     /// Every stored signing key, oldest first.

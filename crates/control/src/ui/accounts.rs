@@ -2,9 +2,10 @@
 //! registration by invitation link or, when an admin turned it on, open registration.
 
 use super::page::render;
-use super::session::{safe_next, same_origin, Viewer};
-use crate::api::authn::{session_cookie, ClientIp};
-use crate::api::{ApiError, AppState};
+use super::viewer::{safe_next, same_origin, Viewer};
+use crate::app::AppState;
+use crate::auth::{session_cookie, ClientIp};
+use crate::error::ApiError;
 use crate::ops::{self, login::NewSession};
 use crate::secrets;
 use axum::extract::{Query, State};

@@ -2,8 +2,8 @@
 //! Admins see everyone's changes; members see their own (as `GET /api/v1/audit`).
 
 use super::page as render;
-use super::session::Viewer;
-use crate::api::AppState;
+use super::viewer::Viewer;
+use crate::app::AppState;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;

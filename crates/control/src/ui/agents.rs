@@ -3,8 +3,9 @@
 
 use super::overview;
 use super::page::{self as render, done, flash};
-use super::session::Viewer;
-use crate::api::{ApiError, AppState};
+use super::viewer::Viewer;
+use crate::app::AppState;
+use crate::error::ApiError;
 use crate::ops;
 use crate::store::AgentRow;
 use axum::extract::{Path, Query, State};

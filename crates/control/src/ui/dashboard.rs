@@ -3,8 +3,9 @@
 
 use super::overview;
 use super::page as render;
-use super::session::Viewer;
-use crate::api::{ApiError, AppState};
+use super::viewer::Viewer;
+use crate::app::AppState;
+use crate::error::ApiError;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;

@@ -4,8 +4,9 @@
 use super::agents::control_url;
 use super::overview;
 use super::page::{self as render, done, flash};
-use super::session::Viewer;
-use crate::api::{ApiError, AppState};
+use super::viewer::Viewer;
+use crate::app::AppState;
+use crate::error::ApiError;
 use crate::ops;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -12,13 +12,13 @@ mod gateways;
 mod overview;
 mod page;
 mod profile;
-mod session;
 mod tunnels;
 mod users;
+mod viewer;
 
 pub use page::not_found;
 
-use crate::api::AppState;
+use crate::app::AppState;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};

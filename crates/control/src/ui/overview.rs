@@ -1,12 +1,14 @@
 //! Everything the pages show about nodes and tunnels, as the API's views plus what the UI adds
 //! (names, live status, whether the viewer may change it), loaded once per page.
 
-use crate::api::{agents, gateways, tunnels, ApiError, AppState};
+use crate::app::AppState;
+use crate::error::ApiError;
 use crate::ops::can_manage;
 use crate::store::access::policy_of;
 use crate::store::limits::limits_of;
 use crate::store::TunnelLimits;
 use crate::store::{NodeKind, NodeRef, UserRow};
+use crate::views::{agents, gateways, tunnels};
 use kakuremichi_proto::AccessPolicy;
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! Rendering: the template environment (templates compiled in), the context every page gets,
 //! short confirmation messages after a redirect, and HTML error pages.
 
-use super::session::Viewer;
-use crate::api::ApiError;
+use super::viewer::Viewer;
+use crate::error::ApiError;
 use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use minijinja::{context, Environment, Value};
@@ -139,7 +139,7 @@ pub fn flash(code: Option<&str>) -> Option<&'static str> {
 /// Fallback: JSON for `/api/...`, an HTML page for anything else.
 pub async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/api/") {
-        return crate::api::api_not_found().await.into_response();
+        return crate::error::not_found().await.into_response();
     }
     render(
         StatusCode::NOT_FOUND,

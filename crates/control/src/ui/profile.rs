@@ -2,8 +2,9 @@
 //! "log out everywhere".
 
 use super::page::{self as render, done, flash};
-use super::session::Viewer;
-use crate::api::{ApiError, AppState};
+use super::viewer::Viewer;
+use crate::app::AppState;
+use crate::error::ApiError;
 use crate::ops;
 use axum::extract::{Path, Query, State};
 use axum::http::header::SET_COOKIE;

@@ -3,9 +3,10 @@
 
 use super::overview;
 use super::page::{self as render, done, flash};
-use super::session::Viewer;
-use crate::api::{ApiError, AppState};
+use super::viewer::Viewer;
+use crate::app::AppState;
 use crate::certs::TlsMode;
+use crate::error::ApiError;
 use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
 use crate::validate;

@@ -8,7 +8,6 @@ use crate::link::StreamLink;
 use boringtun::noise::TunnResult;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Where a datagram came from, and so where an answer to it goes.
 #[derive(Debug, Clone)]
@@ -26,57 +25,37 @@ impl Source {
     }
 }
 
-/// A peer's path and counters, for [`crate::PeerStatus`].
-pub(crate) struct PeerPath {
-    pub endpoint: Option<SocketAddr>,
-    pub stream: Option<SocketAddr>,
-    pub since_handshake: Option<Duration>,
-    pub since_rx: Option<Duration>,
-    pub since_udp_rx: Option<Duration>,
-    pub tx_bytes: usize,
-    pub rx_bytes: usize,
-    pub tx_packets: u64,
-    pub tx_udp_sends: u64,
-    pub rx_on_arrival: u64,
-    pub socket_slots: usize,
+/// A stream carrying a peer's traffic instead of UDP, and whose it is to close: see
+/// [`crate::nic::Nic::set_stream`], the one place that closes a stream the peer leaves.
+#[derive(Debug, Clone)]
+pub(crate) enum StreamPath {
+    /// This side opened it ([`Peer::attach`], an Agent falling back): it closes it when UDP
+    /// works again or another stream replaces it.
+    Opened(Arc<StreamLink>),
+    /// The peer's authenticated packets arrived on it (a stream the other side opened): the
+    /// peer leaves it without closing it.
+    Accepted(Arc<StreamLink>),
+}
+
+impl StreamPath {
+    pub fn link(&self) -> &Arc<StreamLink> {
+        match self {
+            StreamPath::Opened(link) | StreamPath::Accepted(link) => link,
+        }
+    }
 }
 
 impl Peer {
-    /// What [`crate::PeerStatus`] reports about this peer.
-    pub fn status(&self) -> PeerPath {
-        let mut st = self.lock();
-        let (since_handshake, tx_bytes, rx_bytes, _, _) = st.nic.tunn.stats();
-        PeerPath {
-            endpoint: st.nic.endpoint,
-            stream: st.nic.stream().map(|l| l.remote),
-            since_handshake,
-            since_rx: st.last_rx.map(|t| t.elapsed()),
-            since_udp_rx: st.last_udp_rx.map(|t| t.elapsed()),
-            tx_bytes,
-            rx_bytes,
-            tx_packets: st.nic.transmitted,
-            tx_udp_sends: st.nic.udp_sends,
-            rx_on_arrival: st.rx_on_arrival,
-            socket_slots: st.sockets.slots(),
-        }
-    }
-
     /// Carries this peer's traffic over `link`, a stream this side opened, and handshakes over
     /// it at once. A stream opened before is closed.
     pub fn attach(&self, link: Arc<StreamLink>) {
         let mut st = self.lock();
-        if let Some(old) = st.nic.stream.replace(link) {
-            if st.nic.stream_owned {
-                old.close();
-            }
-        }
-        st.nic.stream_owned = true;
-        st.initiator = true;
-        st.send_initiation();
+        st.nic.set_stream(Some(StreamPath::Opened(link)));
+        st.initiate();
     }
 
     /// Sends a handshake initiation over UDP even while a stream is in use: if the answer comes
-    /// back over UDP, the peer returns to UDP (see [`PeerState::handle_datagram`]).
+    /// back over UDP, the peer returns to UDP (see [`PeerState::follow_path`]).
     pub fn probe_udp(&self) {
         let mut st = self.lock();
         let PeerState { nic, decap, .. } = &mut *st;
@@ -92,17 +71,20 @@ impl PeerState {
         let nic = &mut self.nic;
         match src {
             Source::Udp(addr) => {
-                self.last_udp_rx = self.last_rx;
-                if let Some(link) = nic.stream().cloned() {
-                    if !nic.stream_owned {
+                self.stats.last_udp_rx = self.stats.last_rx;
+                let back_on_udp = match nic.stream() {
+                    Some(StreamPath::Accepted(link)) => {
                         tracing::info!(peer = %peer.allowed_ip, stream = %link.remote, udp = %addr, "WireGuard peer back on UDP: an authenticated packet arrived over UDP");
-                        nic.stream = None;
-                    } else if handshake_response {
-                        tracing::info!(peer = %peer.allowed_ip, stream = %link.remote, udp = %addr, "UDP works again (a handshake answered over UDP); WireGuard back on UDP, closing the stream");
-                        link.close();
-                        nic.stream = None;
-                        nic.stream_owned = false;
+                        true
                     }
+                    Some(StreamPath::Opened(link)) if handshake_response => {
+                        tracing::info!(peer = %peer.allowed_ip, stream = %link.remote, udp = %addr, "UDP works again (a handshake answered over UDP); WireGuard back on UDP, closing the stream");
+                        true
+                    }
+                    _ => false,
+                };
+                if back_on_udp {
+                    nic.set_stream(None);
                 }
                 if nic.endpoint != Some(*addr) {
                     tracing::info!(peer = %peer.allowed_ip, from = ?nic.endpoint, to = %addr, "WireGuard peer endpoint changed");
@@ -113,14 +95,9 @@ impl PeerState {
                 if !link.authenticate() {
                     return;
                 }
-                if !nic.stream.as_ref().is_some_and(|s| s.same(link)) {
+                if !nic.is_on(link) {
                     tracing::info!(peer = %peer.allowed_ip, stream = %link.remote, udp = ?nic.endpoint, "WireGuard peer now over a TCP/TLS stream: an authenticated packet arrived on it");
-                    if let Some(old) = nic.stream.replace(link.clone()) {
-                        if nic.stream_owned {
-                            old.close();
-                        }
-                    }
-                    nic.stream_owned = false;
+                    nic.set_stream(Some(StreamPath::Accepted(link.clone())));
                 }
             }
         }

@@ -3,10 +3,10 @@
 //! peer's driver; new connections get a listening socket; packets of established connections
 //! are matched to their socket by port.
 
-use super::{Inbound, Pass, Peer, PeerState, Source, MAX_SOCKETS, MIN_RTO};
+use super::stack::Pass;
+use super::{Inbound, Peer, PeerState, Source, MIN_RTO};
 use boringtun::noise::TunnResult;
 use smoltcp::iface::SocketHandle;
-use smoltcp::socket::tcp;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, TryLockError};
@@ -26,7 +26,7 @@ impl Peer {
         if self.queued.load(Ordering::Acquire) != 0 {
             return false;
         }
-        st.rx_on_arrival += 1;
+        st.stats.on_arrival += 1;
         match st.handle_datagram(self, src, datagram) {
             // A packet of an established connection: only that socket can have anything new
             // to send. Like a stream's send, it arms no timer sooner than the minimum
@@ -111,7 +111,7 @@ impl PeerState {
             }
         }
         if authenticated {
-            self.last_rx = Some(Instant::now());
+            self.stats.last_rx = Some(Instant::now());
             self.follow_path(peer, src, kind == 2);
         }
         if handshake_done {
@@ -126,45 +126,15 @@ impl PeerState {
         let mut connection = None;
         if let Some(segment) = segment {
             if segment.opens() {
-                self.prepare_listener(peer, segment.local_port);
+                self.listeners
+                    .prepare(&mut self.sockets, &peer.shared, segment.local_port);
             } else if !segment.is_syn() {
                 connection = self
                     .connections
-                    .get(&(segment.local_port, segment.remote_port))
-                    .copied();
+                    .get((segment.local_port, segment.remote_port));
             }
         }
         self.nic.push_rx(&self.decap[..len]).then_some(connection)
-    }
-
-    /// Makes sure an incoming SYN for a served port finds a listening socket. smoltcp has no
-    /// listen backlog, so we add one listener per SYN seen in this batch.
-    fn prepare_listener(&mut self, peer: &Peer, port: u16) {
-        if !peer.shared.listening(port) {
-            return;
-        }
-        let seen = self.syns_in_batch.entry(port).or_default();
-        *seen += 1;
-        let wanted = *seen;
-        let handles = self.listeners.entry(port).or_default();
-        let idle = handles
-            .iter()
-            .filter(|h| self.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
-            .count();
-        if idle >= wanted || self.sockets.iter().count() >= MAX_SOCKETS {
-            return;
-        }
-        let mut socket = peer.shared.new_socket();
-        if socket.listen(port).is_ok() {
-            handles.push(self.sockets.add(socket));
-        }
-    }
-
-    pub(super) fn add_connection(&mut self, key: (u16, u16), handle: SocketHandle) {
-        if let Some(old) = self.connections.insert(key, handle) {
-            self.connection_keys.remove(&old);
-        }
-        self.connection_keys.insert(handle, key);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Node sessions: the WebSocket over which every Agent and Gateway receives its configuration.
+//! Node sessions (the WebSocket over which every Agent and Gateway receives its configuration;
+//! always "node session" in code and logs, as opposed to a browser's login session).
 //!
 //! The [`Hub`] is the in-memory meeting point of the API and the sessions:
 //! - a generation counter (`watch`) bumped after every committed mutation; each session then
@@ -31,7 +32,7 @@ pub struct Hub {
     world: tokio::sync::Mutex<Option<(u64, Arc<World>)>>,
     online: Mutex<HashMap<NodeRef, usize>>,
     shutdown: watch::Sender<bool>,
-    live_sessions: watch::Sender<usize>,
+    live_node_sessions: watch::Sender<usize>,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
     challenges: Mutex<AcmeChallenges>,
@@ -72,7 +73,7 @@ impl Hub {
             world: tokio::sync::Mutex::new(None),
             online: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
-            live_sessions: watch::channel(0).0,
+            live_node_sessions: watch::channel(0).0,
             heartbeat_interval,
             heartbeat_timeout,
             challenges: Mutex::new(AcmeChallenges::default()),
@@ -294,8 +295,8 @@ impl Hub {
         }
     }
 
-    fn session_started(self: &Arc<Self>) -> LiveGuard {
-        self.live_sessions.send_modify(|n| *n += 1);
+    fn node_session_started(self: &Arc<Self>) -> LiveGuard {
+        self.live_node_sessions.send_modify(|n| *n += 1);
         LiveGuard { hub: self.clone() }
     }
 
@@ -309,8 +310,8 @@ impl Hub {
     }
 
     /// Waits until every session task has ended, at most `limit`.
-    pub async fn wait_sessions_closed(&self, limit: Duration) -> bool {
-        let mut live = self.live_sessions.subscribe();
+    pub async fn wait_node_sessions_closed(&self, limit: Duration) -> bool {
+        let mut live = self.live_node_sessions.subscribe();
         let all_closed = async move {
             let _ = live.wait_for(|n| *n == 0).await;
         };
@@ -353,7 +354,7 @@ struct LiveGuard {
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.hub
-            .live_sessions
+            .live_node_sessions
             .send_modify(|n| *n = n.saturating_sub(1));
     }
 }

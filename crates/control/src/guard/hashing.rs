@@ -6,7 +6,7 @@
 //! once with 503 and `Retry-After` (nothing is allocated for it). The permits travel into the
 //! blocking task, so a client that disconnects mid-check cannot free its slot early.
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;

@@ -6,9 +6,6 @@
 //! IPv6 clients are keyed by their /64: one subscriber usually holds a whole /64, so keying by
 //! the full address would give an attacker 2^64 fresh keys.
 
-use super::AppState;
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -92,26 +89,6 @@ pub fn throttle_key(ip: IpAddr) -> String {
             let prefix = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
             format!("{prefix}/64")
         }
-    }
-}
-
-/// The client's throttle key (see the module header); `None` when not served with connect
-/// info (a router driven directly in a unit test).
-pub struct ClientIp(pub Option<String>);
-
-impl FromRequestParts<AppState> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| throttle_key(state.trusted_proxies.client(c.0.ip(), &parts.headers))),
-        ))
     }
 }
 

@@ -1,4 +1,6 @@
-//! The API's error type and the extractors that turn axum's own rejections into it.
+//! The error every request handler and operation returns, and the extractors that turn axum's
+//! own rejections into it. It sits low (above the store, below `ops`) so that operations, the
+//! API and the UI share it without importing each other; the UI renders it as a page.
 //!
 //! Every error response is `{"error":{"code":"...","message":"..."}}`; [`json_errors`] is a
 //! backstop that rewrites any other error response (an extractor or route we did not wrap).

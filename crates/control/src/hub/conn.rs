@@ -93,8 +93,8 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// [`Hub::credential_epoch`] read before the node's credential was last checked: the session ends
 /// as soon as the credential is replaced after that.
 pub async fn serve(socket: WebSocket, node: NodeRef, credential_epoch: u64, hub: Arc<Hub>) {
-    let _live = hub.session_started();
-    let mut session = Session {
+    let _live = hub.node_session_started();
+    let mut session = NodeSession {
         socket,
         node,
         credential_epoch,
@@ -106,7 +106,7 @@ pub async fn serve(socket: WebSocket, node: NodeRef, credential_epoch: u64, hub:
     session.finish(end).await;
 }
 
-struct Session {
+struct NodeSession {
     socket: WebSocket,
     node: NodeRef,
     credential_epoch: u64,
@@ -117,7 +117,7 @@ struct Session {
     sent_challenges: Arc<HashSet<String>>,
 }
 
-impl Session {
+impl NodeSession {
     async fn run(&mut self) -> End {
         let mut shutdown = self.hub.shutdown_signal();
         let mut credentials = self.hub.subscribe_credentials();

@@ -1,19 +1,25 @@
-//! Who is calling: users (session cookie or personal API token) and nodes (Gateway token or
-//! Agent API key), as axum extractors. Every authenticated API request of a user counts against
-//! their `api_requests_per_minute` (see `ops::ratelimit`).
+//! Who is calling, for the API, the web UI and the access hand-off alike: users (login session
+//! cookie or personal API token) and nodes (Gateway token or Agent API key), as axum extractors,
+//! plus the client address that keys the login throttle ([`ClientIp`]). The cookie names and the
+//! login session lifetimes are defined here, once. Every authenticated API request of a user
+//! counts against their `api_requests_per_minute` (see `guard::ratelimit`).
 //!
 //! A state-changing request authenticated by the session cookie must also carry the session's
 //! CSRF token in `X-CSRF-Token` (a cross-site page can make the browser send the cookie, but
 //! cannot read the token). Bearer-token calls need none: a browser never adds those by itself.
+//!
+//! Above `app` (the extractors take `AppState`), below `ops` and the front ends that use it.
 
-use super::error::ApiError;
-use super::AppState;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::guard::proxies::throttle_key;
 use crate::secrets;
-use crate::store::{NodeKind, NodeRef, SessionInfo, UserRow};
+use crate::store::{LoginSession, NodeKind, NodeRef, UserRow};
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
+use std::net::SocketAddr;
 
 /// Name of the login session cookie where Control is served over plain HTTP (development).
 pub const SESSION_COOKIE: &str = "km_session";
@@ -34,11 +40,11 @@ pub struct AuthUser(pub UserRow);
 pub async fn current_session(
     headers: &HeaderMap,
     state: &AppState,
-) -> Result<Option<SessionInfo>, ApiError> {
+) -> Result<Option<LoginSession>, ApiError> {
     match session_cookie(headers) {
         Some(session) => Ok(state
             .store
-            .session(&secrets::hash(session), SESSION_IDLE)
+            .login_session(&secrets::hash(session), SESSION_IDLE)
             .await?),
         None => Ok(None),
     }
@@ -55,7 +61,7 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// A state-changing request authenticated by `session`'s cookie must carry its CSRF token.
-pub fn check_csrf(headers: &HeaderMap, session: &SessionInfo) -> Result<(), ApiError> {
+pub fn check_csrf(headers: &HeaderMap, session: &LoginSession) -> Result<(), ApiError> {
     let sent = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -111,7 +117,25 @@ impl AuthUser {
     }
 }
 
-pub use super::client_ip::ClientIp;
+/// The client's throttle key (see the module header); `None` when not served with connect
+/// info (a router driven directly in a unit test).
+pub struct ClientIp(pub Option<String>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| throttle_key(state.trusted_proxies.client(c.0.ip(), &parts.headers))),
+        ))
+    }
+}
 
 /// An authenticated node, by `Authorization: Bearer kmg_...` or `kma_...`.
 pub struct AuthNode(pub NodeRef);

@@ -1,10 +1,11 @@
-//! Browser login sessions: stored by the hash of the cookie value, with an absolute expiry, an
-//! idle expiry (`last_seen_at`) and a per-session CSRF token.
+//! Browser login sessions (a [`LoginSession`]; not to be confused with a node's WebSocket session,
+//! which the hub holds): stored by the hash of the cookie value, with an absolute expiry, an idle
+//! expiry (`last_seen_at`) and a per-session CSRF token. The table keeps its name, `sessions`.
 
 use super::{from_now, now, users::UserRow, Store, StoreResult};
 
-/// A live session and its user.
-pub struct SessionInfo {
+/// A live login session and its user.
+pub struct LoginSession {
     pub user: UserRow,
     pub csrf_token: String,
     /// Absolute expiry (RFC 3339); access tokens minted for the session never outlive it.
@@ -13,7 +14,7 @@ pub struct SessionInfo {
 
 impl Store {
     /// Stores a login session and drops expired ones (both limits).
-    pub async fn create_session(
+    pub async fn create_login_session(
         &self,
         id_hash: &str,
         user_id: i64,
@@ -46,11 +47,11 @@ impl Store {
     /// The user of a session that has expired neither way; records its use (at most once a
     /// minute, to spare the write lock). The one definition of a valid session: the API, the
     /// UI and `/access/authorize` all ask here.
-    pub async fn session(
+    pub async fn login_session(
         &self,
         id_hash: &str,
         idle: time::Duration,
-    ) -> StoreResult<Option<SessionInfo>> {
+    ) -> StoreResult<Option<LoginSession>> {
         let found: Option<(String, String, String)> = sqlx::query_as(
             "SELECT csrf_token, last_seen_at, expires_at FROM sessions \
              WHERE id_hash = $1 AND expires_at > $2 AND last_seen_at > $3",
@@ -76,7 +77,7 @@ impl Store {
         .bind(id_hash)
         .fetch_optional(self.pool())
         .await?;
-        Ok(user.map(|user| SessionInfo {
+        Ok(user.map(|user| LoginSession {
             user,
             csrf_token,
             expires_at,

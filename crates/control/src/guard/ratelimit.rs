@@ -7,7 +7,7 @@
 //! re-read from the database at most every [`RATE_TTL`] (and at once after a change here), so
 //! several Control replicas converge on a change within that time.
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::store::{Quotas, Store};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

@@ -2,10 +2,10 @@
 //! session's CSRF token, `POST /auth/logout` ends it, `POST /auth/logout-everywhere` ends every
 //! session of the user, `GET /auth/me` says who is logged in.
 
-use super::authn::{check_csrf, current_session, session_cookie, AuthUser, ClientIp};
-use super::error::{ApiError, ApiJson};
 use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
-use super::AppState;
+use crate::app::AppState;
+use crate::auth::{check_csrf, current_session, session_cookie, AuthUser, ClientIp};
+use crate::error::{ApiError, ApiJson};
 use crate::store::UserRow;
 use crate::{ops, secrets};
 use axum::extract::State;

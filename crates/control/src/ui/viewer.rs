@@ -1,8 +1,11 @@
-//! Who is looking at a page: the signed-in user of the session cookie (else a redirect to the
-//! login page, or to the setup page while no user exists), and the CSRF checks of forms.
+//! Who is looking at a page: the [`Viewer`], the signed-in user of the login session cookie (else
+//! a redirect to the login page, or to the setup page while no user exists), and the CSRF checks
+//! of forms. Three distinct words: a `LoginSession` (store) is what the cookie names, a `Viewer`
+//! is the UI's signed-in user, an `AuthUser` (auth) the API's; node sessions live in the hub.
 
-use crate::api::authn::{current_session, same_secret};
-use crate::api::{ApiError, AppState};
+use crate::app::AppState;
+use crate::auth::{current_session, same_secret};
+use crate::error::ApiError;
 use crate::store::UserRow;
 use axum::extract::FromRequestParts;
 use axum::http::header::{HOST, ORIGIN};

@@ -1,0 +1,99 @@
+//! `AppState`, what every request handler and operation is given: the store, the node hub, the
+//! abuse-resistance services and a few settings. Cheap to clone (one `Arc`).
+//!
+//! It sits below `auth`, `ops` and the front ends (API, UI, access) that all take it, and above
+//! everything it holds (`store`, `hub`, `guard`, `config`), so none of those can reach back up.
+
+use crate::certs::TlsMode;
+use crate::hub::Hub;
+use crate::store::Store;
+use crate::validate::WgNetwork;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub network: WgNetwork,
+    pub secure_cookies: bool,
+    /// Verified against for unknown e-mails, so a failed login takes as long either way.
+    pub dummy_password_hash: String,
+    /// The one bounded pool every Argon2 computation goes through.
+    pub passwords: Arc<crate::guard::hashing::Passwords>,
+    /// Peers whose `X-Forwarded-For` names the client (for the per-client login throttle).
+    pub trusted_proxies: crate::guard::proxies::TrustedProxies,
+    /// TLS mode of tunnels created without one.
+    pub default_tls: TlsMode,
+    /// Lifetime of the access tokens minted for protected tunnels.
+    pub access_ttl: std::time::Duration,
+    /// Failed logins per account and per IP.
+    pub throttle: crate::guard::throttle::Throttle,
+    /// API requests per user (`api_requests_per_minute`).
+    pub api_rate: crate::guard::ratelimit::ApiRateLimit,
+}
+
+impl AppState {
+    pub fn new(
+        hub: Arc<Hub>,
+        network: WgNetwork,
+        secure_cookies: bool,
+        dummy_password_hash: String,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            store: hub.store().clone(),
+            hub,
+            network,
+            secure_cookies,
+            dummy_password_hash,
+            passwords: Arc::new(crate::guard::hashing::Passwords::for_this_host()),
+            trusted_proxies: Default::default(),
+            default_tls: TlsMode::Acme,
+            access_ttl: crate::config::ControlConfig::default().access_ttl,
+            throttle: Default::default(),
+            api_rate: Default::default(),
+        }))
+    }
+
+    /// Sets the TLS mode of tunnels created without one; only before the state is shared.
+    pub fn with_default_tls(mut self, mode: TlsMode) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.default_tls = mode;
+        }
+        self
+    }
+
+    /// Shares the password pool Control started with; only before the state is shared.
+    pub fn with_passwords(mut self, pool: Arc<crate::guard::hashing::Passwords>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.passwords = pool;
+        }
+        self
+    }
+
+    /// Sets the proxies trusted to name the client; only before the state is shared.
+    pub fn with_trusted_proxies(mut self, proxies: crate::guard::proxies::TrustedProxies) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.trusted_proxies = proxies;
+        }
+        self
+    }
+
+    /// Sets the lifetime of access tokens; only before the state is shared.
+    pub fn with_access_ttl(mut self, ttl: std::time::Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.access_ttl = ttl;
+        }
+        self
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

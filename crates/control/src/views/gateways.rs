@@ -1,0 +1,42 @@
+//! A Gateway as people see it, in the API's JSON and on the UI's pages.
+
+use super::status;
+use crate::app::AppState;
+use crate::store::{GatewayRow, NodeKind, NodeRef};
+use serde::Serialize;
+
+/// A gateway as the API shows it; `token` only in the creation response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GatewayView {
+    id: i64,
+    name: String,
+    public_endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    wg_address: String,
+    public_key: Option<String>,
+    enabled: bool,
+    #[schema(value_type = super::Presence)]
+    status: &'static str,
+    last_seen: Option<String>,
+    created_at: String,
+}
+
+pub fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayView {
+    let online = state.hub.is_online(NodeRef {
+        kind: NodeKind::Gateway,
+        id: g.id,
+    });
+    GatewayView {
+        id: g.id,
+        name: g.name,
+        public_endpoint: g.public_endpoint,
+        token,
+        wg_address: g.wg_address,
+        public_key: g.public_key,
+        enabled: g.enabled,
+        status: status(online),
+        last_seen: g.last_seen,
+        created_at: g.created_at,
+    }
+}

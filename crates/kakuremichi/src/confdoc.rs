@@ -1,0 +1,173 @@
+//! `docs/configuration.md`'s tables of flags, rendered from the real `clap::Command`, so the doc
+//! cannot drift from the CLI: the test below fails when the committed file differs from what the
+//! code renders, and says how to regenerate it. Only the block between the markers is generated;
+//! the prose around it (variables that are not flags, the images, compose) is written by hand.
+
+use clap::{Arg, Command};
+use std::fmt::Write as _;
+
+pub const BEGIN: &str =
+    "<!-- BEGIN generated from the CLI by crates/kakuremichi/src/confdoc.rs: do not edit -->";
+pub const END: &str = "<!-- END generated from the CLI -->";
+
+/// The generated block: one table of flags for the options every subcommand takes, then one per
+/// subcommand, in the order `kakuremichi --help` lists them.
+pub fn render(mut cli: Command) -> String {
+    cli.build();
+    let name = cli.get_name().to_string();
+    let mut out = String::new();
+    let global: Vec<&Arg> = cli.get_arguments().filter(|a| documented(a)).collect();
+    if !global.is_empty() {
+        let _ = writeln!(out, "### Every subcommand\n");
+        table(&mut out, &global);
+    }
+    // `build` adds clap's own `help` subcommand: not a role, left out.
+    for sub in cli
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let _ = writeln!(out, "### `{name} {}`\n", sub.get_name());
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            let _ = writeln!(out, "{}\n", one_line(&about.to_string()));
+        }
+        let args: Vec<&Arg> = sub
+            .get_arguments()
+            .filter(|a| documented(a) && !a.is_global_set())
+            .collect();
+        if args.is_empty() {
+            let _ = writeln!(out, "No flags.\n");
+        } else {
+            table(&mut out, &args);
+        }
+    }
+    format!("{BEGIN}\n{}{END}\n", out.trim_end().to_string() + "\n")
+}
+
+/// Flags a user sets: not clap's own `--help`/`--version`, not hidden ones.
+fn documented(arg: &Arg) -> bool {
+    !arg.is_hide_set()
+        && !matches!(arg.get_id().as_str(), "help" | "version")
+        && arg.get_long().is_some()
+}
+
+fn table(out: &mut String, args: &[&Arg]) {
+    let _ = writeln!(out, "| Flag | Environment variable | Default | Meaning |");
+    let _ = writeln!(out, "| --- | --- | --- | --- |");
+    for arg in args {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            flag(arg),
+            env(arg),
+            default(arg),
+            cell(
+                &arg.get_long_help()
+                    .or(arg.get_help())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    out.push('\n');
+}
+
+fn flag(arg: &Arg) -> String {
+    let long = arg.get_long().unwrap_or_default();
+    let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+    match arg.get_value_names() {
+        Some(names) if takes_value => {
+            let names: Vec<String> = names.iter().map(|n| format!("<{n}>")).collect();
+            format!("`--{long} {}`", names.join(" "))
+        }
+        _ => format!("`--{long}`"),
+    }
+}
+
+fn env(arg: &Arg) -> String {
+    arg.get_env()
+        .map_or_else(|| "—".to_string(), |e| format!("`{}`", e.to_string_lossy()))
+}
+
+fn default(arg: &Arg) -> String {
+    if arg.is_required_set() {
+        return "required".to_string();
+    }
+    let values: Vec<String> = arg
+        .get_default_values()
+        .iter()
+        .map(|v| format!("`{}`", v.to_string_lossy()))
+        .collect();
+    if values.is_empty() {
+        "—".to_string()
+    } else {
+        values.join(", ")
+    }
+}
+
+/// Help text as one Markdown table cell: paragraphs joined, pipes escaped.
+fn cell(text: &str) -> String {
+    one_line(text).replace('|', "\\|")
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+    const REGENERATE: &str =
+        "KAKUREMICHI_UPDATE_DOCS=1 cargo test -p kakuremichi --bin kakuremichi configuration_doc";
+
+    /// The committed doc is what the CLI renders. With KAKUREMICHI_UPDATE_DOCS=1 it rewrites the
+    /// block instead (and then passes).
+    #[test]
+    fn configuration_doc_matches_the_cli() {
+        let doc = std::fs::read_to_string(DOC).expect("docs/configuration.md is readable");
+        let start = doc
+            .find(BEGIN)
+            .expect("docs/configuration.md has the BEGIN marker");
+        let end = doc[start..]
+            .find(END)
+            .expect("docs/configuration.md has the END marker")
+            + start
+            + END.len()
+            + 1;
+        let rendered = render(crate::cli::Cli::command());
+        let updated = format!(
+            "{}{rendered}{}",
+            &doc[..start],
+            doc.get(end..).unwrap_or("")
+        );
+        if std::env::var_os("KAKUREMICHI_UPDATE_DOCS").is_some() {
+            if updated != doc {
+                std::fs::write(DOC, &updated).expect("docs/configuration.md is writable");
+            }
+            return;
+        }
+        assert!(
+            updated == doc,
+            "docs/configuration.md differs from the flags in the code (crates/kakuremichi/src/cli.rs, \
+             up.rs). Regenerate it with:\n    {REGENERATE}\nand commit the result. The block the code \
+             renders is:\n{rendered}"
+        );
+    }
+
+    #[test]
+    fn every_flag_with_an_env_var_is_in_the_doc_with_its_default() {
+        let rendered = render(crate::cli::Cli::command());
+        assert!(
+            rendered.contains("| `--listen <LISTEN>` | `KAKUREMICHI_LISTEN` | `0.0.0.0:8780` |")
+        );
+        assert!(rendered.contains("| `--token <TOKEN>` | `GATEWAY_TOKEN` | required |"));
+        assert!(rendered.contains("`--threads <N>` | `KAKUREMICHI_THREADS` | — |"));
+        assert!(rendered.contains("### `kakuremichi up`"));
+        assert!(
+            !rendered.contains("--help"),
+            "clap's own flags are left out"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Running a peer's TCP/IP stack: a full poll (the driver's), one socket's egress (a stream's
+//! write), or the packets of one connection (a datagram handled on arrival); then handing
+//! established inbound connections to the acceptor and freeing sockets nobody owns.
+
+use super::{Peer, PeerState, MIN_RTO};
+use crate::stream::TunnelStream;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpAddress;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Packets the stack may send per poll before the task yields to others; four GSO sends.
+const TX_BATCH: u64 = 256;
+
+/// What one run of the stack covers.
+#[derive(Clone, Copy)]
+pub(super) enum Pass {
+    /// Received packets, then every socket's egress.
+    Everything,
+    /// One socket's egress.
+    Socket(SocketHandle),
+    /// Received packets that all belong to one established connection, then its egress.
+    Received(SocketHandle),
+}
+
+impl PeerState {
+    /// Runs the TCP/IP stack, then hands established connections to the acceptor and frees
+    /// sockets nobody owns any more. Returns how long until the stack needs polling again.
+    pub fn poll(&mut self, peer: &Arc<Peer>) -> Option<Duration> {
+        let _ = self.run_stack(peer, Pass::Everything);
+        self.listeners.end_batch();
+        self.hand_over_accepted(peer);
+        self.connections
+            .collect_orphans(&mut self.sockets, &mut self.ports);
+        let Self { iface, sockets, .. } = self;
+        iface
+            .poll_delay(peer.shared.now(), sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    /// Sends from a stream's task, right after it queued data on an idle socket: a request or a
+    /// response leaves without waking the driver task (a thread hand-off per message). Only
+    /// this socket's egress: the driver has already handed every received packet to the stack,
+    /// and other sockets' ACKs and timers are the driver's (asking each of them costs a walk
+    /// over every connection per message). Sending data arms no timer sooner than the minimum
+    /// retransmission timeout, so the driver, which re-reads every timer when it wakes, needs
+    /// waking only when it sleeps longer than that.
+    pub fn send_from_stream(&mut self, peer: &Arc<Peer>, handle: SocketHandle) {
+        let _ = self.run_stack(peer, Pass::Socket(handle));
+        if self.driver_wakes_at > Instant::now() + MIN_RTO {
+            peer.wake.notify_one();
+        }
+    }
+
+    /// One pass of the stack, then more egress passes while full-size segments leave: smoltcp
+    /// sends at most one segment per socket per pass, so a window's worth goes out in GSO
+    /// batches rather than one datagram per wake-up. A pass that sent only short segments (or
+    /// none) means every socket has sent all it may.
+    ///
+    /// After received packets ([`Pass::Received`]) there is a single egress pass: bulk data
+    /// that an ACK lets out is left to the driver, which sends it in batches as before (sending
+    /// a window's worth on the receiving task, ACK by ACK, made bursts that a wireguard-go peer
+    /// dropped). Returns true when full-size segments left, so more may be waiting.
+    pub(super) fn run_stack(&mut self, peer: &Arc<Peer>, pass: Pass) -> bool {
+        let now = peer.shared.now();
+        let full_before = self.nic.transmitted_full;
+        let Self {
+            iface,
+            nic,
+            sockets,
+            ..
+        } = self;
+        // smoltcp has panicked on some packet sequences (an underflow in its window-update check
+        // when a zero-window probe lands in buffer space lost to window-scale rounding). Whatever
+        // the cause, a panic here must cost this peer's connections, not the whole tunnel.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let start = nic.transmitted;
+            let mut full = nic.transmitted_full;
+            match pass {
+                Pass::Received(handle) => {
+                    while iface.poll_ingress_single(now, nic, sockets)
+                        != smoltcp::iface::PollIngressSingleResult::None
+                    {}
+                    iface.poll_egress_socket(now, nic, sockets, handle);
+                    return; // one pass: the rest of an opened window is the driver's
+                }
+                Pass::Everything => {
+                    iface.poll(now, nic, sockets);
+                }
+                Pass::Socket(handle) => {
+                    iface.poll_egress_socket(now, nic, sockets, handle);
+                }
+            }
+            while nic.transmitted_full != full && nic.transmitted.wrapping_sub(start) < TX_BATCH {
+                full = nic.transmitted_full;
+                match pass {
+                    Pass::Socket(handle) => iface.poll_egress_socket(now, nic, sockets, handle),
+                    _ => iface.poll_egress(now, nic, sockets),
+                };
+            }
+        }));
+        if polled.is_err() {
+            tracing::error!(peer = %peer.allowed_ip, "the userspace TCP/IP stack failed on a packet; resetting this peer's connections");
+            for (_, socket) in sockets.iter_mut() {
+                #[allow(irrefutable_let_patterns)] // only TCP sockets are compiled in
+                if let smoltcp::socket::Socket::Tcp(s) = socket {
+                    s.abort();
+                }
+            }
+        }
+        nic.flush();
+        nic.transmitted_full != full_before
+    }
+
+    fn hand_over_accepted(&mut self, peer: &Arc<Peer>) {
+        let established = self
+            .listeners
+            .take_established(&mut self.sockets, &peer.shared);
+        for handle in established {
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint())
+            else {
+                self.orphan(handle);
+                continue;
+            };
+            self.connections.add((local.port, remote.port), handle);
+            let stream = TunnelStream::new(peer.clone(), handle, v4(local), v4(remote));
+            if let Err(e) = peer.shared.accepted(stream) {
+                // No one to accept it: refuse the connection. The stream's Drop would take the
+                // lock we hold, so take the handle back out of it first.
+                let handle = e.into_handle();
+                self.sockets.get_mut::<tcp::Socket>(handle).abort();
+                self.orphan(handle);
+            }
+        }
+    }
+}
+
+fn v4(endpoint: smoltcp::wire::IpEndpoint) -> SocketAddrV4 {
+    match endpoint.addr {
+        IpAddress::Ipv4(ip) => SocketAddrV4::new(ip, endpoint.port),
+    }
+}

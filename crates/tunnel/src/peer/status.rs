@@ -1,0 +1,73 @@
+//! What a peer looks like from outside: its path and its counters, as [`crate::Device::peers`]
+//! reports them (the Gateway's admin `/metrics` and the status it sends Control are built from
+//! it), and the receive-side counters the peer keeps for it.
+
+use super::Peer;
+use crate::keys::PublicKey;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What a peer looks like right now: its path (UDP endpoint or stream) and its counters.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub public_key: PublicKey,
+    pub allowed_ip: Ipv4Addr,
+    /// The UDP endpoint (configured, or learned from the peer's packets).
+    pub endpoint: Option<SocketAddr>,
+    /// The remote address of the TCP/TLS stream carrying the peer's traffic instead of UDP,
+    /// while one does.
+    pub stream: Option<SocketAddr>,
+    pub since_handshake: Option<Duration>,
+    /// Time since the peer last sent anything authenticated (a keepalive at least every 15 s on
+    /// a healthy path with keepalives).
+    pub since_rx: Option<Duration>,
+    /// The same, counting packets that arrived over UDP only.
+    pub since_udp_rx: Option<Duration>,
+    pub tx_bytes: usize,
+    pub rx_bytes: usize,
+    /// IP packets sent through the tunnel to this peer.
+    pub tx_packets: u64,
+    /// UDP sends that carried them: with UDP GSO one send carries a burst of packets.
+    pub tx_udp_sends: u64,
+    /// Datagrams from this peer handled by the task that received them, without a hand-off
+    /// to the peer's own task (the rest arrived in bursts or while the stack was busy).
+    pub rx_on_arrival: u64,
+    /// Slots of the peer's socket table: connections, listeners and free slots. It grows with
+    /// a burst of connections and shrinks again within a second or so of their end.
+    pub socket_slots: usize,
+}
+
+/// The receive side's part of [`PeerStatus`] (the send side's counters are the NIC's).
+#[derive(Default)]
+pub(super) struct RxStats {
+    /// When the peer last sent us anything authenticated.
+    pub last_rx: Option<Instant>,
+    /// The same, over UDP only: whether UDP works while a stream is in use.
+    pub last_udp_rx: Option<Instant>,
+    /// Datagrams handled by [`Peer::receive_now`].
+    pub on_arrival: u64,
+}
+
+impl Peer {
+    /// The status of this peer, whose static key is `public_key`.
+    pub fn status(&self, public_key: PublicKey) -> PeerStatus {
+        let mut st = self.lock();
+        let (since_handshake, tx_bytes, rx_bytes, _, _) = st.nic.tunn.stats();
+        PeerStatus {
+            public_key,
+            allowed_ip: self.allowed_ip,
+            endpoint: st.nic.endpoint,
+            stream: st.nic.stream().map(|s| s.link().remote),
+            since_handshake,
+            since_rx: st.stats.last_rx.map(|t| t.elapsed()),
+            since_udp_rx: st.stats.last_udp_rx.map(|t| t.elapsed()),
+            tx_bytes,
+            rx_bytes,
+            tx_packets: st.nic.transmitted,
+            tx_udp_sends: st.nic.udp_sends,
+            rx_on_arrival: st.stats.on_arrival,
+            socket_slots: st.sockets.slots(),
+        }
+    }
+}
