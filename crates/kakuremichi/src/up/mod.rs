@@ -2,21 +2,26 @@
 //! localhost, with SQLite in `./data`. For a first try and for development.
 //!
 //! On first start it creates the admin, a personal API token, the gateway, the agent and a demo
-//! tunnel `hello.localhost` through Control's own REST API, and keeps their credentials in
-//! `<data-dir>/up.json` (mode 0600) so later starts reuse them.
+//! tunnel `hello.localhost` through Control's own REST API ([`bootstrap`]), and keeps their
+//! credentials in `<data-dir>/up.json` (mode 0600, [`credentials`]) so later starts reuse them.
+
+mod bootstrap;
+mod credentials;
 
 use crate::cli::{bind_tcp, bind_udp};
 use crate::signal;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
+use credentials::UpState;
 use kakuremichi::hello;
+use kakuremichi_gateway::GatewayListeners;
 use kakuremichi_node::Secret;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -43,139 +48,138 @@ pub struct UpArgs {
     hello_listen: SocketAddr,
 }
 
-/// Credentials `up` created on first start.
-#[derive(Serialize, Deserialize)]
-struct UpState {
-    admin_email: String,
-    admin_password: String,
-    api_token: String,
-    gateway_token: String,
-    agent_id: i64,
-    agent_key: String,
-}
-
 const DEMO_HOST: &str = "hello.localhost";
+/// The admin Control creates on first start (its password is random, kept in `up.json`).
+const ADMIN_EMAIL: &str = "admin@localhost";
 
+/// Starts everything, says where it is, and runs until Ctrl-C or SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let control_listener = bind_tcp(args.control_listen, "--control-listen").await?;
-    let http = bind_tcp(args.http_listen, "--http-listen").await?;
-    let https = bind_tcp(args.https_listen, "--https-listen").await?;
-    let admin = bind_tcp(args.admin_listen, "--admin-listen").await?;
-    let wg = bind_udp(args.wg_listen, "--wg-listen")?;
-    let hello_listener = bind_tcp(args.hello_listen, "--hello-listen").await?;
-    let control_addr = control_listener.local_addr()?;
-    let http_addr = http.local_addr()?;
-    let https_addr = https.local_addr()?;
-    let wg_addr = wg.local_addr()?;
-    let hello_addr = hello_listener.local_addr()?;
-    let control_url = format!("http://{control_addr}");
-
+    let sockets = Sockets::bind(&args).await?;
+    let addrs = sockets.addrs()?;
+    let control_url = format!("http://{}", addrs.control);
     let state_path = args.data_dir.join("up.json");
-    let existing = read_state(&state_path)?;
-    let first_run = existing.is_none();
-    let bootstrap_password = existing
+    let saved = credentials::read(&state_path)?;
+    let password = saved
         .as_ref()
-        .map(|s| s.admin_password.clone())
-        .unwrap_or_else(random_password);
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-
+        .map_or_else(credentials::random_password, |s| s.admin_password.clone());
+    // Cancelled on Ctrl-C; also when `run` returns early with an error.
+    let stop = CancellationToken::new();
+    let _stop_on_return = stop.clone().drop_guard();
     let control_dir = args.data_dir.join("control");
     let ca_root = kakuremichi_control::internal_ca_root(&control_dir);
-    let control_config = kakuremichi_control::ControlConfig {
-        data_dir: control_dir,
-        // Local names cannot get public certificates: every tunnel uses the internal CA.
-        default_tls: kakuremichi_control::TlsMode::Internal,
-        public_url: Some(control_url.clone()),
-        admin_email: Some("admin@localhost".into()),
-        admin_password: Some(bootstrap_password.clone()),
-        ..Default::default()
-    };
-    let control = tokio::spawn(kakuremichi_control::run(
-        control_config,
-        control_listener,
-        stopped(),
-    ));
+    let control = start_control(control_dir, sockets.control, &control_url, &password, &stop);
     let client = reqwest::Client::new();
     wait_ready(&client, &control_url, &control).await?;
-
-    let state = match existing {
-        Some(s) => s,
-        None => {
-            let s = bootstrap(
-                &client,
-                &control_url,
-                bootstrap_password,
-                wg_addr,
-                hello_addr,
-            )
-            .await?;
-            write_state(&state_path, &s)?;
-            s
-        }
+    let first_run = saved.is_none();
+    let state = match saved {
+        Some(state) => state,
+        None => first_start(&client, &control_url, password, &addrs, &state_path).await?,
     };
-
-    let hello_task = tokio::spawn(hello::serve(
-        hello_listener,
-        "kakuremichi up".into(),
-        stopped(),
-    ));
-    let mut gateway_config = kakuremichi_gateway::GatewayConfig::new(
-        control_url.clone(),
-        Secret::new(state.gateway_token.clone()),
-    );
-    gateway_config.data_dir = Some(args.data_dir.join("gateway"));
-    let listeners = kakuremichi_gateway::GatewayListeners {
-        http,
-        https,
-        admin,
-        wg,
-    };
-    let gateway = tokio::spawn(kakuremichi_gateway::run(
-        gateway_config,
-        listeners,
-        stopped(),
-    ));
-    let mut agent_config = kakuremichi_agent::AgentConfig::new(
-        control_url.clone(),
-        Secret::new(state.agent_key.clone()),
-    );
-    agent_config.data_dir = Some(args.data_dir.join("agent"));
-    // The fallback for blocked UDP goes to this Gateway's HTTPS listener.
-    agent_config.wg_fallback_port = https_addr.port();
-    let agent = tokio::spawn(kakuremichi_agent::run(agent_config, stopped()));
-
+    let node_sockets = (sockets.gateway, sockets.hello);
+    let roles = Roles::start(&args.data_dir, node_sockets, &state, &control_url, &stop)?;
     print_banner(
         &state,
         &control_url,
-        (http_addr, https_addr),
+        &addrs,
         first_run,
         (&state_path, &ca_root),
     );
-
     signal::shutdown().await;
-    let _ = stop_tx.send(true);
-    for (name, task) in [("agent", agent), ("gateway", gateway), ("control", control)] {
-        match task.await {
-            Ok(Err(e)) => tracing::error!("{name} stopped with an error: {e:#}"),
-            Err(e) => tracing::error!("{name} task failed: {e}"),
-            Ok(Ok(())) => {}
-        }
-    }
-    let _ = hello_task.await;
+    stop.cancel();
+    roles.stopped(control).await;
     Ok(())
 }
 
+/// First start: creates everything through the API, and keeps the credentials for later starts.
+async fn first_start(
+    client: &reqwest::Client,
+    control_url: &str,
+    admin_password: String,
+    addrs: &Addrs,
+    state_path: &Path,
+) -> anyhow::Result<UpState> {
+    let state =
+        bootstrap::bootstrap(client, control_url, admin_password, addrs.wg, addrs.hello).await?;
+    credentials::write(state_path, &state)?;
+    Ok(state)
+}
+
+/// Every socket `up` serves on, bound before anything starts so a busy port fails at once.
+struct Sockets {
+    control: TcpListener,
+    gateway: GatewayListeners,
+    hello: TcpListener,
+}
+
+/// The bound addresses (the flags may ask for port 0).
+struct Addrs {
+    control: SocketAddr,
+    http: SocketAddr,
+    https: SocketAddr,
+    wg: SocketAddr,
+    hello: SocketAddr,
+}
+
+impl Sockets {
+    async fn bind(args: &UpArgs) -> anyhow::Result<Self> {
+        let control = bind_tcp(args.control_listen, "--control-listen").await?;
+        let http = bind_tcp(args.http_listen, "--http-listen").await?;
+        let https = bind_tcp(args.https_listen, "--https-listen").await?;
+        let admin = bind_tcp(args.admin_listen, "--admin-listen").await?;
+        let wg = bind_udp(args.wg_listen, "--wg-listen")?;
+        let hello = bind_tcp(args.hello_listen, "--hello-listen").await?;
+        Ok(Self {
+            control,
+            gateway: GatewayListeners {
+                http,
+                https,
+                admin,
+                wg,
+            },
+            hello,
+        })
+    }
+
+    fn addrs(&self) -> std::io::Result<Addrs> {
+        Ok(Addrs {
+            control: self.control.local_addr()?,
+            http: self.gateway.http.local_addr()?,
+            https: self.gateway.https.local_addr()?,
+            wg: self.gateway.wg.local_addr()?,
+            hello: self.hello.local_addr()?,
+        })
+    }
+}
+
+/// Starts Control with the internal CA and the first admin.
+fn start_control(
+    data_dir: PathBuf,
+    listener: TcpListener,
+    control_url: &str,
+    admin_password: &str,
+    stop: &CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    let config = kakuremichi_control::ControlConfig {
+        data_dir,
+        // Local names cannot get public certificates: every tunnel uses the internal CA.
+        default_tls: kakuremichi_control::TlsMode::Internal,
+        public_url: Some(control_url.to_string()),
+        admin_email: Some(ADMIN_EMAIL.into()),
+        admin_password: Some(admin_password.to_string()),
+        ..Default::default()
+    };
+    tokio::spawn(kakuremichi_control::run(
+        config,
+        listener,
+        stop.clone().cancelled_owned(),
+    ))
+}
+
+/// Waits until Control answers `/readyz`; fails if it stopped or is not ready within 30 s.
 async fn wait_ready(
     client: &reqwest::Client,
     control_url: &str,
-    control: &tokio::task::JoinHandle<anyhow::Result<()>>,
+    control: &JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -194,108 +198,81 @@ async fn wait_ready(
     }
 }
 
-/// Creates the token, gateway, agent and demo tunnel through the REST API.
-async fn bootstrap(
-    client: &reqwest::Client,
-    control_url: &str,
-    admin_password: String,
-    wg_addr: SocketAddr,
-    hello_addr: SocketAddr,
-) -> anyhow::Result<UpState> {
-    let admin_email = "admin@localhost".to_string();
-    let login = client
-        .post(format!("{control_url}/api/v1/auth/login"))
-        .json(&json!({"email": admin_email, "password": admin_password}))
-        .send()
-        .await?;
-    if !login.status().is_success() {
-        bail!(
-            "cannot sign in as {admin_email} (HTTP {}): the database in the data directory has other \
-             credentials; use another --data-dir or remove it to start over",
-            login.status()
-        );
-    }
-    let cookie = login
-        .headers()
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.split(';').next().filter(|c| c.contains("km_session=")))
-        .context("Control did not set a session cookie")?
-        .to_string();
-    // A cookie-authenticated write must carry the session's CSRF token.
-    let login: Value = login.json().await?;
-    let csrf = login["csrf_token"]
-        .as_str()
-        .context("no csrf_token in the login response")?
-        .to_string();
-    let post = |path: &str, body: Value, auth: Vec<(&'static str, String)>| {
-        let mut request = client
-            .post(format!("{control_url}/api/v1/{path}"))
-            .json(&body);
-        for (name, value) in auth {
-            request = request.header(name, value);
-        }
-        async move {
-            let resp = request.send().await?;
-            let status = resp.status();
-            let value: Value = resp.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                bail!("bootstrap request failed (HTTP {status}): {value}");
-            }
-            Ok::<Value, anyhow::Error>(value)
-        }
-    };
-    let token = post(
-        "tokens",
-        json!({"name": "kakuremichi up"}),
-        vec![("cookie", cookie), ("x-csrf-token", csrf)],
-    )
-    .await?;
-    let api_token = token["token"]
-        .as_str()
-        .context("no token in response")?
-        .to_string();
-    let bearer = || vec![("authorization", format!("Bearer {api_token}"))];
-    let gateway = post(
-        "gateways",
-        json!({"name": "local", "public_endpoint": wg_addr.to_string()}),
-        bearer(),
-    )
-    .await?;
-    let agent = post("agents", json!({"name": "local"}), bearer()).await?;
-    let agent_id = agent["id"].as_i64().context("no agent id in response")?;
-    post(
-        "tunnels",
-        json!({"hostname": DEMO_HOST, "agent_id": agent_id, "target": hello_addr.to_string(), "tls": "internal"}),
-        bearer(),
-    )
-    .await?;
-    Ok(UpState {
-        admin_email,
-        admin_password,
-        gateway_token: gateway["token"]
-            .as_str()
-            .context("no gateway token")?
-            .to_string(),
-        agent_key: agent["api_key"]
-            .as_str()
-            .context("no agent key")?
-            .to_string(),
-        agent_id,
-        api_token,
-    })
+/// The roles started next to Control.
+struct Roles {
+    agent: JoinHandle<anyhow::Result<()>>,
+    gateway: JoinHandle<anyhow::Result<()>>,
+    hello: JoinHandle<()>,
 }
 
+impl Roles {
+    /// Starts the demo app, the Gateway and the Agent next to the running Control.
+    fn start(
+        data_dir: &Path,
+        (gateway_sockets, hello_socket): (GatewayListeners, TcpListener),
+        state: &UpState,
+        control_url: &str,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let stopped = || stop.clone().cancelled_owned();
+        let hello = tokio::spawn(hello::serve(
+            hello_socket,
+            "kakuremichi up".into(),
+            stopped(),
+        ));
+        let mut gateway = kakuremichi_gateway::GatewayConfig::new(
+            control_url,
+            Secret::new(state.gateway_token.clone()),
+        );
+        gateway.data_dir = Some(data_dir.join("gateway"));
+        let https_port = gateway_sockets.https.local_addr()?.port();
+        let gateway = tokio::spawn(kakuremichi_gateway::run(
+            gateway,
+            gateway_sockets,
+            stopped(),
+        ));
+        let mut agent =
+            kakuremichi_agent::AgentConfig::new(control_url, Secret::new(state.agent_key.clone()));
+        agent.data_dir = Some(data_dir.join("agent"));
+        // The fallback for blocked UDP goes to this Gateway's HTTPS listener.
+        agent.wg_fallback_port = https_port;
+        let agent = tokio::spawn(kakuremichi_agent::run(agent, stopped()));
+        Ok(Self {
+            agent,
+            gateway,
+            hello,
+        })
+    }
+
+    /// Waits for every role to finish its graceful shutdown, logging any that failed: Agent,
+    /// Gateway, Control, then the demo app.
+    async fn stopped(self, control: JoinHandle<anyhow::Result<()>>) {
+        let roles = [
+            ("agent", self.agent),
+            ("gateway", self.gateway),
+            ("control", control),
+        ];
+        for (name, task) in roles {
+            match task.await {
+                Ok(Err(e)) => tracing::error!("{name} stopped with an error: {e:#}"),
+                Err(e) => tracing::error!("{name} task failed: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let _ = self.hello.await;
+    }
+}
+
+/// Tells the user where everything is and how to sign in.
 fn print_banner(
     state: &UpState,
     control_url: &str,
-    (http_addr, https_addr): (SocketAddr, SocketAddr),
+    addrs: &Addrs,
     first_run: bool,
     (state_path, ca_root): (&Path, &Path),
 ) {
-    let port = http_addr.port();
-    let tls_port = https_addr.port();
+    let port = addrs.http.port();
+    let tls_port = addrs.https.port();
     let start = if first_run {
         "kakuremichi is up (first start: admin, gateway, agent and demo tunnel created)"
     } else {
@@ -325,39 +302,4 @@ fn print_banner(
         path = state_path.display(),
         ca = ca_root.display(),
     );
-}
-
-fn random_password() -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
-}
-
-fn read_state(path: &Path) -> anyhow::Result<Option<UpState>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is damaged; remove it (and the data directory) to start over",
-                path.display()
-            )
-        })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-fn write_state(path: &Path, state: &UpState) -> anyhow::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
 }
