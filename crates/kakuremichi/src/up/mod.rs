@@ -86,7 +86,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     signal::shutdown().await;
     stop.cancel();
-    roles.stopped(control).await;
+    roles.finished(control).await;
     Ok(())
 }
 
@@ -246,7 +246,7 @@ impl Roles {
 
     /// Waits for every role to finish its graceful shutdown, logging any that failed: Agent,
     /// Gateway, Control, then the demo app.
-    async fn stopped(self, control: JoinHandle<anyhow::Result<()>>) {
+    async fn finished(self, control: JoinHandle<anyhow::Result<()>>) {
         let roles = [
             ("agent", self.agent),
             ("gateway", self.gateway),
