@@ -10,7 +10,7 @@ mod forward;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use kakuremichi_node::{ControlSession, NodeState, Secret, SessionConfig, SessionEvent};
+use kakuremichi_node::{ConfigError, NodeConfig, NodeRuntime, Secret, Step};
 use kakuremichi_proto::{ConfigSnapshot, NodeRole};
 use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
 use std::collections::HashMap;
@@ -19,7 +19,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Keepalive towards Gateways, in seconds: holds NAT mappings open and detects a lost path.
 /// Shorter than WireGuard's usual 25 s so that a changed NAT mapping (whose first keepalive may
@@ -55,15 +54,18 @@ impl AgentConfig {
     }
 
     /// Checks the settings, with messages that say what to fix.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.control_url.trim().is_empty() {
-            return Err("CONTROL_URL is required: the URL of your kakuremichi Control, e.g. https://control.example.com".into());
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.node().validate()
+    }
+
+    /// The settings every node has.
+    fn node(&self) -> NodeConfig {
+        NodeConfig {
+            role: NodeRole::Agent,
+            control_url: self.control_url.clone(),
+            credential: self.api_key.clone(),
+            data_dir: self.data_dir.clone(),
         }
-        kakuremichi_node::control_ws_url(&self.control_url)?;
-        if self.api_key.is_empty() {
-            return Err("API_KEY is required: create an agent in Control (web UI or POST /api/v1/agents) and copy its key".into());
-        }
-        Ok(())
     }
 }
 
@@ -72,46 +74,25 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let state = NodeState::open(config.data_dir.clone(), NodeRole::Agent)?;
-    let key = state.key()?;
-    let cached = state.cached_config();
-    let session = SessionConfig::new(
-        config.control_url.clone(),
-        config.api_key.clone(),
-        NodeRole::Agent,
-        key.public_key(),
+    let mut node = NodeRuntime::start(config.node(), shutdown, RESOLVE_INTERVAL)?;
+    tracing::info!(public_key = %node.key().public_key(), "agent starting");
+    let mut agent = Agent::new(
+        node.key().clone(),
+        config.target_connect_timeout,
+        config.wg_fallback_port,
     );
-    let (events_tx, mut events) = mpsc::channel(16);
-    let session_task = tokio::spawn(
-        ControlSession::new(
-            session,
-            state,
-            cached.as_ref().map(|c| c.config_hash.clone()),
-        )
-        .run(events_tx),
-    );
-    tracing::info!(public_key = %key.public_key(), "agent starting");
-
-    let mut agent = Agent::new(key, config.target_connect_timeout, config.wg_fallback_port);
-    if let Some(snapshot) = cached {
+    if let Some(snapshot) = node.take_cached() {
         tracing::info!("starting from cached config while Control is contacted");
         agent.apply(Arc::new(snapshot)).await?;
     }
-    let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
-    tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            event = events.recv() => match event {
-                Some(SessionEvent::Config(snapshot)) => agent.apply(snapshot).await?,
-                Some(_) => {}
-                None => break,
-            },
-            _ = resolve.tick() => agent.refresh_peers().await,
+        match node.next().await {
+            Step::Apply(snapshot) => agent.apply(snapshot).await?,
+            Step::Tick => agent.refresh_peers().await,
+            Step::Stop => break,
         }
     }
-    session_task.abort();
+    drop(node); // ends the link to Control
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! kakuremichi Gateway: the public entrance. Routes each request by Host to the Agent that serves
 //! it, over a userspace WireGuard tunnel.
 //!
-//! [`run`] wires three things together: the session to Control (config snapshots, cached on
-//! disk), the WireGuard device with every Agent as a peer, and the HTTP and HTTPS proxy whose
+//! [`run`] wires three things together: the link to Control (config snapshots, cached on disk;
+//! shared with the Agent in `kakuremichi_node`), the WireGuard device with every Agent as a peer, and the HTTP and HTTPS proxy whose
 //! route table, certificates (see [`tls`]) and dialer follow the latest snapshot. Certificates
 //! travel inside the snapshot, so the on-disk snapshot cache (mode 0600) is also the certificate
 //! cache: a restarted Gateway serves HTTPS before, or without, reaching Control.
@@ -14,7 +14,7 @@ pub mod tls;
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
 use endpoints::EndpointMemory;
-use kakuremichi_node::{ControlSession, NodeState, Secret, SessionConfig, SessionEvent};
+use kakuremichi_node::{ConfigError, NodeConfig, NodeRuntime, Secret, Step};
 use kakuremichi_proto::{ConfigSnapshot, NodeRole};
 use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
 use proxy::{BoxStream, Dialer, Proxy, ProxyConfig, RouteTable};
@@ -26,7 +26,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Keepalive towards Agents, in seconds (the Agents use the same).
 const AGENT_KEEPALIVE: u16 = 15;
@@ -60,15 +61,18 @@ impl GatewayConfig {
     }
 
     /// Checks the settings, with messages that say what to fix.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.control_url.trim().is_empty() {
-            return Err("CONTROL_URL is required: the URL of your kakuremichi Control, e.g. https://control.example.com".into());
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.node().validate()
+    }
+
+    /// The settings every node has.
+    fn node(&self) -> NodeConfig {
+        NodeConfig {
+            role: NodeRole::Gateway,
+            control_url: self.control_url.clone(),
+            credential: self.token.clone(),
+            data_dir: self.data_dir.clone(),
         }
-        kakuremichi_node::control_ws_url(&self.control_url)?;
-        if self.token.is_empty() {
-            return Err("GATEWAY_TOKEN is required: create a gateway in Control (POST /api/v1/gateways) and copy its token".into());
-        }
-        Ok(())
     }
 }
 
@@ -90,92 +94,60 @@ pub async fn run(
     listeners: GatewayListeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let state = NodeState::open(config.data_dir.clone(), NodeRole::Gateway)?;
-    let key = state.key()?;
-    let cached = state.cached_config();
-    tracing::info!(public_key = %key.public_key(), "gateway starting");
-
-    let routes = Arc::new(RouteTable::new());
-    let dialer = Arc::new(TunnelDialer::default());
-    let mut proxy_config = config.proxy.clone();
-    proxy_config.https_port = match config.https_redirect_port {
-        Some(port) => port,
-        None => listeners.https.local_addr()?.port(),
-    };
-    let proxy = Proxy::new(routes.clone(), dialer.clone(), proxy_config);
-    let certs = proxy.certs().clone();
-    let access = proxy.access().clone();
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let http = tokio::spawn(proxy::serve(listeners.http, proxy.clone(), stopped()));
-    let https = tokio::spawn(proxy::serve_tls(listeners.https, proxy, stopped()));
-    let admin = tokio::spawn(proxy::serve_admin_with_limits(
-        listeners.admin,
-        routes.clone(),
-        stopped(),
-    ));
-
-    let session = SessionConfig::new(
-        config.control_url.clone(),
-        config.token.clone(),
-        NodeRole::Gateway,
-        key.public_key(),
-    );
-    let (events_tx, mut events) = mpsc::channel(16);
-    let session_task = tokio::spawn(
-        ControlSession::new(
-            session,
-            state.clone(),
-            cached.as_ref().map(|c| c.config_hash.clone()),
-        )
-        .run(events_tx),
-    );
-
-    let mut gateway = Gateway {
-        key,
-        wg_socket: Some(listeners.wg),
-        device: None,
-        routes,
-        certs,
-        access,
-        control_url: config.control_url.clone(),
-        dialer,
-        endpoints: EndpointMemory::new(state),
-        remembered: HashMap::new(),
-    };
-    if let Some(snapshot) = cached {
+    let mut node = NodeRuntime::start(config.node(), shutdown, REMEMBER_ENDPOINTS)?;
+    tracing::info!(public_key = %node.key().public_key(), "gateway starting");
+    // Cancelled to drain the listeners; also when `run` returns early with an error.
+    let stop = CancellationToken::new();
+    let _stop_on_return = stop.clone().drop_guard();
+    let (mut gateway, servers) = Gateway::start(&config, listeners, &node, &stop)?;
+    if let Some(snapshot) = node.take_cached() {
         tracing::info!("starting from cached config while Control is contacted");
         gateway.apply(&snapshot)?;
     }
-    let mut remember = tokio::time::interval(REMEMBER_ENDPOINTS);
-    tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            event = events.recv() => match event {
-                Some(SessionEvent::Config(snapshot)) => gateway.apply(&snapshot)?,
-                Some(_) => {}
-                None => break,
-            },
-            _ = remember.tick() => gateway.remember_endpoints(),
+        match node.next().await {
+            Step::Apply(snapshot) => gateway.apply(&snapshot)?,
+            Step::Tick => gateway.remember_endpoints(),
+            Step::Stop => break,
         }
     }
     gateway.remember_endpoints();
-    session_task.abort();
+    drop(node); // ends the link to Control
     tracing::info!("gateway draining in-flight requests");
-    let _ = stop_tx.send(true);
-    let _ = http.await;
-    let _ = https.await;
-    let _ = admin.await;
+    stop.cancel();
+    servers.drained().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// The Gateway's listeners, serving until the stop token is cancelled.
+struct Servers {
+    http: JoinHandle<std::io::Result<()>>,
+    https: JoinHandle<std::io::Result<()>>,
+    admin: JoinHandle<std::io::Result<()>>,
+}
+
+impl Servers {
+    fn start(
+        (http, https, admin): (TcpListener, TcpListener, TcpListener),
+        proxy: Arc<Proxy>,
+        routes: Arc<RouteTable>,
+        stop: &CancellationToken,
+    ) -> Self {
+        let stopped = || stop.clone().cancelled_owned();
+        Self {
+            http: tokio::spawn(proxy::serve(http, proxy.clone(), stopped())),
+            https: tokio::spawn(proxy::serve_tls(https, proxy, stopped())),
+            admin: tokio::spawn(proxy::serve_admin_with_limits(admin, routes, stopped())),
+        }
+    }
+
+    /// Waits until every listener has drained its in-flight requests.
+    async fn drained(self) {
+        let _ = self.http.await;
+        let _ = self.https.await;
+        let _ = self.admin.await;
+    }
 }
 
 struct Gateway {
@@ -195,6 +167,43 @@ struct Gateway {
 }
 
 impl Gateway {
+    /// Builds the proxy and starts serving; the tunnel comes up with the first snapshot.
+    fn start(
+        config: &GatewayConfig,
+        listeners: GatewayListeners,
+        node: &NodeRuntime<'_>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<(Self, Servers)> {
+        let routes = Arc::new(RouteTable::new());
+        let dialer = Arc::new(TunnelDialer::default());
+        let mut proxy_config = config.proxy.clone();
+        proxy_config.https_port = match config.https_redirect_port {
+            Some(port) => port,
+            None => listeners.https.local_addr()?.port(),
+        };
+        let proxy = Proxy::new(routes.clone(), dialer.clone(), proxy_config);
+        let GatewayListeners {
+            http,
+            https,
+            admin,
+            wg,
+        } = listeners;
+        let gateway = Gateway {
+            key: node.key().clone(),
+            wg_socket: Some(wg),
+            device: None,
+            routes: routes.clone(),
+            certs: proxy.certs().clone(),
+            access: proxy.access().clone(),
+            control_url: config.control_url.clone(),
+            dialer,
+            endpoints: EndpointMemory::new(node.state().clone()),
+            remembered: HashMap::new(),
+        };
+        let servers = Servers::start((http, https, admin), proxy, routes, stop);
+        Ok((gateway, servers))
+    }
+
     fn remember_endpoints(&mut self) {
         if let Some(device) = &self.device {
             self.endpoints.save(device);

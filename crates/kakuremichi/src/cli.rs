@@ -301,7 +301,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config.data_dir = Some(a.data_dir);
             config.proxy.connect_timeout = Duration::from_secs(a.connect_timeout.max(1));
             a.limits.apply(&mut config.proxy);
-            config.validate().map_err(anyhow::Error::msg)?;
+            config.validate()?;
             let listeners = kakuremichi_gateway::GatewayListeners {
                 http: bind_tcp(a.http_listen, "--http-listen").await?,
                 https: bind_tcp(a.https_listen, "--https-listen").await?,

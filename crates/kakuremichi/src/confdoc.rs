@@ -151,7 +151,7 @@ mod tests {
         assert!(
             updated == doc,
             "docs/configuration.md differs from the flags in the code (crates/kakuremichi/src/cli.rs, \
-             up.rs). Regenerate it with:\n    {REGENERATE}\nand commit the result. The block the code \
+             up/mod.rs). Regenerate it with:\n    {REGENERATE}\nand commit the result. The block the code \
              renders is:\n{rendered}"
         );
     }

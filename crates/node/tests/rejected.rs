@@ -2,7 +2,7 @@
 //! same session, against a scripted Control (issue 14, point 1).
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use kakuremichi_node::{ControlSession, NodeState, Secret, SessionConfig, SessionEvent};
+use kakuremichi_node::{ControlLink, LinkConfig, LinkEvent, NodeState, Secret};
 use kakuremichi_proto::{
     decode_node, ConfigSnapshot, ControlMessage, NodeMessage, NodeRole, WgPeer, MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -64,9 +64,9 @@ async fn a_snapshot_that_cannot_be_applied_is_reported_and_the_last_good_one_kep
     let dir = tempfile::tempdir().unwrap();
     let state = NodeState::open(Some(dir.path().to_path_buf()), NodeRole::Gateway).unwrap();
     let key = kakuremichi_tunnel::PrivateKey::generate().public_key();
-    let config = SessionConfig::new(url, Secret::new("kmg_test"), NodeRole::Gateway, key);
+    let config = LinkConfig::new(url, Secret::new("kmg_test"), NodeRole::Gateway, key);
     let (events_tx, mut events) = mpsc::channel(16);
-    let session = tokio::spawn(ControlSession::new(config, state.clone(), None).run(events_tx));
+    let session = tokio::spawn(ControlLink::new(config, state.clone(), None).run(events_tx));
 
     let (tcp, _) = listener.accept().await.unwrap();
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
@@ -117,7 +117,7 @@ async fn a_snapshot_that_cannot_be_applied_is_reported_and_the_last_good_one_kep
     while let Ok(Some(event)) =
         tokio::time::timeout(Duration::from_millis(200), events.recv()).await
     {
-        if let SessionEvent::Config(s) = event {
+        if let LinkEvent::Config(s) = event {
             seen.push(s.config_hash.clone());
         }
     }

@@ -1,0 +1,196 @@
+//! The node's link to Control: a WebSocket that delivers config snapshots, kept open forever.
+//!
+//! Why "link": Control calls its side of this WebSocket a node *session* (its `hub`), and the web
+//! UI has browser login *sessions*. The node's end is the [`ControlLink`]; one connection of it
+//! (connect, hello, then messages until it drops) is still "a session" in the log, which users
+//! already know ("Control session: ...; retrying").
+//!
+//! Protocol (see `kakuremichi_proto`): the node sends `Hello` with its public key and the hash of
+//! the snapshot it holds; Control answers `Welcome` and, if the hash differs, `Config`; later
+//! `Config`s arrive on every change. Control pings; a session silent for `idle_timeout` is
+//! considered dead and replaced.
+//!
+//! This file is the reconnect loop; [`connect`] opens one session and says hello, [`message`]
+//! handles what Control sends on it.
+
+mod connect;
+mod message;
+
+use crate::{control_ws_url, Backoff, NodeState, Secret};
+use kakuremichi_proto::{ConfigSnapshot, NodeRole};
+use kakuremichi_tunnel::PublicKey;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Control's base URL (`https://control.example.com`, `http://127.0.0.1:8780`).
+    pub control_url: String,
+    /// Gateway token or Agent API key.
+    pub credential: Secret,
+    pub role: NodeRole,
+    pub public_key: PublicKey,
+    /// A session with no frame from Control for this long is dead (Control pings every 10 s).
+    pub idle_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+impl LinkConfig {
+    pub fn new(
+        control_url: String,
+        credential: Secret,
+        role: NodeRole,
+        public_key: PublicKey,
+    ) -> Self {
+        Self {
+            control_url,
+            credential,
+            role,
+            public_key,
+            idle_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What the link reports to its role.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    /// A session is established (`Welcome` received).
+    Connected { node_id: i64 },
+    /// A new snapshot, already verified and written to the cache.
+    Config(Arc<ConfigSnapshot>),
+    /// The session ended; the node keeps running on its current config.
+    Disconnected { reason: String },
+}
+
+pub struct ControlLink {
+    config: LinkConfig,
+    state: NodeState,
+    held_hash: Option<String>,
+}
+
+/// Why one session ended.
+enum End {
+    /// Control refused us; retrying at the slow end of the backoff is all we can do.
+    Refused(String),
+    Lost(String),
+}
+
+impl ControlLink {
+    /// `held_hash` is the hash of the snapshot the node already runs (e.g. from its cache).
+    pub fn new(config: LinkConfig, state: NodeState, held_hash: Option<String>) -> Self {
+        Self {
+            config,
+            state,
+            held_hash,
+        }
+    }
+
+    /// Runs sessions forever; returns only when `events` is closed (the role shut down).
+    pub async fn run(mut self, events: mpsc::Sender<LinkEvent>) {
+        let url = match control_ws_url(&self.config.control_url) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        let mut retry = Retry::new(self.config.backoff.clone());
+        loop {
+            let started = Instant::now();
+            let end = self.one_session(&url, &events, &mut retry.backoff).await;
+            if events.is_closed() {
+                return;
+            }
+            let (reason, refused) = match end {
+                End::Refused(r) => (r, true),
+                End::Lost(r) => (r, false),
+            };
+            let _ = events
+                .send(LinkEvent::Disconnected {
+                    reason: reason.clone(),
+                })
+                .await;
+            let delay = retry.after(started.elapsed(), &reason, refused, &self.config);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One session: connect, say hello, then handle Control's messages until it ends.
+    async fn one_session(
+        &mut self,
+        url: &str,
+        events: &mpsc::Sender<LinkEvent>,
+        backoff: &mut Backoff,
+    ) -> End {
+        let mut ws = match connect::connect(url, &self.config).await {
+            Ok(ws) => ws,
+            Err(end) => return end,
+        };
+        if let Err(end) = connect::hello(&mut ws, &self.config, self.held_hash.clone()).await {
+            return end;
+        }
+        loop {
+            let text = match message::receive(&mut ws, self.config.idle_timeout).await {
+                Ok(text) => text,
+                Err(end) => return end,
+            };
+            if let Err(end) = self.handle(&mut ws, &text, events, backoff).await {
+                return end;
+            }
+        }
+    }
+}
+
+/// Pacing and logging between sessions: jittered backoff, at least 5 s after a refusal, and a
+/// warning at most once a minute while Control stays unreachable (every refusal is warned).
+struct Retry {
+    backoff: Backoff,
+    failing_since: Option<Instant>,
+    last_warn: Option<Instant>,
+}
+
+impl Retry {
+    fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            failing_since: None,
+            last_warn: None,
+        }
+    }
+
+    /// Logs why the session ended and returns how long to wait before the next one.
+    fn after(
+        &mut self,
+        lasted: Duration,
+        reason: &str,
+        refused: bool,
+        config: &LinkConfig,
+    ) -> Duration {
+        if lasted > Duration::from_secs(10) {
+            // It was a real session, not a failed attempt: start counting afresh.
+            self.backoff.reset();
+            self.failing_since = None;
+            self.last_warn = None;
+        }
+        let now = Instant::now();
+        let since = *self.failing_since.get_or_insert(now);
+        if refused
+            || self
+                .last_warn
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+        {
+            tracing::warn!(control = %config.control_url, failing_for = ?now.duration_since(since), "Control session: {reason}; retrying");
+            self.last_warn = Some(now);
+        } else {
+            tracing::debug!("Control session: {reason}; retrying");
+        }
+        if refused {
+            self.backoff.next_delay().max(Duration::from_secs(5))
+        } else {
+            self.backoff.next_delay()
+        }
+    }
+}
