@@ -8,6 +8,7 @@ mod accounts;
 mod activity;
 mod agents;
 mod dashboard;
+mod form;
 mod gateways;
 mod overview;
 mod page;

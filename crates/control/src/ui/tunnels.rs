@@ -1,34 +1,31 @@
 //! Tunnels pages: list with public URL, live status and access mode, create, edit (one form for
 //! both, see `templates/macros.html`), enable/disable, delete after a confirmation page.
 
+use super::form::{above, CsrfForm, ErrorPage, NoFields, ShowsErrors, Ui, UiForm, UiResult};
 use super::overview;
-use super::page::{self as render, done, flash};
+use super::page::{self as render, done, flash, Done};
 use super::session::Viewer;
 use crate::api::{ApiError, AppState};
 use crate::certs::TlsMode;
 use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
 use crate::validate;
-use axum::extract::{Path, Query, RawForm, State};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::response::Response;
-use axum::Form;
+use axum::response::{IntoResponse, Response};
 use kakuremichi_proto::AccessPolicy;
 use minijinja::{context, Value};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 
-#[derive(Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
-/// The tunnel form's fields (a new field: add it here, in [`TunnelForm::parse`],
+/// The tunnel form's fields (a new field: add it here, in `From<Vec<..>> for TunnelForm`,
 /// [`TunnelForm::input`] and in the `tunnel_fields` macro). Serialised for the template under
-/// the names the tunnel's page view uses, so one macro renders both.
-#[derive(serde::Serialize, Default)]
+/// the names the tunnel's page view uses, so one macro renders both. Decoded by hand from the
+/// body's pairs: `replica` repeats, which `Form`'s decoder refuses for a struct.
+#[derive(serde::Serialize, Deserialize, Default)]
+#[serde(from = "Vec<(String, String)>")]
 pub struct TunnelForm {
-    csrf: String,
     hostname: String,
     agent_id: String,
     target: String,
@@ -78,14 +75,11 @@ fn number_field(text: &str, label: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-impl TunnelForm {
-    /// Parses the posted body by hand: `replica` repeats, which `Form`'s decoder refuses.
-    fn parse(body: &[u8]) -> TunnelForm {
+impl From<Vec<(String, String)>> for TunnelForm {
+    fn from(pairs: Vec<(String, String)>) -> TunnelForm {
         let mut f = TunnelForm::default();
-        for (key, value) in form_urlencoded::parse(body) {
-            let value = value.into_owned();
-            match key.as_ref() {
-                "csrf" => f.csrf = value,
+        for (key, value) in pairs {
+            match key.as_str() {
                 "hostname" => f.hostname = value,
                 "agent_id" => f.agent_id = value,
                 "target" => f.target = value,
@@ -107,7 +101,16 @@ impl TunnelForm {
         }
         f
     }
+}
 
+impl UiForm for TunnelForm {
+    /// After a failed save the form shows what was typed (the e-mail list above all).
+    fn kept(&self) -> Value {
+        context! { form => Value::from_serialize(self) }
+    }
+}
+
+impl TunnelForm {
     /// Every agent, primary first, when the form showed the replica boxes.
     fn agent_ids(&self, primary: i64) -> Result<Option<Vec<i64>>, ApiError> {
         if !self.replicas_shown {
@@ -206,16 +209,6 @@ impl TunnelForm {
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-fn or_error(viewer: &Viewer, r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(|e| render::error_page(viewer, &e))
-}
-
 async fn render_list(
     state: &AppState,
     viewer: &Viewer,
@@ -254,147 +247,148 @@ async fn render_one(
     Ok(render::page(viewer, status, template, "tunnels", ctx))
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Query(q): Query<Done>,
-) -> Response {
-    let ctx = context! { flash => flash(q.done.as_deref()) };
-    or_error(
-        &viewer,
-        render_list(&state, &viewer, StatusCode::OK, ctx).await,
-    )
-}
+/// Errors of the create form: above the list, with the form as it was typed.
+pub struct TunnelsPage;
 
-pub async fn create(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    RawForm(body): RawForm,
-) -> Response {
-    let form = TunnelForm::parse(&body);
-    let result = async {
-        viewer.check(&form.csrf)?;
-        let mut input = form.input()?;
-        input.enabled = Some(true);
-        ops::tunnels::create(&state, &viewer.user, input).await
+impl ShowsErrors for TunnelsPage {
+    async fn at(_: &mut Parts, _: &AppState) -> Result<Self, Response> {
+        Ok(Self)
     }
-    .await;
-    match result {
-        Ok(t) => done(&format!("/tunnels/{}", t.id), "tunnel-created"),
-        Err(e) => {
-            let ctx = context! { error => e.message(), form => Value::from_serialize(&form) };
-            or_error(&viewer, render_list(&state, &viewer, e.status(), ctx).await)
-        }
+
+    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
+        above(viewer, e, kept, |status, ctx| {
+            render_list(state, viewer, status, ctx)
+        })
+        .await
     }
 }
 
-pub async fn show(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Query(q): Query<Done>,
-) -> Response {
+/// Errors of the edit form: on the tunnel's page (its id from the path), with the form as it
+/// was typed, not the stored values.
+pub struct TunnelPage(i64);
+
+impl ShowsErrors for TunnelPage {
+    async fn at(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Path(id) = Path::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self(id))
+    }
+
+    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
+        above(viewer, e, kept, |status, ctx| {
+            render_one(state, viewer, self.0, status, "tunnel.html", ctx)
+        })
+        .await
+    }
+}
+
+pub async fn list(ui: Ui, Query(q): Query<Done>) -> UiResult {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    or_error(
-        &viewer,
-        render_one(&state, &viewer, id, StatusCode::OK, "tunnel.html", ctx).await,
-    )
+    ui.run(render_list(&ui.state, &ui.viewer, StatusCode::OK, ctx))
+        .await
+}
+
+pub async fn create(CsrfForm(ui, (), form): CsrfForm<TunnelForm, TunnelsPage>) -> UiResult {
+    let t = ui
+        .run(async {
+            let input = TunnelInput {
+                enabled: Some(true),
+                ..form.input()?
+            };
+            ops::tunnels::create(&ui.state, &ui.viewer.user, input).await
+        })
+        .await?;
+    Ok(done(&format!("/tunnels/{}", t.id), "tunnel-created"))
+}
+
+pub async fn show(ui: Ui, Path(id): Path<i64>, Query(q): Query<Done>) -> UiResult {
+    let ctx = context! { flash => flash(q.done.as_deref()) };
+    ui.run(render_one(
+        &ui.state,
+        &ui.viewer,
+        id,
+        StatusCode::OK,
+        "tunnel.html",
+        ctx,
+    ))
+    .await
 }
 
 pub async fn update(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    RawForm(body): RawForm,
-) -> Response {
-    let form = TunnelForm::parse(&body);
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::tunnels::update(&state, &viewer.user, id, form.input()?).await
-    }
-    .await;
-    match result {
-        Ok(_) => done(&format!("/tunnels/{id}"), "tunnel-saved"),
-        Err(e) => {
-            // The form shows what was typed (the e-mail list above all), not the stored values.
-            let ctx = context! { error => e.message(), form => Value::from_serialize(&form) };
-            or_error(
-                &viewer,
-                render_one(&state, &viewer, id, e.status(), "tunnel.html", ctx).await,
-            )
-        }
-    }
+    CsrfForm(ui, Path(id), form): CsrfForm<TunnelForm, TunnelPage, Path<i64>>,
+) -> UiResult {
+    ui.run(async { ops::tunnels::update(&ui.state, &ui.viewer.user, id, form.input()?).await })
+        .await?;
+    Ok(done(&format!("/tunnels/{id}"), "tunnel-saved"))
 }
 
 /// Enable or disable in one click (the form says which).
 #[derive(Deserialize)]
 pub struct ToggleForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     enabled: String,
 }
 
+impl UiForm for ToggleForm {}
+
 pub async fn toggle(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<ToggleForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        let input = TunnelInput {
-            enabled: Some(form.enabled == "true"),
-            ..Default::default()
-        };
-        ops::tunnels::update(&state, &viewer.user, id, input).await
-    }
-    .await;
-    match result {
-        Ok(_) => done(&format!("/tunnels/{id}"), "tunnel-saved"),
-        Err(e) => render::error_page(&viewer, &e),
-    }
+    CsrfForm(ui, Path(id), form): CsrfForm<ToggleForm, ErrorPage, Path<i64>>,
+) -> UiResult {
+    let input = TunnelInput {
+        enabled: Some(form.enabled == "true"),
+        ..Default::default()
+    };
+    let op = ops::tunnels::update(&ui.state, &ui.viewer.user, id, input);
+    ui.run(op).await?;
+    Ok(done(&format!("/tunnels/{id}"), "tunnel-saved"))
 }
 
-pub async fn confirm_delete(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-) -> Response {
-    or_error(
-        &viewer,
-        render_one(
-            &state,
-            &viewer,
-            id,
-            StatusCode::OK,
-            "tunnel_delete.html",
-            context! {},
-        )
-        .await,
-    )
+pub async fn confirm_delete(ui: Ui, Path(id): Path<i64>) -> UiResult {
+    let page = render_one(
+        &ui.state,
+        &ui.viewer,
+        id,
+        StatusCode::OK,
+        "tunnel_delete.html",
+        context! {},
+    );
+    ui.run(page).await
 }
 
 pub async fn delete(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::tunnels::delete(&state, &viewer.user, id).await
-    }
-    .await;
-    match result {
-        Ok(()) => done("/tunnels", "tunnel-deleted"),
-        Err(e) => render::error_page(&viewer, &e),
-    }
+    CsrfForm(ui, Path(id), _): CsrfForm<NoFields, ErrorPage, Path<i64>>,
+) -> UiResult {
+    let op = ops::tunnels::delete(&ui.state, &ui.viewer.user, id);
+    ui.run(op).await?;
+    Ok(done("/tunnels", "tunnel-deleted"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::{FromRequest, Request};
+    use axum::Form;
+
+    impl TunnelForm {
+        fn parse(body: &[u8]) -> TunnelForm {
+            form_urlencoded::parse(body)
+                .into_owned()
+                .collect::<Vec<_>>()
+                .into()
+        }
+    }
+
+    #[tokio::test]
+    async fn forms_decoder_takes_the_repeated_replicas() {
+        let req = Request::post("/tunnels")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("csrf=t&hostname=a.test&replica=2&replica=3&replicas_shown=1".into())
+            .unwrap();
+        let Form(f) = Form::<TunnelForm>::from_request(req, &()).await.unwrap();
+        assert_eq!(f.hostname, "a.test");
+        assert_eq!(f.agent_ids(1).unwrap(), Some(vec![1, 2, 3]));
+    }
 
     fn form(access: &str, allow: &str) -> TunnelForm {
         TunnelForm {
