@@ -1,7 +1,7 @@
 //! Agents page: list with live status; "Add agent" shows the API key once with ready-to-paste
 //! commands; rotate the key; delete.
 
-use super::form::{above, CsrfForm, ErrorPage, NoFields, ShowsErrors, Ui, UiForm, UiResult};
+use super::form::{CsrfForm, ErrorPage, NoFields, Redraw, Ui, UiForm, UiResult};
 use super::overview;
 use super::page::{self as render, done, flash, Done};
 use super::session::Viewer;
@@ -10,7 +10,6 @@ use crate::ops;
 use crate::store::AgentRow;
 use axum::extract::{Path, Query};
 use axum::http::header::HOST;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use minijinja::{context, Value};
@@ -42,36 +41,26 @@ pub fn control_url(state: &AppState, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-async fn render_list(
-    state: &AppState,
-    viewer: &Viewer,
-    status: StatusCode,
-    ctx: Value,
-) -> Result<Response, ApiError> {
-    let o = overview::load(state, &viewer.user).await?;
-    let ctx = context! { agents => Value::from_serialize(&o.agents), ..ctx };
-    Ok(render::page(viewer, status, "agents.html", "agents", ctx))
-}
-
-/// Errors above the list of agents.
+/// The list of agents; errors of its forms above it.
+#[derive(Default)]
 pub struct AgentsPage;
 
-impl ShowsErrors for AgentsPage {
-    async fn at(_: &mut Parts, _: &AppState) -> Result<Self, Response> {
-        Ok(Self)
-    }
-
-    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
-        above(viewer, e, kept, |status, ctx| {
-            render_list(state, viewer, status, ctx)
-        })
-        .await
+impl Redraw for AgentsPage {
+    async fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> Result<Response, ApiError> {
+        let o = overview::load(state, &viewer.user).await?;
+        let ctx = context! { agents => Value::from_serialize(&o.agents), ..ctx };
+        Ok(render::page(viewer, status, "agents.html", "agents", ctx))
     }
 }
 
 pub async fn list(ui: Ui, Query(q): Query<Done>) -> UiResult {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    ui.run(render_list(&ui.state, &ui.viewer, StatusCode::OK, ctx))
+    ui.run(AgentsPage::draw(&ui.state, &ui.viewer, StatusCode::OK, ctx))
         .await
 }
 

@@ -81,8 +81,41 @@ impl ShowsErrors for ApiErrors {
     }
 }
 
+/// A page drawn again with a form's error above it, with what was typed (the list pages):
+/// [`Redraw::draw`] is all such a page writes.
+pub trait Redraw: Default + Send + Sync {
+    /// The page at `status`, with `ctx` added (the flash, an error, what a form kept).
+    fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> impl Future<Output = Result<Response, ApiError>> + Send;
+
+    /// Errors shown on the plain error page instead. Default: none.
+    fn not_here(_: &ApiError) -> bool {
+        false
+    }
+}
+
+impl<P: Redraw> ShowsErrors for P {
+    async fn at(_: &mut Parts, _: &AppState) -> Result<Self, Response> {
+        Ok(P::default())
+    }
+
+    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
+        if P::not_here(&e) {
+            return error_page(viewer, &e);
+        }
+        above(viewer, e, kept, |status, ctx| {
+            P::draw(state, viewer, status, ctx)
+        })
+        .await
+    }
+}
+
 /// `e`, with what was typed, above the page `draw` renders at the error's status; the plain
-/// error page if that page cannot be drawn either. The list pages' [`ShowsErrors::show`].
+/// error page if that page cannot be drawn either.
 pub async fn above<F>(
     viewer: &Viewer,
     e: ApiError,

@@ -2,14 +2,13 @@
 //! switch, delete; "Add gateway" shows the token once with the command that starts it.
 
 use super::agents::control_url;
-use super::form::{above, CsrfForm, NoFields, ShowsErrors, Ui, UiForm, UiResult};
+use super::form::{CsrfForm, NoFields, Redraw, Ui, UiForm, UiResult};
 use super::overview;
 use super::page::{self as render, done, flash, Done};
 use super::session::Viewer;
 use crate::api::{ApiError, AppState};
 use crate::ops;
 use axum::extract::{Path, Query};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use minijinja::{context, Value};
@@ -37,36 +36,26 @@ pub struct ToggleForm {
 
 impl UiForm for ToggleForm {}
 
-async fn render_list(
-    state: &AppState,
-    viewer: &Viewer,
-    status: StatusCode,
-    ctx: Value,
-) -> Result<Response, ApiError> {
-    let o = overview::load(state, &viewer.user).await?;
-    let ctx = context! { gateways => Value::from_serialize(&o.gateways), ..ctx };
-    Ok(render::page(
-        viewer,
-        status,
-        "gateways.html",
-        "gateways",
-        ctx,
-    ))
-}
-
-/// Errors above the list of gateways.
+/// The list of gateways; errors of its forms above it.
+#[derive(Default)]
 pub struct GatewaysPage;
 
-impl ShowsErrors for GatewaysPage {
-    async fn at(_: &mut Parts, _: &AppState) -> Result<Self, Response> {
-        Ok(Self)
-    }
-
-    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
-        above(viewer, e, kept, |status, ctx| {
-            render_list(state, viewer, status, ctx)
-        })
-        .await
+impl Redraw for GatewaysPage {
+    async fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> Result<Response, ApiError> {
+        let o = overview::load(state, &viewer.user).await?;
+        let ctx = context! { gateways => Value::from_serialize(&o.gateways), ..ctx };
+        Ok(render::page(
+            viewer,
+            status,
+            "gateways.html",
+            "gateways",
+            ctx,
+        ))
     }
 }
 
@@ -75,8 +64,13 @@ type GatewayForm<T, I = ()> = CsrfForm<T, GatewaysPage, I>;
 
 pub async fn list(ui: Ui, Query(q): Query<Done>) -> UiResult {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    ui.run(render_list(&ui.state, &ui.viewer, StatusCode::OK, ctx))
-        .await
+    ui.run(GatewaysPage::draw(
+        &ui.state,
+        &ui.viewer,
+        StatusCode::OK,
+        ctx,
+    ))
+    .await
 }
 
 pub async fn create(

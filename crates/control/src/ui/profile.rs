@@ -1,14 +1,13 @@
 //! Profile: change your password, personal API tokens (create: shown once; list; revoke), and
 //! "log out everywhere".
 
-use super::form::{above, CsrfForm, ShowsErrors, Ui, UiForm, UiResult};
+use super::form::{CsrfForm, Redraw, Ui, UiForm, UiResult};
 use super::page::{self as render, done, flash, Done};
 use super::session::Viewer;
 use crate::api::{ApiError, AppState};
 use crate::ops;
 use axum::extract::{Path, Query};
 use axum::http::header::SET_COOKIE;
-use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::{context, Value};
@@ -32,30 +31,20 @@ pub struct TokenForm {
 
 impl UiForm for TokenForm {}
 
-async fn render_page(
-    state: &AppState,
-    viewer: &Viewer,
-    status: StatusCode,
-    ctx: Value,
-) -> Result<Response, ApiError> {
-    let tokens = state.store.list_tokens(viewer.user.id).await?;
-    let ctx = context! { tokens => Value::from_serialize(&tokens), ..ctx };
-    Ok(render::page(viewer, status, "profile.html", "profile", ctx))
-}
-
-/// Errors above the profile page.
+/// The profile page; errors of its forms above it.
+#[derive(Default)]
 pub struct ProfilePage;
 
-impl ShowsErrors for ProfilePage {
-    async fn at(_: &mut Parts, _: &AppState) -> Result<Self, Response> {
-        Ok(Self)
-    }
-
-    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
-        above(viewer, e, kept, |status, ctx| {
-            render_page(state, viewer, status, ctx)
-        })
-        .await
+impl Redraw for ProfilePage {
+    async fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> Result<Response, ApiError> {
+        let tokens = state.store.list_tokens(viewer.user.id).await?;
+        let ctx = context! { tokens => Value::from_serialize(&tokens), ..ctx };
+        Ok(render::page(viewer, status, "profile.html", "profile", ctx))
     }
 }
 
@@ -64,8 +53,13 @@ type ProfileForm<T, I = ()> = CsrfForm<T, ProfilePage, I>;
 
 pub async fn page(ui: Ui<ProfilePage>, Query(q): Query<Done>) -> UiResult {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    ui.run(render_page(&ui.state, &ui.viewer, StatusCode::OK, ctx))
-        .await
+    ui.run(ProfilePage::draw(
+        &ui.state,
+        &ui.viewer,
+        StatusCode::OK,
+        ctx,
+    ))
+    .await
 }
 
 /// Every session ends with a password change; this one is opened again so the user stays in.
@@ -85,7 +79,7 @@ pub async fn create_token(CsrfForm(ui, (), form): ProfileForm<TokenForm>) -> UiR
     ui.run(async {
         let (row, token) = ops::tokens::create(&ui.state, &ui.viewer.user, &form.name).await?;
         let ctx = context! { new_token => context! { name => row.name, token => token } };
-        render_page(&ui.state, &ui.viewer, StatusCode::OK, ctx).await
+        ProfilePage::draw(&ui.state, &ui.viewer, StatusCode::OK, ctx).await
     })
     .await
 }

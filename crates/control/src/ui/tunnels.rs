@@ -1,7 +1,9 @@
 //! Tunnels pages: list with public URL, live status and access mode, create, edit (one form for
 //! both, see `templates/macros.html`), enable/disable, delete after a confirmation page.
 
-use super::form::{above, CsrfForm, ErrorPage, NoFields, ShowsErrors, Ui, UiForm, UiResult};
+use super::form::{
+    above, CsrfForm, ErrorPage, NoFields, Redraw, ShowsErrors, Ui, UiForm, UiResult,
+};
 use super::overview;
 use super::page::{self as render, done, flash, Done};
 use super::session::Viewer;
@@ -209,20 +211,26 @@ impl TunnelForm {
     }
 }
 
-async fn render_list(
-    state: &AppState,
-    viewer: &Viewer,
-    status: StatusCode,
-    ctx: Value,
-) -> Result<Response, ApiError> {
-    let o = overview::load(state, &viewer.user).await?;
-    let ctx = context! {
-        tunnels => Value::from_serialize(&o.tunnels),
-        agents => Value::from_serialize(&o.agents),
-        default_tls => state.default_tls.as_str(),
-        ..ctx
-    };
-    Ok(render::page(viewer, status, "tunnels.html", "tunnels", ctx))
+/// The list of tunnels; errors of the create form above it, with the form as it was typed.
+#[derive(Default)]
+pub struct TunnelsPage;
+
+impl Redraw for TunnelsPage {
+    async fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> Result<Response, ApiError> {
+        let o = overview::load(state, &viewer.user).await?;
+        let ctx = context! {
+            tunnels => Value::from_serialize(&o.tunnels),
+            agents => Value::from_serialize(&o.agents),
+            default_tls => state.default_tls.as_str(),
+            ..ctx
+        };
+        Ok(render::page(viewer, status, "tunnels.html", "tunnels", ctx))
+    }
 }
 
 async fn render_one(
@@ -247,22 +255,6 @@ async fn render_one(
     Ok(render::page(viewer, status, template, "tunnels", ctx))
 }
 
-/// Errors of the create form: above the list, with the form as it was typed.
-pub struct TunnelsPage;
-
-impl ShowsErrors for TunnelsPage {
-    async fn at(_: &mut Parts, _: &AppState) -> Result<Self, Response> {
-        Ok(Self)
-    }
-
-    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
-        above(viewer, e, kept, |status, ctx| {
-            render_list(state, viewer, status, ctx)
-        })
-        .await
-    }
-}
-
 /// Errors of the edit form: on the tunnel's page (its id from the path), with the form as it
 /// was typed, not the stored values.
 pub struct TunnelPage(i64);
@@ -285,8 +277,13 @@ impl ShowsErrors for TunnelPage {
 
 pub async fn list(ui: Ui, Query(q): Query<Done>) -> UiResult {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    ui.run(render_list(&ui.state, &ui.viewer, StatusCode::OK, ctx))
-        .await
+    ui.run(TunnelsPage::draw(
+        &ui.state,
+        &ui.viewer,
+        StatusCode::OK,
+        ctx,
+    ))
+    .await
 }
 
 pub async fn create(CsrfForm(ui, (), form): CsrfForm<TunnelForm, TunnelsPage>) -> UiResult {

@@ -2,13 +2,12 @@
 //! reset a password, delete; and the settings: open registration and the per-user quotas.
 
 use super::agents::control_url;
-use super::form::{above, CsrfForm, ShowsErrors, Ui, UiForm, UiResult};
+use super::form::{CsrfForm, Redraw, Ui, UiForm, UiResult};
 use super::page::{self as render, done, flash, Done};
 use super::session::Viewer;
 use crate::api::{ApiError, AppState};
 use crate::ops::{self, require_admin};
 use axum::extract::{Path, Query};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use minijinja::{context, Value};
@@ -42,42 +41,34 @@ pub struct QuotaForm {
 
 impl UiForm for QuotaForm {}
 
-async fn render_list(
-    state: &AppState,
-    viewer: &Viewer,
-    status: StatusCode,
-    ctx: Value,
-) -> Result<Response, ApiError> {
-    require_admin(&viewer.user, "manage users")?;
-    let users: Vec<_> = state
-        .store
-        .list_users()
-        .await?
-        .into_iter()
-        .map(|u| context! { id => u.id, email => u.email, is_admin => u.is_admin, created_at => u.created_at, email_verified => u.email_verified })
-        .collect();
-    let open = state.store.open_registration().await?;
-    let quotas = Value::from_serialize(state.store.quotas().await?);
-    let ctx = context! { users => users, open_registration => open, quotas => quotas, ..ctx };
-    Ok(render::page(viewer, status, "users.html", "users", ctx))
-}
-
-/// Errors above the list of users; a refusal (not an admin, a stale form) on the error page.
+/// The list of users (admins only); errors of its forms above it, a refusal (not an admin, a
+/// stale form) on the error page.
+#[derive(Default)]
 pub struct UsersPage;
 
-impl ShowsErrors for UsersPage {
-    async fn at(_: &mut Parts, _: &AppState) -> Result<Self, Response> {
-        Ok(Self)
+impl Redraw for UsersPage {
+    fn not_here(e: &ApiError) -> bool {
+        e.status() == StatusCode::FORBIDDEN
     }
 
-    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
-        if e.status() == StatusCode::FORBIDDEN {
-            return render::error_page(viewer, &e);
-        }
-        above(viewer, e, kept, |status, ctx| {
-            render_list(state, viewer, status, ctx)
-        })
-        .await
+    async fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> Result<Response, ApiError> {
+        require_admin(&viewer.user, "manage users")?;
+        let users: Vec<_> = state
+            .store
+            .list_users()
+            .await?
+            .into_iter()
+            .map(|u| context! { id => u.id, email => u.email, is_admin => u.is_admin, created_at => u.created_at, email_verified => u.email_verified })
+            .collect();
+        let open = state.store.open_registration().await?;
+        let quotas = Value::from_serialize(state.store.quotas().await?);
+        let ctx = context! { users => users, open_registration => open, quotas => quotas, ..ctx };
+        Ok(render::page(viewer, status, "users.html", "users", ctx))
     }
 }
 
@@ -86,7 +77,7 @@ type UsersForm<T, I = ()> = CsrfForm<T, UsersPage, I>;
 
 pub async fn list(ui: Ui<UsersPage>, Query(q): Query<Done>) -> UiResult {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    ui.run(render_list(&ui.state, &ui.viewer, StatusCode::OK, ctx))
+    ui.run(UsersPage::draw(&ui.state, &ui.viewer, StatusCode::OK, ctx))
         .await
 }
 
@@ -109,7 +100,7 @@ pub async fn invite(headers: HeaderMap, CsrfForm(ui, (), form): UsersForm<UserFo
         let token = ops::users::invite(&ui.state, &ui.viewer.user, &form.email, admin).await?;
         let link = format!("{}/register?invite={token}", control_url(&ui.state, &headers));
         let ctx = context! { invitation => context! { email => form.email.trim().to_lowercase(), link => link } };
-        render_list(&ui.state, &ui.viewer, StatusCode::OK, ctx).await
+        UsersPage::draw(&ui.state, &ui.viewer, StatusCode::OK, ctx).await
     })
     .await
 }
