@@ -1,8 +1,9 @@
 //! Signing in and out: the first-run setup page, login (honouring `?next=`), logout, and
 //! registration by invitation link or, when an admin turned it on, open registration.
 
+use super::form::{ApiErrors, CsrfForm, NoFields, UiResult};
 use super::page::render;
-use super::viewer::{safe_next, same_origin, Viewer};
+use super::viewer::{safe_next, same_origin};
 use crate::app::AppState;
 use crate::auth::{session_cookie, ClientIp};
 use crate::error::ApiError;
@@ -47,12 +48,6 @@ pub struct RegisterForm {
 #[derive(Deserialize)]
 pub struct InviteQuery {
     invite: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// A throttled or overloaded answer says when to come back.
@@ -153,22 +148,15 @@ pub async fn login(
 
 /// Ends this session. The CSRF token is required so another site cannot log the user out.
 pub async fn logout(
-    State(state): State<AppState>,
-    viewer: Viewer,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Result<Response, Response> {
-    viewer
-        .check(&form.csrf)
-        .map_err(IntoResponse::into_response)?;
+    CsrfForm(ui, (), _): CsrfForm<NoFields, ApiErrors>,
+) -> UiResult {
     if let Some(session) = session_cookie(&headers) {
-        state
-            .store
-            .delete_session(&secrets::hash(session))
-            .await
-            .map_err(|e| ApiError::from(e).into_response())?;
+        let hash = secrets::hash(session);
+        ui.run(async { Ok(ui.state.store.delete_session(&hash).await?) })
+            .await?;
     }
-    let cookie = ops::login::set_cookie(&state, "");
+    let cookie = ops::login::set_cookie(&ui.state, "");
     Ok(([(SET_COOKIE, cookie)], Redirect::to("/login")).into_response())
 }
 

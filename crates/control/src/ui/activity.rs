@@ -1,12 +1,10 @@
 //! Activity: the audit log, newest first, 50 per page (`?before=<id>` for older entries).
 //! Admins see everyone's changes; members see their own (as `GET /api/v1/audit`).
 
+use super::form::{Ui, UiResult};
 use super::page as render;
-use super::viewer::Viewer;
-use crate::app::AppState;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::http::StatusCode;
-use axum::response::Response;
 use minijinja::{context, Value};
 use serde::Deserialize;
 
@@ -17,24 +15,18 @@ pub struct Paging {
     before: Option<i64>,
 }
 
-pub async fn page(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Query(q): Query<Paging>,
-) -> Response {
-    let only = (!viewer.user.is_admin).then_some(viewer.user.id);
-    match state.store.list_audit(only, q.before, PAGE).await {
-        Ok(entries) => {
-            let older = (entries.len() as i64 == PAGE)
-                .then(|| entries.last().map(|e| e.id))
-                .flatten();
-            let ctx = context! {
-                entries => Value::from_serialize(&entries),
-                older => older,
-                all => viewer.user.is_admin,
-            };
-            render::page(&viewer, StatusCode::OK, "activity.html", "activity", ctx)
-        }
-        Err(e) => render::error_page(&viewer, &e.into()),
-    }
+pub async fn page(ui: Ui, Query(q): Query<Paging>) -> UiResult {
+    let only = (!ui.viewer.user.is_admin).then_some(ui.viewer.user.id);
+    let list = async { Ok(ui.state.store.list_audit(only, q.before, PAGE).await?) };
+    let entries = ui.run(list).await?;
+    let older = (entries.len() as i64 == PAGE)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    let ctx = context! {
+        entries => Value::from_serialize(&entries),
+        older => older,
+        all => ui.viewer.user.is_admin,
+    };
+    let page = render::page(&ui.viewer, StatusCode::OK, "activity.html", "activity", ctx);
+    Ok(page)
 }

@@ -1,38 +1,31 @@
 //! Agents page: list with live status; "Add agent" shows the API key once with ready-to-paste
 //! commands; rotate the key; delete.
 
+use super::form::{CsrfForm, ErrorPage, NoFields, Redraw, Ui, UiForm, UiResult};
 use super::overview;
-use super::page::{self as render, done, flash};
+use super::page::{self as render, done, flash, Done};
 use super::viewer::Viewer;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops;
 use crate::store::AgentRow;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::header::HOST;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Form;
 use minijinja::{context, Value};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
-#[derive(Deserialize)]
 pub struct CreateForm {
-    #[serde(default)]
-    csrf: String,
     #[serde(default)]
     name: String,
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
+impl UiForm for CreateForm {
+    fn kept(&self) -> Value {
+        context! { name => self.name }
+    }
 }
 
 /// The Control URL as the browser reached it: what an agent on the same network would use.
@@ -49,37 +42,32 @@ pub fn control_url(state: &AppState, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-async fn render_list(
-    state: &AppState,
-    viewer: &Viewer,
-    status: StatusCode,
-    ctx: Value,
-) -> Result<Response, ApiError> {
-    let o = overview::load(state, &viewer.user).await?;
-    let ctx = context! { agents => Value::from_serialize(&o.agents), ..ctx };
-    Ok(render::page(viewer, status, "agents.html", "agents", ctx))
+/// The list of agents; errors of its forms above it.
+#[derive(Default)]
+pub struct AgentsPage;
+
+impl Redraw for AgentsPage {
+    async fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> Result<Response, ApiError> {
+        let o = overview::load(state, &viewer.user).await?;
+        let ctx = context! { agents => Value::from_serialize(&o.agents), ..ctx };
+        Ok(render::page(viewer, status, "agents.html", "agents", ctx))
+    }
 }
 
-fn or_error(viewer: &Viewer, r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(|e| render::error_page(viewer, &e))
-}
-
-pub async fn list(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Query(q): Query<Done>,
-) -> Response {
+pub async fn list(ui: Ui, Query(q): Query<Done>) -> UiResult {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    or_error(
-        &viewer,
-        render_list(&state, &viewer, StatusCode::OK, ctx).await,
-    )
+    ui.run(AgentsPage::draw(&ui.state, &ui.viewer, StatusCode::OK, ctx))
+        .await
 }
 
 /// The key page: shown once, right after creation or rotation.
-fn key_page(
-    state: &AppState,
-    viewer: &Viewer,
+fn key_page<P>(
+    ui: &Ui<P>,
     headers: &HeaderMap,
     agent: &AgentRow,
     key: &str,
@@ -88,66 +76,36 @@ fn key_page(
     let ctx = context! {
         agent => context! { id => agent.id, name => agent.name.clone() },
         key => key,
-        control_url => control_url(state, headers),
+        control_url => control_url(&ui.state, headers),
         rotated => rotated,
     };
-    render::page(viewer, StatusCode::OK, "agent_key.html", "agents", ctx)
+    render::page(&ui.viewer, StatusCode::OK, "agent_key.html", "agents", ctx)
 }
 
 pub async fn create(
-    State(state): State<AppState>,
-    viewer: Viewer,
     headers: HeaderMap,
-    Form(form): Form<CreateForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::agents::create(&state, &viewer.user, &form.name).await
-    }
-    .await;
-    match result {
-        Ok((agent, key)) => key_page(&state, &viewer, &headers, &agent, &key, false),
-        Err(e) => {
-            let ctx = context! { error => e.message(), name => form.name };
-            or_error(&viewer, render_list(&state, &viewer, e.status(), ctx).await)
-        }
-    }
+    CsrfForm(ui, (), form): CsrfForm<CreateForm, AgentsPage>,
+) -> UiResult {
+    let (agent, key) = ui
+        .run(ops::agents::create(&ui.state, &ui.viewer.user, &form.name))
+        .await?;
+    Ok(key_page(&ui, &headers, &agent, &key, false))
 }
 
 pub async fn rotate_key(
-    State(state): State<AppState>,
-    viewer: Viewer,
     headers: HeaderMap,
-    Path(id): Path<i64>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::agents::rotate_key(&state, &viewer.user, id).await
-    }
-    .await;
-    match result {
-        Ok((agent, key)) => key_page(&state, &viewer, &headers, &agent, &key, true),
-        Err(e) => render::error_page(&viewer, &e),
-    }
+    CsrfForm(ui, Path(id), _): CsrfForm<NoFields, ErrorPage, Path<i64>>,
+) -> UiResult {
+    let (agent, key) = ui
+        .run(ops::agents::rotate_key(&ui.state, &ui.viewer.user, id))
+        .await?;
+    Ok(key_page(&ui, &headers, &agent, &key, true))
 }
 
 pub async fn delete(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::agents::delete(&state, &viewer.user, id).await
-    }
-    .await;
-    match result {
-        Ok(()) => done("/agents", "agent-deleted"),
-        Err(e) => {
-            let ctx = context! { error => e.message() };
-            or_error(&viewer, render_list(&state, &viewer, e.status(), ctx).await)
-        }
-    }
+    CsrfForm(ui, Path(id), _): CsrfForm<NoFields, AgentsPage, Path<i64>>,
+) -> UiResult {
+    let op = ops::agents::delete(&ui.state, &ui.viewer.user, id);
+    ui.run(op).await?;
+    Ok(done("/agents", "agent-deleted"))
 }

@@ -1,12 +1,12 @@
 //! The dashboard: counts and live status of Gateways, Agents and tunnels, and what needs
 //! attention first, each item with the next step.
 
+use super::form::{Ui, UiResult};
 use super::overview;
 use super::page as render;
 use super::viewer::Viewer;
 use crate::app::AppState;
 use crate::error::ApiError;
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use minijinja::{context, Value};
@@ -154,9 +154,6 @@ pub async fn page_handler(state: &AppState, viewer: &Viewer) -> Result<Response,
     ))
 }
 
-pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
-    match page_handler(&state, &viewer).await {
-        Ok(r) => r,
-        Err(e) => render::error_page(&viewer, &e),
-    }
+pub async fn page(ui: Ui) -> UiResult {
+    ui.run(page_handler(&ui.state, &ui.viewer)).await
 }

@@ -2,12 +2,14 @@
 //! stylesheet and script served from memory, and the security headers of every response.
 //!
 //! Every page works without JavaScript; `static/app.js` only refreshes status badges by polling
-//! `GET /api/v1/status`. Forms post back to the page's own route with the session's CSRF token.
+//! `GET /api/v1/status`. Forms post back to the page's own route with the session's CSRF token,
+//! which `form.rs` checks before any handler runs.
 
 mod accounts;
 mod activity;
 mod agents;
 mod dashboard;
+mod form;
 mod gateways;
 mod overview;
 mod page;

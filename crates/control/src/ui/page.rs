@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use minijinja::{context, Environment, Value};
+use serde::Deserialize;
 use std::sync::OnceLock;
 
 /// Every template, by name. Names ending in `.html` are auto-escaped.
@@ -113,6 +114,12 @@ pub fn error_page(viewer: &Viewer, e: &ApiError) -> Response {
 pub fn done(to: &str, code: &str) -> Response {
     let sep = if to.contains('?') { '&' } else { '?' };
     Redirect::to(&format!("{to}{sep}done={code}")).into_response()
+}
+
+/// The `?done=` confirmation code of a page reached after a form.
+#[derive(Deserialize)]
+pub struct Done {
+    pub done: Option<String>,
 }
 
 /// The sentence for a confirmation code.

@@ -1,8 +1,11 @@
 //! Tunnels pages: list with public URL, live status and access mode, create, edit (one form for
 //! both, see `templates/macros.html`), enable/disable, delete after a confirmation page.
 
+use super::form::{
+    above, CsrfForm, ErrorPage, NoFields, Redraw, ShowsErrors, Ui, UiForm, UiResult,
+};
 use super::overview;
-use super::page::{self as render, done, flash};
+use super::page::{self as render, done, flash, Done};
 use super::viewer::Viewer;
 use crate::app::AppState;
 use crate::certs::TlsMode;
@@ -10,26 +13,22 @@ use crate::error::ApiError;
 use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
 use crate::validate;
-use axum::extract::{Path, Query, RawForm, State};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::response::Response;
-use axum::Form;
+use axum::response::{IntoResponse, Response};
 use kakuremichi_proto::AccessPolicy;
 use minijinja::{context, Value};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 
-#[derive(Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
-/// The tunnel form's fields (a new field: add it here, in [`TunnelForm::parse`],
+/// The tunnel form's fields (a new field: add it here, in `From<Vec<..>> for TunnelForm`,
 /// [`TunnelForm::input`] and in the `tunnel_fields` macro). Serialised for the template under
-/// the names the tunnel's page view uses, so one macro renders both.
-#[derive(serde::Serialize, Default)]
+/// the names the tunnel's page view uses, so one macro renders both. Decoded by hand from the
+/// body's pairs: `replica` repeats, which `Form`'s decoder refuses for a struct.
+#[derive(serde::Serialize, Deserialize, Default)]
+#[serde(from = "Vec<(String, String)>")]
 pub struct TunnelForm {
-    csrf: String,
     hostname: String,
     agent_id: String,
     target: String,
@@ -79,14 +78,11 @@ fn number_field(text: &str, label: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-impl TunnelForm {
-    /// Parses the posted body by hand: `replica` repeats, which `Form`'s decoder refuses.
-    fn parse(body: &[u8]) -> TunnelForm {
+impl From<Vec<(String, String)>> for TunnelForm {
+    fn from(pairs: Vec<(String, String)>) -> TunnelForm {
         let mut f = TunnelForm::default();
-        for (key, value) in form_urlencoded::parse(body) {
-            let value = value.into_owned();
-            match key.as_ref() {
-                "csrf" => f.csrf = value,
+        for (key, value) in pairs {
+            match key.as_str() {
                 "hostname" => f.hostname = value,
                 "agent_id" => f.agent_id = value,
                 "target" => f.target = value,
@@ -108,7 +104,16 @@ impl TunnelForm {
         }
         f
     }
+}
 
+impl UiForm for TunnelForm {
+    /// After a failed save the form shows what was typed (the e-mail list above all).
+    fn kept(&self) -> Value {
+        context! { form => Value::from_serialize(self) }
+    }
+}
+
+impl TunnelForm {
     /// Every agent, primary first, when the form showed the replica boxes.
     fn agent_ids(&self, primary: i64) -> Result<Option<Vec<i64>>, ApiError> {
         if !self.replicas_shown {
@@ -207,30 +212,26 @@ impl TunnelForm {
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
+/// The list of tunnels; errors of the create form above it, with the form as it was typed.
+#[derive(Default)]
+pub struct TunnelsPage;
 
-fn or_error(viewer: &Viewer, r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(|e| render::error_page(viewer, &e))
-}
-
-async fn render_list(
-    state: &AppState,
-    viewer: &Viewer,
-    status: StatusCode,
-    ctx: Value,
-) -> Result<Response, ApiError> {
-    let o = overview::load(state, &viewer.user).await?;
-    let ctx = context! {
-        tunnels => Value::from_serialize(&o.tunnels),
-        agents => Value::from_serialize(&o.agents),
-        default_tls => state.default_tls.as_str(),
-        ..ctx
-    };
-    Ok(render::page(viewer, status, "tunnels.html", "tunnels", ctx))
+impl Redraw for TunnelsPage {
+    async fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> Result<Response, ApiError> {
+        let o = overview::load(state, &viewer.user).await?;
+        let ctx = context! {
+            tunnels => Value::from_serialize(&o.tunnels),
+            agents => Value::from_serialize(&o.agents),
+            default_tls => state.default_tls.as_str(),
+            ..ctx
+        };
+        Ok(render::page(viewer, status, "tunnels.html", "tunnels", ctx))
+    }
 }
 
 async fn render_one(
@@ -255,235 +256,111 @@ async fn render_one(
     Ok(render::page(viewer, status, template, "tunnels", ctx))
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Query(q): Query<Done>,
-) -> Response {
-    let ctx = context! { flash => flash(q.done.as_deref()) };
-    or_error(
-        &viewer,
-        render_list(&state, &viewer, StatusCode::OK, ctx).await,
-    )
-}
+/// Errors of the edit form: on the tunnel's page (its id from the path), with the form as it
+/// was typed, not the stored values.
+pub struct TunnelPage(i64);
 
-pub async fn create(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    RawForm(body): RawForm,
-) -> Response {
-    let form = TunnelForm::parse(&body);
-    let result = async {
-        viewer.check(&form.csrf)?;
-        let mut input = form.input()?;
-        input.enabled = Some(true);
-        ops::tunnels::create(&state, &viewer.user, input).await
+impl ShowsErrors for TunnelPage {
+    async fn at(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Path(id) = Path::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self(id))
     }
-    .await;
-    match result {
-        Ok(t) => done(&format!("/tunnels/{}", t.id), "tunnel-created"),
-        Err(e) => {
-            let ctx = context! { error => e.message(), form => Value::from_serialize(&form) };
-            or_error(&viewer, render_list(&state, &viewer, e.status(), ctx).await)
-        }
+
+    async fn show(&self, state: &AppState, viewer: &Viewer, e: ApiError, kept: Value) -> Response {
+        above(viewer, e, kept, |status, ctx| {
+            render_one(state, viewer, self.0, status, "tunnel.html", ctx)
+        })
+        .await
     }
 }
 
-pub async fn show(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Query(q): Query<Done>,
-) -> Response {
+pub async fn list(ui: Ui, Query(q): Query<Done>) -> UiResult {
     let ctx = context! { flash => flash(q.done.as_deref()) };
-    or_error(
-        &viewer,
-        render_one(&state, &viewer, id, StatusCode::OK, "tunnel.html", ctx).await,
-    )
+    ui.run(TunnelsPage::draw(
+        &ui.state,
+        &ui.viewer,
+        StatusCode::OK,
+        ctx,
+    ))
+    .await
+}
+
+pub async fn create(CsrfForm(ui, (), form): CsrfForm<TunnelForm, TunnelsPage>) -> UiResult {
+    let t = ui
+        .run(async {
+            let input = TunnelInput {
+                enabled: Some(true),
+                ..form.input()?
+            };
+            ops::tunnels::create(&ui.state, &ui.viewer.user, input).await
+        })
+        .await?;
+    Ok(done(&format!("/tunnels/{}", t.id), "tunnel-created"))
+}
+
+pub async fn show(ui: Ui, Path(id): Path<i64>, Query(q): Query<Done>) -> UiResult {
+    let ctx = context! { flash => flash(q.done.as_deref()) };
+    ui.run(render_one(
+        &ui.state,
+        &ui.viewer,
+        id,
+        StatusCode::OK,
+        "tunnel.html",
+        ctx,
+    ))
+    .await
 }
 
 pub async fn update(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    RawForm(body): RawForm,
-) -> Response {
-    let form = TunnelForm::parse(&body);
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::tunnels::update(&state, &viewer.user, id, form.input()?).await
-    }
-    .await;
-    match result {
-        Ok(_) => done(&format!("/tunnels/{id}"), "tunnel-saved"),
-        Err(e) => {
-            // The form shows what was typed (the e-mail list above all), not the stored values.
-            let ctx = context! { error => e.message(), form => Value::from_serialize(&form) };
-            or_error(
-                &viewer,
-                render_one(&state, &viewer, id, e.status(), "tunnel.html", ctx).await,
-            )
-        }
-    }
+    CsrfForm(ui, Path(id), form): CsrfForm<TunnelForm, TunnelPage, Path<i64>>,
+) -> UiResult {
+    ui.run(async { ops::tunnels::update(&ui.state, &ui.viewer.user, id, form.input()?).await })
+        .await?;
+    Ok(done(&format!("/tunnels/{id}"), "tunnel-saved"))
 }
 
 /// Enable or disable in one click (the form says which).
 #[derive(Deserialize)]
 pub struct ToggleForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     enabled: String,
 }
 
+impl UiForm for ToggleForm {}
+
 pub async fn toggle(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<ToggleForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        let input = TunnelInput {
-            enabled: Some(form.enabled == "true"),
-            ..Default::default()
-        };
-        ops::tunnels::update(&state, &viewer.user, id, input).await
-    }
-    .await;
-    match result {
-        Ok(_) => done(&format!("/tunnels/{id}"), "tunnel-saved"),
-        Err(e) => render::error_page(&viewer, &e),
-    }
+    CsrfForm(ui, Path(id), form): CsrfForm<ToggleForm, ErrorPage, Path<i64>>,
+) -> UiResult {
+    let input = TunnelInput {
+        enabled: Some(form.enabled == "true"),
+        ..Default::default()
+    };
+    let op = ops::tunnels::update(&ui.state, &ui.viewer.user, id, input);
+    ui.run(op).await?;
+    Ok(done(&format!("/tunnels/{id}"), "tunnel-saved"))
 }
 
-pub async fn confirm_delete(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-) -> Response {
-    or_error(
-        &viewer,
-        render_one(
-            &state,
-            &viewer,
-            id,
-            StatusCode::OK,
-            "tunnel_delete.html",
-            context! {},
-        )
-        .await,
-    )
+pub async fn confirm_delete(ui: Ui, Path(id): Path<i64>) -> UiResult {
+    let page = render_one(
+        &ui.state,
+        &ui.viewer,
+        id,
+        StatusCode::OK,
+        "tunnel_delete.html",
+        context! {},
+    );
+    ui.run(page).await
 }
 
 pub async fn delete(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::tunnels::delete(&state, &viewer.user, id).await
-    }
-    .await;
-    match result {
-        Ok(()) => done("/tunnels", "tunnel-deleted"),
-        Err(e) => render::error_page(&viewer, &e),
-    }
+    CsrfForm(ui, Path(id), _): CsrfForm<NoFields, ErrorPage, Path<i64>>,
+) -> UiResult {
+    let op = ops::tunnels::delete(&ui.state, &ui.viewer.user, id);
+    ui.run(op).await?;
+    Ok(done("/tunnels", "tunnel-deleted"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn form(access: &str, allow: &str) -> TunnelForm {
-        TunnelForm {
-            access: access.into(),
-            allow: allow.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn access_choice_maps_to_the_policy() {
-        assert_eq!(
-            form("", "a@x.io").access().unwrap(),
-            None,
-            "absent: unchanged"
-        );
-        assert_eq!(
-            form("public", "ignored").access().unwrap(),
-            Some(AccessPolicy::Public)
-        );
-        assert_eq!(
-            form("login", "").access().unwrap(),
-            Some(AccessPolicy::Login)
-        );
-        let Some(AccessPolicy::Users { allow }) = form(
-            "users",
-            " Alice@Example.com,bob@example.org\r\n\r\ncarol@example.net ; alice@example.com\n",
-        )
-        .access()
-        .unwrap() else {
-            panic!("a users policy")
-        };
-        assert_eq!(
-            allow.into_iter().collect::<Vec<_>>(),
-            ["alice@example.com", "bob@example.org", "carol@example.net"]
-        );
-    }
-
-    #[test]
-    fn replicas_repeat_and_only_count_when_shown() {
-        let f = TunnelForm::parse(b"agent_id=1&replica=2&replica=1&replica=3&access=login");
-        assert_eq!(f.agent_ids(1).unwrap(), None, "no boxes shown: unchanged");
-        let f = TunnelForm::parse(b"agent_id=1&replicas_shown=1&replica=2&replica=1&replica=3");
-        assert_eq!(f.agent_ids(1).unwrap(), Some(vec![1, 2, 3]));
-        let input = f.input().unwrap();
-        assert_eq!((input.agent_id, input.access), (Some(1), None));
-        let f = TunnelForm::parse(b"replicas_shown=1");
-        assert_eq!(
-            f.agent_ids(4).unwrap(),
-            Some(vec![4]),
-            "none ticked: no replicas"
-        );
-        let f = TunnelForm::parse(b"replicas_shown=1&replica=x");
-        assert!(f.agent_ids(4).is_err());
-    }
-
-    #[test]
-    fn limits_only_count_when_shown_and_empty_means_off() {
-        let f = TunnelForm::parse(b"agent_id=1&ip_deny=10.0.0.0%2F8&rate_limit_per_second=5");
-        let limits = f.input().unwrap().limits;
-        assert!(limits.ip_deny.is_none() && limits.rate_limit_per_second.is_none());
-        let f = TunnelForm::parse(
-            b"agent_id=1&limits_shown=1&ip_allow=192.0.2.0%2F24%0D%0A2001%3Adb8%3A%3A1%2C+198.51.100.7\
-              &ip_deny=&rate_limit_per_second=+5+&rate_limit_burst=&max_concurrent_requests=",
-        );
-        let limits = f.input().unwrap().limits;
-        assert_eq!(
-            limits.ip_allow.unwrap(),
-            ["192.0.2.0/24", "2001:db8::1", "198.51.100.7"]
-        );
-        assert_eq!(limits.ip_deny, Some(vec![]));
-        assert_eq!(limits.rate_limit_per_second, Some(Some(5)));
-        assert_eq!(limits.rate_limit_burst, Some(None));
-        assert_eq!(limits.max_concurrent_requests, Some(None));
-        let f = TunnelForm::parse(b"agent_id=1&limits_shown=1&max_concurrent_requests=many");
-        let err = f.input().unwrap_err();
-        assert!(
-            err.message().starts_with("Concurrent requests"),
-            "{}",
-            err.message()
-        );
-    }
-
-    #[test]
-    fn bad_access_input_says_what_to_fix() {
-        let msg = |f: TunnelForm| f.access().unwrap_err().message().to_string();
-        assert!(msg(form("users", " \n, ")).contains("at least one e-mail address"));
-        assert!(msg(form("users", "a@x.io\nnot-an-address")).contains("\"not-an-address\""));
-        assert!(msg(form("everyone", "")).contains("Access must be"));
-    }
-}
+mod tests;

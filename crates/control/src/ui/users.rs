@@ -2,27 +2,20 @@
 //! reset a password, delete; and the settings: open registration and the per-user quotas.
 
 use super::agents::control_url;
-use super::page::{self as render, done, flash};
+use super::form::{CsrfForm, Redraw, Ui, UiForm, UiResult};
+use super::page::{self as render, done, flash, Done};
 use super::viewer::Viewer;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ops::{self, require_admin};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Form;
 use minijinja::{context, Value};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
-#[derive(Deserialize)]
 pub struct UserForm {
-    #[serde(default)]
-    csrf: String,
     #[serde(default)]
     email: String,
     #[serde(default)]
@@ -30,120 +23,98 @@ pub struct UserForm {
     is_admin: Option<String>,
 }
 
+impl UiForm for UserForm {}
+
 #[derive(Deserialize)]
 pub struct FlagForm {
-    #[serde(default)]
-    csrf: String,
     #[serde(default)]
     value: String,
 }
 
-async fn render_list(
-    state: &AppState,
-    viewer: &Viewer,
-    status: StatusCode,
-    ctx: Value,
-) -> Result<Response, ApiError> {
-    require_admin(&viewer.user, "manage users")?;
-    let users: Vec<_> = state
-        .store
-        .list_users()
-        .await?
-        .into_iter()
-        .map(|u| context! { id => u.id, email => u.email, is_admin => u.is_admin, created_at => u.created_at, email_verified => u.email_verified })
-        .collect();
-    let open = state.store.open_registration().await?;
-    let quotas = Value::from_serialize(state.store.quotas().await?);
-    let ctx = context! { users => users, open_registration => open, quotas => quotas, ..ctx };
-    Ok(render::page(viewer, status, "users.html", "users", ctx))
-}
-
-async fn show(state: &AppState, viewer: &Viewer, result: Result<Response, ApiError>) -> Response {
-    match result {
-        Ok(r) => r,
-        Err(e) if e.status() == StatusCode::FORBIDDEN => render::error_page(viewer, &e),
-        Err(e) => {
-            let ctx = context! { error => e.message() };
-            render_list(state, viewer, e.status(), ctx)
-                .await
-                .unwrap_or_else(|e| render::error_page(viewer, &e))
-        }
-    }
-}
-
-pub async fn list(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Query(q): Query<Done>,
-) -> Response {
-    let ctx = context! { flash => flash(q.done.as_deref()) };
-    let result = render_list(&state, &viewer, StatusCode::OK, ctx).await;
-    show(&state, &viewer, result).await
-}
-
-pub async fn create(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Form(form): Form<UserForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        let admin = form.is_admin.is_some();
-        ops::users::create(&state, &viewer.user, &form.email, form.password, admin).await?;
-        Ok::<_, ApiError>(done("/users", "user-created"))
-    }
-    .await;
-    show(&state, &viewer, result).await
-}
-
-pub async fn invite(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    headers: HeaderMap,
-    Form(form): Form<UserForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        let admin = form.is_admin.is_some();
-        let token = ops::users::invite(&state, &viewer.user, &form.email, admin).await?;
-        let link = format!("{}/register?invite={token}", control_url(&state, &headers));
-        let ctx = context! { invitation => context! { email => form.email.trim().to_lowercase(), link => link } };
-        render_list(&state, &viewer, StatusCode::OK, ctx).await
-    }
-    .await;
-    show(&state, &viewer, result).await
-}
-
-pub async fn settings(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Form(form): Form<FlagForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::users::set_open_registration(&state, &viewer.user, form.value == "true").await?;
-        Ok::<_, ApiError>(done("/users", "settings-saved"))
-    }
-    .await;
-    show(&state, &viewer, result).await
-}
+impl UiForm for FlagForm {}
 
 /// The quotas form: every field is sent; each must be a whole number in its range.
 #[derive(Deserialize)]
 pub struct QuotaForm {
-    #[serde(default)]
-    csrf: String,
     #[serde(flatten)]
     values: std::collections::HashMap<String, String>,
 }
 
-pub async fn quotas(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Form(form): Form<QuotaForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
+impl UiForm for QuotaForm {}
+
+/// The list of users (admins only); errors of its forms above it, a refusal (not an admin, a
+/// stale form) on the error page.
+#[derive(Default)]
+pub struct UsersPage;
+
+impl Redraw for UsersPage {
+    fn not_here(e: &ApiError) -> bool {
+        e.status() == StatusCode::FORBIDDEN
+    }
+
+    async fn draw(
+        state: &AppState,
+        viewer: &Viewer,
+        status: StatusCode,
+        ctx: Value,
+    ) -> Result<Response, ApiError> {
+        require_admin(&viewer.user, "manage users")?;
+        let users: Vec<_> = state
+            .store
+            .list_users()
+            .await?
+            .into_iter()
+            .map(|u| context! { id => u.id, email => u.email, is_admin => u.is_admin, created_at => u.created_at, email_verified => u.email_verified })
+            .collect();
+        let open = state.store.open_registration().await?;
+        let quotas = Value::from_serialize(state.store.quotas().await?);
+        let ctx = context! { users => users, open_registration => open, quotas => quotas, ..ctx };
+        Ok(render::page(viewer, status, "users.html", "users", ctx))
+    }
+}
+
+/// A form of this page, its errors shown above the list.
+type UsersForm<T, I = ()> = CsrfForm<T, UsersPage, I>;
+
+pub async fn list(ui: Ui<UsersPage>, Query(q): Query<Done>) -> UiResult {
+    let ctx = context! { flash => flash(q.done.as_deref()) };
+    ui.run(UsersPage::draw(&ui.state, &ui.viewer, StatusCode::OK, ctx))
+        .await
+}
+
+pub async fn create(CsrfForm(ui, (), form): UsersForm<UserForm>) -> UiResult {
+    let admin = form.is_admin.is_some();
+    let create = ops::users::create(
+        &ui.state,
+        &ui.viewer.user,
+        &form.email,
+        form.password,
+        admin,
+    );
+    ui.run(create).await?;
+    Ok(done("/users", "user-created"))
+}
+
+pub async fn invite(headers: HeaderMap, CsrfForm(ui, (), form): UsersForm<UserForm>) -> UiResult {
+    let admin = form.is_admin.is_some();
+    ui.run(async {
+        let token = ops::users::invite(&ui.state, &ui.viewer.user, &form.email, admin).await?;
+        let link = format!("{}/register?invite={token}", control_url(&ui.state, &headers));
+        let ctx = context! { invitation => context! { email => form.email.trim().to_lowercase(), link => link } };
+        UsersPage::draw(&ui.state, &ui.viewer, StatusCode::OK, ctx).await
+    })
+    .await
+}
+
+pub async fn settings(CsrfForm(ui, (), form): UsersForm<FlagForm>) -> UiResult {
+    let open = form.value == "true";
+    let op = ops::users::set_open_registration(&ui.state, &ui.viewer.user, open);
+    ui.run(op).await?;
+    Ok(done("/users", "settings-saved"))
+}
+
+pub async fn quotas(CsrfForm(ui, (), form): UsersForm<QuotaForm>) -> UiResult {
+    ui.run(async {
         let mut changes = Vec::new();
         for (name, ..) in crate::store::Quotas::FIELDS {
             if let Some(text) = form.values.get(name) {
@@ -154,69 +125,38 @@ pub async fn quotas(
                 changes.push((name, value));
             }
         }
-        ops::quotas::update(&state, &viewer.user, &changes).await?;
-        Ok::<_, ApiError>(done("/users", "settings-saved"))
-    }
-    .await;
-    show(&state, &viewer, result).await
+        ops::quotas::update(&ui.state, &ui.viewer.user, &changes).await
+    })
+    .await?;
+    Ok(done("/users", "settings-saved"))
 }
 
-pub async fn set_admin(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<FlagForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::users::set_admin(&state, &viewer.user, id, form.value == "true").await?;
-        Ok::<_, ApiError>(done("/users", "user-saved"))
-    }
-    .await;
-    show(&state, &viewer, result).await
+pub async fn set_admin(CsrfForm(ui, Path(id), form): UsersForm<FlagForm, Path<i64>>) -> UiResult {
+    let admin = form.value == "true";
+    let op = ops::users::set_admin(&ui.state, &ui.viewer.user, id, admin);
+    ui.run(op).await?;
+    Ok(done("/users", "user-saved"))
 }
 
 pub async fn set_verified(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<FlagForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::users::set_email_verified(&state, &viewer.user, id, form.value == "true").await?;
-        Ok::<_, ApiError>(done("/users", "user-saved"))
-    }
-    .await;
-    show(&state, &viewer, result).await
+    CsrfForm(ui, Path(id), form): UsersForm<FlagForm, Path<i64>>,
+) -> UiResult {
+    let verified = form.value == "true";
+    let op = ops::users::set_email_verified(&ui.state, &ui.viewer.user, id, verified);
+    ui.run(op).await?;
+    Ok(done("/users", "user-saved"))
 }
 
 pub async fn reset_password(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<UserForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::users::reset_password(&state, &viewer.user, id, form.password).await?;
-        Ok::<_, ApiError>(done("/users", "user-saved"))
-    }
-    .await;
-    show(&state, &viewer, result).await
+    CsrfForm(ui, Path(id), form): UsersForm<UserForm, Path<i64>>,
+) -> UiResult {
+    let op = ops::users::reset_password(&ui.state, &ui.viewer.user, id, form.password);
+    ui.run(op).await?;
+    Ok(done("/users", "user-saved"))
 }
 
-pub async fn delete(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-    Form(form): Form<FlagForm>,
-) -> Response {
-    let result = async {
-        viewer.check(&form.csrf)?;
-        ops::users::delete(&state, &viewer.user, id).await?;
-        Ok::<_, ApiError>(done("/users", "user-deleted"))
-    }
-    .await;
-    show(&state, &viewer, result).await
+pub async fn delete(CsrfForm(ui, Path(id), _): UsersForm<FlagForm, Path<i64>>) -> UiResult {
+    let op = ops::users::delete(&ui.state, &ui.viewer.user, id);
+    ui.run(op).await?;
+    Ok(done("/users", "user-deleted"))
 }
