@@ -113,7 +113,10 @@ pub async fn logout(
         check_csrf(&headers, &live)?;
     }
     if let Some(session) = session_cookie(&headers) {
-        state.store.delete_session(&secrets::hash(session)).await?;
+        state
+            .store
+            .delete_login_session(&secrets::hash(session))
+            .await?;
         // Gateways learn at once that this session's access tokens are revoked.
         state.hub.changed();
     }
@@ -138,7 +141,7 @@ pub async fn logout_everywhere(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<Response, ApiError> {
-    let ended = state.store.delete_user_sessions(user.id).await?;
+    let ended = state.store.delete_user_login_sessions(user.id).await?;
     ops::audit(
         &state,
         Some(&user),

@@ -9,7 +9,7 @@ use crate::store::{from_now, UserRow};
 use axum::http::StatusCode;
 
 /// A session just created: the cookie value (secret) and its CSRF token.
-pub struct NewSession {
+pub struct NewLogin {
     pub user: UserRow,
     pub cookie: String,
     pub csrf_token: String,
@@ -23,7 +23,7 @@ pub async fn login(
     password: String,
     ip: Option<&str>,
     previous: Option<&str>,
-) -> Result<NewSession, ApiError> {
+) -> Result<NewLogin, ApiError> {
     let email = email.trim().to_lowercase();
     // Counted before the check, atomically: a burst cannot queue more guesses than the limit.
     state.throttle.reserve(&email, ip).map_err(too_many)?;
@@ -52,15 +52,18 @@ pub async fn login(
     };
     state.throttle.succeeded(&email, ip);
     if let Some(previous) = previous {
-        state.store.delete_session(&secrets::hash(previous)).await?;
+        state
+            .store
+            .delete_login_session(&secrets::hash(previous))
+            .await?;
     }
-    let session = start_session(state, user).await?;
+    let session = start_login_session(state, user).await?;
     tracing::info!(user_id = session.user.id, "user logged in");
     Ok(session)
 }
 
 /// Opens a new session for `user` (after login, setup or registration).
-pub async fn start_session(state: &AppState, user: UserRow) -> Result<NewSession, ApiError> {
+pub async fn start_login_session(state: &AppState, user: UserRow) -> Result<NewLogin, ApiError> {
     let cookie = secrets::generate("");
     let csrf_token = secrets::generate("");
     state
@@ -73,7 +76,7 @@ pub async fn start_session(state: &AppState, user: UserRow) -> Result<NewSession
             SESSION_IDLE,
         )
         .await?;
-    Ok(NewSession {
+    Ok(NewLogin {
         user,
         cookie,
         csrf_token,

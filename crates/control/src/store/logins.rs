@@ -84,7 +84,7 @@ impl Store {
         }))
     }
 
-    pub async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+    pub async fn delete_login_session(&self, id_hash: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash)
             .execute(self.pool())
@@ -93,7 +93,7 @@ impl Store {
     }
 
     /// "Log out everywhere": ends every session of the user. Returns how many there were.
-    pub async fn delete_user_sessions(&self, user_id: i64) -> StoreResult<u64> {
+    pub async fn delete_user_login_sessions(&self, user_id: i64) -> StoreResult<u64> {
         let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(user_id)
             .execute(self.pool())

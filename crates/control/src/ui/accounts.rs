@@ -7,7 +7,7 @@ use super::viewer::{safe_next, same_origin};
 use crate::app::AppState;
 use crate::auth::{session_cookie, ClientIp};
 use crate::error::ApiError;
-use crate::ops::{self, login::NewSession};
+use crate::ops::{self, login::NewLogin};
 use crate::secrets;
 use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_SECURITY_POLICY, RETRY_AFTER, SET_COOKIE};
@@ -59,7 +59,7 @@ fn retry_after(mut response: Response, e: &ApiError) -> Response {
 }
 
 /// Signed in: the session cookie and a redirect to where the user was going.
-fn signed_in(state: &AppState, session: NewSession, next: &str) -> Response {
+fn signed_in(state: &AppState, session: NewLogin, next: &str) -> Response {
     let cookie = ops::login::set_cookie(state, &session.cookie);
     ([(SET_COOKIE, cookie)], Redirect::to(next)).into_response()
 }
@@ -79,7 +79,7 @@ pub async fn setup(
     same_origin(&headers).map_err(IntoResponse::into_response)?;
     match ops::users::setup(&state, &form.email, form.password).await {
         Ok(user) => {
-            let session = ops::login::start_session(&state, user)
+            let session = ops::login::start_login_session(&state, user)
                 .await
                 .map_err(IntoResponse::into_response)?;
             Ok(signed_in(&state, session, "/"))
@@ -153,7 +153,7 @@ pub async fn logout(
 ) -> UiResult {
     if let Some(session) = session_cookie(&headers) {
         let hash = secrets::hash(session);
-        ui.run(async { Ok(ui.state.store.delete_session(&hash).await?) })
+        ui.run(async { Ok(ui.state.store.delete_login_session(&hash).await?) })
             .await?;
     }
     let cookie = ops::login::set_cookie(&ui.state, "");
@@ -190,7 +190,7 @@ pub async fn register(
     same_origin(&headers).map_err(IntoResponse::into_response)?;
     match ops::users::register(&state, form.invite.as_deref(), &form.email, form.password).await {
         Ok(user) => {
-            let session = ops::login::start_session(&state, user)
+            let session = ops::login::start_login_session(&state, user)
                 .await
                 .map_err(IntoResponse::into_response)?;
             Ok(signed_in(&state, session, "/"))

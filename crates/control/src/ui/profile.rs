@@ -69,7 +69,7 @@ pub async fn change_password(CsrfForm(ui, (), form): ProfileForm<PasswordForm>) 
         .run(async {
             let user = &ui.viewer.user;
             ops::users::change_own_password(&ui.state, user, form.current, form.new).await?;
-            ops::login::start_session(&ui.state, user.clone()).await
+            ops::login::start_login_session(&ui.state, user.clone()).await
         })
         .await?;
     let cookie = ops::login::set_cookie(&ui.state, &session.cookie);
@@ -95,7 +95,7 @@ pub async fn delete_token(
 
 pub async fn logout_everywhere(CsrfForm(ui, (), _): ProfileForm<TokenForm>) -> UiResult {
     let user = &ui.viewer.user;
-    let end = async { Ok(ui.state.store.delete_user_sessions(user.id).await?) };
+    let end = async { Ok(ui.state.store.delete_user_login_sessions(user.id).await?) };
     let ended = ui.run(end).await?;
     let target = format!("user:{} {}", user.id, user.email);
     let detail = serde_json::json!({"sessions": ended});

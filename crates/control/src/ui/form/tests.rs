@@ -44,7 +44,7 @@ async fn signed_in() -> (AppState, String, String) {
     let hub = crate::hub::Hub::new(store, Duration::from_secs(1), Duration::from_secs(2));
     let network = crate::validate::WgNetwork::parse("10.77.0.0/16").unwrap();
     let state = AppState::new(hub, network, false, "not-a-hash".into());
-    let session = ops::login::start_session(&state, user).await.unwrap();
+    let session = ops::login::start_login_session(&state, user).await.unwrap();
     (state, session.cookie, session.csrf_token)
 }
 
@@ -100,7 +100,7 @@ async fn a_wrong_token_is_refused() {
     let (state, cookie, csrf) = signed_in().await;
     let same_length = "x".repeat(csrf.len());
     // Another session's token is as wrong as a made-up one.
-    let other = ops::login::start_session(
+    let other = ops::login::start_login_session(
         &state,
         state.store.user_by_email("a@x.io").await.unwrap().unwrap(),
     )
