@@ -403,10 +403,8 @@ async fn shutdown_stops_accepting_and_drains_in_flight() {
     read_until(&mut response, &mut seen, "data: one\n\n").await;
 
     s.gw.shutdown();
-    within("listener closes", async {
-        while TcpStream::connect(s.gw.addr).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    kakuremichi_testkit::eventually(DEADLINE, "listener closes", || async {
+        TcpStream::connect(s.gw.addr).await.is_err()
     })
     .await;
     assert!(
