@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error as WsError
 
 use support::{
     agent, assert_streamed, get, pattern_checksum, pattern_chunk, raw_exchange, read_until, setup,
-    within, Checksum, Echo, Gateway, HangingDialer,
+    within, Checksum, Echo, Gateway, HangingDialer, DEADLINE,
 };
 
 #[tokio::test]

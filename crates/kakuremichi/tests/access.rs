@@ -8,7 +8,6 @@ use kakuremichi_testkit::*;
 use reqwest::header::{COOKIE, HOST, LOCATION, SET_COOKIE};
 use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(20);

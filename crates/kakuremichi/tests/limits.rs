@@ -7,7 +7,7 @@ use kakuremichi_testkit::*;
 use reqwest::header::HOST;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(20);

@@ -12,7 +12,6 @@ use fantoccini::Locator;
 use kakuremichi_node::Secret;
 use kakuremichi_testkit::browser::Browser;
 use kakuremichi_testkit::*;
-use serde_json::json;
 use std::time::Duration;
 use tokio::net::TcpListener;
 

@@ -199,7 +199,7 @@ async fn link(mut lab: Lab) -> Linked {
         .expect("write wireguard-go key");
 
     // Our device, as on a Gateway: fixed UDP address, endpoint learned from the handshake.
-    let (device, mut acceptor) = Device::bind(DeviceConfig::new(
+    let (device, acceptor) = Device::bind(DeviceConfig::new(
         PrivateKey::generate(),
         OURS,
         SocketAddr::from((lab.root_ip, 0)),
