@@ -18,7 +18,8 @@ pub enum Error {
         /// The stable error code (`error.code`), empty if the body had none.
         code: String,
         message: String,
-        body: Value,
+        /// The whole answer (boxed: errors travel in every `Result`).
+        body: Box<Value>,
     },
     /// The body was not JSON.
     #[error("HTTP {status}: the body is not JSON ({source}): {text}")]
@@ -32,7 +33,7 @@ pub enum Error {
     Encode(serde_json::Error),
     /// The answer lacked a field the API documents.
     #[error("no `{field}` in {body}")]
-    MissingField { field: String, body: Value },
+    MissingField { field: String, body: Box<Value> },
 }
 
 impl Error {

@@ -306,7 +306,7 @@ fn ok(method: Method, path: &str, reply: Reply) -> Result<Value, Error> {
         status: reply.status,
         code: text("code"),
         message: text("message"),
-        body: reply.body.clone(),
+        body: Box::new(reply.body.clone()),
     })
 }
 
@@ -316,6 +316,6 @@ fn field(body: &Value, key: &str) -> Result<String, Error> {
         .map(str::to_string)
         .ok_or_else(|| Error::MissingField {
             field: key.to_string(),
-            body: body.clone(),
+            body: Box::new(body.clone()),
         })
 }

@@ -10,6 +10,9 @@ use kakuremichi_control::ControlConfig;
 use serde_json::json;
 use std::net::SocketAddr;
 
+/// A change to Control's config before it starts.
+type EditConfig = Box<dyn FnOnce(&mut ControlConfig) + Send>;
+
 /// What to start; see [`Cluster::start`].
 #[must_use]
 pub struct Cluster {
@@ -17,7 +20,7 @@ pub struct Cluster {
     agent: bool,
     origin: Option<String>,
     tunnels: Vec<(String, serde_json::Value)>,
-    edit: Option<Box<dyn FnOnce(&mut ControlConfig) + Send>>,
+    edit: Option<EditConfig>,
 }
 
 /// A started [`Cluster`]; everything stops when it drops.
