@@ -70,15 +70,8 @@ async fn a_member_owns_the_agents_and_tunnels_they_create() {
 
 #[tokio::test]
 async fn a_member_cannot_put_a_tunnel_on_someone_elses_agent() {
-    let Owned {
-        _tmp,
-        c,
-        alice,
-        bob,
-        admin_agent,
-        a,
-        ..
-    } = alice_owns_a_tunnel().await;
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, bob, admin_agent, a) = (&o.c, &o.alice, &o.bob, &o.admin_agent, o.a);
     // Not even on the admins'.
     let agent_id = admin_agent["id"].as_i64().unwrap();
     let body = json!({"hostname": "x.test", "agent_id": agent_id, "target": "localhost:80"});
@@ -91,16 +84,8 @@ async fn a_member_cannot_put_a_tunnel_on_someone_elses_agent() {
 
 #[tokio::test]
 async fn a_member_reads_everything_but_changes_nothing_of_others() {
-    let Owned {
-        _tmp,
-        c,
-        alice,
-        bob,
-        gateway,
-        a,
-        t,
-        ..
-    } = alice_owns_a_tunnel().await;
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, bob, gateway, a, t) = (&o.c, &o.alice, &o.bob, &o.gateway, o.a, o.t);
     for path in [
         "/api/v1/agents",
         "/api/v1/tunnels",
@@ -194,14 +179,8 @@ async fn a_member_reads_everything_but_changes_nothing_of_others() {
 
 #[tokio::test]
 async fn the_owner_and_an_admin_may_change_it() {
-    let Owned {
-        _tmp,
-        c,
-        alice,
-        a,
-        t,
-        ..
-    } = alice_owns_a_tunnel().await;
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, a, t) = (&o.c, &o.alice, o.a, o.t);
     let path = format!("/api/v1/tunnels/{t}");
     let (s, _) = alice
         .call(&c, "PATCH", &path, Some(json!({"target": "localhost:81"})))
@@ -217,14 +196,8 @@ async fn the_owner_and_an_admin_may_change_it() {
 
 #[tokio::test]
 async fn a_member_cannot_move_a_tunnel_onto_an_agent_they_do_not_own() {
-    let Owned {
-        _tmp,
-        c,
-        alice,
-        admin_agent,
-        t,
-        ..
-    } = alice_owns_a_tunnel().await;
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, admin_agent, t) = (&o.c, &o.alice, &o.admin_agent, o.t);
     let patch = json!({"agent_id": admin_agent["id"]});
     let path = format!("/api/v1/tunnels/{t}");
     let (s, body) = alice.call(&c, "PATCH", &path, Some(patch)).await;
@@ -233,14 +206,8 @@ async fn a_member_cannot_move_a_tunnel_onto_an_agent_they_do_not_own() {
 
 #[tokio::test]
 async fn the_ui_shows_a_non_owner_no_forms_and_refuses_their_posts() {
-    let Owned {
-        _tmp,
-        c,
-        alice,
-        a,
-        t,
-        ..
-    } = alice_owns_a_tunnel().await;
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, a, t) = (&o.c, &o.alice, o.a, o.t);
     let (bob_cookie, bob_csrf) = c
         .login_csrf("bob@example.com", ADMIN_PASSWORD)
         .await
@@ -288,7 +255,8 @@ async fn promote(c: &Control, bob: &Member) {
 
 #[tokio::test]
 async fn making_a_member_admin_opens_the_admin_routes() {
-    let Owned { _tmp, c, bob, .. } = alice_owns_a_tunnel().await;
+    let o = alice_owns_a_tunnel().await;
+    let (c, bob) = (&o.c, &o.bob);
     promote(&c, &bob).await;
     let (s, _) = bob.call(&c, "GET", "/api/v1/users", None).await;
     assert_eq!(s, StatusCode::OK);
@@ -297,7 +265,8 @@ async fn making_a_member_admin_opens_the_admin_routes() {
 /// Someone must be able to manage Control.
 #[tokio::test]
 async fn the_last_admin_cannot_be_removed() {
-    let Owned { _tmp, c, bob, .. } = alice_owns_a_tunnel().await;
+    let o = alice_owns_a_tunnel().await;
+    let (c, bob) = (&o.c, &o.bob);
     promote(&c, &bob).await;
     let (_, me) = c.get("/api/v1/auth/me").await;
     let (s, _) = c.delete(&format!("/api/v1/users/{}", bob.id)).await;

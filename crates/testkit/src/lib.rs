@@ -17,52 +17,40 @@ mod wait;
 
 pub use wait::{eventually, within, Ready, POLL};
 
-#[cfg(feature = "roles")]
-mod api;
+/// Items that need the `roles` feature (they build Control, the Gateway and the Agent).
+macro_rules! with_roles {
+    ($($item:item)*) => { $( #[cfg(feature = "roles")] $item )* };
+}
+
+with_roles! {
+    mod api;
+    mod cluster;
+    pub mod control;
+    pub mod https;
+    pub mod load;
+    mod local;
+    pub mod node;
+    pub mod pebble;
+    mod proc;
+    pub mod roles;
+    pub mod site;
+    mod transfer;
+    pub mod usage;
+
+    pub use api::{rss_mib, through, wait_all, wait_ready, wait_through, Api};
+    pub use cluster::{Cluster, Fleet};
+    pub use kakuremichi_client as client;
+    pub use local::{private_loopback, spawn_control, LocalSite};
+    pub use proc::{bin, Proc};
+    pub use roles::{
+        control_config, spawn_gateway, start_agent, start_origin, InProcessControl,
+        InProcessGateway, Stop,
+    };
+    pub use transfer::{download, upload};
+}
+
 #[cfg(feature = "browser")]
 pub mod browser;
-#[cfg(feature = "roles")]
-mod cluster;
-#[cfg(feature = "roles")]
-pub mod control;
-#[cfg(feature = "roles")]
-pub mod https;
-#[cfg(feature = "roles")]
-pub mod load;
-#[cfg(feature = "roles")]
-mod local;
-#[cfg(feature = "roles")]
-pub mod node;
-#[cfg(feature = "roles")]
-pub mod pebble;
-#[cfg(feature = "roles")]
-mod proc;
-#[cfg(feature = "roles")]
-pub mod roles;
-#[cfg(feature = "roles")]
-pub mod site;
-#[cfg(feature = "roles")]
-mod transfer;
-#[cfg(feature = "roles")]
-pub mod usage;
-
-#[cfg(feature = "roles")]
-pub use api::{rss_mib, through, wait_all, wait_ready, wait_through, Api};
-#[cfg(feature = "roles")]
-pub use cluster::{Cluster, Fleet};
-#[cfg(feature = "roles")]
-pub use kakuremichi_client as client;
-#[cfg(feature = "roles")]
-pub use local::{private_loopback, spawn_control, LocalSite};
-#[cfg(feature = "roles")]
-pub use proc::{bin, Proc};
-#[cfg(feature = "roles")]
-pub use roles::{
-    control_config, spawn_gateway, start_agent, start_origin, InProcessControl, InProcessGateway,
-    Stop,
-};
-#[cfg(feature = "roles")]
-pub use transfer::{download, upload};
 
 /// The bootstrap admin every test Control is started with.
 pub const ADMIN_EMAIL: &str = "admin@example.com";
