@@ -29,14 +29,8 @@ async fn alice_owns_a_tunnel() -> Owned {
     let admin_agent = c.agent("admin-agent").await;
     let gateway = c.gateway("gw").await;
 
-    let (s, agent) = alice
-        .call(
-            &c,
-            "POST",
-            "/api/v1/agents",
-            Some(json!({"name": "alice-home"})),
-        )
-        .await;
+    let body = Some(json!({"name": "alice-home"}));
+    let (s, agent) = alice.call(&c, "POST", "/api/v1/agents", body).await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(agent["owner_id"], alice.id);
     let a = agent["id"].as_i64().unwrap();
@@ -288,14 +282,8 @@ async fn the_audit_log_says_who_changed_what() {
     let agent = c.agent("a").await;
     c.tunnel("audit.test", agent["id"].as_i64().unwrap(), "localhost:80")
         .await;
-    let (s, _) = alice
-        .call(
-            &c,
-            "POST",
-            "/api/v1/agents",
-            Some(json!({"name": "alice-agent"})),
-        )
-        .await;
+    let body = Some(json!({"name": "alice-agent"}));
+    let (s, _) = alice.call(&c, "POST", "/api/v1/agents", body).await;
     assert_eq!(s, StatusCode::CREATED);
 
     let (s, log) = c.get("/api/v1/audit").await;
