@@ -2,7 +2,9 @@
 //! Nothing in the tests sleeps for a fixed time or writes its own polling loop.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock: a test with a paused clock reaches the deadline in virtual time.
+use tokio::time::Instant;
 
 /// How often [`eventually`] polls.
 pub const POLL: Duration = Duration::from_millis(20);
