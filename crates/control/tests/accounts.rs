@@ -2,9 +2,7 @@
 //! rotation, idle-proof "log out everywhere", login throttling, `?next=`, registration and
 //! security headers.
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::control::*;
 use reqwest::header::{LOCATION, SET_COOKIE};
 use reqwest::{redirect, StatusCode};
 use serde_json::{json, Value};

@@ -1,8 +1,6 @@
 //! The management API: health, login, tokens, authorization, agents and gateways, JSON errors.
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::control::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -374,7 +372,7 @@ async fn agents_and_gateways_crud() {
 #[tokio::test]
 async fn https_public_url_makes_cookies_secure() {
     let (_tmp, dir) = data_dir();
-    let mut config = common::config(&dir);
+    let mut config = kakuremichi_testkit::control::config(&dir);
     config.public_url = Some("https://control.example.com".into());
     let c = start_with(config).await;
     let res = c

@@ -2,9 +2,7 @@
 //! definition of a valid session, open registration against allow-lists, API logout and
 //! cookies, the sign-in redirect, and private files.
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::control::*;
 use reqwest::header::{LOCATION, SET_COOKIE};
 use reqwest::{redirect, StatusCode};
 use serde_json::{json, Value};

@@ -1,10 +1,8 @@
 //! Per-tunnel Gateway limits through Control: the API fields (create, PATCH, views), their
 //! validation (a 400 that changes nothing), the Gateway's snapshot, and the web form.
 
-mod common;
-
-use common::*;
 use kakuremichi_proto::{NodeRole, RateLimit};
+use kakuremichi_testkit::control::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -2,10 +2,8 @@
 //! presenting it is refused and changes nothing), and rotating an Agent's API key ends the
 //! session opened with the old one.
 
-mod common;
-
-use common::*;
 use kakuremichi_proto::{ControlMessage, NodeRole, PROTOCOL_VERSION};
+use kakuremichi_testkit::control::*;
 use reqwest::StatusCode;
 use std::time::Duration;
 

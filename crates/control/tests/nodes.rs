@@ -1,10 +1,8 @@
 //! Node sessions (WebSocket config push, heartbeats, status), the pull endpoint, and restarts.
 
-mod common;
-
-use common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
 use kakuremichi_proto::{ControlMessage, NodeRole, PULL_CONFIG_PATH};
+use kakuremichi_testkit::control::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -298,7 +296,7 @@ async fn bad_sessions_are_refused() {
 #[tokio::test]
 async fn silent_node_goes_offline() {
     let (_tmp, dir) = data_dir();
-    let mut config = common::config(&dir);
+    let mut config = kakuremichi_testkit::control::config(&dir);
     config.heartbeat_interval = Duration::from_millis(200);
     config.heartbeat_timeout = Duration::from_millis(600);
     let c = start_with(config).await;
@@ -388,7 +386,7 @@ async fn pull_endpoint_and_restart() {
     // personal token and the node credentials still work.
     let token = c.token.clone();
     c.stop().await;
-    let mut config = common::config(&dir);
+    let mut config = kakuremichi_testkit::control::config(&dir);
     config.admin_email = Some("someone-else@example.com".into());
     let c2 = start_with_token(config, token).await;
     let (_, tunnels) = c2.get("/api/v1/tunnels").await;
@@ -427,7 +425,7 @@ async fn pull_endpoint_and_restart() {
 /// Starts Control whose admin already exists (another bootstrap e-mail is configured): log in
 /// is not possible with it, so reuse a token from the previous run.
 async fn start_with_token(config: kakuremichi_control::ControlConfig, token: String) -> Control {
-    common::start_reusing(config, token).await
+    kakuremichi_testkit::control::start_reusing(config, token).await
 }
 
 #[tokio::test]

@@ -2,9 +2,7 @@
 //! path with a 403 naming the quota (counts, allow-list size) or a 429 with `Retry-After` (API
 //! rate), and nothing written when refused.
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::control::*;
 use reqwest::StatusCode;
 use serde_json::json;
 

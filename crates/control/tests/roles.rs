@@ -2,63 +2,26 @@
 //! tunnels they own and reads the rest; gateways, users, invitations and settings are admin-only.
 //! Also the audit log (`GET /api/v1/audit`): who changed what, admins see all, members their own.
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::control::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// A signed-in member with a personal API token.
-struct Member {
-    id: i64,
-    token: String,
+/// Alice (a member) has created an agent and a tunnel on it; Bob is another member; the admin
+/// has an agent and a gateway of their own.
+struct Owned {
+    _tmp: tempfile::TempDir,
+    c: Control,
+    alice: Member,
+    bob: Member,
+    admin_agent: Value,
+    gateway: Value,
+    /// Alice's agent and tunnel.
+    a: i64,
+    t: i64,
 }
 
-async fn member(c: &Control, email: &str) -> Member {
-    let (s, user) = c
-        .post(
-            "/api/v1/users",
-            json!({"email": email, "password": ADMIN_PASSWORD}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{user}");
-    assert_eq!(user["is_admin"], false);
-    let (cookie, csrf) = c.login_csrf(email, ADMIN_PASSWORD).await.unwrap();
-    let res = c
-        .http
-        .post(c.url("/api/v1/tokens"))
-        .header("cookie", cookie)
-        .header("x-csrf-token", csrf)
-        .json(&json!({"name": "t"}))
-        .send()
-        .await
-        .unwrap();
-    let (_, token) = into_json(res).await;
-    Member {
-        id: user["id"].as_i64().unwrap(),
-        token: token["token"].as_str().unwrap().to_string(),
-    }
-}
-
-async fn call(
-    c: &Control,
-    m: &Member,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = c
-        .http
-        .request(method.parse().unwrap(), c.url(path))
-        .bearer_auth(&m.token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    into_json(req.send().await.unwrap()).await
-}
-
-#[tokio::test]
-async fn members_manage_only_what_they_own() {
+/// Two members and what Alice owns; asserts that she owns what she created.
+async fn alice_owns_a_tunnel() -> Owned {
     let (_tmp, dir) = data_dir();
     let c = start(&dir).await;
     let alice = member(&c, "alice@example.com").await;
@@ -66,53 +29,57 @@ async fn members_manage_only_what_they_own() {
     let admin_agent = c.agent("admin-agent").await;
     let gateway = c.gateway("gw").await;
 
-    // Alice creates her agent and a tunnel on it; she owns both.
-    let (s, agent) = call(
-        &c,
-        &alice,
-        "POST",
-        "/api/v1/agents",
-        Some(json!({"name": "alice-home"})),
-    )
-    .await;
+    let body = Some(json!({"name": "alice-home"}));
+    let (s, agent) = alice.call(&c, "POST", "/api/v1/agents", body).await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(agent["owner_id"], alice.id);
     let a = agent["id"].as_i64().unwrap();
-    let (s, tunnel) = call(
-        &c,
-        &alice,
-        "POST",
-        "/api/v1/tunnels",
-        Some(json!({"hostname": "alice.test", "agent_id": a, "target": "localhost:80"})),
-    )
-    .await;
+    let (s, tunnel) = alice
+        .call(
+            &c,
+            "POST",
+            "/api/v1/tunnels",
+            Some(json!({"hostname": "alice.test", "agent_id": a, "target": "localhost:80"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{tunnel}");
     assert_eq!(tunnel["owner_id"], alice.id);
     let t = tunnel["id"].as_i64().unwrap();
-
-    // A member cannot put a tunnel on someone else's agent (not even the admins').
-    for agent_id in [admin_agent["id"].as_i64().unwrap()] {
-        let (s, body) = call(
-            &c,
-            &alice,
-            "POST",
-            "/api/v1/tunnels",
-            Some(json!({"hostname": "x.test", "agent_id": agent_id, "target": "localhost:80"})),
-        )
-        .await;
-        assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
+    Owned {
+        _tmp,
+        c,
+        alice,
+        bob,
+        admin_agent,
+        gateway,
+        a,
+        t,
     }
-    let (s, body) = call(
-        &c,
-        &bob,
-        "POST",
-        "/api/v1/tunnels",
-        Some(json!({"hostname": "bob.test", "agent_id": a, "target": "localhost:80"})),
-    )
-    .await;
-    assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
+}
 
-    // Bob reads everything but changes nothing of Alice's: every write route.
+#[tokio::test]
+async fn a_member_owns_the_agents_and_tunnels_they_create() {
+    alice_owns_a_tunnel().await;
+}
+
+#[tokio::test]
+async fn a_member_cannot_put_a_tunnel_on_someone_elses_agent() {
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, bob, admin_agent, a) = (&o.c, &o.alice, &o.bob, &o.admin_agent, o.a);
+    // Not even on the admins'.
+    let agent_id = admin_agent["id"].as_i64().unwrap();
+    let body = json!({"hostname": "x.test", "agent_id": agent_id, "target": "localhost:80"});
+    let (s, body) = alice.call(&c, "POST", "/api/v1/tunnels", Some(body)).await;
+    assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
+    let body = json!({"hostname": "bob.test", "agent_id": a, "target": "localhost:80"});
+    let (s, body) = bob.call(&c, "POST", "/api/v1/tunnels", Some(body)).await;
+    assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[tokio::test]
+async fn a_member_reads_everything_but_changes_nothing_of_others() {
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, bob, gateway, a, t) = (&o.c, &o.alice, &o.bob, &o.gateway, o.a, o.t);
     for path in [
         "/api/v1/agents",
         "/api/v1/tunnels",
@@ -121,9 +88,10 @@ async fn members_manage_only_what_they_own() {
         &format!("/api/v1/agents/{a}"),
         &format!("/api/v1/tunnels/{t}"),
     ] {
-        let (s, _) = call(&c, &bob, "GET", path, None).await;
+        let (s, _) = bob.call(&c, "GET", path, None).await;
         assert_eq!(s, StatusCode::OK, "GET {path}");
     }
+    // Every write route.
     let denied: Vec<(&str, String, Option<Value>)> = vec![
         (
             "PATCH",
@@ -188,7 +156,7 @@ async fn members_manage_only_what_they_own() {
         ),
     ];
     for (method, path, body) in denied {
-        let (s, resp) = call(&c, &bob, method, &path, body).await;
+        let (s, resp) = bob.call(&c, method, &path, body).await;
         assert_error(s, &resp, StatusCode::FORBIDDEN, "forbidden");
     }
     // Nothing changed.
@@ -201,42 +169,39 @@ async fn members_manage_only_what_they_own() {
     assert_eq!(users.as_array().unwrap().len(), 3);
     let (_, gw) = c.get(&format!("/api/v1/gateways/{}", gateway["id"])).await;
     assert_eq!(gw["enabled"], true);
+}
 
-    // The owner can; the admin can too.
-    let (s, _) = call(
-        &c,
-        &alice,
-        "PATCH",
-        &format!("/api/v1/tunnels/{t}"),
-        Some(json!({"target": "localhost:81"})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, rotated) = call(
-        &c,
-        &alice,
-        "POST",
-        &format!("/api/v1/agents/{a}/rotate-key"),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    assert!(rotated["api_key"].as_str().unwrap().starts_with("kma_"));
-    let (s, _) = c
-        .patch(&format!("/api/v1/tunnels/{t}"), json!({"enabled": false}))
+#[tokio::test]
+async fn the_owner_and_an_admin_may_change_it() {
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, a, t) = (&o.c, &o.alice, o.a, o.t);
+    let path = format!("/api/v1/tunnels/{t}");
+    let (s, _) = alice
+        .call(&c, "PATCH", &path, Some(json!({"target": "localhost:81"})))
         .await;
     assert_eq!(s, StatusCode::OK);
-    // Alice may not move her tunnel onto an agent she does not own.
-    let (s, body) = call(
-        &c,
-        &alice,
-        "PATCH",
-        &format!("/api/v1/tunnels/{t}"),
-        Some(json!({"agent_id": admin_agent["id"]})),
-    )
-    .await;
+    let rotate = format!("/api/v1/agents/{a}/rotate-key");
+    let (s, rotated) = alice.call(&c, "POST", &rotate, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(rotated["api_key"].as_str().unwrap().starts_with("kma_"));
+    let (s, _) = c.patch(&path, json!({"enabled": false})).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_member_cannot_move_a_tunnel_onto_an_agent_they_do_not_own() {
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, admin_agent, t) = (&o.c, &o.alice, &o.admin_agent, o.t);
+    let patch = json!({"agent_id": admin_agent["id"]});
+    let path = format!("/api/v1/tunnels/{t}");
+    let (s, body) = alice.call(&c, "PATCH", &path, Some(patch)).await;
     assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
-    // UI: Bob's view of the tunnel has no forms, and posting them anyway is refused.
+}
+
+#[tokio::test]
+async fn the_ui_shows_a_non_owner_no_forms_and_refuses_their_posts() {
+    let o = alice_owns_a_tunnel().await;
+    let (c, alice, a, t) = (&o.c, &o.alice, o.a, o.t);
     let (bob_cookie, bob_csrf) = c
         .login_csrf("bob@example.com", ADMIN_PASSWORD)
         .await
@@ -264,22 +229,39 @@ async fn members_manage_only_what_they_own() {
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     let (s, _) = c.get(&format!("/api/v1/tunnels/{t}")).await;
     assert_eq!(s, StatusCode::OK, "still there");
-    let (s, _) = call(&c, &alice, "DELETE", &format!("/api/v1/tunnels/{t}"), None).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = call(&c, &alice, "DELETE", &format!("/api/v1/agents/{a}"), None).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-
-    // Making Bob an admin gives him the admin routes.
-    let (s, _) = c
-        .patch(
-            &format!("/api/v1/users/{}", bob.id),
-            json!({"is_admin": true}),
-        )
+    // The owner can delete both.
+    let (s, _) = alice
+        .call(&c, "DELETE", &format!("/api/v1/tunnels/{t}"), None)
         .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = alice
+        .call(&c, "DELETE", &format!("/api/v1/agents/{a}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}
+
+/// Makes Bob an admin; asserts the change is accepted.
+async fn promote(c: &Control, bob: &Member) {
+    let path = format!("/api/v1/users/{}", bob.id);
+    let (s, _) = c.patch(&path, json!({"is_admin": true})).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(&c, &bob, "GET", "/api/v1/users", None).await;
+}
+
+#[tokio::test]
+async fn making_a_member_admin_opens_the_admin_routes() {
+    let o = alice_owns_a_tunnel().await;
+    let (c, bob) = (&o.c, &o.bob);
+    promote(&c, &bob).await;
+    let (s, _) = bob.call(&c, "GET", "/api/v1/users", None).await;
     assert_eq!(s, StatusCode::OK);
-    // The last admin cannot be removed: someone must be able to manage Control.
+}
+
+/// Someone must be able to manage Control.
+#[tokio::test]
+async fn the_last_admin_cannot_be_removed() {
+    let o = alice_owns_a_tunnel().await;
+    let (c, bob) = (&o.c, &o.bob);
+    promote(&c, &bob).await;
     let (_, me) = c.get("/api/v1/auth/me").await;
     let (s, _) = c.delete(&format!("/api/v1/users/{}", bob.id)).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
@@ -300,14 +282,8 @@ async fn the_audit_log_says_who_changed_what() {
     let agent = c.agent("a").await;
     c.tunnel("audit.test", agent["id"].as_i64().unwrap(), "localhost:80")
         .await;
-    let (s, _) = call(
-        &c,
-        &alice,
-        "POST",
-        "/api/v1/agents",
-        Some(json!({"name": "alice-agent"})),
-    )
-    .await;
+    let body = Some(json!({"name": "alice-agent"}));
+    let (s, _) = alice.call(&c, "POST", "/api/v1/agents", body).await;
     assert_eq!(s, StatusCode::CREATED);
 
     let (s, log) = c.get("/api/v1/audit").await;
@@ -351,7 +327,7 @@ async fn the_audit_log_says_who_changed_what() {
     assert_error(s, &body, StatusCode::BAD_REQUEST, "bad_request");
 
     // A member sees only their own changes.
-    let (_, mine) = call(&c, &alice, "GET", "/api/v1/audit", None).await;
+    let (_, mine) = alice.call(&c, "GET", "/api/v1/audit", None).await;
     assert!(!mine.as_array().unwrap().is_empty());
     assert!(
         mine.as_array()
@@ -377,27 +353,26 @@ async fn an_owner_cannot_redirect_a_replica_on_someone_elses_agent() {
     let alice = member(&c, "alice@example.com").await;
     let bob = member(&c, "bob@example.com").await;
     let new_agent = |m: &Member, name: &'static str| {
-        let m = Member {
-            id: m.id,
-            token: m.token.clone(),
-        };
+        let m = m.clone();
         let c = &c;
         async move {
-            let (s, a) = call(c, &m, "POST", "/api/v1/agents", Some(json!({"name": name}))).await;
+            let (s, a) = m
+                .call(c, "POST", "/api/v1/agents", Some(json!({"name": name})))
+                .await;
             assert_eq!(s, StatusCode::CREATED, "{a}");
             a["id"].as_i64().unwrap()
         }
     };
     let a = new_agent(&alice, "alice-home").await;
     let b = new_agent(&bob, "bob-home").await;
-    let (s, t) = call(
-        &c,
-        &alice,
-        "POST",
-        "/api/v1/tunnels",
-        Some(json!({"hostname": "alice.test", "agent_id": a, "target": "localhost:80"})),
-    )
-    .await;
+    let (s, t) = alice
+        .call(
+            &c,
+            "POST",
+            "/api/v1/tunnels",
+            Some(json!({"hostname": "alice.test", "agent_id": a, "target": "localhost:80"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{t}");
     let path = format!("/api/v1/tunnels/{}", t["id"]);
     // An admin adds Bob's agent as a replica of Alice's tunnel.
@@ -412,13 +387,17 @@ async fn an_owner_cannot_redirect_a_replica_on_someone_elses_agent() {
         json!({"hostname": "evil.test"}),
         json!({"target": "localhost:22", "tls": "off"}),
     ] {
-        let (s, body) = call(&c, &alice, "PATCH", &path, Some(patch)).await;
+        let (s, body) = alice.call(&c, "PATCH", &path, Some(patch)).await;
         assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
     }
     // Disabling is hers to do; enabling again would publish Bob's agent anew.
-    let (s, body) = call(&c, &alice, "PATCH", &path, Some(json!({"enabled": false}))).await;
+    let (s, body) = alice
+        .call(&c, "PATCH", &path, Some(json!({"enabled": false})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    let (s, body) = call(&c, &alice, "PATCH", &path, Some(json!({"enabled": true}))).await;
+    let (s, body) = alice
+        .call(&c, "PATCH", &path, Some(json!({"enabled": true})))
+        .await;
     assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
 
     // The web UI goes through the same check: the edit form and the one-click toggle.
@@ -458,16 +437,13 @@ async fn an_owner_cannot_redirect_a_replica_on_someone_elses_agent() {
     // An admin may; and once Bob's agent is no longer a replica, so may Alice.
     let (s, _) = c.patch(&path, json!({"enabled": true})).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, body) = call(&c, &alice, "PATCH", &path, Some(json!({"agent_ids": [a]}))).await;
+    let (s, body) = alice
+        .call(&c, "PATCH", &path, Some(json!({"agent_ids": [a]})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    let (s, body) = call(
-        &c,
-        &alice,
-        "PATCH",
-        &path,
-        Some(json!({"target": "localhost:81"})),
-    )
-    .await;
+    let (s, body) = alice
+        .call(&c, "PATCH", &path, Some(json!({"target": "localhost:81"})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     c.stop().await;
 }

@@ -2,11 +2,9 @@
 //! stop config from reaching every Gateway; a node that cannot apply a snapshot says so, and
 //! Control shows it in `GET /api/v1/status`.
 
-mod common;
-
-use common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
 use kakuremichi_proto::{ControlMessage, NodeMessage, NodeRole};
+use kakuremichi_testkit::control::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -1,9 +1,7 @@
 //! Tunnels through the API: exact fields, port allocation, validation, hostname conflicts.
 
-mod common;
-
-use common::*;
 use kakuremichi_proto::NodeRole;
+use kakuremichi_testkit::control::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;

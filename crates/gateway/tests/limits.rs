@@ -216,14 +216,12 @@ async fn requests_over_the_concurrency_cap_get_429_until_one_finishes() {
         {}
     }
     // The finished bodies gave their slots back (as soon as the proxy has dropped them).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match status(&client, &s.gw.url("a.test", "/echo")).await {
-            StatusCode::OK => break,
-            other if Instant::now() > deadline => panic!("still {other} after the streams ended"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    let url = s.gw.url("a.test", "/echo");
+    let what = "a slot free again after the streams ended";
+    kakuremichi_testkit::eventually(Duration::from_secs(10), what, || async {
+        status(&client, &url).await == StatusCode::OK
+    })
+    .await;
     let m = metrics(&s).await;
     assert!(
         m["refused"]["7"]["concurrency"].as_u64().unwrap() >= 1,

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error as WsError
 
 use support::{
     agent, assert_streamed, get, pattern_checksum, pattern_chunk, raw_exchange, read_until, setup,
-    within, Checksum, Echo, Gateway, HangingDialer,
+    within, Checksum, Echo, Gateway, HangingDialer, DEADLINE,
 };
 
 #[tokio::test]
@@ -403,10 +403,8 @@ async fn shutdown_stops_accepting_and_drains_in_flight() {
     read_until(&mut response, &mut seen, "data: one\n\n").await;
 
     s.gw.shutdown();
-    within("listener closes", async {
-        while TcpStream::connect(s.gw.addr).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    kakuremichi_testkit::eventually(DEADLINE, "listener closes", || async {
+        TcpStream::connect(s.gw.addr).await.is_err()
     })
     .await;
     assert!(

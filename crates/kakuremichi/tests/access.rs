@@ -3,14 +3,11 @@
 //! Gateway hand-off → app) is asserted; the browser is played by a cookie-less client that sends
 //! the cookies the test chooses.
 
-mod common;
-
-use common::*;
 use kakuremichi_proto::access::{sign_token, AccessClaims};
+use kakuremichi_testkit::*;
 use reqwest::header::{COOKIE, HOST, LOCATION, SET_COOKIE};
 use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -18,31 +15,27 @@ const APP: &str = "app.example.com";
 /// Another base domain, served by the same Gateway with the same Control sign-in.
 const OTHER: &str = "wiki.example.net";
 
+/// The in-process fleet, and a client that never follows redirects.
 struct Site {
-    dir: tempfile::TempDir,
-    api: Api,
-    gateway: SocketAddr,
-    agent_id: i64,
-    origin: SocketAddr,
-    /// A client that never follows redirects.
+    fleet: Fleet,
     http: reqwest::Client,
-    _stops: Vec<Stop>,
+}
+
+impl std::ops::Deref for Site {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
 }
 
 async fn site() -> Site {
-    let fleet = Fleet::start().await;
     Site {
-        dir: fleet.dir,
-        api: fleet.api,
-        gateway: fleet.gateway,
-        agent_id: fleet.agent_id,
-        origin: fleet.origin,
+        fleet: Fleet::start().await,
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap(),
-        _stops: fleet.stops,
     }
 }
 
@@ -64,7 +57,7 @@ impl Site {
     ) -> reqwest::Response {
         let mut req = self
             .http
-            .get(format!("http://{}{path_and_query}", self.gateway))
+            .get(format!("http://{}{path_and_query}", self.gateway()))
             .header(HOST, host)
             .header("x-kakuremichi-user", "forged@example.com");
         if let Some(c) = cookie {
@@ -213,7 +206,7 @@ async fn protected_tunnels_sign_in_admit_listed_users_and_revoke() {
     // A public tunnel is unaffected, and a forged user header never reaches its app.
     wait_through(
         &site.http,
-        site.gateway,
+        site.gateway(),
         "pub.example.com",
         "/",
         WITHIN,
@@ -228,7 +221,7 @@ async fn protected_tunnels_sign_in_admit_listed_users_and_revoke() {
     // with a way back.
     wait_through(
         &site.http,
-        site.gateway,
+        site.gateway(),
         APP,
         "/",
         WITHIN,

@@ -3,9 +3,7 @@
 //! of them took Control to 1.2 GiB and a login to 12 s. Measured on the built binary: its peak
 //! resident memory (VmHWM) and how long a login takes in the middle of the flood.
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::*;
 use std::time::{Duration, Instant};
 
 const FLOOD: usize = 600;

@@ -6,14 +6,12 @@
 //! Which path the tunnel takes is read from nftables counters on the router between the Agent
 //! and the Gateway: packets to the Gateway's TCP 443 and (after the drop rule) to UDP 51820.
 
-mod common;
-
-use common::netns::{sh, Topology};
-use common::*;
+use kakuremichi_testkit::load::{hold, Load};
+use kakuremichi_testkit::netns::{sh, Topology};
+use kakuremichi_testkit::*;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TABLE: &str = "inet kmfallback";
@@ -56,54 +54,6 @@ fn counter(topo: &Topology, name: &str) -> u64 {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no packet count in: {text}"))
-}
-
-/// Requests through the Gateway at a steady pace; every result is kept with its time.
-struct Load {
-    results: Arc<Mutex<Vec<(Instant, bool)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(gateway: SocketAddr, host: &'static str) -> Load {
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let record = results.clone();
-        let task = tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .unwrap();
-            let mut pace = tokio::time::interval(Duration::from_millis(25));
-            loop {
-                pace.tick().await;
-                let ok = matches!(
-                    http.get(format!("http://{gateway}/")).header("host", host).send().await,
-                    Ok(r) if r.status() == 200
-                );
-                record.lock().unwrap().push((Instant::now(), ok));
-            }
-        });
-        Load { results, task }
-    }
-
-    /// (succeeded, failed) among requests that finished after `since`.
-    fn since(&self, since: Instant) -> (usize, usize) {
-        let results = self.results.lock().unwrap();
-        let after = results.iter().filter(|(t, _)| *t >= since);
-        let ok = after.clone().filter(|(_, ok)| *ok).count();
-        (ok, after.count() - ok)
-    }
-
-    fn first_success(&self) -> Option<Instant> {
-        let results = self.results.lock().unwrap();
-        results.iter().find(|(_, ok)| *ok).map(|(t, _)| *t)
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,6 +138,7 @@ async fn udp_blocked_from_the_start_tunnel_comes_up_over_tls_and_returns_to_udp(
         &["hello", "--listen", "127.0.0.1:8000"],
         &[],
     );
+    let load_started = Instant::now();
     let load = Load::start(gateway, "app.test");
     let start = Instant::now();
     let _agent = Proc::spawn_in(
@@ -205,7 +156,7 @@ async fn udp_blocked_from_the_start_tunnel_comes_up_over_tls_and_returns_to_udp(
     let up = eventually(
         Duration::from_secs(15),
         "tunnel up over the TLS fallback",
-        || async { load.first_success() },
+        || async { load.first_success_after(load_started) },
     )
     .await;
     let took = up - start;
@@ -241,10 +192,7 @@ async fn udp_blocked_from_the_start_tunnel_comes_up_over_tls_and_returns_to_udp(
             return None;
         }
         // Under steady load, traffic on a live TLS path would move the counter within a second.
-        let settle = Instant::now();
-        while settle.elapsed() < Duration::from_millis(1500) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        hold(Duration::from_millis(1500)).await;
         (counter(&topo, "tls443") == tls && counter(&topo, "wgudp") > udp).then(Instant::now)
     })
     .await;

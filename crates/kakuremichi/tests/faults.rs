@@ -2,11 +2,9 @@
 //! with steady load; each prints how many requests failed during the fault and how long recovery
 //! took. Needs root, `ip` and `nft`; skipped loudly elsewhere (and failing under CI).
 
-mod common;
-
-use common::load::{hold, Load};
-use common::site::site;
-use common::*;
+use kakuremichi_testkit::load::{hold, Load};
+use kakuremichi_testkit::site::site;
+use kakuremichi_testkit::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -2,9 +2,7 @@
 //! refuses new connections and exits; Control never loses a write it acknowledged, whether it is
 //! stopped with SIGTERM or killed with `kill -9` in the middle of a burst of writes.
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::*;
 use reqwest::header::HOST;
 use serde_json::json;
 use std::collections::BTreeMap;

@@ -3,14 +3,10 @@
 //! Without Pebble installed the ACME tests print SKIPPED (and fail under `CI` or
 //! `KAKUREMICHI_REQUIRE_PEERS=1`).
 
-#[allow(unused_imports)] // each test binary uses a different part of the harness
-mod common;
-mod https_support;
-
-use common::{eventually, through};
-use https_support::pebble::{self, Pebble};
-use https_support::*;
 use kakuremichi_control::ChallengeChoice;
+use kakuremichi_testkit::https::*;
+use kakuremichi_testkit::pebble::{self, Pebble};
+use kakuremichi_testkit::{eventually, through};
 use serde_json::json;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -87,7 +83,7 @@ async fn internal_ca_serves_https_with_redirect_hsts_and_sni() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    common::wait_through(
+    kakuremichi_testkit::wait_through(
         &http_client,
         addrs.http(),
         host,
@@ -228,13 +224,13 @@ async fn acme_http01_one_order_for_two_gateways_failures_retry_and_cache() {
 
     // Control down, Gateway restarted: HTTPS from the cached certificate.
     control.shut_down().await;
-    let (token, wg, gw_dir, addrs) = gw1.shut_down().await;
+    let (token, wg, gw_dir) = gw1.shut_down().await;
     // The old device releases its UDP socket shortly after the gateway task ends.
     let wg = eventually(ISSUE_WITHIN, "WireGuard port free again", || async {
         std::net::UdpSocket::bind(wg).ok()
     })
     .await;
-    let _gw1 = start_gateway(&api.base, token, wg, addrs, gw_dir).await;
+    let _gw1 = start_gateway(&api.base, token, wg, a1, gw_dir).await;
     eventually(
         ISSUE_WITHIN,
         "HTTPS 200 from the cache while Control is down",
@@ -300,20 +296,17 @@ async fn acme_tls_alpn_without_port_80_and_renewal_before_expiry() {
 
     // A 24 s certificate is renewed at about 16 s; every request meanwhile verifies (rustls
     // rejects expired certificates), so clients never see an expired one.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("renewal of {first}");
+    eventually(Duration::from_secs(60), &what, || async {
         let (status, _) = https_get(&pebble.issuing_root, "alpn.test", addrs.https()).await;
         assert_eq!(status, 200, "HTTPS keeps working across renewal");
         let now = api.get(&format!("tunnels/{id}")).await;
-        if now["certificate"]["not_after"] != first["not_after"] {
+        let renewed = now["certificate"]["not_after"] != first["not_after"];
+        if renewed {
             assert_eq!(now["certificate"]["status"], "issued");
-            break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not renewed in time: {first}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        renewed
+    })
+    .await;
     assert!(pebble.issued() >= 2);
 }

@@ -3,42 +3,34 @@
 //! `/metrics`, and serves again once the limits are lifted. Visitors are told apart by source
 //! address (127.0.0.2, 127.0.0.3, ...: all loopback on Linux).
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::*;
 use reqwest::header::HOST;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(20);
 const APP: &str = "limited.example.com";
 
+/// The in-process fleet with one tunnel, `APP`.
 struct Site {
-    _dir: tempfile::TempDir,
-    api: Api,
-    gateway: SocketAddr,
-    admin: SocketAddr,
+    fleet: Fleet,
     tunnel: i64,
-    _stops: Vec<Stop>,
+}
+
+impl std::ops::Deref for Site {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
 }
 
 async fn site() -> Site {
     let fleet = Fleet::start().await;
-    let body = json!({"hostname": APP, "agent_id": fleet.agent_id,
-        "target": fleet.origin.to_string(), "tls": "off"});
-    let tunnel = fleet.api.post("tunnels", body).await["id"]
-        .as_i64()
-        .unwrap();
-    Site {
-        _dir: fleet.dir,
-        api: fleet.api,
-        gateway: fleet.gateway,
-        admin: fleet.admin,
-        tunnel,
-        _stops: fleet.stops,
-    }
+    let target = fleet.origin;
+    let tunnel = fleet.tunnel_with(APP, target, json!({"tls": "off"})).await;
+    Site { fleet, tunnel }
 }
 
 impl Site {
@@ -53,7 +45,7 @@ impl Site {
         let mut statuses = Vec::new();
         for _ in 0..n {
             let sent = client
-                .get(format!("http://{}/", self.gateway))
+                .get(format!("http://{}/", self.gateway()))
                 .header(HOST, APP)
                 .send()
                 .await;
@@ -87,7 +79,7 @@ impl Site {
             .no_proxy()
             .build()
             .unwrap()
-            .get(format!("http://{}/metrics", self.admin))
+            .get(format!("http://{}/metrics", self.admin()))
             .send()
             .await
             .unwrap()

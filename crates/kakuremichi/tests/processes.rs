@@ -2,9 +2,7 @@
 //! and `hello`, each its own process on a loopback address of its own, configured only through
 //! flags, environment and Control's API, exactly as a user runs them on separate machines.
 
-mod common;
-
-use common::*;
+use kakuremichi_testkit::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -218,7 +216,7 @@ fn every_command_explains_itself() {
         (vec!["up", "--help"], vec!["--data-dir"]),
         (vec!["hello", "--help"], vec!["--listen"]),
     ] {
-        let out = Command::new(BIN).args(&cmd).output().unwrap();
+        let out = Command::new(bin()).args(&cmd).output().unwrap();
         assert!(out.status.success(), "{cmd:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         for word in must_mention {
@@ -267,7 +265,7 @@ fn missing_or_bad_settings_fail_with_a_clear_message() {
         ),
     ];
     for (args, env, mention) in cases {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(args)
             .envs(env.iter().copied())
             .env_remove("KAKUREMICHI_DATA_DIR")

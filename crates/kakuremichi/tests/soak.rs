@@ -11,12 +11,10 @@
 //! Ignored by default (it takes minutes): `scripts/soak [--secs N]`, or
 //! `KAKUREMICHI_SOAK_SECS=N cargo test -p kakuremichi --test soak -- --ignored --nocapture`.
 
-mod common;
-
-use common::load::{hold, Load};
-use common::site::{site, Site};
-use common::usage::Usage;
-use common::*;
+use kakuremichi_testkit::load::{hold, Load};
+use kakuremichi_testkit::site::{site, Site};
+use kakuremichi_testkit::usage::Usage;
+use kakuremichi_testkit::*;
 use std::time::{Duration, Instant};
 
 /// Steady load before anything is measured or broken.

@@ -2,22 +2,18 @@
 //! Gateway and Agent in this process: first-run setup → add a gateway (start it with the shown
 //! token) → add an agent (start it with the shown key) → add a tunnel → open the tunnel's URL and
 //! see the app. Status badges turn online without a reload (the page's own polling). Saves a
-//! screenshot of each main page to `target/ui-screenshots/` (see `ui_support::screenshot_dir`).
+//! screenshot of each main page to `target/ui-screenshots/` (see `kakuremichi_testkit::browser::screenshot_dir`).
 //!
 //! Access control in the browser: a tunnel made in the UI for "only these people" sends a fresh
 //! browser to Control's login and back to the URL it asked for; someone not on the list gets the
 //! 403 page.
 
-mod common;
-mod ui_support;
-
-use common::*;
 use fantoccini::Locator;
 use kakuremichi_node::Secret;
-use serde_json::json;
+use kakuremichi_testkit::browser::Browser;
+use kakuremichi_testkit::*;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use ui_support::Browser;
 
 const LIVE: Duration = Duration::from_secs(30);
 const APP_HOST: &str = "app.test";
@@ -27,24 +23,22 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
     init_logs();
     // fantoccini's TLS stack brings a second rustls provider; say which one this process uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Some((driver, chromium)) = ui_support::binaries() else {
+    let Some((driver, chromium)) = kakuremichi_testkit::browser::binaries(module_path!()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
 
     // Control, first run: no account.
-    let (base, _control) = spawn_control_in_process(dir.path().join("control"), false).await;
+    let config = kakuremichi_control::ControlConfig {
+        data_dir: dir.path().join("control"),
+        ..Default::default()
+    };
+    let _control = InProcessControl::start(config).await;
+    let base = _control.base.clone();
     wait_ready(&reqwest::Client::new(), &base).await;
 
     // The app behind the tunnel, and the Gateway's sockets (it starts once the UI gave a token).
-    let origin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin_addr = origin.local_addr().unwrap();
-    let (_origin, wait) = Stop::new();
-    tokio::spawn(kakuremichi::hello::serve(
-        origin,
-        "ui-test-app".into(),
-        wait(),
-    ));
+    let (origin_addr, _origin) = start_origin("ui-test-app").await;
     let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let wg_addr = wg.local_addr().unwrap();
     let gw_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -133,19 +127,12 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
 
     // The tunnel's URL (on the Gateway's plain HTTP port) shows the app.
     let app = format!("http://{APP_HOST}:{gw_port}/");
-    let deadline = std::time::Instant::now() + LIVE;
-    loop {
+    eventually(LIVE, "the app answers through the tunnel", || async {
         b.client.goto(&app).await.unwrap();
         let source = b.client.source().await.unwrap_or_default();
-        if source.contains("ui-test-app") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the app never answered: {source}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        source.contains("ui-test-app")
+    })
+    .await;
     b.shot("07-app-through-the-tunnel").await;
 
     // The other main pages, for the record (and to see they render for a real session).
@@ -171,57 +158,13 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
 }
 
 /// Control (admin from the config), a Gateway and an Agent started through the API, and the app.
-struct Stack {
-    base: String,
-    gw_port: u16,
-    origin: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-    _stops: Vec<Stop>,
-}
-
-async fn stack() -> Stack {
-    let dir = tempfile::tempdir().unwrap();
-    let (base, control) = spawn_control_in_process(dir.path().join("control"), true).await;
-    let api = Api::login(base.clone()).await;
-    let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let endpoint = wg.local_addr().unwrap().to_string();
-    let created = api
-        .post(
-            "gateways",
-            json!({"name": "edge-1", "public_endpoint": endpoint}),
-        )
-        .await;
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw_port = http.local_addr().unwrap().port();
-    let listeners = kakuremichi_gateway::GatewayListeners {
-        http,
-        https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        wg,
-    };
-    let token = created["token"].as_str().unwrap();
-    let (gateway, _) = spawn_gateway(&base, token, listeners, dir.path().join("gw"));
-    let agent = api.post("agents", json!({"name": "home-server"})).await;
-    let key = agent["api_key"].as_str().unwrap().to_string();
-    let mut config = kakuremichi_agent::AgentConfig::new(base.clone(), Secret::new(key));
-    config.data_dir = Some(dir.path().join("agent"));
-    let (agent, wait) = Stop::new();
-    tokio::spawn(kakuremichi_agent::run(config, wait()));
-    let origin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = origin_listener.local_addr().unwrap();
-    let (app, wait) = Stop::new();
-    tokio::spawn(kakuremichi::hello::serve(
-        origin_listener,
-        "ui-test-app".into(),
-        wait(),
-    ));
-    Stack {
-        base,
-        gw_port,
-        origin,
-        _dir: dir,
-        _stops: vec![app, agent, gateway, control],
-    }
+async fn stack() -> Fleet {
+    Cluster::new()
+        .gateway()
+        .agent()
+        .origin("ui-test-app")
+        .start()
+        .await
 }
 
 /// Signs in on Control's login page, which the browser is on.
@@ -234,36 +177,29 @@ async fn log_in(b: &Browser, email: &str, password: &str) {
 /// Opens `url` (on the tunnel) until the Gateway, once it has the route, sends the browser to
 /// Control's login page.
 async fn open_until_login(b: &Browser, url: &str, control: &str) {
-    let deadline = std::time::Instant::now() + LIVE;
-    loop {
+    let what = format!("{url} redirects to the login page");
+    let at = eventually(LIVE, &what, || async {
         b.client.goto(url).await.unwrap();
         let at = b.client.current_url().await.unwrap();
-        if at.path() == "/login" {
-            assert_eq!(
-                at.origin().ascii_serialization(),
-                control,
-                "the login page is Control's"
-            );
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{url} never redirected to the login page; at {at}: {}",
-            b.client.source().await.unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (at.path() == "/login").then_some(at)
+    })
+    .await;
+    assert_eq!(
+        at.origin().ascii_serialization(),
+        control,
+        "the login page is Control's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_tunnel_sends_to_login_and_back_and_refuses_others() {
     init_logs();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Some((driver, chromium)) = ui_support::binaries() else {
+    let Some((driver, chromium)) = kakuremichi_testkit::browser::binaries(module_path!()) else {
         return;
     };
     let s = stack().await;
-    let base = &s.base;
+    let base = &s.api.base;
     let rules = format!("MAP {APP_HOST} 127.0.0.1");
     const MEMBER: &str = "member@example.com";
     const MEMBER_PASSWORD: &str = "member password 42";
@@ -307,7 +243,7 @@ async fn protected_tunnel_sends_to_login_and_back_and_refuses_others() {
     b.close().await;
 
     // A fresh browser: the tunnel's URL leads to Control's login, then back to that very URL.
-    let app = format!("http://{APP_HOST}:{}", s.gw_port);
+    let app = format!("http://{APP_HOST}:{}", s.gateway().port());
     let b = Browser::start(&driver, &chromium, &rules).await;
     open_until_login(&b, &format!("{app}/some/path?x=1"), base).await;
     assert!(b.text("main").await.contains("Log in"));
@@ -317,7 +253,7 @@ async fn protected_tunnel_sends_to_login_and_back_and_refuses_others() {
     let at = b.client.current_url().await.unwrap();
     assert_eq!(
         (at.host_str(), at.port(), at.query()),
-        (Some(APP_HOST), Some(s.gw_port), Some("x=1")),
+        (Some(APP_HOST), Some(s.gateway().port()), Some("x=1")),
         "back on the original URL"
     );
     let page = b.text("body").await;

@@ -9,6 +9,7 @@ use crate::{cpu_seconds, quantile, rss_mib};
 use anyhow::{bail, Context};
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
+use kakuremichi_client::Client;
 use kakuremichi_proto::{NodeMessage, NodeRole, CONNECT_PATH, PROTOCOL_VERSION};
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -55,12 +56,11 @@ struct Seen {
 pub async fn run(a: Args) -> anyhow::Result<Value> {
     let base = a.url.trim_end_matches('/').to_string();
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let token = api_token(&http, &base, &a.email, &a.password).await?;
-    let api = Api {
-        http,
-        base: base.clone(),
-        token,
-    };
+    let token_name = format!("loadgen-{}", rand::random::<u32>());
+    let api = Api(Client::with_http(http, base.clone())
+        .sign_in(&a.email, &a.password, &token_name)
+        .await
+        .context("signing in")?);
     // The load is the point here: lift the per-user API rate limit (600/min by default) on the
     // benchmark's Control, or the node creations below would be answered 429.
     api.call(
@@ -147,7 +147,11 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
     with_tls["tls"] = json!("off");
     let tunnel = match api.call(reqwest::Method::POST, "tunnels", with_tls).await {
         Ok(t) => t,
-        Err(e) if e.to_string().contains("400") => {
+        Err(e)
+            if e.downcast_ref::<kakuremichi_client::Error>()
+                .and_then(kakuremichi_client::Error::status)
+                == Some(reqwest::StatusCode::BAD_REQUEST) =>
+        {
             api.call(reqwest::Method::POST, "tunnels", body).await?
         }
         Err(e) => return Err(e),
@@ -345,74 +349,19 @@ fn str_field(v: &Value, key: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no `{key}` in {v}"))
 }
 
-/// Logs in with e-mail and password and makes a personal API token.
-async fn api_token(
-    http: &reqwest::Client,
-    base: &str,
-    email: &str,
-    password: &str,
-) -> anyhow::Result<String> {
-    let res = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await?;
-    if !res.status().is_success() {
-        bail!("login failed: HTTP {}", res.status());
-    }
-    let cookie = res
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let login: Value = res.json().await.unwrap_or(Value::Null);
-    let res = http
-        .post(format!("{base}/api/v1/tokens"))
-        .header("cookie", cookie)
-        .header("x-csrf-token", str_field(&login, "csrf_token")?)
-        .json(&json!({"name": format!("loadgen-{}", rand::random::<u32>())}))
-        .send()
-        .await?;
-    let status = res.status();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!("creating an API token failed: HTTP {status} {body}");
-    }
-    str_field(&body, "token")
-}
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
+/// Control's API through the shared client, with `anyhow` errors and several calls in flight.
+struct Api(Client);
 
 impl Api {
+    /// `method` on `/api/v1/{path}`; a `Null` body sends none.
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Value,
     ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}/api/v1/{path}", self.base))
-            .bearer_auth(&self.token);
-        if !body.is_null() {
-            req = req.json(&body);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = res.status();
-        let text = res.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("{method} {path}: HTTP {status} {text}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+        let body = (!body.is_null()).then_some(body);
+        Ok(self.0.call(method, path, body.as_ref()).await?)
     }
 
     async fn create_many(

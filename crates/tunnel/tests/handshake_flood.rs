@@ -154,13 +154,7 @@ async fn pair() -> (Device, Device) {
             });
         }
     });
-    timeout(DEADLINE, async {
-        while !request(&gw).await {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the tunnel comes up");
+    kakuremichi_testkit::eventually(DEADLINE, "the tunnel comes up", || request(&gw)).await;
     (gw, ag)
 }
 

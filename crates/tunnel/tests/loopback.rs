@@ -1,5 +1,6 @@
 //! Two devices on loopback: dial, accept, transfer, refuse, remove a peer.
 
+use kakuremichi_testkit::eventually;
 use kakuremichi_tunnel::{Acceptor, Device, DeviceConfig, PeerConfig, PrivateKey};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -54,13 +55,10 @@ async fn join(gw: &Device) -> (Device, Acceptor) {
         persistent_keepalive: Some(25),
     }]);
     // The gateway can dial once the agent's handshake has taught it the endpoint.
-    timeout(DEADLINE, async {
-        while gw.peers()[0].endpoint.is_none() || gw.peers()[0].since_handshake.is_none() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually(DEADLINE, "handshake completes", || async {
+        gw.peers()[0].endpoint.is_some() && gw.peers()[0].since_handshake.is_some()
     })
-    .await
-    .expect("handshake completes");
+    .await;
     (ag, acceptor)
 }
 
@@ -177,18 +175,12 @@ async fn the_socket_table_shrinks_after_a_burst_of_connections() {
     for mut c in streams {
         c.shutdown().await.unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("socket slots back to 16 (were {grown:?} while open)");
+    eventually(Duration::from_secs(20), &what, || async {
         let now = (gw.peers()[0].socket_slots, ag.peers()[0].socket_slots);
-        if now.0 <= 16 && now.1 <= 16 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "socket slots still {now:?} (were {grown:?} while open)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        now.0 <= 16 && now.1 <= 16
+    })
+    .await;
 }
 
 /// One stream's window leaves in bursts: many packets per UDP send (GSO), not one send (and one
@@ -399,35 +391,25 @@ async fn initiator_rehandshakes_when_its_peer_restarts_silently() {
         persistent_keepalive: Some(1),
     }]);
     tokio::spawn(async move { while acceptor.accept().await.is_some() {} });
-    timeout(DEADLINE, async {
-        while gw.connect(SocketAddrV4::new(AG, 8080)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually(DEADLINE, "tunnel up", || async {
+        gw.connect(SocketAddrV4::new(AG, 8080)).await.is_ok()
     })
-    .await
-    .expect("tunnel up");
+    .await;
 
     // The gateway restarts: same key and address, but no session and no idea where the agent is.
     drop(gw);
-    let gw = timeout(DEADLINE, async {
-        loop {
-            if let Ok((d, _)) = bind(gw_key.clone(), GW, &gw_addr.to_string()).await {
-                return d;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let gw = eventually(DEADLINE, "port free again", || async {
+        let bound = bind(gw_key.clone(), GW, &gw_addr.to_string()).await;
+        bound.ok().map(|(d, _)| d)
     })
-    .await
-    .expect("port free again");
+    .await;
     gw.set_peers(vec![gw_peer(&ag)]);
     // Only the agent can fix this: it must notice the silence and handshake again.
-    timeout(Duration::from_secs(20), async {
-        while gw.connect(SocketAddrV4::new(AG, 8080)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let what = "the agent re-handshakes after its peer went silent";
+    eventually(Duration::from_secs(20), what, || async {
+        gw.connect(SocketAddrV4::new(AG, 8080)).await.is_ok()
     })
-    .await
-    .expect("the agent re-handshakes after its peer went silent");
+    .await;
 }
 
 /// A peer may be quicker than our configuration: its handshake already waits on the UDP socket

@@ -24,13 +24,7 @@ async fn device(address: Ipv4Addr) -> (Device, Acceptor) {
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    timeout(DEADLINE, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+    kakuremichi_testkit::eventually(DEADLINE, what, || std::future::ready(cond())).await;
 }
 
 struct Pair {

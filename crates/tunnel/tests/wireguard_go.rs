@@ -22,7 +22,10 @@
 //! The HTTP server of direction A is this test binary itself, re-run inside the namespace as the
 //! ignored test `netns_file_server` (so no Python or other server package is needed).
 
-use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey, TunnelStream};
+use kakuremichi_testkit::eventually;
+use kakuremichi_tunnel::{
+    Acceptor, Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey, TunnelStream,
+};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::OpenOptionsExt;
@@ -49,7 +52,7 @@ const PAYLOAD: usize = 4 << 20;
 const STEP: Duration = Duration::from_secs(60);
 /// Deadline of the whole test.
 const TOTAL: Duration = Duration::from_secs(150);
-/// Interval at which conditions are polled.
+/// Interval at which cleanup polls for a process to exit.
 const POLL: Duration = Duration::from_millis(20);
 /// Set (to "ADDRESS FILE") when this binary runs as the in-namespace file server.
 const SERVE_ENV: &str = "KAKUREMICHI_WG_TEST_SERVE";
@@ -58,107 +61,42 @@ const READY: &str = "KMWG-READY port=";
 #[path = "wireguard_go/lab.rs"]
 mod lab;
 use lab::*;
-
-/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    t ^ (u64::from(std::process::id()) << 32)
-}
+#[path = "wireguard_go/http.rs"]
+mod http;
+use http::*;
 
 // ---------------------------------------------------------------------------------------------
-// HTTP by hand
+// The tests: each sets up its own namespace, wireguard-go and our device, up to a handshake.
 
-/// Reads up to the end of the header block; returns (header text, body bytes already read).
-async fn read_head(s: &mut TunnelStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            return (head, buf[end + 4..].to_vec());
-        }
-        let n = s.read(&mut chunk).await.expect("read request head");
-        assert!(n > 0, "connection closed before the end of the headers");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+/// Our device linked with wireguard-go: the handshake is done (seen from our side).
+struct Linked {
+    lab: Lab,
+    device: Device,
+    acceptor: Acceptor,
+    /// Our public key as `wg` prints it.
+    our_public: String,
 }
 
-fn content_length(head: &str) -> usize {
-    head.lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no Content-Length in:\n{head}"))
-}
-
-/// Direction B's server: answers one HTTP POST by echoing its body.
-async fn echo_one_post(s: &mut TunnelStream) -> usize {
-    let (head, mut body) = read_head(s).await;
-    assert!(
-        head.starts_with("POST /echo "),
-        "unexpected request:\n{head}"
-    );
-    let len = content_length(&head);
-    let mut chunk = vec![0u8; 64 * 1024];
-    while body.len() < len {
-        let n = s.read(&mut chunk).await.expect("read request body");
-        assert!(n > 0, "client closed after {} of {len} bytes", body.len());
-        body.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(body.len(), len, "client sent more than Content-Length");
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
-         Content-Length: {len}\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).await.expect("write head");
-    s.write_all(&body).await.expect("write body");
-    s.shutdown().await.expect("shutdown");
-    // Wait for curl to close its side, so our FIN and all data are acknowledged.
-    let n = s.read(&mut chunk).await.expect("read after response");
-    assert_eq!(n, 0, "unexpected data after the request");
-    len
-}
-
-// ---------------------------------------------------------------------------------------------
-// The test
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshake_and_tcp_both_ways_with_wireguard_go() {
-    if !requirements_met() {
+/// Runs `test` on a fresh link, within [`TOTAL`]; skipped (loudly) without the requirements.
+async fn with_link<F, Fut>(name: &str, test: F)
+where
+    F: FnOnce(Linked) -> Fut,
+    Fut: std::future::Future<Output = Lab>,
+{
+    if !requirements_met(name) {
         return;
     }
     let started = Instant::now();
-    let mut lab = Lab::new();
-    timeout(TOTAL, interoperate(&mut lab))
+    let lab = timeout(TOTAL, async { test(link(Lab::new()).await).await })
         .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TOTAL:?}"));
+        .unwrap_or_else(|_| panic!("{name} did not finish within {TOTAL:?}"));
     drop(lab);
-    eprintln!(
-        "wireguard-go interoperability: passed in {:.2?}",
-        started.elapsed()
-    );
+    eprintln!("{name}: passed in {:.2?}", started.elapsed());
 }
 
-async fn interoperate(lab: &mut Lab) {
+/// The network, wireguard-go configured by `wg` as the Agent, and our device as on a Gateway;
+/// returns once our device has completed a handshake and learned wireguard-go's endpoint.
+async fn link(mut lab: Lab) -> Linked {
     lab.create_network().await;
 
     // wireguard-go's keys, made by `wg`; our key parser must read the same text format.
@@ -185,7 +123,7 @@ async fn interoperate(lab: &mut Lab) {
         .expect("write wireguard-go key");
 
     // Our device, as on a Gateway: fixed UDP address, endpoint learned from the handshake.
-    let (device, mut acceptor) = Device::bind(DeviceConfig::new(
+    let (device, acceptor) = Device::bind(DeviceConfig::new(
         PrivateKey::generate(),
         OURS,
         SocketAddr::from((lab.root_ip, 0)),
@@ -241,7 +179,8 @@ async fn interoperate(lab: &mut Lab) {
     run(&["ip", "-n", &ns, "link", "set", &wg_if, "up"]).await;
 
     // Handshake, seen from our side: a session exists and the endpoint was learned.
-    let learned = wait_for(
+    let learned = eventually(
+        STEP,
         "our device to complete a handshake with wireguard-go",
         || {
             let peers = device.peers();
@@ -263,141 +202,204 @@ async fn interoperate(lab: &mut Lab) {
         "the learned endpoint is not wireguard-go's UDP address"
     );
 
-    // Handshake, seen from wireguard-go's side.
-    let show = lab.ns_cmd(&["wg", "show", &wg_if, "latest-handshakes"]);
-    let show: Vec<&str> = show.iter().map(String::as_str).collect();
-    let at = wait_for("`wg show latest-handshakes` to report a handshake", || {
-        let show = show.clone();
-        let our_public = our_public.clone();
-        async move {
-            let out = run(&show).await;
-            let line = out.lines().find(|l| l.starts_with(&our_public))?;
-            let at: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            (at != 0).then_some(at)
-        }
-    })
-    .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    assert!(
-        at <= now + 1 && now - at.min(now) < 120,
-        "wg reports an implausible handshake time {at} (now {now})"
-    );
+    Linked {
+        lab,
+        device,
+        acceptor,
+        our_public,
+    }
+}
 
-    // Direction A: we dial a server inside the namespace and download a file over HTTP.
-    let file = noise(PAYLOAD, seed());
-    let file_path = lab.dir.join("blob.bin");
-    std::fs::write(&file_path, &file).expect("write test file");
-    let http_port = lab.start_file_server(&file_path).await;
-    let a_started = Instant::now();
-    let mut s = timeout(STEP, device.connect(SocketAddrV4::new(THEIRS, http_port)))
-        .await
-        .expect("connect through the tunnel in time")
-        .expect("connect through the tunnel to the server in the namespace");
-    s.write_all(format!("GET /blob.bin HTTP/1.0\r\nHost: {THEIRS}:{http_port}\r\n\r\n").as_bytes())
-        .await
-        .expect("send request");
-    let mut response = Vec::with_capacity(PAYLOAD + 256);
-    timeout(STEP, s.read_to_end(&mut response))
-        .await
-        .expect("download finishes in time")
-        .expect("read response");
-    drop(s);
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response has a header block");
-    let head = String::from_utf8_lossy(&response[..end]);
-    assert!(head.starts_with("HTTP/1.0 200 "), "bad response:\n{head}");
-    assert_eq!(content_length(&head), PAYLOAD);
-    let body = &response[end + 4..];
-    assert_eq!(body.len(), PAYLOAD, "downloaded body has the wrong length");
-    assert!(
-        body == file.as_slice(),
-        "downloaded body differs from the file"
-    );
-    eprintln!(
-        "direction A (we dial, HTTP GET of {} MiB): {:.2?}",
-        PAYLOAD >> 20,
-        a_started.elapsed()
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_with_wireguard_go_is_seen_on_both_sides() {
+    with_link(
+        "handshake_with_wireguard_go_is_seen_on_both_sides",
+        |linked| async move {
+            let Linked {
+                lab, our_public, ..
+            } = linked;
+            let wg_if = lab.wg_if.clone();
+            // Handshake, seen from wireguard-go's side.
+            let show = lab.ns_cmd(&["wg", "show", &wg_if, "latest-handshakes"]);
+            let show: Vec<&str> = show.iter().map(String::as_str).collect();
+            let at = eventually(
+                STEP,
+                "`wg show latest-handshakes` to report a handshake",
+                || {
+                    let show = show.clone();
+                    let our_public = our_public.clone();
+                    async move {
+                        let out = run(&show).await;
+                        let line = out.lines().find(|l| l.starts_with(&our_public))?;
+                        let at: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                        (at != 0).then_some(at)
+                    }
+                },
+            )
+            .await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            assert!(
+                at <= now + 1 && now - at.min(now) < 120,
+                "wg reports an implausible handshake time {at} (now {now})"
+            );
 
-    // Direction B: curl in the namespace dials us and gets its upload echoed back.
-    device.set_listen_ports([SERVE_PORT]);
-    let upload = noise(PAYLOAD, seed() ^ 0x5A5A);
-    let upload_path = lab.dir.join("upload.bin");
-    std::fs::write(&upload_path, &upload).expect("write upload file");
-    let b_started = Instant::now();
-    let server = tokio::spawn(async move {
-        let mut s = timeout(STEP, acceptor.accept())
-            .await
-            .expect("an inbound connection arrives in time")
-            .expect("acceptor open");
-        assert_eq!(*s.peer_addr().ip(), THEIRS);
-        assert_eq!(s.local_addr(), SocketAddrV4::new(OURS, SERVE_PORT));
-        timeout(STEP, echo_one_post(&mut s))
-            .await
-            .expect("echo finishes in time")
-    });
-    let curl = lab.ns_cmd(&[
-        "curl",
-        "--silent",
-        "--show-error",
-        "--fail",
-        "--max-time",
-        "60",
-        "--header",
-        "Expect:",
-        "--header",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", upload_path.display()),
-        &format!("http://{OURS}:{SERVE_PORT}/echo"),
-    ]);
-    let out = timeout(
-        STEP,
-        Command::new(&curl[0])
-            .args(&curl[1..])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+            lab
+        },
     )
-    .await
-    .expect("curl finishes in time")
-    .expect("run curl");
-    assert!(
-        out.status.success(),
-        "curl failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(server.await.expect("echo server task"), PAYLOAD);
-    assert_eq!(
-        out.stdout.len(),
-        PAYLOAD,
-        "curl got a body of the wrong length"
-    );
-    assert!(out.stdout == upload, "curl got back different bytes");
-    eprintln!(
-        "direction B (curl dials us, {} MiB each way): {:.2?}",
-        PAYLOAD >> 20,
-        b_started.elapsed()
-    );
+    .await;
+}
 
-    let status = &device.peers()[0];
-    assert!(
-        status.rx_bytes >= 2 * PAYLOAD && status.tx_bytes >= PAYLOAD,
-        "implausible traffic counters: {status:?}"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn we_dial_through_wireguard_go_and_download_a_file() {
+    with_link(
+        "we_dial_through_wireguard_go_and_download_a_file",
+        |linked| async move {
+            let Linked {
+                mut lab, device, ..
+            } = linked;
+            // Direction A: we dial a server inside the namespace and download a file over HTTP.
+            let file = noise(PAYLOAD, seed());
+            let file_path = lab.dir.join("blob.bin");
+            std::fs::write(&file_path, &file).expect("write test file");
+            let http_port = lab.start_file_server(&file_path).await;
+            let a_started = Instant::now();
+            let mut s = timeout(STEP, device.connect(SocketAddrV4::new(THEIRS, http_port)))
+                .await
+                .expect("connect through the tunnel in time")
+                .expect("connect through the tunnel to the server in the namespace");
+            s.write_all(
+                format!("GET /blob.bin HTTP/1.0\r\nHost: {THEIRS}:{http_port}\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("send request");
+            let mut response = Vec::with_capacity(PAYLOAD + 256);
+            timeout(STEP, s.read_to_end(&mut response))
+                .await
+                .expect("download finishes in time")
+                .expect("read response");
+            drop(s);
+            let end = response
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("response has a header block");
+            let head = String::from_utf8_lossy(&response[..end]);
+            assert!(head.starts_with("HTTP/1.0 200 "), "bad response:\n{head}");
+            assert_eq!(content_length(&head), PAYLOAD);
+            let body = &response[end + 4..];
+            assert_eq!(body.len(), PAYLOAD, "downloaded body has the wrong length");
+            assert!(
+                body == file.as_slice(),
+                "downloaded body differs from the file"
+            );
+            eprintln!(
+                "direction A (we dial, HTTP GET of {} MiB): {:.2?}",
+                PAYLOAD >> 20,
+                a_started.elapsed()
+            );
+
+            let status = &device.peers()[0];
+            assert!(
+                status.rx_bytes >= PAYLOAD,
+                "implausible traffic counters: {status:?}"
+            );
+            lab
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wireguard_go_dials_us_and_gets_its_upload_echoed() {
+    with_link(
+        "wireguard_go_dials_us_and_gets_its_upload_echoed",
+        |linked| async move {
+            let Linked {
+                lab,
+                device,
+                mut acceptor,
+                ..
+            } = linked;
+            // Direction B: curl in the namespace dials us and gets its upload echoed back.
+            device.set_listen_ports([SERVE_PORT]);
+            let upload = noise(PAYLOAD, seed() ^ 0x5A5A);
+            let upload_path = lab.dir.join("upload.bin");
+            std::fs::write(&upload_path, &upload).expect("write upload file");
+            let b_started = Instant::now();
+            let server = tokio::spawn(async move {
+                let mut s = timeout(STEP, acceptor.accept())
+                    .await
+                    .expect("an inbound connection arrives in time")
+                    .expect("acceptor open");
+                assert_eq!(*s.peer_addr().ip(), THEIRS);
+                assert_eq!(s.local_addr(), SocketAddrV4::new(OURS, SERVE_PORT));
+                timeout(STEP, echo_one_post(&mut s))
+                    .await
+                    .expect("echo finishes in time")
+            });
+            let curl = lab.ns_cmd(&[
+                "curl",
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--max-time",
+                "60",
+                "--header",
+                "Expect:",
+                "--header",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &format!("@{}", upload_path.display()),
+                &format!("http://{OURS}:{SERVE_PORT}/echo"),
+            ]);
+            let out = timeout(
+                STEP,
+                Command::new(&curl[0])
+                    .args(&curl[1..])
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .expect("curl finishes in time")
+            .expect("run curl");
+            assert!(
+                out.status.success(),
+                "curl failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(server.await.expect("echo server task"), PAYLOAD);
+            assert_eq!(
+                out.stdout.len(),
+                PAYLOAD,
+                "curl got a body of the wrong length"
+            );
+            assert!(out.stdout == upload, "curl got back different bytes");
+            eprintln!(
+                "direction B (curl dials us, {} MiB each way): {:.2?}",
+                PAYLOAD >> 20,
+                b_started.elapsed()
+            );
+
+            let status = &device.peers()[0];
+            assert!(
+                status.rx_bytes >= PAYLOAD && status.tx_bytes >= PAYLOAD,
+                "implausible traffic counters: {status:?}"
+            );
+            lab
+        },
+    )
+    .await;
 }
 
 /// Not a test: the HTTP file server of direction A, run by the test above inside the namespace
 /// (`ip netns exec NS <this binary> --ignored --exact netns_file_server`). Does nothing unless
 /// [`SERVE_ENV`] is set.
 #[test]
-#[ignore = "helper; run by handshake_and_tcp_both_ways_with_wireguard_go inside its namespace"]
+#[ignore = "helper; run by we_dial_through_wireguard_go_and_download_a_file inside its namespace"]
 fn netns_file_server() {
     let Ok(spec) = std::env::var(SERVE_ENV) else {
         return;

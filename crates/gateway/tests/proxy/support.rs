@@ -23,9 +23,7 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Fails the test instead of hanging when `fut` does not finish within [`DEADLINE`].
 pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
+    kakuremichi_testkit::within(DEADLINE, what, fut).await
 }
 
 /// A Gateway routing `a.test` and `b.test` to two origins.

@@ -2,7 +2,10 @@
 //! pair with wireguard-go in it (removed on drop), and the shell and polling helpers.
 
 use super::*;
+use kakuremichi_testkit::{eventually, peers};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::io::BufReader;
 use tokio::process::Child;
 
@@ -10,16 +13,9 @@ use tokio::process::Child;
 // Requirements
 
 /// What is missing to run this test, with the package that provides it.
-pub(super) fn missing_requirements() -> Vec<String> {
+fn missing_requirements() -> Vec<String> {
     let mut missing = Vec::new();
-    let euid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned))
-        });
-    if euid.as_deref() != Some("0") {
+    if !peers::is_root() {
         missing.push("root (to create network namespaces and a TUN device)".to_owned());
     }
     for (binary, package) in [
@@ -28,7 +24,7 @@ pub(super) fn missing_requirements() -> Vec<String> {
         ("ip", "iproute2"),
         ("curl", "curl"),
     ] {
-        if find_in_path(binary).is_none() {
+        if peers::find_in_path(&[binary]).is_none() {
             missing.push(format!(
                 "`{binary}` (apt-get install -y {package}; Debian package `{package}`)"
             ));
@@ -40,38 +36,18 @@ pub(super) fn missing_requirements() -> Vec<String> {
     missing
 }
 
-pub(super) fn find_in_path(binary: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(binary))
-            .find(|p| p.is_file())
-    })
-}
-
 /// True when the test can run; false (after a loud message) when it is skipped. Panics when it
 /// cannot run but must (`CI` set or `KAKUREMICHI_REQUIRE_PEERS=1`).
-pub(super) fn requirements_met() -> bool {
+pub(super) fn requirements_met(test: &str) -> bool {
     let missing = missing_requirements();
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!(
-        "wireguard-go interoperability test needs: {}. Install with: \
-         apt-get install -y wireguard-go wireguard-tools iproute2 curl (and run as root)",
-        missing.join("; ")
-    );
-    let required = std::env::var_os("CI").is_some()
-        || std::env::var("KAKUREMICHI_REQUIRE_PEERS").as_deref() == Ok("1");
-    if required {
-        panic!("{message}");
-    }
-    // Straight to the stderr handle, not eprintln!: the test harness would capture that and
-    // hide it, since a skipped test passes.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n==================== SKIPPED: {message} ====================\n"
-    );
-    false
+    let why = (!missing.is_empty()).then(|| {
+        format!(
+            "the wireguard-go interoperability tests need: {}. Install with: \
+             apt-get install -y wireguard-go wireguard-tools iproute2 curl (and run as root)",
+            missing.join("; ")
+        )
+    });
+    peers::can_run(test, why)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -92,19 +68,23 @@ pub(super) struct Lab {
 
 impl Lab {
     pub(super) fn new() -> Self {
-        let pid = std::process::id();
-        // A /30 out of 198.18.0.0/15 (benchmarking TEST-NET), one per process id.
-        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (pid % (1 << 15)) * 4;
-        let dir = std::env::temp_dir().join(format!("kmwg-test-{pid}"));
+        // Several labs per process when the tests run as threads of one process.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, Ordering::Relaxed) % 4;
+        let id = format!("{}x{k}", std::process::id());
+        // A /30 out of 198.18.0.0/15 (benchmarking TEST-NET), one per process id and lab.
+        let slot = (std::process::id() % (1 << 13)) * 4 + k;
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + slot * 4;
+        let dir = std::env::temp_dir().join(format!("kmwg-test-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         Self {
-            netns: format!("kmwg{pid}"),
-            veth_root: format!("kmwg{pid}r"),
-            veth_ns: format!("kmwg{pid}n"),
+            netns: format!("kmwg{id}"),
+            veth_root: format!("kmwg{id}r"),
+            veth_ns: format!("kmwg{id}n"),
             // Not a fixed name like `wgkm0`: wireguard-go's control socket
             // (/var/run/wireguard/NAME.sock) is not per namespace, so parallel runs would clash.
-            wg_if: format!("wgkm{pid}"),
+            wg_if: format!("wgkm{id}"),
             root_ip: Ipv4Addr::from(base + 1),
             ns_ip: Ipv4Addr::from(base + 2),
             dir,
@@ -154,10 +134,9 @@ impl Lab {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn wireguard-go");
-        self.children.push(("wireguard-go", child));
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Ok(Some(status)) = self.children.last_mut().unwrap().1.try_wait() {
+        let child = RefCell::new(child);
+        eventually(STEP, "wireguard-go to come up", || async {
+            if let Ok(Some(status)) = child.borrow_mut().try_wait() {
                 panic!(
                     "wireguard-go exited at start ({status}):\n{}",
                     std::fs::read_to_string(self.wg_log()).unwrap_or_default()
@@ -169,16 +148,10 @@ impl Lab {
                 .stderr(Stdio::null())
                 .status()
                 .await;
-            if probe.is_ok_and(|s| s.success()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wireguard-go did not come up within {STEP:?}:\n{}",
-                std::fs::read_to_string(self.wg_log()).unwrap_or_default()
-            );
-            tokio::time::sleep(POLL).await;
-        }
+            probe.is_ok_and(|s| s.success())
+        })
+        .await;
+        self.children.push(("wireguard-go", child.into_inner()));
     }
 
     /// Runs this test binary inside the namespace as a file server on `THEIRS`; returns its port.
@@ -300,20 +273,4 @@ pub(super) async fn run_with_input(args: &[&str], input: Option<&[u8]>) -> Strin
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls `check` until it returns `Some`, failing with `what` after [`STEP`].
-pub(super) async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + STEP;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
 }

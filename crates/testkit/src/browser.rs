@@ -1,4 +1,4 @@
-//! Browser harness for the UI test: Debian's chromedriver on an ephemeral port driving headless
+//! Browser harness for the UI test (feature `browser`): Debian's chromedriver on an ephemeral port driving headless
 //! chromium with a fresh profile, through fantoccini; screenshots into `target/ui-screenshots/`.
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -16,25 +16,15 @@ pub fn screenshot_dir() -> PathBuf {
         })
 }
 
-fn find_binary(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
-}
-
-/// chromedriver + chromium, or `None` (the test is skipped, or fails under
-/// `KAKUREMICHI_REQUIRE_PEERS=1`).
-pub fn binaries() -> Option<(PathBuf, PathBuf)> {
-    let found = find_binary(&["chromedriver"]).zip(find_binary(&["chromium", "chromium-browser"]));
-    if found.is_none() {
-        assert!(
-            std::env::var("KAKUREMICHI_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "chromium and chromium-driver are required (apt-get install chromium chromium-driver)"
-        );
-        eprintln!("SKIPPED: chromium or chromedriver not installed");
-    }
-    found
+/// chromedriver + chromium, or `None` (the test is skipped, or fails when peers are required).
+pub fn binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
+    use crate::peers::{can_run, find_in_path};
+    let found =
+        find_in_path(&["chromedriver"]).zip(find_in_path(&["chromium", "chromium-browser"]));
+    let why = "chromium or chromedriver not installed (apt-get install chromium chromium-driver)";
+    can_run(test, found.is_none().then(|| why.to_string()))
+        .then_some(found)
+        .flatten()
 }
 
 /// A running chromedriver and a browser session; both end on drop / [`Browser::close`].
@@ -139,19 +129,12 @@ impl Browser {
     /// The text of `css` once the page shows it: after a form post the browser may still be on
     /// the previous page (which has no such element) for a moment.
     pub async fn read(&self, css: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("{css} on the page");
+        crate::eventually(Duration::from_secs(30), &what, || async {
             let got = self.text(css).await;
-            if !got.trim().is_empty() {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{css}: not on the page after 30 s (on {})",
-                self.path().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            (!got.trim().is_empty()).then_some(got)
+        })
+        .await
     }
 
     pub async fn path(&self) -> String {
@@ -178,18 +161,11 @@ impl Browser {
 
     /// Waits (without reloading) until the element's text is `want`.
     pub async fn wait_text(&self, css: &str, want: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.text(css).await;
-            if got.trim() == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{css}: still {got:?} after {within:?}, want {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{css} to read {want:?}");
+        crate::eventually(within, &what, || async {
+            self.text(css).await.trim() == want
+        })
+        .await;
     }
 
     pub async fn close(mut self) {

@@ -1,55 +1,40 @@
-//! In-process roles for the HTTPS tests: Control with given TLS settings, Gateways bound to chosen
-//! 127.0.0.x addresses (so the CA can reach each one), an Agent and an origin, plus HTTPS clients
-//! that trust a given root and resolve names to a chosen Gateway.
+//! The HTTPS tests' part of the kit: Control with fast ACME retries, Gateways on chosen
+//! 127.0.0.x addresses (so the CA can reach each one), and HTTPS clients that trust a given root
+//! and resolve names to a chosen Gateway.
 
-#![allow(dead_code)] // not every test uses every helper
-
-pub mod pebble;
-
-use crate::common::{eventually, Api, ADMIN_EMAIL, ADMIN_PASSWORD};
-use kakuremichi_node::Secret;
-use serde_json::{json, Value};
+use crate::roles::{control_config, start_agent, start_origin, InProcessControl, InProcessGateway};
+use crate::{eventually, Api, Stop};
+use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
-pub use crate::common::{spawn_gateway, Stop};
-
+/// Control and the admin's API.
 pub struct Control {
     pub api: Api,
-    pub stop: Stop,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub running: InProcessControl,
 }
 
 impl Control {
     /// Stops Control and waits until it is gone.
     pub async fn shut_down(self) {
-        drop(self.stop);
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        self.running.shut_down().await;
     }
 }
 
+/// Control with ACME retries after 1-2 s (not minutes), then `edit`ed.
 pub async fn start_control(
     dir: &Path,
     edit: impl FnOnce(&mut kakuremichi_control::ControlConfig),
 ) -> Control {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = kakuremichi_control::ControlConfig {
-        data_dir: dir.to_path_buf(),
-        admin_email: Some(ADMIN_EMAIL.into()),
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        ..Default::default()
-    };
+    let mut config = control_config(dir);
     config.acme.retry_base = Duration::from_secs(1);
     config.acme.retry_cap = Duration::from_secs(2);
     edit(&mut config);
-    let (stop, wait) = Stop::new();
-    let task = tokio::spawn(kakuremichi_control::run(config, listener, wait()));
-    let api = Api::login(base).await;
-    Control { api, stop, task }
+    let running = InProcessControl::start(config).await;
+    let api = Api::login(running.base.clone()).await;
+    Control { api, running }
 }
 
 /// Where a Gateway listens; the same ports on different 127.0.0.x for every Gateway of a test.
@@ -90,86 +75,27 @@ pub fn ports_for(ips: &[Ipv4Addr]) -> (u16, u16) {
     }
 }
 
-pub struct Gateway {
-    pub addrs: Addrs,
-    pub token: String,
-    pub wg: SocketAddr,
-    pub dir: PathBuf,
-    pub stop: Stop,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+/// Creates Gateway `name` and starts it with HTTP and HTTPS on `addrs`.
+pub async fn create_gateway(api: &Api, name: &str, addrs: Addrs, dir: PathBuf) -> InProcessGateway {
+    InProcessGateway::create(api, name, Some((addrs.http(), addrs.https())), dir).await
 }
 
-impl Gateway {
-    pub async fn shut_down(self) -> (String, SocketAddr, PathBuf, Addrs) {
-        drop(self.stop);
-        let _ = tokio::time::timeout(Duration::from_secs(40), self.task).await;
-        (self.token, self.wg, self.dir, self.addrs)
-    }
-}
-
-pub async fn create_gateway(api: &Api, name: &str, addrs: Addrs, dir: PathBuf) -> Gateway {
-    let wg = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let created = api
-        .post(
-            "gateways",
-            json!({"name": name, "public_endpoint": wg.local_addr().unwrap().to_string()}),
-        )
-        .await;
-    let token = created["token"].as_str().unwrap().to_string();
-    start_gateway(&api.base, token, wg, addrs, dir).await
-}
-
+/// Starts a known Gateway (by `token`, on `wg`) again with HTTP and HTTPS on `addrs`.
 pub async fn start_gateway(
     control: &str,
     token: String,
     wg: std::net::UdpSocket,
     addrs: Addrs,
     dir: PathBuf,
-) -> Gateway {
-    let http = TcpListener::bind(addrs.http()).await.unwrap();
-    let https = TcpListener::bind(addrs.https()).await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let wg_addr = wg.local_addr().unwrap();
-    let listeners = kakuremichi_gateway::GatewayListeners {
-        http,
-        https,
-        admin,
-        wg,
-    };
-    let (stop, task) = spawn_gateway(control, &token, listeners, dir.clone());
-    Gateway {
-        addrs,
-        token,
-        wg: wg_addr,
-        dir,
-        stop,
-        task,
-    }
+) -> InProcessGateway {
+    InProcessGateway::start(control, token, wg, Some((addrs.http(), addrs.https())), dir).await
 }
 
 /// An Agent and a hello origin; returns the agent id, the origin's address and their stops.
 pub async fn start_agent_and_origin(api: &Api, dir: PathBuf) -> (i64, SocketAddr, Vec<Stop>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    let (origin_stop, wait) = Stop::new();
-    tokio::spawn(kakuremichi::hello::serve(
-        listener,
-        "https-test".into(),
-        wait(),
-    ));
-    let created = api.post("agents", json!({"name": "home"})).await;
-    let mut config = kakuremichi_agent::AgentConfig::new(
-        api.base.clone(),
-        Secret::new(created["api_key"].as_str().unwrap().to_string()),
-    );
-    config.data_dir = Some(dir);
-    let (agent_stop, wait) = Stop::new();
-    tokio::spawn(kakuremichi_agent::run(config, wait()));
-    (
-        created["id"].as_i64().unwrap(),
-        origin,
-        vec![agent_stop, origin_stop],
-    )
+    let (origin, origin_stop) = start_origin("https-test").await;
+    let (agent_id, agent_stop) = start_agent(api, "home", dir).await;
+    (agent_id, origin, vec![agent_stop, origin_stop])
 }
 
 /// Waits until the tunnel's certificate has `status`; returns the certificate object.

@@ -6,33 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::eventually;
+use crate::eventually;
 
 /// Returns false (after a loud SKIPPED line) when Pebble is not installed and the run does not
-/// require it; panics with the install line when `CI` or `KAKUREMICHI_REQUIRE_PEERS=1` is set.
+/// require it; panics with the install line when it does ([`crate::peers::must_run`]).
 pub fn available(test: &str) -> bool {
-    let found = ["pebble", "pebble-challtestsrv"].iter().all(|bin| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if found {
-        return true;
-    }
-    let required = std::env::var_os("CI").is_some()
-        || std::env::var("KAKUREMICHI_REQUIRE_PEERS").as_deref() == Ok("1");
-    assert!(
-        !required,
-        "pebble is required for {test}: sudo apt-get install -y pebble"
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: pebble / pebble-challtestsrv not installed (sudo apt-get install -y pebble)"
-    );
-    false
+    let found = crate::peers::find_in_path(&["pebble"]).is_some()
+        && crate::peers::find_in_path(&["pebble-challtestsrv"]).is_some();
+    let why = "pebble / pebble-challtestsrv not installed (sudo apt-get install -y pebble)";
+    crate::peers::can_run(test, (!found).then(|| why.to_string()))
 }
 
 /// A process killed on drop.

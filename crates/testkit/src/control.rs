@@ -1,30 +1,22 @@
-//! Test harness: runs Control in-process on 127.0.0.1:0 with a temporary data dir, plus small
-//! HTTP and node-session clients.
+//! The harness of Control's own tests: Control in-process on 127.0.0.1:0 with a temporary data
+//! dir, the admin's API token, raw calls that return any status (the tests check failures as
+//! closely as successes), and node sessions spoken by hand ([`crate::node`]).
+//!
+//! `use kakuremichi_testkit::control::*;` brings everything a Control test uses.
 
-#![allow(dead_code)]
+pub use crate::node::*;
+pub use crate::{eventually, ADMIN_EMAIL, ADMIN_PASSWORD};
 
-use base64::Engine as _;
-use futures_util::{SinkExt as _, StreamExt as _};
+use crate::roles::{control_config, InProcessControl};
+use kakuremichi_client::{Client, Error, Method, Reply};
 use kakuremichi_control::ControlConfig;
-use kakuremichi_proto::{
-    decode_control, ControlMessage, NodeMessage, NodeRole, CONNECT_PATH, PROTOCOL_VERSION,
-};
+use kakuremichi_proto::{ControlMessage, NodeRole, CONNECT_PATH, PROTOCOL_VERSION};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-pub const ADMIN_EMAIL: &str = "admin@example.com";
-pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
-
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A running Control.
 pub struct Control {
@@ -32,17 +24,12 @@ pub struct Control {
     pub http: reqwest::Client,
     /// A personal API token of the admin.
     pub token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: InProcessControl,
 }
 
+/// Control's config with its data in `dir` and the bootstrap admin.
 pub fn config(dir: &Path) -> ControlConfig {
-    ControlConfig {
-        data_dir: dir.to_path_buf(),
-        admin_email: Some(ADMIN_EMAIL.into()),
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        ..ControlConfig::default()
-    }
+    control_config(dir)
 }
 
 /// Starts Control with the admin bootstrap configured, and logs in to get an API token.
@@ -52,24 +39,16 @@ pub async fn start(dir: &Path) -> Control {
 
 pub async fn start_with(config: ControlConfig) -> Control {
     let mut control = launch(config).await;
-    let (cookie, csrf) = control
-        .login_csrf(ADMIN_EMAIL, ADMIN_PASSWORD)
+    let login = control
+        .client()
+        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
         .await
         .expect("admin login");
-    let res = control
-        .http
-        .post(control.url("/api/v1/tokens"))
-        .header("cookie", cookie)
-        .header("x-csrf-token", csrf)
-        .json(&json!({"name": "tests"}))
-        .send()
+    control.token = control
+        .client()
+        .create_token(&login, "tests")
         .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    control.token = res.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .expect("an API token for the admin");
     control
 }
 
@@ -90,22 +69,17 @@ pub async fn start_reusing(config: ControlConfig, token: String) -> Control {
 }
 
 async fn launch(config: ControlConfig) -> Control {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(kakuremichi_control::run(config, listener, async move {
-        let _ = stopped.await;
-    }));
+    crate::init_logs();
+    let running = InProcessControl::start(config).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     Control {
-        addr,
+        addr: running.addr,
         http,
         token: String::new(),
-        stop: Some(stop),
-        task: Some(task),
+        running,
     }
 }
 
@@ -114,40 +88,54 @@ impl Control {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The API client, with the admin's token once there is one.
+    pub fn client(&self) -> Client {
+        let client = Client::with_http(self.http.clone(), format!("http://{}", self.addr));
+        match self.token.as_str() {
+            "" => client,
+            token => client.with_token(token),
+        }
+    }
+
     /// Logs in; returns the `km_session=...` cookie pair.
     pub async fn login(&self, email: &str, password: &str) -> Option<String> {
         Some(self.login_csrf(email, password).await?.0)
     }
 
-    /// Logs in; returns the `km_session=...` cookie pair and the session's CSRF token.
+    /// Logs in; returns the `km_session=...` cookie pair and the session's CSRF token (`None`
+    /// when the login is refused).
     pub async fn login_csrf(&self, email: &str, password: &str) -> Option<(String, String)> {
-        let res = self
-            .http
-            .post(self.url("/api/v1/auth/login"))
-            .json(&json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        if res.status() != StatusCode::OK {
-            return None;
+        match self.client().login(email, password).await {
+            Ok(login) => {
+                let first = login.cookie.split("; ").next()?.to_string();
+                (!first.is_empty()).then_some((first, login.csrf_token))
+            }
+            Err(Error::Api { .. }) => None,
+            Err(e) => panic!("login: {e}"),
         }
-        let set_cookie = res.headers().get("set-cookie")?.to_str().ok()?.to_string();
-        let cookie = set_cookie.split(';').next()?.to_string();
-        let body: Value = res.json().await.ok()?;
-        Some((cookie, body["csrf_token"].as_str()?.to_string()))
     }
 
     /// Sends a request with the admin token; returns status and JSON body (Null if empty).
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        into_json(req.send().await.unwrap()).await
+        let reply = self.call_with(&self.token, method, path, body).await;
+        (reply.status, reply.body)
+    }
+
+    /// Sends a request with `token` to `path` (from the root); panics if the body is not JSON.
+    pub async fn call_with(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let client = Client::with_http(self.http.clone(), format!("http://{}", self.addr));
+        client
+            .with_token(token)
+            .send_raw(method, path, body.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -221,18 +209,13 @@ impl Control {
         }
     }
 
-    /// Stops Control and waits for `run` to return.
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .expect("run returned")
-            .unwrap()
-            .unwrap();
+    /// Stops Control and waits for `run` to return `Ok`.
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
+/// A response's status and JSON body (`Null` if empty); panics if the body is not JSON.
 pub async fn into_json(res: reqwest::Response) -> (StatusCode, Value) {
     let status = res.status();
     let bytes = res.bytes().await.unwrap();
@@ -244,71 +227,6 @@ pub async fn into_json(res: reqwest::Response) -> (StatusCode, Value) {
     (status, body)
 }
 
-/// Base64 of 32 random bytes, like a WireGuard public key.
-pub fn random_key() -> String {
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-pub async fn send_hello(ws: &mut Ws, role: NodeRole, key: &str, config_hash: Option<String>) {
-    let hello = NodeMessage::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        role,
-        public_key: key.to_string(),
-        config_hash,
-        software: "tests".into(),
-    };
-    ws.send(Message::text(hello.encode())).await.unwrap();
-}
-
-/// The next message from Control (pings skipped); panics after 5 s or on close.
-pub async fn next_message(ws: &mut Ws) -> ControlMessage {
-    within(Duration::from_secs(5), try_next_message(ws))
-        .await
-        .expect("a message, not a close")
-}
-
-/// The next message, or `None` when the session closes.
-pub async fn try_next_message(ws: &mut Ws) -> Option<ControlMessage> {
-    loop {
-        match ws.next().await? {
-            Ok(Message::Text(text)) => {
-                return Some(decode_control(text.as_str()).expect("valid message"))
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
-/// The snapshot of the next `Config`, within `limit`.
-pub async fn next_config(ws: &mut Ws, limit: Duration) -> kakuremichi_proto::ConfigSnapshot {
-    match within(limit, next_message(ws)).await {
-        ControlMessage::Config { snapshot } => snapshot,
-        other => panic!("expected config, got {other:?}"),
-    }
-}
-
-pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, fut).await.expect("timed out")
-}
-
-/// Polls `check` every 20 ms until it returns true; panics after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
@@ -316,19 +234,14 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// The sorted keys of a JSON object: what a response exposes, exactly.
-pub fn keys(v: &serde_json::Value) -> Vec<&str> {
+pub fn keys(v: &Value) -> Vec<&str> {
     let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     k.sort();
     k
 }
 
 /// Asserts an API error: the status, the stable code, and a message a person can read.
-pub fn assert_error(
-    status: reqwest::StatusCode,
-    body: &serde_json::Value,
-    expected: reqwest::StatusCode,
-    code: &str,
-) {
+pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(
@@ -339,11 +252,21 @@ pub fn assert_error(
     );
 }
 
-/// Creates a member (not an admin) and returns their id and a personal API token.
-pub async fn member_token(c: &Control, email: &str) -> (i64, String) {
+/// A member (not an admin) with a personal API token.
+#[derive(Clone)]
+pub struct Member {
+    pub id: i64,
+    pub token: String,
+    /// The user as `POST /api/v1/users` returned it.
+    pub user: Value,
+}
+
+/// Creates a member (not an admin), signs them in and makes them a personal API token.
+pub async fn member(c: &Control, email: &str) -> Member {
     let body = json!({"email": email, "password": ADMIN_PASSWORD});
     let (s, user) = c.post("/api/v1/users", body).await;
     assert_eq!(s, StatusCode::CREATED, "{user}");
+    assert_eq!(user["is_admin"], false);
     let (cookie, csrf) = c.login_csrf(email, ADMIN_PASSWORD).await.unwrap();
     let res = c
         .http
@@ -356,10 +279,31 @@ pub async fn member_token(c: &Control, email: &str) -> (i64, String) {
         .unwrap();
     let (s, token) = into_json(res).await;
     assert_eq!(s, StatusCode::CREATED, "{token}");
-    (
-        user["id"].as_i64().unwrap(),
-        token["token"].as_str().unwrap().to_string(),
-    )
+    Member {
+        id: user["id"].as_i64().unwrap(),
+        token: token["token"].as_str().unwrap().to_string(),
+        user,
+    }
+}
+
+/// Creates a member (not an admin) and returns their id and a personal API token.
+pub async fn member_token(c: &Control, email: &str) -> (i64, String) {
+    let m = member(c, email).await;
+    (m.id, m.token)
+}
+
+impl Member {
+    /// Sends a request with the member's token; returns status and JSON body.
+    pub async fn call(
+        &self,
+        c: &Control,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let reply = c.call_with(&self.token, method, path, body).await;
+        (reply.status, reply.body)
+    }
 }
 
 /// Sends a request with `token`; returns status, JSON body and the `Retry-After` header.
@@ -370,19 +314,6 @@ pub async fn call_as(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value, Option<String>) {
-    let mut req = c
-        .http
-        .request(method.parse().unwrap(), c.url(path))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    let retry = res
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let (s, v) = into_json(res).await;
-    (s, v, retry)
+    let reply = c.call_with(token, method, path, body).await;
+    (reply.status, reply.body, reply.retry_after)
 }

@@ -2,8 +2,8 @@
 //! Control and Gateways on the server, an Agent and its origin on the host behind the NAT router,
 //! one tunnel `app.test`. Each role can be started again, as after a crash or a restart.
 
-use super::netns::Topology;
-use super::{wait_all, Api, Proc, ADMIN_EMAIL, ADMIN_PASSWORD};
+use crate::netns::Topology;
+use crate::{wait_all, Api, Proc, ADMIN_EMAIL, ADMIN_PASSWORD};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -103,11 +103,8 @@ pub async fn site(gateways: u16) -> (Site, Vec<Proc>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let mut site = Site {
         control_url_inside: "http://127.0.0.1:8780".into(),
-        api: Api {
-            base: String::new(),
-            token: String::new(),
-            http: reqwest::Client::new(),
-        },
+        // Signed in below, once Control runs.
+        api: Api::from_client(kakuremichi_client::Client::new(String::new())),
         topo,
         dir,
         agent_key: String::new(),

@@ -1,15 +1,31 @@
 //! Processes of the built binary, killed when dropped, their logs shown when a test fails.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_kakuremichi");
+/// The built `kakuremichi` binary. Cargo builds it before the integration tests of the
+/// `kakuremichi` package (the only ones that start processes) and puts it next to their `deps/`
+/// directory; nextest names it in `NEXTEST_BIN_EXE_kakuremichi`; `KAKUREMICHI_BIN` overrides both.
+pub fn bin() -> PathBuf {
+    for var in ["KAKUREMICHI_BIN", "NEXTEST_BIN_EXE_kakuremichi"] {
+        if let Some(path) = std::env::var_os(var) {
+            return PathBuf::from(path);
+        }
+    }
+    let test = std::env::current_exe().expect("the test binary's path");
+    // <target>/<profile>/deps/<test>-<hash> → <target>/<profile>/kakuremichi
+    let profile_dir = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in <target>/<profile>/deps");
+    profile_dir.join(format!("kakuremichi{}", std::env::consts::EXE_SUFFIX))
+}
 
-/// A child process killed when dropped; its log is printed if the test fails.
 /// What a child process logs (kept in its log file; the last lines are printed when a test
 /// fails): handshakes included, so a tunnel that never comes up says which side stayed silent.
 const CHILD_LOG: &str = "info,kakuremichi_tunnel=debug,boringtun=debug";
 
+/// A child process killed when dropped; its log is printed if the test fails.
 pub struct Proc {
     name: &'static str,
     child: Child,
@@ -36,13 +52,14 @@ impl Proc {
             .append(true)
             .open(&log)
             .unwrap();
+        let bin = bin();
         let mut command = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+                c.args(["netns", "exec", ns]).arg(&bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(&bin),
         };
         let child = command
             .args(args)
@@ -54,7 +71,7 @@ impl Proc {
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         Proc { name, child, log }
     }
 
@@ -106,7 +123,7 @@ impl Proc {
             .expect("kill(1)");
         assert!(sent.success(), "kill -TERM {} failed", self.name);
         let name = self.name;
-        super::eventually(within, &format!("{name} exits after SIGTERM"), || {
+        crate::eventually(within, &format!("{name} exits after SIGTERM"), || {
             let exited = matches!(self.child.try_wait(), Ok(Some(_)));
             std::future::ready(exited.then_some(()))
         })

@@ -2,7 +2,7 @@
 //! request, a checked download, a WebSocket round trip) and records when each finished and whether it
 //! succeeded, so a test can count what failed during a fault and when things worked again.
 
-use super::eventually;
+use crate::eventually;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -191,7 +191,7 @@ pub async fn hold(length: Duration) {
     }
 }
 
-/// One checked download (see [`super::download`], which panics where a load must count).
+/// One checked download (see [`crate::download`], which panics where a load must count).
 async fn download_ok(http: &reqwest::Client, gw: SocketAddr, host: &str, size: u64) -> bool {
     let sent = http
         .get(format!("http://{gw}/bytes?n={size}"))

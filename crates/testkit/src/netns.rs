@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Whether this machine can run namespace tests; otherwise why not (a missing tool or not root).
 pub fn netns_unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if !crate::peers::is_root() {
         return Some("network-namespace tests need root".into());
     }
     for (tool, package) in [("ip", "iproute2"), ("nft", "nftables")] {
@@ -24,30 +23,15 @@ pub fn netns_unavailable() -> Option<String> {
     None
 }
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-/// True when a test that cannot run here must fail rather than skip (CI, or peers required).
-pub fn must_run() -> bool {
-    std::env::var_os("CI").is_some()
-        || std::env::var("KAKUREMICHI_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
-
-/// Skips (loudly) or fails a test that cannot run on this machine.
+/// Skips (loudly) or fails a test that cannot create network namespaces on this machine.
 #[macro_export]
 macro_rules! require_netns {
     () => {
-        if let Some(why) = common::netns::netns_unavailable() {
-            assert!(!common::netns::must_run(), "cannot run: {why}");
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-            return;
-        }
+        $crate::skip_unless!(module_path!(), $crate::netns::netns_unavailable())
     };
 }
 
+/// Runs `command` with `sh -c`; panics with its stderr when it fails.
 pub fn sh(command: &str) {
     let out = Command::new("sh").arg("-c").arg(command).output().unwrap();
     assert!(
@@ -57,12 +41,19 @@ pub fn sh(command: &str) {
     );
 }
 
+/// The three test hosts and their links; removed when dropped.
 pub struct Topology {
     pub id: String,
     pub n: u8,
     pub server: String,
     pub router: String,
     pub agent: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Topology {

@@ -1,7 +1,7 @@
 //! One Control, Gateway, Agent and `hello` origin as separate processes of the built binary, on
 //! a loopback address of their own, with one tunnel: how a user runs them on separate machines.
 
-use super::{wait_through, Api, Proc, ADMIN_EMAIL, ADMIN_PASSWORD};
+use crate::{wait_through, Api, Proc, ADMIN_EMAIL, ADMIN_PASSWORD};
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
