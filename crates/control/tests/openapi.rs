@@ -11,10 +11,8 @@
 //! (`openapi_samples.py`, with the `jsonschema` the validator brings). Without them those tests
 //! say SKIPPED, or fail under `KAKUREMICHI_REQUIRE_PEERS=1`.
 
-mod common;
-
-use common::*;
 use kakuremichi_proto::NodeRole;
+use kakuremichi_testkit::control::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;

@@ -69,10 +69,10 @@ async fn a_member_cannot_put_a_tunnel_on_someone_elses_agent() {
     // Not even on the admins'.
     let agent_id = admin_agent["id"].as_i64().unwrap();
     let body = json!({"hostname": "x.test", "agent_id": agent_id, "target": "localhost:80"});
-    let (s, body) = alice.call(&c, "POST", "/api/v1/tunnels", Some(body)).await;
+    let (s, body) = alice.call(c, "POST", "/api/v1/tunnels", Some(body)).await;
     assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
     let body = json!({"hostname": "bob.test", "agent_id": a, "target": "localhost:80"});
-    let (s, body) = bob.call(&c, "POST", "/api/v1/tunnels", Some(body)).await;
+    let (s, body) = bob.call(c, "POST", "/api/v1/tunnels", Some(body)).await;
     assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
 }
 
@@ -88,7 +88,7 @@ async fn a_member_reads_everything_but_changes_nothing_of_others() {
         &format!("/api/v1/agents/{a}"),
         &format!("/api/v1/tunnels/{t}"),
     ] {
-        let (s, _) = bob.call(&c, "GET", path, None).await;
+        let (s, _) = bob.call(c, "GET", path, None).await;
         assert_eq!(s, StatusCode::OK, "GET {path}");
     }
     // Every write route.
@@ -156,7 +156,7 @@ async fn a_member_reads_everything_but_changes_nothing_of_others() {
         ),
     ];
     for (method, path, body) in denied {
-        let (s, resp) = bob.call(&c, method, &path, body).await;
+        let (s, resp) = bob.call(c, method, &path, body).await;
         assert_error(s, &resp, StatusCode::FORBIDDEN, "forbidden");
     }
     // Nothing changed.
@@ -177,11 +177,11 @@ async fn the_owner_and_an_admin_may_change_it() {
     let (c, alice, a, t) = (&o.c, &o.alice, o.a, o.t);
     let path = format!("/api/v1/tunnels/{t}");
     let (s, _) = alice
-        .call(&c, "PATCH", &path, Some(json!({"target": "localhost:81"})))
+        .call(c, "PATCH", &path, Some(json!({"target": "localhost:81"})))
         .await;
     assert_eq!(s, StatusCode::OK);
     let rotate = format!("/api/v1/agents/{a}/rotate-key");
-    let (s, rotated) = alice.call(&c, "POST", &rotate, None).await;
+    let (s, rotated) = alice.call(c, "POST", &rotate, None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(rotated["api_key"].as_str().unwrap().starts_with("kma_"));
     let (s, _) = c.patch(&path, json!({"enabled": false})).await;
@@ -194,7 +194,7 @@ async fn a_member_cannot_move_a_tunnel_onto_an_agent_they_do_not_own() {
     let (c, alice, admin_agent, t) = (&o.c, &o.alice, &o.admin_agent, o.t);
     let patch = json!({"agent_id": admin_agent["id"]});
     let path = format!("/api/v1/tunnels/{t}");
-    let (s, body) = alice.call(&c, "PATCH", &path, Some(patch)).await;
+    let (s, body) = alice.call(c, "PATCH", &path, Some(patch)).await;
     assert_error(s, &body, StatusCode::FORBIDDEN, "forbidden");
 }
 
@@ -231,11 +231,11 @@ async fn the_ui_shows_a_non_owner_no_forms_and_refuses_their_posts() {
     assert_eq!(s, StatusCode::OK, "still there");
     // The owner can delete both.
     let (s, _) = alice
-        .call(&c, "DELETE", &format!("/api/v1/tunnels/{t}"), None)
+        .call(c, "DELETE", &format!("/api/v1/tunnels/{t}"), None)
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = alice
-        .call(&c, "DELETE", &format!("/api/v1/agents/{a}"), None)
+        .call(c, "DELETE", &format!("/api/v1/agents/{a}"), None)
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
@@ -251,8 +251,8 @@ async fn promote(c: &Control, bob: &Member) {
 async fn making_a_member_admin_opens_the_admin_routes() {
     let o = alice_owns_a_tunnel().await;
     let (c, bob) = (&o.c, &o.bob);
-    promote(&c, &bob).await;
-    let (s, _) = bob.call(&c, "GET", "/api/v1/users", None).await;
+    promote(c, bob).await;
+    let (s, _) = bob.call(c, "GET", "/api/v1/users", None).await;
     assert_eq!(s, StatusCode::OK);
 }
 
@@ -261,7 +261,7 @@ async fn making_a_member_admin_opens_the_admin_routes() {
 async fn the_last_admin_cannot_be_removed() {
     let o = alice_owns_a_tunnel().await;
     let (c, bob) = (&o.c, &o.bob);
-    promote(&c, &bob).await;
+    promote(c, bob).await;
     let (_, me) = c.get("/api/v1/auth/me").await;
     let (s, _) = c.delete(&format!("/api/v1/users/{}", bob.id)).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
