@@ -53,6 +53,25 @@ pub struct NewTunnel {
     pub target: String,
 }
 
+/// Optional fields of `POST /api/v1/tunnels` beyond [`NewTunnel`]'s; `None` leaves Control's
+/// default (its `default_tls`; public access).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TunnelOptions {
+    /// `acme`, `internal` or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// `{"mode":"public"}`, `{"mode":"login"}` or `{"mode":"users","allow":[...]}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<Value>,
+}
+
+/// An Agent as `GET /api/v1/agents` lists it: the fields a caller picks one by.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct AgentSummary {
+    pub id: i64,
+    pub name: String,
+}
+
 /// `POST /api/v1/gateways`.
 #[derive(Clone, Debug, Serialize)]
 pub struct NewGateway {
@@ -222,6 +241,33 @@ impl Client {
         self.create("tunnels", tunnel).await
     }
 
+    /// Creates a tunnel with optional fields ([`TunnelOptions`]) set.
+    pub async fn create_tunnel_with(
+        &self,
+        tunnel: &NewTunnel,
+        options: &TunnelOptions,
+    ) -> Result<Value, Error> {
+        let mut body = serde_json::to_value(tunnel).map_err(Error::Encode)?;
+        let extra = serde_json::to_value(options).map_err(Error::Encode)?;
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        self.call(Method::POST, "tunnels", Some(&body)).await
+    }
+
+    /// The hostnames of every tunnel the token may see.
+    pub async fn tunnel_hostnames(&self) -> Result<Vec<String>, Error> {
+        let list = self.tunnels().await?;
+        let items = list.as_array().ok_or_else(|| Error::MissingField {
+            field: "[]".to_string(),
+            body: Box::new(list.clone()),
+        })?;
+        Ok(items
+            .iter()
+            .filter_map(|t| t["hostname"].as_str().map(str::to_string))
+            .collect())
+    }
+
     /// `PATCH /api/v1/tunnels/{id}` with the fields to change.
     pub async fn update_tunnel(&self, id: i64, changes: &Value) -> Result<Value, Error> {
         let path = format!("tunnels/{id}");
@@ -235,6 +281,15 @@ impl Client {
 
     pub async fn agents(&self) -> Result<Value, Error> {
         self.call(Method::GET, "agents", None).await
+    }
+
+    /// Every Agent the token may see, as id and name.
+    pub async fn agent_summaries(&self) -> Result<Vec<AgentSummary>, Error> {
+        let list = self.agents().await?;
+        serde_json::from_value(list.clone()).map_err(|_| Error::MissingField {
+            field: "[{id, name}]".to_string(),
+            body: Box::new(list),
+        })
     }
 
     pub async fn agent(&self, id: i64) -> Result<Value, Error> {

@@ -1,7 +1,7 @@
 //! Command-line interface: every flag has an environment-variable twin (12-factor, as Docker
 //! users expect); the flag wins when both are given.
 
-use crate::{signal, up};
+use crate::{import, signal, up};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kakuremichi::hello;
@@ -60,8 +60,13 @@ enum Command {
     Healthcheck(HealthcheckArgs),
 }
 
+/// `kakuremichi control [flags]` runs Control; `kakuremichi control <tool>` runs a tool against a
+/// running Control instead (Control's flags and a tool do not mix).
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct ControlArgs {
+    #[command(subcommand)]
+    tool: Option<ControlTool>,
     /// Address for the API (and, later, the web UI) and the node sessions.
     #[arg(long, env = "KAKUREMICHI_LISTEN", default_value = "0.0.0.0:8780")]
     listen: SocketAddr,
@@ -134,6 +139,14 @@ struct ControlArgs {
     /// is published through a tunnel. Default: none, every client is keyed by its TCP address.
     #[arg(long, env = "KAKUREMICHI_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ControlTool {
+    /// Create the tunnels of a cloudflared ingress config (config.yml) for one Agent, through a
+    /// running Control's API: the way over from Cloudflare Tunnel. Rules without an exact
+    /// equivalent are reported with the reason, not guessed (docs/migrate-cloudflared.md).
+    ImportCloudflared(Box<import::ImportArgs>),
 }
 
 #[derive(Args)]
@@ -263,6 +276,10 @@ struct HealthcheckArgs {
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Control(ControlArgs {
+            tool: Some(ControlTool::ImportCloudflared(a)),
+            ..
+        }) => import::run(*a).await,
         Command::Control(a) => {
             let config = kakuremichi_control::ControlConfig {
                 data_dir: a.data_dir,
@@ -388,6 +405,66 @@ mod tests {
         );
         let zero = Cli::try_parse_from(["kakuremichi", "--threads", "0", "hello"]);
         assert!(zero.is_err(), "0 threads must be refused");
+    }
+
+    #[test]
+    fn control_runs_control_with_its_flags_and_takes_the_import_tool_as_a_subcommand() {
+        let run = Cli::try_parse_from(["kakuremichi", "control", "--listen", "127.0.0.1:1"]);
+        let Command::Control(args) = run.unwrap().command else {
+            panic!("not the control command");
+        };
+        assert!(args.tool.is_none(), "flags alone run Control");
+        assert_eq!(args.listen, "127.0.0.1:1".parse().unwrap());
+        let import = [
+            "kakuremichi",
+            "control",
+            "import-cloudflared",
+            "config.yml",
+            "--agent",
+            "home",
+            "--control-url",
+            "http://c",
+            "--token",
+            "t",
+            "--dry-run",
+            "--access",
+            "users:A@x.org,b@y.org",
+            "--tls",
+            "internal",
+        ];
+        let Command::Control(ControlArgs {
+            tool: Some(ControlTool::ImportCloudflared(_)),
+            ..
+        }) = Cli::try_parse_from(import).unwrap().command
+        else {
+            panic!("not the import tool");
+        };
+        let mixed = [
+            "kakuremichi",
+            "control",
+            "--listen",
+            "127.0.0.1:1",
+            "import-cloudflared",
+            "c.yml",
+        ];
+        assert!(
+            Cli::try_parse_from(mixed).is_err(),
+            "Control's flags and a tool do not mix"
+        );
+        let bad = [
+            "kakuremichi",
+            "control",
+            "import-cloudflared",
+            "c.yml",
+            "--agent",
+            "a",
+        ];
+        let access = [
+            &bad[..],
+            &["--control-url", "u", "--token", "t", "--access", "friends"],
+        ];
+        let err = Cli::try_parse_from(access.concat()).err().unwrap();
+        assert_eq!(err.exit_code(), 2, "bad input exits 2");
     }
 
     #[test]

@@ -21,26 +21,58 @@ pub fn render(mut cli: Command) -> String {
         let _ = writeln!(out, "### Every subcommand\n");
         table(&mut out, &global);
     }
-    // `build` adds clap's own `help` subcommand: not a role, left out.
-    for sub in cli
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        let _ = writeln!(out, "### `{name} {}`\n", sub.get_name());
-        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
-            let _ = writeln!(out, "{}\n", one_line(&about.to_string()));
-        }
-        let args: Vec<&Arg> = sub
-            .get_arguments()
-            .filter(|a| documented(a) && !a.is_global_set())
-            .collect();
-        if args.is_empty() {
-            let _ = writeln!(out, "No flags.\n");
-        } else {
-            table(&mut out, &args);
-        }
+    for sub in subcommands(&cli) {
+        section(&mut out, &name, sub);
     }
     format!("{BEGIN}\n{}{END}\n", out.trim_end().to_string() + "\n")
+}
+
+/// A subcommand's heading, about, positional arguments and flags, then its own subcommands
+/// (`kakuremichi control import-cloudflared`) under the full command line.
+fn section(out: &mut String, parent: &str, sub: &Command) {
+    let name = format!("{parent} {}", sub.get_name());
+    let _ = writeln!(out, "### `{name}`\n");
+    if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+        let _ = writeln!(out, "{}\n", one_line(&about.to_string()));
+    }
+    for arg in sub.get_positionals().filter(|a| !a.is_hide_set()) {
+        let names = arg.get_value_names().map_or_else(
+            || arg.get_id().to_string(),
+            |n| {
+                n.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        );
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string());
+        let _ = writeln!(
+            out,
+            "Argument `<{names}>`: {}\n",
+            one_line(&help.unwrap_or_default())
+        );
+    }
+    let args: Vec<&Arg> = sub
+        .get_arguments()
+        .filter(|a| documented(a) && !a.is_global_set())
+        .collect();
+    if args.is_empty() {
+        let _ = writeln!(out, "No flags.\n");
+    } else {
+        table(out, &args);
+    }
+    for inner in subcommands(sub) {
+        section(out, &name, inner);
+    }
+}
+
+/// The documented subcommands: `build` adds clap's own `help` subcommand, not a role, left out.
+fn subcommands(cmd: &Command) -> impl Iterator<Item = &Command> {
+    cmd.get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
 }
 
 /// Flags a user sets: not clap's own `--help`/`--version`, not hidden ones.
@@ -165,6 +197,9 @@ mod tests {
         assert!(rendered.contains("| `--token <TOKEN>` | `GATEWAY_TOKEN` | required |"));
         assert!(rendered.contains("`--threads <N>` | `KAKUREMICHI_THREADS` | — |"));
         assert!(rendered.contains("### `kakuremichi up`"));
+        assert!(rendered.contains("### `kakuremichi control import-cloudflared`"));
+        assert!(rendered.contains("Argument `<CONFIG>`: The cloudflared config file"));
+        assert!(rendered.contains("| `--token <TOKEN>` | `KAKUREMICHI_TOKEN` | required |"));
         assert!(
             !rendered.contains("--help"),
             "clap's own flags are left out"

@@ -3,6 +3,7 @@
 mod cli;
 #[cfg(test)]
 mod confdoc;
+mod import;
 mod signal;
 mod up;
 
@@ -25,10 +26,18 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(cli::dispatch(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<import::Exit>() {
+            Some(exit) => {
+                if !exit.message.is_empty() {
+                    eprintln!("error: {}", exit.message);
+                }
+                std::process::ExitCode::from(exit.code)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
