@@ -32,7 +32,7 @@ pub struct ImportArgs {
     /// Control's URL, e.g. https://control.example.com.
     #[arg(long, env = "KAKUREMICHI_CONTROL_URL", value_name = "URL")]
     control_url: String,
-    /// A personal API token (from the web UI's Tokens page). Prefer the environment variable:
+    /// A personal API token (web UI: Profile → API tokens). Prefer the environment variable:
     /// flags show in `ps`.
     #[arg(long, env = "KAKUREMICHI_TOKEN", hide_env_values = true)]
     token: String,
