@@ -271,3 +271,22 @@ async fn bad_input_exits_2_and_changes_nothing() {
     assert_eq!(tunnels(&c).await, before, "bad input changes nothing");
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_control_exits_1_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "config.yml", CONFIG);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = std::process::Command::new(bin())
+        .args(["control", "import-cloudflared"])
+        .arg(&config)
+        .args(["--agent", "home", "--control-url", &url])
+        .env("KAKUREMICHI_TOKEN", "km_x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach Control"), "{stderr}");
+}

@@ -4,7 +4,8 @@
 //! line per rule: created, skipped (with why) or unsupported (with why).
 //!
 //! Exit status: 0 when every rule was imported or needed nothing; 1 when a rule was unsupported or
-//! a create failed (the others are still created: a hostname that exists is skipped, not fatal);
+//! a create failed or Control could not be reached (the other rules are still created: a hostname
+//! that exists is skipped, not fatal);
 //! 2 for bad input (unreadable or invalid file, unknown Agent, refused token), with nothing changed.
 
 mod cloudflared;
