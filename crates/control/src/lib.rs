@@ -5,9 +5,10 @@
 //! pushes each one its [`kakuremichi_proto::ConfigSnapshot`] whenever it changes.
 //!
 //! Modules in layers, lowest first; a module uses only lower layers, never a sibling
-//! (`scripts/check-layers` enforces it): `secrets` → `validate` → `store` → `snapshot` → `hub`
-//! (node sessions) → `certs` → `error` → `guard` → `config` → `app` (`AppState`) → `auth` →
-//! {`ops`, `views`} → {`access`, `api`, `ui`}. This file, the top, wires them together.
+//! (`scripts/check-layers` enforces it): `secrets` → `validate` → `dns` (DNS providers) →
+//! `store` → `snapshot` → `hub` (node sessions) → `certs` → `error` → `guard` → `config` → `app`
+//! (`AppState`) → `auth` → {`ops`, `views`} → {`access`, `api`, `ui`}. This file, the top, wires
+//! them together.
 
 mod access;
 mod api;
@@ -15,6 +16,9 @@ mod app;
 mod auth;
 mod certs;
 mod config;
+/// DNS providers (RFC 2136 + TSIG, PowerDNS). Public for its tests against real servers until
+/// issue #15's next step wires it into zones, records and failover.
+pub mod dns;
 mod error;
 mod guard;
 mod hub;

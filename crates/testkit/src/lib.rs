@@ -8,7 +8,8 @@
 //!   [`Cluster`]) or as processes of the built binary ([`Proc`], [`LocalSite`], [`site`]), the
 //!   API harnesses ([`Api`] for end-to-end tests, [`control`] for Control's own tests, both on
 //!   `kakuremichi-client`), node sessions ([`node`]), steady load ([`load`]), an ACME CA
-//!   ([`pebble`]) and HTTPS clients ([`https`]);
+//!   ([`pebble`]), authoritative DNS servers (BIND, PowerDNS: [`dns`]) and HTTPS clients
+//!   ([`https`]);
 //! - with the `browser` feature: chromium driven through chromedriver ([`browser`]).
 
 pub mod netns;
@@ -26,6 +27,7 @@ with_roles! {
     mod api;
     mod cluster;
     pub mod control;
+    pub mod dns;
     pub mod https;
     pub mod load;
     mod local;
