@@ -218,8 +218,13 @@ async fn protected_tunnel_sends_to_login_and_back_and_refuses_others() {
     )
     .await;
     b.click("form[action='/users'] button[type=submit]").await;
+    // The form posts to /users and comes back to /users: the path says nothing about whether the
+    // new page is there yet, so wait for what it shows (an immediate check raced the reload).
+    eventually(LIVE, "the new member in the users list", || async {
+        b.text("main").await.contains(MEMBER)
+    })
+    .await;
     b.wait_path("/users").await;
-    assert!(b.text("main").await.contains(MEMBER));
 
     b.client.goto(&format!("{base}/tunnels")).await.unwrap();
     b.fill("input[name=hostname]", APP_HOST).await;
