@@ -34,6 +34,8 @@ pub struct Inner {
     pub throttle: crate::guard::throttle::Throttle,
     /// API requests per user (`api_requests_per_minute`).
     pub api_rate: crate::guard::ratelimit::ApiRateLimit,
+    /// The managed DNS zones (their secrets sealed with the data directory's key).
+    pub zones: crate::zones::Zones,
 }
 
 impl AppState {
@@ -43,6 +45,11 @@ impl AppState {
         secure_cookies: bool,
         dummy_password_hash: String,
     ) -> Self {
+        // Tests' states: secrets sealed with a key that dies with the process.
+        let zones = crate::zones::Zones::new(
+            hub.store().clone(),
+            Arc::new(crate::secrets::Sealer::ephemeral()),
+        );
         Self(Arc::new(Inner {
             store: hub.store().clone(),
             hub,
@@ -55,7 +62,16 @@ impl AppState {
             access_ttl: crate::config::ControlConfig::default().access_ttl,
             throttle: Default::default(),
             api_rate: Default::default(),
+            zones,
         }))
+    }
+
+    /// Uses `zones` (sealed with the data directory's key); only before the state is shared.
+    pub fn with_zones(mut self, zones: crate::zones::Zones) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.zones = zones;
+        }
+        self
     }
 
     /// Sets the TLS mode of tunnels created without one; only before the state is shared.

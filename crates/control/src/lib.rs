@@ -6,7 +6,8 @@
 //!
 //! Modules in layers, lowest first; a module uses only lower layers, never a sibling
 //! (`scripts/check-layers` enforces it): `secrets` → `validate` → `dns` (DNS providers) →
-//! `store` → `snapshot` → `hub` (node sessions) → `certs` → `error` → `guard` → `config` → `app`
+//! `store` → `zones` (managed DNS zones) → `snapshot` → `hub` (node sessions) → {`certs`,
+//! `dns_records`} → `error` → `guard` → `config` → `app`
 //! (`AppState`) → `auth` → {`ops`, `views`} → {`access`, `api`, `ui`}. This file, the top, wires
 //! them together.
 
@@ -29,6 +30,7 @@ mod store;
 mod ui;
 mod validate;
 mod views;
+mod zones;
 
 pub use certs::{AcmeConfig, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
@@ -87,10 +89,13 @@ pub async fn run(
         .await
         .context("cannot prepare access-token keys")?;
     let access_task = tokio::spawn(access::run_maintenance(access, hub.clone()));
+    let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
+    let zones = zones::Zones::new(store.clone(), std::sync::Arc::new(sealer));
     let state = app::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
         .with_default_tls(config.default_tls)
         .with_access_ttl(config.access_ttl)
         .with_passwords(passwords)
+        .with_zones(zones.clone())
         .with_trusted_proxies(guard::proxies::TrustedProxies::parse(
             &config.trusted_proxies,
         )?);

@@ -54,6 +54,7 @@ pub async fn update(
             .map_err(|e| ApiError::bad_request(e.0))?,
         public_endpoint: public_endpoint.map(endpoint).transpose()?,
         enabled,
+        ..GatewayPatch::default()
     };
     let row = state
         .store

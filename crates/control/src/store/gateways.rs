@@ -3,8 +3,8 @@
 use super::{alloc, now, Store, StoreError, StoreResult};
 use crate::validate::WgNetwork;
 
-const COLUMNS: &str =
-    "id, name, public_endpoint, wg_address, public_key, enabled, last_seen, created_at";
+const COLUMNS: &str = "id, name, public_endpoint, wg_address, public_key, enabled, last_seen, \
+     created_at, public_ipv4, public_ipv6";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GatewayRow {
@@ -16,6 +16,10 @@ pub struct GatewayRow {
     pub enabled: bool,
     pub last_seen: Option<String>,
     pub created_at: String,
+    /// Where the internet reaches this Gateway over IPv4, for DNS records (`None`: derived).
+    pub public_ipv4: Option<String>,
+    /// Same over IPv6.
+    pub public_ipv6: Option<String>,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -24,6 +28,9 @@ pub struct GatewayPatch {
     pub name: Option<String>,
     pub public_endpoint: Option<String>,
     pub enabled: Option<bool>,
+    /// `Some(None)` clears the address (back to the derived one).
+    pub public_ipv4: Option<Option<String>>,
+    pub public_ipv6: Option<Option<String>>,
 }
 
 impl Store {
@@ -71,12 +78,19 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let sql = format!(
             "UPDATE gateways SET name = COALESCE($1, name), public_endpoint = COALESCE($2, public_endpoint), \
-             enabled = COALESCE($3, enabled) WHERE id = $4 RETURNING {COLUMNS}"
+             enabled = COALESCE($3, enabled), \
+             public_ipv4 = CASE WHEN $4 THEN $5 ELSE public_ipv4 END, \
+             public_ipv6 = CASE WHEN $6 THEN $7 ELSE public_ipv6 END \
+             WHERE id = $8 RETURNING {COLUMNS}"
         );
         let row = sqlx::query_as(&sql)
             .bind(patch.name.as_deref())
             .bind(patch.public_endpoint.as_deref())
             .bind(patch.enabled)
+            .bind(patch.public_ipv4.is_some())
+            .bind(patch.public_ipv4.clone().flatten())
+            .bind(patch.public_ipv6.is_some())
+            .bind(patch.public_ipv6.clone().flatten())
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
