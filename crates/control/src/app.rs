@@ -36,6 +36,8 @@ pub struct Inner {
     pub api_rate: crate::guard::ratelimit::ApiRateLimit,
     /// The managed DNS zones (their secrets sealed with the data directory's key).
     pub zones: crate::zones::Zones,
+    /// The managed A/AAAA records: each tunnel's DNS status, and a nudge after zone changes.
+    pub dns_records: Arc<crate::dns_records::DnsRecords>,
 }
 
 impl AppState {
@@ -50,6 +52,8 @@ impl AppState {
             hub.store().clone(),
             Arc::new(crate::secrets::Sealer::ephemeral()),
         );
+        let dns_records =
+            crate::dns_records::DnsRecords::new(hub.clone(), zones.clone(), Default::default());
         Self(Arc::new(Inner {
             store: hub.store().clone(),
             hub,
@@ -63,7 +67,16 @@ impl AppState {
             throttle: Default::default(),
             api_rate: Default::default(),
             zones,
+            dns_records,
         }))
+    }
+
+    /// Uses the reconciler Control runs; only before the state is shared.
+    pub fn with_dns_records(mut self, records: Arc<crate::dns_records::DnsRecords>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.dns_records = records;
+        }
+        self
     }
 
     /// Uses `zones` (sealed with the data directory's key); only before the state is shared.

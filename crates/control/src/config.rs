@@ -38,6 +38,8 @@ pub struct ControlConfig {
     /// Proxies (CIDR ranges or addresses) whose `X-Forwarded-For` names the client for the
     /// login throttle; empty: trust nobody's, key clients by the TCP peer.
     pub trusted_proxies: Vec<String>,
+    /// The A/AAAA records Control keeps in managed zones: TTL and Gateway failover timing.
+    pub dns: crate::dns_records::DnsRecordsConfig,
 }
 
 impl Default for ControlConfig {
@@ -56,6 +58,7 @@ impl Default for ControlConfig {
             hsts_max_age: 31_536_000,
             access_ttl: Duration::from_secs(12 * 3600),
             trusted_proxies: Vec::new(),
+            dns: Default::default(),
         }
     }
 }

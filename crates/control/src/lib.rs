@@ -20,6 +20,7 @@ mod config;
 /// DNS providers (RFC 2136 + TSIG, PowerDNS). Public for its tests against real servers until
 /// issue #15's next step wires it into zones, records and failover.
 pub mod dns;
+mod dns_records;
 mod error;
 mod guard;
 mod hub;
@@ -34,6 +35,7 @@ mod zones;
 
 pub use certs::{AcmeConfig, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
+pub use dns_records::DnsRecordsConfig;
 
 /// Where Control keeps its internal CA's root certificate (`root.crt`; the key is beside it).
 pub fn internal_ca_root(data_dir: &std::path::Path) -> std::path::PathBuf {
@@ -91,11 +93,13 @@ pub async fn run(
     let access_task = tokio::spawn(access::run_maintenance(access, hub.clone()));
     let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
     let zones = zones::Zones::new(store.clone(), std::sync::Arc::new(sealer));
+    let dns_records = dns_records::DnsRecords::new(hub.clone(), zones.clone(), config.dns);
     let state = app::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
         .with_default_tls(config.default_tls)
         .with_access_ttl(config.access_ttl)
         .with_passwords(passwords)
         .with_zones(zones.clone())
+        .with_dns_records(dns_records.clone())
         .with_trusted_proxies(guard::proxies::TrustedProxies::parse(
             &config.trusted_proxies,
         )?);
@@ -103,6 +107,7 @@ pub async fn run(
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
+    let records = tokio::spawn(dns_records.run(stop_rx.clone()));
     // The peer address keys the per-IP login throttle.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -114,6 +119,7 @@ pub async fn run(
     tokio::select! {
         result = &mut server => {
             manager.abort();
+            records.abort();
             access_task.abort();
             store.close().await;
             return match result {
@@ -128,6 +134,7 @@ pub async fn run(
     hub.begin_shutdown();
     let _ = stop_tx.send(true);
     manager.abort();
+    records.abort();
     access_task.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await

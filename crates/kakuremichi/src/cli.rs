@@ -139,6 +139,30 @@ struct ControlArgs {
     /// is published through a tunnel. Default: none, every client is keyed by its TCP address.
     #[arg(long, env = "KAKUREMICHI_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<String>,
+    /// Seconds a Gateway may be offline before Control takes it out of the A/AAAA records of
+    /// the managed DNS zones (docs/dns.md); it is listed again once back online for a while.
+    /// The last Gateway is never taken out.
+    #[arg(long, env = "KAKUREMICHI_DNS_FAILOVER_AFTER", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    dns_failover_after: u64,
+    /// TTL (seconds) of the A/AAAA records Control writes in managed DNS zones. Low, so that
+    /// failover reaches resolvers quickly.
+    #[arg(long, env = "KAKUREMICHI_DNS_TTL", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    dns_ttl: u32,
+}
+
+impl ControlArgs {
+    /// The managed records' settings from `--dns-*`.
+    fn dns(&self) -> kakuremichi_control::DnsRecordsConfig {
+        let failover_after = Duration::from_secs(self.dns_failover_after);
+        kakuremichi_control::DnsRecordsConfig {
+            ttl: self.dns_ttl,
+            failover_after,
+            // Back in DNS after being online this long: a third of the failover delay, at most 10 s.
+            readmit_after: (failover_after / 3).min(Duration::from_secs(10)),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -281,7 +305,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ..
         }) => import::run(*a).await,
         Command::Control(a) => {
+            let dns = a.dns();
             let config = kakuremichi_control::ControlConfig {
+                dns,
                 data_dir: a.data_dir,
                 database_url: a.database_url,
                 public_url: a.public_url,

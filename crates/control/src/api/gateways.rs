@@ -16,6 +16,11 @@ use serde::Deserialize;
 pub struct CreateGateway {
     name: String,
     public_endpoint: String,
+    /// The IPv4 address the internet reaches this Gateway at, for the A records of managed DNS
+    /// zones. Default: `public_endpoint`'s address when it is an IPv4 address.
+    public_ipv4: Option<String>,
+    /// The IPv6 address, for AAAA records. Default: `public_endpoint`'s when it is IPv6.
+    public_ipv6: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -24,6 +29,13 @@ pub struct PatchGateway {
     name: Option<String>,
     public_endpoint: Option<String>,
     enabled: Option<bool>,
+    /// Absent: unchanged; null: back to the default (from `public_endpoint`).
+    #[serde(default, deserialize_with = "super::tunnels::nullable")]
+    #[schema(value_type = Option<String>)]
+    public_ipv4: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::tunnels::nullable")]
+    #[schema(value_type = Option<String>)]
+    public_ipv6: Option<Option<String>>,
 }
 
 /// Creates a Gateway (admins) and returns its token, once.
@@ -44,8 +56,12 @@ pub async fn create(
     AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<CreateGateway>,
 ) -> Result<(StatusCode, Json<GatewayView>), ApiError> {
+    let addresses = ops::gateways::PublicAddresses {
+        ipv4: body.public_ipv4.map(Some),
+        ipv6: body.public_ipv6.map(Some),
+    };
     let (row, token) =
-        ops::gateways::create(&state, &user, &body.name, &body.public_endpoint).await?;
+        ops::gateways::create(&state, &user, &body.name, &body.public_endpoint, addresses).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row, Some(token)))))
 }
 
@@ -127,6 +143,10 @@ pub async fn update(
         body.name.as_deref(),
         body.public_endpoint.as_deref(),
         body.enabled,
+        ops::gateways::PublicAddresses {
+            ipv4: body.public_ipv4,
+            ipv6: body.public_ipv6,
+        },
     )
     .await?;
     Ok(Json(view(&state, row, None)))

@@ -80,7 +80,7 @@ pub struct PatchTunnel {
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`, by `serde(default)`).
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(super) fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -152,7 +152,7 @@ pub async fn list(
         rows.into_iter()
             .map(|t| {
                 let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
-                TunnelView::new(t, &replicas, cert, online)
+                TunnelView::new(t, &replicas, cert, online).with_dns(&state)
             })
             .collect(),
     ))

@@ -24,6 +24,8 @@ fn gateway(id: i64, key: Option<&str>, enabled: bool) -> GatewayRow {
         enabled,
         last_seen: None,
         created_at: String::new(),
+        public_ipv4: None,
+        public_ipv6: None,
     }
 }
 

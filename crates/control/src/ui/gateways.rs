@@ -83,6 +83,7 @@ pub async fn create(
         &ui.viewer.user,
         &form.name,
         &form.public_endpoint,
+        Default::default(),
     );
     let (gateway, token) = ui.run(create).await?;
     let ctx = context! {
@@ -102,7 +103,15 @@ pub async fn create(
 
 pub async fn toggle(CsrfForm(ui, Path(id), form): GatewayForm<ToggleForm, Path<i64>>) -> UiResult {
     let enabled = Some(form.enabled == "true");
-    let op = ops::gateways::update(&ui.state, &ui.viewer.user, id, None, None, enabled);
+    let op = ops::gateways::update(
+        &ui.state,
+        &ui.viewer.user,
+        id,
+        None,
+        None,
+        enabled,
+        Default::default(),
+    );
     ui.run(op).await?;
     Ok(done("/gateways", "gateway-saved"))
 }

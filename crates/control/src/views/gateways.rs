@@ -20,6 +20,11 @@ pub struct GatewayView {
     status: &'static str,
     last_seen: Option<String>,
     created_at: String,
+    /// Set addresses for DNS records (`null`: from `public_endpoint`).
+    public_ipv4: Option<String>,
+    public_ipv6: Option<String>,
+    /// The addresses A/AAAA records of managed zones list for this Gateway while it serves.
+    dns_addresses: Vec<String>,
 }
 
 pub fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayView {
@@ -27,7 +32,16 @@ pub fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayVi
         kind: NodeKind::Gateway,
         id: g.id,
     });
+    let (v4, v6) = crate::dns_records::gateway_addresses(&g);
+    let dns_addresses = v4
+        .map(|a| a.to_string())
+        .into_iter()
+        .chain(v6.map(|a| a.to_string()))
+        .collect();
     GatewayView {
+        dns_addresses,
+        public_ipv4: g.public_ipv4,
+        public_ipv6: g.public_ipv6,
         id: g.id,
         name: g.name,
         public_endpoint: g.public_endpoint,

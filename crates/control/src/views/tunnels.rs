@@ -30,9 +30,18 @@ pub struct TunnelView {
     created_at: String,
     updated_at: String,
     owner_id: Option<i64>,
+    /// How the hostname stands in DNS: records managed by Control in a managed zone, or the
+    /// addresses to point it at yourself (`null` until Control's first DNS pass).
+    dns: Option<crate::dns_records::DnsStatus>,
 }
 
 impl TunnelView {
+    /// Adds the hostname's DNS status (from the record reconciler).
+    pub fn with_dns(mut self, state: &AppState) -> Self {
+        self.dns = state.dns_records.status(&self.hostname);
+        self
+    }
+
     pub fn new(
         t: TunnelRow,
         replicas: &[ReplicaRow],
@@ -66,6 +75,7 @@ impl TunnelView {
             created_at: t.created_at,
             updated_at: t.updated_at,
             owner_id: t.owner_id,
+            dns: None,
         }
     }
 }
@@ -99,7 +109,7 @@ pub async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiErr
     let cert = state.store.get_certificate(&row.hostname, &row.tls).await?;
     let replicas = state.store.tunnel_replicas(row.id).await?;
     let online = !state.hub.online_gateways().is_empty();
-    Ok(TunnelView::new(row, &replicas, cert.as_ref(), online))
+    Ok(TunnelView::new(row, &replicas, cert.as_ref(), online).with_dns(state))
 }
 
 /// Every certificate row, by (hostname, source): a tunnel shows the one of its `tls` mode.

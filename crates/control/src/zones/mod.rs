@@ -150,8 +150,8 @@ impl Zones {
     /// `*.` is ignored: a wildcard's records live in the zone of its parent.
     pub async fn zone_for(&self, hostname: &str) -> Result<Option<OpenZone>, ZoneError> {
         let zones = self.store.list_dns_zones().await?;
-        match longest_zone(zones, hostname) {
-            Some(row) => self.open_row(row).map(Some),
+        match zone_of(&zones, hostname) {
+            Some(row) => self.open_row(row.clone()).map(Some),
             None => Ok(None),
         }
     }
@@ -231,14 +231,15 @@ fn join_maps(mut public: Map<String, Value>, secret: Map<String, Value>) -> Map<
     public
 }
 
-/// The row whose zone is the longest suffix of `hostname` (label-wise).
-fn longest_zone(zones: Vec<DnsZoneRow>, hostname: &str) -> Option<DnsZoneRow> {
+/// The zone among `zones` that `hostname` lies in: the longest suffix, label-wise. A leading
+/// `*.` is ignored (a wildcard's records live in its parent's zone).
+pub fn zone_of<'a>(zones: &'a [DnsZoneRow], hostname: &str) -> Option<&'a DnsZoneRow> {
     let host = hostname
         .trim_end_matches('.')
         .trim_start_matches("*.")
         .to_ascii_lowercase();
     zones
-        .into_iter()
+        .iter()
         .filter(|z| host == z.zone || host.ends_with(&format!(".{}", z.zone)))
         .max_by_key(|z| z.zone.len())
 }
@@ -262,12 +263,12 @@ mod tests {
     async fn secrets_are_sealed_and_kept_across_updates() {
         let zones = zones().await;
         let row = zones
-            .create("Example.COM.", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0"))
+            .create("Example.COM.", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
             .await
             .unwrap();
         assert_eq!(row.zone, "example.com");
-        assert!(!row.config.contains("c2VjcmV0c2VjcmV0"), "{}", row.config);
-        assert!(!String::from_utf8_lossy(&row.secret).contains("c2VjcmV0c2VjcmV0"));
+        assert!(!row.config.contains("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"), "{}", row.config);
+        assert!(!String::from_utf8_lossy(&row.secret).contains("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"));
         assert_eq!(Zones::secret_fields(&row), &["key_secret"]);
         // A patch without the secret keeps it; the provider still opens.
         let row = zones
@@ -277,7 +278,7 @@ mod tests {
         assert!(row.config.contains("5353"));
         let open = zones.open(row.id).await.unwrap();
         assert!(matches!(open.provider, Provider::Rfc2136(_)));
-        assert!(!format!("{open:?}").contains("c2VjcmV0c2VjcmV0"));
+        assert!(!format!("{open:?}").contains("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"));
         // Removing a required field is refused and changes nothing.
         let err = zones
             .update(row.id, None, Some(json!({"key_secret": null})))
@@ -294,11 +295,11 @@ mod tests {
             (
                 "example.com",
                 "bind",
-                rfc2136("c2VjcmV0"),
+                rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
                 "unknown DNS provider",
             ),
-            ("*.example.com", "rfc2136", rfc2136("c2VjcmV0"), "wildcard"),
-            ("com", "rfc2136", rfc2136("c2VjcmV0"), "zone"),
+            ("*.example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"), "wildcard"),
+            ("com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"), "zone"),
             ("example.com", "rfc2136", json!([1]), "JSON object"),
             (
                 "example.com",
@@ -319,11 +320,11 @@ mod tests {
         }
         assert!(zones.list().await.unwrap().is_empty());
         zones
-            .create("example.com", "rfc2136", rfc2136("c2VjcmV0"))
+            .create("example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
             .await
             .unwrap();
         let dup = zones
-            .create("example.com", "rfc2136", rfc2136("c2VjcmV0"))
+            .create("example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
             .await
             .unwrap_err();
         assert!(matches!(dup, ZoneError::Store(StoreError::Conflict(_))));
@@ -333,11 +334,11 @@ mod tests {
     async fn the_longest_zone_wins() {
         let zones = zones().await;
         zones
-            .create("example.com", "rfc2136", rfc2136("c2VjcmV0"))
+            .create("example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
             .await
             .unwrap();
         zones
-            .create("apps.example.com", "rfc2136", rfc2136("c2VjcmV0"))
+            .create("apps.example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
             .await
             .unwrap();
         let zone_of = |h: &'static str| {
