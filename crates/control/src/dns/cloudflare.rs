@@ -439,3 +439,6 @@ impl DnsProvider for Cloudflare {
         self.bounded(self.delete_unbounded(zone, name, kind)).await
     }
 }
+
+#[cfg(test)]
+mod tests;
