@@ -306,7 +306,7 @@ fn serve(f: &mut Fake, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[
                 let message = "Unauthorized to access requested resource";
                 return failure(StatusCode::FORBIDDEN, 9109, message);
             }
-            zone_route(f, &what, &method, &zone, rest, &query, body)
+            zone_route(f, &what, method, &zone, rest, &query, body)
         }
         _ => f.violation(format!("{what}: no such route in the API subset")),
     }
