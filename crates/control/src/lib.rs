@@ -17,7 +17,7 @@ mod app;
 mod auth;
 mod certs;
 mod config;
-/// DNS providers (RFC 2136 + TSIG, PowerDNS). Public for its tests against real servers until
+/// DNS providers (RFC 2136 + TSIG, PowerDNS, Cloudflare). Public for its tests until
 /// issue #15's next step wires it into zones, records and failover.
 pub mod dns;
 mod dns_records;

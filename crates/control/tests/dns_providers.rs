@@ -237,16 +237,20 @@ fn configs_follow_the_contract_and_hide_secrets() {
     assert!(with("key_secret", json!("not base64!")).contains("base64"));
     assert!(with("server", json!("no-port")).contains("host:port"));
     assert!(with("extra", json!(1)).contains("unknown field"));
+    assert!(with("resolver", json!("127.0.0.1")).contains("host:port"));
 
     let pdns = json!({"api_url": "http://127.0.0.1:8081", "api_key": "s3cret-key"});
     let p = Provider::from_config("powerdns", pdns).unwrap();
     assert!(!format!("{p:?}").contains("s3cret-key"));
     let err = Provider::from_config("powerdns", json!({"api_url": "ftp://x", "api_key": "k"}));
     assert!(err.unwrap_err().to_string().contains("http"));
+    let resolver = json!({"api_url": "http://127.0.0.1:8081", "api_key": "k", "resolver": ":53"});
+    let err = Provider::from_config("powerdns", resolver).unwrap_err();
+    assert!(err.to_string().contains("host:port"), "{err}");
     let err = Provider::from_config("route66", json!({}))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("rfc2136 or powerdns"), "{err}");
+    assert!(err.contains("rfc2136, powerdns or cloudflare"), "{err}");
 }
 
 #[tokio::test]

@@ -8,8 +8,9 @@
 //!   [`Cluster`]) or as processes of the built binary ([`Proc`], [`LocalSite`], [`site`]), the
 //!   API harnesses ([`Api`] for end-to-end tests, [`control`] for Control's own tests, both on
 //!   `kakuremichi-client`), node sessions ([`node`]), steady load ([`load`]), an ACME CA
-//!   ([`pebble`]), authoritative DNS servers (BIND, PowerDNS: [`dns`]) and HTTPS clients
-//!   ([`https`]);
+//!   ([`pebble`]), authoritative DNS servers (BIND, PowerDNS: [`dns`]), a fake of Cloudflare's
+//!   DNS API that checks every request against its published shapes ([`cloudflare`]) and HTTPS
+//!   clients ([`https`]);
 //! - with the `browser` feature: chromium driven through chromedriver ([`browser`]).
 
 pub mod netns;
@@ -25,6 +26,7 @@ macro_rules! with_roles {
 
 with_roles! {
     mod api;
+    pub mod cloudflare;
     mod cluster;
     pub mod control;
     pub mod dns;

@@ -12,11 +12,13 @@
 //! are absolute and compared without the final dot, and every failure is a [`DnsError`] that
 //! says what to fix. Every network operation is bounded by [`OP_TIMEOUT`].
 
+mod cloudflare;
 mod exchange;
 mod powerdns;
 mod rfc2136;
 mod text;
 
+pub use cloudflare::{Cloudflare, CloudflareConfig};
 pub use powerdns::{PowerDns, PowerDnsConfig};
 pub use rfc2136::{Rfc2136, Rfc2136Config, TsigAlgorithm};
 
@@ -163,10 +165,12 @@ pub trait DnsProvider {
 pub enum Provider {
     Rfc2136(Rfc2136),
     PowerDns(PowerDns),
+    Cloudflare(Cloudflare),
 }
 
 impl Provider {
-    /// The provider named `provider` (`rfc2136`, `powerdns`) with its JSON `config`, checked.
+    /// The provider named `provider` (`rfc2136`, `powerdns`, `cloudflare`) with its JSON
+    /// `config`, checked.
     pub fn from_config(provider: &str, config: serde_json::Value) -> Result<Self, DnsError> {
         fn parse<T: serde::de::DeserializeOwned>(
             provider: &str,
@@ -178,8 +182,9 @@ impl Provider {
         match provider {
             "rfc2136" => Ok(Self::Rfc2136(Rfc2136::new(parse(provider, config)?)?)),
             "powerdns" => Ok(Self::PowerDns(PowerDns::new(parse(provider, config)?)?)),
+            "cloudflare" => Ok(Self::Cloudflare(Cloudflare::new(parse(provider, config)?)?)),
             other => Err(DnsError::Invalid(format!(
-                "unknown DNS provider {other:?}: use rfc2136 or powerdns"
+                "unknown DNS provider {other:?}: use rfc2136, powerdns or cloudflare"
             ))),
         }
     }
@@ -190,12 +195,14 @@ impl DnsProvider for Provider {
         match self {
             Self::Rfc2136(p) => p.list_zones().await,
             Self::PowerDns(p) => p.list_zones().await,
+            Self::Cloudflare(p) => p.list_zones().await,
         }
     }
     async fn check(&self, zone: &str) -> Result<(), DnsError> {
         match self {
             Self::Rfc2136(p) => p.check(zone).await,
             Self::PowerDns(p) => p.check(zone).await,
+            Self::Cloudflare(p) => p.check(zone).await,
         }
     }
     async fn read(
@@ -207,18 +214,21 @@ impl DnsProvider for Provider {
         match self {
             Self::Rfc2136(p) => p.read(zone, name, kind).await,
             Self::PowerDns(p) => p.read(zone, name, kind).await,
+            Self::Cloudflare(p) => p.read(zone, name, kind).await,
         }
     }
     async fn replace(&self, zone: &str, rrset: &RrSet) -> Result<(), DnsError> {
         match self {
             Self::Rfc2136(p) => p.replace(zone, rrset).await,
             Self::PowerDns(p) => p.replace(zone, rrset).await,
+            Self::Cloudflare(p) => p.replace(zone, rrset).await,
         }
     }
     async fn delete(&self, zone: &str, name: &str, kind: RecordType) -> Result<(), DnsError> {
         match self {
             Self::Rfc2136(p) => p.delete(zone, name, kind).await,
             Self::PowerDns(p) => p.delete(zone, name, kind).await,
+            Self::Cloudflare(p) => p.delete(zone, name, kind).await,
         }
     }
 }
@@ -236,6 +246,27 @@ fn name_in_zone(zone: &str, name: &str) -> Result<(String, String), DnsError> {
         )));
     }
     Ok((zone, name))
+}
+
+/// Checks a `host:port` setting (`what` names it in the message), e.g. `192.0.2.53:53`.
+fn check_host_port(what: &str, value: &str) -> Result<(), DnsError> {
+    let ok = !value.chars().any(|c| c.is_whitespace() || c.is_control())
+        && value
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(DnsError::Invalid(format!(
+            "{what} {value:?} must be host:port (e.g. 192.0.2.53:53)"
+        )))
+    }
+}
+
+/// Checks the optional `resolver` every provider's config may carry: where the propagation check
+/// of DNS-01 looks for a record (default: the zone's authoritative servers).
+fn check_resolver(resolver: Option<&str>) -> Result<(), DnsError> {
+    resolver.map_or(Ok(()), |r| check_host_port("resolver", r))
 }
 
 fn normal(name: &str) -> String {

@@ -7,7 +7,8 @@
 
 use super::exchange::unreachable;
 use super::{
-    check_rrset, name_in_zone, text, DnsError, DnsProvider, RecordType, Records, RrSet, OP_TIMEOUT,
+    check_resolver, check_rrset, name_in_zone, text, DnsError, DnsProvider, RecordType, Records,
+    RrSet, OP_TIMEOUT,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -24,7 +25,7 @@ pub struct PowerDnsConfig {
     pub api_key: String,
     #[serde(default = "localhost")]
     pub server_id: String,
-    /// Where the propagation check will look (later); kept as given.
+    /// Where the propagation check will look (`host:port`; used by DNS-01).
     #[serde(default)]
     pub resolver: Option<String>,
 }
@@ -94,6 +95,7 @@ impl PowerDns {
         if config.api_key.is_empty() || config.server_id.is_empty() {
             return Err(invalid("api_key and server_id must not be empty".into()));
         }
+        check_resolver(config.resolver.as_deref())?;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
@@ -195,7 +197,8 @@ fn not_served(zone: &str, said: &str) -> DnsError {
     }
 }
 
-fn reqwest_reason(e: &reqwest::Error) -> String {
+/// Why an HTTP request got no answer, in words (shared with the other HTTP providers).
+pub(super) fn reqwest_reason(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         format!("no answer within {} s", OP_TIMEOUT.as_secs())
     } else if e.is_connect() {

@@ -8,7 +8,10 @@
 //! `{"server": "host:port", "key_name": "…", "key_algorithm": "hmac-sha256", "key_secret": "…"}`.
 
 use super::exchange::exchange;
-use super::{check_rrset, name_in_zone, text, DnsError, DnsProvider, RecordType, Records, RrSet};
+use super::{
+    check_host_port, check_resolver, check_rrset, name_in_zone, text, DnsError, DnsProvider,
+    RecordType, Records, RrSet,
+};
 use base64::Engine as _;
 use hickory_proto::op::update_message::{self, UpdateMessage as _};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -40,7 +43,7 @@ pub struct Rfc2136Config {
     pub key_algorithm: String,
     /// The key, base64 (as in BIND's `key` clause or `tsig-keygen`'s output).
     pub key_secret: String,
-    /// Where the propagation check will look (later); kept as given.
+    /// Where the propagation check will look (`host:port`; used by DNS-01).
     #[serde(default)]
     pub resolver: Option<String>,
 }
@@ -76,16 +79,8 @@ impl Rfc2136 {
     /// Checks `config` (nothing is sent): the server's form, the key's name, algorithm and secret.
     pub fn new(config: Rfc2136Config) -> Result<Self, DnsError> {
         let invalid = |m: String| Err(DnsError::Invalid(m));
-        if config
-            .server
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        {
-            return invalid(format!(
-                "server {:?} must be host:port (e.g. 192.0.2.53:53)",
-                config.server
-            ));
-        }
+        check_host_port("server", &config.server)?;
+        check_resolver(config.resolver.as_deref())?;
         let algorithm =
             match serde_json::from_value::<TsigAlgorithm>(config.key_algorithm.clone().into()) {
                 Ok(TsigAlgorithm::HmacSha256) => HickoryAlgorithm::HmacSha256,
