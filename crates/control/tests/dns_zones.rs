@@ -61,7 +61,15 @@ async fn zones_check_their_connection_and_keep_their_secrets() {
     let good = create(&c, ZONE, rfc2136(&bind.server, KEY_NAME, &secret)).await;
     assert_eq!(
         keys(&good),
-        ["config", "created_at", "id", "provider", "secrets", "updated_at", "zone"]
+        [
+            "config",
+            "created_at",
+            "id",
+            "provider",
+            "secrets",
+            "updated_at",
+            "zone"
+        ]
     );
     assert_eq!(good["zone"], ZONE);
     assert_eq!(good["secrets"], json!(["key_secret"]));
@@ -79,17 +87,27 @@ async fn zones_check_their_connection_and_keep_their_secrets() {
     // so the good zone is deleted first: it has no record written, so DELETE is a plain 204.)
     let (s, body) = c.delete(&format!("{ZONES}/{}", good["id"])).await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
-    let bad = create(&c, ZONE, rfc2136(&bind.server, KEY_NAME, &dns::tsig_secret())).await;
+    let bad = create(
+        &c,
+        ZONE,
+        rfc2136(&bind.server, KEY_NAME, &dns::tsig_secret()),
+    )
+    .await;
     failed(&check(&c, &bad["id"]).await, "auth", "BADSIG");
     let path = format!("{ZONES}/{}", bad["id"]);
     let (s, body) = c
-        .patch(&path, json!({"config": {"key_name": "nobody.", "key_secret": secret}}))
+        .patch(
+            &path,
+            json!({"config": {"key_name": "nobody.", "key_secret": secret}}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     failed(&check(&c, &bad["id"]).await, "auth", "BADKEY");
 
     // A PATCH without the secret keeps it: fixing the key name alone makes it work.
-    let (s, body) = c.patch(&path, json!({"config": {"key_name": KEY_NAME}})).await;
+    let (s, body) = c
+        .patch(&path, json!({"config": {"key_name": KEY_NAME}}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["secrets"], json!(["key_secret"]));
     assert_eq!(check(&c, &bad["id"]).await["ok"], true);
@@ -100,7 +118,9 @@ async fn zones_check_their_connection_and_keep_their_secrets() {
     assert_eq!(s, StatusCode::OK, "{body}");
     failed(&check(&c, &bad["id"]).await, "auth", "BADSIG");
     // Back to the right one.
-    let (s, _) = c.patch(&path, json!({"config": {"key_secret": secret}})).await;
+    let (s, _) = c
+        .patch(&path, json!({"config": {"key_secret": secret}}))
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(check(&c, &bad["id"]).await["ok"], true);
 
@@ -109,7 +129,11 @@ async fn zones_check_their_connection_and_keep_their_secrets() {
     let gone = create(&c, "other.test", rfc2136(&closed, KEY_NAME, &secret)).await;
     let t = Instant::now();
     failed(&check(&c, &gone["id"]).await, "unreachable", &closed);
-    assert!(t.elapsed() < Duration::from_secs(7), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(7),
+        "took {:?}",
+        t.elapsed()
+    );
     eprintln!("check unreachable took {:?}", t.elapsed());
 
     // The secret is nowhere: not in GET, the list, the audit log, nor any file but the key.
@@ -120,8 +144,16 @@ async fn zones_check_their_connection_and_keep_their_secrets() {
         assert!(!v.to_string().contains(&secret), "{what} shows the secret");
     }
     let actions: Vec<&str> = audit_actions(&audit);
-    for action in ["dns.zone.create", "dns.zone.update", "dns.zone.delete", "dns.zone.check"] {
-        assert!(actions.contains(&action), "{action} not audited: {actions:?}");
+    for action in [
+        "dns.zone.create",
+        "dns.zone.update",
+        "dns.zone.delete",
+        "dns.zone.check",
+    ] {
+        assert!(
+            actions.contains(&action),
+            "{action} not audited: {actions:?}"
+        );
     }
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     let raw = base64_decode(&secret);
@@ -130,8 +162,14 @@ async fn zones_check_their_connection_and_keep_their_secrets() {
             continue;
         }
         let bytes = std::fs::read(&entry).unwrap();
-        assert!(!contains(&bytes, secret.as_bytes()), "{entry:?} holds the secret");
-        assert!(!contains(&bytes, &raw), "{entry:?} holds the secret's bytes");
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "{entry:?} holds the secret"
+        );
+        assert!(
+            !contains(&bytes, &raw),
+            "{entry:?} holds the secret's bytes"
+        );
     }
     let key = dir.join("secrets.key");
     use std::os::unix::fs::PermissionsExt as _;
@@ -144,25 +182,46 @@ async fn zones_check_their_connection_and_keep_their_secrets() {
 async fn bad_input_and_members_change_nothing() {
     let (_tmp, dir) = data_dir();
     let c = start(&dir).await;
-    let good = rfc2136("127.0.0.1:53", KEY_NAME, "c2VjcmV0c2VjcmV0");
+    let good = rfc2136("127.0.0.1:53", KEY_NAME, "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0");
     for (body, says) in [
-        (json!({"zone": "example.com", "provider": "bind", "config": good}), "unknown DNS provider"),
-        (json!({"zone": "*.example.com", "provider": "rfc2136", "config": good}), "wildcard"),
-        (json!({"zone": "example.com", "provider": "rfc2136", "config": [1]}), "JSON object"),
-        (json!({"zone": "example.com", "provider": "rfc2136", "config": {"server": "x"}}), "rfc2136 config"),
+        (
+            json!({"zone": "example.com", "provider": "bind", "config": good}),
+            "unknown DNS provider",
+        ),
+        (
+            json!({"zone": "*.example.com", "provider": "rfc2136", "config": good}),
+            "wildcard",
+        ),
+        (
+            json!({"zone": "example.com", "provider": "rfc2136", "config": [1]}),
+            "JSON object",
+        ),
+        (
+            json!({"zone": "example.com", "provider": "rfc2136", "config": {"server": "x"}}),
+            "rfc2136 config",
+        ),
         (
             json!({"zone": "example.com", "provider": "rfc2136",
                    "config": rfc2136("127.0.0.1:53", KEY_NAME, "not base64!")}),
             "key_secret",
         ),
-        (json!({"zone": "example.com", "provider": "rfc2136"}), "config"),
-        (json!({"zone": "example.com", "provider": "rfc2136", "config": good, "x": 1}), "x"),
+        (
+            json!({"zone": "example.com", "provider": "rfc2136"}),
+            "config",
+        ),
+        (
+            json!({"zone": "example.com", "provider": "rfc2136", "config": good, "x": 1}),
+            "x",
+        ),
     ] {
         let (s, err) = c.post(ZONES, body.clone()).await;
         assert_error(s, &err, StatusCode::BAD_REQUEST, "bad_request");
         let message = err["error"]["message"].as_str().unwrap();
         assert!(message.contains(says), "{body}: {err}");
-        assert!(!message.contains("c2VjcmV0c2VjcmV0"), "{err}");
+        assert!(
+            !message.contains("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+            "{err}"
+        );
     }
     let (_, list) = c.get(ZONES).await;
     assert_eq!(list, json!([]));
@@ -174,7 +233,9 @@ async fn bad_input_and_members_change_nothing() {
     assert_error(s, &err, StatusCode::CONFLICT, "conflict");
     let path = format!("{ZONES}/{}", created["id"]);
     // A bad PATCH changes nothing.
-    let (s, err) = c.patch(&path, json!({"config": {"key_secret": null}})).await;
+    let (s, err) = c
+        .patch(&path, json!({"config": {"key_secret": null}}))
+        .await;
     assert_error(s, &err, StatusCode::BAD_REQUEST, "bad_request");
     let (s, err) = c.patch(&path, json!({"provider": "powerdns"})).await;
     assert_error(s, &err, StatusCode::BAD_REQUEST, "bad_request");
@@ -188,9 +249,17 @@ async fn bad_input_and_members_change_nothing() {
     let check = format!("{path}/check");
     for (method, p, body) in [
         ("GET", ZONES, None),
-        ("POST", ZONES, Some(json!({"zone": "m.test", "provider": "rfc2136", "config": good}))),
+        (
+            "POST",
+            ZONES,
+            Some(json!({"zone": "m.test", "provider": "rfc2136", "config": good})),
+        ),
         ("GET", path.as_str(), None),
-        ("PATCH", path.as_str(), Some(json!({"config": {"server": "127.0.0.1:1"}}))),
+        (
+            "PATCH",
+            path.as_str(),
+            Some(json!({"config": {"server": "127.0.0.1:1"}})),
+        ),
         ("DELETE", path.as_str(), None),
         ("POST", check.as_str(), None),
     ] {
@@ -217,7 +286,10 @@ fn audit_actions(audit: &Value) -> Vec<&str> {
         .and_then(Value::as_array)
         .or_else(|| audit.as_array())
         .unwrap_or_else(|| panic!("audit: {audit}"));
-    entries.iter().filter_map(|e| e["action"].as_str()).collect()
+    entries
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect()
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

@@ -340,8 +340,12 @@ async fn admin_adds_and_checks_a_dns_zone_members_see_no_dns_page() {
     .await;
     let page = b.text("main").await;
     assert!(page.contains(&bind.server), "{page}");
-    assert!(!page.contains(&bind.key_secret), "the secret is shown: {page}");
-    b.click("form[action='/dns/1/check'] button[type=submit]").await;
+    assert!(
+        !page.contains(&bind.key_secret),
+        "the secret is shown: {page}"
+    );
+    b.click("form[action='/dns/1/check'] button[type=submit]")
+        .await;
     b.wait_text("#check-result", "ok: the zone is served", LIVE)
         .await;
     b.shot("20-dns-zone-checked").await;

@@ -111,10 +111,16 @@ pub async fn list(ui: Ui<DnsPage>, Query(q): Query<Done>) -> UiResult {
 
 pub async fn create(CsrfForm(ui, (), form): DnsForm<CreateForm>) -> UiResult {
     ui.run(async {
-        let config = serde_json::from_str(form.config.trim()).map_err(|e| {
-            ApiError::bad_request(format!("the config is not valid JSON: {e}"))
-        })?;
-        ops::zones::create(&ui.state, &ui.viewer.user, &form.zone, &form.provider, config).await
+        let config = serde_json::from_str(form.config.trim())
+            .map_err(|e| ApiError::bad_request(format!("the config is not valid JSON: {e}")))?;
+        ops::zones::create(
+            &ui.state,
+            &ui.viewer.user,
+            &form.zone,
+            &form.provider,
+            config,
+        )
+        .await
     })
     .await?;
     Ok(done("/dns", "zone-created"))
@@ -147,7 +153,9 @@ pub async fn confirm_delete(ui: Ui<DnsPage>, Path(id): Path<i64>) -> UiResult {
     .await
 }
 
-pub async fn delete(CsrfForm(ui, Path(id), _): CsrfForm<NoFields, ErrorPage, Path<i64>>) -> UiResult {
+pub async fn delete(
+    CsrfForm(ui, Path(id), _): CsrfForm<NoFields, ErrorPage, Path<i64>>,
+) -> UiResult {
     let op = ops::zones::delete(&ui.state, &ui.viewer.user, id, false);
     ui.run(op).await?;
     Ok(done("/dns", "zone-deleted"))
