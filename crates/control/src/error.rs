@@ -102,6 +102,7 @@ fn code_for_status(status: StatusCode) -> &'static str {
         405 => "method_not_allowed",
         409 => "conflict",
         429 => "too_many_requests",
+        502 => "bad_gateway",
         503 => "unavailable",
         500..=599 => "internal",
         _ => "bad_request",

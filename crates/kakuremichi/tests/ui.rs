@@ -7,6 +7,9 @@
 //! Access control in the browser: a tunnel made in the UI for "only these people" sends a fresh
 //! browser to Control's login and back to the URL it asked for; someone not on the list gets the
 //! 403 page.
+//!
+//! DNS zones: an admin adds an rfc2136 zone against a real BIND in the browser, presses Check and
+//! sees it works; a member has no DNS page.
 
 use fantoccini::Locator;
 use kakuremichi_node::Secret;
@@ -293,4 +296,75 @@ async fn protected_tunnel_sends_to_login_and_back_and_refuses_others() {
     b.wait_path("/access/authorize").await;
     assert!(!b.text("body").await.contains("ui-test-app"));
     b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_adds_and_checks_a_dns_zone_members_see_no_dns_page() {
+    use kakuremichi_testkit::dns::{self, Bind, KEY_NAME, ZONE};
+    init_logs();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if !dns::bind_available("admin_adds_and_checks_a_dns_zone_members_see_no_dns_page") {
+        return;
+    }
+    let Some((driver, chromium)) = kakuremichi_testkit::browser::binaries(module_path!()) else {
+        return;
+    };
+    let bind = Bind::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = kakuremichi_testkit::control::start(&dir.path().join("control")).await;
+    let base = format!("http://{}", c.addr);
+    let member = kakuremichi_testkit::control::member(&c, "member@example.com").await;
+    let _ = member;
+
+    let b = Browser::start(&driver, &chromium, "").await;
+    b.client.goto(&format!("{base}/login")).await.unwrap();
+    log_in(&b, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    b.wait_path("/").await;
+    b.click("nav a[href='/dns']").await;
+    b.wait_path("/dns").await;
+    b.fill("input[name=zone]", ZONE).await;
+    b.client
+        .find(Locator::Css("select[name=provider]"))
+        .await
+        .unwrap()
+        .select_by_value("rfc2136")
+        .await
+        .unwrap();
+    let config = serde_json::json!({"server": bind.server, "key_name": KEY_NAME,
+        "key_algorithm": "hmac-sha256", "key_secret": bind.key_secret});
+    b.fill("textarea[name=config]", &config.to_string()).await;
+    b.click("form[action='/dns'] button[type=submit]").await;
+    eventually(LIVE, "the new zone in the list", || async {
+        b.text("main").await.contains("key_secret set")
+    })
+    .await;
+    let page = b.text("main").await;
+    assert!(page.contains(&bind.server), "{page}");
+    assert!(
+        !page.contains(&bind.key_secret),
+        "the secret is shown: {page}"
+    );
+    b.click("form[action='/dns/1/check'] button[type=submit]")
+        .await;
+    b.wait_text("#check-result", "ok: the zone is served", LIVE)
+        .await;
+    b.shot("20-dns-zone-checked").await;
+    b.close().await;
+
+    // The member: no DNS link, and the page itself is refused.
+    let b = Browser::start(&driver, &chromium, "").await;
+    b.client.goto(&format!("{base}/login")).await.unwrap();
+    log_in(&b, "member@example.com", ADMIN_PASSWORD).await;
+    b.wait_path("/").await;
+    assert!(b
+        .client
+        .find(Locator::Css("nav a[href='/dns']"))
+        .await
+        .is_err());
+    b.client.goto(&format!("{base}/dns")).await.unwrap();
+    let page = b.text("main").await;
+    assert!(page.contains("only admins"), "{page}");
+    assert!(!page.contains(ZONE), "{page}");
+    b.close().await;
+    c.stop().await;
 }

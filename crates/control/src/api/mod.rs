@@ -9,6 +9,7 @@ mod status;
 mod tokens;
 mod tunnels;
 mod users;
+mod zones;
 
 use crate::app::AppState;
 use crate::error::{self, ApiError};
@@ -70,6 +71,12 @@ pub fn router() -> Router<AppState> {
                 .patch(tunnels::update)
                 .delete(tunnels::delete),
         )
+        .route("/api/v1/dns/zones", get(zones::list).post(zones::create))
+        .route(
+            "/api/v1/dns/zones/{id}",
+            get(zones::get).patch(zones::update).delete(zones::delete),
+        )
+        .route("/api/v1/dns/zones/{id}/check", post(zones::check))
         .route("/api/v1/status", get(status::get))
         .route(CONNECT_PATH, get(nodes::connect))
         .route(PULL_CONFIG_PATH, get(nodes::pull_config))

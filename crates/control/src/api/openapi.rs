@@ -10,7 +10,7 @@
 
 #![allow(dead_code)] // The shapes below are never built: `utoipa` only reads their definitions.
 
-use super::{agents, gateways, login, nodes, status, tokens, tunnels, users};
+use super::{agents, gateways, login, nodes, status, tokens, tunnels, users, zones};
 use axum::Json;
 use std::sync::LazyLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -22,7 +22,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
     info(
         title = "kakuremichi Control API",
         version = env!("CARGO_PKG_VERSION"),
-        description = "Manage Control's tunnels, Agents, Gateways, users and tokens; the node \
+        description = "Manage Control's tunnels, Agents, Gateways, users, tokens and DNS zones; the node \
             endpoints Gateways and Agents use. Errors are always \
             `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`. Authenticate with a personal API \
             token (`Authorization: Bearer kmt_...`), or with the session cookie of \
@@ -65,6 +65,12 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         tunnels::get,
         tunnels::update,
         tunnels::delete,
+        zones::list,
+        zones::create,
+        zones::get,
+        zones::update,
+        zones::delete,
+        zones::check,
         status::get,
         nodes::connect,
         nodes::pull_config,
@@ -78,6 +84,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         (name = "agents", description = "Agents: the nodes next to the services."),
         (name = "gateways", description = "Gateways: the public nodes that receive the traffic."),
         (name = "tunnels", description = "Public hostnames, each served by one or more Agents."),
+        (name = "dns", description = "Managed DNS zones (admins): providers, write-only credentials, test connection."),
         (name = "status", description = "What is up, in one call."),
         (name = "nodes", description = "Used by Gateways and Agents, with their own credential."),
     )
@@ -170,6 +177,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Conflict,
     TooManyRequests,
+    BadGateway,
     Unavailable,
     Internal,
 }

@@ -2,7 +2,7 @@
 //! checks the caller's role, validates, writes, tells the node hub and records an audit entry.
 //!
 //! Roles: an admin may do everything; a member manages the agents and tunnels they own and
-//! reads the rest. Gateways, users and settings are for admins only.
+//! reads the rest. Gateways, users, settings and DNS zones are for admins only.
 
 pub mod agents;
 pub mod gateways;
@@ -12,6 +12,7 @@ pub mod quotas;
 pub mod tokens;
 pub mod tunnels;
 pub mod users;
+pub mod zones;
 
 use crate::app::AppState;
 use crate::error::ApiError;

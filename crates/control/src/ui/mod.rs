@@ -17,6 +17,7 @@ mod profile;
 mod tunnels;
 mod users;
 mod viewer;
+mod zones;
 
 pub use page::not_found;
 
@@ -59,6 +60,12 @@ pub fn router() -> Router<AppState> {
         .route("/users/{id}/verified", post(users::set_verified))
         .route("/users/{id}/password", post(users::reset_password))
         .route("/users/{id}/delete", post(users::delete))
+        .route("/dns", get(zones::list).post(zones::create))
+        .route("/dns/{id}/check", post(zones::check))
+        .route(
+            "/dns/{id}/delete",
+            get(zones::confirm_delete).post(zones::delete),
+        )
         .route("/profile", get(profile::page))
         .route("/profile/password", post(profile::change_password))
         .route("/profile/tokens", post(profile::create_token))

@@ -43,6 +43,11 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/gateway_token.html"),
     ),
     ("users.html", include_str!("../../templates/users.html")),
+    ("dns.html", include_str!("../../templates/dns.html")),
+    (
+        "dns_delete.html",
+        include_str!("../../templates/dns_delete.html"),
+    ),
     ("profile.html", include_str!("../../templates/profile.html")),
     (
         "activity.html",
@@ -139,6 +144,8 @@ pub fn flash(code: Option<&str>) -> Option<&'static str> {
         "settings-saved" => "The settings were saved.",
         "password-changed" => "Your password was changed. Other devices were logged out.",
         "token-deleted" => "The token was revoked.",
+        "zone-created" => "The zone was added. Press Check to test its connection.",
+        "zone-deleted" => "The zone was deleted, with the DNS records kakuremichi wrote in it.",
         _ => return None,
     })
 }

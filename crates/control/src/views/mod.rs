@@ -1,4 +1,4 @@
-//! How Control shows its resources to people: the JSON views of agents, gateways and tunnels,
+//! How Control shows its resources to people: the JSON views of agents, gateways, tunnels and DNS zones,
 //! which the API returns and the UI renders into its pages.
 //!
 //! A layer of its own beside `ops` (reads, where `ops` writes), so the API and the UI share one
@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod gateways;
 pub mod tunnels;
+pub mod zones;
 
 /// Whether a node holds a session with Control now: the words [`status`] returns, as the API's
 /// OpenAPI document names them (`#[schema(value_type = Presence)]` on the `&'static str` fields).

@@ -176,6 +176,18 @@ impl Zones {
     }
 }
 
+/// The stable name of a provider error's kind, as a zone's check reports it.
+pub fn error_kind(e: &DnsError) -> &'static str {
+    match e {
+        DnsError::Unreachable { .. } => "unreachable",
+        DnsError::Auth(_) => "auth",
+        DnsError::ZoneNotFound { .. } => "zone_not_found",
+        DnsError::Refused(_) => "refused",
+        DnsError::BadResponse(_) => "bad_response",
+        DnsError::Invalid(_) => "invalid",
+    }
+}
+
 /// The sealing context binds a secret to its zone's name.
 fn context(zone: &str) -> String {
     format!("dns-zone:{zone}")
