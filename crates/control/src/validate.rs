@@ -100,17 +100,22 @@ pub fn tunnel_hostname(input: &str) -> Result<String, Invalid> {
     if parent.contains('*') {
         return invalid(PLACEMENT);
     }
+    // Before the label count, so that `*.com` is told why, not only that `com` is short.
+    let lower = parent
+        .strip_suffix('.')
+        .unwrap_or(parent)
+        .to_ascii_lowercase();
+    if psl::suffix_str(&lower) == Some(lower.as_str()) {
+        return invalid(format!(
+            "*.{lower} would cover every domain under the public suffix {lower}; a wildcard \
+             must lie under a domain you own, such as *.apps.example.com"
+        ));
+    }
     let parent = hostname(parent).map_err(|Invalid(m)| {
         Invalid(format!(
             "after '*.', the {m} (a wildcard such as *.apps.example.com)"
         ))
     })?;
-    if psl::suffix_str(&parent) == Some(parent.as_str()) {
-        return invalid(format!(
-            "*.{parent} would cover every domain under the public suffix {parent}; a wildcard \
-             must lie under a domain you own, such as *.apps.example.com"
-        ));
-    }
     Ok(format!("*.{parent}"))
 }
 

@@ -28,7 +28,7 @@ async fn wildcards_are_validated_and_shown_as_text() {
     for (bad, says) in [
         ("*.com", "public suffix com"),
         ("*.co.uk", "public suffix co.uk"),
-        ("*.test", "at least 2 labels"),
+        ("*.test", "public suffix test"),
         ("a.*.apps.test", "leftmost label"),
         ("*x.apps.test", "leftmost label"),
         ("*.*.apps.test", "leftmost label"),
@@ -69,7 +69,8 @@ async fn wildcards_are_validated_and_shown_as_text() {
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+            .replace("&#x2f;", "/");
         assert!(page.contains("https://*.apps.test/"), "{path}: {page}");
         assert!(!page.contains("href=\"https://*."), "{path}: {page}");
     }
@@ -90,7 +91,10 @@ async fn a_wildcard_cannot_capture_another_users_names() {
             a["id"].as_i64().unwrap()
         }
     };
-    let (aa, ba) = (agent(alice.clone(), "alice").await, agent(bob.clone(), "bob").await);
+    let (aa, ba) = (
+        agent(alice.clone(), "alice").await,
+        agent(bob.clone(), "bob").await,
+    );
     let admin_agent = c.agent("admin").await["id"].as_i64().unwrap();
     let created = |(s, b): (StatusCode, Value)| {
         assert_eq!(s, StatusCode::CREATED, "{b}");
@@ -122,7 +126,12 @@ async fn a_wildcard_cannot_capture_another_users_names() {
     assert_eq!(unchanged["hostname"], "c.alice.test");
     // Renaming a tunnel onto a name under its own owner's wildcard is fine.
     let (s, b) = alice
-        .call(&c, "PATCH", &path, Some(json!({"hostname": "d.alice.test"})))
+        .call(
+            &c,
+            "PATCH",
+            &path,
+            Some(json!({"hostname": "d.alice.test"})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
 
@@ -131,7 +140,10 @@ async fn a_wildcard_cannot_capture_another_users_names() {
     created(create(&c, None, "z.alice.test", admin_agent).await);
     // ... and an admin may rename a member's tunnel onto an overlapping name.
     let (s, b) = c
-        .patch(&format!("/api/v1/tunnels/{bobs}"), json!({"hostname": "q.alice.test"}))
+        .patch(
+            &format!("/api/v1/tunnels/{bobs}"),
+            json!({"hostname": "q.alice.test"}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     // The admin's wildcard is someone else's for Bob.
@@ -157,7 +169,10 @@ async fn the_access_hand_off_finds_the_wildcard_serving_a_name() {
         let client = client.clone();
         async move {
             let r = client.get(url).send().await.unwrap();
-            let location = r.headers().get("location").map(|l| l.to_str().unwrap().to_string());
+            let location = r
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string());
             (r.status(), location)
         }
     };

@@ -38,9 +38,7 @@ async fn a_wildcard_tunnel_serves_every_name_below_it_on_every_gateway() {
     let (agent_id, origin, _stops) = start_agent_and_origin(api, dir.path().join("agent")).await;
     let (exact_origin, _exact_stop) = start_origin("exact-origin").await;
 
-    let tunnel = |host: &str, target: SocketAddr, tls: &str| {
-        json!({"hostname": host, "agent_id": agent_id, "target": target.to_string(), "tls": tls})
-    };
+    let tunnel = |host: &str, target: SocketAddr, tls: &str| json!({"hostname": host, "agent_id": agent_id, "target": target.to_string(), "tls": tls});
     let wildcard = api
         .post("tunnels", tunnel("*.apps.test", origin, "internal"))
         .await;
@@ -99,14 +97,7 @@ async fn a_wildcard_tunnel_serves_every_name_below_it_on_every_gateway() {
     }
 
     // Deleting the exact tunnel hands its name to the wildcard.
-    let (status, _) = api
-        .call(
-            reqwest::Method::DELETE,
-            &format!("tunnels/{}", exact["id"]),
-            None,
-        )
-        .await;
-    assert_eq!(status, 204);
+    api.delete(&format!("tunnels/{}", exact["id"])).await;
     for gw in &gateways {
         eventually(WITHIN, "a.apps.test served by the wildcard", || async {
             let (status, body) = get(&root, "a.apps.test", gw.https()).await;
@@ -116,12 +107,20 @@ async fn a_wildcard_tunnel_serves_every_name_below_it_on_every_gateway() {
     }
 
     // tls: off — a wildcard over plain HTTP, no certificate.
-    let off = api.post("tunnels", tunnel("*.plain.test", origin, "off")).await;
+    let off = api
+        .post("tunnels", tunnel("*.plain.test", origin, "off"))
+        .await;
     assert!(off["certificate"].is_null(), "{off}");
     for gw in &gateways {
-        wait_through(&plain, gw.http(), "k.plain.test", "/", WITHIN, "tls off wildcard", |s, b| {
-            s == 200 && b.contains("k.plain.test")
-        })
+        wait_through(
+            &plain,
+            gw.http(),
+            "k.plain.test",
+            "/",
+            WITHIN,
+            "tls off wildcard",
+            |s, b| s == 200 && b.contains("k.plain.test"),
+        )
         .await;
         assert_eq!(through(&plain, gw.http(), "plain.test", "/").await.0, 404);
         assert!(handshake(gw.https(), "k.plain.test").await.is_err());

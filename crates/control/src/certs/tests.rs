@@ -47,9 +47,21 @@ fn status_views() {
         .as_str()
         .unwrap()
         .contains("No Gateway"));
-    let issued = status_view("app.test", TlsMode::Acme, Some(&row("acme", true, "x", None)), true).unwrap();
+    let issued = status_view(
+        "app.test",
+        TlsMode::Acme,
+        Some(&row("acme", true, "x", None)),
+        true,
+    )
+    .unwrap();
     assert_eq!(issued["status"], "issued");
-    let other = status_view("app.test", TlsMode::Internal, Some(&row("acme", true, "x", None)), true).unwrap();
+    let other = status_view(
+        "app.test",
+        TlsMode::Internal,
+        Some(&row("acme", true, "x", None)),
+        true,
+    )
+    .unwrap();
     assert_eq!(other["status"], "pending");
     assert!(other["last_error"].is_null());
 }

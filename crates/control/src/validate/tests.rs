@@ -64,7 +64,7 @@ fn tunnel_hostnames_may_be_wildcards_of_one_whole_label() {
         ("*.com", "public suffix com"),
         ("*.co.uk", "public suffix co.uk"),
         ("*.github.io", "public suffix github.io"),
-        ("*.test", "at least 2 labels"),
+        ("*.test", "public suffix test"),
         ("*", "leftmost label"),
         ("*.", "must not be empty"),
         ("a*.example.com", "leftmost label"),

@@ -124,7 +124,11 @@ mod tests {
             ("a.apps.test".to_string(), route(2)),
         ]));
         assert_eq!(table.len(), 2);
-        assert_eq!(table.get("a.apps.test"), Some(Arc::new(route(2))), "exact wins");
+        assert_eq!(
+            table.get("a.apps.test"),
+            Some(Arc::new(route(2))),
+            "exact wins"
+        );
         assert_eq!(table.get("B.apps.test."), Some(Arc::new(route(1))));
         assert_eq!(table.get("c.apps.test"), Some(Arc::new(route(1))));
         assert_eq!(table.get("apps.test"), None);

@@ -62,10 +62,9 @@ fn a_returning_client_resumes_its_session() {
             rustls::ClientConnection::new(client_config.clone(), "a.test".try_into().unwrap())
                 .unwrap()
                 .into();
-        let mut server: rustls::Connection =
-            rustls::ServerConnection::new(server_config.clone())
-                .unwrap()
-                .into();
+        let mut server: rustls::Connection = rustls::ServerConnection::new(server_config.clone())
+            .unwrap()
+            .into();
         // The handshake, then once more for the tickets sent after it.
         for _ in 0..4 {
             transfer(&mut client, &mut server);
