@@ -1,4 +1,5 @@
-//! Validation and normalisation of every user-supplied value: hostnames, `host:port` targets and
+//! Validation and normalisation of every user-supplied value: hostnames (and the wildcard
+//! hostnames of tunnels), `host:port` targets and
 //! endpoints, names, e-mail addresses, WireGuard public keys, the WireGuard network and the IP
 //! networks of per-tunnel allow / deny lists.
 //!
@@ -61,7 +62,7 @@ pub fn hostname(input: &str) -> Result<String, Invalid> {
         return invalid("hostname must not include a scheme: write app.example.com, not https://app.example.com");
     }
     if input.contains('*') {
-        return invalid("wildcard hostnames are not supported; create one tunnel per hostname");
+        return invalid("hostname must name one host, such as app.example.com, not a wildcard");
     }
     if input.contains(':') {
         return invalid("hostname must not include a port: Gateways serve it on ports 80 and 443");
@@ -78,6 +79,51 @@ pub fn hostname(input: &str) -> Result<String, Invalid> {
     }
     dns_name(&name, false, 2).map_err(|Invalid(m)| Invalid(format!("hostname {m}")))?;
     Ok(name)
+}
+
+/// A tunnel's public hostname: an exact [`hostname`], or a wildcard such as `*.apps.example.com`
+/// that covers every name exactly one label below `apps.example.com` (`a.apps.example.com`, not
+/// `apps.example.com` nor `x.a.apps.example.com`).
+///
+/// Only the whole leftmost label may be `*`; the rest is a [`hostname`] that is not a public
+/// suffix alone (`*.com`, `*.co.uk` and `*.github.io` would cover other people's domains).
+/// Returns the normalised name (`*.apps.example.com`).
+pub fn tunnel_hostname(input: &str) -> Result<String, Invalid> {
+    const PLACEMENT: &str = "a wildcard hostname has '*' as its whole leftmost label and nowhere \
+         else, such as *.apps.example.com";
+    let Some(parent) = input.strip_prefix("*.") else {
+        if input.contains('*') && !input.contains("://") {
+            return invalid(PLACEMENT);
+        }
+        return hostname(input);
+    };
+    if parent.contains('*') {
+        return invalid(PLACEMENT);
+    }
+    // Before the label count, so that `*.com` is told why, not only that `com` is short.
+    let lower = parent
+        .strip_suffix('.')
+        .unwrap_or(parent)
+        .to_ascii_lowercase();
+    if psl::suffix_str(&lower) == Some(lower.as_str()) {
+        return invalid(format!(
+            "*.{lower} would cover every domain under the public suffix {lower}; a wildcard \
+             must lie under a domain you own, such as *.apps.example.com"
+        ));
+    }
+    let parent = hostname(parent).map_err(|Invalid(m)| {
+        Invalid(format!(
+            "after '*.', the {m} (a wildcard such as *.apps.example.com)"
+        ))
+    })?;
+    Ok(format!("*.{parent}"))
+}
+
+/// The wildcard that covers `host` (normalised, not itself a wildcard): `a.apps.test` →
+/// `*.apps.test`. `None` when `host` has fewer than three labels, which no valid wildcard covers.
+pub fn covering_wildcard(host: &str) -> Option<String> {
+    let (first, parent) = host.split_once('.')?;
+    (!first.is_empty() && first != "*" && parent.contains('.')).then(|| format!("*.{parent}"))
 }
 
 /// Checks a lower-case DNS name: total length, number of labels, label syntax, numeric TLD.

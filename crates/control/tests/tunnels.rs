@@ -75,7 +75,8 @@ async fn tunnels_crud_and_validation() {
 
     // Validation: each bad input is a 400 and stores nothing.
     let bad = [
-        json!({"hostname": "*.example.com", "agent_id": a1, "target": "localhost:80"}),
+        json!({"hostname": "*.com", "agent_id": a1, "target": "localhost:80"}),
+        json!({"hostname": "a.*.example.com", "agent_id": a1, "target": "localhost:80"}),
         json!({"hostname": "10.0.0.1", "agent_id": a1, "target": "localhost:80"}),
         json!({"hostname": "x.example.com:443", "agent_id": a1, "target": "localhost:80"}),
         json!({"hostname": "https://x.example.com", "agent_id": a1, "target": "localhost:80"}),

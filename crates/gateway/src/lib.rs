@@ -8,6 +8,7 @@
 //! cache: a restarted Gateway serves HTTPS before, or without, reaching Control.
 
 mod endpoints;
+pub mod hostmap;
 pub mod proxy;
 pub mod tls;
 

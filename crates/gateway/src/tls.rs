@@ -6,6 +6,8 @@
 //! touched, and nothing restarts. An unknown SNI (or none) gets no certificate, so the client sees
 //! a clean handshake failure rather than another site's certificate. A ClientHello offering only
 //! `acme-tls/1` is the CA validating TLS-ALPN-01: it gets that hostname's challenge certificate.
+//! A certificate stored under a wildcard (`*.apps.test`) serves every SNI one label below
+//! (`a.apps.test`) that has no certificate of its own, as the route table does (see [`HostMap`]).
 //!
 //! A ClientHello offering `kakuremichi-wg/1` is an Agent whose UDP is blocked, carrying WireGuard
 //! over TLS instead (see [`WG_TLS_ALPN`]): the connection goes to the WireGuard device rather than
@@ -28,6 +30,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
+use crate::hostmap::HostMap;
 use crate::proxy::routes::normalize_host;
 
 /// ALPN protocol id of TLS-ALPN-01 validation (RFC 8737).
@@ -66,12 +69,13 @@ pub fn certified_key(cert: &TlsCertificate) -> Result<Arc<CertifiedKey>, CertErr
     Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 
+/// TLS-ALPN-01 challenges, by exact hostname (a CA never validates a wildcard that way).
 type KeyMap = HashMap<String, Arc<CertifiedKey>>;
 
 /// Certificates and ACME challenges of one Gateway, hot-swapped on every snapshot.
 #[derive(Default)]
 pub struct CertStore {
-    certs: ArcSwap<KeyMap>,
+    certs: ArcSwap<HostMap<Arc<CertifiedKey>>>,
     alpn: ArcSwap<KeyMap>,
     http01: ArcSwap<HashMap<String, String>>,
     /// Served to WireGuard-over-TLS clients whose SNI names no hostname of ours.
@@ -112,9 +116,10 @@ impl CertStore {
         ));
     }
 
-    /// True when a certificate for `host` (already normalised) is loaded.
+    /// True when a certificate for `host` (already normalised) is loaded, its own or a
+    /// wildcard's.
     pub fn has_certificate(&self, host: &str) -> bool {
-        self.certs.load().contains_key(host)
+        self.certs.load().contains(host)
     }
 
     /// The key authorization for an HTTP-01 token, if Control pushed one.
@@ -165,8 +170,10 @@ impl CertStore {
     /// The certificate for a ClientHello's SNI and ALPN offer.
     fn select(&self, sni: Option<&str>, alpn_acme: bool) -> Option<Arc<CertifiedKey>> {
         let host = normalize_host(sni?);
-        let map = if alpn_acme { &self.alpn } else { &self.certs };
-        map.load().get(host.as_ref()).cloned()
+        if alpn_acme {
+            return self.alpn.load().get(host.as_ref()).cloned();
+        }
+        self.certs.load().get(host.as_ref()).cloned()
     }
 
     /// A rustls server configuration backed by this store: TLS 1.2 and 1.3 only, the provider's
@@ -210,7 +217,9 @@ fn self_signed_wireguard() -> Result<Arc<CertifiedKey>, CertError> {
     })
 }
 
-fn parse_all<'a>(entries: impl Iterator<Item = (&'a String, &'a TlsCertificate)>) -> KeyMap {
+fn parse_all<'a, M: FromIterator<(String, Arc<CertifiedKey>)>>(
+    entries: impl Iterator<Item = (&'a String, &'a TlsCertificate)>,
+) -> M {
     entries
         .filter_map(|(host, cert)| match certified_key(cert) {
             Ok(key) => Some((normalize_host(host).into_owned(), key)),
@@ -237,158 +246,4 @@ impl ResolvesServerCert for Resolver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use kakuremichi_proto::TlsAlpnChallenge;
-
-    fn self_signed(host: &str) -> TlsCertificate {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![host.to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        TlsCertificate {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    #[test]
-    fn sessions_resume_by_stateless_tickets_not_a_server_side_cache() {
-        let config = Arc::new(CertStore::new()).server_config();
-        assert!(config.ticketer.enabled(), "tickets are issued");
-        assert!(
-            !config.session_storage.can_cache(),
-            "no per-client state is kept"
-        );
-    }
-
-    /// Moves what `from` has to send into `to`, and lets `to` process it.
-    fn transfer(from: &mut rustls::Connection, to: &mut rustls::Connection) {
-        let mut wire = Vec::new();
-        from.write_tls(&mut wire).unwrap();
-        let mut wire = &wire[..];
-        while !wire.is_empty() {
-            to.read_tls(&mut wire).unwrap();
-        }
-        to.process_new_packets().unwrap();
-    }
-
-    #[test]
-    fn a_returning_client_resumes_its_session() {
-        let store = Arc::new(CertStore::new());
-        let cert = self_signed("a.test");
-        store.apply(
-            &BTreeMap::from([("a.test".to_string(), cert.clone())]),
-            &AcmeChallenges::default(),
-        );
-        let server_config = store.server_config();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap())
-            .unwrap();
-        let client_config = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        );
-        // One connection in memory; the client config keeps the tickets it was given.
-        let connect = || {
-            let mut client: rustls::Connection =
-                rustls::ClientConnection::new(client_config.clone(), "a.test".try_into().unwrap())
-                    .unwrap()
-                    .into();
-            let mut server: rustls::Connection =
-                rustls::ServerConnection::new(server_config.clone())
-                    .unwrap()
-                    .into();
-            // The handshake, then once more for the tickets sent after it.
-            for _ in 0..4 {
-                transfer(&mut client, &mut server);
-                transfer(&mut server, &mut client);
-            }
-            assert!(!client.is_handshaking() && !server.is_handshaking());
-            client.handshake_kind()
-        };
-        assert_eq!(connect(), Some(rustls::HandshakeKind::Full));
-        assert_eq!(connect(), Some(rustls::HandshakeKind::Resumed));
-    }
-
-    #[test]
-    fn sni_selects_the_matching_certificate_only() {
-        let store = CertStore::new();
-        let a = self_signed("a.test");
-        let mut acme = AcmeChallenges::default();
-        acme.http01.insert("tok".into(), "tok.print".into());
-        acme.tls_alpn01.insert(
-            "b.test".into(),
-            TlsAlpnChallenge {
-                token: "t2".into(),
-                certificate: self_signed("b.test"),
-            },
-        );
-        store.apply(&BTreeMap::from([("A.test".to_string(), a)]), &acme);
-        assert!(store.select(Some("a.test"), false).is_some());
-        assert!(store.select(Some("A.TEST."), false).is_some());
-        assert!(store.select(Some("b.test"), false).is_none(), "unknown SNI");
-        assert!(store.select(None, false).is_none(), "no SNI");
-        assert!(store.select(Some("b.test"), true).is_some(), "challenge");
-        assert!(store.select(Some("a.test"), true).is_none());
-        assert_eq!(store.http01("tok").as_deref(), Some("tok.print"));
-        assert!(store.has_certificate("a.test"));
-        store.apply(&BTreeMap::new(), &AcmeChallenges::default());
-        assert!(store.select(Some("a.test"), false).is_none(), "hot swap");
-        assert!(store.http01("tok").is_none());
-    }
-
-    #[test]
-    fn wireguard_clients_get_a_certificate_for_any_name() {
-        let store = CertStore::new();
-        let a = self_signed("a.test");
-        store.apply(
-            &BTreeMap::from([("a.test".to_string(), a.clone())]),
-            &AcmeChallenges::default(),
-        );
-        let ours = store.select_wireguard(Some("a.test")).unwrap();
-        assert_eq!(
-            ours.cert,
-            certified_key(&a).unwrap().cert,
-            "our own for a known SNI"
-        );
-        let other = store.select_wireguard(Some("198.51.100.7")).unwrap();
-        assert_ne!(other.cert, ours.cert);
-        let none = store.select_wireguard(None).unwrap();
-        assert_eq!(
-            none.cert, other.cert,
-            "one self-signed certificate, made once"
-        );
-        assert!(
-            store.select(None, false).is_none(),
-            "HTTPS still needs a known SNI"
-        );
-    }
-
-    #[test]
-    fn bad_certificates_are_skipped_not_fatal() {
-        let store = CertStore::new();
-        let good = self_signed("good.test");
-        let bad = TlsCertificate {
-            cert_pem: good.cert_pem.clone(),
-            key_pem: "garbage".into(),
-        };
-        let empty = TlsCertificate {
-            cert_pem: String::new(),
-            key_pem: good.key_pem.clone(),
-        };
-        let certs = BTreeMap::from([
-            ("good.test".to_string(), good),
-            ("bad.test".to_string(), bad),
-            ("empty.test".to_string(), empty),
-        ]);
-        store.apply(&certs, &AcmeChallenges::default());
-        assert_eq!(store.len(), 1);
-        assert!(store.has_certificate("good.test"));
-    }
-}
+mod tests;

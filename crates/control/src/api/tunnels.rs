@@ -1,6 +1,11 @@
 //! `/tunnels`: a public hostname served by an Agent. Every change is pushed to the Gateways (routes)
 //! and to the Agent concerned (services).
 //!
+//! Wildcards: a `hostname` such as `*.apps.example.com` serves `a.apps.example.com`,
+//! `b.apps.example.com`, ... (one label, not `apps.example.com` itself nor `x.a.apps.example.com`);
+//! a tunnel of the exact name wins over it. Members cannot overlap other users' names this way
+//! (409, see `crate::store`'s overlap rule).
+//!
 //! Replicas: `agent_ids` lists every Agent serving the tunnel, the primary (`agent_id`) first;
 //! Gateways spread requests over them and skip one that is down. On create, give `agent_id` or
 //! `agent_ids` (or both, agreeing); on PATCH, `agent_ids` replaces the set and `agent_id` alone
@@ -40,6 +45,11 @@ use serde::Deserialize;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTunnel {
+    /// The public name, such as `app.example.com`, or a wildcard `*.apps.example.com` (only the
+    /// whole leftmost label may be `*`) serving every name exactly one label below
+    /// `apps.example.com` that has no tunnel of its own: exact names win. A wildcard may not
+    /// cover another user's tunnel, nor may a name lie under another user's wildcard (409).
+    /// With `tls: acme` a wildcard needs the dns-01 challenge.
     hostname: String,
     agent_id: Option<i64>,
     agent_ids: Option<Vec<i64>>,
@@ -58,6 +68,7 @@ pub struct CreateTunnel {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchTunnel {
+    /// A new public name or wildcard (`*.apps.example.com`), as on create.
     hostname: Option<String>,
     agent_id: Option<i64>,
     agent_ids: Option<Vec<i64>>,

@@ -199,13 +199,10 @@ mod tests {
         assert!(!format!("{ca:?}").contains("PRIVATE KEY"));
     }
 
-    #[test]
-    fn leaf_verifies_against_the_root() {
+    /// Verifies `issued` for `name` against `ca`'s root as a TLS client would.
+    fn verify(ca: &InternalCa, issued: &Issued, name: &str) -> Result<(), rustls::Error> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-        let dir = tempfile::tempdir().unwrap();
-        let ca = InternalCa::load_or_create(dir.path()).unwrap();
-        let issued = ca.issue("app.internal.test").unwrap();
         let chain: Vec<_> = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
             .unwrap();
@@ -223,11 +220,25 @@ mod tests {
             .verify_server_cert(
                 &chain[0],
                 &chain[1..],
-                &ServerName::try_from("app.internal.test").unwrap(),
+                &ServerName::try_from(name.to_string()).unwrap(),
                 &[],
                 UnixTime::now(),
             )
-            .unwrap();
+            .map(|_| ())
+    }
+
+    #[test]
+    fn leaf_verifies_against_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = InternalCa::load_or_create(dir.path()).unwrap();
+        let issued = ca.issue("app.internal.test").unwrap();
+        verify(&ca, &issued, "app.internal.test").unwrap();
+        // A wildcard: its SAN is the dNSName `*.apps.test`, valid for one label below only.
+        let wildcard = ca.issue("*.apps.test").unwrap();
+        verify(&ca, &wildcard, "a.apps.test").unwrap();
+        verify(&ca, &wildcard, "b.apps.test").unwrap();
+        assert!(verify(&ca, &wildcard, "apps.test").is_err());
+        assert!(verify(&ca, &wildcard, "x.a.apps.test").is_err());
         std::fs::write(dir.path().join("root.key"), "garbage").unwrap();
         assert!(matches!(
             InternalCa::load_or_create(dir.path()),

@@ -121,7 +121,7 @@ impl CertManager {
                 continue;
             }
             // ACME needs a Gateway to answer the CA; a connecting Gateway wakes us up.
-            if mode == TlsMode::Acme && !gateways_online {
+            if mode == TlsMode::Acme && (!gateways_online || acme_unavailable(&host).is_some()) {
                 continue;
             }
             let row = rows.get(&(host.clone(), mode.as_str().to_string()));
@@ -302,8 +302,23 @@ fn parse_time(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
 
-/// What the API shows as a tunnel's `certificate`, from its TLS mode and its hostname's row.
+/// Why no ACME certificate can be ordered for `host` at all (never ordered, and the tunnel's
+/// certificate status says so), or `None` when one can. A wildcard (`*.apps.example.com`) can only
+/// be validated by the dns-01 challenge, which this Control does not answer yet.
+///
+/// The one place that decides it: DNS-01 support replaces this function (a wildcard whose name
+/// lies in a DNS zone Control manages becomes orderable; the others keep a message like this).
+pub fn acme_unavailable(host: &str) -> Option<&'static str> {
+    host.starts_with("*.").then_some(
+        "a wildcard certificate needs the dns-01 challenge (a DNS zone managed by Control), which \
+         this Control does not support yet; use tls: internal or off, or one tunnel per hostname",
+    )
+}
+
+/// What the API shows as a tunnel's `certificate`, from its hostname, TLS mode and its
+/// hostname's row.
 pub fn status_view(
+    host: &str,
     mode: TlsMode,
     row: Option<&CertRow>,
     gateways_online: bool,
@@ -318,6 +333,12 @@ pub fn status_view(
             "not_after": r.not_after,
             "issuer": r.issuer,
             "last_error": r.last_error,
+        }),
+        None if mode == TlsMode::Acme && acme_unavailable(host).is_some() => serde_json::json!({
+            "status": "failed",
+            "not_after": null,
+            "issuer": null,
+            "last_error": acme_unavailable(host),
         }),
         None => {
             let note = (mode == TlsMode::Acme && !gateways_online).then_some(

@@ -40,16 +40,28 @@ fn due_times() {
 
 #[test]
 fn status_views() {
-    assert!(status_view(TlsMode::Off, None, true).is_none());
-    let pending = status_view(TlsMode::Acme, None, false).unwrap();
+    assert!(status_view("app.test", TlsMode::Off, None, true).is_none());
+    let pending = status_view("app.test", TlsMode::Acme, None, false).unwrap();
     assert_eq!(pending["status"], "pending");
     assert!(pending["last_error"]
         .as_str()
         .unwrap()
         .contains("No Gateway"));
-    let issued = status_view(TlsMode::Acme, Some(&row("acme", true, "x", None)), true).unwrap();
+    let issued = status_view(
+        "app.test",
+        TlsMode::Acme,
+        Some(&row("acme", true, "x", None)),
+        true,
+    )
+    .unwrap();
     assert_eq!(issued["status"], "issued");
-    let other = status_view(TlsMode::Internal, Some(&row("acme", true, "x", None)), true).unwrap();
+    let other = status_view(
+        "app.test",
+        TlsMode::Internal,
+        Some(&row("acme", true, "x", None)),
+        true,
+    )
+    .unwrap();
     assert_eq!(other["status"], "pending");
     assert!(other["last_error"].is_null());
 }
@@ -272,7 +284,7 @@ async fn hourly_order_caps_hold_and_waiting_orders_go_later() {
         let note = r.last_error.as_deref().unwrap_or_default();
         assert!(note.starts_with("waiting: hourly order limit"), "{note}");
         assert!(note.contains("next try at"), "{note}");
-        let view = status_view(TlsMode::Acme, Some(r), true).unwrap();
+        let view = status_view("app.test", TlsMode::Acme, Some(r), true).unwrap();
         assert_eq!(view["status"], "waiting");
     }
     // An hour later (the log and the retry times moved back), the held orders are placed.
@@ -290,4 +302,28 @@ async fn hourly_order_caps_hold_and_waiting_orders_go_later() {
     assert_eq!(s.orders(), 34);
     let rows = s.store.list_certificates().await.unwrap();
     assert!(rows.iter().all(|r| r.status == "issued"), "{rows:?}");
+}
+
+#[tokio::test]
+async fn a_wildcard_gets_an_internal_certificate_and_no_acme_order() {
+    let s = setup(false).await;
+    let t = s.tunnel("*.apps.example.com", Some(s.member)).await;
+    s.settle().await;
+    assert_eq!(s.orders(), 0, "no ACME order a CA could not validate");
+    assert!(s.acme_row("*.apps.example.com").await.is_none());
+    let view = status_view("*.apps.example.com", TlsMode::Acme, None, true).unwrap();
+    assert_eq!(view["status"], "failed");
+    let why = view["last_error"].as_str().unwrap();
+    assert!(why.contains("dns-01"), "{why}");
+    assert!(acme_unavailable("a.apps.example.com").is_none());
+
+    s.set_tls(t, "internal").await;
+    s.settle().await;
+    let rows = s.store.list_certificates().await.unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r.hostname == "*.apps.example.com" && r.source == "internal")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(row.status, "issued");
+    assert_eq!(s.orders(), 0);
 }

@@ -33,7 +33,7 @@ pub struct TunnelInput {
 }
 
 fn hostname(input: &str) -> Result<String, ApiError> {
-    validate::hostname(input).map_err(|e| ApiError::bad_request(e.0))
+    validate::tunnel_hostname(input).map_err(|e| ApiError::bad_request(e.0))
 }
 
 fn target_addr(input: &str) -> Result<String, ApiError> {
@@ -206,6 +206,7 @@ pub async fn update(
         tls: input.tls.map(|t| t.as_str().to_string()),
         https_redirect: input.https_redirect,
         limits: input.limits.check(&limits_of(&current))?,
+        by_admin: user.is_admin,
     };
     for agent in touched_agents(state, &current, &patch).await? {
         require_agent(state, user, agent).await?;

@@ -52,16 +52,20 @@ pub fn policy_of(row: &TunnelRow) -> AccessPolicy {
 
 impl Store {
     /// The id and policy of the enabled tunnel serving `hostname`, if there is one, and whether
-    /// that tunnel is served over HTTPS only (TLS on and plain HTTP redirected).
+    /// that tunnel is served over HTTPS only (TLS on and plain HTTP redirected). As in the
+    /// Gateways, an exact tunnel wins over the wildcard covering the name.
     pub async fn access_policy(
         &self,
         hostname: &str,
     ) -> StoreResult<Option<(i64, AccessPolicy, bool)>> {
+        let wildcard = crate::validate::covering_wildcard(hostname);
         let row: Option<(i64, String, String, String, bool)> = sqlx::query_as(
             "SELECT id, access_mode, access_allow, tls, https_redirect FROM tunnels \
-             WHERE hostname = $1 AND enabled = TRUE",
+             WHERE (hostname = $1 OR hostname = $2) AND enabled = TRUE \
+             ORDER BY hostname = $1 DESC LIMIT 1",
         )
         .bind(hostname)
+        .bind(wildcard)
         .fetch_optional(self.pool())
         .await?;
         Ok(row.map(|(id, mode, allow, tls, redirect)| {

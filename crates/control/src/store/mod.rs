@@ -14,6 +14,7 @@ mod gateways;
 pub mod limits;
 mod logins;
 mod nodes;
+mod overlap;
 mod quotas;
 mod replicas;
 mod settings;

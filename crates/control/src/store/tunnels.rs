@@ -3,6 +3,7 @@
 
 use super::access::{encode_policy, policy_of};
 use super::limits::{self, LimitsPatch, TunnelLimits};
+use super::overlap::require_no_foreign_overlap;
 use super::quotas::{Owned, OwnerQuota};
 use super::{
     alloc, is_foreign_key_violation, is_unique_violation, now, replicas, Store, StoreError,
@@ -74,6 +75,8 @@ pub struct TunnelPatch {
     pub replicas: Option<Vec<i64>>,
     pub access: Option<AccessPolicy>,
     pub limits: LimitsPatch,
+    /// Made by an admin, who may put a wildcard over other users' names (see [`super::overlap`]).
+    pub by_admin: bool,
 }
 
 impl Store {
@@ -87,6 +90,10 @@ impl Store {
         };
         quota.check(&mut tx).await?;
         require_agent(&mut tx, new.agent_id).await?;
+        // Only members' tunnels have an owner; an admin may overlap anyone's names.
+        if new.owner_id.is_some() {
+            require_no_foreign_overlap(&mut tx, &new.hostname, new.owner_id, None).await?;
+        }
         let port = alloc::allocate_port(&mut tx, new.agent_id).await?;
         let now = now();
         let sql = format!(
@@ -159,6 +166,9 @@ impl Store {
         let limits = patch.limits.apply(limits::limits_of(&current));
         let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&limits);
         let hostname = patch.hostname.clone().unwrap_or(current.hostname);
+        if patch.hostname.is_some() && !patch.by_admin {
+            require_no_foreign_overlap(&mut tx, &hostname, current.owner_id, Some(id)).await?;
+        }
         let sql = format!(
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
              tls = $6, https_redirect = $7, access_mode = $8, access_allow = $9, updated_at = $10, \

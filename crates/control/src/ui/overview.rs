@@ -133,6 +133,8 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
                 "agent_status": if agent_online { "online" } else { "offline" },
                 "reachable": t.enabled && agent_online && serving,
                 "public_url": format!("{scheme}://{}/", t.hostname),
+                // A wildcard's URL names no one site: shown as text, not as a link.
+                "wildcard": t.hostname.starts_with("*."),
                 "can_manage": can_manage(viewer, t.owner_id),
                 "limits_label": limits,
             });

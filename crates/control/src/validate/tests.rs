@@ -50,6 +50,56 @@ fn bad_hostnames_are_rejected() {
 }
 
 #[test]
+fn tunnel_hostnames_may_be_wildcards_of_one_whole_label() {
+    for (input, out) in [
+        ("*.Apps.Example.COM.", "*.apps.example.com"),
+        ("*.apps.test", "*.apps.test"),
+        ("*.example.com", "*.example.com"),
+        ("*.example.co.uk", "*.example.co.uk"),
+        ("App.Example.com", "app.example.com"),
+    ] {
+        assert_eq!(tunnel_hostname(input).unwrap(), out, "{input}");
+    }
+    for (bad, says) in [
+        ("*.com", "public suffix com"),
+        ("*.co.uk", "public suffix co.uk"),
+        ("*.github.io", "public suffix github.io"),
+        ("*.test", "public suffix test"),
+        ("*", "leftmost label"),
+        ("*.", "must not be empty"),
+        ("a*.example.com", "leftmost label"),
+        ("*a.example.com", "leftmost label"),
+        ("a.*.example.com", "leftmost label"),
+        ("*.*.example.com", "leftmost label"),
+        ("**.example.com", "leftmost label"),
+        ("*.example.com:443", "port"),
+        ("https://*.example.com", "scheme"),
+        ("*.-x.example.com", "'-'"),
+    ] {
+        let err = tunnel_hostname(bad).expect_err(bad).0;
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+    // Wildcards make no sense where one host is meant.
+    let err = hostname("*.example.com").unwrap_err().0;
+    assert!(err.contains("not a wildcard"), "{err}");
+}
+
+#[test]
+fn the_wildcard_covering_a_host_is_one_label_up() {
+    assert_eq!(
+        covering_wildcard("a.apps.test").as_deref(),
+        Some("*.apps.test")
+    );
+    assert_eq!(
+        covering_wildcard("x.a.apps.test").as_deref(),
+        Some("*.a.apps.test")
+    );
+    for none in ["apps.test", "test", "", ".apps.test", "*.apps.test"] {
+        assert_eq!(covering_wildcard(none), None, "{none:?}");
+    }
+}
+
+#[test]
 fn good_targets() {
     for (input, out) in [
         ("localhost:8080", "localhost:8080"),

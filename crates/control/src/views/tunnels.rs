@@ -13,6 +13,8 @@ use serde::Serialize;
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TunnelView {
     id: i64,
+    /// The public name, or a wildcard such as `*.apps.example.com` (every name one label below;
+    /// exact names win).
     hostname: String,
     agent_id: i64,
     /// Every Agent serving the tunnel, the primary first.
@@ -52,6 +54,7 @@ impl TunnelView {
         let tls = t.tls.parse().unwrap_or(TlsMode::Off);
         let access = policy_of(&t);
         let limits = limits_of(&t);
+        let certificate = certs::status_view(&t.hostname, tls, cert, gateways_online);
         Self {
             id: t.id,
             hostname: t.hostname,
@@ -71,7 +74,7 @@ impl TunnelView {
             https_redirect: t.https_redirect,
             access,
             limits,
-            certificate: certs::status_view(tls, cert, gateways_online),
+            certificate,
             created_at: t.created_at,
             updated_at: t.updated_at,
             owner_id: t.owner_id,

@@ -1,13 +1,17 @@
 //! The hostname → route table. Readers (every request) load an immutable snapshot without a lock;
 //! a config update builds a new map and swaps it in atomically, so a request sees either the old
 //! table or the new one, never a mix. The tunnels' limiters ([`Limits`]) follow the same updates.
+//! A wildcard route `*.apps.test` serves every name one label below `apps.test` that has no
+//! route of its own (see [`HostMap`]).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use kakuremichi_proto::GatewayRoute;
+
+use crate::hostmap::HostMap;
 
 use super::limits::Limits;
 
@@ -15,14 +19,14 @@ use super::limits::Limits;
 /// (`Arc`): a request takes a reference, not a copy of the route's lists.
 #[derive(Debug)]
 pub struct RouteTable {
-    routes: ArcSwap<HashMap<String, Arc<GatewayRoute>>>,
+    routes: ArcSwap<HostMap<Arc<GatewayRoute>>>,
     limits: Limits,
 }
 
 impl RouteTable {
     pub fn new() -> Self {
         Self {
-            routes: ArcSwap::from_pointee(HashMap::new()),
+            routes: ArcSwap::from_pointee(HostMap::default()),
             limits: Limits::default(),
         }
     }
@@ -38,13 +42,14 @@ impl RouteTable {
         let map = routes
             .into_iter()
             .map(|(host, route)| (normalize_host(&host).into_owned(), Arc::new(route)))
-            .collect::<HashMap<_, _>>();
+            .collect::<HostMap<_>>();
         // Limiters first: a request that sees a new route finds its limiter already there.
         self.limits.update(map.values().map(|r| r.as_ref()));
         self.routes.store(Arc::new(map));
     }
 
-    /// The route for `host` (port already stripped), exact match after normalisation.
+    /// The route for `host` (port already stripped) after normalisation: its own, else the
+    /// wildcard one label up.
     pub fn get(&self, host: &str) -> Option<Arc<GatewayRoute>> {
         self.routes
             .load()
@@ -109,5 +114,27 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert_eq!(table.get("example.com"), None);
         assert_eq!(table.get("other.com"), Some(Arc::new(route(2))));
+    }
+
+    #[test]
+    fn a_wildcard_route_serves_one_label_below_and_exact_routes_win() {
+        let table = RouteTable::new();
+        table.replace(BTreeMap::from([
+            ("*.Apps.Test.".to_string(), route(1)),
+            ("a.apps.test".to_string(), route(2)),
+        ]));
+        assert_eq!(table.len(), 2);
+        assert_eq!(
+            table.get("a.apps.test"),
+            Some(Arc::new(route(2))),
+            "exact wins"
+        );
+        assert_eq!(table.get("B.apps.test."), Some(Arc::new(route(1))));
+        assert_eq!(table.get("c.apps.test"), Some(Arc::new(route(1))));
+        assert_eq!(table.get("apps.test"), None);
+        assert_eq!(table.get("x.a.apps.test"), None);
+        assert_eq!(table.get("*.apps.test"), None);
+        table.replace(BTreeMap::new());
+        assert_eq!(table.get("b.apps.test"), None, "hot swap");
     }
 }
