@@ -45,8 +45,8 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let gateways = sqlx::query_as(
-            "SELECT id, name, public_endpoint, wg_address, public_key, enabled, last_seen, created_at \
-             FROM gateways ORDER BY id",
+            "SELECT id, name, public_endpoint, wg_address, public_key, enabled, last_seen, created_at, \
+             public_ipv4, public_ipv6 FROM gateways ORDER BY id",
         )
         .fetch_all(&mut *tx)
         .await?;

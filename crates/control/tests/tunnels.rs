@@ -23,6 +23,7 @@ async fn tunnels_crud_and_validation() {
             "agent_ids",
             "certificate",
             "created_at",
+            "dns",
             "enabled",
             "hostname",
             "https_redirect",

@@ -19,9 +19,12 @@ pub struct PublicAddresses {
     pub ipv6: Option<Option<String>>,
 }
 
+/// One address of a patch: unchanged (`None`), cleared (`Some(None)`) or set.
+type Change = Option<Option<String>>;
+
 impl PublicAddresses {
     /// Checked and normalised: an IPv4 (IPv6) unicast address, not unspecified or multicast.
-    fn checked(self) -> Result<(Option<Option<String>>, Option<Option<String>>), ApiError> {
+    fn checked(self) -> Result<(Change, Change), ApiError> {
         fn one(
             value: Option<Option<String>>,
             field: &str,

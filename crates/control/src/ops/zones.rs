@@ -46,6 +46,7 @@ pub async fn create(
         .await
         .map_err(api_error)?;
     state.hub.changed();
+    state.dns_records.poke();
     tracing::info!(zone_id = row.id, zone = %row.zone, provider = %row.provider, "DNS zone added");
     let detail = json!({"provider": row.provider, "config": settings(&row)});
     audit(state, Some(user), "dns.zone.create", target(&row), detail).await;
@@ -72,6 +73,7 @@ pub async fn update(
         .await
         .map_err(api_error)?;
     state.hub.changed();
+    state.dns_records.poke();
     let detail = json!({"provider": row.provider, "config": settings(&row), "changed": fields});
     audit(state, Some(user), "dns.zone.update", target(&row), detail).await;
     Ok(row)
@@ -136,6 +138,7 @@ pub async fn delete(
         .await
         .map_err(about("DNS zone"))?;
     state.hub.changed();
+    state.dns_records.poke();
     tracing::info!(zone_id = id, zone = %row.zone, "DNS zone deleted");
     let detail = json!({"provider": row.provider, "records_removed": removed,
                         "keep_records": keep_records});

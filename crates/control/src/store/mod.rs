@@ -26,7 +26,7 @@ pub use access::{AccessKeyRow, PublishedAccess};
 pub use agents::AgentRow;
 pub use audit::{Actor, AuditRow};
 pub use certs::{AcmeOrderRow, CertRow, NewCert};
-pub use dns::{DnsRecordRow, DnsZoneRow, MAX_DNS_ZONES};
+pub use dns::DnsZoneRow;
 pub use gateways::{GatewayPatch, GatewayRow};
 pub use limits::{LimitsPatch, TunnelLimits};
 pub use logins::LoginSession;

@@ -4,7 +4,7 @@
 //!
 //! [`Zones`] is the one door to them for the API, the record reconciler and the ACME client:
 //! create/update check the config by building the provider (nothing is stored otherwise), and
-//! [`Zones::zone_for`] finds the managed zone a hostname lies in (the longest match wins).
+//! [`zone_of`] finds the managed zone a hostname lies in (the longest match wins).
 //! Writes to DNS go through [`Zones::write_owned`] and [`Zones::delete_owned`] (see `ledger`):
 //! Control only ever changes the records it wrote.
 
@@ -133,27 +133,11 @@ impl Zones {
         Ok(self.store.get_dns_zone(id).await?)
     }
 
-    /// The zone with its provider, ready to use.
-    pub async fn open(&self, id: i64) -> Result<OpenZone, ZoneError> {
-        let row = self.store.get_dns_zone(id).await?;
-        self.open_row(row)
-    }
-
     /// A row's provider, built from its config and its unsealed secret.
     pub fn open_row(&self, row: DnsZoneRow) -> Result<OpenZone, ZoneError> {
         let provider =
             Provider::from_config(&row.provider, Value::Object(self.full_config(&row)?))?;
         Ok(OpenZone { row, provider })
-    }
-
-    /// The managed zone `hostname` lies in (the longest one when zones nest), opened. A leading
-    /// `*.` is ignored: a wildcard's records live in the zone of its parent.
-    pub async fn zone_for(&self, hostname: &str) -> Result<Option<OpenZone>, ZoneError> {
-        let zones = self.store.list_dns_zones().await?;
-        match zone_of(&zones, hostname) {
-            Some(row) => self.open_row(row.clone()).map(Some),
-            None => Ok(None),
-        }
     }
 
     /// The names of a provider's write-only fields that this zone has set (for the API's view).
@@ -206,10 +190,10 @@ fn secret_fields(provider: &str) -> Option<&'static [&'static str]> {
 }
 
 /// The config split into what is shown and what is sealed; checks the provider and the size.
-fn split(
-    provider: &str,
-    config: Value,
-) -> Result<(Map<String, Value>, Map<String, Value>), ZoneError> {
+/// A config's shown part and its sealed part.
+type Split = (Map<String, Value>, Map<String, Value>);
+
+fn split(provider: &str, config: Value) -> Result<Split, ZoneError> {
     let Some(fields) = secret_fields(provider) else {
         let names: Vec<&str> = PROVIDERS.iter().map(|(n, _)| *n).collect();
         return Err(ZoneError::Invalid(format!(
@@ -275,11 +259,19 @@ mod tests {
     async fn secrets_are_sealed_and_kept_across_updates() {
         let zones = zones().await;
         let row = zones
-            .create("Example.COM.", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
+            .create(
+                "Example.COM.",
+                "rfc2136",
+                rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+            )
             .await
             .unwrap();
         assert_eq!(row.zone, "example.com");
-        assert!(!row.config.contains("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"), "{}", row.config);
+        assert!(
+            !row.config.contains("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+            "{}",
+            row.config
+        );
         assert!(!String::from_utf8_lossy(&row.secret).contains("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"));
         assert_eq!(Zones::secret_fields(&row), &["key_secret"]);
         // A patch without the secret keeps it; the provider still opens.
@@ -288,7 +280,7 @@ mod tests {
             .await
             .unwrap();
         assert!(row.config.contains("5353"));
-        let open = zones.open(row.id).await.unwrap();
+        let open = zones.open_row(zones.get(row.id).await.unwrap()).unwrap();
         assert!(matches!(open.provider, Provider::Rfc2136(_)));
         assert!(!format!("{open:?}").contains("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"));
         // Removing a required field is refused and changes nothing.
@@ -297,7 +289,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("key_secret"), "{err}");
-        assert!(zones.open(row.id).await.is_ok());
+        assert!(zones.open_row(zones.get(row.id).await.unwrap()).is_ok());
     }
 
     #[tokio::test]
@@ -310,8 +302,18 @@ mod tests {
                 rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
                 "unknown DNS provider",
             ),
-            ("*.example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"), "wildcard"),
-            ("com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"), "zone"),
+            (
+                "*.example.com",
+                "rfc2136",
+                rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+                "wildcard",
+            ),
+            (
+                "com",
+                "rfc2136",
+                rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+                "zone",
+            ),
             ("example.com", "rfc2136", json!([1]), "JSON object"),
             (
                 "example.com",
@@ -332,11 +334,19 @@ mod tests {
         }
         assert!(zones.list().await.unwrap().is_empty());
         zones
-            .create("example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
+            .create(
+                "example.com",
+                "rfc2136",
+                rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+            )
             .await
             .unwrap();
         let dup = zones
-            .create("example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
+            .create(
+                "example.com",
+                "rfc2136",
+                rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+            )
             .await
             .unwrap_err();
         assert!(matches!(dup, ZoneError::Store(StoreError::Conflict(_))));
@@ -346,16 +356,27 @@ mod tests {
     async fn the_longest_zone_wins() {
         let zones = zones().await;
         zones
-            .create("example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
+            .create(
+                "example.com",
+                "rfc2136",
+                rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+            )
             .await
             .unwrap();
         zones
-            .create("apps.example.com", "rfc2136", rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
+            .create(
+                "apps.example.com",
+                "rfc2136",
+                rfc2136("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+            )
             .await
             .unwrap();
         let zone_of = |h: &'static str| {
             let zones = zones.clone();
-            async move { zones.zone_for(h).await.unwrap().map(|z| z.row.zone) }
+            async move {
+                let rows = zones.list().await.unwrap();
+                zone_of(&rows, h).map(|z| z.zone.clone())
+            }
         };
         assert_eq!(
             zone_of("www.example.com").await.as_deref(),
