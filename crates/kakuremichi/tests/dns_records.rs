@@ -128,7 +128,12 @@ async fn follows_the_fleet(zone: Value, port: u16) {
     until_dns(port, &www, "A", &["192.0.2.2"]).await;
     let second = fleet.gateways.remove(0);
     let _ = second.shut_down().await;
-    tokio::time::sleep(FAILOVER * 2).await; // Waiting for something NOT to happen.
+    // The reconciler says it kept the last one (past the failover delay); DNS still lists it.
+    eventually(SOON, "the last Gateway is reported kept", || async {
+        let audit = api.get("audit?limit=200").await.to_string();
+        audit.contains("dns.gateway.kept").then_some(())
+    })
+    .await;
     assert_eq!(dns::dig(port, &www, "A").await, ["192.0.2.2"]);
 
     // Rename, then delete: records follow; the record that is not ours survives throughout.
