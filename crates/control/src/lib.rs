@@ -33,7 +33,7 @@ mod validate;
 mod views;
 mod zones;
 
-pub use certs::{AcmeConfig, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
+pub use certs::{AcmeConfig, Challenge, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
 pub use dns_records::DnsRecordsConfig;
 
@@ -105,7 +105,13 @@ pub async fn run(
         )?);
     let app = router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let manager = certs::CertManager::new(store.clone(), hub.clone(), config.acme.clone(), ca);
+    let manager = certs::CertManager::new(
+        store.clone(),
+        hub.clone(),
+        config.acme.clone(),
+        ca,
+        zones.clone(),
+    );
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
     let records = tokio::spawn(dns_records.run(stop_rx.clone()));
     // The peer address keys the per-IP login throttle.

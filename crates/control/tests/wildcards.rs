@@ -40,14 +40,12 @@ async fn wildcards_are_validated_and_shown_as_text() {
     let (_, list) = c.get("/api/v1/tunnels").await;
     assert_eq!(list, json!([]), "nothing stored");
 
-    // Normalised like any hostname; with the default tls (acme), the status says why no
-    // certificate comes.
+    // Normalised like any hostname; with the default tls (acme) it waits for its DNS-01
+    // certificate (tests/dns01.rs in the kakuremichi crate gets one from Pebble).
     let (s, t) = create(&c, None, "*.Apps.Test.", a).await;
     assert_eq!(s, StatusCode::CREATED, "{t}");
     assert_eq!(t["hostname"], "*.apps.test");
-    assert_eq!(t["certificate"]["status"], "failed", "{t}");
-    let why = t["certificate"]["last_error"].as_str().unwrap();
-    assert!(why.contains("dns-01"), "{why}");
+    assert_eq!(t["certificate"]["status"], "pending", "{t}");
     let (s, b) = create(&c, None, "*.apps.test", a).await;
     assert_error(s, &b, StatusCode::CONFLICT, "conflict");
     let id = t["id"].as_i64().unwrap();

@@ -105,9 +105,20 @@ struct ControlArgs {
     #[arg(long, env = "KAKUREMICHI_ACME_EAB_HMAC_KEY", hide_env_values = true)]
     acme_eab_hmac_key: Option<String>,
     /// ACME challenge the CA validates: auto (HTTP-01, alternating with TLS-ALPN-01 after a
-    /// failure), http-01 (port 80 must reach the Gateways) or tls-alpn-01 (port 443 only).
+    /// failure), http-01 (port 80 must reach the Gateways), tls-alpn-01 (port 443 only) or dns-01
+    /// (a TXT record in a DNS zone Control manages; no port needs to be open). Wildcard tunnels
+    /// always use dns-01.
     #[arg(long, env = "KAKUREMICHI_ACME_CHALLENGE", default_value = "auto")]
     acme_challenge: kakuremichi_control::ChallengeChoice,
+    /// Seconds DNS-01 waits for its TXT record to be visible on every authoritative server of the
+    /// zone (or the zone's resolver) before giving up on the attempt.
+    #[arg(long, env = "KAKUREMICHI_ACME_DNS_PROPAGATION_TIMEOUT", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    acme_dns_propagation_timeout: u64,
+    /// Recursive resolver (host:port) Control asks for `_acme-challenge` CNAMEs (delegation) and
+    /// for the name servers of managed zones. Default: the first nameserver of /etc/resolv.conf.
+    #[arg(long, env = "KAKUREMICHI_DNS_RESOLVER")]
+    dns_resolver: Option<String>,
     /// Most ACME orders per member per hour (new names, renewals); more wait, and the tunnel's
     /// certificate status says until when. The admins' tunnels count per domain only. 0 = no cap.
     #[arg(
@@ -321,6 +332,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     eab_kid: a.acme_eab_kid,
                     eab_hmac_key: a.acme_eab_hmac_key,
                     challenge: a.acme_challenge,
+                    dns_propagation_timeout: Duration::from_secs(a.acme_dns_propagation_timeout),
+                    dns_resolver: a.dns_resolver,
                     limits: kakuremichi_control::OrderLimits {
                         per_user: a.acme_orders_per_user_hour,
                         per_domain: a.acme_orders_per_domain_hour,

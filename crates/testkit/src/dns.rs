@@ -4,6 +4,7 @@
 //! serve [`ZONE`], which holds one record the tests did not write ([`NOT_OURS`]). [`dig`] is the
 //! independent check of what a server really serves.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -63,16 +64,22 @@ pub fn tsig_secret() -> String {
 
 /// What `dig` finds at `name` `kind` on `127.0.0.1:port`, one value a line (`+short`), sorted.
 pub async fn dig(port: u16, name: &str, kind: &str) -> Vec<String> {
-    try_dig(port, name, kind)
+    dig_at(Ipv4Addr::LOCALHOST, port, name, kind).await
+}
+
+/// [`dig`] on `ip:port`.
+pub async fn dig_at(ip: Ipv4Addr, port: u16, name: &str, kind: &str) -> Vec<String> {
+    try_dig(ip, port, name, kind)
         .await
-        .unwrap_or_else(|e| panic!("dig {name} {kind} on port {port}: {e}"))
+        .unwrap_or_else(|e| panic!("dig {name} {kind} on {ip}:{port}: {e}"))
 }
 
 /// [`dig`], or what went wrong (no answer yet, say).
-async fn try_dig(port: u16, name: &str, kind: &str) -> Result<Vec<String>, String> {
+async fn try_dig(ip: Ipv4Addr, port: u16, name: &str, kind: &str) -> Result<Vec<String>, String> {
     let out = Command::new("dig")
-        .args(["+short", "+norecurse", "+time=2", "+tries=1", "@127.0.0.1", "-p"])
+        .args(["+short", "+norecurse", "+time=2", "+tries=1", "-p"])
         .arg(port.to_string())
+        .arg(format!("@{ip}"))
         .args([name, kind])
         .output()
         .await
@@ -89,11 +96,11 @@ async fn try_dig(port: u16, name: &str, kind: &str) -> Result<Vec<String>, Strin
     Ok(lines)
 }
 
-/// Waits until the server on `port` answers the zone's SOA.
-async fn wait_for_soa(port: u16, log: &Path) {
-    let what = format!("the DNS server on port {port} to serve {ZONE} (log: {log:?})");
+/// Waits until the server on `ip:port` answers `zone`'s SOA.
+async fn wait_for_soa(ip: Ipv4Addr, port: u16, zone: &str, log: &Path) {
+    let what = format!("the DNS server on {ip}:{port} to serve {zone} (log: {log:?})");
     eventually(START, &what, move || async move {
-        try_dig(port, ZONE, "SOA")
+        try_dig(ip, port, zone, "SOA")
             .await
             .is_ok_and(|lines| !lines.is_empty())
     })
@@ -102,7 +109,7 @@ async fn wait_for_soa(port: u16, log: &Path) {
 
 /// BIND9 serving [`ZONE`] with updates allowed for [`KEY_NAME`].
 pub struct Bind {
-    /// `127.0.0.1:port`, for the `server` of an `rfc2136` config.
+    /// `ip:port`, for the `server` of an `rfc2136` config.
     pub server: String,
     pub port: u16,
     /// [`KEY_NAME`]'s secret (hmac-sha256), and [`LIMITED_KEY_NAME`]'s.
@@ -112,36 +119,84 @@ pub struct Bind {
     _dir: tempfile::TempDir,
 }
 
+/// What [`Bind::start_serving`] serves, and where.
+pub struct BindSetup<'a> {
+    /// The address it listens on (port 53 on an address of its own needs root).
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// Each zone gets an SOA and `ns1.<zone>` (A: `ip`) as its name server; [`KEY_NAME`] may
+    /// change anything in it.
+    pub zones: &'a [&'a str],
+    /// More records, `(zone, line)` with the line in zone-file syntax and absolute names.
+    pub records: &'a [(&'a str, &'a str)],
+    /// Also a resolver: answers with recursion, so a CNAME from one of its zones into another
+    /// is followed (BIND's authoritative answers stop at the CNAME). It serves an empty root
+    /// zone of its own, so a name outside its zones is NXDOMAIN and no query leaves loopback.
+    pub recursive: bool,
+}
+
 impl Bind {
+    /// BIND serving [`ZONE`] (with [`NOT_OURS`]) on a free port of 127.0.0.1.
     pub async fn start() -> Bind {
+        let (keep_name, keep_ip) = NOT_OURS;
+        let keep = format!("{keep_name}. IN A {keep_ip}");
+        Bind::start_serving(BindSetup {
+            ip: Ipv4Addr::LOCALHOST,
+            port: free_port(),
+            zones: &[ZONE],
+            records: &[(ZONE, &keep)],
+            recursive: false,
+        })
+        .await
+    }
+
+    pub async fn start_serving(setup: BindSetup<'_>) -> Bind {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
-        let port = free_port();
+        let (ip, port) = (setup.ip, setup.port);
         let (key_secret, limited_secret) = (tsig_secret(), tsig_secret());
-        let (keep_name, keep_ip) = NOT_OURS;
-        std::fs::write(
-            dir.path().join("zone.db"),
-            format!(
-                "$TTL 300\n@ IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 300\n\
-                 @ IN NS ns1.{ZONE}.\nns1 IN A 127.0.0.1\n{keep_name}. IN A {keep_ip}\n"
-            ),
-        )
-        .unwrap();
+        let mut zones_conf = String::new();
+        for zone in setup.zones {
+            let mut text = format!(
+                "$TTL 300\n@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 86400 300\n\
+                 @ IN NS ns1.{zone}.\nns1 IN A {ip}\n"
+            );
+            for (_, line) in setup.records.iter().filter(|(z, _)| z == zone) {
+                text.push_str(line);
+                text.push('\n');
+            }
+            std::fs::write(dir.path().join(format!("{zone}.db")), text).unwrap();
+            // The limited key may only write TXT at only.<ZONE>, to provoke a policy refusal.
+            zones_conf.push_str(&format!(
+                r#"zone "{zone}" {{
+  type primary; file "{d}/{zone}.db";
+  update-policy {{ grant {KEY_NAME} zonesub ANY; grant {LIMITED_KEY_NAME} name only.{zone}. TXT; }};
+}};
+"#
+            ));
+        }
+        let recursion = if setup.recursive {
+            std::fs::write(
+                dir.path().join("root.db"),
+                format!("$TTL 300\n@ IN SOA ns. hostmaster. 1 3600 600 86400 300\n@ IN NS ns.\nns IN A {ip}\n"),
+            )
+            .unwrap();
+            zones_conf.push_str(&format!("zone \".\" {{ type primary; file \"{d}/root.db\"; }};\n"));
+            "recursion yes; allow-recursion { any; };"
+        } else {
+            "recursion no;"
+        };
         // `controls {}`: no rndc listener on 953, so several servers can run at once.
         let conf = format!(
             r#"options {{
   directory "{d}"; pid-file none; session-keyfile "{d}/session.key";
-  managed-keys-directory "{d}"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }};
-  recursion no; dnssec-validation no; notify no; allow-query {{ any; }};
+  managed-keys-directory "{d}"; listen-on port {port} {{ {ip}; }}; listen-on-v6 {{ none; }};
+  {recursion} dnssec-validation no; notify no; allow-query {{ any; }};
 }};
 controls {{ }};
 key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{key_secret}"; }};
 key "{LIMITED_KEY_NAME}" {{ algorithm hmac-sha256; secret "{limited_secret}"; }};
-zone "{ZONE}" {{
-  type primary; file "{d}/zone.db";
-  update-policy {{ grant {KEY_NAME} zonesub ANY; grant {LIMITED_KEY_NAME} name only.{ZONE}. TXT; }};
-}};
-"#
+{zones_conf}"#
         );
         let conf_path = dir.path().join("named.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -155,9 +210,11 @@ zone "{ZONE}" {{
             .kill_on_drop(true)
             .spawn()
             .expect("start named");
-        wait_for_soa(port, &log).await;
+        for zone in setup.zones {
+            wait_for_soa(ip, port, zone, &log).await;
+        }
         Bind {
-            server: format!("127.0.0.1:{port}"),
+            server: format!("{ip}:{port}"),
             port,
             key_secret,
             limited_secret,
@@ -252,7 +309,7 @@ impl PowerDns {
             "create {ZONE} in PowerDNS: {}",
             created.text().await.unwrap_or_default()
         );
-        wait_for_soa(port, &log).await;
+        wait_for_soa(Ipv4Addr::LOCALHOST, port, ZONE, &log).await;
         PowerDns {
             api_url,
             api_key,

@@ -3,7 +3,7 @@
 //! and resolve names to a chosen Gateway.
 
 use crate::roles::{control_config, start_agent, start_origin, InProcessControl, InProcessGateway};
-use crate::{eventually, Api, Stop};
+use crate::{Api, Stop};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -101,7 +101,9 @@ pub async fn start_agent_and_origin(api: &Api, dir: PathBuf) -> (i64, SocketAddr
 /// Waits until the tunnel's certificate has `status`; returns the certificate object.
 pub async fn wait_certificate(api: &Api, tunnel: i64, status: &str, within: Duration) -> Value {
     let path = format!("tunnels/{tunnel}");
-    eventually(
+    // Slower than `eventually`: every poll counts against the API's per-user rate limit.
+    crate::wait::eventually_every(
+        Duration::from_millis(200),
         within,
         &format!("tunnel {tunnel} certificate {status}"),
         || {

@@ -17,7 +17,7 @@ pub mod netns;
 pub mod peers;
 mod wait;
 
-pub use wait::{eventually, within, Ready, POLL};
+pub use wait::{eventually, eventually_every, within, Ready, POLL};
 
 /// Items that need the `roles` feature (they build Control, the Gateway and the Agent).
 macro_rules! with_roles {

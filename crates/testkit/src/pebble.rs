@@ -51,7 +51,8 @@ pub struct Pebble {
     pub server_roots: PathBuf,
     /// Pebble's issuing root, which clients of the Gateways must trust.
     pub issuing_root: String,
-    dns_management: String,
+    /// pebble-challtestsrv's management URL (`None` when Pebble asks a real DNS server).
+    dns_management: Option<String>,
     log: PathBuf,
     http: reqwest::Client,
     _procs: Vec<Proc>,
@@ -65,6 +66,28 @@ impl Pebble {
         http_port: u16,
         tls_port: u16,
         validity_secs: Option<u64>,
+    ) -> Pebble {
+        Self::start_inner(dir, http_port, tls_port, validity_secs, None).await
+    }
+
+    /// Starts Pebble resolving every name through the DNS server at `dns_server` (`ip:port`, a
+    /// real authoritative server such as [`crate::dns::Bind`]): DNS-01 is validated there.
+    /// [`Pebble::point`] is not available.
+    pub async fn start_with_dns(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        dns_server: &str,
+    ) -> Pebble {
+        Self::start_inner(dir, http_port, tls_port, None, Some(dns_server)).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        validity_secs: Option<u64>,
+        real_dns: Option<&str>,
     ) -> Pebble {
         let (srv_cert, srv_key, ca_pem) = server_certificate();
         std::fs::write(dir.join("srv.pem"), srv_cert).unwrap();
@@ -89,27 +112,34 @@ impl Pebble {
         let config = dir.join("pebble.json");
         std::fs::write(&config, serde_json::json!({ "pebble": pebble }).to_string()).unwrap();
 
-        let dns = Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.9", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-management", &format!("127.0.0.1:{dns_mgmt_port}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pebble-challtestsrv");
-        let dns = Proc(dns);
+        let mut procs = Vec::new();
+        let dns_server = match real_dns {
+            Some(server) => server.to_string(),
+            None => {
+                let dns = Command::new("pebble-challtestsrv")
+                    .args(["-defaultIPv4", "127.0.0.9", "-defaultIPv6", ""])
+                    .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+                    .args(["-management", &format!("127.0.0.1:{dns_mgmt_port}")])
+                    .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start pebble-challtestsrv");
+                procs.push(Proc(dns));
+                format!("127.0.0.1:{dns_port}")
+            }
+        };
         let log = dir.join("pebble.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let pebble = Command::new("pebble")
             .args(["-config", config.to_str().unwrap()])
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .args(["-dnsserver", &dns_server])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()
             .expect("start pebble");
-        let procs = vec![Proc(pebble), dns];
+        procs.push(Proc(pebble));
 
         let http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
@@ -127,20 +157,22 @@ impl Pebble {
             }
         })
         .await;
-        let dns_management = format!("http://127.0.0.1:{dns_mgmt_port}");
-        eventually(Duration::from_secs(20), "challtestsrv up", || {
-            let (http, url) = (http.clone(), format!("{dns_management}/clear-a"));
-            async move {
-                let body = serde_json::json!({"host": "warmup.test."});
-                http.post(&url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
-        })
-        .await;
+        let dns_management = real_dns.is_none().then(|| format!("http://127.0.0.1:{dns_mgmt_port}"));
+        if let Some(management) = &dns_management {
+            eventually(Duration::from_secs(20), "challtestsrv up", || {
+                let (http, url) = (http.clone(), format!("{management}/clear-a"));
+                async move {
+                    let body = serde_json::json!({"host": "warmup.test."});
+                    http.post(&url)
+                        .json(&body)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            })
+            .await;
+        }
         Pebble {
             directory,
             server_roots,
@@ -156,9 +188,13 @@ impl Pebble {
     pub async fn point(&self, host: &str, addresses: &[Ipv4Addr]) {
         let addrs: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
         let body = serde_json::json!({"host": format!("{host}."), "addresses": addrs});
+        let management = self
+            .dns_management
+            .as_ref()
+            .expect("Pebble::point needs pebble-challtestsrv (Pebble::start)");
         let r = self
             .http
-            .post(format!("{}/add-a", self.dns_management))
+            .post(format!("{management}/add-a"))
             .json(&body)
             .send()
             .await

@@ -55,6 +55,12 @@ pub fn control_config(dir: &Path) -> kakuremichi_control::ControlConfig {
         data_dir: dir.to_path_buf(),
         admin_email: Some(ADMIN_EMAIL.into()),
         admin_password: Some(ADMIN_PASSWORD.into()),
+        acme: kakuremichi_control::AcmeConfig {
+            // DNS-01's lookups stay on loopback (nothing answers there: they fail at once); a
+            // test that needs a resolver sets its own.
+            dns_resolver: Some("127.0.0.1:9".into()),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

@@ -31,7 +31,23 @@ impl<T> Ready for Option<T> {
 
 /// Polls `check` every [`POLL`] until it is ready (true or `Some`), returning its value; panics
 /// with `what` once `limit` has passed.
-pub async fn eventually<R, F, Fut>(limit: Duration, what: &str, mut check: F) -> R::Value
+pub async fn eventually<R, F, Fut>(limit: Duration, what: &str, check: F) -> R::Value
+where
+    R: Ready,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = R>,
+{
+    eventually_every(POLL, limit, what, check).await
+}
+
+/// [`eventually`] polling every `every`: for checks that cost something (an API call counted
+/// against a rate limit, say).
+pub async fn eventually_every<R, F, Fut>(
+    every: Duration,
+    limit: Duration,
+    what: &str,
+    mut check: F,
+) -> R::Value
 where
     R: Ready,
     F: FnMut() -> Fut,
@@ -46,7 +62,7 @@ where
             Instant::now() < deadline,
             "timed out after {limit:?} waiting for: {what}"
         );
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(every).await;
     }
 }
 

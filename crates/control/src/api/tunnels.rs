@@ -49,7 +49,8 @@ pub struct CreateTunnel {
     /// whole leftmost label may be `*`) serving every name exactly one label below
     /// `apps.example.com` that has no tunnel of its own: exact names win. A wildcard may not
     /// cover another user's tunnel, nor may a name lie under another user's wildcard (409).
-    /// With `tls: acme` a wildcard needs the dns-01 challenge.
+    /// With `tls: acme` a wildcard's certificate comes by the dns-01 challenge: its
+    /// `_acme-challenge` name must lie in a managed DNS zone, or be a CNAME into one.
     hostname: String,
     agent_id: Option<i64>,
     agent_ids: Option<Vec<i64>>,

@@ -1,13 +1,15 @@
 //! The ACME client (RFC 8555, through instant-acme): the account, kept in the database, and one
-//! order for one hostname, with its challenges answered by every Gateway.
+//! order for one hostname, with its challenges answered by every Gateway or in DNS.
 //!
-//! An order publishes both the HTTP-01 key authorization and the TLS-ALPN-01 certificate to the
-//! hub (so into every Gateway's snapshot), waits until every online Gateway has confirmed a
-//! snapshot holding them, and only then asks the CA to validate the chosen one: whichever Gateway
-//! the CA reaches can answer.
+//! An HTTP-01 or TLS-ALPN-01 order publishes both the HTTP-01 key authorization and the
+//! TLS-ALPN-01 certificate to the hub (so into every Gateway's snapshot), waits until every
+//! online Gateway has confirmed a snapshot holding them, and only then asks the CA to validate
+//! the chosen one: whichever Gateway the CA reaches can answer. A DNS-01 order writes its TXT
+//! record through the zone's provider and waits until the zone's servers answer it ([`Dns01`]).
 
+use super::dns01::{Dns01, Target};
 use super::policy::Failure;
-use super::settings::AcmeConfig;
+use super::settings::{AcmeConfig, Challenge};
 use crate::hub::Hub;
 use crate::store::Store;
 use bytes::Bytes;
@@ -40,11 +42,11 @@ pub struct Obtained {
 /// What the certificate scheduler needs from an ACME CA: [`Acme`] in production, an in-memory
 /// order counter in tests (the seam that lets the scheduler's pacing be tested without a CA).
 pub trait AcmeClient: Send + Sync + 'static {
-    /// Runs one order for `host` to the end: a certificate, or why not.
+    /// Runs one order for `host` to the end, answering `challenge`: a certificate, or why not.
     fn obtain<'a>(
         &'a self,
         host: &'a str,
-        tls_alpn: bool,
+        challenge: Challenge,
         hub: &'a Hub,
     ) -> BoxFuture<'a, Result<Obtained, Failure>>;
 
@@ -59,10 +61,10 @@ impl AcmeClient for Acme {
     fn obtain<'a>(
         &'a self,
         host: &'a str,
-        tls_alpn: bool,
+        challenge: Challenge,
         hub: &'a Hub,
     ) -> BoxFuture<'a, Result<Obtained, Failure>> {
-        Box::pin(Acme::obtain(self, host, tls_alpn, hub))
+        Box::pin(Acme::obtain(self, host, challenge, hub))
     }
 
     fn renewal_window<'a>(
@@ -78,14 +80,16 @@ pub struct Acme {
     config: AcmeConfig,
     store: Store,
     account: Mutex<Option<Account>>,
+    dns01: Arc<Dns01>,
 }
 
 impl Acme {
-    pub fn new(config: AcmeConfig, store: Store) -> Self {
+    pub fn new(config: AcmeConfig, store: Store, dns01: Arc<Dns01>) -> Self {
         Self {
             config,
             store,
             account: Mutex::new(None),
+            dns01,
         }
     }
 
@@ -185,8 +189,33 @@ impl Acme {
         Ok(Box::new(client))
     }
 
-    /// Runs one order for `host` to the end: a certificate, or why not.
-    pub async fn obtain(&self, host: &str, tls_alpn: bool, hub: &Hub) -> Result<Obtained, Failure> {
+    /// Runs one order for `host` to the end: a certificate, or why not. A DNS-01 order's record
+    /// is removed however the order ends.
+    pub async fn obtain(
+        &self,
+        host: &str,
+        challenge: Challenge,
+        hub: &Hub,
+    ) -> Result<Obtained, Failure> {
+        let target = match challenge {
+            // Where the record goes is settled before the CA is asked for anything.
+            Challenge::Dns01 => Some(self.dns01.target(host).await?),
+            _ => None,
+        };
+        let result = self.order(host, challenge, hub, target.as_ref()).await;
+        if let Some(target) = target {
+            self.dns01.clean_up(target).await;
+        }
+        result
+    }
+
+    async fn order(
+        &self,
+        host: &str,
+        challenge: Challenge,
+        hub: &Hub,
+        target: Option<&Target>,
+    ) -> Result<Obtained, Failure> {
         let account = self.account().await?;
         let directory = &self.config.directory_url;
         let identifiers = [Identifier::Dns(host.to_string())];
@@ -194,7 +223,6 @@ impl Acme {
             .new_order(&NewOrder::new(&identifiers))
             .await
             .map_err(|e| ca(directory, e))?;
-        let port = if tls_alpn { 443 } else { 80 };
         let mut published = Published::new(hub);
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -216,40 +244,38 @@ impl Acme {
                     .find(|c| c.r#type == ty)
                     .map(|c| c.token.clone())
             };
-            let (http_token, alpn_token) = (
-                token(ChallengeType::Http01),
-                token(ChallengeType::TlsAlpn01),
-            );
-            if let Some(t) = &http_token {
-                published.http01(t, &format!("{t}.{thumbprint}"));
-            }
-            if let Some(t) = &alpn_token {
-                let key_authorization = format!("{t}.{thumbprint}");
-                published.tls_alpn01(host, t, challenge_certificate(host, &key_authorization)?);
-            }
-            let ty = match (tls_alpn, &http_token, &alpn_token) {
-                (true, _, Some(_)) => ChallengeType::TlsAlpn01,
-                (false, Some(_), _) => ChallengeType::Http01,
+            let ty = match (challenge, target) {
+                (Challenge::Dns01, Some(target)) => {
+                    let Some(t) = token(ChallengeType::Dns01) else {
+                        return Err(offers_none(host, "dns-01"));
+                    };
+                    let value = dns_value(&format!("{t}.{thumbprint}"));
+                    self.dns01.publish(target, &[value]).await?;
+                    ChallengeType::Dns01
+                }
                 _ => {
-                    return Err(Failure::Ca {
-                        detail: format!(
-                            "the CA offers no {} challenge for {host}",
-                            if tls_alpn { "tls-alpn-01" } else { "http-01" }
-                        ),
-                    })
+                    let ty = Self::publish_to_gateways(
+                        host,
+                        challenge,
+                        &thumbprint,
+                        &token,
+                        &mut published,
+                    )?;
+                    let ready = hub
+                        .wait_gateways_ready(&published.ids(), published.timeout(&self.config))
+                        .await
+                        .map_err(|_| Failure::NoGateway)?;
+                    tracing::info!(%host, gateways = ready, "challenge on every Gateway");
+                    ty
                 }
             };
-            let ready = hub
-                .wait_gateways_ready(&published.ids(), published.timeout(&self.config))
-                .await
-                .map_err(|_| Failure::NoGateway)?;
-            tracing::info!(%host, challenge = ?ty, gateways = ready, "asking the CA to validate");
-            let Some(mut challenge) = authz.challenge(ty) else {
+            tracing::info!(%host, challenge = ?ty, "asking the CA to validate");
+            let Some(mut handle) = authz.challenge(ty) else {
                 return Err(Failure::Internal {
                     detail: "the chosen challenge disappeared".into(),
                 });
             };
-            challenge.set_ready().await.map_err(|e| ca(directory, e))?;
+            handle.set_ready().await.map_err(|e| ca(directory, e))?;
         }
         let status = order.poll_ready(&POLL).await;
         if !matches!(status, Ok(OrderStatus::Ready)) {
@@ -258,10 +284,11 @@ impl Acme {
             while let Some(Ok(mut authz)) = authorizations.next().await {
                 if let Ok(state) = authz.refresh().await {
                     if let Some(p) = state.challenges.iter().find_map(|c| c.error.as_ref()) {
-                        return Err(Failure::from_problem(
+                        return Err(validation_failed(
+                            challenge,
+                            target,
                             p.r#type.as_deref(),
                             p.detail.as_deref(),
-                            port,
                         ));
                     }
                 }
@@ -280,6 +307,34 @@ impl Acme {
             .await
             .map_err(|e| ca(directory, e))?;
         Ok(Obtained { cert_pem, key_pem })
+    }
+
+    /// Puts both Gateway challenges of one authorization into the hub; returns the one to
+    /// validate.
+    fn publish_to_gateways(
+        host: &str,
+        challenge: Challenge,
+        thumbprint: &str,
+        token: &dyn Fn(ChallengeType) -> Option<String>,
+        published: &mut Published<'_>,
+    ) -> Result<ChallengeType, Failure> {
+        let (http_token, alpn_token) = (
+            token(ChallengeType::Http01),
+            token(ChallengeType::TlsAlpn01),
+        );
+        if let Some(t) = &http_token {
+            published.http01(t, &format!("{t}.{thumbprint}"));
+        }
+        if let Some(t) = &alpn_token {
+            let key_authorization = format!("{t}.{thumbprint}");
+            published.tls_alpn01(host, t, challenge_certificate(host, &key_authorization)?);
+        }
+        match (challenge, &http_token, &alpn_token) {
+            (Challenge::TlsAlpn01, _, Some(_)) => Ok(ChallengeType::TlsAlpn01),
+            (Challenge::Http01, Some(_), _) => Ok(ChallengeType::Http01),
+            (Challenge::TlsAlpn01, _, None) => Err(offers_none(host, "tls-alpn-01")),
+            _ => Err(offers_none(host, "http-01")),
+        }
     }
 
     /// ARI (RFC 9773): the CA's suggested renewal window for a certificate, when it offers one.
@@ -385,6 +440,46 @@ impl Drop for Published<'_> {
                 }
             }
         });
+    }
+}
+
+/// The TXT value of DNS-01 (RFC 8555 §8.4): base64url of SHA-256 of the key authorization.
+fn dns_value(key_authorization: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(key_authorization.as_bytes()))
+}
+
+fn offers_none(host: &str, kind: &str) -> Failure {
+    Failure::Ca {
+        detail: format!("the CA offers no {kind} challenge for {host}"),
+    }
+}
+
+/// A challenge the CA could not validate, from its problem document.
+fn validation_failed(
+    challenge: Challenge,
+    target: Option<&Target>,
+    kind: Option<&str>,
+    detail: Option<&str>,
+) -> Failure {
+    let port = match challenge {
+        Challenge::TlsAlpn01 => 443,
+        _ => 80,
+    };
+    let failure = Failure::from_problem(kind, detail, port);
+    match (challenge, target, &failure) {
+        (Challenge::Dns01, _, Failure::RateLimited { .. }) => failure,
+        (Challenge::Dns01, Some(target), _) => Failure::Dns01 {
+            detail: format!(
+                "the CA did not find the expected TXT record at {} (zone {}): {}",
+                target.via.as_deref().unwrap_or(&target.name),
+                target.zone.row.zone,
+                detail.unwrap_or("no detail given")
+            ),
+        },
+        _ => failure,
     }
 }
 

@@ -15,6 +15,7 @@
 //! its tunnel's certificate status says until when, and it is placed then.
 
 mod acme;
+mod dns01;
 mod internal_ca;
 mod limits;
 mod policy;
@@ -23,9 +24,10 @@ mod settings;
 mod tests;
 
 pub use acme::AcmeClient;
+pub use dns01::Dns01;
 pub use internal_ca::InternalCa;
 pub use limits::OrderLimits;
-pub use settings::{AcmeConfig, ChallengeChoice, TlsMode, LETS_ENCRYPT};
+pub use settings::{AcmeConfig, Challenge, ChallengeChoice, TlsMode, LETS_ENCRYPT};
 
 use crate::hub::Hub;
 use crate::store::{timestamp, CertRow, NewCert, Store, TunnelRow};
@@ -51,15 +53,31 @@ pub struct CertManager {
     in_flight: Mutex<HashSet<String>>,
     slots: Semaphore,
     finished: Notify,
+    dns01: Option<Arc<Dns01>>,
 }
 
 impl CertManager {
-    pub fn new(store: Store, hub: Arc<Hub>, config: AcmeConfig, ca: InternalCa) -> Arc<Self> {
-        let acme = Box::new(acme::Acme::new(config.clone(), store.clone()));
-        Self::with_client(store, hub, config, ca, acme)
+    /// The manager of a running Control: ACME through `config`'s CA, DNS-01 through `zones`.
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        config: AcmeConfig,
+        ca: InternalCa,
+        zones: crate::zones::Zones,
+    ) -> Arc<Self> {
+        let dns01 = Arc::new(Dns01::new(store.clone(), zones, &config));
+        let acme = Box::new(acme::Acme::new(
+            config.clone(),
+            store.clone(),
+            dns01.clone(),
+        ));
+        let mut manager = Self::build(store, hub, config, ca, acme);
+        manager.dns01 = Some(dns01);
+        Arc::new(manager)
     }
 
     /// A manager ordering from `acme` (a fake CA in tests).
+    #[cfg(test)]
     pub fn with_client(
         store: Store,
         hub: Arc<Hub>,
@@ -67,7 +85,17 @@ impl CertManager {
         ca: InternalCa,
         acme: Box<dyn AcmeClient>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::build(store, hub, config, ca, acme))
+    }
+
+    fn build(
+        store: Store,
+        hub: Arc<Hub>,
+        config: AcmeConfig,
+        ca: InternalCa,
+        acme: Box<dyn AcmeClient>,
+    ) -> Self {
+        Self {
             acme,
             store,
             hub,
@@ -76,11 +104,15 @@ impl CertManager {
             in_flight: Mutex::new(HashSet::new()),
             slots: Semaphore::new(CONCURRENT_ORDERS),
             finished: Notify::new(),
-        })
+            dns01: None,
+        }
     }
 
     /// Schedules until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        if let Some(dns01) = &self.dns01 {
+            dns01.clean_up_leftovers().await;
+        }
         let mut generation = self.hub.subscribe();
         let mut nodes = self.hub.subscribe_nodes();
         loop {
@@ -120,8 +152,12 @@ impl CertManager {
             if self.is_in_flight(&host) {
                 continue;
             }
-            // ACME needs a Gateway to answer the CA; a connecting Gateway wakes us up.
-            if mode == TlsMode::Acme && (!gateways_online || acme_unavailable(&host).is_some()) {
+            // HTTP-01 and TLS-ALPN-01 need a Gateway to answer the CA; a connecting Gateway
+            // wakes us up.
+            if mode == TlsMode::Acme
+                && !gateways_online
+                && self.config.challenge.needs_gateway(&host)
+            {
                 continue;
             }
             let row = rows.get(&(host.clone(), mode.as_str().to_string()));
@@ -197,10 +233,10 @@ impl CertManager {
                     detail: e.to_string(),
                 }),
             TlsMode::Acme => {
-                let tls_alpn = self.config.challenge.use_tls_alpn(failures);
-                tracing::info!(%host, "ordering a certificate");
+                let challenge = self.config.challenge.for_host(host, failures);
+                tracing::info!(%host, ?challenge, "ordering a certificate");
                 self.acme
-                    .obtain(host, tls_alpn, &self.hub)
+                    .obtain(host, challenge, &self.hub)
                     .await
                     .map(|o| (o.cert_pem, o.key_pem))
             }
@@ -302,19 +338,6 @@ fn parse_time(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
 
-/// Why no ACME certificate can be ordered for `host` at all (never ordered, and the tunnel's
-/// certificate status says so), or `None` when one can. A wildcard (`*.apps.example.com`) can only
-/// be validated by the dns-01 challenge, which this Control does not answer yet.
-///
-/// The one place that decides it: DNS-01 support replaces this function (a wildcard whose name
-/// lies in a DNS zone Control manages becomes orderable; the others keep a message like this).
-pub fn acme_unavailable(host: &str) -> Option<&'static str> {
-    host.starts_with("*.").then_some(
-        "a wildcard certificate needs the dns-01 challenge (a DNS zone managed by Control), which \
-         this Control does not support yet; use tls: internal or off, or one tunnel per hostname",
-    )
-}
-
 /// What the API shows as a tunnel's `certificate`, from its hostname, TLS mode and its
 /// hostname's row.
 pub fn status_view(
@@ -334,14 +357,8 @@ pub fn status_view(
             "issuer": r.issuer,
             "last_error": r.last_error,
         }),
-        None if mode == TlsMode::Acme && acme_unavailable(host).is_some() => serde_json::json!({
-            "status": "failed",
-            "not_after": null,
-            "issuer": null,
-            "last_error": acme_unavailable(host),
-        }),
         None => {
-            let note = (mode == TlsMode::Acme && !gateways_online).then_some(
+            let note = (mode == TlsMode::Acme && !gateways_online && !host.starts_with("*.")).then_some(
                 "No Gateway is connected to Control yet; the certificate is ordered as soon as one is.",
             );
             serde_json::json!({

@@ -19,6 +19,9 @@ pub enum Failure {
     WrongServer { detail: String },
     /// The CA refuses the name (policy, CAA, blocklist).
     Rejected { detail: String },
+    /// DNS-01 could not be answered: no managed zone, the provider refused, the record did not
+    /// show, or the CA did not find it. `detail` is a whole sentence.
+    Dns01 { detail: String },
     /// The ACME server could not be reached or misbehaved.
     Ca { detail: String },
     /// Something on our side (key generation, database).
@@ -75,6 +78,9 @@ impl Failure {
                 "The CA refuses to issue for {host} (check CAA records and the name). The CA \
                  said: {detail}"
             ),
+            Failure::Dns01 { detail } => {
+                format!("The DNS-01 challenge for {host} failed: {detail}")
+            }
             Failure::Ca { detail } => {
                 format!("The ACME CA could not issue a certificate for {host}: {detail}")
             }

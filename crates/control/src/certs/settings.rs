@@ -47,7 +47,9 @@ impl FromStr for TlsMode {
     }
 }
 
-/// Which ACME challenge Control asks the CA to validate. Both are always pushed to the Gateways.
+/// Which ACME challenge Control asks the CA to validate. HTTP-01 and TLS-ALPN-01 are both always
+/// pushed to the Gateways; DNS-01 is written to the hostname's managed DNS zone. A wildcard
+/// (`*.apps.example.com`) always uses DNS-01, whatever the choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChallengeChoice {
     /// HTTP-01 first; after a failed attempt, alternate with TLS-ALPN-01.
@@ -56,16 +58,36 @@ pub enum ChallengeChoice {
     Http01,
     /// TLS-ALPN-01 only (port 443 must reach a Gateway; port 80 may stay closed).
     TlsAlpn01,
+    /// DNS-01 only: a TXT record in a DNS zone Control manages (no port needs to be open).
+    Dns01,
+}
+
+/// The challenge one attempt answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    Http01,
+    TlsAlpn01,
+    Dns01,
 }
 
 impl ChallengeChoice {
-    /// Whether attempt number `failures` (0 for the first) uses TLS-ALPN-01.
-    pub fn use_tls_alpn(self, failures: i64) -> bool {
-        match self {
-            ChallengeChoice::Http01 => false,
-            ChallengeChoice::TlsAlpn01 => true,
-            ChallengeChoice::Auto => failures % 2 == 1,
+    /// The challenge of attempt number `failures` (0 for the first) for `host`.
+    pub fn for_host(self, host: &str, failures: i64) -> Challenge {
+        if host.starts_with("*.") {
+            return Challenge::Dns01;
         }
+        match self {
+            ChallengeChoice::Http01 => Challenge::Http01,
+            ChallengeChoice::TlsAlpn01 => Challenge::TlsAlpn01,
+            ChallengeChoice::Dns01 => Challenge::Dns01,
+            ChallengeChoice::Auto if failures % 2 == 1 => Challenge::TlsAlpn01,
+            ChallengeChoice::Auto => Challenge::Http01,
+        }
+    }
+
+    /// Whether orders for `host` need a Gateway to answer the CA (not with DNS-01).
+    pub fn needs_gateway(self, host: &str) -> bool {
+        !host.starts_with("*.") && self != ChallengeChoice::Dns01
     }
 }
 
@@ -76,8 +98,10 @@ impl FromStr for ChallengeChoice {
             "auto" => Ok(ChallengeChoice::Auto),
             "http-01" => Ok(ChallengeChoice::Http01),
             "tls-alpn-01" => Ok(ChallengeChoice::TlsAlpn01),
+            "dns-01" => Ok(ChallengeChoice::Dns01),
             other => Err(format!(
-                "ACME challenge {other:?} is not one of \"auto\", \"http-01\", \"tls-alpn-01\""
+                "ACME challenge {other:?} is not one of \"auto\", \"http-01\", \"tls-alpn-01\", \
+                 \"dns-01\""
             )),
         }
     }
@@ -105,6 +129,12 @@ pub struct AcmeConfig {
     pub gateways_ready_timeout: Duration,
     /// Hourly caps on ACME orders, per user and per registered domain.
     pub limits: super::limits::OrderLimits,
+    /// How long DNS-01 waits for its TXT record to be visible on every authoritative server of
+    /// the zone before giving up (`KAKUREMICHI_ACME_DNS_PROPAGATION_TIMEOUT`).
+    pub dns_propagation_timeout: Duration,
+    /// The recursive resolver (`host:port`) DNS-01 asks for `_acme-challenge` CNAMEs and for the
+    /// zones' name servers (`KAKUREMICHI_DNS_RESOLVER`); `None`: the first of /etc/resolv.conf.
+    pub dns_resolver: Option<String>,
 }
 
 impl Default for AcmeConfig {
@@ -120,6 +150,8 @@ impl Default for AcmeConfig {
             retry_cap: Duration::from_secs(6 * 3600),
             gateways_ready_timeout: Duration::from_secs(15),
             limits: super::limits::OrderLimits::default(),
+            dns_propagation_timeout: Duration::from_secs(120),
+            dns_resolver: None,
         }
     }
 }
@@ -140,6 +172,8 @@ impl fmt::Debug for AcmeConfig {
             .field("retry_cap", &self.retry_cap)
             .field("gateways_ready_timeout", &self.gateways_ready_timeout)
             .field("limits", &self.limits)
+            .field("dns_propagation_timeout", &self.dns_propagation_timeout)
+            .field("dns_resolver", &self.dns_resolver)
             .finish()
     }
 }
@@ -170,6 +204,19 @@ impl AcmeConfig {
                 ));
             }
         }
+        if let Some(resolver) = &self.dns_resolver {
+            let ok = resolver
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok {
+                return Err(format!(
+                    "KAKUREMICHI_DNS_RESOLVER {resolver:?} must be host:port, e.g. 192.0.2.53:53"
+                ));
+            }
+        }
+        if self.dns_propagation_timeout.is_zero() {
+            return Err("KAKUREMICHI_ACME_DNS_PROPAGATION_TIMEOUT must be at least 1 s".into());
+        }
         if self.retry_base.is_zero() || self.retry_cap < self.retry_base {
             return Err("ACME retry delays must be positive, the cap at least the base".into());
         }
@@ -189,17 +236,37 @@ mod tests {
             "tls-alpn-01".parse::<ChallengeChoice>().unwrap(),
             ChallengeChoice::TlsAlpn01
         );
-        assert!("dns-01".parse::<ChallengeChoice>().is_err());
+        assert_eq!(
+            "dns-01".parse::<ChallengeChoice>().unwrap(),
+            ChallengeChoice::Dns01
+        );
+        assert!("dns".parse::<ChallengeChoice>().is_err());
     }
 
     #[test]
-    fn auto_alternates_after_failures() {
+    fn auto_alternates_after_failures_and_wildcards_use_dns01() {
         let auto = ChallengeChoice::Auto;
-        assert!(!auto.use_tls_alpn(0));
-        assert!(auto.use_tls_alpn(1));
-        assert!(!auto.use_tls_alpn(2));
-        assert!(ChallengeChoice::TlsAlpn01.use_tls_alpn(0));
-        assert!(!ChallengeChoice::Http01.use_tls_alpn(1));
+        assert_eq!(auto.for_host("a.example.com", 0), Challenge::Http01);
+        assert_eq!(auto.for_host("a.example.com", 1), Challenge::TlsAlpn01);
+        assert_eq!(auto.for_host("a.example.com", 2), Challenge::Http01);
+        assert_eq!(
+            ChallengeChoice::TlsAlpn01.for_host("a.example.com", 0),
+            Challenge::TlsAlpn01
+        );
+        assert_eq!(
+            ChallengeChoice::Http01.for_host("a.example.com", 1),
+            Challenge::Http01
+        );
+        assert_eq!(
+            ChallengeChoice::Dns01.for_host("a.example.com", 1),
+            Challenge::Dns01
+        );
+        for choice in [ChallengeChoice::Auto, ChallengeChoice::Http01] {
+            assert_eq!(choice.for_host("*.apps.example.com", 0), Challenge::Dns01);
+            assert!(!choice.needs_gateway("*.apps.example.com"));
+            assert!(choice.needs_gateway("apps.example.com"));
+        }
+        assert!(!ChallengeChoice::Dns01.needs_gateway("apps.example.com"));
     }
 
     #[test]
@@ -227,6 +294,10 @@ mod tests {
             },
             AcmeConfig {
                 ca_roots: Some("/nonexistent/roots.pem".into()),
+                ..Default::default()
+            },
+            AcmeConfig {
+                dns_resolver: Some("192.0.2.53".into()),
                 ..Default::default()
             },
         ] {

@@ -69,6 +69,7 @@ fn status_views() {
 /// A CA that counts orders and issues from an internal CA, or fails every order.
 struct CountingCa {
     orders: Arc<AtomicUsize>,
+    challenges: Arc<std::sync::Mutex<Vec<(String, Challenge)>>>,
     fail: bool,
     ca: InternalCa,
 }
@@ -77,11 +78,15 @@ impl AcmeClient for CountingCa {
     fn obtain<'a>(
         &'a self,
         host: &'a str,
-        _tls_alpn: bool,
+        challenge: Challenge,
         _hub: &'a Hub,
     ) -> BoxFuture<'a, Result<Obtained, Failure>> {
         Box::pin(async move {
             self.orders.fetch_add(1, Ordering::SeqCst);
+            self.challenges
+                .lock()
+                .unwrap()
+                .push((host.to_string(), challenge));
             if self.fail {
                 return Err(Failure::Dns {
                     detail: "NXDOMAIN".into(),
@@ -109,6 +114,7 @@ struct Setup {
     store: Store,
     manager: Arc<CertManager>,
     orders: Arc<AtomicUsize>,
+    challenges: Arc<std::sync::Mutex<Vec<(String, Challenge)>>>,
     agent: i64,
     member: i64,
     _gateway_online: Box<dyn std::any::Any>,
@@ -145,8 +151,10 @@ async fn setup(fail: bool) -> Setup {
         .unwrap()
         .id;
     let orders = Arc::new(AtomicUsize::new(0));
+    let challenges = Arc::default();
     let fake = CountingCa {
         orders: orders.clone(),
+        challenges: Arc::clone(&challenges),
         fail,
         ca: InternalCa::load_or_create(dir.path()).unwrap(),
     };
@@ -161,6 +169,7 @@ async fn setup(fail: bool) -> Setup {
         store,
         manager,
         orders,
+        challenges,
         agent,
         member,
         _gateway_online: Box::new(online),
@@ -305,25 +314,26 @@ async fn hourly_order_caps_hold_and_waiting_orders_go_later() {
 }
 
 #[tokio::test]
-async fn a_wildcard_gets_an_internal_certificate_and_no_acme_order() {
+async fn a_wildcard_is_ordered_with_dns01_and_other_names_keep_http01() {
     let s = setup(false).await;
-    let t = s.tunnel("*.apps.example.com", Some(s.member)).await;
+    let pending = status_view("*.apps.example.com", TlsMode::Acme, None, false).unwrap();
+    assert_eq!(pending["status"], "pending");
+    assert!(
+        pending["last_error"].is_null(),
+        "DNS-01 needs no Gateway: {pending}"
+    );
+    s.tunnel("*.apps.example.com", Some(s.member)).await;
+    s.tunnel("www.example.com", Some(s.member)).await;
     s.settle().await;
-    assert_eq!(s.orders(), 0, "no ACME order a CA could not validate");
-    assert!(s.acme_row("*.apps.example.com").await.is_none());
-    let view = status_view("*.apps.example.com", TlsMode::Acme, None, true).unwrap();
-    assert_eq!(view["status"], "failed");
-    let why = view["last_error"].as_str().unwrap();
-    assert!(why.contains("dns-01"), "{why}");
-    assert!(acme_unavailable("a.apps.example.com").is_none());
-
-    s.set_tls(t, "internal").await;
-    s.settle().await;
-    let rows = s.store.list_certificates().await.unwrap();
-    let row = rows
-        .iter()
-        .find(|r| r.hostname == "*.apps.example.com" && r.source == "internal")
-        .unwrap_or_else(|| panic!("{rows:?}"));
+    let mut seen = s.challenges.lock().unwrap().clone();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        vec![
+            ("*.apps.example.com".to_string(), Challenge::Dns01),
+            ("www.example.com".to_string(), Challenge::Http01),
+        ]
+    );
+    let row = s.acme_row("*.apps.example.com").await.unwrap();
     assert_eq!(row.status, "issued");
-    assert_eq!(s.orders(), 0);
 }

@@ -104,6 +104,11 @@ pub struct Cloudflare {
 }
 
 impl Cloudflare {
+    /// Where DNS-01's propagation check looks, when the zone's config names a server.
+    pub fn resolver(&self) -> Option<&str> {
+        self.config.resolver.as_deref()
+    }
+
     /// Checks `config` (nothing is sent).
     pub fn new(config: CloudflareConfig) -> Result<Self, DnsError> {
         let invalid = |m: String| DnsError::Invalid(m);

@@ -1,7 +1,8 @@
 //! DNS providers: the one small seam through which Control will write the records of the zones
 //! it manages (issue #15). A provider lists the zones its credentials can manage, reads one
-//! RRset (name + type), replaces one atomically, and deletes one; nothing else. Zones, records
-//! per tunnel, failover and DNS-01 are built on top of this by issue #15's next step.
+//! RRset (name + type), replaces one atomically, and deletes one; nothing else. Zones
+//! (`zones`), records per tunnel with failover (`dns_records`) and DNS-01 (`certs::dns01`) are
+//! built on top of this; [`lookup`] is how Control looks at DNS from outside.
 //!
 //! Dispatch is an enum ([`Provider`]), not `dyn`: the set of providers is closed (chosen by name
 //! in a zone's config), the trait's methods are plain `async fn`s (not object-safe, and no boxing
@@ -14,6 +15,7 @@
 
 mod cloudflare;
 mod exchange;
+pub mod lookup;
 mod powerdns;
 mod rfc2136;
 mod text;
@@ -186,6 +188,18 @@ impl Provider {
             other => Err(DnsError::Invalid(format!(
                 "unknown DNS provider {other:?}: use rfc2136, powerdns or cloudflare"
             ))),
+        }
+    }
+}
+
+impl Provider {
+    /// The zone's own `resolver` (`host:port`), where DNS-01's propagation check looks instead
+    /// of the zone's authoritative servers.
+    pub fn resolver(&self) -> Option<&str> {
+        match self {
+            Self::Rfc2136(p) => p.resolver(),
+            Self::PowerDns(p) => p.resolver(),
+            Self::Cloudflare(p) => p.resolver(),
         }
     }
 }

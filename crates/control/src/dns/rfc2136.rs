@@ -76,6 +76,11 @@ impl std::fmt::Debug for Rfc2136 {
 }
 
 impl Rfc2136 {
+    /// Where DNS-01's propagation check looks, when the zone's config names a server.
+    pub fn resolver(&self) -> Option<&str> {
+        self.config.resolver.as_deref()
+    }
+
     /// Checks `config` (nothing is sent): the server's form, the key's name, algorithm and secret.
     pub fn new(config: Rfc2136Config) -> Result<Self, DnsError> {
         let invalid = |m: String| Err(DnsError::Invalid(m));
@@ -176,7 +181,7 @@ fn not_served(zone: &str, server: &str) -> DnsError {
     }
 }
 
-fn fqdn(name: &str) -> Result<Name, DnsError> {
+pub(super) fn fqdn(name: &str) -> Result<Name, DnsError> {
     Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
         .map_err(|e| DnsError::Invalid(format!("{name:?} is not a DNS name: {e}")))
 }
@@ -203,7 +208,11 @@ fn rdatas(records: &Records) -> Result<Vec<RData>, DnsError> {
 }
 
 /// The answer's records of `kind` at `name` as typed values (the TTL is the lowest one).
-fn records_of(answer: &Message, name: &Name, kind: RecordType) -> Option<(u32, Records)> {
+pub(super) fn records_of(
+    answer: &Message,
+    name: &Name,
+    kind: RecordType,
+) -> Option<(u32, Records)> {
     let rrs: Vec<&Record> = answer
         .answers
         .iter()

@@ -1,0 +1,177 @@
+//! DNS-01 and wildcard certificates (issue #15) against real peers: Pebble validating through
+//! BIND (recursive for its own zones only, like the resolver a CA uses), which serves the managed zone `apps.test` (changed by Control with RFC 2136 + TSIG) and
+//! the user's own zone `example.test` (not managed; it delegates one `_acme-challenge` name into
+//! `apps.test` with a CNAME). BIND listens on port 53 of an address of its own, so Control's
+//! propagation check finds it the way it would in production: the zone's NS records, then their
+//! addresses (which needs root: port 53, and the address added to `lo`).
+//!
+//! - `*.apps.test` gets one wildcard certificate by DNS-01, served by two Gateways for
+//!   `a.apps.test` and `b.apps.test`; the TXT record is gone afterwards.
+//! - `*.shop.example.test` gets one through the CNAME delegation; that TXT is gone too.
+//! - A wildcard in no managed zone and without delegation fails with what to do, and nothing was
+//!   ordered from the CA for it.
+//!
+//! The time from creating the tunnel to the certificate is printed (`--nocapture`).
+
+use kakuremichi_testkit::dns::{self, Bind, BindSetup, KEY_NAME};
+use kakuremichi_testkit::https::*;
+use kakuremichi_testkit::{eventually, pebble, peers};
+use serde_json::json;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+/// An address on `lo` for the test's BIND, removed again when dropped.
+struct LoAddress(Ipv4Addr);
+
+impl LoAddress {
+    /// One per run (a BIND a killed run left behind would share port 53 with ours).
+    fn add() -> LoAddress {
+        let last = u8::try_from(2 + std::process::id() % 250).unwrap();
+        let ip = Ipv4Addr::new(127, 0, 53, last);
+        let added = std::process::Command::new("ip")
+            .args(["addr", "replace", &format!("{ip}/32"), "dev", "lo"])
+            .status()
+            .expect("run ip");
+        assert!(added.success(), "cannot add {ip} to lo");
+        LoAddress(ip)
+    }
+}
+
+impl Drop for LoAddress {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation() {
+    let test = "wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation";
+    if !pebble::available(test) || !dns::bind_available(test) {
+        return;
+    }
+    if !peers::can_run(
+        test,
+        (!peers::is_root()).then(|| "BIND on port 53 needs root".to_string()),
+    ) {
+        return;
+    }
+    // BIND listens only on addresses an interface has; this one is ours alone.
+    let address = LoAddress::add();
+    let bind_ip = address.0;
+    kakuremichi_testkit::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let bind = Bind::start_serving(BindSetup {
+        ip: bind_ip,
+        port: 53,
+        zones: &["apps.test", "example.test"],
+        records: &[(
+            "example.test",
+            "_acme-challenge.shop.example.test. IN CNAME shop-acme.apps.test.",
+        )],
+        // Pebble asks it as its resolver, and the CNAME must lead it to the TXT record.
+        recursive: true,
+    })
+    .await;
+    let ips = [Ipv4Addr::new(127, 0, 54, 2), Ipv4Addr::new(127, 0, 54, 3)];
+    let (http, https) = ports_for(&ips);
+    let pebble = pebble::Pebble::start_with_dns(dir.path(), http, https, &bind.server).await;
+    let (directory, roots) = (pebble.directory.clone(), pebble.server_roots.clone());
+    let resolver = bind.server.clone();
+    let control = start_control(&dir.path().join("control"), move |c| {
+        c.acme.directory_url = directory;
+        c.acme.ca_roots = Some(roots);
+        c.acme.email = Some("ops@example.com".into());
+        c.acme.dns_resolver = Some(resolver);
+    })
+    .await;
+    let api = &control.api;
+    // No "resolver" in the zone's config: the check asks apps.test's name servers.
+    api.post(
+        "dns/zones",
+        json!({"zone": "apps.test", "provider": "rfc2136", "config": {
+            "server": bind.server, "key_name": KEY_NAME, "key_algorithm": "hmac-sha256",
+            "key_secret": bind.key_secret}}),
+    )
+    .await;
+    let gateways: Vec<Addrs> = ips.iter().map(|&ip| Addrs { ip, http, https }).collect();
+    let mut _running = Vec::new();
+    for (i, addrs) in gateways.iter().enumerate() {
+        let name = format!("gw{i}");
+        _running.push(create_gateway(api, &name, *addrs, dir.path().join(&name)).await);
+    }
+    let (agent_id, origin, _stops) = start_agent_and_origin(api, dir.path().join("agent")).await;
+    let tunnel =
+        |host: &str| json!({"hostname": host, "agent_id": agent_id, "target": origin.to_string()});
+
+    let started = Instant::now();
+    let wildcard = api.post("tunnels", tunnel("*.apps.test")).await;
+    assert_eq!(wildcard["tls"], "acme");
+    let cert = wait_certificate(api, wildcard["id"].as_i64().unwrap(), "issued", WITHIN).await;
+    println!(
+        "measured: wildcard tunnel created -> certificate issued by DNS-01 in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        cert["issuer"].as_str().unwrap().contains("Pebble"),
+        "{cert}"
+    );
+    for host in ["a.apps.test", "b.apps.test"] {
+        for gw in &gateways {
+            eventually(
+                WITHIN,
+                &format!("HTTPS 200 for {host} on {:?}", gw.ip),
+                || async {
+                    let (status, _) = https_get(&pebble.issuing_root, host, gw.https()).await;
+                    (status == 200).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+    assert_eq!(
+        pebble.issued(),
+        1,
+        "one certificate for every name, on both Gateways"
+    );
+    eventually(WITHIN, "the TXT record removed", || async {
+        dns::dig_at(bind_ip, 53, "_acme-challenge.apps.test", "TXT")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // Delegated: example.test is not managed; its _acme-challenge name points into apps.test.
+    let shop = api.post("tunnels", tunnel("*.shop.example.test")).await;
+    wait_certificate(api, shop["id"].as_i64().unwrap(), "issued", WITHIN).await;
+    assert_eq!(pebble.issued(), 2);
+    eventually(WITHIN, "HTTPS 200 for x.shop.example.test", || async {
+        let (status, _) = https_get(
+            &pebble.issuing_root,
+            "x.shop.example.test",
+            gateways[0].https(),
+        )
+        .await;
+        (status == 200).then_some(())
+    })
+    .await;
+    assert!(dns::dig_at(bind_ip, 53, "shop-acme.apps.test", "TXT")
+        .await
+        .is_empty());
+
+    // Neither managed nor delegated: a failure that says what to do, and no order at the CA.
+    let orders = pebble.orders();
+    let lost = api.post("tunnels", tunnel("*.lost.example.test")).await;
+    let failed = wait_certificate(api, lost["id"].as_i64().unwrap(), "failed", WITHIN).await;
+    let why = failed["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("_acme-challenge.lost.example.test lies in no DNS zone Control manages"),
+        "{why}"
+    );
+    assert_eq!(pebble.orders(), orders, "nothing was ordered for it");
+    control.shut_down().await;
+}
