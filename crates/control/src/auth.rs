@@ -137,6 +137,31 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
+/// The client's address (through trusted proxies, see `guard::proxies`); `None` when not served
+/// with connect info.
+pub struct PeerIp(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(PeerIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| {
+                    state
+                        .trusted_proxies
+                        .client(c.0.ip(), &parts.headers)
+                        .to_canonical()
+                }),
+        ))
+    }
+}
+
 /// An authenticated node, by `Authorization: Bearer kmg_...` or `kma_...`.
 pub struct AuthNode(pub NodeRef);
 

@@ -46,7 +46,7 @@ impl Store {
         .await?;
         let gateways = sqlx::query_as(
             "SELECT id, name, public_endpoint, wg_address, public_key, enabled, last_seen, created_at, \
-             public_ipv4, public_ipv6 FROM gateways ORDER BY id",
+             public_ipv4, public_ipv6, observed_ip FROM gateways ORDER BY id",
         )
         .fetch_all(&mut *tx)
         .await?;

@@ -218,6 +218,7 @@ async fn agents_and_gateways_crud() {
             "id",
             "last_seen",
             "name",
+            "observed_ip",
             "public_endpoint",
             "public_ipv4",
             "public_ipv6",

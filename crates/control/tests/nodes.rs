@@ -58,6 +58,10 @@ async fn sessions_receive_config_and_pushes() {
     let (mut g_ws, _, g_pub) = c.node(&gtoken, NodeRole::Gateway, None).await;
     let g_snap = next_config(&mut g_ws, PUSH).await;
     assert_eq!(g_snap.peers.len(), 1);
+    // Where the session came from is recorded; a loopback address is no DNS record's default.
+    let (_, g_json) = c.get(&format!("/api/v1/gateways/{gid}")).await;
+    assert_eq!(g_json["observed_ip"], "127.0.0.1", "{g_json}");
+    assert_eq!(g_json["dns_addresses"], json!([]), "{g_json}");
     assert_eq!(
         (
             g_snap.peers[0].id,

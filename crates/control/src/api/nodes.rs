@@ -3,7 +3,7 @@
 
 use super::openapi::{ErrorBody, NodeErrors};
 use crate::app::AppState;
-use crate::auth::{bearer, AuthNode};
+use crate::auth::{bearer, AuthNode, PeerIp};
 use crate::error::ApiError;
 use crate::hub;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -36,6 +36,7 @@ const MAX_NODE_MESSAGE: usize = 64 * 1024;
 pub async fn connect(
     State(state): State<AppState>,
     AuthNode(node): AuthNode,
+    PeerIp(peer): PeerIp,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -54,6 +55,16 @@ pub async fn connect(
     };
     if !still_valid {
         return Err(ApiError::unauthorized());
+    }
+    // Where a Gateway is seen from: the default address of its DNS records (docs/dns.md).
+    if let (crate::store::NodeKind::Gateway, Some(ip)) = (node.kind, peer) {
+        if state
+            .store
+            .record_gateway_address(node.id, &ip.to_string())
+            .await?
+        {
+            tracing::info!(gateway_id = node.id, %ip, "Gateway connects from a new address");
+        }
     }
     let hub = state.hub.clone();
     Ok(upgrade

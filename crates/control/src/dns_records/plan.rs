@@ -26,9 +26,20 @@ pub enum Placement {
 }
 
 /// The addresses the internet reaches a Gateway at: `public_ipv4`/`public_ipv6` when set, else
-/// the IP of its `public_endpoint` when that is an IP address.
+/// the IP of its `public_endpoint` when that is an IP address, else the address its session with
+/// Control comes from when that is a public one (a Gateway behind NAT: the NAT's address).
 pub fn gateway_addresses(g: &GatewayRow) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
-    let endpoint = g.public_endpoint.parse::<SocketAddr>().ok().map(|a| a.ip());
+    let endpoint = g
+        .public_endpoint
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+        .or_else(|| {
+            g.observed_ip
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                .filter(|ip| is_public(*ip))
+        });
     let v4 = g
         .public_ipv4
         .as_deref()
@@ -46,6 +57,32 @@ pub fn gateway_addresses(g: &GatewayRow) -> (Option<Ipv4Addr>, Option<Ipv6Addr>)
             _ => None,
         });
     (v4, v6)
+}
+
+/// Whether `ip` can be reached from the internet: not loopback, private, link-local, shared
+/// (CGNAT), unique-local, multicast or unspecified.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let [first, second, ..] = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || first == 0
+                || (first == 100 && (64..128).contains(&second)))
+        }
+        IpAddr::V6(a) => {
+            let first = a.segments()[0];
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
 }
 
 /// The addresses of the `listed` Gateways, sorted and without duplicates.
@@ -120,6 +157,7 @@ mod tests {
             created_at: String::new(),
             public_ipv4: v4.map(Into::into),
             public_ipv6: v6.map(Into::into),
+            observed_ip: None,
         }
     }
 
@@ -176,6 +214,40 @@ mod tests {
         assert_eq!(
             gateway_addresses(&gateway(1, "gw.example.com:51820", None, None)),
             (None, None)
+        );
+        // A name as endpoint: the address the session comes from, when it is a public one.
+        let seen = |endpoint: &str, observed: &str| {
+            let mut g = gateway(1, endpoint, None, None);
+            g.observed_ip = Some(observed.into());
+            let (a, aaaa) = gateway_addresses(&g);
+            (a.map(IpAddr::V4), aaaa.map(IpAddr::V6))
+        };
+        assert_eq!(
+            seen("gw.example.com:51820", "198.51.100.9"),
+            (Some(ip("198.51.100.9")), None)
+        );
+        assert_eq!(
+            seen("gw.example.com:51820", "2a01:4f8::9"),
+            (None, Some(ip("2a01:4f8::9")))
+        );
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.2",
+            "100.64.0.1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert_eq!(
+                seen("gw.example.com:51820", private),
+                (None, None),
+                "{private}"
+            );
+        }
+        // An IP endpoint wins over what was seen.
+        assert_eq!(
+            seen("203.0.113.7:51820", "198.51.100.9"),
+            (Some(ip("203.0.113.7")), None)
         );
     }
 

@@ -26,6 +26,7 @@ fn gateway(id: i64, key: Option<&str>, enabled: bool) -> GatewayRow {
         created_at: String::new(),
         public_ipv4: None,
         public_ipv6: None,
+        observed_ip: None,
     }
 }
 

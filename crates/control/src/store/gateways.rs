@@ -4,7 +4,7 @@ use super::{alloc, now, Store, StoreError, StoreResult};
 use crate::validate::WgNetwork;
 
 const COLUMNS: &str = "id, name, public_endpoint, wg_address, public_key, enabled, last_seen, \
-     created_at, public_ipv4, public_ipv6";
+     created_at, public_ipv4, public_ipv6, observed_ip";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GatewayRow {
@@ -20,6 +20,8 @@ pub struct GatewayRow {
     pub public_ipv4: Option<String>,
     /// Same over IPv6.
     pub public_ipv6: Option<String>,
+    /// Where its last session with Control came from (see [`Store::record_gateway_address`]).
+    pub observed_ip: Option<String>,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -58,6 +60,21 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(row)
+    }
+
+    /// Records the address a Gateway's session comes from; true when it changed.
+    pub async fn record_gateway_address(&self, id: i64, ip: &str) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE gateways SET observed_ip = $1 WHERE id = $2 \
+             AND (observed_ip IS NULL OR observed_ip <> $1)",
+        )
+        .bind(ip)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn list_gateways(&self) -> StoreResult<Vec<GatewayRow>> {

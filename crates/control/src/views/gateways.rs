@@ -25,6 +25,9 @@ pub struct GatewayView {
     public_ipv6: Option<String>,
     /// The addresses A/AAAA records of managed zones list for this Gateway while it serves.
     dns_addresses: Vec<String>,
+    /// The address its last session with Control came from (the default for `dns_addresses`
+    /// when `public_endpoint` is a name and this is a public address).
+    observed_ip: Option<String>,
 }
 
 pub fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayView {
@@ -40,6 +43,7 @@ pub fn view(state: &AppState, g: GatewayRow, token: Option<String>) -> GatewayVi
         .collect();
     GatewayView {
         dns_addresses,
+        observed_ip: g.observed_ip,
         public_ipv4: g.public_ipv4,
         public_ipv6: g.public_ipv6,
         id: g.id,
