@@ -10,7 +10,8 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Several hostnames (one already served by kakuremichi), a path rule, a TCP rule, the catch-all.
+/// Several hostnames (one already served by kakuremichi), a wildcard and a name it shadows, a path
+/// rule, a TCP rule, the catch-all.
 const CONFIG: &str = r#"
 tunnel: 6ff42ae2-765d-4adf-8112-31c55c1551ef
 credentials-file: /root/.cloudflared/6ff42ae2-765d-4adf-8112-31c55c1551ef.json
@@ -28,6 +29,10 @@ ingress:
     service: tcp://localhost:5432
   - hostname: taken.example.com
     service: http://localhost:7000
+  - hostname: "*.apps.example.com"
+    service: http://localhost:8080
+  - hostname: late.apps.example.com
+    service: http://localhost:8081
   - service: http_status:404
 "#;
 
@@ -133,6 +138,7 @@ async fn imports_what_has_an_equivalent_and_names_every_rule_left_out() {
     assert_eq!(
         got,
         [
+            ("*.apps.example.com", "localhost:8080", home),
             ("api.example.com", "127.0.0.1:9000", home),
             ("app.example.com", "localhost:8000", home),
             ("taken.example.com", "localhost:9", home),
@@ -162,12 +168,22 @@ async fn imports_what_has_an_equivalent_and_names_every_rule_left_out() {
         taken.contains("skipped") && taken.contains("already exists"),
         "{taken}"
     );
+    let wildcard = line(&run, "*.apps.example.com");
+    assert!(
+        wildcard.contains("created") && wildcard.contains("one label below"),
+        "{wildcard}"
+    );
+    let late = line(&run, "late.apps.example.com");
+    assert!(
+        late.contains("skipped") && late.contains("never reached"),
+        "{late}"
+    );
     let catch_all = line(&run, "(every");
     assert!(catch_all.contains("not needed: kakuremichi answers 404 for unknown hosts"));
     assert!(run.stdout.contains(r#"for Agent "home""#), "{}", run.stdout);
     assert!(
         run.stdout
-            .contains("2 created, 2 skipped, 2 unsupported, 0 failed"),
+            .contains("3 created, 3 skipped, 2 unsupported, 0 failed"),
         "{}",
         run.stdout
     );
@@ -180,8 +196,8 @@ async fn imports_what_has_an_equivalent_and_names_every_rule_left_out() {
     // Run again: everything that was created is now skipped; still nothing guessed.
     let again = import(&c, &config, &home.to_string(), &[]).await;
     assert_eq!(again.code, Some(1));
-    assert!(again.stdout.contains("0 created, 4 skipped, 2 unsupported"));
-    assert_eq!(tunnels(&c).await.len(), 3);
+    assert!(again.stdout.contains("0 created, 6 skipped, 2 unsupported"));
+    assert_eq!(tunnels(&c).await.len(), 4);
     c.stop().await;
 }
 
@@ -201,7 +217,7 @@ async fn dry_run_prints_the_plan_and_creates_nothing() {
     assert!(run.stdout.contains("dry run: nothing changed"));
     assert!(run
         .stdout
-        .contains("2 would be created, 2 skipped, 2 unsupported"));
+        .contains("3 would be created, 3 skipped, 2 unsupported"));
     c.stop().await;
 }
 

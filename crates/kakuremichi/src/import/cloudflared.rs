@@ -2,10 +2,16 @@
 //! `originRequest`) becomes in kakuremichi, rule by rule, without touching Control: the plan that
 //! `kakuremichi control import-cloudflared` then carries out (or prints, with `--dry-run`).
 //!
-//! Only what has an exact equivalent becomes a tunnel: a `hostname` with an `http://host:port`
-//! service. Everything else (path rules, HTTPS or TCP origins, wildcards, options that change how
-//! the origin is reached) is reported with the reason, never approximated: a migration that
-//! quietly changes what a hostname serves is worse than one that stops and says so.
+//! Only what has an exact equivalent becomes a tunnel: a `hostname` (or a wildcard `*.domain`) with
+//! an `http://host:port` service. Everything else (path rules, HTTPS or TCP origins, options that
+//! change how the origin is reached) is reported with the reason, never approximated: a migration
+//! that quietly changes what a hostname serves is worse than one that stops and says so.
+//!
+//! Wildcards differ in depth: cloudflared's `*.example.com` matches every name ending in
+//! `.example.com`, kakuremichi's exactly one label below. The wildcard becomes a tunnel with a
+//! note saying so; a later rule that cloudflared never reaches because the wildcard matches it
+//! first is skipped when it is one label below (the wildcard serves it the same), and reported
+//! when it is deeper (kakuremichi's wildcard would not serve it).
 
 use serde::Deserialize;
 use serde_norway::Value;
@@ -79,6 +85,8 @@ pub fn plan(text: &str) -> Result<Vec<Step>, String> {
     let defaults = config.origin_request.unwrap_or_default();
     let count = rules.len();
     let mut first_rule_for: HashMap<String, usize> = HashMap::new();
+    // Earlier wildcard rules without `path`: (`.example.com`, rule number).
+    let mut wildcards: Vec<(String, usize)> = Vec::new();
     let steps = rules
         .into_iter()
         .enumerate()
@@ -99,11 +107,14 @@ pub fn plan(text: &str) -> Result<Vec<Step>, String> {
                     Some(first) => Action::Skip(format!(
                         "never reached: rule {first} already serves this hostname (cloudflared uses the first match)"
                     )),
-                    None => action,
+                    None => shadowed(&hostname, &wildcards).unwrap_or(action),
                 },
             };
             if !hostname.is_empty() && rule.path.is_none() {
                 first_rule_for.entry(hostname.clone()).or_insert(i + 1);
+                if let Some(suffix) = hostname.strip_prefix('*') {
+                    wildcards.push((suffix.to_string(), i + 1));
+                }
             }
             Step {
                 rule: i + 1,
@@ -141,9 +152,10 @@ fn map_rule(rule: &Rule, hostname: &str, last: bool, defaults: &BTreeMap<String,
             "no `hostname`: the rule matches every host, and kakuremichi routes by hostname".into(),
         );
     }
-    if hostname.contains('*') {
+    let wildcard = hostname.starts_with("*.");
+    if hostname.trim_start_matches("*.").contains('*') {
         return Unsupported(
-            "wildcard hostnames are not supported: create one tunnel per hostname".into(),
+            "only a whole leftmost `*` label is a wildcard here (like `*.example.com`)".into(),
         );
     }
     if let Some(path) = rule.path.as_deref().filter(|p| !p.is_empty()) {
@@ -158,6 +170,13 @@ fn map_rule(rule: &Rule, hostname: &str, last: bool, defaults: &BTreeMap<String,
     let mut options = defaults.clone();
     options.extend(rule.origin_request.clone().unwrap_or_default());
     let mut notes = Vec::new();
+    if wildcard {
+        notes.push(format!(
+            "serves names exactly one label below {} (cloudflared also matched deeper ones); a \
+             name with a tunnel of its own wins over it",
+            &hostname[2..]
+        ));
+    }
     for (key, value) in &options {
         match origin_option(key, value) {
             Honour::Ignored(why) => notes.push(format!("originRequest.{key} ignored: {why}")),
@@ -166,6 +185,27 @@ fn map_rule(rule: &Rule, hostname: &str, last: bool, defaults: &BTreeMap<String,
         }
     }
     Action::Create { target, notes }
+}
+
+/// What becomes of a rule for `hostname` that an earlier wildcard rule matches first in
+/// cloudflared (so cloudflared never reaches it); `None` when none does.
+fn shadowed(hostname: &str, wildcards: &[(String, usize)]) -> Option<Action> {
+    let (suffix, first) = wildcards
+        .iter()
+        .find(|(suffix, _)| hostname.ends_with(suffix.as_str()))?;
+    let below = &hostname[..hostname.len() - suffix.len()];
+    Some(if below.contains('.') || below == "*" {
+        Action::Unsupported(format!(
+            "cloudflared serves this through rule {first} (`*{suffix}` matches it first), but a \
+             kakuremichi wildcard covers one label only: add a rule for it before rule {first} \
+             with the service you want"
+        ))
+    } else {
+        Action::Skip(format!(
+            "never reached: rule {first} (`*{suffix}`) matches it first in cloudflared, and serves \
+             it the same here"
+        ))
+    })
 }
 
 /// The `host:port` an `http://` service names; why not, for every other kind of service.

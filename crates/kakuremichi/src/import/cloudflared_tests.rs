@@ -105,8 +105,12 @@ fn every_kind_kakuremichi_cannot_serve_is_reported_with_its_reason() {
     unsupported("{hostname: a.example.com, service: bastion}", "bastion");
     unsupported("{hostname: a.example.com, service: socks5}", "unknown kind");
     unsupported(
-        "{hostname: '*.example.com', service: http://localhost:80}",
-        "wildcard",
+        "{hostname: 'a*.example.com', service: http://localhost:80}",
+        "whole leftmost",
+    );
+    unsupported(
+        "{hostname: 'a.*.example.com', service: http://localhost:80}",
+        "whole leftmost",
     );
     unsupported(
         "{hostname: a.example.com, service: 'http://localhost:80/api'}",
@@ -228,4 +232,42 @@ fn yaml_alias_bombs_are_refused() {
                 ingress: [{hostname: a.example.com, service: 'http://x:1'}]\n";
     let err = plan(bomb).unwrap_err();
     assert!(err.contains("repetition limit"), "{err}");
+}
+
+#[test]
+fn a_wildcard_becomes_a_tunnel_and_the_rules_it_shadows_in_cloudflared_are_not_imported() {
+    let steps = plan(
+        "ingress:
+  - {hostname: app.example.com, service: http://localhost:81}
+  - {hostname: '*.example.com', service: http://localhost:82}
+  - {hostname: b.example.com, service: http://localhost:83}
+  - {hostname: x.b.example.com, service: http://localhost:84}
+  - {hostname: other.test, service: http://localhost:85}
+  - service: http_status:404",
+    )
+    .unwrap();
+    assert_eq!(
+        steps[0].action,
+        target("localhost:81"),
+        "before the wildcard: its own tunnel"
+    );
+    match &steps[1].action {
+        Action::Create { target, notes } => {
+            assert_eq!(target, "localhost:82");
+            assert!(
+                notes[0].contains("exactly one label below example.com"),
+                "{notes:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match &steps[2].action {
+        Action::Skip(why) => assert!(why.contains("rule 2"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    match &steps[3].action {
+        Action::Unsupported(why) => assert!(why.contains("one label only"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(steps[4].action, target("localhost:85"));
 }
