@@ -230,6 +230,7 @@ impl World {
                     None => crate::store::access::policy_of(t).for_gateway(t.id),
                 },
                 limits,
+                plain_http_only: !https,
             };
             routes.insert(t.hostname.clone(), route);
         }

@@ -263,7 +263,13 @@ impl Gateway {
             .collect();
         device.set_peers(peers);
         self.routes.replace(snapshot.routes.clone());
-        self.certs.apply(&snapshot.certificates, &snapshot.acme);
+        let plain = snapshot
+            .routes
+            .iter()
+            .filter(|(_, r)| r.plain_http_only)
+            .map(|(host, _)| host.clone());
+        self.certs
+            .apply(&snapshot.certificates, &snapshot.acme, plain.collect());
         self.access.apply(&snapshot.access, &self.control_url);
         tracing::info!(
             hostnames = snapshot.routes.len(),

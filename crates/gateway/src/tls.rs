@@ -15,7 +15,7 @@
 //! that allow HTTPS alone; such clients do not verify the certificate, and when the SNI names no
 //! hostname of ours they get a self-signed one made at start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -72,10 +72,27 @@ pub fn certified_key(cert: &TlsCertificate) -> Result<Arc<CertifiedKey>, CertErr
 /// TLS-ALPN-01 challenges, by exact hostname (a CA never validates a wildcard that way).
 type KeyMap = HashMap<String, Arc<CertifiedKey>>;
 
+/// The certificates by hostname, and the hostnames that must get none (swapped together).
+#[derive(Default)]
+struct Certs {
+    by_host: HostMap<Arc<CertifiedKey>>,
+    /// Exact names of `tls: off` tunnels: no certificate, even when a wildcard's covers them.
+    plain: HashSet<String>,
+}
+
+impl Certs {
+    fn get(&self, host: &str) -> Option<&Arc<CertifiedKey>> {
+        if !self.plain.is_empty() && self.plain.contains(host) {
+            return None;
+        }
+        self.by_host.get(host)
+    }
+}
+
 /// Certificates and ACME challenges of one Gateway, hot-swapped on every snapshot.
 #[derive(Default)]
 pub struct CertStore {
-    certs: ArcSwap<HostMap<Arc<CertifiedKey>>>,
+    certs: ArcSwap<Certs>,
     alpn: ArcSwap<KeyMap>,
     http01: ArcSwap<HashMap<String, String>>,
     /// Served to WireGuard-over-TLS clients whose SNI names no hostname of ours.
@@ -87,7 +104,7 @@ pub struct CertStore {
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertStore")
-            .field("hostnames", &self.certs.load().len())
+            .field("hostnames", &self.certs.load().by_host.len())
             .field("tls_alpn01", &self.alpn.load().len())
             .field("http01", &self.http01.load().len())
             .finish()
@@ -99,10 +116,22 @@ impl CertStore {
         Self::default()
     }
 
-    /// Replaces every certificate and challenge. A certificate that cannot be parsed is logged and
+    /// Replaces every certificate and challenge; `plain` names the hostnames that get no
+    /// certificate at all (`tls: off` tunnels). A certificate that cannot be parsed is logged and
     /// left out (that hostname then fails its handshakes) instead of failing the whole snapshot.
-    pub fn apply(&self, certificates: &BTreeMap<String, TlsCertificate>, acme: &AcmeChallenges) {
-        self.certs.store(Arc::new(parse_all(certificates.iter())));
+    pub fn apply(
+        &self,
+        certificates: &BTreeMap<String, TlsCertificate>,
+        acme: &AcmeChallenges,
+        plain: HashSet<String>,
+    ) {
+        self.certs.store(Arc::new(Certs {
+            by_host: parse_all(certificates.iter()),
+            plain: plain
+                .iter()
+                .map(|h| normalize_host(h).into_owned())
+                .collect(),
+        }));
         self.alpn.store(Arc::new(parse_all(
             acme.tls_alpn01
                 .iter()
@@ -119,7 +148,7 @@ impl CertStore {
     /// True when a certificate for `host` (already normalised) is loaded, its own or a
     /// wildcard's.
     pub fn has_certificate(&self, host: &str) -> bool {
-        self.certs.load().contains(host)
+        self.certs.load().get(host).is_some()
     }
 
     /// The key authorization for an HTTP-01 token, if Control pushed one.
@@ -128,11 +157,11 @@ impl CertStore {
     }
 
     pub fn len(&self) -> usize {
-        self.certs.load().len()
+        self.certs.load().by_host.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.certs.load().is_empty()
+        self.certs.load().by_host.is_empty()
     }
 
     /// Sends WireGuard-over-TLS connections to `device` from now on.

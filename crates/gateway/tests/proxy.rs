@@ -111,6 +111,7 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         replicas: Vec::new(),
         access: Default::default(),
         limits: Default::default(),
+        plain_http_only: false,
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();

@@ -1,7 +1,8 @@
 //! A wildcard tunnel end to end: `*.apps.test` with `tls: internal` served by two Gateways for
 //! any name one label below it, over HTTPS with one certificate from Control's internal CA; an
 //! exact tunnel `a.apps.test` to another origin wins over the wildcard; `apps.test` and
-//! `x.a.apps.test` are not routed; and a `tls: off` wildcard over plain HTTP.
+//! `x.a.apps.test` are not routed; a `tls: off` wildcard over plain HTTP; and an exact `tls: off`
+//! name under the wildcard gets no certificate (not the wildcard's).
 
 use kakuremichi_testkit::https::*;
 use kakuremichi_testkit::roles::start_origin;
@@ -124,5 +125,25 @@ async fn a_wildcard_tunnel_serves_every_name_below_it_on_every_gateway() {
         .await;
         assert_eq!(through(&plain, gw.http(), "plain.test", "/").await.0, 404);
         assert!(handshake(gw.https(), "k.plain.test").await.is_err());
+    }
+
+    // An exact `tls: off` tunnel under a wildcard with a certificate: plain HTTP only, the
+    // wildcard's certificate is not served for it.
+    let (bare_origin, _bare_stop) = start_origin("bare-origin").await;
+    api.post("tunnels", tunnel("bare.apps.test", bare_origin, "off"))
+        .await;
+    for gw in &gateways {
+        wait_through(
+            &plain,
+            gw.http(),
+            "bare.apps.test",
+            "/",
+            WITHIN,
+            "the tls off exact name over plain HTTP",
+            |s, b| s == 200 && b.contains("Hello from bare-origin"),
+        )
+        .await;
+        assert!(handshake(gw.https(), "bare.apps.test").await.is_err());
+        assert!(handshake(gw.https(), "b.apps.test").await.is_ok());
     }
 }

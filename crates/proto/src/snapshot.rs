@@ -94,6 +94,10 @@ pub struct GatewayRoute {
     /// without limits hash as before (see [`crate::limits`]).
     #[serde(default, skip_serializing_if = "RouteLimits::is_none")]
     pub limits: RouteLimits,
+    /// The tunnel has `tls: off`: its hostname gets no certificate, not even a wildcard's that
+    /// covers it (a TLS handshake for it fails, as for an unknown name). Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http_only: bool,
 }
 
 /// One Agent serving a route with replicas.

@@ -198,6 +198,7 @@ fn gateway_gets_certificates_of_matching_source_and_challenges() {
     let (t10, t12) = (&s.routes["t10.example.com"], &s.routes["t12.example.com"]);
     assert!(t10.https_redirect && t10.hsts_max_age == 60);
     assert!(!t12.https_redirect && t12.hsts_max_age == 0);
+    assert!(t12.plain_http_only && !t10.plain_http_only);
     assert_eq!(s.acme.http01["tok"], "tok.thumb");
     // Access: the policy per route, keys and revocations for every Gateway, none for Agents.
     assert_eq!(

@@ -296,6 +296,7 @@ mod tests {
             replicas: Vec::new(),
             access: Default::default(),
             limits: Default::default(),
+            plain_http_only: false,
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

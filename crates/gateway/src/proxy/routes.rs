@@ -99,6 +99,7 @@ mod tests {
             replicas: Vec::new(),
             access: Default::default(),
             limits: Default::default(),
+            plain_http_only: false,
         }
     }
 

@@ -43,6 +43,7 @@ fn a_returning_client_resumes_its_session() {
     store.apply(
         &BTreeMap::from([("a.test".to_string(), cert.clone())]),
         &AcmeChallenges::default(),
+        HashSet::new(),
     );
     let server_config = store.server_config();
     let mut roots = rustls::RootCertStore::empty();
@@ -90,7 +91,11 @@ fn sni_selects_the_matching_certificate_only() {
             certificate: self_signed("b.test"),
         },
     );
-    store.apply(&BTreeMap::from([("A.test".to_string(), a)]), &acme);
+    store.apply(
+        &BTreeMap::from([("A.test".to_string(), a)]),
+        &acme,
+        HashSet::new(),
+    );
     assert!(store.select(Some("a.test"), false).is_some());
     assert!(store.select(Some("A.TEST."), false).is_some());
     assert!(store.select(Some("b.test"), false).is_none(), "unknown SNI");
@@ -99,7 +104,7 @@ fn sni_selects_the_matching_certificate_only() {
     assert!(store.select(Some("a.test"), true).is_none());
     assert_eq!(store.http01("tok").as_deref(), Some("tok.print"));
     assert!(store.has_certificate("a.test"));
-    store.apply(&BTreeMap::new(), &AcmeChallenges::default());
+    store.apply(&BTreeMap::new(), &AcmeChallenges::default(), HashSet::new());
     assert!(store.select(Some("a.test"), false).is_none(), "hot swap");
     assert!(store.http01("tok").is_none());
 }
@@ -111,6 +116,7 @@ fn wireguard_clients_get_a_certificate_for_any_name() {
     store.apply(
         &BTreeMap::from([("a.test".to_string(), a.clone())]),
         &AcmeChallenges::default(),
+        HashSet::new(),
     );
     let ours = store.select_wireguard(Some("a.test")).unwrap();
     assert_eq!(
@@ -148,7 +154,7 @@ fn bad_certificates_are_skipped_not_fatal() {
         ("bad.test".to_string(), bad),
         ("empty.test".to_string(), empty),
     ]);
-    store.apply(&certs, &AcmeChallenges::default());
+    store.apply(&certs, &AcmeChallenges::default(), HashSet::new());
     assert_eq!(store.len(), 1);
     assert!(store.has_certificate("good.test"));
 }
@@ -172,6 +178,7 @@ fn a_wildcard_certificate_serves_one_label_below_and_exact_wins() {
             ("a.apps.test".to_string(), exact.clone()),
         ]),
         &acme,
+        HashSet::from(["Off.Apps.Test".to_string()]),
     );
     let served = |sni: &str| store.select(Some(sni), false).map(|k| k.cert.clone());
     let wildcard = Some(certified_key(&wildcard).unwrap().cert.clone());
@@ -184,6 +191,9 @@ fn a_wildcard_certificate_serves_one_label_below_and_exact_wins() {
     );
     assert!(served("apps.test").is_none());
     assert!(served("x.b.apps.test").is_none());
+    // A `tls: off` tunnel of its own under the wildcard: no certificate, not the wildcard's.
+    assert!(served("off.apps.test").is_none());
+    assert!(!store.has_certificate("off.apps.test"));
     assert!(store.has_certificate("b.apps.test"));
     assert!(!store.has_certificate("apps.test"));
     assert_eq!(store.len(), 2);

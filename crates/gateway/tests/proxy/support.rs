@@ -114,6 +114,7 @@ impl TestDialer {
             replicas: Vec::new(),
             access: Default::default(),
             limits: Default::default(),
+            plain_http_only: false,
         }
     }
 

@@ -19,6 +19,7 @@ pub(crate) fn sample() -> ConfigSnapshot {
             replicas: Vec::new(),
             access: RouteAccess::Login,
             limits: RouteLimits::default(),
+            plain_http_only: false,
         },
     );
     let cert = TlsCertificate {

@@ -58,6 +58,7 @@ fn route(access: AccessPolicy) -> GatewayRoute {
         replicas: Vec::new(),
         access: access.for_gateway(1),
         limits: Default::default(),
+        plain_http_only: false,
     }
 }
 

@@ -20,6 +20,7 @@ fn route(tunnel_id: i64, limits: RouteLimits) -> GatewayRoute {
         replicas: Vec::new(),
         access: Default::default(),
         limits,
+        plain_http_only: false,
     }
 }
 
