@@ -83,6 +83,41 @@ async fn follows_the_fleet(zone: Value, port: u16) {
     assert_eq!(view["dns"]["state"], "managed", "{view}");
     assert_eq!(view["dns"]["zone"], ZONE);
 
+    // Outside every managed zone: nothing written; the API and the tunnel's page say where to
+    // point the name.
+    let outside = fleet.tunnel("app.elsewhere.test", fleet.origin).await;
+    eventually(SOON, "the unmanaged tunnel's addresses", || async {
+        let v = api.get(&format!("tunnels/{outside}")).await;
+        (v["dns"]["state"] == "unmanaged"
+            && v["dns"]["addresses"] == json!(["192.0.2.1", "192.0.2.2", "2001:db8::1"]))
+        .then_some(())
+    })
+    .await;
+    let login = kakuremichi_client::Client::new(api.base.clone())
+        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .unwrap();
+    let cookie = login.cookie.split("; ").next().unwrap().to_string();
+    let page = |id: i64| {
+        let (http, url, cookie) = (
+            api.http.clone(),
+            format!("{}/tunnels/{id}", api.base),
+            cookie.clone(),
+        );
+        async move {
+            let r = http.get(url).header("cookie", cookie).send().await.unwrap();
+            r.text().await.unwrap()
+        }
+    };
+    let text = page(outside).await;
+    assert!(
+        text.contains("Point DNS for <code>app.elsewhere.test</code> at <code>192.0.2.1</code>"),
+        "{text}"
+    );
+    assert!(page(tunnel)
+        .await
+        .contains(&format!("managed in <strong>{ZONE}</strong>")));
+
     // A hostname already in DNS, not written by us: left alone, and the tunnel says why.
     let (keep_name, keep_ip) = NOT_OURS;
     let taken = fleet.tunnel(keep_name, fleet.origin).await;

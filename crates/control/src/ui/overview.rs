@@ -139,12 +139,9 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
                 "limits_label": limits,
             });
             let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
-            let view = to_json(tunnels::TunnelView::new(
-                t,
-                &replicas,
-                cert,
-                any_gateway_online,
-            ));
+            let view = to_json(
+                tunnels::TunnelView::new(t, &replicas, cert, any_gateway_online).with_dns(state),
+            );
             with(with(view, extra), access)
         })
         .collect();
