@@ -10,6 +10,7 @@
 //! - `*.shop.example.test` gets one through the CNAME delegation; that TXT is gone too.
 //! - A wildcard in no managed zone and without delegation fails with what to do, and nothing was
 //!   ordered from the CA for it.
+//! - With `KAKUREMICHI_ACME_CHALLENGE=dns-01`, a plain name gets its certificate by DNS-01 too.
 //!
 //! The time from creating the tunnel to the certificate is printed (`--nocapture`).
 
@@ -173,5 +174,31 @@ async fn wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation() {
         "{why}"
     );
     assert_eq!(pebble.orders(), orders, "nothing was ordered for it");
+
+    // KAKUREMICHI_ACME_CHALLENGE=dns-01: a plain name too (Control restarted with it; no Gateway
+    // is needed to answer the CA).
+    control.shut_down().await;
+    let (directory, roots) = (pebble.directory.clone(), pebble.server_roots.clone());
+    let resolver = bind.server.clone();
+    let control = start_control(&dir.path().join("control"), move |c| {
+        c.acme.directory_url = directory;
+        c.acme.ca_roots = Some(roots);
+        c.acme.challenge = kakuremichi_control::ChallengeChoice::Dns01;
+        c.acme.dns_resolver = Some(resolver);
+    })
+    .await;
+    let shop = control
+        .api
+        .post("tunnels", tunnel("shop.example.test"))
+        .await;
+    let cert = wait_certificate(&control.api, shop["id"].as_i64().unwrap(), "issued", WITHIN).await;
+    assert!(
+        cert["issuer"].as_str().unwrap().contains("Pebble"),
+        "{cert}"
+    );
+    assert_eq!(pebble.issued(), 3);
+    assert!(dns::dig_at(bind_ip, 53, "shop-acme.apps.test", "TXT")
+        .await
+        .is_empty());
     control.shut_down().await;
 }
