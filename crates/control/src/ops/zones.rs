@@ -28,6 +28,19 @@ fn settings(row: &DnsZoneRow) -> Value {
     serde_json::from_str(&row.config).unwrap_or(Value::Null)
 }
 
+/// A zone added or changed may be what failed certificates lacked: they are tried again now
+/// rather than after their backoff (order caps still apply).
+async fn retry_acme_after_zone_change(state: &AppState) {
+    match state.store.retry_failed_acme_now().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            certificates = n,
+            "failed ACME certificates tried again after the DNS zone change"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot schedule the failed certificates again"),
+    }
+}
+
 fn target(row: &DnsZoneRow) -> String {
     format!("dns_zone:{} {}", row.id, row.zone)
 }
@@ -45,6 +58,7 @@ pub async fn create(
         .create(zone, provider, config)
         .await
         .map_err(api_error)?;
+    retry_acme_after_zone_change(state).await;
     state.hub.changed();
     state.dns_records.poke();
     tracing::info!(zone_id = row.id, zone = %row.zone, provider = %row.provider, "DNS zone added");
@@ -72,6 +86,7 @@ pub async fn update(
         .update(id, provider, config)
         .await
         .map_err(api_error)?;
+    retry_acme_after_zone_change(state).await;
     state.hub.changed();
     state.dns_records.poke();
     let detail = json!({"provider": row.provider, "config": settings(&row), "changed": fields});

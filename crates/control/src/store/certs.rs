@@ -103,6 +103,20 @@ impl Store {
 
     /// Records a failed attempt. A hostname that still holds a certificate from this source
     /// stays `issued` (it keeps being served while renewal retries); otherwise it becomes `failed`.
+    /// Makes every ACME certificate that failed and was never issued due now (its failure count,
+    /// and so the backoff after another failure, is kept): a DNS zone added or changed may be
+    /// what it lacked (DNS-01, or the A records HTTP-01 needs). Returns how many.
+    pub async fn retry_failed_acme_now(&self) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE certificates SET next_attempt_at = NULL \
+             WHERE source = 'acme' AND status = 'failed' AND cert_pem IS NULL \
+             AND next_attempt_at IS NOT NULL",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn record_failure(
         &self,
         hostname: &str,
@@ -229,6 +243,49 @@ mod tests {
             issuer: "CA".into(),
             renew_at: "2029-01-01T00:00:00Z".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_zone_change_makes_only_failed_unissued_acme_certificates_due() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let later = "2030-01-01T00:00:00Z";
+        for (host, source) in [
+            ("a.test", "acme"),
+            ("b.test", "acme"),
+            ("c.test", "internal"),
+        ] {
+            store
+                .record_failure(host, source, "boom", 3, later)
+                .await
+                .unwrap();
+        }
+        store
+            .save_issued("b.test", "acme", &cert("1"))
+            .await
+            .unwrap();
+        store
+            .record_failure("b.test", "acme", "renewal failed", 1, later)
+            .await
+            .unwrap();
+        assert_eq!(store.retry_failed_acme_now().await.unwrap(), 1);
+        let row = |host: &'static str, source: &'static str| {
+            let store = store.clone();
+            async move { store.get_certificate(host, source).await.unwrap().unwrap() }
+        };
+        let a = row("a.test", "acme").await;
+        assert_eq!(
+            (a.next_attempt_at, a.failures),
+            (None, 3),
+            "due now, backoff kept"
+        );
+        assert_eq!(
+            row("b.test", "acme").await.next_attempt_at.as_deref(),
+            Some(later)
+        );
+        assert_eq!(
+            row("c.test", "internal").await.next_attempt_at.as_deref(),
+            Some(later)
+        );
     }
 
     #[tokio::test]
