@@ -128,12 +128,8 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| throttle_key(state.trusted_proxies.client(c.0.ip(), &parts.headers))),
-        ))
+        let PeerIp(ip) = PeerIp::from_request_parts(parts, state).await?;
+        Ok(ClientIp(ip.map(throttle_key)))
     }
 }
 

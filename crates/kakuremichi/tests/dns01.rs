@@ -78,7 +78,8 @@ async fn wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation() {
     })
     .await;
     let ips = [Ipv4Addr::new(127, 0, 54, 2), Ipv4Addr::new(127, 0, 54, 3)];
-    let (http, https) = ports_for(&ips);
+    // Pebble's HTTP-01 and TLS-ALPN-01 ports: unused here (DNS-01 only).
+    let (http, https) = ports_for(&[Ipv4Addr::LOCALHOST]);
     let pebble = pebble::Pebble::start_with_dns(dir.path(), http, https, &bind.server).await;
     let (directory, roots) = (pebble.directory.clone(), pebble.server_roots.clone());
     let resolver = bind.server.clone();
@@ -98,12 +99,7 @@ async fn wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation() {
             "key_secret": bind.key_secret}}),
     )
     .await;
-    let gateways: Vec<Addrs> = ips.iter().map(|&ip| Addrs { ip, http, https }).collect();
-    let mut _running = Vec::new();
-    for (i, addrs) in gateways.iter().enumerate() {
-        let name = format!("gw{i}");
-        _running.push(create_gateway(api, &name, *addrs, dir.path().join(&name)).await);
-    }
+    let (gateways, _running) = create_gateways(api, &ips, dir.path()).await;
     let (agent_id, origin, _stops) = start_agent_and_origin(api, dir.path().join("agent")).await;
     let tunnel =
         |host: &str| json!({"hostname": host, "agent_id": agent_id, "target": origin.to_string()});

@@ -29,13 +29,7 @@ async fn a_wildcard_tunnel_serves_every_name_below_it_on_every_gateway() {
     let control = start_control(&dir.path().join("control"), |_| {}).await;
     let api = &control.api;
     let ips = [Ipv4Addr::new(127, 0, 31, 2), Ipv4Addr::new(127, 0, 31, 3)];
-    let (http, https) = ports_for(&ips);
-    let gateways: Vec<Addrs> = ips.iter().map(|&ip| Addrs { ip, http, https }).collect();
-    let mut _running = Vec::new();
-    for (i, addrs) in gateways.iter().enumerate() {
-        let name = format!("gw{i}");
-        _running.push(create_gateway(api, &name, *addrs, dir.path().join(&name)).await);
-    }
+    let (gateways, _running) = create_gateways(api, &ips, dir.path()).await;
     let (agent_id, origin, _stops) = start_agent_and_origin(api, dir.path().join("agent")).await;
     let (exact_origin, _exact_stop) = start_origin("exact-origin").await;
 

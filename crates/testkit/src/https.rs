@@ -80,6 +80,23 @@ pub async fn create_gateway(api: &Api, name: &str, addrs: Addrs, dir: PathBuf) -
     InProcessGateway::create(api, name, Some((addrs.http(), addrs.https())), dir).await
 }
 
+/// One Gateway per address of `ips` (`gw0`, `gw1`, ...), all with the same HTTP and HTTPS ports,
+/// their data under `dir`: where each listens, and the running Gateways.
+pub async fn create_gateways(
+    api: &Api,
+    ips: &[Ipv4Addr],
+    dir: &std::path::Path,
+) -> (Vec<Addrs>, Vec<InProcessGateway>) {
+    let (http, https) = ports_for(ips);
+    let addrs: Vec<Addrs> = ips.iter().map(|&ip| Addrs { ip, http, https }).collect();
+    let mut running = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let name = format!("gw{i}");
+        running.push(create_gateway(api, &name, *a, dir.join(&name)).await);
+    }
+    (addrs, running)
+}
+
 /// Starts a known Gateway (by `token`, on `wg`) again with HTTP and HTTPS on `addrs`.
 pub async fn start_gateway(
     control: &str,
