@@ -134,6 +134,12 @@ async fn wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation() {
         1,
         "one certificate for every name, on both Gateways"
     );
+    // The wildcard's own record in the managed zone: any name below resolves to the Gateways
+    // (both have their WireGuard endpoint on 127.0.0.1).
+    eventually(WITHIN, "*.apps.test A in DNS", || async {
+        (dns::dig_at(bind_ip, 53, "any.apps.test", "A").await == ["127.0.0.1"]).then_some(())
+    })
+    .await;
     eventually(WITHIN, "the TXT record removed", || async {
         dns::dig_at(bind_ip, 53, "_acme-challenge.apps.test", "TXT")
             .await

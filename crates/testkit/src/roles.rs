@@ -56,8 +56,10 @@ pub fn control_config(dir: &Path) -> kakuremichi_control::ControlConfig {
         admin_email: Some(ADMIN_EMAIL.into()),
         admin_password: Some(ADMIN_PASSWORD.into()),
         acme: kakuremichi_control::AcmeConfig {
-            // DNS-01's lookups stay on loopback (nothing answers there: they fail at once); a
-            // test that needs a resolver sets its own.
+            // Nothing leaves loopback: no CA unless a test starts Pebble and points here, and
+            // DNS-01's lookups go where nothing answers (they fail at once); a test that needs a
+            // CA or a resolver sets its own.
+            directory_url: "https://127.0.0.1:9/directory".into(),
             dns_resolver: Some("127.0.0.1:9".into()),
             ..Default::default()
         },
