@@ -130,7 +130,7 @@ impl From<StoreError> for ApiError {
             e @ StoreError::KeyInUse(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::Quota(m) => ApiError::forbidden(m),
-            e @ (StoreError::Db(_) | StoreError::Migrate(_)) => {
+            e @ (StoreError::Db(_) | StoreError::Migrate(_) | StoreError::SchemaTooNew(_)) => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::internal()
             }

@@ -17,6 +17,7 @@ mod nodes;
 mod overlap;
 mod quotas;
 mod replicas;
+mod schema;
 mod settings;
 mod tokens;
 mod tunnels;
@@ -67,6 +68,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database was upgraded by a newer release; the message says how to go back.
+    #[error("{0}")]
+    SchemaTooNew(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -119,7 +123,26 @@ impl Store {
         Self::connect(SqliteConnectOptions::new().filename(path), false).await
     }
 
+    /// [`Store::open_file`] with other migrations (an older release's, in tests).
+    #[cfg(test)]
+    pub async fn open_file_with(
+        path: &Path,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> StoreResult<Self> {
+        owner_only(path)?;
+        let pool = Self::pool_for(SqliteConnectOptions::new().filename(path), false).await?;
+        schema::migrate(&pool, migrator, Some(path)).await?;
+        Ok(Self { pool })
+    }
+
     async fn connect(options: SqliteConnectOptions, in_memory: bool) -> StoreResult<Self> {
+        let file = (!in_memory).then(|| options.get_filename().to_path_buf());
+        let pool = Self::pool_for(options, in_memory).await?;
+        schema::migrate(&pool, &sqlx::migrate!(), file.as_deref()).await?;
+        Ok(Self { pool })
+    }
+
+    async fn pool_for(options: SqliteConnectOptions, in_memory: bool) -> StoreResult<SqlitePool> {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -130,8 +153,7 @@ impl Store {
             .max_connections(if in_memory { 1 } else { 8 })
             .connect_with(options)
             .await?;
-        sqlx::migrate!().run(&pool).await?;
-        Ok(Self { pool })
+        Ok(pool)
     }
 
     pub(crate) fn pool(&self) -> &SqlitePool {
