@@ -36,6 +36,7 @@ mod zones;
 pub use certs::{AcmeConfig, Challenge, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
 pub use dns_records::DnsRecordsConfig;
+pub use store::MigrationPlan;
 
 /// Where Control keeps its internal CA's root certificate (`root.crt`; the key is beside it).
 pub fn internal_ca_root(data_dir: &std::path::Path) -> std::path::PathBuf {
@@ -52,6 +53,29 @@ use store::Store;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long node sessions get to say goodbye.
 const NODE_SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where Control's database (`database_url`, else `control.db` in `data_dir`) stands against this
+/// binary's migrations, changing nothing (`kakuremichi control migrate --dry-run`); `None` when
+/// there is no database yet.
+pub async fn migration_plan(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> anyhow::Result<Option<MigrationPlan>> {
+    Store::migration_plan(database_url, &data_dir.join("control.db"))
+        .await
+        .context("cannot read the database")
+}
+
+/// Applies the pending migrations as Control would at start (copying the database first).
+pub async fn migrate(data_dir: &std::path::Path, database_url: Option<&str>) -> anyhow::Result<()> {
+    let store = match database_url {
+        Some(url) => Store::open(url).await,
+        None => Store::open_file(&data_dir.join("control.db")).await,
+    }
+    .context("cannot open the database")?;
+    store.close().await;
+    Ok(())
+}
 
 /// Runs Control on `listener` until `shutdown` resolves, then closes node sessions and drains.
 pub async fn run(

@@ -182,6 +182,10 @@ enum ControlTool {
     /// running Control's API: the way over from Cloudflare Tunnel. Rules without an exact
     /// equivalent are reported with the reason, not guessed (docs/migrate-cloudflared.md).
     ImportCloudflared(Box<import::ImportArgs>),
+    /// Show the database's schema version and the migrations this release would apply
+    /// (`--dry-run`), or apply them now; a database with data is copied to DATA_DIR/backups first,
+    /// as when Control starts (docs/backups.md).
+    Migrate(crate::migrate::MigrateArgs),
 }
 
 #[derive(Args)]
@@ -315,6 +319,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tool: Some(ControlTool::ImportCloudflared(a)),
             ..
         }) => import::run(*a).await,
+        Command::Control(ControlArgs {
+            tool: Some(ControlTool::Migrate(a)),
+            ..
+        }) => crate::migrate::run(a).await,
         Command::Control(a) => {
             let dns = a.dns();
             let config = kakuremichi_control::ControlConfig {

@@ -4,6 +4,7 @@ mod cli;
 #[cfg(test)]
 mod confdoc;
 mod import;
+mod migrate;
 mod signal;
 mod up;
 

@@ -18,6 +18,8 @@ mod overlap;
 mod quotas;
 mod replicas;
 mod schema;
+
+pub use schema::Plan as MigrationPlan;
 mod settings;
 mod tokens;
 mod tunnels;
@@ -121,6 +123,29 @@ impl Store {
     pub async fn open_file(path: &Path) -> StoreResult<Self> {
         owner_only(path)?;
         Self::connect(SqliteConnectOptions::new().filename(path), false).await
+    }
+
+    /// Where the database at `url` (or the SQLite file `file` when `url` is `None`) stands
+    /// against this binary's migrations, without changing it. `Ok(None)`: no database file yet.
+    pub async fn migration_plan(
+        url: Option<&str>,
+        file: &Path,
+    ) -> StoreResult<Option<MigrationPlan>> {
+        let options = match url {
+            Some(url) => SqliteConnectOptions::from_str(url)?,
+            None => SqliteConnectOptions::new().filename(file),
+        };
+        let path = options.get_filename().to_path_buf();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.create_if_missing(false).read_only(true))
+            .await?;
+        let plan = schema::plan(&pool, &sqlx::migrate!(), Some(&path)).await;
+        pool.close().await;
+        plan.map(Some)
     }
 
     /// [`Store::open_file`] with other migrations (an older release's, in tests).

@@ -19,10 +19,41 @@ pub async fn migrate(
     migrator: &Migrator,
     db_file: Option<&Path>,
 ) -> StoreResult<()> {
+    let Plan {
+        current,
+        known,
+        pending,
+    } = plan(pool, migrator, db_file).await?;
+    if let (Some(from), Some(file), false) = (current, db_file, pending.is_empty()) {
+        let path = backup(pool, file, from, known).await?;
+        tracing::info!(backup = %path.display(), from, to = known,
+            "database schema upgrade: copied the database first (restore it to roll back)");
+    }
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// Where a database stands against this binary's migrations (`kakuremichi control migrate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The newest migration applied, `None` for an empty database.
+    pub current: Option<i64>,
+    /// The newest migration this binary knows.
+    pub known: i64,
+    /// The migrations this binary would apply: version and description, in order.
+    pub pending: Vec<(i64, String)>,
+}
+
+/// The plan for the database behind `pool`; an error when its schema is newer than `migrator`.
+pub async fn plan(
+    pool: &SqlitePool,
+    migrator: &Migrator,
+    db_file: Option<&Path>,
+) -> StoreResult<Plan> {
     let applied = applied_versions(pool).await?;
     let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-    let newest = applied.iter().copied().max();
-    if let Some(newest) = newest.filter(|&v| v > known) {
+    let current = applied.iter().copied().max();
+    if let Some(newest) = current.filter(|&v| v > known) {
         return Err(StoreError::SchemaTooNew(too_new_message(
             newest, known, db_file,
         )));
@@ -30,14 +61,13 @@ pub async fn migrate(
     let pending = migrator
         .iter()
         .filter(|m| !applied.contains(&m.version))
-        .count();
-    if let (Some(from), Some(file), true) = (newest, db_file, pending > 0) {
-        let path = backup(pool, file, from, known).await?;
-        tracing::info!(backup = %path.display(), from, to = known,
-            "database schema upgrade: copied the database first (restore it to roll back)");
-    }
-    migrator.run(pool).await?;
-    Ok(())
+        .map(|m| (m.version, m.description.to_string()))
+        .collect();
+    Ok(Plan {
+        current,
+        known,
+        pending,
+    })
 }
 
 async fn applied_versions(pool: &SqlitePool) -> StoreResult<Vec<i64>> {
