@@ -70,14 +70,22 @@ impl NodeState {
     /// The cached snapshot if there is one and it is intact.
     pub fn cached_config(&self) -> Option<ConfigSnapshot> {
         let path = self.file("config.json")?;
-        let text = std::fs::read_to_string(&path).ok()?;
-        match serde_json::from_str::<ConfigSnapshot>(&text) {
-            Ok(s) if s.is_intact() => Some(s),
-            _ => {
-                tracing::warn!(path = %path.display(), "ignoring damaged cached config");
-                None
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "cannot read the cached config; starting without it, from Control");
+                return None;
             }
-        }
+        };
+        let why = match serde_json::from_str::<ConfigSnapshot>(&text) {
+            Ok(s) if s.is_intact() => return Some(s),
+            Ok(_) => "its content does not match its config_hash".to_string(),
+            Err(e) => format!("it is not a config snapshot ({e})"),
+        };
+        tracing::warn!(path = %path.display(), "ignoring the damaged cached config: {why}; starting without it, from Control");
+        None
     }
 
     /// Reads a small state file of this role (`None` if absent or stateless).
