@@ -36,7 +36,7 @@ mod zones;
 pub use certs::{AcmeConfig, Challenge, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
 pub use dns_records::DnsRecordsConfig;
-pub use store::MigrationPlan;
+pub use store::{MigrationPlan, Restored};
 
 /// Where Control keeps its internal CA's root certificate (`root.crt`; the key is beside it).
 pub fn internal_ca_root(data_dir: &std::path::Path) -> std::path::PathBuf {
@@ -64,6 +64,36 @@ pub async fn migration_plan(
     Store::migration_plan(database_url, &data_dir.join("control.db"))
         .await
         .context("cannot read the database")
+}
+
+/// Backs up Control's database and data directory to `out` (default:
+/// `DATA_DIR/backups/kakuremichi-TIME.db`), while Control may be running; returns the path.
+pub async fn backup(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    out: Option<std::path::PathBuf>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let out = out.unwrap_or_else(|| {
+        let stamp = store::now().replace([':', '-'], "");
+        data_dir
+            .join("backups")
+            .join(format!("kakuremichi-{stamp}.db"))
+    });
+    Store::backup(database_url, &data_dir.join("control.db"), data_dir, &out)
+        .await
+        .context("backup failed")?;
+    Ok(out)
+}
+
+/// Restores a backup into `data_dir` (Control stopped; `force` to replace a database there).
+pub async fn restore(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<Restored> {
+    Store::restore(file, data_dir, force)
+        .await
+        .context("restore failed")
 }
 
 /// Applies the pending migrations as Control would at start (copying the database first).

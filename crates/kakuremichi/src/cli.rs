@@ -186,6 +186,12 @@ enum ControlTool {
     /// (`--dry-run`), or apply them now; a database with data is copied to DATA_DIR/backups first,
     /// as when Control starts (docs/backups.md).
     Migrate(crate::migrate::MigrateArgs),
+    /// Back up Control's database and data directory now, while it runs: prints the file's
+    /// path (docs/backups.md).
+    Backup(crate::backup::BackupArgs),
+    /// Restore a backup into a data directory (Control stopped); refuses to replace a database
+    /// without --force, and a file that does not match its FILE.sha256.
+    Restore(crate::backup::RestoreArgs),
 }
 
 #[derive(Args)]
@@ -323,6 +329,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tool: Some(ControlTool::Migrate(a)),
             ..
         }) => crate::migrate::run(a).await,
+        Command::Control(ControlArgs {
+            tool: Some(ControlTool::Backup(a)),
+            ..
+        }) => crate::backup::backup(a).await,
+        Command::Control(ControlArgs {
+            tool: Some(ControlTool::Restore(a)),
+            ..
+        }) => crate::backup::restore(a).await,
         Command::Control(a) => {
             let dns = a.dns();
             let config = kakuremichi_control::ControlConfig {

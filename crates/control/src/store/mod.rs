@@ -8,6 +8,7 @@ pub mod access;
 mod agents;
 mod alloc;
 mod audit;
+mod backup;
 mod certs;
 mod dns;
 mod gateways;
@@ -19,6 +20,7 @@ mod quotas;
 mod replicas;
 mod schema;
 
+pub use backup::Restored;
 pub use schema::Plan as MigrationPlan;
 mod settings;
 mod tokens;
@@ -146,6 +148,46 @@ impl Store {
         let plan = schema::plan(&pool, &sqlx::migrate!(), Some(&path)).await;
         pool.close().await;
         plan.map(Some)
+    }
+
+    /// Writes a backup of the database at `url` (or the SQLite file `file`) and of `data_dir`'s
+    /// other state to `out`, while Control may be running (see `backup`).
+    pub async fn backup(
+        url: Option<&str>,
+        file: &Path,
+        data_dir: &Path,
+        out: &Path,
+    ) -> StoreResult<()> {
+        let options = match url {
+            Some(url) => SqliteConnectOptions::from_str(url)?,
+            None => SqliteConnectOptions::new().filename(file),
+        };
+        if !options.get_filename().exists() {
+            return Err(StoreError::Invalid(format!(
+                "no database at {}: nothing to back up",
+                options.get_filename().display()
+            )));
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                options
+                    .create_if_missing(false)
+                    .busy_timeout(Duration::from_secs(5)),
+            )
+            .await?;
+        let schema: (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&pool)
+                .await?;
+        let result = backup::create(&pool, data_dir, out, schema.0.unwrap_or(0)).await;
+        pool.close().await;
+        result
+    }
+
+    /// Restores a backup made by [`Store::backup`] into `data_dir` (see `backup`).
+    pub async fn restore(file: &Path, data_dir: &Path, force: bool) -> StoreResult<Restored> {
+        backup::restore(file, data_dir, force).await
     }
 
     /// [`Store::open_file`] with other migrations (an older release's, in tests).
