@@ -1,5 +1,6 @@
 //! `kakuremichi control backup` and `restore` as an operator runs them: the built binary backs up
-//! a running Control's data directory; the copy is restored into an empty one (and refused over a
+//! a running Control's data directory while an API client keeps writing (every write acknowledged
+//! before the backup started is in it); the copy is restored into an empty one (and refused over a
 //! live one, or when altered); Control started on it has the tunnels, the admin, the internal CA
 //! and the DNS zone credentials (`secrets.key`) of the original.
 
@@ -44,8 +45,39 @@ async fn a_backup_of_a_running_control_restores_into_an_empty_data_dir() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{zone}");
 
-    // While Control runs.
-    let out = tool(&["backup"], &first);
+    // While Control runs and an API client keeps writing: every write acknowledged before the
+    // backup started must be in it.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+        let client = c.client();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("load-{i}");
+                if client.create_agent(&name).await.is_ok() {
+                    acknowledged.lock().unwrap().push(name);
+                }
+                i += 1;
+            }
+        })
+    };
+    kakuremichi_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "writes under way",
+        || async { acknowledged.lock().unwrap().len() >= 5 },
+    )
+    .await;
+    let before: Vec<String> = acknowledged.lock().unwrap().clone();
+    let out = tokio::task::spawn_blocking({
+        let first = first.clone();
+        move || tool(&["backup"], &first)
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
     assert!(out.status.success());
     let file = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let file = Path::new(&file);
@@ -95,6 +127,19 @@ async fn a_backup_of_a_running_control_restores_into_an_empty_data_dir() {
     let c = control::start(&second).await;
     let (_, tunnels) = c.get("/api/v1/tunnels").await;
     assert_eq!(tunnels[0]["hostname"], "app.example.com", "{tunnels}");
+    let (_, agents) = c.get("/api/v1/agents").await;
+    let names: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    for name in &before {
+        assert!(
+            names.contains(&name.as_str()),
+            "{name} acknowledged before the backup is missing"
+        );
+    }
     let id = zone["id"].as_i64().unwrap();
     let (s, check) = c
         .post(&format!("/api/v1/dns/zones/{id}/check"), json!({}))
