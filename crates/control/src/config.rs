@@ -40,6 +40,8 @@ pub struct ControlConfig {
     pub trusted_proxies: Vec<String>,
     /// The A/AAAA records Control keeps in managed zones: TTL and Gateway failover timing.
     pub dns: crate::dns_records::DnsRecordsConfig,
+    /// Scheduled backups: when, where, how many kept, what ships them.
+    pub backup: crate::backups::BackupConfig,
 }
 
 impl Default for ControlConfig {
@@ -59,6 +61,7 @@ impl Default for ControlConfig {
             access_ttl: Duration::from_secs(12 * 3600),
             trusted_proxies: Vec::new(),
             dns: Default::default(),
+            backup: Default::default(),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! Modules in layers, lowest first; a module uses only lower layers, never a sibling
 //! (`scripts/check-layers` enforces it): `secrets` → `validate` → `dns` (DNS providers) →
 //! `store` → `zones` (managed DNS zones) → `snapshot` → `hub` (node sessions) → {`certs`,
-//! `dns_records`} → `error` → `guard` → `config` → `app`
+//! `dns_records`, `backups`} → `error` → `guard` → `config` → `app`
 //! (`AppState`) → `auth` → {`ops`, `views`} → {`access`, `api`, `ui`}. This file, the top, wires
 //! them together.
 
@@ -15,10 +15,10 @@ mod access;
 mod api;
 mod app;
 mod auth;
+mod backups;
 mod certs;
 mod config;
-/// DNS providers (RFC 2136 + TSIG, PowerDNS, Cloudflare). Public for its tests until
-/// issue #15's next step wires it into zones, records and failover.
+/// DNS providers (RFC 2136 + TSIG, PowerDNS, Cloudflare). Public for the provider tests.
 pub mod dns;
 mod dns_records;
 mod error;
@@ -33,6 +33,7 @@ mod validate;
 mod views;
 mod zones;
 
+pub use backups::{parse_at as parse_backup_at, BackupConfig};
 pub use certs::{AcmeConfig, Challenge, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{ConfigError, ControlConfig};
 pub use dns_records::DnsRecordsConfig;
@@ -67,17 +68,18 @@ pub async fn migration_plan(
 }
 
 /// Backs up Control's database and data directory to `out` (default:
-/// `DATA_DIR/backups/kakuremichi-TIME.db`), while Control may be running; returns the path.
+/// `BACKUP_DIR/kakuremichi-TIME.db`, `BACKUP_DIR` defaulting to `DATA_DIR/backups`), while
+/// Control may be running; returns the path.
 pub async fn backup(
     data_dir: &std::path::Path,
     database_url: Option<&str>,
     out: Option<std::path::PathBuf>,
+    backup_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<std::path::PathBuf> {
     let out = out.unwrap_or_else(|| {
         let stamp = store::now().replace([':', '-'], "");
-        data_dir
-            .join("backups")
-            .join(format!("kakuremichi-{stamp}.db"))
+        let dir = backup_dir.unwrap_or_else(|| data_dir.join("backups"));
+        dir.join(format!("{}{stamp}.db", backups::PREFIX))
     });
     Store::backup(database_url, &data_dir.join("control.db"), data_dir, &out)
         .await
@@ -168,6 +170,13 @@ pub async fn run(
     );
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
     let records = tokio::spawn(dns_records.run(stop_rx.clone()));
+    let scheduled = backups::Backups::new(
+        store.clone(),
+        config.data_dir.clone(),
+        config.backup.clone(),
+    );
+    tracing::info!(dir = %scheduled.dir().display(), at = ?config.backup.at, "backups scheduled (UTC)");
+    let backup_task = tokio::spawn(scheduled.run(stop_rx.clone()));
     // The peer address keys the per-IP login throttle.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -180,6 +189,7 @@ pub async fn run(
         result = &mut server => {
             manager.abort();
             records.abort();
+            backup_task.abort();
             access_task.abort();
             store.close().await;
             return match result {
@@ -195,6 +205,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     manager.abort();
     records.abort();
+    backup_task.abort();
     access_task.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await

@@ -11,10 +11,13 @@ pub struct BackupArgs {
     /// Database URL; default: the SQLite file in the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Where to write the backup (it must not exist); default DATA_DIR/backups/kakuremichi-TIME.db.
+    /// Where to write the backup (it must not exist); default BACKUP_DIR/kakuremichi-TIME.db.
     /// A FILE.sha256 is written beside it.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Directory of the backups. Default: DATA_DIR/backups.
+    #[arg(long, env = "KAKUREMICHI_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -30,7 +33,9 @@ pub struct RestoreArgs {
 }
 
 pub async fn backup(a: BackupArgs) -> anyhow::Result<()> {
-    let path = kakuremichi_control::backup(&a.data_dir, a.database_url.as_deref(), a.out).await?;
+    let path =
+        kakuremichi_control::backup(&a.data_dir, a.database_url.as_deref(), a.out, a.backup_dir)
+            .await?;
     println!("{}", path.display());
     Ok(())
 }

@@ -46,7 +46,7 @@ impl Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run Control: REST API, accounts, database and config distribution to Gateways and Agents.
-    Control(ControlArgs),
+    Control(Box<ControlArgs>),
     /// Run a Gateway: the public HTTP entrance that routes each host name to its Agent.
     Gateway(GatewayArgs),
     /// Run an Agent next to your apps: outbound connections only, no root, no open port.
@@ -161,6 +161,35 @@ struct ControlArgs {
     #[arg(long, env = "KAKUREMICHI_DNS_TTL", default_value_t = 60,
           value_parser = clap::value_parser!(u32).range(1..=86_400))]
     dns_ttl: u32,
+    /// Time of day (UTC, HH:MM) of the daily backup of Control's database and data directory, or
+    /// off (docs/backups.md).
+    #[arg(long, env = "KAKUREMICHI_BACKUP_AT", default_value = "03:00",
+          value_parser = parse_backup_at)]
+    backup_at: BackupAt,
+    /// Directory of the backups. Default: DATA_DIR/backups.
+    #[arg(long, env = "KAKUREMICHI_BACKUP_DIR")]
+    backup_dir: Option<PathBuf>,
+    /// Days whose newest backup is kept.
+    #[arg(long, env = "KAKUREMICHI_BACKUP_KEEP_DAILY", default_value_t = 7,
+          value_parser = clap::value_parser!(u16).range(1..=3660))]
+    backup_keep_daily: u16,
+    /// ISO weeks whose newest backup is kept (besides the daily ones).
+    #[arg(long, env = "KAKUREMICHI_BACKUP_KEEP_WEEKLY", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(0..=520))]
+    backup_keep_weekly: u16,
+    /// Shell command run after each scheduled backup, with the file's path as $1 (and in
+    /// KAKUREMICHI_BACKUP_FILE): ship it offsite, e.g. 'rclone copy "$1" remote:kakuremichi/'.
+    /// A failure is logged and in the audit log.
+    #[arg(long, env = "KAKUREMICHI_BACKUP_COMMAND")]
+    backup_command: Option<String>,
+}
+
+/// `--backup-at`: a time of day, or off.
+#[derive(Clone, Copy)]
+struct BackupAt(Option<(u8, u8)>);
+
+fn parse_backup_at(text: &str) -> Result<BackupAt, String> {
+    kakuremichi_control::parse_backup_at(text).map(BackupAt)
 }
 
 impl ControlArgs {
@@ -319,60 +348,61 @@ struct HealthcheckArgs {
     timeout: u64,
 }
 
+/// Runs Control with its flags.
+async fn run_control(a: ControlArgs) -> anyhow::Result<()> {
+    let dns = a.dns();
+    let backup = kakuremichi_control::BackupConfig {
+        at: a.backup_at.0,
+        dir: a.backup_dir.clone(),
+        keep_daily: usize::from(a.backup_keep_daily),
+        keep_weekly: usize::from(a.backup_keep_weekly),
+        command: a.backup_command.clone(),
+    };
+    let config = kakuremichi_control::ControlConfig {
+        dns,
+        backup,
+        data_dir: a.data_dir,
+        database_url: a.database_url,
+        public_url: a.public_url,
+        admin_email: a.admin_email,
+        admin_password: a.admin_password,
+        wg_network: a.wg_network,
+        acme: kakuremichi_control::AcmeConfig {
+            directory_url: a.acme_directory,
+            email: a.acme_email,
+            ca_roots: a.acme_ca_roots,
+            eab_kid: a.acme_eab_kid,
+            eab_hmac_key: a.acme_eab_hmac_key,
+            challenge: a.acme_challenge,
+            dns_propagation_timeout: Duration::from_secs(a.acme_dns_propagation_timeout),
+            dns_resolver: a.dns_resolver,
+            limits: kakuremichi_control::OrderLimits {
+                per_user: a.acme_orders_per_user_hour,
+                per_domain: a.acme_orders_per_domain_hour,
+            },
+            ..Default::default()
+        },
+        default_tls: a.default_tls,
+        hsts_max_age: a.hsts_max_age,
+        access_ttl: Duration::from_secs(a.access_ttl),
+        trusted_proxies: a.trusted_proxies,
+        ..Default::default()
+    };
+    config.validate()?;
+    let listener = bind_tcp(a.listen, "--listen").await?;
+    tracing::info!(listen = %a.listen, "control listening");
+    kakuremichi_control::run(config, listener, signal::shutdown()).await
+}
+
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Control(ControlArgs {
-            tool: Some(ControlTool::ImportCloudflared(a)),
-            ..
-        }) => import::run(*a).await,
-        Command::Control(ControlArgs {
-            tool: Some(ControlTool::Migrate(a)),
-            ..
-        }) => crate::migrate::run(a).await,
-        Command::Control(ControlArgs {
-            tool: Some(ControlTool::Backup(a)),
-            ..
-        }) => crate::backup::backup(a).await,
-        Command::Control(ControlArgs {
-            tool: Some(ControlTool::Restore(a)),
-            ..
-        }) => crate::backup::restore(a).await,
-        Command::Control(a) => {
-            let dns = a.dns();
-            let config = kakuremichi_control::ControlConfig {
-                dns,
-                data_dir: a.data_dir,
-                database_url: a.database_url,
-                public_url: a.public_url,
-                admin_email: a.admin_email,
-                admin_password: a.admin_password,
-                wg_network: a.wg_network,
-                acme: kakuremichi_control::AcmeConfig {
-                    directory_url: a.acme_directory,
-                    email: a.acme_email,
-                    ca_roots: a.acme_ca_roots,
-                    eab_kid: a.acme_eab_kid,
-                    eab_hmac_key: a.acme_eab_hmac_key,
-                    challenge: a.acme_challenge,
-                    dns_propagation_timeout: Duration::from_secs(a.acme_dns_propagation_timeout),
-                    dns_resolver: a.dns_resolver,
-                    limits: kakuremichi_control::OrderLimits {
-                        per_user: a.acme_orders_per_user_hour,
-                        per_domain: a.acme_orders_per_domain_hour,
-                    },
-                    ..Default::default()
-                },
-                default_tls: a.default_tls,
-                hsts_max_age: a.hsts_max_age,
-                access_ttl: Duration::from_secs(a.access_ttl),
-                trusted_proxies: a.trusted_proxies,
-                ..Default::default()
-            };
-            config.validate()?;
-            let listener = bind_tcp(a.listen, "--listen").await?;
-            tracing::info!(listen = %a.listen, "control listening");
-            kakuremichi_control::run(config, listener, signal::shutdown()).await
-        }
+        Command::Control(mut a) => match a.tool.take() {
+            Some(ControlTool::ImportCloudflared(t)) => import::run(*t).await,
+            Some(ControlTool::Migrate(t)) => crate::migrate::run(t).await,
+            Some(ControlTool::Backup(t)) => crate::backup::backup(t).await,
+            Some(ControlTool::Restore(t)) => crate::backup::restore(t).await,
+            None => run_control(*a).await,
+        },
         Command::Gateway(a) => {
             let mut config =
                 kakuremichi_gateway::GatewayConfig::new(a.control_url, Secret::new(a.token));
@@ -493,13 +523,13 @@ mod tests {
             "--tls",
             "internal",
         ];
-        let Command::Control(ControlArgs {
-            tool: Some(ControlTool::ImportCloudflared(_)),
-            ..
-        }) = Cli::try_parse_from(import).unwrap().command
-        else {
-            panic!("not the import tool");
+        let Command::Control(args) = Cli::try_parse_from(import).unwrap().command else {
+            panic!("not the control command");
         };
+        assert!(
+            matches!(args.tool, Some(ControlTool::ImportCloudflared(_))),
+            "not the import tool"
+        );
         let mixed = [
             "kakuremichi",
             "control",

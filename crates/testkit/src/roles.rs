@@ -63,6 +63,11 @@ pub fn control_config(dir: &Path) -> kakuremichi_control::ControlConfig {
             dns_resolver: Some("127.0.0.1:9".into()),
             ..Default::default()
         },
+        // A test's Control backs up only when the test asks.
+        backup: kakuremichi_control::BackupConfig {
+            at: None,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

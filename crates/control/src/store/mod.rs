@@ -185,6 +185,15 @@ impl Store {
         result
     }
 
+    /// Writes a backup of this database and of `data_dir`'s other state to `out`.
+    pub async fn backup_now(&self, data_dir: &Path, out: &Path) -> StoreResult<()> {
+        let schema: (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&self.pool)
+                .await?;
+        backup::create(&self.pool, data_dir, out, schema.0.unwrap_or(0)).await
+    }
+
     /// Restores a backup made by [`Store::backup`] into `data_dir` (see `backup`).
     pub async fn restore(file: &Path, data_dir: &Path, force: bool) -> StoreResult<Restored> {
         backup::restore(file, data_dir, force).await
