@@ -28,6 +28,8 @@ pub struct Inner {
     pub trusted_proxies: crate::guard::proxies::TrustedProxies,
     /// TLS mode of tunnels created without one.
     pub default_tls: TlsMode,
+    /// Where `tcp`/`udp` tunnels created without `public_port` get one.
+    pub port_range: std::ops::RangeInclusive<u16>,
     /// Lifetime of the access tokens minted for protected tunnels.
     pub access_ttl: std::time::Duration,
     /// Failed logins per account and per IP.
@@ -63,6 +65,7 @@ impl AppState {
             passwords: Arc::new(crate::guard::hashing::Passwords::for_this_host()),
             trusted_proxies: Default::default(),
             default_tls: TlsMode::Acme,
+            port_range: crate::config::DEFAULT_PORT_RANGE,
             access_ttl: crate::config::ControlConfig::default().access_ttl,
             throttle: Default::default(),
             api_rate: Default::default(),
@@ -91,6 +94,14 @@ impl AppState {
     pub fn with_default_tls(mut self, mode: TlsMode) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.default_tls = mode;
+        }
+        self
+    }
+
+    /// Sets where public ports are picked from; only before the state is shared.
+    pub fn with_port_range(mut self, range: std::ops::RangeInclusive<u16>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.port_range = range;
         }
         self
     }

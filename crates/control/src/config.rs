@@ -42,6 +42,25 @@ pub struct ControlConfig {
     pub dns: crate::dns_records::DnsRecordsConfig,
     /// Scheduled backups: when, where, how many kept, what ships them.
     pub backup: crate::backups::BackupConfig,
+    /// Where `tcp` and `udp` tunnels created without `public_port` get theirs.
+    pub port_range: std::ops::RangeInclusive<u16>,
+}
+
+pub use crate::store::DEFAULT_PORT_RANGE;
+
+/// Parses a port range such as `20000-29999` (a single port is a range of one).
+pub fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("{text:?} is not a port range such as 20000-29999");
+    let (first, last) = text
+        .trim()
+        .split_once('-')
+        .unwrap_or((text.trim(), text.trim()));
+    let first: u16 = first.trim().parse().map_err(|_| bad())?;
+    let last: u16 = last.trim().parse().map_err(|_| bad())?;
+    if first == 0 || first > last {
+        return Err(bad());
+    }
+    Ok(first..=last)
 }
 
 impl Default for ControlConfig {
@@ -62,6 +81,7 @@ impl Default for ControlConfig {
             trusted_proxies: Vec::new(),
             dns: Default::default(),
             backup: Default::default(),
+            port_range: DEFAULT_PORT_RANGE,
         }
     }
 }
@@ -88,6 +108,7 @@ impl fmt::Debug for ControlConfig {
             .field("hsts_max_age", &self.hsts_max_age)
             .field("access_ttl", &self.access_ttl)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("port_range", &self.port_range)
             .finish()
     }
 }

@@ -35,7 +35,7 @@ mod zones;
 
 pub use backups::{parse_at as parse_backup_at, BackupConfig};
 pub use certs::{AcmeConfig, Challenge, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
-pub use config::{ConfigError, ControlConfig};
+pub use config::{parse_port_range, ConfigError, ControlConfig, DEFAULT_PORT_RANGE};
 pub use dns_records::DnsRecordsConfig;
 pub use store::{MigrationPlan, Restored};
 
@@ -152,6 +152,7 @@ pub async fn run(
     let dns_records = dns_records::DnsRecords::new(hub.clone(), zones.clone(), config.dns);
     let state = app::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
         .with_default_tls(config.default_tls)
+        .with_port_range(config.port_range.clone())
         .with_access_ttl(config.access_ttl)
         .with_passwords(passwords)
         .with_zones(zones.clone())

@@ -5,10 +5,11 @@
 
 use crate::store::{
     AgentRow, GatewayRow, NodeKind, NodeRef, ReplicaRow, Store, StoreResult, TunnelRow,
+    TUNNEL_COLUMNS,
 };
 use kakuremichi_proto::{
     AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteAccess,
-    RouteTarget, TlsCertificate, WgPeer,
+    RouteTarget, StreamRoute, TlsCertificate, TunnelProtocol, WgPeer,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -50,13 +51,8 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut tunnels: Vec<TunnelRow> = sqlx::query_as(
-            "SELECT id, hostname, agent_id, target, port, enabled, tls, https_redirect, access_mode, \
-             access_allow, created_at, updated_at, ip_allow, ip_deny, rate_limit_per_second, \
-             rate_limit_burst, max_concurrent_requests FROM tunnels WHERE enabled = TRUE ORDER BY id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let sql = format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE enabled = TRUE ORDER BY id");
+        let mut tunnels: Vec<TunnelRow> = sqlx::query_as(&sql).fetch_all(&mut *tx).await?;
         let route_access = tunnels
             .iter_mut()
             .map(|t| {
@@ -136,25 +132,53 @@ impl World {
 
     /// Every Agent serving tunnel `t` when it has replicas (primary first), else empty.
     fn route_replicas(&self, t: &TunnelRow, online: &impl Fn(i64) -> bool) -> Vec<RouteTarget> {
-        let replicas = self.replicas.iter().filter(|r| r.tunnel_id == t.id);
-        let all =
-            std::iter::once((t.agent_id, t.port)).chain(replicas.map(|r| (r.agent_id, r.port)));
-        let targets: Vec<RouteTarget> = all
-            .filter_map(|(agent_id, port)| {
-                let agent = self.agents.iter().find(|a| a.id == agent_id)?;
-                Some(RouteTarget {
-                    agent_id,
-                    agent_address: address(&agent.wg_address)?,
-                    port: u16::try_from(port).ok()?,
-                    online: online(agent_id),
-                })
-            })
-            .collect();
+        let targets = self.all_targets(t, online);
         if targets.len() > 1 {
             targets
         } else {
             Vec::new()
         }
+    }
+
+    /// Every Agent serving tunnel `t`, the primary first.
+    fn all_targets(&self, t: &TunnelRow, online: &impl Fn(i64) -> bool) -> Vec<RouteTarget> {
+        let replicas = self.replicas.iter().filter(|r| r.tunnel_id == t.id);
+        let all =
+            std::iter::once((t.agent_id, t.port)).chain(replicas.map(|r| (r.agent_id, r.port)));
+        all.filter_map(|(agent_id, port)| {
+            let agent = self.agents.iter().find(|a| a.id == agent_id)?;
+            Some(RouteTarget {
+                agent_id,
+                agent_address: address(&agent.wg_address)?,
+                port: u16::try_from(port).ok()?,
+                online: online(agent_id),
+            })
+        })
+        .collect()
+    }
+
+    /// The route of a `tcp`, `udp` or `tls` tunnel; `None` when no Agent of it is known.
+    fn stream_route(
+        &self,
+        t: &TunnelRow,
+        limits: kakuremichi_proto::RouteLimits,
+        online: &impl Fn(i64) -> bool,
+    ) -> Option<StreamRoute> {
+        let targets = self.all_targets(t, online);
+        if targets.is_empty() {
+            return None;
+        }
+        Some(StreamRoute {
+            tunnel_id: t.id,
+            targets,
+            proxy_protocol: t.proxy_protocol(),
+            max_connections: t.max_connections.and_then(|c| u32::try_from(c).ok()),
+            limits: kakuremichi_proto::RouteLimits {
+                rate: None,
+                max_concurrent_requests: None,
+                ..limits
+            },
+        })
     }
 
     /// Gateways an admin disabled.
@@ -193,6 +217,8 @@ impl World {
             .collect();
         let mut routes = BTreeMap::new();
         let mut certificates = BTreeMap::new();
+        let (mut tcp_ports, mut udp_ports, mut tls_passthrough) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for t in &self.tunnels {
             let Some(agent) = self.agents.iter().find(|a| a.id == t.agent_id) else {
                 continue;
@@ -210,6 +236,23 @@ impl World {
                 );
                 continue;
             };
+            let protocol = t.protocol();
+            if protocol != TunnelProtocol::Http {
+                let port = t.public_port.and_then(|p| u16::try_from(p).ok());
+                let Some(route) = self.stream_route(t, limits, &online) else {
+                    continue;
+                };
+                // A protected `tcp` tunnel opens no public port: it is reached through
+                // `kakuremichi access tcp`, which signs the user in.
+                let public = self.route_access.get(&t.id).is_none_or(|a| a.is_public());
+                match (protocol, port) {
+                    (TunnelProtocol::Tcp, Some(port)) if public => tcp_ports.insert(port, route),
+                    (TunnelProtocol::Udp, Some(port)) => udp_ports.insert(port, route),
+                    (TunnelProtocol::Tls, _) => tls_passthrough.insert(t.hostname.clone(), route),
+                    _ => None,
+                };
+                continue;
+            }
             let https = t.tls != "off";
             if let Some((source, cert)) = self.certificates.get(&t.hostname) {
                 if https && *source == t.tls {
@@ -249,6 +292,9 @@ impl World {
             certificates,
             acme: self.acme.clone(),
             access,
+            tcp_ports,
+            udp_ports,
+            tls_passthrough,
             ..ConfigSnapshot::default()
         })
     }
@@ -287,6 +333,7 @@ impl World {
                     hostname: t.hostname.clone(),
                     port: u16::try_from(port).ok()?,
                     target: t.target.clone(),
+                    protocol: t.protocol(),
                 })
             })
             .collect();

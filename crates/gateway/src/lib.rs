@@ -10,13 +10,14 @@
 mod endpoints;
 pub mod hostmap;
 pub mod proxy;
+pub mod streams;
 pub mod tls;
 
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
 use endpoints::EndpointMemory;
-use kakuremichi_node::{ConfigError, NodeConfig, NodeRuntime, Secret, Step};
-use kakuremichi_proto::{ConfigSnapshot, NodeRole};
+use kakuremichi_node::{ConfigError, NodeConfig, NodeRuntime, NodeStatus, Secret, Step};
+use kakuremichi_proto::{ConfigSnapshot, NodeRole, OwnPort, TunnelProtocol};
 use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
 use proxy::{BoxStream, Dialer, Proxy, ProxyConfig, RouteTable};
 use std::collections::HashMap;
@@ -48,6 +49,8 @@ pub struct GatewayConfig {
     pub proxy: ProxyConfig,
     /// Port in the `Location` of http → https redirects; `None`: the HTTPS listener's own port.
     pub https_redirect_port: Option<u16>,
+    /// Where `tcp` tunnels' public ports are bound (`--ports-listen-ip`).
+    pub ports_listen_ip: std::net::IpAddr,
 }
 
 impl GatewayConfig {
@@ -58,6 +61,7 @@ impl GatewayConfig {
             data_dir: None,
             proxy: ProxyConfig::default(),
             https_redirect_port: None,
+            ports_listen_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 
@@ -105,13 +109,19 @@ pub async fn run(
         tracing::info!("starting from cached config while Control is contacted");
         gateway.apply(&snapshot)?;
     }
+    node.report(gateway.status());
     loop {
         match node.next().await {
             Step::Apply(snapshot) => gateway.apply(&snapshot)?,
-            Step::Tick => gateway.remember_endpoints(),
+            Step::Tick => {
+                gateway.remember_endpoints();
+                gateway.tcp_ports.retry();
+            }
             Step::Stop => break,
         }
+        node.report(gateway.status());
     }
+    gateway.tcp_ports.close_all();
     gateway.remember_endpoints();
     drop(node); // ends the link to Control
     tracing::info!("gateway draining in-flight requests");
@@ -132,14 +142,16 @@ impl Servers {
     fn start(
         (http, https, admin): (TcpListener, TcpListener, TcpListener),
         proxy: Arc<Proxy>,
-        routes: Arc<RouteTable>,
         stop: &CancellationToken,
     ) -> Self {
         let stopped = || stop.clone().cancelled_owned();
         Self {
             http: tokio::spawn(proxy::serve(http, proxy.clone(), stopped())),
-            https: tokio::spawn(proxy::serve_tls(https, proxy, stopped())),
-            admin: tokio::spawn(proxy::serve_admin_with_limits(admin, routes, stopped())),
+            https: tokio::spawn(proxy::serve_tls(https, proxy.clone(), stopped())),
+            admin: tokio::spawn({
+                let stopped = stopped();
+                async move { proxy::serve_admin_for(admin, &proxy, stopped).await }
+            }),
         }
     }
 
@@ -165,6 +177,12 @@ struct Gateway {
     endpoints: EndpointMemory,
     /// Endpoints from the previous run, used once when the device starts.
     remembered: HashMap<PublicKey, SocketAddr>,
+    /// `tcp` tunnels' public ports.
+    tcp_ports: streams::TcpPorts,
+    /// `tls` tunnels by SNI (shared with the HTTPS listener).
+    passthrough: Arc<streams::Passthrough>,
+    /// The ports this Gateway listens on for itself, reported to Control.
+    own_ports: Vec<OwnPort>,
 }
 
 impl Gateway {
@@ -189,6 +207,19 @@ impl Gateway {
             admin,
             wg,
         } = listeners;
+        let tcp = |l: &TcpListener| l.local_addr().ok().map(|a| (TunnelProtocol::Tcp, a.port()));
+        let own_ports = [tcp(&http), tcp(&https), tcp(&admin)]
+            .into_iter()
+            .chain([wg
+                .local_addr()
+                .ok()
+                .map(|a| (TunnelProtocol::Udp, a.port()))])
+            .flatten()
+            .map(|(protocol, port)| OwnPort { protocol, port })
+            .collect();
+        let passthrough = proxy.passthrough().clone();
+        let tcp_ports =
+            streams::TcpPorts::new(config.ports_listen_ip, passthrough.splicer().clone());
         let gateway = Gateway {
             key: node.key().clone(),
             wg_socket: Some(wg),
@@ -200,9 +231,20 @@ impl Gateway {
             dialer,
             endpoints: EndpointMemory::new(node.state().clone()),
             remembered: HashMap::new(),
+            tcp_ports,
+            passthrough,
+            own_ports,
         };
-        let servers = Servers::start((http, https, admin), proxy, routes, stop);
+        let servers = Servers::start((http, https, admin), proxy, stop);
         Ok((gateway, servers))
+    }
+
+    /// What Control should know: ports this Gateway could not bind, and its own.
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            port_errors: self.tcp_ports.errors(),
+            own_ports: self.own_ports.clone(),
+        }
     }
 
     fn remember_endpoints(&mut self) {
@@ -271,8 +313,18 @@ impl Gateway {
         self.certs
             .apply(&snapshot.certificates, &snapshot.acme, plain.collect());
         self.access.apply(&snapshot.access, &self.control_url);
+        self.tcp_ports.apply(&snapshot.tcp_ports);
+        self.passthrough.apply(&snapshot.tls_passthrough);
+        let streams = snapshot
+            .tcp_ports
+            .values()
+            .chain(snapshot.tls_passthrough.values());
+        let tunnels = streams.map(|r| r.tunnel_id).collect();
+        self.passthrough.splicer().retain_stats(&tunnels);
         tracing::info!(
             hostnames = snapshot.routes.len(),
+            tcp_ports = snapshot.tcp_ports.len(),
+            tls_passthrough = snapshot.tls_passthrough.len(),
             certificates = self.certs.len(),
             agents = snapshot.peers.len(),
             "config applied"

@@ -20,7 +20,7 @@
 //! - [`access`]: per-tunnel access control (access cookie, hand-off from Control, user header).
 
 pub mod access;
-mod balance;
+pub(crate) mod balance;
 mod client_cap;
 mod connector;
 mod forward;
@@ -43,7 +43,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use routes::RouteTable;
-pub use server::{serve, serve_admin, serve_admin_with_limits, serve_tls, serve_with_scheme};
+pub use server::{
+    serve, serve_admin, serve_admin_for, serve_admin_with_limits, serve_tls, serve_with_scheme,
+};
 
 use crate::tls::CertStore;
 
@@ -139,11 +141,19 @@ pub struct Proxy {
     balancer: balance::Balancer,
     /// Shared by the HTTP and HTTPS listeners: a client's connections count once across both.
     client_cap: Arc<client_cap::ClientCap>,
+    /// `tls` tunnels, spliced from the HTTPS listener by SNI.
+    passthrough: Arc<crate::streams::Passthrough>,
     config: ProxyConfig,
 }
 
 impl Proxy {
     pub fn new(routes: Arc<RouteTable>, dialer: Arc<dyn Dialer>, config: ProxyConfig) -> Arc<Self> {
+        let splicer = crate::streams::Splicer::new(
+            dialer.clone(),
+            config.connect_timeout,
+            config.max_connections,
+        );
+        let passthrough = Arc::new(crate::streams::Passthrough::new(Arc::new(splicer)));
         let connector = connector::DialConnector::new(dialer, config.connect_timeout);
         // The pool is keyed by scheme+authority, i.e. by (agent address, port): keep-alive
         // connections are reused per tunnel target.
@@ -159,6 +169,7 @@ impl Proxy {
             client,
             balancer: balance::Balancer::new(),
             client_cap: client_cap::ClientCap::new(config.max_connections_per_ip),
+            passthrough,
             config,
         })
     }
@@ -175,6 +186,11 @@ impl Proxy {
     /// Access-token keys and revocations, from the snapshot.
     pub fn access(&self) -> &Arc<access::AccessGate> {
         &self.access
+    }
+
+    /// `tls` tunnels, and the splicer every stream tunnel (`tcp` ports too) goes through.
+    pub fn passthrough(&self) -> &Arc<crate::streams::Passthrough> {
+        &self.passthrough
     }
 
     pub fn config(&self) -> &ProxyConfig {

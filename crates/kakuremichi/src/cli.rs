@@ -138,6 +138,11 @@ struct ControlArgs {
     /// TLS of tunnels created without a `tls` field: acme, internal or off.
     #[arg(long, env = "KAKUREMICHI_DEFAULT_TLS", default_value = "acme")]
     default_tls: kakuremichi_control::TlsMode,
+    /// Ports (`FIRST-LAST`) from which `tcp` and `udp` tunnels created without `public_port`
+    /// get one; every Gateway binds it (open the range in the Gateways' firewalls).
+    #[arg(long, env = "KAKUREMICHI_PORT_RANGE", default_value = "20000-29999",
+          value_parser = kakuremichi_control::parse_port_range)]
+    port_range: std::ops::RangeInclusive<u16>,
     /// Strict-Transport-Security max-age (seconds) on HTTPS responses of redirecting tunnels; 0 = no header.
     #[arg(long, env = "KAKUREMICHI_HSTS_MAX_AGE", default_value_t = 31_536_000)]
     hsts_max_age: u32,
@@ -247,6 +252,9 @@ struct GatewayArgs {
         default_value = "127.0.0.1:9090"
     )]
     admin_listen: SocketAddr,
+    /// The address `tcp` and `udp` tunnels' public ports are bound on (`::` for IPv4 and IPv6).
+    #[arg(long, env = "KAKUREMICHI_PORTS_LISTEN_IP", default_value = "0.0.0.0")]
+    ports_listen_ip: std::net::IpAddr,
     /// Directory for the WireGuard key and the cached config.
     #[arg(long, env = "KAKUREMICHI_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -383,6 +391,7 @@ async fn run_control(a: ControlArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         default_tls: a.default_tls,
+        port_range: a.port_range,
         hsts_max_age: a.hsts_max_age,
         access_ttl: Duration::from_secs(a.access_ttl),
         trusted_proxies: a.trusted_proxies,
@@ -407,6 +416,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let mut config =
                 kakuremichi_gateway::GatewayConfig::new(a.control_url, Secret::new(a.token));
             config.data_dir = Some(a.data_dir);
+            config.ports_listen_ip = a.ports_listen_ip;
             config.proxy.connect_timeout = Duration::from_secs(a.connect_timeout.max(1));
             a.limits.apply(&mut config.proxy);
             config.validate()?;

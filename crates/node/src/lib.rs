@@ -14,7 +14,7 @@ mod state;
 
 pub use backoff::Backoff;
 pub use config::{control_ws_url, ConfigError, NodeConfig};
-pub use link::{ControlLink, LinkConfig, LinkEvent};
+pub use link::{ControlLink, LinkConfig, LinkEvent, NodeStatus};
 pub use runtime::{NodeRuntime, StartError, Step};
 pub use secret::Secret;
 pub use state::{load_or_create_key, NodeState, StateError};

@@ -17,11 +17,11 @@ mod connect;
 mod message;
 
 use crate::{control_ws_url, Backoff, NodeState, Secret};
-use kakuremichi_proto::{ConfigSnapshot, NodeRole};
+use kakuremichi_proto::{ConfigSnapshot, NodeRole, OwnPort, PortError};
 use kakuremichi_tunnel::PublicKey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -69,6 +69,16 @@ pub struct ControlLink {
     config: LinkConfig,
     state: NodeState,
     held_hash: Option<String>,
+    /// What the role reports (ports it could not bind), sent at each session's start and on
+    /// every change.
+    status: watch::Receiver<NodeStatus>,
+}
+
+/// What a node reports to Control about the snapshot it applied (see [`kakuremichi_proto::NodeMessage::Status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub port_errors: Vec<PortError>,
+    pub own_ports: Vec<OwnPort>,
 }
 
 /// Why one session ended.
@@ -85,7 +95,14 @@ impl ControlLink {
             config,
             state,
             held_hash,
+            status: watch::channel(NodeStatus::default()).1,
         }
+    }
+
+    /// Reports what `status` holds to Control, now and whenever it changes.
+    pub fn with_status(mut self, status: watch::Receiver<NodeStatus>) -> Self {
+        self.status = status;
+        self
     }
 
     /// Runs sessions forever; returns only when `events` is closed (the role shut down).
@@ -132,8 +149,20 @@ impl ControlLink {
         if let Err(end) = connect::hello(&mut ws, &self.config, self.held_hash.clone()).await {
             return end;
         }
+        // Every session starts with the current status (Control keeps it per session).
+        self.status.mark_changed();
         loop {
-            let text = match message::receive(&mut ws, self.config.idle_timeout).await {
+            let received = tokio::select! {
+                received = message::receive(&mut ws, self.config.idle_timeout) => received,
+                Ok(()) = self.status.changed() => {
+                    let status = self.status.borrow_and_update().clone();
+                    if let Err(end) = message::send_status(&mut ws, status).await {
+                        return end;
+                    }
+                    continue;
+                }
+            };
+            let text = match received {
                 Ok(text) => text,
                 Err(end) => return end,
             };

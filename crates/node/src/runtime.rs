@@ -6,14 +6,16 @@
 //! the cached snapshot, if any, and loops on [`NodeRuntime::next`]: a new snapshot to apply, its
 //! periodic chore, or the end (shutdown requested, or the link gone).
 
-use crate::{ConfigError, ControlLink, LinkConfig, LinkEvent, NodeConfig, NodeState, StateError};
+use crate::{
+    ConfigError, ControlLink, LinkConfig, LinkEvent, NodeConfig, NodeState, NodeStatus, StateError,
+};
 use kakuremichi_proto::ConfigSnapshot;
 use kakuremichi_tunnel::PrivateKey;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Interval;
 
@@ -50,6 +52,7 @@ pub struct NodeRuntime<'a> {
     /// Started on the first [`NodeRuntime::next`], after the cached snapshot is applied.
     tick: Option<Interval>,
     stopped: bool,
+    status: watch::Sender<NodeStatus>,
 }
 
 impl<'a> NodeRuntime<'a> {
@@ -71,7 +74,9 @@ impl<'a> NodeRuntime<'a> {
         );
         let held_hash = cached.as_ref().map(|c| c.config_hash.clone());
         let (events_tx, events) = mpsc::channel(16);
-        let link = tokio::spawn(ControlLink::new(link, state.clone(), held_hash).run(events_tx));
+        let (status, status_rx) = watch::channel(NodeStatus::default());
+        let link = ControlLink::new(link, state.clone(), held_hash).with_status(status_rx);
+        let link = tokio::spawn(link.run(events_tx));
         Ok(Self {
             key,
             state,
@@ -82,6 +87,7 @@ impl<'a> NodeRuntime<'a> {
             tick_every,
             tick: None,
             stopped: false,
+            status,
         })
     }
 
@@ -99,6 +105,15 @@ impl<'a> NodeRuntime<'a> {
     /// contacted (or down).
     pub fn take_cached(&mut self) -> Option<ConfigSnapshot> {
         self.cached.take()
+    }
+
+    /// Tells Control what the role could not do with its config (sent when it changes).
+    pub fn report(&self, status: NodeStatus) {
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
     }
 
     /// Waits for what the role must do next. After [`Step::Stop`], always `Stop`.

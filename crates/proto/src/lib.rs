@@ -17,11 +17,11 @@ pub use access::{AccessConfig, AccessKey, AccessPolicy, RouteAccess};
 pub use limits::{IpNet, RateLimit, RouteLimits};
 pub use message::{
     decode_control, decode_node, probe_config, ControlMessage, DecodeError, NodeMessage, NodeRole,
-    MAX_MESSAGE_BYTES, MAX_REASON_CHARS,
+    OwnPort, PortError, MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS,
 };
 pub use snapshot::{
-    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteTarget, TlsAlpnChallenge,
-    TlsCertificate, WgPeer,
+    AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, ProxyProtocol, RouteTarget,
+    StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
 };
 
 /// Version of the node-session protocol. Bump on any incompatible change to the messages or the

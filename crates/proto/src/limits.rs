@@ -41,6 +41,14 @@ impl RouteLimits {
     pub fn is_none(&self) -> bool {
         self == &RouteLimits::default()
     }
+
+    /// The IP lists' verdict on `client`: deny wins; an empty allow-list admits every address
+    /// not denied. (IPv4-mapped IPv6 addresses count as IPv4.)
+    pub fn admits_ip(&self, client: std::net::IpAddr) -> bool {
+        let client = client.to_canonical();
+        !self.ip_deny.iter().any(|net| net.contains(&client))
+            && (self.ip_allow.is_empty() || self.ip_allow.iter().any(|net| net.contains(&client)))
+    }
 }
 
 /// A token bucket: `per_second` tokens are added each second up to `burst`; a request takes one.

@@ -4,7 +4,7 @@
 //! followed by a [`ControlMessage::Config`] when the node's hash differs from the current
 //! snapshot, and pushes a new `Config` on every change. Liveness uses WebSocket pings.
 
-use crate::{ConfigSnapshot, PROTOCOL_VERSION};
+use crate::{ConfigSnapshot, TunnelProtocol, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 
 /// Which role a node plays; fixed by the credential it presents, echoed for clear errors.
@@ -39,7 +39,39 @@ pub enum NodeMessage {
         config_hash: Option<String>,
         reason: String,
     },
+    /// What the node could not do with the snapshot it applied, sent at the start of each session
+    /// and whenever it changes; an empty list clears what was reported before.
+    Status {
+        /// Public ports a Gateway could not bind (at most [`MAX_PORT_ERRORS`], each reason at
+        /// most [`MAX_REASON_CHARS`] characters).
+        #[serde(default)]
+        port_errors: Vec<PortError>,
+        /// The ports a Gateway listens on for itself (HTTP, HTTPS, admin: tcp; WireGuard: udp),
+        /// which Control refuses as tunnel ports (at most [`MAX_PORT_ERRORS`]).
+        #[serde(default)]
+        own_ports: Vec<OwnPort>,
+    },
 }
+
+/// A port a Gateway uses for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnPort {
+    pub protocol: TunnelProtocol,
+    pub port: u16,
+}
+
+/// A `tcp`/`udp` tunnel port a Gateway could not bind, and why ("address already in use").
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortError {
+    pub protocol: TunnelProtocol,
+    pub port: u16,
+    pub error: String,
+}
+
+/// Most port errors one [`NodeMessage::Status`] carries; Control drops the rest.
+pub const MAX_PORT_ERRORS: usize = 1000;
 
 /// Longest `reason` a node sends in [`NodeMessage::Rejected`]; Control cuts longer ones.
 pub const MAX_REASON_CHARS: usize = 500;
@@ -57,6 +89,9 @@ impl NodeMessage {
 /// Control → node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// `Config` dwarfs the others, and is what the session is for: boxing it would only move the
+// snapshot to the heap, where it ends up anyway (a few hundred bytes of stack meanwhile).
+#[allow(clippy::large_enum_variant)]
 pub enum ControlMessage {
     /// Session accepted.
     Welcome { protocol_version: u32, node_id: i64 },

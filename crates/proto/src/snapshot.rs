@@ -44,6 +44,132 @@ pub struct ConfigSnapshot {
     /// (Boxed: it keeps `ControlMessage::Config` from dwarfing the other messages.)
     #[serde(default, skip_serializing_if = "no_access")]
     pub access: Box<AccessConfig>,
+    /// Gateway only: `tcp` tunnels by public port, bound on every enabled Gateway. Left out when
+    /// empty (as are the two below), so snapshots without such tunnels hash as before.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "port_keys"
+    )]
+    pub tcp_ports: BTreeMap<u16, StreamRoute>,
+    /// Gateway only: `udp` tunnels by public port.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "port_keys"
+    )]
+    pub udp_ports: BTreeMap<u16, StreamRoute>,
+    /// Gateway only: `tls` tunnels by hostname (lower case), spliced still encrypted from the
+    /// HTTPS port by the ClientHello's SNI; no certificate is held for them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tls_passthrough: BTreeMap<String, StreamRoute>,
+}
+
+/// What a tunnel carries. `http` tunnels are routed by Host with HTTPS terminated at the
+/// Gateway; the others are carried as bytes (or datagrams) to the Agent's target.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelProtocol {
+    #[default]
+    Http,
+    /// TCP by a public port on every Gateway.
+    Tcp,
+    /// UDP by a public port on every Gateway.
+    Udp,
+    /// TLS passed through by SNI on the Gateways' HTTPS port; the origin terminates it.
+    Tls,
+}
+
+impl TunnelProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelProtocol::Http => "http",
+            TunnelProtocol::Tcp => "tcp",
+            TunnelProtocol::Udp => "udp",
+            TunnelProtocol::Tls => "tls",
+        }
+    }
+
+    /// True for the protocols served on a public port of their own.
+    pub fn has_public_port(self) -> bool {
+        matches!(self, TunnelProtocol::Tcp | TunnelProtocol::Udp)
+    }
+}
+
+impl std::str::FromStr for TunnelProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http" => Ok(TunnelProtocol::Http),
+            "tcp" => Ok(TunnelProtocol::Tcp),
+            "udp" => Ok(TunnelProtocol::Udp),
+            "tls" => Ok(TunnelProtocol::Tls),
+            other => Err(format!(
+                "protocol {other:?} is not one of http, tcp, udp, tls"
+            )),
+        }
+    }
+}
+
+/// The PROXY protocol header a Gateway puts before a stream's first byte, so that the origin
+/// (Postfix, nginx, HAProxy) sees the client's address: off, text v1 or binary v2.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+impl ProxyProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        *self == ProxyProtocol::Off
+    }
+}
+
+impl std::str::FromStr for ProxyProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(ProxyProtocol::Off),
+            "v1" => Ok(ProxyProtocol::V1),
+            "v2" => Ok(ProxyProtocol::V2),
+            other => Err(format!(
+                "proxy_protocol {other:?} is not one of off, v1, v2"
+            )),
+        }
+    }
+}
+
+/// Where a Gateway sends the connections (or datagrams) of a `tcp`, `udp` or `tls` tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StreamRoute {
+    pub tunnel_id: i64,
+    /// Every Agent serving the tunnel, the primary first (at least one).
+    pub targets: Vec<RouteTarget>,
+    #[serde(default, skip_serializing_if = "ProxyProtocol::is_off")]
+    pub proxy_protocol: ProxyProtocol,
+    /// Connections (UDP: flows) at once per Gateway; `None` = only the Gateway's own caps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// IP allow / deny lists (the request rate and concurrency of HTTP tunnels do not apply).
+    #[serde(default, skip_serializing_if = "RouteLimits::is_none")]
+    pub limits: RouteLimits,
 }
 
 /// One WireGuard peer of a node.
@@ -201,6 +327,41 @@ pub struct AgentService {
     pub port: u16,
     /// `host:port` as the Agent resolves it (`localhost:8080`, `app:3000`).
     pub target: String,
+    /// `udp`: datagrams to this port go to `target` over UDP; left out for stream tunnels.
+    #[serde(default, skip_serializing_if = "is_stream")]
+    pub protocol: TunnelProtocol,
+}
+
+fn is_stream(protocol: &TunnelProtocol) -> bool {
+    *protocol != TunnelProtocol::Udp
+}
+
+/// Port-keyed maps as JSON objects with the port as text (`{"5432": …}`), read back from text
+/// keys: the snapshot travels inside an internally tagged message, whose buffering hands map
+/// keys over as strings, which serde's integer keys do not accept.
+mod port_keys {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer, V: Serialize>(
+        map: &BTreeMap<u16, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u16, V>, D::Error> {
+        BTreeMap::<String, V>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| match k.parse::<u16>() {
+                Ok(port) if port != 0 => Ok((port, v)),
+                _ => Err(D::Error::custom(format!("{k:?} is not a port"))),
+            })
+            .collect()
+    }
 }
 
 fn no_access(access: &AccessConfig) -> bool {
@@ -220,6 +381,9 @@ impl Default for ConfigSnapshot {
             certificates: BTreeMap::new(),
             acme: AcmeChallenges::default(),
             access: Box::default(),
+            tcp_ports: BTreeMap::new(),
+            udp_ports: BTreeMap::new(),
+            tls_passthrough: BTreeMap::new(),
         }
     }
 }

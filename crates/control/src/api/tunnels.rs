@@ -21,6 +21,14 @@
 //! `status` is `pending`, `issued`, `failed` or `waiting` (an hourly ACME order cap holds the
 //! order back; `last_error` says "waiting: hourly order limit (...), next try at <time>").
 //!
+//! TCP, UDP and TLS passthrough: `protocol` `tcp` or `udp` publishes the target on
+//! `public_port` of every enabled Gateway (bound at once, unbound on delete or disable; a Gateway
+//! that cannot bind it says so in `port_errors` and the others serve); `tls` splices connections
+//! whose ClientHello names the hostname, still encrypted, to the target. None of them gets a
+//! certificate (`tls` is `off`), a redirect or HTTP limits; `ip_allow`/`ip_deny` and
+//! `max_connections` apply, and `proxy_protocol` (`v1`/`v2`) tells the target the client's
+//! address. A `tcp` tunnel with `access` other than public opens no public port.
+//!
 //! Limits per tunnel, enforced by every Gateway on its own (see `kakuremichi_proto::limits`):
 //! `ip_allow` / `ip_deny` (CIDR networks or single addresses, IPv4 and IPv6, at most 100 each;
 //! deny wins over allow; an empty allow-list admits everyone), `rate_limit_per_second` and
@@ -39,7 +47,7 @@ use crate::views::tunnels::{certs_by_name_and_source, view, TunnelView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use kakuremichi_proto::AccessPolicy;
+use kakuremichi_proto::{AccessPolicy, ProxyProtocol, TunnelProtocol};
 use serde::Deserialize;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -64,6 +72,17 @@ pub struct CreateTunnel {
     rate_limit_per_second: Option<i64>,
     rate_limit_burst: Option<i64>,
     max_concurrent_requests: Option<i64>,
+    /// `http` (default), `tcp` or `udp` (a public port on every Gateway), or `tls` (passed
+    /// through by SNI on the Gateways' HTTPS port; the target terminates TLS). Fixed once created.
+    protocol: Option<TunnelProtocol>,
+    /// `tcp`/`udp`: the port every Gateway binds; left out, the lowest free port of
+    /// `KAKUREMICHI_PORT_RANGE` (20000-29999). 409 when another tunnel or the Gateways use it.
+    public_port: Option<u16>,
+    /// `tcp`/`tls`: a PROXY protocol header (`v1` text, `v2` binary) before the client's bytes,
+    /// so the target sees the client's address. Default `off`.
+    proxy_protocol: Option<ProxyProtocol>,
+    /// `tcp`/`udp`/`tls`: connections (UDP: flows) at once per Gateway; null = no cap.
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -89,6 +108,12 @@ pub struct PatchTunnel {
     rate_limit_burst: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     max_concurrent_requests: Option<Option<i64>>,
+    /// Must be the tunnel's protocol if sent: it cannot change.
+    protocol: Option<TunnelProtocol>,
+    public_port: Option<u16>,
+    proxy_protocol: Option<ProxyProtocol>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_connections: Option<Option<u32>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`, by `serde(default)`).
@@ -110,7 +135,7 @@ where
     request_body = CreateTunnel,
     responses(
         (status = 201, description = "Created", body = TunnelView),
-        (status = 409, description = "The hostname is taken", body = ErrorBody),
+        (status = 409, description = "The hostname or public port is taken", body = ErrorBody),
         WriteErrors,
     ),
 )]
@@ -135,6 +160,10 @@ pub async fn create(
             rate_limit_burst: body.rate_limit_burst.map(Some),
             max_concurrent_requests: body.max_concurrent_requests.map(Some),
         },
+        protocol: body.protocol,
+        public_port: body.public_port,
+        proxy_protocol: body.proxy_protocol,
+        max_connections: body.max_connections.map(Some),
     };
     let row = ops::tunnels::create(&state, &user, input).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
@@ -160,11 +189,14 @@ pub async fn list(
     let replicas = state.store.list_replicas().await?;
     let certs = certs_by_name_and_source(&state).await?;
     let online = !state.hub.online_gateways().is_empty();
+    let gateways = state.store.list_gateways().await?;
     Ok(Json(
         rows.into_iter()
             .map(|t| {
                 let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
-                TunnelView::new(t, &replicas, cert, online).with_dns(&state)
+                TunnelView::new(t, &replicas, cert, online)
+                    .with_dns(&state)
+                    .with_ports(&state, &gateways)
             })
             .collect(),
     ))
@@ -232,6 +264,10 @@ pub async fn update(
             rate_limit_burst: body.rate_limit_burst,
             max_concurrent_requests: body.max_concurrent_requests,
         },
+        protocol: body.protocol,
+        public_port: body.public_port,
+        proxy_protocol: body.proxy_protocol,
+        max_connections: body.max_connections,
     };
     let row = ops::tunnels::update(&state, &user, id, input).await?;
     Ok(Json(view(&state, row).await?))

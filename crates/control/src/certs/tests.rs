@@ -191,6 +191,8 @@ impl Setup {
             owner_id: owner,
             max_owned: u32::MAX,
             limits: Default::default(),
+            stream: Default::default(),
+            ports: Default::default(),
         };
         self.store.create_tunnel(&new).await.unwrap().id
     }

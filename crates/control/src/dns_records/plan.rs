@@ -181,6 +181,10 @@ mod tests {
             rate_limit_per_second: None,
             rate_limit_burst: None,
             max_concurrent_requests: None,
+            protocol: "http".into(),
+            public_port: None,
+            proxy_protocol: "off".into(),
+            max_connections: None,
         }
     }
 

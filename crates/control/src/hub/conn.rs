@@ -14,8 +14,8 @@ use crate::validate;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use futures_util::SinkExt as _;
 use kakuremichi_proto::{
-    decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, MAX_MESSAGE_BYTES,
-    MAX_REASON_CHARS, PROTOCOL_VERSION,
+    decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, OwnPort, PortError,
+    MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -215,9 +215,11 @@ impl NodeSession {
                 config_hash,
                 ..
             }) => (role, public_key, config_hash),
-            Ok(NodeMessage::Applied { .. } | NodeMessage::Rejected { .. }) => {
-                return Err(End::error("bad_hello", "the first message must be a hello"))
-            }
+            Ok(
+                NodeMessage::Applied { .. }
+                | NodeMessage::Rejected { .. }
+                | NodeMessage::Status { .. },
+            ) => return Err(End::error("bad_hello", "the first message must be a hello")),
             Err(e @ DecodeError::VersionMismatch { .. }) => {
                 return Err(End::error("version_mismatch", e.to_string()))
             }
@@ -314,6 +316,27 @@ impl NodeSession {
         self.hub.set_config_error(self.node, Some(why));
     }
 
+    /// The node's report of ports it could not bind: bounded, cleaned, logged when not empty.
+    fn on_status(&self, mut port_errors: Vec<PortError>, mut own_ports: Vec<OwnPort>) {
+        own_ports.truncate(MAX_PORT_ERRORS);
+        self.hub.set_own_ports(self.node, own_ports);
+        port_errors.truncate(MAX_PORT_ERRORS);
+        for e in &mut port_errors {
+            e.error = e
+                .error
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_REASON_CHARS)
+                .collect();
+        }
+        port_errors.sort();
+        port_errors.dedup();
+        for e in &port_errors {
+            tracing::warn!(node = %self.node, protocol = e.protocol.as_str(), port = e.port, error = %e.error, "a gateway cannot bind a tunnel port; the other gateways serve it");
+        }
+        self.hub.set_port_errors(self.node, port_errors);
+    }
+
     fn on_frame(
         &mut self,
         frame: Option<Result<Message, axum::Error>>,
@@ -335,6 +358,13 @@ impl NodeSession {
                     reason,
                 }) => {
                     self.on_rejected(config_hash.as_deref(), &reason);
+                    Ok(())
+                }
+                Ok(NodeMessage::Status {
+                    port_errors,
+                    own_ports,
+                }) => {
+                    self.on_status(port_errors, own_ports);
                     Ok(())
                 }
                 Ok(NodeMessage::Hello { .. }) => {

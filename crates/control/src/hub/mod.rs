@@ -18,7 +18,7 @@ pub use conn::serve;
 
 use crate::snapshot::World;
 use crate::store::{NodeKind, NodeRef, Store, StoreResult};
-use kakuremichi_proto::AcmeChallenges;
+use kakuremichi_proto::{AcmeChallenges, OwnPort, PortError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,6 +48,12 @@ pub struct Hub {
     /// Per node: why its latest snapshot did not reach it or was not applied (it then runs on
     /// its previous one). Cleared once it applies a snapshot. One entry at most per node.
     config_errors: Mutex<HashMap<NodeRef, String>>,
+    /// Per online Gateway: the `tcp`/`udp` tunnel ports it reports it could not bind (its own
+    /// word, kept while its session lasts).
+    port_errors: Mutex<HashMap<NodeRef, Arc<Vec<PortError>>>>,
+    /// Per Gateway that reported them: the ports it listens on itself (kept after it leaves:
+    /// they are still its ports when it comes back).
+    own_ports: Mutex<HashMap<NodeRef, Vec<OwnPort>>>,
     /// Per node, how many times its credential was replaced: a session opened with an older
     /// credential ends when the count it started with moves on.
     credential_epochs: watch::Sender<HashMap<NodeRef, u64>>,
@@ -82,6 +88,8 @@ impl Hub {
             replicated_agents: Mutex::new(Arc::default()),
             access_url: std::sync::OnceLock::new(),
             config_errors: Mutex::new(HashMap::new()),
+            port_errors: Mutex::new(HashMap::new()),
+            own_ports: Mutex::new(HashMap::new()),
             credential_epochs: watch::channel(HashMap::new()).0,
             disabled_gateways: Mutex::new(Arc::default()),
         })
@@ -99,6 +107,38 @@ impl Hub {
     /// Why `node` is not running its latest snapshot, if it is not (see the status API).
     pub fn config_error(&self, node: NodeRef) -> Option<String> {
         lock(&self.config_errors).get(&node).cloned()
+    }
+
+    /// Records the ports `node` could not bind (empty: all bound).
+    pub(crate) fn set_port_errors(&self, node: NodeRef, errors: Vec<PortError>) {
+        let mut all = lock(&self.port_errors);
+        if errors.is_empty() {
+            all.remove(&node);
+        } else {
+            all.insert(node, Arc::new(errors));
+        }
+    }
+
+    pub(crate) fn set_own_ports(&self, node: NodeRef, ports: Vec<OwnPort>) {
+        lock(&self.own_ports).insert(node, ports);
+    }
+
+    /// The ports Gateways reported listening on for themselves.
+    pub fn gateway_own_ports(&self) -> HashSet<OwnPort> {
+        lock(&self.own_ports)
+            .iter()
+            .filter(|(n, _)| n.kind == NodeKind::Gateway)
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect()
+    }
+
+    /// Every online Gateway's unbound ports, by Gateway id.
+    pub fn port_errors(&self) -> HashMap<i64, Arc<Vec<PortError>>> {
+        lock(&self.port_errors)
+            .iter()
+            .filter(|(n, _)| n.kind == NodeKind::Gateway)
+            .map(|(n, e)| (n.id, e.clone()))
+            .collect()
     }
 
     /// The HSTS max-age put into routes that redirect to https.
@@ -337,6 +377,7 @@ impl Drop for OnlineGuard {
             if *n == 0 {
                 online.remove(&self.node);
                 drop(online);
+                lock(&self.hub.port_errors).remove(&self.node);
                 self.hub.online_changed(self.node);
                 self.hub.acks.send_modify(|acks| {
                     acks.remove(&self.node);

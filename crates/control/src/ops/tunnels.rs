@@ -9,12 +9,13 @@ use crate::certs::TlsMode;
 use crate::error::{about, ApiError};
 use crate::store::limits::limits_of;
 use crate::store::{
-    NewTunnel, TunnelLimits, TunnelPatch, TunnelRow, UserRow, MAX_AGENTS_PER_TUNNEL,
-    MAX_ALLOW_LIST_ENTRIES,
+    NewTunnel, PortRules, StreamSettings, TunnelLimits, TunnelPatch, TunnelRow, UserRow,
+    MAX_AGENTS_PER_TUNNEL, MAX_ALLOW_LIST_ENTRIES,
 };
 use crate::validate;
-use kakuremichi_proto::AccessPolicy;
+use kakuremichi_proto::{AccessPolicy, ProxyProtocol, TunnelProtocol};
 use serde_json::json;
+use std::collections::HashSet;
 
 /// The fields of a tunnel as a caller sends them; `None` = default (create) or unchanged (update).
 #[derive(Debug, Default)]
@@ -30,6 +31,128 @@ pub struct TunnelInput {
     pub access: Option<AccessPolicy>,
     /// IP lists, rate and concurrency limits enforced by the Gateways.
     pub limits: LimitsInput,
+    /// `http` (default), `tcp`, `udp` or `tls`; fixed once the tunnel exists.
+    pub protocol: Option<TunnelProtocol>,
+    /// `tcp`/`udp` only; on create, left out = the lowest free port of the range.
+    pub public_port: Option<u16>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// `Some(None)`: no cap (on update).
+    pub max_connections: Option<Option<u32>>,
+}
+
+/// Most connections (UDP: flows) a tunnel's cap may allow per Gateway.
+pub const MAX_CONNECTIONS: u32 = 1_000_000;
+
+/// Checks the fields that only some protocols take, for a tunnel of `protocol` whose current
+/// (or default) `tls` and `access` are given.
+fn check_stream(
+    protocol: TunnelProtocol,
+    input: &TunnelInput,
+    access: &AccessPolicy,
+    hostname: &str,
+) -> Result<(), ApiError> {
+    let name = protocol.as_str();
+    if input.public_port.is_some() && !protocol.has_public_port() {
+        return Err(ApiError::bad_request(format!(
+            "public_port applies to tcp and udp tunnels; a {name} tunnel is reached by its hostname"
+        )));
+    }
+    if input.public_port == Some(0) {
+        return Err(ApiError::bad_request(
+            "public_port must be between 1 and 65535 (or left out to pick a free one)",
+        ));
+    }
+    let proxy = input.proxy_protocol.unwrap_or_default();
+    if !proxy.is_off() && !matches!(protocol, TunnelProtocol::Tcp | TunnelProtocol::Tls) {
+        return Err(ApiError::bad_request(format!(
+            "proxy_protocol applies to tcp and tls tunnels; a {name} tunnel {}",
+            if protocol == TunnelProtocol::Http {
+                "passes the client's address in X-Forwarded-For"
+            } else {
+                "cannot carry it"
+            }
+        )));
+    }
+    if let Some(Some(cap)) = input.max_connections {
+        if protocol == TunnelProtocol::Http {
+            return Err(ApiError::bad_request(
+                "max_connections applies to tcp, udp and tls tunnels; an http tunnel uses \
+                 max_concurrent_requests",
+            ));
+        }
+        if cap == 0 || cap > MAX_CONNECTIONS {
+            return Err(ApiError::bad_request(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS}, or null for no cap"
+            )));
+        }
+    }
+    if protocol == TunnelProtocol::Http {
+        return Ok(());
+    }
+    if hostname.starts_with("*.") {
+        return Err(ApiError::bad_request(format!(
+            "a {name} tunnel needs an exact hostname; wildcards are for http tunnels"
+        )));
+    }
+    if input.tls.is_some_and(|t| t != TlsMode::Off) {
+        return Err(ApiError::bad_request(format!(
+            "tls applies to http tunnels; a {name} tunnel gets no certificate from Control \
+             (leave tls out)"
+        )));
+    }
+    if input.https_redirect == Some(true) {
+        return Err(ApiError::bad_request(format!(
+            "https_redirect applies to http tunnels, not to a {name} tunnel"
+        )));
+    }
+    let limits = &input.limits;
+    if limits.rate_limit_per_second.flatten().is_some()
+        || limits.rate_limit_burst.flatten().is_some()
+        || limits.max_concurrent_requests.flatten().is_some()
+    {
+        return Err(ApiError::bad_request(format!(
+            "rate limits and max_concurrent_requests apply to http tunnels; a {name} tunnel \
+             takes ip_allow, ip_deny and max_connections"
+        )));
+    }
+    if !matches!(access, AccessPolicy::Public) && protocol != TunnelProtocol::Tcp {
+        return Err(ApiError::bad_request(format!(
+            "access control needs a signed-in client: http tunnels, or tcp tunnels through \
+             `kakuremichi access tcp`; a {name} tunnel must be public"
+        )));
+    }
+    Ok(())
+}
+
+/// The ports tunnels may not take: the Gateways' usual and reported own ports (HTTP, HTTPS,
+/// admin, WireGuard), and the WireGuard port of every Gateway's `public_endpoint`.
+async fn port_rules(state: &AppState) -> Result<PortRules, ApiError> {
+    let mut reserved: HashSet<(TunnelProtocol, u16)> = [
+        (TunnelProtocol::Tcp, 80),
+        (TunnelProtocol::Tcp, 443),
+        (TunnelProtocol::Udp, 51820),
+    ]
+    .into();
+    for g in state.store.list_gateways().await? {
+        if let Some(port) = g
+            .public_endpoint
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+        {
+            reserved.insert((TunnelProtocol::Udp, port));
+        }
+    }
+    reserved.extend(
+        state
+            .hub
+            .gateway_own_ports()
+            .into_iter()
+            .map(|p| (p.protocol, p.port)),
+    );
+    Ok(PortRules {
+        range: state.port_range.clone(),
+        reserved,
+    })
 }
 
 fn hostname(input: &str) -> Result<String, ApiError> {
@@ -137,33 +260,47 @@ pub async fn create(
     user: &UserRow,
     input: TunnelInput,
 ) -> Result<TunnelRow, ApiError> {
-    let agents = agents(input.agent_id, input.agent_ids)?;
+    let agents = agents(input.agent_id, input.agent_ids.clone())?;
     let (Some(host), Some((agent_id, replicas)), Some(target)) =
-        (input.hostname, agents, input.target)
+        (input.hostname.clone(), agents, input.target.clone())
     else {
         return Err(ApiError::bad_request(
             "hostname, agent_id (or agent_ids) and target are required",
         ));
     };
     let quotas = state.store.quotas().await?;
+    let protocol = input.protocol.unwrap_or_default();
+    let host = hostname(&host)?;
+    let policy = input.access.clone().unwrap_or_default();
+    check_stream(protocol, &input, &policy, &host)?;
+    let http = protocol == TunnelProtocol::Http;
+    let stream = StreamSettings {
+        protocol,
+        public_port: input.public_port,
+        proxy_protocol: input.proxy_protocol.unwrap_or_default(),
+        max_connections: input.max_connections.flatten(),
+    };
     let new = NewTunnel {
-        hostname: hostname(&host)?,
+        hostname: host,
         agent_id,
         target: target_addr(&target)?,
         enabled: input.enabled.unwrap_or(true),
-        tls: input.tls.unwrap_or(state.default_tls).as_str().to_string(),
-        https_redirect: input.https_redirect.unwrap_or(true),
+        // Only http tunnels terminate TLS at the Gateways.
+        tls: match http {
+            true => input.tls.unwrap_or(state.default_tls).as_str().to_string(),
+            false => TlsMode::Off.as_str().to_string(),
+        },
+        https_redirect: http && input.https_redirect.unwrap_or(true),
         owner_id: (!user.is_admin).then_some(user.id),
         max_owned: quotas.max_tunnels_per_user,
-        access: access(
-            input.access.unwrap_or_default(),
-            quotas.max_allow_list_entries,
-        )?,
+        access: access(policy, quotas.max_allow_list_entries)?,
         limits: input
             .limits
             .check(&TunnelLimits::default())?
             .apply(TunnelLimits::default()),
         replicas,
+        stream,
+        ports: port_rules(state).await?,
     };
     require_agent(state, user, agent_id).await?;
     for &replica in &new.replicas {
@@ -171,11 +308,12 @@ pub async fn create(
     }
     let row = state.store.create_tunnel(&new).await?;
     state.hub.changed();
-    tracing::info!(tunnel_id = row.id, hostname = %row.hostname, agent_id = row.agent_id, tls = %row.tls, "tunnel created");
+    tracing::info!(tunnel_id = row.id, hostname = %row.hostname, agent_id = row.agent_id, tls = %row.tls, protocol = %row.protocol, public_port = ?row.public_port, "tunnel created");
     let limits = limits_of(&row);
     let detail = json!({
         "agent_id": row.agent_id, "target": row.target, "tls": row.tls,
         "limits": (limits != TunnelLimits::default()).then_some(limits),
+        "protocol": row.protocol, "public_port": row.public_port,
     });
     audit(state, Some(user), "tunnel.create", label(&row), detail).await;
     Ok(row)
@@ -189,6 +327,19 @@ pub async fn update(
 ) -> Result<TunnelRow, ApiError> {
     let current = state.store.get_tunnel(id).await.map_err(about("tunnel"))?;
     require_owner(user, current.owner_id, "tunnels")?;
+    let protocol = current.protocol();
+    if input.protocol.is_some_and(|p| p != protocol) {
+        return Err(ApiError::bad_request(format!(
+            "protocol cannot change (this tunnel is {}); create a new tunnel instead",
+            protocol.as_str()
+        )));
+    }
+    let policy = input
+        .access
+        .clone()
+        .unwrap_or_else(|| crate::store::access::policy_of(&current));
+    let host = input.hostname.as_deref().unwrap_or(&current.hostname);
+    check_stream(protocol, &input, &policy, host)?;
     let quota = state.store.quotas().await?.max_allow_list_entries;
     let replace_set = input.agent_ids.is_some();
     let (agent_id, replicas) = match agents(input.agent_id, input.agent_ids)? {
@@ -207,6 +358,13 @@ pub async fn update(
         https_redirect: input.https_redirect,
         limits: input.limits.check(&limits_of(&current))?,
         by_admin: user.is_admin,
+        public_port: input.public_port,
+        proxy_protocol: input.proxy_protocol,
+        max_connections: input.max_connections,
+        ports: match input.public_port {
+            Some(_) => Some(port_rules(state).await?),
+            None => None,
+        },
     };
     for agent in touched_agents(state, &current, &patch).await? {
         require_agent(state, user, agent).await?;
@@ -222,6 +380,8 @@ pub async fn update(
         "enabled": patch.enabled, "tls": patch.tls, "https_redirect": patch.https_redirect,
         "replicas": patch.replicas, "access": patch.access,
         "limits": (!patch.limits.is_empty()).then(|| limits_of(&row)),
+        "public_port": patch.public_port, "proxy_protocol": patch.proxy_protocol,
+        "max_connections": patch.max_connections,
     });
     audit(state, Some(user), "tunnel.update", label(&row), detail).await;
     Ok(row)

@@ -54,6 +54,10 @@ fn tunnel(id: i64, agent_id: i64, port: i64) -> TunnelRow {
         rate_limit_per_second: None,
         rate_limit_burst: None,
         max_concurrent_requests: None,
+        protocol: "http".into(),
+        public_port: None,
+        proxy_protocol: "off".into(),
+        max_connections: None,
     }
 }
 

@@ -40,7 +40,10 @@ pub use quotas::{Quotas, MAX_ALLOW_LIST_ENTRIES};
 pub use replicas::{ReplicaRow, MAX_AGENTS_PER_TUNNEL};
 pub use settings::OPEN_REGISTRATION;
 pub use tokens::TokenRow;
-pub use tunnels::{NewTunnel, TunnelPatch, TunnelRow};
+pub(crate) use tunnels::COLUMNS as TUNNEL_COLUMNS;
+pub use tunnels::{
+    NewTunnel, PortRules, StreamSettings, TunnelPatch, TunnelRow, DEFAULT_PORT_RANGE,
+};
 pub use users::UserRow;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -9,12 +9,15 @@ use super::{
     alloc, is_foreign_key_violation, is_unique_violation, now, replicas, Store, StoreError,
     StoreResult,
 };
-use kakuremichi_proto::AccessPolicy;
+use kakuremichi_proto::{AccessPolicy, ProxyProtocol, TunnelProtocol};
 use sqlx::{Sqlite, Transaction};
+use std::collections::HashSet;
+use std::ops::RangeInclusive;
 
-const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, https_redirect, \
-     access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, ip_deny, \
-     rate_limit_per_second, rate_limit_burst, max_concurrent_requests";
+pub(crate) const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, \
+     https_redirect, access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, \
+     ip_deny, rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
+     public_port, proxy_protocol, max_connections";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -42,6 +45,54 @@ pub struct TunnelRow {
     pub rate_limit_per_second: Option<i64>,
     pub rate_limit_burst: Option<i64>,
     pub max_concurrent_requests: Option<i64>,
+    /// `http`, `tcp`, `udp` or `tls` (see [`TunnelProtocol`]).
+    pub protocol: String,
+    /// The port Gateways bind for a `tcp` or `udp` tunnel.
+    pub public_port: Option<i64>,
+    /// `off`, `v1` or `v2`.
+    pub proxy_protocol: String,
+    pub max_connections: Option<i64>,
+}
+
+impl TunnelRow {
+    /// Only this module writes the column, with a validated value.
+    pub fn protocol(&self) -> TunnelProtocol {
+        self.protocol.parse().unwrap_or_default()
+    }
+
+    pub fn proxy_protocol(&self) -> ProxyProtocol {
+        self.proxy_protocol.parse().unwrap_or_default()
+    }
+}
+
+/// How a tunnel is carried: its protocol, public port (for `tcp` and `udp`), PROXY protocol
+/// header and connection cap. Values are already validated. Default: plain `http`.
+#[derive(Debug, Clone, Default)]
+pub struct StreamSettings {
+    pub protocol: TunnelProtocol,
+    /// `None` for `tcp`/`udp`: the lowest free port of `ports.range`.
+    pub public_port: Option<u16>,
+    pub proxy_protocol: ProxyProtocol,
+    pub max_connections: Option<u32>,
+}
+
+/// Where public ports may be picked from, and the ones that are never free (the Gateways' own).
+#[derive(Debug, Clone)]
+pub struct PortRules {
+    pub range: RangeInclusive<u16>,
+    pub reserved: HashSet<(TunnelProtocol, u16)>,
+}
+
+/// Where public ports are picked from by default (`KAKUREMICHI_PORT_RANGE`).
+pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 20000..=29999;
+
+impl Default for PortRules {
+    fn default() -> Self {
+        Self {
+            range: DEFAULT_PORT_RANGE,
+            reserved: HashSet::new(),
+        }
+    }
 }
 
 /// A tunnel to create; values are already validated and normalised.
@@ -60,6 +111,8 @@ pub struct NewTunnel {
     /// Most tunnels `owner_id` may own (`max_tunnels_per_user`), checked in the same transaction.
     pub max_owned: u32,
     pub limits: TunnelLimits,
+    pub stream: StreamSettings,
+    pub ports: PortRules,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -77,6 +130,12 @@ pub struct TunnelPatch {
     pub limits: LimitsPatch,
     /// Made by an admin, who may put a wildcard over other users' names (see [`super::overlap`]).
     pub by_admin: bool,
+    /// A new public port (`tcp`/`udp` tunnels only; checked against `ports`).
+    pub public_port: Option<u16>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// `Some(None)` removes the cap.
+    pub max_connections: Option<Option<u32>>,
+    pub ports: Option<PortRules>,
 }
 
 impl Store {
@@ -95,13 +154,18 @@ impl Store {
             require_no_foreign_overlap(&mut tx, &new.hostname, new.owner_id, None).await?;
         }
         let port = alloc::allocate_port(&mut tx, new.agent_id).await?;
+        let public_port = match new.stream.protocol.has_public_port() {
+            true => Some(public_port(&mut tx, &new.stream, &new.ports, None).await?),
+            false => None,
+        };
         let now = now();
         let sql = format!(
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
              access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, ip_deny, \
-             rate_limit_per_second, rate_limit_burst, max_concurrent_requests) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16) \
-             RETURNING {COLUMNS}"
+             rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
+             public_port, proxy_protocol, max_connections) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18, $19, $20) RETURNING {COLUMNS}"
         );
         let (access_mode, access_allow) = encode_policy(&new.access);
         let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&new.limits);
@@ -122,6 +186,10 @@ impl Store {
             .bind(per_second)
             .bind(burst)
             .bind(concurrent)
+            .bind(new.stream.protocol.as_str())
+            .bind(public_port.map(i64::from))
+            .bind(new.stream.proxy_protocol.as_str())
+            .bind(new.stream.max_connections.map(i64::from))
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;
@@ -165,15 +233,36 @@ impl Store {
         // Merged here, inside the transaction, so concurrent changes of different limits all land.
         let limits = patch.limits.apply(limits::limits_of(&current));
         let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&limits);
-        let hostname = patch.hostname.clone().unwrap_or(current.hostname);
+        let protocol = current.protocol();
+        let hostname = patch.hostname.clone().unwrap_or(current.hostname.clone());
         if patch.hostname.is_some() && !patch.by_admin {
             require_no_foreign_overlap(&mut tx, &hostname, current.owner_id, Some(id)).await?;
         }
+        let public_port = match (patch.public_port, &patch.ports) {
+            (Some(port), Some(rules)) if Some(i64::from(port)) != current.public_port => {
+                let wanted = StreamSettings {
+                    protocol,
+                    public_port: Some(port),
+                    proxy_protocol: current.proxy_protocol(),
+                    max_connections: None,
+                };
+                Some(i64::from(
+                    public_port(&mut tx, &wanted, rules, Some(id)).await?,
+                ))
+            }
+            _ => current.public_port,
+        };
+        let proxy_protocol = patch.proxy_protocol.unwrap_or(current.proxy_protocol());
+        let max_connections = match patch.max_connections {
+            Some(cap) => cap.map(i64::from),
+            None => current.max_connections,
+        };
         let sql = format!(
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
              tls = $6, https_redirect = $7, access_mode = $8, access_allow = $9, updated_at = $10, \
              ip_allow = $12, ip_deny = $13, rate_limit_per_second = $14, rate_limit_burst = $15, \
-             max_concurrent_requests = $16 WHERE id = $11 RETURNING {COLUMNS}"
+             max_concurrent_requests = $16, public_port = $17, proxy_protocol = $18, \
+             max_connections = $19 WHERE id = $11 RETURNING {COLUMNS}"
         );
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -192,6 +281,9 @@ impl Store {
             .bind(per_second)
             .bind(burst)
             .bind(concurrent)
+            .bind(public_port)
+            .bind(proxy_protocol.as_str())
+            .bind(max_connections)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &hostname))?;
@@ -219,6 +311,53 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The public port of a `tcp`/`udp` tunnel: the one asked for if free (409 naming the tunnel
+/// that has it, or the Gateways' own use of it), else the lowest free one of the range.
+async fn public_port(
+    tx: &mut Transaction<'static, Sqlite>,
+    stream: &StreamSettings,
+    rules: &PortRules,
+    except: Option<i64>,
+) -> StoreResult<u16> {
+    let protocol = stream.protocol;
+    let taken: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT id, hostname, public_port FROM tunnels \
+         WHERE protocol = $1 AND public_port IS NOT NULL AND id != $2",
+    )
+    .bind(protocol.as_str())
+    .bind(except.unwrap_or(0))
+    .fetch_all(&mut **tx)
+    .await?;
+    let proto = protocol.as_str();
+    if let Some(port) = stream.public_port {
+        if rules.reserved.contains(&(protocol, port)) {
+            return Err(StoreError::Conflict(format!(
+                "public_port {port}/{proto} is used by the Gateways themselves (HTTP, HTTPS, \
+                 WireGuard or admin); choose another port"
+            )));
+        }
+        if let Some((id, host, _)) = taken.iter().find(|(_, _, p)| *p == i64::from(port)) {
+            return Err(StoreError::Conflict(format!(
+                "public_port {port}/{proto} is already used by tunnel {id} ({host})"
+            )));
+        }
+        return Ok(port);
+    }
+    let used: HashSet<i64> = taken.iter().map(|(_, _, p)| *p).collect();
+    rules
+        .range
+        .clone()
+        .find(|p| !used.contains(&i64::from(*p)) && !rules.reserved.contains(&(protocol, *p)))
+        .ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "no free {proto} port left in {}-{} (KAKUREMICHI_PORT_RANGE); delete unused \
+                 tunnels, widen the range, or give public_port",
+                rules.range.start(),
+                rules.range.end()
+            ))
+        })
 }
 
 pub(super) async fn require_agent(

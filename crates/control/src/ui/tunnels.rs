@@ -155,6 +155,7 @@ impl TunnelForm {
             https_redirect: Some(self.https_redirect.is_some()),
             access: self.access()?,
             limits: self.limits()?,
+            ..TunnelInput::default()
         })
     }
 

@@ -6,8 +6,8 @@ use crate::certs::{self, TlsMode};
 use crate::error::ApiError;
 use crate::store::access::policy_of;
 use crate::store::limits::limits_of;
-use crate::store::{CertRow, ReplicaRow, TunnelLimits, TunnelRow};
-use kakuremichi_proto::AccessPolicy;
+use crate::store::{CertRow, GatewayRow, ReplicaRow, TunnelLimits, TunnelRow};
+use kakuremichi_proto::{AccessPolicy, ProxyProtocol, TunnelProtocol};
 use serde::Serialize;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -35,12 +35,55 @@ pub struct TunnelView {
     /// How the hostname stands in DNS: records managed by Control in a managed zone, or the
     /// addresses to point it at yourself (`null` until Control's first DNS pass).
     dns: Option<crate::dns_records::DnsStatus>,
+    #[schema(value_type = String)]
+    protocol: TunnelProtocol,
+    /// `tcp`/`udp`: the port every Gateway binds (also when Control picked it).
+    public_port: Option<u16>,
+    #[schema(value_type = String)]
+    proxy_protocol: ProxyProtocol,
+    max_connections: Option<u32>,
+    /// `tcp`/`udp`: where clients connect, one `host:port` per enabled Gateway (its
+    /// `public_endpoint`'s host); empty for `http` and `tls` tunnels, reached by hostname.
+    public_addresses: Vec<String>,
+    /// `tcp`/`udp`: Gateways that report they cannot bind the port (the others serve it).
+    port_errors: Vec<TunnelPortError>,
+}
+
+/// A Gateway that cannot bind a tunnel's public port, and why.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TunnelPortError {
+    gateway_id: i64,
+    gateway: String,
+    error: String,
 }
 
 impl TunnelView {
     /// Adds the hostname's DNS status (from the record reconciler).
     pub fn with_dns(mut self, state: &AppState) -> Self {
         self.dns = state.dns_records.status(&self.hostname);
+        self
+    }
+
+    /// Adds where a `tcp`/`udp` tunnel is reached and which Gateways cannot bind its port.
+    pub fn with_ports(mut self, state: &AppState, gateways: &[GatewayRow]) -> Self {
+        let Some(port) = self.public_port.filter(|_| self.protocol.has_public_port()) else {
+            return self;
+        };
+        let enabled = gateways.iter().filter(|g| g.enabled);
+        self.public_addresses = enabled
+            .map(|g| format!("{}:{port}", endpoint_host(&g.public_endpoint)))
+            .collect();
+        let errors = state.hub.port_errors();
+        for g in gateways {
+            let failed = errors.get(&g.id).into_iter().flat_map(|e| e.iter());
+            for e in failed.filter(|e| e.port == port && e.protocol == self.protocol) {
+                self.port_errors.push(TunnelPortError {
+                    gateway_id: g.id,
+                    gateway: g.name.clone(),
+                    error: e.error.clone(),
+                });
+            }
+        }
         self
     }
 
@@ -53,6 +96,8 @@ impl TunnelView {
         // Only this API writes the column, with a validated value.
         let tls = t.tls.parse().unwrap_or(TlsMode::Off);
         let access = policy_of(&t);
+        let protocol = t.protocol();
+        let proxy_protocol = t.proxy_protocol();
         let limits = limits_of(&t);
         let certificate = certs::status_view(&t.hostname, tls, cert, gateways_online);
         Self {
@@ -79,6 +124,12 @@ impl TunnelView {
             updated_at: t.updated_at,
             owner_id: t.owner_id,
             dns: None,
+            protocol,
+            public_port: t.public_port.and_then(|p| u16::try_from(p).ok()),
+            proxy_protocol,
+            max_connections: t.max_connections.and_then(|c| u32::try_from(c).ok()),
+            public_addresses: Vec::new(),
+            port_errors: Vec::new(),
         }
     }
 }
@@ -112,7 +163,19 @@ pub async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiErr
     let cert = state.store.get_certificate(&row.hostname, &row.tls).await?;
     let replicas = state.store.tunnel_replicas(row.id).await?;
     let online = !state.hub.online_gateways().is_empty();
-    Ok(TunnelView::new(row, &replicas, cert.as_ref(), online).with_dns(state))
+    let gateways = state.store.list_gateways().await?;
+    Ok(TunnelView::new(row, &replicas, cert.as_ref(), online)
+        .with_dns(state)
+        .with_ports(state, &gateways))
+}
+
+/// The host part of a Gateway's `public_endpoint` (`gw1.example.com:51820` → `gw1.example.com`,
+/// `[2001:db8::1]:51820` → `[2001:db8::1]`).
+pub fn endpoint_host(endpoint: &str) -> &str {
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => host,
+        _ => endpoint,
+    }
 }
 
 /// Every certificate row, by (hostname, source): a tunnel shows the one of its `tls` mode.

@@ -131,7 +131,7 @@ impl TunnelLimiter {
     /// The IP lists, then the client's bucket.
     pub(crate) fn admit(&self, client: IpAddr) -> Result<(), Refusal> {
         let client = client.to_canonical();
-        if !self.ip_allowed(client) {
+        if !self.limits.admits_ip(client) {
             self.refused.ip_denied.fetch_add(1, Ordering::Relaxed);
             return Err(Box::new(forbidden(client)));
         }
@@ -156,15 +156,6 @@ impl TunnelLimiter {
                 Err(Box::new(too_many(CONCURRENCY_RETRY)))
             }
         }
-    }
-
-    /// Deny wins; an empty allow-list admits every address not denied.
-    fn ip_allowed(&self, client: IpAddr) -> bool {
-        let RouteLimits {
-            ip_allow, ip_deny, ..
-        } = &self.limits;
-        !ip_deny.iter().any(|net| net.contains(&client))
-            && (ip_allow.is_empty() || ip_allow.iter().any(|net| net.contains(&client)))
     }
 }
 

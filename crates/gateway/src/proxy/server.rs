@@ -27,6 +27,8 @@ use super::client_cap::{ClientCap, ClientPermit};
 use super::forward::ProxyBody;
 use super::timeouts::{Activity, Tracked};
 use super::{Proxy, RouteTable, Scheme};
+use crate::streams::sni::{read_client_hello, Prefixed};
+use crate::streams::Splicer;
 use crate::tls::{ACME_TLS_ALPN, WG_TLS_ALPN};
 
 /// How long in-flight requests (and upgraded connections) may run after shutdown is requested.
@@ -94,6 +96,7 @@ pub async fn serve_with_scheme(
         proxy: Some(proxy),
         tls: None,
         routes: None,
+        streams: None,
     };
     accept_loop(listener, site, max_connections, shutdown).await
 }
@@ -120,6 +123,7 @@ pub async fn serve_tls(
         proxy: Some(proxy),
         tls: Some(tls),
         routes: None,
+        streams: None,
     };
     accept_loop(listener, site, max_connections, shutdown).await
 }
@@ -130,7 +134,7 @@ pub async fn serve_admin(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_admin_site(listener, None, shutdown).await
+    serve_admin_site(listener, None, None, shutdown).await
 }
 
 /// [`serve_admin`] whose `/metrics` also reports the requests that `routes`' limits refused:
@@ -142,12 +146,31 @@ pub async fn serve_admin_with_limits(
     routes: Arc<RouteTable>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_admin_site(listener, Some(routes), shutdown).await
+    serve_admin_site(listener, Some(routes), None, shutdown).await
+}
+
+/// [`serve_admin_with_limits`] for `proxy`, whose `/metrics` also has the stream tunnels'
+/// counters: `"streams": {"<tunnel id>": {"connections": n, "active": n, "bytes_in": n,
+/// "bytes_out": n, "ip_denied": n, "over_capacity": n, "upstream_failed": n}}`.
+pub async fn serve_admin_for(
+    listener: TcpListener,
+    proxy: &Proxy,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let splicer = proxy.passthrough().splicer().clone();
+    serve_admin_site(
+        listener,
+        Some(proxy.routes().clone()),
+        Some(splicer),
+        shutdown,
+    )
+    .await
 }
 
 async fn serve_admin_site(
     listener: TcpListener,
     routes: Option<Arc<RouteTable>>,
+    streams: Option<Arc<Splicer>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let site = Site {
@@ -158,6 +181,7 @@ async fn serve_admin_site(
         proxy: None,
         tls: None,
         routes,
+        streams,
     };
     accept_loop(listener, site, ADMIN_MAX_CONNECTIONS, shutdown).await
 }
@@ -193,6 +217,8 @@ struct Site {
     tls: Option<Tls>,
     /// Admin only: whose refusal counters `/metrics` reports.
     routes: Option<Arc<RouteTable>>,
+    /// Admin only: whose stream tunnel counters `/metrics` reports.
+    streams: Option<Arc<Splicer>>,
 }
 
 #[derive(Clone)]
@@ -340,6 +366,40 @@ async fn serve_connection(site: Site, stream: TcpStream, peer: SocketAddr, guard
     let Some(tls) = site.tls.clone() else {
         return serve_io(site, stream, peer, guard).await;
     };
+    let passthrough = site.proxy.as_ref().map(|p| p.passthrough().clone());
+    let Some(passthrough) = passthrough.filter(|p| !p.is_empty()) else {
+        return serve_tls_conn(site, tls, stream, peer, guard).await;
+    };
+    // Some tunnels are `tls` (passthrough): the ClientHello's name says whose connection it is.
+    let mut stream = stream;
+    let hello = tokio::time::timeout(tls.handshake_timeout, read_client_hello(&mut stream));
+    let hello = match hello.await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(_)) | Err(_) => {
+            tracing::debug!(%peer, "no TLS ClientHello in time");
+            return;
+        }
+    };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let mut stopped = guard.clone();
+    let name = hello.server_name.as_deref();
+    let spliced = tokio::select! {
+        spliced = passthrough.try_splice(name, stream, hello.consumed, peer, local) => spliced,
+        // A spliced stream has no request to finish: it closes when the drain deadline passes.
+        () = stopped.stopped() => return,
+    };
+    if let Err((stream, consumed)) = spliced {
+        serve_tls_conn(site, tls, Prefixed::new(consumed, stream), peer, guard).await
+    }
+}
+
+/// Our own TLS on a connection (whose ClientHello may have been read already), then HTTP.
+async fn serve_tls_conn<IO>(site: Site, tls: Tls, stream: IO, peer: SocketAddr, guard: ConnGuard)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
     let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
@@ -450,15 +510,23 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 })
             }
             None => {
-                let response = admin(&req, self.site.routes.as_deref())
-                    .map(|body| Tracked::new(body, in_flight));
+                let response = admin(
+                    &req,
+                    self.site.routes.as_deref(),
+                    self.site.streams.as_deref(),
+                )
+                .map(|body| Tracked::new(body, in_flight));
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
 }
 
-fn admin(req: &Request<Incoming>, routes: Option<&RouteTable>) -> Response<ProxyBody> {
+fn admin(
+    req: &Request<Incoming>,
+    routes: Option<&RouteTable>,
+    streams: Option<&Splicer>,
+) -> Response<ProxyBody> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, Bytes::from_static(b"ok")),
         // Live tokio tasks: one per client connection and upgrade, so a leak shows as growth
@@ -468,7 +536,8 @@ fn admin(req: &Request<Incoming>, routes: Option<&RouteTable>) -> Response<Proxy
                 .metrics()
                 .num_alive_tasks();
             let refused = routes.map(refused_json).unwrap_or_default();
-            let body = serde_json::json!({"tasks": tasks, "refused": refused});
+            let streams = streams.map(streams_json).unwrap_or_default();
+            let body = serde_json::json!({"tasks": tasks, "refused": refused, "streams": streams});
             (StatusCode::OK, Bytes::from(body.to_string()))
         }
         _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found")),
@@ -476,6 +545,27 @@ fn admin(req: &Request<Incoming>, routes: Option<&RouteTable>) -> Response<Proxy
     let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response
+}
+
+/// The stream tunnels' counters, by tunnel id.
+fn streams_json(splicer: &Splicer) -> serde_json::Map<String, serde_json::Value> {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    splicer
+        .stats()
+        .into_iter()
+        .map(|(tunnel, s)| {
+            let counts = serde_json::json!({
+                "connections": load(&s.connections),
+                "active": load(&s.active),
+                "bytes_in": load(&s.bytes_in),
+                "bytes_out": load(&s.bytes_out),
+                "ip_denied": load(&s.ip_denied),
+                "over_capacity": load(&s.over_capacity),
+                "upstream_failed": load(&s.upstream_failed),
+            });
+            (tunnel.to_string(), counts)
+        })
+        .collect()
 }
 
 /// `{"<tunnel id>": {"ip_denied": n, "rate_limited": n, "concurrency": n}}`, by tunnel id.

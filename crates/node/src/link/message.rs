@@ -95,6 +95,17 @@ impl ControlLink {
     }
 }
 
+/// Tells Control what the role could not do (see [`crate::NodeStatus`]).
+pub(super) async fn send_status(ws: &mut Ws, status: crate::NodeStatus) -> Result<(), End> {
+    let msg = NodeMessage::Status {
+        port_errors: status.port_errors,
+        own_ports: status.own_ports,
+    };
+    ws.send(Message::text(msg.encode()))
+        .await
+        .map_err(|e| End::Lost(format!("reporting status: {e}")))
+}
+
 /// Hands an event to the role; a role that is gone ends the session.
 async fn report(events: &mpsc::Sender<LinkEvent>, event: LinkEvent) -> Result<(), End> {
     events

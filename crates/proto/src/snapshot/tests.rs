@@ -59,6 +59,7 @@ pub(crate) fn sample() -> ConfigSnapshot {
             }],
             revoked: vec!["s1".into()],
         }),
+        ..ConfigSnapshot::default()
     }
     .seal()
 }

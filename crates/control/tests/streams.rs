@@ -1,0 +1,260 @@
+//! `tcp`, `udp` and `tls` tunnels through Control (issue #16): the API contract (protocol,
+//! public_port picked or given, proxy_protocol, max_connections), its refusals (a 400 or 409 that
+//! changes nothing), and what the Gateways and Agents get in their snapshots.
+
+use kakuremichi_proto::{NodeRole, ProxyProtocol, TunnelProtocol};
+use kakuremichi_testkit::control::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+const PUSH: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let a1 = c.agent("a1").await;
+    let agent = a1["id"].as_i64().unwrap();
+    let g = c.gateway("g1").await;
+
+    // Ports are picked from the range, lowest free first; the answer names the port.
+    let create = |host: &str, extra: serde_json::Value| {
+        let mut body = json!({"hostname": host, "agent_id": agent, "target": "db:5432"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (s, db) = c
+        .post(
+            "/api/v1/tunnels",
+            create(
+                "db.example.com",
+                json!({"protocol": "tcp", "proxy_protocol": "v2"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{db}");
+    assert_eq!(db["protocol"], "tcp");
+    assert_eq!(db["public_port"], 20000);
+    assert_eq!(db["proxy_protocol"], "v2");
+    assert_eq!(db["tls"], "off", "no certificate for a tcp tunnel");
+    assert_eq!(db["certificate"], json!(null));
+    assert_eq!(
+        db["public_addresses"],
+        json!(["g1.example.net:20000"]),
+        "{db}"
+    );
+    let (s, dns) = c
+        .post(
+            "/api/v1/tunnels",
+            create(
+                "dns.example.com",
+                json!({"protocol": "udp", "max_connections": 50}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{dns}");
+    assert_eq!(dns["public_port"], 20000, "UDP 20000 is not TCP 20000");
+    let (s, smtp) = c
+        .post(
+            "/api/v1/tunnels",
+            create(
+                "smtp.example.com",
+                json!({"protocol": "tcp", "public_port": 2525}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{smtp}");
+    assert_eq!(smtp["public_port"], 2525);
+    let (s, site) = c
+        .post(
+            "/api/v1/tunnels",
+            create("secure.example.com", json!({"protocol": "tls"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{site}");
+    assert_eq!(site["public_port"], json!(null));
+    let (_, http) = c
+        .post("/api/v1/tunnels", create("www.example.com", json!({})))
+        .await;
+    assert_eq!(http["protocol"], "http", "default unchanged");
+    assert_eq!(http["proxy_protocol"], "off");
+
+    // Refusals: clear, and nothing changes.
+    for (body, status, words) in [
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "tcp", "public_port": 2525}),
+            ),
+            StatusCode::CONFLICT,
+            "already used by tunnel",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "tcp", "public_port": 443}),
+            ),
+            StatusCode::CONFLICT,
+            "Gateways themselves",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "udp", "public_port": 51820}),
+            ),
+            StatusCode::CONFLICT,
+            "Gateways themselves",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "tcp", "public_port": 0}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "between 1 and 65535",
+        ),
+        (
+            create("x.example.com", json!({"protocol": "tcp", "tls": "acme"})),
+            StatusCode::BAD_REQUEST,
+            "tls applies to http",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "udp", "proxy_protocol": "v1"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "proxy_protocol applies",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "tls", "public_port": 3000}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "public_port applies",
+        ),
+        (
+            create("x.example.com", json!({"max_connections": 5})),
+            StatusCode::BAD_REQUEST,
+            "max_concurrent_requests",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "tcp", "max_connections": 0}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "max_connections must be",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "udp", "access": {"mode": "login"}}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "must be public",
+        ),
+        (
+            create("*.x.example.com", json!({"protocol": "tcp"})),
+            StatusCode::BAD_REQUEST,
+            "exact hostname",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "tcp", "rate_limit_per_second": 5}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "apply to http",
+        ),
+        (
+            create("x.example.com", json!({"protocol": "ftp"})),
+            StatusCode::BAD_REQUEST,
+            "protocol",
+        ),
+    ] {
+        let (s, err) = c.post("/api/v1/tunnels", body.clone()).await;
+        assert_eq!(s, status, "{body} → {err}");
+        assert!(err.to_string().contains(words), "{body} → {err}");
+    }
+    let id = db["id"].as_i64().unwrap();
+    let (s, err) = c
+        .patch(&format!("/api/v1/tunnels/{id}"), json!({"protocol": "udp"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
+    assert!(err.to_string().contains("cannot change"), "{err}");
+    let (s, err) = c
+        .patch(
+            &format!("/api/v1/tunnels/{id}"),
+            json!({"public_port": 2525}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{err}");
+    let (_, all) = c.get("/api/v1/tunnels").await;
+    assert_eq!(all.as_array().unwrap().len(), 5, "{all}");
+
+    // PATCH moves the port and the cap; the Gateway's snapshot follows.
+    let (s, moved) = c
+        .patch(
+            &format!("/api/v1/tunnels/{id}"),
+            json!({"public_port": 25432, "max_connections": 8}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{moved}");
+    assert_eq!(moved["public_port"], 25432);
+    assert_eq!(moved["max_connections"], 8);
+    let (mut gw, _, _) = c
+        .node(g["token"].as_str().unwrap(), NodeRole::Gateway, None)
+        .await;
+    let snap = next_config(&mut gw, PUSH).await;
+    let tcp = &snap.tcp_ports[&25432];
+    assert_eq!(tcp.tunnel_id, id);
+    assert_eq!(tcp.proxy_protocol, ProxyProtocol::V2);
+    assert_eq!(tcp.max_connections, Some(8));
+    assert_eq!(tcp.targets.len(), 1);
+    assert!(snap.tcp_ports.contains_key(&2525));
+    assert!(snap.udp_ports.contains_key(&20000));
+    assert!(snap.tls_passthrough.contains_key("secure.example.com"));
+    assert_eq!(
+        snap.routes.keys().collect::<Vec<_>>(),
+        ["www.example.com"],
+        "stream tunnels are not HTTP routes"
+    );
+    assert!(
+        !snap.certificates.contains_key("db.example.com"),
+        "no certificate for stream tunnels"
+    );
+
+    // A protected tcp tunnel opens no public port (it is for `kakuremichi access tcp`).
+    let (s, _) = c
+        .patch(
+            &format!("/api/v1/tunnels/{id}"),
+            json!({"access": {"mode": "login"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let snap = next_config(&mut gw, PUSH).await;
+    assert!(!snap.tcp_ports.contains_key(&25432));
+
+    // The Agent learns the UDP tunnel as UDP, the others as streams.
+    let key = a1["api_key"].as_str().unwrap();
+    let (mut ag, _, _) = c.node(key, NodeRole::Agent, None).await;
+    let snap = next_config(&mut ag, PUSH).await;
+    let by_host = |h: &str| {
+        snap.services
+            .iter()
+            .find(|s| s.hostname == h)
+            .unwrap()
+            .protocol
+    };
+    assert_eq!(by_host("dns.example.com"), TunnelProtocol::Udp);
+    assert_eq!(
+        by_host("db.example.com"),
+        TunnelProtocol::Http,
+        "streams: the default"
+    );
+}
