@@ -149,8 +149,11 @@ impl ControlLink {
         if let Err(end) = connect::hello(&mut ws, &self.config, self.held_hash.clone()).await {
             return end;
         }
-        // Every session starts with the current status (Control keeps it per session).
-        self.status.mark_changed();
+        // Every session starts with the current status, if there is anything to say (Control
+        // keeps it per session and forgets it when the session ends).
+        if *self.status.borrow() != NodeStatus::default() {
+            self.status.mark_changed();
+        }
         loop {
             let received = tokio::select! {
                 received = message::receive(&mut ws, self.config.idle_timeout) => received,
