@@ -225,7 +225,10 @@ impl Roles {
             Secret::new(state.gateway_token.clone()),
         );
         gateway.data_dir = Some(data_dir.join("gateway"));
-        let https_port = gateway_sockets.https.local_addr()?.port();
+        let https = gateway_sockets.https.local_addr()?;
+        // tcp tunnels' ports on the address the HTTPS listener has (loopback unless told).
+        gateway.ports_listen_ip = https.ip();
+        let https_port = https.port();
         let gateway = tokio::spawn(kakuremichi_gateway::run(
             gateway,
             gateway_sockets,
