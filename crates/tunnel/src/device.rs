@@ -17,6 +17,7 @@ pub(crate) use table::{PeerEntry, PeerTable};
 
 use crate::admission;
 use crate::config::DeviceConfig;
+use crate::datagram::TunnelUdp;
 use crate::guard;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::peer::PeerStatus;
@@ -49,6 +50,20 @@ pub(crate) struct Inner {
     pub stream_slots: Arc<admission::StreamSlots>,
     /// Checks every handshake message before any X25519 work is done for it.
     pub guard: guard::HandshakeGuard,
+}
+
+impl Inner {
+    /// The peer whose tunnel address `dst` is.
+    pub(crate) fn peer_for(&self, dst: SocketAddrV4) -> io::Result<Arc<crate::peer::Peer>> {
+        let table = self.peers.load();
+        let entry = table.by_ip.get(dst.ip()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::HostUnreachable,
+                format!("no WireGuard peer has address {}", dst.ip()),
+            )
+        })?;
+        Ok(entry.peer.clone())
+    }
 }
 
 impl Drop for Inner {
@@ -147,19 +162,29 @@ impl Device {
 
     /// Opens a TCP connection to `dst` through the peer whose address it is.
     pub async fn connect(&self, dst: SocketAddrV4) -> io::Result<TunnelStream> {
-        let peer = {
-            let table = self.inner.peers.load();
-            let entry = table.by_ip.get(dst.ip()).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::HostUnreachable,
-                    format!("no WireGuard peer has address {}", dst.ip()),
-                )
-            })?;
-            entry.peer.clone()
-        };
-        let stream = peer.open(dst)?;
+        let stream = self.inner.peer_for(dst)?.open(dst)?;
         stream.established().await?;
         Ok(stream)
+    }
+
+    /// Receives the datagrams any peer sends to UDP `port` of this node (an Agent's `udp`
+    /// service); replies go through the peer whose address they are sent to. Binding a port
+    /// again takes it over from the earlier binding.
+    pub fn bind_udp(&self, port: u16) -> TunnelUdp {
+        let (tx, rx) = TunnelUdp::queue();
+        self.inner.shared.bind_udp(port, tx.clone());
+        let local = SocketAddrV4::new(self.inner.shared.address, port);
+        TunnelUdp::new(local, (tx, rx), TunnelUdp::any_peer(&self.inner))
+    }
+
+    /// A UDP flow to `dst` through the peer whose address it is, from a fresh local port on
+    /// which that peer's replies arrive (a Gateway's flow for one client).
+    pub fn connect_udp(&self, dst: SocketAddrV4) -> io::Result<TunnelUdp> {
+        let peer = self.inner.peer_for(dst)?;
+        let (tx, rx) = TunnelUdp::queue();
+        let port = peer.bind_udp_flow(tx.clone())?;
+        let local = SocketAddrV4::new(self.inner.shared.address, port);
+        Ok(TunnelUdp::new(local, (tx, rx), TunnelUdp::through(peer)))
     }
 
     pub fn peers(&self) -> Vec<PeerStatus> {

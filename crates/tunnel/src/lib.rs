@@ -1,5 +1,5 @@
-//! Userspace WireGuard with a userspace TCP/IP stack: dial and accept TCP streams through the
-//! tunnel without root, a TUN device or any capability.
+//! Userspace WireGuard with a userspace TCP/IP stack: dial and accept TCP streams, and send
+//! and receive UDP datagrams, through the tunnel without root, a TUN device or any capability.
 //!
 //! A [`Device`] owns one UDP socket and any number of peers. Each peer has its own noise session
 //! (boringtun) and its own TCP/IP stack (smoltcp) driven by its own task, so peers never contend
@@ -23,11 +23,13 @@
 //!   its receive side, its path (UDP or a stream) and its [`PeerStatus`].
 //! - `nic`: the virtual network card between a peer's stack and its noise session.
 //! - `stream`: [`TunnelStream`], a TCP connection through the tunnel.
+//! - `datagram`: [`TunnelUdp`], UDP through the tunnel, one IP packet per datagram.
 //! - `link`, [`frame`], `admission`: WireGuard over a byte stream, and room for accepted ones.
 //! - `guard`: admission of handshake messages; `udp`: the socket with GSO/GRO; `keys`.
 
 mod admission;
 mod config;
+mod datagram;
 mod device;
 pub mod frame;
 mod guard;
@@ -39,6 +41,7 @@ mod stream;
 mod udp;
 
 pub use config::{DeviceConfig, PeerConfig};
+pub use datagram::{Datagram, TunnelUdp, UdpSender, MAX_UDP_PAYLOAD};
 pub use device::{Acceptor, Device};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use link::{AttachedStream, StreamEnd};

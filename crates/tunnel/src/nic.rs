@@ -17,7 +17,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 /// MTU inside the tunnel: the WireGuard default, leaving room for IPv6 + UDP + WireGuard headers
@@ -184,6 +184,14 @@ impl Nic {
             // Only the last datagram of a GSO send may be shorter than the others.
             self.flush();
         }
+    }
+
+    /// Encrypts and sends one UDP datagram of ours (see [`crate::datagram`]) at once, after whatever
+    /// the stack had queued. `payload` fits one packet (the caller checked).
+    pub fn send_datagram_to(&mut self, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
+        let len = crate::datagram::emit(&mut self.tx_plain, src, dst, payload);
+        self.seal_and_send(len);
+        self.flush();
     }
 
     /// Sends the queued datagrams, in one syscall where the kernel allows.

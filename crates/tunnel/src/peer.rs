@@ -28,6 +28,7 @@ pub(crate) use driver::drive;
 pub(crate) use path::{Source, StreamPath};
 pub use status::PeerStatus;
 
+use crate::datagram::{DatagramTx, PeerPorts};
 use crate::device::Shared;
 use crate::nic::Nic;
 use crate::stream::TunnelStream;
@@ -78,6 +79,8 @@ pub(crate) struct PeerState {
     listeners: Listeners,
     ports: Ports,
     connections: Connections,
+    /// Local UDP ports of flows to this peer (see [`crate::Device::connect_udp`]).
+    pub udp: PeerPorts,
     handshake: Handshake,
     stats: RxStats,
     /// Scratch buffer for decrypted packets and handshake messages.
@@ -117,6 +120,7 @@ impl Peer {
                 listeners: Listeners::default(),
                 ports: Ports::new(),
                 connections: Connections::default(),
+                udp: PeerPorts::default(),
                 handshake: Handshake::new(keepalive),
                 stats: RxStats::default(),
                 decap: vec![0; 65536],
@@ -135,21 +139,7 @@ impl Peer {
     /// Opens a TCP connection to `dst` through this peer; the caller awaits establishment.
     pub fn open(self: &Arc<Self>, dst: SocketAddrV4) -> io::Result<TunnelStream> {
         let mut st = self.lock();
-        if st.closed {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "WireGuard peer removed",
-            ));
-        }
-        if !st.nic.has_path() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!(
-                    "WireGuard peer {} has not connected yet (no endpoint known)",
-                    self.allowed_ip
-                ),
-            ));
-        }
+        st.check_usable(self.allowed_ip)?;
         if st.sockets.iter().count() >= MAX_SOCKETS {
             return Err(io::Error::other(
                 "too many connections through this WireGuard peer",
@@ -178,6 +168,31 @@ impl Peer {
         ))
     }
 
+    /// Registers a UDP flow to this peer: a fresh local port whose datagrams go to `tx`.
+    pub fn bind_udp_flow(&self, tx: DatagramTx) -> io::Result<u16> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "WireGuard peer removed",
+            ));
+        }
+        st.udp.add(tx)
+    }
+
+    /// Sends one UDP datagram from `local` to `to` through this peer, now.
+    pub fn send_udp(
+        &self,
+        local: SocketAddrV4,
+        to: SocketAddrV4,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let mut st = self.lock();
+        st.check_usable(self.allowed_ip)?;
+        st.nic.send_datagram_to(local, to, payload);
+        Ok(())
+    }
+
     /// Sends a handshake initiation now (the initiating side does this when a peer appears).
     pub fn initiate_handshake(&self) {
         self.lock().initiate();
@@ -204,6 +219,23 @@ impl Peer {
 }
 
 impl PeerState {
+    /// Whether traffic can go to the peer: not removed, and with a path (UDP or a stream).
+    fn check_usable(&mut self, peer: Ipv4Addr) -> io::Result<()> {
+        if self.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "WireGuard peer removed",
+            ));
+        }
+        if !self.nic.has_path() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("WireGuard peer {peer} has not connected yet (no endpoint known)"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Hands a dropped stream's socket over to be freed once it has closed.
     pub fn orphan(&mut self, handle: SocketHandle) {
         self.connections.orphan(handle);

@@ -1,7 +1,9 @@
-//! Two devices on loopback: dial, accept, transfer, refuse, remove a peer.
+//! Two devices on loopback: dial, accept, transfer, refuse, remove a peer; UDP datagrams (a
+//! bound port answers flows from fresh ports, each flow gets only its own replies, a rebinding
+//! takes a port over, oversize datagrams are refused).
 
 use kakuremichi_testkit::eventually;
-use kakuremichi_tunnel::{Acceptor, Device, DeviceConfig, PeerConfig, PrivateKey};
+use kakuremichi_tunnel::{Acceptor, Device, DeviceConfig, PeerConfig, PrivateKey, MAX_UDP_PAYLOAD};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -436,4 +438,70 @@ async fn a_datagram_waiting_before_the_device_exists_does_not_deafen_it() {
             .await
             .unwrap_or_else(|_| panic!("round {round}: the device never heard the handshake"));
     }
+}
+
+#[tokio::test]
+async fn flows_reach_a_bound_port_and_get_their_own_replies() {
+    let (gw, ag, _) = pair().await;
+    let mut service = ag.bind_udp(53);
+    assert_eq!(service.local_addr(), SocketAddrV4::new(AG, 53));
+    // An echo server that prefixes each short answer with the sender's port.
+    let echo = tokio::spawn(async move {
+        while let Some((payload, from)) = service.recv().await {
+            if payload.len() > 100 {
+                service.send_to(&payload, from).unwrap();
+                continue;
+            }
+            let answer = format!("{}:{}", from.port(), String::from_utf8_lossy(&payload));
+            service.send_to(answer.as_bytes(), from).unwrap();
+        }
+    });
+    let to = SocketAddrV4::new(AG, 53);
+    let mut a = gw.connect_udp(to).unwrap();
+    let mut b = gw.connect_udp(to).unwrap();
+    assert_ne!(a.local_addr().port(), b.local_addr().port());
+    for i in 0..100 {
+        a.send_to(format!("a{i}").as_bytes(), to).unwrap();
+        b.send_to(format!("b{i}").as_bytes(), to).unwrap();
+        let (got_a, from) = timeout(DEADLINE, a.recv()).await.unwrap().unwrap();
+        assert_eq!(from, to);
+        assert_eq!(got_a, format!("{}:a{i}", a.local_addr().port()).as_bytes());
+        let (got_b, _) = timeout(DEADLINE, b.recv()).await.unwrap().unwrap();
+        assert_eq!(got_b, format!("{}:b{i}", b.local_addr().port()).as_bytes());
+    }
+    // The largest datagram that fits crosses whole; one byte more is refused at once.
+    let big = vec![7u8; MAX_UDP_PAYLOAD];
+    a.sender().send_to(&big, to).unwrap();
+    let (got, _) = timeout(DEADLINE, a.recv()).await.unwrap().unwrap();
+    assert_eq!(got, big);
+    let err = a.send_to(&vec![0; MAX_UDP_PAYLOAD + 1], to).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    // No peer with that address: an error, not a silent drop.
+    let nobody = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 9), 53);
+    assert!(gw.connect_udp(nobody).is_err());
+    echo.abort();
+}
+
+#[tokio::test]
+async fn a_rebinding_takes_the_port_over_and_the_old_drop_does_not_unbind_it() {
+    let (gw, ag, _) = pair().await;
+    let old = ag.bind_udp(5000);
+    let mut new = ag.bind_udp(5000);
+    drop(old);
+    let to = SocketAddrV4::new(AG, 5000);
+    let flow = gw.connect_udp(to).unwrap();
+    flow.send_to(b"to the new one", to).unwrap();
+    let (got, from) = timeout(DEADLINE, new.recv()).await.unwrap().unwrap();
+    assert_eq!(&got[..], b"to the new one");
+    assert_eq!(from, flow.local_addr());
+    // A flow's port is freed with it: replies to it go nowhere, and a new flow works.
+    let port = flow.local_addr();
+    drop(flow);
+    new.send_to(b"late", port).unwrap();
+    let mut again = gw.connect_udp(to).unwrap();
+    again.send_to(b"x", to).unwrap();
+    let (_, from) = timeout(DEADLINE, new.recv()).await.unwrap().unwrap();
+    new.send_to(b"y", from).unwrap();
+    let (got, _) = timeout(DEADLINE, again.recv()).await.unwrap().unwrap();
+    assert_eq!(&got[..], b"y");
 }

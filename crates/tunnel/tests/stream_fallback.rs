@@ -303,3 +303,30 @@ async fn forged_handshakes_over_an_accepted_stream_get_cookie_replies() {
         .expect("a reply, not the end of the stream");
     assert_eq!((n, buf[0]), (64, 3), "a cookie reply");
 }
+
+#[tokio::test]
+async fn udp_datagrams_cross_a_stream_too() {
+    let p = blocked_pair().await;
+    let ag_key = p.ag.public_key();
+    let _attached = link(&p);
+    until("the gateway uses the stream", || {
+        p.gw.peer(&ag_key).unwrap().stream.is_some()
+    })
+    .await;
+    let mut service = p.ag.bind_udp(53);
+    let to = SocketAddrV4::new(AG, 53);
+    let mut flow = p.gw.connect_udp(to).unwrap();
+    for i in 0..200u32 {
+        flow.send_to(&i.to_be_bytes(), to).unwrap();
+        let (got, from) = timeout(DEADLINE, service.recv()).await.unwrap().unwrap();
+        assert_eq!(&got[..], i.to_be_bytes());
+        service.send_to(&got, from).unwrap();
+        let (back, _) = timeout(DEADLINE, flow.recv()).await.unwrap().unwrap();
+        assert_eq!(back, got);
+    }
+    assert!(
+        p.gw.peer(&ag_key).unwrap().stream.is_some(),
+        "still on the stream"
+    );
+    assert_eq!(p.gw.peer(&ag_key).unwrap().endpoint, None, "no UDP seen");
+}

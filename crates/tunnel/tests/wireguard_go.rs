@@ -395,6 +395,51 @@ async fn wireguard_go_dials_us_and_gets_its_upload_echoed() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_behind_wireguard_go_gets_udp_answers_from_us() {
+    with_link(
+        "dig_behind_wireguard_go_gets_udp_answers_from_us",
+        |linked| async move {
+            let Linked { lab, device, .. } = linked;
+            // UDP as a `udp` tunnel carries it: our datagrams are IPv4/UDP packets the kernel
+            // behind wireguard-go's TUN must accept (checksums and all), and its are ours.
+            let mut port = device.bind_udp(5353);
+            let server = tokio::spawn(async move {
+                for _ in 0..3 {
+                    let (query, from) = port.recv().await.expect("a query arrives");
+                    assert_eq!(*from.ip(), THEIRS);
+                    // The query back as an answer with no records (QR set): enough for dig.
+                    let mut reply = query.to_vec();
+                    reply[2] |= 0x80;
+                    port.send_to(&reply, from).expect("reply sent");
+                }
+            });
+            for _ in 0..3 {
+                let dig = lab.ns_cmd(&[
+                    "dig",
+                    "+tries=1",
+                    "+time=10",
+                    "-p",
+                    "5353",
+                    &format!("@{OURS}"),
+                    "example.test",
+                    "A",
+                ]);
+                let out = timeout(STEP, Command::new(&dig[0]).args(&dig[1..]).output())
+                    .await
+                    .expect("dig finishes in time")
+                    .expect("run dig (bind9-dnsutils)");
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(out.status.success(), "dig failed: {text}");
+                assert!(text.contains("status: NOERROR"), "{text}");
+            }
+            timeout(STEP, server).await.unwrap().unwrap();
+            lab
+        },
+    )
+    .await;
+}
+
 /// Not a test: the HTTP file server of direction A, run by the test above inside the namespace
 /// (`ip netns exec NS <this binary> --ignored --exact netns_file_server`). Does nothing unless
 /// [`SERVE_ENV`] is set.

@@ -1,12 +1,13 @@
 //! What a device shares with all its peers: its tunnel address, its UDP socket, the ports it
-//! accepts connections on, the queue of accepted connections, and the clock and socket factory
+//! accepts connections (and datagrams) on, the queue of accepted connections, and the clock and socket factory
 //! of the peers' TCP/IP stacks.
 
+use crate::datagram::DatagramTx;
 use crate::stream::TunnelStream;
 use crate::udp::Udp;
 use arc_swap::ArcSwap;
 use smoltcp::socket::tcp;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -17,6 +18,8 @@ pub(crate) struct Shared {
     pub udp: Arc<Udp>,
     tcp_buffer: usize,
     listen_ports: ArcSwap<HashSet<u16>>,
+    /// UDP ports every peer may send to, and where their datagrams go.
+    udp_ports: ArcSwap<HashMap<u16, DatagramTx>>,
     accept_tx: mpsc::Sender<TunnelStream>,
     epoch: std::time::Instant,
 }
@@ -33,6 +36,7 @@ impl Shared {
             udp,
             tcp_buffer,
             listen_ports: ArcSwap::from_pointee(HashSet::new()),
+            udp_ports: ArcSwap::from_pointee(HashMap::new()),
             accept_tx,
             epoch: std::time::Instant::now(),
         }
@@ -48,6 +52,32 @@ impl Shared {
 
     pub fn set_listen_ports(&self, ports: HashSet<u16>) {
         self.listen_ports.store(Arc::new(ports));
+    }
+
+    /// Sends datagrams to UDP `port` to `tx` from now on, in place of any earlier binding (a
+    /// service whose target changed binds again before its old binding is dropped).
+    pub fn bind_udp(&self, port: u16, tx: DatagramTx) {
+        self.udp_ports.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(port, tx.clone());
+            m
+        });
+    }
+
+    /// Ends the binding of `port` to `tx` (not a newer one of the same port).
+    pub fn unbind_udp(&self, port: u16, tx: &DatagramTx) {
+        self.udp_ports.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            if m.get(&port).is_some_and(|t| t.same_channel(tx)) {
+                m.remove(&port);
+            }
+            m
+        });
+    }
+
+    /// Where datagrams to UDP `port` go, if it is bound.
+    pub fn udp_port(&self, port: u16) -> Option<DatagramTx> {
+        self.udp_ports.load().get(&port).cloned()
     }
 
     pub fn new_socket(&self) -> tcp::Socket<'static> {

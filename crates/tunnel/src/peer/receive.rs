@@ -5,6 +5,7 @@
 
 use super::stack::Pass;
 use super::{Inbound, Peer, PeerState, Source, MIN_RTO};
+use crate::datagram::UdpPacket;
 use boringtun::noise::TunnResult;
 use smoltcp::iface::SocketHandle;
 use std::net::Ipv4Addr;
@@ -122,6 +123,10 @@ impl PeerState {
             }
         }
         let len = tunnel_packet?;
+        if let Some(udp) = UdpPacket::parse(&self.decap[..len], peer.shared.address) {
+            self.deliver_udp(peer, udp);
+            return None;
+        }
         let segment = Segment::parse(&self.decap[..len], peer.shared.address);
         let mut connection = None;
         if let Some(segment) = segment {
@@ -135,6 +140,25 @@ impl PeerState {
             }
         }
         self.nic.push_rx(&self.decap[..len]).then_some(connection)
+    }
+}
+
+impl PeerState {
+    /// Hands a UDP datagram to the flow or the bound port it is for; drops it when there is
+    /// none, or when its reader has fallen behind (a full queue), as a kernel socket would.
+    fn deliver_udp(&mut self, peer: &Peer, udp: UdpPacket) {
+        let tx = match self.udp.get(udp.dst_port) {
+            Some(tx) => Some(tx.clone()),
+            None => peer.shared.udp_port(udp.dst_port),
+        };
+        let Some(tx) = tx else {
+            tracing::trace!(port = udp.dst_port, from = %udp.src, "UDP datagram for no bound port; dropped");
+            return;
+        };
+        let payload = bytes::Bytes::copy_from_slice(&self.decap[udp.payload]);
+        if tx.try_send((payload, udp.src)).is_err() {
+            self.stats.udp_dropped += 1;
+        }
     }
 }
 

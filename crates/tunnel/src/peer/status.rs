@@ -36,6 +36,8 @@ pub struct PeerStatus {
     /// Slots of the peer's socket table: connections, listeners and free slots. It grows with
     /// a burst of connections and shrinks again within a second or so of their end.
     pub socket_slots: usize,
+    /// UDP datagrams from this peer dropped because their reader had fallen behind.
+    pub udp_dropped: u64,
 }
 
 /// The receive side's part of [`PeerStatus`] (the send side's counters are the NIC's).
@@ -47,6 +49,8 @@ pub(super) struct RxStats {
     pub last_udp_rx: Option<Instant>,
     /// Datagrams handled by [`Peer::receive_now`].
     pub on_arrival: u64,
+    /// UDP datagrams dropped on a full receive queue.
+    pub udp_dropped: u64,
 }
 
 impl Peer {
@@ -68,6 +72,7 @@ impl Peer {
             tx_udp_sends: st.nic.udp_sends,
             rx_on_arrival: st.stats.on_arrival,
             socket_slots: st.sockets.slots(),
+            udp_dropped: st.stats.udp_dropped,
         }
     }
 }
