@@ -1,17 +1,19 @@
 //! kakuremichi Agent: runs next to the apps. Outbound connections only: a WebSocket to Control
 //! and WireGuard (UDP, in userspace) to every enabled Gateway. Streams that Gateways open to a
-//! tunnel's port are forwarded to that tunnel's target (`localhost:8080`, `app:3000`).
+//! tunnel's port are forwarded to that tunnel's target (`localhost:8080`, `app:3000`); the
+//! datagrams of `udp` tunnels are relayed to theirs over UDP (see [`datagrams`]).
 //!
 //! No root, no TUN device, no listening port on the host. Where UDP to a Gateway is blocked,
 //! WireGuard to it goes over TLS to its HTTPS port instead (see [`fallback`]).
 
+mod datagrams;
 mod fallback;
 mod forward;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use kakuremichi_node::{ConfigError, NodeConfig, NodeRuntime, Secret, Step};
-use kakuremichi_proto::{ConfigSnapshot, NodeRole};
+use kakuremichi_proto::{AgentService, ConfigSnapshot, NodeRole, TunnelProtocol};
 use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey, PublicKey};
 use std::collections::HashMap;
 use std::future::Future;
@@ -103,7 +105,29 @@ pub async fn run(
 #[derive(Debug)]
 pub(crate) struct Service {
     pub target: String,
+    /// `udp`: datagrams relayed over UDP (`datagrams`); otherwise TCP streams (`forward`).
+    pub udp: bool,
+    /// `udp`: how long the Gateways keep an idle flow.
+    pub udp_idle: Duration,
     pub retired: tokio_util::sync::CancellationToken,
+}
+
+impl Service {
+    fn new(s: &AgentService) -> Self {
+        Service {
+            target: s.target.clone(),
+            udp: s.protocol == TunnelProtocol::Udp,
+            udp_idle: s.udp_idle_timeout(),
+            retired: Default::default(),
+        }
+    }
+
+    /// True when `s` is served by this as it is (same target, protocol and timeout).
+    fn serves(&self, s: &AgentService) -> bool {
+        self.target == s.target
+            && self.udp == (s.protocol == TunnelProtocol::Udp)
+            && self.udp_idle == s.udp_idle_timeout()
+    }
 }
 
 /// Port → service, shared with the forwarding tasks.
@@ -145,16 +169,22 @@ impl Agent {
             .iter()
             .map(|s| {
                 let service = match old.get(&s.port) {
-                    Some(existing) if existing.target == s.target => existing.clone(),
-                    _ => Arc::new(Service {
-                        target: s.target.clone(),
-                        retired: Default::default(),
-                    }),
+                    Some(existing) if existing.serves(s) => existing.clone(),
+                    _ => {
+                        let service = Arc::new(Service::new(s));
+                        if service.udp {
+                            // Bound now: it takes the port over from the service it replaces.
+                            let port = device.bind_udp(s.port);
+                            tokio::spawn(datagrams::relay(port, service.clone()));
+                        }
+                        service
+                    }
                 };
                 (s.port, service)
             })
             .collect();
-        device.set_listen_ports(services.keys().copied());
+        let streams = services.iter().filter(|(_, s)| !s.udp).map(|(p, _)| *p);
+        device.set_listen_ports(streams);
         self.services.store(Arc::new(services.clone()));
         for (port, service) in old.iter() {
             if !services.get(port).is_some_and(|s| Arc::ptr_eq(s, service)) {

@@ -178,6 +178,7 @@ impl World {
                 max_concurrent_requests: None,
                 ..limits
             },
+            udp_idle_timeout: udp_idle_timeout(t),
         })
     }
 
@@ -334,6 +335,7 @@ impl World {
                     port: u16::try_from(port).ok()?,
                     target: t.target.clone(),
                     protocol: t.protocol(),
+                    udp_idle_timeout: udp_idle_timeout(t),
                 })
             })
             .collect();
@@ -361,3 +363,9 @@ fn address(text: &str) -> Option<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests;
+
+/// A `udp` tunnel's own idle timeout, if it sets one.
+fn udp_idle_timeout(t: &TunnelRow) -> Option<u32> {
+    let secs = t.udp_idle_timeout.and_then(|s| u32::try_from(s).ok());
+    secs.filter(|_| t.protocol() == TunnelProtocol::Udp)
+}

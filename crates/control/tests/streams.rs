@@ -51,12 +51,20 @@ async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
             "/api/v1/tunnels",
             create(
                 "dns.example.com",
-                json!({"protocol": "udp", "max_connections": 50}),
+                json!({"protocol": "udp", "max_connections": 50, "udp_idle_timeout": 30}),
             ),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{dns}");
     assert_eq!(dns["public_port"], 20000, "UDP 20000 is not TCP 20000");
+    assert_eq!(dns["udp_idle_timeout"], 30);
+    assert_eq!(db["udp_idle_timeout"], json!(null), "udp only");
+    let dns_path = format!("/api/v1/tunnels/{}", dns["id"]);
+    let (s, reset) = c.patch(&dns_path, json!({"udp_idle_timeout": null})).await;
+    assert_eq!(s, StatusCode::OK, "{reset}");
+    assert_eq!(reset["udp_idle_timeout"], 60, "null: the default");
+    let (_, set) = c.patch(&dns_path, json!({"udp_idle_timeout": 30})).await;
+    assert_eq!(set["udp_idle_timeout"], 30);
     let (s, smtp) = c
         .post(
             "/api/v1/tunnels",
@@ -159,6 +167,22 @@ async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
             "must be public",
         ),
         (
+            create(
+                "x.example.com",
+                json!({"protocol": "tcp", "udp_idle_timeout": 30}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "udp_idle_timeout applies to udp tunnels",
+        ),
+        (
+            create(
+                "x.example.com",
+                json!({"protocol": "udp", "udp_idle_timeout": 86401}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "between 1 and 86400",
+        ),
+        (
             create("*.x.example.com", json!({"protocol": "tcp"})),
             StatusCode::BAD_REQUEST,
             "exact hostname",
@@ -217,7 +241,8 @@ async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
     assert_eq!(tcp.max_connections, Some(8));
     assert_eq!(tcp.targets.len(), 1);
     assert!(snap.tcp_ports.contains_key(&2525));
-    assert!(snap.udp_ports.contains_key(&20000));
+    assert_eq!(snap.udp_ports[&20000].udp_idle_timeout, Some(30));
+    assert_eq!(tcp.udp_idle_timeout, None);
     assert!(snap.tls_passthrough.contains_key("secure.example.com"));
     assert_eq!(
         snap.routes.keys().collect::<Vec<_>>(),
@@ -252,6 +277,11 @@ async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
             .protocol
     };
     assert_eq!(by_host("dns.example.com"), TunnelProtocol::Udp);
+    let dns_service = snap
+        .services
+        .iter()
+        .find(|s| s.hostname == "dns.example.com");
+    assert_eq!(dns_service.unwrap().udp_idle_timeout, Some(30));
     assert_eq!(
         by_host("db.example.com"),
         TunnelProtocol::Http,

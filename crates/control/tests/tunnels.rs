@@ -43,6 +43,7 @@ async fn tunnels_crud_and_validation() {
             "rate_limit_per_second",
             "target",
             "tls",
+            "udp_idle_timeout",
             "updated_at"
         ]
     );

@@ -116,12 +116,14 @@ pub async fn run(
             Step::Tick => {
                 gateway.remember_endpoints();
                 gateway.tcp_ports.retry();
+                gateway.udp_ports.retry();
             }
             Step::Stop => break,
         }
         node.report(gateway.status());
     }
     gateway.tcp_ports.close_all();
+    gateway.udp_ports.close_all();
     gateway.remember_endpoints();
     drop(node); // ends the link to Control
     tracing::info!("gateway draining in-flight requests");
@@ -178,7 +180,8 @@ struct Gateway {
     /// Endpoints from the previous run, used once when the device starts.
     remembered: HashMap<PublicKey, SocketAddr>,
     /// `tcp` tunnels' public ports.
-    tcp_ports: streams::TcpPorts,
+    tcp_ports: streams::PublicPorts,
+    udp_ports: streams::PublicPorts,
     /// `tls` tunnels by SNI (shared with the HTTPS listener).
     passthrough: Arc<streams::Passthrough>,
     /// The ports this Gateway listens on for itself, reported to Control.
@@ -218,8 +221,11 @@ impl Gateway {
             .map(|(protocol, port)| OwnPort { protocol, port })
             .collect();
         let passthrough = proxy.passthrough().clone();
-        let tcp_ports =
-            streams::TcpPorts::new(config.ports_listen_ip, passthrough.splicer().clone());
+        let ports = |protocol| {
+            let splicer = passthrough.splicer().clone();
+            streams::PublicPorts::new(protocol, config.ports_listen_ip, splicer)
+        };
+        let (tcp_ports, udp_ports) = (ports(TunnelProtocol::Tcp), ports(TunnelProtocol::Udp));
         let gateway = Gateway {
             key: node.key().clone(),
             wg_socket: Some(wg),
@@ -232,6 +238,7 @@ impl Gateway {
             endpoints: EndpointMemory::new(node.state().clone()),
             remembered: HashMap::new(),
             tcp_ports,
+            udp_ports,
             passthrough,
             own_ports,
         };
@@ -242,7 +249,7 @@ impl Gateway {
     /// What Control should know: ports this Gateway could not bind, and its own.
     fn status(&self) -> NodeStatus {
         NodeStatus {
-            port_errors: self.tcp_ports.errors(),
+            port_errors: [self.tcp_ports.errors(), self.udp_ports.errors()].concat(),
             own_ports: self.own_ports.clone(),
         }
     }
@@ -314,16 +321,19 @@ impl Gateway {
             .apply(&snapshot.certificates, &snapshot.acme, plain.collect());
         self.access.apply(&snapshot.access, &self.control_url);
         self.tcp_ports.apply(&snapshot.tcp_ports);
+        self.udp_ports.apply(&snapshot.udp_ports);
         self.passthrough.apply(&snapshot.tls_passthrough);
         let streams = snapshot
             .tcp_ports
             .values()
+            .chain(snapshot.udp_ports.values())
             .chain(snapshot.tls_passthrough.values());
         let tunnels = streams.map(|r| r.tunnel_id).collect();
         self.passthrough.splicer().retain_stats(&tunnels);
         tracing::info!(
             hostnames = snapshot.routes.len(),
             tcp_ports = snapshot.tcp_ports.len(),
+            udp_ports = snapshot.udp_ports.len(),
             tls_passthrough = snapshot.tls_passthrough.len(),
             certificates = self.certs.len(),
             agents = snapshot.peers.len(),
@@ -355,5 +365,15 @@ impl Dialer for TunnelDialer {
             let stream = device.connect(addr).await?;
             Ok(Box::new(stream) as BoxStream)
         })
+    }
+
+    fn udp(&self, addr: SocketAddrV4) -> std::io::Result<kakuremichi_tunnel::TunnelUdp> {
+        let device = self.device.load_full().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no tunnel yet: waiting for the first config from Control",
+            )
+        })?;
+        device.connect_udp(addr)
     }
 }

@@ -64,6 +64,14 @@ pub trait Dialer: Send + Sync + 'static {
         &self,
         addr: SocketAddrV4,
     ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send + '_>>;
+
+    /// Opens a UDP flow to `addr` (an Agent's `udp` service). Dialers without UDP refuse.
+    fn udp(&self, addr: SocketAddrV4) -> std::io::Result<kakuremichi_tunnel::TunnelUdp> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("no UDP toward {addr} here"),
+        ))
+    }
 }
 
 /// Limits and timeouts of the proxy. `Default` gives the production values.

@@ -1,7 +1,9 @@
-//! `tcp` and `tls` tunnels: connections carried as bytes, not as HTTP requests, to the Agent
-//! serving the tunnel (which connects them to its target, as for HTTP).
+//! `tcp`, `udp` and `tls` tunnels: connections carried as bytes (UDP: datagrams), not as HTTP
+//! requests, to the Agent serving the tunnel (which connects them to its target, as for HTTP).
 //!
-//! - `tcp`: a public port of its own on every Gateway ([`TcpPorts`]).
+//! - `tcp`: a public port of its own on every Gateway ([`PublicPorts`]).
+//! - `udp`: the same, with a flow table per port (`udp`); datagrams cross the tunnel as
+//!   datagrams.
 //! - `tls`: on the HTTPS port, next to the HTTP tunnels. The ClientHello is read (not answered);
 //!   when its SNI names a `tls` tunnel ([`Passthrough`]) the connection, ClientHello included, is
 //!   spliced still encrypted and the origin terminates TLS. Otherwise the bytes are replayed to
@@ -14,8 +16,9 @@ mod ports;
 mod proxy_header;
 pub(crate) mod sni;
 mod splice;
+mod udp;
 
-pub use ports::TcpPorts;
+pub use ports::PublicPorts;
 pub use splice::{Splicer, StreamStats};
 
 use arc_swap::ArcSwap;

@@ -22,6 +22,7 @@ pub use message::{
 pub use snapshot::{
     AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, ProxyProtocol, RouteTarget,
     StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
+    DEFAULT_UDP_IDLE_TIMEOUT,
 };
 
 /// Version of the node-session protocol. Bump on any incompatible change to the messages or the

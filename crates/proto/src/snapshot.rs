@@ -170,6 +170,24 @@ pub struct StreamRoute {
     /// IP allow / deny lists (the request rate and concurrency of HTTP tunnels do not apply).
     #[serde(default, skip_serializing_if = "RouteLimits::is_none")]
     pub limits: RouteLimits,
+    /// `udp`: seconds a flow may stay idle before its entry is freed; `None` =
+    /// [`DEFAULT_UDP_IDLE_TIMEOUT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_idle_timeout: Option<u32>,
+}
+
+/// Seconds a UDP flow stays without a datagram before it is freed, unless its tunnel says.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: u32 = 60;
+
+impl StreamRoute {
+    /// How long a flow of this tunnel may stay idle.
+    pub fn udp_idle_timeout(&self) -> std::time::Duration {
+        udp_idle(self.udp_idle_timeout)
+    }
+}
+
+fn udp_idle(secs: Option<u32>) -> std::time::Duration {
+    std::time::Duration::from_secs(secs.unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT).into())
 }
 
 /// One WireGuard peer of a node.
@@ -330,6 +348,17 @@ pub struct AgentService {
     /// `udp`: datagrams to this port go to `target` over UDP; left out for stream tunnels.
     #[serde(default, skip_serializing_if = "is_stream")]
     pub protocol: TunnelProtocol,
+    /// `udp`: as [`StreamRoute::udp_idle_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_idle_timeout: Option<u32>,
+}
+
+impl AgentService {
+    /// How long a flow of this tunnel may stay idle (the Gateways' timeout: a flow the Agent
+    /// keeps longer only costs a socket).
+    pub fn udp_idle_timeout(&self) -> std::time::Duration {
+        udp_idle(self.udp_idle_timeout)
+    }
 }
 
 fn is_stream(protocol: &TunnelProtocol) -> bool {

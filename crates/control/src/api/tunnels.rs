@@ -83,6 +83,9 @@ pub struct CreateTunnel {
     proxy_protocol: Option<ProxyProtocol>,
     /// `tcp`/`udp`/`tls`: connections (UDP: flows) at once per Gateway; null = no cap.
     max_connections: Option<u32>,
+    /// `udp`: seconds a flow (one client address) may send and receive nothing before the
+    /// Gateways and the Agent free it; 1-86400, default 60.
+    udp_idle_timeout: Option<u32>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -114,6 +117,9 @@ pub struct PatchTunnel {
     proxy_protocol: Option<ProxyProtocol>,
     #[serde(default, deserialize_with = "nullable")]
     max_connections: Option<Option<u32>>,
+    /// null: back to the default (60 s).
+    #[serde(default, deserialize_with = "nullable")]
+    udp_idle_timeout: Option<Option<u32>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`, by `serde(default)`).
@@ -164,6 +170,7 @@ pub async fn create(
         public_port: body.public_port,
         proxy_protocol: body.proxy_protocol,
         max_connections: body.max_connections.map(Some),
+        udp_idle_timeout: body.udp_idle_timeout.map(Some),
     };
     let row = ops::tunnels::create(&state, &user, input).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
@@ -268,6 +275,7 @@ pub async fn update(
         public_port: body.public_port,
         proxy_protocol: body.proxy_protocol,
         max_connections: body.max_connections,
+        udp_idle_timeout: body.udp_idle_timeout,
     };
     let row = ops::tunnels::update(&state, &user, id, input).await?;
     Ok(Json(view(&state, row).await?))

@@ -185,6 +185,7 @@ mod tests {
             public_port: None,
             proxy_protocol: "off".into(),
             max_connections: None,
+            udp_idle_timeout: None,
         }
     }
 

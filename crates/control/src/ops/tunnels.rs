@@ -38,10 +38,14 @@ pub struct TunnelInput {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// `Some(None)`: no cap (on update).
     pub max_connections: Option<Option<u32>>,
+    /// `udp` only: seconds a flow may stay idle; `Some(None)`: the default (on update).
+    pub udp_idle_timeout: Option<Option<u32>>,
 }
 
 /// Most connections (UDP: flows) a tunnel's cap may allow per Gateway.
 pub const MAX_CONNECTIONS: u32 = 1_000_000;
+/// The longest idle timeout a UDP flow may have, in seconds (a day).
+pub const MAX_UDP_IDLE_TIMEOUT: u32 = 86_400;
 
 /// Checks the fields that only some protocols take, for a tunnel of `protocol` whose current
 /// (or default) `tls` and `access` are given.
@@ -83,6 +87,20 @@ fn check_stream(
         if cap == 0 || cap > MAX_CONNECTIONS {
             return Err(ApiError::bad_request(format!(
                 "max_connections must be between 1 and {MAX_CONNECTIONS}, or null for no cap"
+            )));
+        }
+    }
+    if let Some(Some(secs)) = input.udp_idle_timeout {
+        if protocol != TunnelProtocol::Udp {
+            return Err(ApiError::bad_request(format!(
+                "udp_idle_timeout applies to udp tunnels, not to a {name} tunnel"
+            )));
+        }
+        if secs == 0 || secs > MAX_UDP_IDLE_TIMEOUT {
+            return Err(ApiError::bad_request(format!(
+                "udp_idle_timeout must be between 1 and {MAX_UDP_IDLE_TIMEOUT} seconds, or null \
+                 for the default ({} s)",
+                kakuremichi_proto::DEFAULT_UDP_IDLE_TIMEOUT
             )));
         }
     }
@@ -279,6 +297,7 @@ pub async fn create(
         public_port: input.public_port,
         proxy_protocol: input.proxy_protocol.unwrap_or_default(),
         max_connections: input.max_connections.flatten(),
+        udp_idle_timeout: input.udp_idle_timeout.flatten(),
     };
     let new = NewTunnel {
         hostname: host,
@@ -361,6 +380,7 @@ pub async fn update(
         public_port: input.public_port,
         proxy_protocol: input.proxy_protocol,
         max_connections: input.max_connections,
+        udp_idle_timeout: input.udp_idle_timeout,
         ports: match input.public_port {
             Some(_) => Some(port_rules(state).await?),
             None => None,
@@ -381,7 +401,7 @@ pub async fn update(
         "replicas": patch.replicas, "access": patch.access,
         "limits": (!patch.limits.is_empty()).then(|| limits_of(&row)),
         "public_port": patch.public_port, "proxy_protocol": patch.proxy_protocol,
-        "max_connections": patch.max_connections,
+        "max_connections": patch.max_connections, "udp_idle_timeout": patch.udp_idle_timeout,
     });
     audit(state, Some(user), "tunnel.update", label(&row), detail).await;
     Ok(row)

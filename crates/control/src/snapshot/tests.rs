@@ -58,6 +58,7 @@ fn tunnel(id: i64, agent_id: i64, port: i64) -> TunnelRow {
         public_port: None,
         proxy_protocol: "off".into(),
         max_connections: None,
+        udp_idle_timeout: None,
     }
 }
 

@@ -17,7 +17,7 @@ use std::ops::RangeInclusive;
 pub(crate) const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, \
      https_redirect, access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, \
      ip_deny, rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
-     public_port, proxy_protocol, max_connections";
+     public_port, proxy_protocol, max_connections, udp_idle_timeout";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -52,6 +52,8 @@ pub struct TunnelRow {
     /// `off`, `v1` or `v2`.
     pub proxy_protocol: String,
     pub max_connections: Option<i64>,
+    /// Seconds a UDP flow may stay idle; NULL = the default.
+    pub udp_idle_timeout: Option<i64>,
 }
 
 impl TunnelRow {
@@ -74,6 +76,8 @@ pub struct StreamSettings {
     pub public_port: Option<u16>,
     pub proxy_protocol: ProxyProtocol,
     pub max_connections: Option<u32>,
+    /// `udp` only: seconds a flow may stay idle (`None`: the default).
+    pub udp_idle_timeout: Option<u32>,
 }
 
 /// Where public ports may be picked from, and the ones that are never free (the Gateways' own).
@@ -135,6 +139,8 @@ pub struct TunnelPatch {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// `Some(None)` removes the cap.
     pub max_connections: Option<Option<u32>>,
+    /// `Some(None)` goes back to the default.
+    pub udp_idle_timeout: Option<Option<u32>>,
     pub ports: Option<PortRules>,
 }
 
@@ -163,9 +169,9 @@ impl Store {
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
              access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, ip_deny, \
              rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
-             public_port, proxy_protocol, max_connections) \
+             public_port, proxy_protocol, max_connections, udp_idle_timeout) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20) RETURNING {COLUMNS}"
+             $17, $18, $19, $20, $21) RETURNING {COLUMNS}"
         );
         let (access_mode, access_allow) = encode_policy(&new.access);
         let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&new.limits);
@@ -190,6 +196,7 @@ impl Store {
             .bind(public_port.map(i64::from))
             .bind(new.stream.proxy_protocol.as_str())
             .bind(new.stream.max_connections.map(i64::from))
+            .bind(new.stream.udp_idle_timeout.map(i64::from))
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;
@@ -245,6 +252,7 @@ impl Store {
                     public_port: Some(port),
                     proxy_protocol: current.proxy_protocol(),
                     max_connections: None,
+                    udp_idle_timeout: None,
                 };
                 Some(i64::from(
                     public_port(&mut tx, &wanted, rules, Some(id)).await?,
@@ -257,12 +265,16 @@ impl Store {
             Some(cap) => cap.map(i64::from),
             None => current.max_connections,
         };
+        let udp_idle_timeout = match patch.udp_idle_timeout {
+            Some(secs) => secs.map(i64::from),
+            None => current.udp_idle_timeout,
+        };
         let sql = format!(
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
              tls = $6, https_redirect = $7, access_mode = $8, access_allow = $9, updated_at = $10, \
              ip_allow = $12, ip_deny = $13, rate_limit_per_second = $14, rate_limit_burst = $15, \
              max_concurrent_requests = $16, public_port = $17, proxy_protocol = $18, \
-             max_connections = $19 WHERE id = $11 RETURNING {COLUMNS}"
+             max_connections = $19, udp_idle_timeout = $20 WHERE id = $11 RETURNING {COLUMNS}"
         );
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -284,6 +296,7 @@ impl Store {
             .bind(public_port)
             .bind(proxy_protocol.as_str())
             .bind(max_connections)
+            .bind(udp_idle_timeout)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &hostname))?;

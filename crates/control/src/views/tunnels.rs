@@ -42,6 +42,9 @@ pub struct TunnelView {
     #[schema(value_type = String)]
     proxy_protocol: ProxyProtocol,
     max_connections: Option<u32>,
+    /// `udp`: seconds a flow may stay idle before it is freed (the default, 60, when the
+    /// tunnel sets none); `null` for the other protocols.
+    udp_idle_timeout: Option<u32>,
     /// `tcp`/`udp`: where clients connect, one `host:port` per enabled Gateway (its
     /// `public_endpoint`'s host); empty for `http` and `tls` tunnels, reached by hostname.
     public_addresses: Vec<String>,
@@ -128,6 +131,11 @@ impl TunnelView {
             public_port: t.public_port.and_then(|p| u16::try_from(p).ok()),
             proxy_protocol,
             max_connections: t.max_connections.and_then(|c| u32::try_from(c).ok()),
+            udp_idle_timeout: (protocol == TunnelProtocol::Udp).then(|| {
+                t.udp_idle_timeout
+                    .and_then(|s| u32::try_from(s).ok())
+                    .unwrap_or(kakuremichi_proto::DEFAULT_UDP_IDLE_TIMEOUT)
+            }),
             public_addresses: Vec::new(),
             port_errors: Vec::new(),
         }

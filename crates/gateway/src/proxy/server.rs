@@ -151,7 +151,8 @@ pub async fn serve_admin_with_limits(
 
 /// [`serve_admin_with_limits`] for `proxy`, whose `/metrics` also has the stream tunnels'
 /// counters: `"streams": {"<tunnel id>": {"connections": n, "active": n, "bytes_in": n,
-/// "bytes_out": n, "ip_denied": n, "over_capacity": n, "upstream_failed": n}}`.
+/// "bytes_out": n, "ip_denied": n, "over_capacity": n, "upstream_failed": n, "flows_expired": n,
+/// "datagrams_dropped": n}}` (a UDP flow counts as a connection).
 pub async fn serve_admin_for(
     listener: TcpListener,
     proxy: &Proxy,
@@ -562,6 +563,8 @@ fn streams_json(splicer: &Splicer) -> serde_json::Map<String, serde_json::Value>
                 "ip_denied": load(&s.ip_denied),
                 "over_capacity": load(&s.over_capacity),
                 "upstream_failed": load(&s.upstream_failed),
+                "flows_expired": load(&s.flows_expired),
+                "datagrams_dropped": load(&s.datagrams_dropped),
             });
             (tunnel.to_string(), counts)
         })

@@ -1,7 +1,9 @@
-//! The public ports of `tcp` tunnels: bound on `--ports-listen-ip` when a snapshot brings them,
-//! unbound (and their connections closed) when a snapshot drops them, no restart either way. A
-//! port this Gateway cannot bind (in use, privileged) is reported to Control and bound again on
-//! the next try; the other Gateways serve it meanwhile.
+//! The public ports of `tcp` and `udp` tunnels: bound on `--ports-listen-ip` when a snapshot
+//! brings them, unbound (and their connections or flows closed) when a snapshot drops them, no
+//! restart either way. A port this Gateway cannot bind (in use, privileged) is reported to
+//! Control and bound again on the next try; the other Gateways serve it meanwhile. One
+//! [`PublicPorts`] per protocol; what happens on a bound port is `serve` here for TCP, and
+//! [`super::udp`] for UDP.
 
 use super::splice::{Splicer, StreamTarget};
 use arc_swap::ArcSwap;
@@ -25,8 +27,9 @@ struct Bound {
     stop: CancellationToken,
 }
 
-/// The `tcp` tunnel ports of this Gateway.
-pub struct TcpPorts {
+/// The tunnel ports of one protocol (`tcp` or `udp`) on this Gateway.
+pub struct PublicPorts {
+    protocol: TunnelProtocol,
     listen_ip: IpAddr,
     splicer: Arc<Splicer>,
     bound: HashMap<u16, Bound>,
@@ -34,9 +37,12 @@ pub struct TcpPorts {
     failed: BTreeMap<u16, (StreamRoute, String)>,
 }
 
-impl TcpPorts {
-    pub(crate) fn new(listen_ip: IpAddr, splicer: Arc<Splicer>) -> Self {
+impl PublicPorts {
+    /// `protocol`: `tcp` or `udp`.
+    pub(crate) fn new(protocol: TunnelProtocol, listen_ip: IpAddr, splicer: Arc<Splicer>) -> Self {
+        debug_assert!(protocol.has_public_port());
         Self {
+            protocol,
             listen_ip,
             splicer,
             bound: HashMap::new(),
@@ -51,7 +57,11 @@ impl TcpPorts {
             let keep = routes.contains_key(port);
             if !keep {
                 b.stop.cancel();
-                tracing::info!(port, "tcp tunnel port closed");
+                tracing::info!(
+                    port,
+                    protocol = self.protocol.as_str(),
+                    "tunnel port closed"
+                );
             }
             keep
         });
@@ -82,7 +92,7 @@ impl TcpPorts {
         self.failed
             .iter()
             .map(|(&port, (_, error))| PortError {
-                protocol: TunnelProtocol::Tcp,
+                protocol: self.protocol,
                 port,
                 error: error.clone(),
             })
@@ -98,23 +108,24 @@ impl TcpPorts {
 
     fn bind(&mut self, port: u16, route: StreamRoute) {
         let addr = SocketAddr::new(self.listen_ip, port);
-        match listen(addr) {
-            Ok(listener) => {
-                let target = Arc::new(ArcSwap::new(self.splicer.target(route)));
-                let stop = CancellationToken::new();
-                tokio::spawn(serve(
-                    listener,
-                    target.clone(),
-                    self.splicer.clone(),
-                    stop.clone(),
-                ));
-                tracing::info!(%addr, "tcp tunnel port open");
+        let protocol = self.protocol.as_str();
+        let target = Arc::new(ArcSwap::new(self.splicer.target(route.clone())));
+        let stop = CancellationToken::new();
+        let (splicer, t, s) = (self.splicer.clone(), target.clone(), stop.clone());
+        let bound = match self.protocol {
+            TunnelProtocol::Udp => super::udp::bind(addr)
+                .map(|socket| drop(tokio::spawn(super::udp::serve(socket, t, splicer, s)))),
+            _ => listen(addr).map(|listener| drop(tokio::spawn(serve(listener, t, splicer, s)))),
+        };
+        match bound {
+            Ok(()) => {
+                tracing::info!(%addr, protocol, "tunnel port open");
                 self.bound.insert(port, Bound { target, stop });
             }
             Err(e) => {
                 // Once per config or change: the retries stay quiet until it works.
                 if !self.failed.contains_key(&port) {
-                    tracing::warn!(%addr, error = %e, "cannot bind a tcp tunnel port; the other gateways serve it, and it is retried");
+                    tracing::warn!(%addr, protocol, error = %e, "cannot bind a tunnel port; the other gateways serve it, and it is retried");
                 }
                 self.failed.insert(port, (route, e.to_string()));
             }
@@ -122,7 +133,7 @@ impl TcpPorts {
     }
 }
 
-impl Drop for TcpPorts {
+impl Drop for PublicPorts {
     fn drop(&mut self) {
         self.close_all();
     }

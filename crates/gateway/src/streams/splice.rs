@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 const COPY_BUFFER: usize = 64 * 1024;
 
 /// Counters of one stream tunnel on this Gateway, since it started (or since the tunnel came).
+/// For a `udp` tunnel a connection is a flow, and bytes are counted per datagram.
 #[derive(Debug, Default)]
 pub struct StreamStats {
     /// Connections carried to an Agent.
@@ -36,6 +37,10 @@ pub struct StreamStats {
     pub over_capacity: AtomicU64,
     /// No Agent of the tunnel accepted the stream (the client's connection was closed).
     pub upstream_failed: AtomicU64,
+    /// `udp`: flows freed after their idle timeout.
+    pub flows_expired: AtomicU64,
+    /// `udp`: datagrams from clients not carried (too large for the tunnel, no path yet).
+    pub datagrams_dropped: AtomicU64,
 }
 
 /// One tunnel as its connections see it: the route, its connection slots and counters.
@@ -45,6 +50,12 @@ pub(crate) struct StreamTarget {
     stats: Arc<StreamStats>,
     /// Fired when a `tls` tunnel's hostname goes away: its open connections close.
     pub(crate) retired: CancellationToken,
+}
+
+impl StreamTarget {
+    pub(crate) fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
 }
 
 /// What every stream tunnel shares: the way to Agents, their health, and the counters.
@@ -204,6 +215,28 @@ impl Splicer {
 
     /// A stream to the first Agent of the tunnel that accepts one: round-robin over replicas,
     /// skipping Agents that recently failed (see the proxy's balancer).
+    /// A UDP flow to the first Agent of the tunnel the Gateway has a path to, and its address.
+    pub(crate) fn open_flow(
+        &self,
+        target: &StreamTarget,
+    ) -> Option<(kakuremichi_tunnel::TunnelUdp, SocketAddrV4)> {
+        let route = &target.route;
+        for t in self.balancer.order(route.tunnel_id, route.targets.clone()) {
+            let addr = SocketAddrV4::new(t.agent_address, t.port);
+            match self.dialer.udp(addr) {
+                Ok(flow) => {
+                    self.balancer.succeeded(t.agent_id);
+                    return Some((flow, addr));
+                }
+                Err(e) => {
+                    tracing::debug!(tunnel_id = route.tunnel_id, agent_id = t.agent_id, error = %e, "cannot open a udp flow to the agent");
+                    self.balancer.failed(t.agent_id);
+                }
+            }
+        }
+        None
+    }
+
     async fn connect(&self, target: &StreamTarget) -> Option<BoxStream> {
         let route = &target.route;
         for t in self.balancer.order(route.tunnel_id, route.targets.clone()) {
