@@ -75,17 +75,7 @@ impl Site {
     }
 
     async fn refused(&self) -> Value {
-        let metrics: Value = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("http://{}/metrics", self.admin()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let metrics = self.gateway_metrics(0).await;
         metrics["refused"][self.tunnel.to_string()].clone()
     }
 }

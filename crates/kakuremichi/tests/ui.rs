@@ -76,7 +76,13 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
         admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         wg,
     };
-    let (_gateway, _gw_task) = spawn_gateway(&base, &token, listeners, dir.path().join("gw"));
+    let (_gateway, _gw_task) = spawn_gateway(
+        &base,
+        &token,
+        listeners,
+        private_loopback(),
+        dir.path().join("gw"),
+    );
     b.wait_text("[data-node='gateway:1']", "online", LIVE).await;
 
     // Add an agent; run it with the key the page shows once, with the Control URL it shows.

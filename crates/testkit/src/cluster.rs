@@ -175,6 +175,14 @@ impl Fleet {
         self.gateways[0].admin
     }
 
+    /// Gateway `i`'s admin `/metrics` (JSON).
+    pub async fn gateway_metrics(&self, i: usize) -> serde_json::Value {
+        let admin = self.gateways[i].admin;
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = client.get(format!("http://{admin}/metrics")).send().await;
+        response.unwrap().json().await.unwrap()
+    }
+
     /// Creates a tunnel `host` → `target` on the Agent and returns its id.
     pub async fn tunnel(&self, host: &str, target: SocketAddr) -> i64 {
         self.tunnel_with(host, target, json!({})).await

@@ -9,8 +9,8 @@
 //!   API harnesses ([`Api`] for end-to-end tests, [`control`] for Control's own tests, both on
 //!   `kakuremichi-client`), node sessions ([`node`]), steady load ([`load`]), an ACME CA
 //!   ([`pebble`]), authoritative DNS servers (BIND, PowerDNS: [`dns`]), a fake of Cloudflare's
-//!   DNS API that checks every request against its published shapes ([`cloudflare`]) and HTTPS
-//!   clients ([`https`]);
+//!   DNS API that checks every request against its published shapes ([`cloudflare`]), HTTPS
+//!   clients ([`https`]) and the real servers behind `tcp`/`tls` tunnels ([`origins`]);
 //! - with the `browser` feature: chromium driven through chromedriver ([`browser`]).
 
 pub mod netns;
@@ -34,6 +34,7 @@ with_roles! {
     pub mod load;
     mod local;
     pub mod node;
+    pub mod origins;
     pub mod pebble;
     mod proc;
     pub mod roles;

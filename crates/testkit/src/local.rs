@@ -7,11 +7,15 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-/// A loopback address no other test run is likely to use, so fixed port numbers are safe.
+/// A loopback address no other test run (nor another call in this one) is likely to use, so
+/// fixed port numbers are safe.
 pub fn private_loopback() -> Ipv4Addr {
     use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
+    h.write_u32(CALLS.fetch_add(1, Ordering::Relaxed));
     let r = h.finish() as u32;
     Ipv4Addr::new(
         127,
@@ -127,6 +131,8 @@ fn spawn_gateway(dir: &Path, ip: Ipv4Addr, control_url: &str, token: &str) -> Pr
             &at(9090),
             "--https-listen",
             &at(8443),
+            "--ports-listen-ip",
+            &ip.to_string(),
         ],
         &[
             ("CONTROL_URL", control_url),

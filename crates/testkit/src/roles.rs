@@ -6,7 +6,7 @@ use crate::{Api, ADMIN_EMAIL, ADMIN_PASSWORD};
 use kakuremichi_node::Secret;
 use serde_json::json;
 use std::future::Future;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
@@ -120,16 +120,19 @@ impl InProcessControl {
     }
 }
 
-/// Runs a Gateway in-process on the given listeners; stopped when the returned [`Stop`] drops.
+/// Runs a Gateway in-process on the given listeners, binding `tcp` tunnel ports on `ports_ip`;
+/// stopped when the returned [`Stop`] drops.
 pub fn spawn_gateway(
     control: &str,
     token: &str,
     listeners: kakuremichi_gateway::GatewayListeners,
+    ports_ip: Ipv4Addr,
     dir: PathBuf,
 ) -> (Stop, JoinHandle<anyhow::Result<()>>) {
     let token = Secret::new(token.to_string());
     let mut config = kakuremichi_gateway::GatewayConfig::new(control.to_string(), token);
     config.data_dir = Some(dir);
+    config.ports_listen_ip = ports_ip.into();
     config.proxy.connect_timeout = Duration::from_secs(2);
     let (stop, wait) = Stop::new();
     (
@@ -145,6 +148,9 @@ pub struct InProcessGateway {
     /// The admin listener (`/healthz`, `/metrics`).
     pub admin: SocketAddr,
     pub wg: SocketAddr,
+    /// The address its `tcp` tunnel ports are bound on (`--ports-listen-ip`): a loopback
+    /// address of its own, so Gateways of one test (and of parallel tests) do not collide.
+    pub ports_ip: Ipv4Addr,
     pub token: String,
     pub dir: PathBuf,
     pub stop: Stop,
@@ -193,12 +199,14 @@ impl InProcessGateway {
             admin,
             wg,
         };
-        let (stop, task) = spawn_gateway(control, &token, listeners, dir.clone());
+        let ports_ip = crate::private_loopback();
+        let (stop, task) = spawn_gateway(control, &token, listeners, ports_ip, dir.clone());
         InProcessGateway {
             http: http_addr,
             https: https_addr,
             admin: admin_addr,
             wg: wg_addr,
+            ports_ip,
             token,
             dir,
             stop,
