@@ -22,6 +22,7 @@ async fn tunnels_crud_and_validation() {
             "agent_id",
             "agent_ids",
             "certificate",
+            "counters",
             "created_at",
             "dns",
             "enabled",

@@ -37,6 +37,8 @@ const AGENT_KEEPALIVE: u16 = 15;
 /// How often learned Agent endpoints are written to disk.
 /// Cheap: the file is rewritten only when an endpoint changed.
 const REMEMBER_ENDPOINTS: Duration = Duration::from_secs(1);
+/// How often the stream tunnels' counters are reported to Control at most.
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -179,9 +181,14 @@ struct Gateway {
     endpoints: EndpointMemory,
     /// Endpoints from the previous run, used once when the device starts.
     remembered: HashMap<PublicKey, SocketAddr>,
-    /// `tcp` tunnels' public ports.
+    /// `tcp` and `udp` tunnels' public ports.
     tcp_ports: streams::PublicPorts,
     udp_ports: streams::PublicPorts,
+    /// The stream counters last reported, and when they were read.
+    counters: (
+        Vec<kakuremichi_proto::StreamCounters>,
+        Option<std::time::Instant>,
+    ),
     /// `tls` tunnels by SNI (shared with the HTTPS listener).
     passthrough: Arc<streams::Passthrough>,
     /// The ports this Gateway listens on for itself, reported to Control.
@@ -239,6 +246,7 @@ impl Gateway {
             remembered: HashMap::new(),
             tcp_ports,
             udp_ports,
+            counters: (Vec::new(), None),
             passthrough,
             own_ports,
         };
@@ -246,11 +254,32 @@ impl Gateway {
         Ok((gateway, servers))
     }
 
-    /// What Control should know: ports this Gateway could not bind, and its own.
-    fn status(&self) -> NodeStatus {
+    /// What Control should know: ports this Gateway could not bind, its own, and what its
+    /// stream tunnels carried (read again every [`COUNTERS_EVERY`] at most, so that traffic
+    /// does not make a message per tick).
+    fn status(&mut self) -> NodeStatus {
+        let (last, read_at) = &mut self.counters;
+        if read_at.is_none_or(|t| t.elapsed() >= COUNTERS_EVERY) {
+            let stats = self.passthrough.splicer().stats();
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            *last = stats
+                .iter()
+                .take(kakuremichi_proto::MAX_STREAM_COUNTERS)
+                .map(|(&tunnel_id, s)| kakuremichi_proto::StreamCounters {
+                    tunnel_id,
+                    connections: load(&s.connections),
+                    active: load(&s.active),
+                    bytes_in: load(&s.bytes_in),
+                    bytes_out: load(&s.bytes_out),
+                })
+                .collect();
+            *read_at = Some(std::time::Instant::now());
+        }
         NodeStatus {
             port_errors: [self.tcp_ports.errors(), self.udp_ports.errors()].concat(),
             own_ports: self.own_ports.clone(),
+            stream_counters: last.clone(),
         }
     }
 

@@ -444,6 +444,19 @@ async fn dns_through_a_udp_tunnel_and_idle_flows_are_freed() {
         counters["bytes_out"].as_u64().unwrap() > 1000 * 40,
         "{counters}"
     );
+    // The API shows what the Gateways carried, summed (the second one served the first
+    // query too), reported every few seconds.
+    let path = format!("tunnels/{id}");
+    let at_least = |c: &Value, key: &str| c[key].as_u64() >= counters[key].as_u64();
+    let shown = eventually(SOON, "the counters in the API", || async {
+        let c = fleet.api.get(&path).await["counters"].clone();
+        (at_least(&c, "connections") && c["active"] == 0).then_some(c)
+    })
+    .await;
+    assert!(
+        at_least(&shown, "bytes_in") && at_least(&shown, "bytes_out"),
+        "{shown}"
+    );
 
     // Deleting the tunnel frees the port on every Gateway: it can be bound again.
     fleet.api.delete(&format!("tunnels/{id}")).await;

@@ -79,6 +79,7 @@ pub struct ControlLink {
 pub struct NodeStatus {
     pub port_errors: Vec<PortError>,
     pub own_ports: Vec<OwnPort>,
+    pub stream_counters: Vec<kakuremichi_proto::StreamCounters>,
 }
 
 /// Why one session ended.

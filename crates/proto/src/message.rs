@@ -50,8 +50,28 @@ pub enum NodeMessage {
         /// which Control refuses as tunnel ports (at most [`MAX_PORT_ERRORS`]).
         #[serde(default)]
         own_ports: Vec<OwnPort>,
+        /// A Gateway's counters of its `tcp`/`udp`/`tls` tunnels, since it started (at most
+        /// [`MAX_STREAM_COUNTERS`]); refreshed every few seconds while they change.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stream_counters: Vec<StreamCounters>,
     },
 }
+
+/// What a Gateway carried for one stream tunnel (a UDP flow counts as a connection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamCounters {
+    pub tunnel_id: i64,
+    /// Connections carried since the Gateway started, and open now.
+    pub connections: u64,
+    pub active: u64,
+    /// Bytes from clients, and to them.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Most tunnels' counters one [`NodeMessage::Status`] carries; Control drops the rest.
+pub const MAX_STREAM_COUNTERS: usize = 10_000;
 
 /// A port a Gateway uses for itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

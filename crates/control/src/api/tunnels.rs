@@ -43,7 +43,7 @@ use crate::certs::TlsMode;
 use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
-use crate::views::tunnels::{certs_by_name_and_source, view, TunnelView};
+use crate::views::tunnels::{certs_by_name_and_source, view, StreamState, TunnelView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -196,14 +196,14 @@ pub async fn list(
     let replicas = state.store.list_replicas().await?;
     let certs = certs_by_name_and_source(&state).await?;
     let online = !state.hub.online_gateways().is_empty();
-    let gateways = state.store.list_gateways().await?;
+    let streams = StreamState::read(&state).await?;
     Ok(Json(
         rows.into_iter()
             .map(|t| {
                 let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
                 TunnelView::new(t, &replicas, cert, online)
                     .with_dns(&state)
-                    .with_ports(&state, &gateways)
+                    .with_streams(&streams)
             })
             .collect(),
     ))

@@ -15,7 +15,7 @@ use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use futures_util::SinkExt as _;
 use kakuremichi_proto::{
     decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, OwnPort, PortError,
-    MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS, PROTOCOL_VERSION,
+    MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS, MAX_STREAM_COUNTERS, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -363,8 +363,11 @@ impl NodeSession {
                 Ok(NodeMessage::Status {
                     port_errors,
                     own_ports,
+                    mut stream_counters,
                 }) => {
                     self.on_status(port_errors, own_ports);
+                    stream_counters.truncate(MAX_STREAM_COUNTERS);
+                    self.hub.set_stream_counters(self.node, stream_counters);
                     Ok(())
                 }
                 Ok(NodeMessage::Hello { .. }) => {

@@ -18,7 +18,7 @@ pub use conn::serve;
 
 use crate::snapshot::World;
 use crate::store::{NodeKind, NodeRef, Store, StoreResult};
-use kakuremichi_proto::{AcmeChallenges, OwnPort, PortError};
+use kakuremichi_proto::{AcmeChallenges, OwnPort, PortError, StreamCounters};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -51,6 +51,8 @@ pub struct Hub {
     /// Per online Gateway: the `tcp`/`udp` tunnel ports it reports it could not bind (its own
     /// word, kept while its session lasts).
     port_errors: Mutex<HashMap<NodeRef, Arc<Vec<PortError>>>>,
+    /// Per online Gateway: what it carried for each stream tunnel (its word, since it started).
+    stream_counters: Mutex<HashMap<NodeRef, Arc<Vec<StreamCounters>>>>,
     /// Per Gateway that reported them: the ports it listens on itself (kept after it leaves:
     /// they are still its ports when it comes back).
     own_ports: Mutex<HashMap<NodeRef, Vec<OwnPort>>>,
@@ -89,6 +91,7 @@ impl Hub {
             access_url: std::sync::OnceLock::new(),
             config_errors: Mutex::new(HashMap::new()),
             port_errors: Mutex::new(HashMap::new()),
+            stream_counters: Mutex::new(HashMap::new()),
             own_ports: Mutex::new(HashMap::new()),
             credential_epochs: watch::channel(HashMap::new()).0,
             disabled_gateways: Mutex::new(Arc::default()),
@@ -117,6 +120,26 @@ impl Hub {
         } else {
             all.insert(node, Arc::new(errors));
         }
+    }
+
+    pub(crate) fn set_stream_counters(&self, node: NodeRef, counters: Vec<StreamCounters>) {
+        lock(&self.stream_counters).insert(node, Arc::new(counters));
+    }
+
+    /// What the online Gateways carried for each stream tunnel, summed, by tunnel id.
+    pub fn stream_counters(&self) -> HashMap<i64, StreamCounters> {
+        let mut sums: HashMap<i64, StreamCounters> = HashMap::new();
+        let all = lock(&self.stream_counters);
+        let gateways = all.iter().filter(|(n, _)| n.kind == NodeKind::Gateway);
+        for c in gateways.flat_map(|(_, c)| c.iter()) {
+            let sum = sums.entry(c.tunnel_id).or_default();
+            sum.tunnel_id = c.tunnel_id;
+            sum.connections = sum.connections.saturating_add(c.connections);
+            sum.active = sum.active.saturating_add(c.active);
+            sum.bytes_in = sum.bytes_in.saturating_add(c.bytes_in);
+            sum.bytes_out = sum.bytes_out.saturating_add(c.bytes_out);
+        }
+        sums
     }
 
     pub(crate) fn set_own_ports(&self, node: NodeRef, ports: Vec<OwnPort>) {
@@ -378,6 +401,7 @@ impl Drop for OnlineGuard {
                 online.remove(&self.node);
                 drop(online);
                 lock(&self.hub.port_errors).remove(&self.node);
+                lock(&self.hub.stream_counters).remove(&self.node);
                 self.hub.online_changed(self.node);
                 self.hub.acks.send_modify(|acks| {
                     acks.remove(&self.node);

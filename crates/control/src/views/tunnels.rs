@@ -7,8 +7,10 @@ use crate::error::ApiError;
 use crate::store::access::policy_of;
 use crate::store::limits::limits_of;
 use crate::store::{CertRow, GatewayRow, ReplicaRow, TunnelLimits, TunnelRow};
-use kakuremichi_proto::{AccessPolicy, ProxyProtocol, TunnelProtocol};
+use kakuremichi_proto::{AccessPolicy, PortError, ProxyProtocol, StreamCounters, TunnelProtocol};
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TunnelView {
@@ -50,6 +52,20 @@ pub struct TunnelView {
     public_addresses: Vec<String>,
     /// `tcp`/`udp`: Gateways that report they cannot bind the port (the others serve it).
     port_errors: Vec<TunnelPortError>,
+    /// `tcp`/`udp`/`tls`: what the online Gateways carried since they started, summed (a UDP
+    /// flow is a connection); `null` for `http` tunnels (see the metrics).
+    counters: Option<TunnelCounters>,
+}
+
+/// Connections and bytes of a stream tunnel, over its Gateways.
+#[derive(Serialize, utoipa::ToSchema, Default)]
+pub struct TunnelCounters {
+    /// Connections (UDP: flows) carried, and open now.
+    connections: u64,
+    active: u64,
+    /// Bytes from clients, and to them.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// A Gateway that cannot bind a tunnel's public port, and why.
@@ -67,18 +83,31 @@ impl TunnelView {
         self
     }
 
-    /// Adds where a `tcp`/`udp` tunnel is reached and which Gateways cannot bind its port.
-    pub fn with_ports(mut self, state: &AppState, gateways: &[GatewayRow]) -> Self {
+    /// Adds where a `tcp`/`udp` tunnel is reached, which Gateways cannot bind its port, and
+    /// what the Gateways carried for a stream tunnel.
+    pub fn with_streams(mut self, streams: &StreamState) -> Self {
+        if self.protocol != TunnelProtocol::Http {
+            let c = streams.counters.get(&self.id).copied().unwrap_or_default();
+            self.counters = Some(TunnelCounters {
+                connections: c.connections,
+                active: c.active,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+            });
+        }
         let Some(port) = self.public_port.filter(|_| self.protocol.has_public_port()) else {
             return self;
         };
-        let enabled = gateways.iter().filter(|g| g.enabled);
+        let enabled = streams.gateways.iter().filter(|g| g.enabled);
         self.public_addresses = enabled
             .map(|g| format!("{}:{port}", endpoint_host(&g.public_endpoint)))
             .collect();
-        let errors = state.hub.port_errors();
-        for g in gateways {
-            let failed = errors.get(&g.id).into_iter().flat_map(|e| e.iter());
+        for g in &streams.gateways {
+            let failed = streams
+                .port_errors
+                .get(&g.id)
+                .into_iter()
+                .flat_map(|e| e.iter());
             for e in failed.filter(|e| e.port == port && e.protocol == self.protocol) {
                 self.port_errors.push(TunnelPortError {
                     gateway_id: g.id,
@@ -138,6 +167,7 @@ impl TunnelView {
             }),
             public_addresses: Vec::new(),
             port_errors: Vec::new(),
+            counters: None,
         }
     }
 }
@@ -166,15 +196,33 @@ pub enum CertificateState {
     Waiting,
 }
 
+/// What the stream fields of tunnel views come from, read once per answer: the Gateways, the
+/// ports they cannot bind and their counters.
+pub struct StreamState {
+    gateways: Vec<GatewayRow>,
+    port_errors: HashMap<i64, Arc<Vec<PortError>>>,
+    counters: HashMap<i64, StreamCounters>,
+}
+
+impl StreamState {
+    pub async fn read(state: &AppState) -> Result<Self, ApiError> {
+        Ok(Self {
+            gateways: state.store.list_gateways().await?,
+            port_errors: state.hub.port_errors(),
+            counters: state.hub.stream_counters(),
+        })
+    }
+}
+
 /// The view of one tunnel, with its certificate's state.
 pub async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
     let cert = state.store.get_certificate(&row.hostname, &row.tls).await?;
     let replicas = state.store.tunnel_replicas(row.id).await?;
     let online = !state.hub.online_gateways().is_empty();
-    let gateways = state.store.list_gateways().await?;
+    let streams = StreamState::read(state).await?;
     Ok(TunnelView::new(row, &replicas, cert.as_ref(), online)
         .with_dns(state)
-        .with_ports(state, &gateways))
+        .with_streams(&streams))
 }
 
 /// The host part of a Gateway's `public_endpoint` (`gw1.example.com:51820` → `gw1.example.com`,

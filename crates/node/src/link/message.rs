@@ -100,6 +100,7 @@ pub(super) async fn send_status(ws: &mut Ws, status: crate::NodeStatus) -> Resul
     let msg = NodeMessage::Status {
         port_errors: status.port_errors,
         own_ports: status.own_ports,
+        stream_counters: status.stream_counters,
     };
     ws.send(Message::text(msg.encode()))
         .await
