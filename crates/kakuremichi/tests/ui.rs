@@ -176,6 +176,15 @@ async fn stack() -> Fleet {
         .await
 }
 
+/// chromedriver and chromium, and [`stack`]; `None` (after a loud line) without the browser.
+async fn browser_and_stack() -> Option<(std::path::PathBuf, std::path::PathBuf, Fleet)> {
+    init_logs();
+    // fantoccini's TLS stack brings a second rustls provider; say which one this process uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (driver, chromium) = kakuremichi_testkit::browser::binaries(module_path!())?;
+    Some((driver, chromium, stack().await))
+}
+
 /// Signs in on Control's login page, which the browser is on.
 async fn log_in(b: &Browser, email: &str, password: &str) {
     b.fill("input[name=email]", email).await;
@@ -202,12 +211,9 @@ async fn open_until_login(b: &Browser, url: &str, control: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_tunnel_sends_to_login_and_back_and_refuses_others() {
-    init_logs();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let Some((driver, chromium)) = kakuremichi_testkit::browser::binaries(module_path!()) else {
+    let Some((driver, chromium, s)) = browser_and_stack().await else {
         return;
     };
-    let s = stack().await;
     let base = &s.api.base;
     let rules = format!("MAP {APP_HOST} 127.0.0.1");
     const MEMBER: &str = "member@example.com";
@@ -379,4 +385,73 @@ async fn admin_adds_and_checks_a_dns_zone_members_see_no_dns_page() {
     assert!(!page.contains(ZONE), "{page}");
     b.close().await;
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_tunnel_made_in_the_form_shows_its_address_and_serves() {
+    let Some((driver, chromium, s)) = browser_and_stack().await else {
+        return;
+    };
+    let base = &s.api.base;
+    let b = Browser::start(&driver, &chromium, "").await;
+    b.client.goto(&format!("{base}/login")).await.unwrap();
+    log_in(&b, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    b.wait_path("/").await;
+    b.client.goto(&format!("{base}/tunnels")).await.unwrap();
+    let shown = |css: &'static str| {
+        let b = &b;
+        async move {
+            let el = b.client.find(Locator::Css(css)).await.unwrap();
+            el.is_displayed().await.unwrap()
+        }
+    };
+    // HTTP (the default): the HTTPS choice is there, the stream settings are not.
+    assert!(shown("select[name=tls]").await);
+    assert!(!shown("input[name=public_port]").await);
+    b.client
+        .find(Locator::Css("select[name=protocol]"))
+        .await
+        .unwrap()
+        .select_by_value("tcp")
+        .await
+        .unwrap();
+    // TCP: the other way round, and no UDP timeout.
+    assert!(!shown("select[name=tls]").await);
+    assert!(shown("input[name=public_port]").await);
+    assert!(shown("select[name=proxy_protocol]").await);
+    assert!(!shown("input[name=udp_idle_timeout]").await);
+    b.fill("input[name=hostname]", "raw.example.com").await;
+    b.fill("input[name=target]", &s.origin.to_string()).await;
+    b.shot("21-tunnel-form-tcp").await;
+    b.click("#create-tunnel button[type=submit]").await;
+    b.wait_path("/tunnels/1").await;
+    let address = b.read("#public-url").await;
+    assert!(address.contains("tcp://127.0.0.1:20000"), "{address}");
+    assert!(b.text("#protocol").await.starts_with("TCP"));
+    assert!(b.text("#stream-counters").await.contains("connections"));
+    b.shot("22-tunnel-tcp").await;
+
+    // The port really is open on the Gateway, and carries the app.
+    let at = std::net::SocketAddr::new(s.gateways[0].ports_ip.into(), 20000);
+    eventually(LIVE, "the app through the tcp port", || async {
+        let r = s.http.get(format!("http://{at}/")).send().await.ok()?;
+        r.text().await.ok()?.contains("ui-test-app").then_some(())
+    })
+    .await;
+
+    // Edit: another port and the PROXY protocol; the protocol itself stays.
+    b.fill("form[action='/tunnels/1'] input[name=public_port]", "23456")
+        .await;
+    b.click("form[action='/tunnels/1'] button[type=submit]")
+        .await;
+    eventually(LIVE, "the new port on the page", || async {
+        b.text("#public-url").await.contains(":23456")
+    })
+    .await;
+    let view = s.api.get("tunnels/1").await;
+    assert_eq!(
+        (&view["protocol"], &view["public_port"]),
+        (&serde_json::json!("tcp"), &serde_json::json!(23456))
+    );
+    b.close().await;
 }

@@ -60,6 +60,7 @@ fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
+        env.add_filter("bytes", bytes_label);
         for (name, source) in TEMPLATES {
             // The templates are part of the binary; a syntax error is caught by the tests.
             if let Err(e) = env.add_template(name, source) {
@@ -68,6 +69,21 @@ fn env() -> &'static Environment<'static> {
         }
         env
     })
+}
+
+/// `1536` → `1.5 KiB`: byte counts as people read them (the `bytes` filter).
+fn bytes_label(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Renders `template` with `ctx`; a rendering failure is logged and shown as a plain 500.
@@ -163,4 +179,16 @@ pub async fn not_found(uri: Uri) -> Response {
             message => "There is no page at this address. Go back to the dashboard.",
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_counts_read_as_people_read_them() {
+        assert_eq!(super::bytes_label(0), "0 B");
+        assert_eq!(super::bytes_label(1023), "1023 B");
+        assert_eq!(super::bytes_label(1536), "1.5 KiB");
+        assert_eq!(super::bytes_label(5 << 30), "5.0 GiB");
+        assert_eq!(super::bytes_label(u64::MAX), "16384.0 PiB");
+    }
 }

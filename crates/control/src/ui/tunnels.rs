@@ -17,7 +17,7 @@ use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kakuremichi_proto::AccessPolicy;
+use kakuremichi_proto::{AccessPolicy, ProxyProtocol, TunnelProtocol};
 use minijinja::{context, Value};
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -56,6 +56,16 @@ pub struct TunnelForm {
     /// The form showed the limits: empty fields then mean "off", not "unchanged".
     #[serde(skip)]
     limits_shown: bool,
+    /// `http`, `tcp`, `udp` or `tls` (a hidden field on edit: it cannot change).
+    protocol: String,
+    /// Stream settings, used only for the protocols that take them; numbers empty = default.
+    public_port: String,
+    proxy_protocol: String,
+    max_connections: String,
+    udp_idle_timeout: String,
+    /// The form showed the stream settings: empty numbers then mean "none", not "unchanged".
+    #[serde(skip)]
+    stream_shown: bool,
 }
 
 /// The entries of a list typed one per line or separated by commas, semicolons or spaces.
@@ -99,6 +109,12 @@ impl From<Vec<(String, String)>> for TunnelForm {
                 "rate_limit_burst" => f.rate_limit_burst = value,
                 "max_concurrent_requests" => f.max_concurrent_requests = value,
                 "limits_shown" => f.limits_shown = true,
+                "protocol" => f.protocol = value,
+                "public_port" => f.public_port = value,
+                "proxy_protocol" => f.proxy_protocol = value,
+                "max_connections" => f.max_connections = value,
+                "udp_idle_timeout" => f.udp_idle_timeout = value,
+                "stream_shown" => f.stream_shown = true,
                 _ => {}
             }
         }
@@ -145,24 +161,81 @@ impl TunnelForm {
                     .map_err(|_| ApiError::bad_request("TLS must be acme, internal or off"))?,
             ),
         };
-        Ok(TunnelInput {
+        let protocol = match self.protocol.as_str() {
+            "" => None,
+            p => Some(p.parse::<TunnelProtocol>().map_err(ApiError::bad_request)?),
+        };
+        let http = protocol.unwrap_or_default() == TunnelProtocol::Http;
+        let input = TunnelInput {
             hostname: Some(self.hostname.clone()),
             agent_id: Some(agent_id),
             agent_ids: self.agent_ids(agent_id)?,
             target: Some(self.target.clone()),
             enabled: Some(self.enabled.is_some()),
-            tls,
-            https_redirect: Some(self.https_redirect.is_some()),
+            // The HTTP fields stay in the page (hidden) for other protocols: not sent on.
+            tls: tls.filter(|_| http),
+            https_redirect: http.then_some(self.https_redirect.is_some()),
             access: self.access()?,
-            limits: self.limits()?,
+            limits: self.limits(http)?,
+            protocol,
             ..TunnelInput::default()
-        })
+        };
+        self.with_stream(input)
     }
 
-    /// Every limit, when the form showed them (empty = off); else nothing changes.
-    fn limits(&self) -> Result<LimitsInput, ApiError> {
+    /// The stream settings the form's protocol takes, when the form showed them.
+    fn with_stream(&self, mut input: TunnelInput) -> Result<TunnelInput, ApiError> {
+        let protocol = input.protocol.unwrap_or_default();
+        if !self.stream_shown || protocol == TunnelProtocol::Http {
+            return Ok(input);
+        }
+        let number = |text: &str, label: &str| -> Result<Option<u32>, ApiError> {
+            number_field(text, label)?
+                .map(|n| {
+                    u32::try_from(n)
+                        .map_err(|_| ApiError::bad_request(format!("{label}: too large")))
+                })
+                .transpose()
+        };
+        if protocol.has_public_port() {
+            let port = number(&self.public_port, "Public port")?;
+            input.public_port = port
+                .map(|p| {
+                    u16::try_from(p).map_err(|_| ApiError::bad_request("Public port: 1 to 65535"))
+                })
+                .transpose()?;
+        }
+        if protocol != TunnelProtocol::Udp {
+            input.proxy_protocol = match self.proxy_protocol.as_str() {
+                "" | "off" => Some(ProxyProtocol::Off),
+                "v1" => Some(ProxyProtocol::V1),
+                "v2" => Some(ProxyProtocol::V2),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "PROXY protocol must be off, v1 or v2",
+                    ))
+                }
+            };
+        }
+        input.max_connections = Some(number(&self.max_connections, "Connections per gateway")?);
+        if protocol == TunnelProtocol::Udp {
+            input.udp_idle_timeout = Some(number(&self.udp_idle_timeout, "UDP idle timeout")?);
+        }
+        Ok(input)
+    }
+
+    /// Every limit, when the form showed them (empty = off); else nothing changes. The request
+    /// limits are HTTP's: for other protocols only the IP lists are read.
+    fn limits(&self, http: bool) -> Result<LimitsInput, ApiError> {
         if !self.limits_shown {
             return Ok(LimitsInput::default());
+        }
+        if !http {
+            return Ok(LimitsInput {
+                ip_allow: Some(self.ip_allow.clone()),
+                ip_deny: Some(self.ip_deny.clone()),
+                ..LimitsInput::default()
+            });
         }
         Ok(LimitsInput {
             ip_allow: Some(self.ip_allow.clone()),

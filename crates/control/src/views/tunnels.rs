@@ -48,7 +48,8 @@ pub struct TunnelView {
     /// tunnel sets none); `null` for the other protocols.
     udp_idle_timeout: Option<u32>,
     /// `tcp`/`udp`: where clients connect, one `host:port` per enabled Gateway (its
-    /// `public_endpoint`'s host); empty for `http` and `tls` tunnels, reached by hostname.
+    /// `public_endpoint`'s host); empty for `http` and `tls` tunnels, reached by hostname, and
+    /// for a `tcp` tunnel with access control (no public port is opened for it).
     public_addresses: Vec<String>,
     /// `tcp`/`udp`: Gateways that report they cannot bind the port (the others serve it).
     port_errors: Vec<TunnelPortError>,
@@ -98,6 +99,10 @@ impl TunnelView {
         let Some(port) = self.public_port.filter(|_| self.protocol.has_public_port()) else {
             return self;
         };
+        // A protected tcp tunnel opens no public port (it is reached by signed-in clients).
+        if !matches!(self.access, AccessPolicy::Public) {
+            return self;
+        }
         let enabled = streams.gateways.iter().filter(|g| g.enabled);
         self.public_addresses = enabled
             .map(|g| format!("{}:{port}", endpoint_host(&g.public_endpoint)))
