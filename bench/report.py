@@ -97,6 +97,12 @@ def figures(r):
                 "control_cpu_s_sessions", "sessions_s", "create_s", "agents", "gateways", "changes"):
         f[f"x_control_{key.removeprefix('control_')}"] = r.control[key]
     f["x_iperf3_wggo_gbps"] = r.meta["iperf3_wggo_gbps"]
+    # Raw TCP (one iperf3 stream) through a `tcp` tunnel, and the references of that workload.
+    for ref in ("direct", "kakuremichi", "rathole"):
+        if r.data["tcp_iperf3"][ref]:
+            f[f"x_tcp_{ref}_gbps"] = r.med("tcp_iperf3", ref)
+    if r.data["tcp_iperf3"]["rathole"]:
+        f["x_tcp_ratio_vs_rathole"] = r.paired("tcp_iperf3", k, "rathole", ratio)
     f["x_https"] = r.meta["https"]
     f["x_runs"] = r.meta["runs"]
     f["x_quick"] = r.meta["quick"]
@@ -156,6 +162,13 @@ def table(r):
                 f"RSS after load vs idle (worse of the two): {f['rss_after_load_ratio']:.2f}×"]
     out.append(f"wireguard-go, raw TCP (iperf3, 1 stream, context for the wggo column): "
                f"{r.meta['iperf3_wggo_gbps']:.2f} Gbit/s")
+    tcp = r.data["tcp_iperf3"]
+    if tcp[k]:
+        vs = (f"; kakuremichi {r.paired('tcp_iperf3', k, 'rathole', ratio):.2f}× rathole"
+              if tcp["rathole"] else " (rathole not installed)")
+        out.append("raw TCP, iperf3 1 stream, Gbit/s: "
+                   + ", ".join(f"{ref} {_cell(tcp[ref], g)}" for ref in ("direct", k, "rathole") if tcp[ref])
+                   + vs)
     if r.cpu_per_gib:
         out.append(f"CPU-seconds per GiB, Gateway + Agent, 1-stream bulk: {_cell(r.cpu_per_gib, g)}")
     if r.control["agents"] == r.control["agents"]:  # not NaN: measured

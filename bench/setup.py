@@ -20,6 +20,8 @@ ADMIN_EMAIL = "bench@example.com"
 ADMIN_PASSWORD = f"bench-{random.getrandbits(64):016x}"
 ORIGIN_PORT, NGINX_PORT, CONTROL_PORT, SCALE_CONTROL_PORT = 8000, 8444, 8780, 8781
 GW_HTTP_PORT, GW_HTTPS_PORT, GW_WG_PORT, GW_ADMIN_PORT = 8080, 8443, 51820, 9090
+# Raw TCP: iperf3's server, a kakuremichi `tcp` tunnel's public port, rathole's (and its control).
+IPERF_PORT, KMI_TCP_PORT, RATHOLE_PORT, RATHOLE_CONTROL_PORT = 5201, 5202, 5203, 2333
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Ref:
     port: int
     netns: str = None
     pids: dict = field(default_factory=dict)  # role -> pid, for kakuremichi
+    tcp_port: int = None  # kakuremichi: its `tcp` tunnel to iperf3's server, if the Gateway has one
 
     def url(self, path):
         return f"{self.scheme}://{HOST}:{self.port}{path}"
@@ -186,11 +189,19 @@ def start_kakuremichi(env, bins, ip):
         if "400" not in str(e):
             raise
         api.post("tunnels", base)  # a Control without per-tunnel TLS settings
+    help_text = run([bins["kakuremichi"], "gateway", "--help"])
+    tcp = "--ports-listen-ip" in help_text
+    if tcp:  # raw TCP to iperf3's server, on the Gateway's address
+        api.post("tunnels", {"hostname": f"iperf.{HOST}", "agent_id": agent["id"],
+                             "target": f"{ip}:{IPERF_PORT}", "protocol": "tcp",
+                             "public_port": KMI_TCP_PORT})
     args = [bins["kakuremichi"], "gateway", "--http-listen", f"{ip}:{GW_HTTP_PORT}",
             "--wg-listen", f"{ip}:{GW_WG_PORT}", "--admin-listen", f"{ip}:{GW_ADMIN_PORT}",
             "--data-dir", f"{env.work}/gateway"]
     if https:
         args += ["--https-listen", f"{ip}:{GW_HTTPS_PORT}"]
+    if tcp:
+        args += ["--ports-listen-ip", ip]
     common = {"CONTROL_URL": control_url, "KAKUREMICHI_LOG": "warn"}
     # The load generators are one client address opening up to 1,000 connections: lift the
     # per-client cap, a defence against one attacker, which is not what the bench measures.
@@ -199,19 +210,80 @@ def start_kakuremichi(env, bins, ip):
     agp = env.spawn("agent", [bins["kakuremichi"], "agent", "--data-dir", f"{env.work}/agent"],
                     env={**common, "API_KEY": agent["api_key"]})
     pids = {"gateway": gwp.pid, "agent": agp.pid}
-    plain = Ref("kakuremichi", "http", ip, GW_HTTP_PORT, pids=pids)
+    plain = Ref("kakuremichi", "http", ip, GW_HTTP_PORT, pids=pids, tcp_port=KMI_TCP_PORT if tcp else None)
     wait_until("the tunnel (bench.test through the Gateway)", lambda: http_ok(env, plain), 60,
                interval=0.25, env=env)
     if not https:
         log("the Gateway has no --https-listen yet: kakuremichi is measured over plain HTTP")
         return plain
-    tls = Ref("kakuremichi", "https", ip, GW_HTTPS_PORT, pids=pids)
+    tls = Ref("kakuremichi", "https", ip, GW_HTTPS_PORT, pids=pids, tcp_port=plain.tcp_port)
     try:
         wait_until("HTTPS on the Gateway", lambda: http_ok(env, tls), 30, interval=0.25, env=env)
         return tls
     except BenchError as e:
         log(f"{e}; kakuremichi is measured over plain HTTP")
         return plain
+
+
+def start_iperf3(env, ip):
+    """iperf3's server, what every raw-TCP reference ends at."""
+    env.spawn("iperf3-server", ["iperf3", "-s", "-B", ip, "-p", str(IPERF_PORT)])
+    ref = Ref("direct", "tcp", ip, IPERF_PORT)
+    wait_until("iperf3's server", lambda: tcp_open(ip, IPERF_PORT), 20, env=env)
+    return ref
+
+
+def tcp_open(ip, port):
+    import socket
+    try:
+        socket.create_connection((ip, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def rathole_binary():
+    """rathole from `cargo install rathole` (on PATH or in ~/.cargo/bin), or None."""
+    import shutil
+    return shutil.which("rathole") or next(
+        (p for p in [os.path.expanduser("~/.cargo/bin/rathole")] if os.access(p, os.X_OK)), None)
+
+
+def start_rathole(env, ip):
+    """rathole's server and client on loopback, one service to iperf3's server, over its Noise
+    transport (encrypted, as WireGuard is): the tunnel people pick for raw TCP."""
+    exe = rathole_binary()
+    keys = run([exe, "--genkey"])
+    lines = [line.strip() for line in keys.splitlines() if line.strip()]
+    private = lines[lines.index("Private Key:") + 1]
+    public = lines[lines.index("Public Key:") + 1]
+    w = env.work
+    with open(f"{w}/rathole-server.toml", "w") as f:
+        f.write(f'''[server]
+bind_addr = "{ip}:{RATHOLE_CONTROL_PORT}"
+[server.transport]
+type = "noise"
+[server.transport.noise]
+local_private_key = "{private}"
+[server.services.iperf]
+token = "bench"
+bind_addr = "{ip}:{RATHOLE_PORT}"
+''')
+    with open(f"{w}/rathole-client.toml", "w") as f:
+        f.write(f'''[client]
+remote_addr = "{ip}:{RATHOLE_CONTROL_PORT}"
+[client.transport]
+type = "noise"
+[client.transport.noise]
+remote_public_key = "{public}"
+[client.services.iperf]
+token = "bench"
+local_addr = "{ip}:{IPERF_PORT}"
+''')
+    env.spawn("rathole-server", [exe, "--server", f"{w}/rathole-server.toml"])
+    env.spawn("rathole-client", [exe, "--client", f"{w}/rathole-client.toml"])
+    wait_until("rathole's service port", lambda: tcp_open(ip, RATHOLE_PORT), 20, env=env)
+    return Ref("rathole", "tcp", ip, RATHOLE_PORT)
 
 
 def settle(seconds):

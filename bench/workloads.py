@@ -176,22 +176,28 @@ def iperf3(env, ref, seconds):
     server = env.spawn(f"iperf3-{ref.name}", ["iperf3", "-s", "-1", "-B", ref.ip, "-p", "5201"],
                        netns=_server_netns(ref))
     try:
-        for _ in range(50):
-            client = env.client_popen(ref, ["iperf3", "-c", ref.ip, "-p", "5201", "-t", str(seconds), "-J"])
-            out, err = client.communicate(timeout=seconds + 30)
-            out = out or err
-            try:
-                result = json.loads(out)
-            except ValueError:
-                result = {"error": out}
-            if "error" not in result:
-                return result["end"]["sum_received"]["bits_per_second"] / 1e9
-            if "connect" not in result["error"]:
-                raise BenchError(f"iperf3 through {ref.name}: {result['error']}")
-            time.sleep(0.1)
-        raise BenchError(f"iperf3 through {ref.name}: {result['error']}")
+        return iperf3_client(env, ref, 5201, seconds)
     finally:
         env.stop(server)
+
+
+def iperf3_client(env, ref, port, seconds):
+    """One iperf3 TCP stream from `ref`'s client side to `ref.ip:port` for `seconds`: Gbit/s
+    received. Retries while the server is not there yet (iperf3 reports a connect error)."""
+    for _ in range(50):
+        client = env.client_popen(ref, ["iperf3", "-c", ref.ip, "-p", str(port), "-t", str(seconds), "-J"])
+        out, err = client.communicate(timeout=seconds + 30)
+        out = out or err
+        try:
+            result = json.loads(out)
+        except ValueError:
+            result = {"error": out}
+        if "error" not in result:
+            return result["end"]["sum_received"]["bits_per_second"] / 1e9
+        if "connect" not in result["error"] and "busy" not in result["error"]:
+            raise BenchError(f"iperf3 through {ref.name}: {result['error']}")
+        time.sleep(0.1)
+    raise BenchError(f"iperf3 through {ref.name}: {result['error']}")
 
 
 def _server_netns(ref):
