@@ -238,16 +238,18 @@ impl World {
                 continue;
             };
             let protocol = t.protocol();
-            if protocol != TunnelProtocol::Http {
+            // A protected `tcp` tunnel opens no public port: it is reached through
+            // `kakuremichi access tcp`, which signs the user in and carries each connection in
+            // a WebSocket to the tunnel's hostname (an HTTPS route of its own).
+            let public = self.route_access.get(&t.id).is_none_or(|a| a.is_public());
+            let tcp_access = protocol == TunnelProtocol::Tcp && !public;
+            if protocol != TunnelProtocol::Http && !tcp_access {
                 let port = t.public_port.and_then(|p| u16::try_from(p).ok());
                 let Some(route) = self.stream_route(t, limits, &online) else {
                     continue;
                 };
-                // A protected `tcp` tunnel opens no public port: it is reached through
-                // `kakuremichi access tcp`, which signs the user in.
-                let public = self.route_access.get(&t.id).is_none_or(|a| a.is_public());
                 match (protocol, port) {
-                    (TunnelProtocol::Tcp, Some(port)) if public => tcp_ports.insert(port, route),
+                    (TunnelProtocol::Tcp, Some(port)) => tcp_ports.insert(port, route),
                     (TunnelProtocol::Udp, Some(port)) => udp_ports.insert(port, route),
                     (TunnelProtocol::Tls, _) => tls_passthrough.insert(t.hostname.clone(), route),
                     _ => None,
@@ -275,6 +277,7 @@ impl World {
                 },
                 limits,
                 plain_http_only: !https,
+                tcp_access,
             };
             routes.insert(t.hostname.clone(), route);
         }

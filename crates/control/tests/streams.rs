@@ -169,6 +169,14 @@ async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
         (
             create(
                 "x.example.com",
+                json!({"protocol": "udp", "tls": "internal"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "tls applies to http tunnels",
+        ),
+        (
+            create(
+                "x.example.com",
                 json!({"protocol": "tcp", "udp_idle_timeout": 30}),
             ),
             StatusCode::BAD_REQUEST,
@@ -254,16 +262,22 @@ async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
         "no certificate for stream tunnels"
     );
 
-    // A protected tcp tunnel opens no public port (it is for `kakuremichi access tcp`).
-    let (s, _) = c
+    // A protected tcp tunnel opens no public port: it is an HTTPS route of its own, for
+    // `kakuremichi access tcp`, with a certificate (tls may be set on a tcp tunnel for that).
+    let (s, protected) = c
         .patch(
             &format!("/api/v1/tunnels/{id}"),
-            json!({"access": {"mode": "login"}}),
+            json!({"access": {"mode": "login"}, "tls": "internal"}),
         )
         .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(s, StatusCode::OK, "{protected}");
+    assert_eq!(protected["tls"], "internal");
+    assert_eq!(protected["public_addresses"], json!([]));
     let snap = next_config(&mut gw, PUSH).await;
     assert!(!snap.tcp_ports.contains_key(&25432));
+    let route = &snap.routes["db.example.com"];
+    assert!(route.tcp_access && !route.access.is_public(), "{route:?}");
+    assert!(!route.plain_http_only);
 
     // The Agent learns the UDP tunnel as UDP, the others as streams.
     let key = a1["api_key"].as_str().unwrap();

@@ -30,7 +30,11 @@ mod pages;
 mod redirect;
 pub mod routes;
 mod server;
+mod tcp_access;
 mod timeouts;
+
+/// The WebSocket of `tcp` tunnels with access control, for `kakuremichi access tcp`.
+pub use tcp_access::{bridge as bridge_websocket, TCP_PATH};
 
 use std::future::Future;
 use std::net::SocketAddrV4;

@@ -112,6 +112,7 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         access: Default::default(),
         limits: Default::default(),
         plain_http_only: false,
+        tcp_access: false,
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();

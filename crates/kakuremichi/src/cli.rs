@@ -55,9 +55,20 @@ enum Command {
     Up(up::UpArgs),
     /// Run a tiny hello-world web app, for demos and tests.
     Hello(HelloArgs),
+    /// Reach a tunnel that needs signing in from this machine (`access tcp`: a local port for a
+    /// tcp tunnel with access control).
+    #[command(subcommand)]
+    Access(AccessCommand),
     /// Probe an HTTP health endpoint; exit status 0 only for a 2xx answer (for Docker's
     /// HEALTHCHECK: the images have no curl).
     Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Open a local port whose connections reach a tcp tunnel with access control, through
+    /// HTTPS after signing in once in the browser (the token is kept until it expires).
+    Tcp(crate::access_tcp::AccessTcpArgs),
 }
 
 /// `kakuremichi control [flags]` runs Control; `kakuremichi control <tool>` runs a tool against a
@@ -443,6 +454,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             hello::serve(listener, a.name, signal::shutdown()).await;
             Ok(())
         }
+        Command::Access(AccessCommand::Tcp(a)) => crate::access_tcp::run(a).await,
         Command::Healthcheck(a) => {
             let client = reqwest::Client::builder()
                 .no_proxy()

@@ -1,5 +1,6 @@
 //! The `kakuremichi` binary: command-line parsing and wiring only. Each role is a library.
 
+mod access_tcp;
 mod backup;
 mod cli;
 #[cfg(test)]

@@ -534,3 +534,134 @@ async fn iperf3_udp_at_100_mbits_through_a_udp_tunnel() {
     // Loss is reported, not judged here (a debug build on a busy CI machine); most must arrive.
     assert!(lost < 50.0, "{sum}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_tcp_is_refused_before_sign_in_and_carries_psql_after() {
+    let test = "access_tcp_is_refused_before_sign_in_and_carries_psql_after";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    init_logs();
+    let fleet = Cluster::new().gateway().agent().start().await;
+    let pg = Postgres::start().await;
+    let host = "db.example.com";
+    let view = stream_tunnel(
+        &fleet,
+        host,
+        pg.addr,
+        json!({"protocol": "tcp", "access": {"mode": "login"}, "tls": "internal"}),
+    )
+    .await;
+    assert_eq!(
+        view["public_addresses"],
+        json!([]),
+        "no public port: {view}"
+    );
+    assert_eq!(view["tls"], "internal");
+    let id = view["id"].as_i64().unwrap();
+    kakuremichi_testkit::https::wait_certificate(&fleet.api, id, "issued", SOON).await;
+    let gw = &fleet.gateways[0];
+    // Nothing listens on the tunnel's port on the Gateway.
+    let public = SocketAddr::new(gw.ports_ip.into(), port_of(&view));
+    assert!(tokio::net::TcpStream::connect(public).await.is_err());
+    let root = kakuremichi_control::internal_ca_root(&fleet.dir.path().join("control"));
+    // Without a token the Gateway sends a client to sign in, as it would a browser.
+    let pem = std::fs::read_to_string(&root).unwrap();
+    let https = kakuremichi_testkit::https::https_client(&pem, &[host], gw.https);
+    let url = format!("https://{host}:{}/.kakuremichi/tcp", gw.https.port());
+    let to = eventually(SOON, "a sign-in redirect for the tcp tunnel", || async {
+        let r = https.get(&url).send().await.ok()?;
+        (r.status() == 302).then(|| r.headers()["location"].to_str().unwrap().to_string())
+    })
+    .await;
+    assert!(to.contains("/access/authorize?"), "{to}");
+
+    // The command: it asks to sign in before it opens its local port.
+    let dir = tempfile::tempdir().unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], origins::free_port()));
+    let args = |dir: &std::path::Path| {
+        [
+            "access".to_string(),
+            "tcp".into(),
+            "--hostname".into(),
+            host.into(),
+            "--listen".into(),
+            listen.to_string(),
+            "--gateway".into(),
+            gw.https.to_string(),
+            "--ca-file".into(),
+            root.display().to_string(),
+            "--no-browser".into(),
+            "--config-dir".into(),
+            dir.join("config").display().to_string(),
+        ]
+    };
+    let argv = args(dir.path());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let cli = Proc::spawn("access", dir.path(), &argv, &[]);
+    let log = dir.path().join("access.log");
+    let link = eventually(SOON, "the sign-in link", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let line = text.lines().find(|l| l.contains("/access/authorize?"))?;
+        Some(line.trim().to_string())
+    })
+    .await;
+    assert!(
+        link.contains("cli_port=") && link.contains("state="),
+        "{link}"
+    );
+    assert!(
+        origins::psql(listen, "SELECT 1").await.is_err(),
+        "refused before sign-in"
+    );
+
+    // The browser's part: signed in to Control, it follows the link; Control hands the token to
+    // the command's loopback port.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{}/api/v1/auth/login", fleet.api.base))
+        .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let authorized = http
+        .get(&link)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(authorized.status(), 302);
+    let callback = authorized.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
+    let done = http.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+
+    // Now psql through the local port reaches PostgreSQL behind the tunnel.
+    eventually(SOON, "psql through kakuremichi access tcp", || async {
+        origins::psql(listen, "SELECT 40 + 2").await.ok() == Some("42".to_string())
+    })
+    .await;
+    let token = dir.path().join("config/access/db.example.com.token");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token is the user's alone");
+    drop(cli);
+
+    // A second run uses the kept token: no sign-in, the port opens at once.
+    let again = Proc::spawn("access-again", dir.path(), &argv, &[]);
+    eventually(SOON, "psql through a second run", || async {
+        origins::psql(listen, "SELECT 40 + 2").await.ok() == Some("42".to_string())
+    })
+    .await;
+    let text = std::fs::read_to_string(dir.path().join("access-again.log")).unwrap();
+    assert!(!text.contains("/access/authorize"), "{text}");
+    drop(again);
+}

@@ -242,6 +242,11 @@ pub struct GatewayRoute {
     /// covers it (a TLS handshake for it fails, as for an unknown name). Left out when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub plain_http_only: bool,
+    /// A `tcp` tunnel with access control: not HTTP. Its hostname answers only
+    /// `/.kakuremichi/tcp`, a WebSocket carrying one TCP connection to the target for a
+    /// signed-in client (`kakuremichi access tcp`), over HTTPS. Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tcp_access: bool,
 }
 
 /// One Agent serving a route with replicas.

@@ -1,6 +1,11 @@
 //! `GET /access/authorize?host=<host>&return=<original URL>`: where Gateways send visitors of a
 //! protected tunnel. Answers with redirects and small HTML pages (browsers, not API clients), so
 //! these routes sit outside the API's JSON error layer.
+//!
+//! With `&cli_port=<port>&state=<nonce>` (`kakuremichi access tcp`, which opens this link in the
+//! user's browser) the token goes to the command's loopback listener instead,
+//! `http://127.0.0.1:<port>/callback?token=...&state=<nonce>` (a loopback redirect, as in
+//! RFC 8252): only a program on the user's own machine can receive it, and it checks the nonce.
 
 use super::Access;
 use crate::app::AppState;
@@ -24,10 +29,47 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/access/authorize", get(authorize))
 }
 
-/// A validated request: the normalised host and the URL to come back to (on that host).
+/// A validated request: the normalised host and the URL to come back to (on that host), or the
+/// command-line client's loopback port and nonce.
 struct Request {
     host: String,
     target: url::Url,
+    cli: Option<(u16, String)>,
+}
+
+/// Whether `state` is a nonce a command-line client may send: 16 to 128 URL-safe characters.
+fn valid_state(state: &str) -> bool {
+    (16..=128).contains(&state.len())
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The loopback port and nonce of a command-line sign-in, from a query's `cli_port` and `state`.
+pub fn cli_params(query: &str) -> Result<Option<(u16, String)>, &'static str> {
+    let (mut port, mut state) = (None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "cli_port" => port = Some(value.into_owned()),
+            "state" => state = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    match (port, state) {
+        (None, None) => Ok(None),
+        (Some(port), Some(state)) => {
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p >= 1024)
+                .ok_or("The command's port is not a valid port.")?;
+            if !valid_state(&state) {
+                return Err("The command's sign-in nonce is not valid.");
+            }
+            Ok(Some((port, state)))
+        }
+        _ => Err("The link names a command's port without its nonce, or the other way round."),
+    }
 }
 
 fn parse(raw: Option<&str>) -> Result<Request, &'static str> {
@@ -54,7 +96,8 @@ fn parse(raw: Option<&str>) -> Result<Request, &'static str> {
     {
         return Err("The address to return to does not belong to the host in the link.");
     }
-    Ok(Request { host, target })
+    let cli = cli_params(raw.unwrap_or(""))?;
+    Ok(Request { host, target, cli })
 }
 
 pub async fn authorize(
@@ -99,10 +142,16 @@ async fn admit(
         None => None,
     };
     let (Some(hash), Some(session)) = (hash, signed_in) else {
-        let again = form_urlencoded::Serializer::new(String::new())
+        let mut again = form_urlencoded::Serializer::new(String::new());
+        again
             .append_pair("host", &req.host)
-            .append_pair("return", req.target.as_str())
-            .finish();
+            .append_pair("return", req.target.as_str());
+        if let Some((port, state)) = &req.cli {
+            again
+                .append_pair("cli_port", &port.to_string())
+                .append_pair("state", state);
+        }
+        let again = again.finish();
         let next = format!("/access/authorize?{again}");
         let login = form_urlencoded::Serializer::new(String::new())
             .append_pair("next", &next)
@@ -117,7 +166,16 @@ async fn admit(
     let token = Access::new(state.store.clone(), state.access_ttl)
         .mint(&user, &hash, &expires, &req.host, policy.digest(tunnel_id))
         .await?;
-    tracing::info!(user_id = user.id, host = %req.host, "access token issued");
+    tracing::info!(user_id = user.id, host = %req.host, cli = req.cli.is_some(), "access token issued");
+    if let Some((port, state)) = &req.cli {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", &token)
+            .append_pair("state", state)
+            .finish();
+        return Ok(redirect(&format!(
+            "http://127.0.0.1:{port}/callback?{query}"
+        )));
+    }
     Ok(redirect(
         handoff_url(&req.target, &token, https_only).as_str(),
     ))
@@ -256,6 +314,27 @@ mod tests {
             assert!(parse(Some(bad)).is_err(), "{bad}");
         }
         assert!(parse(None).is_err());
+    }
+
+    #[test]
+    fn a_command_line_sign_in_names_a_port_and_a_nonce() {
+        let base = "host=db.example.com&return=https%3A%2F%2Fdb.example.com%2F";
+        let ok = parse(Some(&format!(
+            "{base}&cli_port=40000&state=abcdefghij0123456789"
+        )))
+        .unwrap();
+        assert_eq!(ok.cli, Some((40000, "abcdefghij0123456789".to_string())));
+        assert_eq!(parse(Some(base)).unwrap().cli, None, "a browser's sign-in");
+        for bad in [
+            "&cli_port=40000",
+            "&state=abcdefghij0123456789",
+            "&cli_port=80&state=abcdefghij0123456789",
+            "&cli_port=70000&state=abcdefghij0123456789",
+            "&cli_port=40000&state=short",
+            "&cli_port=40000&state=abcdefghij0123456789%3Cscript%3E",
+        ] {
+            assert!(parse(Some(&format!("{base}{bad}"))).is_err(), "{bad}");
+        }
     }
 
     #[test]

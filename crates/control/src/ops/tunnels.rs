@@ -112,10 +112,13 @@ fn check_stream(
             "a {name} tunnel needs an exact hostname; wildcards are for http tunnels"
         )));
     }
-    if input.tls.is_some_and(|t| t != TlsMode::Off) {
+    // A tcp tunnel with access control is reached over HTTPS (`kakuremichi access tcp`): its
+    // hostname needs a certificate, like an http tunnel's.
+    let over_https = protocol == TunnelProtocol::Tcp && !access.is_public();
+    if input.tls.is_some_and(|t| t != TlsMode::Off) && !over_https {
         return Err(ApiError::bad_request(format!(
-            "tls applies to http tunnels; a {name} tunnel gets no certificate from Control \
-             (leave tls out)"
+            "tls applies to http tunnels (and to tcp tunnels with access control, reached over \
+             HTTPS); a {name} tunnel gets no certificate from Control (leave tls out)"
         )));
     }
     if input.https_redirect == Some(true) {
@@ -304,10 +307,11 @@ pub async fn create(
         agent_id,
         target: target_addr(&target)?,
         enabled: input.enabled.unwrap_or(true),
-        // Only http tunnels terminate TLS at the Gateways.
-        tls: match http {
+        // Only http tunnels terminate TLS at the Gateways, and tcp tunnels with access control
+        // (their signed-in clients come over HTTPS).
+        tls: match http || (protocol == TunnelProtocol::Tcp && !policy.is_public()) {
             true => input.tls.unwrap_or(state.default_tls).as_str().to_string(),
-            false => TlsMode::Off.as_str().to_string(),
+            false => input.tls.unwrap_or(TlsMode::Off).as_str().to_string(),
         },
         https_redirect: http && input.https_redirect.unwrap_or(true),
         owner_id: (!user.is_admin).then_some(user.id),

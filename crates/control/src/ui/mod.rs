@@ -128,8 +128,13 @@ pub fn csp_for_login(next: &str) -> Option<HeaderValue> {
     {
         return None;
     }
-    // `http://host:*` also matches https on any port (the hand-off may upgrade to https).
-    let extra = format!("form-action 'self' {}://{host}:*;", target.scheme());
+    // `http://host:*` also matches https on any port (the hand-off may upgrade to https). A
+    // command-line sign-in ends on the command's loopback listener instead.
+    let extra = match crate::access::authorize::cli_params(query) {
+        Ok(Some((port, _))) => format!("form-action 'self' http://127.0.0.1:{port};"),
+        Ok(None) => format!("form-action 'self' {}://{host}:*;", target.scheme()),
+        Err(_) => return None,
+    };
     HeaderValue::from_str(&CSP.replace("form-action 'self';", &extra)).ok()
 }
 
@@ -163,6 +168,15 @@ mod tests {
             "{csp}"
         );
         assert!(csp.contains("frame-ancestors 'none'"), "the rest stays");
+        let cli = format!("{next}&cli_port=40000&state=abcdefghij0123456789");
+        let csp = csp_for_login(&cli).unwrap();
+        assert!(
+            csp.to_str()
+                .unwrap()
+                .contains("form-action 'self' http://127.0.0.1:40000;"),
+            "a command's sign-in ends on its loopback port, not on the tunnel"
+        );
+        assert!(csp_for_login(&format!("{next}&cli_port=40000")).is_none());
         for plain in [
             "/",
             "/tunnels",

@@ -114,7 +114,10 @@ impl AccessGate {
                 scheme,
             )));
         }
-        if path.starts_with(RESERVED_PREFIX) {
+        // `/.kakuremichi/tcp` of a tcp tunnel with access control is checked like any request
+        // (see `tcp_access`); every other reserved path stops here.
+        let tcp = route.tcp_access && path == super::tcp_access::TCP_PATH;
+        if path.starts_with(RESERVED_PREFIX) && !tcp {
             return Err(Box::new(page(
                 StatusCode::NOT_FOUND,
                 "This path is reserved by the gateway.",

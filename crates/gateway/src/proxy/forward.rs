@@ -91,6 +91,9 @@ impl Proxy {
         if let Err(page) = self.access.admit(&mut req, &host, &route, conn.scheme) {
             return local(*page);
         }
+        if route.tcp_access {
+            return self.tcp_access(req, &host, &route, conn).await;
+        }
         // Only requests that reach the origin occupy one of its concurrent slots.
         let permit = match limiter.map(|l| l.acquire()).transpose() {
             Ok(permit) => permit.flatten(),
@@ -262,7 +265,7 @@ async fn splice(
     }
 }
 
-fn local(page: Response<Full<Bytes>>) -> Response<ProxyBody> {
+pub(crate) fn local(page: Response<Full<Bytes>>) -> Response<ProxyBody> {
     page.map(Either::Right)
 }
 
@@ -297,6 +300,7 @@ mod tests {
             access: Default::default(),
             limits: Default::default(),
             plain_http_only: false,
+            tcp_access: false,
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

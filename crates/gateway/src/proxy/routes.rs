@@ -100,6 +100,7 @@ mod tests {
             access: Default::default(),
             limits: Default::default(),
             plain_http_only: false,
+            tcp_access: false,
         }
     }
 

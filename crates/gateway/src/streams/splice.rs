@@ -168,7 +168,7 @@ impl Splicer {
     {
         let target = &admitted.target;
         let tunnel_id = target.route.tunnel_id;
-        let Some(mut upstream) = self.connect(target).await else {
+        let Some(mut upstream) = self.connect(&target.route).await else {
             target.stats.upstream_failed.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -237,8 +237,8 @@ impl Splicer {
         None
     }
 
-    async fn connect(&self, target: &StreamTarget) -> Option<BoxStream> {
-        let route = &target.route;
+    /// A stream to the first Agent of `route` that accepts one, in the balancer's order.
+    pub(crate) async fn connect(&self, route: &StreamRoute) -> Option<BoxStream> {
         for t in self.balancer.order(route.tunnel_id, route.targets.clone()) {
             let addr = SocketAddrV4::new(t.agent_address, t.port);
             match tokio::time::timeout(self.connect_timeout, self.dialer.dial(addr)).await {

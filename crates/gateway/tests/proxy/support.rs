@@ -115,6 +115,7 @@ impl TestDialer {
             access: Default::default(),
             limits: Default::default(),
             plain_http_only: false,
+            tcp_access: false,
         }
     }
 

@@ -20,6 +20,7 @@ pub(crate) fn sample() -> ConfigSnapshot {
             access: RouteAccess::Login,
             limits: RouteLimits::default(),
             plain_http_only: false,
+            tcp_access: false,
         },
     );
     let cert = TlsCertificate {

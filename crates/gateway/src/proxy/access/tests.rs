@@ -59,6 +59,7 @@ fn route(access: AccessPolicy) -> GatewayRoute {
         access: access.for_gateway(1),
         limits: Default::default(),
         plain_http_only: false,
+        tcp_access: false,
     }
 }
 

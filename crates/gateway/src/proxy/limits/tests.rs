@@ -21,6 +21,7 @@ fn route(tunnel_id: i64, limits: RouteLimits) -> GatewayRoute {
         access: Default::default(),
         limits,
         plain_http_only: false,
+        tcp_access: false,
     }
 }
 
