@@ -665,3 +665,88 @@ async fn access_tcp_is_refused_before_sign_in_and_carries_psql_after() {
     assert!(!text.contains("/access/authorize"), "{text}");
     drop(again);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_and_a_refusing_target_close_the_client_connection() {
+    init_logs();
+    let fleet = Cluster::new()
+        .gateway()
+        .agent()
+        .origin("the-app")
+        .start()
+        .await;
+    let ports_ip = fleet.gateways[0].ports_ip;
+    // One connection at a time.
+    let capped = stream_tunnel(
+        &fleet,
+        "one.example.com",
+        fleet.origin,
+        json!({"protocol": "tcp", "max_connections": 1}),
+    )
+    .await;
+    let at = SocketAddr::new(ports_ip.into(), port_of(&capped));
+    // (One HTTP/1.0 request per connection: a pooled client would keep the only slot.)
+    eventually(SOON, "the app through the capped port", || async move {
+        let Ok(mut c) = tokio::net::TcpStream::connect(at).await else {
+            return false;
+        };
+        use tokio::io::AsyncWriteExt as _;
+        let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+        let mut text = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut text));
+        read.await.is_ok() && text.contains("the-app")
+    })
+    .await;
+    // A connection that holds the slot (the request's own may take a moment to give it back).
+    let id = capped["id"].as_i64().unwrap();
+    let held = eventually(SOON, "a connection holding the only slot", || async {
+        let mut c = tokio::net::TcpStream::connect(at).await.ok()?;
+        let mut buf = [0u8; 1];
+        let still_open = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf));
+        still_open.await.is_err().then_some(c)
+    })
+    .await;
+    eventually(SOON, "the held connection counted", || async {
+        stream_counters(&fleet, 0, id).await["active"] == 1
+    })
+    .await;
+    let refused = |c: Value| c["over_capacity"].as_u64().unwrap();
+    let before = refused(stream_counters(&fleet, 0, id).await);
+    assert!(
+        closed_at_once(at).await,
+        "a second connection is refused at once"
+    );
+    assert_eq!(refused(stream_counters(&fleet, 0, id).await), before + 1);
+    drop(held);
+
+    // A target that refuses: the client's connection is closed, and counted.
+    let refusing = stream_tunnel(
+        &fleet,
+        "nothing.example.com",
+        SocketAddr::from(([127, 0, 0, 1], origins::free_port())),
+        json!({"protocol": "tcp"}),
+    )
+    .await;
+    let at = SocketAddr::new(ports_ip.into(), port_of(&refusing));
+    let id = refusing["id"].as_i64().unwrap();
+    eventually(SOON, "the client's connection closed", || {
+        closed_at_once(at)
+    })
+    .await;
+    let counters = stream_counters(&fleet, 0, id).await;
+    assert_eq!(counters["active"], 0, "{counters}");
+}
+
+/// Whether a connection to `at` is accepted and then closed (or reset) without a byte. (A reset
+/// can come before the connect is seen to finish; a port with no listener is not "closed".)
+async fn closed_at_once(at: SocketAddr) -> bool {
+    let mut c = match tokio::net::TcpStream::connect(at).await {
+        Ok(c) => c,
+        Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
