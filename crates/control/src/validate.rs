@@ -342,5 +342,41 @@ impl std::fmt::Display for WgNetwork {
     }
 }
 
+/// Whether `state` is a nonce a command-line client may send: 16 to 128 URL-safe characters.
+fn valid_state(state: &str) -> bool {
+    (16..=128).contains(&state.len())
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The loopback port and nonce of a command-line sign-in (`kakuremichi access tcp`), from a
+/// query's `cli_port` and `state`: `None` when the query has neither.
+pub fn cli_sign_in(query: &str) -> Result<Option<(u16, String)>, &'static str> {
+    let (mut port, mut state) = (None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "cli_port" => port = Some(value.into_owned()),
+            "state" => state = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    match (port, state) {
+        (None, None) => Ok(None),
+        (Some(port), Some(state)) => {
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p >= 1024)
+                .ok_or("The command's port is not a valid port.")?;
+            if !valid_state(&state) {
+                return Err("The command's sign-in nonce is not valid.");
+            }
+            Ok(Some((port, state)))
+        }
+        _ => Err("The link names a command's port without its nonce, or the other way round."),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -37,41 +37,6 @@ struct Request {
     cli: Option<(u16, String)>,
 }
 
-/// Whether `state` is a nonce a command-line client may send: 16 to 128 URL-safe characters.
-fn valid_state(state: &str) -> bool {
-    (16..=128).contains(&state.len())
-        && state
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The loopback port and nonce of a command-line sign-in, from a query's `cli_port` and `state`.
-pub fn cli_params(query: &str) -> Result<Option<(u16, String)>, &'static str> {
-    let (mut port, mut state) = (None, None);
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match key.as_ref() {
-            "cli_port" => port = Some(value.into_owned()),
-            "state" => state = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    match (port, state) {
-        (None, None) => Ok(None),
-        (Some(port), Some(state)) => {
-            let port: u16 = port
-                .parse()
-                .ok()
-                .filter(|p| *p >= 1024)
-                .ok_or("The command's port is not a valid port.")?;
-            if !valid_state(&state) {
-                return Err("The command's sign-in nonce is not valid.");
-            }
-            Ok(Some((port, state)))
-        }
-        _ => Err("The link names a command's port without its nonce, or the other way round."),
-    }
-}
-
 fn parse(raw: Option<&str>) -> Result<Request, &'static str> {
     let mut host = None;
     let mut target = None;
@@ -96,7 +61,7 @@ fn parse(raw: Option<&str>) -> Result<Request, &'static str> {
     {
         return Err("The address to return to does not belong to the host in the link.");
     }
-    let cli = cli_params(raw.unwrap_or(""))?;
+    let cli = validate::cli_sign_in(raw.unwrap_or(""))?;
     Ok(Request { host, target, cli })
 }
 

@@ -130,7 +130,7 @@ pub fn csp_for_login(next: &str) -> Option<HeaderValue> {
     }
     // `http://host:*` also matches https on any port (the hand-off may upgrade to https). A
     // command-line sign-in ends on the command's loopback listener instead.
-    let extra = match crate::access::authorize::cli_params(query) {
+    let extra = match crate::validate::cli_sign_in(query) {
         Ok(Some((port, _))) => format!("form-action 'self' http://127.0.0.1:{port};"),
         Ok(None) => format!("form-action 'self' {}://{host}:*;", target.scheme()),
         Err(_) => return None,
