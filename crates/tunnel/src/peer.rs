@@ -169,14 +169,10 @@ impl Peer {
     }
 
     /// Registers a UDP flow to this peer: a fresh local port whose datagrams go to `tx`.
+    /// Refused while the peer has no path, so the caller can pick another.
     pub fn bind_udp_flow(&self, tx: DatagramTx) -> io::Result<u16> {
         let mut st = self.lock();
-        if st.closed {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "WireGuard peer removed",
-            ));
-        }
+        st.check_usable(self.allowed_ip)?;
         st.udp.add(tx)
     }
 

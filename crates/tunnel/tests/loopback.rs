@@ -327,6 +327,9 @@ async fn unknown_address_and_peer_without_endpoint_fail_at_once() {
     }]);
     let err = gw.connect(SocketAddrV4::new(AG, 80)).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+    // A UDP flow too: refused at once, so a Gateway tries the tunnel's next Agent.
+    let err = gw.connect_udp(SocketAddrV4::new(AG, 53)).err().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
 }
 
 #[tokio::test]

@@ -213,9 +213,9 @@ impl Splicer {
         }
     }
 
-    /// A stream to the first Agent of the tunnel that accepts one: round-robin over replicas,
-    /// skipping Agents that recently failed (see the proxy's balancer).
-    /// A UDP flow to the first Agent of the tunnel the Gateway has a path to, and its address.
+    /// A UDP flow to the first Agent of the tunnel the Gateway has a path to, and its address:
+    /// round-robin over replicas, skipping Agents that recently failed (see the proxy's
+    /// balancer). An Agent without a WireGuard path refuses at once, so the next one is tried.
     pub(crate) fn open_flow(
         &self,
         target: &StreamTarget,
