@@ -302,3 +302,121 @@ async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
         "streams: the default"
     );
 }
+
+/// Tunnels' public URLs name the port browsers reach each Gateway's HTTPS (or HTTP) on when it
+/// is not the default, one URL per distinct port among the enabled Gateways (issue #17): a
+/// Gateway behind `up`'s `:8443` no longer shows `https://app.example.com/`.
+#[tokio::test]
+async fn public_urls_carry_the_gateways_web_ports() {
+    use futures_util::SinkExt;
+    use kakuremichi_proto::{NodeMessage, WebPorts};
+    use tokio_tungstenite::tungstenite::Message;
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let agent = c.agent("a1").await["id"].as_i64().unwrap();
+    let (g1, g2) = (c.gateway("g1").await, c.gateway("g2").await);
+    let create = |host: &str, extra: serde_json::Value| {
+        let mut body = json!({"hostname": host, "agent_id": agent, "target": "app:80"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let mut ids = Vec::new();
+    for (host, extra) in [
+        ("app.example.com", json!({})),
+        ("plain.example.com", json!({"tls": "off"})),
+        ("pass.example.com", json!({"protocol": "tls"})),
+        ("db.example.com", json!({"protocol": "tcp"})),
+    ] {
+        let (s, t) = c.post("/api/v1/tunnels", create(host, extra)).await;
+        assert_eq!(s, StatusCode::CREATED, "{t}");
+        ids.push(t["id"].as_i64().unwrap());
+    }
+    // No Gateway has reported its ports yet: the default ones, named by no port.
+    assert_eq!(
+        urls(&c, &ids).await,
+        [
+            json!(["https://app.example.com/"]),
+            json!(["http://plain.example.com/"]),
+            json!(["pass.example.com:443"]),
+            json!([]),
+        ]
+    );
+
+    // g1 serves HTTPS on 8443 and HTTP on 8080; g2 has not said: both URLs, g1's first.
+    let (mut ws, _, _) = c
+        .node(g1["token"].as_str().unwrap(), NodeRole::Gateway, None)
+        .await;
+    let status = NodeMessage::Status {
+        port_errors: vec![],
+        own_ports: vec![],
+        stream_counters: vec![],
+        web_ports: Some(WebPorts {
+            http: 8080,
+            https: 8443,
+        }),
+    };
+    ws.send(Message::text(status.encode())).await.unwrap();
+    let both = [
+        json!(["https://app.example.com:8443/", "https://app.example.com/"]),
+        json!([
+            "http://plain.example.com:8080/",
+            "http://plain.example.com/"
+        ]),
+        json!(["pass.example.com:8443", "pass.example.com:443"]),
+        json!([]),
+    ];
+    eventually(PUSH, "g1's ports in the tunnels' URLs", || async {
+        urls(&c, &ids).await == both
+    })
+    .await;
+
+    // The dashboard links the URL with its port.
+    let cookie = c.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+    let page = c
+        .http
+        .get(c.url(&format!("/tunnels/{}", ids[0])))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap().replace("&#x2f;", "/");
+    assert!(
+        html.contains(
+            r#"href="https://app.example.com:8443/" rel="noopener" target="_blank" id="public-url""#
+        ),
+        "{html}"
+    );
+
+    // g2 disabled: only g1's port is left.
+    let g2_id = g2["id"].as_i64().unwrap();
+    let (s, body) = c
+        .patch(
+            &format!("/api/v1/gateways/{g2_id}"),
+            json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        urls(&c, &ids).await,
+        [
+            json!(["https://app.example.com:8443/"]),
+            json!(["http://plain.example.com:8080/"]),
+            json!(["pass.example.com:8443"]),
+            json!([]),
+        ]
+    );
+}
+
+/// Each tunnel's `public_urls`, in the order of `ids`.
+async fn urls(c: &Control, ids: &[i64]) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    for id in ids {
+        let (s, t) = c.get(&format!("/api/v1/tunnels/{id}")).await;
+        assert_eq!(s, StatusCode::OK, "{t}");
+        all.push(t["public_urls"].clone());
+    }
+    all
+}

@@ -40,6 +40,7 @@ async fn tunnels_crud_and_validation() {
             "proxy_protocol",
             "public_addresses",
             "public_port",
+            "public_urls",
             "rate_limit_burst",
             "rate_limit_per_second",
             "target",

@@ -49,8 +49,11 @@ pub struct GatewayConfig {
     /// Where the WireGuard key and the last config are kept; `None` keeps nothing on disk.
     pub data_dir: Option<PathBuf>,
     pub proxy: ProxyConfig,
-    /// Port in the `Location` of http → https redirects; `None`: the HTTPS listener's own port.
-    pub https_redirect_port: Option<u16>,
+    /// The port browsers reach HTTPS on when it is not the listener's own (a router forwards
+    /// 443 to it): in http → https redirects and tunnels' public URLs. `None`: the listener's.
+    pub public_https_port: Option<u16>,
+    /// The same for HTTP (tunnels with `tls: off`). `None`: the HTTP listener's own port.
+    pub public_http_port: Option<u16>,
     /// Where `tcp` tunnels' public ports are bound (`--ports-listen-ip`).
     pub ports_listen_ip: std::net::IpAddr,
 }
@@ -62,7 +65,8 @@ impl GatewayConfig {
             token,
             data_dir: None,
             proxy: ProxyConfig::default(),
-            https_redirect_port: None,
+            public_https_port: None,
+            public_http_port: None,
             ports_listen_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
@@ -193,6 +197,8 @@ struct Gateway {
     passthrough: Arc<streams::Passthrough>,
     /// The ports this Gateway listens on for itself, reported to Control.
     own_ports: Vec<OwnPort>,
+    /// The ports browsers reach its HTTP and HTTPS on, reported to Control for public URLs.
+    web_ports: kakuremichi_proto::WebPorts,
 }
 
 impl Gateway {
@@ -206,10 +212,17 @@ impl Gateway {
         let routes = Arc::new(RouteTable::new());
         let dialer = Arc::new(TunnelDialer::default());
         let mut proxy_config = config.proxy.clone();
-        proxy_config.https_port = match config.https_redirect_port {
-            Some(port) => port,
-            None => listeners.https.local_addr()?.port(),
+        let web_ports = kakuremichi_proto::WebPorts {
+            http: match config.public_http_port {
+                Some(port) => port,
+                None => listeners.http.local_addr()?.port(),
+            },
+            https: match config.public_https_port {
+                Some(port) => port,
+                None => listeners.https.local_addr()?.port(),
+            },
         };
+        proxy_config.https_port = web_ports.https;
         let proxy = Proxy::new(routes.clone(), dialer.clone(), proxy_config);
         let GatewayListeners {
             http,
@@ -249,6 +262,7 @@ impl Gateway {
             counters: (Vec::new(), None),
             passthrough,
             own_ports,
+            web_ports,
         };
         let servers = Servers::start((http, https, admin), proxy, stop);
         Ok((gateway, servers))
@@ -280,6 +294,7 @@ impl Gateway {
             port_errors: [self.tcp_ports.errors(), self.udp_ports.errors()].concat(),
             own_ports: self.own_ports.clone(),
             stream_counters: last.clone(),
+            web_ports: Some(self.web_ports),
         }
     }
 

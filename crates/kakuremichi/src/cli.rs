@@ -263,6 +263,14 @@ struct GatewayArgs {
         default_value = "127.0.0.1:9090"
     )]
     admin_listen: SocketAddr,
+    /// The port browsers reach HTTPS on, when a router or load balancer forwards it to
+    /// --https-listen from another (e.g. 443 → 8443): used in http → https redirects and in
+    /// the tunnels' URLs Control shows. Default: --https-listen's port.
+    #[arg(long, env = "KAKUREMICHI_PUBLIC_HTTPS_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    public_https_port: Option<u16>,
+    /// The same for HTTP (tunnels with `tls: off`). Default: --http-listen's port.
+    #[arg(long, env = "KAKUREMICHI_PUBLIC_HTTP_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    public_http_port: Option<u16>,
     /// The address `tcp` and `udp` tunnels' public ports are bound on (`::` for IPv4 and IPv6).
     #[arg(long, env = "KAKUREMICHI_PORTS_LISTEN_IP", default_value = "0.0.0.0")]
     ports_listen_ip: std::net::IpAddr,
@@ -428,6 +436,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 kakuremichi_gateway::GatewayConfig::new(a.control_url, Secret::new(a.token));
             config.data_dir = Some(a.data_dir);
             config.ports_listen_ip = a.ports_listen_ip;
+            config.public_https_port = a.public_https_port;
+            config.public_http_port = a.public_http_port;
             config.proxy.connect_timeout = Duration::from_secs(a.connect_timeout.max(1));
             a.limits.apply(&mut config.proxy);
             config.validate()?;

@@ -42,7 +42,7 @@ async fn serving() -> (Fleet, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_node_reports_online() {
-    let (fleet, _) = serving().await;
+    let (fleet, id) = serving().await;
     let api = &fleet.api;
     assert_eq!(
         api.get(&format!("agents/{}", fleet.agent_id)).await["status"],
@@ -51,6 +51,28 @@ async fn every_node_reports_online() {
     for g in api.get("gateways").await.as_array().unwrap() {
         assert_eq!(g["status"], "online", "{g}");
     }
+    // The tunnel's URLs name the ports the Gateways really serve on (ephemeral here).
+    let plain = api.get(&format!("tunnels/{id}")).await["tls"] == "off";
+    let mut expected: Vec<String> = fleet
+        .gateways
+        .iter()
+        .map(|g| match plain {
+            true => format!("http://app.test:{}/", g.http.port()),
+            false => format!("https://app.test:{}/", g.https.port()),
+        })
+        .collect();
+    expected.sort();
+    eventually(
+        FIRST_CONTACT,
+        "the Gateways' ports in public_urls",
+        || async {
+            let t = api.get(&format!("tunnels/{id}")).await;
+            let mut urls: Vec<String> = serde_json::from_value(t["public_urls"].clone()).unwrap();
+            urls.sort();
+            urls == expected
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

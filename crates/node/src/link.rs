@@ -80,6 +80,8 @@ pub struct NodeStatus {
     pub port_errors: Vec<PortError>,
     pub own_ports: Vec<OwnPort>,
     pub stream_counters: Vec<kakuremichi_proto::StreamCounters>,
+    /// A Gateway's public HTTP and HTTPS ports.
+    pub web_ports: Option<kakuremichi_proto::WebPorts>,
 }
 
 /// Why one session ended.

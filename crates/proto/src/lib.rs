@@ -17,8 +17,8 @@ pub use access::{AccessConfig, AccessKey, AccessPolicy, RouteAccess};
 pub use limits::{IpNet, RateLimit, RouteLimits};
 pub use message::{
     decode_control, decode_node, probe_config, ControlMessage, DecodeError, NodeMessage, NodeRole,
-    OwnPort, PortError, StreamCounters, MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS,
-    MAX_STREAM_COUNTERS,
+    OwnPort, PortError, StreamCounters, WebPorts, MAX_MESSAGE_BYTES, MAX_PORT_ERRORS,
+    MAX_REASON_CHARS, MAX_STREAM_COUNTERS,
 };
 pub use snapshot::{
     AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, ProxyProtocol, RouteTarget,

@@ -54,7 +54,29 @@ pub enum NodeMessage {
         /// [`MAX_STREAM_COUNTERS`]); refreshed every few seconds while they change.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         stream_counters: Vec<StreamCounters>,
+        /// The ports browsers reach a Gateway's HTTP and HTTPS on, which tunnels' public URLs
+        /// name when they are not 80 and 443 (absent from older Gateways).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        web_ports: Option<WebPorts>,
     },
+}
+
+/// The public ports of a Gateway's HTTP and HTTPS listeners (its listening ports, or the ports
+/// a router forwards to them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPorts {
+    pub http: u16,
+    pub https: u16,
+}
+
+impl Default for WebPorts {
+    fn default() -> Self {
+        Self {
+            http: 80,
+            https: 443,
+        }
+    }
 }
 
 /// What a Gateway carried for one stream tunnel (a UDP flow counts as a connection).

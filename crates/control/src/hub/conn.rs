@@ -364,8 +364,12 @@ impl NodeSession {
                     port_errors,
                     own_ports,
                     mut stream_counters,
+                    web_ports,
                 }) => {
                     self.on_status(port_errors, own_ports);
+                    if let Some(ports) = web_ports {
+                        self.hub.set_web_ports(self.node, ports);
+                    }
                     stream_counters.truncate(MAX_STREAM_COUNTERS);
                     self.hub.set_stream_counters(self.node, stream_counters);
                     Ok(())

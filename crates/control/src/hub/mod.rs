@@ -18,7 +18,7 @@ pub use conn::serve;
 
 use crate::snapshot::World;
 use crate::store::{NodeKind, NodeRef, Store, StoreResult};
-use kakuremichi_proto::{AcmeChallenges, OwnPort, PortError, StreamCounters};
+use kakuremichi_proto::{AcmeChallenges, OwnPort, PortError, StreamCounters, WebPorts};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -56,6 +56,9 @@ pub struct Hub {
     /// Per Gateway that reported them: the ports it listens on itself (kept after it leaves:
     /// they are still its ports when it comes back).
     own_ports: Mutex<HashMap<NodeRef, Vec<OwnPort>>>,
+    /// Per Gateway that reported them: the ports browsers reach its HTTP and HTTPS on (kept
+    /// after it leaves, like its own ports).
+    web_ports: Mutex<HashMap<NodeRef, WebPorts>>,
     /// Per node, how many times its credential was replaced: a session opened with an older
     /// credential ends when the count it started with moves on.
     credential_epochs: watch::Sender<HashMap<NodeRef, u64>>,
@@ -93,6 +96,7 @@ impl Hub {
             port_errors: Mutex::new(HashMap::new()),
             stream_counters: Mutex::new(HashMap::new()),
             own_ports: Mutex::new(HashMap::new()),
+            web_ports: Mutex::new(HashMap::new()),
             credential_epochs: watch::channel(HashMap::new()).0,
             disabled_gateways: Mutex::new(Arc::default()),
         })
@@ -144,6 +148,19 @@ impl Hub {
 
     pub(crate) fn set_own_ports(&self, node: NodeRef, ports: Vec<OwnPort>) {
         lock(&self.own_ports).insert(node, ports);
+    }
+
+    pub(crate) fn set_web_ports(&self, node: NodeRef, ports: WebPorts) {
+        lock(&self.web_ports).insert(node, ports);
+    }
+
+    /// The public HTTP and HTTPS ports Gateways reported, by Gateway id.
+    pub fn gateway_web_ports(&self) -> HashMap<i64, WebPorts> {
+        lock(&self.web_ports)
+            .iter()
+            .filter(|(n, _)| n.kind == NodeKind::Gateway)
+            .map(|(n, p)| (n.id, *p))
+            .collect()
     }
 
     /// The ports Gateways reported listening on for themselves.

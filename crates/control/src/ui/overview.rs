@@ -9,7 +9,7 @@ use crate::store::limits::limits_of;
 use crate::store::TunnelLimits;
 use crate::store::{NodeKind, NodeRef, UserRow};
 use crate::views::{agents, gateways, tunnels};
-use kakuremichi_proto::{AccessPolicy, TunnelProtocol};
+use kakuremichi_proto::AccessPolicy;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -72,16 +72,6 @@ fn to_json(v: impl serde::Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-/// Where a tunnel is reached, as the pages show it: a URL for `http`, `hostname:443` for `tls`;
-/// `tcp`/`udp` tunnels show their `public_addresses` instead (empty here).
-fn public_url(t: &crate::store::TunnelRow, scheme: &str) -> String {
-    match t.protocol() {
-        TunnelProtocol::Http => format!("{scheme}://{}/", t.hostname),
-        TunnelProtocol::Tls => format!("{}:443", t.hostname),
-        TunnelProtocol::Tcp | TunnelProtocol::Udp => String::new(),
-    }
-}
-
 pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiError> {
     let online = |kind, id| state.hub.is_online(NodeRef { kind, id });
     let gateway_rows = state.store.list_gateways().await?;
@@ -128,7 +118,6 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
         .into_iter()
         .map(|t| {
             let agent_online = online(NodeKind::Agent, t.agent_id);
-            let scheme = if t.tls == "off" { "http" } else { "https" };
             let access = access_fields(&policy_of(&t));
             let limits = limits_label(&limits_of(&t));
             let replica_ids: Vec<i64> = replicas
@@ -143,19 +132,18 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
                 "agent_name": agent_names.get(&t.agent_id),
                 "agent_status": if agent_online { "online" } else { "offline" },
                 "reachable": t.enabled && agent_online && serving,
-                "public_url": public_url(&t, scheme),
                 // A wildcard's URL names no one site: shown as text, not as a link.
                 "wildcard": t.hostname.starts_with("*."),
                 "can_manage": can_manage(viewer, t.owner_id),
                 "limits_label": limits,
             });
             let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
-            let view = to_json(
-                tunnels::TunnelView::new(t, &replicas, cert, any_gateway_online)
-                    .with_dns(state)
-                    .with_streams(&streams),
-            );
-            with(with(view, extra), access)
+            let view = tunnels::TunnelView::new(t, &replicas, cert, any_gateway_online)
+                .with_dns(state)
+                .with_streams(&streams);
+            // Where the pages say the tunnel is reached (`tcp`/`udp`: `public_addresses`).
+            let url = json!({"public_url": view.public_url()});
+            with(with(with(to_json(view), extra), access), url)
         })
         .collect();
     Ok(Overview {

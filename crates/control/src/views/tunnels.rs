@@ -7,7 +7,9 @@ use crate::error::ApiError;
 use crate::store::access::policy_of;
 use crate::store::limits::limits_of;
 use crate::store::{CertRow, GatewayRow, ReplicaRow, TunnelLimits, TunnelRow};
-use kakuremichi_proto::{AccessPolicy, PortError, ProxyProtocol, StreamCounters, TunnelProtocol};
+use kakuremichi_proto::{
+    AccessPolicy, PortError, ProxyProtocol, StreamCounters, TunnelProtocol, WebPorts,
+};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +53,11 @@ pub struct TunnelView {
     /// `public_endpoint`'s host); empty for `http` and `tls` tunnels, reached by hostname, and
     /// for a `tcp` tunnel with access control (no public port is opened for it).
     public_addresses: Vec<String>,
+    /// `http`: the tunnel's URL as browsers open it (`https://app.example.com/`, with the port
+    /// when a Gateway's public HTTPS — or HTTP, for `tls: off` — port is not the default);
+    /// `tls`: `hostname:port`. One entry per distinct port among the enabled Gateways, so
+    /// usually one; empty for `tcp`/`udp` (see `public_addresses`).
+    public_urls: Vec<String>,
     /// `tcp`/`udp`: Gateways that report they cannot bind the port (the others serve it).
     port_errors: Vec<TunnelPortError>,
     /// `tcp`/`udp`/`tls`: what the online Gateways carried since they started, summed (a UDP
@@ -84,9 +91,15 @@ impl TunnelView {
         self
     }
 
-    /// Adds where a `tcp`/`udp` tunnel is reached, which Gateways cannot bind its port, and
-    /// what the Gateways carried for a stream tunnel.
+    /// The first of `public_urls` (`""` for `tcp`/`udp` tunnels), for the pages.
+    pub fn public_url(&self) -> &str {
+        self.public_urls.first().map_or("", String::as_str)
+    }
+
+    /// Adds where the tunnel is reached (its URLs, or a `tcp`/`udp` tunnel's addresses), which
+    /// Gateways cannot bind its port, and what the Gateways carried for a stream tunnel.
     pub fn with_streams(mut self, streams: &StreamState) -> Self {
+        self.public_urls = self.urls(streams);
         if self.protocol != TunnelProtocol::Http {
             let c = streams.counters.get(&self.id).copied().unwrap_or_default();
             self.counters = Some(TunnelCounters {
@@ -122,6 +135,35 @@ impl TunnelView {
             }
         }
         self
+    }
+
+    /// See `public_urls`: one per distinct public port of the enabled Gateways (the default
+    /// port for a Gateway that has not reported its ports, or when there is none).
+    fn urls(&self, streams: &StreamState) -> Vec<String> {
+        let plain = self.protocol == TunnelProtocol::Http && self.tls == TlsMode::Off;
+        let port_of = |p: WebPorts| if plain { p.http } else { p.https };
+        let mut ports: Vec<u16> = Vec::new();
+        for g in streams.gateways.iter().filter(|g| g.enabled) {
+            let port = port_of(streams.web_ports.get(&g.id).copied().unwrap_or_default());
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        if ports.is_empty() {
+            ports.push(port_of(WebPorts::default()));
+        }
+        let host = &self.hostname;
+        ports
+            .into_iter()
+            .filter_map(|port| match self.protocol {
+                TunnelProtocol::Http if plain && port == 80 => Some(format!("http://{host}/")),
+                TunnelProtocol::Http if plain => Some(format!("http://{host}:{port}/")),
+                TunnelProtocol::Http if port == 443 => Some(format!("https://{host}/")),
+                TunnelProtocol::Http => Some(format!("https://{host}:{port}/")),
+                TunnelProtocol::Tls => Some(format!("{host}:{port}")),
+                TunnelProtocol::Tcp | TunnelProtocol::Udp => None,
+            })
+            .collect()
     }
 
     pub fn new(
@@ -171,6 +213,7 @@ impl TunnelView {
                     .unwrap_or(kakuremichi_proto::DEFAULT_UDP_IDLE_TIMEOUT)
             }),
             public_addresses: Vec::new(),
+            public_urls: Vec::new(),
             port_errors: Vec::new(),
             counters: None,
         }
@@ -207,6 +250,7 @@ pub struct StreamState {
     gateways: Vec<GatewayRow>,
     port_errors: HashMap<i64, Arc<Vec<PortError>>>,
     counters: HashMap<i64, StreamCounters>,
+    web_ports: HashMap<i64, WebPorts>,
 }
 
 impl StreamState {
@@ -215,6 +259,7 @@ impl StreamState {
             gateways: state.store.list_gateways().await?,
             port_errors: state.hub.port_errors(),
             counters: state.hub.stream_counters(),
+            web_ports: state.hub.gateway_web_ports(),
         })
     }
 }

@@ -101,6 +101,7 @@ pub(super) async fn send_status(ws: &mut Ws, status: crate::NodeStatus) -> Resul
         port_errors: status.port_errors,
         own_ports: status.own_ports,
         stream_counters: status.stream_counters,
+        web_ports: status.web_ports,
     };
     ws.send(Message::text(msg.encode()))
         .await
