@@ -19,13 +19,7 @@ async fn stream_tunnels_get_ports_and_reach_gateways_and_agents() {
     let g = c.gateway("g1").await;
 
     // Ports are picked from the range, lowest free first; the answer names the port.
-    let create = |host: &str, extra: serde_json::Value| {
-        let mut body = json!({"hostname": host, "agent_id": agent, "target": "db:5432"});
-        body.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        body
-    };
+    let create = |host: &str, extra| tunnel_body(agent, host, "db:5432", extra);
     let (s, db) = c
         .post(
             "/api/v1/tunnels",
@@ -315,13 +309,7 @@ async fn public_urls_carry_the_gateways_web_ports() {
     let c = start(&dir).await;
     let agent = c.agent("a1").await["id"].as_i64().unwrap();
     let (g1, g2) = (c.gateway("g1").await, c.gateway("g2").await);
-    let create = |host: &str, extra: serde_json::Value| {
-        let mut body = json!({"hostname": host, "agent_id": agent, "target": "app:80"});
-        body.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        body
-    };
+    let create = |host: &str, extra| tunnel_body(agent, host, "app:80", extra);
     let mut ids = Vec::new();
     for (host, extra) in [
         ("app.example.com", json!({})),
@@ -419,4 +407,17 @@ async fn urls(c: &Control, ids: &[i64]) -> Vec<serde_json::Value> {
         all.push(t["public_urls"].clone());
     }
     all
+}
+
+/// A `POST /api/v1/tunnels` body: `host` → `target` on `agent`, with the fields of `extra`.
+fn tunnel_body(
+    agent: i64,
+    host: &str,
+    target: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut body = json!({"hostname": host, "agent_id": agent, "target": target});
+    let fields = extra.as_object().cloned().unwrap_or_default();
+    body.as_object_mut().unwrap().extend(fields);
+    body
 }

@@ -56,9 +56,12 @@ async fn every_node_reports_online() {
     let mut expected: Vec<String> = fleet
         .gateways
         .iter()
-        .map(|g| match plain {
-            true => format!("http://app.test:{}/", g.http.port()),
-            false => format!("https://app.test:{}/", g.https.port()),
+        .map(|g| {
+            if plain {
+                format!("http://app.test:{}/", g.http.port())
+            } else {
+                format!("https://app.test:{}/", g.https.port())
+            }
         })
         .collect();
     expected.sort();

@@ -140,8 +140,12 @@ impl TunnelView {
     /// See `public_urls`: one per distinct public port of the enabled Gateways (the default
     /// port for a Gateway that has not reported its ports, or when there is none).
     fn urls(&self, streams: &StreamState) -> Vec<String> {
+        if !matches!(self.protocol, TunnelProtocol::Http | TunnelProtocol::Tls) {
+            return Vec::new();
+        }
         let plain = self.protocol == TunnelProtocol::Http && self.tls == TlsMode::Off;
         let port_of = |p: WebPorts| if plain { p.http } else { p.https };
+        let default = port_of(WebPorts::default());
         let mut ports: Vec<u16> = Vec::new();
         for g in streams.gateways.iter().filter(|g| g.enabled) {
             let port = port_of(streams.web_ports.get(&g.id).copied().unwrap_or_default());
@@ -150,18 +154,16 @@ impl TunnelView {
             }
         }
         if ports.is_empty() {
-            ports.push(port_of(WebPorts::default()));
+            ports.push(default);
         }
         let host = &self.hostname;
+        let scheme = if plain { "http" } else { "https" };
         ports
             .into_iter()
-            .filter_map(|port| match self.protocol {
-                TunnelProtocol::Http if plain && port == 80 => Some(format!("http://{host}/")),
-                TunnelProtocol::Http if plain => Some(format!("http://{host}:{port}/")),
-                TunnelProtocol::Http if port == 443 => Some(format!("https://{host}/")),
-                TunnelProtocol::Http => Some(format!("https://{host}:{port}/")),
-                TunnelProtocol::Tls => Some(format!("{host}:{port}")),
-                TunnelProtocol::Tcp | TunnelProtocol::Udp => None,
+            .map(|port| match self.protocol {
+                TunnelProtocol::Tls => format!("{host}:{port}"),
+                _ if port == default => format!("{scheme}://{host}/"),
+                _ => format!("{scheme}://{host}:{port}/"),
             })
             .collect()
     }
