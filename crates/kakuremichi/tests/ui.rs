@@ -131,11 +131,12 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
     b.click("#create-tunnel button[type=submit]").await;
     b.wait_path("/tunnels/1").await;
     b.wait_text("[data-tunnel='1']", "serving", LIVE).await;
-    assert_eq!(b.text("#public-url").await, format!("http://{APP_HOST}/"));
+    // The page names the URL browsers reach: the Gateway's real plain HTTP port.
+    let app = format!("http://{APP_HOST}:{gw_port}/");
+    assert_eq!(b.text("#public-url").await, app);
     b.shot("06-tunnel").await;
 
-    // The tunnel's URL (on the Gateway's plain HTTP port) shows the app.
-    let app = format!("http://{APP_HOST}:{gw_port}/");
+    // That URL shows the app.
     eventually(LIVE, "the app answers through the tunnel", || async {
         b.client.goto(&app).await.unwrap();
         let source = b.client.source().await.unwrap_or_default();
