@@ -72,6 +72,43 @@ pub struct AgentSummary {
     pub name: String,
 }
 
+/// A started command-line sign-in (`POST /api/v1/auth/device`): show the user `user_code` and
+/// `verification_url`, then [`Client::poll_device_login`] every `interval` seconds.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct DeviceLogin {
+    /// The secret to poll with; never shown.
+    pub device_code: String,
+    pub user_code: String,
+    /// `/device?code=...`, relative to the Control URL ([`Client::url`] makes it whole).
+    pub verification_path_complete: String,
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+/// The token of an approved sign-in.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct DeviceToken {
+    pub token: String,
+    pub token_id: i64,
+    pub token_name: String,
+    pub user: DeviceUser,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct DeviceUser {
+    pub id: i64,
+    pub email: String,
+}
+
+/// What one poll of a sign-in found; refusals (`access_denied`, `expired_token`) are errors.
+#[derive(Clone, Debug)]
+pub enum DevicePoll {
+    Pending,
+    /// Polled too soon: wait longer.
+    SlowDown,
+    Approved(Box<DeviceToken>),
+}
+
 /// `POST /api/v1/gateways`.
 #[derive(Clone, Debug, Serialize)]
 pub struct NewGateway {
@@ -225,6 +262,39 @@ impl Client {
         self.call(Method::POST, path, Some(&body)).await
     }
 
+    /// Starts a command-line sign-in for a token to be called `name` (anonymous).
+    pub async fn start_device_login(&self, name: &str) -> Result<DeviceLogin, Error> {
+        let body = self.create("auth/device", &json!({ "name": name })).await?;
+        decode(body, "{device_code, user_code, ...}")
+    }
+
+    /// Polls a sign-in started by [`Client::start_device_login`].
+    pub async fn poll_device_login(&self, device_code: &str) -> Result<DevicePoll, Error> {
+        let body = json!({ "device_code": device_code });
+        match self
+            .call(Method::POST, "auth/device/token", Some(&body))
+            .await
+        {
+            Ok(answer) => Ok(DevicePoll::Approved(decode(answer, "{token, ...}")?)),
+            Err(Error::Api { code, .. }) if code == "authorization_pending" => {
+                Ok(DevicePoll::Pending)
+            }
+            Err(Error::Api { code, .. }) if code == "slow_down" => Ok(DevicePoll::SlowDown),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /api/v1/auth/me`: who the token belongs to.
+    pub async fn me(&self) -> Result<Value, Error> {
+        self.call(Method::GET, "auth/me", None).await
+    }
+
+    /// Revokes one of the caller's personal API tokens.
+    pub async fn delete_token(&self, id: i64) -> Result<(), Error> {
+        let path = format!("tokens/{id}");
+        self.call(Method::DELETE, &path, None).await.map(drop)
+    }
+
     pub async fn status(&self) -> Result<Value, Error> {
         self.call(Method::GET, "status", None).await
     }
@@ -285,11 +355,7 @@ impl Client {
 
     /// Every Agent the token may see, as id and name.
     pub async fn agent_summaries(&self) -> Result<Vec<AgentSummary>, Error> {
-        let list = self.agents().await?;
-        serde_json::from_value(list.clone()).map_err(|_| Error::MissingField {
-            field: "[{id, name}]".to_string(),
-            body: Box::new(list),
-        })
+        decode(self.agents().await?, "[{id, name}]")
     }
 
     pub async fn agent(&self, id: i64) -> Result<Value, Error> {
@@ -362,6 +428,14 @@ fn ok(method: Method, path: &str, reply: Reply) -> Result<Value, Error> {
         code: text("code"),
         message: text("message"),
         body: Box::new(reply.body.clone()),
+    })
+}
+
+/// `body` as `T`, or [`Error::MissingField`] naming `shape`.
+fn decode<T: serde::de::DeserializeOwned>(body: Value, shape: &str) -> Result<T, Error> {
+    serde_json::from_value(body.clone()).map_err(|_| Error::MissingField {
+        field: shape.to_string(),
+        body: Box::new(body),
     })
 }
 

@@ -54,6 +54,12 @@ impl ApiError {
         e
     }
 
+    /// The same error with its own stable `code` (e.g. RFC 8628's `authorization_pending`).
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }

@@ -179,9 +179,14 @@ async fn document_names_version_security_and_schemas() {
     assert_eq!(schemes["csrf_token"]["name"], "X-CSRF-Token");
     assert_eq!(schemes["node_credential"]["scheme"], "bearer");
 
-    // Every operation under /api/v1 says how to authenticate, but login and this document; and
-    // every operation has a success response and JSON errors.
-    let public = ["/api/v1/auth/login", "/api/v1/openapi.json"];
+    // Every operation under /api/v1 says how to authenticate, but login, the command line's
+    // sign-in and this document; and every operation has a success response and JSON errors.
+    let public = [
+        "/api/v1/auth/login",
+        "/api/v1/auth/device",
+        "/api/v1/auth/device/token",
+        "/api/v1/openapi.json",
+    ];
     for (path, method) in documented(&doc) {
         let op = &doc["paths"][&path][&method];
         let security = op["security"].as_array();

@@ -1,6 +1,7 @@
 //! The HTTP API (`/api/v1`), health endpoints and the node endpoints, as one axum router.
 
 mod agents;
+mod device;
 mod gateways;
 mod login;
 mod nodes;
@@ -29,6 +30,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/auth/login", post(login::login))
         .route("/api/v1/auth/logout", post(login::logout))
         .route("/api/v1/auth/me", get(login::me))
+        .route("/api/v1/auth/device", post(device::start))
+        .route("/api/v1/auth/device/token", post(device::poll))
         .route(
             "/api/v1/auth/logout-everywhere",
             post(login::logout_everywhere),

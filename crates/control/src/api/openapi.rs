@@ -10,7 +10,7 @@
 
 #![allow(dead_code)] // The shapes below are never built: `utoipa` only reads their definitions.
 
-use super::{agents, gateways, login, nodes, status, tokens, tunnels, users, zones};
+use super::{agents, device, gateways, login, nodes, status, tokens, tunnels, users, zones};
 use axum::Json;
 use std::sync::LazyLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -38,6 +38,8 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         login::logout,
         login::me,
         login::logout_everywhere,
+        device::start,
+        device::poll,
         users::list,
         users::create,
         users::update,

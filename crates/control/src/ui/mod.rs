@@ -9,6 +9,7 @@ mod accounts;
 mod activity;
 mod agents;
 mod dashboard;
+mod device;
 mod form;
 mod gateways;
 mod overview;
@@ -66,6 +67,7 @@ pub fn router() -> Router<AppState> {
             "/dns/{id}/delete",
             get(zones::confirm_delete).post(zones::delete),
         )
+        .route("/device", get(device::page).post(device::decide))
         .route("/profile", get(profile::page))
         .route("/profile/password", post(profile::change_password))
         .route("/profile/tokens", post(profile::create_token))

@@ -29,6 +29,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/agent_key.html"),
     ),
     ("tunnels.html", include_str!("../../templates/tunnels.html")),
+    ("device.html", include_str!("../../templates/device.html")),
     ("tunnel.html", include_str!("../../templates/tunnel.html")),
     (
         "tunnel_delete.html",
