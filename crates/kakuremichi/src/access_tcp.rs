@@ -86,7 +86,7 @@ pub async fn run(args: AccessTcpArgs) -> anyhow::Result<()> {
             Check::SignedIn => break,
             Check::SignIn(url) => {
                 let fresh = sign_in(&host, &url, args.no_browser).await?;
-                save_token(&token_file, &fresh)?;
+                crate::user_config::write_private(&token_file, fresh.as_bytes())?;
                 token = Some(fresh);
             }
         }
@@ -250,37 +250,8 @@ impl Tunnel {
 
 /// Where the token of `host` is kept.
 fn token_path(config_dir: Option<&Path>, host: &str) -> anyhow::Result<PathBuf> {
-    let dir = match config_dir {
-        Some(d) => d.to_path_buf(),
-        None => match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-            Some(x) => PathBuf::from(x).join("kakuremichi"),
-            None => {
-                let home = std::env::var_os("HOME").context("no HOME: give --config-dir")?;
-                PathBuf::from(home).join(".config/kakuremichi")
-            }
-        },
-    };
+    let dir = crate::user_config::dir(config_dir)?;
     Ok(dir.join("access").join(format!("{host}.token")))
-}
-
-fn save_token(path: &Path, token: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// Signs in through the browser: opens (or prints) `authorize` with this command's loopback
@@ -296,17 +267,7 @@ async fn sign_in(host: &str, authorize: &str, no_browser: bool) -> anyhow::Resul
     let url = format!("{authorize}&cli_port={port}&state={state}");
     eprintln!("{host} needs you to sign in. Open this link in your browser:\n\n  {url}\n");
     if !no_browser {
-        for opener in ["xdg-open", "open"] {
-            let spawned = std::process::Command::new(opener)
-                .arg(&url)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn();
-            if spawned.is_ok() {
-                break;
-            }
-        }
+        crate::user_config::open_in_browser(&url);
     }
     tokio::time::timeout(SIGN_IN_WITHIN, callback(listener, &state))
         .await

@@ -1,7 +1,7 @@
 //! Command-line interface: every flag has an environment-variable twin (12-factor, as Docker
 //! users expect); the flag wins when both are given.
 
-use crate::{import, signal, up};
+use crate::{import, manage, signal, up};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kakuremichi::hello;
@@ -43,6 +43,23 @@ impl Cli {
     }
 }
 
+/// The subcommands of the command-line client (documented in docs/cli.md; the others, the roles
+/// and their tools, in docs/configuration.md).
+#[cfg(test)]
+pub const CLIENT_COMMANDS: &[&str] = &[
+    "login",
+    "logout",
+    "tunnels",
+    "agents",
+    "gateways",
+    "users",
+    "tokens",
+    "status",
+    "open",
+    "completions",
+    "man",
+];
+
 #[derive(Subcommand)]
 enum Command {
     /// Run Control: REST API, accounts, database and config distribution to Gateways and Agents.
@@ -59,6 +76,35 @@ enum Command {
     /// tcp tunnel with access control).
     #[command(subcommand)]
     Access(AccessCommand),
+    /// Sign this command line in to a Control: approve it in the browser, and a personal API
+    /// token is kept in your config directory (one profile per Control).
+    Login(crate::session::LoginArgs),
+    /// Revoke the token of a profile on its Control and forget the profile.
+    Logout(crate::session::LogoutArgs),
+    /// Tunnels: list, show, create, edit, enable, disable, delete.
+    #[command(subcommand)]
+    Tunnels(manage::tunnels::TunnelsCommand),
+    /// Agents: list, show, create (prints the key once), rotate-key, delete.
+    #[command(subcommand)]
+    Agents(manage::nodes::AgentsCommand),
+    /// Gateways: list, show, create (prints the token once), enable, disable, delete.
+    #[command(subcommand)]
+    Gateways(manage::nodes::GatewaysCommand),
+    /// Users (admins): list, create, delete.
+    #[command(subcommand)]
+    Users(manage::accounts::UsersCommand),
+    /// Your personal API tokens: list, create, delete.
+    #[command(subcommand)]
+    Tokens(manage::accounts::TokensCommand),
+    /// What the dashboard shows; exit status 1 when something needs attention (for cron).
+    Status(manage::Call),
+    /// Print a tunnel's public URL and open it in the browser.
+    Open(manage::status::OpenArgs),
+    /// Print a shell completion script, e.g. `kakuremichi completions bash >
+    /// /etc/bash_completion.d/kakuremichi`.
+    Completions(crate::selfdoc::CompletionsArgs),
+    /// Write the man pages (one per command) into a directory.
+    Man(crate::selfdoc::ManArgs),
     /// Probe an HTTP health endpoint; exit status 0 only for a 2xx answer (for Docker's
     /// HEALTHCHECK: the images have no curl).
     Healthcheck(HealthcheckArgs),
@@ -465,6 +511,20 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Access(AccessCommand::Tcp(a)) => crate::access_tcp::run(a).await,
+        Command::Login(a) => crate::session::login(a).await,
+        Command::Logout(a) => crate::session::logout(a).await,
+        Command::Tunnels(c) => manage::tunnels::run(c).await,
+        Command::Agents(c) => manage::nodes::agents(c).await,
+        Command::Gateways(c) => manage::nodes::gateways(c).await,
+        Command::Users(c) => manage::accounts::users(c).await,
+        Command::Tokens(c) => manage::accounts::tokens(c).await,
+        Command::Status(c) => manage::status::status(c).await,
+        Command::Open(a) => manage::status::open(a).await,
+        Command::Completions(a) => {
+            crate::selfdoc::completions(&a);
+            Ok(())
+        }
+        Command::Man(a) => crate::selfdoc::man(&a),
         Command::Healthcheck(a) => {
             let client = reqwest::Client::builder()
                 .no_proxy()

@@ -1,7 +1,8 @@
-//! `docs/configuration.md`'s tables of flags, rendered from the real `clap::Command`, so the doc
-//! cannot drift from the CLI: the test below fails when the committed file differs from what the
-//! code renders, and says how to regenerate it. Only the block between the markers is generated;
-//! the prose around it (variables that are not flags, the images, compose) is written by hand.
+//! The tables of flags of `docs/configuration.md` (the roles and their tools) and `docs/cli.md`
+//! (the command-line client: login, tunnels, agents, ...), rendered from the real
+//! `clap::Command`, so the docs cannot drift from the CLI: the tests below fail when a committed
+//! file differs from what the code renders, and say how to regenerate it. Only the block between
+//! the markers is generated; the prose around it is written by hand.
 
 use clap::{Arg, Command};
 use std::fmt::Write as _;
@@ -10,18 +11,29 @@ pub const BEGIN: &str =
     "<!-- BEGIN generated from the CLI by crates/kakuremichi/src/confdoc.rs: do not edit -->";
 pub const END: &str = "<!-- END generated from the CLI -->";
 
-/// The generated block: one table of flags for the options every subcommand takes, then one per
-/// subcommand, in the order `kakuremichi --help` lists them.
-pub fn render(mut cli: Command) -> String {
+/// Which subcommands a doc is about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The roles and their tools, and the options every subcommand takes (configuration.md).
+    Roles,
+    /// The command-line client, [`crate::cli::CLIENT_COMMANDS`] (cli.md).
+    Client,
+}
+
+/// The generated block: for [`Part::Roles`] one table of flags for the options every subcommand
+/// takes first; then one section per subcommand of `part`, in the order `kakuremichi --help`
+/// lists them.
+pub fn render(mut cli: Command, part: Part) -> String {
     cli.build();
     let name = cli.get_name().to_string();
     let mut out = String::new();
     let global: Vec<&Arg> = cli.get_arguments().filter(|a| documented(a)).collect();
-    if !global.is_empty() {
+    if !global.is_empty() && part == Part::Roles {
         let _ = writeln!(out, "### Every subcommand\n");
         table(&mut out, &global);
     }
-    for sub in subcommands(&cli) {
+    let client = |s: &&Command| crate::cli::CLIENT_COMMANDS.contains(&s.get_name());
+    for sub in subcommands(&cli).filter(|s| client(s) == (part == Part::Client)) {
         section(&mut out, &name, sub);
     }
     format!("{BEGIN}\n{}{END}\n", out.trim_end().to_string() + "\n")
@@ -150,25 +162,19 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+    const DOCS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/");
     const REGENERATE: &str =
         "KAKUREMICHI_UPDATE_DOCS=1 cargo test -p kakuremichi --bin kakuremichi configuration_doc";
 
-    /// The committed doc is what the CLI renders. With KAKUREMICHI_UPDATE_DOCS=1 it rewrites the
-    /// block instead (and then passes).
-    #[test]
-    fn configuration_doc_matches_the_cli() {
-        let doc = std::fs::read_to_string(DOC).expect("docs/configuration.md is readable");
-        let start = doc
-            .find(BEGIN)
-            .expect("docs/configuration.md has the BEGIN marker");
-        let end = doc[start..]
-            .find(END)
-            .expect("docs/configuration.md has the END marker")
-            + start
-            + END.len()
-            + 1;
-        let rendered = render(crate::cli::Cli::command());
+    /// The committed doc `name` (in docs/) is what the CLI renders for `part`. With
+    /// KAKUREMICHI_UPDATE_DOCS=1 it rewrites the block instead (and then passes).
+    fn check(name: &str, part: Part) {
+        let path = format!("{DOCS}{name}");
+        let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("docs/{name}: {e}"));
+        let start = doc.find(BEGIN).expect("the doc has the BEGIN marker");
+        let end =
+            doc[start..].find(END).expect("the doc has the END marker") + start + END.len() + 1;
+        let rendered = render(crate::cli::Cli::command(), part);
         let updated = format!(
             "{}{rendered}{}",
             &doc[..start],
@@ -176,21 +182,31 @@ mod tests {
         );
         if std::env::var_os("KAKUREMICHI_UPDATE_DOCS").is_some() {
             if updated != doc {
-                std::fs::write(DOC, &updated).expect("docs/configuration.md is writable");
+                std::fs::write(&path, &updated).expect("the doc is writable");
             }
             return;
         }
         assert!(
             updated == doc,
-            "docs/configuration.md differs from the flags in the code (crates/kakuremichi/src/cli.rs, \
-             up/mod.rs). Regenerate it with:\n    {REGENERATE}\nand commit the result. The block the code \
-             renders is:\n{rendered}"
+            "docs/{name} differs from the flags in the code (crates/kakuremichi/src/cli.rs and the \
+             modules of its commands). Regenerate it with:\n    {REGENERATE}\nand commit the result. \
+             The block the code renders is:\n{rendered}"
         );
     }
 
     #[test]
+    fn configuration_doc_matches_the_cli() {
+        check("configuration.md", Part::Roles);
+    }
+
+    #[test]
+    fn configuration_doc_of_the_client_commands_matches_the_cli() {
+        check("cli.md", Part::Client);
+    }
+
+    #[test]
     fn every_flag_with_an_env_var_is_in_the_doc_with_its_default() {
-        let rendered = render(crate::cli::Cli::command());
+        let rendered = render(crate::cli::Cli::command(), Part::Roles);
         assert!(
             rendered.contains("| `--listen <LISTEN>` | `KAKUREMICHI_LISTEN` | `0.0.0.0:8780` |")
         );
@@ -203,6 +219,14 @@ mod tests {
         assert!(
             !rendered.contains("--help"),
             "clap's own flags are left out"
+        );
+        assert!(!rendered.contains("kakuremichi tunnels"), "in cli.md");
+        let client = render(crate::cli::Cli::command(), Part::Client);
+        assert!(client.contains("### `kakuremichi tunnels create`"));
+        assert!(client.contains("| `--control-url <URL>` | `KAKUREMICHI_CONTROL_URL` | — |"));
+        assert!(
+            !client.contains("kakuremichi gateway`"),
+            "in configuration.md"
         );
     }
 }

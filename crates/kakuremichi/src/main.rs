@@ -5,10 +5,15 @@ mod backup;
 mod cli;
 #[cfg(test)]
 mod confdoc;
+mod exit;
 mod import;
+mod manage;
 mod migrate;
+mod selfdoc;
+mod session;
 mod signal;
 mod up;
+mod user_config;
 
 use clap::Parser;
 
@@ -29,7 +34,7 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(cli::dispatch(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => match e.downcast_ref::<import::Exit>() {
+        Err(e) => match e.downcast_ref::<exit::Exit>() {
             Some(exit) => {
                 if !exit.message.is_empty() {
                     eprintln!("error: {}", exit.message);

@@ -4,6 +4,7 @@
 //! - [`eventually`] / [`within`]: the one way to wait, with a deadline (always available);
 //! - [`peers`]: finding the real programs some tests talk to, and skipping loudly without them;
 //! - [`netns`]: test hosts in network namespaces (server, NAT router, Agent host);
+//! - [`pty`]: the built binary in a pseudo-terminal, as a user runs it (the CLI's tests);
 //! - with the `roles` feature: Control, Gateways, Agents and origins in-process ([`roles`],
 //!   [`Cluster`]) or as processes of the built binary ([`Proc`], [`LocalSite`], [`site`]), the
 //!   API harnesses ([`Api`] for end-to-end tests, [`control`] for Control's own tests, both on
@@ -15,6 +16,7 @@
 
 pub mod netns;
 pub mod peers;
+pub mod pty;
 mod wait;
 
 pub use wait::{eventually, eventually_every, within, Ready, POLL};

@@ -11,10 +11,12 @@
 mod cloudflared;
 mod report;
 
+use crate::exit::Exit;
+use crate::manage::{find_agent, parse_access};
 use anyhow::Context as _;
 use clap::Args;
 use cloudflared::{Action, Step};
-use kakuremichi_client::{AgentSummary, Client, Error, NewTunnel, StatusCode, TunnelOptions};
+use kakuremichi_client::{Client, Error, NewTunnel, StatusCode, TunnelOptions};
 use kakuremichi_proto::AccessPolicy;
 use report::{Outcome, Row};
 use std::io::Read as _;
@@ -49,40 +51,8 @@ pub struct ImportArgs {
     tls: Option<kakuremichi_control::TlsMode>,
 }
 
-/// Ends the program with `code` after printing `message` (if any) on stderr.
-#[derive(Debug)]
-pub struct Exit {
-    pub code: u8,
-    pub message: String,
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Exit {}
-
 fn bad_input(message: impl Into<String>) -> anyhow::Error {
-    Exit {
-        code: 2,
-        message: message.into(),
-    }
-    .into()
-}
-
-fn parse_access(value: &str) -> Result<AccessPolicy, String> {
-    match value {
-        "public" => Ok(AccessPolicy::Public),
-        "login" => Ok(AccessPolicy::Login),
-        _ => match value.strip_prefix("users:") {
-            Some(list) if list.split(',').all(|e| e.contains('@')) => Ok(AccessPolicy::Users {
-                allow: list.split(',').map(|e| e.trim().to_lowercase()).collect(),
-            }),
-            _ => Err("expected public, login or users:alice@example.com,bob@example.com".into()),
-        },
-    }
+    Exit::usage(message).into()
 }
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
@@ -196,55 +166,4 @@ fn read_bounded(path: &Path) -> anyhow::Result<String> {
         path.display()
     );
     String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
-}
-
-/// The Agent named `wanted` (or, failing that, numbered `wanted`). Unknown, ambiguous or
-/// unauthorised: bad input (exit 2).
-async fn find_agent(client: &Client, wanted: &str) -> anyhow::Result<AgentSummary> {
-    let agents = match client.agent_summaries().await {
-        Ok(agents) => agents,
-        Err(e @ Error::Api { .. })
-            if matches!(
-                e.status(),
-                Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-            ) =>
-        {
-            return Err(bad_input(format!(
-                "Control refused the token ({e}): set KAKUREMICHI_TOKEN to a valid personal API token"
-            )));
-        }
-        Err(e) => return Err(anyhow::Error::new(e).context("listing the Agents")),
-    };
-    let named: Vec<&AgentSummary> = agents.iter().filter(|a| a.name == wanted).collect();
-    match named.as_slice() {
-        [one] => return Ok((*one).clone()),
-        [] => {}
-        many => {
-            let ids: Vec<String> = many.iter().map(|a| a.id.to_string()).collect();
-            return Err(bad_input(format!(
-                "{} Agents are named {wanted:?} (ids {}): give the id with --agent",
-                many.len(),
-                ids.join(", ")
-            )));
-        }
-    }
-    if let Some(agent) = wanted
-        .parse::<i64>()
-        .ok()
-        .and_then(|id| agents.iter().find(|a| a.id == id))
-    {
-        return Ok(agent.clone());
-    }
-    let known: Vec<String> = agents
-        .iter()
-        .map(|a| format!("{} (id {})", a.name, a.id))
-        .collect();
-    Err(bad_input(format!(
-        "no Agent named or numbered {wanted:?}; the Agents are: {}",
-        if known.is_empty() {
-            "none yet".to_string()
-        } else {
-            known.join(", ")
-        }
-    )))
 }
