@@ -40,6 +40,8 @@ pub struct Inner {
     pub zones: crate::zones::Zones,
     /// The managed A/AAAA records: each tunnel's DNS status, and a nudge after zone changes.
     pub dns_records: Arc<crate::dns_records::DnsRecords>,
+    /// Temporary tunnels' domain and lifetime without their command line.
+    pub temporary: crate::config::TemporaryConfig,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ impl AppState {
             api_rate: Default::default(),
             zones,
             dns_records,
+            temporary: Default::default(),
         }))
     }
 
@@ -123,6 +126,14 @@ impl AppState {
     }
 
     /// Sets the lifetime of access tokens; only before the state is shared.
+    /// Sets the temporary tunnels' domain and TTL; only before the state is shared.
+    pub fn with_temporary(mut self, temporary: crate::config::TemporaryConfig) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.temporary = temporary;
+        }
+        self
+    }
+
     pub fn with_access_ttl(mut self, ttl: std::time::Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.access_ttl = ttl;

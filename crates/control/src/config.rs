@@ -44,6 +44,28 @@ pub struct ControlConfig {
     pub backup: crate::backups::BackupConfig,
     /// Where `tcp` and `udp` tunnels created without `public_port` get theirs.
     pub port_range: std::ops::RangeInclusive<u16>,
+    /// Temporary tunnels (`kakuremichi share`).
+    pub temporary: TemporaryConfig,
+}
+
+/// Temporary tunnels: where their names go, and how long one outlives its command line.
+#[derive(Debug, Clone)]
+pub struct TemporaryConfig {
+    /// The domain random names go under (`KAKUREMICHI_TEMPORARY_DOMAIN`, e.g. `t.example.com`:
+    /// point `*.t.example.com` at the Gateways). `None`: temporary tunnels are off.
+    pub domain: Option<String>,
+    /// A temporary tunnel whose Agent has been offline this long is deleted
+    /// (`KAKUREMICHI_TEMPORARY_TTL`): the command line died without cleaning up.
+    pub ttl: Duration,
+}
+
+impl Default for TemporaryConfig {
+    fn default() -> Self {
+        Self {
+            domain: None,
+            ttl: Duration::from_secs(600),
+        }
+    }
 }
 
 pub use crate::store::DEFAULT_PORT_RANGE;
@@ -82,6 +104,7 @@ impl Default for ControlConfig {
             dns: Default::default(),
             backup: Default::default(),
             port_range: DEFAULT_PORT_RANGE,
+            temporary: TemporaryConfig::default(),
         }
     }
 }
@@ -109,6 +132,7 @@ impl fmt::Debug for ControlConfig {
             .field("access_ttl", &self.access_ttl)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("port_range", &self.port_range)
+            .field("temporary", &self.temporary)
             .finish()
     }
 }
@@ -159,6 +183,10 @@ pub enum ConfigError {
     Acme(String),
     #[error("access_ttl ({0:?}) must be between 1 minute and 7 days")]
     AccessTtl(Duration),
+    #[error("temporary domain {value:?}: {reason}; give a domain such as t.example.com")]
+    TemporaryDomain { value: String, reason: String },
+    #[error("temporary_ttl ({0:?}) must be between 1 second and 7 days")]
+    TemporaryTtl(Duration),
     #[error("{0}")]
     TrustedProxy(#[from] crate::guard::proxies::BadProxy),
 }
@@ -196,6 +224,16 @@ impl ControlConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return Err(ConfigError::HeartbeatInterval);
+        }
+        if let Some(domain) = &self.temporary.domain {
+            crate::validate::hostname(domain).map_err(|e| ConfigError::TemporaryDomain {
+                value: domain.clone(),
+                reason: e.0,
+            })?;
+        }
+        let ttl = self.temporary.ttl;
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(7 * 86_400) {
+            return Err(ConfigError::TemporaryTtl(ttl));
         }
         if self.heartbeat_timeout <= self.heartbeat_interval {
             return Err(ConfigError::HeartbeatTimeout {

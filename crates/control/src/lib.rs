@@ -35,7 +35,9 @@ mod zones;
 
 pub use backups::{parse_at as parse_backup_at, BackupConfig};
 pub use certs::{AcmeConfig, Challenge, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
-pub use config::{parse_port_range, ConfigError, ControlConfig, DEFAULT_PORT_RANGE};
+pub use config::{
+    parse_port_range, ConfigError, ControlConfig, TemporaryConfig, DEFAULT_PORT_RANGE,
+};
 pub use dns_records::DnsRecordsConfig;
 pub use store::{MigrationPlan, Restored};
 
@@ -154,13 +156,14 @@ pub async fn run(
         .with_default_tls(config.default_tls)
         .with_port_range(config.port_range.clone())
         .with_access_ttl(config.access_ttl)
+        .with_temporary(config.temporary.clone())
         .with_passwords(passwords)
         .with_zones(zones.clone())
         .with_dns_records(dns_records.clone())
         .with_trusted_proxies(guard::proxies::TrustedProxies::parse(
             &config.trusted_proxies,
         )?);
-    let app = router(state);
+    let app = router(state.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(
         store.clone(),
@@ -178,6 +181,7 @@ pub async fn run(
     );
     tracing::info!(dir = %scheduled.dir().display(), at = ?config.backup.at, "backups scheduled (UTC)");
     let backup_task = tokio::spawn(scheduled.run(stop_rx.clone()));
+    let sweeper = tokio::spawn(ops::shares::run_sweeper(state, stop_rx.clone()));
     // The peer address keys the per-IP login throttle.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -192,6 +196,7 @@ pub async fn run(
             records.abort();
             backup_task.abort();
             access_task.abort();
+            sweeper.abort();
             store.close().await;
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
@@ -208,6 +213,7 @@ pub async fn run(
     records.abort();
     backup_task.abort();
     access_task.abort();
+    sweeper.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await
         .is_err()

@@ -30,6 +30,21 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The log filter when KAKUREMICHI_LOG is not set: the roles say what they do; the client
+    /// commands only warn, so their own output (tables, the shared URL) stays readable.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Control(_)
+            | Command::Gateway(_)
+            | Command::Agent(_)
+            | Command::Up(_)
+            | Command::Hello(_)
+            | Command::Access(_)
+            | Command::Healthcheck(_) => "info,boringtun=error",
+            _ => "warn,boringtun=error",
+        }
+    }
+
     /// How many worker threads the runtime gets (see `--threads`).
     pub fn worker_threads(&self) -> usize {
         if let Some(n) = self.threads {
@@ -49,6 +64,7 @@ impl Cli {
 pub const CLIENT_COMMANDS: &[&str] = &[
     "login",
     "logout",
+    "share",
     "tunnels",
     "agents",
     "gateways",
@@ -81,6 +97,9 @@ enum Command {
     Login(crate::session::LoginArgs),
     /// Revoke the token of a profile on its Control and forget the profile.
     Logout(crate::session::LogoutArgs),
+    /// Publish a local app at once under a random name, until you press Ctrl-C (like `ngrok
+    /// http 3000`): e.g. `kakuremichi share 3000`.
+    Share(Box<crate::share::ShareArgs>),
     /// Tunnels: list, show, create, edit, enable, disable, delete.
     #[command(subcommand)]
     Tunnels(manage::tunnels::TunnelsCommand),
@@ -207,6 +226,20 @@ struct ControlArgs {
     /// allow-list changes take effect sooner, through Gateway config pushes.
     #[arg(long, env = "KAKUREMICHI_ACCESS_TTL", default_value_t = 43_200)]
     access_ttl: u64,
+    /// The domain temporary tunnels (`kakuremichi share`) get random names under, e.g.
+    /// t.example.com (point *.t.example.com at the Gateways). Default: none, temporary tunnels
+    /// are off.
+    #[arg(long, env = "KAKUREMICHI_TEMPORARY_DOMAIN", value_name = "DOMAIN")]
+    temporary_domain: Option<String>,
+    /// Seconds a temporary tunnel's Agent may be offline (its command line killed without
+    /// cleaning up) before Control deletes the tunnel and the Agent (1 to 604800).
+    #[arg(
+        long,
+        env = "KAKUREMICHI_TEMPORARY_TTL",
+        default_value_t = 600,
+        value_name = "SECONDS"
+    )]
+    temporary_ttl: u64,
     /// Comma-separated CIDR ranges (or addresses) of reverse proxies in front of Control whose
     /// X-Forwarded-For names the client for the login throttle, e.g. 10.77.0.0/16 when Control
     /// is published through a tunnel. Default: none, every client is keyed by its TCP address.
@@ -459,6 +492,10 @@ async fn run_control(a: ControlArgs) -> anyhow::Result<()> {
         port_range: a.port_range,
         hsts_max_age: a.hsts_max_age,
         access_ttl: Duration::from_secs(a.access_ttl),
+        temporary: kakuremichi_control::TemporaryConfig {
+            domain: a.temporary_domain,
+            ttl: Duration::from_secs(a.temporary_ttl),
+        },
         trusted_proxies: a.trusted_proxies,
         ..Default::default()
     };
@@ -513,6 +550,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Access(AccessCommand::Tcp(a)) => crate::access_tcp::run(a).await,
         Command::Login(a) => crate::session::login(a).await,
         Command::Logout(a) => crate::session::logout(a).await,
+        Command::Share(a) => crate::share::run(*a).await,
         Command::Tunnels(c) => manage::tunnels::run(c).await,
         Command::Agents(c) => manage::nodes::agents(c).await,
         Command::Gateways(c) => manage::nodes::gateways(c).await,

@@ -11,6 +11,7 @@ mod manage;
 mod migrate;
 mod selfdoc;
 mod session;
+mod share;
 mod signal;
 mod up;
 mod user_config;
@@ -20,7 +21,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     return_freed_buffers_to_the_system();
     let cli = cli::Cli::parse();
-    init_logging();
+    init_logging(cli.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.worker_threads())
         .enable_all()
@@ -51,11 +52,11 @@ fn main() -> std::process::ExitCode {
 
 /// Logs to stderr; `KAKUREMICHI_LOG` (or `RUST_LOG`) takes a filter such as `debug` or
 /// `info,kakuremichi_tunnel=debug`.
-fn init_logging() {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("KAKUREMICHI_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,boringtun=error".into());
+        .unwrap_or_else(|_| default.into());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

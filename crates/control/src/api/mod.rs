@@ -6,6 +6,7 @@ mod gateways;
 mod login;
 mod nodes;
 mod openapi;
+mod shares;
 mod status;
 mod tokens;
 mod tunnels;
@@ -74,6 +75,8 @@ pub fn router() -> Router<AppState> {
                 .patch(tunnels::update)
                 .delete(tunnels::delete),
         )
+        .route("/api/v1/shares", get(shares::list).post(shares::create))
+        .route("/api/v1/shares/{id}", axum::routing::delete(shares::delete))
         .route("/api/v1/dns/zones", get(zones::list).post(zones::create))
         .route(
             "/api/v1/dns/zones/{id}",

@@ -10,7 +10,9 @@
 
 #![allow(dead_code)] // The shapes below are never built: `utoipa` only reads their definitions.
 
-use super::{agents, device, gateways, login, nodes, status, tokens, tunnels, users, zones};
+use super::{
+    agents, device, gateways, login, nodes, shares, status, tokens, tunnels, users, zones,
+};
 use axum::Json;
 use std::sync::LazyLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -67,6 +69,9 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         tunnels::get,
         tunnels::update,
         tunnels::delete,
+        shares::create,
+        shares::list,
+        shares::delete,
         zones::list,
         zones::create,
         zones::get,
@@ -86,6 +91,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         (name = "agents", description = "Agents: the nodes next to the services."),
         (name = "gateways", description = "Gateways: the public nodes that receive the traffic."),
         (name = "tunnels", description = "Public hostnames, each served by one or more Agents."),
+        (name = "shares", description = "Temporary tunnels (`kakuremichi share`): an Agent and a tunnel at a random name, deleted when the command line stops."),
         (name = "dns", description = "Managed DNS zones (admins): providers, write-only credentials, test connection."),
         (name = "status", description = "What is up, in one call."),
         (name = "nodes", description = "Used by Gateways and Agents, with their own credential."),

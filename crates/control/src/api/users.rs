@@ -63,6 +63,7 @@ pub struct SettingsPatch {
     max_agents_per_user: Option<u32>,
     max_allow_list_entries: Option<u32>,
     api_requests_per_minute: Option<u32>,
+    max_temporary_tunnels_per_user: Option<u32>,
 }
 
 impl SettingsPatch {
@@ -72,6 +73,10 @@ impl SettingsPatch {
             ("max_agents_per_user", self.max_agents_per_user),
             ("max_allow_list_entries", self.max_allow_list_entries),
             ("api_requests_per_minute", self.api_requests_per_minute),
+            (
+                "max_temporary_tunnels_per_user",
+                self.max_temporary_tunnels_per_user,
+            ),
         ]
         .into_iter()
         .filter_map(|(name, value)| Some((name, value?)))

@@ -10,6 +10,7 @@ pub mod gateways;
 pub mod limits;
 pub mod login;
 pub mod quotas;
+pub mod shares;
 pub mod tokens;
 pub mod tunnels;
 pub mod users;

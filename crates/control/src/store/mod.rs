@@ -24,6 +24,7 @@ mod schema;
 pub use backup::Restored;
 pub use schema::Plan as MigrationPlan;
 mod settings;
+mod temporary;
 mod tokens;
 mod tunnels;
 mod users;
@@ -41,6 +42,7 @@ pub use nodes::{NodeKind, NodeRef};
 pub use quotas::{Quotas, MAX_ALLOW_LIST_ENTRIES};
 pub use replicas::{ReplicaRow, MAX_AGENTS_PER_TUNNEL};
 pub use settings::OPEN_REGISTRATION;
+pub use temporary::TemporaryRow;
 pub use tokens::TokenRow;
 pub(crate) use tunnels::COLUMNS as TUNNEL_COLUMNS;
 pub use tunnels::{

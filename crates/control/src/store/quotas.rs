@@ -22,6 +22,9 @@ pub struct Quotas {
     pub max_allow_list_entries: u32,
     /// API requests per minute per user (token bucket holding one minute's worth).
     pub api_requests_per_minute: u32,
+    /// Temporary tunnels (`kakuremichi share`) one user may have at once, admins included;
+    /// 0 turns them off.
+    pub max_temporary_tunnels_per_user: u32,
 }
 
 impl Default for Quotas {
@@ -32,17 +35,19 @@ impl Default for Quotas {
             max_agents_per_user: 100,
             max_allow_list_entries: 200,
             api_requests_per_minute: 600,
+            max_temporary_tunnels_per_user: 5,
         }
     }
 }
 
 impl Quotas {
     /// Setting names, their allowed ranges, and accessors, in one table.
-    pub const FIELDS: [(&'static str, u32, u32); 4] = [
+    pub const FIELDS: [(&'static str, u32, u32); 5] = [
         ("max_tunnels_per_user", 0, 100_000),
         ("max_agents_per_user", 0, 10_000),
         ("max_allow_list_entries", 1, MAX_ALLOW_LIST_ENTRIES),
         ("api_requests_per_minute", 1, 1_000_000),
+        ("max_temporary_tunnels_per_user", 0, 1_000),
     ];
 
     fn field_mut(&mut self, name: &str) -> Option<&mut u32> {
@@ -51,6 +56,7 @@ impl Quotas {
             "max_agents_per_user" => Some(&mut self.max_agents_per_user),
             "max_allow_list_entries" => Some(&mut self.max_allow_list_entries),
             "api_requests_per_minute" => Some(&mut self.api_requests_per_minute),
+            "max_temporary_tunnels_per_user" => Some(&mut self.max_temporary_tunnels_per_user),
             _ => None,
         }
     }
@@ -127,13 +133,14 @@ impl OwnerQuota {
 impl Store {
     /// The quotas in force (defaults for the ones never set).
     pub async fn quotas(&self) -> StoreResult<Quotas> {
-        let [a, b, c, d] = Quotas::FIELDS.map(|(name, ..)| name);
+        let [a, b, c, d, e] = Quotas::FIELDS.map(|(name, ..)| name);
         let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4)")
+            sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4, $5)")
                 .bind(a)
                 .bind(b)
                 .bind(c)
                 .bind(d)
+                .bind(e)
                 .fetch_all(self.pool())
                 .await?;
         let mut quotas = Quotas::default();
@@ -156,6 +163,7 @@ impl Store {
             quotas.max_agents_per_user,
             quotas.max_allow_list_entries,
             quotas.api_requests_per_minute,
+            quotas.max_temporary_tunnels_per_user,
         ];
         for ((name, ..), value) in Quotas::FIELDS.iter().zip(values) {
             sqlx::query(

@@ -166,6 +166,11 @@ fn start_control(
         public_url: Some(control_url.to_string()),
         admin_email: Some(ADMIN_EMAIL.into()),
         admin_password: Some(admin_password.to_string()),
+        // `kakuremichi share 3000` gives https://<random name>.localhost:8443/.
+        temporary: kakuremichi_control::TemporaryConfig {
+            domain: Some("localhost".into()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     tokio::spawn(kakuremichi_control::run(

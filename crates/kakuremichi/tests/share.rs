@@ -1,0 +1,138 @@
+//! `kakuremichi share` as a user runs it (issue #17), in a pseudo-terminal against a real Control
+//! and two Gateways in this process: the URL is printed within 2 s of the Agent coming online,
+//! it answers over HTTPS through both Gateways, Ctrl-C deletes the tunnel and the Agent within
+//! 1 s, and after `kill -9` Control deletes them once the TTL (short here) has passed.
+
+use kakuremichi_testkit::https::https_client;
+use kakuremichi_testkit::pty::Pty;
+use kakuremichi_testkit::*;
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+const DOMAIN: &str = "t.test";
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn run_share(fleet: &Fleet, origin: std::net::SocketAddr) -> Pty {
+    let home = fleet.dir.path().join("home");
+    Pty::spawn(
+        Command::new(env!("CARGO_BIN_EXE_kakuremichi"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("KAKUREMICHI_TOKEN", &fleet.api.token)
+            .args([
+                "share",
+                &origin.port().to_string(),
+                "--control-url",
+                &fleet.api.base,
+            ]),
+    )
+}
+
+/// The temporary tunnels of the admin, as the API lists them.
+async fn shares(fleet: &Fleet) -> Vec<Value> {
+    fleet.api.get("shares").await.as_array().unwrap().clone()
+}
+
+/// Waits until the only share's Agent is online; the share.
+async fn online_share(fleet: &Fleet) -> Value {
+    eventually(WITHIN, "the share's Agent online", || async {
+        let share = shares(fleet).await.into_iter().next()?;
+        let agent = fleet
+            .api
+            .get(&format!("agents/{}", share["agent_id"]))
+            .await;
+        (agent["status"] == "online").then_some(share)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_prints_a_url_that_answers_through_every_gateway_and_ctrl_c_deletes_it() {
+    init_logs();
+    let fleet = Cluster::new()
+        .gateways(2)
+        .control_config(|c| {
+            c.default_tls = kakuremichi_control::TlsMode::Internal;
+            c.temporary = kakuremichi_control::TemporaryConfig {
+                domain: Some(DOMAIN.into()),
+                ttl: Duration::from_secs(2),
+            };
+        })
+        .start()
+        .await;
+    let (origin, _origin) = start_origin("shared-app").await;
+
+    let mut term = run_share(&fleet, origin);
+    let share = online_share(&fleet).await;
+    // Within 2 s of the Agent connecting, the URL is on the screen.
+    let said = term.expect("Forwarding", Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let tunnel = fleet
+        .api
+        .get(&format!("tunnels/{}", share["tunnel_id"]))
+        .await;
+    let host = tunnel["hostname"].as_str().unwrap().to_string();
+    assert!(host.ends_with(&format!(".{DOMAIN}")), "{host}");
+    let root =
+        std::fs::read_to_string(fleet.dir.path().join("control/internal-ca/root.crt")).unwrap();
+    for gw in &fleet.gateways {
+        let url = format!("https://{host}:{}/", gw.https.port());
+        assert!(said.contains(&url), "{url} printed: {said}");
+        let client = https_client(&root, &[&host], gw.https);
+        eventually(WITHIN, &format!("{url} to show the app"), || async {
+            let res = client.get(&url).send().await.ok()?;
+            let body = res.text().await.ok()?;
+            body.contains("shared-app").then_some(())
+        })
+        .await;
+    }
+    // For the record (issue #17's figure): the terminal, and the first HTTPS answers after it.
+    eprintln!("share said:\n{said}\nboth Gateways answered {:?} after", started.elapsed());
+    assert!(
+        said.contains("Anyone who has the URL"),
+        "public is said loudly: {said}"
+    );
+
+    // Ctrl-C: gone from Control within 1 s, and the command ends cleanly.
+    term.interrupt();
+    eventually(Duration::from_secs(1), "the share deleted", || async {
+        shares(&fleet).await.is_empty()
+    })
+    .await;
+    let (status, body) = fleet
+        .api
+        .call(
+            reqwest::Method::GET,
+            &format!("agents/{}", share["agent_id"]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(term.exit(WITHIN).await.success(), "{}", term.output());
+    assert!(term.output().contains("is deleted"), "{}", term.output());
+
+    // kill -9: nothing cleans up but Control, once the Agent has been gone for the TTL.
+    let term = run_share(&fleet, origin);
+    let share = online_share(&fleet).await;
+    term.expect("Forwarding", WITHIN).await;
+    let killed = Command::new("kill")
+        .args(["-9", &term.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    eventually(WITHIN, "the abandoned share swept", || async {
+        shares(&fleet).await.is_empty()
+    })
+    .await;
+    let (status, _) = fleet
+        .api
+        .call(
+            reqwest::Method::GET,
+            &format!("tunnels/{}", share["tunnel_id"]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
