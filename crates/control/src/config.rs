@@ -226,7 +226,9 @@ impl ControlConfig {
             return Err(ConfigError::HeartbeatInterval);
         }
         if let Some(domain) = &self.temporary.domain {
-            crate::validate::hostname(domain).map_err(|e| ConfigError::TemporaryDomain {
+            // A domain of one label (`localhost`, for `up`) is fine: the names are below it.
+            let below = format!("name.{domain}");
+            crate::validate::hostname(&below).map_err(|e| ConfigError::TemporaryDomain {
                 value: domain.clone(),
                 reason: e.0,
             })?;
@@ -270,6 +272,29 @@ impl ControlConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporary_domains_and_ttls_are_checked() {
+        let with = |domain: &str, secs: u64| ControlConfig {
+            temporary: TemporaryConfig {
+                domain: Some(domain.into()),
+                ttl: Duration::from_secs(secs),
+            },
+            ..Default::default()
+        };
+        assert!(
+            with("localhost", 600).validate().is_ok(),
+            "up's one-label domain"
+        );
+        assert!(with("t.example.com", 1).validate().is_ok());
+        for (domain, secs) in [
+            ("bad domain", 600),
+            ("https://t.example.com", 600),
+            ("t.example.com", 0),
+        ] {
+            assert!(with(domain, secs).validate().is_err(), "{domain} {secs}");
+        }
+    }
 
     #[test]
     fn default_is_valid() {

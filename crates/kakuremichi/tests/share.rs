@@ -89,7 +89,10 @@ async fn share_prints_a_url_that_answers_through_every_gateway_and_ctrl_c_delete
         .await;
     }
     // For the record (issue #17's figure): the terminal, and the first HTTPS answers after it.
-    eprintln!("share said:\n{said}\nboth Gateways answered {:?} after", started.elapsed());
+    eprintln!(
+        "share said:\n{said}\nboth Gateways answered {:?} after",
+        started.elapsed()
+    );
     assert!(
         said.contains("Anyone who has the URL"),
         "public is said loudly: {said}"

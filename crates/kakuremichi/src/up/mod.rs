@@ -67,9 +67,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _stop_on_return = stop.clone().drop_guard();
     let control_dir = args.data_dir.join("control");
     let ca_root = kakuremichi_control::internal_ca_root(&control_dir);
-    let control = start_control(control_dir, sockets.control, &control_url, &password, &stop);
+    let mut control = start_control(control_dir, sockets.control, &control_url, &password, &stop);
     let client = reqwest::Client::new();
-    wait_ready(&client, &control_url, &control).await?;
+    wait_ready(&client, &control_url, &mut control).await?;
     let first_run = saved.is_none();
     let state = match saved {
         Some(state) => state,
@@ -184,12 +184,17 @@ fn start_control(
 async fn wait_ready(
     client: &reqwest::Client,
     control_url: &str,
-    control: &JoinHandle<anyhow::Result<()>>,
+    control: &mut JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if control.is_finished() {
-            bail!("Control stopped during start-up; see the log above");
+            let why = match control.await {
+                Ok(Err(e)) => format!("{e:#}"),
+                Ok(Ok(())) => "it ended".to_string(),
+                Err(e) => e.to_string(),
+            };
+            bail!("Control stopped during start-up: {why}");
         }
         if let Ok(r) = client.get(format!("{control_url}/readyz")).send().await {
             if r.status().is_success() {
@@ -297,7 +302,10 @@ fn print_banner(
          \x20 HTTPS root    {ca}\n\
          \x20               (Control's internal CA: trust it in your browser, or\n\
          \x20                curl --cacert {ca} https://{DEMO_HOST}:{tls_port}/ )\n\n\
-         Publish a local port, e.g. an app on localhost:3000:\n\n\
+         Publish a local port, e.g. an app on localhost:3000, until Ctrl-C:\n\n\
+         \x20 kakuremichi login {control_url}     (once; approve it in the browser)\n\
+         \x20 kakuremichi share 3000                    (prints https://<random name>.localhost:{tls_port}/)\n\n\
+         or for good, through the API:\n\n\
          \x20 curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n\
          \x20      -d '{{\"hostname\":\"myapp.localhost\",\"agent_id\":{agent},\"target\":\"localhost:3000\"}}' \\\n\
          \x20      {control_url}/api/v1/tunnels\n\n\
