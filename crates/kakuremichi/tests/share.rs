@@ -1,7 +1,8 @@
 //! `kakuremichi share` as a user runs it (issue #17), in a pseudo-terminal against a real Control
 //! and two Gateways in this process: the URL is printed within 2 s of the Agent coming online,
 //! it answers over HTTPS through both Gateways, Ctrl-C deletes the tunnel and the Agent within
-//! 1 s, and after `kill -9` Control deletes them once the TTL (short here) has passed.
+//! 1 s, and after `kill -9` Control deletes them once the TTL (short here) has passed. Each
+//! request is a line in the terminal (method, path, status, ms).
 
 use kakuremichi_testkit::https::https_client;
 use kakuremichi_testkit::pty::Pty;
@@ -88,10 +89,22 @@ async fn share_prints_a_url_that_answers_through_every_gateway_and_ctrl_c_delete
         })
         .await;
     }
+    // Each request is a line in the terminal, like ngrok's console.
+    let console = term.expect("  200  ", WITHIN).await;
+    let line = console.lines().find(|l| l.contains("  200  ")).unwrap();
+    assert!(
+        line.contains("GET") && line.contains(" / ") && line.ends_with(" ms"),
+        "{line}"
+    );
+
     // For the record (issue #17's figure): the terminal, and the first HTTPS answers after it.
     eprintln!(
         "share said:\n{said}\nboth Gateways answered {:?} after",
         started.elapsed()
+    );
+    assert!(
+        said.contains('▀') || said.contains('▄'),
+        "a QR code on a terminal: {said}"
     );
     assert!(
         said.contains("Anyone who has the URL"),

@@ -3,6 +3,10 @@
 //! that Agent in the foreground, prints the URL once the tunnel is served, and on Ctrl-C,
 //! SIGTERM or a lost terminal (SIGHUP) deletes both. If it is killed outright, Control deletes
 //! them once the Agent has been offline for its `KAKUREMICHI_TEMPORARY_TTL`.
+//!
+//! Between the Agent and the app sits [`console`], which prints a line per request.
+
+mod console;
 
 use crate::exit::Exit;
 use crate::manage::{parse_access, refused};
@@ -61,13 +65,28 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
-/// What the Agent dials: `3000` → `localhost:3000`; anything else as given (the tunnel's
-/// target accepts host:port and http(s) URLs).
-fn target_of(given: &str) -> String {
-    match given.parse::<u16>() {
-        Ok(port) => format!("localhost:{port}"),
-        Err(_) => given.to_string(),
+/// The app's address for plain HTTP (`3000` → `localhost:3000`, `http://app:8080/` →
+/// `app:8080`), or `None` for what the console cannot carry (an `https://` target, which the
+/// Agent then dials itself).
+fn http_app(given: &str) -> Option<String> {
+    if let Ok(port) = given.parse::<u16>() {
+        return Some(format!("localhost:{port}"));
     }
+    if given.starts_with("https://") {
+        return None;
+    }
+    let rest = given.strip_prefix("http://").unwrap_or(given);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    Some(
+        if host_port
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host_port.to_string()
+        } else {
+            format!("{host_port}:80")
+        },
+    )
 }
 
 pub async fn run(args: ShareArgs) -> anyhow::Result<()> {
@@ -85,8 +104,20 @@ pub async fn run(args: ShareArgs) -> anyhow::Result<()> {
     }
     .map_err(|e| Exit::usage(format!("--access {}: {e}", args.access)))?;
     let public = matches!(access, kakuremichi_proto::AccessPolicy::Public);
+    // The Agent sends the traffic through the console, which prints each request.
+    let (target, shown_target) = match http_app(&args.target) {
+        Some(app) => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let local = listener.local_addr()?.to_string();
+            tokio::spawn(console::serve(listener, app.clone(), |line| {
+                println!("{line}")
+            }));
+            (local, app)
+        }
+        None => (args.target.clone(), args.target.clone()),
+    };
     let mut body = json!({
-        "target": target_of(&args.target),
+        "target": target,
         "access": serde_json::to_value(&access)?,
     });
     if let Some(name) = &args.name {
@@ -112,8 +143,10 @@ pub async fn run(args: ShareArgs) -> anyhow::Result<()> {
     }));
     let outcome = tokio::select! {
         served = share.wait_served() => served.map(|urls| {
-            let target = made["tunnel"]["target"].as_str().unwrap_or_default();
-            println!("Forwarding  {}  ->  {target}", urls.join("  "));
+            println!("Forwarding  {}  ->  {shown_target}", urls.join("  "));
+            if let Some(qr) = urls.first().and_then(|u| qr_code(u)) {
+                println!("{qr}");
+            }
             eprintln!("(served {} ms after this command started; Ctrl-C stops it and deletes it)",
                 started.elapsed().as_millis());
             if public {
@@ -149,6 +182,20 @@ pub async fn run(args: ShareArgs) -> anyhow::Result<()> {
     deleted?;
     eprintln!("Stopped: {} is deleted.", share.hostname);
     Ok(())
+}
+
+/// `url` as a QR code of Unicode half blocks, for a phone's camera; only on a terminal.
+fn qr_code(url: &str) -> Option<String> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let code = qrcode::QrCode::new(url.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+    )
 }
 
 /// The temporary tunnel made, as this command follows it.
@@ -253,8 +300,13 @@ mod tests {
         for bad in ["", "h", "2w", "-1m", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert_eq!(target_of("3000"), "localhost:3000");
-        assert_eq!(target_of("http://localhost:3000"), "http://localhost:3000");
-        assert_eq!(target_of("app:8080"), "app:8080");
+        assert_eq!(http_app("3000").as_deref(), Some("localhost:3000"));
+        assert_eq!(
+            http_app("http://localhost:3000/").as_deref(),
+            Some("localhost:3000")
+        );
+        assert_eq!(http_app("app:8080").as_deref(), Some("app:8080"));
+        assert_eq!(http_app("http://app").as_deref(), Some("app:80"));
+        assert_eq!(http_app("https://app:8443"), None);
     }
 }
