@@ -34,6 +34,7 @@ impl Cli {
     /// commands only warn, so their own output (tables, the shared URL) stays readable.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
+            Command::Agent(AgentArgs { tool: Some(_), .. }) => "warn,boringtun=error",
             Command::Control(_)
             | Command::Gateway(_)
             | Command::Agent(_)
@@ -413,14 +414,19 @@ impl GatewayLimits {
     }
 }
 
+/// `kakuremichi agent [flags]` runs an Agent; `kakuremichi agent tunnel --port 3000 --temporary`
+/// is `kakuremichi share 3000` (the Agent's own flags are not needed then).
 #[derive(Args)]
+#[command(subcommand_negates_reqs = true)]
 struct AgentArgs {
+    #[command(subcommand)]
+    tool: Option<AgentTool>,
     /// Control's URL, e.g. https://control.example.com.
-    #[arg(long, env = "CONTROL_URL")]
-    control_url: String,
+    #[arg(long, env = "CONTROL_URL", required = true)]
+    control_url: Option<String>,
     /// This agent's API key, from the web UI or `POST /api/v1/agents`.
-    #[arg(long, env = "API_KEY", hide_env_values = true)]
-    api_key: String,
+    #[arg(long, env = "API_KEY", hide_env_values = true, required = true)]
+    api_key: Option<String>,
     /// Keep the WireGuard key and last config here, to start without Control (optional).
     #[arg(long, env = "KAKUREMICHI_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -428,6 +434,13 @@ struct AgentArgs {
     /// (0 turns this fallback off).
     #[arg(long, env = "KAKUREMICHI_WG_FALLBACK_PORT", default_value_t = 443)]
     wg_fallback_port: u16,
+}
+
+#[derive(Subcommand)]
+enum AgentTool {
+    /// Publish a local port until Ctrl-C under a random name: the same as `kakuremichi share
+    /// <PORT>`, e.g. `kakuremichi agent tunnel --port 3000 --temporary`.
+    Tunnel(Box<crate::share::AgentTunnelArgs>),
 }
 
 #[derive(Args)]
@@ -533,9 +546,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(http = %a.http_listen, https = %a.https_listen, wireguard = %a.wg_listen, admin = %a.admin_listen, "gateway listening");
             kakuremichi_gateway::run(config, listeners, signal::shutdown()).await
         }
+        Command::Agent(AgentArgs {
+            tool: Some(AgentTool::Tunnel(t)),
+            ..
+        }) => crate::share::run((*t).into()).await,
         Command::Agent(a) => {
-            let mut config =
-                kakuremichi_agent::AgentConfig::new(a.control_url, Secret::new(a.api_key));
+            let (Some(control_url), Some(api_key)) = (a.control_url, a.api_key) else {
+                anyhow::bail!("an Agent needs --control-url (CONTROL_URL) and --api-key (API_KEY)");
+            };
+            let mut config = kakuremichi_agent::AgentConfig::new(control_url, Secret::new(api_key));
             config.data_dir = a.data_dir;
             config.wg_fallback_port = a.wg_fallback_port;
             kakuremichi_agent::run(config, signal::shutdown()).await

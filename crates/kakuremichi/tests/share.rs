@@ -15,6 +15,11 @@ const DOMAIN: &str = "t.test";
 const WITHIN: Duration = Duration::from_secs(30);
 
 fn run_share(fleet: &Fleet, origin: std::net::SocketAddr) -> Pty {
+    run(fleet, &["share", &origin.port().to_string()])
+}
+
+/// `kakuremichi <args> --control-url <Control>` with the admin's token, in a terminal.
+fn run(fleet: &Fleet, args: &[&str]) -> Pty {
     let home = fleet.dir.path().join("home");
     Pty::spawn(
         Command::new(env!("CARGO_BIN_EXE_kakuremichi"))
@@ -22,12 +27,8 @@ fn run_share(fleet: &Fleet, origin: std::net::SocketAddr) -> Pty {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &home)
             .env("KAKUREMICHI_TOKEN", &fleet.api.token)
-            .args([
-                "share",
-                &origin.port().to_string(),
-                "--control-url",
-                &fleet.api.base,
-            ]),
+            .args(args)
+            .args(["--control-url", &fleet.api.base]),
     )
 }
 
@@ -151,4 +152,13 @@ async fn share_prints_a_url_that_answers_through_every_gateway_and_ctrl_c_delete
         )
         .await;
     assert_eq!(status, 404);
+
+    // The requirement documents' spelling does the same.
+    let port = origin.port().to_string();
+    let mut term = run(&fleet, &["agent", "tunnel", "--port", &port, "--temporary"]);
+    online_share(&fleet).await;
+    term.expect("Forwarding", WITHIN).await;
+    term.interrupt();
+    assert!(term.exit(WITHIN).await.success(), "{}", term.output());
+    assert!(shares(&fleet).await.is_empty());
 }

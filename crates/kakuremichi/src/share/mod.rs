@@ -28,6 +28,37 @@ pub struct ShareArgs {
     /// The local app: a port (3000), host:port (localhost:3000) or a URL (http://localhost:3000).
     #[arg(value_name = "PORT|ADDRESS|URL")]
     target: String,
+    #[command(flatten)]
+    options: ShareOptions,
+}
+
+/// `kakuremichi agent tunnel --port 3000 --temporary`: the requirement documents' spelling of
+/// `kakuremichi share 3000`.
+#[derive(Args)]
+pub struct AgentTunnelArgs {
+    /// The local port of the app.
+    #[arg(long)]
+    port: u16,
+    /// Required: this command makes temporary tunnels only (deleted when it stops); a lasting
+    /// one is `kakuremichi tunnels create`.
+    #[arg(long, required = true)]
+    temporary: bool,
+    #[command(flatten)]
+    options: ShareOptions,
+}
+
+impl From<AgentTunnelArgs> for ShareArgs {
+    fn from(a: AgentTunnelArgs) -> ShareArgs {
+        ShareArgs {
+            target: a.port.to_string(),
+            options: a.options,
+        }
+    }
+}
+
+/// What `share` and `agent tunnel --temporary` share.
+#[derive(Args)]
+pub struct ShareOptions {
     /// A name of your own instead of a random one: <NAME>.<Control's temporary domain>.
     #[arg(long)]
     name: Option<String>,
@@ -89,7 +120,12 @@ fn http_app(given: &str) -> Option<String> {
     )
 }
 
-pub async fn run(args: ShareArgs) -> anyhow::Result<()> {
+pub async fn run(
+    ShareArgs {
+        target,
+        options: args,
+    }: ShareArgs,
+) -> anyhow::Result<()> {
     let client = args.api.client()?;
     let access = match args.access.as_str() {
         "me" => {
@@ -105,7 +141,7 @@ pub async fn run(args: ShareArgs) -> anyhow::Result<()> {
     .map_err(|e| Exit::usage(format!("--access {}: {e}", args.access)))?;
     let public = matches!(access, kakuremichi_proto::AccessPolicy::Public);
     // The Agent sends the traffic through the console, which prints each request.
-    let (target, shown_target) = match http_app(&args.target) {
+    let (target, shown_target) = match http_app(&target) {
         Some(app) => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let local = listener.local_addr()?.to_string();
@@ -114,7 +150,7 @@ pub async fn run(args: ShareArgs) -> anyhow::Result<()> {
             }));
             (local, app)
         }
-        None => (args.target.clone(), args.target.clone()),
+        None => (target.clone(), target.clone()),
     };
     let mut body = json!({
         "target": target,
