@@ -220,7 +220,7 @@ mod tests {
             !rendered.contains("--help"),
             "clap's own flags are left out"
         );
-        assert!(!rendered.contains("kakuremichi tunnels"), "in cli.md");
+        assert!(!rendered.contains("### `kakuremichi tunnels"), "in cli.md");
         let client = render(crate::cli::Cli::command(), Part::Client);
         assert!(client.contains("### `kakuremichi tunnels create`"));
         assert!(client.contains("| `--control-url <URL>` | `KAKUREMICHI_CONTROL_URL` | — |"));
