@@ -18,8 +18,9 @@ use kakuremichi_node::Secret;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// How long the tunnel may take to be served once made.
-const SERVED_WITHIN: Duration = Duration::from_secs(60);
+/// How long the tunnel may take to be served once made (a certificate ordered from a public
+/// CA included).
+const SERVED_WITHIN: Duration = Duration::from_secs(180);
 /// How often Control is asked whether it is served yet.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -268,26 +269,36 @@ impl Share {
                 ts.iter()
                     .any(|t| t["id"].as_i64() == Some(self.tunnel_id) && t["reachable"] == true)
             });
+            let mut waiting_for = "its Agent and a Gateway online".to_string();
             if served {
                 let tunnel = self
                     .client
                     .tunnel(self.tunnel_id)
                     .await
                     .context("asking Control")?;
-                let urls: Vec<String> = tunnel["public_urls"]
-                    .as_array()
-                    .map(|u| {
-                        u.iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                return Ok(urls);
+                // Printed when it works: over HTTPS, once the certificate is on the Gateways.
+                let cert = &tunnel["certificate"];
+                if tunnel["tls"] == "off" || cert["status"] == "issued" {
+                    let urls: Vec<String> = tunnel["public_urls"]
+                        .as_array()
+                        .map(|u| {
+                            u.iter()
+                                .filter_map(|v| v.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    return Ok(urls);
+                }
+                waiting_for = format!(
+                    "its certificate (status {}; {})",
+                    cert["status"].as_str().unwrap_or("none yet"),
+                    cert["last_error"].as_str().unwrap_or("no error")
+                );
             }
             if Instant::now() >= deadline {
                 anyhow::bail!(
-                    "the tunnel was not served within {}s: no Gateway online, or this machine cannot \
-                     reach one (see `kakuremichi status`)",
+                    "the tunnel was not served within {}s: waited for {waiting_for} (see \
+                     `kakuremichi status`)",
                     SERVED_WITHIN.as_secs()
                 );
             }
