@@ -278,6 +278,9 @@ impl World {
                 limits,
                 plain_http_only: !https,
                 tcp_access,
+                basic_auth: (protocol == TunnelProtocol::Http)
+                    .then(|| t.basic_auth())
+                    .flatten(),
             };
             routes.insert(t.hostname.clone(), route);
         }

@@ -183,3 +183,71 @@ async fn an_abandoned_share_is_swept_after_the_ttl_and_a_live_one_stays() {
     let (_, audit) = c.get("/api/v1/audit").await;
     assert!(audit.to_string().contains("share.sweep"), "{audit}");
 }
+
+/// The routes of the Gateway with `token`, as it pulls them.
+async fn gateway_routes(c: &Control, token: &str) -> Value {
+    let res = c
+        .http
+        .get(c.url(kakuremichi_proto::PULL_CONFIG_PATH))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json::<Value>().await.unwrap()["routes"].clone()
+}
+
+#[tokio::test]
+async fn basic_auth_reaches_the_gateways_as_a_salted_hash_and_the_password_nowhere() {
+    let (_dir, c) = control(Duration::from_secs(600)).await;
+    let gw = c.gateway("edge").await;
+    let gw_token = gw["token"].as_str().unwrap();
+    let body =
+        json!({"target": "localhost:3000", "name": "locked", "basic_auth": "ann:correct horse"});
+    let (s, made) = c.post("/api/v1/shares", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{made}");
+    assert_eq!(made["tunnel"]["basic_auth_user"], "ann");
+    let host = format!("locked.{DOMAIN}");
+    let routes = gateway_routes(&c, gw_token).await;
+    let check = &routes[&host]["basic_auth"];
+    assert_eq!(check["salt"].as_str().unwrap().len(), 32, "{routes}");
+    assert_eq!(check["sha256"].as_str().unwrap().len(), 64, "{routes}");
+    let tunnel_id = made["tunnel"]["id"].as_i64().unwrap();
+    let (_, audit) = c.get("/api/v1/audit").await;
+    for shown in [&made, &routes, &audit] {
+        assert!(!shown.to_string().contains("correct horse"), "{shown}");
+    }
+
+    // Bad credentials, or a tunnel that is not http, change nothing.
+    let path = format!("/api/v1/tunnels/{tunnel_id}");
+    for bad in ["nocolon", "ann:short", ":password1", "ann:pass\u{7}word"] {
+        let (s, body) = c.patch(&path, json!({"basic_auth": bad})).await;
+        assert_error(s, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    assert_eq!(
+        gateway_routes(&c, gw_token).await[&host]["basic_auth"],
+        *check
+    );
+    let agent = c.agent("db").await;
+    let tcp = json!({"hostname": "db.example.test", "agent_id": agent["id"], "target": "127.0.0.1:5432",
+                     "protocol": "tcp", "basic_auth": "ann:correct horse"});
+    let (s, body) = c.post("/api/v1/tunnels", tcp).await;
+    assert_error(s, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+    // A new password is a new salt and hash; null turns it off.
+    let (s, changed) = c
+        .patch(&path, json!({"basic_auth": "bob:another password"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{changed}");
+    assert_eq!(changed["basic_auth_user"], "bob");
+    assert_ne!(
+        gateway_routes(&c, gw_token).await[&host]["basic_auth"],
+        *check
+    );
+    let (s, off) = c.patch(&path, json!({"basic_auth": null})).await;
+    assert_eq!(s, StatusCode::OK, "{off}");
+    assert_eq!(off["basic_auth_user"], Value::Null);
+    assert!(gateway_routes(&c, gw_token).await[&host]
+        .get("basic_auth")
+        .is_none());
+}

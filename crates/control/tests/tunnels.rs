@@ -21,6 +21,7 @@ async fn tunnels_crud_and_validation() {
             "access",
             "agent_id",
             "agent_ids",
+            "basic_auth_user",
             "certificate",
             "counters",
             "created_at",

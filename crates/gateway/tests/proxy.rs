@@ -113,6 +113,7 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         limits: Default::default(),
         plain_http_only: false,
         tcp_access: false,
+        basic_auth: None,
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();
@@ -123,6 +124,36 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
         "{elapsed:?}"
     );
+}
+
+#[tokio::test]
+async fn basic_auth_asks_for_the_password_and_the_app_never_sees_it() {
+    let s = setup(ProxyConfig::default()).await;
+    let mut route = s.dialer.map(agent(1, 8001), s.a.addr);
+    route.basic_auth = Some(kakuremichi_proto::RouteBasicAuth::new(
+        "ann:correct horse",
+        [3; 16],
+    ));
+    s.gw.route(&[("a.test", route)]);
+    let client = s.gw.client();
+    let ask = |user: Option<(&str, &str)>| {
+        let request = client.get(s.gw.url("a.test", "/echo"));
+        match user {
+            Some((u, p)) => request.basic_auth(u, Some(p)),
+            None => request,
+        }
+    };
+    for refused in [None, Some(("ann", "wrong")), Some(("bob", "correct horse"))] {
+        let response = within("refused", ask(refused).send()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{refused:?}");
+        let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.starts_with("Basic realm="), "{challenge}");
+    }
+    let admitted = within("admitted", ask(Some(("ann", "correct horse"))).send())
+        .await
+        .unwrap();
+    let echo = Echo::from(admitted).await;
+    assert!(echo.header("authorization").is_empty(), "{}", echo.0);
 }
 
 #[tokio::test]

@@ -153,11 +153,45 @@ async fn share_prints_a_url_that_answers_through_every_gateway_and_ctrl_c_delete
         .await;
     assert_eq!(status, 404);
 
-    // The requirement documents' spelling does the same.
+    // The requirement documents' spelling does the same; with a password this time.
     let port = origin.port().to_string();
-    let mut term = run(&fleet, &["agent", "tunnel", "--port", &port, "--temporary"]);
-    online_share(&fleet).await;
+    let args = [
+        "agent",
+        "tunnel",
+        "--port",
+        &port,
+        "--temporary",
+        "--basic-auth",
+        "ann:correct horse",
+    ];
+    let mut term = run(&fleet, &args);
+    let share = online_share(&fleet).await;
     term.expect("Forwarding", WITHIN).await;
+    let tunnel = fleet
+        .api
+        .get(&format!("tunnels/{}", share["tunnel_id"]))
+        .await;
+    let host = tunnel["hostname"].as_str().unwrap();
+    let gw = fleet.gateways[0].https;
+    let url = format!("https://{host}:{}/", gw.port());
+    let client = https_client(&root, &[host], gw);
+    let asked = client.get(&url).send().await.unwrap();
+    assert_eq!(asked.status(), 401, "no password, no app");
+    let wrong = client
+        .get(&url)
+        .basic_auth("ann", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(&url)
+        .basic_auth("ann", Some("correct horse"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert!(right.text().await.unwrap().contains("shared-app"));
     term.interrupt();
     assert!(term.exit(WITHIN).await.success(), "{}", term.output());
     assert!(shares(&fleet).await.is_empty());

@@ -9,11 +9,13 @@
 //! a node and a Control of incompatible versions fail with a message that says what to upgrade.
 
 pub mod access;
+pub mod basic_auth;
 pub mod limits;
 pub mod message;
 mod snapshot;
 
 pub use access::{AccessConfig, AccessKey, AccessPolicy, RouteAccess};
+pub use basic_auth::RouteBasicAuth;
 pub use limits::{IpNet, RateLimit, RouteLimits};
 pub use message::{
     decode_control, decode_node, probe_config, ControlMessage, DecodeError, NodeMessage, NodeRole,

@@ -247,6 +247,11 @@ pub struct GatewayRoute {
     /// signed-in client (`kakuremichi access tcp`), over HTTPS. Left out when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tcp_access: bool,
+    /// HTTP Basic authentication in front of the tunnel (see [`crate::basic_auth`]). Left out
+    /// when off; older Gateways refuse a route with it (an unknown field) rather than serve it
+    /// openly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<crate::RouteBasicAuth>,
 }
 
 /// One Agent serving a route with replicas.

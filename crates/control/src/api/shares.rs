@@ -33,6 +33,9 @@ pub struct CreateShare {
     /// Seconds until it is deleted whatever happens (60 to 604800).
     #[serde(default)]
     expires_in: Option<u64>,
+    /// `user:password`: the Gateways ask for them (HTTP Basic authentication).
+    #[serde(default)]
+    basic_auth: Option<String>,
 }
 
 /// A temporary tunnel.
@@ -89,6 +92,7 @@ pub async fn create(
         target: body.target,
         access: body.access,
         expires: body.expires_in.map(Duration::from_secs),
+        basic_auth: body.basic_auth,
     };
     let made = ops::shares::create(&state, &user, new).await?;
     let created = CreatedShare {

@@ -86,6 +86,9 @@ pub struct CreateTunnel {
     /// `udp`: seconds a flow (one client address) may send and receive nothing before the
     /// Gateways and the Agent free it; 1-86400, default 60.
     udp_idle_timeout: Option<u32>,
+    /// `http`: `user:password` for HTTP Basic authentication at the Gateways (user 1-64
+    /// characters without `:`, password 8-128). Write-only: views show `basic_auth_user`.
+    basic_auth: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -120,6 +123,9 @@ pub struct PatchTunnel {
     /// null: back to the default (60 s).
     #[serde(default, deserialize_with = "nullable")]
     udp_idle_timeout: Option<Option<u32>>,
+    /// `user:password` for HTTP Basic authentication; null turns it off.
+    #[serde(default, deserialize_with = "nullable")]
+    basic_auth: Option<Option<String>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`, by `serde(default)`).
@@ -171,6 +177,7 @@ pub async fn create(
         proxy_protocol: body.proxy_protocol,
         max_connections: body.max_connections.map(Some),
         udp_idle_timeout: body.udp_idle_timeout.map(Some),
+        basic_auth: body.basic_auth.map(Some),
     };
     let row = ops::tunnels::create(&state, &user, input).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
@@ -276,6 +283,7 @@ pub async fn update(
         proxy_protocol: body.proxy_protocol,
         max_connections: body.max_connections,
         udp_idle_timeout: body.udp_idle_timeout,
+        basic_auth: body.basic_auth,
     };
     let row = ops::tunnels::update(&state, &user, id, input).await?;
     Ok(Json(view(&state, row).await?))

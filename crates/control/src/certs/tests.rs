@@ -193,6 +193,7 @@ impl Setup {
             limits: Default::default(),
             stream: Default::default(),
             ports: Default::default(),
+            basic_auth: None,
         };
         self.store.create_tunnel(&new).await.unwrap().id
     }

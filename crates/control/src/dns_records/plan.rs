@@ -186,6 +186,8 @@ mod tests {
             proxy_protocol: "off".into(),
             max_connections: None,
             udp_idle_timeout: None,
+            basic_auth_user: None,
+            basic_auth: None,
         }
     }
 

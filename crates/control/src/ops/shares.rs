@@ -42,6 +42,8 @@ pub struct NewShare {
     pub access: Option<AccessPolicy>,
     /// Deleted after this long whatever happens.
     pub expires: Option<Duration>,
+    /// `user:password` asked by the Gateways (HTTP Basic authentication).
+    pub basic_auth: Option<String>,
 }
 
 /// A temporary tunnel just made: the Agent's key is in here, once.
@@ -123,6 +125,7 @@ pub async fn create(state: &AppState, user: &UserRow, new: NewShare) -> Result<S
             agent_id: Some(agent.id),
             target: Some(new.target.clone()),
             access: new.access.clone(),
+            basic_auth: new.basic_auth.clone().map(Some),
             ..Default::default()
         };
         let tunnel = match super::tunnels::create(state, user, input).await {

@@ -40,6 +40,35 @@ pub struct TunnelInput {
     pub max_connections: Option<Option<u32>>,
     /// `udp` only: seconds a flow may stay idle; `Some(None)`: the default (on update).
     pub udp_idle_timeout: Option<Option<u32>>,
+    /// `http` only: `user:password` for HTTP Basic authentication; `Some(None)`: off (update).
+    pub basic_auth: Option<Option<String>>,
+}
+
+/// `user:password` checked, as the stored user name and the Gateways' check (a fresh salt).
+fn basic_auth(
+    protocol: TunnelProtocol,
+    credentials: Option<&str>,
+) -> Result<Option<(String, kakuremichi_proto::RouteBasicAuth)>, ApiError> {
+    let Some(credentials) = credentials else {
+        return Ok(None);
+    };
+    if protocol != TunnelProtocol::Http {
+        return Err(ApiError::bad_request(format!(
+            "basic_auth applies to http tunnels, not to a {} tunnel",
+            protocol.as_str()
+        )));
+    }
+    kakuremichi_proto::basic_auth::check_credentials(credentials).map_err(ApiError::bad_request)?;
+    let mut salt = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    let user = credentials
+        .split_once(':')
+        .map_or("", |(u, _)| u)
+        .to_string();
+    Ok(Some((
+        user,
+        kakuremichi_proto::RouteBasicAuth::new(credentials, salt),
+    )))
 }
 
 /// Most connections (UDP: flows) a tunnel's cap may allow per Gateway.
@@ -324,6 +353,7 @@ pub async fn create(
         replicas,
         stream,
         ports: port_rules(state).await?,
+        basic_auth: basic_auth(protocol, input.basic_auth.clone().flatten().as_deref())?,
     };
     require_agent(state, user, agent_id).await?;
     for &replica in &new.replicas {
@@ -389,6 +419,10 @@ pub async fn update(
             Some(_) => Some(port_rules(state).await?),
             None => None,
         },
+        basic_auth: match &input.basic_auth {
+            Some(change) => Some(basic_auth(current.protocol(), change.as_deref())?),
+            None => None,
+        },
     };
     for agent in touched_agents(state, &current, &patch).await? {
         require_agent(state, user, agent).await?;
@@ -406,6 +440,8 @@ pub async fn update(
         "limits": (!patch.limits.is_empty()).then(|| limits_of(&row)),
         "public_port": patch.public_port, "proxy_protocol": patch.proxy_protocol,
         "max_connections": patch.max_connections, "udp_idle_timeout": patch.udp_idle_timeout,
+        // Whether it changed, and to which user: never the password nor its hash.
+        "basic_auth_user": patch.basic_auth.as_ref().map(|a| a.as_ref().map(|(u, _)| u)),
     });
     audit(state, Some(user), "tunnel.update", label(&row), detail).await;
     Ok(row)

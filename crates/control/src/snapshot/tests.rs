@@ -59,6 +59,8 @@ fn tunnel(id: i64, agent_id: i64, port: i64) -> TunnelRow {
         proxy_protocol: "off".into(),
         max_connections: None,
         udp_idle_timeout: None,
+        basic_auth_user: None,
+        basic_auth: None,
     }
 }
 

@@ -9,7 +9,7 @@ use super::{
     alloc, is_foreign_key_violation, is_unique_violation, now, replicas, Store, StoreError,
     StoreResult,
 };
-use kakuremichi_proto::{AccessPolicy, ProxyProtocol, TunnelProtocol};
+use kakuremichi_proto::{AccessPolicy, ProxyProtocol, RouteBasicAuth, TunnelProtocol};
 use sqlx::{Sqlite, Transaction};
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
@@ -17,7 +17,7 @@ use std::ops::RangeInclusive;
 pub(crate) const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, \
      https_redirect, access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, \
      ip_deny, rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
-     public_port, proxy_protocol, max_connections, udp_idle_timeout";
+     public_port, proxy_protocol, max_connections, udp_idle_timeout, basic_auth_user, basic_auth";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -54,6 +54,10 @@ pub struct TunnelRow {
     pub max_connections: Option<i64>,
     /// Seconds a UDP flow may stay idle; NULL = the default.
     pub udp_idle_timeout: Option<i64>,
+    /// HTTP Basic authentication: the user name, and the Gateways' check (JSON of
+    /// [`RouteBasicAuth`]); NULL = off.
+    pub basic_auth_user: Option<String>,
+    pub basic_auth: Option<String>,
 }
 
 impl TunnelRow {
@@ -64,6 +68,11 @@ impl TunnelRow {
 
     pub fn proxy_protocol(&self) -> ProxyProtocol {
         self.proxy_protocol.parse().unwrap_or_default()
+    }
+
+    /// The Gateways' Basic-authentication check, if the tunnel has one.
+    pub fn basic_auth(&self) -> Option<RouteBasicAuth> {
+        serde_json::from_str(self.basic_auth.as_deref()?).ok()
     }
 }
 
@@ -117,6 +126,8 @@ pub struct NewTunnel {
     pub limits: TunnelLimits,
     pub stream: StreamSettings,
     pub ports: PortRules,
+    /// HTTP Basic authentication: the user name and the Gateways' check.
+    pub basic_auth: Option<(String, RouteBasicAuth)>,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -142,6 +153,8 @@ pub struct TunnelPatch {
     /// `Some(None)` goes back to the default.
     pub udp_idle_timeout: Option<Option<u32>>,
     pub ports: Option<PortRules>,
+    /// `Some(None)` turns Basic authentication off.
+    pub basic_auth: Option<Option<(String, RouteBasicAuth)>>,
 }
 
 impl Store {
@@ -169,12 +182,14 @@ impl Store {
             "INSERT INTO tunnels (hostname, agent_id, target, port, enabled, tls, https_redirect, \
              access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, ip_deny, \
              rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
-             public_port, proxy_protocol, max_connections, udp_idle_timeout) \
+             public_port, proxy_protocol, max_connections, udp_idle_timeout, basic_auth_user, \
+             basic_auth) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20, $21) RETURNING {COLUMNS}"
+             $17, $18, $19, $20, $21, $22, $23) RETURNING {COLUMNS}"
         );
         let (access_mode, access_allow) = encode_policy(&new.access);
         let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&new.limits);
+        let (auth_user, auth) = encode_basic_auth(new.basic_auth.as_ref());
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&new.hostname)
             .bind(new.agent_id)
@@ -197,6 +212,8 @@ impl Store {
             .bind(new.stream.proxy_protocol.as_str())
             .bind(new.stream.max_connections.map(i64::from))
             .bind(new.stream.udp_idle_timeout.map(i64::from))
+            .bind(auth_user)
+            .bind(auth)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;
@@ -269,12 +286,17 @@ impl Store {
             Some(secs) => secs.map(i64::from),
             None => current.udp_idle_timeout,
         };
+        let (auth_user, auth) = match &patch.basic_auth {
+            Some(change) => encode_basic_auth(change.as_ref()),
+            None => (current.basic_auth_user.clone(), current.basic_auth.clone()),
+        };
         let sql = format!(
             "UPDATE tunnels SET hostname = $1, agent_id = $2, target = $3, port = $4, enabled = $5, \
              tls = $6, https_redirect = $7, access_mode = $8, access_allow = $9, updated_at = $10, \
              ip_allow = $12, ip_deny = $13, rate_limit_per_second = $14, rate_limit_burst = $15, \
              max_concurrent_requests = $16, public_port = $17, proxy_protocol = $18, \
-             max_connections = $19, udp_idle_timeout = $20 WHERE id = $11 RETURNING {COLUMNS}"
+             max_connections = $19, udp_idle_timeout = $20, basic_auth_user = $21, \
+             basic_auth = $22 WHERE id = $11 RETURNING {COLUMNS}"
         );
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -297,6 +319,8 @@ impl Store {
             .bind(proxy_protocol.as_str())
             .bind(max_connections)
             .bind(udp_idle_timeout)
+            .bind(auth_user)
+            .bind(auth)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &hostname))?;
@@ -323,6 +347,14 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+}
+
+/// The columns of Basic authentication: the user name and the check as JSON.
+fn encode_basic_auth(auth: Option<&(String, RouteBasicAuth)>) -> (Option<String>, Option<String>) {
+    match auth {
+        Some((user, check)) => (Some(user.clone()), serde_json::to_string(check).ok()),
+        None => (None, None),
     }
 }
 

@@ -49,6 +49,9 @@ pub struct TunnelView {
     /// `udp`: seconds a flow may stay idle before it is freed (the default, 60, when the
     /// tunnel sets none); `null` for the other protocols.
     udp_idle_timeout: Option<u32>,
+    /// `http`: the user name of the tunnel's HTTP Basic authentication (the password is never
+    /// shown); `null` when it has none.
+    basic_auth_user: Option<String>,
     /// `tcp`/`udp`: where clients connect, one `host:port` per enabled Gateway (its
     /// `public_endpoint`'s host); empty for `http` and `tls` tunnels, reached by hostname, and
     /// for a `tcp` tunnel with access control (no public port is opened for it).
@@ -214,6 +217,7 @@ impl TunnelView {
                     .and_then(|s| u32::try_from(s).ok())
                     .unwrap_or(kakuremichi_proto::DEFAULT_UDP_IDLE_TIMEOUT)
             }),
+            basic_auth_user: t.basic_auth_user,
             public_addresses: Vec::new(),
             public_urls: Vec::new(),
             port_errors: Vec::new(),

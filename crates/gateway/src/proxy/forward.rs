@@ -88,6 +88,15 @@ impl Proxy {
             let to = redirect::location(&host.name, self.config.https_port, path);
             return local(redirect::redirect(&to));
         }
+        // Basic authentication, then the sign-in of access control; the app sees neither's
+        // credentials.
+        if let Some(check) = &route.basic_auth {
+            let given = req.headers().get(http::header::AUTHORIZATION);
+            if !given.is_some_and(|v| check.admits(v.as_bytes())) {
+                return local(pages::basic_auth_required());
+            }
+            req.headers_mut().remove(http::header::AUTHORIZATION);
+        }
         if let Err(page) = self.access.admit(&mut req, &host, &route, conn.scheme) {
             return local(*page);
         }
@@ -301,6 +310,7 @@ mod tests {
             limits: Default::default(),
             plain_http_only: false,
             tcp_access: false,
+            basic_auth: None,
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

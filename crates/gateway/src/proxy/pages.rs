@@ -51,6 +51,19 @@ pub(crate) fn bad_request() -> Response<Full<Bytes>> {
     )
 }
 
+/// The tunnel asks for a user name and password (its Basic authentication).
+pub(crate) fn basic_auth_required() -> Response<Full<Bytes>> {
+    let mut response = page(
+        StatusCode::UNAUTHORIZED,
+        "This site asks for a user name and a password.",
+    );
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"kakuremichi\", charset=\"UTF-8\""),
+    );
+    response
+}
+
 pub(crate) fn method_not_allowed() -> Response<Full<Bytes>> {
     page(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -101,6 +101,7 @@ mod tests {
             limits: Default::default(),
             plain_http_only: false,
             tcp_access: false,
+            basic_auth: None,
         }
     }
 

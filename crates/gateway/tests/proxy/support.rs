@@ -116,6 +116,7 @@ impl TestDialer {
             limits: Default::default(),
             plain_http_only: false,
             tcp_access: false,
+            basic_auth: None,
         }
     }
 

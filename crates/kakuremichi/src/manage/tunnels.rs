@@ -55,6 +55,10 @@ pub struct TunnelFields {
     /// For tcp tunnels: connections open at once before new ones are refused.
     #[arg(long, value_name = "N")]
     max_connections: Option<u32>,
+    /// For http tunnels: ask visitors for this user name and password (HTTP Basic
+    /// authentication at the Gateways); `off` removes it.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    basic_auth: Option<String>,
 }
 
 impl TunnelFields {
@@ -76,6 +80,15 @@ impl TunnelFields {
         }
         if let Some(m) = self.max_connections {
             body.insert("max_connections".into(), m.into());
+        }
+        match self.basic_auth.as_deref() {
+            Some("off") => {
+                body.insert("basic_auth".into(), Value::Null);
+            }
+            Some(credentials) => {
+                body.insert("basic_auth".into(), credentials.into());
+            }
+            None => {}
         }
         Ok(Value::Object(body))
     }

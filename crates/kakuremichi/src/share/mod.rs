@@ -71,6 +71,10 @@ pub struct ShareOptions {
     /// 7 days).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     expires: Option<Duration>,
+    /// Ask visitors for this user name and password (HTTP Basic authentication at the
+    /// Gateways; the app never sees them). The password: 8 to 128 characters.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    basic_auth: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -163,6 +167,9 @@ pub async fn run(
     if let Some(d) = args.expires {
         body["expires_in"] = d.as_secs().into();
     }
+    if let Some(credentials) = &args.basic_auth {
+        body["basic_auth"] = credentials.as_str().into();
+    }
     let started = Instant::now();
     let made = client
         .call(Method::POST, "shares", Some(&body))
@@ -186,7 +193,7 @@ pub async fn run(
             }
             eprintln!("(served {} ms after this command started; Ctrl-C stops it and deletes it)",
                 started.elapsed().as_millis());
-            if public {
+            if public && args.basic_auth.is_none() {
                 eprintln!("Anyone who has the URL can open it; --access me lets only you in.");
             }
         }),

@@ -21,6 +21,7 @@ pub(crate) fn sample() -> ConfigSnapshot {
             limits: RouteLimits::default(),
             plain_http_only: false,
             tcp_access: false,
+            basic_auth: None,
         },
     );
     let cert = TlsCertificate {

@@ -60,6 +60,7 @@ fn route(access: AccessPolicy) -> GatewayRoute {
         limits: Default::default(),
         plain_http_only: false,
         tcp_access: false,
+        basic_auth: None,
     }
 }
 

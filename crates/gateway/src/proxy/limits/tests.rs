@@ -22,6 +22,7 @@ fn route(tunnel_id: i64, limits: RouteLimits) -> GatewayRoute {
         limits,
         plain_http_only: false,
         tcp_access: false,
+        basic_auth: None,
     }
 }
 
