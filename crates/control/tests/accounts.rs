@@ -4,16 +4,8 @@
 
 use kakuremichi_testkit::control::*;
 use reqwest::header::{LOCATION, SET_COOKIE};
-use reqwest::{redirect, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-/// A client that does not follow redirects, so tests see each `Location`.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 fn cookie_of(res: &reqwest::Response) -> Option<String> {
     res.headers()

@@ -4,7 +4,7 @@
 
 use kakuremichi_testkit::control::*;
 use reqwest::header::{LOCATION, RETRY_AFTER};
-use reqwest::{redirect, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 async fn start_login(c: &Control, body: Value) -> (StatusCode, Value) {
@@ -24,7 +24,7 @@ async fn poll(c: &Control, device_code: &str) -> (StatusCode, Value) {
 
 /// `GET /device?code=...` as the browser with `cookie`: status, body and `Location`.
 async fn device_page(c: &Control, cookie: &str, code: &str) -> (StatusCode, String, String) {
-    let res = no_redirects()
+    let res = browser()
         .get(c.url(&format!("/device?code={code}")))
         .header("cookie", cookie)
         .send()
@@ -45,7 +45,7 @@ async fn decide(
     code: &str,
     decision: &str,
 ) -> (StatusCode, String) {
-    let res = no_redirects()
+    let res = browser()
         .post(c.url("/device"))
         .header("cookie", &session.0)
         .form(&[
@@ -57,13 +57,6 @@ async fn decide(
         .await
         .unwrap();
     (res.status(), res.text().await.unwrap())
-}
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 fn code_of(started: &Value) -> (String, String) {

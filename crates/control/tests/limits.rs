@@ -157,10 +157,7 @@ async fn the_tunnel_form_sets_shows_and_keeps_limits() {
     let c = start(&dir).await;
     let agent = c.agent("a1").await["id"].as_i64().unwrap().to_string();
     let (cookie, csrf) = c.login_csrf(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
-    let b = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let b = browser();
     let post = |path: &str, fields: Vec<(&str, &str)>| {
         let mut form = vec![
             ("csrf", csrf.as_str()),

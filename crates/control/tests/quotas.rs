@@ -236,10 +236,7 @@ async fn the_users_page_shows_and_sets_the_quotas() {
         ("max_allow_list_entries", "50"),
         ("api_requests_per_minute", "900"),
     ];
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let no_redirect = browser();
     let res = no_redirect
         .post(c.url("/users/quotas"))
         .header("cookie", &cookie)

@@ -292,10 +292,7 @@ async fn the_tunnel_form_sets_and_keeps_access() {
     let c = start(&dir).await;
     let agent = c.agent("a1").await["id"].as_i64().unwrap();
     let (cookie, csrf) = c.login_csrf(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
-    let b = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let b = browser();
     let post = |path: &str, fields: Vec<(&str, &str)>| {
         let mut form = vec![("csrf", csrf.as_str())];
         form.extend(fields);

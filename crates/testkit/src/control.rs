@@ -240,6 +240,15 @@ pub fn keys(v: &Value) -> Vec<&str> {
     k
 }
 
+/// A client that does not follow redirects, as a browser's single request: tests see each
+/// `Location`.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 /// Asserts an API error: the status, the stable code, and a message a person can read.
 pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
     assert_eq!(status, expected, "{body}");
