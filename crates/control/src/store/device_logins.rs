@@ -56,6 +56,28 @@ pub enum DevicePoll {
     Gone,
 }
 
+/// Why `new` may not start now, counting the unexpired sign-ins: all of them, and its client's.
+async fn refusal<'c>(
+    db: impl sqlx::SqliteExecutor<'c>,
+    new: &NewDeviceLogin<'_>,
+    now: &str,
+) -> StoreResult<Option<StartRefused>> {
+    let (all, mine): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(client_ip = $1), 0) FROM device_logins WHERE expires_at > $2",
+    )
+    .bind(new.client_ip)
+    .bind(now)
+    .fetch_one(db)
+    .await?;
+    Ok(if all >= new.max_pending {
+        Some(StartRefused::Full)
+    } else if new.client_ip.is_some() && mine >= new.max_per_client {
+        Some(StartRefused::TooManyFromClient)
+    } else {
+        None
+    })
+}
+
 impl Store {
     /// Records a new pending sign-in, first deleting expired ones; refused over the limits.
     pub async fn start_device_login(
@@ -63,26 +85,17 @@ impl Store {
         new: &NewDeviceLogin<'_>,
     ) -> StoreResult<Result<(), StartRefused>> {
         let now = now();
+        // Refused without the write lock first: anonymous callers must not queue on it.
+        if let Some(refused) = refusal(self.pool(), new, &now).await? {
+            return Ok(Err(refused));
+        }
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM device_logins WHERE expires_at <= $1")
             .bind(&now)
             .execute(&mut *tx)
             .await?;
-        let (all,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM device_logins")
-            .fetch_one(&mut *tx)
-            .await?;
-        if all >= new.max_pending {
-            return Ok(Err(StartRefused::Full));
-        }
-        if let Some(ip) = new.client_ip {
-            let (mine,): (i64,) =
-                sqlx::query_as("SELECT COUNT(*) FROM device_logins WHERE client_ip = $1")
-                    .bind(ip)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if mine >= new.max_per_client {
-                return Ok(Err(StartRefused::TooManyFromClient));
-            }
+        if let Some(refused) = refusal(&mut *tx, new, &now).await? {
+            return Ok(Err(refused));
         }
         let inserted = sqlx::query(
             "INSERT INTO device_logins (device_hash, user_code, name, client_ip, created_at, expires_at) \
@@ -147,6 +160,15 @@ impl Store {
         token_hash: &str,
     ) -> StoreResult<DevicePoll> {
         let now = now();
+        // An unknown code (a guess, or one already redeemed) is answered without the write lock.
+        let known: Option<(i64,)> =
+            sqlx::query_as("SELECT id FROM device_logins WHERE device_hash = $1")
+                .bind(device_hash)
+                .fetch_optional(self.pool())
+                .await?;
+        if known.is_none() {
+            return Ok(DevicePoll::Gone);
+        }
         let mut tx = self.write_tx().await?;
         type Found = (i64, String, String, Option<i64>, bool, Option<String>);
         let found: Option<Found> = sqlx::query_as(
