@@ -185,6 +185,12 @@ async fn login_in_a_terminal_approved_in_the_browser_then_every_command_then_log
         "{table}"
     );
     let shown = json(home, &["tunnels", "show", "app.test"]);
+    let out = run(home, &["open", "app.test", "--no-browser"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "http://app.test/"
+    );
     assert_eq!(shown["id"], made[0]["id"]);
 
     let edited = json(
