@@ -195,4 +195,19 @@ async fn share_prints_a_url_that_answers_through_every_gateway_and_ctrl_c_delete
     term.interrupt();
     assert!(term.exit(WITHIN).await.success(), "{}", term.output());
     assert!(shares(&fleet).await.is_empty());
+
+    // No Gateway serves it (both disabled): Ctrl-C while it waits still ends and cleans up.
+    for gw in fleet.api.get("gateways").await.as_array().unwrap() {
+        let path = format!("gateways/{}", gw["id"]);
+        fleet
+            .api
+            .patch(&path, serde_json::json!({"enabled": false}))
+            .await;
+    }
+    let mut term = run_share(&fleet, origin);
+    online_share(&fleet).await;
+    assert!(!term.output().contains("Forwarding"), "{}", term.output());
+    term.interrupt();
+    assert!(term.exit(WITHIN).await.success(), "{}", term.output());
+    assert!(shares(&fleet).await.is_empty());
 }

@@ -185,6 +185,9 @@ pub async fn run(
     let agent = tokio::spawn(kakuremichi_agent::run(config, async {
         let _ = agent_stopped.await;
     }));
+    // One stop signal for the whole run: a Ctrl-C while waiting ends it as well as one after.
+    let stop = stopped();
+    tokio::pin!(stop);
     let outcome = tokio::select! {
         served = share.wait_served() => served.map(|urls| {
             println!("Forwarding  {}  ->  {shown_target}", urls.join("  "));
@@ -196,15 +199,16 @@ pub async fn run(
             if public && args.basic_auth.is_none() {
                 eprintln!("Anyone who has the URL can open it; --access me lets only you in.");
             }
+            true
         }),
-        () = stopped() => Ok(()),
+        () = &mut stop => Ok(false),
     };
     let mut agent = Some(agent);
-    if outcome.is_ok() {
+    if matches!(outcome, Ok(true)) {
         // Until Ctrl-C, SIGTERM or a lost terminal; or the Agent ending on its own.
         if let Some(running) = agent.as_mut() {
             tokio::select! {
-                () = stopped() => {}
+                () = &mut stop => {}
                 ended = running => {
                     agent = None;
                     eprintln!("The Agent stopped ({}); deleting the tunnel.", match ended {
