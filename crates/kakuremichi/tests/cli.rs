@@ -71,14 +71,8 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// The tunnels as the API lists them, without the DNS status (filled in on its own schedule).
 async fn tunnels(c: &Control) -> Vec<Value> {
-    let (_, list) = c.get("/api/v1/tunnels").await;
-    let mut list = list.as_array().unwrap().clone();
-    for t in &mut list {
-        t.as_object_mut().unwrap().remove("dns");
-    }
-    list
+    c.tunnel_records().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

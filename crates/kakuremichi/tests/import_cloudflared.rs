@@ -89,11 +89,10 @@ async fn control_with_agents(dir: &Path) -> (Control, i64) {
 
 /// Every tunnel: hostname → the tunnel.
 async fn tunnels(c: &Control) -> BTreeMap<String, Value> {
-    let list = c.client().tunnels().await.unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["hostname"].as_str().unwrap().to_string(), t.clone()))
+    c.tunnel_records()
+        .await
+        .into_iter()
+        .map(|t| (t["hostname"].as_str().unwrap().to_string(), t))
         .collect()
 }
 
