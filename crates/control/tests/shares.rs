@@ -1,7 +1,7 @@
 //! Temporary tunnels, Control's half (issue #17): `POST /shares` makes an Agent and a tunnel at a
 //! random name under the temporary domain, `DELETE` removes both, the quota bounds them (0 turns
 //! them off), bad input changes nothing, and an abandoned one (its Agent offline past the TTL) is
-//! swept while one whose Agent is online stays.
+//! swept while one whose Agent is online stays, until its `expires_at`.
 
 use kakuremichi_control::TemporaryConfig;
 use kakuremichi_proto::NodeRole;
@@ -155,7 +155,7 @@ async fn bad_input_the_quota_and_a_control_without_a_domain_change_nothing() {
 
 #[tokio::test]
 async fn an_abandoned_share_is_swept_after_the_ttl_and_a_live_one_stays() {
-    let (_dir, c) = control(Duration::from_secs(1)).await;
+    let (dir, c) = control(Duration::from_secs(1)).await;
     let body = json!({"target": "localhost:3000"});
     let (_, live) = c.post("/api/v1/shares", body.clone()).await;
     let (_, abandoned) = c.post("/api/v1/shares", body).await;
@@ -182,6 +182,30 @@ async fn an_abandoned_share_is_swept_after_the_ttl_and_a_live_one_stays() {
     assert_eq!(mine[0]["id"], live["id"], "the live one stays");
     let (_, audit) = c.get("/api/v1/audit").await;
     assert!(audit.to_string().contains("share.sweep"), "{audit}");
+
+    // Past its --expires, a share goes even while its Agent is online. (The API takes a minute
+    // at least; the test moves the time in the database.)
+    let db = dir.path().join("data/control.db");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE temporary_tunnels SET expires_at = '2000-01-01T00:00:00Z' WHERE id = $1")
+        .bind(live["id"].as_i64().unwrap())
+        .execute(&db)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the expired share swept",
+        || async { count(&c, "/api/v1/shares").await == 0 },
+    )
+    .await;
+    let (s, _) = c
+        .get(&format!("/api/v1/tunnels/{}", live["tunnel"]["id"]))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, audit) = c.get("/api/v1/audit").await;
+    assert!(audit.to_string().contains(r#""why":"expired""#), "{audit}");
 }
 
 /// The routes of the Gateway with `token`, as it pulls them.

@@ -68,8 +68,12 @@ async fn share_prints_a_url_that_answers_through_every_gateway_and_ctrl_c_delete
 
     let mut term = run_share(&fleet, origin);
     let share = online_share(&fleet).await;
-    // Within 2 s of the Agent connecting, the URL is on the screen.
-    let said = term.expect("Forwarding", Duration::from_secs(2)).await;
+    // Within 2 s of the Agent connecting, the URL is on the screen; the banner ends with the
+    // line that says who may open it (waiting for "Forwarding" alone may return before the QR
+    // code, which is a later write).
+    let said = term
+        .expect("lets only you in.", Duration::from_secs(2))
+        .await;
     let started = std::time::Instant::now();
     let tunnel = fleet
         .api
@@ -192,6 +196,35 @@ async fn share_prints_a_url_that_answers_through_every_gateway_and_ctrl_c_delete
         .unwrap();
     assert_eq!(right.status(), 200);
     assert!(right.text().await.unwrap().contains("shared-app"));
+    term.interrupt();
+    assert!(term.exit(WITHIN).await.success(), "{}", term.output());
+    assert!(shares(&fleet).await.is_empty());
+
+    // --access me: only the signed-in user; a visitor without a session is sent to sign in,
+    // and the banner says nothing about "anyone".
+    let mut term = run(&fleet, &["share", &port, "--access", "me"]);
+    let share = online_share(&fleet).await;
+    let said = term.expect("Ctrl-C stops it", WITHIN).await;
+    assert!(!said.contains("Anyone who has the URL"), "{said}");
+    let me = fleet.api.get("auth/me").await;
+    let tunnel = fleet
+        .api
+        .get(&format!("tunnels/{}", share["tunnel_id"]))
+        .await;
+    assert_eq!(
+        tunnel["access"],
+        serde_json::json!({"mode": "users", "allow": [me["user"]["email"]]}),
+        "{tunnel}"
+    );
+    let host = tunnel["hostname"].as_str().unwrap();
+    let url = format!("https://{host}:{}/", gw.port());
+    let visitor = https_client(&root, &[host], gw)
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert!(visitor.status().is_redirection(), "{}", visitor.status());
+    assert!(!visitor.text().await.unwrap().contains("shared-app"));
     term.interrupt();
     assert!(term.exit(WITHIN).await.success(), "{}", term.output());
     assert!(shares(&fleet).await.is_empty());

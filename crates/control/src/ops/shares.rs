@@ -188,16 +188,11 @@ pub async fn delete(state: &AppState, user: &UserRow, id: i64) -> Result<(), Api
     Ok(())
 }
 
-/// Deletes the tunnel, then the Agent (the row goes with them), and tells the nodes. Failures
-/// are logged: the sweeper tries again.
+/// Deletes the tunnel and the Agent (the row goes with them) at once, and tells the nodes.
+/// Failures are logged: the sweeper tries again.
 async fn remove(state: &AppState, agent_id: i64, tunnel_id: Option<i64>) {
-    if let Some(t) = tunnel_id {
-        if let Err(e) = state.store.delete_tunnel(t).await {
-            tracing::warn!(tunnel_id = t, error = %e, "could not delete a temporary tunnel");
-        }
-    }
-    if let Err(e) = state.store.delete_agent(agent_id).await {
-        tracing::warn!(agent_id, error = %e, "could not delete a temporary tunnel's agent");
+    if let Err(e) = state.store.delete_temporary(agent_id, tunnel_id).await {
+        tracing::warn!(agent_id, ?tunnel_id, error = %e, "could not delete a temporary tunnel");
     }
     state.hub.changed();
 }

@@ -39,6 +39,29 @@ impl Store {
         Ok(row)
     }
 
+    /// Deletes a temporary tunnel's tunnel (when `tunnel_id` is given) and its Agent in one
+    /// transaction, so no reader sees the share gone while its Agent is still there; the
+    /// `temporary_tunnels` row goes with them. An Agent that serves anything else stays.
+    pub async fn delete_temporary(&self, agent_id: i64, tunnel_id: Option<i64>) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        if let Some(id) = tunnel_id {
+            sqlx::query("DELETE FROM tunnels WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "DELETE FROM agents WHERE id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM tunnels WHERE agent_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM tunnel_replicas WHERE agent_id = $1)",
+        )
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn temporary(&self, id: i64) -> StoreResult<Option<TemporaryRow>> {
         Ok(
             sqlx::query_as("SELECT * FROM temporary_tunnels WHERE id = $1")
