@@ -171,6 +171,12 @@ pub async fn run(
         config.acme.clone(),
         ca,
         zones.clone(),
+        // Temporary tunnels get the default TLS mode; a wildcard only helps ACME.
+        config
+            .temporary
+            .domain
+            .clone()
+            .filter(|_| config.default_tls == certs::TlsMode::Acme),
     );
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
     let records = tokio::spawn(dns_records.run(stop_rx.clone()));

@@ -26,8 +26,8 @@ pub struct World {
     route_access: HashMap<i64, RouteAccess>,
     /// Replicas of every tunnel (enabled or not), by tunnel then agent.
     replicas: Vec<ReplicaRow>,
-    /// Issued certificates: hostname → (source, certificate).
-    certificates: BTreeMap<String, (String, TlsCertificate)>,
+    /// Issued certificates: (hostname, source) → certificate.
+    certificates: BTreeMap<(String, String), TlsCertificate>,
     /// ACME challenges in flight (filled in by the hub, not the database).
     pub acme: AcmeChallenges,
     /// HSTS max-age for routes that redirect to https (from Control's settings).
@@ -66,12 +66,14 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        // Per hostname, the certificate of the source its tunnel asks for (one row at most:
-        // hostnames are unique among tunnels).
+        // The certificates of the source a tunnel asks for, and every wildcard one: it serves
+        // the names one label below that have none of their own (the temporary tunnels' domain
+        // has no tunnel of its own).
         let certs: Vec<(String, String, String, String)> = sqlx::query_as(
             "SELECT c.hostname, c.source, c.cert_pem, c.key_pem FROM certificates AS c \
-             JOIN tunnels AS t ON t.hostname = c.hostname AND t.tls = c.source \
-             WHERE c.cert_pem IS NOT NULL AND c.key_pem IS NOT NULL",
+             WHERE c.cert_pem IS NOT NULL AND c.key_pem IS NOT NULL \
+             AND (c.hostname LIKE '*.%' OR EXISTS (SELECT 1 FROM tunnels AS t \
+                  WHERE t.hostname = c.hostname AND t.tls = c.source))",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -85,7 +87,7 @@ impl Store {
         let certificates = certs
             .into_iter()
             .map(|(host, source, cert_pem, key_pem)| {
-                (host, (source, TlsCertificate { cert_pem, key_pem }))
+                ((host, source), TlsCertificate { cert_pem, key_pem })
             })
             .collect();
         Ok(World {
@@ -131,6 +133,19 @@ impl World {
     }
 
     /// Every Agent serving tunnel `t` when it has replicas (primary first), else empty.
+    /// The certificate the Gateways serve for `t` and the name to store it under: its own (of
+    /// the source it asks for), else the wildcard's one label above, which the Gateways match
+    /// by SNI.
+    fn served_certificate(&self, t: &TunnelRow) -> Option<(String, &TlsCertificate)> {
+        let own = (t.hostname.clone(), t.tls.clone());
+        if let Some(cert) = self.certificates.get(&own) {
+            return Some((own.0, cert));
+        }
+        let wildcard = (crate::certs::wildcard_above(&t.hostname)?, own.1);
+        let cert = self.certificates.get(&wildcard)?;
+        Some((wildcard.0, cert))
+    }
+
     fn route_replicas(&self, t: &TunnelRow, online: &impl Fn(i64) -> bool) -> Vec<RouteTarget> {
         let targets = self.all_targets(t, online);
         if targets.len() > 1 {
@@ -257,9 +272,9 @@ impl World {
                 continue;
             }
             let https = t.tls != "off";
-            if let Some((source, cert)) = self.certificates.get(&t.hostname) {
-                if https && *source == t.tls {
-                    certificates.insert(t.hostname.clone(), cert.clone());
+            if https {
+                if let Some((name, cert)) = self.served_certificate(t) {
+                    certificates.insert(name, cert.clone());
                 }
             }
             let redirect = https && t.https_redirect;

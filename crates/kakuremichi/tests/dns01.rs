@@ -11,6 +11,8 @@
 //! - A wildcard in no managed zone and without delegation fails with what to do, and nothing was
 //!   ordered from the CA for it.
 //! - With `KAKUREMICHI_ACME_CHALLENGE=dns-01`, a plain name gets its certificate by DNS-01 too.
+//! - With `KAKUREMICHI_TEMPORARY_DOMAIN` in a managed zone, one wildcard certificate serves
+//!   every temporary tunnel at once; no share places an order of its own.
 //!
 //! The time from creating the tunnel to the certificate is printed (`--nocapture`).
 
@@ -27,10 +29,11 @@ const WITHIN: Duration = Duration::from_secs(90);
 struct LoAddress(Ipv4Addr);
 
 impl LoAddress {
-    /// One per run (a BIND a killed run left behind would share port 53 with ours).
-    fn add() -> LoAddress {
+    /// One per run and test (`net`: a third octet of the test's own), as a BIND a killed run
+    /// left behind would share port 53 with ours.
+    fn add(net: u8) -> LoAddress {
         let last = u8::try_from(2 + std::process::id() % 250).unwrap();
-        let ip = Ipv4Addr::new(127, 0, 53, last);
+        let ip = Ipv4Addr::new(127, 0, net, last);
         let added = std::process::Command::new("ip")
             .args(["addr", "replace", &format!("{ip}/32"), "dev", "lo"])
             .status()
@@ -48,57 +51,104 @@ impl Drop for LoAddress {
     }
 }
 
+/// The real peers of a test: BIND on port 53 of an address of its own, and Pebble asking it.
+struct Peers {
+    bind: Bind,
+    pebble: pebble::Pebble,
+    dir: tempfile::TempDir,
+    address: LoAddress,
+}
+
+impl Peers {
+    /// `None` (the test skips, saying why) when Pebble, BIND or root is missing.
+    async fn start(test: &str, net: u8, zones: &[&str], records: &[(&str, &str)]) -> Option<Peers> {
+        if !pebble::available(test) || !dns::bind_available(test) {
+            return None;
+        }
+        if !peers::can_run(
+            test,
+            (!peers::is_root()).then(|| "BIND on port 53 needs root".to_string()),
+        ) {
+            return None;
+        }
+        // BIND listens only on addresses an interface has; this one is ours alone.
+        let address = LoAddress::add(net);
+        kakuremichi_testkit::init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let bind = Bind::start_serving(BindSetup {
+            ip: address.0,
+            port: 53,
+            zones,
+            records,
+            // Pebble asks it as its resolver, and a CNAME must lead it to the TXT record.
+            recursive: true,
+        })
+        .await;
+        // Pebble's HTTP-01 and TLS-ALPN-01 ports: unused here (DNS-01 only).
+        let (http, https) = ports_for(&[Ipv4Addr::LOCALHOST]);
+        let pebble = pebble::Pebble::start_with_dns(dir.path(), http, https, &bind.server).await;
+        Some(Peers {
+            bind,
+            pebble,
+            dir,
+            address,
+        })
+    }
+
+    /// Control with Pebble as its CA and BIND as its resolver, and `edit`.
+    async fn control(
+        &self,
+        edit: impl FnOnce(&mut kakuremichi_control::ControlConfig),
+    ) -> kakuremichi_testkit::https::Control {
+        let (directory, roots) = (
+            self.pebble.directory.clone(),
+            self.pebble.server_roots.clone(),
+        );
+        let resolver = self.bind.server.clone();
+        start_control(&self.dir.path().join("control"), move |c| {
+            c.acme.directory_url = directory;
+            c.acme.ca_roots = Some(roots);
+            c.acme.email = Some("ops@example.com".into());
+            c.acme.dns_resolver = Some(resolver);
+            edit(c);
+        })
+        .await
+    }
+
+    /// Makes `zone` a managed zone of Control's, changed in BIND by RFC 2136. No "resolver" in
+    /// its config: the propagation check asks the zone's name servers.
+    async fn manage(&self, api: &kakuremichi_testkit::Api, zone: &str) {
+        api.post(
+            "dns/zones",
+            json!({"zone": zone, "provider": "rfc2136", "config": {
+                "server": self.bind.server, "key_name": KEY_NAME, "key_algorithm": "hmac-sha256",
+                "key_secret": self.bind.key_secret}}),
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation() {
     let test = "wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation";
-    if !pebble::available(test) || !dns::bind_available(test) {
-        return;
-    }
-    if !peers::can_run(
+    let Some(peers) = Peers::start(
         test,
-        (!peers::is_root()).then(|| "BIND on port 53 needs root".to_string()),
-    ) {
-        return;
-    }
-    // BIND listens only on addresses an interface has; this one is ours alone.
-    let address = LoAddress::add();
-    let bind_ip = address.0;
-    kakuremichi_testkit::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let bind = Bind::start_serving(BindSetup {
-        ip: bind_ip,
-        port: 53,
-        zones: &["apps.test", "example.test"],
-        records: &[(
+        53,
+        &["apps.test", "example.test"],
+        &[(
             "example.test",
             "_acme-challenge.shop.example.test. IN CNAME shop-acme.apps.test.",
         )],
-        // Pebble asks it as its resolver, and the CNAME must lead it to the TXT record.
-        recursive: true,
-    })
-    .await;
-    let ips = [Ipv4Addr::new(127, 0, 54, 2), Ipv4Addr::new(127, 0, 54, 3)];
-    // Pebble's HTTP-01 and TLS-ALPN-01 ports: unused here (DNS-01 only).
-    let (http, https) = ports_for(&[Ipv4Addr::LOCALHOST]);
-    let pebble = pebble::Pebble::start_with_dns(dir.path(), http, https, &bind.server).await;
-    let (directory, roots) = (pebble.directory.clone(), pebble.server_roots.clone());
-    let resolver = bind.server.clone();
-    let control = start_control(&dir.path().join("control"), move |c| {
-        c.acme.directory_url = directory;
-        c.acme.ca_roots = Some(roots);
-        c.acme.email = Some("ops@example.com".into());
-        c.acme.dns_resolver = Some(resolver);
-    })
-    .await;
-    let api = &control.api;
-    // No "resolver" in the zone's config: the check asks apps.test's name servers.
-    api.post(
-        "dns/zones",
-        json!({"zone": "apps.test", "provider": "rfc2136", "config": {
-            "server": bind.server, "key_name": KEY_NAME, "key_algorithm": "hmac-sha256",
-            "key_secret": bind.key_secret}}),
     )
-    .await;
+    .await
+    else {
+        return;
+    };
+    let (pebble, bind_ip, dir) = (&peers.pebble, peers.address.0, &peers.dir);
+    let ips = [Ipv4Addr::new(127, 0, 54, 2), Ipv4Addr::new(127, 0, 54, 3)];
+    let control = peers.control(|_| {}).await;
+    let api = &control.api;
+    peers.manage(api, "apps.test").await;
     let (gateways, _running) = create_gateways(api, &ips, dir.path()).await;
     let (agent_id, origin, _stops) = start_agent_and_origin(api, dir.path().join("agent")).await;
     let tunnel =
@@ -180,15 +230,9 @@ async fn wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation() {
     // KAKUREMICHI_ACME_CHALLENGE=dns-01: a plain name too (Control restarted with it; no Gateway
     // is needed to answer the CA).
     control.shut_down().await;
-    let (directory, roots) = (pebble.directory.clone(), pebble.server_roots.clone());
-    let resolver = bind.server.clone();
-    let control = start_control(&dir.path().join("control"), move |c| {
-        c.acme.directory_url = directory;
-        c.acme.ca_roots = Some(roots);
-        c.acme.challenge = kakuremichi_control::ChallengeChoice::Dns01;
-        c.acme.dns_resolver = Some(resolver);
-    })
-    .await;
+    let control = peers
+        .control(|c| c.acme.challenge = kakuremichi_control::ChallengeChoice::Dns01)
+        .await;
     let shop = control
         .api
         .post("tunnels", tunnel("shop.example.test"))
@@ -202,5 +246,84 @@ async fn wildcard_certificates_by_dns01_through_bind_and_a_cname_delegation() {
     assert!(dns::dig_at(bind_ip, 53, "shop-acme.apps.test", "TXT")
         .await
         .is_empty());
+    control.shut_down().await;
+}
+
+/// Temporary tunnels (issue #17): Control keeps one wildcard certificate for
+/// `KAKUREMICHI_TEMPORARY_DOMAIN`, so every new share is served over HTTPS at once, on every
+/// Gateway, without an order of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn temporary_names_are_served_at_once_by_one_wildcard_certificate() {
+    let test = "temporary_names_are_served_at_once_by_one_wildcard_certificate";
+    let Some(peers) = Peers::start(test, 55, &["apps.test"], &[]).await else {
+        return;
+    };
+    let pebble = &peers.pebble;
+    let control = peers
+        .control(|c| {
+            c.temporary = kakuremichi_control::TemporaryConfig {
+                domain: Some("t.apps.test".into()),
+                ttl: Duration::from_secs(600),
+            };
+        })
+        .await;
+    let api = &control.api;
+    let ips = [Ipv4Addr::new(127, 0, 56, 2), Ipv4Addr::new(127, 0, 56, 3)];
+    let (gateways, _running) = create_gateways(api, &ips, peers.dir.path()).await;
+    // Not before a managed zone covers the domain: DNS-01 is the only way to a wildcard.
+    assert_eq!(pebble.orders(), 0);
+    let started = Instant::now();
+    peers.manage(api, "apps.test").await;
+    // Saved by Control (not only issued by Pebble): no API lists a certificate without a
+    // tunnel, so the test reads Control's database.
+    let db = peers.dir.path().join("control/control.db");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .unwrap();
+    eventually(WITHIN, "the wildcard for t.apps.test issued", || async {
+        let saved: Option<(String,)> = sqlx::query_as(
+            "SELECT status FROM certificates WHERE hostname = '*.t.apps.test' AND source = 'acme'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap();
+        (saved.is_some_and(|(s,)| s == "issued") && pebble.issued() == 1).then_some(())
+    })
+    .await;
+    println!(
+        "measured: managed zone added -> *.t.apps.test issued by DNS-01 in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let orders = pebble.orders();
+    for _ in 0..2 {
+        let share = api.post("shares", json!({"target": "localhost:9"})).await;
+        let tunnel = &share["tunnel"];
+        let host = tunnel["hostname"].as_str().unwrap();
+        assert!(host.ends_with(".t.apps.test"), "{host}");
+        // Issued from the start: the wildcard's state is the new tunnel's.
+        assert_eq!(tunnel["certificate"]["status"], "issued", "{tunnel}");
+        assert!(
+            tunnel["certificate"]["issuer"]
+                .as_str()
+                .unwrap()
+                .contains("Pebble"),
+            "{tunnel}"
+        );
+        // A TLS handshake that verifies the name against Pebble's root, on both Gateways (the
+        // Agent never runs: the answer is the Gateway's own, after TLS).
+        for gw in &gateways {
+            eventually(
+                WITHIN,
+                &format!("HTTPS for {host} on {:?}", gw.ip),
+                || async {
+                    let (status, _) = https_get(&pebble.issuing_root, host, gw.https()).await;
+                    (status != 0).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+    assert_eq!(pebble.orders(), orders, "no order for a temporary name");
+    assert_eq!(pebble.issued(), 1);
     control.shut_down().await;
 }

@@ -43,7 +43,7 @@ use crate::certs::TlsMode;
 use crate::error::{about, ApiError, ApiJson, Id};
 use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
-use crate::views::tunnels::{certs_by_name_and_source, view, StreamState, TunnelView};
+use crate::views::tunnels::{certs_by_name_and_source, shown_cert, view, StreamState, TunnelView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -207,7 +207,7 @@ pub async fn list(
     Ok(Json(
         rows.into_iter()
             .map(|t| {
-                let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
+                let cert = shown_cert(&certs, &t);
                 TunnelView::new(t, &replicas, cert, online)
                     .with_dns(&state)
                     .with_streams(&streams)

@@ -54,16 +54,23 @@ pub struct CertManager {
     slots: Semaphore,
     finished: Notify,
     dns01: Option<Arc<Dns01>>,
+    /// The temporary tunnels' domain when their default is `tls: acme`: Control keeps a
+    /// wildcard certificate for it (DNS-01) so a new name never waits for the CA.
+    temporary_domain: Option<String>,
 }
 
 impl CertManager {
     /// The manager of a running Control: ACME through `config`'s CA, DNS-01 through `zones`.
+    /// With `temporary_domain`, it keeps a wildcard certificate for it (`*.<domain>`) whenever
+    /// a managed zone covers it, and orders none for the names one label below while that one
+    /// is good.
     pub fn new(
         store: Store,
         hub: Arc<Hub>,
         config: AcmeConfig,
         ca: InternalCa,
         zones: crate::zones::Zones,
+        temporary_domain: Option<String>,
     ) -> Arc<Self> {
         let dns01 = Arc::new(Dns01::new(store.clone(), zones, &config));
         let acme = Box::new(acme::Acme::new(
@@ -73,6 +80,7 @@ impl CertManager {
         ));
         let mut manager = Self::build(store, hub, config, ca, acme);
         manager.dns01 = Some(dns01);
+        manager.temporary_domain = temporary_domain;
         Arc::new(manager)
     }
 
@@ -105,6 +113,7 @@ impl CertManager {
             slots: Semaphore::new(CONCURRENT_ORDERS),
             finished: Notify::new(),
             dns01: None,
+            temporary_domain: None,
         }
     }
 
@@ -148,7 +157,21 @@ impl CertManager {
         let mut next = MAX_SLEEP;
         // The last hour's ACME orders, read once the first order is due.
         let mut orders: Option<limits::OrderCounts> = None;
-        for (host, mode, owner) in wanted(&tunnels) {
+        let mut wanted = wanted(&tunnels);
+        if let Some(wildcard) = self.temporary_wildcard().await? {
+            let key = (wildcard.clone(), TlsMode::Acme.as_str().to_string());
+            if rows.get(&key).is_some_and(|r| holds_valid(r, now)) {
+                // The Gateways serve it for every name below: none needs an order of its own.
+                wanted.retain(|(host, mode, _)| {
+                    *mode != TlsMode::Acme
+                        || wildcard_above(host).as_deref() != Some(wildcard.as_str())
+                });
+            }
+            if !wanted.iter().any(|(host, _, _)| *host == wildcard) {
+                wanted.push((wildcard, TlsMode::Acme, None));
+            }
+        }
+        for (host, mode, owner) in wanted {
             if self.is_in_flight(&host) {
                 continue;
             }
@@ -194,6 +217,16 @@ impl CertManager {
         }
         // Whole-second timestamps make "due in a few microseconds" impossible; the floor is a guard.
         Ok(next.max(Duration::from_millis(100)))
+    }
+
+    /// `*.<temporary domain>` when it is set and lies in a managed DNS zone (the only way to a
+    /// wildcard certificate is DNS-01).
+    async fn temporary_wildcard(&self) -> Result<Option<String>, crate::store::StoreError> {
+        let Some(domain) = &self.temporary_domain else {
+            return Ok(None);
+        };
+        let zones = self.store.list_dns_zones().await?;
+        Ok(crate::zones::zone_of(&zones, domain).map(|_| format!("*.{domain}")))
     }
 
     fn is_in_flight(&self, host: &str) -> bool {
@@ -314,6 +347,26 @@ fn wanted(tunnels: &[TunnelRow]) -> Vec<(String, TlsMode, Option<i64>)> {
             Ok(mode) => Some((t.hostname.clone(), mode, t.owner_id)),
         })
         .collect()
+}
+
+/// The wildcard one label above `host` (`a.t.example.com` → `*.t.example.com`): the name whose
+/// certificate also serves it. `None` for a wildcard, or a name of one label.
+pub fn wildcard_above(host: &str) -> Option<String> {
+    if host.starts_with("*.") {
+        return None;
+    }
+    let (_, parent) = host.split_once('.')?;
+    (!parent.is_empty()).then(|| format!("*.{parent}"))
+}
+
+/// Whether `row` holds a certificate that has not expired yet.
+fn holds_valid(row: &CertRow, now: OffsetDateTime) -> bool {
+    row.cert_pem.is_some()
+        && row
+            .not_after
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|end| end > now)
 }
 
 /// When a hostname next needs an attempt from the source of `row` (its state for that source):

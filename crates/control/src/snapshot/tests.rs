@@ -74,16 +74,16 @@ fn world() -> World {
     World {
         certificates: BTreeMap::from([
             (
-                "t10.example.com".to_string(),
-                ("acme".to_string(), cert("10")),
+                ("t10.example.com".to_string(), "acme".to_string()),
+                cert("10"),
             ),
             (
-                "t11.example.com".to_string(),
-                ("internal".to_string(), cert("11")),
+                ("t11.example.com".to_string(), "internal".to_string()),
+                cert("11"),
             ),
             (
-                "t12.example.com".to_string(),
-                ("acme".to_string(), cert("12")),
+                ("t12.example.com".to_string(), "acme".to_string()),
+                cert("12"),
             ),
         ]),
         acme,
@@ -184,6 +184,49 @@ fn gateway_sees_keyed_agents_and_all_routes() {
         (11, 2, Ipv4Addr::new(10, 77, 0, 2), 10000)
     );
     assert!(s.services.is_empty());
+}
+
+#[test]
+fn a_name_without_its_own_certificate_gets_the_wildcard_one_label_up_of_its_source() {
+    let mut w = world();
+    let cert = |n: &str| TlsCertificate {
+        cert_pem: format!("cert-{n}"),
+        key_pem: format!("key-{n}"),
+    };
+    for source in ["acme", "internal"] {
+        let key = ("*.example.com".to_string(), source.to_string());
+        w.certificates.insert(key, cert(source));
+    }
+    // Like a temporary tunnel: no certificate of its own yet.
+    w.tunnels.push(tunnel(13, 1, 10002));
+    let s = w
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Gateway,
+                id: 1,
+            },
+            |_| true,
+        )
+        .unwrap();
+    // t10 keeps its own; t11's own is of another source and t13 has none: both get the ACME
+    // wildcard (stored under its name, which the Gateways match by SNI); t12 has tls off.
+    assert_eq!(
+        s.certificates.keys().collect::<Vec<_>>(),
+        vec!["*.example.com", "t10.example.com"]
+    );
+    assert_eq!(s.certificates["*.example.com"].cert_pem, "cert-acme");
+    // Without the wildcard nothing is served for t13, as before.
+    w.certificates.clear();
+    let s = w
+        .snapshot(
+            NodeRef {
+                kind: NodeKind::Gateway,
+                id: 1,
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert!(s.certificates.is_empty());
 }
 
 #[test]

@@ -137,7 +137,7 @@ pub async fn load(state: &AppState, viewer: &UserRow) -> Result<Overview, ApiErr
                 "can_manage": can_manage(viewer, t.owner_id),
                 "limits_label": limits,
             });
-            let cert = certs.get(&(t.hostname.clone(), t.tls.clone()));
+            let cert = tunnels::shown_cert(&certs, &t);
             let view = tunnels::TunnelView::new(t, &replicas, cert, any_gateway_online)
                 .with_dns(state)
                 .with_streams(&streams);

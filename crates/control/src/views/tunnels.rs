@@ -272,7 +272,15 @@ impl StreamState {
 
 /// The view of one tunnel, with its certificate's state.
 pub async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
-    let cert = state.store.get_certificate(&row.hostname, &row.tls).await?;
+    let mut cert = state.store.get_certificate(&row.hostname, &row.tls).await?;
+    if lacks_certificate(cert.as_ref()) {
+        if let Some(wildcard) = certs::wildcard_above(&row.hostname) {
+            let above = state.store.get_certificate(&wildcard, &row.tls).await?;
+            if !lacks_certificate(above.as_ref()) {
+                cert = above;
+            }
+        }
+    }
     let replicas = state.store.tunnel_replicas(row.id).await?;
     let online = !state.hub.online_gateways().is_empty();
     let streams = StreamState::read(state).await?;
@@ -288,6 +296,29 @@ pub fn endpoint_host(endpoint: &str) -> &str {
         Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => host,
         _ => endpoint,
     }
+}
+
+/// Whether a tunnel with certificate row `own` shows the wildcard's one label up instead: it
+/// holds no certificate yet, and the Gateways serve the wildcard's for its name meanwhile (a
+/// temporary tunnel's name under its domain's wildcard is never ordered on its own).
+fn lacks_certificate(own: Option<&CertRow>) -> bool {
+    own.is_none_or(|r| r.cert_pem.is_none())
+}
+
+/// The certificate row `t` shows, from [`certs_by_name_and_source`]: its own of its `tls`
+/// mode, or the wildcard's as [`view`] explains.
+pub fn shown_cert<'a>(
+    certs: &'a std::collections::HashMap<(String, String), CertRow>,
+    t: &TunnelRow,
+) -> Option<&'a CertRow> {
+    let own = certs.get(&(t.hostname.clone(), t.tls.clone()));
+    if !lacks_certificate(own) {
+        return own;
+    }
+    certs::wildcard_above(&t.hostname)
+        .and_then(|w| certs.get(&(w, t.tls.clone())))
+        .filter(|above| !lacks_certificate(Some(above)))
+        .or(own)
 }
 
 /// Every certificate row, by (hostname, source): a tunnel shows the one of its `tls` mode.
