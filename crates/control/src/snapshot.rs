@@ -141,7 +141,7 @@ impl World {
         if let Some(cert) = self.certificates.get(&own) {
             return Some((own.0, cert));
         }
-        let wildcard = (crate::certs::wildcard_above(&t.hostname)?, own.1);
+        let wildcard = (crate::validate::covering_wildcard(&t.hostname)?, own.1);
         let cert = self.certificates.get(&wildcard)?;
         Some((wildcard.0, cert))
     }

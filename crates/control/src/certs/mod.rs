@@ -164,7 +164,8 @@ impl CertManager {
                 // The Gateways serve it for every name below: none needs an order of its own.
                 wanted.retain(|(host, mode, _)| {
                     *mode != TlsMode::Acme
-                        || wildcard_above(host).as_deref() != Some(wildcard.as_str())
+                        || crate::validate::covering_wildcard(host).as_deref()
+                            != Some(wildcard.as_str())
                 });
             }
             if !wanted.iter().any(|(host, _, _)| *host == wildcard) {
@@ -347,16 +348,6 @@ fn wanted(tunnels: &[TunnelRow]) -> Vec<(String, TlsMode, Option<i64>)> {
             Ok(mode) => Some((t.hostname.clone(), mode, t.owner_id)),
         })
         .collect()
-}
-
-/// The wildcard one label above `host` (`a.t.example.com` → `*.t.example.com`): the name whose
-/// certificate also serves it. `None` for a wildcard, or a name of one label.
-pub fn wildcard_above(host: &str) -> Option<String> {
-    if host.starts_with("*.") {
-        return None;
-    }
-    let (_, parent) = host.split_once('.')?;
-    (!parent.is_empty()).then(|| format!("*.{parent}"))
 }
 
 /// Whether `row` holds a certificate that has not expired yet.

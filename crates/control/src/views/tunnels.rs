@@ -274,7 +274,7 @@ impl StreamState {
 pub async fn view(state: &AppState, row: TunnelRow) -> Result<TunnelView, ApiError> {
     let mut cert = state.store.get_certificate(&row.hostname, &row.tls).await?;
     if lacks_certificate(cert.as_ref()) {
-        if let Some(wildcard) = certs::wildcard_above(&row.hostname) {
+        if let Some(wildcard) = crate::validate::covering_wildcard(&row.hostname) {
             let above = state.store.get_certificate(&wildcard, &row.tls).await?;
             if !lacks_certificate(above.as_ref()) {
                 cert = above;
@@ -315,7 +315,7 @@ pub fn shown_cert<'a>(
     if !lacks_certificate(own) {
         return own;
     }
-    certs::wildcard_above(&t.hostname)
+    crate::validate::covering_wildcard(&t.hostname)
         .and_then(|w| certs.get(&(w, t.tls.clone())))
         .filter(|above| !lacks_certificate(Some(above)))
         .or(own)
