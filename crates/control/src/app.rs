@@ -42,6 +42,8 @@ pub struct Inner {
     pub dns_records: Arc<crate::dns_records::DnsRecords>,
     /// Temporary tunnels' domain and lifetime without their command line.
     pub temporary: crate::config::TemporaryConfig,
+    /// The backups Control makes (`None` in tests' states: the API answers 503).
+    pub backups: Option<Arc<crate::backups::Backups>>,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
             zones,
             dns_records,
             temporary: Default::default(),
+            backups: None,
         }))
     }
 
@@ -125,7 +128,14 @@ impl AppState {
         self
     }
 
-    /// Sets the lifetime of access tokens; only before the state is shared.
+    /// Uses the backups Control schedules; only before the state is shared.
+    pub fn with_backups(mut self, backups: Arc<crate::backups::Backups>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.backups = Some(backups);
+        }
+        self
+    }
+
     /// Sets the temporary tunnels' domain and TTL; only before the state is shared.
     pub fn with_temporary(mut self, temporary: crate::config::TemporaryConfig) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
@@ -134,6 +144,7 @@ impl AppState {
         self
     }
 
+    /// Sets the lifetime of access tokens; only before the state is shared.
     pub fn with_access_ttl(mut self, ttl: std::time::Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.access_ttl = ttl;

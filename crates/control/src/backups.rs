@@ -3,12 +3,16 @@
 //! the last `keep_daily` days and `keep_weekly` ISO weeks that have one, deletes the other
 //! scheduled backups (never a pre-migration copy or a file of someone else's), and runs
 //! `KAKUREMICHI_BACKUP_COMMAND` with the file's path to ship it elsewhere. Each run is in the
-//! audit log (`backup.created`, `backup.failed`, `backup.command_failed`).
+//! audit log (`backup.created`, `backup.failed`, `backup.shipped`, `backup.command_failed`),
+//! which is also where [`Backups::state`] reads the last success and failure from, so every
+//! replica shows the same.
 
-use crate::store::{Actor, Store};
+use crate::store::backup_key::BackupKey;
+use crate::store::{Actor, AuditRow, Store};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -28,6 +32,8 @@ pub struct BackupConfig {
     pub keep_weekly: usize,
     /// Run with `sh -c` after each backup, the file's path as `$1` and in `KAKUREMICHI_BACKUP_FILE`.
     pub command: Option<String>,
+    /// `KAKUREMICHI_BACKUP_KEY`: every backup is encrypted with it.
+    pub key: Option<BackupKey>,
 }
 
 impl Default for BackupConfig {
@@ -38,6 +44,7 @@ impl Default for BackupConfig {
             keep_daily: 7,
             keep_weekly: 4,
             command: None,
+            key: None,
         }
     }
 }
@@ -100,11 +107,53 @@ pub fn keep(
     kept
 }
 
+/// Files listed by [`Backups::files`], at most.
+const MAX_LISTED: usize = 500;
+/// With a schedule, no backup for this long needs attention (twice the 24 h RPO's period).
+const OVERDUE: time::Duration = time::Duration::hours(48);
+
 /// The scheduled backups of one Control.
 pub struct Backups {
     store: Store,
     data_dir: PathBuf,
     config: BackupConfig,
+    /// One run at a time (the schedule and `POST /api/v1/backups`).
+    running: tokio::sync::Mutex<()>,
+}
+
+/// A backup just made: its path, and why the backup command failed if it did.
+#[derive(Debug)]
+pub struct Made {
+    pub path: PathBuf,
+    pub command_error: Option<String>,
+}
+
+/// A file of the backup directory.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct BackupFile {
+    pub name: String,
+    pub size: u64,
+    /// When it was made (RFC 3339), from its name.
+    pub created: Option<String>,
+    pub encrypted: bool,
+    /// `scheduled` (also `control backup` and the API's) or `pre-migration` (made before a
+    /// schema upgrade; never removed by retention).
+    pub kind: &'static str,
+}
+
+/// What the audit log says of the backups: the last success and the last failure of each step.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct BackupState {
+    /// When the newest backup was written, and its path.
+    pub last_success: Option<String>,
+    pub last_file: Option<String>,
+    /// When the backup command last shipped one.
+    pub last_shipped: Option<String>,
+    /// The newest failure not followed by a success of the same step (writing, or shipping).
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// A failure stands, or (with a schedule) nothing was written for 48 hours.
+    pub needs_attention: bool,
 }
 
 impl Backups {
@@ -113,7 +162,12 @@ impl Backups {
             store,
             data_dir,
             config,
+            running: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub fn config(&self) -> &BackupConfig {
+        &self.config
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -124,7 +178,7 @@ impl Backups {
     }
 
     /// Backs up on schedule until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: std::sync::Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(at) = self.config.at else { return };
         loop {
             let now = OffsetDateTime::now_utc();
@@ -139,12 +193,39 @@ impl Backups {
         }
     }
 
-    /// One scheduled run at `now`: backup, retention, command. Returns the backup's path.
-    pub async fn run_once(&self, now: OffsetDateTime) -> Result<PathBuf, String> {
+    /// One run at `now`: backup, retention, command. `Err` when no backup was written; a
+    /// failing command is in [`Made::command_error`] (the backup is there).
+    pub async fn run_once(&self, now: OffsetDateTime) -> Result<Made, String> {
+        let _one_at_a_time = self.running.lock().await;
+        self.run_locked(now).await
+    }
+
+    /// [`Backups::run_once`], or `None` at once when a run is under way.
+    pub async fn try_run_once(&self, now: OffsetDateTime) -> Option<Result<Made, String>> {
+        let _one_at_a_time = self.running.try_lock().ok()?;
+        Some(self.run_locked(now).await)
+    }
+
+    async fn run_locked(&self, now: OffsetDateTime) -> Result<Made, String> {
         let dir = self.dir();
-        let stamp = crate::store::timestamp(now).replace([':', '-'], "");
-        let path = dir.join(format!("{PREFIX}{stamp}.db"));
-        if let Err(e) = self.store.backup_now(&self.data_dir, &path).await {
+        // Names have one-second stamps: a second backup within the same second (on request)
+        // takes the next free one.
+        let name = |at: OffsetDateTime| {
+            let stamp = crate::store::timestamp(at).replace([':', '-'], "");
+            dir.join(format!("{PREFIX}{stamp}.db"))
+        };
+        let mut path = name(now);
+        for later in 1..=60 {
+            if !path.exists() {
+                break;
+            }
+            path = name(now + time::Duration::seconds(later));
+        }
+        let written = self
+            .store
+            .backup_now(&self.data_dir, &path, self.config.key.as_ref())
+            .await;
+        if let Err(e) = written {
             let message = e.to_string();
             self.audit(
                 "backup.failed",
@@ -154,23 +235,107 @@ impl Backups {
             .await;
             return Err(message);
         }
-        tracing::info!(path = %path.display(), "backup written");
+        tracing::info!(path = %path.display(), encrypted = self.config.key.is_some(), "backup written");
         self.audit("backup.created", &path, serde_json::json!({}))
             .await;
         self.prune(&dir, now);
+        let mut command_error = None;
         if let Some(command) = &self.config.command {
-            if let Err(e) = run_command(command, &path).await {
-                tracing::error!(path = %path.display(), error = %e, "the backup command failed");
-                self.audit(
-                    "backup.command_failed",
-                    &path,
-                    serde_json::json!({"error": e}),
-                )
-                .await;
-                return Err(format!("backup written to {}, but {e}", path.display()));
+            match run_command(command, &path).await {
+                Ok(()) => {
+                    self.audit("backup.shipped", &path, serde_json::json!({}))
+                        .await
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "the backup command failed");
+                    self.audit(
+                        "backup.command_failed",
+                        &path,
+                        serde_json::json!({"error": e}),
+                    )
+                    .await;
+                    command_error = Some(e);
+                }
             }
         }
-        Ok(path)
+        Ok(Made {
+            path,
+            command_error,
+        })
+    }
+
+    /// The backup directory's backups (and pre-migration copies), newest first.
+    pub fn files(&self) -> Vec<BackupFile> {
+        let Ok(entries) = std::fs::read_dir(self.dir()) else {
+            return Vec::new();
+        };
+        let mut files: Vec<BackupFile> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (kind, created) = if let Some(rest) = name.strip_prefix(PREFIX) {
+                    ("scheduled", parse_stamp(rest.strip_suffix(".db")?))
+                } else if name.starts_with("pre-migration-") && name.ends_with(".db") {
+                    let stamp = name.strip_suffix(".db")?.rsplit('-').next()?;
+                    ("pre-migration", parse_stamp(stamp))
+                } else {
+                    return None;
+                };
+                let meta = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+                let mut head = [0u8; 8];
+                let encrypted = std::fs::File::open(e.path())
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                    .is_ok_and(|()| crate::store::backup_key::is_encrypted(&head));
+                Some(BackupFile {
+                    name,
+                    size: meta.len(),
+                    created: created.map(crate::store::timestamp),
+                    encrypted,
+                    kind,
+                })
+            })
+            .collect();
+        files.sort_by(|a, b| b.created.cmp(&a.created).then(b.name.cmp(&a.name)));
+        files.truncate(MAX_LISTED);
+        files
+    }
+
+    /// The last successes and failures, from the audit log.
+    pub async fn state(&self, now: OffsetDateTime) -> crate::store::StoreResult<BackupState> {
+        let last = |action: &'static str| self.store.last_audit_of(action);
+        let (created, failed) = (last("backup.created").await?, last("backup.failed").await?);
+        let (shipped, ship_failed) = (
+            last("backup.shipped").await?,
+            last("backup.command_failed").await?,
+        );
+        let newer = |bad: &Option<AuditRow>, good: &Option<AuditRow>| match (bad, good) {
+            (Some(b), Some(g)) if b.id < g.id => None,
+            (Some(b), _) => Some(b.clone()),
+            (None, _) => None,
+        };
+        let standing = [newer(&failed, &created), newer(&ship_failed, &shipped)]
+            .into_iter()
+            .flatten()
+            .max_by_key(|r| r.id);
+        let overdue = self.config.at.is_some()
+            && created
+                .as_ref()
+                .and_then(|c| OffsetDateTime::parse(&c.at, &Rfc3339).ok())
+                .is_some_and(|at| now - at > OVERDUE);
+        let error = standing.as_ref().map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.detail)
+                .ok()
+                .and_then(|d| d["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| r.action.clone())
+        });
+        Ok(BackupState {
+            needs_attention: standing.is_some() || overdue,
+            last_success: created.as_ref().map(|c| c.at.clone()),
+            last_file: created.map(|c| c.target.trim_start_matches("backup:").to_string()),
+            last_shipped: shipped.map(|s| s.at),
+            last_error_at: standing.map(|r| r.at),
+            last_error: error,
+        })
     }
 
     /// Deletes the scheduled backups [`keep`] does not keep (with their checksum files).
@@ -318,7 +483,9 @@ mod tests {
         };
         let backups = Backups::new(store.clone(), data.clone(), config);
         let now = OffsetDateTime::now_utc();
-        let path = backups.run_once(now).await.unwrap();
+        let made = backups.run_once(now).await.unwrap();
+        let path = made.path;
+        assert_eq!(made.command_error, None);
         assert!(path.exists() && shipped.exists(), "written and shipped");
         for day in 1..=4 {
             assert!(!old(day).exists(), "2020-01-{day:02}: removed");
@@ -339,14 +506,84 @@ mod tests {
                 ..BackupConfig::default()
             },
         );
-        let err = failing
+        let state = backups.state(now).await.unwrap();
+        assert!(!state.needs_attention, "{state:?}");
+        assert_eq!(state.last_file.as_deref(), path.to_str());
+        assert!(state.last_shipped.is_some());
+        let made = failing
             .run_once(now + time::Duration::seconds(1))
             .await
-            .unwrap_err();
+            .unwrap();
+        assert!(made.path.exists(), "the backup is written all the same");
+        let err = made.command_error.unwrap();
         assert!(err.contains("exited with"), "{err}");
         let audit = store.list_audit(None, None, 50).await.unwrap();
         let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
         assert!(actions.contains(&"backup.created"), "{actions:?}");
         assert!(actions.contains(&"backup.command_failed"), "{actions:?}");
+        // The dashboard's state: the shipping failure stands until a shipment succeeds.
+        let state = failing.state(now).await.unwrap();
+        assert!(state.needs_attention, "{state:?}");
+        assert!(state.last_error.unwrap().contains("exited with"));
+        backups
+            .run_once(now + time::Duration::seconds(2))
+            .await
+            .unwrap();
+        let state = backups.state(now).await.unwrap();
+        assert!(
+            !state.needs_attention && state.last_error.is_none(),
+            "{state:?}"
+        );
+        // Two days without a backup, with a schedule: overdue.
+        let later = now + time::Duration::hours(49);
+        assert!(backups.state(later).await.unwrap().needs_attention);
+        let listed = backups.files();
+        // Today's newest (retention keeps one a day), January 5 to 10, the pre-migration copy.
+        assert_eq!(listed.len(), 1 + 6 + 1, "{listed:?}");
+        assert_eq!(listed[0].kind, "scheduled");
+        assert!(listed.iter().any(|f| f.kind == "pre-migration"));
+    }
+
+    #[tokio::test]
+    async fn with_a_key_the_backup_is_encrypted_and_restores_only_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("secrets.key"), [7u8; 32]).unwrap();
+        let store = Store::open_file(&data.join("control.db")).await.unwrap();
+        let key = BackupKey::new("a passphrase long enough").unwrap();
+        let config = BackupConfig {
+            key: Some(key.clone()),
+            ..BackupConfig::default()
+        };
+        let backups = Backups::new(store.clone(), data.clone(), config);
+        let made = backups.run_once(OffsetDateTime::now_utc()).await.unwrap();
+        let bytes = std::fs::read(&made.path).unwrap();
+        assert!(crate::store::backup_key::is_encrypted(&bytes));
+        assert!(!bytes.windows(15).any(|w| w == b"SQLite format 3"));
+        assert!(backups.files()[0].encrypted);
+
+        let restore = |key: Option<BackupKey>, into: &str| {
+            let (file, into) = (made.path.clone(), dir.path().join(into));
+            async move { Store::restore(&file, &into, false, key.as_ref()).await }
+        };
+        let none = restore(None, "none").await.unwrap_err().to_string();
+        assert!(none.contains("set KAKUREMICHI_BACKUP_KEY"), "{none}");
+        let other = BackupKey::new("not the passphrase at all").unwrap();
+        let wrong = restore(Some(other), "wrong").await.unwrap_err().to_string();
+        assert!(wrong.contains("not the key"), "{wrong}");
+        assert!(
+            !dir.path().join("wrong/control.db").exists(),
+            "nothing restored"
+        );
+        let restored = restore(Some(key), "right").await.unwrap();
+        assert_eq!(restored.files, ["secrets.key"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("right/secrets.key")).unwrap(),
+            [7u8; 32]
+        );
+        Store::open_file(&dir.path().join("right/control.db"))
+            .await
+            .unwrap();
     }
 }

@@ -39,6 +39,7 @@ pub use config::{
     parse_port_range, ConfigError, ControlConfig, TemporaryConfig, DEFAULT_PORT_RANGE,
 };
 pub use dns_records::DnsRecordsConfig;
+pub use store::backup_key::BackupKey;
 pub use store::{MigrationPlan, Restored};
 
 /// Where Control keeps its internal CA's root certificate (`root.crt`; the key is beside it).
@@ -77,15 +78,22 @@ pub async fn backup(
     database_url: Option<&str>,
     out: Option<std::path::PathBuf>,
     backup_dir: Option<std::path::PathBuf>,
+    key: Option<&BackupKey>,
 ) -> anyhow::Result<std::path::PathBuf> {
     let out = out.unwrap_or_else(|| {
         let stamp = store::now().replace([':', '-'], "");
         let dir = backup_dir.unwrap_or_else(|| data_dir.join("backups"));
         dir.join(format!("{}{stamp}.db", backups::PREFIX))
     });
-    Store::backup(database_url, &data_dir.join("control.db"), data_dir, &out)
-        .await
-        .context("backup failed")?;
+    Store::backup(
+        database_url,
+        &data_dir.join("control.db"),
+        data_dir,
+        &out,
+        key,
+    )
+    .await
+    .context("backup failed")?;
     Ok(out)
 }
 
@@ -94,8 +102,9 @@ pub async fn restore(
     file: &std::path::Path,
     data_dir: &std::path::Path,
     force: bool,
+    key: Option<&BackupKey>,
 ) -> anyhow::Result<Restored> {
-    Store::restore(file, data_dir, force)
+    Store::restore(file, data_dir, force, key)
         .await
         .context("restore failed")
 }
@@ -163,6 +172,12 @@ pub async fn run(
         .with_trusted_proxies(guard::proxies::TrustedProxies::parse(
             &config.trusted_proxies,
         )?);
+    let scheduled = std::sync::Arc::new(backups::Backups::new(
+        store.clone(),
+        config.data_dir.clone(),
+        config.backup.clone(),
+    ));
+    let state = state.with_backups(scheduled.clone());
     let app = router(state.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(
@@ -180,12 +195,8 @@ pub async fn run(
     );
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
     let records = tokio::spawn(dns_records.run(stop_rx.clone()));
-    let scheduled = backups::Backups::new(
-        store.clone(),
-        config.data_dir.clone(),
-        config.backup.clone(),
-    );
-    tracing::info!(dir = %scheduled.dir().display(), at = ?config.backup.at, "backups scheduled (UTC)");
+    tracing::info!(dir = %scheduled.dir().display(), at = ?config.backup.at,
+        encrypted = config.backup.key.is_some(), "backups scheduled (UTC)");
     let backup_task = tokio::spawn(scheduled.run(stop_rx.clone()));
     let sweeper = tokio::spawn(ops::shares::run_sweeper(state, stop_rx.clone()));
     // The peer address keys the per-IP login throttle.

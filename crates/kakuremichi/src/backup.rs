@@ -18,6 +18,23 @@ pub struct BackupArgs {
     /// Directory of the backups. Default: DATA_DIR/backups.
     #[arg(long, env = "KAKUREMICHI_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: BackupKeyArg,
+}
+
+/// `KAKUREMICHI_BACKUP_KEY`, shared by Control, `backup` and `restore`.
+#[derive(Args, Clone)]
+pub struct BackupKeyArg {
+    /// Passphrase (16 to 1024 characters) that encrypts backups at rest (Argon2id +
+    /// ChaCha20-Poly1305); needed again to restore them. Prefer the environment variable to the
+    /// flag (a flag shows in `ps`). Make one with: openssl rand -base64 32
+    #[arg(long = "backup-key", env = "KAKUREMICHI_BACKUP_KEY", hide_env_values = true,
+          value_parser = parse_key, value_name = "PASSPHRASE")]
+    pub backup_key: Option<kakuremichi_control::BackupKey>,
+}
+
+fn parse_key(text: &str) -> Result<kakuremichi_control::BackupKey, String> {
+    kakuremichi_control::BackupKey::new(text)
 }
 
 #[derive(Args)]
@@ -30,18 +47,26 @@ pub struct RestoreArgs {
     /// Replace the database the data directory already holds.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub key: BackupKeyArg,
 }
 
 pub async fn backup(a: BackupArgs) -> anyhow::Result<()> {
-    let path =
-        kakuremichi_control::backup(&a.data_dir, a.database_url.as_deref(), a.out, a.backup_dir)
-            .await?;
+    let path = kakuremichi_control::backup(
+        &a.data_dir,
+        a.database_url.as_deref(),
+        a.out,
+        a.backup_dir,
+        a.key.backup_key.as_ref(),
+    )
+    .await?;
     println!("{}", path.display());
     Ok(())
 }
 
 pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
-    let r = kakuremichi_control::restore(&a.file, &a.data_dir, a.force).await?;
+    let key = a.key.backup_key.as_ref();
+    let r = kakuremichi_control::restore(&a.file, &a.data_dir, a.force, key).await?;
     println!(
         "restored {} into {} (made {} by kakuremichi {}, schema version {}; files: {})",
         a.file.display(),

@@ -278,6 +278,8 @@ struct ControlArgs {
     /// A failure is logged and in the audit log.
     #[arg(long, env = "KAKUREMICHI_BACKUP_COMMAND")]
     backup_command: Option<String>,
+    #[command(flatten)]
+    backup_key: crate::backup::BackupKeyArg,
 }
 
 /// `--backup-at`: a time of day, or off.
@@ -476,6 +478,7 @@ async fn run_control(a: ControlArgs) -> anyhow::Result<()> {
         keep_daily: usize::from(a.backup_keep_daily),
         keep_weekly: usize::from(a.backup_keep_weekly),
         command: a.backup_command.clone(),
+        key: a.backup_key.backup_key.clone(),
     };
     let config = kakuremichi_control::ControlConfig {
         dns,

@@ -2,7 +2,9 @@
 //! a running Control's data directory while an API client keeps writing (every write acknowledged
 //! before the backup started is in it); the copy is restored into an empty one (and refused over a
 //! live one, or when altered); Control started on it has the tunnels, the admin, the internal CA
-//! and the DNS zone credentials (`secrets.key`) of the original.
+//! and the DNS zone credentials (`secrets.key`) of the original. With `KAKUREMICHI_BACKUP_KEY`
+//! the file is encrypted and restores only with that key; a wrong key and an altered file are
+//! told apart.
 
 use kakuremichi_testkit::{bin, control};
 use reqwest::StatusCode;
@@ -11,14 +13,23 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn tool(args: &[&str], data_dir: &Path) -> Output {
-    let out = Command::new(bin())
+    tool_with_key(args, data_dir, None)
+}
+
+/// [`tool`] with `KAKUREMICHI_BACKUP_KEY` set to `key`.
+fn tool_with_key(args: &[&str], data_dir: &Path, key: Option<&str>) -> Output {
+    let mut command = Command::new(bin());
+    command
         .arg("control")
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("DATABASE_URL")
-        .output()
-        .expect("the kakuremichi binary runs");
+        .env_remove("KAKUREMICHI_BACKUP_KEY");
+    if let Some(key) = key {
+        command.env("KAKUREMICHI_BACKUP_KEY", key);
+    }
+    let out = command.output().expect("the kakuremichi binary runs");
     eprintln!(
         "{args:?}: exit {:?}\n--- stdout\n{}--- stderr\n{}",
         out.status.code(),
@@ -145,5 +156,60 @@ async fn a_backup_of_a_running_control_restores_into_an_empty_data_dir() {
         .post(&format!("/api/v1/dns/zones/{id}/check"), json!({}))
         .await;
     assert_eq!(check["error"]["kind"], "unreachable", "{s} {check}");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_backup_restores_only_with_its_key() {
+    const KEY: &str = "correct horse battery staple";
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let c = control::start(&first).await;
+    c.agent("home").await;
+    let file = dir.path().join("sealed.db");
+    let file_arg = file.to_str().unwrap();
+    let out = tool_with_key(&["backup", "--out", file_arg], &first, Some(KEY));
+    assert!(out.status.success());
+    c.stop().await;
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.starts_with(b"KMBKENC1"), "encrypted");
+    assert!(!bytes.windows(15).any(|w| w == b"SQLite format 3"));
+
+    let refused = |key: Option<&str>, args: &[&str], says: &str| {
+        let out = tool_with_key(args, &second, key);
+        assert!(!out.status.success(), "{args:?} with {key:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!second.join("control.db").exists(), "nothing restored");
+        out
+    };
+    refused(None, &["restore", file_arg], "set KAKUREMICHI_BACKUP_KEY");
+    refused(
+        Some("a different passphrase"),
+        &["restore", file_arg],
+        "not the key this backup was encrypted with",
+    );
+    let short = refused(Some("short"), &["restore", file_arg], "16 to 1024");
+    assert_eq!(short.status.code(), Some(2), "a usage error");
+    // Altered, with a checksum made to match: the encryption's own check refuses it.
+    let altered = dir.path().join("altered.db");
+    let mut changed = bytes.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(&altered, &changed).unwrap();
+    let sum = Command::new("sha256sum").arg(&altered).output().unwrap();
+    std::fs::write(dir.path().join("altered.db.sha256"), sum.stdout).unwrap();
+    refused(
+        Some(KEY),
+        &["restore", altered.to_str().unwrap()],
+        "altered or damaged",
+    );
+
+    assert!(tool_with_key(&["restore", file_arg], &second, Some(KEY))
+        .status
+        .success());
+    let c = control::start(&second).await;
+    let (_, agents) = c.get("/api/v1/agents").await;
+    assert_eq!(agents[0]["name"], "home", "{agents}");
     c.stop().await;
 }

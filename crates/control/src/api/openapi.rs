@@ -11,7 +11,7 @@
 #![allow(dead_code)] // The shapes below are never built: `utoipa` only reads their definitions.
 
 use super::{
-    agents, device, gateways, login, nodes, shares, status, tokens, tunnels, users, zones,
+    agents, backups, device, gateways, login, nodes, shares, status, tokens, tunnels, users, zones,
 };
 use axum::Json;
 use std::sync::LazyLock;
@@ -79,6 +79,8 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         zones::delete,
         zones::check,
         status::get,
+        backups::list,
+        backups::create,
         nodes::connect,
         nodes::pull_config,
     ),
@@ -94,6 +96,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         (name = "shares", description = "Temporary tunnels (`kakuremichi share`): an Agent and a tunnel at a random name, deleted when the command line stops."),
         (name = "dns", description = "Managed DNS zones (admins): providers, write-only credentials, test connection."),
         (name = "status", description = "What is up, in one call."),
+        (name = "backups", description = "Control's backups (admins): the files, the last success and failure, one more now."),
         (name = "nodes", description = "Used by Gateways and Agents, with their own credential."),
     )
 )]

@@ -50,6 +50,16 @@ impl Store {
         Ok(())
     }
 
+    /// The newest entry of `action`, if any.
+    pub async fn last_audit_of(&self, action: &str) -> StoreResult<Option<AuditRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM audit_log WHERE action = $1 ORDER BY action DESC, id DESC LIMIT 1",
+        )
+        .bind(action)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// Newest first: at most `limit` entries with an id below `before`, of `user_id` if given.
     pub async fn list_audit(
         &self,

@@ -3,8 +3,11 @@
 //! tables — the data directory's files that are not in the database (`secrets.key`, the internal
 //! CA) with their SHA-256, and a manifest (format, release, schema version, time). The file is a
 //! SQLite database itself, so `sqlite3` can inspect it; a `<file>.sha256` beside it (the
-//! `sha256sum` format) lets a restore refuse a damaged or altered copy.
+//! `sha256sum` format) lets a restore refuse a damaged or altered copy. With
+//! `KAKUREMICHI_BACKUP_KEY` the file is encrypted (see `backup_key`) and the checksum is of
+//! what is on disk.
 
+use super::backup_key::{self, BackupKey};
 use super::{now, StoreError, StoreResult};
 use sha2::Digest as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -37,12 +40,14 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Writes a backup of the database behind `live` and of `data_dir`'s [`FILES`] to `out`.
+/// Writes a backup of the database behind `live` and of `data_dir`'s [`FILES`] to `out`,
+/// encrypted with `key` when there is one.
 pub async fn create(
     live: &SqlitePool,
     data_dir: &Path,
     out: &Path,
     schema: i64,
+    key: Option<&BackupKey>,
 ) -> StoreResult<()> {
     if out.exists() {
         return Err(fail(format!(
@@ -67,8 +72,13 @@ pub async fn create(
     let filled = fill(&copy, data_dir, schema).await;
     copy.close().await;
     filled?;
-    let bytes =
+    let mut bytes =
         std::fs::read(&partial).map_err(|e| fail(format!("cannot read the backup: {e}")))?;
+    if let Some(key) = key {
+        bytes = backup_key::encrypt(key, bytes).map_err(fail)?;
+        std::fs::write(&partial, &bytes)
+            .map_err(|e| fail(format!("cannot write the encrypted backup: {e}")))?;
+    }
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("backup");
     std::fs::write(sidecar(out), format!("{}  {name}\n", sha256(&bytes)))
         .map_err(|e| fail(format!("cannot write the checksum: {e}")))?;
@@ -128,10 +138,16 @@ pub struct Restored {
     pub files: Vec<String>,
 }
 
-/// Restores `file` (made by [`create`]) into `data_dir`: checks its checksum, refuses a data
-/// directory that has a database unless `force`, writes the files back and the database last.
-pub async fn restore(file: &Path, data_dir: &Path, force: bool) -> StoreResult<Restored> {
-    let bytes =
+/// Restores `file` (made by [`create`]) into `data_dir`: checks its checksum, decrypts it with
+/// `key` if it is encrypted, refuses a data directory that has a database unless `force`,
+/// writes the files back and the database last.
+pub async fn restore(
+    file: &Path,
+    data_dir: &Path,
+    force: bool,
+    key: Option<&BackupKey>,
+) -> StoreResult<Restored> {
+    let mut bytes =
         std::fs::read(file).map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
     let check = sidecar(file);
     let expected = std::fs::read_to_string(&check).map_err(|e| {
@@ -148,6 +164,9 @@ pub async fn restore(file: &Path, data_dir: &Path, force: bool) -> StoreResult<R
             file.display(),
             check.display()
         )));
+    }
+    if backup_key::is_encrypted(&bytes) {
+        bytes = backup_key::decrypt(key, bytes).map_err(fail)?;
     }
     let db = data_dir.join("control.db");
     if db.exists() && !force {

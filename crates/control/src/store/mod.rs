@@ -9,6 +9,7 @@ mod agents;
 mod alloc;
 mod audit;
 mod backup;
+pub mod backup_key;
 mod certs;
 mod device_logins;
 mod dns;
@@ -164,6 +165,7 @@ impl Store {
         file: &Path,
         data_dir: &Path,
         out: &Path,
+        key: Option<&backup_key::BackupKey>,
     ) -> StoreResult<()> {
         let options = match url {
             Some(url) => SqliteConnectOptions::from_str(url)?,
@@ -187,23 +189,33 @@ impl Store {
             sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
                 .fetch_one(&pool)
                 .await?;
-        let result = backup::create(&pool, data_dir, out, schema.0.unwrap_or(0)).await;
+        let result = backup::create(&pool, data_dir, out, schema.0.unwrap_or(0), key).await;
         pool.close().await;
         result
     }
 
     /// Writes a backup of this database and of `data_dir`'s other state to `out`.
-    pub async fn backup_now(&self, data_dir: &Path, out: &Path) -> StoreResult<()> {
+    pub async fn backup_now(
+        &self,
+        data_dir: &Path,
+        out: &Path,
+        key: Option<&backup_key::BackupKey>,
+    ) -> StoreResult<()> {
         let schema: (Option<i64>,) =
             sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
                 .fetch_one(&self.pool)
                 .await?;
-        backup::create(&self.pool, data_dir, out, schema.0.unwrap_or(0)).await
+        backup::create(&self.pool, data_dir, out, schema.0.unwrap_or(0), key).await
     }
 
     /// Restores a backup made by [`Store::backup`] into `data_dir` (see `backup`).
-    pub async fn restore(file: &Path, data_dir: &Path, force: bool) -> StoreResult<Restored> {
-        backup::restore(file, data_dir, force).await
+    pub async fn restore(
+        file: &Path,
+        data_dir: &Path,
+        force: bool,
+        key: Option<&backup_key::BackupKey>,
+    ) -> StoreResult<Restored> {
+        backup::restore(file, data_dir, force, key).await
     }
 
     /// [`Store::open_file`] with other migrations (an older release's, in tests).

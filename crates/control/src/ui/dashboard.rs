@@ -26,7 +26,11 @@ fn is(v: &Json, key: &str, value: &str) -> bool {
     v[key].as_str() == Some(value)
 }
 
-fn attention(o: &overview::Overview, is_admin: bool) -> Vec<Attention> {
+fn attention(
+    o: &overview::Overview,
+    is_admin: bool,
+    backups: Option<&crate::backups::BackupState>,
+) -> Vec<Attention> {
     let mut items = Vec::new();
     let mut add = |level, text: String, action, href: String| {
         items.push(Attention {
@@ -36,6 +40,13 @@ fn attention(o: &overview::Overview, is_admin: bool) -> Vec<Attention> {
             href,
         })
     };
+    if let Some(b) = backups.filter(|b| b.needs_attention) {
+        let text = match &b.last_error {
+            Some(why) => format!("The last backup failed: {why}"),
+            None => "No backup was made for two days.".to_string(),
+        };
+        add("bad", text, "See the backups", "#backups".into());
+    }
     if o.gateways.is_empty() {
         let action = if is_admin {
             "Add a gateway"
@@ -138,11 +149,38 @@ pub async fn page_handler(state: &AppState, viewer: &Viewer) -> Result<Response,
         .iter()
         .filter(|t| t["reachable"] == Json::Bool(true))
         .count();
+    // Admins see the state of Control's backups (the audit log's last success and failure).
+    let backups = match state.backups.as_ref().filter(|_| viewer.user.is_admin) {
+        Some(b) => Some((b.state(time::OffsetDateTime::now_utc()).await?, b.config())),
+        None => None,
+    };
+    let backup_view = backups.as_ref().map(|(s, config)| {
+        let file = s.last_file.as_deref().map(|f| {
+            std::path::Path::new(f)
+                .file_name()
+                .map_or(f.to_string(), |n| n.to_string_lossy().into_owned())
+        });
+        context! {
+            last_success => s.last_success,
+            last_file => file,
+            last_shipped => s.last_shipped,
+            last_error => s.last_error,
+            needs_attention => s.needs_attention,
+            encrypted => config.key.is_some(),
+            command => config.command.is_some(),
+            schedule => config.at.map(|(h, m)| format!("{h:02}:{m:02} UTC")),
+        }
+    });
     let ctx = context! {
+        backups => backup_view,
         gateways => count(&o.gateways),
         agents => count(&o.agents),
         tunnels => context! { total => o.tunnels.len(), reachable => reachable },
-        attention => Value::from_serialize(attention(&o, viewer.user.is_admin)),
+        attention => Value::from_serialize(attention(
+            &o,
+            viewer.user.is_admin,
+            backups.as_ref().map(|(s, _)| s),
+        )),
         tunnel_list => Value::from_serialize(&o.tunnels),
     };
     Ok(render::page(
