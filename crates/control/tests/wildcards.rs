@@ -41,11 +41,13 @@ async fn wildcards_are_validated_and_shown_as_text() {
     assert_eq!(list, json!([]), "nothing stored");
 
     // Normalised like any hostname; with the default tls (acme) it waits for its DNS-01
-    // certificate (tests/dns01.rs in the kakuremichi crate gets one from Pebble).
+    // certificate (tests/dns01.rs in the kakuremichi crate gets one from Pebble). Here no DNS
+    // answers, so the first attempt may already have failed when the answer is written.
     let (s, t) = create(&c, None, "*.Apps.Test.", a).await;
     assert_eq!(s, StatusCode::CREATED, "{t}");
     assert_eq!(t["hostname"], "*.apps.test");
-    assert_eq!(t["certificate"]["status"], "pending", "{t}");
+    let status = t["certificate"]["status"].as_str().unwrap();
+    assert!(["pending", "failed"].contains(&status), "{t}");
     let (s, b) = create(&c, None, "*.apps.test", a).await;
     assert_error(s, &b, StatusCode::CONFLICT, "conflict");
     let id = t["id"].as_i64().unwrap();
