@@ -136,15 +136,7 @@ async fn write_fixture() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{db}");
-    let (s, zone) = c
-        .post(
-            "/api/v1/dns/zones",
-            json!({"zone": "example.com", "provider": "rfc2136", "config": {
-                "server": "127.0.0.1:9", "key_name": "k.", "key_algorithm": "hmac-sha256",
-                "key_secret": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{zone}");
+    c.unreachable_zone("example.com").await;
     let member = member(&c, "member@example.com").await;
     kakuremichi_testkit::eventually(
         Duration::from_secs(10),

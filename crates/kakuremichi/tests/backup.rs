@@ -7,7 +7,6 @@
 //! told apart.
 
 use kakuremichi_testkit::{bin, control};
-use reqwest::StatusCode;
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -46,15 +45,7 @@ async fn a_backup_of_a_running_control_restores_into_an_empty_data_dir() {
     let c = control::start(&first).await;
     let agent = c.agent("home").await["id"].as_i64().unwrap();
     c.tunnel("app.example.com", agent, "127.0.0.1:8080").await;
-    let (s, zone) = c
-        .post(
-            "/api/v1/dns/zones",
-            json!({"zone": "example.com", "provider": "rfc2136", "config": {
-                "server": "127.0.0.1:9", "key_name": "k.", "key_algorithm": "hmac-sha256",
-                "key_secret": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{zone}");
+    let zone = c.unreachable_zone("example.com").await;
 
     // While Control runs and an API client keeps writing: every write acknowledged before the
     // backup started must be in it.

@@ -212,6 +212,21 @@ impl Control {
     /// Every tunnel as the API lists it, without what Control fills in on its own schedule (the
     /// DNS status and the certificate's state, set by their background passes): two listings are
     /// equal when nothing was changed.
+    /// Creates the managed DNS zone `zone` (RFC 2136, credentials sealed like any) whose server
+    /// never answers; the zone as the API returns it.
+    pub async fn unreachable_zone(&self, zone: &str) -> Value {
+        let (s, body) = self
+            .post(
+                "/api/v1/dns/zones",
+                json!({"zone": zone, "provider": "rfc2136", "config": {
+                    "server": "127.0.0.1:9", "key_name": "k.", "key_algorithm": "hmac-sha256",
+                    "key_secret": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        body
+    }
+
     pub async fn tunnel_records(&self) -> Vec<Value> {
         let (status, list) = self.get("/api/v1/tunnels").await;
         assert_eq!(status, StatusCode::OK, "{list}");

@@ -112,6 +112,15 @@ fn world() -> World {
     }
 }
 
+/// What Gateway `id` receives from `w`, with every Agent online.
+fn gateway_snapshot(w: &World, id: i64) -> ConfigSnapshot {
+    let gw = NodeRef {
+        kind: NodeKind::Gateway,
+        id,
+    };
+    w.snapshot(gw, |_| true).unwrap()
+}
+
 #[test]
 fn replicas_reach_gateways_with_online_hints_and_agents_as_services() {
     let mut w = world();
@@ -161,15 +170,7 @@ fn replicas_reach_gateways_with_online_hints_and_agents_as_services() {
 
 #[test]
 fn gateway_sees_keyed_agents_and_all_routes() {
-    let s = world()
-        .snapshot(
-            NodeRef {
-                kind: NodeKind::Gateway,
-                id: 1,
-            },
-            |_| true,
-        )
-        .unwrap();
+    let s = gateway_snapshot(&world(), 1);
     assert!(s.is_intact());
     assert_eq!(s.wg_address, Ipv4Addr::new(10, 77, 1, 1));
     assert_eq!(s.peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1]);
@@ -199,15 +200,7 @@ fn a_name_without_its_own_certificate_gets_the_wildcard_one_label_up_of_its_sour
     }
     // Like a temporary tunnel: no certificate of its own yet.
     w.tunnels.push(tunnel(13, 1, 10002));
-    let s = w
-        .snapshot(
-            NodeRef {
-                kind: NodeKind::Gateway,
-                id: 1,
-            },
-            |_| true,
-        )
-        .unwrap();
+    let s = gateway_snapshot(&w, 1);
     // t10 keeps its own; t11's own is of another source and t13 has none: both get the ACME
     // wildcard (stored under its name, which the Gateways match by SNI); t12 has tls off.
     assert_eq!(
@@ -217,29 +210,13 @@ fn a_name_without_its_own_certificate_gets_the_wildcard_one_label_up_of_its_sour
     assert_eq!(s.certificates["*.example.com"].cert_pem, "cert-acme");
     // Without the wildcard nothing is served for t13, as before.
     w.certificates.clear();
-    let s = w
-        .snapshot(
-            NodeRef {
-                kind: NodeKind::Gateway,
-                id: 1,
-            },
-            |_| true,
-        )
-        .unwrap();
+    let s = gateway_snapshot(&w, 1);
     assert!(s.certificates.is_empty());
 }
 
 #[test]
 fn gateway_gets_certificates_of_matching_source_and_challenges() {
-    let s = world()
-        .snapshot(
-            NodeRef {
-                kind: NodeKind::Gateway,
-                id: 1,
-            },
-            |_| true,
-        )
-        .unwrap();
+    let s = gateway_snapshot(&world(), 1);
     // t11's certificate came from another source than its tunnel asks; t12 has tls off.
     assert_eq!(
         s.certificates.keys().collect::<Vec<_>>(),
@@ -297,15 +274,7 @@ fn agent_sees_enabled_keyed_gateways_and_its_services() {
 #[test]
 fn a_disabled_gateway_gets_no_secrets() {
     let w = world();
-    let s = w
-        .snapshot(
-            NodeRef {
-                kind: NodeKind::Gateway,
-                id: 2,
-            },
-            |_| true,
-        )
-        .unwrap();
+    let s = gateway_snapshot(&w, 2);
     assert!(s.is_intact());
     assert_eq!(s.wg_address, Ipv4Addr::new(10, 77, 1, 2));
     assert!(s.certificates.is_empty(), "no certificate or private key");
@@ -319,15 +288,7 @@ fn a_disabled_gateway_gets_no_secrets() {
 fn access_config_only_with_a_protected_route() {
     let mut w = world();
     w.tunnels.retain(|t| t.id != 11);
-    let s = w
-        .snapshot(
-            NodeRef {
-                kind: NodeKind::Gateway,
-                id: 1,
-            },
-            |_| true,
-        )
-        .unwrap();
+    let s = gateway_snapshot(&w, 1);
     assert!(s.access.is_empty());
     let json = serde_json::to_value(&s).unwrap();
     assert!(json.get("access").is_none(), "{json}");
