@@ -1,5 +1,5 @@
 //! Upgrades from a kept database (issue #18). `fixtures/schema-17.sql` is the database of a real
-//! Control of release 0.1.0 at schema version 17 (users, a token, Agents, a Gateway, an http
+//! Control (kakuremichi 0.1.0) at schema version 17 (users, a token, Agents, a Gateway, an http
 //! tunnel with its internal certificate, a tcp tunnel, a DNS zone with sealed credentials,
 //! settings, the audit log), dumped with `sqlite3 .dump`; `fixtures/schema-17.secrets.key` is the
 //! key its zone credentials are sealed with. It is never regenerated: each later release must

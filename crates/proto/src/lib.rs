@@ -28,12 +28,41 @@ pub use snapshot::{
     DEFAULT_UDP_IDLE_TIMEOUT,
 };
 
-/// Version of the node-session protocol. Bump on any incompatible change to the messages or the
-/// snapshot; Control refuses a node that speaks another version, with a message naming both.
+/// The newest version of the node-session protocol this release speaks. Bump on any change to
+/// the messages or the snapshot; a release speaks its own version and the one before
+/// ([`OLDEST_PROTOCOL_VERSION`]), so Control and nodes one release apart work together
+/// (docs/backups.md, "Mixed versions").
 ///
 /// 2: routes carry an allow-list digest instead of the list (`RouteAccess`), and nodes report a
 /// snapshot they cannot apply (`NodeMessage::Rejected`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: versions are negotiated. A node writes its `Hello` in the oldest version it speaks (a
+/// Control of that version reads it as always) and names the newest in the [`PROTOCOL_HEADER`]
+/// of its upgrade request; Control answers `Welcome` with the newest version both speak
+/// ([`negotiate`]), and the session uses it. A release that adds snapshot fields bumps the
+/// version and leaves them out of the snapshots of older sessions (or leaves out a route that
+/// cannot be served safely without them, reporting it), so a node never meets a field it does
+/// not know; nodes still refuse unknown fields rather than ignore one that might restrict access.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest version of the node-session protocol this release speaks: that of the release
+/// before it.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 2;
+
+/// Header of a node's WebSocket upgrade request naming the newest protocol version it speaks.
+/// A Control that predates it ignores it and answers in the hello's version.
+pub const PROTOCOL_HEADER: &str = "x-kakuremichi-protocol";
+
+/// The version of a session with a peer that speaks `peer_oldest..=peer_newest`: the newest
+/// version both speak, `None` when the ranges do not meet.
+pub fn negotiate(peer_oldest: u32, peer_newest: u32) -> Option<u32> {
+    let version = peer_newest.min(PROTOCOL_VERSION);
+    (version >= OLDEST_PROTOCOL_VERSION && version >= peer_oldest).then_some(version)
+}
+
+/// Whether this release speaks `version`.
+pub fn speaks(version: u32) -> bool {
+    (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
 
 /// Path of the node-session WebSocket on Control.
 pub const CONNECT_PATH: &str = "/api/v1/connect";

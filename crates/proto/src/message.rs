@@ -147,10 +147,11 @@ pub enum ControlMessage {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error(
-        "protocol version mismatch: this program speaks kakuremichi protocol {ours}, the peer speaks \
-         {theirs}; run the same kakuremichi version on Control, Gateways and Agents"
+        "protocol version mismatch: this program speaks kakuremichi protocol {oldest} to {ours}, \
+         the peer speaks {theirs}; Control, Gateways and Agents may be at most one release apart: \
+         upgrade the older side"
     )]
-    VersionMismatch { ours: u32, theirs: u32 },
+    VersionMismatch { oldest: u32, ours: u32, theirs: u32 },
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
 }
@@ -234,10 +235,11 @@ pub fn probe_config(text: &str) -> Option<Option<String>> {
 pub const MAX_PROBE_BYTES: usize = 4 * MAX_MESSAGE_BYTES;
 
 fn check_version(theirs: u32) -> Result<(), DecodeError> {
-    if theirs == PROTOCOL_VERSION {
+    if crate::speaks(theirs) {
         Ok(())
     } else {
         Err(DecodeError::VersionMismatch {
+            oldest: crate::OLDEST_PROTOCOL_VERSION,
             ours: PROTOCOL_VERSION,
             theirs,
         })
@@ -313,16 +315,38 @@ mod tests {
         assert!(matches!(
             err,
             DecodeError::VersionMismatch {
+                oldest: crate::OLDEST_PROTOCOL_VERSION,
                 ours: PROTOCOL_VERSION,
                 theirs: 99
             }
         ));
-        assert!(err.to_string().contains("same kakuremichi version"));
+        assert!(err.to_string().contains("upgrade the older side"), "{err}");
         let welcome = r#"{"type":"welcome","protocol_version":99,"node_id":1}"#;
         assert!(matches!(
             decode_control(welcome),
             Err(DecodeError::VersionMismatch { .. })
         ));
+        // The version before this release's is still spoken, the one before that no longer.
+        for (version, spoken) in [(PROTOCOL_VERSION - 1, true), (PROTOCOL_VERSION - 2, false)] {
+            let welcome =
+                format!(r#"{{"type":"welcome","protocol_version":{version},"node_id":1}}"#);
+            assert_eq!(decode_control(&welcome).is_ok(), spoken, "{version}");
+        }
+    }
+
+    #[test]
+    fn the_session_uses_the_newest_version_both_speak() {
+        use crate::{negotiate, OLDEST_PROTOCOL_VERSION as OLDEST};
+        let ours = PROTOCOL_VERSION;
+        // A node of the release before (no header: its newest is its hello's version).
+        assert_eq!(negotiate(ours - 1, ours - 1), Some(ours - 1));
+        // This release's nodes: hello in the oldest version, newest in the header.
+        assert_eq!(negotiate(OLDEST, ours), Some(ours));
+        // A node of the release after: it still speaks ours.
+        assert_eq!(negotiate(ours, ours + 1), Some(ours));
+        // Two releases apart either way: no version in common.
+        assert_eq!(negotiate(ours + 1, ours + 2), None);
+        assert_eq!(negotiate(OLDEST - 1, OLDEST - 1), None);
     }
 
     #[test]

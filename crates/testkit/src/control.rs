@@ -209,9 +209,6 @@ impl Control {
         }
     }
 
-    /// Every tunnel as the API lists it, without what Control fills in on its own schedule (the
-    /// DNS status and the certificate's state, set by their background passes): two listings are
-    /// equal when nothing was changed.
     /// Creates the managed DNS zone `zone` (RFC 2136, credentials sealed like any) whose server
     /// never answers; the zone as the API returns it.
     pub async fn unreachable_zone(&self, zone: &str) -> Value {
@@ -227,6 +224,9 @@ impl Control {
         body
     }
 
+    /// Every tunnel as the API lists it, without what Control fills in on its own schedule (the
+    /// DNS status and the certificate's state, set by their background passes): two listings are
+    /// equal when nothing was changed.
     pub async fn tunnel_records(&self) -> Vec<Value> {
         let (status, list) = self.get("/api/v1/tunnels").await;
         assert_eq!(status, StatusCode::OK, "{list}");

@@ -13,6 +13,7 @@ use axum::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kakuremichi_proto::{PROTOCOL_HEADER, PROTOCOL_VERSION};
 
 /// Largest frame or message a node may send; a Hello is a few hundred bytes.
 const MAX_NODE_MESSAGE: usize = 64 * 1024;
@@ -29,7 +30,7 @@ const MAX_NODE_MESSAGE: usize = 64 * 1024;
     security(("node_credential" = [])),
     responses(
         (status = 101, description = "Switched to the node session's WebSocket"),
-        (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),
+        (status = 400, description = "Not a WebSocket upgrade, or an X-Kakuremichi-Protocol that is not a number", body = ErrorBody),
         NodeErrors,
     ),
 )]
@@ -66,11 +67,30 @@ pub async fn connect(
             tracing::info!(gateway_id = node.id, %ip, "Gateway connects from a new address");
         }
     }
+    let offered = offered_protocol(&headers)?;
     let hub = state.hub.clone();
     Ok(upgrade
         .max_message_size(MAX_NODE_MESSAGE)
         .max_frame_size(MAX_NODE_MESSAGE)
-        .on_upgrade(move |socket| hub::serve(socket, node, epoch, hub)))
+        .on_upgrade(move |socket| hub::serve(socket, node, epoch, offered, hub)))
+}
+
+/// The newest protocol version the node speaks, from its [`PROTOCOL_HEADER`] (absent on nodes
+/// that predate version negotiation).
+fn offered_protocol(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+    let Some(value) = headers.get(PROTOCOL_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{PROTOCOL_HEADER} must be a protocol version number, e.g. {PROTOCOL_VERSION}"
+            ))
+        })
 }
 
 /// The node's snapshot with its hash as ETag; `304` when `If-None-Match` already names it.

@@ -14,8 +14,9 @@ use crate::validate;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use futures_util::SinkExt as _;
 use kakuremichi_proto::{
-    decode_node, ControlMessage, DecodeError, NodeMessage, NodeRole, OwnPort, PortError,
-    MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS, MAX_STREAM_COUNTERS, PROTOCOL_VERSION,
+    decode_node, negotiate, ControlMessage, DecodeError, NodeMessage, NodeRole, OwnPort, PortError,
+    MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS, MAX_STREAM_COUNTERS,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -92,12 +93,21 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// Runs the session of an authenticated node until it ends. `credential_epoch` is
 /// [`Hub::credential_epoch`] read before the node's credential was last checked: the session ends
 /// as soon as the credential is replaced after that.
-pub async fn serve(socket: WebSocket, node: NodeRef, credential_epoch: u64, hub: Arc<Hub>) {
+/// `offered` is the newest protocol version the node names in its upgrade request
+/// ([`kakuremichi_proto::PROTOCOL_HEADER`]); nodes that predate negotiation name none.
+pub async fn serve(
+    socket: WebSocket,
+    node: NodeRef,
+    credential_epoch: u64,
+    offered: Option<u32>,
+    hub: Arc<Hub>,
+) {
     let _live = hub.node_session_started();
     let mut session = NodeSession {
         socket,
         node,
         credential_epoch,
+        offered,
         hub,
         last_rx: Instant::now(),
         sent_challenges: Arc::new(HashSet::new()),
@@ -110,6 +120,8 @@ struct NodeSession {
     socket: WebSocket,
     node: NodeRef,
     credential_epoch: u64,
+    /// The newest protocol version the node offered, if it named one.
+    offered: Option<u32>,
     hub: Arc<Hub>,
     /// When the node last sent any frame (data, ping, pong).
     last_rx: Instant,
@@ -124,17 +136,17 @@ impl NodeSession {
         if self.credential_replaced(&mut credentials) {
             return credential_replaced();
         }
-        let config_hash = tokio::select! {
+        let (config_hash, protocol_version) = tokio::select! {
             () = stopped(&mut shutdown) => return SHUTDOWN,
             hello = self.handshake() => match hello {
-                Ok(hash) => hash,
+                Ok(hello) => hello,
                 Err(end) => return end,
             },
         };
         let _online = self.hub.mark_online(self.node);
-        tracing::info!(node = %self.node, "node session open");
+        tracing::info!(node = %self.node, protocol_version, "node session open");
         let welcome = ControlMessage::Welcome {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version,
             node_id: self.node.id,
         };
         if let Err(end) = self.send(&welcome).await {
@@ -186,7 +198,9 @@ impl NodeSession {
     }
 
     /// Reads and checks the Hello; records the node's key. Returns the hash the node already has.
-    async fn handshake(&mut self) -> Result<Option<String>, End> {
+    /// Reads the hello and registers the node's key; the snapshot hash the node holds and the
+    /// protocol version of the session.
+    async fn handshake(&mut self) -> Result<(Option<String>, u32), End> {
         let deadline = Instant::now() + self.hub.heartbeat_timeout;
         let text = loop {
             let frame = timeout_at(deadline, self.socket.recv())
@@ -208,13 +222,14 @@ impl NodeSession {
             }
         };
         self.last_rx = Instant::now();
-        let (role, public_key, config_hash) = match decode_node(text.as_str()) {
+        let (role, public_key, config_hash, hello_version) = match decode_node(text.as_str()) {
             Ok(NodeMessage::Hello {
                 role,
                 public_key,
                 config_hash,
+                protocol_version,
                 ..
-            }) => (role, public_key, config_hash),
+            }) => (role, public_key, config_hash, protocol_version),
             Ok(
                 NodeMessage::Applied { .. }
                 | NodeMessage::Rejected { .. }
@@ -224,6 +239,19 @@ impl NodeSession {
                 return Err(End::error("version_mismatch", e.to_string()))
             }
             Err(e) => return Err(End::error("bad_hello", e.to_string())),
+        };
+        // The hello is in the oldest version the node speaks (already checked to be one of
+        // ours); the header names its newest.
+        let offered = self.offered.unwrap_or(hello_version);
+        let Some(protocol_version) = negotiate(hello_version, offered) else {
+            return Err(End::error(
+                "version_mismatch",
+                format!(
+                    "this Control speaks kakuremichi protocol {OLDEST_PROTOCOL_VERSION} to \
+                     {PROTOCOL_VERSION}, the node {hello_version} to {offered}; Control, Gateways \
+                     and Agents may be at most one release apart: upgrade the older side"
+                ),
+            ));
         };
         let expected = match self.node.kind {
             NodeKind::Agent => NodeRole::Agent,
@@ -252,7 +280,7 @@ impl NodeSession {
             tracing::info!(node = %self.node, "node public key changed");
             self.hub.changed();
         }
-        Ok(config_hash)
+        Ok((config_hash, protocol_version))
     }
 
     /// Pings the node, and refreshes `last_seen` now and then.

@@ -4,7 +4,9 @@
 use super::{End, LinkConfig};
 use futures_util::SinkExt;
 use kakuremichi_proto::message::MAX_PROBE_BYTES;
-use kakuremichi_proto::{NodeMessage, NodeRole, PROTOCOL_VERSION};
+use kakuremichi_proto::{
+    NodeMessage, NodeRole, OLDEST_PROTOCOL_VERSION, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -45,9 +47,11 @@ fn request(url: &str, config: &LinkConfig) -> Result<Request, End> {
     let value = http::HeaderValue::from_str(&bearer).map_err(|_| {
         End::Refused("the credential contains characters not allowed in a header".into())
     })?;
-    request
-        .headers_mut()
-        .insert(http::header::AUTHORIZATION, value);
+    let headers = request.headers_mut();
+    headers.insert(http::header::AUTHORIZATION, value);
+    // The newest protocol version this node speaks; its hello is in the oldest, which a Control
+    // of the release before reads as always (it ignores this header).
+    headers.insert(PROTOCOL_HEADER, http::HeaderValue::from(PROTOCOL_VERSION));
     Ok(request)
 }
 
@@ -76,7 +80,7 @@ pub(super) async fn hello(
     held_hash: Option<String>,
 ) -> Result<(), End> {
     let hello = NodeMessage::Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: OLDEST_PROTOCOL_VERSION,
         role: config.role,
         public_key: config.public_key.to_base64(),
         config_hash: held_hash,

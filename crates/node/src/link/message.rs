@@ -50,9 +50,13 @@ impl ControlLink {
         backoff: &mut Backoff,
     ) -> Result<(), End> {
         match decode_control(text) {
-            Ok(ControlMessage::Welcome { node_id, .. }) => {
+            Ok(ControlMessage::Welcome {
+                node_id,
+                protocol_version,
+            }) => {
                 backoff.reset();
-                tracing::info!(node_id, control = %self.config.control_url, "connected to Control");
+                tracing::info!(node_id, protocol_version, control = %self.config.control_url,
+                    "connected to Control");
                 report(events, LinkEvent::Connected { node_id }).await
             }
             Ok(ControlMessage::Config { snapshot }) => self.take_config(ws, snapshot, events).await,
