@@ -1,7 +1,8 @@
 //! Backups through the API and the dashboard (issue #18): `POST /api/v1/backups` makes one like
 //! the daily run (admins only), `GET /api/v1/backups` lists the files with the last success and
 //! failure, a failing `KAKUREMICHI_BACKUP_COMMAND` stands on the dashboard until a shipment
-//! succeeds, and with `KAKUREMICHI_BACKUP_KEY` every file is encrypted.
+//! succeeds (and in `GET /api/v1/status` for admins), and with `KAKUREMICHI_BACKUP_KEY` every
+//! file is encrypted.
 
 use kakuremichi_control::BackupKey;
 use kakuremichi_testkit::control::*;
@@ -69,6 +70,9 @@ async fn admins_make_and_list_backups_and_a_failing_command_shows_until_one_ship
         .contains("exited with"));
     let page = dashboard(&c).await;
     assert!(page.contains("The last backup failed"), "{page}");
+    // GET /status says it too (what `kakuremichi status` exits 1 on).
+    let (_, status) = c.get("/api/v1/status").await;
+    assert_eq!(status["backups"]["needs_attention"], true, "{status}");
 
     // The offsite store is back: the next backup ships, the failure is gone.
     std::fs::remove_file(&flag).unwrap();
@@ -89,6 +93,8 @@ async fn admins_make_and_list_backups_and_a_failing_command_shows_until_one_ship
         let (s, body) = member.call(&c, method, path, None).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {body}");
     }
+    let (_, status) = member.call(&c, "GET", "/api/v1/status", None).await;
+    assert_eq!(status["backups"], json!(null), "admins only: {status}");
     let audit = c.get("/api/v1/audit").await.1.to_string();
     assert!(audit.contains("backup.requested"), "{audit}");
 }

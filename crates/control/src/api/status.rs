@@ -8,6 +8,7 @@
 use super::openapi::ReadErrors;
 use crate::app::AppState;
 use crate::auth::AuthUser;
+use crate::backups::BackupState;
 use crate::error::ApiError;
 use crate::store::{NodeKind, NodeRef};
 use crate::views::{status, Presence};
@@ -20,6 +21,9 @@ pub struct StatusView {
     gateways: NodeCounts,
     agents: NodeCounts,
     tunnels: Vec<TunnelStatus>,
+    /// Admins only (`null` for members): the state of Control's backups, as
+    /// `GET /api/v1/backups` gives it.
+    backups: Option<BackupState>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -70,7 +74,10 @@ struct TunnelStatus {
         ReadErrors,
     ),
 )]
-pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<StatusView>, ApiError> {
+pub async fn get(
+    AuthUser(user): AuthUser,
+    State(state): State<AppState>,
+) -> Result<Json<StatusView>, ApiError> {
     let online = |kind, id| state.hub.is_online(NodeRef { kind, id });
     let config_error = |kind, id| state.hub.config_error(NodeRef { kind, id });
     let gateways: Vec<NodeStatus> = state
@@ -137,10 +144,15 @@ pub async fn get(_: AuthUser, State(state): State<AppState>) -> Result<Json<Stat
             }
         })
         .collect();
+    let backups = match state.backups.as_ref().filter(|_| user.is_admin) {
+        Some(b) => Some(b.state(time::OffsetDateTime::now_utc()).await?),
+        None => None,
+    };
     Ok(Json(StatusView {
         gateways: counts(gateways),
         agents: counts(agents),
         tunnels,
+        backups,
     }))
 }
 

@@ -43,6 +43,14 @@ pub fn attention(status: &Value) -> Vec<String> {
             out.push(format!("{} runs an older config: {why}", name(n)));
         }
     }
+    // Admins see Control's backups too (members get null).
+    let backups = &status["backups"];
+    if backups["needs_attention"] == Value::Bool(true) {
+        out.push(match backups["last_error"].as_str() {
+            Some(why) => format!("the last backup failed: {why}"),
+            None => "no backup was made for two days".to_string(),
+        });
+    }
     for t in items(&status["tunnels"]) {
         if t["enabled"] == Value::Bool(true) && t["reachable"] != Value::Bool(true) {
             let host = t["hostname"].as_str().unwrap_or("?");
@@ -147,5 +155,15 @@ mod tests {
         disabled["gateways"]["items"][0]["status"] = "offline".into();
         assert!(attention(&disabled).is_empty());
         assert_eq!(attention(&json!({})).len(), 1, "no Gateway at all");
+        let mut backups = disabled.clone();
+        backups["backups"] = json!({"needs_attention": true, "last_error": "exit status 3"});
+        assert_eq!(
+            attention(&backups),
+            ["the last backup failed: exit status 3"]
+        );
+        backups["backups"] = json!({"needs_attention": true, "last_error": null});
+        assert_eq!(attention(&backups), ["no backup was made for two days"]);
+        backups["backups"] = json!({"needs_attention": false});
+        assert!(attention(&backups).is_empty());
     }
 }
