@@ -271,29 +271,7 @@ impl Backups {
         };
         let mut files: Vec<BackupFile> = entries
             .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let (kind, created) = if let Some(rest) = name.strip_prefix(PREFIX) {
-                    ("scheduled", parse_stamp(rest.strip_suffix(".db")?))
-                } else if name.starts_with("pre-migration-") && name.ends_with(".db") {
-                    let stamp = name.strip_suffix(".db")?.rsplit('-').next()?;
-                    ("pre-migration", parse_stamp(stamp))
-                } else {
-                    return None;
-                };
-                let meta = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
-                let mut head = [0u8; 8];
-                let encrypted = std::fs::File::open(e.path())
-                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-                    .is_ok_and(|()| crate::store::backup_key::is_encrypted(&head));
-                Some(BackupFile {
-                    name,
-                    size: meta.len(),
-                    created: created.map(crate::store::timestamp),
-                    encrypted,
-                    kind,
-                })
-            })
+            .filter_map(|e| describe(&e.path()))
             .collect();
         files.sort_by(|a, b| b.created.cmp(&a.created).then(b.name.cmp(&a.name)));
         files.truncate(MAX_LISTED);
@@ -381,6 +359,33 @@ impl Backups {
             tracing::warn!(error = %e, "cannot record the backup in the audit log");
         }
     }
+}
+
+/// The backup (or pre-migration copy) at `path`, `None` for any other file.
+pub fn describe(path: &Path) -> Option<BackupFile> {
+    let name = path.file_name()?.to_str()?.to_string();
+    let (kind, created) = if let Some(rest) = name.strip_prefix(PREFIX) {
+        ("scheduled", parse_stamp(rest.strip_suffix(".db")?))
+    } else if name.starts_with("pre-migration-") && name.ends_with(".db") {
+        let stamp = name.strip_suffix(".db")?.rsplit('-').next()?;
+        ("pre-migration", parse_stamp(stamp))
+    } else {
+        return None;
+    };
+    let meta = std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)?;
+    let mut head = [0u8; 8];
+    let encrypted = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| crate::store::backup_key::is_encrypted(&head));
+    Some(BackupFile {
+        name,
+        size: meta.len(),
+        created: created.map(crate::store::timestamp),
+        encrypted,
+        kind,
+    })
 }
 
 /// `20261202T030000Z` (the file name's form of a timestamp) as a time.

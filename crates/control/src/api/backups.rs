@@ -92,11 +92,7 @@ pub async fn create(
     AuthUser(user): AuthUser,
 ) -> Result<(StatusCode, Json<MadeBackup>), ApiError> {
     let made = ops::backups::make_now(&state, &user).await?;
-    let name = made.path.file_name().map(|n| n.to_string_lossy());
-    let file = ops::backups::backups(&state)?
-        .files()
-        .into_iter()
-        .find(|f| Some(f.name.as_str()) == name.as_deref());
+    let file = crate::backups::describe(&made.path);
     Ok((
         StatusCode::CREATED,
         Json(MadeBackup {
