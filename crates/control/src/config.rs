@@ -11,8 +11,11 @@ use std::time::Duration;
 pub struct ControlConfig {
     /// Where the SQLite database (and later certificates) live.
     pub data_dir: PathBuf,
-    /// `sqlite:...` URL; `None` means `<data_dir>/control.db`, created if missing.
+    /// `sqlite:...` or `postgres://...` URL; `None` means `<data_dir>/control.db`, created if
+    /// missing.
     pub database_url: Option<String>,
+    /// PostgreSQL pool size and statement timeout.
+    pub database_pool: crate::store::PoolOptions,
     /// How nodes and browsers reach Control; an `https://` URL makes session cookies `Secure`.
     pub public_url: Option<String>,
     /// Bootstrap: the first admin account, created only while no user exists.
@@ -90,6 +93,7 @@ impl Default for ControlConfig {
         Self {
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            database_pool: crate::store::PoolOptions::default(),
             public_url: None,
             admin_email: None,
             admin_password: None,
@@ -138,7 +142,7 @@ impl fmt::Debug for ControlConfig {
 }
 
 /// Hides the user-info part of a URL (`scheme://user:password@host`), which may hold a password.
-fn mask_url_password(url: &str) -> String {
+pub(crate) fn mask_url_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(start), Some(at)) if at > start => {
             format!("{}<redacted>{}", &url[..start + 3], &url[at..])
@@ -156,6 +160,7 @@ pub enum ConfigError {
     WgNetwork { value: String, reason: String },
     #[error(
         "database_url {0:?} is not supported: use a sqlite: URL such as sqlite:///var/lib/kakuremichi/control.db, \
+         a postgres:// URL such as postgres://kakuremichi:PASSWORD@db.internal/kakuremichi, \
          or leave it unset to use <data_dir>/control.db"
     )]
     DatabaseUrl(String),
@@ -202,8 +207,8 @@ impl ControlConfig {
             reason: e.to_string(),
         })?;
         if let Some(url) = &self.database_url {
-            if !url.starts_with("sqlite:") {
-                return Err(ConfigError::DatabaseUrl(url.clone()));
+            if crate::store::Backend::of_url(url).is_none() {
+                return Err(ConfigError::DatabaseUrl(mask_url_password(url)));
             }
         }
         if let Some(url) = &self.public_url {
@@ -362,7 +367,7 @@ mod tests {
                 ..Default::default()
             },
             ControlConfig {
-                database_url: Some("postgres://x".into()),
+                database_url: Some("mysql://x".into()),
                 ..Default::default()
             },
             ControlConfig {

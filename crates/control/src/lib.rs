@@ -40,7 +40,7 @@ pub use config::{
 };
 pub use dns_records::DnsRecordsConfig;
 pub use store::backup_key::BackupKey;
-pub use store::{MigrationPlan, Restored};
+pub use store::{Backend as DatabaseBackend, MigrationPlan, PoolOptions, Restored};
 
 /// Where Control keeps its internal CA's root certificate (`root.crt`; the key is beside it).
 pub fn internal_ca_root(data_dir: &std::path::Path) -> std::path::PathBuf {
@@ -120,6 +120,22 @@ pub async fn migrate(data_dir: &std::path::Path, database_url: Option<&str>) -> 
     Ok(())
 }
 
+/// Copies every row of the database at `from` into the empty database at `to` (SQLite to
+/// PostgreSQL or back), both migrated to this release's schema first; Control must be stopped
+/// (`kakuremichi control migrate-db`). Returns each table with its row count, verified on both.
+pub async fn migrate_db(from: &str, to: &str) -> anyhow::Result<Vec<(&'static str, i64)>> {
+    let source = Store::open(from)
+        .await
+        .context("cannot open the source database (--from)")?;
+    let target = Store::open(to)
+        .await
+        .context("cannot open the destination database (--to)")?;
+    let copied = store::copy::copy_all(&source, &target).await;
+    source.close().await;
+    target.close().await;
+    copied.context("copy failed; the destination was left unchanged")
+}
+
 /// Runs Control on `listener` until `shutdown` resolves, then closes node sessions and drains.
 pub async fn run(
     config: ControlConfig,
@@ -132,10 +148,11 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = match &config.database_url {
-        Some(url) => Store::open(url).await,
+        Some(url) => Store::open_with(url, config.database_pool).await,
         None => Store::open_file(&config.data_dir.join("control.db")).await,
     }
     .context("cannot open the database")?;
+    tracing::info!(engine = ?store.backend(), "database open and migrated");
     let passwords = std::sync::Arc::new(guard::hashing::Passwords::for_this_host());
     bootstrap_admin(&config, &store, &passwords).await?;
     let dummy_hash = passwords.hash(secrets::generate("dummy_")).await?;

@@ -163,9 +163,7 @@ async fn forwarded_for_names_the_client_only_from_a_trusted_proxy() {
 
 /// Ages the session of `cookie` past the idle limit (12 h unused), in the database.
 async fn make_idle(dir: &std::path::Path) {
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("control.db").display()))
-        .await
-        .unwrap();
+    let db = kakuremichi_testkit::roles::test_db(dir).await;
     let old = "2000-01-01T00:00:00Z";
     let aged = sqlx::query("UPDATE sessions SET last_seen_at = $1")
         .bind(old)

@@ -415,9 +415,7 @@ async fn pull_endpoint_and_restart() {
     assert_eq!(res.status(), StatusCode::OK);
     c2.stop().await;
 
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("control.db").display()))
-        .await
-        .unwrap();
+    let db = kakuremichi_testkit::roles::test_db(&dir).await;
     let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
         .fetch_one(&db)
         .await

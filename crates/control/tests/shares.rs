@@ -185,10 +185,7 @@ async fn an_abandoned_share_is_swept_after_the_ttl_and_a_live_one_stays() {
 
     // Past its --expires, a share goes even while its Agent is online. (The API takes a minute
     // at least; the test moves the time in the database.)
-    let db = dir.path().join("data/control.db");
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
+    let db = kakuremichi_testkit::roles::test_db(&dir.path().join("data")).await;
     sqlx::query("UPDATE temporary_tunnels SET expires_at = '2000-01-01T00:00:00Z' WHERE id = $1")
         .bind(live["id"].as_i64().unwrap())
         .execute(&db)

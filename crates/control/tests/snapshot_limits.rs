@@ -194,9 +194,7 @@ async fn control_never_sends_a_snapshot_over_the_message_limit_and_says_so() {
 
     // A row no API accepts (a target of 17 MiB, written behind Control's back) stands for any
     // snapshot that outgrew the limit: the node must not be sent it, and the status must say so.
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("control.db").display()))
-        .await
-        .unwrap();
+    let db = kakuremichi_testkit::roles::test_db(&dir).await;
     sqlx::query("UPDATE tunnels SET target = $1 WHERE id = $2")
         .bind(format!("{}:80", "a".repeat(17 << 20)))
         .bind(t["id"].as_i64().unwrap())

@@ -81,7 +81,7 @@ async fn a_database_of_an_earlier_release_opens_migrates_and_serves() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 
     // Once this release's schema is newer, the upgrade made its copy first.
-    let latest = sqlx::migrate!("./migrations")
+    let latest = sqlx::migrate!("./migrations/sqlite")
         .iter()
         .map(|m| m.version)
         .max()

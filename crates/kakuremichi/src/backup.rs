@@ -8,9 +8,8 @@ pub struct BackupArgs {
     /// Control's data directory (control.db, secrets.key, internal-ca/).
     #[arg(long, env = "KAKUREMICHI_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Database URL; default: the SQLite file in the data directory.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::database::DatabaseArg,
     /// Where to write the backup (it must not exist); default BACKUP_DIR/kakuremichi-TIME.db.
     /// A FILE.sha256 is written beside it.
     #[arg(long)]
@@ -52,9 +51,10 @@ pub struct RestoreArgs {
 }
 
 pub async fn backup(a: BackupArgs) -> anyhow::Result<()> {
+    let url = a.database.url()?;
     let path = kakuremichi_control::backup(
         &a.data_dir,
-        a.database_url.as_deref(),
+        url.as_deref(),
         a.out,
         a.backup_dir,
         a.key.backup_key.as_ref(),

@@ -150,9 +150,16 @@ struct ControlArgs {
     /// Directory for the SQLite database and other state.
     #[arg(long, env = "KAKUREMICHI_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// Database URL; default: a SQLite file in the data directory.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    database: crate::database::DatabaseArg,
+    /// Connections to PostgreSQL per Control replica (SQLite keeps its own small pool).
+    #[arg(long, env = "KAKUREMICHI_DATABASE_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    database_max_connections: u32,
+    /// Seconds one PostgreSQL statement may run before the server cancels it.
+    #[arg(long, env = "KAKUREMICHI_DATABASE_STATEMENT_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    database_statement_timeout: u64,
     /// How nodes and browsers reach Control, e.g. https://control.example.com.
     #[arg(long, env = "KAKUREMICHI_PUBLIC_URL")]
     public_url: Option<String>,
@@ -313,6 +320,10 @@ enum ControlTool {
     /// (`--dry-run`), or apply them now; a database with data is copied to DATA_DIR/backups first,
     /// as when Control starts (docs/backups.md).
     Migrate(crate::migrate::MigrateArgs),
+    /// Copy every row of Control's database into another, empty one, e.g. from SQLite to
+    /// PostgreSQL to run several Control replicas (Control stopped); verifies the counts
+    /// (docs/high-availability.md).
+    MigrateDb(crate::migrate::MigrateDbArgs),
     /// Back up Control's database and data directory now, while it runs: prints the file's
     /// path (docs/backups.md).
     Backup(crate::backup::BackupArgs),
@@ -484,7 +495,11 @@ async fn run_control(a: ControlArgs) -> anyhow::Result<()> {
         dns,
         backup,
         data_dir: a.data_dir,
-        database_url: a.database_url,
+        database_url: a.database.url()?,
+        database_pool: kakuremichi_control::PoolOptions {
+            max_connections: a.database_max_connections,
+            statement_timeout: Duration::from_secs(a.database_statement_timeout),
+        },
         public_url: a.public_url,
         admin_email: a.admin_email,
         admin_password: a.admin_password,
@@ -526,6 +541,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Control(mut a) => match a.tool.take() {
             Some(ControlTool::ImportCloudflared(t)) => import::run(*t).await,
             Some(ControlTool::Migrate(t)) => crate::migrate::run(t).await,
+            Some(ControlTool::MigrateDb(t)) => crate::migrate::migrate_db(t).await,
             Some(ControlTool::Backup(t)) => crate::backup::backup(t).await,
             Some(ControlTool::Restore(t)) => crate::backup::restore(t).await,
             None => run_control(*a).await,

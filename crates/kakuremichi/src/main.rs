@@ -5,6 +5,7 @@ mod backup;
 mod cli;
 #[cfg(test)]
 mod confdoc;
+mod database;
 mod exit;
 mod import;
 mod manage;

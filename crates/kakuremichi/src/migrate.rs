@@ -9,16 +9,16 @@ pub struct MigrateArgs {
     /// Control's data directory (where control.db and backups/ are).
     #[arg(long, env = "KAKUREMICHI_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Database URL; default: the SQLite file in the data directory.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::database::DatabaseArg,
     /// Print the schema version and the migrations that would run; change nothing.
     #[arg(long)]
     pub dry_run: bool,
 }
 
 pub async fn run(a: MigrateArgs) -> anyhow::Result<()> {
-    let url = a.database_url.as_deref();
+    let url = a.database.url()?;
+    let url = url.as_deref();
     let Some(plan) = kakuremichi_control::migration_plan(&a.data_dir, url).await? else {
         let db = a.data_dir.join("control.db");
         if a.dry_run {
@@ -64,5 +64,34 @@ pub async fn run(a: MigrateArgs) -> anyhow::Result<()> {
     }
     kakuremichi_control::migrate(&a.data_dir, url).await?;
     println!("done");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct MigrateDbArgs {
+    /// The database to copy from, e.g. sqlite:///var/lib/kakuremichi/control.db (Control
+    /// stopped).
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The empty database to copy into, e.g. postgres://kakuremichi:PASSWORD@db/kakuremichi.
+    /// Its schema is created; a database that already holds data is refused.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+}
+
+/// `kakuremichi control migrate-db`: every row (users, tokens, nodes, tunnels, certificates,
+/// the audit log...) from one database into another, counts verified.
+pub async fn migrate_db(a: MigrateDbArgs) -> anyhow::Result<()> {
+    let copied = kakuremichi_control::migrate_db(&a.from, &a.to).await?;
+    let rows: i64 = copied.iter().map(|(_, n)| n).sum();
+    for (table, n) in &copied {
+        println!("{table:<20} {n:>9} rows");
+    }
+    println!(
+        "copied {rows} rows in {} tables; the counts match on both sides. Point DATABASE_URL at \
+         the new database and start Control (keep the data directory: secrets.key decrypts the \
+         stored DNS credentials).",
+        copied.len()
+    );
     Ok(())
 }

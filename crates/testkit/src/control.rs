@@ -56,6 +56,7 @@ pub async fn start_with(config: ControlConfig) -> Control {
 pub async fn start_fresh(dir: &Path) -> Control {
     launch(ControlConfig {
         data_dir: dir.to_path_buf(),
+        database_url: crate::roles::test_database(dir),
         ..ControlConfig::default()
     })
     .await

@@ -68,8 +68,48 @@ pub fn control_config(dir: &Path) -> kakuremichi_control::ControlConfig {
             at: None,
             ..Default::default()
         },
+        database_url: test_database(dir),
         ..Default::default()
     }
+}
+
+/// Set to a PostgreSQL server's URL (`postgres://postgres@127.0.0.1:PORT`), tests run their
+/// Controls on PostgreSQL instead of SQLite: `scripts/test` runs the control suite both ways.
+pub const TEST_POSTGRES: &str = "KAKUREMICHI_TEST_POSTGRES";
+
+/// A pool on the database of the test Control whose data is in `dir` (PostgreSQL or the SQLite
+/// file), for tests that change a row behind Control's back.
+pub async fn test_db(dir: &Path) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = test_database(dir)
+        .unwrap_or_else(|| format!("sqlite://{}", dir.join("control.db").display()));
+    sqlx::AnyPool::connect(&url).await.unwrap()
+}
+
+/// The database a test's Control with its data in `dir` uses: `None` (the SQLite file in
+/// `dir`), or with [`TEST_POSTGRES`] set, a PostgreSQL database of its own, named after `dir`
+/// so that a Control started again on the same directory finds its data again.
+pub fn test_database(dir: &Path) -> Option<String> {
+    use std::hash::{Hash as _, Hasher as _};
+    let server = std::env::var(TEST_POSTGRES).ok()?;
+    let server = server.trim_end_matches('/');
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let name = format!("km_{:016x}", hasher.finish());
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(format!("{server}/postgres"))
+        .args(["-c", &format!("CREATE DATABASE {name}")])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("psql (postgresql-client) installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("already exists"),
+        "cannot create the test database {name} on {server}: {stderr}"
+    );
+    Some(format!("{server}/{name}"))
 }
 
 /// Control running in this process.

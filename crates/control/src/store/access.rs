@@ -140,7 +140,7 @@ impl Store {
     ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO access_grants (sid, session_hash, user_id, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (sid) DO UPDATE SET expires_at = MAX(access_grants.expires_at, excluded.expires_at)",
+             ON CONFLICT (sid) DO UPDATE SET expires_at = CASE WHEN access_grants.expires_at > excluded.expires_at THEN access_grants.expires_at ELSE excluded.expires_at END",
         )
         .bind(sid)
         .bind(session_hash)

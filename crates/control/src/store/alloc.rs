@@ -1,9 +1,9 @@
 //! Allocation of WireGuard addresses (per node, unique across Agents and Gateways) and tunnel
 //! ports (per Agent). Both pick the lowest free value, inside the caller's write transaction.
 
+use super::Tx;
 use super::{StoreError, StoreResult};
 use crate::validate::WgNetwork;
-use sqlx::{Sqlite, Transaction};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -25,10 +25,7 @@ pub fn lowest_free_port(used: &HashSet<u16>) -> Option<u16> {
 }
 
 /// Allocates a WireGuard address for a new Agent or Gateway.
-pub(super) async fn allocate_address(
-    tx: &mut Transaction<'static, Sqlite>,
-    net: &WgNetwork,
-) -> StoreResult<String> {
+pub(super) async fn allocate_address(tx: &mut Tx, net: &WgNetwork) -> StoreResult<String> {
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT wg_address FROM agents UNION SELECT wg_address FROM gateways")
             .fetch_all(&mut **tx)
@@ -42,10 +39,7 @@ pub(super) async fn allocate_address(
 }
 
 /// Allocates a tunnel port on `agent_id`.
-pub(super) async fn allocate_port(
-    tx: &mut Transaction<'static, Sqlite>,
-    agent_id: i64,
-) -> StoreResult<i64> {
+pub(super) async fn allocate_port(tx: &mut Tx, agent_id: i64) -> StoreResult<i64> {
     let rows: Vec<(i64,)> = sqlx::query_as(
         "SELECT port FROM tunnels WHERE agent_id = $1 \
          UNION SELECT port FROM tunnel_replicas WHERE agent_id = $1",

@@ -1,5 +1,6 @@
 //! One backup file holds everything needed to rebuild Control (issue #18): a consistent copy of
-//! the database (`VACUUM INTO`, taken while Control runs and writes), and inside it two extra
+//! the database (`VACUUM INTO`, taken while Control runs and writes; from PostgreSQL, every row
+//! copied from one snapshot into a new SQLite database, see `copy`), and inside it two extra
 //! tables — the data directory's files that are not in the database (`secrets.key`, the internal
 //! CA) with their SHA-256, and a manifest (format, release, schema version, time). The file is a
 //! SQLite database itself, so `sqlite3` can inspect it; a `<file>.sha256` beside it (the
@@ -43,7 +44,7 @@ fn sha256(bytes: &[u8]) -> String {
 /// Writes a backup of the database behind `live` and of `data_dir`'s [`FILES`] to `out`,
 /// encrypted with `key` when there is one.
 pub async fn create(
-    live: &SqlitePool,
+    live: &super::Store,
     data_dir: &Path,
     out: &Path,
     schema: i64,
@@ -64,10 +65,24 @@ pub async fn create(
     let target = partial
         .to_str()
         .ok_or_else(|| fail("the backup path is not UTF-8"))?;
-    sqlx::query("VACUUM INTO $1")
-        .bind(target)
-        .execute(live)
-        .await?;
+    match live.backend() {
+        super::Backend::Sqlite => {
+            sqlx::query("VACUUM INTO $1")
+                .bind(target)
+                .execute(live.pool())
+                .await?;
+        }
+        // PostgreSQL: every row copied into a new SQLite database at the same schema, so
+        // the backup has one format whatever the engine (and restores into SQLite, from
+        // where `control migrate-db` takes it back to PostgreSQL).
+        super::Backend::Postgres => {
+            let copy = super::Store::open_file(&partial).await?;
+            let copied = super::copy::copy_all(live, &copy).await;
+            // Closing the last connection folds SQLite's write-ahead log into the file.
+            copy.close().await;
+            copied?;
+        }
+    }
     let copy = open(&partial, false).await?;
     let filled = fill(&copy, data_dir, schema).await;
     copy.close().await;

@@ -58,12 +58,12 @@ pub enum DevicePoll {
 
 /// Why `new` may not start now, counting the unexpired sign-ins: all of them, and its client's.
 async fn refusal<'c>(
-    db: impl sqlx::SqliteExecutor<'c>,
+    db: impl sqlx::Executor<'c, Database = super::Db>,
     new: &NewDeviceLogin<'_>,
     now: &str,
 ) -> StoreResult<Option<StartRefused>> {
     let (all, mine): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(client_ip = $1), 0) FROM device_logins WHERE expires_at > $2",
+        "SELECT COUNT(*), COUNT(CASE WHEN client_ip = $1 THEN 1 END) FROM device_logins WHERE expires_at > $2",
     )
     .bind(new.client_ip)
     .bind(now)
@@ -170,7 +170,7 @@ impl Store {
             return Ok(DevicePoll::Gone);
         }
         let mut tx = self.write_tx().await?;
-        type Found = (i64, String, String, Option<i64>, bool, Option<String>);
+        type Found = (i64, String, String, Option<i64>, i64, Option<String>);
         let found: Option<Found> = sqlx::query_as(
             "SELECT id, name, expires_at, approved_by, denied, last_poll_at FROM device_logins \
              WHERE device_hash = $1",
@@ -193,7 +193,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             DevicePoll::Approved { user_id, token }
-        } else if denied {
+        } else if denied != 0 {
             DevicePoll::Denied
         } else if expires_at <= now {
             DevicePoll::Gone

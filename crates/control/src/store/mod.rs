@@ -11,6 +11,7 @@ mod audit;
 mod backup;
 pub mod backup_key;
 mod certs;
+pub mod copy;
 mod device_logins;
 mod dns;
 mod gateways;
@@ -51,9 +52,16 @@ pub use tunnels::{
 };
 pub use users::UserRow;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
-use std::path::Path;
+/// The driver behind the store: sqlx's `Any`, so one set of queries runs on both [`Backend`]s.
+pub(crate) type Db = sqlx::Any;
+/// A transaction on the store's database.
+pub(crate) type Tx = Transaction<'static, Db>;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::AnyPool;
+use sqlx::Transaction;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
@@ -111,28 +119,144 @@ fn owner_only(path: &Path) -> StoreResult<()> {
     Ok(())
 }
 
+/// Which database engine a [`Store`] runs on. The queries are the same on both (`$n`
+/// placeholders, standard SQL, timestamps as text); the schema has one migration folder each,
+/// because their DDL differs (`AUTOINCREMENT` against identity columns, `BLOB` against `BYTEA`,
+/// 64-bit integers everywhere on PostgreSQL) and SQLite databases in use hold the checksums of
+/// their migration files, which must never change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A file (or memory) database, embedded: the default, for one Control.
+    Sqlite,
+    /// A PostgreSQL server: for several Control replicas sharing one database.
+    Postgres,
+}
+
+impl Backend {
+    /// The engine a `DATABASE_URL` names: `sqlite:` or `postgres://` / `postgresql://`.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// This engine's migrations.
+    pub fn migrator(self) -> sqlx::migrate::Migrator {
+        match self {
+            Self::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Self::Postgres => sqlx::migrate!("./migrations/postgres"),
+        }
+    }
+}
+
+/// How Control connects to PostgreSQL (SQLite ignores it): pool size and statement timeout.
+/// TLS is chosen in the URL (`?sslmode=verify-full&sslrootcert=...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Connections per Control replica.
+    pub max_connections: u32,
+    /// Longest a single statement may run before PostgreSQL cancels it.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A `sqlite://` URL for the file at `path`, its name percent-encoded (sqlx decodes it).
+fn sqlite_url(path: &Path, mode: &str) -> String {
+    let mut url = String::from("sqlite://");
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url.push_str("?mode=");
+    url.push_str(mode);
+    url
+}
+
+/// The SQLite file a `sqlite:` URL names, `None` for an in-memory database.
+fn sqlite_file(url: &str) -> StoreResult<Option<PathBuf>> {
+    let options = SqliteConnectOptions::from_str(url)?;
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    Ok((!in_memory).then(|| options.get_filename().to_path_buf()))
+}
+
+fn unsupported(url: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "database URL {:?} is not supported: use sqlite:... or postgres://...",
+        crate::config::mask_url_password(url)
+    ))
 }
 
 impl Store {
-    /// Opens (creating if missing) the SQLite database at `url` and applies pending migrations.
+    /// Opens (creating if missing) the database at `url` (`sqlite:` or `postgres://`) and
+    /// applies pending migrations.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        // Each connection to an in-memory database is a separate database: keep exactly one.
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let options = SqliteConnectOptions::from_str(url)?;
-        if !in_memory {
-            owner_only(options.get_filename())?;
+        Self::open_with(url, PoolOptions::default()).await
+    }
+
+    /// [`Store::open`] with PostgreSQL pool settings.
+    pub async fn open_with(url: &str, options: PoolOptions) -> StoreResult<Self> {
+        match Backend::of_url(url).ok_or_else(|| unsupported(url))? {
+            Backend::Sqlite => match sqlite_file(url)? {
+                Some(file) => Self::open_file(&file).await,
+                // Each connection to an in-memory database is a separate database: keep one.
+                None => {
+                    let pool = sqlite_pool(url, 1).await?;
+                    Self::migrated(pool, Backend::Sqlite, None, &Backend::Sqlite.migrator()).await
+                }
+            },
+            Backend::Postgres => {
+                let pool = postgres_pool(url, options).await?;
+                let migrator = Backend::Postgres.migrator();
+                Self::migrated(pool, Backend::Postgres, None, &migrator).await
+            }
         }
-        Self::connect(options, in_memory).await
     }
 
     /// Opens (creating if missing) the SQLite database file at `path` and applies pending migrations.
     pub async fn open_file(path: &Path) -> StoreResult<Self> {
+        Self::open_file_with(path, &Backend::Sqlite.migrator()).await
+    }
+
+    /// [`Store::open_file`] with other migrations (an older release's, in tests).
+    pub(crate) async fn open_file_with(
+        path: &Path,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> StoreResult<Self> {
         owner_only(path)?;
-        Self::connect(SqliteConnectOptions::new().filename(path), false).await
+        let pool = sqlite_pool(&sqlite_url(path, "rwc"), 8).await?;
+        Self::migrated(pool, Backend::Sqlite, Some(path), migrator).await
+    }
+
+    async fn migrated(
+        pool: AnyPool,
+        backend: Backend,
+        file: Option<&Path>,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> StoreResult<Self> {
+        schema::migrate(&pool, backend, migrator, file).await?;
+        Ok(Self { pool, backend })
     }
 
     /// Where the database at `url` (or the SQLite file `file` when `url` is `None`) stands
@@ -141,19 +265,29 @@ impl Store {
         url: Option<&str>,
         file: &Path,
     ) -> StoreResult<Option<MigrationPlan>> {
-        let options = match url {
-            Some(url) => SqliteConnectOptions::from_str(url)?,
-            None => SqliteConnectOptions::new().filename(file),
+        if let Some(url) = url.filter(|u| Backend::of_url(u) == Some(Backend::Postgres)) {
+            let options = PoolOptions {
+                max_connections: 1,
+                ..PoolOptions::default()
+            };
+            let pool = postgres_pool(url, options).await?;
+            let migrator = Backend::Postgres.migrator();
+            let plan = schema::plan(&pool, Backend::Postgres, &migrator, None).await;
+            pool.close().await;
+            return plan.map(Some);
+        }
+        let path = match url {
+            Some(url) => sqlite_file(url)?.ok_or_else(|| {
+                StoreError::Invalid("an in-memory database has no migrations to plan".into())
+            })?,
+            None => file.to_path_buf(),
         };
-        let path = options.get_filename().to_path_buf();
         if !path.exists() {
             return Ok(None);
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.create_if_missing(false).read_only(true))
-            .await?;
-        let plan = schema::plan(&pool, &sqlx::migrate!(), Some(&path)).await;
+        let pool = sqlite_pool(&sqlite_url(&path, "ro"), 1).await?;
+        let migrator = Backend::Sqlite.migrator();
+        let plan = schema::plan(&pool, Backend::Sqlite, &migrator, Some(&path)).await;
         pool.close().await;
         plan.map(Some)
     }
@@ -167,29 +301,34 @@ impl Store {
         out: &Path,
         key: Option<&backup_key::BackupKey>,
     ) -> StoreResult<()> {
-        let options = match url {
-            Some(url) => SqliteConnectOptions::from_str(url)?,
-            None => SqliteConnectOptions::new().filename(file),
+        let path = match url {
+            Some(url) if Backend::of_url(url) == Some(Backend::Postgres) => {
+                let options = PoolOptions {
+                    max_connections: 2,
+                    ..PoolOptions::default()
+                };
+                let store = Self::open_with(url, options).await?;
+                let result = store.backup_now(data_dir, out, key).await;
+                store.close().await;
+                return result;
+            }
+            Some(url) => sqlite_file(url)?
+                .ok_or_else(|| StoreError::Invalid("an in-memory database has no backup".into()))?,
+            None => file.to_path_buf(),
         };
-        if !options.get_filename().exists() {
+        if !path.exists() {
             return Err(StoreError::Invalid(format!(
                 "no database at {}: nothing to back up",
-                options.get_filename().display()
+                path.display()
             )));
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(
-                options
-                    .create_if_missing(false)
-                    .busy_timeout(Duration::from_secs(5)),
-            )
-            .await?;
-        let schema: (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
-                .fetch_one(&pool)
-                .await?;
-        let result = backup::create(&pool, data_dir, out, schema.0.unwrap_or(0), key).await;
+        let pool = sqlite_pool(&sqlite_url(&path, "rw"), 1).await?;
+        let result = Self {
+            pool: pool.clone(),
+            backend: Backend::Sqlite,
+        }
+        .backup_now(data_dir, out, key)
+        .await;
         pool.close().await;
         result
     }
@@ -205,7 +344,7 @@ impl Store {
             sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
                 .fetch_one(&self.pool)
                 .await?;
-        backup::create(&self.pool, data_dir, out, schema.0.unwrap_or(0), key).await
+        backup::create(self, data_dir, out, schema.0.unwrap_or(0), key).await
     }
 
     /// Restores a backup made by [`Store::backup`] into `data_dir` (see `backup`).
@@ -218,47 +357,31 @@ impl Store {
         backup::restore(file, data_dir, force, key).await
     }
 
-    /// [`Store::open_file`] with other migrations (an older release's, in tests).
-    #[cfg(test)]
-    pub async fn open_file_with(
-        path: &Path,
-        migrator: &sqlx::migrate::Migrator,
-    ) -> StoreResult<Self> {
-        owner_only(path)?;
-        let pool = Self::pool_for(SqliteConnectOptions::new().filename(path), false).await?;
-        schema::migrate(&pool, migrator, Some(path)).await?;
-        Ok(Self { pool })
+    /// The engine behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
-    async fn connect(options: SqliteConnectOptions, in_memory: bool) -> StoreResult<Self> {
-        let file = (!in_memory).then(|| options.get_filename().to_path_buf());
-        let pool = Self::pool_for(options, in_memory).await?;
-        schema::migrate(&pool, &sqlx::migrate!(), file.as_deref()).await?;
-        Ok(Self { pool })
-    }
-
-    async fn pool_for(options: SqliteConnectOptions, in_memory: bool) -> StoreResult<SqlitePool> {
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if in_memory { 1 } else { 8 })
-            .connect_with(options)
-            .await?;
-        Ok(pool)
-    }
-
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// Starts a write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock up front, so
-    /// read-then-write allocations (addresses, ports) cannot interleave or fail with SQLITE_BUSY.
-    pub(crate) async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Starts a write transaction that no other writer interleaves with, so read-then-write
+    /// allocations (addresses, ports) cannot collide. SQLite: `BEGIN IMMEDIATE` takes the write
+    /// lock up front (no SQLITE_BUSY halfway). PostgreSQL: a transaction-scoped advisory lock,
+    /// which also serializes writers on other Control replicas.
+    pub(crate) async fn write_tx(&self) -> StoreResult<Tx> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// `SELECT 1`, for readiness.
@@ -270,6 +393,59 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The advisory lock key every write transaction takes on PostgreSQL ("kmwrite").
+const WRITE_LOCK: i64 = 0x006b_6d77_7269_7465;
+
+/// A pool on a SQLite URL: WAL (readers never wait for the writer), foreign keys on, and a
+/// busy timeout so a reader waits for a checkpoint instead of failing.
+async fn sqlite_pool(url: &str, max_connections: u32) -> StoreResult<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let read_only = url.contains("mode=ro");
+    Ok(AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if !read_only {
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                sqlx::query("PRAGMA foreign_keys = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA busy_timeout = 5000")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
+}
+
+/// A pool on a PostgreSQL URL, every session with `options`' statement timeout.
+async fn postgres_pool(url: &str, options: PoolOptions) -> StoreResult<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let timeout_ms = options.statement_timeout.as_millis().max(1);
+    Ok(AnyPoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                sqlx::query("SELECT set_config('statement_timeout', $1, false)")
+                    .bind(timeout_ms.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
 }
 
 /// Current time as stored: RFC 3339 UTC, whole seconds.

@@ -1,8 +1,8 @@
 //! What Agents and Gateways have in common as nodes: credentials, public key and last-seen time.
 
+use super::Tx;
 use super::{now, Store, StoreError, StoreResult};
 use crate::secrets;
-use sqlx::{Sqlite, Transaction};
 use std::fmt;
 
 /// The two kinds of node that hold a session with Control.
@@ -62,11 +62,7 @@ impl fmt::Display for NodeRef {
 }
 
 /// The other node, if any, that holds `public_key` (Agents first, then Gateways).
-async fn key_holder(
-    tx: &mut Transaction<'static, Sqlite>,
-    public_key: &str,
-    node: NodeRef,
-) -> StoreResult<Option<NodeRef>> {
+async fn key_holder(tx: &mut Tx, public_key: &str, node: NodeRef) -> StoreResult<Option<NodeRef>> {
     for kind in [NodeKind::Agent, NodeKind::Gateway] {
         let sql = format!(
             "SELECT id FROM {} WHERE public_key = $1 AND id != $2",
@@ -154,7 +150,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlx::sqlite::SqlitePoolOptions;
 
     const K1: &str = "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE=";
     const K2: &str = "MjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjI=";
@@ -163,7 +158,7 @@ mod tests {
     /// A database as it was before migration 0009, holding duplicate keys, migrated to now.
     async fn migrated_with_duplicates() -> Store {
         let dir = tempfile::tempdir().unwrap();
-        let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
         for entry in std::fs::read_dir(&all).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
@@ -171,7 +166,8 @@ mod tests {
                 std::fs::copy(&path, dir.path().join(name)).unwrap();
             }
         }
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::pool::PoolOptions::<sqlx::Any>::new()
             .max_connections(1)
             .connect("sqlite::memory:")
             .await
@@ -215,8 +211,14 @@ mod tests {
             .await
             .unwrap();
         }
-        sqlx::migrate!().run(&pool).await.unwrap();
-        Store { pool }
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .unwrap();
+        Store {
+            pool,
+            backend: crate::store::Backend::Sqlite,
+        }
     }
 
     async fn key_of(store: &Store, node: NodeRef) -> Option<String> {

@@ -8,14 +8,14 @@
 //! refused while a wildcard of another owner covers it. The same owner may have both (exact
 //! wins); an admin may write either (admins arbitrate names).
 
+use super::Tx;
 use super::{StoreError, StoreResult};
 use crate::validate::covering_wildcard;
-use sqlx::{Sqlite, Transaction};
 
 /// Refuses `hostname` (normalised) for a tunnel owned by `owner` when it overlaps a tunnel of
 /// another owner through a wildcard; `skip` is the tunnel being renamed.
 pub(super) async fn require_no_foreign_overlap(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     hostname: &str,
     owner: Option<i64>,
     skip: Option<i64>,

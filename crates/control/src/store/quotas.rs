@@ -3,9 +3,9 @@
 //! Counts are checked inside the write transaction that creates the row (`BEGIN IMMEDIATE`
 //! serialises writers), so parallel creates cannot overshoot a quota.
 
+use super::Tx;
 use super::{Store, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
-use sqlx::{Sqlite, Transaction};
 
 /// Hard upper bound of `max_allow_list_entries` (the validator's own limit).
 pub const MAX_ALLOW_LIST_ENTRIES: u32 = 1000;
@@ -103,7 +103,7 @@ pub struct OwnerQuota {
 
 impl OwnerQuota {
     /// `StoreError::Quota` when the owner already has `max` rows (nothing is written then).
-    pub(crate) async fn check(&self, tx: &mut Transaction<'static, Sqlite>) -> StoreResult<()> {
+    pub(crate) async fn check(&self, tx: &mut Tx) -> StoreResult<()> {
         let Some(owner) = self.owner else {
             return Ok(());
         };

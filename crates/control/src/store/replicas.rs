@@ -2,8 +2,8 @@
 //! a port of its own stack. Written only inside a tunnel's create/update transaction, so a tunnel
 //! and its replica set always change together.
 
+use super::Tx;
 use super::{alloc, StoreResult};
-use sqlx::{Sqlite, Transaction};
 
 /// Most Agents one tunnel may have, primary included.
 pub const MAX_AGENTS_PER_TUNNEL: usize = 16;
@@ -17,11 +17,7 @@ pub struct ReplicaRow {
 
 /// Makes `replicas` (primary excluded, no duplicates) the replica set of `tunnel_id`: rows of
 /// Agents no longer listed go, Agents already listed keep their port, new ones get a free port.
-pub(super) async fn set(
-    tx: &mut Transaction<'static, Sqlite>,
-    tunnel_id: i64,
-    replicas: &[i64],
-) -> StoreResult<()> {
+pub(super) async fn set(tx: &mut Tx, tunnel_id: i64, replicas: &[i64]) -> StoreResult<()> {
     let current = of_tunnel(tx, tunnel_id).await?;
     for row in current.iter().filter(|r| !replicas.contains(&r.agent_id)) {
         sqlx::query("DELETE FROM tunnel_replicas WHERE tunnel_id = $1 AND agent_id = $2")
@@ -47,10 +43,7 @@ pub(super) async fn set(
 }
 
 /// The replicas of one tunnel, by agent id.
-pub(super) async fn of_tunnel(
-    tx: &mut Transaction<'static, Sqlite>,
-    tunnel_id: i64,
-) -> StoreResult<Vec<ReplicaRow>> {
+pub(super) async fn of_tunnel(tx: &mut Tx, tunnel_id: i64) -> StoreResult<Vec<ReplicaRow>> {
     Ok(sqlx::query_as(
         "SELECT tunnel_id, agent_id, port FROM tunnel_replicas WHERE tunnel_id = $1 ORDER BY agent_id",
     )

@@ -4,9 +4,9 @@
 //! a binary never opens a database whose schema is newer than the migrations it knows — that is
 //! a rollback, and the message says which backup brings the older schema back.
 
-use super::{StoreError, StoreResult};
+use super::{Backend, StoreError, StoreResult};
 use sqlx::migrate::Migrator;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use std::path::{Path, PathBuf};
 
 /// What a pre-migration backup is called: `pre-migration-v10-to-v11-20261202T170000Z.db`.
@@ -15,7 +15,8 @@ const PREFIX: &str = "pre-migration-v";
 /// Checks the database's schema against `migrator` and, when migrations are pending on a
 /// database that has some already, backs it up next to `db_file` first; then migrates.
 pub async fn migrate(
-    pool: &SqlitePool,
+    pool: &AnyPool,
+    backend: Backend,
     migrator: &Migrator,
     db_file: Option<&Path>,
 ) -> StoreResult<()> {
@@ -23,7 +24,7 @@ pub async fn migrate(
         current,
         known,
         pending,
-    } = plan(pool, migrator, db_file).await?;
+    } = plan(pool, backend, migrator, db_file).await?;
     if let (Some(from), Some(file), false) = (current, db_file, pending.is_empty()) {
         let path = backup(pool, file, from, known).await?;
         tracing::info!(backup = %path.display(), from, to = known,
@@ -46,11 +47,12 @@ pub struct Plan {
 
 /// The plan for the database behind `pool`; an error when its schema is newer than `migrator`.
 pub async fn plan(
-    pool: &SqlitePool,
+    pool: &AnyPool,
+    backend: Backend,
     migrator: &Migrator,
     db_file: Option<&Path>,
 ) -> StoreResult<Plan> {
-    let applied = applied_versions(pool).await?;
+    let applied = applied_versions(pool, backend).await?;
     let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
     let current = applied.iter().copied().max();
     if let Some(newest) = current.filter(|&v| v > known) {
@@ -70,12 +72,17 @@ pub async fn plan(
     })
 }
 
-async fn applied_versions(pool: &SqlitePool) -> StoreResult<Vec<i64>> {
-    let exists: Option<(String,)> = sqlx::query_as(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-    )
-    .fetch_optional(pool)
-    .await?;
+async fn applied_versions(pool: &AnyPool, backend: Backend) -> StoreResult<Vec<i64>> {
+    let exists = match backend {
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+        }
+        Backend::Postgres => {
+            "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'"
+        }
+    };
+    let exists: Option<(String,)> = sqlx::query_as(exists).fetch_optional(pool).await?;
     if exists.is_none() {
         return Ok(Vec::new());
     }
@@ -94,7 +101,7 @@ fn backups_dir(db_file: &Path) -> PathBuf {
         .join("backups")
 }
 
-async fn backup(pool: &SqlitePool, db_file: &Path, from: i64, to: i64) -> StoreResult<PathBuf> {
+async fn backup(pool: &AnyPool, db_file: &Path, from: i64, to: i64) -> StoreResult<PathBuf> {
     let dir = backups_dir(db_file);
     let io = |what: &str, e: std::io::Error| {
         StoreError::Db(sqlx::Error::Configuration(
@@ -160,16 +167,20 @@ mod tests {
 
     /// The migrations of this binary up to (not including) the last one: an older release.
     fn older() -> Migrator {
-        let all = sqlx::migrate!();
+        let all = sqlx::migrate!("./migrations/sqlite");
         let n = all.migrations.len() - 1;
         Migrator {
             migrations: Cow::Owned(all.migrations[..n].to_vec()),
-            ..sqlx::migrate!()
+            ..sqlx::migrate!("./migrations/sqlite")
         }
     }
 
     fn last_version() -> i64 {
-        sqlx::migrate!().iter().map(|m| m.version).max().unwrap()
+        sqlx::migrate!("./migrations/sqlite")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap()
     }
 
     #[tokio::test]

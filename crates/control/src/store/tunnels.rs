@@ -5,12 +5,12 @@ use super::access::{encode_policy, policy_of};
 use super::limits::{self, LimitsPatch, TunnelLimits};
 use super::overlap::require_no_foreign_overlap;
 use super::quotas::{Owned, OwnerQuota};
+use super::Tx;
 use super::{
     alloc, is_foreign_key_violation, is_unique_violation, now, replicas, Store, StoreError,
     StoreResult,
 };
 use kakuremichi_proto::{AccessPolicy, ProxyProtocol, RouteBasicAuth, TunnelProtocol};
-use sqlx::{Sqlite, Transaction};
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
 
@@ -361,7 +361,7 @@ fn encode_basic_auth(auth: Option<&(String, RouteBasicAuth)>) -> (Option<String>
 /// The public port of a `tcp`/`udp` tunnel: the one asked for if free (409 naming the tunnel
 /// that has it, or the Gateways' own use of it), else the lowest free one of the range.
 async fn public_port(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     stream: &StreamSettings,
     rules: &PortRules,
     except: Option<i64>,
@@ -405,10 +405,7 @@ async fn public_port(
         })
 }
 
-pub(super) async fn require_agent(
-    tx: &mut Transaction<'static, Sqlite>,
-    agent_id: i64,
-) -> StoreResult<()> {
+pub(super) async fn require_agent(tx: &mut Tx, agent_id: i64) -> StoreResult<()> {
     let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1")
         .bind(agent_id)
         .fetch_optional(&mut **tx)

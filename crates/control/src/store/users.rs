@@ -161,21 +161,18 @@ impl Store {
 }
 
 /// Fails when `id` is the only admin.
-async fn require_other_admin(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    id: i64,
-) -> StoreResult<()> {
+async fn require_other_admin(tx: &mut super::Tx, id: i64) -> StoreResult<()> {
     let (others,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM users WHERE is_admin = TRUE AND id <> $1")
             .bind(id)
             .fetch_one(&mut **tx)
             .await?;
-    let (is_admin,): (bool,) =
-        sqlx::query_as("SELECT COALESCE(MAX(is_admin), FALSE) FROM users WHERE id = $1")
+    let (is_admin,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM users WHERE id = $1 AND is_admin = TRUE")
             .bind(id)
             .fetch_one(&mut **tx)
             .await?;
-    if is_admin && others == 0 {
+    if is_admin > 0 && others == 0 {
         return Err(StoreError::Conflict(
             "this is the only admin; make another user admin first".to_string(),
         ));
