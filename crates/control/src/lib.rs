@@ -212,6 +212,8 @@ pub async fn run(
     );
     let manager = tokio::spawn(manager.run(stop_rx.clone()));
     let records = tokio::spawn(dns_records.run(stop_rx.clone()));
+    // Several replicas on PostgreSQL hear each other's changes (nothing to do on SQLite).
+    let replication = tokio::spawn(hub::replication::run(hub.clone(), stop_rx.clone()));
     tracing::info!(dir = %scheduled.dir().display(), at = ?config.backup.at,
         encrypted = config.backup.key.is_some(), "backups scheduled (UTC)");
     let backup_task = tokio::spawn(scheduled.run(stop_rx.clone()));
@@ -231,6 +233,7 @@ pub async fn run(
             backup_task.abort();
             access_task.abort();
             sweeper.abort();
+            replication.abort();
             store.close().await;
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
@@ -248,6 +251,7 @@ pub async fn run(
     backup_task.abort();
     access_task.abort();
     sweeper.abort();
+    replication.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await
         .is_err()

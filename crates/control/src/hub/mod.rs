@@ -13,6 +13,7 @@
 //!   wait until every online Gateway is ready before asking the CA to validate.
 
 mod conn;
+pub mod replication;
 
 pub use conn::serve;
 
@@ -29,6 +30,9 @@ use tokio::sync::watch;
 pub struct Hub {
     store: Store,
     generation: watch::Sender<u64>,
+    /// Bumped with `generation` by this replica's own changes only: what it tells the others
+    /// (`replication`).
+    local_changes: watch::Sender<u64>,
     world: tokio::sync::Mutex<Option<(u64, Arc<World>)>>,
     online: Mutex<HashMap<NodeRef, usize>>,
     shutdown: watch::Sender<bool>,
@@ -81,6 +85,7 @@ impl Hub {
         Arc::new(Self {
             store,
             generation: watch::channel(0).0,
+            local_changes: watch::channel(0).0,
             world: tokio::sync::Mutex::new(None),
             online: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
@@ -300,6 +305,13 @@ impl Hub {
 
     /// Call after every committed change that may alter a snapshot.
     pub fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+        self.local_changes.send_modify(|g| *g += 1);
+    }
+
+    /// Another Control replica committed a change (or this one may have missed some): the
+    /// sessions here recompute, and nothing is told to the others.
+    pub(crate) fn changed_elsewhere(&self) {
         self.generation.send_modify(|g| *g += 1);
     }
 

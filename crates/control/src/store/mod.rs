@@ -11,6 +11,7 @@ mod audit;
 mod backup;
 pub mod backup_key;
 mod certs;
+pub mod changes;
 pub mod copy;
 mod device_logins;
 mod dns;
@@ -177,6 +178,25 @@ impl Default for PoolOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL's URL, for the listener of other replicas' changes (`changes`).
+    url: Option<SecretUrl>,
+}
+
+/// A database URL, whose password never shows in `Debug`.
+#[derive(Clone)]
+struct SecretUrl(std::sync::Arc<str>);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::config::mask_url_password(&self.0))
+    }
+}
+
+impl std::ops::Deref for SecretUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// A `sqlite://` URL for the file at `path`, its name percent-encoded (sqlx decodes it).
@@ -229,7 +249,9 @@ impl Store {
             Backend::Postgres => {
                 let pool = postgres_pool(url, options).await?;
                 let migrator = Backend::Postgres.migrator();
-                Self::migrated(pool, Backend::Postgres, None, &migrator).await
+                let mut store = Self::migrated(pool, Backend::Postgres, None, &migrator).await?;
+                store.url = Some(SecretUrl(url.into()));
+                Ok(store)
             }
         }
     }
@@ -256,7 +278,11 @@ impl Store {
         migrator: &sqlx::migrate::Migrator,
     ) -> StoreResult<Self> {
         schema::migrate(&pool, backend, migrator, file).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: None,
+        })
     }
 
     /// Where the database at `url` (or the SQLite file `file` when `url` is `None`) stands
@@ -326,6 +352,7 @@ impl Store {
         let result = Self {
             pool: pool.clone(),
             backend: Backend::Sqlite,
+            url: None,
         }
         .backup_now(data_dir, out, key)
         .await;

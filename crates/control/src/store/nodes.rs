@@ -218,6 +218,7 @@ mod tests {
         Store {
             pool,
             backend: crate::store::Backend::Sqlite,
+            url: None,
         }
     }
 

@@ -1,0 +1,90 @@
+//! Several Control replicas on one PostgreSQL database (issue #19): a change made through any
+//! replica reaches the nodes connected to every other replica within a second (NOTIFY), and a
+//! login made on one is valid on the other (sessions live in the database). Against a real
+//! PostgreSQL server.
+
+use kakuremichi_control::ControlConfig;
+use kakuremichi_proto::{ConfigSnapshot, NodeRole};
+use kakuremichi_testkit::control::*;
+use kakuremichi_testkit::origins::{self, psql, Postgres};
+use std::time::{Duration, Instant};
+
+/// What the issue promises: a change reaches every node within 1 s.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+/// Snapshots of `ws` until one serves `host`; how long that took from `since`.
+async fn until_served(ws: &mut Ws, host: &str, since: Instant) -> Duration {
+    within(PROPAGATION, async {
+        loop {
+            let snapshot: ConfigSnapshot = next_config(ws, PROPAGATION).await;
+            if snapshot.hostnames.iter().any(|h| h == host) {
+                return since.elapsed();
+            }
+        }
+    })
+    .await
+}
+
+/// Two replicas on a fresh database, sharing one data directory (the same secrets.key, as
+/// replicas must).
+async fn two_replicas(pg: &Postgres, dir: &std::path::Path) -> (Control, Control) {
+    psql(pg.addr, "CREATE DATABASE km").await.unwrap();
+    let config = ControlConfig {
+        database_url: Some(format!("postgres://postgres@{}/km", pg.addr)),
+        ..config(dir)
+    };
+    let a = start_with(config.clone()).await;
+    let b = start_reusing(config, a.token.clone()).await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_either_replica_reaches_gateways_on_the_other() {
+    let test = "a_change_through_either_replica_reaches_gateways_on_the_other";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let pg = Postgres::start().await;
+    let (_tmp, dir) = data_dir();
+    let (a, b) = two_replicas(&pg, &dir).await;
+
+    // One Gateway on each replica, each with its first snapshot.
+    let mut sessions = Vec::new();
+    for (name, replica) in [("gw-a", &a), ("gw-b", &b)] {
+        let gw = a.gateway(name).await;
+        let (mut ws, _, _) = replica
+            .node(gw["token"].as_str().unwrap(), NodeRole::Gateway, None)
+            .await;
+        next_config(&mut ws, Duration::from_secs(10)).await;
+        sessions.push(ws);
+    }
+    let agent = b.agent("home").await["id"].as_i64().unwrap();
+
+    // Through A, then through B: both Gateways serve each new tunnel within a second.
+    for (i, replica) in [&a, &b].into_iter().enumerate() {
+        let host = format!("app{i}.example.com");
+        let since = Instant::now();
+        replica.tunnel(&host, agent, "app:80").await;
+        for (ws, on) in sessions.iter_mut().zip(["A", "B"]) {
+            let took = until_served(ws, &host, since).await;
+            eprintln!(
+                "{host} made through replica {i}: served by the Gateway on {on} after {took:?}"
+            );
+        }
+    }
+
+    // A login on A is valid on B.
+    let cookie = a.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+    for replica in [&a, &b] {
+        let me = replica
+            .http
+            .get(replica.url("/api/v1/auth/me"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert!(me.status().is_success(), "{}", me.status());
+    }
+    b.stop().await;
+    a.stop().await;
+}
