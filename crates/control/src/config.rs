@@ -2,6 +2,7 @@
 
 use crate::certs::{AcmeConfig, TlsMode};
 use crate::validate::WgNetwork;
+use crate::secrets::mask_url_password;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -138,16 +139,6 @@ impl fmt::Debug for ControlConfig {
             .field("port_range", &self.port_range)
             .field("temporary", &self.temporary)
             .finish()
-    }
-}
-
-/// Hides the user-info part of a URL (`scheme://user:password@host`), which may hold a password.
-pub(crate) fn mask_url_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            format!("{}<redacted>{}", &url[..start + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -182,6 +182,16 @@ fn write_new_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
     file.sync_all()
 }
 
+/// Hides the user-info part of a URL (`scheme://user:password@host`), which may hold a password.
+pub(crate) fn mask_url_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(start), Some(at)) if at > start => {
+            format!("{}<redacted>{}", &url[..start + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

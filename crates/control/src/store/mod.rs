@@ -188,7 +188,7 @@ struct SecretUrl(std::sync::Arc<str>);
 
 impl std::fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::config::mask_url_password(&self.0))
+        f.write_str(&crate::secrets::mask_url_password(&self.0))
     }
 }
 
@@ -224,7 +224,7 @@ fn sqlite_file(url: &str) -> StoreResult<Option<PathBuf>> {
 fn unsupported(url: &str) -> StoreError {
     StoreError::Invalid(format!(
         "database URL {:?} is not supported: use sqlite:... or postgres://...",
-        crate::config::mask_url_password(url)
+        crate::secrets::mask_url_password(url)
     ))
 }
 
