@@ -1,8 +1,8 @@
 //! Control's configuration: defaults, validation with actionable messages, secrets masked in `Debug`.
 
 use crate::certs::{AcmeConfig, TlsMode};
-use crate::validate::WgNetwork;
 use crate::secrets::mask_url_password;
+use crate::validate::WgNetwork;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -24,6 +24,7 @@ mod dns_records;
 mod error;
 mod guard;
 mod hub;
+mod leader;
 mod ops;
 mod secrets;
 mod snapshot;
@@ -174,7 +175,6 @@ pub async fn run(
         .maintain()
         .await
         .context("cannot prepare access-token keys")?;
-    let access_task = tokio::spawn(access::run_maintenance(access, hub.clone()));
     let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
     let zones = zones::Zones::new(store.clone(), std::sync::Arc::new(sealer));
     let dns_records = dns_records::DnsRecords::new(hub.clone(), zones.clone(), config.dns);
@@ -210,14 +210,25 @@ pub async fn run(
             .clone()
             .filter(|_| config.default_tls == certs::TlsMode::Acme),
     );
-    let manager = tokio::spawn(manager.run(stop_rx.clone()));
-    let records = tokio::spawn(dns_records.run(stop_rx.clone()));
-    // Several replicas on PostgreSQL hear each other's changes (nothing to do on SQLite).
-    let replication = tokio::spawn(hub::replication::run(hub.clone(), stop_rx.clone()));
     tracing::info!(dir = %scheduled.dir().display(), at = ?config.backup.at,
         encrypted = config.backup.key.is_some(), "backups scheduled (UTC)");
-    let backup_task = tokio::spawn(scheduled.run(stop_rx.clone()));
-    let sweeper = tokio::spawn(ops::shares::run_sweeper(state, stop_rx.clone()));
+    // The work that must happen once, on the leading replica (the only Control on SQLite):
+    // certificates, DNS records, backups, share sweeps, access-key rotation.
+    let once_only = {
+        let hub = hub.clone();
+        move |stop: tokio::sync::watch::Receiver<bool>| {
+            vec![
+                tokio::spawn(manager.clone().run(stop.clone())),
+                tokio::spawn(dns_records.clone().run(stop.clone())),
+                tokio::spawn(scheduled.clone().run(stop.clone())),
+                tokio::spawn(ops::shares::run_sweeper(state.clone(), stop)),
+                tokio::spawn(access::run_maintenance(access.clone(), hub.clone())),
+            ]
+        }
+    };
+    let mut lead = tokio::spawn(leader::run(store.clone(), stop_rx.clone(), once_only));
+    // Several replicas on PostgreSQL hear each other's changes (nothing to do on SQLite).
+    let replication = tokio::spawn(hub::replication::run(hub.clone(), stop_rx.clone()));
     // The peer address keys the per-IP login throttle.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -228,11 +239,8 @@ pub async fn run(
 
     tokio::select! {
         result = &mut server => {
-            manager.abort();
-            records.abort();
-            backup_task.abort();
-            access_task.abort();
-            sweeper.abort();
+            let _ = stop_tx.send(true);
+            stop_lead(&mut lead).await;
             replication.abort();
             store.close().await;
             return match result {
@@ -246,11 +254,7 @@ pub async fn run(
     tracing::info!("control is shutting down");
     hub.begin_shutdown();
     let _ = stop_tx.send(true);
-    manager.abort();
-    records.abort();
-    backup_task.abort();
-    access_task.abort();
-    sweeper.abort();
+    stop_lead(&mut lead).await;
     replication.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await
@@ -268,6 +272,16 @@ pub async fn run(
     store.close().await;
     tracing::info!("control stopped");
     Ok(())
+}
+
+/// Waits for the leader task to stop its work (it aborts it and gives the lead up), briefly.
+async fn stop_lead(lead: &mut tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut *lead)
+        .await
+        .is_err()
+    {
+        lead.abort();
+    }
 }
 
 /// Every route of Control: the API (JSON errors), the web UI (HTML pages) and the browser-facing

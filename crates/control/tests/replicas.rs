@@ -88,3 +88,58 @@ async fn a_change_through_either_replica_reaches_gateways_on_the_other() {
     b.stop().await;
     a.stop().await;
 }
+
+/// The `control.lead` entries of the audit log, oldest first.
+async fn leads(c: &Control) -> Vec<serde_json::Value> {
+    let (_, audit) = c.get("/api/v1/audit").await;
+    let mut leads: Vec<serde_json::Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "control.lead")
+        .cloned()
+        .collect();
+    leads.reverse();
+    leads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_and_another_takes_over_when_it_stops() {
+    let test = "one_replica_leads_and_another_takes_over_when_it_stops";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let pg = Postgres::start().await;
+    let (_tmp, dir) = data_dir();
+    psql(pg.addr, "CREATE DATABASE km").await.unwrap();
+    let config = ControlConfig {
+        database_url: Some(format!("postgres://postgres@{}/km", pg.addr)),
+        ..config(&dir)
+    };
+    // A alone: it leads.
+    let a = start_with(config.clone()).await;
+    eventually(Duration::from_secs(10), "A leads", || async {
+        leads(&a).await.len() == 1
+    })
+    .await;
+    // B joins while A leads, then A stops: B leads within the 15 s.
+    let b = start_reusing(config, a.token.clone()).await;
+    let first = leads(&b).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let stopped = Instant::now();
+    a.stop().await;
+    eventually(Duration::from_secs(15), "B leads", || async {
+        leads(&b).await.len() == 2
+    })
+    .await;
+    eprintln!(
+        "the lead moved {:?} after the leader stopped",
+        stopped.elapsed()
+    );
+    let now = leads(&b).await;
+    assert_ne!(
+        now[1]["detail"]["replica"], now[0]["detail"]["replica"],
+        "{now:?}"
+    );
+    b.stop().await;
+}

@@ -16,6 +16,7 @@ pub mod copy;
 mod device_logins;
 mod dns;
 mod gateways;
+pub mod leader;
 pub mod limits;
 mod logins;
 mod nodes;
