@@ -143,3 +143,50 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     );
     b.stop().await;
 }
+
+/// The status of agent `id` as replica `c` sees it ("online" while its session is with `c`).
+async fn agent_status(c: &Control, id: i64) -> String {
+    let (_, agent) = c.get(&format!("/api/v1/agents/{id}")).await;
+    agent["status"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_given_both_replicas_moves_to_the_other_when_its_replica_stops() {
+    let test = "a_node_given_both_replicas_moves_to_the_other_when_its_replica_stops";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let pg = Postgres::start().await;
+    let (tmp, dir) = data_dir();
+    let (a, b) = two_replicas(&pg, &dir).await;
+    let agent = a.agent("home").await;
+    let id = agent["id"].as_i64().unwrap();
+    // CONTROL_URL lists A first, then B.
+    let urls = format!("http://{}, http://{}", a.addr, b.addr);
+    let key = agent["api_key"].as_str().unwrap().to_string();
+    let mut config = kakuremichi_agent::AgentConfig::new(urls, kakuremichi_node::Secret::new(key));
+    config.data_dir = Some(tmp.path().join("agent"));
+    let (stop, wait) = kakuremichi_testkit::roles::Stop::new();
+    let running = tokio::spawn(kakuremichi_agent::run(config, wait()));
+    eventually(Duration::from_secs(10), "the agent on A", || async {
+        agent_status(&a, id).await == "online"
+    })
+    .await;
+    assert_eq!(agent_status(&b, id).await, "offline");
+
+    let stopped = Instant::now();
+    a.stop().await;
+    eventually(
+        Duration::from_secs(2),
+        "the agent on B within 2 s",
+        || async { agent_status(&b, id).await == "online" },
+    )
+    .await;
+    eprintln!(
+        "the agent was on replica B {:?} after A stopped",
+        stopped.elapsed()
+    );
+    drop(stop);
+    let _ = running.await;
+    b.stop().await;
+}

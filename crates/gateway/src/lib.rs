@@ -253,7 +253,7 @@ impl Gateway {
             routes: routes.clone(),
             certs: proxy.certs().clone(),
             access: proxy.access().clone(),
-            control_url: config.control_url.clone(),
+            control_url: kakuremichi_node::first_control_url(&config.control_url).to_string(),
             dialer,
             endpoints: EndpointMemory::new(node.state().clone()),
             remembered: HashMap::new(),

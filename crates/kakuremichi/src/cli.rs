@@ -334,7 +334,8 @@ enum ControlTool {
 
 #[derive(Args)]
 struct GatewayArgs {
-    /// Control's URL, e.g. https://control.example.com.
+    /// Control's URL, e.g. https://control.example.com; for several Control replicas, their
+    /// URLs separated by commas (tried in turn when one goes away).
     #[arg(long, env = "CONTROL_URL")]
     control_url: String,
     /// This gateway's token, from `POST /api/v1/gateways`.
@@ -434,7 +435,8 @@ impl GatewayLimits {
 struct AgentArgs {
     #[command(subcommand)]
     tool: Option<AgentTool>,
-    /// Control's URL, e.g. https://control.example.com.
+    /// Control's URL, e.g. https://control.example.com; for several Control replicas, their
+    /// URLs separated by commas (tried in turn when one goes away).
     #[arg(long, env = "CONTROL_URL", required = true)]
     control_url: Option<String>,
     /// This agent's API key, from the web UI or `POST /api/v1/agents`.

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub role: NodeRole,
-    /// Control's base URL (`https://control.example.com`, `http://127.0.0.1:8780`).
+    /// Control's base URL (`https://control.example.com`, `http://127.0.0.1:8780`), or several
+    /// separated by commas: the replicas of one Control, tried in turn.
     pub control_url: String,
     /// Gateway token or Agent API key.
     pub credential: Secret,
@@ -32,6 +33,10 @@ pub enum ConfigError {
     /// `reason` is the parser's message, kept as text so the error prints on one line.
     #[error("CONTROL_URL {url:?} is not a valid URL: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error(
+        "CONTROL_URL lists {count} URLs; at most {MAX_CONTROL_URLS} (one per Control replica)"
+    )]
+    TooManyUrls { count: usize },
     #[error("GATEWAY_TOKEN is required: create a gateway in Control (POST /api/v1/gateways) and copy its token")]
     MissingGatewayToken,
     #[error("API_KEY is required: create an agent in Control (web UI or POST /api/v1/agents) and copy its key")]
@@ -44,7 +49,7 @@ impl NodeConfig {
         if self.control_url.trim().is_empty() {
             return Err(ConfigError::MissingControlUrl);
         }
-        control_ws_url(&self.control_url)?;
+        control_ws_urls(&self.control_url)?;
         if self.credential.is_empty() {
             return Err(match self.role {
                 NodeRole::Gateway => ConfigError::MissingGatewayToken,
@@ -53,6 +58,35 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+/// Most URLs `CONTROL_URL` may list.
+pub const MAX_CONTROL_URLS: usize = 16;
+
+/// The WebSocket URLs of `CONTROL_URL`: one base URL, or the comma-separated base URLs of
+/// several Control replicas (empty entries, such as a trailing comma, are ignored).
+pub fn control_ws_urls(control_url: &str) -> Result<Vec<String>, ConfigError> {
+    let bases: Vec<&str> = control_url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if bases.is_empty() {
+        return Err(ConfigError::MissingControlUrl);
+    }
+    if bases.len() > MAX_CONTROL_URLS {
+        return Err(ConfigError::TooManyUrls { count: bases.len() });
+    }
+    bases.into_iter().map(control_ws_url).collect()
+}
+
+/// The first base URL of `CONTROL_URL` (where a browser is sent when Control names none).
+pub fn first_control_url(control_url: &str) -> &str {
+    control_url
+        .split(',')
+        .map(str::trim)
+        .find(|u| !u.is_empty())
+        .unwrap_or("")
 }
 
 /// Turns Control's base URL into the WebSocket URL of the node's link to Control.
@@ -87,6 +121,30 @@ pub fn control_ws_url(control_url: &str) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_control_urls_are_the_replicas_of_one_control() {
+        assert_eq!(
+            control_ws_urls(" http://10.0.0.1:8780, https://c2.example.com/ ,").unwrap(),
+            [
+                "ws://10.0.0.1:8780/api/v1/connect",
+                "wss://c2.example.com/api/v1/connect"
+            ]
+        );
+        assert_eq!(control_ws_urls(" , "), Err(ConfigError::MissingControlUrl));
+        assert!(matches!(
+            control_ws_urls("http://a, ftp://b"),
+            Err(ConfigError::UnsupportedScheme { .. })
+        ));
+        let many = vec!["http://c"; MAX_CONTROL_URLS + 1].join(",");
+        assert_eq!(
+            control_ws_urls(&many),
+            Err(ConfigError::TooManyUrls {
+                count: MAX_CONTROL_URLS + 1
+            })
+        );
+        assert_eq!(first_control_url(" , https://a , http://b"), "https://a");
+    }
 
     #[test]
     fn ws_url_from_base_url() {

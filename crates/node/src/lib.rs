@@ -13,7 +13,9 @@ mod secret;
 mod state;
 
 pub use backoff::Backoff;
-pub use config::{control_ws_url, ConfigError, NodeConfig};
+pub use config::{
+    control_ws_url, control_ws_urls, first_control_url, ConfigError, NodeConfig, MAX_CONTROL_URLS,
+};
 pub use link::{ControlLink, LinkConfig, LinkEvent, NodeStatus};
 pub use runtime::{NodeRuntime, StartError, Step};
 pub use secret::Secret;

@@ -16,7 +16,7 @@
 mod connect;
 mod message;
 
-use crate::{control_ws_url, Backoff, NodeState, Secret};
+use crate::{control_ws_urls, Backoff, NodeState, Secret};
 use kakuremichi_proto::{ConfigSnapshot, NodeRole, OwnPort, PortError};
 use kakuremichi_tunnel::PublicKey;
 use std::sync::Arc;
@@ -110,7 +110,7 @@ impl ControlLink {
 
     /// Runs sessions forever; returns only when `events` is closed (the role shut down).
     pub async fn run(mut self, events: mpsc::Sender<LinkEvent>) {
-        let url = match control_ws_url(&self.config.control_url) {
+        let urls = match control_ws_urls(&self.config.control_url) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!("{e}");
@@ -118,9 +118,14 @@ impl ControlLink {
             }
         };
         let mut retry = Retry::new(self.config.backoff.clone());
+        // Several URLs are replicas of one Control: a session that ends moves on to the next
+        // one at once (its replica may be gone), and the backoff paces whole rounds.
+        let mut at = 0;
         loop {
             let started = Instant::now();
-            let end = self.one_session(&url, &events, &mut retry.backoff).await;
+            let end = self
+                .one_session(&urls[at], &events, &mut retry.backoff)
+                .await;
             if events.is_closed() {
                 return;
             }
@@ -133,7 +138,11 @@ impl ControlLink {
                     reason: reason.clone(),
                 })
                 .await;
-            let delay = retry.after(started.elapsed(), &reason, refused, &self.config);
+            let mut delay = retry.after(started.elapsed(), &reason, refused, &urls[at]);
+            at = (at + 1) % urls.len();
+            if at != 0 && !refused {
+                delay = Duration::from_millis(50).mul_f64(1.0 + 4.0 * rand::random::<f64>());
+            }
             tokio::time::sleep(delay).await;
         }
     }
@@ -197,13 +206,7 @@ impl Retry {
     }
 
     /// Logs why the session ended and returns how long to wait before the next one.
-    fn after(
-        &mut self,
-        lasted: Duration,
-        reason: &str,
-        refused: bool,
-        config: &LinkConfig,
-    ) -> Duration {
+    fn after(&mut self, lasted: Duration, reason: &str, refused: bool, url: &str) -> Duration {
         if lasted > Duration::from_secs(10) {
             // It was a real session, not a failed attempt: start counting afresh.
             self.backoff.reset();
@@ -217,7 +220,7 @@ impl Retry {
                 .last_warn
                 .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
         {
-            tracing::warn!(control = %config.control_url, failing_for = ?now.duration_since(since), "Control session: {reason}; retrying");
+            tracing::warn!(control = %url, failing_for = ?now.duration_since(since), "Control session: {reason}; retrying");
             self.last_warn = Some(now);
         } else {
             tracing::debug!("Control session: {reason}; retrying");
