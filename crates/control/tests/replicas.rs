@@ -190,3 +190,44 @@ async fn a_node_given_both_replicas_moves_to_the_other_when_its_replica_stops() 
     let _ = running.await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_recover_by_themselves_when_postgresql_restarts() {
+    let test = "replicas_recover_by_themselves_when_postgresql_restarts";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let mut pg = Postgres::start().await;
+    let (_tmp, dir) = data_dir();
+    let (a, b) = two_replicas(&pg, &dir).await;
+    let gw = a.gateway("gw").await;
+    let agent = a.agent("home").await["id"].as_i64().unwrap();
+    let ready =
+        || async { a.get("/readyz").await.0.is_success() && b.get("/readyz").await.0.is_success() };
+    // Both up first (a Control that cannot open its database at start stops, for its
+    // supervisor to start again: that is not what this test is about).
+    eventually(Duration::from_secs(10), "both replicas ready", ready).await;
+
+    pg.restart().await;
+    let back = Instant::now();
+    // Both replicas answer again (their pools replace the cut connections), the Gateway's
+    // session on B opens, and a change made through A reaches it: B listens to A again.
+    eventually(Duration::from_secs(10), "both replicas ready again", ready).await;
+    let (mut ws, _, _) = b
+        .node(gw["token"].as_str().unwrap(), NodeRole::Gateway, None)
+        .await;
+    next_config(&mut ws, Duration::from_secs(10)).await;
+    let since = Instant::now();
+    eventually(Duration::from_secs(10), "a tunnel made through A", || async {
+        let body = serde_json::json!({"hostname": "after.example.com", "agent_id": agent, "target": "app:80"});
+        a.post("/api/v1/tunnels", body).await.0.is_success()
+    })
+    .await;
+    let took = until_served(&mut ws, "after.example.com", since).await;
+    eprintln!(
+        "after the restart: replicas ready {:?} later; a change through A reached B's Gateway in {took:?}",
+        since.duration_since(back)
+    );
+    a.stop().await;
+    b.stop().await;
+}

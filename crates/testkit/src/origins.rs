@@ -125,7 +125,8 @@ pub async fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 /// unprivileged `postgres` user when the test runs as root (the server refuses root).
 pub struct Postgres {
     pub addr: SocketAddr,
-    _child: Child,
+    child: Child,
+    bin: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -135,21 +136,12 @@ impl Postgres {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
-        let as_user = |program: &Path| {
-            let mut cmd = if is_root() {
-                for d in [dir.path(), &data] {
-                    std::os::unix::fs::chown(d, Some(postgres_uid()), None).unwrap();
-                }
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(program);
-                c
-            } else {
-                Command::new(program)
-            };
-            cmd.current_dir(dir.path());
-            cmd
-        };
-        let out = as_user(&bin.join("initdb"))
+        if is_root() {
+            for d in [dir.path(), &data] {
+                std::os::unix::fs::chown(d, Some(postgres_uid()), None).unwrap();
+            }
+        }
+        let out = as_postgres(&bin.join("initdb"), dir.path())
             .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "-D"])
             .arg(&data)
             .stdin(Stdio::null())
@@ -157,29 +149,70 @@ impl Postgres {
             .await
             .unwrap();
         assert!(out.status.success(), "initdb: {out:?}");
-        let port = free_port();
-        let log = dir.path().join("postgres.log");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Self::server(&bin, dir.path(), addr).await;
+        Postgres {
+            addr,
+            child,
+            bin,
+            _dir: dir,
+        }
+    }
+
+    /// The server on `addr` over the cluster in `dir`, once it answers.
+    async fn server(bin: &Path, dir: &Path, addr: SocketAddr) -> Child {
+        let data = dir.join("data");
+        let log = dir.join("postgres.log");
         let child = spawn(
-            as_user(&bin.join("postgres"))
+            as_postgres(&bin.join("postgres"), dir)
                 .arg("-D")
                 .arg(&data)
-                .args(["-k", data.to_str().unwrap(), "-p", &port.to_string()])
+                .args(["-k", data.to_str().unwrap(), "-p", &addr.port().to_string()])
                 .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
                 .args(["-c", "max_connections=50"]),
             &log,
         );
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let what = format!("PostgreSQL on {addr} (log: {log:?})");
         eventually(START, &what, || async move {
             psql(addr, "SELECT 1").await.is_ok()
         })
         .await;
-        Postgres {
-            addr,
-            _child: child,
-            _dir: dir,
-        }
+        child
     }
+
+    /// Restarts the server as an operator's `systemctl restart` does (a fast shutdown: every
+    /// client connection is cut), same data and address; returns once it answers again.
+    pub async fn restart(&mut self) {
+        // The postmaster's pid (the child may be `runuser`, which does not pass signals on).
+        let data = self._dir.path().join("data");
+        let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+        let pid = pid_file.lines().next().unwrap().trim().to_string();
+        // SIGINT: PostgreSQL's fast shutdown.
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -INT {pid}");
+        tokio::time::timeout(START, self.child.wait())
+            .await
+            .expect("PostgreSQL stops on SIGINT")
+            .unwrap();
+        assert!(psql(self.addr, "SELECT 1").await.is_err(), "PostgreSQL is down");
+        self.child = Self::server(&self.bin, self._dir.path(), self.addr).await;
+    }
+}
+
+/// `program` as the `postgres` user when the test runs as root, run in `dir`.
+fn as_postgres(program: &Path, dir: &Path) -> Command {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.current_dir(dir);
+    cmd
 }
 
 fn postgres_uid() -> u32 {

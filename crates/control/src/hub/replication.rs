@@ -65,6 +65,10 @@ async fn listen(hub: &Hub, me: &str) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lost the other Control replicas' changes; reconnecting");
+                // The database may be gone for this replica: its sessions recompute now, and
+                // a session whose snapshot cannot be loaded ends, so that its node moves to a
+                // replica that still has the database rather than stay on a stale config.
+                hub.changed_elsewhere();
                 backoff.pause().await;
             }
         }
