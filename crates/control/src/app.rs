@@ -60,6 +60,7 @@ impl AppState {
         );
         let dns_records =
             crate::dns_records::DnsRecords::new(hub.clone(), zones.clone(), Default::default());
+        let throttle = crate::guard::throttle::Throttle::for_store(hub.store());
         Self(Arc::new(Inner {
             store: hub.store().clone(),
             hub,
@@ -71,7 +72,7 @@ impl AppState {
             default_tls: TlsMode::Acme,
             port_range: crate::config::DEFAULT_PORT_RANGE,
             access_ttl: crate::config::ControlConfig::default().access_ttl,
-            throttle: Default::default(),
+            throttle,
             api_rate: Default::default(),
             zones,
             dns_records,

@@ -231,3 +231,38 @@ async fn replicas_recover_by_themselves_when_postgresql_restarts() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_throttle_cannot_be_dodged_by_switching_replica() {
+    let test = "a_login_throttle_cannot_be_dodged_by_switching_replica";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let pg = Postgres::start().await;
+    let (_tmp, dir) = data_dir();
+    let (a, b) = two_replicas(&pg, &dir).await;
+    let attempt = |c: &Control| {
+        let request = c
+            .http
+            .post(c.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"email": ADMIN_EMAIL, "password": "wrong password"}));
+        async move { request.send().await.unwrap().status() }
+    };
+    // Five wrong passwords, alternating replicas: the account must then wait, on both.
+    for i in 0..5 {
+        let status = attempt(if i % 2 == 0 { &a } else { &b }).await;
+        assert!(
+            status == reqwest::StatusCode::UNAUTHORIZED
+                || (i == 4 && status == reqwest::StatusCode::TOO_MANY_REQUESTS),
+            "attempt {i}: {status}"
+        );
+    }
+    for replica in [&a, &b] {
+        assert_eq!(
+            attempt(replica).await,
+            reqwest::StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -342,7 +342,10 @@ async fn the_audit_log_says_who_changed_what() {
     c.stop().await;
     let c = start_reusing(config(&dir), token).await;
     let (_, after) = c.get("/api/v1/audit").await;
-    assert_eq!(after.as_array().unwrap().len(), entries.len());
+    // (On PostgreSQL each start of a replica that takes the lead adds a control.lead entry.)
+    let kept =
+        |log: &[serde_json::Value]| log.iter().filter(|e| e["action"] != "control.lead").count();
+    assert_eq!(kept(after.as_array().unwrap()), kept(entries));
 }
 
 /// Point 7 of issue 14: a tunnel's owner cannot point an Agent they do not own somewhere else.

@@ -1,17 +1,20 @@
-//! Login throttling, in memory: after a few failures an account (or a client address) must
-//! wait, longer after each further failure. A success clears the account's count.
+//! Login throttling: after a few failures an account (or a client address) must wait, longer
+//! after each further failure. A success clears the account's count.
 //!
 //! Check and count are one step: [`Throttle::reserve`] counts an attempt as a failure before
-//! its password is checked, under the same lock that decided it may go ahead. A burst of
-//! concurrent guesses therefore gets no more checks than the limit, however long they queue
-//! for the hashing pool; a right password gives its count back ([`Throttle::succeeded`]).
+//! its password is checked, under the same lock (or in the same transaction) that decided it
+//! may go ahead. A burst of concurrent guesses therefore gets no more checks than the limit,
+//! however long they queue for the hashing pool; a right password gives its count back
+//! ([`Throttle::succeeded`]).
 //!
-//! In memory on purpose: it only has to slow down guessing against one Control; a restart
-//! forgets it, which costs an attacker a restart they cannot cause.
+//! One Control (SQLite) keeps the counts in memory: a restart forgets them, which costs an
+//! attacker a restart they cannot cause. Several replicas (PostgreSQL) keep them in the
+//! database, so that switching replica does not dodge a wait.
 
+use crate::store::{Backend, Store, StoreResult, ThrottleRow};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Failures allowed before the first wait.
 const ACCOUNT_FREE_FAILURES: u32 = 5;
@@ -25,89 +28,147 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Bounded memory: prune when the map grows past this.
 const PRUNE_AT: usize = 10_000;
 
-#[derive(Default)]
+/// The counts per key (`account:<email>`, `ip:<address>`), times in Unix milliseconds.
+type Entries = HashMap<String, ThrottleRow>;
+
 pub struct Throttle {
-    entries: Mutex<HashMap<String, Entry>>,
+    backing: Backing,
 }
 
-struct Entry {
-    failures: u32,
-    until: Instant,
-    last: Instant,
+enum Backing {
+    Memory(Mutex<Entries>),
+    Shared(Store),
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self {
+            backing: Backing::Memory(Mutex::default()),
+        }
+    }
 }
 
 impl Throttle {
+    /// In memory for the one Control on SQLite; in the database when replicas share it.
+    pub fn for_store(store: &Store) -> Self {
+        match store.backend() {
+            Backend::Sqlite => Self::default(),
+            Backend::Postgres => Self {
+                backing: Backing::Shared(store.clone()),
+            },
+        }
+    }
+
+    /// Runs `edit` on the entries of `email` and `ip` (and possibly others), with the time.
+    async fn edit<R>(
+        &self,
+        email: &str,
+        ip: Option<&str>,
+        edit: impl FnOnce(&mut Entries, i64) -> R,
+    ) -> StoreResult<R> {
+        let now = now_ms();
+        let forget_before = now - millis(FORGET_AFTER);
+        match &self.backing {
+            Backing::Memory(entries) => {
+                let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
+                if entries.len() > PRUNE_AT {
+                    entries.retain(|_, e| e.last_ms >= forget_before);
+                }
+                Ok(edit(&mut entries, now))
+            }
+            Backing::Shared(store) => {
+                let keys: Vec<String> = keys(email, ip).into_iter().map(|(k, _)| k).collect();
+                store
+                    .edit_throttle(&keys, forget_before, |entries| edit(entries, now))
+                    .await
+            }
+        }
+    }
+
     /// How long the caller must still wait before trying `email` from `ip`, if at all.
-    pub fn wait(&self, email: &str, ip: Option<&str>) -> Option<Duration> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        wait_in(&entries, email, ip, Instant::now())
+    pub async fn wait(&self, email: &str, ip: Option<&str>) -> StoreResult<Option<Duration>> {
+        self.edit(email, ip, |entries, now| wait_in(entries, email, ip, now))
+            .await
     }
 
     /// Lets one attempt at `email` from `ip` go ahead, counted as a failure until it proves
     /// otherwise; or the wait, when the account or the address must wait first.
-    pub fn reserve(&self, email: &str, ip: Option<&str>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(wait) = wait_in(&entries, email, ip, now) {
-            return Err(wait);
-        }
-        if entries.len() > PRUNE_AT {
-            entries.retain(|_, e| now.duration_since(e.last) < FORGET_AFTER);
-        }
-        for (key, free) in keys(email, ip) {
-            let e = entries.entry(key).or_insert(Entry {
-                failures: 0,
-                until: now,
-                last: now,
-            });
-            e.failures += 1;
-            e.last = now;
-            if e.failures >= free {
-                let doublings = (e.failures - free).min(10);
-                e.until = now + (FIRST_WAIT * 2u32.pow(doublings)).min(MAX_WAIT);
+    pub async fn reserve(
+        &self,
+        email: &str,
+        ip: Option<&str>,
+    ) -> StoreResult<Result<(), Duration>> {
+        self.edit(email, ip, |entries, now| {
+            if let Some(wait) = wait_in(entries, email, ip, now) {
+                return Err(wait);
             }
-        }
-        Ok(())
+            for (key, free) in keys(email, ip) {
+                let e = entries.entry(key).or_insert(ThrottleRow {
+                    failures: 0,
+                    until_ms: now,
+                    last_ms: now,
+                });
+                e.failures += 1;
+                e.last_ms = now;
+                if e.failures >= i64::from(free) {
+                    let doublings = (e.failures - i64::from(free)).min(10) as u32;
+                    e.until_ms = now + millis((FIRST_WAIT * 2u32.pow(doublings)).min(MAX_WAIT));
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The reserved attempt had the right password: the account starts afresh and the address
     /// gets its count back.
-    pub fn succeeded(&self, email: &str, ip: Option<&str>) {
-        self.give_back(email, ip, true);
+    pub async fn succeeded(&self, email: &str, ip: Option<&str>) -> StoreResult<()> {
+        self.give_back(email, ip, true).await
     }
 
     /// The reserved attempt was never checked (Control was too busy): it counts for nothing.
-    pub fn release(&self, email: &str, ip: Option<&str>) {
-        self.give_back(email, ip, false);
+    pub async fn release(&self, email: &str, ip: Option<&str>) -> StoreResult<()> {
+        self.give_back(email, ip, false).await
     }
 
-    fn give_back(&self, email: &str, ip: Option<&str>, clear_account: bool) {
-        let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        for (key, free) in keys(email, ip) {
-            if clear_account && key.starts_with("account:") {
-                entries.remove(&key);
-            } else if let Some(e) = entries.get_mut(&key) {
-                e.failures = e.failures.saturating_sub(1);
-                if e.failures < free {
-                    e.until = now;
+    async fn give_back(
+        &self,
+        email: &str,
+        ip: Option<&str>,
+        clear_account: bool,
+    ) -> StoreResult<()> {
+        self.edit(email, ip, |entries, now| {
+            for (key, free) in keys(email, ip) {
+                if clear_account && key.starts_with("account:") {
+                    entries.remove(&key);
+                } else if let Some(e) = entries.get_mut(&key) {
+                    e.failures = (e.failures - 1).max(0);
+                    if e.failures < i64::from(free) {
+                        e.until_ms = now;
+                    }
                 }
             }
-        }
+        })
+        .await
     }
 }
 
-fn wait_in(
-    entries: &HashMap<String, Entry>,
-    email: &str,
-    ip: Option<&str>,
-    now: Instant,
-) -> Option<Duration> {
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn wait_in(entries: &Entries, email: &str, ip: Option<&str>, now: i64) -> Option<Duration> {
     keys(email, ip)
         .iter()
         .filter_map(|(k, _)| entries.get(k))
-        .filter(|e| e.until > now)
-        .map(|e| e.until - now)
+        .filter(|e| e.until_ms > now)
+        .map(|e| Duration::from_millis(u64::try_from(e.until_ms - now).unwrap_or(0)))
         .max()
 }
 
@@ -123,52 +184,64 @@ fn keys(email: &str, ip: Option<&str>) -> Vec<(String, u32)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn waits_after_five_failures_and_doubles() {
+    #[tokio::test]
+    async fn waits_after_five_failures_and_doubles() {
         let t = Throttle::default();
         for _ in 0..4 {
-            t.reserve("a@x", Some("1.2.3.4")).unwrap();
-            assert!(t.wait("a@x", Some("1.2.3.4")).is_none());
+            t.reserve("a@x", Some("1.2.3.4")).await.unwrap().unwrap();
+            assert!(t.wait("a@x", Some("1.2.3.4")).await.unwrap().is_none());
         }
-        t.reserve("a@x", Some("1.2.3.4")).unwrap();
-        let first = t.reserve("a@x", None).unwrap_err();
+        t.reserve("a@x", Some("1.2.3.4")).await.unwrap().unwrap();
+        let first = t.reserve("a@x", None).await.unwrap().unwrap_err();
         assert!(first > Duration::from_secs(25) && first <= FIRST_WAIT);
-        assert!(t.wait("b@x", Some("1.2.3.4")).is_none(), "the IP has 20");
-        t.succeeded("a@x", Some("1.2.3.4"));
-        assert!(t.wait("a@x", None).is_none());
+        assert!(
+            t.wait("b@x", Some("1.2.3.4")).await.unwrap().is_none(),
+            "the IP has 20"
+        );
+        t.succeeded("a@x", Some("1.2.3.4")).await.unwrap();
+        assert!(t.wait("a@x", None).await.unwrap().is_none());
     }
 
-    #[test]
-    fn a_burst_gets_no_more_attempts_than_the_limit() {
+    #[tokio::test]
+    async fn a_burst_gets_no_more_attempts_than_the_limit() {
         let t = Throttle::default();
-        let allowed = (0..300)
-            .filter(|_| t.reserve("a@x", Some("1.2.3.4")).is_ok())
-            .count();
-        assert_eq!(allowed as u32, ACCOUNT_FREE_FAILURES);
+        let mut allowed = 0;
+        for _ in 0..300 {
+            if t.reserve("a@x", Some("1.2.3.4")).await.unwrap().is_ok() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, ACCOUNT_FREE_FAILURES);
     }
 
-    #[test]
-    fn a_right_password_gives_the_address_its_count_back() {
+    #[tokio::test]
+    async fn a_right_password_gives_the_address_its_count_back() {
         let t = Throttle::default();
         for i in 0..IP_FREE_FAILURES - 1 {
-            t.reserve(&format!("u{i}@x"), Some("5.6.7.8")).unwrap();
+            t.reserve(&format!("u{i}@x"), Some("5.6.7.8"))
+                .await
+                .unwrap()
+                .unwrap();
         }
-        t.reserve("me@x", Some("5.6.7.8")).unwrap();
+        t.reserve("me@x", Some("5.6.7.8")).await.unwrap().unwrap();
         assert!(
-            t.wait("new@x", Some("5.6.7.8")).is_some(),
+            t.wait("new@x", Some("5.6.7.8")).await.unwrap().is_some(),
             "counted up front"
         );
-        t.succeeded("me@x", Some("5.6.7.8"));
-        assert!(t.wait("new@x", Some("5.6.7.8")).is_none());
+        t.succeeded("me@x", Some("5.6.7.8")).await.unwrap();
+        assert!(t.wait("new@x", Some("5.6.7.8")).await.unwrap().is_none());
     }
 
-    #[test]
-    fn an_address_trying_many_accounts_waits() {
+    #[tokio::test]
+    async fn an_address_trying_many_accounts_waits() {
         let t = Throttle::default();
         for i in 0..IP_FREE_FAILURES {
-            t.reserve(&format!("u{i}@x"), Some("5.6.7.8")).unwrap();
+            t.reserve(&format!("u{i}@x"), Some("5.6.7.8"))
+                .await
+                .unwrap()
+                .unwrap();
         }
-        assert!(t.reserve("new@x", Some("5.6.7.8")).is_err());
-        assert!(t.wait("new@x", Some("9.9.9.9")).is_none());
+        assert!(t.reserve("new@x", Some("5.6.7.8")).await.unwrap().is_err());
+        assert!(t.wait("new@x", Some("9.9.9.9")).await.unwrap().is_none());
     }
 }

@@ -26,7 +26,11 @@ pub async fn login(
 ) -> Result<NewLogin, ApiError> {
     let email = email.trim().to_lowercase();
     // Counted before the check, atomically: a burst cannot queue more guesses than the limit.
-    state.throttle.reserve(&email, ip).map_err(too_many)?;
+    state
+        .throttle
+        .reserve(&email, ip)
+        .await?
+        .map_err(too_many)?;
     let user = state.store.user_by_email(&email).await?;
     let phc = user.as_ref().map_or_else(
         || state.dummy_password_hash.clone(),
@@ -35,7 +39,7 @@ pub async fn login(
     let ok = match state.passwords.verify(password, phc).await {
         Ok(ok) => ok,
         Err(e) => {
-            state.throttle.release(&email, ip);
+            state.throttle.release(&email, ip).await?;
             return Err(e.into());
         }
     };
@@ -44,13 +48,13 @@ pub async fn login(
         _ => {
             tracing::info!("failed login");
             // Already counted; say so when this failure started the wait.
-            return Err(match state.throttle.wait(&email, ip) {
+            return Err(match state.throttle.wait(&email, ip).await? {
                 Some(wait) => too_many(wait),
                 None => ApiError::new(StatusCode::UNAUTHORIZED, "invalid email or password"),
             });
         }
     };
-    state.throttle.succeeded(&email, ip);
+    state.throttle.succeeded(&email, ip).await?;
     if let Some(previous) = previous {
         state
             .store

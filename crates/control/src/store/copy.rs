@@ -31,6 +31,7 @@ pub const TABLES: &[&str] = &[
     "dns_records",
     "device_logins",
     "temporary_tunnels",
+    "login_throttle",
 ];
 
 /// The tables whose `id` comes from a counter (AUTOINCREMENT, identity column).

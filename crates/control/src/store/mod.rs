@@ -29,6 +29,7 @@ pub use backup::Restored;
 pub use schema::Plan as MigrationPlan;
 mod settings;
 mod temporary;
+mod throttle;
 mod tokens;
 mod tunnels;
 mod users;
@@ -47,6 +48,7 @@ pub use quotas::{Quotas, MAX_ALLOW_LIST_ENTRIES};
 pub use replicas::{ReplicaRow, MAX_AGENTS_PER_TUNNEL};
 pub use settings::OPEN_REGISTRATION;
 pub use temporary::TemporaryRow;
+pub use throttle::ThrottleRow;
 pub use tokens::TokenRow;
 pub(crate) use tunnels::COLUMNS as TUNNEL_COLUMNS;
 pub use tunnels::{
