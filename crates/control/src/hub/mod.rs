@@ -18,13 +18,16 @@ pub mod replication;
 pub use conn::serve;
 
 use crate::snapshot::World;
-use crate::store::{NodeKind, NodeRef, Store, StoreResult};
+use crate::store::{Backend, NodeKind, NodeRef, Store, StoreResult};
 use kakuremichi_proto::{AcmeChallenges, OwnPort, PortError, StreamCounters, WebPorts};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The setting that holds the leader's ACME challenges for the other replicas (PostgreSQL).
+const SHARED_CHALLENGES: &str = "acme_challenges";
 
 /// Shared state of all node sessions.
 pub struct Hub {
@@ -40,6 +43,9 @@ pub struct Hub {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
     challenges: Mutex<AcmeChallenges>,
+    /// Bumped when this replica's challenges change and must be written for the others
+    /// (PostgreSQL; see `replication`).
+    challenges_edited: watch::Sender<u64>,
     /// Per online node: ids of the challenges in the last snapshot it applied. Also bumped when
     /// nodes come and go, so waiters re-check who is online.
     acks: watch::Sender<HashMap<NodeRef, Arc<HashSet<String>>>>,
@@ -93,6 +99,7 @@ impl Hub {
             heartbeat_interval,
             heartbeat_timeout,
             challenges: Mutex::new(AcmeChallenges::default()),
+            challenges_edited: watch::channel(0).0,
             acks: watch::channel(HashMap::new()).0,
             hsts_max_age: AtomicU32::new(0),
             replicated_agents: Mutex::new(Arc::default()),
@@ -197,14 +204,37 @@ impl Hub {
     }
 
     /// Adds or removes ACME challenges (under the lock) and pushes the change to every Gateway.
+    /// With several replicas (PostgreSQL) the challenges are also written to the database, so
+    /// that Gateways connected to the other replicas answer them too.
     pub fn edit_challenges(&self, edit: impl FnOnce(&mut AcmeChallenges)) {
-        edit(
-            &mut self
-                .challenges
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        self.changed();
+        edit(&mut lock(&self.challenges));
+        if self.store.backend() == Backend::Postgres {
+            // `replication` writes them, then tells every replica (this one included).
+            self.challenges_edited.send_modify(|n| *n += 1);
+        } else {
+            self.changed();
+        }
+    }
+
+    /// Writes this replica's ACME challenges for every replica to read (PostgreSQL).
+    pub(crate) async fn share_challenges(&self) -> StoreResult<()> {
+        let current = lock(&self.challenges).clone();
+        let json = serde_json::to_string(&current).unwrap_or_default();
+        self.store.set_setting(SHARED_CHALLENGES, &json).await
+    }
+
+    /// The ACME challenges in flight: this replica's own, or on PostgreSQL the leader's, as
+    /// shared in the database.
+    async fn current_challenges(&self) -> StoreResult<AcmeChallenges> {
+        if self.store.backend() != Backend::Postgres {
+            return Ok(lock(&self.challenges).clone());
+        }
+        Ok(self
+            .store
+            .setting(SHARED_CHALLENGES)
+            .await?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default())
     }
 
     /// Records that `node` applied a snapshot holding the challenges `ids`.
@@ -331,11 +361,7 @@ impl Hub {
             }
         }
         let mut world = self.store.load_world().await?;
-        world.acme = self
-            .challenges
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        world.acme = self.current_challenges().await?;
         world.hsts_max_age = self.hsts_max_age.load(Ordering::Relaxed);
         world.access.control_url = self.access_url.get().cloned().unwrap_or_default();
         let world = Arc::new(world);

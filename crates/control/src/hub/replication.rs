@@ -21,6 +21,7 @@ pub async fn run(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
     tokio::select! {
         () = announce(&hub, &me) => {}
         () = listen(&hub, &me) => {}
+        () = share_challenges(&hub) => {}
         _ = stop.wait_for(|s| *s) => {}
     }
 }
@@ -37,6 +38,22 @@ async fn announce(hub: &Hub, me: &str) {
             backoff.pause().await;
         }
         backoff.reset();
+    }
+}
+
+/// Writes the leader's ACME challenges whenever they change, then tells every replica, so that
+/// Gateways on all of them answer the CA (whichever Gateway its validation reaches).
+async fn share_challenges(hub: &Hub) {
+    let mut edited = hub.challenges_edited.subscribe();
+    let mut backoff = Backoff::default();
+    while edited.changed().await.is_ok() {
+        edited.mark_unchanged();
+        while let Err(e) = hub.share_challenges().await {
+            tracing::warn!(error = %e, "cannot share ACME challenges with the other Control replicas; retrying");
+            backoff.pause().await;
+        }
+        backoff.reset();
+        hub.changed();
     }
 }
 
@@ -93,5 +110,53 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use kakuremichi_testkit::origins::{self, psql, Postgres};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_leaders_challenges_reach_the_gateways_of_every_replica() {
+        let test = "the_leaders_challenges_reach_the_gateways_of_every_replica";
+        if !origins::available(test, &["postgres", "psql"]) {
+            return;
+        }
+        let pg = Postgres::start().await;
+        psql(pg.addr, "CREATE DATABASE km").await.unwrap();
+        let url = format!("postgres://postgres@{}/km", pg.addr);
+        let replica = || async {
+            let store = Store::open(&url).await.unwrap();
+            Hub::new(store, Duration::from_secs(10), Duration::from_secs(25))
+        };
+        let (a, b) = (replica().await, replica().await);
+        let (stop, running) = watch::channel(false);
+        tokio::spawn(run(a.clone(), running.clone()));
+        tokio::spawn(run(b.clone(), running));
+        a.edit_challenges(|c| {
+            c.http01.insert("token".into(), "token.key".into());
+        });
+        for hub in [&a, &b] {
+            kakuremichi_testkit::eventually(Duration::from_secs(5), "the challenge", || async {
+                hub.world()
+                    .await
+                    .unwrap()
+                    .acme
+                    .http01
+                    .get("token")
+                    .map(String::as_str)
+                    == Some("token.key")
+            })
+            .await;
+        }
+        a.edit_challenges(|c| c.http01.clear());
+        kakuremichi_testkit::eventually(Duration::from_secs(5), "the challenge gone", || async {
+            b.world().await.unwrap().acme.http01.is_empty()
+        })
+        .await;
+        let _ = stop.send(true);
     }
 }
