@@ -5,6 +5,7 @@
 //! is replaced within two or three periods. On SQLite the one Control leads from the start.
 //! Every change of leader is in the audit log (`control.lead`).
 
+use crate::store::leader::Lease;
 use crate::store::{Actor, Backend, Store};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -15,16 +16,21 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs until `stop` turns true. `start` starts the singleton work, which must end when the
 /// receiver it is given turns true (its tasks are also aborted then).
+/// `first`: the lead taken before Control began to serve (see [`try_first`]), if it was.
 pub async fn run(
     store: Store,
     mut stop: watch::Receiver<bool>,
     start: impl Fn(watch::Receiver<bool>) -> Vec<JoinHandle<()>>,
+    mut first: Option<Lease>,
 ) {
     let me = crate::secrets::generate("replica_");
     loop {
-        let lease = tokio::select! {
-            lease = take(&store) => lease,
-            _ = stop.wait_for(|s| *s) => return,
+        let lease = match first.take() {
+            Some(lease) => lease,
+            None => tokio::select! {
+                lease = take(&store) => lease,
+                _ = stop.wait_for(|s| *s) => return,
+            },
         };
         let (work_stop, work_rx) = watch::channel(false);
         let tasks = start(work_rx);
@@ -64,8 +70,14 @@ pub async fn run(
     }
 }
 
+/// One attempt at the lead before Control serves, so that a lone Control (always, on SQLite)
+/// has its once-only work running before its first request, as it always had.
+pub async fn try_first(store: &Store) -> Option<Lease> {
+    store.try_lead().await.ok().flatten()
+}
+
 /// Waits until this replica leads.
-async fn take(store: &Store) -> crate::store::leader::Lease {
+async fn take(store: &Store) -> Lease {
     loop {
         match store.try_lead().await {
             Ok(Some(lease)) => return lease,

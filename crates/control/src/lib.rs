@@ -226,9 +226,15 @@ pub async fn run(
             ]
         }
     };
-    let mut lead = tokio::spawn(leader::run(store.clone(), stop_rx.clone(), once_only));
+    let first = leader::try_first(&store).await;
+    let mut lead = tokio::spawn(leader::run(
+        store.clone(),
+        stop_rx.clone(),
+        once_only,
+        first,
+    ));
     // Several replicas on PostgreSQL hear each other's changes (nothing to do on SQLite).
-    let replication = tokio::spawn(hub::replication::run(hub.clone(), stop_rx.clone()));
+    let mut replication = tokio::spawn(hub::replication::run(hub.clone(), stop_rx.clone()));
     // The peer address keys the per-IP login throttle.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -240,8 +246,8 @@ pub async fn run(
     tokio::select! {
         result = &mut server => {
             let _ = stop_tx.send(true);
-            stop_lead(&mut lead).await;
-            replication.abort();
+            stop_task(&mut lead).await;
+            stop_task(&mut replication).await;
             store.close().await;
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
@@ -254,8 +260,8 @@ pub async fn run(
     tracing::info!("control is shutting down");
     hub.begin_shutdown();
     let _ = stop_tx.send(true);
-    stop_lead(&mut lead).await;
-    replication.abort();
+    stop_task(&mut lead).await;
+    stop_task(&mut replication).await;
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await
         .is_err()
@@ -274,8 +280,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits for the leader task to stop its work (it aborts it and gives the lead up), briefly.
-async fn stop_lead(lead: &mut tokio::task::JoinHandle<()>) {
+/// Waits briefly for a background task told to stop (the leader gives its lead up, the
+/// replication task clears this replica's node sessions), then aborts it.
+async fn stop_task(lead: &mut tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(std::time::Duration::from_secs(5), &mut *lead)
         .await
         .is_err()

@@ -172,20 +172,23 @@ async fn a_node_given_both_replicas_moves_to_the_other_when_its_replica_stops() 
         agent_status(&a, id).await == "online"
     })
     .await;
-    assert_eq!(agent_status(&b, id).await, "offline");
 
     let stopped = Instant::now();
     a.stop().await;
+    // A change made through B reaches the Agent (its cached config): its session is on B now.
+    b.tunnel("moved.example.com", id, "127.0.0.1:9").await;
+    let cache = tmp.path().join("agent").join("agent-config.json");
     eventually(
         Duration::from_secs(2),
         "the agent on B within 2 s",
-        || async { agent_status(&b, id).await == "online" },
+        || async { std::fs::read_to_string(&cache).is_ok_and(|c| c.contains("moved.example.com")) },
     )
     .await;
     eprintln!(
-        "the agent was on replica B {:?} after A stopped",
+        "the agent was on replica B, with a change made there, {:?} after A stopped",
         stopped.elapsed()
     );
+    assert_eq!(agent_status(&b, id).await, "online");
     drop(stop);
     let _ = running.await;
     b.stop().await;
@@ -263,6 +266,47 @@ async fn a_login_throttle_cannot_be_dodged_by_switching_replica() {
             reqwest::StatusCode::TOO_MANY_REQUESTS
         );
     }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The status of Gateway `id` as replica `c` sees it.
+async fn gateway_status(c: &Control, id: i64) -> String {
+    let (_, gw) = c.get(&format!("/api/v1/gateways/{id}")).await;
+    gw["status"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_shows_a_node_online_wherever_its_session_is() {
+    let test = "every_replica_shows_a_node_online_wherever_its_session_is";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let pg = Postgres::start().await;
+    let (_tmp, dir) = data_dir();
+    let (a, b) = two_replicas(&pg, &dir).await;
+    let gw = a.gateway("gw").await;
+    let id = gw["id"].as_i64().unwrap();
+    let (ws, _, _) = b
+        .node(gw["token"].as_str().unwrap(), NodeRole::Gateway, None)
+        .await;
+    let since = Instant::now();
+    eventually(Duration::from_secs(5), "online on A too", || async {
+        gateway_status(&a, id).await == "online"
+    })
+    .await;
+    eprintln!(
+        "the Gateway's session on B showed on A after {:?}",
+        since.elapsed()
+    );
+    assert_eq!(gateway_status(&b, id).await, "online");
+    drop(ws);
+    eventually(
+        Duration::from_secs(5),
+        "offline on A once it left B",
+        || async { gateway_status(&a, id).await == "offline" },
+    )
+    .await;
     a.stop().await;
     b.stop().await;
 }

@@ -46,6 +46,11 @@ pub struct Hub {
     /// Bumped when this replica's challenges change and must be written for the others
     /// (PostgreSQL; see `replication`).
     challenges_edited: watch::Sender<u64>,
+    /// Bumped when a node's first session opens or its last one closes here (PostgreSQL: the
+    /// presence the other replicas read; see `replication`).
+    presence_edited: watch::Sender<u64>,
+    /// The nodes other live replicas have a session with (PostgreSQL).
+    remote_online: Mutex<Arc<HashSet<NodeRef>>>,
     /// Per online node: ids of the challenges in the last snapshot it applied. Also bumped when
     /// nodes come and go, so waiters re-check who is online.
     acks: watch::Sender<HashMap<NodeRef, Arc<HashSet<String>>>>,
@@ -100,6 +105,8 @@ impl Hub {
             heartbeat_timeout,
             challenges: Mutex::new(AcmeChallenges::default()),
             challenges_edited: watch::channel(0).0,
+            presence_edited: watch::channel(0).0,
+            remote_online: Mutex::new(Arc::default()),
             acks: watch::channel(HashMap::new()).0,
             hsts_max_age: AtomicU32::new(0),
             replicated_agents: Mutex::new(Arc::default()),
@@ -371,13 +378,38 @@ impl Hub {
         Ok(world)
     }
 
-    /// True while at least one session of `node` is open.
+    /// True while at least one session of `node` is open, here or (PostgreSQL) on another
+    /// live replica.
     pub fn is_online(&self, node: NodeRef) -> bool {
         self.online
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&node)
             .is_some_and(|n| *n > 0)
+            || lock(&self.remote_online).contains(&node)
+    }
+
+    /// The nodes with a session on this replica.
+    pub(crate) fn local_online(&self) -> Vec<NodeRef> {
+        lock(&self.online)
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    /// What the other replicas hold sessions with, as last read; snapshots that name a
+    /// replicated tunnel's Agents as online or not are recomputed when that changes.
+    pub(crate) fn set_remote_online(&self, nodes: HashSet<NodeRef>) {
+        let before = std::mem::replace(&mut *lock(&self.remote_online), Arc::new(nodes));
+        let now = lock(&self.remote_online).clone();
+        let replicated = lock(&self.replicated_agents).clone();
+        let matters = before
+            .symmetric_difference(&now)
+            .any(|n| n.kind == NodeKind::Agent && replicated.contains(&n.id));
+        if matters {
+            self.changed_elsewhere();
+        }
     }
 
     /// Whether Control has a session with Agent `id`.
@@ -391,6 +423,9 @@ impl Hub {
     /// An Agent serving a replicated tunnel came or went: Gateways' routes name it as online or
     /// not, so their snapshots change.
     fn online_changed(&self, node: NodeRef) {
+        if self.store.backend() == Backend::Postgres {
+            self.presence_edited.send_modify(|n| *n += 1);
+        }
         if node.kind == NodeKind::Agent && lock(&self.replicated_agents).contains(&node.id) {
             self.changed();
         }

@@ -9,6 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How often a replica says it is alive and reads the others' node sessions.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A replica not heard of for this long no longer counts (its node sessions are gone with it).
+const STALE_AFTER: Duration = Duration::from_secs(10);
+
 /// Longest pause between attempts to reach the database again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -22,7 +27,16 @@ pub async fn run(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         () = announce(&hub, &me) => {}
         () = listen(&hub, &me) => {}
         () = share_challenges(&hub) => {}
+        () = presence(&hub, &me) => {}
         _ = stop.wait_for(|s| *s) => {}
+    }
+    // Stopping: this replica's node sessions end with it, at once for the other replicas
+    // (after a crash, its rows stop counting when its heartbeat is stale).
+    match hub.store.leave_presence(&me).await {
+        Ok(()) => {
+            let _ = hub.store.announce_presence(&me).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot clear this Control replica's node sessions"),
     }
 }
 
@@ -30,6 +44,8 @@ pub async fn run(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
 /// sent go out in the next one).
 async fn announce(hub: &Hub, me: &str) {
     let mut local = hub.local_changes.subscribe();
+    // Once at the start: changes made before this task ran.
+    local.mark_changed();
     let mut backoff = Backoff::default();
     while local.changed().await.is_ok() {
         local.mark_unchanged();
@@ -45,6 +61,11 @@ async fn announce(hub: &Hub, me: &str) {
 /// Gateways on all of them answer the CA (whichever Gateway its validation reaches).
 async fn share_challenges(hub: &Hub) {
     let mut edited = hub.challenges_edited.subscribe();
+    // Edits made before this task ran (only the leader ever edits: a replica that never did
+    // must not overwrite the leader's challenges with its empty ones).
+    if *edited.borrow() > 0 {
+        edited.mark_changed();
+    }
     let mut backoff = Backoff::default();
     while edited.changed().await.is_ok() {
         edited.mark_unchanged();
@@ -54,6 +75,66 @@ async fn share_challenges(hub: &Hub) {
         }
         backoff.reset();
         hub.changed();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn stale_before() -> i64 {
+    now_ms() - i64::try_from(STALE_AFTER.as_millis()).unwrap_or(0)
+}
+
+/// Reads which nodes the other live replicas have sessions with.
+async fn read_presence(hub: &Hub, me: &str) {
+    match hub.store.remote_presence(me, stale_before()).await {
+        Ok(nodes) => hub.set_remote_online(nodes.into_iter().collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the other Control replicas' node sessions")
+        }
+    }
+}
+
+/// Keeps this replica's node sessions in the database (at once when they change, and a
+/// heartbeat every [`HEARTBEAT`]), and reads the others'.
+async fn presence(hub: &Hub, me: &str) {
+    let mut edited = hub.presence_edited.subscribe();
+    edited.mark_changed();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let write = tokio::select! {
+            changed = edited.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                edited.mark_unchanged();
+                true
+            }
+            _ = tick.tick() => false,
+        };
+        let now = now_ms();
+        let result = if write {
+            let nodes = hub.local_online();
+            match hub.store.set_presence(me, &nodes, now).await {
+                Ok(()) => hub.store.announce_presence(me).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            hub.store.presence_heartbeat(me, now, stale_before()).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot record this Control replica's node sessions; retrying");
+            // Again after a pause (a write that failed is tried again).
+            if write {
+                edited.mark_changed();
+            }
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+        read_presence(hub, me).await;
     }
 }
 
@@ -75,6 +156,7 @@ async fn listen(hub: &Hub, me: &str) {
     loop {
         match feed.next().await {
             Ok(Heard::Change) => hub.changed_elsewhere(),
+            Ok(Heard::Presence) => read_presence(hub, me).await,
             Ok(Heard::Resync) => {
                 tracing::info!("listening to the other Control replicas again; reloading");
                 backoff.reset();

@@ -10,12 +10,16 @@ use sqlx::postgres::PgListener;
 
 /// The channel every replica announces on and listens to.
 const CHANNEL: &str = "kakuremichi_changed";
+/// What a presence notice adds to its sender's name.
+const PRESENCE: &str = " presence";
 
 /// What a [`ChangeFeed`] heard.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Heard {
     /// Another replica committed a change.
     Change,
+    /// Another replica's node sessions came or went (see `presence`).
+    Presence,
     /// The feed was cut and is back: changes made meanwhile were not heard, reload.
     Resync,
 }
@@ -39,6 +43,11 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Tells the other replicas that this one's node sessions came or went.
+    pub async fn announce_presence(&self, me: &str) -> StoreResult<()> {
+        self.announce_change(&format!("{me}{PRESENCE}")).await
     }
 
     /// The feed of the other replicas' changes; `None` on SQLite.
@@ -71,7 +80,8 @@ impl ChangeFeed {
         }
         loop {
             match self.listener.try_recv().await {
-                Ok(Some(n)) if n.payload() == self.me => continue,
+                Ok(Some(n)) if n.payload().split(' ').next() == Some(self.me.as_str()) => continue,
+                Ok(Some(n)) if n.payload().ends_with(PRESENCE) => return Ok(Heard::Presence),
                 Ok(Some(_)) => return Ok(Heard::Change),
                 // The connection was lost and is back already.
                 Ok(None) => return Ok(Heard::Resync),

@@ -21,6 +21,7 @@ pub mod limits;
 mod logins;
 mod nodes;
 mod overlap;
+mod presence;
 mod quotas;
 mod replicas;
 mod schema;
