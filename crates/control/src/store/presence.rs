@@ -11,18 +11,24 @@ fn kind_text(kind: NodeKind) -> &'static str {
     }
 }
 
+/// Records that replica `me` is alive at `now_ms`.
+async fn seen(tx: &mut super::Tx, me: &str, now_ms: i64) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO control_replicas (replica, seen_ms) VALUES ($1, $2) \
+         ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms",
+    )
+    .bind(me)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Replaces `me`'s presence rows with `nodes` (the nodes it has a session with).
     pub async fn set_presence(&self, me: &str, nodes: &[NodeRef], now_ms: i64) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO control_replicas (replica, seen_ms) VALUES ($1, $2) \
-             ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms",
-        )
-        .bind(me)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+        seen(&mut tx, me, now_ms).await?;
         sqlx::query("DELETE FROM node_presence WHERE replica = $1")
             .bind(me)
             .execute(&mut *tx)
@@ -62,14 +68,7 @@ impl Store {
         stale_before: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO control_replicas (replica, seen_ms) VALUES ($1, $2) \
-             ON CONFLICT (replica) DO UPDATE SET seen_ms = excluded.seen_ms",
-        )
-        .bind(me)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
+        seen(&mut tx, me, now_ms).await?;
         sqlx::query(
             "DELETE FROM node_presence WHERE replica IN \
              (SELECT replica FROM control_replicas WHERE seen_ms < $1)",
