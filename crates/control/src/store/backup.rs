@@ -76,9 +76,8 @@ pub async fn create(
         // the backup has one format whatever the engine (and restores into SQLite, from
         // where `control migrate-db` takes it back to PostgreSQL).
         super::Backend::Postgres => {
-            let copy = super::Store::open_file(&partial).await?;
+            let copy = super::Store::create_file_for_copy(&partial).await?;
             let copied = super::copy::copy_all(live, &copy).await;
-            // Closing the last connection folds SQLite's write-ahead log into the file.
             copy.close().await;
             copied?;
         }

@@ -265,6 +265,14 @@ impl Store {
         Self::open_file_with(path, &Backend::Sqlite.migrator()).await
     }
 
+    /// A new SQLite file to be filled and then read as a whole (a backup of a PostgreSQL
+    /// database): one connection, no write-ahead log, so every commit is in the file itself.
+    pub(crate) async fn create_file_for_copy(path: &Path) -> StoreResult<Self> {
+        owner_only(path)?;
+        let pool = sqlite_pool_with(&sqlite_url(path, "rwc"), 1, false).await?;
+        Self::migrated(pool, Backend::Sqlite, None, &Backend::Sqlite.migrator()).await
+    }
+
     /// [`Store::open_file`] with other migrations (an older release's, in tests).
     pub(crate) async fn open_file_with(
         path: &Path,
@@ -432,13 +440,18 @@ const WRITE_LOCK: i64 = 0x006b_6d77_7269_7465;
 /// A pool on a SQLite URL: WAL (readers never wait for the writer), foreign keys on, and a
 /// busy timeout so a reader waits for a checkpoint instead of failing.
 async fn sqlite_pool(url: &str, max_connections: u32) -> StoreResult<AnyPool> {
+    sqlite_pool_with(url, max_connections, !url.contains("mode=ro")).await
+}
+
+/// [`sqlite_pool`], in WAL mode or not (`wal` false: a read-only pool, or a file written once
+/// and then read as a whole, whose every commit must be in the file itself).
+async fn sqlite_pool_with(url: &str, max_connections: u32, wal: bool) -> StoreResult<AnyPool> {
     sqlx::any::install_default_drivers();
-    let read_only = url.contains("mode=ro");
     Ok(AnyPoolOptions::new()
         .max_connections(max_connections)
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                if !read_only {
+                if wal {
                     sqlx::query("PRAGMA journal_mode = WAL")
                         .execute(&mut *conn)
                         .await?;
