@@ -16,14 +16,15 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs until `stop` turns true. `start` starts the singleton work, which must end when the
 /// receiver it is given turns true (its tasks are also aborted then).
-/// `first`: the lead taken before Control began to serve (see [`try_first`]), if it was.
+/// `me` names this replica (in the audit log); `first` is the lead taken before Control began
+/// to serve (see [`try_first`]), if it was.
 pub async fn run(
     store: Store,
+    me: String,
     mut stop: watch::Receiver<bool>,
     start: impl Fn(watch::Receiver<bool>) -> Vec<JoinHandle<()>>,
     mut first: Option<Lease>,
 ) {
-    let me = crate::secrets::generate("replica_");
     loop {
         let lease = match first.take() {
             Some(lease) => lease,

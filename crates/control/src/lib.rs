@@ -226,15 +226,19 @@ pub async fn run(
             ]
         }
     };
+    // This replica's name, the same in the audit log (control.lead) and in node presence.
+    let replica = secrets::generate("replica_");
     let first = leader::try_first(&store).await;
     let mut lead = tokio::spawn(leader::run(
         store.clone(),
+        replica.clone(),
         stop_rx.clone(),
         once_only,
         first,
     ));
     // Several replicas on PostgreSQL hear each other's changes (nothing to do on SQLite).
-    let mut replication = tokio::spawn(hub::replication::run(hub.clone(), stop_rx.clone()));
+    let mut replication =
+        tokio::spawn(hub::replication::run(hub.clone(), replica, stop_rx.clone()));
     // The peer address keys the per-IP login throttle.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

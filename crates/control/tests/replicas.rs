@@ -310,3 +310,39 @@ async fn every_replica_shows_a_node_online_wherever_its_session_is() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_the_database_ends_its_node_sessions() {
+    let test = "a_replica_that_loses_the_database_ends_its_node_sessions";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let mut pg = Postgres::start().await;
+    let (_tmp, dir) = data_dir();
+    let (a, b) = two_replicas(&pg, &dir).await;
+    let gw = a.gateway("gw").await;
+    let (mut ws, _, _) = b
+        .node(gw["token"].as_str().unwrap(), NodeRole::Gateway, None)
+        .await;
+    next_config(&mut ws, Duration::from_secs(10)).await;
+
+    // Without the database the replica cannot know what changed: it ends the session (its
+    // node moves to a replica that has the database) rather than leave it on a stale config.
+    pg.stop().await;
+    let lost = Instant::now();
+    // (About 8 s here: a heartbeat every 2 s, then 3 s for each attempt at a connection.)
+    within(Duration::from_secs(20), async {
+        while try_next_message(&mut ws).await.is_some() {}
+    })
+    .await;
+    eprintln!(
+        "the node session ended {:?} after the database went",
+        lost.elapsed()
+    );
+    let (status, _) = b.get("/readyz").await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+
+    pg.start_again().await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -183,6 +183,18 @@ impl Postgres {
     /// Restarts the server as an operator's `systemctl restart` does (a fast shutdown: every
     /// client connection is cut), same data and address; returns once it answers again.
     pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Starts the server stopped by [`Postgres::stop`] again; returns once it answers.
+    pub async fn start_again(&mut self) {
+        self.child = Self::server(&self.bin, self._dir.path(), self.addr).await;
+    }
+
+    /// Stops the server with a fast shutdown (every client connection is cut); returns once
+    /// it no longer answers.
+    pub async fn stop(&mut self) {
         // The postmaster's pid (the child may be `runuser`, which does not pass signals on).
         let data = self._dir.path().join("data");
         let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
@@ -198,7 +210,6 @@ impl Postgres {
             .expect("PostgreSQL stops on SIGINT")
             .unwrap();
         assert!(psql(self.addr, "SELECT 1").await.is_err(), "PostgreSQL is down");
-        self.child = Self::server(&self.bin, self._dir.path(), self.addr).await;
     }
 }
 

@@ -11,10 +11,10 @@
 //! attacker a restart they cannot cause. Several replicas (PostgreSQL) keep them in the
 //! database, so that switching replica does not dodge a wait.
 
-use crate::store::{Backend, Store, StoreResult, ThrottleRow};
+use crate::store::{now_ms, Backend, Store, StoreResult, ThrottleRow};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Failures allowed before the first wait.
 const ACCOUNT_FREE_FAILURES: u32 = 5;
@@ -151,12 +151,6 @@ impl Throttle {
         })
         .await
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn millis(d: Duration) -> i64 {

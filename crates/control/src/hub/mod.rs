@@ -401,8 +401,8 @@ impl Hub {
     /// What the other replicas hold sessions with, as last read; snapshots that name a
     /// replicated tunnel's Agents as online or not are recomputed when that changes.
     pub(crate) fn set_remote_online(&self, nodes: HashSet<NodeRef>) {
-        let before = std::mem::replace(&mut *lock(&self.remote_online), Arc::new(nodes));
-        let now = lock(&self.remote_online).clone();
+        let now = Arc::new(nodes);
+        let before = std::mem::replace(&mut *lock(&self.remote_online), now.clone());
         let replicated = lock(&self.replicated_agents).clone();
         let matters = before
             .symmetric_difference(&now)

@@ -5,6 +5,7 @@
 
 use super::Hub;
 use crate::store::changes::Heard;
+use crate::store::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -17,12 +18,11 @@ const STALE_AFTER: Duration = Duration::from_secs(10);
 /// Longest pause between attempts to reach the database again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Runs until `stop` turns true; returns at once on SQLite (one Control).
-pub async fn run(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` turns true, as replica `me`; returns at once on SQLite (one Control).
+pub async fn run(hub: Arc<Hub>, me: String, mut stop: watch::Receiver<bool>) {
     if hub.store.backend() != crate::store::Backend::Postgres {
         return;
     }
-    let me = crate::secrets::generate("replica_");
     tokio::select! {
         () = announce(&hub, &me) => {}
         () = listen(&hub, &me) => {}
@@ -78,12 +78,6 @@ async fn share_challenges(hub: &Hub) {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn stale_before() -> i64 {
     now_ms() - i64::try_from(STALE_AFTER.as_millis()).unwrap_or(0)
 }
@@ -128,6 +122,10 @@ async fn presence(hub: &Hub, me: &str) {
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot record this Control replica's node sessions; retrying");
+            // The heartbeat is how a replica learns it lost the database (the change feed may
+            // stay silent): its sessions recompute, and one whose snapshot cannot be loaded
+            // ends, so that its node moves to a replica that still has the database.
+            hub.changed_elsewhere();
             // Again after a pause (a write that failed is tried again).
             if write {
                 edited.mark_changed();
@@ -164,9 +162,7 @@ async fn listen(hub: &Hub, me: &str) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lost the other Control replicas' changes; reconnecting");
-                // The database may be gone for this replica: its sessions recompute now, and
-                // a session whose snapshot cannot be loaded ends, so that its node moves to a
-                // replica that still has the database rather than stay on a stale config.
+                // As when the heartbeat fails (see `presence`).
                 hub.changed_elsewhere();
                 backoff.pause().await;
             }
@@ -216,8 +212,8 @@ mod tests {
         };
         let (a, b) = (replica().await, replica().await);
         let (stop, running) = watch::channel(false);
-        tokio::spawn(run(a.clone(), running.clone()));
-        tokio::spawn(run(b.clone(), running));
+        tokio::spawn(run(a.clone(), "replica_a".into(), running.clone()));
+        tokio::spawn(run(b.clone(), "replica_b".into(), running));
         a.edit_challenges(|c| {
             c.http01.insert("token".into(), "token.key".into());
         });

@@ -341,11 +341,16 @@ impl Store {
     ) -> StoreResult<()> {
         let path = match url {
             Some(url) if Backend::of_url(url) == Some(Backend::Postgres) => {
+                // As it is: a backup never migrates the database it copies.
                 let options = PoolOptions {
                     max_connections: 2,
                     ..PoolOptions::default()
                 };
-                let store = Self::open_with(url, options).await?;
+                let store = Self {
+                    pool: postgres_pool(url, options).await?,
+                    backend: Backend::Postgres,
+                    url: None,
+                };
                 let result = store.backup_now(data_dir, out, key).await;
                 store.close().await;
                 return result;
@@ -478,7 +483,10 @@ async fn postgres_pool(url: &str, options: PoolOptions) -> StoreResult<AnyPool> 
     let timeout_ms = options.statement_timeout.as_millis().max(1);
     Ok(AnyPoolOptions::new()
         .max_connections(options.max_connections.max(1))
-        .acquire_timeout(Duration::from_secs(10))
+        // A healthy pool hands out a connection in milliseconds; waiting longer means the
+        // database is gone (or Control overloaded): fail fast, so readiness and node sessions
+        // notice (a replica without its database must not keep nodes on a stale config).
+        .acquire_timeout(Duration::from_secs(3))
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 sqlx::query("SELECT set_config('statement_timeout', $1, false)")
@@ -505,6 +513,13 @@ pub fn timestamp(t: OffsetDateTime) -> String {
         .unwrap_or(t);
     t.format(&Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+/// Current time in Unix milliseconds (login throttle counts, replica heartbeats).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Time `d` from now, formatted like [`now`].
