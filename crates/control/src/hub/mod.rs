@@ -49,8 +49,9 @@ pub struct Hub {
     /// Bumped when a node's first session opens or its last one closes here (PostgreSQL: the
     /// presence the other replicas read; see `replication`).
     presence_edited: watch::Sender<u64>,
-    /// The nodes other live replicas have a session with (PostgreSQL).
-    remote_online: Mutex<Arc<HashSet<NodeRef>>>,
+    /// The nodes other live replicas have a session with (PostgreSQL), each with the ACME
+    /// challenges it confirmed there.
+    remote_online: Mutex<Arc<HashMap<NodeRef, Arc<HashSet<String>>>>>,
     /// Per online node: ids of the challenges in the last snapshot it applied. Also bumped when
     /// nodes come and go, so waiters re-check who is online.
     acks: watch::Sender<HashMap<NodeRef, Arc<HashSet<String>>>>,
@@ -245,23 +246,43 @@ impl Hub {
     }
 
     /// Records that `node` applied a snapshot holding the challenges `ids`.
+    /// With several replicas (PostgreSQL) a Gateway's new confirmations are written for the
+    /// leader, which may be another replica (see `replication`).
     pub(crate) fn applied(&self, node: NodeRef, ids: Arc<HashSet<String>>) {
+        let mut news = false;
         self.acks.send_modify(|acks| {
+            news = acks.get(&node) != Some(&ids);
             acks.insert(node, ids);
         });
+        if news && node.kind == NodeKind::Gateway && self.store.backend() == Backend::Postgres {
+            self.presence_edited.send_modify(|n| *n += 1);
+        }
     }
 
-    /// The online, connected, enabled Gateways (as of the latest world).
+    /// The online, enabled Gateways (as of the latest world), with a session here or (on
+    /// PostgreSQL) on another live replica.
     pub fn online_gateways(&self) -> Vec<NodeRef> {
         let disabled = lock(&self.disabled_gateways).clone();
-        self.online
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|(node, n)| node.kind == NodeKind::Gateway && **n > 0)
-            .filter(|(node, _)| !disabled.contains(&node.id))
-            .map(|(node, _)| *node)
+        let mut gateways: HashSet<NodeRef> = self.local_online().into_iter().collect();
+        gateways.extend(lock(&self.remote_online).keys().copied());
+        gateways
+            .into_iter()
+            .filter(|node| node.kind == NodeKind::Gateway && !disabled.contains(&node.id))
             .collect()
+    }
+
+    /// Whether `gateway` confirmed every challenge of `ids`, here or on another replica.
+    fn confirmed(
+        &self,
+        acks: &HashMap<NodeRef, Arc<HashSet<String>>>,
+        gateway: &NodeRef,
+        ids: &[String],
+    ) -> bool {
+        let all = |a: &HashSet<String>| ids.iter().all(|id| a.contains(id));
+        acks.get(gateway).is_some_and(|a| all(a))
+            || lock(&self.remote_online)
+                .get(gateway)
+                .is_some_and(|a| all(a))
     }
 
     /// Ends every open session of `node`: its credential was replaced (an Agent's key rotated),
@@ -286,7 +307,8 @@ impl Hub {
         self.credential_epochs.subscribe()
     }
 
-    /// Waits until every online Gateway has applied a snapshot holding all of `ids`, at most
+    /// Waits until every online Gateway (on any replica) has applied a snapshot holding all of
+    /// `ids`, at most
     /// `limit` (then returns anyway: the Gateways that did confirm can answer). Returns how many
     /// Gateways were online and ready; fails only when none is online.
     pub async fn wait_gateways_ready(
@@ -303,10 +325,7 @@ impl Hub {
             let online = self.online_gateways();
             let confirmed = online
                 .iter()
-                .filter(|g| {
-                    acks.get(g)
-                        .is_some_and(|a| ids.iter().all(|id| a.contains(id)))
-                })
+                .filter(|g| self.confirmed(acks, g, ids))
                 .count();
             (online.len(), confirmed)
         };
@@ -386,7 +405,7 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&node)
             .is_some_and(|n| *n > 0)
-            || lock(&self.remote_online).contains(&node)
+            || lock(&self.remote_online).contains_key(&node)
     }
 
     /// The nodes with a session on this replica.
@@ -398,18 +417,40 @@ impl Hub {
             .collect()
     }
 
+    /// The nodes with a session on this replica, each with the ACME challenges it confirmed.
+    pub(crate) fn local_presence(&self) -> Vec<(NodeRef, Vec<String>)> {
+        let acks = self.acks.borrow();
+        self.local_online()
+            .into_iter()
+            .map(|node| {
+                let ids = acks
+                    .get(&node)
+                    .map(|a| a.iter().cloned().collect())
+                    .unwrap_or_default();
+                (node, ids)
+            })
+            .collect()
+    }
+
     /// What the other replicas hold sessions with, as last read; snapshots that name a
-    /// replicated tunnel's Agents as online or not are recomputed when that changes.
-    pub(crate) fn set_remote_online(&self, nodes: HashSet<NodeRef>) {
+    /// replicated tunnel's Agents as online or not are recomputed when that changes, and
+    /// whoever waits for Gateways (ACME confirmations, "any Gateway online") looks again.
+    pub(crate) fn set_remote_online(&self, nodes: HashMap<NodeRef, Arc<HashSet<String>>>) {
         let now = Arc::new(nodes);
         let before = std::mem::replace(&mut *lock(&self.remote_online), now.clone());
+        if before == now {
+            return;
+        }
         let replicated = lock(&self.replicated_agents).clone();
-        let matters = before
-            .symmetric_difference(&now)
+        let agents_moved = before
+            .keys()
+            .filter(|n| !now.contains_key(n))
+            .chain(now.keys().filter(|n| !before.contains_key(n)))
             .any(|n| n.kind == NodeKind::Agent && replicated.contains(&n.id));
-        if matters {
+        if agents_moved {
             self.changed_elsewhere();
         }
+        self.acks.send_modify(|_| {});
     }
 
     /// Whether Control has a session with Agent `id`.

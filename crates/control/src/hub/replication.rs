@@ -85,7 +85,12 @@ fn stale_before() -> i64 {
 /// Reads which nodes the other live replicas have sessions with.
 async fn read_presence(hub: &Hub, me: &str) {
     match hub.store.remote_presence(me, stale_before()).await {
-        Ok(nodes) => hub.set_remote_online(nodes.into_iter().collect()),
+        Ok(nodes) => hub.set_remote_online(
+            nodes
+                .into_iter()
+                .map(|(node, ids)| (node, Arc::new(ids.into_iter().collect())))
+                .collect(),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the other Control replicas' node sessions")
         }
@@ -112,7 +117,7 @@ async fn presence(hub: &Hub, me: &str) {
         };
         let now = now_ms();
         let result = if write {
-            let nodes = hub.local_online();
+            let nodes = hub.local_presence();
             match hub.store.set_presence(me, &nodes, now).await {
                 Ok(()) => hub.store.announce_presence(me).await,
                 Err(e) => Err(e),

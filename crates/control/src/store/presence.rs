@@ -25,21 +25,31 @@ async fn seen(tx: &mut super::Tx, me: &str, now_ms: i64) -> StoreResult<()> {
 }
 
 impl Store {
-    /// Replaces `me`'s presence rows with `nodes` (the nodes it has a session with).
-    pub async fn set_presence(&self, me: &str, nodes: &[NodeRef], now_ms: i64) -> StoreResult<()> {
+    /// Replaces `me`'s presence rows with `nodes`: the nodes it has a session with, each with
+    /// the ACME challenge ids it confirmed (Gateways; empty for Agents).
+    pub async fn set_presence(
+        &self,
+        me: &str,
+        nodes: &[(NodeRef, Vec<String>)],
+        now_ms: i64,
+    ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         seen(&mut tx, me, now_ms).await?;
         sqlx::query("DELETE FROM node_presence WHERE replica = $1")
             .bind(me)
             .execute(&mut *tx)
             .await?;
-        for node in nodes {
-            sqlx::query("INSERT INTO node_presence (replica, kind, node_id) VALUES ($1, $2, $3)")
-                .bind(me)
-                .bind(kind_text(node.kind))
-                .bind(node.id)
-                .execute(&mut *tx)
-                .await?;
+        for (node, acme_ids) in nodes {
+            sqlx::query(
+                "INSERT INTO node_presence (replica, kind, node_id, acme_ids) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(me)
+            .bind(kind_text(node.kind))
+            .bind(node.id)
+            .bind(acme_ids.join(" "))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -84,10 +94,15 @@ impl Store {
         Ok(())
     }
 
-    /// The nodes other live replicas (seen since `stale_before`) have a session with.
-    pub async fn remote_presence(&self, me: &str, stale_before: i64) -> StoreResult<Vec<NodeRef>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT p.kind, p.node_id FROM node_presence p \
+    /// The nodes other live replicas (seen since `stale_before`) have a session with, each
+    /// with the ACME challenge ids it confirmed.
+    pub async fn remote_presence(
+        &self,
+        me: &str,
+        stale_before: i64,
+    ) -> StoreResult<Vec<(NodeRef, Vec<String>)>> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT p.kind, p.node_id, p.acme_ids FROM node_presence p \
              JOIN control_replicas r ON r.replica = p.replica \
              WHERE p.replica <> $1 AND r.seen_ms >= $2",
         )
@@ -97,13 +112,14 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(kind, id)| {
+            .filter_map(|(kind, id, acme_ids)| {
                 let kind = match kind.as_str() {
                     "agent" => NodeKind::Agent,
                     "gateway" => NodeKind::Gateway,
                     _ => return None,
                 };
-                Some(NodeRef { kind, id })
+                let acme_ids = acme_ids.split_whitespace().map(str::to_owned).collect();
+                Some((NodeRef { kind, id }, acme_ids))
             })
             .collect())
     }
