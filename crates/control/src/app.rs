@@ -61,6 +61,7 @@ impl AppState {
         let dns_records =
             crate::dns_records::DnsRecords::new(hub.clone(), zones.clone(), Default::default());
         let throttle = crate::guard::throttle::Throttle::for_store(hub.store());
+        let api_rate = crate::guard::ratelimit::ApiRateLimit::for_store(hub.store());
         Self(Arc::new(Inner {
             store: hub.store().clone(),
             hub,
@@ -73,7 +74,7 @@ impl AppState {
             port_range: crate::config::DEFAULT_PORT_RANGE,
             access_ttl: crate::config::ControlConfig::default().access_ttl,
             throttle,
-            api_rate: Default::default(),
+            api_rate,
             zones,
             dns_records,
             temporary: Default::default(),

@@ -267,7 +267,7 @@ mod tests {
 
     /// Tables that say what is live now (which replica holds which node's session), not data
     /// to keep: not copied.
-    const LIVE_TABLES: &[&str] = &["control_replicas", "node_presence"];
+    const LIVE_TABLES: &[&str] = &["api_rate", "control_replicas", "node_presence"];
 
     #[tokio::test]
     async fn every_table_is_copied() {

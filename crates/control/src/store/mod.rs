@@ -7,6 +7,7 @@
 pub mod access;
 mod agents;
 mod alloc;
+mod api_rate;
 mod audit;
 mod backup;
 pub mod backup_key;
