@@ -212,6 +212,8 @@ pub async fn run(
     );
     tracing::info!(dir = %scheduled.dir().display(), at = ?config.backup.at,
         encrypted = config.backup.key.is_some(), "backups scheduled (UTC)");
+    // Every replica shows the leader's DNS record statuses (nothing to do on SQLite).
+    let dns_follower = tokio::spawn(dns_records.clone().follow(stop_rx.clone()));
     // The work that must happen once, on the leading replica (the only Control on SQLite):
     // certificates, DNS records, backups, share sweeps, access-key rotation.
     let once_only = {
@@ -252,6 +254,7 @@ pub async fn run(
             let _ = stop_tx.send(true);
             stop_task(&mut lead).await;
             stop_task(&mut replication).await;
+            dns_follower.abort();
             store.close().await;
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
@@ -266,6 +269,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     stop_task(&mut lead).await;
     stop_task(&mut replication).await;
+    dns_follower.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await
         .is_err()

@@ -270,6 +270,83 @@ async fn a_login_throttle_cannot_be_dodged_by_switching_replica() {
     b.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_rate_limit_cannot_be_dodged_by_switching_replica() {
+    let test = "the_api_rate_limit_cannot_be_dodged_by_switching_replica";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let pg = Postgres::start().await;
+    let (_tmp, dir) = data_dir();
+    let (a, b) = two_replicas(&pg, &dir).await;
+    let (_, member) = member_token(&a, "m@example.com").await;
+    let (s, _) = a
+        .patch(
+            "/api/v1/settings",
+            serde_json::json!({"api_requests_per_minute": 6}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK);
+    // A minute's worth, alternating replicas, then the bucket is empty on both.
+    for i in 0..6 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let (s, body, _) = call_as(replica, &member, "GET", "/api/v1/agents", None).await;
+        assert_eq!(s, reqwest::StatusCode::OK, "request {i}: {body}");
+    }
+    for replica in [&a, &b] {
+        let (s, body, retry) = call_as(replica, &member, "GET", "/api/v1/agents", None).await;
+        assert_error(
+            s,
+            &body,
+            reqwest::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+        );
+        let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+        assert!((1..=10).contains(&retry), "{retry}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_shows_the_leaders_dns_status() {
+    let test = "every_replica_shows_the_leaders_dns_status";
+    if !origins::available(test, &["postgres", "psql"]) {
+        return;
+    }
+    let pg = Postgres::start().await;
+    let (_tmp, dir) = data_dir();
+    let (a, b) = two_replicas(&pg, &dir).await;
+    let gw = a.gateway("gw").await["id"].as_i64().unwrap();
+    let (s, _) = a
+        .patch(
+            &format!("/api/v1/gateways/{gw}"),
+            serde_json::json!({"public_ipv4": "192.0.2.7"}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK);
+    let agent = a.agent("home").await["id"].as_i64().unwrap();
+    let id = a.tunnel("app.elsewhere.test", agent, "app:80").await["id"]
+        .as_i64()
+        .unwrap();
+    // Only the leader (A, started first) reconciles DNS; B shows what A found.
+    let path = format!("/api/v1/tunnels/{id}");
+    let on_a =
+        kakuremichi_testkit::eventually(Duration::from_secs(10), "A's DNS status", || async {
+            let (_, t) = a.get(&path).await;
+            (t["dns"]["state"] == "unmanaged").then(|| t["dns"].clone())
+        })
+        .await;
+    kakuremichi_testkit::eventually(
+        Duration::from_secs(5),
+        "the same DNS status on B",
+        || async { b.get(&path).await.1["dns"] == on_a },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// The status of Gateway `id` as replica `c` sees it.
 async fn gateway_status(c: &Control, id: i64) -> String {
     let (_, gw) = c.get(&format!("/api/v1/gateways/{id}")).await;

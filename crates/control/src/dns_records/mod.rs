@@ -17,7 +17,7 @@ pub use plan::gateway_addresses;
 
 use crate::dns::{RecordType, RrSet};
 use crate::hub::Hub;
-use crate::store::{Actor, NodeKind, NodeRef, Store, StoreError};
+use crate::store::{Actor, Backend, NodeKind, NodeRef, Store, StoreError};
 use crate::zones::{content, record_type, OpenZone, OwnedError, Zones};
 use health::{Change, Health, Observed};
 use plan::Placement;
@@ -31,6 +31,8 @@ use tokio::sync::{watch, Notify};
 const PURPOSE: &str = "gateways";
 /// How often every managed RRset is read back from DNS even when nothing changed.
 const FULL_CHECK: Duration = Duration::from_secs(300);
+/// The setting where the leader leaves the statuses for the other replicas (PostgreSQL).
+const SHARED_STATUS: &str = "dns_status";
 /// Changes arriving together are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Retry pacing after a provider failed.
@@ -59,12 +61,12 @@ impl Default for DnsRecordsConfig {
 }
 
 /// How a tunnel's hostname stands in DNS, for the API and the UI.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DnsStatus {
     /// `managed` (records written by Control), `unmanaged` (in no managed zone: point DNS at
     /// `addresses` yourself), `conflict` (a record Control did not write is in the way) or
     /// `error` (the provider failed; retried).
-    pub state: &'static str,
+    pub state: String,
     /// The managed zone the hostname lies in.
     pub zone: Option<String>,
     /// Where DNS sends (or should send) visitors: the listed Gateways' addresses.
@@ -116,6 +118,42 @@ impl DnsRecords {
     /// How `hostname` stands in DNS, as of the last pass (`None` before the first one).
     pub fn status(&self, hostname: &str) -> Option<DnsStatus> {
         lock(&self.statuses).get(hostname).cloned()
+    }
+
+    /// Leaves the statuses for the other replicas (PostgreSQL): they serve the API and the UI
+    /// too, but only the leader reconciles.
+    async fn share(&self, statuses: &BTreeMap<String, DnsStatus>) {
+        let json = serde_json::to_string(statuses).unwrap_or_default();
+        match self.store.set_setting(SHARED_STATUS, &json).await {
+            Ok(()) => self.hub.changed(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot share the DNS record statuses with the other Control replicas")
+            }
+        }
+    }
+
+    /// On every replica (PostgreSQL; returns at once on SQLite): reloads the leader's statuses
+    /// after every change, until `stop` turns true.
+    pub async fn follow(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        if self.store.backend() != Backend::Postgres {
+            return;
+        }
+        let mut generation = self.hub.subscribe();
+        loop {
+            match self.store.setting(SHARED_STATUS).await {
+                Ok(Some(json)) => {
+                    if let Ok(shared) = serde_json::from_str(&json) {
+                        *lock(&self.statuses) = Arc::new(shared);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot read the DNS record statuses"),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = generation.changed() => {}
+            }
+        }
     }
 
     /// Reconciles until `stop` turns true.
@@ -287,18 +325,18 @@ impl DnsRecords {
             .map(ToString::to_string)
             .chain(v6.iter().map(ToString::to_string))
             .collect();
-        let statuses = placement
+        let statuses: BTreeMap<String, DnsStatus> = placement
             .into_iter()
             .map(|(host, place)| {
                 let status = match (place, problems.remove(&host)) {
                     (Placement::Unmanaged, _) => DnsStatus {
-                        state: "unmanaged",
+                        state: "unmanaged".into(),
                         zone: None,
                         addresses: addresses.clone(),
                         message: None,
                     },
                     (Placement::Managed { zone }, problem) => DnsStatus {
-                        state: problem.as_ref().map_or("managed", |(s, _)| *s),
+                        state: problem.as_ref().map_or("managed", |(s, _)| *s).into(),
                         zone: Some(zone),
                         addresses: addresses.clone(),
                         message: problem.map(|(_, m)| m),
@@ -307,7 +345,11 @@ impl DnsRecords {
                 (host, status)
             })
             .collect();
-        *lock(&self.statuses) = Arc::new(statuses);
+        let statuses = Arc::new(statuses);
+        let before = std::mem::replace(&mut *lock(&self.statuses), statuses.clone());
+        if before != statuses && self.store.backend() == Backend::Postgres {
+            self.share(&statuses).await;
+        }
         Ok((next, failed))
     }
 
