@@ -47,10 +47,10 @@ with_roles! {
     pub use api::{rss_mib, through, wait_all, wait_ready, wait_through, Api};
     pub use cluster::{Cluster, Fleet};
     pub use kakuremichi_client as client;
-    pub use local::{private_loopback, spawn_control, LocalSite};
+    pub use local::{private_loopback, spawn_control, spawn_control_with, LocalSite};
     pub use proc::{bin, Proc};
     pub use roles::{
-        control_config, spawn_gateway, start_agent, start_origin, InProcessControl,
+        control_config, spawn_gateway, start_agent, start_agent_on, start_origin, InProcessControl,
         InProcessGateway, Stop,
     };
     pub use transfer::{download, upload};

@@ -150,17 +150,18 @@ fn spawn_gateway(dir: &Path, ip: Ipv4Addr, control_url: &str, token: &str) -> Pr
 
 /// Control alone, listening on `listen`, its data in `dir/control`.
 pub fn spawn_control(dir: &Path, listen: &str) -> Proc {
-    Proc::spawn(
-        "control",
-        dir,
-        &["control", "--listen", listen],
-        &[
-            (
-                "KAKUREMICHI_DATA_DIR",
-                dir.join("control").to_str().unwrap(),
-            ),
-            ("KAKUREMICHI_ADMIN_EMAIL", ADMIN_EMAIL),
-            ("KAKUREMICHI_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ],
-    )
+    spawn_control_with(dir, listen, &[])
+}
+
+/// Control alone, listening on `listen`, its data in `dir/control`, with more environment
+/// (`DATABASE_URL`, ACME settings, ...). Replicas on one database share `dir`.
+pub fn spawn_control_with(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Proc {
+    let data = dir.join("control");
+    let mut all = vec![
+        ("KAKUREMICHI_DATA_DIR", data.to_str().unwrap()),
+        ("KAKUREMICHI_ADMIN_EMAIL", ADMIN_EMAIL),
+        ("KAKUREMICHI_ADMIN_PASSWORD", ADMIN_PASSWORD),
+    ];
+    all.extend_from_slice(env);
+    Proc::spawn("control", dir, &["control", "--listen", listen], &all)
 }

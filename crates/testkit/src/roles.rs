@@ -287,9 +287,14 @@ impl InProcessGateway {
 
 /// Creates Agent `name` through the API and runs it in-process; returns its id.
 pub async fn start_agent(api: &Api, name: &str, dir: PathBuf) -> (i64, Stop) {
+    start_agent_on(api, &api.base, name, dir).await
+}
+
+/// Like [`start_agent`], with `CONTROL_URL` set to `control` (several replicas: a comma list).
+pub async fn start_agent_on(api: &Api, control: &str, name: &str, dir: PathBuf) -> (i64, Stop) {
     let created = api.post("agents", json!({ "name": name })).await;
     let mut config = kakuremichi_agent::AgentConfig::new(
-        api.base.clone(),
+        control.to_string(),
         Secret::new(created["api_key"].as_str().unwrap().to_string()),
     );
     config.data_dir = Some(dir);
