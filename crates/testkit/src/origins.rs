@@ -132,6 +132,18 @@ pub struct Postgres {
 
 impl Postgres {
     pub async fn start() -> Postgres {
+        Self::start_inner(None).await
+    }
+
+    /// A server that also accepts TLS, with a certificate for `localhost` and 127.0.0.1 signed
+    /// by a throwaway CA, whose PEM is written to `ca` (for `sslrootcert=`).
+    pub async fn start_tls(ca: &Path) -> Postgres {
+        let (cert, key, root) = crate::pebble::server_certificate();
+        std::fs::write(ca, root).unwrap();
+        Self::start_inner(Some((cert, key))).await
+    }
+
+    async fn start_inner(tls: Option<(String, String)>) -> Postgres {
         let bin = pg_bin().expect("PostgreSQL installed");
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -149,6 +161,18 @@ impl Postgres {
             .await
             .unwrap();
         assert!(out.status.success(), "initdb: {out:?}");
+        if let Some((cert, key)) = tls {
+            // The server reads them from its data directory; the key must be its own, 0600.
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                if is_root() {
+                    std::os::unix::fs::chown(&path, Some(postgres_uid()), None).unwrap();
+                }
+            }
+        }
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Self::server(&bin, dir.path(), addr).await;
         Postgres {
@@ -169,7 +193,12 @@ impl Postgres {
                 .arg(&data)
                 .args(["-k", data.to_str().unwrap(), "-p", &addr.port().to_string()])
                 .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-                .args(["-c", "max_connections=50"]),
+                .args(["-c", "max_connections=50"])
+                .args(if data.join("server.key").exists() {
+                    &["-c", "ssl=on"][..]
+                } else {
+                    &[]
+                }),
             &log,
         );
         let what = format!("PostgreSQL on {addr} (log: {log:?})");

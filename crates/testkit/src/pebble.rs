@@ -221,8 +221,9 @@ impl Pebble {
     }
 }
 
-/// A throwaway CA and Pebble's HTTPS server certificate for 127.0.0.1: (cert, key, CA) as PEM.
-fn server_certificate() -> (String, String, String) {
+/// A throwaway CA and a server certificate for 127.0.0.1 and localhost (Pebble's HTTPS, a
+/// PostgreSQL server's TLS): (cert, key, CA) as PEM.
+pub fn server_certificate() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -22,6 +22,8 @@ pub mod limits;
 mod logins;
 mod nodes;
 mod overlap;
+#[cfg(test)]
+mod postgres_tests;
 mod presence;
 mod quotas;
 mod replicas;
