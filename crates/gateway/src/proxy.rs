@@ -26,6 +26,7 @@ mod connector;
 mod forward;
 mod headers;
 pub mod limits;
+pub mod metrics;
 mod pages;
 mod redirect;
 pub mod routes;

@@ -55,8 +55,12 @@ async fn metrics(s: &Setup) -> serde_json::Value {
         std::future::pending(),
     ));
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    get(&client, &format!("http://{addr}/metrics"))
+    client
+        .get(format!("http://{addr}/metrics"))
+        .header("accept", "application/json")
+        .send()
         .await
+        .unwrap()
         .json()
         .await
         .unwrap()

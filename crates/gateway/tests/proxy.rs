@@ -417,8 +417,12 @@ async fn admin_health_endpoint() {
         get(&client, &format!("http://{addr}/nope")).await.status(),
         StatusCode::NOT_FOUND
     );
-    let metrics: serde_json::Value = get(&client, &format!("http://{addr}/metrics"))
+    let metrics: serde_json::Value = client
+        .get(format!("http://{addr}/metrics"))
+        .header("accept", "application/json")
+        .send()
         .await
+        .unwrap()
         .json()
         .await
         .unwrap();

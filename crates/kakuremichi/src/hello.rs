@@ -7,7 +7,8 @@
 //! - `GET /bytes?n=N` — N bytes of a fixed pattern (byte i is `i % 251`), streamed;
 //! - `POST /upload` — reads the body as it streams and answers `{"bytes":N,"sha256":"..."}`;
 //! - `GET /sse?n=N&interval_ms=T` — N server-sent events, T ms apart;
-//! - `GET /ws` — a WebSocket that echoes every message.
+//! - `GET /ws` — a WebSocket that echoes every message;
+//! - `GET /status?code=N` — a one-line answer with status N (200–599).
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -76,9 +77,26 @@ async fn respond(req: Request<Incoming>, name: Arc<String>) -> Result<Response<B
         "/sse" => sse(query("n").unwrap_or(3), query("interval_ms").unwrap_or(100)),
         "/upload" => upload(req).await,
         "/ws" => websocket(req),
+        // Any status a test wants the origin to answer (a 503 from the app, ...).
+        "/status" => match query("code")
+            .and_then(|c| u16::try_from(c).ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(code) if c_ok(code) => text(code, "text/plain", format!("{code}\n")),
+            _ => text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "code=200..599\n".into(),
+            ),
+        },
         _ => page(&req, &name),
     };
     Ok(resp)
+}
+
+/// A status `/status` may answer: a final one (1xx would need a protocol switch).
+fn c_ok(code: StatusCode) -> bool {
+    (200..600).contains(&code.as_u16())
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

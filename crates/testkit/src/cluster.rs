@@ -179,7 +179,11 @@ impl Fleet {
     pub async fn gateway_metrics(&self, i: usize) -> serde_json::Value {
         let admin = self.gateways[i].admin;
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let response = client.get(format!("http://{admin}/metrics")).send().await;
+        let response = client
+            .get(format!("http://{admin}/metrics"))
+            .header("accept", "application/json")
+            .send()
+            .await;
         response.unwrap().json().await.unwrap()
     }
 

@@ -502,3 +502,85 @@ pub async fn s_client(addr: SocketAddr, name: &str, ca: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A real Prometheus server scraping `targets` (their `/metrics`) every 200 ms, with its data
+/// in a temporary directory; PromQL through its HTTP API.
+pub struct Prometheus {
+    pub addr: SocketAddr,
+    http: reqwest::Client,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(targets: &[SocketAddr]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n\
+                 scrape_configs:\n  - job_name: kakuremichi\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = dir.path().join("prometheus.log");
+        let child = spawn(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+                .arg(format!("--web.listen-address={addr}"))
+                .current_dir(dir.path()),
+            &log,
+        );
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let ready = format!("http://{addr}/-/ready");
+        eventually(START, &format!("Prometheus ready (log: {log:?})"), || async {
+            http.get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Prometheus {
+            addr,
+            http,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    /// An instant PromQL query: each series' labels and value.
+    pub async fn query(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
+        let url = format!("http://{}/api/v1/query", self.addr);
+        let answer: serde_json::Value = self
+            .http
+            .get(url)
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "success", "{promql}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| {
+                let value = s["value"][1].as_str().and_then(|v| v.parse().ok());
+                (s["metric"].clone(), value.unwrap_or(f64::NAN))
+            })
+            .collect()
+    }
+
+    /// The value of a query that yields one series, `None` while it yields none.
+    pub async fn value(&self, promql: &str) -> Option<f64> {
+        self.query(promql).await.first().map(|(_, v)| *v)
+    }
+}

@@ -62,6 +62,7 @@ impl Usage {
 async fn tasks(admin: SocketAddr) -> u64 {
     let metrics: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{admin}/metrics"))
+        .header("accept", "application/json")
         .timeout(Duration::from_secs(5))
         .send()
         .await

@@ -14,10 +14,13 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use kakuremichi_proto::GatewayRoute;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use super::access;
 use super::headers::{self, ClientHost, HostError};
 use super::limits::Counted;
+use super::metrics::{Denied, InFlight, TunnelStats, UpstreamError};
 use super::pages;
 use super::redirect;
 use super::server::{ClientConn, ConnGuard};
@@ -47,11 +50,32 @@ enum ForwardError {
     UnexpectedProtocol,
 }
 
+impl ForwardError {
+    /// How the request failed toward the Agent, for the tunnel's metrics.
+    fn kind(&self) -> UpstreamError {
+        match self {
+            ForwardError::Upstream(err) if err.is_connect() => {
+                let timed_out = std::iter::successors(err.source(), |e| (*e).source()).any(|e| {
+                    e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                });
+                if timed_out {
+                    UpstreamError::Timeout
+                } else {
+                    UpstreamError::Connect
+                }
+            }
+            ForwardError::NoTarget => UpstreamError::Connect,
+            _ => UpstreamError::Reset,
+        }
+    }
+}
+
 impl Proxy {
     /// Answers one client request; every failure becomes a response, never an error or a panic.
     pub(crate) async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: ClientConn,
     ) -> Response<ProxyBody> {
         // CONNECT would turn the Gateway into an open forward proxy.
@@ -71,6 +95,41 @@ impl Proxy {
         let Some(route) = self.routes.get(&host.name) else {
             return local(pages::not_found(Some(&host.name)));
         };
+        let Some(stats) = self.routes.metrics().tunnel(route.tunnel_id) else {
+            return self.routed(req, conn, &host, &route, None).await;
+        };
+        let started = Instant::now();
+        let in_flight = stats.begin();
+        let mut response = self
+            .routed(req, conn, &host, &route, Some(&in_flight))
+            .await;
+        stats.responded(response.status(), started.elapsed());
+        match response.body_mut() {
+            Either::Left(streamed) => streamed.measure(in_flight, started),
+            Either::Right(page) => {
+                let size = page.size_hint().exact().unwrap_or(0);
+                stats.bytes_out(usize::try_from(size).unwrap_or(usize::MAX));
+                stats.finished(started.elapsed());
+            }
+        }
+        response
+    }
+
+    /// [`Proxy::handle`] once the request's route is known; `in_flight` counts it (and what
+    /// went wrong) for its tunnel.
+    async fn routed(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ClientConn,
+        host: &ClientHost,
+        route: &GatewayRoute,
+        in_flight: Option<&InFlight>,
+    ) -> Response<ProxyBody> {
+        let count = |f: &dyn Fn(&TunnelStats)| {
+            if let Some(in_flight) = in_flight {
+                f(in_flight.stats());
+            }
+        };
         // The tunnel's IP lists and rate before anything else; ACME validations always pass.
         let limiter = self
             .routes
@@ -83,7 +142,7 @@ impl Proxy {
             }
         }
         let has_certificate = self.certs.has_certificate(&host.name);
-        if redirect::should_redirect(conn.scheme, &route, has_certificate) {
+        if redirect::should_redirect(conn.scheme, route, has_certificate) {
             let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
             let to = redirect::location(&host.name, self.config.https_port, path);
             return local(redirect::redirect(&to));
@@ -93,15 +152,17 @@ impl Proxy {
         if let Some(check) = &route.basic_auth {
             let given = req.headers().get(http::header::AUTHORIZATION);
             if !given.is_some_and(|v| check.admits(v.as_bytes())) {
+                count(&|s| s.denied(Denied::BasicAuth));
                 return local(pages::basic_auth_required());
             }
             req.headers_mut().remove(http::header::AUTHORIZATION);
         }
-        if let Err(page) = self.access.admit(&mut req, &host, &route, conn.scheme) {
+        if let Err(page) = self.access.admit(&mut req, host, route, conn.scheme) {
+            count(&|s| s.denied(Denied::Access));
             return local(*page);
         }
         if route.tcp_access {
-            return self.tcp_access(req, &host, &route, conn).await;
+            return self.tcp_access(req, host, route, conn).await;
         }
         // Only requests that reach the origin occupy one of its concurrent slots.
         let permit = match limiter.map(|l| l.acquire()).transpose() {
@@ -109,9 +170,10 @@ impl Proxy {
             Err(page) => return local(*page),
         };
         let scheme = conn.scheme;
-        match self.forward(req, &host, &route, conn, permit).await {
+        let stats = in_flight.map(InFlight::shared);
+        match self.forward(req, host, route, conn, permit, stats).await {
             Ok(mut response) => {
-                redirect::add_hsts(response.headers_mut(), scheme, &route);
+                redirect::add_hsts(response.headers_mut(), scheme, route);
                 response
             }
             Err(ForwardError::Upstream(err)) if BodyError::is_idle(&err) => {
@@ -120,6 +182,7 @@ impl Proxy {
             }
             Err(err) => {
                 tracing::warn!(host = %host.name, error = %err, "upstream request failed");
+                count(&|s| s.upstream_error(err.kind()));
                 local(pages::bad_gateway())
             }
         }
@@ -132,13 +195,15 @@ impl Proxy {
         route: &GatewayRoute,
         conn: ClientConn,
         permit: Option<OwnedSemaphorePermit>,
+        stats: Option<Arc<TunnelStats>>,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let upgrade = headers::upgrade_request(req.version(), req.headers());
         // Taken before the request is moved upstream; it resolves once our 101 reaches the client.
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        let body = RequestBody::new(body, self.config.body_timeout, access::remove_user_header);
+        let body = RequestBody::new(body, self.config.body_timeout, access::remove_user_header)
+            .counting(stats);
         // Agents speak HTTP/1.1 whatever the client spoke; hyper's server-side extensions mean
         // nothing to its client.
         parts.version = Version::HTTP_11;

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::header::RETRY_AFTER;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -36,6 +36,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use kakuremichi_proto::{GatewayRoute, RateLimit, RouteLimits};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::metrics::InFlight;
 use super::pages::{escape, page};
 
 /// Buckets are spread over this many locks, by client.
@@ -277,6 +278,9 @@ fn too_many(wait: Duration) -> Response<Full<Bytes>> {
 pub(crate) struct Counted<B> {
     body: B,
     _permit: Option<OwnedSemaphorePermit>,
+    /// The request's metrics: bytes sent, and when it began (its duration is recorded when the
+    /// body ends or is dropped).
+    measured: Option<(InFlight, Instant)>,
 }
 
 impl<B> Counted<B> {
@@ -284,11 +288,28 @@ impl<B> Counted<B> {
         Self {
             body,
             _permit: permit,
+            measured: None,
+        }
+    }
+
+    /// Counts the body's bytes for the request `in_flight`, which began at `started`.
+    pub(crate) fn measure(&mut self, in_flight: InFlight, started: Instant) {
+        self.measured = Some((in_flight, started));
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        if let Some((in_flight, started)) = &self.measured {
+            in_flight.stats().finished(started.elapsed());
         }
     }
 }
 
-impl<B: Body + Unpin> Body for Counted<B> {
+impl<B: Body + Unpin> Body for Counted<B>
+where
+    B::Data: Buf,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -296,7 +317,13 @@ impl<B: Body + Unpin> Body for Counted<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some((in_flight, _))) = (&polled, &self.measured) {
+            if let Some(data) = frame.data_ref() {
+                in_flight.stats().bytes_out(data.remaining());
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -14,6 +14,7 @@ use kakuremichi_proto::GatewayRoute;
 use crate::hostmap::HostMap;
 
 use super::limits::Limits;
+use super::metrics::HttpMetrics;
 
 /// Hostname → route, swapped atomically when a new config snapshot arrives. Routes are shared
 /// (`Arc`): a request takes a reference, not a copy of the route's lists.
@@ -21,6 +22,7 @@ use super::limits::Limits;
 pub struct RouteTable {
     routes: ArcSwap<HostMap<Arc<GatewayRoute>>>,
     limits: Limits,
+    metrics: Arc<HttpMetrics>,
 }
 
 impl RouteTable {
@@ -28,7 +30,13 @@ impl RouteTable {
         Self {
             routes: ArcSwap::from_pointee(HostMap::default()),
             limits: Limits::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// The tunnels' request counters (Prometheus `/metrics`).
+    pub fn metrics(&self) -> &Arc<HttpMetrics> {
+        &self.metrics
     }
 
     /// The limiters (and refusal counters) of the tunnels that set limits.
@@ -45,6 +53,7 @@ impl RouteTable {
             .collect::<HostMap<_>>();
         // Limiters first: a request that sees a new route finds its limiter already there.
         self.limits.update(map.values().map(|r| r.as_ref()));
+        self.metrics.update(map.values().map(|r| r.tunnel_id));
         self.routes.store(Arc::new(map));
     }
 

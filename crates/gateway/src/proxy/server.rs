@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::client_cap::{ClientCap, ClientPermit};
 use super::forward::ProxyBody;
+use super::metrics::{self, Handshake, Sources};
 use super::timeouts::{Activity, Tracked};
 use super::{Proxy, RouteTable, Scheme};
 use crate::streams::sni::{read_client_hello, Prefixed};
@@ -128,8 +129,9 @@ pub async fn serve_tls(
     accept_loop(listener, site, max_connections, shutdown).await
 }
 
-/// The admin listener: `GET /healthz` → 200 "ok", `GET /metrics` → `{"tasks":N,"refused":{}}`
-/// (live tokio tasks); anything else 404.
+/// The admin listener: `GET /healthz` → 200 "ok", `GET /metrics` → the Prometheus metrics
+/// (`proxy::metrics`), or with `Accept: application/json` `{"tasks":N,"refused":{}}` (live
+/// tokio tasks); anything else 404.
 pub async fn serve_admin(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -402,15 +404,25 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+    let count = |result| {
+        if let Some(proxy) = &site.proxy {
+            proxy.routes().metrics().handshake(result);
+        }
+    };
     let stream = match handshake.await {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            count(Handshake::Ok);
+            stream
+        }
         Ok(Err(err)) => {
             // Unknown names, scanners and old clients end here; routine on a public port.
             tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            count(Handshake::Failed);
             return;
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timed out");
+            count(Handshake::Timeout);
             return;
         }
     };
@@ -511,33 +523,53 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 })
             }
             None => {
-                let response = admin(
-                    &req,
-                    self.site.routes.as_deref(),
-                    self.site.streams.as_deref(),
-                )
-                .map(|body| Tracked::new(body, in_flight));
+                let response = admin(&req, self.site.routes.as_ref(), self.site.streams.as_ref())
+                    .map(|body| Tracked::new(body, in_flight));
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
 }
 
+/// Whether a `/metrics` request asks for the JSON of the admin listener's first versions (its
+/// own tests and scripts) instead of Prometheus' text.
+fn wants_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.starts_with("application/json"))
+}
+
 fn admin(
     req: &Request<Incoming>,
-    routes: Option<&RouteTable>,
-    streams: Option<&Splicer>,
+    routes: Option<&Arc<RouteTable>>,
+    streams: Option<&Arc<Splicer>>,
 ) -> Response<ProxyBody> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, Bytes::from_static(b"ok")),
         // Live tokio tasks: one per client connection and upgrade, so a leak shows as growth
         // under steady load (the soak test watches it).
+        (&Method::GET, "/metrics") if !wants_json(req) => {
+            let sources = Sources {
+                http: routes.map(|r| r.metrics().clone()),
+                routes: routes.cloned(),
+                streams: streams.cloned(),
+            };
+            let mut response = Response::new(Either::Right(Full::new(Bytes::from(
+                metrics::encode(&sources),
+            ))));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            return response;
+        }
         (&Method::GET, "/metrics") => {
             let tasks = tokio::runtime::Handle::current()
                 .metrics()
                 .num_alive_tasks();
-            let refused = routes.map(refused_json).unwrap_or_default();
-            let streams = streams.map(streams_json).unwrap_or_default();
+            let refused = routes.map(|r| refused_json(r)).unwrap_or_default();
+            let streams = streams.map(|s| streams_json(s)).unwrap_or_default();
             let body = serde_json::json!({"tasks": tasks, "refused": refused, "streams": streams});
             (StatusCode::OK, Bytes::from(body.to_string()))
         }

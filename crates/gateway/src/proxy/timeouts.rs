@@ -29,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::metrics::TunnelStats;
+
 /// Requests a connection may cancel (reset before their response) before it is closed, if
 /// they are also at least half of its requests. A browser cancels a few when the user moves on.
 const MAX_CANCELLED: u64 = 100;
@@ -197,6 +199,8 @@ pub(crate) struct RequestBody {
     /// Started when the upstream side waits for data, so a slow origin is not the client's fault.
     wait: Option<Pin<Box<Sleep>>>,
     clean_trailers: fn(&mut HeaderMap),
+    /// The tunnel's metrics, which count the bytes received.
+    stats: Option<Arc<TunnelStats>>,
 }
 
 impl RequestBody {
@@ -210,7 +214,14 @@ impl RequestBody {
             timeout,
             wait: None,
             clean_trailers,
+            stats: None,
         }
+    }
+
+    /// Counts the body's bytes in `stats`.
+    pub(crate) fn counting(mut self, stats: Option<Arc<TunnelStats>>) -> Self {
+        self.stats = stats;
+        self
     }
 }
 
@@ -226,6 +237,11 @@ impl Body for RequestBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.wait = None;
+                if let (Some(Ok(f)), Some(stats)) = (&frame, &this.stats) {
+                    if let Some(data) = f.data_ref() {
+                        stats.bytes_in(data.len());
+                    }
+                }
                 let frame = frame.map(|f| {
                     f.map(|frame| match frame.into_trailers() {
                         Ok(mut trailers) => {

@@ -1,0 +1,582 @@
+//! The Gateway's Prometheus metrics (`GET /metrics` on the admin listener, issue #22).
+//!
+//! The request path only touches atomics: each tunnel's [`TunnelStats`] is found through the
+//! lock-free [`HttpMetrics`] map (replaced with each config snapshot, counters kept for tunnels
+//! that stay) and held by the request until its response body ends. Labels are tunnel ids from
+//! the configuration, never request hosts or paths, so the series stay bounded by the config.
+//! The exposition is OpenMetrics text, encoded by `prometheus-client` from these atomics at
+//! scrape time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::StatusCode;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use super::limits::Refused;
+use super::RouteTable;
+use crate::streams::{Splicer, StreamStats};
+
+/// The content type of the exposition (what `encode` writes).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds, in seconds, of the request duration histograms' buckets.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A histogram of durations in atomics: one count per bucket (not cumulative), the count and
+/// the sum in nanoseconds.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Sum (seconds), count and cumulative buckets, `+Inf` last, as Prometheus wants them.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let count = self.count.load(Ordering::Relaxed);
+        let mut running = 0;
+        let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                running += n.load(Ordering::Relaxed);
+                (*bound, running)
+            })
+            .collect();
+        buckets.push((f64::INFINITY, count.max(running)));
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (sum, count, buckets)
+    }
+}
+
+/// Why a request through a tunnel failed toward its Agent.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamError {
+    /// The tunnel stream to the Agent could not be opened (or the Agent refused).
+    Connect,
+    /// The stream broke (reset, closed early, a protocol error).
+    Reset,
+    /// Opening the stream took too long.
+    Timeout,
+}
+
+const UPSTREAM_KINDS: [&str; 3] = ["connect", "reset", "timeout"];
+
+/// Why the Gateway itself refused a request (besides the tunnel's limits, counted apart).
+#[derive(Debug, Clone, Copy)]
+pub enum Denied {
+    BasicAuth,
+    Access,
+}
+
+const DENIED_REASONS: [&str; 2] = ["basic_auth", "access"];
+
+/// One tunnel's counters.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    /// Responses by status class, 1xx to 5xx.
+    responses: [AtomicU64; 5],
+    /// Until the response head left.
+    first_byte: Histogram,
+    /// Until the response body ended.
+    total: Histogram,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    upstream_errors: [AtomicU64; 3],
+    denied: [AtomicU64; 2],
+    /// Requests in flight (an upgraded WebSocket until it closes).
+    active: AtomicI64,
+}
+
+impl TunnelStats {
+    /// A request began: counted in flight until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// The response head of a request that began `elapsed` ago left with `status`.
+    pub fn responded(&self, status: StatusCode, elapsed: Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.first_byte.observe(elapsed);
+    }
+
+    /// The response body of a request that began `elapsed` ago ended.
+    pub fn finished(&self, elapsed: Duration) {
+        self.total.observe(elapsed);
+    }
+
+    pub fn bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamError) {
+        self.upstream_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn denied(&self, reason: Denied) {
+        self.denied[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A request in flight; see [`TunnelStats::begin`].
+#[derive(Debug)]
+pub struct InFlight(Arc<TunnelStats>);
+
+impl InFlight {
+    pub fn stats(&self) -> &TunnelStats {
+        &self.0
+    }
+
+    pub fn shared(&self) -> Arc<TunnelStats> {
+        self.0.clone()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a TLS handshake on the HTTPS listener ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Handshake {
+    Ok,
+    Failed,
+    Timeout,
+}
+
+const HANDSHAKE_RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
+
+/// Every tunnel's counters, by tunnel id, and the listener's own.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    tunnels: ArcSwap<HashMap<i64, Arc<TunnelStats>>>,
+    handshakes: [AtomicU64; 3],
+}
+
+impl HttpMetrics {
+    /// Follows a new set of tunnels: counters of tunnels that stay are kept, those of tunnels
+    /// gone are dropped (their series disappear).
+    pub(crate) fn update(&self, tunnel_ids: impl IntoIterator<Item = i64>) {
+        let old = self.tunnels.load();
+        let next = tunnel_ids
+            .into_iter()
+            .map(|id| (id, old.get(&id).cloned().unwrap_or_default()))
+            .collect();
+        self.tunnels.store(Arc::new(next));
+    }
+
+    pub(crate) fn tunnel(&self, id: i64) -> Option<Arc<TunnelStats>> {
+        self.tunnels.load().get(&id).cloned()
+    }
+
+    pub(crate) fn handshake(&self, result: Handshake) {
+        self.handshakes[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What `/metrics` encodes: the proxy's counters and those of the limits and stream tunnels.
+#[derive(Clone, Default)]
+pub struct Sources {
+    pub http: Option<Arc<HttpMetrics>>,
+    pub routes: Option<Arc<RouteTable>>,
+    pub streams: Option<Arc<Splicer>>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("gateway metrics")
+    }
+}
+
+/// The role's `build_info` (version), the same on every role.
+pub fn encode_build_info(
+    encoder: &mut DescriptorEncoder,
+    role: &str,
+) -> Result<(), std::fmt::Error> {
+    let labels = [("version", env!("CARGO_PKG_VERSION")), ("role", role)];
+    let mut metric = encoder.encode_descriptor(
+        "kakuremichi_build_info",
+        "Version of the running kakuremichi (always 1).",
+        None,
+        MetricType::Gauge,
+    )?;
+    metric.encode_family(&labels)?.encode_gauge(&1i64)
+}
+
+/// A family of counters: `name` with `help`, one series per (labels, value).
+fn counters<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        metric
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
+    }
+    Ok(())
+}
+
+/// A family of gauges, as [`counters`].
+fn gauges<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        metric.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+fn histograms(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(i64, &Histogram)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (tunnel, h) in series {
+        let (sum, count, buckets) = h.snapshot();
+        let labels = [("tunnel", tunnel.to_string())];
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// The Gateway's metrics in OpenMetrics text.
+pub fn encode(sources: &Sources) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(sources.clone()));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+impl prometheus_client::collector::Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_all(&mut encoder)
+    }
+}
+
+impl Sources {
+    fn encode_all(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let refused: Vec<(i64, Arc<Refused>)> = self
+            .routes
+            .as_ref()
+            .map(|r| r.limits().refused().into_iter().collect())
+            .unwrap_or_default();
+        let streams: Vec<(i64, Arc<StreamStats>)> = self
+            .streams
+            .as_ref()
+            .map(|s| s.stats().into_iter().collect())
+            .unwrap_or_default();
+        encode_build_info(e, "gateway")?;
+        let tunnels: Vec<(i64, Arc<TunnelStats>)> = self
+            .http
+            .as_ref()
+            .map(|h| {
+                let mut t: Vec<_> = h
+                    .tunnels
+                    .load()
+                    .iter()
+                    .map(|(id, t)| (*id, t.clone()))
+                    .collect();
+                t.sort_by_key(|(id, _)| *id);
+                t
+            })
+            .unwrap_or_default();
+        let tunnel = |id: &i64| id.to_string();
+        counters(
+            e,
+            "kakuremichi_gateway_requests",
+            "HTTP requests answered, by tunnel and status class.",
+            tunnels.iter().flat_map(|(id, t)| {
+                ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .into_iter()
+                    .zip(&t.responses)
+                    .map(move |(class, n)| {
+                        (
+                            [("tunnel", tunnel(id)), ("code_class", class.into())],
+                            load(n),
+                        )
+                    })
+            }),
+        )?;
+        let first: Vec<(i64, &Histogram)> =
+            tunnels.iter().map(|(id, t)| (*id, &t.first_byte)).collect();
+        histograms(
+            e,
+            "kakuremichi_gateway_request_first_byte_seconds",
+            "Time from a request's arrival until its response head left, by tunnel.",
+            &first,
+        )?;
+        let total: Vec<(i64, &Histogram)> = tunnels.iter().map(|(id, t)| (*id, &t.total)).collect();
+        histograms(
+            e,
+            "kakuremichi_gateway_request_duration_seconds",
+            "Time from a request's arrival until its response body ended, by tunnel.",
+            &total,
+        )?;
+        let mut bytes: Vec<([(&str, String); 2], u64)> = Vec::new();
+        for (id, t) in &tunnels {
+            bytes.push((
+                [("tunnel", tunnel(id)), ("direction", "in".into())],
+                load(&t.bytes_in),
+            ));
+            bytes.push((
+                [("tunnel", tunnel(id)), ("direction", "out".into())],
+                load(&t.bytes_out),
+            ));
+        }
+        for (id, st) in &streams {
+            bytes.push((
+                [("tunnel", tunnel(id)), ("direction", "in".into())],
+                load(&st.bytes_in),
+            ));
+            bytes.push((
+                [("tunnel", tunnel(id)), ("direction", "out".into())],
+                load(&st.bytes_out),
+            ));
+        }
+        counters(
+            e,
+            "kakuremichi_gateway_bytes",
+            "Body bytes through the Gateway, by tunnel: in from clients, out to them (stream tunnels: every byte).",
+            bytes,
+        )?;
+        let mut active: Vec<([(&str, String); 2], i64)> = tunnels
+            .iter()
+            .map(|(id, t)| {
+                (
+                    [("tunnel", tunnel(id)), ("protocol", "http".into())],
+                    t.active.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        active.extend(streams.iter().map(|(id, st)| {
+            let n = i64::try_from(load(&st.active)).unwrap_or(i64::MAX);
+            ([("tunnel", tunnel(id)), ("protocol", "stream".into())], n)
+        }));
+        gauges(
+            e,
+            "kakuremichi_gateway_connections_active",
+            "HTTP requests in flight (until their response body ends) and open stream-tunnel connections, by tunnel.",
+            active,
+        )?;
+        let mut upstream: Vec<([(&str, String); 2], u64)> = tunnels
+            .iter()
+            .flat_map(|(id, t)| {
+                UPSTREAM_KINDS
+                    .into_iter()
+                    .zip(&t.upstream_errors)
+                    .map(move |(kind, n)| {
+                        ([("tunnel", tunnel(id)), ("kind", kind.into())], load(n))
+                    })
+            })
+            .collect();
+        upstream.extend(streams.iter().map(|(id, st)| {
+            (
+                [("tunnel", tunnel(id)), ("kind", "connect".into())],
+                load(&st.upstream_failed),
+            )
+        }));
+        counters(
+            e,
+            "kakuremichi_gateway_upstream_errors",
+            "Requests that failed toward the Agent, by tunnel and kind (connect, reset, timeout).",
+            upstream,
+        )?;
+        let mut denied: Vec<([(&str, String); 2], u64)> = tunnels
+            .iter()
+            .flat_map(|(id, t)| {
+                DENIED_REASONS
+                    .into_iter()
+                    .zip(&t.denied)
+                    .map(move |(reason, n)| {
+                        ([("tunnel", tunnel(id)), ("reason", reason.into())], load(n))
+                    })
+            })
+            .collect();
+        denied.extend(refused.iter().map(|(id, r)| {
+            (
+                [("tunnel", tunnel(id)), ("reason", "ip".into())],
+                load(&r.ip_denied),
+            )
+        }));
+        denied.extend(streams.iter().map(|(id, st)| {
+            (
+                [("tunnel", tunnel(id)), ("reason", "ip".into())],
+                load(&st.ip_denied),
+            )
+        }));
+        counters(
+            e,
+            "kakuremichi_gateway_access_denied",
+            "Requests refused by the Gateway, by tunnel and reason (ip lists, basic_auth, access control).",
+            denied,
+        )?;
+        counters(
+            e,
+            "kakuremichi_gateway_rate_limited",
+            "Requests refused by a tunnel's rate or concurrency limit, by tunnel.",
+            refused.iter().map(|(id, r)| {
+                (
+                    [("tunnel", tunnel(id))],
+                    load(&r.rate_limited) + load(&r.concurrency),
+                )
+            }),
+        )?;
+        counters(
+            e,
+            "kakuremichi_gateway_tls_handshakes",
+            "TLS handshakes on the HTTPS listener, by result (ok, failed, timeout).",
+            self.http.iter().flat_map(|h| {
+                HANDSHAKE_RESULTS
+                    .into_iter()
+                    .zip(&h.handshakes)
+                    .map(|(result, n)| ([("result", result)], load(n)))
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// The metric list of docs/monitoring.md: every family this module exposes, from its own
+/// `# TYPE`/`# HELP` lines (with one tunnel, so that every family shows).
+pub fn doc_table() -> String {
+    let http = Arc::new(HttpMetrics::default());
+    http.update([1]);
+    let text = encode(&Sources {
+        http: Some(http),
+        ..Sources::default()
+    });
+    let mut out = String::from("| Metric | Type | Labels | Meaning |\n| --- | --- | --- | --- |\n");
+    let mut helps = HashMap::new();
+    let mut labels: HashMap<String, Vec<String>> = HashMap::new();
+    let mut order = Vec::new();
+    for line in text.lines() {
+        let mut words = line.splitn(4, ' ');
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("#"), Some("HELP"), Some(name), Some(help)) => {
+                helps.insert(name.to_string(), help.to_string());
+            }
+            (Some("#"), Some("TYPE"), Some(name), Some(kind)) => {
+                order.push((name.to_string(), kind.to_string()));
+            }
+            _ => {
+                let Some((series, rest)) = line.split_once('{') else {
+                    continue;
+                };
+                let family = order.last().map(|(n, _)| n.clone()).unwrap_or_default();
+                if !series.starts_with(&family) {
+                    continue;
+                }
+                let keys = labels.entry(family).or_default();
+                for pair in rest.split('}').next().unwrap_or("").split(',') {
+                    if let Some((key, _)) = pair.split_once('=') {
+                        if key != "le" && !keys.iter().any(|k| k == key) {
+                            keys.push(key.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (name, kind) in order {
+        let shown = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.clone()
+        };
+        // A family with no sample here (the limits' counters) is per tunnel, as all others.
+        let keys = labels
+            .get(&name)
+            .map_or_else(|| "tunnel".to_string(), |k| k.join(", "));
+        let help = helps.get(&name).cloned().unwrap_or_default();
+        out.push_str(&format!("| `{shown}` | {kind} | {keys} | {help} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/monitoring.md");
+    const BEGIN: &str =
+        "<!-- BEGIN gateway metrics: generated by crates/gateway/src/proxy/metrics.rs -->\n";
+    const END: &str = "<!-- END gateway metrics -->";
+
+    #[test]
+    fn the_metric_list_in_the_docs_is_the_codes() {
+        let doc = std::fs::read_to_string(DOC).expect("docs/monitoring.md");
+        let start = doc.find(BEGIN).expect("the BEGIN marker") + BEGIN.len();
+        let end = doc[start..].find(END).expect("the END marker") + start;
+        let table = doc_table();
+        let updated = format!("{}{table}{}", &doc[..start], &doc[end..]);
+        if std::env::var_os("KAKUREMICHI_UPDATE_DOCS").is_some() {
+            if updated != doc {
+                std::fs::write(DOC, &updated).expect("the doc is writable");
+            }
+            return;
+        }
+        assert!(
+            updated == doc,
+            "docs/monitoring.md lists other metrics than the code. Regenerate it with\n    \
+             KAKUREMICHI_UPDATE_DOCS=1 cargo test -p kakuremichi-gateway the_metric_list\n\
+             The list the code gives:\n{table}"
+        );
+    }
+
+    #[test]
+    fn a_histogram_is_cumulative_and_counts_what_is_beyond_its_buckets() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(60));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 60.0305).abs() < 1e-6, "{sum}");
+        assert_eq!(buckets.first(), Some(&(0.001, 1)));
+        assert_eq!(buckets.iter().find(|(b, _)| *b == 0.05).unwrap().1, 2);
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 3)));
+    }
+}
