@@ -164,24 +164,41 @@ impl NodeSession {
         let mut last_touch = Instant::now();
         loop {
             let deadline = self.last_rx + self.hub.heartbeat_timeout;
+            // While this session waits on Control's own work (the database, the world), it reads
+            // nothing: that time is not the node's silence, so it moves the deadline on.
+            let mut busy = Duration::ZERO;
+            // Frames already received come first: a node that answered in time is never timed out
+            // because its answer and the deadline were ready together.
             let step = tokio::select! {
+                biased;
                 () = stopped(&mut shutdown) => Err(SHUTDOWN),
-                changed = generation.changed() => match changed {
-                    Ok(()) => self.push_if_changed(&mut sent_hash).await,
-                    Err(_) => Err(SHUTDOWN),
-                },
-                _ = ping.tick() => self.heartbeat(&mut last_touch).await,
+                frame = self.socket.recv() => self.on_frame(frame, sent_hash.as_deref()),
                 _ = credentials.changed() => if self.credential_replaced(&mut credentials) {
                     Err(credential_replaced())
                 } else {
                     Ok(())
                 },
+                changed = generation.changed() => match changed {
+                    Ok(()) => {
+                        let started = Instant::now();
+                        let pushed = self.push_if_changed(&mut sent_hash).await;
+                        busy = started.elapsed();
+                        pushed
+                    }
+                    Err(_) => Err(SHUTDOWN),
+                },
+                _ = ping.tick() => {
+                    let started = Instant::now();
+                    let pinged = self.heartbeat(&mut last_touch).await;
+                    busy = started.elapsed();
+                    pinged
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(node = %self.node, timeout = ?self.hub.heartbeat_timeout, "node silent for too long; closing its session");
                     Err(End::Close(close_code::POLICY, "heartbeat timeout"))
                 }
-                frame = self.socket.recv() => self.on_frame(frame, sent_hash.as_deref()),
             };
+            self.last_rx += busy;
             if let Err(end) = step {
                 return end;
             }

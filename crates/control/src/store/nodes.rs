@@ -105,6 +105,22 @@ impl Store {
     /// node (Agent or Gateway) already holds the key: a Gateway cannot tell two peers with one key
     /// apart, so the first holder keeps it and the claim is refused.
     pub async fn node_connected(&self, node: NodeRef, public_key: &str) -> StoreResult<bool> {
+        // A node coming back with the key it had (every reconnection, e.g. after a Control
+        // restart) changes nothing another writer could race with: no write lock, so a burst
+        // of thousands of reconnections does not queue behind it.
+        let select = format!("SELECT public_key FROM {} WHERE id = $1", node.kind.table());
+        let current: Option<(Option<String>,)> = sqlx::query_as(&select)
+            .bind(node.id)
+            .fetch_optional(self.pool())
+            .await?;
+        match current {
+            None => return Err(StoreError::NotFound),
+            Some((Some(key),)) if key == public_key => {
+                self.touch_node(node).await?;
+                return Ok(false);
+            }
+            Some(_) => {}
+        }
         let mut tx = self.write_tx().await?;
         let select = format!("SELECT public_key FROM {} WHERE id = $1", node.kind.table());
         let current: Option<(Option<String>,)> = sqlx::query_as(&select)
