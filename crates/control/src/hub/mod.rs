@@ -376,16 +376,23 @@ impl Hub {
         self.generation.subscribe()
     }
 
-    /// The world as of the latest generation, loaded at most once per generation.
+    /// A world that reflects every change made before the call, loaded at most once per
+    /// generation.
     pub async fn world(&self) -> StoreResult<Arc<World>> {
+        // What this caller needs: the changes up to now. A world loaded while it waited for the
+        // lock is new enough. Asking for the generation current once the lock is ours instead
+        // made every waiter reload when changes kept coming (10,000 Agents connecting, each
+        // a change): thousands of sessions queued behind one reload each, stopped reading
+        // their nodes' frames for minutes, and closed them for a "heartbeat timeout".
+        let wanted = *self.generation.borrow();
         let mut cache = self.world.lock().await;
-        // Read under the lock: a world loaded after reading generation g reflects every commit up to g.
-        let generation = *self.generation.borrow();
         if let Some((cached, world)) = cache.as_ref() {
-            if *cached == generation {
+            if *cached >= wanted {
                 return Ok(world.clone());
             }
         }
+        // Read under the lock: a world loaded after reading generation g reflects every commit up to g.
+        let generation = *self.generation.borrow();
         let mut world = self.store.load_world().await?;
         world.acme = self.current_challenges().await?;
         world.hsts_max_age = self.hsts_max_age.load(Ordering::Relaxed);
