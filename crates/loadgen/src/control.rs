@@ -63,7 +63,12 @@ struct Seen {
     gateway: usize,
     at: Instant,
     hostnames: Vec<String>,
+    /// The session ended (why): no later change can reach this Gateway, so the run fails.
+    ended: Option<String>,
 }
+
+/// Node sessions that ended during the run (reported on stderr, the first few with their reason).
+static ENDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub async fn run(a: Args) -> anyhow::Result<Value> {
     let urls: Vec<String> = a
@@ -217,6 +222,11 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
     while Instant::now() < quiet_deadline {
         match tokio::time::timeout(Duration::from_millis(500), seen_rx.recv()).await {
             Err(_) => break,
+            Ok(Some(Seen {
+                gateway,
+                ended: Some(why),
+                ..
+            })) => bail!("Gateway {gateway}'s session ended: {why}"),
             Ok(Some(_)) => continue,
             Ok(None) => bail!("Gateway sessions ended"),
         }
@@ -414,6 +424,9 @@ async fn wait_all(
                 "{host}: only {count} of {gateways} Gateways had the change after {timeout:?}"
             ),
         };
+        if let Some(why) = s.ended {
+            bail!("Gateway {}'s session ended: {why}", s.gateway);
+        }
         if !have[s.gateway] && s.hostnames.iter().any(|h| h == host) {
             have[s.gateway] = true;
             count += 1;
@@ -477,7 +490,15 @@ async fn open_session(
     ws.send(Message::text(hello.encode())).await?;
     tokio::spawn(async move {
         let mut first = true;
-        while let Some(Ok(msg)) = ws.next().await {
+        let ended = loop {
+            let msg = match ws.next().await {
+                Some(Ok(Message::Close(frame))) => {
+                    break format!("closed by Control: {frame:?}");
+                }
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => break e.to_string(),
+                None => break "connection closed".to_string(),
+            };
             let Message::Text(text) = msg else { continue };
             let at = Instant::now();
             // Only what is measured is read: a Gateway's snapshot names every Agent as a peer
@@ -494,6 +515,7 @@ async fn open_session(
                             gateway,
                             at,
                             hostnames: snapshot.hostnames,
+                            ended: None,
                         });
                     }
                     if first {
@@ -502,17 +524,26 @@ async fn open_session(
                     }
                     if let Some(hash) = snapshot.config_hash {
                         let applied = NodeMessage::Applied { config_hash: hash };
-                        if ws.send(Message::text(applied.encode())).await.is_err() {
-                            break;
+                        if let Err(e) = ws.send(Message::text(applied.encode())).await {
+                            break format!("sending applied: {e}");
                         }
                     }
                 }
-                "error" => {
-                    eprintln!("loadgen: Control ended a session: {text}");
-                    break;
-                }
+                "error" => break format!("Control ended the session: {text}"),
                 _ => {}
             }
+        };
+        let n = ENDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n <= 5 || n.is_power_of_two() {
+            eprintln!("loadgen: {n} node sessions ended so far; {role:?} session: {ended}");
+        }
+        if let Some(gateway) = gateway {
+            let _ = seen.send(Seen {
+                gateway,
+                at: Instant::now(),
+                hostnames: Vec::new(),
+                ended: Some(ended),
+            });
         }
     });
     Ok(())
