@@ -345,7 +345,9 @@ fn raise_nofile_limit() -> u64 {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
         }
     }
-    limit.rlim_cur as u64
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is narrower than u64 on some targets
+    let current = limit.rlim_cur as u64;
+    current
 }
 
 /// Peak resident memory (VmHWM) of a process in MiB, from /proc (0 if unreadable).
