@@ -284,11 +284,15 @@ impl NodeSession {
             ));
         }
         validate::public_key(&public_key).map_err(|e| End::error("bad_hello", e.0))?;
-        let connected = self
-            .hub
-            .store()
-            .node_connected(self.node, &public_key)
-            .await;
+        let connected = {
+            // A burst of hellos (thousands of nodes reconnecting) must not take every pooled
+            // connection: a session already open needs one to follow changes, or it stalls.
+            let _permit = self.hub.hello_writes.acquire().await;
+            self.hub
+                .store()
+                .node_connected(self.node, &public_key)
+                .await
+        };
         if let Err(StoreError::KeyInUse(holder)) = &connected {
             // Public keys are not secrets: naming it lets an operator find the clone.
             tracing::warn!(node = %self.node, %holder, %public_key, "refusing a hello: the public key belongs to another node");

@@ -28,6 +28,9 @@ use tokio::sync::watch;
 
 /// The setting that holds the leader's ACME challenges for the other replicas (PostgreSQL).
 const SHARED_CHALLENGES: &str = "acme_challenges";
+/// How many hellos at once may record their node's key (each may wait for the write lock while
+/// holding a pooled connection).
+const HELLO_WRITES: usize = 2;
 
 /// Shared state of all node sessions.
 pub struct Hub {
@@ -78,6 +81,8 @@ pub struct Hub {
     /// Per node, how many times its credential was replaced: a session opened with an older
     /// credential ends when the count it started with moves on.
     credential_epochs: watch::Sender<HashMap<NodeRef, u64>>,
+    /// Hellos recording their node's key at once (see `conn`): fewer than the smallest pool.
+    pub(crate) hello_writes: tokio::sync::Semaphore,
     /// Disabled Gateways (from the latest world): they get no secrets, so they answer no ACME
     /// challenge and are not waited for.
     disabled_gateways: Mutex<Arc<HashSet<i64>>>,
@@ -119,6 +124,7 @@ impl Hub {
             web_ports: Mutex::new(HashMap::new()),
             credential_epochs: watch::channel(HashMap::new()).0,
             disabled_gateways: Mutex::new(Arc::default()),
+            hello_writes: tokio::sync::Semaphore::new(HELLO_WRITES),
         })
     }
 
