@@ -15,11 +15,13 @@
 //! - `redirect`: ACME HTTP-01 answers, the http → https `308` and HSTS.
 //! - [`limits`]: per-tunnel IP lists, rate and concurrency limits, and their refusal counters.
 //! - `server`: accept loops, connection caps, timeouts and graceful drain.
+//! - `admin`: the admin listener's `/healthz` and `/metrics` ([`metrics`]: Prometheus).
 //! - `client_cap`: the per-client-address connection cap shared by the public listeners.
 //! - `timeouts`: first-request, idle, request-body and WebSocket inactivity timeouts.
 //! - [`access`]: per-tunnel access control (access cookie, hand-off from Control, user header).
 
 pub mod access;
+mod admin;
 pub(crate) mod balance;
 mod client_cap;
 mod connector;
