@@ -8,11 +8,13 @@ use crate::store::{
     TUNNEL_COLUMNS,
 };
 use kakuremichi_proto::{
-    AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteAccess,
-    RouteTarget, StreamRoute, TlsCertificate, TunnelProtocol, WgPeer,
+    AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, ControlMessage, GatewayRoute,
+    RouteAccess, RouteTarget, SharedSnapshot, StreamRoute, TlsCertificate, TunnelProtocol, WgPeer,
 };
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Everything snapshots are made of, read in one consistent transaction.
 #[derive(Debug, Default)]
@@ -34,6 +36,107 @@ pub struct World {
     pub hsts_max_age: u32,
     /// Token verification keys and revocations for Gateways (`control_url` set by the hub).
     pub access: AccessConfig,
+    /// Lookups by id, built on first use.
+    index: OnceLock<Index>,
+    /// Every Agent's peers (the enabled Gateways, sorted), built on first use.
+    agent_peers: OnceLock<Arc<Vec<WgPeer>>>,
+    /// What every enabled Gateway gets, for the online hints it was made with (see
+    /// [`World::gateway_sealed`]).
+    gateway_shared: Mutex<Option<Arc<SharedGateway>>>,
+}
+
+/// Positions in [`World`]'s vectors by id: a snapshot costs what its node gets, not a scan of
+/// the fleet per entry (10,000 Agents made that quadratic).
+#[derive(Debug, Default)]
+struct Index {
+    agents: HashMap<i64, usize>,
+    tunnels: HashMap<i64, usize>,
+    /// Tunnels by primary Agent.
+    tunnels_of_agent: HashMap<i64, Vec<usize>>,
+    /// Positions in `replicas`, by tunnel and by Agent.
+    replicas_of_tunnel: HashMap<i64, Vec<usize>>,
+    replicas_of_agent: HashMap<i64, Vec<usize>>,
+}
+
+/// The snapshot every enabled Gateway shares, and the Agents' online states it was made with.
+#[derive(Debug)]
+pub struct SharedGateway {
+    snapshot: SharedSnapshot,
+    hints: Vec<(i64, bool)>,
+    challenges: Arc<HashSet<String>>,
+}
+
+/// Everything an Agent's snapshot is made of. Equal inputs make an equal snapshot, so a session
+/// compares them instead of sealing (serialising and hashing) an unchanged snapshot on every
+/// change elsewhere in the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInputs {
+    wg_address: Ipv4Addr,
+    peers: Arc<Vec<WgPeer>>,
+    services: Vec<AgentService>,
+}
+
+impl AgentInputs {
+    /// The Agent's sealed snapshot.
+    pub fn seal(&self, id: i64) -> Sealed {
+        Sealed::Own(Box::new(self.snapshot(id).seal()))
+    }
+
+    fn snapshot(&self, id: i64) -> ConfigSnapshot {
+        ConfigSnapshot {
+            node_id: id,
+            wg_address: self.wg_address,
+            peers: self.peers.as_ref().clone(),
+            services: self.services.clone(),
+            ..ConfigSnapshot::default()
+        }
+    }
+}
+
+/// A node's sealed snapshot, as its session sends it.
+pub enum Sealed {
+    /// Made for this node alone.
+    Own(Box<ConfigSnapshot>),
+    /// A Gateway's: the snapshot every enabled Gateway shares, with this one's identity.
+    Shared {
+        shared: Arc<SharedGateway>,
+        node_id: i64,
+        wg_address: Ipv4Addr,
+        config_hash: String,
+    },
+}
+
+impl Sealed {
+    pub fn config_hash(&self) -> &str {
+        match self {
+            Sealed::Own(s) => &s.config_hash,
+            Sealed::Shared { config_hash, .. } => config_hash,
+        }
+    }
+
+    /// The ids of the ACME challenges it holds (see `AcmeChallenges::ids`).
+    pub fn challenges(&self) -> Arc<HashSet<String>> {
+        match self {
+            Sealed::Own(s) => Arc::new(s.acme.ids().into_iter().collect()),
+            Sealed::Shared { shared, .. } => shared.challenges.clone(),
+        }
+    }
+
+    /// The `Config` message that carries it.
+    pub fn encode(self) -> String {
+        match self {
+            Sealed::Own(snapshot) => ControlMessage::Config {
+                snapshot: *snapshot,
+            }
+            .encode(),
+            Sealed::Shared {
+                shared,
+                node_id,
+                wg_address,
+                config_hash,
+            } => shared.snapshot.encode(&config_hash, node_id, wg_address),
+        }
+    }
 }
 
 impl Store {
@@ -114,9 +217,58 @@ impl World {
     ) -> Option<ConfigSnapshot> {
         let snapshot = match node.kind {
             NodeKind::Gateway => self.gateway_snapshot(node.id, agent_online)?,
-            NodeKind::Agent => self.agent_snapshot(node.id)?,
+            NodeKind::Agent => self.agent_inputs(node.id)?.snapshot(node.id),
         };
         Some(snapshot.seal())
+    }
+
+    /// The node's sealed snapshot, or `None` if the node no longer exists. What
+    /// [`World::snapshot`] returns, made for sessions: enabled Gateways share one serialised
+    /// snapshot, and Agents are better served by [`World::agent_inputs`].
+    pub fn sealed(&self, node: NodeRef, agent_online: impl Fn(i64) -> bool) -> Option<Sealed> {
+        match node.kind {
+            NodeKind::Gateway => self.gateway_sealed(node.id, agent_online),
+            NodeKind::Agent => Some(self.agent_inputs(node.id)?.seal(node.id)),
+        }
+    }
+
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut index = Index::default();
+            for (i, a) in self.agents.iter().enumerate() {
+                index.agents.insert(a.id, i);
+            }
+            for (i, t) in self.tunnels.iter().enumerate() {
+                index.tunnels.insert(t.id, i);
+                index
+                    .tunnels_of_agent
+                    .entry(t.agent_id)
+                    .or_default()
+                    .push(i);
+            }
+            for (i, r) in self.replicas.iter().enumerate() {
+                index
+                    .replicas_of_tunnel
+                    .entry(r.tunnel_id)
+                    .or_default()
+                    .push(i);
+                index
+                    .replicas_of_agent
+                    .entry(r.agent_id)
+                    .or_default()
+                    .push(i);
+            }
+            index
+        })
+    }
+
+    fn agent(&self, id: i64) -> Option<&AgentRow> {
+        Some(&self.agents[*self.index().agents.get(&id)?])
+    }
+
+    /// An enabled tunnel.
+    fn tunnel(&self, id: i64) -> Option<&TunnelRow> {
+        Some(&self.tunnels[*self.index().tunnels.get(&id)?])
     }
 
     /// Agents that serve a tunnel with replicas (primaries included): only their comings and
@@ -125,7 +277,7 @@ impl World {
         let mut agents = HashSet::new();
         for r in &self.replicas {
             agents.insert(r.agent_id);
-            if let Some(t) = self.tunnels.iter().find(|t| t.id == r.tunnel_id) {
+            if let Some(t) = self.tunnel(r.tunnel_id) {
                 agents.insert(t.agent_id);
             }
         }
@@ -157,11 +309,12 @@ impl World {
 
     /// Every Agent serving tunnel `t`, the primary first.
     fn all_targets(&self, t: &TunnelRow, online: &impl Fn(i64) -> bool) -> Vec<RouteTarget> {
-        let replicas = self.replicas.iter().filter(|r| r.tunnel_id == t.id);
+        let replicas = self.index().replicas_of_tunnel.get(&t.id);
+        let replicas = replicas.into_iter().flatten().map(|&i| &self.replicas[i]);
         let all =
             std::iter::once((t.agent_id, t.port)).chain(replicas.map(|r| (r.agent_id, r.port)));
         all.filter_map(|(agent_id, port)| {
-            let agent = self.agents.iter().find(|a| a.id == agent_id)?;
+            let agent = self.agent(agent_id)?;
             Some(RouteTarget {
                 agent_id,
                 agent_address: address(&agent.wg_address)?,
@@ -208,16 +361,78 @@ impl World {
 
     fn gateway_snapshot(&self, id: i64, online: impl Fn(i64) -> bool) -> Option<ConfigSnapshot> {
         let gateway = self.gateways.iter().find(|g| g.id == id)?;
+        let identity = ConfigSnapshot {
+            node_id: gateway.id,
+            wg_address: address(&gateway.wg_address)?,
+            ..ConfigSnapshot::default()
+        };
         if !gateway.enabled {
             // A disabled Gateway may be one an admin no longer trusts: it gets its identity and
             // nothing else, no certificate (private keys), no challenge, no access key, no route
             // and no peer (Agents drop it too). Applying this also clears what it held.
-            return Some(ConfigSnapshot {
-                node_id: gateway.id,
-                wg_address: address(&gateway.wg_address)?,
-                ..ConfigSnapshot::default()
-            });
+            return Some(identity);
         }
+        Some(ConfigSnapshot {
+            node_id: identity.node_id,
+            wg_address: identity.wg_address,
+            ..self.gateway_body(online)
+        })
+    }
+
+    /// An enabled Gateway's sealed snapshot: the one every enabled Gateway shares (made once
+    /// for the Agents' online states it depends on), with its identity.
+    fn gateway_sealed(&self, id: i64, online: impl Fn(i64) -> bool) -> Option<Sealed> {
+        let gateway = self.gateways.iter().find(|g| g.id == id)?;
+        if !gateway.enabled {
+            return Some(Sealed::Own(Box::new(
+                self.gateway_snapshot(id, online)?.seal(),
+            )));
+        }
+        let wg_address = address(&gateway.wg_address)?;
+        let shared = self.shared_gateway(&online);
+        let config_hash = shared.snapshot.config_hash(id, wg_address);
+        Some(Sealed::Shared {
+            shared,
+            node_id: id,
+            wg_address,
+            config_hash,
+        })
+    }
+
+    fn shared_gateway(&self, online: &impl Fn(i64) -> bool) -> Arc<SharedGateway> {
+        let mut cached = self
+            .gateway_shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = cached.as_ref() {
+            if shared
+                .hints
+                .iter()
+                .all(|&(agent, was)| online(agent) == was)
+            {
+                return shared.clone();
+            }
+        }
+        // Made again only when an Agent it asked about came or went.
+        let hints = RefCell::new(BTreeMap::new());
+        let body = self.gateway_body(|agent| {
+            let on = online(agent);
+            hints.borrow_mut().insert(agent, on);
+            on
+        });
+        let snapshot = SharedSnapshot::new(body);
+        let challenges = Arc::new(snapshot.template().acme.ids().into_iter().collect());
+        let shared = Arc::new(SharedGateway {
+            snapshot,
+            hints: hints.into_inner().into_iter().collect(),
+            challenges,
+        });
+        *cached = Some(shared.clone());
+        shared
+    }
+
+    /// What every enabled Gateway gets, without its identity.
+    fn gateway_body(&self, online: impl Fn(i64) -> bool) -> ConfigSnapshot {
         let peers = self
             .agents
             .iter()
@@ -236,7 +451,7 @@ impl World {
         let (mut tcp_ports, mut udp_ports, mut tls_passthrough) =
             (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for t in &self.tunnels {
-            let Some(agent) = self.agents.iter().find(|a| a.id == t.agent_id) else {
+            let Some(agent) = self.agent(t.agent_id) else {
                 continue;
             };
             let (Some(agent_address), Ok(port)) =
@@ -306,9 +521,7 @@ impl World {
         } else {
             Box::default()
         };
-        Some(ConfigSnapshot {
-            node_id: gateway.id,
-            wg_address: address(&gateway.wg_address)?,
+        ConfigSnapshot {
             peers,
             routes,
             certificates,
@@ -318,36 +531,44 @@ impl World {
             udp_ports,
             tls_passthrough,
             ..ConfigSnapshot::default()
-        })
+        }
     }
 
-    fn agent_snapshot(&self, id: i64) -> Option<ConfigSnapshot> {
-        let agent = self.agents.iter().find(|a| a.id == id)?;
-        let peers = self
-            .gateways
-            .iter()
-            .filter(|g| g.enabled)
-            .filter_map(|g| {
-                Some(WgPeer {
-                    id: g.id,
-                    name: g.name.clone(),
-                    public_key: g.public_key.clone()?,
-                    wg_address: address(&g.wg_address)?,
-                    endpoint: Some(g.public_endpoint.clone()),
+    /// Every Agent's peers: the enabled Gateways with a key, sorted as a sealed snapshot has them.
+    fn agent_peers(&self) -> Arc<Vec<WgPeer>> {
+        let peers = self.agent_peers.get_or_init(|| {
+            let mut peers: Vec<WgPeer> = self
+                .gateways
+                .iter()
+                .filter(|g| g.enabled)
+                .filter_map(|g| {
+                    Some(WgPeer {
+                        id: g.id,
+                        name: g.name.clone(),
+                        public_key: g.public_key.clone()?,
+                        wg_address: address(&g.wg_address)?,
+                        endpoint: Some(g.public_endpoint.clone()),
+                    })
                 })
-            })
-            .collect();
-        let primary = self
-            .tunnels
-            .iter()
-            .filter(|t| t.agent_id == id)
-            .map(|t| (t, t.port));
-        let replica = self
-            .replicas
-            .iter()
-            .filter(|r| r.agent_id == id)
-            .filter_map(|r| Some((self.tunnels.iter().find(|t| t.id == r.tunnel_id)?, r.port)));
-        let services = primary
+                .collect();
+            peers.sort_by_key(|p| p.id);
+            Arc::new(peers)
+        });
+        peers.clone()
+    }
+
+    /// What Agent `id`'s snapshot is made of, or `None` if it no longer exists.
+    pub fn agent_inputs(&self, id: i64) -> Option<AgentInputs> {
+        let agent = self.agent(id)?;
+        let index = self.index();
+        let primary = index.tunnels_of_agent.get(&id).into_iter().flatten();
+        let primary = primary.map(|&i| (&self.tunnels[i], self.tunnels[i].port));
+        let replica = index.replicas_of_agent.get(&id).into_iter().flatten();
+        let replica = replica.filter_map(|&i| {
+            let r = &self.replicas[i];
+            Some((self.tunnel(r.tunnel_id)?, r.port))
+        });
+        let mut services: Vec<AgentService> = primary
             .chain(replica)
             .filter_map(|(t, port)| {
                 Some(AgentService {
@@ -360,12 +581,11 @@ impl World {
                 })
             })
             .collect();
-        Some(ConfigSnapshot {
-            node_id: agent.id,
+        services.sort_by_key(|s| s.port);
+        Some(AgentInputs {
             wg_address: address(&agent.wg_address)?,
-            peers,
+            peers: self.agent_peers(),
             services,
-            ..ConfigSnapshot::default()
         })
     }
 }

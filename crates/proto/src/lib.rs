@@ -24,7 +24,7 @@ pub use message::{
 };
 pub use snapshot::{
     AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, ProxyProtocol, RouteTarget,
-    StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
+    SharedSnapshot, StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
     DEFAULT_UDP_IDLE_TIMEOUT,
 };
 

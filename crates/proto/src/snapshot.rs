@@ -434,16 +434,20 @@ impl ConfigSnapshot {
         self.peers.sort_by_key(|p| p.id);
         self.services.sort_by_key(|s| s.port);
         self.hostnames = self.routes.keys().cloned().collect();
-        self.config_hash = self.content_hash();
+        self.config_hash = String::new();
+        self.config_hash = hash_json(&self);
         self
     }
 
-    /// Hex SHA-256 over the canonical JSON of everything but `config_hash`.
+    /// Hex SHA-256 over the canonical JSON of everything but `config_hash` (that is, with
+    /// `config_hash` empty).
     pub fn content_hash(&self) -> String {
+        if self.config_hash.is_empty() {
+            return hash_json(self);
+        }
         let mut unhashed = self.clone();
         unhashed.config_hash = String::new();
-        let bytes = serde_json::to_vec(&unhashed).expect("snapshot serialises");
-        hex::encode(Sha256::digest(&bytes))
+        hash_json(&unhashed)
     }
 
     /// True when `config_hash` matches the content: a cached or received snapshot is intact.
@@ -451,6 +455,26 @@ impl ConfigSnapshot {
         self.config_hash == self.content_hash()
     }
 }
+
+/// Hex SHA-256 of `value`'s JSON, written straight into the hash (no copy of the text).
+fn hash_json(value: &impl Serialize) -> String {
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Sha256::new());
+    serde_json::to_writer(&mut hashing, value).expect("snapshot serialises");
+    hex::encode(hashing.0.finalize())
+}
+
+mod shared;
+pub use shared::SharedSnapshot;
 
 #[cfg(test)]
 mod tests;

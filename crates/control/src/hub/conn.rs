@@ -9,6 +9,7 @@
 //! that stops reading cannot pin the task.
 
 use super::Hub;
+use crate::snapshot::AgentInputs;
 use crate::store::{NodeKind, NodeRef, StoreError};
 use crate::validate;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
@@ -111,6 +112,7 @@ pub async fn serve(
         hub,
         last_rx: Instant::now(),
         sent_challenges: Arc::new(HashSet::new()),
+        agent_inputs: None,
     };
     let end = session.run().await;
     session.finish(end).await;
@@ -127,6 +129,8 @@ struct NodeSession {
     last_rx: Instant,
     /// Ids of the ACME challenges in the last snapshot pushed (see `AcmeChallenges::ids`).
     sent_challenges: Arc<HashSet<String>>,
+    /// What the Agent's snapshot last sent (or held already) was made of; `None` for Gateways.
+    agent_inputs: Option<AgentInputs>,
 }
 
 impl NodeSession {
@@ -316,12 +320,31 @@ impl NodeSession {
     /// Sends the node's current snapshot if its hash differs from the last one it has.
     async fn push_if_changed(&mut self, sent_hash: &mut Option<String>) -> Result<(), End> {
         let world = self.hub.world().await?;
-        let Some(snapshot) = world.snapshot(self.node, |a| self.hub.agent_online(a)) else {
-            return Err(StoreError::NotFound.into());
+        let (sealed, inputs) = match self.node.kind {
+            NodeKind::Agent => {
+                let inputs = world
+                    .agent_inputs(self.node.id)
+                    .ok_or(StoreError::NotFound)?;
+                if self.agent_inputs.as_ref() == Some(&inputs) {
+                    // Made of the same as the snapshot the Agent holds: a change elsewhere.
+                    return Ok(());
+                }
+                (inputs.seal(self.node.id), Some(inputs))
+            }
+            NodeKind::Gateway => {
+                let online = |a| self.hub.agent_online(a);
+                (
+                    world
+                        .sealed(self.node, online)
+                        .ok_or(StoreError::NotFound)?,
+                    None,
+                )
+            }
         };
-        let challenges: Arc<HashSet<String>> = Arc::new(snapshot.acme.ids().into_iter().collect());
-        if sent_hash.as_deref() == Some(snapshot.config_hash.as_str()) {
+        let challenges = sealed.challenges();
+        if sent_hash.as_deref() == Some(sealed.config_hash()) {
             self.hub.set_config_error(self.node, None);
+            self.agent_inputs = inputs;
             if self.sent_challenges != challenges {
                 // The node already holds this snapshot (it said so in its hello).
                 self.hub.applied(self.node, challenges.clone());
@@ -329,8 +352,8 @@ impl NodeSession {
             }
             return Ok(());
         }
-        let hash = snapshot.config_hash.clone();
-        let text = ControlMessage::Config { snapshot }.encode();
+        let hash = sealed.config_hash().to_string();
+        let text = sealed.encode();
         if text.len() > MAX_MESSAGE_BYTES {
             // The node would refuse it whole; keep it on its last snapshot and say why, loudly.
             // `sent_hash` stays, so the next change is tried again.
@@ -348,6 +371,7 @@ impl NodeSession {
         self.send_raw(Message::text(text)).await?;
         tracing::debug!(node = %self.node, config_hash = %hash, "pushed config");
         *sent_hash = Some(hash);
+        self.agent_inputs = inputs;
         Ok(())
     }
 

@@ -109,6 +109,7 @@ fn world() -> World {
         ],
         replicas: Vec::new(),
         route_access: HashMap::new(),
+        ..World::default()
     }
 }
 
@@ -350,4 +351,64 @@ fn unknown_node_has_no_snapshot() {
             |_| true,
         )
         .is_none());
+}
+
+#[test]
+fn sessions_get_the_same_snapshots_as_each_node_would_have_alone() {
+    let mut w = world();
+    w.agents.push(agent(3, Some("A3")));
+    w.replicas.push(ReplicaRow {
+        tunnel_id: 10,
+        agent_id: 3,
+        port: 10005,
+    });
+    let online = std::cell::Cell::new(true);
+    for kind in [NodeKind::Gateway, NodeKind::Agent] {
+        for id in 1..=3 {
+            let node = NodeRef { kind, id };
+            let own = w.snapshot(node, |_| online.get());
+            let sealed = w.sealed(node, |_| online.get());
+            let (Some(own), Some(sealed)) = (own, sealed) else {
+                assert!(w.sealed(node, |_| true).is_none(), "{node}");
+                continue;
+            };
+            assert_eq!(own.config_hash, sealed.config_hash(), "{node}");
+            let challenges: HashSet<String> = own.acme.ids().into_iter().collect();
+            assert_eq!(*sealed.challenges(), challenges, "{node}");
+            assert_eq!(
+                sealed.encode(),
+                kakuremichi_proto::ControlMessage::Config { snapshot: own }.encode()
+            );
+        }
+    }
+    // The Gateways' shared snapshot follows the online hints it was made with: Agent 3 going
+    // offline changes the route's replicas, and so every enabled Gateway's hash.
+    let gw = NodeRef {
+        kind: NodeKind::Gateway,
+        id: 1,
+    };
+    let before = w.sealed(gw, |_| true).unwrap().config_hash().to_string();
+    let after = w.sealed(gw, |a| a != 3).unwrap().config_hash().to_string();
+    assert_ne!(before, after);
+    assert_eq!(after, w.snapshot(gw, |a| a != 3).unwrap().config_hash);
+    assert_eq!(before, w.sealed(gw, |_| true).unwrap().config_hash());
+}
+
+#[test]
+fn agent_inputs_change_only_with_what_the_agent_gets() {
+    let w = world();
+    let before = w.agent_inputs(1).unwrap();
+    // Another Agent's tunnel, or a Gateway's route detail, is not the Agent's business.
+    let mut other = world();
+    other.tunnels.push(tunnel(13, 2, 10003));
+    other.certificates.clear();
+    assert_eq!(other.agent_inputs(1).unwrap(), before);
+    // Its own new tunnel, or a new Gateway, is.
+    let mut own = world();
+    own.tunnels.push(tunnel(13, 1, 10003));
+    assert_ne!(own.agent_inputs(1).unwrap(), before);
+    let mut gateways = world();
+    gateways.gateways.push(gateway(4, Some("G4"), true));
+    assert_ne!(gateways.agent_inputs(1).unwrap(), before);
+    assert!(w.agent_inputs(99).is_none());
 }

@@ -183,3 +183,64 @@ fn json_round_trip_and_unknown_fields_rejected() {
     v["surprise"] = serde_json::json!(1);
     assert!(serde_json::from_value::<ConfigSnapshot>(v).is_err());
 }
+
+#[test]
+fn a_shared_snapshot_seals_and_encodes_each_node_exactly_as_its_own_snapshot() {
+    let mut template = sample();
+    template.tcp_ports.insert(
+        2222,
+        StreamRoute {
+            tunnel_id: 9,
+            targets: vec![],
+            proxy_protocol: ProxyProtocol::Off,
+            max_connections: Some(5),
+            limits: RouteLimits::default(),
+            udp_idle_timeout: None,
+        },
+    );
+    // Unsorted on purpose: sealing sorts.
+    template.peers.insert(
+        0,
+        WgPeer {
+            id: 9,
+            name: "zeta \"quoted\" \u{e9}".into(),
+            public_key: "y".repeat(44),
+            wg_address: Ipv4Addr::new(10, 77, 0, 9),
+            endpoint: Some("gw.example.com:51820".into()),
+        },
+    );
+    let shared = SharedSnapshot::new(template.clone());
+    for (id, address) in [
+        (1, Ipv4Addr::new(10, 77, 1, 1)),
+        (4_000_000_000, Ipv4Addr::new(10, 255, 255, 254)),
+    ] {
+        let own = ConfigSnapshot {
+            node_id: id,
+            wg_address: address,
+            ..template.clone()
+        }
+        .seal();
+        let hash = shared.config_hash(id, address);
+        assert_eq!(hash, own.config_hash);
+        let text = shared.encode(&hash, id, address);
+        assert_eq!(
+            text,
+            crate::ControlMessage::Config { snapshot: own }.encode()
+        );
+        let Ok(crate::ControlMessage::Config { snapshot }) = crate::decode_control(&text) else {
+            panic!("not a config message: {text}");
+        };
+        assert!(snapshot.is_intact());
+    }
+    assert_eq!(shared.template().node_id, 0);
+    assert!(shared.template().config_hash.is_empty());
+}
+
+#[test]
+fn content_hash_is_the_same_with_or_without_a_stored_hash() {
+    let s = sample();
+    let mut unsealed = s.clone();
+    unsealed.config_hash = String::new();
+    assert_eq!(s.content_hash(), unsealed.content_hash());
+    assert_eq!(s.content_hash(), SAMPLE_HASH);
+}
