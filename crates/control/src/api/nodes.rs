@@ -18,6 +18,9 @@ use kakuremichi_proto::{PROTOCOL_HEADER, PROTOCOL_VERSION};
 /// Largest frame or message a node may send; a Hello is a few hundred bytes.
 const MAX_NODE_MESSAGE: usize = 64 * 1024;
 
+/// What a node session reads from its socket at once.
+const NODE_READ_BUFFER: usize = 8 * 1024;
+
 /// Upgrades an authenticated node's request to its session.
 ///
 /// A WebSocket of JSON text messages (`kakuremichi_proto::message`): the node says hello, Control
@@ -70,6 +73,9 @@ pub async fn connect(
     let offered = offered_protocol(&headers)?;
     let hub = state.hub.clone();
     Ok(upgrade
+        // Nodes send small messages; the default (128 KiB per session) was most of Control's
+        // memory with 10,000 sessions.
+        .read_buffer_size(NODE_READ_BUFFER)
         .max_message_size(MAX_NODE_MESSAGE)
         .max_frame_size(MAX_NODE_MESSAGE)
         .on_upgrade(move |socket| hub::serve(socket, node, epoch, offered, hub)))
@@ -115,18 +121,28 @@ pub async fn pull_config(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let world = state.hub.world().await?;
+    let online = |a| state.hub.agent_online(a);
     // The node may have been deleted since it authenticated.
-    let snapshot = world
-        .snapshot(node, |a| state.hub.agent_online(a))
+    let sealed = world
+        .sealed(node, online)
         .ok_or_else(ApiError::unauthorized)?;
     if let Err(e) = state.store.touch_node(node).await {
         tracing::warn!(%node, error = %e, "could not record last_seen");
     }
-    let etag = format!("\"{}\"", snapshot.config_hash);
-    let cache = [(ETAG, etag), (CACHE_CONTROL, "no-cache".to_string())];
-    if etag_matches(&headers, &snapshot.config_hash) {
-        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    let cache = |hash: &str| {
+        [
+            (ETAG, format!("\"{hash}\"")),
+            (CACHE_CONTROL, "no-cache".into()),
+        ]
+    };
+    if etag_matches(&headers, sealed.config_hash()) {
+        // Known from the hash alone (a Gateway's is cheap: its snapshot is shared).
+        return Ok((StatusCode::NOT_MODIFIED, cache(sealed.config_hash())).into_response());
     }
+    let snapshot = world
+        .snapshot(node, online)
+        .ok_or_else(ApiError::unauthorized)?;
+    let cache = cache(&snapshot.config_hash);
     Ok((cache, Json(snapshot)).into_response())
 }
 
