@@ -161,3 +161,32 @@ impl Deref for AppState {
         &self.0
     }
 }
+
+/// Counts every request a route answered, by route template, method and status
+/// (`kakuremichi_control_api_requests_total`). Methods outside the standard ones count as
+/// `other`, so a client cannot add series.
+pub async fn count_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    route: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    state
+        .hub
+        .metrics()
+        .request(route, method, response.status().as_u16());
+    response
+}

@@ -50,6 +50,9 @@ pub struct ControlConfig {
     pub port_range: std::ops::RangeInclusive<u16>,
     /// Temporary tunnels (`kakuremichi share`).
     pub temporary: TemporaryConfig,
+    /// Where Control serves its Prometheus `/metrics` (plain HTTP, no authentication: keep it
+    /// private); `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Temporary tunnels: where their names go, and how long one outlives its command line.
@@ -110,6 +113,7 @@ impl Default for ControlConfig {
             backup: Default::default(),
             port_range: DEFAULT_PORT_RANGE,
             temporary: TemporaryConfig::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -25,6 +25,7 @@ mod error;
 mod guard;
 mod hub;
 mod leader;
+mod metrics;
 mod ops;
 mod secrets;
 mod snapshot;
@@ -145,6 +146,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let network = config.network()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
     create_private_dir(&config.data_dir)
         .await
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -241,6 +250,9 @@ pub async fn run(
     // Several replicas on PostgreSQL hear each other's changes (nothing to do on SQLite).
     let mut replication =
         tokio::spawn(hub::replication::run(hub.clone(), replica, stop_rx.clone()));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(serve_metrics(listener, hub.clone(), stop_rx.clone()));
+    }
     // The peer address keys the per-IP login throttle.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -288,6 +300,34 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves `GET /metrics` (Prometheus, OpenMetrics text) on `listener` until Control stops.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    hub: std::sync::Arc<Hub>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let addr = listener.local_addr().ok();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                hub.metrics().encode(),
+            )
+        }),
+    );
+    tracing::info!(?addr, "serving Prometheus metrics at /metrics");
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
+    if let Err(e) = served.await {
+        tracing::error!(error = %e, "the metrics listener failed");
+    }
+}
+
 /// Waits briefly for a background task told to stop (the leader gives its lead up, the
 /// replication task clears this replica's node sessions), then aborts it.
 async fn stop_task(lead: &mut tokio::task::JoinHandle<()>) {
@@ -306,6 +346,10 @@ fn router(state: app::AppState) -> axum::Router {
     api::router()
         .merge(ui::router())
         .merge(access::authorize::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            app::count_request,
+        ))
         .fallback(ui::not_found)
         .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)

@@ -253,6 +253,11 @@ struct ControlArgs {
     /// is published through a tunnel. Default: none, every client is keyed by its TCP address.
     #[arg(long, env = "KAKUREMICHI_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<String>,
+    /// Serve Control's Prometheus metrics at http://ADDR/metrics (node sessions, config pushes
+    /// and their latency, API requests, ACME orders; docs/monitoring.md). Plain HTTP without
+    /// authentication: use a private address, e.g. 127.0.0.1:9091. Default: off.
+    #[arg(long, env = "KAKUREMICHI_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Seconds a Gateway may be offline before Control takes it out of the A/AAAA records of
     /// the managed DNS zones (docs/dns.md); it is listed again once back online for a while.
     /// The last Gateway is never taken out.
@@ -530,6 +535,7 @@ async fn run_control(a: ControlArgs) -> anyhow::Result<()> {
             ttl: Duration::from_secs(a.temporary_ttl),
         },
         trusted_proxies: a.trusted_proxies,
+        metrics_listen: a.metrics_listen,
         ..Default::default()
     };
     config.validate()?;

@@ -128,3 +128,106 @@ async fn prometheus_counts_what_went_through_the_gateway() {
         .unwrap();
     assert!(json["tasks"].as_u64().unwrap() > 0, "{json}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reads_what_control_did() {
+    let test = "prometheus_reads_what_control_did";
+    if !origins::available(test, &["prometheus"]) {
+        return;
+    }
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", origins::free_port())
+        .parse()
+        .unwrap();
+    let fleet = Cluster::new()
+        .gateway()
+        .agent()
+        .origin("metrics")
+        .control_config(move |c| c.metrics_listen = Some(metrics))
+        .start()
+        .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let scrape = || async {
+        http.get(format!("http://{metrics}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let created = "route=\"/api/v1/tunnels\",method=\"POST\",status=\"201\"";
+    let text = scrape().await;
+    let before = sample(&text, "kakuremichi_control_api_requests_total", created);
+    let pushes = |t: &str| {
+        sample(
+            t,
+            "kakuremichi_control_config_push_seconds_count",
+            "kind=\"gateway\"",
+        )
+    };
+    let pushes_before = pushes(&text);
+
+    // Three tunnels through the API, each served by the Gateway (so pushed to it).
+    for i in 0..3 {
+        let host = format!("m{i}.test");
+        fleet.tunnel(&host, fleet.origin).await;
+        wait_through(
+            &http,
+            fleet.gateway(),
+            &host,
+            "/",
+            Duration::from_secs(30),
+            "tunnel up",
+            |s, _| s == 200,
+        )
+        .await;
+    }
+    // A request no route takes, and one with a made-up method: no new route or method series.
+    let base = fleet.api.base.trim_end_matches('/');
+    let _ = http.get(format!("{base}/no/such/page")).send().await;
+    let odd = reqwest::Method::from_bytes(b"FROBNICATE").unwrap();
+    let _ = http
+        .request(odd, format!("{base}/api/v1/tunnels"))
+        .send()
+        .await;
+
+    let prometheus = Prometheus::start(&[metrics]).await;
+    for (q, want) in [
+        (
+            format!("kakuremichi_control_api_requests_total{{{created}}}"),
+            before + 3.0,
+        ),
+        (
+            "kakuremichi_control_node_sessions{kind=\"gateway\"}".to_string(),
+            1.0,
+        ),
+        (
+            "kakuremichi_control_node_sessions{kind=\"agent\"}".to_string(),
+            1.0,
+        ),
+    ] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{q} = {want}"),
+            || async { prometheus.value(&q).await == Some(want) },
+        )
+        .await;
+    }
+    let text = scrape().await;
+    assert!(pushes(&text) >= pushes_before + 3.0, "{text}");
+    assert!(!text.contains("no/such"), "{text}");
+    assert!(!text.contains("FROBNICATE"), "{text}");
+    assert!(
+        text.contains("method=\"other\""),
+        "the odd method counts as other:\n{text}"
+    );
+    let build = prometheus
+        .query("kakuremichi_build_info{role=\"control\"}")
+        .await;
+    assert_eq!(build.len(), 1, "{build:?}");
+    let latency = "histogram_quantile(0.99, kakuremichi_control_config_push_seconds_bucket{kind=\"gateway\"})";
+    eprintln!(
+        "Control: 3 tunnels pushed to the Gateway, p99 push latency {:?} s",
+        prometheus.value(latency).await
+    );
+}

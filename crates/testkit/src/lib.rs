@@ -14,6 +14,7 @@
 //!   clients ([`https`]) and the real servers behind `tcp`/`tls` tunnels ([`origins`]);
 //! - with the `browser` feature: chromium driven through chromedriver ([`browser`]).
 
+pub mod metrics_doc;
 pub mod netns;
 pub mod peers;
 pub mod pty;

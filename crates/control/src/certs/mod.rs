@@ -280,6 +280,9 @@ impl CertManager {
             Ok((cert_pem, key_pem)) => self.save(host, mode, cert_pem, key_pem).await,
             Err(failure) => Err(failure),
         };
+        if mode == TlsMode::Acme {
+            self.hub.metrics().acme_order(saved.is_ok());
+        }
         match saved {
             Ok(not_after) => {
                 tracing::info!(%host, source, not_after = %timestamp(not_after), "certificate issued");

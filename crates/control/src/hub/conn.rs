@@ -369,6 +369,11 @@ impl NodeSession {
         }
         self.sent_challenges = challenges;
         self.send_raw(Message::text(text)).await?;
+        // A session's first snapshot follows its hello, not a change.
+        let since_change = sent_hash.is_some().then(|| self.hub.since_change());
+        self.hub
+            .metrics()
+            .pushed(self.node.kind.label(), since_change);
         tracing::debug!(node = %self.node, config_hash = %hash, "pushed config");
         *sent_hash = Some(hash);
         self.agent_inputs = inputs;

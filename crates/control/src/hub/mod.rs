@@ -17,13 +17,14 @@ pub mod replication;
 
 pub use conn::serve;
 
+use crate::metrics::ControlMetrics;
 use crate::snapshot::World;
 use crate::store::{Backend, NodeKind, NodeRef, Store, StoreResult};
 use kakuremichi_proto::{AcmeChallenges, OwnPort, PortError, StreamCounters, WebPorts};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The setting that holds the leader's ACME challenges for the other replicas (PostgreSQL).
@@ -86,6 +87,10 @@ pub struct Hub {
     /// Disabled Gateways (from the latest world): they get no secrets, so they answer no ACME
     /// challenge and are not waited for.
     disabled_gateways: Mutex<Arc<HashSet<i64>>>,
+    /// What this replica counts about itself (`--metrics-listen`).
+    metrics: ControlMetrics,
+    /// When the latest change (here or on another replica) was heard of.
+    changed_at: Mutex<Instant>,
 }
 
 /// No Gateway is connected, so no ACME challenge can be answered.
@@ -125,6 +130,8 @@ impl Hub {
             credential_epochs: watch::channel(HashMap::new()).0,
             disabled_gateways: Mutex::new(Arc::default()),
             hello_writes: tokio::sync::Semaphore::new(HELLO_WRITES),
+            metrics: ControlMetrics::default(),
+            changed_at: Mutex::new(Instant::now()),
         })
     }
 
@@ -367,14 +374,24 @@ impl Hub {
 
     /// Call after every committed change that may alter a snapshot.
     pub fn changed(&self) {
-        self.generation.send_modify(|g| *g += 1);
+        self.changed_elsewhere();
         self.local_changes.send_modify(|g| *g += 1);
     }
 
     /// Another Control replica committed a change (or this one may have missed some): the
     /// sessions here recompute, and nothing is told to the others.
     pub(crate) fn changed_elsewhere(&self) {
+        *lock(&self.changed_at) = Instant::now();
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// How long ago the latest change was heard of.
+    pub(crate) fn since_change(&self) -> Duration {
+        lock(&self.changed_at).elapsed()
+    }
+
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.metrics
     }
 
     /// Notifies on every [`Hub::changed`].
@@ -399,7 +416,9 @@ impl Hub {
         }
         // Read under the lock: a world loaded after reading generation g reflects every commit up to g.
         let generation = *self.generation.borrow();
+        let loading = Instant::now();
         let mut world = self.store.load_world().await?;
+        self.metrics.world_loaded(loading.elapsed());
         world.acme = self.current_challenges().await?;
         world.hsts_max_age = self.hsts_max_age.load(Ordering::Relaxed);
         world.access.control_url = self.access_url.get().cloned().unwrap_or_default();
@@ -493,6 +512,7 @@ impl Hub {
             *count == 1
         };
         if first {
+            self.metrics.session(node.kind.label(), 1);
             self.online_changed(node);
         }
         self.acks.send_modify(|_| {});
@@ -546,6 +566,7 @@ impl Drop for OnlineGuard {
                 drop(online);
                 lock(&self.hub.port_errors).remove(&self.node);
                 lock(&self.hub.stream_counters).remove(&self.node);
+                self.hub.metrics.session(self.node.kind.label(), -1);
                 self.hub.online_changed(self.node);
                 self.hub.acks.send_modify(|acks| {
                     acks.remove(&self.node);

@@ -13,6 +13,14 @@ pub enum NodeKind {
 }
 
 impl NodeKind {
+    /// `agent` or `gateway`, as logs and metrics name the kind.
+    pub fn label(self) -> &'static str {
+        match self {
+            NodeKind::Agent => "agent",
+            NodeKind::Gateway => "gateway",
+        }
+    }
+
     fn table(self) -> &'static str {
         match self {
             NodeKind::Agent => "agents",
