@@ -99,6 +99,8 @@ pub struct CertStore {
     wg_fallback_cert: OnceLock<Option<Arc<CertifiedKey>>>,
     /// Where WireGuard-over-TLS connections go, once the tunnel is up.
     wireguard: ArcSwapOption<Device>,
+    /// When each certificate Control sent expires (Unix seconds), by the name it came under.
+    expiry: ArcSwap<Vec<(String, i64)>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -125,6 +127,12 @@ impl CertStore {
         acme: &AcmeChallenges,
         plain: HashSet<String>,
     ) {
+        self.expiry.store(Arc::new(
+            certificates
+                .iter()
+                .filter_map(|(host, cert)| Some((host.clone(), not_after(cert)?)))
+                .collect(),
+        ));
         self.certs.store(Arc::new(Certs {
             by_host: parse_all(certificates.iter()),
             plain: plain
@@ -149,6 +157,12 @@ impl CertStore {
     /// wildcard's.
     pub fn has_certificate(&self, host: &str) -> bool {
         self.certs.load().get(host).is_some()
+    }
+
+    /// When each certificate expires (Unix seconds), by the hostname Control sent it under
+    /// (`*.example.com` for a wildcard).
+    pub fn expiry(&self) -> Arc<Vec<(String, i64)>> {
+        self.expiry.load_full()
     }
 
     /// The key authorization for an HTTP-01 token, if Control pushed one.
@@ -244,6 +258,15 @@ fn self_signed_wireguard() -> Result<Arc<CertifiedKey>, CertError> {
         cert_pem: made.cert.pem(),
         key_pem: made.signing_key.serialize_pem(),
     })
+}
+
+/// The `notAfter` (Unix seconds) of a certificate's leaf, if it parses.
+fn not_after(cert: &TlsCertificate) -> Option<i64> {
+    let leaf = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 fn parse_all<'a, M: FromIterator<(String, Arc<CertifiedKey>)>>(

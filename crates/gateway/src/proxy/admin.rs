@@ -1,8 +1,6 @@
 //! The admin listener's answers: `GET /healthz`, and `GET /metrics` as Prometheus text
 //! (`metrics`) or, with `Accept: application/json`, the JSON of its first versions.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -22,23 +20,15 @@ fn wants_json(req: &Request<Incoming>) -> bool {
         .is_some_and(|accept| accept.starts_with("application/json"))
 }
 
-pub(super) fn admin(
-    req: &Request<Incoming>,
-    routes: Option<&Arc<RouteTable>>,
-    streams: Option<&Arc<Splicer>>,
-) -> Response<ProxyBody> {
+pub(super) fn admin(req: &Request<Incoming>, sources: &Sources) -> Response<ProxyBody> {
+    let (routes, streams) = (sources.routes.as_ref(), sources.streams.as_ref());
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, Bytes::from_static(b"ok")),
         // Live tokio tasks: one per client connection and upgrade, so a leak shows as growth
         // under steady load (the soak test watches it).
         (&Method::GET, "/metrics") if !wants_json(req) => {
-            let sources = Sources {
-                http: routes.map(|r| r.metrics().clone()),
-                routes: routes.cloned(),
-                streams: streams.cloned(),
-            };
             let mut response = Response::new(Either::Right(Full::new(Bytes::from(
-                metrics::encode(&sources),
+                metrics::encode(sources),
             ))));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,

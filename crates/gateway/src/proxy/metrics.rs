@@ -206,6 +206,8 @@ pub struct Sources {
     pub http: Option<Arc<HttpMetrics>>,
     pub routes: Option<Arc<RouteTable>>,
     pub streams: Option<Arc<Splicer>>,
+    /// Whose certificates' expiry `/metrics` reports.
+    pub certs: Option<Arc<crate::tls::CertStore>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -464,6 +466,18 @@ impl Sources {
                 )
             }),
         )?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let expiry = self.certs.as_ref().map(|c| c.expiry()).unwrap_or_default();
+        gauges(
+            e,
+            "kakuremichi_gateway_certificate_expiry_seconds",
+            "Seconds until the certificate served for a hostname expires (negative once expired), by the hostname Control sent it under (*.domain for a wildcard).",
+            expiry
+                .iter()
+                .map(|(host, at)| ([("hostname", host.clone())], at.saturating_sub(now))),
+        )?;
         counters(
             e,
             "kakuremichi_gateway_tls_handshakes",
@@ -485,8 +499,19 @@ impl Sources {
 fn doc_exposition() -> String {
     let http = Arc::new(HttpMetrics::default());
     http.update([1]);
+    let certs = Arc::new(crate::tls::CertStore::new());
+    let made = rcgen::generate_simple_self_signed(vec!["app.example.com".to_string()]).unwrap();
+    let cert = kakuremichi_proto::TlsCertificate {
+        cert_pem: made.cert.pem(),
+        key_pem: made.signing_key.serialize_pem(),
+    };
+    let certificates = [("app.example.com".to_string(), cert)]
+        .into_iter()
+        .collect();
+    certs.apply(&certificates, &Default::default(), Default::default());
     encode(&Sources {
         http: Some(http),
+        certs: Some(certs),
         ..Sources::default()
     })
 }
@@ -503,6 +528,33 @@ mod tests {
             &doc_exposition(),
             "kakuremichi-gateway",
         );
+    }
+
+    #[test]
+    fn certificate_expiry_is_the_seconds_left_by_hostname() {
+        let mut params = rcgen::CertificateParams::new(vec!["a.example.com".into()]).unwrap();
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let made = params.self_signed(&key).unwrap();
+        let cert = kakuremichi_proto::TlsCertificate {
+            cert_pem: made.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        let certs = Arc::new(crate::tls::CertStore::new());
+        let certificates = [("*.example.com".to_string(), cert)].into_iter().collect();
+        certs.apply(&certificates, &Default::default(), Default::default());
+        let text = encode(&Sources {
+            certs: Some(certs),
+            ..Sources::default()
+        });
+        let prefix = "kakuremichi_gateway_certificate_expiry_seconds{hostname=\"*.example.com\"} ";
+        let left: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no expiry in\n{text}"))
+            .parse()
+            .unwrap();
+        assert!((10 * 86_400 - 120..=10 * 86_400).contains(&left), "{left}");
     }
 
     #[test]

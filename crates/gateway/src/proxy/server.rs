@@ -25,10 +25,10 @@ use super::admin::admin;
 use super::client_cap::{ClientCap, ClientPermit};
 use super::forward::ProxyBody;
 use super::metrics::Handshake;
+use super::metrics::Sources;
 use super::timeouts::{Activity, Tracked};
 use super::{Proxy, RouteTable, Scheme};
 use crate::streams::sni::{read_client_hello, Prefixed};
-use crate::streams::Splicer;
 use crate::tls::{ACME_TLS_ALPN, WG_TLS_ALPN};
 
 /// How long in-flight requests (and upgraded connections) may run after shutdown is requested.
@@ -95,8 +95,7 @@ pub async fn serve_with_scheme(
         client_cap: Some(proxy.client_cap.clone()),
         proxy: Some(proxy),
         tls: None,
-        routes: None,
-        streams: None,
+        sources: Sources::default(),
     };
     accept_loop(listener, site, max_connections, shutdown).await
 }
@@ -122,8 +121,7 @@ pub async fn serve_tls(
         client_cap: Some(proxy.client_cap.clone()),
         proxy: Some(proxy),
         tls: Some(tls),
-        routes: None,
-        streams: None,
+        sources: Sources::default(),
     };
     accept_loop(listener, site, max_connections, shutdown).await
 }
@@ -135,7 +133,7 @@ pub async fn serve_admin(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_admin_site(listener, None, None, shutdown).await
+    serve_admin_site(listener, Sources::default(), shutdown).await
 }
 
 /// [`serve_admin`] whose `/metrics` also reports the requests that `routes`' limits refused:
@@ -147,7 +145,12 @@ pub async fn serve_admin_with_limits(
     routes: Arc<RouteTable>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_admin_site(listener, Some(routes), None, shutdown).await
+    let sources = Sources {
+        http: Some(routes.metrics().clone()),
+        routes: Some(routes),
+        ..Sources::default()
+    };
+    serve_admin_site(listener, sources, shutdown).await
 }
 
 /// [`serve_admin_with_limits`] for `proxy`, whose `/metrics` also has the stream tunnels'
@@ -159,20 +162,18 @@ pub async fn serve_admin_for(
     proxy: &Proxy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let splicer = proxy.passthrough().splicer().clone();
-    serve_admin_site(
-        listener,
-        Some(proxy.routes().clone()),
-        Some(splicer),
-        shutdown,
-    )
-    .await
+    let sources = Sources {
+        http: Some(proxy.routes().metrics().clone()),
+        routes: Some(proxy.routes().clone()),
+        streams: Some(proxy.passthrough().splicer().clone()),
+        certs: Some(proxy.certs().clone()),
+    };
+    serve_admin_site(listener, sources, shutdown).await
 }
 
 async fn serve_admin_site(
     listener: TcpListener,
-    routes: Option<Arc<RouteTable>>,
-    streams: Option<Arc<Splicer>>,
+    sources: Sources,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let site = Site {
@@ -182,8 +183,7 @@ async fn serve_admin_site(
         client_cap: None,
         proxy: None,
         tls: None,
-        routes,
-        streams,
+        sources,
     };
     accept_loop(listener, site, ADMIN_MAX_CONNECTIONS, shutdown).await
 }
@@ -217,10 +217,8 @@ struct Site {
     client_cap: Option<Arc<ClientCap>>,
     proxy: Option<Arc<Proxy>>,
     tls: Option<Tls>,
-    /// Admin only: whose refusal counters `/metrics` reports.
-    routes: Option<Arc<RouteTable>>,
-    /// Admin only: whose stream tunnel counters `/metrics` reports.
-    streams: Option<Arc<Splicer>>,
+    /// Admin only: what `/metrics` reports.
+    sources: Sources,
 }
 
 #[derive(Clone)]
@@ -522,8 +520,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 })
             }
             None => {
-                let response = admin(&req, self.site.routes.as_ref(), self.site.streams.as_ref())
-                    .map(|body| Tracked::new(body, in_flight));
+                let response =
+                    admin(&req, &self.site.sources).map(|body| Tracked::new(body, in_flight));
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
