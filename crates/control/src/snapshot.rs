@@ -8,8 +8,8 @@ use crate::store::{
     TUNNEL_COLUMNS,
 };
 use kakuremichi_proto::{
-    AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, ControlMessage, GatewayRoute,
-    RouteAccess, RouteTarget, SharedSnapshot, StreamRoute, TlsCertificate, TunnelProtocol, WgPeer,
+    AccessConfig, AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, RouteAccess,
+    RouteTarget, SharedSnapshot, StreamRoute, TlsCertificate, TunnelProtocol, WgPeer,
 };
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -56,87 +56,6 @@ struct Index {
     /// Positions in `replicas`, by tunnel and by Agent.
     replicas_of_tunnel: HashMap<i64, Vec<usize>>,
     replicas_of_agent: HashMap<i64, Vec<usize>>,
-}
-
-/// The snapshot every enabled Gateway shares, and the Agents' online states it was made with.
-#[derive(Debug)]
-pub struct SharedGateway {
-    snapshot: SharedSnapshot,
-    hints: Vec<(i64, bool)>,
-    challenges: Arc<HashSet<String>>,
-}
-
-/// Everything an Agent's snapshot is made of. Equal inputs make an equal snapshot, so a session
-/// compares them instead of sealing (serialising and hashing) an unchanged snapshot on every
-/// change elsewhere in the fleet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentInputs {
-    wg_address: Ipv4Addr,
-    peers: Arc<Vec<WgPeer>>,
-    services: Vec<AgentService>,
-}
-
-impl AgentInputs {
-    /// The Agent's sealed snapshot.
-    pub fn seal(&self, id: i64) -> Sealed {
-        Sealed::Own(Box::new(self.snapshot(id).seal()))
-    }
-
-    fn snapshot(&self, id: i64) -> ConfigSnapshot {
-        ConfigSnapshot {
-            node_id: id,
-            wg_address: self.wg_address,
-            peers: self.peers.as_ref().clone(),
-            services: self.services.clone(),
-            ..ConfigSnapshot::default()
-        }
-    }
-}
-
-/// A node's sealed snapshot, as its session sends it.
-pub enum Sealed {
-    /// Made for this node alone.
-    Own(Box<ConfigSnapshot>),
-    /// A Gateway's: the snapshot every enabled Gateway shares, with this one's identity.
-    Shared {
-        shared: Arc<SharedGateway>,
-        node_id: i64,
-        wg_address: Ipv4Addr,
-        config_hash: String,
-    },
-}
-
-impl Sealed {
-    pub fn config_hash(&self) -> &str {
-        match self {
-            Sealed::Own(s) => &s.config_hash,
-            Sealed::Shared { config_hash, .. } => config_hash,
-        }
-    }
-
-    /// The ids of the ACME challenges it holds (see `AcmeChallenges::ids`).
-    pub fn challenges(&self) -> Arc<HashSet<String>> {
-        match self {
-            Sealed::Own(s) => Arc::new(s.acme.ids().into_iter().collect()),
-            Sealed::Shared { shared, .. } => shared.challenges.clone(),
-        }
-    }
-
-    /// The `Config` message that carries it.
-    pub fn encode(self) -> String {
-        match self {
-            Sealed::Own(snapshot) => ControlMessage::Config {
-                snapshot: *snapshot,
-            }
-            .encode(),
-            Sealed::Shared {
-                shared,
-                node_id,
-                wg_address,
-                config_hash,
-            } => shared.snapshot.encode(&config_hash, node_id, wg_address),
-        }
-    }
 }
 
 impl Store {
@@ -601,6 +520,10 @@ fn address(text: &str) -> Option<Ipv4Addr> {
     }
     parsed
 }
+
+mod sealed;
+use sealed::SharedGateway;
+pub use sealed::{AgentInputs, Sealed};
 
 #[cfg(test)]
 mod tests;

@@ -4,13 +4,6 @@
 
 use super::{NodeKind, NodeRef, Store, StoreResult};
 
-fn kind_text(kind: NodeKind) -> &'static str {
-    match kind {
-        NodeKind::Agent => "agent",
-        NodeKind::Gateway => "gateway",
-    }
-}
-
 /// Records that replica `me` is alive at `now_ms`.
 async fn seen(tx: &mut super::Tx, me: &str, now_ms: i64) -> StoreResult<()> {
     sqlx::query(
@@ -45,7 +38,7 @@ impl Store {
                  VALUES ($1, $2, $3, $4)",
             )
             .bind(me)
-            .bind(kind_text(node.kind))
+            .bind(node.kind.label())
             .bind(node.id)
             .bind(acme_ids.join(" "))
             .execute(&mut *tx)
