@@ -339,7 +339,14 @@ async fn the_leader_killed_during_an_acme_order_leaves_one_certificate() {
         killed.elapsed(),
         pebble.orders()
     );
-    let (status, _) = https_get(&pebble.issuing_root, "app.test", gw.https).await;
-    assert_eq!(status, 200, "HTTPS with the issued certificate");
+    // "issued" is the database's word; the Gateway serves the certificate once its next
+    // snapshot (pushed right after) is applied.
+    let root = &pebble.issuing_root;
+    eventually(
+        Duration::from_secs(10),
+        "HTTPS with the issued certificate",
+        || async { https_get(root, "app.test", gw.https).await.0 == 200 },
+    )
+    .await;
     assert_eq!(pebble.issued(), 1, "one certificate for app.test, not two");
 }
