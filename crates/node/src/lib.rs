@@ -16,7 +16,8 @@ pub use backoff::Backoff;
 pub use config::{
     control_ws_url, control_ws_urls, first_control_url, ConfigError, NodeConfig, MAX_CONTROL_URLS,
 };
-pub use link::{ControlLink, LinkConfig, LinkEvent, NodeStatus};
+pub(crate) use link::HandlerSlot;
+pub use link::{ControlLink, LinkConfig, LinkEvent, NodeStatus, QueryHandler};
 pub use runtime::{NodeRuntime, StartError, Step};
 pub use secret::Secret;
 pub use state::{load_or_create_key, NodeState, StateError};

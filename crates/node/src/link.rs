@@ -15,6 +15,10 @@
 
 mod connect;
 mod message;
+mod query;
+
+pub(crate) use query::HandlerSlot;
+pub use query::QueryHandler;
 
 use crate::{control_ws_urls, Backoff, NodeState, Secret};
 use kakuremichi_proto::{ConfigSnapshot, NodeRole, OwnPort, PortError};
@@ -72,6 +76,8 @@ pub struct ControlLink {
     /// What the role reports (ports it could not bind), sent at each session's start and on
     /// every change.
     status: watch::Receiver<NodeStatus>,
+    /// Answers Control's questions (set by the role when it can).
+    queries: HandlerSlot,
 }
 
 /// What a node reports to Control about the snapshot it applied (see [`kakuremichi_proto::NodeMessage::Status`]).
@@ -99,7 +105,14 @@ impl ControlLink {
             state,
             held_hash,
             status: watch::channel(NodeStatus::default()).1,
+            queries: HandlerSlot::default(),
         }
+    }
+
+    /// Answers Control's questions with the handler this slot holds (once it holds one).
+    pub(crate) fn with_queries(mut self, queries: HandlerSlot) -> Self {
+        self.queries = queries;
+        self
     }
 
     /// Reports what `status` holds to Control, now and whenever it changes.
@@ -166,9 +179,16 @@ impl ControlLink {
         if *self.status.borrow() != NodeStatus::default() {
             self.status.mark_changed();
         }
+        let mut questions = query::Questions::new(self.queries.clone());
         loop {
             let received = tokio::select! {
                 received = message::receive(&mut ws, self.config.idle_timeout) => received,
+                Some(answer) = questions.ready.recv() => {
+                    if let Err(end) = message::send_answer(&mut ws, answer).await {
+                        return end;
+                    }
+                    continue;
+                }
                 Ok(()) = self.status.changed() => {
                     let status = self.status.borrow_and_update().clone();
                     if let Err(end) = message::send_status(&mut ws, status).await {
@@ -181,7 +201,10 @@ impl ControlLink {
                 Ok(text) => text,
                 Err(end) => return end,
             };
-            if let Err(end) = self.handle(&mut ws, &text, events, backoff).await {
+            if let Err(end) = self
+                .handle(&mut ws, &text, events, backoff, &questions)
+                .await
+            {
                 return end;
             }
         }

@@ -7,7 +7,8 @@
 //! periodic chore, or the end (shutdown requested, or the link gone).
 
 use crate::{
-    ConfigError, ControlLink, LinkConfig, LinkEvent, NodeConfig, NodeState, NodeStatus, StateError,
+    ConfigError, ControlLink, HandlerSlot, LinkConfig, LinkEvent, NodeConfig, NodeState,
+    NodeStatus, QueryHandler, StateError,
 };
 use kakuremichi_proto::ConfigSnapshot;
 use kakuremichi_tunnel::PrivateKey;
@@ -53,6 +54,7 @@ pub struct NodeRuntime<'a> {
     tick: Option<Interval>,
     stopped: bool,
     status: watch::Sender<NodeStatus>,
+    queries: HandlerSlot,
 }
 
 impl<'a> NodeRuntime<'a> {
@@ -75,7 +77,10 @@ impl<'a> NodeRuntime<'a> {
         let held_hash = cached.as_ref().map(|c| c.config_hash.clone());
         let (events_tx, events) = mpsc::channel(16);
         let (status, status_rx) = watch::channel(NodeStatus::default());
-        let link = ControlLink::new(link, state.clone(), held_hash).with_status(status_rx);
+        let queries = HandlerSlot::default();
+        let link = ControlLink::new(link, state.clone(), held_hash)
+            .with_status(status_rx)
+            .with_queries(queries.clone());
         let link = tokio::spawn(link.run(events_tx));
         Ok(Self {
             key,
@@ -88,6 +93,7 @@ impl<'a> NodeRuntime<'a> {
             tick: None,
             stopped: false,
             status,
+            queries,
         })
     }
 
@@ -114,6 +120,11 @@ impl<'a> NodeRuntime<'a> {
             *current = status;
             changed
         });
+    }
+
+    /// Answers Control's questions with `handler` from now on (the first handler set stays).
+    pub fn answer_queries(&self, handler: QueryHandler) {
+        let _ = self.queries.set(handler);
     }
 
     /// Waits for what the role must do next. After [`Step::Stop`], always `Stop`.

@@ -12,6 +12,7 @@ pub mod access;
 pub mod basic_auth;
 pub mod limits;
 pub mod message;
+pub mod query;
 mod snapshot;
 
 pub use access::{AccessConfig, AccessKey, AccessPolicy, RouteAccess};
@@ -22,6 +23,7 @@ pub use message::{
     OwnPort, PortError, StreamCounters, WebPorts, MAX_MESSAGE_BYTES, MAX_PORT_ERRORS,
     MAX_REASON_CHARS, MAX_STREAM_COUNTERS,
 };
+pub use query::{Answer, Query, RequestFilter, RequestRecord, TargetCheck};
 pub use snapshot::{
     AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, ProxyProtocol, RouteTarget,
     SharedSnapshot, StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
@@ -42,6 +44,9 @@ pub use snapshot::{
 /// version and leaves them out of the snapshots of older sessions (or leaves out a route that
 /// cannot be served safely without them, reporting it), so a node never meets a field it does
 /// not know; nodes still refuse unknown fields rather than ignore one that might restrict access.
+/// Also in 3 (the release that introduced it is not out yet): Control may ask a node a
+/// [`Query`] (`ControlMessage::Query`, answered by `NodeMessage::Answer`), and routes may carry
+/// `log_requests` and `error_pages`; a protocol-2 session gets neither.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest version of the node-session protocol this release speaks: that of the release

@@ -59,6 +59,11 @@ pub enum NodeMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         web_ports: Option<WebPorts>,
     },
+    /// The answer to Control's [`ControlMessage::Query`] of the same id (protocol 3).
+    Answer {
+        id: u64,
+        answer: crate::query::Answer,
+    },
 }
 
 /// The public ports of a Gateway's HTTP and HTTPS listeners (its listening ports, or the ports
@@ -141,6 +146,9 @@ pub enum ControlMessage {
     Config { snapshot: ConfigSnapshot },
     /// Session refused or ended; `code` is stable (`version_mismatch`, `bad_hello`, ...).
     Error { code: String, message: String },
+    /// A question for the node, answered by a [`NodeMessage::Answer`] of the same id; sent only
+    /// in sessions of protocol 3 or later (see [`crate::query`]).
+    Query { id: u64, query: crate::query::Query },
 }
 
 /// Why a frame could not be decoded.
@@ -287,6 +295,21 @@ mod tests {
                 config_hash: None,
                 reason: "unreadable".into(),
             },
+            NodeMessage::Answer {
+                id: 9,
+                answer: crate::Answer::CheckTarget {
+                    check: crate::TargetCheck {
+                        target: "app:3000".into(),
+                        ok: false,
+                        connect_us: None,
+                        detail: "connection refused".into(),
+                    },
+                },
+            },
+            NodeMessage::Answer {
+                id: 10,
+                answer: crate::Answer::error("no such tunnel"),
+            },
         ] {
             assert_eq!(decode_node(&m.encode()).unwrap(), m);
         }
@@ -301,6 +324,21 @@ mod tests {
             ControlMessage::Error {
                 code: "bad_hello".into(),
                 message: "no".into(),
+            },
+            ControlMessage::Query {
+                id: 9,
+                query: crate::Query::RequestLog {
+                    tunnel_id: 3,
+                    filter: crate::RequestFilter {
+                        status: Some(5),
+                        path_prefix: Some("/api".into()),
+                        limit: 10,
+                    },
+                },
+            },
+            ControlMessage::Query {
+                id: 10,
+                query: crate::Query::CheckTarget { tunnel_id: 3 },
             },
         ] {
             assert_eq!(decode_control(&m.encode()).unwrap(), m);

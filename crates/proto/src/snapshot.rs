@@ -252,6 +252,10 @@ pub struct GatewayRoute {
     /// openly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<crate::RouteBasicAuth>,
+    /// Keep the route's recent requests in memory for Control's request log (protocol 3; left
+    /// out when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_requests: bool,
 }
 
 /// One Agent serving a route with replicas.

@@ -8,6 +8,7 @@
 //! and a Close frame, never a panic. Every send is bounded by the heartbeat timeout, so a node
 //! that stops reading cannot pin the task.
 
+use super::ask::Asked;
 use super::Hub;
 use crate::snapshot::AgentInputs;
 use crate::store::{NodeKind, NodeRef, StoreError};
@@ -15,8 +16,8 @@ use crate::validate;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use futures_util::SinkExt as _;
 use kakuremichi_proto::{
-    decode_node, negotiate, ControlMessage, DecodeError, NodeMessage, NodeRole, OwnPort, PortError,
-    MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS, MAX_STREAM_COUNTERS,
+    decode_node, negotiate, Answer, ControlMessage, DecodeError, NodeMessage, NodeRole, OwnPort,
+    PortError, MAX_MESSAGE_BYTES, MAX_PORT_ERRORS, MAX_REASON_CHARS, MAX_STREAM_COUNTERS,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, HashSet};
@@ -113,6 +114,9 @@ pub async fn serve(
         last_rx: Instant::now(),
         sent_challenges: Arc::new(HashSet::new()),
         agent_inputs: None,
+        questions: HashMap::new(),
+        next_question: 0,
+        protocol: OLDEST_PROTOCOL_VERSION,
     };
     let end = session.run().await;
     session.finish(end).await;
@@ -131,6 +135,22 @@ struct NodeSession {
     sent_challenges: Arc<HashSet<String>>,
     /// What the Agent's snapshot last sent (or held already) was made of; `None` for Gateways.
     agent_inputs: Option<AgentInputs>,
+    /// The session's protocol version (2 until the hello is read).
+    protocol: u32,
+    /// Questions sent and not answered yet, by id (see `ask`).
+    questions: HashMap<u64, tokio::sync::oneshot::Sender<Answer>>,
+    next_question: u64,
+}
+
+/// Questions a session keeps waiting for an answer at once; the API's own timeout frees them.
+const MAX_QUESTIONS: usize = 64;
+
+/// The next question for this session, or never when it cannot be asked.
+async fn next_asked(asked: &mut Option<tokio::sync::mpsc::Receiver<Asked>>) -> Option<Asked> {
+    match asked {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl NodeSession {
@@ -147,7 +167,9 @@ impl NodeSession {
                 Err(end) => return end,
             },
         };
+        self.protocol = protocol_version;
         let _online = self.hub.mark_online(self.node);
+        let (_asker, mut asked) = self.hub.register_asker(self.node, protocol_version >= 3);
         tracing::info!(node = %self.node, protocol_version, "node session open");
         let welcome = ControlMessage::Welcome {
             protocol_version,
@@ -177,6 +199,7 @@ impl NodeSession {
                 biased;
                 () = stopped(&mut shutdown) => Err(SHUTDOWN),
                 frame = self.socket.recv() => self.on_frame(frame, sent_hash.as_deref()),
+                Some(asked) = next_asked(&mut asked) => self.send_question(asked).await,
                 _ = credentials.changed() => if self.credential_replaced(&mut credentials) {
                     Err(credential_replaced())
                 } else {
@@ -254,7 +277,8 @@ impl NodeSession {
             Ok(
                 NodeMessage::Applied { .. }
                 | NodeMessage::Rejected { .. }
-                | NodeMessage::Status { .. },
+                | NodeMessage::Status { .. }
+                | NodeMessage::Answer { .. },
             ) => return Err(End::error("bad_hello", "the first message must be a hello")),
             Err(e @ DecodeError::VersionMismatch { .. }) => {
                 return Err(End::error("version_mismatch", e.to_string()))
@@ -335,7 +359,7 @@ impl NodeSession {
                 let online = |a| self.hub.agent_online(a);
                 (
                     world
-                        .sealed(self.node, online)
+                        .sealed_in(self.node, online, self.protocol)
                         .ok_or(StoreError::NotFound)?,
                     None,
                 )
@@ -378,6 +402,26 @@ impl NodeSession {
         *sent_hash = Some(hash);
         self.agent_inputs = inputs;
         Ok(())
+    }
+
+    /// Sends a question to the node; its answer comes back in [`NodeSession::on_frame`].
+    async fn send_question(&mut self, asked: Asked) -> Result<(), End> {
+        // Questions whose asker stopped waiting (timed out) are forgotten here.
+        self.questions.retain(|_, reply| !reply.is_closed());
+        if self.questions.len() >= MAX_QUESTIONS {
+            let _ = asked.reply.send(Answer::error(
+                "this node has too many questions waiting; try again",
+            ));
+            return Ok(());
+        }
+        self.next_question += 1;
+        let id = self.next_question;
+        self.questions.insert(id, asked.reply);
+        self.send(&ControlMessage::Query {
+            id,
+            query: asked.query,
+        })
+        .await
     }
 
     /// The node did not apply a snapshot: it keeps serving its previous one. Logged at error and
@@ -450,6 +494,13 @@ impl NodeSession {
                     }
                     stream_counters.truncate(MAX_STREAM_COUNTERS);
                     self.hub.set_stream_counters(self.node, stream_counters);
+                    Ok(())
+                }
+                Ok(NodeMessage::Answer { id, answer }) => {
+                    // An answer to a question no longer waited for is dropped.
+                    if let Some(reply) = self.questions.remove(&id) {
+                        let _ = reply.send(answer.bounded());
+                    }
                     Ok(())
                 }
                 Ok(NodeMessage::Hello { .. }) => {

@@ -12,9 +12,11 @@
 //!   challenges contained in the last snapshot it confirmed (`Applied`), so the ACME client can
 //!   wait until every online Gateway is ready before asking the CA to validate.
 
+mod ask;
 mod conn;
 pub mod replication;
 
+pub use ask::AskError;
 pub use conn::serve;
 
 use crate::metrics::ControlMetrics;
@@ -91,6 +93,8 @@ pub struct Hub {
     metrics: ControlMetrics,
     /// When the latest change (here or on another replica) was heard of.
     changed_at: Mutex<Instant>,
+    /// The sessions questions can be sent on (see `ask`).
+    asks: ask::Askers,
 }
 
 /// No Gateway is connected, so no ACME challenge can be answered.
@@ -132,6 +136,7 @@ impl Hub {
             hello_writes: tokio::sync::Semaphore::new(HELLO_WRITES),
             metrics: ControlMetrics::default(),
             changed_at: Mutex::new(Instant::now()),
+            asks: ask::Askers::default(),
         })
     }
 

@@ -48,6 +48,7 @@ impl ControlLink {
         text: &str,
         events: &mpsc::Sender<LinkEvent>,
         backoff: &mut Backoff,
+        questions: &super::query::Questions,
     ) -> Result<(), End> {
         match decode_control(text) {
             Ok(ControlMessage::Welcome {
@@ -63,6 +64,10 @@ impl ControlLink {
             Ok(ControlMessage::Error { code, message }) => Err(End::Refused(format!(
                 "Control refused the session ({code}): {message}"
             ))),
+            Ok(ControlMessage::Query { id, query }) => {
+                questions.ask(id, query);
+                Ok(())
+            }
             Err(e) => match probe_config(text) {
                 // A snapshot this node cannot take: say so, keep the last good one, and
                 // stay connected for the next (fixed) one.
@@ -110,6 +115,13 @@ pub(super) async fn send_status(ws: &mut Ws, status: crate::NodeStatus) -> Resul
     ws.send(Message::text(msg.encode()))
         .await
         .map_err(|e| End::Lost(format!("reporting status: {e}")))
+}
+
+/// Sends the answer to one of Control's questions.
+pub(super) async fn send_answer(ws: &mut Ws, answer: NodeMessage) -> Result<(), End> {
+    ws.send(Message::text(answer.encode()))
+        .await
+        .map_err(|e| End::Lost(format!("answering Control: {e}")))
 }
 
 /// Hands an event to the role; a role that is gone ends the session.

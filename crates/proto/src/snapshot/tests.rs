@@ -22,6 +22,7 @@ pub(crate) fn sample() -> ConfigSnapshot {
             plain_http_only: false,
             tcp_access: false,
             basic_auth: None,
+            log_requests: false,
         },
     );
     let cert = TlsCertificate {
