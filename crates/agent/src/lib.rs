@@ -6,6 +6,7 @@
 //! No root, no TUN device, no listening port on the host. Where UDP to a Gateway is blocked,
 //! WireGuard to it goes over TLS to its HTTPS port instead (see [`fallback`]).
 
+mod check;
 mod datagrams;
 mod fallback;
 mod forward;
@@ -83,6 +84,10 @@ pub async fn run(
         config.target_connect_timeout,
         config.wg_fallback_port,
     );
+    node.answer_queries(check::handler(
+        agent.current.clone(),
+        config.target_connect_timeout,
+    ));
     if let Some(snapshot) = node.take_cached() {
         tracing::info!("starting from cached config while Control is contacted");
         agent.apply(Arc::new(snapshot)).await?;
@@ -138,6 +143,8 @@ struct Agent {
     device: Option<Device>,
     services: Services,
     snapshot: Option<Arc<ConfigSnapshot>>,
+    /// The snapshot applied, for Control's target checks.
+    current: Arc<arc_swap::ArcSwapOption<ConfigSnapshot>>,
     target_connect_timeout: Duration,
     wg_fallback_port: u16,
     /// The TLS fallback's supervisor of each Gateway peer.
@@ -151,6 +158,7 @@ impl Agent {
             device: None,
             services: Arc::default(),
             snapshot: None,
+            current: Default::default(),
             target_connect_timeout,
             wg_fallback_port,
             fallbacks: HashMap::new(),
@@ -199,6 +207,7 @@ impl Agent {
             gateways = snapshot.peers.len(),
             "config applied"
         );
+        self.current.store(Some(snapshot.clone()));
         self.snapshot = Some(snapshot);
         self.refresh_peers().await;
         Ok(())
