@@ -56,6 +56,8 @@ pub struct GatewayConfig {
     pub public_http_port: Option<u16>,
     /// Where `tcp` tunnels' public ports are bound (`--ports-listen-ip`).
     pub ports_listen_ip: std::net::IpAddr,
+    /// Every HTTP request as a JSON line on stdout (`--access-log`).
+    pub access_log: bool,
 }
 
 impl GatewayConfig {
@@ -68,6 +70,7 @@ impl GatewayConfig {
             public_https_port: None,
             public_http_port: None,
             ports_listen_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            access_log: false,
         }
     }
 
@@ -99,6 +102,19 @@ pub struct GatewayListeners {
     pub wg: std::net::UdpSocket,
 }
 
+/// Answers Control's questions: a tunnel's logged requests.
+fn answer_queries(log: Arc<proxy::reqlog::RequestLog>) -> kakuremichi_node::QueryHandler {
+    Arc::new(move |query| {
+        let answer = match query {
+            kakuremichi_proto::Query::RequestLog { tunnel_id, filter } => {
+                log.answer(tunnel_id, &filter)
+            }
+            _ => kakuremichi_proto::Answer::error("a Gateway answers request-log questions only"),
+        };
+        Box::pin(std::future::ready(answer))
+    })
+}
+
 /// Runs the Gateway until `shutdown` resolves; in-flight requests are then drained.
 pub async fn run(
     config: GatewayConfig,
@@ -111,6 +127,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let _stop_on_return = stop.clone().drop_guard();
     let (mut gateway, servers) = Gateway::start(&config, listeners, &node, &stop)?;
+    node.answer_queries(answer_queries(gateway.routes.request_log().clone()));
     if let Some(snapshot) = node.take_cached() {
         tracing::info!("starting from cached config while Control is contacted");
         gateway.apply(&snapshot)?;
@@ -210,6 +227,7 @@ impl Gateway {
         stop: &CancellationToken,
     ) -> anyhow::Result<(Self, Servers)> {
         let routes = Arc::new(RouteTable::new());
+        routes.request_log().set_access_log(config.access_log);
         let dialer = Arc::new(TunnelDialer::default());
         let mut proxy_config = config.proxy.clone();
         let web_ports = kakuremichi_proto::WebPorts {

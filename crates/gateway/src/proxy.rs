@@ -13,6 +13,7 @@
 //! - `forward`: the per-request handler, including HTTP/1.1 upgrades (WebSocket).
 //! - `pages`: the small error pages the proxy answers itself.
 //! - `redirect`: ACME HTTP-01 answers, the http → https `308` and HSTS.
+//! - [`reqlog`]: request ids, the per-tunnel request log and the access log.
 //! - [`limits`]: per-tunnel IP lists, rate and concurrency limits, and their refusal counters.
 //! - `server`: accept loops, connection caps, timeouts and graceful drain.
 //! - `admin`: the admin listener's `/healthz` and `/metrics` ([`metrics`]: Prometheus).
@@ -31,6 +32,7 @@ pub mod limits;
 pub mod metrics;
 mod pages;
 mod redirect;
+pub mod reqlog;
 pub mod routes;
 mod server;
 mod tcp_access;

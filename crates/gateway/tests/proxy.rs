@@ -114,6 +114,7 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         plain_http_only: false,
         tcp_access: false,
         basic_auth: None,
+        log_requests: false,
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();

@@ -23,6 +23,7 @@ use super::limits::Counted;
 use super::metrics::{Denied, InFlight, TunnelStats, UpstreamError};
 use super::pages;
 use super::redirect;
+use super::reqlog;
 use super::server::{ClientConn, ConnGuard};
 use super::timeouts::{BodyError, IdleIo, RequestBody};
 use super::{Proxy, Scheme};
@@ -73,10 +74,52 @@ impl ForwardError {
 
 impl Proxy {
     /// Answers one client request; every failure becomes a response, never an error or a panic.
+    /// Pages the Gateway writes itself carry a request id; requests of tunnels that log them
+    /// (and every request, with the access log) are recorded when their response ends.
     pub(crate) async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ClientConn,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let host = headers::client_host(req.uri(), req.headers());
+        let route = host.as_ref().ok().and_then(|h| self.routes.get(&h.name));
+        let log = self.routes.request_log();
+        let tunnel = route.as_ref().map(|r| r.tunnel_id);
+        let seen = log
+            .wants(tunnel)
+            .then(|| reqlog::Seen::new(log.clone(), &mut req, conn.peer.ip(), tunnel));
+        let mut response = self.answer(req, conn, host, route, started).await;
+        let page = matches!(response.body(), Either::Right(_)) && response.status().as_u16() >= 400;
+        if !page && seen.is_none() {
+            return response;
+        }
+        let id = reqlog::request_id();
+        if page {
+            pages::stamp(&mut response, &id, |b| Either::Right(Full::new(b)));
+        }
+        if let Some(seen) = seen {
+            let mut pending = seen.responded(id, response.status().as_u16());
+            match response.body_mut() {
+                Either::Left(streamed) => streamed.log(pending, started),
+                Either::Right(page) => {
+                    let size = page.size_hint().exact().unwrap_or(0);
+                    pending.sent(usize::try_from(size).unwrap_or(usize::MAX));
+                    pending.finish(started.elapsed());
+                }
+            }
+        }
+        response
+    }
+
+    /// [`Proxy::handle`] without the logging: the response, counted in the tunnel's metrics.
+    async fn answer(
         &self,
         req: Request<Incoming>,
         conn: ClientConn,
+        host: Result<ClientHost, HostError>,
+        route: Option<Arc<GatewayRoute>>,
+        started: Instant,
     ) -> Response<ProxyBody> {
         // CONNECT would turn the Gateway into an open forward proxy.
         if req.method() == Method::CONNECT {
@@ -87,18 +130,17 @@ impl Proxy {
                 return local(redirect::challenge_answer(self.certs.http01(token)));
             }
         }
-        let host = match headers::client_host(req.uri(), req.headers()) {
+        let host = match host {
             Ok(host) => host,
             Err(HostError::Missing) => return local(pages::not_found(None)),
             Err(HostError::Invalid) => return local(pages::bad_request()),
         };
-        let Some(route) = self.routes.get(&host.name) else {
+        let Some(route) = route else {
             return local(pages::not_found(Some(&host.name)));
         };
         let Some(stats) = self.routes.metrics().tunnel(route.tunnel_id) else {
             return self.routed(req, conn, &host, &route, None).await;
         };
-        let started = Instant::now();
         let in_flight = stats.begin();
         let mut response = self
             .routed(req, conn, &host, &route, Some(&in_flight))
@@ -202,8 +244,10 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
+        let logged = parts.extensions.remove::<reqlog::BytesIn>();
         let body = RequestBody::new(body, self.config.body_timeout, access::remove_user_header)
-            .counting(stats);
+            .counting(stats)
+            .logging(logged);
         // Agents speak HTTP/1.1 whatever the client spoke; hyper's server-side extensions mean
         // nothing to its client.
         parts.version = Version::HTTP_11;
@@ -376,6 +420,7 @@ mod tests {
             plain_http_only: false,
             tcp_access: false,
             basic_auth: None,
+            log_requests: false,
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

@@ -281,6 +281,8 @@ pub(crate) struct Counted<B> {
     /// The request's metrics: bytes sent, and when it began (its duration is recorded when the
     /// body ends or is dropped).
     measured: Option<(InFlight, Instant)>,
+    /// The request's record in the request log, finished when the body ends.
+    logged: Option<(super::reqlog::Pending, Instant)>,
 }
 
 impl<B> Counted<B> {
@@ -289,7 +291,13 @@ impl<B> Counted<B> {
             body,
             _permit: permit,
             measured: None,
+            logged: None,
         }
+    }
+
+    /// Records the request in the request log when the body ends (its bytes counted).
+    pub(crate) fn log(&mut self, pending: super::reqlog::Pending, started: Instant) {
+        self.logged = Some((pending, started));
     }
 
     /// Counts the body's bytes for the request `in_flight`, which began at `started`.
@@ -302,6 +310,9 @@ impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
         if let Some((in_flight, started)) = &self.measured {
             in_flight.stats().finished(started.elapsed());
+        }
+        if let Some((pending, started)) = self.logged.take() {
+            pending.finish(started.elapsed());
         }
     }
 }
@@ -317,10 +328,16 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some((in_flight, _))) = (&polled, &self.measured) {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                in_flight.stats().bytes_out(data.remaining());
+                if let Some((in_flight, _)) = &this.measured {
+                    in_flight.stats().bytes_out(data.remaining());
+                }
+                if let Some((pending, _)) = &mut this.logged {
+                    pending.sent(data.remaining());
+                }
             }
         }
         polled

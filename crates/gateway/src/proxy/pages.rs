@@ -71,18 +71,50 @@ pub(crate) fn method_not_allowed() -> Response<Full<Bytes>> {
     )
 }
 
-/// A page with `detail` (HTML: escape what comes from outside) under the status as title.
-pub(crate) fn page(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
+/// What a page the Gateway wrote says, kept with the response so that the request's id can be
+/// written into it once known ([`stamp`]).
+#[derive(Debug, Clone)]
+pub(crate) struct PageDetail(String);
+
+/// The header that carries a request's id on the Gateway's own pages.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+
+fn render(status: StatusCode, detail: &str, request_id: Option<&str>) -> Bytes {
     let title = format!(
         "{} {}",
         status.as_u16(),
         status.canonical_reason().unwrap_or("Error")
     );
-    let html = format!(
+    let id = request_id
+        .map(|id| format!("<p>Request id: <code>{}</code></p>", escape(id)))
+        .unwrap_or_default();
+    Bytes::from(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
-         <body><h1>{title}</h1><p>{detail}</p><hr><p>kakuremichi gateway</p></body></html>\n"
-    );
-    let mut response = Response::new(Full::new(Bytes::from(html)));
+         <body><h1>{title}</h1><p>{detail}</p>{id}<hr><p>kakuremichi gateway</p></body></html>\n"
+    ))
+}
+
+/// Writes `request_id` into a page the Gateway wrote (and its `X-Request-Id` header); other
+/// responses get only the header.
+pub(crate) fn stamp<B>(
+    response: &mut Response<B>,
+    request_id: &str,
+    body: impl FnOnce(Bytes) -> B,
+) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    if let Some(PageDetail(detail)) = response.extensions_mut().remove::<PageDetail>() {
+        *response.body_mut() = body(render(response.status(), &detail, Some(request_id)));
+    }
+}
+
+/// A page with `detail` (HTML: escape what comes from outside) under the status as title.
+pub(crate) fn page(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(render(status, detail, None)));
+    response
+        .extensions_mut()
+        .insert(PageDetail(detail.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

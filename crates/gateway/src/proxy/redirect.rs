@@ -111,6 +111,7 @@ mod tests {
             plain_http_only: false,
             tcp_access: false,
             basic_auth: None,
+            log_requests: false,
         }
     }
 

@@ -15,6 +15,7 @@ use crate::hostmap::HostMap;
 
 use super::limits::Limits;
 use super::metrics::HttpMetrics;
+use super::reqlog::RequestLog;
 
 /// Hostname → route, swapped atomically when a new config snapshot arrives. Routes are shared
 /// (`Arc`): a request takes a reference, not a copy of the route's lists.
@@ -23,6 +24,7 @@ pub struct RouteTable {
     routes: ArcSwap<HostMap<Arc<GatewayRoute>>>,
     limits: Limits,
     metrics: Arc<HttpMetrics>,
+    log: Arc<RequestLog>,
 }
 
 impl RouteTable {
@@ -31,7 +33,13 @@ impl RouteTable {
             routes: ArcSwap::from_pointee(HostMap::default()),
             limits: Limits::default(),
             metrics: Arc::default(),
+            log: Arc::default(),
         }
+    }
+
+    /// The request log of the tunnels that keep one, and the access log.
+    pub fn request_log(&self) -> &Arc<RequestLog> {
+        &self.log
     }
 
     /// The tunnels' request counters (Prometheus `/metrics`).
@@ -54,6 +62,8 @@ impl RouteTable {
         // Limiters first: a request that sees a new route finds its limiter already there.
         self.limits.update(map.values().map(|r| r.as_ref()));
         self.metrics.update(map.values().map(|r| r.tunnel_id));
+        self.log
+            .update(map.values().filter(|r| r.log_requests).map(|r| r.tunnel_id));
         self.routes.store(Arc::new(map));
     }
 
@@ -111,6 +121,7 @@ mod tests {
             plain_http_only: false,
             tcp_access: false,
             basic_auth: None,
+            log_requests: false,
         }
     }
 

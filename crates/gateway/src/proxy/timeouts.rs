@@ -201,6 +201,8 @@ pub(crate) struct RequestBody {
     clean_trailers: fn(&mut HeaderMap),
     /// The tunnel's metrics, which count the bytes received.
     stats: Option<Arc<TunnelStats>>,
+    /// The request's own count, when it is logged.
+    logged: Option<super::reqlog::BytesIn>,
 }
 
 impl RequestBody {
@@ -215,12 +217,19 @@ impl RequestBody {
             wait: None,
             clean_trailers,
             stats: None,
+            logged: None,
         }
     }
 
     /// Counts the body's bytes in `stats`.
     pub(crate) fn counting(mut self, stats: Option<Arc<TunnelStats>>) -> Self {
         self.stats = stats;
+        self
+    }
+
+    /// Also counts the body's bytes for the request log.
+    pub(crate) fn logging(mut self, logged: Option<super::reqlog::BytesIn>) -> Self {
+        self.logged = logged;
         self
     }
 }
@@ -237,9 +246,14 @@ impl Body for RequestBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.wait = None;
-                if let (Some(Ok(f)), Some(stats)) = (&frame, &this.stats) {
-                    if let Some(data) = f.data_ref() {
+                if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                    if let Some(stats) = &this.stats {
                         stats.bytes_in(data.len());
+                    }
+                    if let Some(logged) = &this.logged {
+                        logged
+                            .0
+                            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 let frame = frame.map(|f| {

@@ -117,6 +117,7 @@ impl TestDialer {
             plain_http_only: false,
             tcp_access: false,
             basic_auth: None,
+            log_requests: false,
         }
     }
 

@@ -61,6 +61,7 @@ fn route(access: AccessPolicy) -> GatewayRoute {
         plain_http_only: false,
         tcp_access: false,
         basic_auth: None,
+        log_requests: false,
     }
 }
 

@@ -23,6 +23,7 @@ fn route(tunnel_id: i64, limits: RouteLimits) -> GatewayRoute {
         plain_http_only: false,
         tcp_access: false,
         basic_auth: None,
+        log_requests: false,
     }
 }
 

@@ -1,0 +1,287 @@
+//! The request log (issue #22): per tunnel that asks for it (`log_requests`), the last
+//! [`LOG_CAPACITY`] requests in memory, handed to Control on request
+//! (`kakuremichi_proto::Query::RequestLog`); and, with `--access-log`, one JSON line per request
+//! on stdout. Nothing is written to disk by the Gateway.
+//!
+//! Requests of tunnels that log nothing pay one branch: no id, no record, no lock. A logged
+//! request takes one short lock of its own tunnel's ring when it ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::Request;
+use kakuremichi_proto::query::{MAX_METHOD_CHARS, MAX_PATH_CHARS};
+use kakuremichi_proto::{Answer, RequestFilter, RequestRecord};
+
+/// Requests a Gateway keeps per logged tunnel.
+pub const LOG_CAPACITY: usize = kakuremichi_proto::query::MAX_LOG_RECORDS;
+
+/// A short random id for one request: on the Gateway's own error pages (and their
+/// `X-Request-Id`), in the request log and the access log.
+pub(crate) fn request_id() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// The request bytes received for one logged request (set in the request's extensions so the
+/// body that forwards it counts them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BytesIn(pub Arc<AtomicU64>);
+
+/// Every logged tunnel's ring, and whether the access log is on.
+#[derive(Debug, Default)]
+pub struct RequestLog {
+    rings: ArcSwap<HashMap<i64, Arc<Ring>>>,
+    access_log: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Ring(Mutex<VecDeque<RequestRecord>>);
+
+impl RequestLog {
+    /// With `on`, every request is also written to stdout as a JSON line (`--access-log`).
+    pub fn set_access_log(&self, on: bool) {
+        self.access_log.store(on, Ordering::Relaxed);
+    }
+
+    fn access_log(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
+
+    /// Follows a new snapshot: the tunnels that log requests (kept records of tunnels that
+    /// still log stay; the others are dropped, so turning logging off forgets).
+    pub(crate) fn update(&self, tunnel_ids: impl IntoIterator<Item = i64>) {
+        let old = self.rings.load();
+        let next = tunnel_ids
+            .into_iter()
+            .map(|id| (id, old.get(&id).cloned().unwrap_or_default()))
+            .collect();
+        self.rings.store(Arc::new(next));
+    }
+
+    /// Whether a request of `tunnel` (none: no route) is recorded anywhere.
+    pub(crate) fn wants(&self, tunnel: Option<i64>) -> bool {
+        self.access_log() || tunnel.is_some_and(|id| self.rings.load().contains_key(&id))
+    }
+
+    /// The records of `tunnel` that pass `filter`, newest first.
+    pub fn answer(&self, tunnel: i64, filter: &RequestFilter) -> Answer {
+        let Some(ring) = self.rings.load().get(&tunnel).cloned() else {
+            return Answer::RequestLog {
+                requests: Vec::new(),
+            };
+        };
+        let ring = ring.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let requests = ring
+            .iter()
+            .rev()
+            .filter(|r| filter.admits(r))
+            .take(filter.limit())
+            .cloned()
+            .collect();
+        Answer::RequestLog { requests }
+    }
+
+    fn record(&self, tunnel: Option<i64>, record: RequestRecord) {
+        if self.access_log() {
+            write_access_line(tunnel, &record);
+        }
+        let Some(ring) = tunnel.and_then(|id| self.rings.load().get(&id).cloned()) else {
+            return;
+        };
+        let mut ring = ring.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if ring.len() >= LOG_CAPACITY {
+            ring.pop_front();
+        }
+        ring.push_back(record);
+    }
+}
+
+/// One JSON line on stdout; a closed stdout loses the line, nothing else.
+fn write_access_line(tunnel: Option<i64>, r: &RequestRecord) {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        time_ms: i64,
+        request_id: &'a str,
+        tunnel: Option<i64>,
+        client_ip: &'a str,
+        method: &'a str,
+        path: &'a str,
+        status: u16,
+        duration_ms: f64,
+        bytes_in: u64,
+        bytes_out: u64,
+    }
+    let line = Line {
+        time_ms: r.time_ms,
+        request_id: &r.request_id,
+        tunnel,
+        client_ip: &r.client_ip,
+        method: &r.method,
+        path: &r.path,
+        status: r.status,
+        duration_ms: r.duration_us as f64 / 1000.0,
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+    };
+    if let Ok(mut text) = serde_json::to_vec(&line) {
+        text.push(b'\n');
+        let _ = std::io::stdout().lock().write_all(&text);
+    }
+}
+
+/// What is known of a logged request when it arrives.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    log: Arc<RequestLog>,
+    tunnel: Option<i64>,
+    time_ms: i64,
+    client_ip: IpAddr,
+    method: String,
+    path: String,
+    bytes_in: BytesIn,
+}
+
+impl Seen {
+    /// Notes `req` (and marks its body to be counted).
+    pub(crate) fn new<B>(
+        log: Arc<RequestLog>,
+        req: &mut Request<B>,
+        client_ip: IpAddr,
+        tunnel: Option<i64>,
+    ) -> Self {
+        let bytes_in = BytesIn::default();
+        req.extensions_mut().insert(bytes_in.clone());
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Self {
+            log,
+            tunnel,
+            time_ms,
+            client_ip,
+            method: req
+                .method()
+                .as_str()
+                .chars()
+                .take(MAX_METHOD_CHARS)
+                .collect(),
+            path: kakuremichi_proto::query::cut(req.uri().path(), MAX_PATH_CHARS),
+            bytes_in,
+        }
+    }
+
+    /// The response's head left with `status`: the rest is known when its body ends.
+    pub(crate) fn responded(self, request_id: String, status: u16) -> Pending {
+        Pending {
+            seen: self,
+            request_id,
+            status,
+            bytes_out: 0,
+        }
+    }
+}
+
+/// A logged request whose response body is on its way.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    seen: Seen,
+    request_id: String,
+    status: u16,
+    bytes_out: u64,
+}
+
+impl Pending {
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.bytes_out += n as u64;
+    }
+
+    /// The body ended (or was dropped) `elapsed` after the request arrived.
+    pub(crate) fn finish(self, elapsed: Duration) {
+        let Pending {
+            seen,
+            request_id,
+            status,
+            bytes_out,
+        } = self;
+        let record = RequestRecord {
+            time_ms: seen.time_ms,
+            request_id,
+            client_ip: seen.client_ip.to_string(),
+            method: seen.method,
+            path: seen.path,
+            status,
+            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            bytes_in: seen.bytes_in.0.load(Ordering::Relaxed),
+            bytes_out,
+        };
+        seen.log.record(seen.tunnel, record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(log: &Arc<RequestLog>, path: &str) -> Seen {
+        let mut req = Request::get(path).body(()).unwrap();
+        Seen::new(log.clone(), &mut req, "192.0.2.7".parse().unwrap(), Some(1))
+    }
+
+    #[test]
+    fn a_ring_keeps_the_last_requests_newest_first() {
+        let log = Arc::new(RequestLog::default());
+        log.update([1]);
+        assert!(log.wants(Some(1)));
+        assert!(!log.wants(Some(2)) && !log.wants(None));
+        for i in 0..LOG_CAPACITY + 10 {
+            let status = if i % 2 == 0 { 200 } else { 502 };
+            let mut pending =
+                seen(&log, &format!("/p/{i}?secret=1")).responded(format!("id{i}"), status);
+            pending.sent(5);
+            pending.finish(Duration::from_millis(3));
+        }
+        let Answer::RequestLog { requests } = log.answer(1, &RequestFilter::default()) else {
+            panic!()
+        };
+        assert_eq!(requests.len(), LOG_CAPACITY);
+        let last = LOG_CAPACITY + 9;
+        assert_eq!(
+            requests[0].path,
+            format!("/p/{last}"),
+            "newest first, query stripped"
+        );
+        assert_eq!(requests[0].request_id, format!("id{last}"));
+        assert_eq!(requests[0].client_ip, "192.0.2.7");
+        assert_eq!((requests[0].bytes_out, requests[0].duration_us), (5, 3000));
+        let only = RequestFilter {
+            status: Some(502),
+            path_prefix: Some("/p/10".into()),
+            limit: 3,
+        };
+        let Answer::RequestLog { requests } = log.answer(1, &only) else {
+            panic!()
+        };
+        assert_eq!(requests.len(), 3);
+        assert!(requests
+            .iter()
+            .all(|r| r.status == 502 && r.path.starts_with("/p/10")));
+        // Logging turned off: what was kept goes.
+        log.update([]);
+        let Answer::RequestLog { requests } = log.answer(1, &RequestFilter::default()) else {
+            panic!()
+        };
+        assert!(requests.is_empty());
+    }
+
+    #[test]
+    fn request_ids_are_short_and_differ() {
+        let (a, b) = (request_id(), request_id());
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, b);
+    }
+}
