@@ -41,8 +41,8 @@ pub struct World {
     /// Every Agent's peers (the enabled Gateways, sorted), built on first use.
     agent_peers: OnceLock<Arc<Vec<WgPeer>>>,
     /// What every enabled Gateway gets, for the online hints it was made with (see
-    /// [`World::gateway_sealed`]).
-    gateway_shared: Mutex<Option<Arc<SharedGateway>>>,
+    /// [`World::gateway_sealed`]): for protocol-2 sessions, and for newer ones.
+    gateway_shared: Mutex<[Option<Arc<SharedGateway>>; 2]>,
 }
 
 /// Positions in [`World`]'s vectors by id: a snapshot costs what its node gets, not a scan of
@@ -129,13 +129,25 @@ impl World {
     /// The sealed snapshot of `node`, or `None` if the node no longer exists. `agent_online`
     /// says whether Control has a session with an Agent; Gateways get it as a hint for routes
     /// with replicas.
+    #[cfg(test)]
     pub fn snapshot(
         &self,
         node: NodeRef,
         agent_online: impl Fn(i64) -> bool,
     ) -> Option<ConfigSnapshot> {
+        self.snapshot_in(node, agent_online, kakuremichi_proto::PROTOCOL_VERSION)
+    }
+
+    /// [`World::snapshot`] for a session of `protocol`: fields that version does not know are
+    /// left out.
+    pub fn snapshot_in(
+        &self,
+        node: NodeRef,
+        agent_online: impl Fn(i64) -> bool,
+        protocol: u32,
+    ) -> Option<ConfigSnapshot> {
         let snapshot = match node.kind {
-            NodeKind::Gateway => self.gateway_snapshot(node.id, agent_online)?,
+            NodeKind::Gateway => self.gateway_snapshot(node.id, agent_online, protocol)?,
             NodeKind::Agent => self.agent_inputs(node.id)?.snapshot(node.id),
         };
         Some(snapshot.seal())
@@ -144,9 +156,20 @@ impl World {
     /// The node's sealed snapshot, or `None` if the node no longer exists. What
     /// [`World::snapshot`] returns, made for sessions: enabled Gateways share one serialised
     /// snapshot, and Agents are better served by [`World::agent_inputs`].
+    #[cfg(test)]
     pub fn sealed(&self, node: NodeRef, agent_online: impl Fn(i64) -> bool) -> Option<Sealed> {
+        self.sealed_in(node, agent_online, kakuremichi_proto::PROTOCOL_VERSION)
+    }
+
+    /// [`World::sealed`] for a session of `protocol` (see [`World::snapshot_in`]).
+    pub fn sealed_in(
+        &self,
+        node: NodeRef,
+        agent_online: impl Fn(i64) -> bool,
+        protocol: u32,
+    ) -> Option<Sealed> {
         match node.kind {
-            NodeKind::Gateway => self.gateway_sealed(node.id, agent_online),
+            NodeKind::Gateway => self.gateway_sealed(node.id, agent_online, protocol),
             NodeKind::Agent => Some(self.agent_inputs(node.id)?.seal(node.id)),
         }
     }
@@ -278,7 +301,12 @@ impl World {
             .collect()
     }
 
-    fn gateway_snapshot(&self, id: i64, online: impl Fn(i64) -> bool) -> Option<ConfigSnapshot> {
+    fn gateway_snapshot(
+        &self,
+        id: i64,
+        online: impl Fn(i64) -> bool,
+        protocol: u32,
+    ) -> Option<ConfigSnapshot> {
         let gateway = self.gateways.iter().find(|g| g.id == id)?;
         let identity = ConfigSnapshot {
             node_id: gateway.id,
@@ -294,21 +322,26 @@ impl World {
         Some(ConfigSnapshot {
             node_id: identity.node_id,
             wg_address: identity.wg_address,
-            ..self.gateway_body(online)
+            ..self.gateway_body(online, protocol)
         })
     }
 
     /// An enabled Gateway's sealed snapshot: the one every enabled Gateway shares (made once
     /// for the Agents' online states it depends on), with its identity.
-    fn gateway_sealed(&self, id: i64, online: impl Fn(i64) -> bool) -> Option<Sealed> {
+    fn gateway_sealed(
+        &self,
+        id: i64,
+        online: impl Fn(i64) -> bool,
+        protocol: u32,
+    ) -> Option<Sealed> {
         let gateway = self.gateways.iter().find(|g| g.id == id)?;
         if !gateway.enabled {
             return Some(Sealed::Own(Box::new(
-                self.gateway_snapshot(id, online)?.seal(),
+                self.gateway_snapshot(id, online, protocol)?.seal(),
             )));
         }
         let wg_address = address(&gateway.wg_address)?;
-        let shared = self.shared_gateway(&online);
+        let shared = self.shared_gateway(&online, protocol);
         let config_hash = shared.snapshot.config_hash(id, wg_address);
         Some(Sealed::Shared {
             shared,
@@ -318,11 +351,12 @@ impl World {
         })
     }
 
-    fn shared_gateway(&self, online: &impl Fn(i64) -> bool) -> Arc<SharedGateway> {
-        let mut cached = self
+    fn shared_gateway(&self, online: &impl Fn(i64) -> bool, protocol: u32) -> Arc<SharedGateway> {
+        let mut slots = self
             .gateway_shared
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let cached = &mut slots[usize::from(protocol >= 3)];
         if let Some(shared) = cached.as_ref() {
             if shared
                 .hints
@@ -334,11 +368,14 @@ impl World {
         }
         // Made again only when an Agent it asked about came or went.
         let hints = RefCell::new(BTreeMap::new());
-        let body = self.gateway_body(|agent| {
-            let on = online(agent);
-            hints.borrow_mut().insert(agent, on);
-            on
-        });
+        let body = self.gateway_body(
+            |agent| {
+                let on = online(agent);
+                hints.borrow_mut().insert(agent, on);
+                on
+            },
+            protocol,
+        );
         let snapshot = SharedSnapshot::new(body);
         let challenges = Arc::new(snapshot.template().acme.ids().into_iter().collect());
         let shared = Arc::new(SharedGateway {
@@ -350,8 +387,8 @@ impl World {
         shared
     }
 
-    /// What every enabled Gateway gets, without its identity.
-    fn gateway_body(&self, online: impl Fn(i64) -> bool) -> ConfigSnapshot {
+    /// What every enabled Gateway gets, without its identity, in a session of `protocol`.
+    fn gateway_body(&self, online: impl Fn(i64) -> bool, session: u32) -> ConfigSnapshot {
         let peers = self
             .agents
             .iter()
@@ -430,6 +467,8 @@ impl World {
                 basic_auth: (protocol == TunnelProtocol::Http)
                     .then(|| t.basic_auth())
                     .flatten(),
+                // Protocol 2 Gateways do not know the field (they would refuse the snapshot).
+                log_requests: t.log_requests && session >= 3,
             };
             routes.insert(t.hostname.clone(), route);
         }

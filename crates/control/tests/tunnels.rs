@@ -32,6 +32,7 @@ async fn tunnels_crud_and_validation() {
             "id",
             "ip_allow",
             "ip_deny",
+            "log_requests",
             "max_concurrent_requests",
             "max_connections",
             "owner_id",

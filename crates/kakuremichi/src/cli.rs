@@ -373,6 +373,11 @@ struct GatewayArgs {
     /// The address `tcp` and `udp` tunnels' public ports are bound on (`::` for IPv4 and IPv6).
     #[arg(long, env = "KAKUREMICHI_PORTS_LISTEN_IP", default_value = "0.0.0.0")]
     ports_listen_ip: std::net::IpAddr,
+    /// Write every HTTP request to stdout as one JSON line (time_ms, request_id, tunnel,
+    /// client_ip, method, path without the query, status, duration_ms, bytes_in, bytes_out),
+    /// for shipping logs elsewhere. Logs stay on stderr. Off by default: nothing is kept.
+    #[arg(long, env = "KAKUREMICHI_ACCESS_LOG")]
+    access_log: bool,
     /// Directory for the WireGuard key and the cached config.
     #[arg(long, env = "KAKUREMICHI_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -559,6 +564,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 kakuremichi_gateway::GatewayConfig::new(a.control_url, Secret::new(a.token));
             config.data_dir = Some(a.data_dir);
             config.ports_listen_ip = a.ports_listen_ip;
+            config.access_log = a.access_log;
             config.public_https_port = a.public_https_port;
             config.public_http_port = a.public_http_port;
             config.proxy.connect_timeout = Duration::from_secs(a.connect_timeout.max(1));

@@ -4,6 +4,7 @@ mod agents;
 mod backups;
 mod device;
 mod gateways;
+mod inspect;
 mod login;
 mod nodes;
 mod openapi;
@@ -76,6 +77,8 @@ pub fn router() -> Router<AppState> {
                 .patch(tunnels::update)
                 .delete(tunnels::delete),
         )
+        .route("/api/v1/tunnels/{id}/check", post(inspect::check))
+        .route("/api/v1/tunnels/{id}/requests", get(inspect::requests))
         .route("/api/v1/shares", get(shares::list).post(shares::create))
         .route("/api/v1/shares/{id}", axum::routing::delete(shares::delete))
         .route("/api/v1/dns/zones", get(zones::list).post(zones::create))

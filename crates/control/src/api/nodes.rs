@@ -13,7 +13,7 @@ use axum::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kakuremichi_proto::{PROTOCOL_HEADER, PROTOCOL_VERSION};
+use kakuremichi_proto::{OLDEST_PROTOCOL_VERSION, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
 /// Largest frame or message a node may send; a Hello is a few hundred bytes.
 const MAX_NODE_MESSAGE: usize = 64 * 1024;
@@ -122,9 +122,12 @@ pub async fn pull_config(
 ) -> Result<Response, ApiError> {
     let world = state.hub.world().await?;
     let online = |a| state.hub.agent_online(a);
+    // A client that names no protocol version gets what the oldest one knows.
+    let protocol =
+        offered_protocol(&headers)?.map_or(OLDEST_PROTOCOL_VERSION, |v| v.min(PROTOCOL_VERSION));
     // The node may have been deleted since it authenticated.
     let sealed = world
-        .sealed(node, online)
+        .sealed_in(node, online, protocol)
         .ok_or_else(ApiError::unauthorized)?;
     if let Err(e) = state.store.touch_node(node).await {
         tracing::warn!(%node, error = %e, "could not record last_seen");
@@ -140,7 +143,7 @@ pub async fn pull_config(
         return Ok((StatusCode::NOT_MODIFIED, cache(sealed.config_hash())).into_response());
     }
     let snapshot = world
-        .snapshot(node, online)
+        .snapshot_in(node, online, protocol)
         .ok_or_else(ApiError::unauthorized)?;
     let cache = cache(&snapshot.config_hash);
     Ok((cache, Json(snapshot)).into_response())

@@ -11,7 +11,8 @@
 #![allow(dead_code)] // The shapes below are never built: `utoipa` only reads their definitions.
 
 use super::{
-    agents, backups, device, gateways, login, nodes, shares, status, tokens, tunnels, users, zones,
+    agents, backups, device, gateways, inspect, login, nodes, shares, status, tokens, tunnels,
+    users, zones,
 };
 use axum::Json;
 use std::sync::LazyLock;
@@ -69,6 +70,8 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         tunnels::get,
         tunnels::update,
         tunnels::delete,
+        inspect::check,
+        inspect::requests,
         shares::create,
         shares::list,
         shares::delete,

@@ -89,6 +89,10 @@ pub struct CreateTunnel {
     /// `http`: `user:password` for HTTP Basic authentication at the Gateways (user 1-64
     /// characters without `:`, password 8-128). Write-only: views show `basic_auth_user`.
     basic_auth: Option<String>,
+    /// `http`: every Gateway keeps the tunnel's last 1,000 requests in memory (time, client IP,
+    /// method, path without the query, status, duration, bytes), shown on the tunnel page and by
+    /// `GET /api/v1/tunnels/{id}/requests`. Default false; nothing is written to disk.
+    log_requests: Option<bool>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -126,6 +130,8 @@ pub struct PatchTunnel {
     /// `user:password` for HTTP Basic authentication; null turns it off.
     #[serde(default, deserialize_with = "nullable")]
     basic_auth: Option<Option<String>>,
+    /// `http`: keep the tunnel's recent requests on the Gateways (the request log).
+    log_requests: Option<bool>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`, by `serde(default)`).
@@ -178,6 +184,7 @@ pub async fn create(
         max_connections: body.max_connections.map(Some),
         udp_idle_timeout: body.udp_idle_timeout.map(Some),
         basic_auth: body.basic_auth.map(Some),
+        log_requests: body.log_requests,
     };
     let row = ops::tunnels::create(&state, &user, input).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
@@ -284,6 +291,7 @@ pub async fn update(
         max_connections: body.max_connections,
         udp_idle_timeout: body.udp_idle_timeout,
         basic_auth: body.basic_auth,
+        log_requests: body.log_requests,
     };
     let row = ops::tunnels::update(&state, &user, id, input).await?;
     Ok(Json(view(&state, row).await?))

@@ -194,6 +194,7 @@ impl Setup {
             stream: Default::default(),
             ports: Default::default(),
             basic_auth: None,
+            log_requests: false,
         };
         self.store.create_tunnel(&new).await.unwrap().id
     }

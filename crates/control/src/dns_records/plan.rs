@@ -188,6 +188,7 @@ mod tests {
             udp_idle_timeout: None,
             basic_auth_user: None,
             basic_auth: None,
+            log_requests: false,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod agents;
 pub mod backups;
 pub mod device_login;
 pub mod gateways;
+pub mod inspect;
 pub mod limits;
 pub mod login;
 pub mod quotas;

@@ -42,6 +42,8 @@ pub struct TunnelInput {
     pub udp_idle_timeout: Option<Option<u32>>,
     /// `http` only: `user:password` for HTTP Basic authentication; `Some(None)`: off (update).
     pub basic_auth: Option<Option<String>>,
+    /// `http` only: the Gateways keep the tunnel's recent requests (default off).
+    pub log_requests: Option<bool>,
 }
 
 /// `user:password` checked, as the stored user name and the Gateways' check (a fresh salt).
@@ -153,6 +155,12 @@ fn check_stream(
     if input.https_redirect == Some(true) {
         return Err(ApiError::bad_request(format!(
             "https_redirect applies to http tunnels, not to a {name} tunnel"
+        )));
+    }
+    if input.log_requests == Some(true) {
+        return Err(ApiError::bad_request(format!(
+            "log_requests applies to http tunnels, not to a {name} tunnel (its connections are \
+             counted on the tunnel page)"
         )));
     }
     let limits = &input.limits;
@@ -354,6 +362,7 @@ pub async fn create(
         stream,
         ports: port_rules(state).await?,
         basic_auth: basic_auth(protocol, input.basic_auth.clone().flatten().as_deref())?,
+        log_requests: http && input.log_requests.unwrap_or(false),
     };
     require_agent(state, user, agent_id).await?;
     for &replica in &new.replicas {
@@ -423,6 +432,7 @@ pub async fn update(
             Some(change) => Some(basic_auth(current.protocol(), change.as_deref())?),
             None => None,
         },
+        log_requests: input.log_requests,
     };
     for agent in touched_agents(state, &current, &patch).await? {
         require_agent(state, user, agent).await?;
@@ -442,6 +452,7 @@ pub async fn update(
         "max_connections": patch.max_connections, "udp_idle_timeout": patch.udp_idle_timeout,
         // Whether it changed, and to which user: never the password nor its hash.
         "basic_auth_user": patch.basic_auth.as_ref().map(|a| a.as_ref().map(|(u, _)| u)),
+        "log_requests": patch.log_requests,
     });
     audit(state, Some(user), "tunnel.update", label(&row), detail).await;
     Ok(row)

@@ -61,6 +61,7 @@ fn tunnel(id: i64, agent_id: i64, port: i64) -> TunnelRow {
         udp_idle_timeout: None,
         basic_auth_user: None,
         basic_auth: None,
+        log_requests: false,
     }
 }
 

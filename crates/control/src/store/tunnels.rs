@@ -17,7 +17,8 @@ use std::ops::RangeInclusive;
 pub(crate) const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled, tls, \
      https_redirect, access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, \
      ip_deny, rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
-     public_port, proxy_protocol, max_connections, udp_idle_timeout, basic_auth_user, basic_auth";
+     public_port, proxy_protocol, max_connections, udp_idle_timeout, basic_auth_user, basic_auth, \
+     log_requests";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -58,6 +59,8 @@ pub struct TunnelRow {
     /// [`RouteBasicAuth`]); NULL = off.
     pub basic_auth_user: Option<String>,
     pub basic_auth: Option<String>,
+    /// Gateways keep the tunnel's recent requests in memory (the request log).
+    pub log_requests: bool,
 }
 
 impl TunnelRow {
@@ -128,6 +131,7 @@ pub struct NewTunnel {
     pub ports: PortRules,
     /// HTTP Basic authentication: the user name and the Gateways' check.
     pub basic_auth: Option<(String, RouteBasicAuth)>,
+    pub log_requests: bool,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -155,6 +159,7 @@ pub struct TunnelPatch {
     pub ports: Option<PortRules>,
     /// `Some(None)` turns Basic authentication off.
     pub basic_auth: Option<Option<(String, RouteBasicAuth)>>,
+    pub log_requests: Option<bool>,
 }
 
 impl Store {
@@ -183,9 +188,9 @@ impl Store {
              access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, ip_deny, \
              rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
              public_port, proxy_protocol, max_connections, udp_idle_timeout, basic_auth_user, \
-             basic_auth) \
+             basic_auth, log_requests) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20, $21, $22, $23) RETURNING {COLUMNS}"
+             $17, $18, $19, $20, $21, $22, $23, $24) RETURNING {COLUMNS}"
         );
         let (access_mode, access_allow) = encode_policy(&new.access);
         let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&new.limits);
@@ -214,6 +219,7 @@ impl Store {
             .bind(new.stream.udp_idle_timeout.map(i64::from))
             .bind(auth_user)
             .bind(auth)
+            .bind(new.log_requests)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;
@@ -296,7 +302,7 @@ impl Store {
              ip_allow = $12, ip_deny = $13, rate_limit_per_second = $14, rate_limit_burst = $15, \
              max_concurrent_requests = $16, public_port = $17, proxy_protocol = $18, \
              max_connections = $19, udp_idle_timeout = $20, basic_auth_user = $21, \
-             basic_auth = $22 WHERE id = $11 RETURNING {COLUMNS}"
+             basic_auth = $22, log_requests = $23 WHERE id = $11 RETURNING {COLUMNS}"
         );
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -321,6 +327,7 @@ impl Store {
             .bind(udp_idle_timeout)
             .bind(auth_user)
             .bind(auth)
+            .bind(patch.log_requests.unwrap_or(current.log_requests))
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &hostname))?;

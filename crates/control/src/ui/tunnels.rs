@@ -34,6 +34,7 @@ pub struct TunnelForm {
     target: String,
     tls: String,
     https_redirect: Option<String>,
+    log_requests: Option<String>,
     enabled: Option<String>,
     /// `public`, `login` or `users`; absent (a form without the choice) keeps the tunnel's policy.
     #[serde(rename = "access_mode")]
@@ -98,6 +99,7 @@ impl From<Vec<(String, String)>> for TunnelForm {
                 "target" => f.target = value,
                 "tls" => f.tls = value,
                 "https_redirect" => f.https_redirect = Some(value),
+                "log_requests" => f.log_requests = Some(value),
                 "enabled" => f.enabled = Some(value),
                 "access" => f.access = value,
                 "allow" => f.allow = value,
@@ -175,6 +177,7 @@ impl TunnelForm {
             // The HTTP fields stay in the page (hidden) for other protocols: not sent on.
             tls: tls.filter(|_| http),
             https_redirect: http.then_some(self.https_redirect.is_some()),
+            log_requests: http.then_some(self.log_requests.is_some()),
             access: self.access()?,
             limits: self.limits(http)?,
             protocol,

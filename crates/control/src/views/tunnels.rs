@@ -52,6 +52,8 @@ pub struct TunnelView {
     /// `http`: the user name of the tunnel's HTTP Basic authentication (the password is never
     /// shown); `null` when it has none.
     basic_auth_user: Option<String>,
+    /// `http`: the Gateways keep the tunnel's recent requests (`GET /api/v1/tunnels/{id}/requests`).
+    log_requests: bool,
     /// `tcp`/`udp`: where clients connect, one `host:port` per enabled Gateway (its
     /// `public_endpoint`'s host); empty for `http` and `tls` tunnels, reached by hostname, and
     /// for a `tcp` tunnel with access control (no public port is opened for it).
@@ -218,6 +220,7 @@ impl TunnelView {
                     .unwrap_or(kakuremichi_proto::DEFAULT_UDP_IDLE_TIMEOUT)
             }),
             basic_auth_user: t.basic_auth_user,
+            log_requests: t.log_requests,
             public_addresses: Vec::new(),
             public_urls: Vec::new(),
             port_errors: Vec::new(),
