@@ -112,13 +112,11 @@ impl PeerState {
             }
         }
         if authenticated {
-            nic.received(datagram.len());
+            self.nic.received(datagram.len());
             // An initiation we answered, or the response to ours: a session was established.
             if kind == 1 || kind == 2 {
-                nic.handshaken();
+                self.nic.handshaken();
             }
-        }
-        if authenticated {
             self.stats.last_rx = Some(Instant::now());
             self.follow_path(peer, src, kind == 2);
         }
