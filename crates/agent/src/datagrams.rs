@@ -2,8 +2,11 @@
 //! relayed to its target over real UDP, one socket per flow (a Gateway's flow port: one client
 //! there), so the target's replies find their way back to that client. A flow idle for the
 //! tunnel's timeout (plus a little, so the Gateway frees it first) is freed; the table is
-//! bounded and owned by the service's one task.
+//! bounded and owned by the service's one task. Opening a flow counts as a connect in the
+//! tunnel's metrics; a name that does not resolve, a socket that cannot be opened and each
+//! datagram the target refuses (an ICMP port unreachable) count as errors.
 
+use crate::metrics::{TargetError, TargetStats};
 use crate::Service;
 use kakuremichi_tunnel::{TunnelUdp, UdpSender};
 use std::collections::HashMap;
@@ -64,14 +67,18 @@ pub(crate) async fn relay(mut port: TunnelUdp, service: Arc<Service>) {
                 tracing::debug!(target = %service.target, "too many udp flows; datagram dropped");
                 continue;
             }
+            let started = Instant::now();
             let Some(target) = resolve(&service.target, &mut resolved).await else {
+                service.stats.failed(TargetError::Unresolved);
                 continue;
             };
-            match open(target, from, sender.clone(), now_ms).await {
+            match open(target, from, sender.clone(), service.stats.clone(), now_ms).await {
                 Ok(flow) => {
+                    service.stats.connected(started.elapsed());
                     flows.insert(from, flow);
                 }
                 Err(e) => {
+                    service.stats.failed(TargetError::of(&e));
                     tracing::warn!(%target, error = %e, "cannot open a udp socket toward the tunnel's target");
                     continue;
                 }
@@ -82,6 +89,7 @@ pub(crate) async fn relay(mut port: TunnelUdp, service: Arc<Service>) {
         };
         flow.last.store(now_ms(), Ordering::Relaxed);
         if let Err(e) = flow.socket.send(&payload).await {
+            service.stats.failed(TargetError::of(&e));
             // ECONNREFUSED after an ICMP port unreachable: the app is not listening (yet).
             tracing::debug!(target = %service.target, error = %e, "udp datagram not delivered to the target; is the app running?");
         }
@@ -114,6 +122,7 @@ async fn open(
     target: SocketAddr,
     from: SocketAddrV4,
     to_gateway: UdpSender,
+    stats: Arc<TargetStats>,
     now_ms: impl Fn() -> u64 + Send + 'static,
 ) -> std::io::Result<Flow> {
     let local: SocketAddr = match target {
@@ -135,7 +144,9 @@ async fn open(
                     }
                 }
                 // ECONNREFUSED (ICMP) is reported once per refused datagram: keep listening.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    stats.failed(TargetError::Refused);
+                }
                 Err(e) => {
                     tracing::debug!(%target, error = %e, "udp receive error");
                     tokio::time::sleep(Duration::from_millis(50)).await;

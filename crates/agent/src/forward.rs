@@ -1,9 +1,14 @@
 //! Forwarding: each stream a Gateway opens to a tunnel port is spliced to that tunnel's target.
+//! The target's name is resolved first, apart from the connect, so that a failure says which
+//! it was (the tunnel's `kakuremichi_agent_target_errors_total{kind}`).
 
+use crate::metrics::{TargetError, TargetStats};
 use crate::{Service, Services};
 use kakuremichi_tunnel::{Acceptor, TunnelStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Copy buffer per direction; larger than tokio's 8 KiB default to cut per-call overhead.
@@ -26,16 +31,8 @@ pub(crate) async fn accept_loop(
 
 async fn forward(mut stream: TunnelStream, service: Arc<Service>, connect_timeout: Duration) {
     let target = &service.target;
-    let upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(&target)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(%target, error = %e, "cannot reach the tunnel's target; is the app running?");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%target, timeout = ?connect_timeout, "the tunnel's target did not accept the connection in time");
-            return;
-        }
+    let Some(upstream) = connect(target, connect_timeout, &service.stats).await else {
+        return;
     };
     let _ = upstream.set_nodelay(true);
     let mut upstream = upstream;
@@ -53,6 +50,45 @@ async fn forward(mut stream: TunnelStream, service: Arc<Service>, connect_timeou
         }
         _ = service.retired.cancelled() => {
             tracing::debug!(%target, "tunnel changed; closing its open connection");
+        }
+    }
+}
+
+/// Connects to `target` (`host:port`) within `timeout`, counting the time it took or why it
+/// failed in `stats`.
+async fn connect(target: &str, timeout: Duration, stats: &TargetStats) -> Option<TcpStream> {
+    let started = Instant::now();
+    let attempt = async {
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(target).await {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => return Err((TargetError::Unresolved, e)),
+        };
+        if addrs.is_empty() {
+            let e = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+            return Err((TargetError::Unresolved, e));
+        }
+        TcpStream::connect(&addrs[..])
+            .await
+            .map_err(|e| (TargetError::of(&e), e))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(s)) => {
+            stats.connected(started.elapsed());
+            Some(s)
+        }
+        Ok(Err((kind, e))) => {
+            stats.failed(kind);
+            if kind == TargetError::Unresolved {
+                tracing::warn!(%target, error = %e, "cannot resolve the tunnel's target; is its name right?");
+            } else {
+                tracing::warn!(%target, error = %e, "cannot reach the tunnel's target; is the app running?");
+            }
+            None
+        }
+        Err(_) => {
+            stats.failed(TargetError::Timeout);
+            tracing::warn!(%target, ?timeout, "the tunnel's target did not accept the connection in time");
+            None
         }
     }
 }

@@ -4,12 +4,14 @@
 //! datagrams of `udp` tunnels are relayed to theirs over UDP (see [`datagrams`]).
 //!
 //! No root, no TUN device, no listening port on the host. Where UDP to a Gateway is blocked,
-//! WireGuard to it goes over TLS to its HTTPS port instead (see [`fallback`]).
+//! WireGuard to it goes over TLS to its HTTPS port instead (see [`fallback`]). Prometheus
+//! metrics ([`metrics`]) are served only on request, on a listener of their own.
 
 mod check;
 mod datagrams;
 mod fallback;
 mod forward;
+mod metrics;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -43,6 +45,9 @@ pub struct AgentConfig {
     /// Gateways' HTTPS port, where WireGuard goes over TLS when UDP gets no answer; 0 turns the
     /// fallback off.
     pub wg_fallback_port: u16,
+    /// Where to serve Prometheus `/metrics` (plain HTTP, no authentication: keep it private);
+    /// `None`, the default: nowhere, and the Agent listens on no port at all.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -53,6 +58,7 @@ impl AgentConfig {
             data_dir: None,
             target_connect_timeout: Duration::from_secs(10),
             wg_fallback_port: 443,
+            metrics_listen: None,
         }
     }
 
@@ -77,8 +83,15 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::AgentMetrics::default());
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let mut node = NodeRuntime::start(config.node(), shutdown, RESOLVE_INTERVAL)?;
     tracing::info!(public_key = %node.key().public_key(), "agent starting");
+    // Served until `run` returns.
+    let _metrics_served = metrics_listener.map(|l| metrics::serve(l, metrics.clone()));
     let mut agent = Agent::new(
         node.key().clone(),
         config.target_connect_timeout,
@@ -88,6 +101,7 @@ pub async fn run(
         agent.current.clone(),
         config.target_connect_timeout,
     ));
+    agent.metrics = metrics;
     if let Some(snapshot) = node.take_cached() {
         tracing::info!("starting from cached config while Control is contacted");
         agent.apply(Arc::new(snapshot)).await?;
@@ -100,6 +114,7 @@ pub async fn run(
         }
     }
     drop(node); // ends the link to Control
+    agent.metrics.clear_device();
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -109,27 +124,33 @@ pub async fn run(
 /// a Gateway keeps reaching the old target.
 #[derive(Debug)]
 pub(crate) struct Service {
+    pub tunnel_id: i64,
     pub target: String,
     /// `udp`: datagrams relayed over UDP (`datagrams`); otherwise TCP streams (`forward`).
     pub udp: bool,
     /// `udp`: how long the Gateways keep an idle flow.
     pub udp_idle: Duration,
     pub retired: tokio_util::sync::CancellationToken,
+    /// The tunnel's connects and target errors (kept across a change of target).
+    pub stats: Arc<metrics::TargetStats>,
 }
 
 impl Service {
-    fn new(s: &AgentService) -> Self {
+    fn new(s: &AgentService, stats: Arc<metrics::TargetStats>) -> Self {
         Service {
+            tunnel_id: s.tunnel_id,
             target: s.target.clone(),
             udp: s.protocol == TunnelProtocol::Udp,
             udp_idle: s.udp_idle_timeout(),
             retired: Default::default(),
+            stats,
         }
     }
 
     /// True when `s` is served by this as it is (same target, protocol and timeout).
     fn serves(&self, s: &AgentService) -> bool {
-        self.target == s.target
+        self.tunnel_id == s.tunnel_id
+            && self.target == s.target
             && self.udp == (s.protocol == TunnelProtocol::Udp)
             && self.udp_idle == s.udp_idle_timeout()
     }
@@ -149,6 +170,7 @@ struct Agent {
     wg_fallback_port: u16,
     /// The TLS fallback's supervisor of each Gateway peer.
     fallbacks: HashMap<PublicKey, fallback::Supervisor>,
+    metrics: Arc<metrics::AgentMetrics>,
 }
 
 impl Agent {
@@ -162,6 +184,7 @@ impl Agent {
             target_connect_timeout,
             wg_fallback_port,
             fallbacks: HashMap::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -172,6 +195,8 @@ impl Agent {
         }
         let device = self.device.as_ref().expect("device started above");
         let old = self.services.load_full();
+        self.metrics
+            .update(snapshot.services.iter().map(|s| s.tunnel_id));
         let services: HashMap<u16, Arc<Service>> = snapshot
             .services
             .iter()
@@ -179,7 +204,8 @@ impl Agent {
                 let service = match old.get(&s.port) {
                     Some(existing) if existing.serves(s) => existing.clone(),
                     _ => {
-                        let service = Arc::new(Service::new(s));
+                        let stats = self.metrics.tunnel(s.tunnel_id);
+                        let service = Arc::new(Service::new(s, stats));
                         if service.udp {
                             // Bound now: it takes the port over from the service it replaces.
                             let port = device.bind_udp(s.port);
@@ -227,6 +253,7 @@ impl Agent {
             self.services.clone(),
             self.target_connect_timeout,
         ));
+        self.metrics.set_device(device.clone());
         tracing::info!(%address, "tunnel interface up");
         Ok(device)
     }

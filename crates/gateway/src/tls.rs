@@ -183,6 +183,11 @@ impl CertStore {
         self.wireguard.store(Some(Arc::new(device)));
     }
 
+    /// The WireGuard device, once the tunnel is up (its peers are in `/metrics`).
+    pub fn wireguard(&self) -> Option<Arc<Device>> {
+        self.wireguard.load_full()
+    }
+
     /// Hands a TLS connection that negotiated [`WG_TLS_ALPN`] to the WireGuard device; without
     /// one yet (no config from Control so far) it is closed.
     pub(crate) fn hand_over_wireguard<S>(&self, stream: S, remote: SocketAddr)

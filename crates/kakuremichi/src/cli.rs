@@ -459,6 +459,12 @@ struct AgentArgs {
     /// (0 turns this fallback off).
     #[arg(long, env = "KAKUREMICHI_WG_FALLBACK_PORT", default_value_t = 443)]
     wg_fallback_port: u16,
+    /// Serve the Agent's Prometheus metrics at http://ADDR/metrics (connects to each tunnel's
+    /// target and their errors, WireGuard peers; docs/monitoring.md). Plain HTTP without
+    /// authentication: use a private address, e.g. 127.0.0.1:9100. Default: off, and the Agent
+    /// listens on no port at all.
+    #[arg(long, env = "KAKUREMICHI_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -590,6 +596,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let mut config = kakuremichi_agent::AgentConfig::new(control_url, Secret::new(api_key));
             config.data_dir = a.data_dir;
             config.wg_fallback_port = a.wg_fallback_port;
+            config.metrics_listen = a.metrics_listen;
             kakuremichi_agent::run(config, signal::shutdown()).await
         }
         Command::Up(a) => up::run(a).await,

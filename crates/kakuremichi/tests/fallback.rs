@@ -4,7 +4,8 @@
 //! Real processes on namespace hosts (see `common/netns.rs`); needs root, `ip` and `nft`.
 //!
 //! Which path the tunnel takes is read from nftables counters on the router between the Agent
-//! and the Gateway: packets to the Gateway's TCP 443 and (after the drop rule) to UDP 51820.
+//! and the Gateway: packets to the Gateway's TCP 443 and (after the drop rule) to UDP 51820; and
+//! from both ends' `kakuremichi_wireguard_transport` metric.
 
 use kakuremichi_testkit::load::{hold, Load};
 use kakuremichi_testkit::netns::{sh, Topology};
@@ -54,6 +55,19 @@ fn counter(topo: &Topology, name: &str) -> u64 {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no packet count in: {text}"))
+}
+
+/// Whether the `/metrics` at `url`, fetched from inside network namespace `ns`, says that a
+/// WireGuard peer's path is `mode` (`udp`, `tls`).
+fn transport_is(ns: &str, url: &str, mode: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "--max-time", "5", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = format!(",mode=\"{mode}\"}} 1");
+    text.lines()
+        .any(|l| l.starts_with("kakuremichi_wireguard_transport{") && l.ends_with(&line))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,8 +163,14 @@ async fn udp_blocked_from_the_start_tunnel_comes_up_over_tls_and_returns_to_udp(
         &[
             ("CONTROL_URL", &format!("http://{public}:8780")),
             ("API_KEY", agent["api_key"].as_str().unwrap()),
+            ("KAKUREMICHI_METRICS_LISTEN", "127.0.0.1:9100"),
         ],
     );
+    // Both ends' metrics, each read on its own host.
+    let ends = [
+        (topo.agent.clone(), "http://127.0.0.1:9100/metrics"),
+        (topo.server.clone(), "http://127.0.0.1:9090/metrics"),
+    ];
 
     // 5. UDP dropped from the start: the tunnel comes up over TLS within 10 s.
     let up = eventually(
@@ -180,6 +200,9 @@ async fn udp_blocked_from_the_start_tunnel_comes_up_over_tls_and_returns_to_udp(
     .await;
     let (_, failed) = load.since(steady);
     assert_eq!(failed, 0, "requests failed while on the TLS fallback");
+    for (ns, url) in &ends {
+        assert!(transport_is(ns, url, "tls"), "{url} in {ns}: transport tls");
+    }
 
     // UDP passes again: the Agent's periodic probe (every 30 s) finds it, and the tunnel moves
     // back to UDP: UDP packets reach the Gateway and the TLS connection goes quiet, while
@@ -210,6 +233,14 @@ async fn udp_blocked_from_the_start_tunnel_comes_up_over_tls_and_returns_to_udp(
     let (ok, failed) = load.since(unblocked);
     eprintln!("switching back to UDP: {ok} requests served, {failed} failed");
     assert_eq!(failed, 0, "requests failed while switching back to UDP");
+    for (ns, url) in &ends {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{url} in {ns}: transport udp"),
+            || async { transport_is(ns, url, "udp") },
+        )
+        .await;
+    }
 
     // The Agent says why it switched, each way, in that order.
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();

@@ -1,5 +1,6 @@
 //! Prometheus metrics (issue #22): a real Prometheus scrapes the Gateway's admin `/metrics`,
-//! and PromQL through its HTTP API counts exactly the traffic the test sent.
+//! Control's and the Agent's `--metrics-listen`, and PromQL through its HTTP API counts exactly
+//! the traffic the test sent, on both ends of the WireGuard tunnel.
 
 use kakuremichi_testkit::origins::{self, Prometheus};
 use kakuremichi_testkit::*;
@@ -230,4 +231,151 @@ async fn prometheus_reads_what_control_did() {
         "Control: 3 tunnels pushed to the Gateway, p99 push latency {:?} s",
         prometheus.value(latency).await
     );
+}
+
+/// `n` requests through the Gateway at once, each held open a little (a short event stream),
+/// so that none waits for another's upstream connection: each needs a tunnel stream, and the
+/// Agent a connection to the target, of its own. Their statuses.
+async fn at_once(http: &reqwest::Client, gateway: std::net::SocketAddr, n: usize) -> Vec<u16> {
+    let requests = (0..n).map(|_| {
+        let http = http.clone();
+        tokio::spawn(async move {
+            through(&http, gateway, "agent.test", "/sse?n=2&interval_ms=200")
+                .await
+                .0
+        })
+    });
+    let mut statuses = Vec::new();
+    for r in requests.collect::<Vec<_>>() {
+        statuses.push(r.await.unwrap());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reads_the_agent_and_both_ends_of_the_tunnel() {
+    let test = "prometheus_reads_the_agent_and_both_ends_of_the_tunnel";
+    if !origins::available(test, &["prometheus"]) {
+        return;
+    }
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", origins::free_port())
+        .parse()
+        .unwrap();
+    let mut fleet = Cluster::new()
+        .gateway()
+        .agent_config(move |c| c.metrics_listen = Some(metrics))
+        .origin("metrics")
+        .tunnel("agent.test")
+        .start()
+        .await;
+    let (gateway, admin, tunnel) = (fleet.gateway(), fleet.gateways[0].admin, fleet.tunnels[0]);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_through(
+        &http,
+        gateway,
+        "agent.test",
+        "/",
+        Duration::from_secs(30),
+        "tunnel up",
+        |s, _| s == 200,
+    )
+    .await;
+    let scrape = || async {
+        let r = http
+            .get(format!("http://{metrics}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        r.text().await.unwrap()
+    };
+    let of_tunnel = format!("tunnel=\"{tunnel}\"");
+    let connects = format!("kakuremichi_agent_target_connect_seconds_count{{{of_tunnel}}}");
+    let text = scrape().await;
+    let before = sample(
+        &text,
+        "kakuremichi_agent_target_connect_seconds_count",
+        &of_tunnel,
+    );
+    assert!(
+        before >= 1.0,
+        "the wait above connected to the origin:\n{text}"
+    );
+
+    // N requests at once: N connections to the target at least (one may be the connection of
+    // the wait above, idle in the Gateway's pool).
+    const N: usize = 6;
+    assert_eq!(at_once(&http, gateway, N).await, vec![200; N]);
+
+    let prometheus = Prometheus::start(&[metrics, admin]).await;
+    let want = N as f64;
+    eventually(
+        Duration::from_secs(30),
+        &format!("{connects} >= {want}"),
+        || async { prometheus.value(&connects).await.is_some_and(|v| v >= want) },
+    )
+    .await;
+    let build = prometheus
+        .query("kakuremichi_build_info{role=\"agent\"}")
+        .await;
+    assert_eq!(build.len(), 1, "{build:?}");
+
+    // Both ends of the tunnel: a peer up, bytes each way, over UDP; one series set per end.
+    for q in [
+        "kakuremichi_wireguard_peers{state=\"up\"} >= 1",
+        "kakuremichi_wireguard_bytes_total{direction=\"rx\"} > 0",
+        "kakuremichi_wireguard_bytes_total{direction=\"tx\"} > 0",
+        "kakuremichi_wireguard_transport{mode=\"udp\"} == 1",
+        "kakuremichi_wireguard_last_handshake_seconds < 180",
+    ] {
+        let query = format!("count({q})");
+        eventually(Duration::from_secs(30), &format!("{query} = 2"), || async {
+            prometheus.value(&query).await == Some(2.0)
+        })
+        .await;
+    }
+    // The Agent's peer is the Gateway, by its public key (and the Gateway's the Agent).
+    let gateways = fleet.api.get("gateways").await;
+    let gateway_key = gateways[0]["public_key"].as_str().unwrap().to_string();
+    let agent_peer = prometheus
+        .query(&format!(
+            "kakuremichi_wireguard_transport{{instance=\"{metrics}\",mode=\"udp\"}}"
+        ))
+        .await;
+    assert_eq!(agent_peer.len(), 1, "{agent_peer:?}");
+    assert_eq!(agent_peer[0].0["peer"], gateway_key.as_str());
+
+    // The app stops: connections the Agent opens to it now are refused.
+    drop(fleet.origin_stop.take());
+    let refused_labels = format!("{of_tunnel},kind=\"refused\"");
+    let refused = format!("kakuremichi_agent_target_errors_total{{{refused_labels}}}");
+    eventually(Duration::from_secs(30), "a refused connect", || async {
+        // More requests than the pool has idle connections to the old origin.
+        let statuses = at_once(&http, gateway, 2 * N).await;
+        let text = scrape().await;
+        statuses.contains(&502)
+            && sample(
+                &text,
+                "kakuremichi_agent_target_errors_total",
+                &refused_labels,
+            ) >= 1.0
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        &format!("{refused} >= 1 in Prometheus"),
+        || async { prometheus.value(&refused).await.is_some_and(|v| v >= 1.0) },
+    )
+    .await;
+    let text = scrape().await;
+    for kind in ["timeout", "unresolved", "other"] {
+        let line = format!(
+            "kakuremichi_agent_target_errors_total{{tunnel=\"{tunnel}\",kind=\"{kind}\"}} 0"
+        );
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
 }

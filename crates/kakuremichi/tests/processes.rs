@@ -76,7 +76,48 @@ async fn separate_processes_carry_a_gibibyte_each_way_in_bounded_memory() {
     );
 }
 
-/// TCP sockets in LISTEN state owned by `pid` (from /proc: its socket inodes against net/tcp*).
+/// The Agent listens on no port unless asked; asked (`KAKUREMICHI_METRICS_LISTEN`, the twin of
+/// `--metrics-listen`), on that one only, where it serves its Prometheus metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_listens_only_for_metrics_and_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = LocalSite::start(dir.path(), "ports.test").await;
+    assert_eq!(
+        listening_tcp_sockets(site.agent.pid()),
+        0,
+        "the agent opens no listening port"
+    );
+    let created = site
+        .api
+        .post("agents", serde_json::json!({"name": "watched"}))
+        .await;
+    let metrics = site.at(9100).to_string();
+    let watched = Proc::spawn(
+        "agent-metrics",
+        dir.path(),
+        &["agent"],
+        &[
+            ("CONTROL_URL", &site.control_url),
+            ("API_KEY", created["api_key"].as_str().unwrap()),
+            ("KAKUREMICHI_METRICS_LISTEN", &metrics),
+        ],
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{metrics}/metrics");
+    eventually(Duration::from_secs(30), "the agent's /metrics", || async {
+        match http.get(&url).send().await {
+            Ok(r) => r.text().await.is_ok_and(|t| t.contains("role=\"agent\"")),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert_eq!(
+        listening_tcp_sockets(watched.pid()),
+        1,
+        "only --metrics-listen"
+    );
+}
+
 /// A burst of concurrent connections costs memory while it lasts; afterwards the Gateway and the
 /// Agent give it back instead of staying at their peak (glibc's arenas kept an Agent's freed
 /// buffers resident: 10 MiB idle, 35 MiB for good after one burst of 1,000 streams).
@@ -149,6 +190,7 @@ fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// TCP sockets in LISTEN state owned by `pid` (from /proc: its socket inodes against net/tcp*).
 fn listening_tcp_sockets(pid: u32) -> usize {
     let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()

@@ -1,6 +1,7 @@
 //! What Gateways and Agents share: start-up and the main loop ([`NodeRuntime`]), the link to
 //! Control ([`ControlLink`]), the on-disk state (WireGuard key and last config snapshot), and
-//! reconnect backoff.
+//! reconnect backoff, and the metrics both expose ([`metrics`]: build info, the WireGuard
+//! families, the encoding helpers).
 //!
 //! A node starts from its cached snapshot when it has one, so it serves while Control is down,
 //! and keeps its link to Control open forever, reconnecting with jittered exponential backoff.
@@ -8,6 +9,7 @@
 mod backoff;
 mod config;
 mod link;
+pub mod metrics;
 mod runtime;
 mod secret;
 mod state;

@@ -3,7 +3,7 @@
 //! [`Fleet`] — Control, the Gateways, an Agent, a `hello` origin and the tunnels to it.
 
 use crate::roles::{
-    control_config, start_agent, start_origin, InProcessControl, InProcessGateway, Stop,
+    control_config, start_agent_with, start_origin, InProcessControl, InProcessGateway, Stop,
 };
 use crate::Api;
 use kakuremichi_control::ControlConfig;
@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 
 /// A change to Control's config before it starts.
 type EditConfig = Box<dyn FnOnce(&mut ControlConfig) + Send>;
+/// A change to the Agent's config before it starts.
+type EditAgent = Box<dyn FnOnce(&mut kakuremichi_agent::AgentConfig) + Send>;
 
 /// What to start; see [`Cluster::start`].
 #[must_use]
@@ -21,6 +23,7 @@ pub struct Cluster {
     origin: Option<String>,
     tunnels: Vec<(String, serde_json::Value)>,
     edit: Option<EditConfig>,
+    edit_agent: Option<EditAgent>,
 }
 
 /// A started [`Cluster`]; everything stops when it drops.
@@ -58,6 +61,7 @@ impl Cluster {
             origin: None,
             tunnels: Vec::new(),
             edit: None,
+            edit_agent: None,
         }
     }
 
@@ -104,6 +108,16 @@ impl Cluster {
         self
     }
 
+    /// The Agent `home`, with its config changed before it starts (e.g. `metrics_listen`).
+    pub fn agent_config(
+        mut self,
+        edit: impl FnOnce(&mut kakuremichi_agent::AgentConfig) + Send + 'static,
+    ) -> Cluster {
+        self.agent = true;
+        self.edit_agent = Some(Box::new(edit));
+        self
+    }
+
     pub async fn start(self) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let mut config = control_config(&dir.path().join("control"));
@@ -120,7 +134,9 @@ impl Cluster {
         }
         let (mut agent_id, mut agent_stop) = (0, None);
         if self.agent {
-            let (id, stop) = start_agent(&api, "home", dir.path().join("agent")).await;
+            let edit = self.edit_agent.unwrap_or_else(|| Box::new(|_| {}));
+            let agent_dir = dir.path().join("agent");
+            let (id, stop) = start_agent_with(&api, &api.base, "home", agent_dir, edit).await;
             (agent_id, agent_stop) = (id, Some(stop));
         }
         let (mut origin, mut origin_stop) = (SocketAddr::from(([127, 0, 0, 1], 9)), None);

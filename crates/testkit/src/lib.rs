@@ -51,7 +51,8 @@ with_roles! {
     pub use local::{private_loopback, spawn_control, spawn_control_with, LocalSite};
     pub use proc::{bin, Proc};
     pub use roles::{
-        control_config, spawn_gateway, start_agent, start_agent_on, start_origin, InProcessControl,
+        control_config, spawn_gateway, start_agent, start_agent_on, start_agent_with, start_origin,
+        InProcessControl,
         InProcessGateway, Stop,
     };
     pub use transfer::{download, upload};

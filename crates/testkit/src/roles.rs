@@ -292,12 +292,25 @@ pub async fn start_agent(api: &Api, name: &str, dir: PathBuf) -> (i64, Stop) {
 
 /// Like [`start_agent`], with `CONTROL_URL` set to `control` (several replicas: a comma list).
 pub async fn start_agent_on(api: &Api, control: &str, name: &str, dir: PathBuf) -> (i64, Stop) {
+    start_agent_with(api, control, name, dir, |_| {}).await
+}
+
+/// Like [`start_agent_on`], with `edit` changing the Agent's config before it starts (e.g.
+/// its `metrics_listen`).
+pub async fn start_agent_with(
+    api: &Api,
+    control: &str,
+    name: &str,
+    dir: PathBuf,
+    edit: impl FnOnce(&mut kakuremichi_agent::AgentConfig),
+) -> (i64, Stop) {
     let created = api.post("agents", json!({ "name": name })).await;
     let mut config = kakuremichi_agent::AgentConfig::new(
         control.to_string(),
         Secret::new(created["api_key"].as_str().unwrap().to_string()),
     );
     config.data_dir = Some(dir);
+    edit(&mut config);
     let (stop, wait) = Stop::new();
     tokio::spawn(kakuremichi_agent::run(config, wait()));
     (created["id"].as_i64().unwrap(), stop)

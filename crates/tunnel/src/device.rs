@@ -20,7 +20,7 @@ use crate::config::DeviceConfig;
 use crate::datagram::TunnelUdp;
 use crate::guard;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::peer::PeerStatus;
+use crate::peer::{PeerStats, PeerStatus};
 use crate::stream::TunnelStream;
 use crate::udp::Udp;
 use arc_swap::ArcSwap;
@@ -195,6 +195,22 @@ impl Device {
             .values()
             .map(|e| e.peer.status(e.config.public_key))
             .collect()
+    }
+
+    /// Every peer's counters (bytes, last handshake, path), read from atomics: unlike
+    /// [`Device::peers`], this takes no peer's lock, so a metrics scrape never waits for (or
+    /// holds up) traffic. Sorted by public key.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        let mut stats: Vec<PeerStats> = self
+            .inner
+            .peers
+            .load()
+            .by_key
+            .values()
+            .map(|e| e.peer.counters.snapshot(e.config.public_key))
+            .collect();
+        stats.sort_by_key(|s| *s.public_key.as_bytes());
+        stats
     }
 
     /// The status of one peer.

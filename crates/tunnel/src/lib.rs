@@ -20,7 +20,8 @@
 //! - `config`: [`DeviceConfig`] and [`PeerConfig`], what callers build a device from.
 //! - `device`: the [`Device`], its peer table and its UDP receive loop.
 //! - `peer`: one peer: its state (ports, connections, handshake timers, counters), its stack,
-//!   its receive side, its path (UDP or a stream) and its [`PeerStatus`].
+//!   its receive side, its path (UDP or a stream), its [`PeerStatus`] and the lock-free
+//!   counters of [`PeerStats`] (metrics).
 //! - `nic`: the virtual network card between a peer's stack and its noise session.
 //! - `stream`: [`TunnelStream`], a TCP connection through the tunnel.
 //! - `datagram`: [`TunnelUdp`], UDP through the tunnel, one IP packet per datagram.
@@ -46,5 +47,5 @@ pub use device::{Acceptor, Device};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use link::{AttachedStream, StreamEnd};
 pub use nic::TUNNEL_MTU;
-pub use peer::PeerStatus;
+pub use peer::{PeerStats, PeerStatus, Transport, REJECT_AFTER_TIME};
 pub use stream::TunnelStream;

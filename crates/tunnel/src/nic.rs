@@ -8,10 +8,13 @@
 //! Where UDP is blocked, the peer's path is a stream instead ([`StreamLink`]): sealed datagrams
 //! are then framed into one batch per poll and queued to the stream's writer. The UDP path does
 //! not change; it only checks first whether a stream is in use.
+//!
+//! Every datagram that leaves is counted in the peer's [`Counters`] (one relaxed atomic add),
+//! and so is a change of path, for the metrics.
 
 use crate::frame;
 use crate::link::StreamLink;
-use crate::peer::{Source, StreamPath};
+use crate::peer::{Counters, Source, StreamPath};
 use crate::udp::{Udp, MAX_BATCH_BYTES, MAX_GSO_SEGMENTS};
 use boringtun::noise::{Tunn, TunnResult};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
@@ -39,6 +42,8 @@ pub(crate) struct Nic {
     /// The peer's UDP endpoint: configured, or learned from its packets (roaming).
     pub endpoint: Option<SocketAddr>,
     pub udp: Arc<Udp>,
+    /// Bytes sent and the path in use, for [`crate::Device::peer_stats`].
+    counters: Arc<Counters>,
     /// The stream carrying this peer's traffic instead of UDP, while one is in use.
     stream: Option<StreamPath>,
     /// Framed datagrams for `stream`, queued to its writer on [`Nic::flush`].
@@ -60,11 +65,17 @@ pub(crate) struct Nic {
 }
 
 impl Nic {
-    pub fn new(tunn: Tunn, endpoint: Option<SocketAddr>, udp: Arc<Udp>) -> Self {
+    pub fn new(
+        tunn: Tunn,
+        endpoint: Option<SocketAddr>,
+        udp: Arc<Udp>,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             tunn,
             endpoint,
             udp,
+            counters,
             stream: None,
             stream_batch: Vec::new(),
             rx: VecDeque::new(),
@@ -94,6 +105,7 @@ impl Nic {
     pub fn stream(&mut self) -> Option<&StreamPath> {
         if let Some(ended) = self.stream.take_if(|s| s.link().is_closed()) {
             self.stream_batch.clear();
+            self.counters.set_stream(None);
             tracing::info!(stream = %ended.link().remote, udp = ?self.endpoint, "WireGuard stream ended; peer back on UDP");
         }
         self.stream.as_ref()
@@ -102,9 +114,27 @@ impl Nic {
     /// Puts `stream` (a stream, or `None` for UDP) in place of the stream in use, and closes
     /// the one it replaces if this side opened it: the peer leaves it for good.
     pub fn set_stream(&mut self, stream: Option<StreamPath>) {
+        self.counters
+            .set_stream(stream.as_ref().map(|s| s.link().clone()));
         if let Some(StreamPath::Opened(left)) = std::mem::replace(&mut self.stream, stream) {
             left.close();
         }
+    }
+
+    /// Points the peer's UDP path at `endpoint` (configured, or learned from its packets).
+    pub fn set_endpoint(&mut self, endpoint: SocketAddr) {
+        self.endpoint = Some(endpoint);
+        self.counters.set_endpoint();
+    }
+
+    /// Counts a datagram received from the peer and accepted by its session.
+    pub fn received(&self, bytes: usize) {
+        self.counters.received(bytes);
+    }
+
+    /// A handshake with the peer completed just now (a session was established).
+    pub fn handshaken(&self) {
+        self.counters.handshake_completed();
     }
 
     /// Whether `link` is the stream in use (even one that has just ended).
@@ -124,11 +154,15 @@ impl Nic {
             stream.link().send(datagram);
         } else if let Some(to) = self.endpoint {
             self.udp.send(datagram, to);
+        } else {
+            return;
         }
+        self.counters.sent(datagram.len());
     }
 
     /// Answers a datagram on the path it came from.
     pub fn reply(&self, to: &Source, datagram: &[u8]) {
+        self.counters.sent(datagram.len());
         match to {
             Source::Udp(addr) => self.udp.send(datagram, *addr),
             Source::Stream(link) => link.send(datagram),
@@ -139,6 +173,7 @@ impl Nic {
     pub fn send_udp(&self, datagram: &[u8]) {
         if let Some(to) = self.endpoint {
             self.udp.send(datagram, to);
+            self.counters.sent(datagram.len());
         }
     }
 
@@ -160,6 +195,7 @@ impl Nic {
             _ => return,
         };
         if self.stream.is_some() && self.stream().is_some() {
+            self.counters.sent(sealed);
             frame::encode(&mut self.stream_batch, &self.tx_sealed[..sealed]);
             if self.stream_batch.len() >= MAX_BATCH_BYTES {
                 self.flush();
@@ -167,6 +203,7 @@ impl Nic {
             return;
         }
         let Some(to) = self.endpoint else { return };
+        self.counters.sent(sealed);
         let fits = self.batch_to == Some(to)
             && sealed <= self.batch_segment
             && self.batch_count < MAX_GSO_SEGMENTS

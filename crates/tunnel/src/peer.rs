@@ -10,12 +10,14 @@
 //! - [`ports`]: listening sockets per served port, and local ports of outgoing connections;
 //! - [`connections`]: established connections by port pair, and sockets nobody owns any more;
 //! - [`timers`]: when to handshake (initiator, retries, keepalive silence);
-//! - [`status`]: what arrived and when, for [`PeerStatus`].
+//! - [`status`]: what arrived and when, for [`PeerStatus`];
+//! - [`counters`]: bytes, last handshake and path, read without the lock ([`PeerStats`]).
 //!
 //! [`stack`] runs the TCP/IP stack, [`driver`] is the peer's task, and a peer's packets travel
 //! over UDP or over a stream when UDP is blocked: see [`path`].
 
 mod connections;
+mod counters;
 mod driver;
 mod path;
 mod ports;
@@ -24,6 +26,8 @@ mod stack;
 mod status;
 mod timers;
 
+pub(crate) use counters::Counters;
+pub use counters::{PeerStats, Transport, REJECT_AFTER_TIME};
 pub(crate) use driver::drive;
 pub(crate) use path::{Source, StreamPath};
 pub use status::PeerStatus;
@@ -67,6 +71,8 @@ pub(crate) struct Peer {
     /// Datagrams queued for the driver and not yet handled: while there are any, a datagram
     /// handled on arrival would overtake them.
     queued: AtomicUsize,
+    /// What [`crate::Device::peer_stats`] reads without taking `state`'s lock (the NIC shares it).
+    pub counters: Arc<Counters>,
     shared: Arc<Shared>,
 }
 
@@ -99,7 +105,8 @@ impl Peer {
         endpoint: Option<SocketAddr>,
         keepalive: Option<u16>,
     ) -> Arc<Self> {
-        let mut nic = Nic::new(tunn, endpoint, shared.udp.clone());
+        let counters = Arc::new(Counters::new(endpoint.is_some()));
+        let mut nic = Nic::new(tunn, endpoint, shared.udp.clone(), counters.clone());
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = rand::random();
         let mut iface = Interface::new(config, &mut nic, shared.now());
@@ -112,6 +119,7 @@ impl Peer {
             allowed_ip,
             wake: Notify::new(),
             queued: AtomicUsize::new(0),
+            counters,
             shared,
             state: Mutex::new(PeerState {
                 nic,
@@ -196,7 +204,7 @@ impl Peer {
 
     /// Points the peer at a new endpoint (from configuration).
     pub fn set_endpoint(&self, endpoint: SocketAddr) {
-        self.lock().nic.endpoint = Some(endpoint);
+        self.lock().nic.set_endpoint(endpoint);
     }
 
     /// Aborts every connection; streams see EOF or a broken pipe. Used when the peer is removed.

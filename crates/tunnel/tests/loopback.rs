@@ -87,6 +87,49 @@ async fn dial_accept_and_echo_both_ways() {
     server.await.unwrap();
 }
 
+/// `peer_stats` counts WireGuard bytes both ways on both ends, no more than the other end sent,
+/// and shows the handshake and the UDP path.
+#[tokio::test]
+async fn peer_stats_count_the_bytes_each_way_and_the_handshake() {
+    let (gw, ag, mut acceptor) = pair().await;
+    let before = gw.peer_stats();
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].public_key, ag.public_key());
+    assert!(before[0].is_up(), "{before:?}");
+    assert_eq!(
+        before[0].transport,
+        Some(kakuremichi_tunnel::Transport::Udp)
+    );
+    assert!(before[0].since_handshake.unwrap() < DEADLINE);
+    const BYTES: usize = 1 << 20;
+    let server = tokio::spawn(async move {
+        let mut s = acceptor.accept().await.unwrap();
+        s.write_all(&vec![7u8; BYTES]).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let mut c = dial(&gw).await;
+    let mut got = Vec::new();
+    timeout(DEADLINE, c.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), BYTES);
+    server.await.unwrap();
+    // Read the receiving end first: it cannot have accepted more than the other end sent.
+    let (gw_stats, ag_stats) = (gw.peer_stats().remove(0), ag.peer_stats().remove(0));
+    assert_eq!(ag_stats.public_key, gw.public_key());
+    assert!(
+        gw_stats.rx_bytes > BYTES as u64 && gw_stats.rx_bytes <= ag_stats.tx_bytes,
+        "the body, sealed, came in: {gw_stats:?} {ag_stats:?}"
+    );
+    assert!(
+        gw_stats.tx_bytes > 0 && ag_stats.rx_bytes > 0,
+        "ACKs went back"
+    );
+    assert!(ag_stats.is_up());
+    assert_eq!(ag_stats.transport, Some(kakuremichi_tunnel::Transport::Udp));
+}
+
 #[tokio::test]
 async fn bulk_transfer_many_streams() {
     let (gw, _ag, mut acceptor) = pair().await;

@@ -2,7 +2,7 @@
 //! each other carry their tunnel over an in-memory byte stream, then return to UDP when it works.
 
 use kakuremichi_tunnel::{
-    Acceptor, AttachedStream, Device, DeviceConfig, PeerConfig, PrivateKey, StreamEnd,
+    Acceptor, AttachedStream, Device, DeviceConfig, PeerConfig, PrivateKey, StreamEnd, Transport,
 };
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -128,6 +128,12 @@ async fn tunnel_comes_up_over_a_stream_and_returns_to_udp() {
     // UDP gets nowhere: no handshake completes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(p.ag.peer(&gw_key).unwrap().since_handshake.is_none());
+    assert!(!p.ag.peer_stats()[0].is_up());
+    assert_eq!(
+        p.gw.peer_stats()[0].transport,
+        None,
+        "the gateway has no path yet"
+    );
 
     let mut attached = link(&p);
     until("handshake over the stream", || {
@@ -141,6 +147,20 @@ async fn tunnel_comes_up_over_a_stream_and_returns_to_udp() {
     assert_eq!(p.gw.peer(&ag_key).unwrap().endpoint, None, "no UDP seen");
     assert!(p.ag.peer(&gw_key).unwrap().stream.is_some());
     echo(&mut p, 4 << 20).await;
+    // The metrics see the stream on both ends, and the bytes it carried.
+    for (side, device) in [("agent", &p.ag), ("gateway", &p.gw)] {
+        let stats = device.peer_stats().remove(0);
+        assert_eq!(
+            stats.transport,
+            Some(Transport::Stream),
+            "{side}: {stats:?}"
+        );
+        // 4 MiB went each way (the echo), sealed.
+        assert!(
+            stats.is_up() && stats.rx_bytes > 4 << 20 && stats.tx_bytes > 4 << 20,
+            "{side}: {stats:?}"
+        );
+    }
 
     // UDP works again (the endpoint now reaches the gateway); a probe over UDP is answered over
     // UDP, and both sides leave the stream.
@@ -159,6 +179,9 @@ async fn tunnel_comes_up_over_a_stream_and_returns_to_udp() {
     .await;
     assert!(p.ag.peer(&gw_key).unwrap().since_udp_rx.is_some());
     echo(&mut p, 1 << 20).await;
+    for device in [&p.ag, &p.gw] {
+        assert_eq!(device.peer_stats()[0].transport, Some(Transport::Udp));
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@
 //! that stay) and held by the request until its response body ends. Labels are tunnel ids from
 //! the configuration, never request hosts or paths, so the series stay bounded by the config.
 //! The exposition is OpenMetrics text, encoded by `prometheus-client` from these atomics at
-//! scrape time.
+//! scrape time, with the WireGuard families of the Gateway's device (one series set per Agent;
+//! shared with the Agent in `kakuremichi_node::metrics`, as are the encoding helpers).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -14,58 +15,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::StatusCode;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
+use kakuremichi_node::metrics::{counters, encode_wireguard, gauges, histograms};
+pub use kakuremichi_node::metrics::{encode_build_info, Histogram, CONTENT_TYPE, DURATION_BUCKETS};
+use prometheus_client::encoding::DescriptorEncoder;
 
 use super::limits::Refused;
 use super::RouteTable;
 use crate::streams::{Splicer, StreamStats};
-
-/// The content type of the exposition (what `encode` writes).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Upper bounds, in seconds, of the request duration histograms' buckets.
-pub const DURATION_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
-/// A histogram of durations in atomics: one count per bucket (not cumulative), the count and
-/// the sum in nanoseconds.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; DURATION_BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = DURATION_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    /// Sum (seconds), count and cumulative buckets, `+Inf` last, as Prometheus wants them.
-    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let count = self.count.load(Ordering::Relaxed);
-        let mut running = 0;
-        let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(bound, n)| {
-                running += n.load(Ordering::Relaxed);
-                (*bound, running)
-            })
-            .collect();
-        buckets.push((f64::INFINITY, count.max(running)));
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        (sum, count, buckets)
-    }
-}
 
 /// Why a request through a tunnel failed toward its Agent.
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +162,8 @@ pub struct Sources {
     pub http: Option<Arc<HttpMetrics>>,
     pub routes: Option<Arc<RouteTable>>,
     pub streams: Option<Arc<Splicer>>,
-    /// Whose certificates' expiry `/metrics` reports.
+    /// Whose certificates' expiry `/metrics` reports; also the holder of the WireGuard device
+    /// (it hands Agents' TLS fallback streams to it), whose peers `/metrics` reports.
     pub certs: Option<Arc<crate::tls::CertStore>>,
 }
 
@@ -216,80 +173,13 @@ impl std::fmt::Debug for Sources {
     }
 }
 
-/// The role's `build_info` (version), the same on every role.
-pub fn encode_build_info(
-    encoder: &mut DescriptorEncoder,
-    role: &str,
-) -> Result<(), std::fmt::Error> {
-    let labels = [("version", env!("CARGO_PKG_VERSION")), ("role", role)];
-    let mut metric = encoder.encode_descriptor(
-        "kakuremichi_build_info",
-        "Version of the running kakuremichi (always 1).",
-        None,
-        MetricType::Gauge,
-    )?;
-    metric.encode_family(&labels)?.encode_gauge(&1i64)
-}
-
-/// A family of counters: `name` with `help`, one series per (labels, value).
-fn counters<L: prometheus_client::encoding::EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (L, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in series {
-        metric
-            .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
-    }
-    Ok(())
-}
-
-/// A family of gauges, as [`counters`].
-fn gauges<L: prometheus_client::encoding::EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (L, i64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in series {
-        metric.encode_family(&labels)?.encode_gauge(&value)?;
-    }
-    Ok(())
-}
-
-fn histograms(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: &[(i64, &Histogram)],
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    for (tunnel, h) in series {
-        let (sum, count, buckets) = h.snapshot();
-        let labels = [("tunnel", tunnel.to_string())];
-        metric
-            .encode_family(&labels)?
-            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-    }
-    Ok(())
-}
-
 fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
 /// The Gateway's metrics in OpenMetrics text.
 pub fn encode(sources: &Sources) -> String {
-    let mut registry = prometheus_client::registry::Registry::default();
-    registry.register_collector(Box::new(sources.clone()));
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-    out
+    kakuremichi_node::metrics::exposition(Box::new(sources.clone()))
 }
 
 impl prometheus_client::collector::Collector for Sources {
@@ -342,20 +232,21 @@ impl Sources {
                     })
             }),
         )?;
-        let first: Vec<(i64, &Histogram)> =
-            tunnels.iter().map(|(id, t)| (*id, &t.first_byte)).collect();
         histograms(
             e,
             "kakuremichi_gateway_request_first_byte_seconds",
             "Time from a request's arrival until its response head left, by tunnel.",
-            &first,
+            tunnels
+                .iter()
+                .map(|(id, t)| ([("tunnel", tunnel(id))], &t.first_byte)),
         )?;
-        let total: Vec<(i64, &Histogram)> = tunnels.iter().map(|(id, t)| (*id, &t.total)).collect();
         histograms(
             e,
             "kakuremichi_gateway_request_duration_seconds",
             "Time from a request's arrival until its response body ended, by tunnel.",
-            &total,
+            tunnels
+                .iter()
+                .map(|(id, t)| ([("tunnel", tunnel(id))], &t.total)),
         )?;
         let mut bytes: Vec<([(&str, String); 2], u64)> = Vec::new();
         for (id, t) in &tunnels {
@@ -489,6 +380,9 @@ impl Sources {
                     .map(|(result, n)| ([("result", result)], load(n)))
             }),
         )?;
+        if let Some(device) = self.certs.as_ref().and_then(|c| c.wireguard()) {
+            encode_wireguard(e, &device.peer_stats())?;
+        }
         Ok(())
     }
 }
@@ -530,6 +424,44 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_wireguard_device_s_peers_are_in_the_exposition() {
+        use kakuremichi_tunnel::{Device, DeviceConfig, PeerConfig, PrivateKey};
+        let certs = Arc::new(crate::tls::CertStore::new());
+        let sources = Sources {
+            certs: Some(certs.clone()),
+            ..Sources::default()
+        };
+        assert!(
+            !encode(&sources).contains("kakuremichi_wireguard"),
+            "no device, no families"
+        );
+        let config = DeviceConfig::new(
+            PrivateKey::generate(),
+            std::net::Ipv4Addr::new(10, 77, 0, 1),
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        let (device, _acceptor) = Device::bind(config).await.unwrap();
+        let agent = PrivateKey::generate().public_key();
+        device.set_peers(vec![PeerConfig {
+            public_key: agent,
+            allowed_ip: std::net::Ipv4Addr::new(10, 77, 0, 2),
+            endpoint: None,
+            persistent_keepalive: None,
+        }]);
+        certs.set_wireguard(device);
+        let text = encode(&sources);
+        let key = agent.to_base64();
+        for line in [
+            "kakuremichi_wireguard_peers{state=\"up\"} 0".to_string(),
+            "kakuremichi_wireguard_peers{state=\"down\"} 1".to_string(),
+            format!("kakuremichi_wireguard_bytes_total{{peer=\"{key}\",direction=\"rx\"}} 0"),
+            format!("kakuremichi_wireguard_transport{{peer=\"{key}\",mode=\"udp\"}} 0"),
+        ] {
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
+    }
+
     #[test]
     fn certificate_expiry_is_the_seconds_left_by_hostname() {
         let mut params = rcgen::CertificateParams::new(vec!["a.example.com".into()]).unwrap();
@@ -555,19 +487,5 @@ mod tests {
             .parse()
             .unwrap();
         assert!((10 * 86_400 - 120..=10 * 86_400).contains(&left), "{left}");
-    }
-
-    #[test]
-    fn a_histogram_is_cumulative_and_counts_what_is_beyond_its_buckets() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(30));
-        h.observe(Duration::from_secs(60));
-        let (sum, count, buckets) = h.snapshot();
-        assert_eq!(count, 3);
-        assert!((sum - 60.0305).abs() < 1e-6, "{sum}");
-        assert_eq!(buckets.first(), Some(&(0.001, 1)));
-        assert_eq!(buckets.iter().find(|(b, _)| *b == 0.05).unwrap().1, 2);
-        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 3)));
     }
 }

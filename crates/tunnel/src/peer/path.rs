@@ -88,7 +88,7 @@ impl PeerState {
                 }
                 if nic.endpoint != Some(*addr) {
                     tracing::info!(peer = %peer.allowed_ip, from = ?nic.endpoint, to = %addr, "WireGuard peer endpoint changed");
-                    nic.endpoint = Some(*addr);
+                    nic.set_endpoint(*addr);
                 }
             }
             Source::Stream(link) => {

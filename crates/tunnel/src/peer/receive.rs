@@ -112,6 +112,11 @@ impl PeerState {
             }
         }
         if authenticated {
+            self.nic.received(datagram.len());
+            // An initiation we answered, or the response to ours: a session was established.
+            if kind == 1 || kind == 2 {
+                self.nic.handshaken();
+            }
             self.stats.last_rx = Some(Instant::now());
             self.follow_path(peer, src, kind == 2);
         }

@@ -16,7 +16,7 @@ const INITIATION_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Silence beyond one keepalive interval plus this margin means the path is gone.
 const SILENCE_MARGIN: Duration = Duration::from_secs(4);
 /// A session older than this is dead (WireGuard's REJECT_AFTER_TIME).
-const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+const SESSION_LIFETIME: Duration = super::REJECT_AFTER_TIME;
 
 /// A peer's handshake schedule.
 pub(super) struct Handshake {
