@@ -430,3 +430,63 @@ async fn the_tunnel_form_sets_and_keeps_access() {
     post("/tunnels/1", fields).await.unwrap();
     assert_eq!(agent_ids().await, json!([agent]), "cleared");
 }
+
+/// The tunnel page's request log and Test button: the form's checkbox turns logging on, the
+/// page then has the log's search (empty: no Gateway is connected), and Test says why an
+/// Agent without a session was not asked.
+#[tokio::test]
+async fn the_tunnel_page_tests_the_target_and_shows_the_request_log() {
+    let (_tmp, dir) = data_dir();
+    let c = start(&dir).await;
+    let agent = c.agent("a1").await["id"].as_i64().unwrap().to_string();
+    let (cookie, csrf) = c.login_csrf(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+    let b = browser();
+    let post = |path: &str, fields: Vec<(&str, &str)>| {
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend(fields);
+        b.post(c.url(path))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+    };
+    let fields = vec![
+        ("hostname", "app.example.com"),
+        ("agent_id", agent.as_str()),
+        ("target", "localhost:8080"),
+        ("tls", "off"),
+        ("log_requests", "on"),
+    ];
+    let res = post("/tunnels", fields).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, t) = c.get("/api/v1/tunnels/1").await;
+    assert_eq!(t["log_requests"], true, "{t}");
+    let html = b
+        .get(c.url("/tunnels/1?status=5xx&path=/api/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<h2>Recent requests</h2>"), "{html}");
+    assert!(html.contains(r#"name="status" value="5xx""#), "{html}");
+    assert!(html.contains("No request matches the search."), "{html}");
+    assert!(
+        html.contains(r#"name="log_requests" value="on" checked"#),
+        "{html}"
+    );
+    let res = post("/tunnels/1/check", vec![]).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("<strong>a1</strong>: the Agent was not asked: it has no session"),
+        "{html}"
+    );
+    // The API says the same, and refuses a bad search.
+    let (status, report) = c.post("/api/v1/tunnels/1/check", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["ok"], false);
+    let (status, _) = c.get("/api/v1/tunnels/1/requests?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

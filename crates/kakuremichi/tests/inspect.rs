@@ -159,7 +159,7 @@ async fn a_check_names_a_stopped_origin_and_its_502_is_in_the_request_log() {
     let (status, body) = fleet.api.call(Method::GET, &bad, None).await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["error"].as_str().unwrap_or_default().contains("5xx"),
+        body["error"]["message"].as_str().unwrap().contains("5xx"),
         "{body}"
     );
     fleet

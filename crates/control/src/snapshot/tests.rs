@@ -413,3 +413,31 @@ fn agent_inputs_change_only_with_what_the_agent_gets() {
     assert_ne!(gateways.agent_inputs(1).unwrap(), before);
     assert!(w.agent_inputs(99).is_none());
 }
+
+#[test]
+fn the_request_log_reaches_only_gateways_that_know_it() {
+    let mut w = world();
+    w.tunnels[0].log_requests = true;
+    let gw = NodeRef {
+        kind: NodeKind::Gateway,
+        id: 1,
+    };
+    let logs = |protocol| {
+        let s = w.snapshot_in(gw, |_| true, protocol).unwrap();
+        s.routes["t10.example.com"].log_requests
+    };
+    assert!(logs(3));
+    // A protocol-2 Gateway would refuse a route with a field it does not know.
+    assert!(!logs(2));
+    let old = w.sealed_in(gw, |_| true, 2).unwrap();
+    let new = w.sealed_in(gw, |_| true, 3).unwrap();
+    let old_hash = old.config_hash().to_string();
+    assert_ne!(old_hash, new.config_hash());
+    assert!(!old.encode().contains("log_requests"));
+    assert!(new.encode().contains("\"log_requests\":true"));
+    // Each version's shared snapshot is cached apart.
+    assert_eq!(
+        w.sealed_in(gw, |_| true, 2).unwrap().config_hash(),
+        old_hash
+    );
+}

@@ -46,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/tunnels", get(tunnels::list).post(tunnels::create))
         .route("/tunnels/{id}", get(tunnels::show).post(tunnels::update))
         .route("/tunnels/{id}/toggle", post(tunnels::toggle))
+        .route("/tunnels/{id}/check", post(tunnels::check))
         .route(
             "/tunnels/{id}/delete",
             get(tunnels::confirm_delete).post(tunnels::delete),

@@ -377,16 +377,93 @@ pub async fn create(CsrfForm(ui, (), form): CsrfForm<TunnelForm, TunnelsPage>) -
     Ok(done(&format!("/tunnels/{}", t.id), "tunnel-created"))
 }
 
-pub async fn show(ui: Ui, Path(id): Path<i64>, Query(q): Query<Done>) -> UiResult {
-    let ctx = context! { flash => flash(q.done.as_deref()) };
-    ui.run(render_one(
-        &ui.state,
-        &ui.viewer,
-        id,
-        StatusCode::OK,
-        "tunnel.html",
-        ctx,
-    ))
+/// The tunnel page's query: a confirmation, and the request log's search.
+#[derive(Deserialize, Default)]
+pub struct ShowQuery {
+    done: Option<String>,
+    /// `502` or `5xx`.
+    status: Option<String>,
+    /// A path prefix.
+    path: Option<String>,
+}
+
+/// Requests shown on the tunnel page at most.
+const LOG_ROWS: u32 = 100;
+
+pub async fn show(ui: Ui, Path(id): Path<i64>, Query(q): Query<ShowQuery>) -> UiResult {
+    ui.run(async {
+        let requests = request_log(&ui.state, &ui.viewer, id, &q).await?;
+        let ctx = context! {
+            flash => flash(q.done.as_deref()),
+            requests => requests,
+            log_status => q.status,
+            log_path => q.path,
+        };
+        render_one(
+            &ui.state,
+            &ui.viewer,
+            id,
+            StatusCode::OK,
+            "tunnel.html",
+            ctx,
+        )
+        .await
+    })
+    .await
+}
+
+/// The requests the Gateways logged for the tunnel, when it logs them and the viewer manages
+/// it (client addresses are not for every reader).
+async fn request_log(
+    state: &AppState,
+    viewer: &Viewer,
+    id: i64,
+    q: &ShowQuery,
+) -> Result<Option<Value>, ApiError> {
+    let tunnel = state
+        .store
+        .get_tunnel(id)
+        .await
+        .map_err(crate::error::about("tunnel"))?;
+    if !tunnel.log_requests || !ops::can_manage(&viewer.user, tunnel.owner_id) {
+        return Ok(None);
+    }
+    let filter = kakuremichi_proto::RequestFilter {
+        status: q
+            .status
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(ops::inspect::status_filter)
+            .transpose()?,
+        path_prefix: q.path.clone().filter(|p| !p.is_empty()),
+        limit: LOG_ROWS,
+    };
+    let log = ops::inspect::request_log(state, &viewer.user, id, filter).await?;
+    Ok(Some(Value::from_serialize(&log)))
+}
+
+/// The "Test" button: every Agent of the tunnel connects to the target now; the page shows
+/// what each found.
+pub async fn check(
+    CsrfForm(ui, Path(id), _): CsrfForm<NoFields, TunnelPage, Path<i64>>,
+) -> UiResult {
+    ui.run(async {
+        let report = ops::inspect::check_target(&ui.state, &ui.viewer.user, id).await?;
+        let requests = request_log(&ui.state, &ui.viewer, id, &ShowQuery::default()).await?;
+        let ctx = context! {
+            check => Value::from_serialize(&report),
+            requests => requests,
+        };
+        render_one(
+            &ui.state,
+            &ui.viewer,
+            id,
+            StatusCode::OK,
+            "tunnel.html",
+            ctx,
+        )
+        .await
+    })
     .await
 }
 
