@@ -250,6 +250,8 @@ pub async fn run(
     // Several replicas on PostgreSQL hear each other's changes (nothing to do on SQLite).
     let mut replication =
         tokio::spawn(hub::replication::run(hub.clone(), replica, stop_rx.clone()));
+    // The Gateways' traffic reports, written to the history every 10 s.
+    let mut traffic = tokio::spawn(hub::traffic::flush(hub.clone(), stop_rx.clone()));
     if let Some(listener) = metrics_listener {
         tokio::spawn(serve_metrics(listener, hub.clone(), stop_rx.clone()));
     }
@@ -266,6 +268,7 @@ pub async fn run(
             let _ = stop_tx.send(true);
             stop_task(&mut lead).await;
             stop_task(&mut replication).await;
+            stop_task(&mut traffic).await;
             dns_follower.abort();
             store.close().await;
             return match result {
@@ -281,6 +284,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     stop_task(&mut lead).await;
     stop_task(&mut replication).await;
+    stop_task(&mut traffic).await;
     dns_follower.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
         .await

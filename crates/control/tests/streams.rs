@@ -344,6 +344,7 @@ async fn public_urls_carry_the_gateways_web_ports() {
             http: 8080,
             https: 8443,
         }),
+        traffic: vec![],
     };
     ws.send(Message::text(status.encode())).await.unwrap();
     let both = [

@@ -39,6 +39,8 @@ const AGENT_KEEPALIVE: u16 = 15;
 const REMEMBER_ENDPOINTS: Duration = Duration::from_secs(1);
 /// How often the stream tunnels' counters are reported to Control at most.
 const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+/// How often every tunnel's traffic is reported to Control at most (its history's grain).
+const TRAFFIC_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -210,6 +212,11 @@ struct Gateway {
         Vec<kakuremichi_proto::StreamCounters>,
         Option<std::time::Instant>,
     ),
+    /// Every tunnel's traffic last reported, and when it was read.
+    traffic: (
+        Vec<kakuremichi_proto::TunnelTraffic>,
+        Option<std::time::Instant>,
+    ),
     /// `tls` tunnels by SNI (shared with the HTTPS listener).
     passthrough: Arc<streams::Passthrough>,
     /// The ports this Gateway listens on for itself, reported to Control.
@@ -278,6 +285,7 @@ impl Gateway {
             tcp_ports,
             udp_ports,
             counters: (Vec::new(), None),
+            traffic: (Vec::new(), None),
             passthrough,
             own_ports,
             web_ports,
@@ -308,11 +316,17 @@ impl Gateway {
                 .collect();
             *read_at = Some(std::time::Instant::now());
         }
+        let (traffic, read_at) = &mut self.traffic;
+        if read_at.is_none_or(|t| t.elapsed() >= TRAFFIC_EVERY) {
+            *traffic = proxy::metrics::traffic(&self.routes, self.passthrough.splicer());
+            *read_at = Some(std::time::Instant::now());
+        }
         NodeStatus {
             port_errors: [self.tcp_ports.errors(), self.udp_ports.errors()].concat(),
             own_ports: self.own_ports.clone(),
             stream_counters: last.clone(),
             web_ports: Some(self.web_ports),
+            traffic: traffic.clone(),
         }
     }
 

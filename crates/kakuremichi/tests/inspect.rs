@@ -18,7 +18,7 @@ async fn requests_when(
     ready: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
     let path = format!("tunnels/{tunnel}/requests{query}");
-    eventually(WAIT, what, || async {
+    eventually_every(Duration::from_millis(200), WAIT, what, || async {
         let log = fleet.api.get(&path).await;
         assert!(
             log["gateways"]
@@ -167,4 +167,61 @@ async fn a_check_names_a_stopped_origin_and_its_502_is_in_the_request_log() {
         .patch(&format!("tunnels/{tunnel}"), json!({"log_requests": false}))
         .await;
     requests_when(&fleet, tunnel, "", "the log forgotten", |r| r.is_empty()).await;
+}
+
+/// The history of a tunnel served by two real Gateways: each reports what it carried, and the
+/// tunnel's traffic is their sum, per Gateway too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_traffic_reaches_the_history() {
+    let fleet = Cluster::new()
+        .gateways(2)
+        .agent()
+        .origin("history")
+        .tunnel("app.test")
+        .start()
+        .await;
+    let tunnel = fleet.tunnels[0];
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let gateways = fleet.gateway_addrs();
+    for (gateway, n) in gateways.iter().zip([20, 10]) {
+        wait_through(
+            &http,
+            *gateway,
+            "app.test",
+            "/",
+            WAIT,
+            "tunnel up",
+            |s, _| s == 200,
+        )
+        .await;
+        for _ in 0..n {
+            assert_eq!(through(&http, *gateway, "app.test", "/").await.0, 200);
+        }
+    }
+    let path = format!("tunnels/{tunnel}/traffic");
+    let h = eventually_every(
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+        "both Gateways' traffic",
+        || async {
+            let h = fleet.api.get(&path).await;
+            let shares = h["gateways"].as_array().unwrap().clone();
+            let ok = |g: &Value| g["requests"]["2xx"].as_i64().unwrap();
+            (shares.len() == 2 && ok(&shares[0]) >= 20 && ok(&shares[1]) >= 10).then_some(h)
+        },
+    )
+    .await;
+    let shares = h["gateways"].as_array().unwrap();
+    let sum: i64 = shares
+        .iter()
+        .map(|g| g["requests"]["2xx"].as_i64().unwrap())
+        .sum();
+    assert_eq!(h["total"]["requests"]["2xx"], sum, "{h}");
+    assert!(h["total"]["bytes_out"].as_i64().unwrap() > 0, "{h}");
+    assert!(h["total"]["p50_ms"].as_f64().is_some(), "{h}");
+    let names: Vec<&str> = shares
+        .iter()
+        .map(|g| g["gateway"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gw1", "gw2"]);
 }

@@ -78,6 +78,11 @@ pub struct ControlLink {
     status: watch::Receiver<NodeStatus>,
     /// Answers Control's questions (set by the role when it can).
     queries: HandlerSlot,
+    /// The protocol version of the current session (from Control's `Welcome`).
+    protocol: u32,
+    /// Control welcomed the current session: statuses wait for it, so that the first one
+    /// already speaks the session's version (Control takes its traffic as a baseline).
+    welcomed: bool,
 }
 
 /// What a node reports to Control about the snapshot it applied (see [`kakuremichi_proto::NodeMessage::Status`]).
@@ -88,6 +93,8 @@ pub struct NodeStatus {
     pub stream_counters: Vec<kakuremichi_proto::StreamCounters>,
     /// A Gateway's public HTTP and HTTPS ports.
     pub web_ports: Option<kakuremichi_proto::WebPorts>,
+    /// A Gateway's counters of every tunnel (sent in protocol-3 sessions only).
+    pub traffic: Vec<kakuremichi_proto::TunnelTraffic>,
 }
 
 /// Why one session ended.
@@ -106,6 +113,8 @@ impl ControlLink {
             held_hash,
             status: watch::channel(NodeStatus::default()).1,
             queries: HandlerSlot::default(),
+            protocol: kakuremichi_proto::OLDEST_PROTOCOL_VERSION,
+            welcomed: false,
         }
     }
 
@@ -167,6 +176,8 @@ impl ControlLink {
         events: &mpsc::Sender<LinkEvent>,
         backoff: &mut Backoff,
     ) -> End {
+        self.protocol = kakuremichi_proto::OLDEST_PROTOCOL_VERSION;
+        self.welcomed = false;
         let mut ws = match connect::connect(url, &self.config).await {
             Ok(ws) => ws,
             Err(end) => return end,
@@ -189,9 +200,9 @@ impl ControlLink {
                     }
                     continue;
                 }
-                Ok(()) = self.status.changed() => {
+                Ok(()) = self.status.changed(), if self.welcomed => {
                     let status = self.status.borrow_and_update().clone();
-                    if let Err(end) = message::send_status(&mut ws, status).await {
+                    if let Err(end) = message::send_status(&mut ws, status, self.protocol).await {
                         return end;
                     }
                     continue;

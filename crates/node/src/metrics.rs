@@ -17,9 +17,7 @@ use std::time::Duration;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds, in seconds, of the duration histograms' buckets.
-pub const DURATION_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+pub const DURATION_BUCKETS: [f64; 12] = kakuremichi_proto::LATENCY_BUCKETS;
 
 /// A histogram of durations in atomics: one count per bucket (not cumulative), the count and
 /// the sum in nanoseconds.

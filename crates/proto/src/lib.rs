@@ -14,6 +14,7 @@ pub mod limits;
 pub mod message;
 pub mod query;
 mod snapshot;
+pub mod traffic;
 
 pub use access::{AccessConfig, AccessKey, AccessPolicy, RouteAccess};
 pub use basic_auth::RouteBasicAuth;
@@ -29,6 +30,7 @@ pub use snapshot::{
     SharedSnapshot, StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
     DEFAULT_UDP_IDLE_TIMEOUT,
 };
+pub use traffic::{TunnelTraffic, LATENCY_BUCKETS, MAX_TRAFFIC};
 
 /// The newest version of the node-session protocol this release speaks. Bump on any change to
 /// the messages or the snapshot; a release speaks its own version and the one before
@@ -46,7 +48,8 @@ pub use snapshot::{
 /// not know; nodes still refuse unknown fields rather than ignore one that might restrict access.
 /// Also in 3 (the release that introduced it is not out yet): Control may ask a node a
 /// [`Query`] (`ControlMessage::Query`, answered by `NodeMessage::Answer`), and routes may carry
-/// `log_requests` and `error_pages`; a protocol-2 session gets neither.
+/// `log_requests` and `error_pages`, and Gateways report their tunnels' traffic
+/// (`NodeMessage::Status::traffic`); a protocol-2 session gets and sends none of them.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest version of the node-session protocol this release speaks: that of the release

@@ -58,6 +58,10 @@ pub enum NodeMessage {
         /// name when they are not 80 and 443 (absent from older Gateways).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         web_ports: Option<WebPorts>,
+        /// A Gateway's counters of every tunnel, since it started (at most
+        /// [`crate::MAX_TRAFFIC`]); refreshed every 10 s while they change (protocol 3).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        traffic: Vec<crate::TunnelTraffic>,
     },
     /// The answer to Control's [`ControlMessage::Query`] of the same id (protocol 3).
     Answer {

@@ -11,6 +11,7 @@ mod openapi;
 mod shares;
 mod status;
 mod tokens;
+mod traffic;
 mod tunnels;
 mod users;
 mod zones;
@@ -79,6 +80,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/tunnels/{id}/check", post(inspect::check))
         .route("/api/v1/tunnels/{id}/requests", get(inspect::requests))
+        .route("/api/v1/tunnels/{id}/traffic", get(traffic::tunnel))
+        .route("/api/v1/traffic", get(traffic::fleet))
         .route("/api/v1/shares", get(shares::list).post(shares::create))
         .route("/api/v1/shares/{id}", axum::routing::delete(shares::delete))
         .route("/api/v1/dns/zones", get(zones::list).post(zones::create))

@@ -11,8 +11,8 @@
 #![allow(dead_code)] // The shapes below are never built: `utoipa` only reads their definitions.
 
 use super::{
-    agents, backups, device, gateways, inspect, login, nodes, shares, status, tokens, tunnels,
-    users, zones,
+    agents, backups, device, gateways, inspect, login, nodes, shares, status, tokens, traffic,
+    tunnels, users, zones,
 };
 use axum::Json;
 use std::sync::LazyLock;
@@ -72,6 +72,8 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         tunnels::delete,
         inspect::check,
         inspect::requests,
+        traffic::tunnel,
+        traffic::fleet,
         shares::create,
         shares::list,
         shares::delete,

@@ -117,6 +117,7 @@ pub async fn serve(
         questions: HashMap::new(),
         next_question: 0,
         protocol: OLDEST_PROTOCOL_VERSION,
+        reported: false,
     };
     let end = session.run().await;
     session.finish(end).await;
@@ -137,6 +138,8 @@ struct NodeSession {
     agent_inputs: Option<AgentInputs>,
     /// The session's protocol version (2 until the hello is read).
     protocol: u32,
+    /// The Gateway sent a status in this session (its first is the traffic's baseline).
+    reported: bool,
     /// Questions sent and not answered yet, by id (see `ask`).
     questions: HashMap<u64, tokio::sync::oneshot::Sender<Answer>>,
     next_question: u64,
@@ -487,7 +490,15 @@ impl NodeSession {
                     own_ports,
                     mut stream_counters,
                     web_ports,
+                    traffic,
                 }) => {
+                    // The first status of a session is its baseline (nodes send it once
+                    // welcomed, with the session's traffic counters).
+                    if self.node.kind == NodeKind::Gateway && self.protocol >= 3 {
+                        let baseline = !self.reported;
+                        self.reported = true;
+                        self.hub.traffic.report(self.node.id, traffic, baseline);
+                    }
                     self.on_status(port_errors, own_ports);
                     if let Some(ports) = web_ports {
                         self.hub.set_web_ports(self.node, ports);

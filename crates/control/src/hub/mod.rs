@@ -15,6 +15,7 @@
 mod ask;
 mod conn;
 pub mod replication;
+pub mod traffic;
 
 pub use ask::AskError;
 pub use conn::serve;
@@ -95,6 +96,8 @@ pub struct Hub {
     changed_at: Mutex<Instant>,
     /// The sessions questions can be sent on (see `ask`).
     asks: ask::Askers,
+    /// The Gateways' traffic reports, on their way to the history (see `traffic`).
+    traffic: traffic::Recorder,
 }
 
 /// No Gateway is connected, so no ACME challenge can be answered.
@@ -137,6 +140,7 @@ impl Hub {
             metrics: ControlMetrics::default(),
             changed_at: Mutex::new(Instant::now()),
             asks: ask::Askers::default(),
+            traffic: traffic::Recorder::default(),
         })
     }
 

@@ -32,6 +32,7 @@ pub const TABLES: &[&str] = &[
     "device_logins",
     "temporary_tunnels",
     "login_throttle",
+    "traffic",
 ];
 
 /// The tables whose `id` comes from a counter (AUTOINCREMENT, identity column).

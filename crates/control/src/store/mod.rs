@@ -35,6 +35,7 @@ mod settings;
 mod temporary;
 mod throttle;
 mod tokens;
+pub mod traffic;
 mod tunnels;
 mod users;
 

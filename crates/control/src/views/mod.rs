@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod gateways;
+pub mod traffic;
 pub mod tunnels;
 pub mod zones;
 

@@ -156,6 +156,47 @@ impl HttpMetrics {
     }
 }
 
+/// Every tunnel's traffic since the Gateway started, as Control's history takes it: HTTP
+/// tunnels' responses by class, bytes and first-byte latency; stream tunnels' connections and
+/// bytes.
+pub(crate) fn traffic(
+    routes: &RouteTable,
+    splicer: &Splicer,
+) -> Vec<kakuremichi_proto::TunnelTraffic> {
+    let mut out: Vec<kakuremichi_proto::TunnelTraffic> = routes
+        .metrics()
+        .tunnels
+        .load()
+        .iter()
+        .map(|(&tunnel_id, t)| {
+            let (_, _, buckets) = t.first_byte.snapshot();
+            kakuremichi_proto::TunnelTraffic {
+                tunnel_id,
+                responses: std::array::from_fn(|i| load(&t.responses[i])),
+                connections: 0,
+                bytes_in: load(&t.bytes_in),
+                bytes_out: load(&t.bytes_out),
+                latency: buckets.into_iter().map(|(_, n)| n).collect(),
+            }
+        })
+        .collect();
+    out.extend(
+        splicer
+            .stats()
+            .iter()
+            .map(|(&tunnel_id, s)| kakuremichi_proto::TunnelTraffic {
+                tunnel_id,
+                connections: load(&s.connections),
+                bytes_in: load(&s.bytes_in),
+                bytes_out: load(&s.bytes_out),
+                ..Default::default()
+            }),
+    );
+    out.sort_by_key(|t| t.tunnel_id);
+    out.truncate(kakuremichi_proto::MAX_TRAFFIC);
+    out
+}
+
 /// What `/metrics` encodes: the proxy's counters and those of the limits and stream tunnels.
 #[derive(Clone, Default)]
 pub struct Sources {

@@ -56,6 +56,8 @@ impl ControlLink {
                 protocol_version,
             }) => {
                 backoff.reset();
+                self.protocol = protocol_version;
+                self.welcomed = true;
                 tracing::info!(node_id, protocol_version, control = %self.config.control_url,
                     "connected to Control");
                 report(events, LinkEvent::Connected { node_id }).await
@@ -105,12 +107,22 @@ impl ControlLink {
 }
 
 /// Tells Control what the role could not do (see [`crate::NodeStatus`]).
-pub(super) async fn send_status(ws: &mut Ws, status: crate::NodeStatus) -> Result<(), End> {
+/// A Control of protocol 2 would refuse the traffic counters: they are left out for it.
+pub(super) async fn send_status(
+    ws: &mut Ws,
+    status: crate::NodeStatus,
+    protocol: u32,
+) -> Result<(), End> {
     let msg = NodeMessage::Status {
         port_errors: status.port_errors,
         own_ports: status.own_ports,
         stream_counters: status.stream_counters,
         web_ports: status.web_ports,
+        traffic: if protocol >= 3 {
+            status.traffic
+        } else {
+            Vec::new()
+        },
     };
     ws.send(Message::text(msg.encode()))
         .await
