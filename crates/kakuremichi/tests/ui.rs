@@ -456,3 +456,89 @@ async fn a_tcp_tunnel_made_in_the_form_shows_its_address_and_serves() {
     );
     b.close().await;
 }
+
+/// The sum of the values a chart's series (`css`: its polyline) draws on the page.
+async fn drawn(b: &Browser, css: &str) -> f64 {
+    let el = b
+        .client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    let values = el.attr("data-values").await.unwrap().unwrap_or_default();
+    values
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Traffic through the Gateway shows on the dashboard's, the tunnel's and the tunnel list's
+/// charts (server-drawn SVG): the 2xx line has data, and the screenshots go to the docs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_charts_draw_what_went_through() {
+    let Some((driver, chromium, s)) = browser_and_stack().await else {
+        return;
+    };
+    let tunnel = s
+        .tunnel_with(
+            APP_HOST,
+            s.origin,
+            serde_json::json!({"log_requests": true}),
+        )
+        .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_through(
+        &http,
+        s.gateway(),
+        APP_HOST,
+        "/",
+        LIVE,
+        "tunnel up",
+        |st, _| st == 200,
+    )
+    .await;
+    for i in 0..40 {
+        let path = if i % 8 == 0 { "/status?code=503" } else { "/" };
+        through(&http, s.gateway(), APP_HOST, path).await;
+    }
+    let path = format!("tunnels/{tunnel}/traffic");
+    eventually_every(
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+        "the traffic in the history",
+        || async { s.api.get(&path).await["total"]["requests"]["2xx"].as_i64() >= Some(30) },
+    )
+    .await;
+    let base = s.control.as_ref().unwrap().base.clone();
+    let b = Browser::start(&driver, &chromium, "").await;
+    b.client.goto(&format!("{base}/login")).await.unwrap();
+    log_in(&b, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    b.wait_path("/").await;
+    let ok = drawn(&b, "#traffic svg.chart polyline.c2xx").await;
+    // Requests per second, a point a minute: 30 requests or more are at least 0.5 req/s.
+    assert!(ok >= 0.5, "the dashboard's 2xx line: {ok}");
+    b.shot("20-dashboard-traffic").await;
+    b.client
+        .goto(&format!("{base}/tunnels/{tunnel}"))
+        .await
+        .unwrap();
+    assert!(drawn(&b, "#traffic svg.chart polyline.c2xx").await >= 0.5);
+    assert!(drawn(&b, "#traffic svg.chart polyline.bytes-out").await > 0.0);
+    assert!(drawn(&b, "#traffic svg.chart polyline.p95").await > 0.0);
+    assert!(b.text("table.per-gateway").await.contains("gw1"));
+    b.shot("21-tunnel-traffic").await;
+    b.client.goto(&format!("{base}/tunnels")).await.unwrap();
+    let spark = b
+        .client
+        .find(Locator::Css("svg.sparkline"))
+        .await
+        .unwrap()
+        .attr("data-top")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        spark.parse::<f64>().unwrap() >= 1.0,
+        "sparkline top: {spark}"
+    );
+    b.close().await;
+}

@@ -179,6 +179,32 @@ impl Store {
             .collect()
     }
 
+    /// Per tunnel and bucket of `resolution` from `from_s` on: its requests and connections,
+    /// every Gateway together (the tunnel list's sparklines).
+    pub async fn activity(
+        &self,
+        resolution: i64,
+        from_s: i64,
+    ) -> StoreResult<Vec<(i64, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT tunnel_id, start_s, CAST(SUM(r1 + r2 + r3 + r4 + r5 + connections) AS BIGINT) \
+             FROM traffic WHERE resolution = $1 AND start_s >= $2 GROUP BY tunnel_id, start_s",
+        )
+        .bind(resolution)
+        .bind(from_s)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     /// Deletes minute rows older than 48 hours and hour rows older than 30 days; how many.
     pub async fn trim_traffic(&self, now_s: i64) -> StoreResult<u64> {
         let result = sqlx::query(
@@ -231,6 +257,9 @@ mod tests {
         // Every tunnel together.
         let all = store.traffic(None, HOUR, now).await.unwrap();
         assert_eq!(all[0].counts.responses[1], 15);
+        let mut activity = store.activity(MINUTE, now).await.unwrap();
+        activity.sort();
+        assert_eq!(activity, [(1, now, 5), (1, now + MINUTE, 1), (2, now, 9)]);
         // Minutes go after 48 hours, hours after 30 days.
         assert_eq!(store.trim_traffic(now + KEEP_MINUTES_S).await.unwrap(), 0);
         assert_eq!(

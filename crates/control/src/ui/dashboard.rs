@@ -171,7 +171,17 @@ pub async fn page_handler(state: &AppState, viewer: &Viewer) -> Result<Response,
             schedule => config.at.map(|(h, m)| format!("{h:02}:{m:02} UTC")),
         }
     });
+    // The fleet's last hour, drawn once there is a tunnel to carry anything.
+    let charts = match o.tunnels.is_empty() {
+        true => Vec::new(),
+        false => {
+            let h = crate::views::traffic::traffic(state, None, crate::views::traffic::Range::Hour)
+                .await?;
+            super::chart::traffic_charts(&h, true)
+        }
+    };
     let ctx = context! {
+        charts => charts,
         backups => backup_view,
         gateways => count(&o.gateways),
         agents => count(&o.agents),

@@ -8,6 +8,7 @@
 mod accounts;
 mod activity;
 mod agents;
+mod chart;
 mod dashboard;
 mod device;
 mod form;

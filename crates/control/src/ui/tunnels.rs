@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::ops::limits::LimitsInput;
 use crate::ops::{self, tunnels::TunnelInput};
 use crate::validate;
+use crate::views::traffic::Range;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -301,7 +302,13 @@ impl Redraw for TunnelsPage {
         ctx: Value,
     ) -> Result<Response, ApiError> {
         let o = overview::load(state, &viewer.user).await?;
+        let activity = crate::views::traffic::last_hour_by_tunnel(state).await?;
+        let sparklines: std::collections::HashMap<String, String> = activity
+            .iter()
+            .map(|(id, values)| (id.to_string(), super::chart::sparkline(values)))
+            .collect();
         let ctx = context! {
+            sparklines => sparklines,
             tunnels => Value::from_serialize(&o.tunnels),
             agents => Value::from_serialize(&o.agents),
             default_tls => state.default_tls.as_str(),
@@ -325,9 +332,16 @@ async fn render_one(
         .iter()
         .find(|t| t["id"].as_i64() == Some(id))
         .ok_or_else(|| ApiError::not_found("tunnel"))?;
+    // The tunnel's page has its last hour's charts (also when it shows a form's errors).
+    let traffic = match template {
+        "tunnel.html" => Some(crate::views::traffic::traffic(state, Some(id), Range::Hour).await?),
+        _ => None,
+    };
     let ctx = context! {
         tunnel => Value::from_serialize(tunnel),
         agents => Value::from_serialize(&o.agents),
+        charts => traffic.as_ref().map(|h| super::chart::traffic_charts(h, true)),
+        traffic => traffic.as_ref().map(Value::from_serialize),
         ..ctx
     };
     Ok(render::page(viewer, status, template, "tunnels", ctx))
@@ -393,7 +407,12 @@ const LOG_ROWS: u32 = 100;
 pub async fn show(ui: Ui, Path(id): Path<i64>, Query(q): Query<ShowQuery>) -> UiResult {
     ui.run(async {
         let requests = request_log(&ui.state, &ui.viewer, id, &q).await?;
+        let h =
+            crate::views::traffic::traffic(&ui.state, Some(id), crate::views::traffic::Range::Hour)
+                .await?;
         let ctx = context! {
+            charts => super::chart::traffic_charts(&h, true),
+            traffic => Value::from_serialize(&h),
             flash => flash(q.done.as_deref()),
             requests => requests,
             log_status => q.status,

@@ -206,3 +206,23 @@ pub async fn traffic(
         gateways,
     })
 }
+
+/// Per tunnel with traffic in the last hour: its requests and connections per minute, oldest
+/// first (60 values).
+pub async fn last_hour_by_tunnel(state: &AppState) -> Result<HashMap<i64, Vec<f64>>, ApiError> {
+    let now_s = now_ms() / 1000;
+    let last = now_s - now_s.rem_euclid(MINUTE);
+    let first = last - 59 * MINUTE;
+    let mut out: HashMap<i64, Vec<f64>> = HashMap::new();
+    for (tunnel, start, n) in state.store.activity(MINUTE, first).await? {
+        let slot = usize::try_from((start - first) / MINUTE).unwrap_or(usize::MAX);
+        if let Some(v) = out
+            .entry(tunnel)
+            .or_insert_with(|| vec![0.0; 60])
+            .get_mut(slot)
+        {
+            *v += n as f64;
+        }
+    }
+    Ok(out)
+}
