@@ -34,9 +34,7 @@ pub fn short(v: f64) -> String {
         a if a >= 1e3 => (v / 1e3, "k"),
         _ => (v, ""),
     };
-    if v == v.trunc() {
-        format!("{v:.0}{unit}")
-    } else if v.abs() >= 10.0 {
+    if v == v.trunc() || v.abs() >= 10.0 {
         format!("{v:.0}{unit}")
     } else {
         format!("{v:.2}{unit}")
