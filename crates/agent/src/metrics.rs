@@ -91,12 +91,7 @@ impl std::fmt::Debug for AgentMetrics {
 impl AgentMetrics {
     /// Follows a new set of tunnels: the series of tunnels gone disappear.
     pub fn update(&self, tunnel_ids: impl IntoIterator<Item = i64>) {
-        let old = self.tunnels.load();
-        let next = tunnel_ids
-            .into_iter()
-            .map(|id| (id, old.get(&id).cloned().unwrap_or_default()))
-            .collect();
-        self.tunnels.store(Arc::new(next));
+        kakuremichi_node::metrics::follow(&self.tunnels, tunnel_ids);
     }
 
     /// Tunnel `id`'s counters (after [`AgentMetrics::update`] listed it; otherwise counters

@@ -57,6 +57,20 @@ impl Histogram {
     }
 }
 
+/// Per-tunnel state (counters, a log) swapped with each snapshot: the entries of tunnels that
+/// stay are kept, new tunnels start from `Default`, those gone are dropped (their series go).
+pub fn follow<T: Default>(
+    map: &arc_swap::ArcSwap<std::collections::HashMap<i64, std::sync::Arc<T>>>,
+    tunnel_ids: impl IntoIterator<Item = i64>,
+) {
+    let old = map.load();
+    let next = tunnel_ids
+        .into_iter()
+        .map(|id| (id, old.get(&id).cloned().unwrap_or_default()))
+        .collect();
+    map.store(std::sync::Arc::new(next));
+}
+
 /// Everything `collector` encodes, in OpenMetrics text.
 pub fn exposition(collector: Box<dyn Collector>) -> String {
     let mut registry = prometheus_client::registry::Registry::default();

@@ -405,30 +405,33 @@ pub struct ShowQuery {
 const LOG_ROWS: u32 = 100;
 
 pub async fn show(ui: Ui, Path(id): Path<i64>, Query(q): Query<ShowQuery>) -> UiResult {
-    ui.run(async {
-        let requests = request_log(&ui.state, &ui.viewer, id, &q).await?;
-        let h =
-            crate::views::traffic::traffic(&ui.state, Some(id), crate::views::traffic::Range::Hour)
-                .await?;
-        let ctx = context! {
-            charts => super::chart::traffic_charts(&h, true),
-            traffic => Value::from_serialize(&h),
-            flash => flash(q.done.as_deref()),
-            requests => requests,
-            log_status => q.status,
-            log_path => q.path,
-        };
-        render_one(
-            &ui.state,
-            &ui.viewer,
-            id,
-            StatusCode::OK,
-            "tunnel.html",
-            ctx,
-        )
-        .await
-    })
+    let flash = flash(q.done.as_deref());
+    ui.run(tunnel_page(
+        &ui.state,
+        &ui.viewer,
+        id,
+        &q,
+        context! { flash => flash },
+    ))
     .await
+}
+
+/// The tunnel's page with its request log (searched as `q` asks) and `extra` in its context.
+async fn tunnel_page(
+    state: &AppState,
+    viewer: &Viewer,
+    id: i64,
+    q: &ShowQuery,
+    extra: Value,
+) -> Result<Response, ApiError> {
+    let requests = request_log(state, viewer, id, q).await?;
+    let ctx = context! {
+        requests => requests,
+        log_status => q.status,
+        log_path => q.path,
+        ..extra
+    };
+    render_one(state, viewer, id, StatusCode::OK, "tunnel.html", ctx).await
 }
 
 /// The requests the Gateways logged for the tunnel, when it logs them and the viewer manages
@@ -468,20 +471,8 @@ pub async fn check(
 ) -> UiResult {
     ui.run(async {
         let report = ops::inspect::check_target(&ui.state, &ui.viewer.user, id).await?;
-        let requests = request_log(&ui.state, &ui.viewer, id, &ShowQuery::default()).await?;
-        let ctx = context! {
-            check => Value::from_serialize(&report),
-            requests => requests,
-        };
-        render_one(
-            &ui.state,
-            &ui.viewer,
-            id,
-            StatusCode::OK,
-            "tunnel.html",
-            ctx,
-        )
-        .await
+        let extra = context! { check => Value::from_serialize(&report) };
+        tunnel_page(&ui.state, &ui.viewer, id, &ShowQuery::default(), extra).await
     })
     .await
 }

@@ -139,12 +139,7 @@ impl HttpMetrics {
     /// Follows a new set of tunnels: counters of tunnels that stay are kept, those of tunnels
     /// gone are dropped (their series disappear).
     pub(crate) fn update(&self, tunnel_ids: impl IntoIterator<Item = i64>) {
-        let old = self.tunnels.load();
-        let next = tunnel_ids
-            .into_iter()
-            .map(|id| (id, old.get(&id).cloned().unwrap_or_default()))
-            .collect();
-        self.tunnels.store(Arc::new(next));
+        kakuremichi_node::metrics::follow(&self.tunnels, tunnel_ids);
     }
 
     pub(crate) fn tunnel(&self, id: i64) -> Option<Arc<TunnelStats>> {

@@ -55,12 +55,7 @@ impl RequestLog {
     /// Follows a new snapshot: the tunnels that log requests (kept records of tunnels that
     /// still log stay; the others are dropped, so turning logging off forgets).
     pub(crate) fn update(&self, tunnel_ids: impl IntoIterator<Item = i64>) {
-        let old = self.rings.load();
-        let next = tunnel_ids
-            .into_iter()
-            .map(|id| (id, old.get(&id).cloned().unwrap_or_default()))
-            .collect();
-        self.rings.store(Arc::new(next));
+        kakuremichi_node::metrics::follow(&self.rings, tunnel_ids);
     }
 
     /// Whether a request of `tunnel` (none: no route) is recorded anywhere.
