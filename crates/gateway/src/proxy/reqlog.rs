@@ -83,7 +83,10 @@ impl RequestLog {
 
     fn record(&self, tunnel: Option<i64>, record: RequestRecord) {
         if self.access_log() {
-            write_access_line(tunnel, &record);
+            // A closed stdout loses the line, nothing else.
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(&access_line(tunnel, &record));
         }
         let Some(ring) = tunnel.and_then(|id| self.rings.load().get(&id).cloned()) else {
             return;
@@ -96,8 +99,8 @@ impl RequestLog {
     }
 }
 
-/// One JSON line on stdout; a closed stdout loses the line, nothing else.
-fn write_access_line(tunnel: Option<i64>, r: &RequestRecord) {
+/// The access log's JSON line for a request.
+fn access_line(tunnel: Option<i64>, r: &RequestRecord) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Line<'a> {
         time_ms: i64,
@@ -123,10 +126,9 @@ fn write_access_line(tunnel: Option<i64>, r: &RequestRecord) {
         bytes_in: r.bytes_in,
         bytes_out: r.bytes_out,
     };
-    if let Ok(mut text) = serde_json::to_vec(&line) {
-        text.push(b'\n');
-        let _ = std::io::stdout().lock().write_all(&text);
-    }
+    let mut text = serde_json::to_vec(&line).unwrap_or_default();
+    text.push(b'\n');
+    text
 }
 
 /// What is known of a logged request when it arrives.
@@ -271,6 +273,36 @@ mod tests {
             panic!()
         };
         assert!(requests.is_empty());
+    }
+
+    #[test]
+    fn an_access_line_is_one_json_object_without_the_query() {
+        let log = Arc::new(RequestLog::default());
+        let mut pending = seen(&log, "/login?password=hunter2").responded("abc".into(), 302);
+        pending.sent(7);
+        let record = RequestRecord {
+            time_ms: 5,
+            request_id: pending.request_id.clone(),
+            client_ip: pending.seen.client_ip.to_string(),
+            method: pending.seen.method.clone(),
+            path: pending.seen.path.clone(),
+            status: pending.status,
+            duration_us: 1500,
+            bytes_in: 0,
+            bytes_out: pending.bytes_out,
+        };
+        let line = String::from_utf8(access_line(Some(3), &record)).unwrap();
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"time_ms": 5, "request_id": "abc", "tunnel": 3,
+                "client_ip": "192.0.2.7", "method": "GET", "path": "/login", "status": 302,
+                "duration_ms": 1.5, "bytes_in": 0, "bytes_out": 7})
+        );
     }
 
     #[test]
