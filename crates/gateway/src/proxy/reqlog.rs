@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,11 +32,68 @@ pub(crate) fn request_id() -> String {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BytesIn(pub Arc<AtomicU64>);
 
-/// Every logged tunnel's ring, and whether the access log is on.
+/// Records a Gateway keeps over every logged tunnel together: with many logged tunnels each
+/// keeps fewer than [`LOG_CAPACITY`], so memory stays bounded (about 30 MB at most).
+pub const TOTAL_RECORDS: usize = 100_000;
+/// Access-log lines waiting for stdout; beyond, lines are dropped (and counted) rather than
+/// making requests wait for a slow reader.
+const ACCESS_QUEUE: usize = 16_384;
+
+/// Every logged tunnel's ring, and the access log's writer when it is on.
 #[derive(Debug, Default)]
 pub struct RequestLog {
     rings: ArcSwap<HashMap<i64, Arc<Ring>>>,
+    /// Records each ring keeps (see [`TOTAL_RECORDS`]).
+    per_ring: AtomicUsize,
     access_log: AtomicBool,
+    access: std::sync::OnceLock<AccessWriter>,
+}
+
+/// The access log's lines go to a thread of their own, which writes them to stdout.
+#[derive(Debug)]
+struct AccessWriter {
+    lines: std::sync::mpsc::SyncSender<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessWriter {
+    fn start() -> Self {
+        let (lines, queue) = std::sync::mpsc::sync_channel::<Vec<u8>>(ACCESS_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let seen_dropped = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(std::io::stdout());
+                let mut reported = 0;
+                while let Ok(line) = queue.recv() {
+                    let _ = out.write_all(&line);
+                    // Written out whenever nothing more is waiting.
+                    while let Ok(line) = queue.try_recv() {
+                        let _ = out.write_all(&line);
+                    }
+                    let _ = out.flush();
+                    let dropped = seen_dropped.load(Ordering::Relaxed);
+                    if dropped > reported {
+                        tracing::warn!(
+                            lines = dropped - reported,
+                            "access log: stdout is not read fast enough; lines were dropped"
+                        );
+                        reported = dropped;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "access log: cannot start its writer; no line will be written");
+        }
+        Self { lines, dropped }
+    }
+
+    fn write(&self, line: Vec<u8>) {
+        if self.lines.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +102,9 @@ struct Ring(Mutex<VecDeque<RequestRecord>>);
 impl RequestLog {
     /// With `on`, every request is also written to stdout as a JSON line (`--access-log`).
     pub fn set_access_log(&self, on: bool) {
+        if on {
+            self.access.get_or_init(AccessWriter::start);
+        }
         self.access_log.store(on, Ordering::Relaxed);
     }
 
@@ -56,6 +116,9 @@ impl RequestLog {
     /// still log stay; the others are dropped, so turning logging off forgets).
     pub(crate) fn update(&self, tunnel_ids: impl IntoIterator<Item = i64>) {
         kakuremichi_node::metrics::follow(&self.rings, tunnel_ids);
+        let logged = self.rings.load().len().max(1);
+        let per_ring = (TOTAL_RECORDS / logged).clamp(1, LOG_CAPACITY);
+        self.per_ring.store(per_ring, Ordering::Relaxed);
     }
 
     /// Whether a request of `tunnel` (none: no route) is recorded anywhere.
@@ -82,17 +145,15 @@ impl RequestLog {
     }
 
     fn record(&self, tunnel: Option<i64>, record: RequestRecord) {
-        if self.access_log() {
-            // A closed stdout loses the line, nothing else.
-            let _ = std::io::stdout()
-                .lock()
-                .write_all(&access_line(tunnel, &record));
+        if let Some(writer) = self.access.get().filter(|_| self.access_log()) {
+            writer.write(access_line(tunnel, &record));
         }
         let Some(ring) = tunnel.and_then(|id| self.rings.load().get(&id).cloned()) else {
             return;
         };
+        let keep = self.per_ring.load(Ordering::Relaxed).max(1);
         let mut ring = ring.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if ring.len() >= LOG_CAPACITY {
+        while ring.len() >= keep {
             ring.pop_front();
         }
         ring.push_back(record);
@@ -267,6 +328,17 @@ mod tests {
         assert!(requests
             .iter()
             .all(|r| r.status == 502 && r.path.starts_with("/p/10")));
+        // With many logged tunnels, each keeps fewer (the Gateway's total is bounded).
+        log.update(0..200);
+        for _ in 0..LOG_CAPACITY {
+            seen(&log, "/x")
+                .responded("i".into(), 200)
+                .finish(Duration::ZERO);
+        }
+        let Answer::RequestLog { requests } = log.answer(1, &RequestFilter::default()) else {
+            panic!()
+        };
+        assert_eq!(requests.len(), TOTAL_RECORDS / 200);
         // Logging turned off: what was kept goes.
         log.update([]);
         let Answer::RequestLog { requests } = log.answer(1, &RequestFilter::default()) else {
