@@ -27,8 +27,9 @@ pub use query::{Answer, Query, RequestFilter, RequestRecord, TargetCheck};
 pub use snapshot::{
     AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, ProxyProtocol, RouteTarget,
     SharedSnapshot, StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
-    DEFAULT_UDP_IDLE_TIMEOUT,
+    DEFAULT_UDP_IDLE_TIMEOUT, MAX_ERROR_PAGE_BYTES,
 };
+pub use snapshot::error_page_digest;
 
 /// The newest version of the node-session protocol this release speaks. Bump on any change to
 /// the messages or the snapshot; a release speaks its own version and the one before
@@ -46,7 +47,9 @@ pub use snapshot::{
 /// not know; nodes still refuse unknown fields rather than ignore one that might restrict access.
 /// Also in 3 (the release that introduced it is not out yet): Control may ask a node a
 /// [`Query`] (`ControlMessage::Query`, answered by `NodeMessage::Answer`), and routes may carry
-/// `log_requests` and `error_pages`; a protocol-2 session gets neither.
+/// `log_requests` and `error_page` (a digest into the snapshot's `error_pages`, which holds each
+/// custom error page once, with `default_error_page` naming Control's global one); a
+/// protocol-2 session gets none of them.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest version of the node-session protocol this release speaks: that of the release

@@ -421,6 +421,7 @@ mod tests {
             tcp_access: false,
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

@@ -122,6 +122,7 @@ mod tests {
             tcp_access: false,
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         }
     }
 
