@@ -24,12 +24,12 @@ pub use message::{
     MAX_REASON_CHARS, MAX_STREAM_COUNTERS,
 };
 pub use query::{Answer, Query, RequestFilter, RequestRecord, TargetCheck};
+pub use snapshot::error_page_digest;
 pub use snapshot::{
     AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, ProxyProtocol, RouteTarget,
     SharedSnapshot, StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
     DEFAULT_UDP_IDLE_TIMEOUT, MAX_ERROR_PAGE_BYTES,
 };
-pub use snapshot::error_page_digest;
 
 /// The newest version of the node-session protocol this release speaks. Bump on any change to
 /// the messages or the snapshot; a release speaks its own version and the one before

@@ -172,7 +172,9 @@ fn routes_without_limits_serialise_and_hash_as_before() {
 fn error_pages_travel_once_by_digest_and_are_left_out_when_none() {
     let plain = serde_json::to_value(sample()).unwrap();
     assert!(plain.get("error_pages").is_none() && plain.get("default_error_page").is_none());
-    assert!(plain["routes"]["app.example.com"].get("error_page").is_none());
+    assert!(plain["routes"]["app.example.com"]
+        .get("error_page")
+        .is_none());
 
     let html = "<h1>{{status}}</h1><p>{{request_id}}</p>";
     let digest = error_page_digest(html);
