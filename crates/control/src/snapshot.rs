@@ -36,6 +36,10 @@ pub struct World {
     pub hsts_max_age: u32,
     /// Token verification keys and revocations for Gateways (`control_url` set by the hub).
     pub access: AccessConfig,
+    /// The global custom error page (the `error_page` setting).
+    global_error_page: Option<String>,
+    /// The custom error pages by digest, built on first use.
+    error_pages: OnceLock<ErrorPages>,
     /// Lookups by id, built on first use.
     index: OnceLock<Index>,
     /// Every Agent's peers (the enabled Gateways, sorted), built on first use.
@@ -43,6 +47,17 @@ pub struct World {
     /// What every enabled Gateway gets, for the online hints it was made with (see
     /// [`World::gateway_sealed`]): for protocol-2 sessions, and for newer ones.
     gateway_shared: Mutex<[Option<Arc<SharedGateway>>; 2]>,
+}
+
+/// Every custom error page once, by digest: hashing a 64 KiB page per tunnel and Gateway would
+/// cost more than the rest of a snapshot.
+#[derive(Debug, Default)]
+struct ErrorPages {
+    by_digest: BTreeMap<String, String>,
+    /// Enabled tunnels with a page of their own → its digest.
+    of_tunnel: HashMap<i64, String>,
+    /// The global page's digest.
+    default: Option<String>,
 }
 
 /// Positions in [`World`]'s vectors by id: a snapshot costs what its node gets, not a scan of
@@ -83,6 +98,11 @@ impl Store {
                 (t.id, access)
             })
             .collect();
+        let global_error_page: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM settings WHERE key = $1")
+                .bind(crate::store::ERROR_PAGE)
+                .fetch_optional(&mut *tx)
+                .await?;
         let replicas = sqlx::query_as(
             "SELECT tunnel_id, agent_id, port FROM tunnel_replicas ORDER BY tunnel_id, agent_id",
         )
@@ -120,6 +140,7 @@ impl Store {
             replicas,
             certificates,
             access,
+            global_error_page: global_error_page.map(|(page,)| page),
             ..World::default()
         })
     }
@@ -201,6 +222,31 @@ impl World {
                     .push(i);
             }
             index
+        })
+    }
+
+    fn error_pages(&self) -> &ErrorPages {
+        self.error_pages.get_or_init(|| {
+            let mut pages = ErrorPages::default();
+            // Digested once per distinct page, however many tunnels share it.
+            let mut digests: HashMap<&str, String> = HashMap::new();
+            let tunnels = self.tunnels.iter();
+            let own = tunnels.filter_map(|t| Some((Some(t.id), t.error_page.as_deref()?)));
+            let global = self.global_error_page.as_deref().map(|html| (None, html));
+            for (tunnel, html) in own.chain(global) {
+                let digest = digests
+                    .entry(html)
+                    .or_insert_with(|| kakuremichi_proto::error_page_digest(html))
+                    .clone();
+                if !pages.by_digest.contains_key(&digest) {
+                    pages.by_digest.insert(digest.clone(), html.to_owned());
+                }
+                match tunnel {
+                    Some(id) => pages.of_tunnel.insert(id, digest),
+                    None => pages.default.replace(digest),
+                };
+            }
+            pages
         })
     }
 
@@ -469,6 +515,10 @@ impl World {
                     .flatten(),
                 // Protocol 2 Gateways do not know the field (they would refuse the snapshot).
                 log_requests: t.log_requests && session >= 3,
+                error_page: match session >= 3 && protocol == TunnelProtocol::Http {
+                    true => self.error_pages().of_tunnel.get(&t.id).cloned(),
+                    false => None,
+                },
             };
             routes.insert(t.hostname.clone(), route);
         }
@@ -479,6 +529,18 @@ impl World {
         } else {
             Box::default()
         };
+        // Each page the routes name, and the global one, once (protocol 3 only, as above).
+        let (mut error_pages, mut default_error_page) = (BTreeMap::new(), None);
+        if session >= 3 {
+            let pages = self.error_pages();
+            let used = routes.values().filter_map(|r| r.error_page.as_ref());
+            for digest in used.chain(pages.default.as_ref()) {
+                if let Some(html) = pages.by_digest.get(digest) {
+                    error_pages.insert(digest.clone(), html.clone());
+                }
+            }
+            default_error_page = pages.default.clone();
+        }
         ConfigSnapshot {
             peers,
             routes,
@@ -488,6 +550,8 @@ impl World {
             tcp_ports,
             udp_ports,
             tls_passthrough,
+            error_pages,
+            default_error_page,
             ..ConfigSnapshot::default()
         }
     }

@@ -26,7 +26,7 @@ async fn settings_show_defaults_and_change_quotas_checked() {
         body,
         json!({"open_registration": false, "max_tunnels_per_user": 500, "max_agents_per_user": 100,
                "max_allow_list_entries": 200, "api_requests_per_minute": 600,
-               "max_temporary_tunnels_per_user": 5})
+               "max_temporary_tunnels_per_user": 5, "error_page": null})
     );
     // A partial PATCH changes only what it names.
     let (s, body) = c

@@ -27,6 +27,7 @@ async fn tunnels_crud_and_validation() {
             "created_at",
             "dns",
             "enabled",
+            "error_page",
             "hostname",
             "https_redirect",
             "id",

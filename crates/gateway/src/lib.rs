@@ -387,6 +387,10 @@ impl Gateway {
             })
             .collect();
         device.set_peers(peers);
+        self.routes.error_pages().replace(
+            &snapshot.error_pages,
+            snapshot.default_error_page.as_deref(),
+        );
         self.routes.replace(snapshot.routes.clone());
         let plain = snapshot
             .routes

@@ -12,6 +12,7 @@
 //! - `headers`: host normalisation, hop-by-hop stripping, `X-Forwarded-*` / `Forwarded`.
 //! - `forward`: the per-request handler, including HTTP/1.1 upgrades (WebSocket).
 //! - `pages`: the small error pages the proxy answers itself.
+//! - [`custom_pages`]: the custom error pages from Control that replace them.
 //! - `redirect`: ACME HTTP-01 answers, the http → https `308` and HSTS.
 //! - [`reqlog`]: request ids, the per-tunnel request log and the access log.
 //! - [`limits`]: per-tunnel IP lists, rate and concurrency limits, and their refusal counters.
@@ -26,6 +27,7 @@ mod admin;
 pub(crate) mod balance;
 mod client_cap;
 mod connector;
+pub mod custom_pages;
 mod forward;
 mod headers;
 pub mod limits;

@@ -115,6 +115,7 @@ async fn hanging_dial_is_502_after_connect_timeout() {
         tcp_access: false,
         basic_auth: None,
         log_requests: false,
+        error_page: None,
     };
     gw.route(&[("a.test", route)]);
     let started = Instant::now();

@@ -25,10 +25,11 @@ pub use message::{
     MAX_REASON_CHARS, MAX_STREAM_COUNTERS,
 };
 pub use query::{Answer, Query, RequestFilter, RequestRecord, TargetCheck};
+pub use snapshot::error_page_digest;
 pub use snapshot::{
     AcmeChallenges, AgentService, ConfigSnapshot, GatewayRoute, ProxyProtocol, RouteTarget,
     SharedSnapshot, StreamRoute, TlsAlpnChallenge, TlsCertificate, TunnelProtocol, WgPeer,
-    DEFAULT_UDP_IDLE_TIMEOUT,
+    DEFAULT_UDP_IDLE_TIMEOUT, MAX_ERROR_PAGE_BYTES,
 };
 pub use traffic::{TunnelTraffic, LATENCY_BUCKETS, MAX_TRAFFIC};
 
@@ -48,8 +49,10 @@ pub use traffic::{TunnelTraffic, LATENCY_BUCKETS, MAX_TRAFFIC};
 /// not know; nodes still refuse unknown fields rather than ignore one that might restrict access.
 /// Also in 3 (the release that introduced it is not out yet): Control may ask a node a
 /// [`Query`] (`ControlMessage::Query`, answered by `NodeMessage::Answer`), and routes may carry
-/// `log_requests` and `error_pages`, and Gateways report their tunnels' traffic
-/// (`NodeMessage::Status::traffic`); a protocol-2 session gets and sends none of them.
+/// `log_requests` and `error_page` (a digest into the snapshot's `error_pages`, which holds each
+/// custom error page once, with `default_error_page` naming Control's global one), and Gateways
+/// report their tunnels' traffic (`NodeMessage::Status::traffic`); a protocol-2 session gets
+/// and sends none of them.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest version of the node-session protocol this release speaks: that of the release

@@ -63,6 +63,23 @@ pub struct ConfigSnapshot {
     /// HTTPS port by the ClientHello's SNI; no certificate is held for them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tls_passthrough: BTreeMap<String, StreamRoute>,
+    /// Gateway only (protocol 3): the custom error pages, each once, by [`error_page_digest`].
+    /// Routes name theirs by digest ([`GatewayRoute::error_page`]), so a page shared by a
+    /// thousand tunnels travels once. Left out when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_pages: BTreeMap<String, String>,
+    /// Gateway only (protocol 3): the digest of the page for routes without their own and for
+    /// hosts no route serves (Control's global page). Left out when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_error_page: Option<String>,
+}
+
+/// Most bytes of one custom error page (HTML, served as is in place of the Gateway's own pages).
+pub const MAX_ERROR_PAGE_BYTES: usize = 64 * 1024;
+
+/// The key of a custom error page in [`ConfigSnapshot::error_pages`]: hex SHA-256 of its HTML.
+pub fn error_page_digest(html: &str) -> String {
+    hex::encode(Sha256::digest(html.as_bytes()))
 }
 
 /// What a tunnel carries. `http` tunnels are routed by Host with HTTPS terminated at the
@@ -256,6 +273,10 @@ pub struct GatewayRoute {
     /// out when false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub log_requests: bool,
+    /// The digest of the tunnel's own error page in [`ConfigSnapshot::error_pages`]
+    /// (protocol 3); left out when it has none (the default page, if any, applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_page: Option<String>,
 }
 
 /// One Agent serving a route with replicas.
@@ -427,6 +448,8 @@ impl Default for ConfigSnapshot {
             tcp_ports: BTreeMap::new(),
             udp_ports: BTreeMap::new(),
             tls_passthrough: BTreeMap::new(),
+            error_pages: BTreeMap::new(),
+            default_error_page: None,
         }
     }
 }

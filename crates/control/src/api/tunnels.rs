@@ -93,6 +93,10 @@ pub struct CreateTunnel {
     /// method, path without the query, status, duration, bytes), shown on the tunnel page and by
     /// `GET /api/v1/tunnels/{id}/requests`. Default false; nothing is written to disk.
     log_requests: Option<bool>,
+    /// `http`: a custom error page, HTML of at most 64 KiB served as is by the Gateways in
+    /// place of their own 404/502/503/429/403/401/408 pages, with `{{request_id}}` and
+    /// `{{status}}` filled in. Default none (the global page, if any, applies); blank = none.
+    error_page: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -132,6 +136,9 @@ pub struct PatchTunnel {
     basic_auth: Option<Option<String>>,
     /// `http`: keep the tunnel's recent requests on the Gateways (the request log).
     log_requests: Option<bool>,
+    /// `http`: the custom error page (HTML, at most 64 KiB); null (or blank) removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    error_page: Option<Option<String>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`, by `serde(default)`).
@@ -185,6 +192,7 @@ pub async fn create(
         udp_idle_timeout: body.udp_idle_timeout.map(Some),
         basic_auth: body.basic_auth.map(Some),
         log_requests: body.log_requests,
+        error_page: body.error_page.map(Some),
     };
     let row = ops::tunnels::create(&state, &user, input).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
@@ -292,6 +300,7 @@ pub async fn update(
         udp_idle_timeout: body.udp_idle_timeout,
         basic_auth: body.basic_auth,
         log_requests: body.log_requests,
+        error_page: body.error_page,
     };
     let row = ops::tunnels::update(&state, &user, id, input).await?;
     Ok(Json(view(&state, row).await?))

@@ -1,5 +1,5 @@
 //! Admin routes: `/users` (list, create, change role or password, delete), `/invitations`,
-//! `/settings` (open registration and the per-user quotas); and `GET /audit` for everyone (admins see every entry, members their own).
+//! `/settings` (open registration, the per-user quotas and the global error page); and `GET /audit` for everyone (admins see every entry, members their own).
 
 use super::login::UserView;
 use super::openapi::{ErrorBody, ReadErrors, WriteErrors};
@@ -52,6 +52,9 @@ pub struct Settings {
     open_registration: bool,
     #[serde(flatten)]
     quotas: Quotas,
+    /// The global custom error page (HTML): served by the Gateways in place of their own pages
+    /// for tunnels without a page of their own and for hosts they do not serve; null = none.
+    error_page: Option<String>,
 }
 
 /// `PATCH /settings`: only the fields sent change.
@@ -64,6 +67,10 @@ pub struct SettingsPatch {
     max_allow_list_entries: Option<u32>,
     api_requests_per_minute: Option<u32>,
     max_temporary_tunnels_per_user: Option<u32>,
+    /// HTML of at most 64 KiB, `{{request_id}}` and `{{status}}` filled in; null (or blank)
+    /// removes it.
+    #[serde(default, deserialize_with = "super::tunnels::nullable")]
+    error_page: Option<Option<String>>,
 }
 
 impl SettingsPatch {
@@ -237,6 +244,7 @@ pub async fn get_settings(
     Ok(Json(Settings {
         open_registration: state.store.open_registration().await?,
         quotas: state.store.quotas().await?,
+        error_page: state.store.error_page().await?,
     }))
 }
 
@@ -261,13 +269,20 @@ pub async fn update_settings(
     ApiJson(body): ApiJson<SettingsPatch>,
 ) -> Result<Json<Settings>, ApiError> {
     require_admin(&user, "change settings")?;
-    let quotas = ops::quotas::update(&state, &user, &body.quota_changes()).await?;
+    // Checked before anything is written, like the quotas.
+    let changes = body.quota_changes();
+    let error_page = body.error_page.map(ops::error_pages::check).transpose()?;
+    let quotas = ops::quotas::update(&state, &user, &changes).await?;
     if let Some(open) = body.open_registration {
         ops::users::set_open_registration(&state, &user, open).await?;
+    }
+    if let Some(page) = error_page {
+        ops::error_pages::set_global(&state, &user, page).await?;
     }
     Ok(Json(Settings {
         open_registration: state.store.open_registration().await?,
         quotas,
+        error_page: state.store.error_page().await?,
     }))
 }
 

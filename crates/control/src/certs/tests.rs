@@ -195,6 +195,7 @@ impl Setup {
             ports: Default::default(),
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         };
         self.store.create_tunnel(&new).await.unwrap().id
     }

@@ -189,6 +189,7 @@ mod tests {
             basic_auth_user: None,
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod backups;
 pub mod device_login;
+pub mod error_pages;
 pub mod gateways;
 pub mod inspect;
 pub mod limits;

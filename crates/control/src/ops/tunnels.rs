@@ -2,6 +2,7 @@
 //! `max_tunnels_per_user` tunnels, and list at most `max_allow_list_entries` e-mails per tunnel
 //! (that one applies to admins too: it is a property of the tunnel, which an admin can raise).
 
+use super::error_pages;
 use super::limits::LimitsInput;
 use super::{audit, require_owner};
 use crate::app::AppState;
@@ -44,6 +45,9 @@ pub struct TunnelInput {
     pub basic_auth: Option<Option<String>>,
     /// `http` only: the Gateways keep the tunnel's recent requests (default off).
     pub log_requests: Option<bool>,
+    /// `http` only: the custom error page (HTML, see [`super::error_pages`]); `Some(None)`:
+    /// none, the global page applies (update).
+    pub error_page: Option<Option<String>>,
 }
 
 /// `user:password` checked, as the stored user name and the Gateways' check (a fresh salt).
@@ -161,6 +165,15 @@ fn check_stream(
         return Err(ApiError::bad_request(format!(
             "log_requests applies to http tunnels, not to a {name} tunnel (its connections are \
              counted on the tunnel page)"
+        )));
+    }
+    if input
+        .error_page
+        .as_ref()
+        .is_some_and(|p| p.as_ref().is_some_and(|p| !p.trim().is_empty()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "error_page applies to http tunnels, not to a {name} tunnel (it is not HTTP)"
         )));
     }
     let limits = &input.limits;
@@ -363,7 +376,11 @@ pub async fn create(
         ports: port_rules(state).await?,
         basic_auth: basic_auth(protocol, input.basic_auth.clone().flatten().as_deref())?,
         log_requests: http && input.log_requests.unwrap_or(false),
+        error_page: error_pages::check(input.error_page.clone().flatten())?,
     };
+    if let Some(page) = &new.error_page {
+        error_pages::check_budget(state, error_pages::PageOf::NewTunnel, page).await?;
+    }
     require_agent(state, user, agent_id).await?;
     for &replica in &new.replicas {
         require_agent(state, user, replica).await?;
@@ -433,7 +450,11 @@ pub async fn update(
             None => None,
         },
         log_requests: input.log_requests,
+        error_page: input.error_page.map(error_pages::check).transpose()?,
     };
+    if let Some(Some(page)) = &patch.error_page {
+        error_pages::check_budget(state, error_pages::PageOf::Tunnel(id), page).await?;
+    }
     for agent in touched_agents(state, &current, &patch).await? {
         require_agent(state, user, agent).await?;
     }
@@ -453,6 +474,8 @@ pub async fn update(
         // Whether it changed, and to which user: never the password nor its hash.
         "basic_auth_user": patch.basic_auth.as_ref().map(|a| a.as_ref().map(|(u, _)| u)),
         "log_requests": patch.log_requests,
+        // Whether it changed, and its size: not the page itself.
+        "error_page_bytes": patch.error_page.as_ref().map(|p| p.as_ref().map(String::len)),
     });
     audit(state, Some(user), "tunnel.update", label(&row), detail).await;
     Ok(row)

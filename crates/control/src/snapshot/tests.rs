@@ -62,6 +62,7 @@ fn tunnel(id: i64, agent_id: i64, port: i64) -> TunnelRow {
         basic_auth_user: None,
         basic_auth: None,
         log_requests: false,
+        error_page: None,
     }
 }
 
@@ -440,4 +441,43 @@ fn the_request_log_reaches_only_gateways_that_know_it() {
         w.sealed_in(gw, |_| true, 2).unwrap().config_hash(),
         old_hash
     );
+}
+
+#[test]
+fn error_pages_travel_once_and_only_to_gateways_that_know_them() {
+    let mut w = world();
+    let shared = "<h1>{{status}}</h1>".to_string();
+    w.tunnels[0].error_page = Some(shared.clone());
+    w.tunnels[1].error_page = Some(shared.clone());
+    w.global_error_page = Some("<p>global {{request_id}}</p>".to_string());
+    let gw = NodeRef {
+        kind: NodeKind::Gateway,
+        id: 1,
+    };
+    let s = w.snapshot_in(gw, |_| true, 3).unwrap();
+    let own = kakuremichi_proto::error_page_digest(&shared);
+    let global = kakuremichi_proto::error_page_digest("<p>global {{request_id}}</p>");
+    assert_eq!(s.routes["t10.example.com"].error_page.as_ref(), Some(&own));
+    assert_eq!(s.routes["t11.example.com"].error_page.as_ref(), Some(&own));
+    assert_eq!(s.routes["t12.example.com"].error_page, None);
+    assert_eq!(s.default_error_page.as_ref(), Some(&global));
+    assert_eq!(
+        s.error_pages.len(),
+        2,
+        "a page shared by two tunnels is sent once"
+    );
+    assert_eq!(s.error_pages[&own], shared);
+    let new = w.sealed_in(gw, |_| true, 3).unwrap().encode();
+    assert_eq!(new.matches("<h1>{{status}}</h1>").count(), 1);
+
+    // A protocol-2 Gateway would refuse a snapshot with fields it does not know.
+    let s = w.snapshot_in(gw, |_| true, 2).unwrap();
+    assert!(s.error_pages.is_empty() && s.default_error_page.is_none());
+    assert!(s.routes.values().all(|r| r.error_page.is_none()));
+    let old = w.sealed_in(gw, |_| true, 2).unwrap().encode();
+    assert!(!old.contains("error_page"), "{old}");
+
+    // Without any page, nothing is added (snapshots hash as before).
+    let plain = world().sealed_in(gw, |_| true, 3).unwrap().encode();
+    assert!(!plain.contains("error_page"), "{plain}");
 }

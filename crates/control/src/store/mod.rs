@@ -51,7 +51,7 @@ pub use logins::LoginSession;
 pub use nodes::{NodeKind, NodeRef};
 pub use quotas::{Quotas, MAX_ALLOW_LIST_ENTRIES};
 pub use replicas::{ReplicaRow, MAX_AGENTS_PER_TUNNEL};
-pub use settings::OPEN_REGISTRATION;
+pub use settings::{ERROR_PAGE, OPEN_REGISTRATION};
 pub use temporary::TemporaryRow;
 pub use throttle::ThrottleRow;
 pub use tokens::TokenRow;

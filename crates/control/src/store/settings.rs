@@ -5,6 +5,10 @@ use super::{from_now, is_unique_violation, now, users::UserRow, Store, StoreErro
 /// Setting: anyone may register an account when `"true"`. Off by default.
 pub const OPEN_REGISTRATION: &str = "open_registration";
 
+/// Setting: the global custom error page (HTML), served by the Gateways for tunnels without one
+/// of their own and for unknown hosts. Absent = the Gateways' own pages.
+pub const ERROR_PAGE: &str = "error_page";
+
 /// An invitation as stored; the token itself is only in the link given to the admin.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InvitationRow {
@@ -31,6 +35,20 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Removes a setting (its default applies again).
+    pub async fn clear_setting(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM settings WHERE key = $1")
+            .bind(key)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The global custom error page, if one is set.
+    pub async fn error_page(&self) -> StoreResult<Option<String>> {
+        self.setting(ERROR_PAGE).await
     }
 
     pub async fn open_registration(&self) -> StoreResult<bool> {

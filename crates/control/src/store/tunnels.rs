@@ -18,7 +18,7 @@ pub(crate) const COLUMNS: &str = "id, hostname, agent_id, target, port, enabled,
      https_redirect, access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, \
      ip_deny, rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
      public_port, proxy_protocol, max_connections, udp_idle_timeout, basic_auth_user, basic_auth, \
-     log_requests";
+     log_requests, error_page";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TunnelRow {
@@ -61,6 +61,9 @@ pub struct TunnelRow {
     pub basic_auth: Option<String>,
     /// Gateways keep the tunnel's recent requests in memory (the request log).
     pub log_requests: bool,
+    /// `http`: the custom error page (HTML) the Gateways serve instead of their own; NULL =
+    /// the global one, if any.
+    pub error_page: Option<String>,
 }
 
 impl TunnelRow {
@@ -132,6 +135,7 @@ pub struct NewTunnel {
     /// HTTP Basic authentication: the user name and the Gateways' check.
     pub basic_auth: Option<(String, RouteBasicAuth)>,
     pub log_requests: bool,
+    pub error_page: Option<String>,
 }
 
 /// Fields a PATCH may change; `None` leaves the field as is. Values are already validated.
@@ -160,6 +164,8 @@ pub struct TunnelPatch {
     /// `Some(None)` turns Basic authentication off.
     pub basic_auth: Option<Option<(String, RouteBasicAuth)>>,
     pub log_requests: Option<bool>,
+    /// `Some(None)` removes the tunnel's own error page.
+    pub error_page: Option<Option<String>>,
 }
 
 impl Store {
@@ -188,9 +194,9 @@ impl Store {
              access_mode, access_allow, created_at, updated_at, owner_id, ip_allow, ip_deny, \
              rate_limit_per_second, rate_limit_burst, max_concurrent_requests, protocol, \
              public_port, proxy_protocol, max_connections, udp_idle_timeout, basic_auth_user, \
-             basic_auth, log_requests) \
+             basic_auth, log_requests, error_page) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20, $21, $22, $23, $24) RETURNING {COLUMNS}"
+             $17, $18, $19, $20, $21, $22, $23, $24, $25) RETURNING {COLUMNS}"
         );
         let (access_mode, access_allow) = encode_policy(&new.access);
         let (ip_allow, ip_deny, per_second, burst, concurrent) = limits::encode(&new.limits);
@@ -220,12 +226,25 @@ impl Store {
             .bind(auth_user)
             .bind(auth)
             .bind(new.log_requests)
+            .bind(&new.error_page)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &new.hostname))?;
         replicas::set(&mut tx, row.id, &new.replicas).await?;
         tx.commit().await?;
         Ok(row)
+    }
+
+    /// The distinct custom error pages of the tunnels other than `except`: what they add to
+    /// every Gateway's snapshot (each page travels once).
+    pub async fn distinct_error_pages(&self, except: Option<i64>) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT error_page FROM tunnels WHERE error_page IS NOT NULL AND id <> $1",
+        )
+        .bind(except.unwrap_or(0))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(page,)| page).collect())
     }
 
     pub async fn list_tunnels(&self) -> StoreResult<Vec<TunnelRow>> {
@@ -302,7 +321,8 @@ impl Store {
              ip_allow = $12, ip_deny = $13, rate_limit_per_second = $14, rate_limit_burst = $15, \
              max_concurrent_requests = $16, public_port = $17, proxy_protocol = $18, \
              max_connections = $19, udp_idle_timeout = $20, basic_auth_user = $21, \
-             basic_auth = $22, log_requests = $23 WHERE id = $11 RETURNING {COLUMNS}"
+             basic_auth = $22, log_requests = $23, error_page = $24 WHERE id = $11 \
+             RETURNING {COLUMNS}"
         );
         let row: TunnelRow = sqlx::query_as(&sql)
             .bind(&hostname)
@@ -328,6 +348,10 @@ impl Store {
             .bind(auth_user)
             .bind(auth)
             .bind(patch.log_requests.unwrap_or(current.log_requests))
+            .bind(match &patch.error_page {
+                Some(page) => page.as_ref(),
+                None => current.error_page.as_ref(),
+            })
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| write_error(e, &hostname))?;

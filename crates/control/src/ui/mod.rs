@@ -59,6 +59,7 @@ pub fn router() -> Router<AppState> {
         .route("/users/invite", post(users::invite))
         .route("/users/settings", post(users::settings))
         .route("/users/quotas", post(users::quotas))
+        .route("/users/error-page", post(users::error_page))
         .route("/users/{id}/admin", post(users::set_admin))
         .route("/users/{id}/verified", post(users::set_verified))
         .route("/users/{id}/password", post(users::reset_password))

@@ -36,6 +36,9 @@ pub struct TunnelForm {
     tls: String,
     https_redirect: Option<String>,
     log_requests: Option<String>,
+    /// The custom error page's HTML; absent (a form without the field) keeps the tunnel's, blank
+    /// removes it.
+    error_page: Option<String>,
     enabled: Option<String>,
     /// `public`, `login` or `users`; absent (a form without the choice) keeps the tunnel's policy.
     #[serde(rename = "access_mode")]
@@ -101,6 +104,7 @@ impl From<Vec<(String, String)>> for TunnelForm {
                 "tls" => f.tls = value,
                 "https_redirect" => f.https_redirect = Some(value),
                 "log_requests" => f.log_requests = Some(value),
+                "error_page" => f.error_page = Some(value),
                 "enabled" => f.enabled = Some(value),
                 "access" => f.access = value,
                 "allow" => f.allow = value,
@@ -179,6 +183,7 @@ impl TunnelForm {
             tls: tls.filter(|_| http),
             https_redirect: http.then_some(self.https_redirect.is_some()),
             log_requests: http.then_some(self.log_requests.is_some()),
+            error_page: self.error_page.clone().filter(|_| http).map(Some),
             access: self.access()?,
             limits: self.limits(http)?,
             protocol,

@@ -1,5 +1,6 @@
 //! Users page (admins): list, create with a password, invite by link, make or unmake admin,
-//! reset a password, delete; and the settings: open registration and the per-user quotas.
+//! reset a password, delete; and the settings: open registration, the per-user quotas and the
+//! global error page.
 
 use super::agents::control_url;
 use super::form::{CsrfForm, Redraw, Ui, UiForm, UiResult};
@@ -42,6 +43,15 @@ pub struct QuotaForm {
 
 impl UiForm for QuotaForm {}
 
+/// The global error page form: the page's HTML, empty for none.
+#[derive(Deserialize)]
+pub struct ErrorPageForm {
+    #[serde(default)]
+    error_page: String,
+}
+
+impl UiForm for ErrorPageForm {}
+
 /// The list of users (admins only); errors of its forms above it, a refusal (not an admin, a
 /// stale form) on the error page.
 #[derive(Default)]
@@ -68,7 +78,8 @@ impl Redraw for UsersPage {
             .collect();
         let open = state.store.open_registration().await?;
         let quotas = Value::from_serialize(state.store.quotas().await?);
-        let ctx = context! { users => users, open_registration => open, quotas => quotas, ..ctx };
+        let error_page = state.store.error_page().await?;
+        let ctx = context! { users => users, open_registration => open, quotas => quotas, error_page => error_page, ..ctx };
         Ok(render::page(viewer, status, "users.html", "users", ctx))
     }
 }
@@ -128,6 +139,12 @@ pub async fn quotas(CsrfForm(ui, (), form): UsersForm<QuotaForm>) -> UiResult {
         ops::quotas::update(&ui.state, &ui.viewer.user, &changes).await
     })
     .await?;
+    Ok(done("/users", "settings-saved"))
+}
+
+pub async fn error_page(CsrfForm(ui, (), form): UsersForm<ErrorPageForm>) -> UiResult {
+    let op = ops::error_pages::set_global(&ui.state, &ui.viewer.user, Some(form.error_page));
+    ui.run(op).await?;
     Ok(done("/users", "settings-saved"))
 }
 

@@ -54,6 +54,9 @@ pub struct TunnelView {
     basic_auth_user: Option<String>,
     /// `http`: the Gateways keep the tunnel's recent requests (`GET /api/v1/tunnels/{id}/requests`).
     log_requests: bool,
+    /// `http`: the tunnel's custom error page (HTML), `null` when it has none (the global page,
+    /// if any, applies).
+    error_page: Option<String>,
     /// `tcp`/`udp`: where clients connect, one `host:port` per enabled Gateway (its
     /// `public_endpoint`'s host); empty for `http` and `tls` tunnels, reached by hostname, and
     /// for a `tcp` tunnel with access control (no public port is opened for it).
@@ -221,6 +224,7 @@ impl TunnelView {
             }),
             basic_auth_user: t.basic_auth_user,
             log_requests: t.log_requests,
+            error_page: t.error_page,
             public_addresses: Vec::new(),
             public_urls: Vec::new(),
             port_errors: Vec::new(),

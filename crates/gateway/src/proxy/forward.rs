@@ -89,14 +89,20 @@ impl Proxy {
         let seen = log
             .wants(tunnel)
             .then(|| reqlog::Seen::new(log.clone(), &mut req, conn.peer.ip(), tunnel));
-        let mut response = self.answer(req, conn, host, route, started).await;
+        let mut response = self
+            .answer(req, conn, host, route.as_deref(), started)
+            .await;
         let page = matches!(response.body(), Either::Right(_)) && response.status().as_u16() >= 400;
         if !page && seen.is_none() {
             return response;
         }
         let id = reqlog::request_id();
         if page {
-            pages::stamp(&mut response, &id, |b| Either::Right(Full::new(b)));
+            // Only now, for the Gateway's own pages, is a custom page looked up.
+            let custom = self.routes.error_pages().for_route(route.as_deref());
+            pages::stamp(&mut response, &id, custom.as_deref(), |b| {
+                Either::Right(Full::new(b))
+            });
         }
         if let Some(seen) = seen {
             let mut pending = seen.responded(id, response.status().as_u16());
@@ -118,7 +124,7 @@ impl Proxy {
         req: Request<Incoming>,
         conn: ClientConn,
         host: Result<ClientHost, HostError>,
-        route: Option<Arc<GatewayRoute>>,
+        route: Option<&GatewayRoute>,
         started: Instant,
     ) -> Response<ProxyBody> {
         // CONNECT would turn the Gateway into an open forward proxy.
@@ -139,12 +145,10 @@ impl Proxy {
             return local(pages::not_found(Some(&host.name)));
         };
         let Some(stats) = self.routes.metrics().tunnel(route.tunnel_id) else {
-            return self.routed(req, conn, &host, &route, None).await;
+            return self.routed(req, conn, &host, route, None).await;
         };
         let in_flight = stats.begin();
-        let mut response = self
-            .routed(req, conn, &host, &route, Some(&in_flight))
-            .await;
+        let mut response = self.routed(req, conn, &host, route, Some(&in_flight)).await;
         stats.responded(response.status(), started.elapsed());
         match response.body_mut() {
             Either::Left(streamed) => streamed.measure(in_flight, started),
@@ -421,6 +425,7 @@ mod tests {
             tcp_access: false,
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         };
         let uri: Uri = "/a/b?c=d".parse().unwrap();
         assert_eq!(

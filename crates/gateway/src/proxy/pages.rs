@@ -6,6 +6,8 @@ use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use super::custom_pages::fill;
+
 /// Host names in pages are cut to this many characters so a hostile Host header cannot make a
 /// large page.
 const MAX_HOST_IN_PAGE: usize = 255;
@@ -94,18 +96,25 @@ fn render(status: StatusCode, detail: &str, request_id: Option<&str>) -> Bytes {
     ))
 }
 
-/// Writes `request_id` into a page the Gateway wrote (and its `X-Request-Id` header); other
-/// responses get only the header.
+/// Writes `request_id` into a page the Gateway wrote (and its `X-Request-Id` header), or puts
+/// `custom` (a custom error page, its placeholders filled) in its place; other responses get
+/// only the header. Status and headers stay those of the Gateway's page.
 pub(crate) fn stamp<B>(
     response: &mut Response<B>,
     request_id: &str,
+    custom: Option<&str>,
     body: impl FnOnce(Bytes) -> B,
 ) {
     if let Ok(value) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     if let Some(PageDetail(detail)) = response.extensions_mut().remove::<PageDetail>() {
-        *response.body_mut() = body(render(response.status(), &detail, Some(request_id)));
+        let status = response.status();
+        let html = match custom {
+            Some(template) => Bytes::from(fill(template, status.as_u16(), request_id)),
+            None => render(status, &detail, Some(request_id)),
+        };
+        *response.body_mut() = body(html);
     }
 }
 

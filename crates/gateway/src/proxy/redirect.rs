@@ -112,6 +112,7 @@ mod tests {
             tcp_access: false,
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         }
     }
 

@@ -13,6 +13,7 @@ use kakuremichi_proto::GatewayRoute;
 
 use crate::hostmap::HostMap;
 
+use super::custom_pages::ErrorPages;
 use super::limits::Limits;
 use super::metrics::HttpMetrics;
 use super::reqlog::RequestLog;
@@ -25,6 +26,7 @@ pub struct RouteTable {
     limits: Limits,
     metrics: Arc<HttpMetrics>,
     log: Arc<RequestLog>,
+    pages: ErrorPages,
 }
 
 impl RouteTable {
@@ -34,12 +36,19 @@ impl RouteTable {
             limits: Limits::default(),
             metrics: Arc::default(),
             log: Arc::default(),
+            pages: ErrorPages::default(),
         }
     }
 
     /// The request log of the tunnels that keep one, and the access log.
     pub fn request_log(&self) -> &Arc<RequestLog> {
         &self.log
+    }
+
+    /// The custom error pages (set with each snapshot, before its routes: a route's page is
+    /// there when the route is).
+    pub fn error_pages(&self) -> &ErrorPages {
+        &self.pages
     }
 
     /// The tunnels' request counters (Prometheus `/metrics`).
@@ -122,6 +131,7 @@ mod tests {
             tcp_access: false,
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         }
     }
 

@@ -118,6 +118,7 @@ impl TestDialer {
             tcp_access: false,
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         }
     }
 

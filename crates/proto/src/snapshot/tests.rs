@@ -23,6 +23,7 @@ pub(crate) fn sample() -> ConfigSnapshot {
             tcp_access: false,
             basic_auth: None,
             log_requests: false,
+            error_page: None,
         },
     );
     let cert = TlsCertificate {
@@ -165,6 +166,35 @@ fn routes_without_limits_serialise_and_hash_as_before() {
     // The hash of this very sample before limits existed: unchanged, so no Gateway sees a
     // new snapshot (or an unknown field) for tunnels that set no limits.
     assert_eq!(s.config_hash, SAMPLE_HASH);
+}
+
+#[test]
+fn error_pages_travel_once_by_digest_and_are_left_out_when_none() {
+    let plain = serde_json::to_value(sample()).unwrap();
+    assert!(plain.get("error_pages").is_none() && plain.get("default_error_page").is_none());
+    assert!(plain["routes"]["app.example.com"]
+        .get("error_page")
+        .is_none());
+
+    let html = "<h1>{{status}}</h1><p>{{request_id}}</p>";
+    let digest = error_page_digest(html);
+    assert_eq!(digest.len(), 64);
+    assert_eq!(digest, error_page_digest(html), "stable");
+    let mut s = sample();
+    s.error_pages.insert(digest.clone(), html.to_string());
+    s.default_error_page = Some(digest.clone());
+    s.routes.get_mut("app.example.com").unwrap().error_page = Some(digest.clone());
+    let s = s.seal();
+    assert_ne!(s.config_hash, SAMPLE_HASH);
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(json.matches("{{request_id}}").count(), 1, "{json}");
+    let back: ConfigSnapshot = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+    assert!(back.is_intact());
+    // Still strict: an unknown field in a route is refused.
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["routes"]["app.example.com"]["error_page_html"] = serde_json::json!(html);
+    assert!(serde_json::from_value::<ConfigSnapshot>(v).is_err());
 }
 
 #[test]

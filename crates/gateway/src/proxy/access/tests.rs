@@ -62,6 +62,7 @@ fn route(access: AccessPolicy) -> GatewayRoute {
         tcp_access: false,
         basic_auth: None,
         log_requests: false,
+        error_page: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn route(tunnel_id: i64, limits: RouteLimits) -> GatewayRoute {
         tcp_access: false,
         basic_auth: None,
         log_requests: false,
+        error_page: None,
     }
 }
 
