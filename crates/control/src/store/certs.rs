@@ -231,6 +231,29 @@ impl Store {
     }
 }
 
+/// Whether a tunnel with certificate row `own` shows the wildcard's one label up instead: it
+/// holds no certificate yet, and the Gateways serve the wildcard's for its name meanwhile (a
+/// temporary tunnel's name under its domain's wildcard is never ordered on its own).
+pub fn lacks_certificate(own: Option<&CertRow>) -> bool {
+    own.is_none_or(|r| r.cert_pem.is_none())
+}
+
+/// The certificate row `t` shows, from every row by (hostname, source): its own of its `tls`
+/// mode, or the covering wildcard's while it has none (see `lacks_certificate`).
+pub fn shown_cert<'a>(
+    certs: &'a std::collections::HashMap<(String, String), CertRow>,
+    t: &super::TunnelRow,
+) -> Option<&'a CertRow> {
+    let own = certs.get(&(t.hostname.clone(), t.tls.clone()));
+    if !lacks_certificate(own) {
+        return own;
+    }
+    crate::validate::covering_wildcard(&t.hostname)
+        .and_then(|w| certs.get(&(w, t.tls.clone())))
+        .filter(|above| !lacks_certificate(Some(above)))
+        .or(own)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,7 @@ mod users;
 pub use access::{AccessKeyRow, PublishedAccess};
 pub use agents::AgentRow;
 pub use audit::{Actor, AuditRow};
-pub use certs::{AcmeOrderRow, CertRow, NewCert};
+pub use certs::{lacks_certificate, shown_cert, AcmeOrderRow, CertRow, NewCert};
 pub use device_logins::{DevicePoll, NewDeviceLogin, StartRefused};
 pub use dns::DnsZoneRow;
 pub use gateways::{GatewayPatch, GatewayRow};

@@ -305,28 +305,8 @@ pub fn endpoint_host(endpoint: &str) -> &str {
     }
 }
 
-/// Whether a tunnel with certificate row `own` shows the wildcard's one label up instead: it
-/// holds no certificate yet, and the Gateways serve the wildcard's for its name meanwhile (a
-/// temporary tunnel's name under its domain's wildcard is never ordered on its own).
-fn lacks_certificate(own: Option<&CertRow>) -> bool {
-    own.is_none_or(|r| r.cert_pem.is_none())
-}
-
-/// The certificate row `t` shows, from [`certs_by_name_and_source`]: its own of its `tls`
-/// mode, or the wildcard's as [`view`] explains.
-pub fn shown_cert<'a>(
-    certs: &'a std::collections::HashMap<(String, String), CertRow>,
-    t: &TunnelRow,
-) -> Option<&'a CertRow> {
-    let own = certs.get(&(t.hostname.clone(), t.tls.clone()));
-    if !lacks_certificate(own) {
-        return own;
-    }
-    crate::validate::covering_wildcard(&t.hostname)
-        .and_then(|w| certs.get(&(w, t.tls.clone())))
-        .filter(|above| !lacks_certificate(Some(above)))
-        .or(own)
-}
+use crate::store::lacks_certificate;
+pub use crate::store::shown_cert;
 
 /// Every certificate row, by (hostname, source): a tunnel shows the one of its `tls` mode.
 pub async fn certs_by_name_and_source(
