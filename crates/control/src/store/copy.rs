@@ -33,6 +33,8 @@ pub const TABLES: &[&str] = &[
     "temporary_tunnels",
     "login_throttle",
     "traffic",
+    "alerts",
+    "alert_channels",
 ];
 
 /// The tables whose `id` comes from a counter (AUTOINCREMENT, identity column).
@@ -47,6 +49,8 @@ const COUNTED: &[&str] = &[
     "dns_zones",
     "device_logins",
     "temporary_tunnels",
+    "alerts",
+    "alert_channels",
 ];
 
 /// One column value, typed so that a NULL is bound with its column's type (PostgreSQL

@@ -6,6 +6,7 @@
 
 pub mod access;
 mod agents;
+mod alerts;
 mod alloc;
 mod api_rate;
 mod audit;
@@ -41,6 +42,7 @@ mod users;
 
 pub use access::{AccessKeyRow, PublishedAccess};
 pub use agents::AgentRow;
+pub use alerts::{AlertChannelRow, AlertRow, NewAlertChannel};
 pub use audit::{Actor, AuditRow};
 pub use certs::{lacks_certificate, shown_cert, AcmeOrderRow, CertRow, NewCert};
 pub use device_logins::{DevicePoll, NewDeviceLogin, StartRefused};

@@ -71,6 +71,14 @@ impl Store {
         )
     }
 
+    /// The Agents of temporary tunnels (they come and go with a command line: no alert).
+    pub async fn temporary_agent_ids(&self) -> StoreResult<Vec<i64>> {
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT agent_id FROM temporary_tunnels")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// Every temporary tunnel of `owner_id`, oldest first.
     pub async fn temporaries_of(&self, owner_id: i64) -> StoreResult<Vec<TemporaryRow>> {
         Ok(

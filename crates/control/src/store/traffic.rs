@@ -205,6 +205,29 @@ impl Store {
             .collect()
     }
 
+    /// Per tunnel, from the minute rows from `from_s` on, every Gateway together: its HTTP
+    /// responses and how many of them were 5xx (the error-rate alert).
+    pub async fn error_counts(&self, from_s: i64) -> StoreResult<Vec<(i64, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT tunnel_id, CAST(SUM(r1 + r2 + r3 + r4 + r5) AS BIGINT), \
+             CAST(SUM(r5) AS BIGINT) FROM traffic WHERE resolution = $1 AND start_s >= $2 \
+             GROUP BY tunnel_id",
+        )
+        .bind(MINUTE)
+        .bind(from_s)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<Option<i64>, _>(1)?.unwrap_or(0),
+                    r.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     /// Deletes minute rows older than 48 hours and hour rows older than 30 days; how many.
     pub async fn trim_traffic(&self, now_s: i64) -> StoreResult<u64> {
         let result = sqlx::query(
