@@ -44,6 +44,8 @@ pub struct Inner {
     pub temporary: crate::config::TemporaryConfig,
     /// The backups Control makes (`None` in tests' states: the API answers 503).
     pub backups: Option<Arc<crate::backups::Backups>>,
+    /// Control's alerts (`None` in tests' states: the API answers 503).
+    pub alerts: Option<Arc<crate::alerts::Alerts>>,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
             dns_records,
             temporary: Default::default(),
             backups: None,
+            alerts: None,
         }))
     }
 
@@ -134,6 +137,14 @@ impl AppState {
     pub fn with_backups(mut self, backups: Arc<crate::backups::Backups>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.backups = Some(backups);
+        }
+        self
+    }
+
+    /// Uses Control's alerts; only before the state is shared.
+    pub fn with_alerts(mut self, alerts: Arc<crate::alerts::Alerts>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.alerts = Some(alerts);
         }
         self
     }

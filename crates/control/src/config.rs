@@ -53,6 +53,8 @@ pub struct ControlConfig {
     /// Where Control serves its Prometheus `/metrics` (plain HTTP, no authentication: keep it
     /// private); `None`: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Alert rules' thresholds and the SMTP server of e-mail channels.
+    pub alerts: crate::alerts::AlertConfig,
 }
 
 /// Temporary tunnels: where their names go, and how long one outlives its command line.
@@ -114,6 +116,7 @@ impl Default for ControlConfig {
             port_range: DEFAULT_PORT_RANGE,
             temporary: TemporaryConfig::default(),
             metrics_listen: None,
+            alerts: Default::default(),
         }
     }
 }

@@ -7,11 +7,12 @@
 //! Modules in layers, lowest first; a module uses only lower layers, never a sibling
 //! (`scripts/check-layers` enforces it): `secrets` → `validate` → `dns` (DNS providers) →
 //! `store` → `zones` (managed DNS zones) → `snapshot` → `hub` (node sessions) → {`certs`,
-//! `dns_records`, `backups`} → `error` → `guard` → `config` → `app`
+//! `dns_records`, `backups`, `alerts`} → `error` → `guard` → `config` → `app`
 //! (`AppState`) → `auth` → {`ops`, `views`} → {`access`, `api`, `ui`}. This file, the top, wires
 //! them together.
 
 mod access;
+mod alerts;
 mod api;
 mod app;
 mod auth;
@@ -35,6 +36,7 @@ mod validate;
 mod views;
 mod zones;
 
+pub use alerts::{channels::Mailer, AlertConfig};
 pub use backups::{parse_at as parse_backup_at, BackupConfig};
 pub use certs::{AcmeConfig, Challenge, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{
@@ -184,8 +186,15 @@ pub async fn run(
         .maintain()
         .await
         .context("cannot prepare access-token keys")?;
-    let sealer = secrets::Sealer::load_or_create(&config.data_dir)?;
-    let zones = zones::Zones::new(store.clone(), std::sync::Arc::new(sealer));
+    let sealer = std::sync::Arc::new(secrets::Sealer::load_or_create(&config.data_dir)?);
+    let zones = zones::Zones::new(store.clone(), sealer.clone());
+    let alerts = std::sync::Arc::new(alerts::Alerts::new(
+        store.clone(),
+        hub.clone(),
+        sealer,
+        config.alerts.clone(),
+        config.public_url.clone(),
+    ));
     let dns_records = dns_records::DnsRecords::new(hub.clone(), zones.clone(), config.dns);
     let state = app::AppState::new(hub.clone(), network, config.secure_cookies(), dummy_hash)
         .with_default_tls(config.default_tls)
@@ -203,7 +212,9 @@ pub async fn run(
         config.data_dir.clone(),
         config.backup.clone(),
     ));
-    let state = state.with_backups(scheduled.clone());
+    let state = state
+        .with_backups(scheduled.clone())
+        .with_alerts(alerts.clone());
     let app = router(state.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let manager = certs::CertManager::new(
@@ -224,7 +235,7 @@ pub async fn run(
     // Every replica shows the leader's DNS record statuses (nothing to do on SQLite).
     let dns_follower = tokio::spawn(dns_records.clone().follow(stop_rx.clone()));
     // The work that must happen once, on the leading replica (the only Control on SQLite):
-    // certificates, DNS records, backups, share sweeps, access-key rotation.
+    // certificates, DNS records, backups, share sweeps, access-key rotation, alerts.
     let once_only = {
         let hub = hub.clone();
         move |stop: tokio::sync::watch::Receiver<bool>| {
@@ -232,8 +243,9 @@ pub async fn run(
                 tokio::spawn(manager.clone().run(stop.clone())),
                 tokio::spawn(dns_records.clone().run(stop.clone())),
                 tokio::spawn(scheduled.clone().run(stop.clone())),
-                tokio::spawn(ops::shares::run_sweeper(state.clone(), stop)),
+                tokio::spawn(ops::shares::run_sweeper(state.clone(), stop.clone())),
                 tokio::spawn(access::run_maintenance(access.clone(), hub.clone())),
+                tokio::spawn(alerts.clone().run(stop)),
             ]
         }
     };

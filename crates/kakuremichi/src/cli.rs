@@ -292,6 +292,8 @@ struct ControlArgs {
     backup_command: Option<String>,
     #[command(flatten)]
     backup_key: crate::backup::BackupKeyArg,
+    #[command(flatten)]
+    alerts: crate::alert_args::AlertArgs,
 }
 
 /// `--backup-at`: a time of day, or off.
@@ -547,6 +549,7 @@ async fn run_control(a: ControlArgs) -> anyhow::Result<()> {
         },
         trusted_proxies: a.trusted_proxies,
         metrics_listen: a.metrics_listen,
+        alerts: a.alerts.config()?,
         ..Default::default()
     };
     config.validate()?;

@@ -1,6 +1,7 @@
 //! The `kakuremichi` binary: command-line parsing and wiring only. Each role is a library.
 
 mod access_tcp;
+mod alert_args;
 mod backup;
 mod cli;
 #[cfg(test)]
