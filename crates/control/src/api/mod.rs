@@ -1,6 +1,7 @@
 //! The HTTP API (`/api/v1`), health endpoints and the node endpoints, as one axum router.
 
 mod agents;
+mod alerts;
 mod backups;
 mod device;
 mod gateways;
@@ -92,6 +93,16 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/dns/zones/{id}/check", post(zones::check))
         .route("/api/v1/status", get(status::get))
         .route("/api/v1/backups", get(backups::list).post(backups::create))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route(
+            "/api/v1/alerts/channels",
+            get(alerts::channels).post(alerts::create),
+        )
+        .route(
+            "/api/v1/alerts/channels/{id}",
+            axum::routing::delete(alerts::delete),
+        )
+        .route("/api/v1/alerts/channels/{id}/test", post(alerts::test))
         .route(CONNECT_PATH, get(nodes::connect))
         .route(PULL_CONFIG_PATH, get(nodes::pull_config))
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -11,8 +11,8 @@
 #![allow(dead_code)] // The shapes below are never built: `utoipa` only reads their definitions.
 
 use super::{
-    agents, backups, device, gateways, inspect, login, nodes, shares, status, tokens, traffic,
-    tunnels, users, zones,
+    agents, alerts, backups, device, gateways, inspect, login, nodes, shares, status, tokens,
+    traffic, tunnels, users, zones,
 };
 use axum::Json;
 use std::sync::LazyLock;
@@ -86,6 +86,11 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         status::get,
         backups::list,
         backups::create,
+        alerts::list,
+        alerts::channels,
+        alerts::create,
+        alerts::delete,
+        alerts::test,
         nodes::connect,
         nodes::pull_config,
     ),
@@ -102,6 +107,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         (name = "dns", description = "Managed DNS zones (admins): providers, write-only credentials, test connection."),
         (name = "status", description = "What is up, in one call."),
         (name = "backups", description = "Control's backups (admins): the files, the last success and failure, one more now."),
+        (name = "alerts", description = "Alerts (admins): open and recent alerts, the rules, and the webhook and e-mail channels they go to."),
         (name = "nodes", description = "Used by Gateways and Agents, with their own credential."),
     )
 )]

@@ -5,6 +5,7 @@
 //! reads the rest. Gateways, users, settings and DNS zones are for admins only.
 
 pub mod agents;
+pub mod alerts;
 pub mod backups;
 pub mod device_login;
 pub mod error_pages;
