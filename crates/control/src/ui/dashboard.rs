@@ -171,6 +171,11 @@ pub async fn page_handler(state: &AppState, viewer: &Viewer) -> Result<Response,
             schedule => config.at.map(|(h, m)| format!("{h:02}:{m:02} UTC")),
         }
     });
+    // Admins see the open alerts (`None`: not an admin, or a Control without alerts).
+    let open_alerts = match state.alerts.as_ref().filter(|_| viewer.user.is_admin) {
+        Some(_) => Some(state.store.open_alerts().await?),
+        None => None,
+    };
     // The fleet's last hour, drawn once there is a tunnel to carry anything.
     let charts = match o.tunnels.is_empty() {
         true => Vec::new(),
@@ -182,6 +187,7 @@ pub async fn page_handler(state: &AppState, viewer: &Viewer) -> Result<Response,
     };
     let ctx = context! {
         charts => charts,
+        alerts => open_alerts.map(Value::from_serialize),
         backups => backup_view,
         gateways => count(&o.gateways),
         agents => count(&o.agents),

@@ -8,6 +8,7 @@
 mod accounts;
 mod activity;
 mod agents;
+mod alerts;
 mod chart;
 mod dashboard;
 mod device;
@@ -80,6 +81,9 @@ pub fn router() -> Router<AppState> {
             post(profile::logout_everywhere),
         )
         .route("/activity", get(activity::page))
+        .route("/alerts", get(alerts::page).post(alerts::create))
+        .route("/alerts/channels/{id}/test", post(alerts::test))
+        .route("/alerts/channels/{id}/delete", post(alerts::delete))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
 }

@@ -45,6 +45,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("users.html", include_str!("../../templates/users.html")),
     ("dns.html", include_str!("../../templates/dns.html")),
+    ("alerts.html", include_str!("../../templates/alerts.html")),
     (
         "dns_delete.html",
         include_str!("../../templates/dns_delete.html"),
@@ -162,6 +163,8 @@ pub fn flash(code: Option<&str>) -> Option<&'static str> {
         "password-changed" => "Your password was changed. Other devices were logged out.",
         "token-deleted" => "The token was revoked.",
         "zone-created" => "The zone was added. Press Check to test its connection.",
+        "channel-created" => "The channel was added. Press Test to send it a message now.",
+        "channel-deleted" => "The channel was deleted.",
         "zone-deleted" => "The zone was deleted, with the DNS records kakuremichi wrote in it.",
         _ => return None,
     })
