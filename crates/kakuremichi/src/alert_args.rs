@@ -45,13 +45,23 @@ pub struct AlertArgs {
     /// kakuremichi@ the SMTP host.
     #[arg(long, env = "KAKUREMICHI_SMTP_FROM", value_name = "ADDRESS")]
     smtp_from: Option<String>,
+    /// PEM file of the certificates to trust for the SMTP server instead of the public roots
+    /// (a server with a certificate of a private CA).
+    #[arg(long, env = "KAKUREMICHI_SMTP_CA_ROOTS", value_name = "FILE")]
+    smtp_ca_roots: Option<std::path::PathBuf>,
 }
 
 impl AlertArgs {
     pub fn config(&self) -> anyhow::Result<kakuremichi_control::AlertConfig> {
+        let roots = match &self.smtp_ca_roots {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read --smtp-ca-roots {}: {e}", path.display())
+            })?),
+            None => None,
+        };
         let mailer = match &self.smtp_url {
             Some(url) => Some(
-                kakuremichi_control::Mailer::new(url, self.smtp_from.as_deref())
+                kakuremichi_control::Mailer::new(url, self.smtp_from.as_deref(), roots.as_deref())
                     .map_err(anyhow::Error::msg)?,
             ),
             None => None,

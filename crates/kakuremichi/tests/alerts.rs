@@ -25,6 +25,11 @@ struct Smtpd {
 
 impl Smtpd {
     async fn start(dir: &Path) -> Smtpd {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// With more arguments of aiosmtpd (its TLS: `--tlscert`, `--smtpscert`, ...).
+    async fn start_with(dir: &Path, args: &[&str]) -> Smtpd {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -35,6 +40,7 @@ impl Smtpd {
         let log = std::fs::File::create(dir.join("aiosmtpd.log")).unwrap();
         let child = std::process::Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l", &addr.to_string()])
+            .args(args)
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)
             .stdout(log.try_clone().unwrap())
@@ -204,6 +210,7 @@ async fn a_stopped_gateway_fires_once_and_resolves_once_and_a_short_restart_send
                 kakuremichi_control::Mailer::new(
                     &smtp_url,
                     Some("kakuremichi <alerts@test.example>"),
+                    None,
                 )
                 .unwrap(),
             );
@@ -504,4 +511,81 @@ async fn a_tunnel_answering_too_many_5xx_fires_an_error_rate_alert() {
     let alerts = fleet.api.get("alerts").await;
     assert_eq!(alerts["open"][0]["rule"], "error_rate", "{alerts}");
     assert_eq!(alerts["open"][0]["subject"], "tunnel app.test", "{alerts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_over_starttls_and_implicit_tls_and_an_unknown_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = kakuremichi_testkit::pebble::server_certificate();
+    let (cert_file, key_file) = (dir.path().join("smtp.crt"), dir.path().join("smtp.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let starttls_dir = dir.path().join("starttls");
+    let smtps_dir = dir.path().join("smtps");
+    std::fs::create_dir_all(&starttls_dir).unwrap();
+    std::fs::create_dir_all(&smtps_dir).unwrap();
+    // aiosmtpd requires STARTTLS before any mail when given --tlscert.
+    let starttls = Smtpd::start_with(
+        &starttls_dir,
+        &["--tlscert", cert_file, "--tlskey", key_file],
+    )
+    .await;
+    let smtps = Smtpd::start_with(
+        &smtps_dir,
+        &["--smtpscert", cert_file, "--smtpskey", key_file],
+    )
+    .await;
+
+    for (url, roots, delivered) in [
+        (
+            format!("smtp://localhost:{}", starttls.addr.port()),
+            Some(ca.clone()),
+            true,
+        ),
+        (
+            format!("smtps://localhost:{}", smtps.addr.port()),
+            Some(ca.clone()),
+            true,
+        ),
+        // The public roots do not know the test CA: nothing is sent in clear instead.
+        (
+            format!("smtp://localhost:{}", starttls.addr.port()),
+            None,
+            false,
+        ),
+    ] {
+        let mailer =
+            kakuremichi_control::Mailer::new(&url, None, roots.as_deref().map(str::as_bytes))
+                .unwrap();
+        let fleet = Cluster::new()
+            .control_config(move |c| c.alerts.mailer = Some(mailer))
+            .start()
+            .await;
+        let made = fleet
+            .api
+            .post(
+                "alerts/channels",
+                json!({"name": "mail", "kind": "email", "target": "ops@test.example"}),
+            )
+            .await;
+        let path = format!("alerts/channels/{}/test", made["id"]);
+        let (status, body) = fleet.api.call(Method::POST, &path, None).await;
+        if delivered {
+            assert_eq!(status, 200, "{url}: {body}");
+        } else {
+            assert_eq!(status, 502, "{url}: {body}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("certificate"), "{url}: {message}");
+        }
+    }
+    for server in [&starttls, &smtps] {
+        let mails = server.mails();
+        assert_eq!(mails.len(), 1, "one test mail each: {mails:?}");
+        assert!(mails[0].contains("[TEST]"), "{mails:?}");
+        assert!(
+            mails[0].contains("From: kakuremichi <kakuremichi@localhost>"),
+            "{mails:?}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Serialize;
 
@@ -143,7 +144,8 @@ impl Notice {
 
 /// SMTP as `KAKUREMICHI_SMTP_URL` says: `smtps://` is TLS from the first byte (port 465 by
 /// default), `smtp://` upgrades with STARTTLS and refuses to go on without it (port 587),
-/// unless `?tls=none` (a relay on localhost or a private network; port 25).
+/// unless `?tls=none` (a relay on localhost or a private network; port 25). The server's
+/// certificate is checked against the public roots, or against `KAKUREMICHI_SMTP_CA_ROOTS`.
 #[derive(Clone)]
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -161,8 +163,9 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    /// Parses the SMTP URL and the sender; the error says what is wrong and how it should look.
-    pub fn new(url: &str, from: Option<&str>) -> Result<Self, String> {
+    /// Parses the SMTP URL and the sender; `ca_roots`: PEM certificates to trust instead of
+    /// the public roots (a private CA). The error says what is wrong and how it should look.
+    pub fn new(url: &str, from: Option<&str>, ca_roots: Option<&[u8]>) -> Result<Self, String> {
         let how =
             "KAKUREMICHI_SMTP_URL must look like smtps://USER:PASSWORD@HOST (TLS, port 465), \
                    smtp://USER:PASSWORD@HOST:587 (STARTTLS) or smtp://HOST:25?tls=none (no TLS)";
@@ -178,14 +181,36 @@ impl Mailer {
             .query_pairs()
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
+        let private_tls = |wrap: fn(TlsParameters) -> Tls| -> Result<Option<Tls>, String> {
+            let Some(pem) = ca_roots else {
+                return Ok(None);
+            };
+            let roots = Certificate::from_pem(pem)
+                .map_err(|e| format!("KAKUREMICHI_SMTP_CA_ROOTS holds no PEM certificate: {e}"))?;
+            let params = TlsParameters::builder(host.clone())
+                .add_root_certificate(roots)
+                .build_rustls()
+                .map_err(|e| format!("cannot set up TLS for {host}: {e}"))?;
+            Ok(Some(wrap(params)))
+        };
         let builder = match (parsed.scheme(), tls.as_deref()) {
-            ("smtps", None) => AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
-                .map_err(|e| e.to_string())?
-                .port(parsed.port().unwrap_or(465)),
-            ("smtp", None | Some("required" | "starttls")) => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
+            ("smtps", None) => {
+                let builder = AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
                     .map_err(|e| e.to_string())?
-                    .port(parsed.port().unwrap_or(587))
+                    .port(parsed.port().unwrap_or(465));
+                match private_tls(Tls::Wrapper)? {
+                    Some(tls) => builder.tls(tls),
+                    None => builder,
+                }
+            }
+            ("smtp", None | Some("required" | "starttls")) => {
+                let builder = AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
+                    .map_err(|e| e.to_string())?
+                    .port(parsed.port().unwrap_or(587));
+                match private_tls(Tls::Required)? {
+                    Some(tls) => builder.tls(tls),
+                    None => builder,
+                }
             }
             ("smtp", Some("none")) => {
                 AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
@@ -451,15 +476,22 @@ mod tests {
 
     #[test]
     fn smtp_urls_choose_the_tls_mode_and_bad_ones_say_how() {
-        assert!(Mailer::new("smtps://u:p%40ss@mail.example.com", None).is_ok());
-        assert!(Mailer::new("smtp://mail.example.com:587", Some("Ops <ops@example.com>")).is_ok());
-        assert!(Mailer::new("smtp://127.0.0.1:2525?tls=none", None).is_ok());
-        let e = Mailer::new("http://mail.example.com", None).unwrap_err();
+        assert!(Mailer::new("smtps://u:p%40ss@mail.example.com", None, None).is_ok());
+        assert!(Mailer::new(
+            "smtp://mail.example.com:587",
+            Some("Ops <ops@example.com>"),
+            None
+        )
+        .is_ok());
+        assert!(Mailer::new("smtp://127.0.0.1:2525?tls=none", None, None).is_ok());
+        let e = Mailer::new("http://mail.example.com", None, None).unwrap_err();
         assert!(e.contains("smtps://"), "{e}");
-        let e = Mailer::new("smtp://mail.example.com?tls=maybe", None).unwrap_err();
+        let e = Mailer::new("smtp://mail.example.com?tls=maybe", None, None).unwrap_err();
         assert!(e.contains("tls="), "{e}");
-        let e = Mailer::new("smtp://mail.example.com", Some("nobody")).unwrap_err();
+        let e = Mailer::new("smtp://mail.example.com", Some("nobody"), None).unwrap_err();
         assert!(e.contains("KAKUREMICHI_SMTP_FROM"), "{e}");
+        let e = Mailer::new("smtps://mail.example.com", None, Some(b"not pem")).unwrap_err();
+        assert!(e.contains("KAKUREMICHI_SMTP_CA_ROOTS"), "{e}");
         assert_eq!(percent_decode("p%40ss").as_deref(), Some("p@ss"));
     }
 
