@@ -340,3 +340,86 @@ async fn a_gateway_gone_past_the_delay_opens_one_alert_that_closes_when_it_is_ba
         1
     );
 }
+
+/// A webhook receiver: the JSON bodies posted to it, in order.
+async fn receiver() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let bodies = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let bodies = bodies.clone();
+            async move {
+                bodies.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_storm_of_alerts_sends_a_few_messages_and_one_for_the_rest() {
+    let (_dir, data) = data_dir();
+    let mut config = config(&data);
+    config.alerts.offline_after = std::time::Duration::from_secs(1);
+    config.alerts.resolve_after = std::time::Duration::from_secs(1);
+    config.alerts.notice_window = std::time::Duration::from_secs(3);
+    let c = start_with(config).await;
+    let (addr, seen) = receiver().await;
+    let (s, body) = c
+        .post(
+            "/api/v1/alerts/channels",
+            channel("hook", &format!("http://{addr}/hook")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    // Twelve Gateways seen once, all gone at the same moment.
+    let mut sockets = Vec::new();
+    for i in 0..12 {
+        let gw = c.gateway(&format!("gw{i}")).await;
+        let token = gw["token"].as_str().unwrap().to_string();
+        sockets.push(
+            c.node(&token, kakuremichi_proto::NodeRole::Gateway, None)
+                .await
+                .0,
+        );
+    }
+    drop(sockets);
+    let alerts = alerts_when(&c, "twelve alerts", |a| {
+        a["open"].as_array().is_some_and(|o| o.len() == 12)
+    })
+    .await;
+    assert_eq!(alerts["recent"].as_array().unwrap().len(), 12);
+    // Ten at once, then one for the other two once the window is over.
+    let posts = eventually(
+        std::time::Duration::from_secs(20),
+        "eleven messages",
+        || async {
+            let posts = seen.lock().unwrap().clone();
+            (posts.len() >= 11).then_some(posts)
+        },
+    )
+    .await;
+    assert_eq!(posts.len(), 11, "{posts:?}");
+    let texts: Vec<&str> = posts.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert!(
+        texts[..10]
+            .iter()
+            .all(|t| t.starts_with("[FIRING] Gateway gw")),
+        "{texts:?}"
+    );
+    assert_eq!(
+        texts[10],
+        "[FIRING] 2 more alerts fired, held back to send at most 10 messages in 3 s; \
+         Control's Alerts page lists them all"
+    );
+    assert_eq!(posts[10]["event"], "fired");
+    assert!(posts[10]["alert"].is_null());
+}

@@ -79,6 +79,25 @@ impl Notice {
         }
     }
 
+    /// `count` alerts held back by the budget of `window` (see `budget`).
+    pub fn more(event: Event, count: usize, window: Duration, control_url: Option<String>) -> Self {
+        let (tag, what) = match event {
+            Event::Resolved => ("RESOLVED", "resolved"),
+            _ => ("FIRING", "fired"),
+        };
+        Self {
+            event,
+            alert: None,
+            text: format!(
+                "[{tag}] {count} more alerts {what}, held back to send at most {} messages \
+                 in {} s; Control's Alerts page lists them all",
+                super::MAX_NOTICES,
+                window.as_secs()
+            ),
+            control_url,
+        }
+    }
+
     pub fn test(channel: &str, control_url: Option<String>) -> Self {
         Self {
             event: Event::Test,
@@ -185,6 +204,9 @@ impl Mailer {
             let Some(pem) = ca_roots else {
                 return Ok(None);
             };
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err("KAKUREMICHI_SMTP_CA_ROOTS holds no PEM certificate".into());
+            }
             let roots = Certificate::from_pem(pem)
                 .map_err(|e| format!("KAKUREMICHI_SMTP_CA_ROOTS holds no PEM certificate: {e}"))?;
             let params = TlsParameters::builder(host.clone())
@@ -193,11 +215,18 @@ impl Mailer {
                 .map_err(|e| format!("cannot set up TLS for {host}: {e}"))?;
             Ok(Some(wrap(params)))
         };
+        let port = parsed
+            .port()
+            .unwrap_or(match (parsed.scheme(), tls.as_deref()) {
+                ("smtps", _) => 465,
+                (_, Some("none")) => 25,
+                _ => 587,
+            });
         let builder = match (parsed.scheme(), tls.as_deref()) {
             ("smtps", None) => {
                 let builder = AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
                     .map_err(|e| e.to_string())?
-                    .port(parsed.port().unwrap_or(465));
+                    .port(port);
                 match private_tls(Tls::Wrapper)? {
                     Some(tls) => builder.tls(tls),
                     None => builder,
@@ -206,15 +235,14 @@ impl Mailer {
             ("smtp", None | Some("required" | "starttls")) => {
                 let builder = AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
                     .map_err(|e| e.to_string())?
-                    .port(parsed.port().unwrap_or(587));
+                    .port(port);
                 match private_tls(Tls::Required)? {
                     Some(tls) => builder.tls(tls),
                     None => builder,
                 }
             }
             ("smtp", Some("none")) => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
-                    .port(parsed.port().unwrap_or(25))
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host).port(port)
             }
             _ => return Err(format!("unknown scheme or tls= value; {how}")),
         };
@@ -236,11 +264,7 @@ impl Mailer {
         let from: Mailbox = from
             .parse()
             .map_err(|e| format!("KAKUREMICHI_SMTP_FROM {from:?} is not an address: {e}"))?;
-        let server = format!(
-            "{}://{host}:{}",
-            parsed.scheme(),
-            parsed.port().unwrap_or(0)
-        );
+        let server = format!("{}://{host}:{port}", parsed.scheme());
         Ok(Self {
             transport,
             from,

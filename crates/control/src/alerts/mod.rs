@@ -6,6 +6,7 @@
 //! key, whichever replica leads. Every change is in the audit log (`alert.fired`,
 //! `alert.resolved`) and sent to every channel (webhook, e-mail; see [`channels`]).
 
+mod budget;
 pub mod channels;
 pub mod rules;
 
@@ -44,6 +45,9 @@ pub struct AlertConfig {
     pub error_rate_window: Duration,
     /// `KAKUREMICHI_SMTP_URL` and `KAKUREMICHI_SMTP_FROM`, checked.
     pub mailer: Option<Mailer>,
+    /// At most [`MAX_NOTICES`] messages per channel in this window; the rest are counted and
+    /// summed up in one message when it is over.
+    pub notice_window: Duration,
 }
 
 impl Default for AlertConfig {
@@ -56,6 +60,7 @@ impl Default for AlertConfig {
             error_rate_percent: 5,
             error_rate_window: Duration::from_secs(5 * 60),
             mailer: None,
+            notice_window: Duration::from_secs(60),
         }
     }
 }
@@ -111,6 +116,11 @@ pub struct PendingView {
     pub fires_in_seconds: u64,
 }
 
+/// Messages per channel per `notice_window`; beyond, one message counts the rest.
+pub const MAX_NOTICES: usize = 10;
+/// Deliveries under way at once.
+const MAX_SENDING: usize = 8;
+
 /// Longest channel name.
 pub const MAX_CHANNEL_NAME: usize = 100;
 
@@ -125,6 +135,8 @@ pub struct Alerts {
     /// The conditions waiting for their delay, as of the last round (on the leading replica;
     /// empty on the others).
     pending: std::sync::Mutex<Vec<PendingView>>,
+    sending: tokio::sync::Semaphore,
+    budget: std::sync::Mutex<budget::Budget>,
 }
 
 impl Alerts {
@@ -136,6 +148,7 @@ impl Alerts {
         control_url: Option<String>,
     ) -> Self {
         let deliverer = Deliverer::new(config.mailer.clone());
+        let budget = std::sync::Mutex::new(budget::Budget::new(config.notice_window, MAX_NOTICES));
         Self {
             store,
             hub,
@@ -144,6 +157,8 @@ impl Alerts {
             deliverer,
             control_url,
             pending: Default::default(),
+            sending: tokio::sync::Semaphore::new(MAX_SENDING),
+            budget,
         }
     }
 
@@ -342,6 +357,7 @@ impl Alerts {
 
     /// One round: look, decide, fire and resolve.
     async fn round(self: &Arc<Self>, tracker: &mut Tracker) -> StoreResult<()> {
+        self.held_back().await;
         let now = OffsetDateTime::now_utc();
         let facts = self.facts(now).await?;
         let holding = rules::conditions(&facts, now, &self.config);
@@ -372,6 +388,7 @@ impl Alerts {
             .pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = pending;
+        let mut fired = Vec::new();
         for c in decisions.fire {
             if let Some(alert) = self
                 .store
@@ -379,20 +396,59 @@ impl Alerts {
                 .await?
             {
                 tracing::warn!(rule = c.rule.as_str(), subject = %c.subject, "alert: {}", c.summary);
-                self.changed(Event::Fired, alert).await;
+                fired.push(alert);
             }
         }
+        self.changed(Event::Fired, fired).await;
+        let mut resolved = Vec::new();
         for key in decisions.resolve {
             if let Some(alert) = self.store.resolve_alert(&key).await? {
                 tracing::info!(rule = %alert.rule, subject = %alert.subject, "alert resolved: {}", alert.summary);
-                self.changed(Event::Resolved, alert).await;
+                resolved.push(alert);
             }
         }
+        self.changed(Event::Resolved, resolved).await;
         Ok(())
     }
 
-    /// An alert fired or resolved: the audit log, then every channel (in the background).
-    async fn changed(self: &Arc<Self>, event: Event, alert: AlertRow) {
+    async fn channels_or_log(&self) -> Option<Vec<AlertChannelRow>> {
+        match self.store.alert_channels().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the alert channels");
+                None
+            }
+        }
+    }
+
+    /// Once the budget's window is over, one message for what it held back.
+    async fn held_back(self: &Arc<Self>) {
+        let (held, window) = {
+            let mut budget = self
+                .budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (budget.roll(Instant::now()), budget.window())
+        };
+        if held.is_empty() {
+            return;
+        }
+        let Some(channels) = self.channels_or_log().await else {
+            return;
+        };
+        let notices = held
+            .into_iter()
+            .map(|(event, n)| Notice::more(event, n, window, self.control_url.clone()))
+            .collect();
+        self.send_all(channels, notices);
+    }
+
+    /// Alerts fired or resolved in one round: each in the audit log, then to every channel (in
+    /// the background) as far as the budget allows (see `budget`).
+    async fn changed(self: &Arc<Self>, event: Event, alerts: Vec<AlertRow>) {
+        if alerts.is_empty() {
+            return;
+        }
         let action = match event {
             Event::Fired => "alert.fired",
             _ => "alert.resolved",
@@ -401,30 +457,50 @@ impl Alerts {
             user_id: None,
             email: None,
         };
-        let detail = json!({"key": alert.key, "rule": alert.rule, "summary": alert.summary});
-        if let Err(e) = self
-            .store
-            .audit(&actor, action, &alert.subject, &detail)
-            .await
-        {
-            tracing::error!(error = %e, "cannot write {action} to the audit log");
-        }
-        let channels = match self.store.alert_channels().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the alert channels");
-                return;
+        for alert in &alerts {
+            let detail = json!({"key": alert.key, "rule": alert.rule, "summary": alert.summary});
+            if let Err(e) = self
+                .store
+                .audit(&actor, action, &alert.subject, &detail)
+                .await
+            {
+                tracing::error!(error = %e, "cannot write {action} to the audit log");
             }
+        }
+        let Some(channels) = self.channels_or_log().await else {
+            return;
         };
-        let notice = Notice::about(event, alert, self.control_url.clone());
+        let now = Instant::now();
+        let notices: Vec<Notice> = {
+            let mut budget = self
+                .budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            alerts
+                .into_iter()
+                .filter(|_| budget.admit(now, event))
+                .map(|a| Notice::about(event, a, self.control_url.clone()))
+                .collect()
+        };
+        self.send_all(channels, notices);
+    }
+
+    /// Each notice to each channel, in the background.
+    fn send_all(self: &Arc<Self>, channels: Vec<AlertChannelRow>, notices: Vec<Notice>) {
         for row in channels {
-            let me = self.clone();
-            let notice = notice.clone();
-            tokio::spawn(async move { me.deliver(row, notice).await });
+            for notice in &notices {
+                let me = self.clone();
+                let (row, notice) = (row.clone(), notice.clone());
+                tokio::spawn(async move { me.deliver(row, notice).await });
+            }
         }
     }
 
     async fn deliver(&self, row: AlertChannelRow, notice: Notice) {
+        // A few at a time: a slow receiver holds a permit, not a pile of connections.
+        let Ok(_permit) = self.sending.acquire().await else {
+            return;
+        };
         let result = match self.open_target(&row) {
             Ok(target) => self.deliverer.send(&target, &notice, true).await,
             Err(e) => Err(e),
