@@ -75,6 +75,14 @@ def _request_rows(f):
     rows.append(["HTTP/2 1 KiB, 64 conns, req/s"] + [_fmt(_num(f, f"x_rps_h2_{ref}"), "n") for ref in REFS[:3]]
                 + [_with_range(f, "rps_h2", "x_rps_h2_kakuremichi_min", "x_rps_h2_kakuremichi_max", "n"),
                    "", f"{_fmt(r2, 'g')}× nginx" if r2 is not None else ""])
+    for proto, w in (("HTTP/1.1", "rps_h1"), ("HTTP/2", "rps_h2")):
+        m = _num(f, f"x_{w}_metrics_ratio")
+        if m is None:
+            continue
+        cell = _with_range(f, f"x_{w}_metrics_ratio", f"x_{w}_metrics_ratio_min", f"x_{w}_metrics_ratio_max", "g")
+        rows.append([f"{proto} req/s, metrics on ÷ off (`--request-metrics`)", "", "", "",
+                     f"{_fmt(_num(f, f'x_{w}_no_metrics'), 'n')} req/s off", "≥ 0.97",
+                     f"{cell} — {_met(m >= 0.97)}"])
     added = _num(f, "p99_added_ms")
     p99 = _num(f, "x_lat_p99_kakuremichi")
     rate = _num(f, "x_latency_rate_rps")

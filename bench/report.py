@@ -79,6 +79,13 @@ def figures(r):
     f["x_bulk_up_ratio_vs_wggo"] = r.paired("bulk_up", k, "wggo", ratio)
     f["x_bulk_par4_ratio_vs_wggo"] = r.paired("bulk_par4", k, "wggo", ratio)
     f["x_rps_h2_ratio_vs_nginx"] = r.paired("rps_h2", k, "nginx", ratio)
+    # What the per-request metrics cost: the same tunnel through a Gateway with them off.
+    for w in ("rps_h1", "rps_h2"):
+        if r.data[w]["no-metrics"]:
+            f[f"x_{w}_no_metrics"] = r.med(w, "no-metrics")
+            f[f"x_{w}_metrics_ratio"] = r.paired(w, k, "no-metrics", ratio)
+            xs = r.per_run(w, k, "no-metrics", ratio)
+            f[f"x_{w}_metrics_ratio_min"], f[f"x_{w}_metrics_ratio_max"] = min(xs), max(xs)
     # The spread of the runs, for the (min–max) of docs/performance.md (bench/markdown.py).
     spreads = {f"x_{w}_kakuremichi": r.data[w][k] for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2")}
     spreads["x_rps_ratio_vs_nginx"] = r.per_run("rps_h1", k, "nginx", ratio)
@@ -160,6 +167,13 @@ def table(r):
                 f"Agent RSS MiB:   idle {f['agent_rss_idle_mib']:.1f}, {streams} streams "
                 f"{_cell(r.data['agent_rss_streams'][k], g)}, {after} s after load {f['x_agent_rss_after_mib']:.1f}",
                 f"RSS after load vs idle (worse of the two): {f['rss_after_load_ratio']:.2f}×"]
+    if "x_rps_h1_metrics_ratio" in f:
+        out.append("requests/s with the per-request metrics on ÷ off (a second Gateway with "
+                   "--request-metrics off, same runs): " + ", ".join(
+                       f"{proto} {f[f'x_{w}_metrics_ratio']:.3f}× "
+                       f"({f[f'x_{w}_metrics_ratio_min']:.3f}–{f[f'x_{w}_metrics_ratio_max']:.3f})"
+                       for proto, w in (("HTTP/1.1", "rps_h1"), ("HTTP/2", "rps_h2"))
+                       if f"x_{w}_metrics_ratio" in f))
     out.append(f"wireguard-go, raw TCP (iperf3, 1 stream, context for the wggo column): "
                f"{r.meta['iperf3_wggo_gbps']:.2f} Gbit/s")
     tcp = r.data["tcp_iperf3"]

@@ -175,7 +175,9 @@ def gateway_has_https(bins):
 
 
 def start_kakuremichi(env, bins, ip):
-    """Control, a Gateway and an Agent as separate processes; one tunnel bench.test → origin."""
+    """Control, a Gateway and an Agent as separate processes; one tunnel bench.test → origin.
+    Returns the Gateway's reference and, when the Gateway has `--request-metrics`, that of a
+    second Gateway on its own address with it off (the cost of the metrics, measured apart)."""
     _, control_url = start_control(env, bins, ip, CONTROL_PORT, "control")
     api = Api(control_url)
     https = gateway_has_https(bins)
@@ -213,16 +215,30 @@ def start_kakuremichi(env, bins, ip):
     plain = Ref("kakuremichi", "http", ip, GW_HTTP_PORT, pids=pids, tcp_port=KMI_TCP_PORT if tcp else None)
     wait_until("the tunnel (bench.test through the Gateway)", lambda: http_ok(env, plain), 60,
                interval=0.25, env=env)
+    without = None
+    if "--request-metrics" in help_text:
+        ip2 = private_loopback()
+        gw2 = api.post("gateways", {"name": "bench-no-metrics", "public_endpoint": f"{ip2}:{GW_WG_PORT}"})
+        args2 = [a.replace(ip, ip2) for a in args] + ["--request-metrics", "off"]
+        args2[args2.index("--data-dir") + 1] = f"{env.work}/gateway-no-metrics"
+        gw2p = env.spawn("gateway-no-metrics", args2, env={**gw_env, "GATEWAY_TOKEN": gw2["token"]})
+        without = Ref("no-metrics", "http", ip2, GW_HTTP_PORT, pids={"gateway": gw2p.pid})
+        wait_until("the tunnel through the Gateway without metrics", lambda: http_ok(env, without), 60,
+                   interval=0.25, env=env)
     if not https:
         log("the Gateway has no --https-listen yet: kakuremichi is measured over plain HTTP")
-        return plain
+        return plain, without
     tls = Ref("kakuremichi", "https", ip, GW_HTTPS_PORT, pids=pids, tcp_port=plain.tcp_port)
     try:
         wait_until("HTTPS on the Gateway", lambda: http_ok(env, tls), 30, interval=0.25, env=env)
-        return tls
     except BenchError as e:
         log(f"{e}; kakuremichi is measured over plain HTTP")
-        return plain
+        return plain, without
+    if without:
+        without = Ref("no-metrics", "https", without.ip, GW_HTTPS_PORT, pids=without.pids)
+        wait_until("HTTPS on the Gateway without metrics", lambda: http_ok(env, without), 30,
+                   interval=0.25, env=env)
+    return tls, without
 
 
 def start_iperf3(env, ip):

@@ -60,6 +60,9 @@ pub struct GatewayConfig {
     pub ports_listen_ip: std::net::IpAddr,
     /// Every HTTP request as a JSON line on stdout (`--access-log`).
     pub access_log: bool,
+    /// Count each HTTP request per tunnel (`--request-metrics`, on by default): the metrics,
+    /// Control's traffic history and its error-rate alert come from these counters.
+    pub request_metrics: bool,
 }
 
 impl GatewayConfig {
@@ -73,6 +76,7 @@ impl GatewayConfig {
             public_http_port: None,
             ports_listen_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             access_log: false,
+            request_metrics: true,
         }
     }
 
@@ -235,6 +239,9 @@ impl Gateway {
     ) -> anyhow::Result<(Self, Servers)> {
         let routes = Arc::new(RouteTable::new());
         routes.request_log().set_access_log(config.access_log);
+        if !config.request_metrics {
+            routes.metrics().turn_off();
+        }
         let dialer = Arc::new(TunnelDialer::default());
         let mut proxy_config = config.proxy.clone();
         let web_ports = kakuremichi_proto::WebPorts {

@@ -380,6 +380,12 @@ struct GatewayArgs {
     /// for shipping logs elsewhere. Logs stay on stderr. Off by default: nothing is kept.
     #[arg(long, env = "KAKUREMICHI_ACCESS_LOG")]
     access_log: bool,
+    /// Count each HTTP request per tunnel: /metrics' request families, Control's traffic
+    /// history and charts, and its 5xx-rate alert come from these counters. off: none of
+    /// them (scripts/bench measures what they cost).
+    #[arg(long, env = "KAKUREMICHI_REQUEST_METRICS", default_value = "on",
+          value_parser = ["on", "off"])]
+    request_metrics: String,
     /// Directory for the WireGuard key and the cached config.
     #[arg(long, env = "KAKUREMICHI_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -574,6 +580,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config.data_dir = Some(a.data_dir);
             config.ports_listen_ip = a.ports_listen_ip;
             config.access_log = a.access_log;
+            config.request_metrics = a.request_metrics == "on";
             config.public_https_port = a.public_https_port;
             config.public_http_port = a.public_http_port;
             config.proxy.connect_timeout = Duration::from_secs(a.connect_timeout.max(1));

@@ -9,7 +9,7 @@
 //! shared with the Agent in `kakuremichi_node::metrics`, as are the encoding helpers).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,13 +133,25 @@ const HANDSHAKE_RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
 pub struct HttpMetrics {
     tunnels: ArcSwap<HashMap<i64, Arc<TunnelStats>>>,
     handshakes: [AtomicU64; 3],
+    /// `--request-metrics off`: no tunnel is followed, so a request finds no counters and
+    /// counts nothing (the request path itself has no branch for it).
+    off: AtomicBool,
 }
 
 impl HttpMetrics {
     /// Follows a new set of tunnels: counters of tunnels that stay are kept, those of tunnels
     /// gone are dropped (their series disappear).
     pub(crate) fn update(&self, tunnel_ids: impl IntoIterator<Item = i64>) {
+        if self.off.load(Ordering::Relaxed) {
+            return;
+        }
         kakuremichi_node::metrics::follow(&self.tunnels, tunnel_ids);
+    }
+
+    /// Counts no request from now on (the benchmark's reference without metrics).
+    pub(crate) fn turn_off(&self) {
+        self.off.store(true, Ordering::Relaxed);
+        self.tunnels.store(Arc::default());
     }
 
     pub(crate) fn tunnel(&self, id: i64) -> Option<Arc<TunnelStats>> {
@@ -449,6 +461,20 @@ fn doc_exposition() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_metrics_off_follows_no_tunnel() {
+        let http = HttpMetrics::default();
+        http.update([1, 2]);
+        assert!(http.tunnel(1).is_some());
+        http.turn_off();
+        assert!(
+            http.tunnel(1).is_none(),
+            "the tunnels followed before are dropped"
+        );
+        http.update([1, 2, 3]);
+        assert!(http.tunnel(3).is_none(), "and no new one is followed");
+    }
 
     #[test]
     fn the_metric_list_in_the_docs_is_the_codes() {
