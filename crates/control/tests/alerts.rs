@@ -4,6 +4,7 @@
 //! crates/kakuremichi/tests/alerts.rs.
 
 use kakuremichi_testkit::control::*;
+use kakuremichi_testkit::eventually_every;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -284,7 +285,8 @@ async fn the_alerts_page_adds_tests_and_deletes_channels() {
 
 /// `GET /api/v1/alerts` once `ready` holds for it.
 async fn alerts_when(c: &Control, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    eventually(std::time::Duration::from_secs(20), what, || async {
+    let pace = std::time::Duration::from_millis(200);
+    eventually_every(pace, std::time::Duration::from_secs(20), what, || async {
         let (_, alerts) = c.get("/api/v1/alerts").await;
         ready(&alerts).then_some(alerts)
     })
@@ -327,18 +329,28 @@ async fn a_gateway_gone_past_the_delay_opens_one_alert_that_closes_when_it_is_ba
     let recent = alerts["recent"].as_array().unwrap();
     assert_eq!(recent.len(), 1, "one alert, fired once: {alerts}");
     assert!(recent[0]["resolved_at"].is_string(), "{alerts}");
-    let (_, audit) = c.get("/api/v1/audit?limit=100").await;
-    let actions: Vec<&str> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
-    assert_eq!(actions.iter().filter(|a| **a == "alert.fired").count(), 1);
-    assert_eq!(
-        actions.iter().filter(|a| **a == "alert.resolved").count(),
-        1
-    );
+    // The audit entry is written right after the alert's row: wait for it, then count.
+    let count = |actions: &Value, action: &str| {
+        actions
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .count()
+    };
+    let pace = std::time::Duration::from_millis(200);
+    let audit = eventually_every(
+        pace,
+        std::time::Duration::from_secs(10),
+        "alert.resolved",
+        || async {
+            let (_, audit) = c.get("/api/v1/audit?limit=100").await;
+            (count(&audit, "alert.resolved") > 0).then_some(audit)
+        },
+    )
+    .await;
+    assert_eq!(count(&audit, "alert.fired"), 1);
+    assert_eq!(count(&audit, "alert.resolved"), 1);
 }
 
 /// A webhook receiver: the JSON bodies posted to it, in order.
