@@ -363,7 +363,10 @@ async fn restart(
     if proc == CONTROL {
         // Control is not on the data path; its recovery is every node back online.
         wait_ready(&site.api.http, &site.api.base).await;
-        back = eventually(RECOVERY_LIMIT, "every node online again", || async {
+        // Paced: two API calls a round, under the API's 600 a minute even when an Agent takes
+        // its 30 s to notice a session that died with a cut link.
+        let pace = Duration::from_millis(250);
+        back = eventually_every(pace, RECOVERY_LIMIT, "every node online again", || async {
             let (s1, gws) = site.api.call(reqwest::Method::GET, "gateways", None).await;
             let (s2, agents) = site.api.call(reqwest::Method::GET, "agents", None).await;
             let online = |v: &serde_json::Value| {
