@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     name = "kakuremichi",
-    version,
+    version = env!("KAKUREMICHI_VERSION"),
     about = "Self-hosted tunnels: publish apps behind NAT on your own domains through your own Gateways, without opening a port.",
     after_help = "Try it on one machine:  kakuremichi up\nLogs: set KAKUREMICHI_LOG=debug for more detail."
 )]

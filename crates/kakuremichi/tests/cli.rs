@@ -345,3 +345,36 @@ fn completions_and_man_pages_come_from_the_same_definition() {
         assert!(text.contains(".TH"), "{page} is a man page");
     }
 }
+
+/// `--version` says which commit and which target the binary was built from (issue #20): what a
+/// bug report and a release asset need.
+#[test]
+fn version_names_the_commit_and_the_target() {
+    let home = tempfile::tempdir().unwrap();
+    let out = run(home.path(), &["--version"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let expected_start = format!("kakuremichi {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&expected_start), "{line}");
+    let inside = line.trim().strip_prefix(&expected_start).unwrap();
+    let (commit, target) = inside.strip_suffix(')').unwrap().split_once(", ").unwrap();
+    // Built from a git checkout (as here), the commit is HEAD's; "unknown" only from a tarball.
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(head) => assert!(
+            commit.len() == 12 && head.starts_with(commit),
+            "{line} (HEAD {head})"
+        ),
+        None => assert_eq!(commit, "unknown", "{line}"),
+    }
+    assert!(
+        target.contains(std::env::consts::ARCH) && target.contains(std::env::consts::OS),
+        "{line}"
+    );
+}
