@@ -20,6 +20,12 @@ mod user_config;
 
 use clap::Parser;
 
+/// The static (musl) release binaries allocate with mimalloc: musl's malloc takes one lock for
+/// every thread. glibc builds keep glibc's allocator with its trim thread (below).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     return_freed_buffers_to_the_system();
     let cli = cli::Cli::parse();
