@@ -25,34 +25,67 @@ RUN set -eu; mkdir /recipe; \
 
 # --- build: the Rust toolchain. CARGO_NET_OFFLINE=true builds from crates already in the
 # builder image's CARGO_HOME (how the offline test feeds it); the default fetches from crates.io.
+# The binary is static (musl, profile dist: what scripts/release ships), so the runtime image
+# needs no libc. A binary already built (scripts/release) can be packaged instead of compiling:
+# `docker/build --binary dist/kakuremichi-linux-amd64` puts it in docker/prebuilt/.
 FROM rust:${RUST_VERSION}-bookworm AS build
 ARG CARGO_NET_OFFLINE=false
 ENV CARGO_NET_OFFLINE=${CARGO_NET_OFFLINE} \
-    CARGO_TERM_COLOR=never \
-    CARGO_PROFILE_RELEASE_DEBUG=false
+    CARGO_TERM_COLOR=never
+# musl-gcc for the C inside ring and mimalloc; Debian's static busybox and bash for the runtime's
+# few shell tools (the entrypoint is sh; compose-init is bash). The offline builder has them.
+RUN set -eu; missing=; \
+    for p in musl-tools busybox-static bash-static; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done; \
+    if [ -n "$missing" ]; then apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
+        && rm -rf /var/lib/apt/lists/*; fi; \
+    target=$(uname -m)-unknown-linux-musl; \
+    [ -d "$(rustc --print sysroot)/lib/rustlib/$target/lib" ] || rustup target add "$target"; \
+    echo "$target" > /target
 WORKDIR /src
 COPY --from=recipe /recipe/ ./
 # Patched dependencies (vendor/README.md) build with the others, in the cached layer.
 COPY vendor vendor
-RUN cargo build --release --locked -p kakuremichi
+COPY docker/prebuilt /prebuilt
+RUN if [ -x /prebuilt/kakuremichi ]; then echo "packaging docker/prebuilt/kakuremichi"; \
+    else cargo build --profile dist --locked -p kakuremichi --target "$(cat /target)"; fi
 COPY crates crates
+# --version names the commit; the build context has no .git (docker/build passes it).
+ARG KAKUREMICHI_COMMIT=
 # The real sources are older than the placeholder build: touch them so cargo rebuilds our crates.
-RUN find crates -name '*.rs' -exec touch {} + \
- && cargo build --release --locked -p kakuremichi \
- && install -D -m 0755 target/release/kakuremichi /out/kakuremichi \
- && /out/kakuremichi --version
+RUN set -eu; target=$(cat /target); \
+    if [ -x /prebuilt/kakuremichi ]; then install -D -m 0755 /prebuilt/kakuremichi /out/kakuremichi; \
+    else find crates -name '*.rs' -exec touch {} + \
+        && KAKUREMICHI_COMMIT=$KAKUREMICHI_COMMIT cargo build --profile dist --locked -p kakuremichi --target "$target" \
+        && install -D -m 0755 "target/$target/dist/kakuremichi" /out/kakuremichi; fi; \
+    if readelf -l /out/kakuremichi | grep -q INTERP; then echo "kakuremichi is not static" >&2; exit 1; fi; \
+    /out/kakuremichi --version
+# The runtime's files: CA certificates, the user, /tmp, the data directory, busybox with the
+# applets the scripts use, and bash.
+RUN set -eu; r=/rootfs; \
+    mkdir -p $r/bin $r/etc/ssl/certs $r/tmp $r/data $r/usr/local/bin $r/usr/local/lib/kakuremichi; \
+    cp /etc/ssl/certs/ca-certificates.crt $r/etc/ssl/certs/; \
+    printf 'root:x:0:0:root:/root:/bin/sh\nkakuremichi:x:10001:10001:kakuremichi:/data:/bin/sh\n' > $r/etc/passwd; \
+    printf 'root:x:0:\nkakuremichi:x:10001:\n' > $r/etc/group; \
+    cp /bin/busybox $r/bin/busybox; \
+    for applet in sh cat head mv rm cp sed tr base64 test [ sleep mkdir ls env id timeout chmod printf echo; do \
+        ln -s busybox "$r/bin/$applet"; done; \
+    cp /bin/bash-static $r/bin/bash; \
+    chmod 1777 $r/tmp; chmod 0700 $r/data
 
-# --- kakuremichi: the runtime image every role uses. Plain Debian, no shell tools added, no
-# package manager run: a non-root user, the binary and the entrypoint.
-FROM debian:bookworm-slim AS kakuremichi
-RUN groupadd --system --gid 10001 kakuremichi \
- && useradd --system --uid 10001 --gid kakuremichi --home-dir /data --no-create-home \
-        --shell /usr/sbin/nologin kakuremichi \
- && install -d -o kakuremichi -g kakuremichi -m 0700 /data
+# --- kakuremichi: the runtime image every role uses. No distribution: the static binary, the
+# files above and the entrypoint scripts, run as the non-root user 10001.
+FROM scratch AS kakuremichi
+COPY --from=build /rootfs/bin /bin
+COPY --from=build /rootfs/etc /etc
+COPY --from=build /rootfs/tmp /tmp
+COPY --from=build --chown=10001:10001 /rootfs/data /data
 COPY --from=build /out/kakuremichi /usr/local/bin/kakuremichi
 COPY docker/entrypoint docker/compose-init /usr/local/lib/kakuremichi/
-ENV KAKUREMICHI_DATA_DIR=/data
-USER kakuremichi:kakuremichi
+ENV KAKUREMICHI_DATA_DIR=/data \
+    PATH=/usr/local/bin:/bin \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+USER 10001:10001
 WORKDIR /data
 ENTRYPOINT ["/usr/local/lib/kakuremichi/entrypoint"]
 CMD ["--help"]
