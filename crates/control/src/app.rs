@@ -46,6 +46,8 @@ pub struct Inner {
     pub backups: Option<Arc<crate::backups::Backups>>,
     /// Control's alerts (`None` in tests' states: the API answers 503).
     pub alerts: Option<Arc<crate::alerts::Alerts>>,
+    /// Where install.sh comes from (the "Add agent" page's one-line install).
+    pub download_url: String,
 }
 
 impl AppState {
@@ -82,6 +84,7 @@ impl AppState {
             temporary: Default::default(),
             backups: None,
             alerts: None,
+            download_url: crate::config::DEFAULT_DOWNLOAD_URL.to_string(),
         }))
     }
 
@@ -161,6 +164,14 @@ impl AppState {
     pub fn with_access_ttl(mut self, ttl: std::time::Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.access_ttl = ttl;
+        }
+        self
+    }
+
+    /// Where the "Add agent" page's install line downloads from; only before the state is shared.
+    pub fn with_download_url(mut self, url: String) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.download_url = url;
         }
         self
     }

@@ -55,7 +55,15 @@ pub struct ControlConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Alert rules' thresholds and the SMTP server of e-mail channels.
     pub alerts: crate::alerts::AlertConfig,
+    /// Where `install.sh` and the release assets are downloaded from: the "Add agent" page
+    /// shows `curl -fsSL <download_url>/install.sh | sh -s -- --agent ...` (a mirror, or a
+    /// release of your own build).
+    pub download_url: String,
 }
+
+/// The project's latest release: install.sh, the binaries, the .deb packages, sha256sums.
+pub const DEFAULT_DOWNLOAD_URL: &str =
+    "https://github.com/kakuremichi/kakuremichi/releases/latest/download";
 
 /// Temporary tunnels: where their names go, and how long one outlives its command line.
 #[derive(Debug, Clone)]
@@ -117,6 +125,7 @@ impl Default for ControlConfig {
             temporary: TemporaryConfig::default(),
             metrics_listen: None,
             alerts: Default::default(),
+            download_url: DEFAULT_DOWNLOAD_URL.to_string(),
         }
     }
 }
@@ -145,6 +154,7 @@ impl fmt::Debug for ControlConfig {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("port_range", &self.port_range)
             .field("temporary", &self.temporary)
+            .field("download_url", &self.download_url)
             .finish()
     }
 }
@@ -192,6 +202,11 @@ pub enum ConfigError {
     TemporaryTtl(Duration),
     #[error("{0}")]
     TrustedProxy(#[from] crate::guard::proxies::BadProxy),
+    #[error(
+        "download_url {0:?} must be an http:// or https:// URL of letters, digits and -._~/:%+@ only \
+         (it is shown inside a shell command), e.g. https://downloads.example.com/kakuremichi"
+    )]
+    DownloadUrl(String),
 }
 
 impl ControlConfig {
@@ -253,6 +268,9 @@ impl ControlConfig {
             return Err(ConfigError::AccessTtl(self.access_ttl));
         }
         crate::guard::proxies::TrustedProxies::parse(&self.trusted_proxies)?;
+        if !download_url_is_valid(&self.download_url) {
+            return Err(ConfigError::DownloadUrl(self.download_url.clone()));
+        }
         Ok(())
     }
 
@@ -272,9 +290,60 @@ impl ControlConfig {
     }
 }
 
+/// The download URL goes into a command users paste into a shell: a URL with nothing a shell
+/// would interpret (no quotes, spaces, `$`, `;`, `&`, backticks...), of a sane length.
+fn download_url_is_valid(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|rest| {
+        !rest.is_empty()
+            && !rest.starts_with('/')
+            && url.len() <= 2048
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~/:%+@".contains(&b))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_urls_are_shell_safe_http_urls() {
+        let with = |url: &str| ControlConfig {
+            download_url: url.into(),
+            ..Default::default()
+        };
+        for good in [
+            DEFAULT_DOWNLOAD_URL,
+            "http://10.0.0.5:8000/dist",
+            "https://mirror.example.com/kakuremichi/v0.1.0",
+        ] {
+            assert!(with(good).validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "ftp://example.com",
+            "https://",
+            "https:///path",
+            "https://x.example.com/$(reboot)",
+            "https://x.example.com/a b",
+            "https://x.example.com/a;rm",
+            "https://x.example.com/'",
+            "https://x.example.com/`id`",
+            "https://x.example.com/a&b",
+            "example.com/dist",
+        ] {
+            assert!(
+                matches!(with(bad).validate(), Err(ConfigError::DownloadUrl(_))),
+                "{bad}"
+            );
+        }
+        let long = format!("https://example.com/{}", "a".repeat(3000));
+        assert!(with(&long).validate().is_err());
+    }
 
     #[test]
     fn temporary_domains_and_ttls_are_checked() {

@@ -40,7 +40,8 @@ pub use alerts::{channels::Mailer, AlertConfig};
 pub use backups::{parse_at as parse_backup_at, BackupConfig};
 pub use certs::{AcmeConfig, Challenge, ChallengeChoice, OrderLimits, TlsMode, LETS_ENCRYPT};
 pub use config::{
-    parse_port_range, ConfigError, ControlConfig, TemporaryConfig, DEFAULT_PORT_RANGE,
+    parse_port_range, ConfigError, ControlConfig, TemporaryConfig, DEFAULT_DOWNLOAD_URL,
+    DEFAULT_PORT_RANGE,
 };
 pub use dns_records::DnsRecordsConfig;
 pub use store::backup_key::BackupKey;
@@ -200,6 +201,7 @@ pub async fn run(
         .with_default_tls(config.default_tls)
         .with_port_range(config.port_range.clone())
         .with_access_ttl(config.access_ttl)
+        .with_download_url(config.download_url.clone())
         .with_temporary(config.temporary.clone())
         .with_passwords(passwords)
         .with_zones(zones.clone())

@@ -31,9 +31,10 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
     };
     let dir = tempfile::tempdir().unwrap();
 
-    // Control, first run: no account.
+    // Control, first run: no account; its release assets on a mirror of the user's.
     let config = kakuremichi_control::ControlConfig {
         data_dir: dir.path().join("control"),
+        download_url: "https://mirror.example.com/kakuremichi".into(),
         ..Default::default()
     };
     let _control = InProcessControl::start(config).await;
@@ -99,6 +100,13 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
     assert!(
         page.contains(&format!("API_KEY: {key}")),
         "the compose snippet carries the key"
+    );
+    assert_eq!(
+        b.read("#agent-install").await.trim(),
+        format!(
+            "curl -fsSL https://mirror.example.com/kakuremichi/install.sh | sh -s -- --agent {base} {key}"
+        ),
+        "the one-line install, from the configured download URL"
     );
     b.shot("04-agent-key").await;
     let mut agent = kakuremichi_agent::AgentConfig::new(base.clone(), Secret::new(key));

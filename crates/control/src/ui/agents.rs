@@ -77,6 +77,7 @@ fn key_page<P>(
         agent => context! { id => agent.id, name => agent.name.clone() },
         key => key,
         control_url => control_url(&ui.state, headers),
+        download_url => ui.state.download_url.clone(),
         rotated => rotated,
     };
     render::page(&ui.viewer, StatusCode::OK, "agent_key.html", "agents", ctx)

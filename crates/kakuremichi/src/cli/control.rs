@@ -124,6 +124,12 @@ pub(super) struct ControlArgs {
     /// is published through a tunnel. Default: none, every client is keyed by its TCP address.
     #[arg(long, env = "KAKUREMICHI_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<String>,
+    /// Where install.sh and the release binaries are downloaded from: the web UI's "Add agent"
+    /// page shows `curl -fsSL URL/install.sh | sh -s -- --agent ...`. Set it to a mirror or to
+    /// where you host a release of your own (scripts/release's directory).
+    #[arg(long, env = "KAKUREMICHI_DOWNLOAD_URL", value_name = "URL",
+          default_value = kakuremichi_control::DEFAULT_DOWNLOAD_URL)]
+    download_url: String,
     /// Serve Control's Prometheus metrics at http://ADDR/metrics (node sessions, config pushes
     /// and their latency, API requests, ACME orders; docs/monitoring.md). Plain HTTP without
     /// authentication: use a private address, e.g. 127.0.0.1:9091. Default: off.
@@ -272,6 +278,7 @@ async fn run_control(a: ControlArgs) -> anyhow::Result<()> {
         trusted_proxies: a.trusted_proxies,
         metrics_listen: a.metrics_listen,
         alerts: a.alerts.config()?,
+        download_url: a.download_url,
         ..Default::default()
     };
     config.validate()?;
