@@ -201,7 +201,7 @@ EOF
         say "installed the units kakuremichi-control, kakuremichi-gateway and kakuremichi-agent in /etc/systemd/system"
     fi
 fi
-say "$("$bin" --version 2>/dev/null || echo "kakuremichi installed as $bin")"
+say "$("$bin" --version 2>/dev/null | head -n 1)"
 
 # --- the Agent ----------------------------------------------------------------------------------
 if [ "$want_agent" = yes ]; then
