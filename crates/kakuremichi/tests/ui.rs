@@ -104,7 +104,7 @@ async fn setup_agent_tunnel_and_the_app_in_a_browser() {
     assert_eq!(
         b.read("#agent-install").await.trim(),
         format!(
-            "curl -fsSL https://mirror.example.com/kakuremichi/install.sh | sh -s -- --agent {base} {key}"
+            "curl -fsSL https://mirror.example.com/kakuremichi/install.sh | sudo sh -s -- --agent {base} {key}"
         ),
         "the one-line install, from the configured download URL"
     );

@@ -125,7 +125,7 @@ pub(super) struct ControlArgs {
     #[arg(long, env = "KAKUREMICHI_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<String>,
     /// Where install.sh and the release binaries are downloaded from: the web UI's "Add agent"
-    /// page shows `curl -fsSL URL/install.sh | sh -s -- --agent ...`. Set it to a mirror or to
+    /// page shows `curl -fsSL URL/install.sh | sudo sh -s -- --agent ...`. Set it to a mirror or to
     /// where you host a release of your own (scripts/release's directory).
     #[arg(long, env = "KAKUREMICHI_DOWNLOAD_URL", value_name = "URL",
           default_value = kakuremichi_control::DEFAULT_DOWNLOAD_URL)]
