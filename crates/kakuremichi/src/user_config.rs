@@ -1,6 +1,7 @@
 //! What the command line keeps for its user, and how it shows them a link: the config directory
-//! (`--config-dir`, else `$XDG_CONFIG_HOME/kakuremichi`, else `~/.config/kakuremichi`), private
-//! files in it (mode 0600, replaced whole), and opening a URL in the browser.
+//! (`--config-dir`, else `$XDG_CONFIG_HOME/kakuremichi`, else `~/.config/kakuremichi`; on Windows
+//! `%APPDATA%\kakuremichi`), private files in it (mode 0600 on Unix, replaced whole), and opening
+//! a URL in the browser.
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,10 @@ use std::path::{Path, PathBuf};
 pub fn dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(d) = given {
         return Ok(d.to_path_buf());
+    }
+    #[cfg(windows)]
+    if let Some(appdata) = std::env::var_os("APPDATA").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(appdata).join("kakuremichi"));
     }
     match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         Some(x) => Ok(PathBuf::from(x).join("kakuremichi")),
@@ -23,16 +28,16 @@ pub fn dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// beside it, synced, then renamed over it.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // Windows: the file inherits the ACL of the user's profile directory, private to them.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(bytes)?;
@@ -52,8 +57,15 @@ pub fn open_in_browser(url: &str) {
         .map(String::as_str)
         .chain(["xdg-open", "open"])
     {
-        let spawned = std::process::Command::new(opener)
-            .arg(url)
+        let mut command = std::process::Command::new(opener);
+        command.arg(url);
+        #[cfg(windows)]
+        if opener == "xdg-open" {
+            // The default browser: `explorer URL` (cmd's `start` would read `&` as a separator).
+            command = std::process::Command::new("explorer");
+            command.arg(url);
+        }
+        let spawned = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -8,7 +8,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+#[cfg(target_os = "linux")]
+use std::sync::atomic::Ordering;
+#[cfg(target_os = "linux")]
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -25,6 +28,7 @@ pub const MAX_BATCH_BYTES: usize = 65_000;
 
 pub(crate) struct Udp {
     socket: UdpSocket,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     gso: AtomicBool,
 }
 
@@ -71,9 +75,14 @@ impl Udp {
             }
         }
         #[cfg(not(target_os = "linux"))]
-        {
-            let (n, from) = self.socket.recv_from(buf).await?;
-            Ok((n, from, n))
+        loop {
+            match self.socket.recv_from(buf).await {
+                Ok((n, from)) => return Ok((n, from, n)),
+                // Windows reports an ICMP "port unreachable" for an earlier send as an error of
+                // this receive (WSAECONNRESET): one peer gone, not the socket.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -331,7 +331,14 @@ impl Share {
     }
 }
 
-/// Resolves on Ctrl-C, SIGTERM or SIGHUP (the terminal closed).
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP (the terminal closed); on Windows, on Ctrl-C.
+#[cfg(not(unix))]
+async fn stopped() {
+    crate::signal::shutdown().await
+}
+
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP (the terminal closed); on Windows, on Ctrl-C.
+#[cfg(unix)]
 async fn stopped() {
     use tokio::signal::unix::{signal, SignalKind};
     let hangup = signal(SignalKind::hangup());
