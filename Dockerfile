@@ -53,11 +53,13 @@ COPY crates crates
 # --version names the commit; the build context has no .git (docker/build passes it).
 ARG KAKUREMICHI_COMMIT=
 # The real sources are older than the placeholder build: touch them so cargo rebuilds our crates.
+# `strip = true` leaves the symbol table in a static-pie linked by gcc (28.2 MB, 23.3 stripped).
 RUN set -eu; target=$(cat /target); \
     if [ -x /prebuilt/kakuremichi ]; then install -D -m 0755 /prebuilt/kakuremichi /out/kakuremichi; \
     else find crates -name '*.rs' -exec touch {} + \
         && KAKUREMICHI_COMMIT=$KAKUREMICHI_COMMIT cargo build --profile dist --locked -p kakuremichi --target "$target" \
-        && install -D -m 0755 "target/$target/dist/kakuremichi" /out/kakuremichi; fi; \
+        && install -D -m 0755 "target/$target/dist/kakuremichi" /out/kakuremichi \
+        && strip --strip-all /out/kakuremichi; fi; \
     if readelf -l /out/kakuremichi | grep -q INTERP; then echo "kakuremichi is not static" >&2; exit 1; fi; \
     /out/kakuremichi --version
 # The runtime's files: CA certificates, the user, /tmp, the data directory, busybox with the
