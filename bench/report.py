@@ -3,7 +3,9 @@
 import statistics
 from collections import defaultdict
 
-REFS = ["direct", "nginx", "wggo", "kakuremichi"]
+REFS = ["direct", "nginx", "wggo", "nginx_rathole", "caddy", "up", "kakuremichi"]
+# The references a user would assemble instead (issue 23), beside nginx and wireguard-go.
+STACKS = ["nginx_rathole", "caddy"]
 
 # The public contract of issue 6: every key, always a number.
 KEYS = ["bulk_down_gbps", "bulk_up_gbps", "bulk_down_wggo_gbps", "bulk_down_nginx_gbps",
@@ -11,6 +13,10 @@ KEYS = ["bulk_down_gbps", "bulk_up_gbps", "bulk_down_wggo_gbps", "bulk_down_ngin
         "rps_h2", "p99_added_ms", "agent_rss_idle_mib", "agent_rss_1k_mib", "gateway_rss_idle_mib",
         "gateway_rss_1k_mib", "rss_after_load_ratio", "cpu_s_per_gib", "control_propagation_p99_ms",
         "control_rss_mib"]
+# Issue 23's: the stacks people would assemble instead, measured in the same run.
+KEYS += ["bulk_down_nginx_rathole_gbps", "bulk_ratio_vs_nginx_rathole", "rps_h1_nginx_rathole",
+         "rps_ratio_vs_nginx_rathole", "rps_h1_caddy", "rps_ratio_vs_caddy", "x_rps_h2_ratio_vs_nginx_rathole",
+         "x_bulk_down_up_ratio_vs_separate", "x_tcp_bore_gbps", "x_tcp_ratio_vs_bore"]
 
 
 def median(xs):
@@ -71,8 +77,24 @@ def figures(r):
         "control_propagation_p99_ms": r.control["propagation_p99_ms"],
         "control_rss_mib": r.control["control_rss_mib"],
     }
+    # Issue 23: nginx+rathole and Caddy, the stacks people assemble instead, and `up`.
+    f["bulk_down_nginx_rathole_gbps"] = r.med("bulk_down", "nginx_rathole")
+    f["bulk_ratio_vs_nginx_rathole"] = r.paired("bulk_down", k, "nginx_rathole", ratio)
+    f["rps_h1_nginx_rathole"] = r.med("rps_h1", "nginx_rathole")
+    f["rps_ratio_vs_nginx_rathole"] = r.paired("rps_h1", k, "nginx_rathole", ratio)
+    f["rps_h1_caddy"] = r.med("rps_h1", "caddy")
+    f["rps_ratio_vs_caddy"] = r.paired("rps_h1", k, "caddy", ratio)
+    for w in ("bulk_up", "bulk_par4", "rps_h2"):
+        for base in STACKS:
+            f[f"x_{w}_ratio_vs_{base}"] = r.paired(w, k, base, ratio)
+    f["x_bulk_down_ratio_vs_caddy"] = r.paired("bulk_down", k, "caddy", ratio)
+    for base in STACKS:
+        f[f"x_p99_added_ms_{base}"] = r.paired("lat_p99", base, "direct", lambda a, b: a - b)
+    # `up` ÷ the same roles as separate processes.
+    for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2"):
+        f[f"x_{w}_up_ratio_vs_separate"] = r.paired(w, "up", k, ratio)
     # Beyond the contract: the other references and details, also numbers only.
-    for w in ("bulk_up", "bulk_par4", "rps_h1", "rps_h2", "lat_p50", "lat_p99"):
+    for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2", "lat_p50", "lat_p99"):
         for ref in REFS:
             if r.data[w][ref]:
                 f[f"x_{w}_{ref}"] = r.med(w, ref)
@@ -89,6 +111,9 @@ def figures(r):
     # The spread of the runs, for the (min–max) of docs/performance.md (bench/markdown.py).
     spreads = {f"x_{w}_kakuremichi": r.data[w][k] for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2")}
     spreads["x_rps_ratio_vs_nginx"] = r.per_run("rps_h1", k, "nginx", ratio)
+    spreads["x_rps_ratio_vs_nginx_rathole"] = r.per_run("rps_h1", k, "nginx_rathole", ratio)
+    spreads["x_bulk_ratio_vs_nginx_rathole"] = r.per_run("bulk_down", k, "nginx_rathole", ratio)
+    spreads["x_rps_h2_ratio_vs_nginx"] = r.per_run("rps_h2", k, "nginx", ratio)
     spreads["x_p99_added_ms"] = r.per_run("lat_p99", k, "direct", lambda a, b: a - b)
     spreads["x_cpu_s_per_gib"] = r.cpu_per_gib
     for key, xs in spreads.items():
@@ -100,16 +125,16 @@ def figures(r):
     f["x_agent_rss_after_mib"] = r.resources["agent_rss_after_mib"]
     f["x_latency_rate_rps"] = r.meta["latency_rate"]
     f["x_streams"] = r.meta["streams"]
+    f["x_streams_rounds"] = r.meta["streams_rounds"]
     for key in ("propagation_p50_ms", "propagation_max_ms", "control_cpu_s_changes",
                 "control_cpu_s_sessions", "sessions_s", "create_s", "agents", "gateways", "changes"):
         f[f"x_control_{key.removeprefix('control_')}"] = r.control[key]
     f["x_iperf3_wggo_gbps"] = r.meta["iperf3_wggo_gbps"]
     # Raw TCP (one iperf3 stream) through a `tcp` tunnel, and the references of that workload.
-    for ref in ("direct", "kakuremichi", "rathole"):
-        if r.data["tcp_iperf3"][ref]:
-            f[f"x_tcp_{ref}_gbps"] = r.med("tcp_iperf3", ref)
-    if r.data["tcp_iperf3"]["rathole"]:
-        f["x_tcp_ratio_vs_rathole"] = r.paired("tcp_iperf3", k, "rathole", ratio)
+    for ref in ("direct", "kakuremichi", "rathole", "bore"):
+        f[f"x_tcp_{ref}_gbps"] = r.med("tcp_iperf3", ref)
+    for ref in ("rathole", "bore"):
+        f[f"x_tcp_ratio_vs_{ref}"] = r.paired("tcp_iperf3", k, ref, ratio)
     f["x_https"] = r.meta["https"]
     f["x_runs"] = r.meta["runs"]
     f["x_quick"] = r.meta["quick"]
@@ -132,10 +157,11 @@ def table(r):
     ms = lambda v: f"{v:.2f}"  # noqa: E731
     rate = r.meta["latency_rate"]
     rows = [
-        ("bulk download, 1 stream, Gbit/s", "bulk_down", g, "wggo"),
-        ("bulk upload, 1 stream, Gbit/s", "bulk_up", g, "wggo"),
-        ("bulk download, 4 streams, Gbit/s", "bulk_par4", g, "wggo"),
+        ("bulk download, 1 stream, Gbit/s", "bulk_down", g, "nginx_rathole"),
+        ("bulk upload, 1 stream, Gbit/s", "bulk_up", g, "nginx_rathole"),
+        ("bulk download, 4 streams, Gbit/s", "bulk_par4", g, "nginx_rathole"),
         ("HTTP/1.1 1 KiB, 64 conns, req/s", "rps_h1", n, "nginx"),
+        ("HTTP/1.1 1 KiB, 64 conns, req/s", "rps_h1", n, "nginx_rathole"),
         ("HTTP/2 1 KiB, 64 conns, req/s", "rps_h2", n, "nginx"),
         (f"p50 ms at {rate:,.0f} req/s (HTTP/1.1)", "lat_p50", ms, "direct"),
         (f"p99 ms at {rate:,.0f} req/s (HTTP/1.1)", "lat_p99", ms, "direct"),
@@ -143,7 +169,7 @@ def table(r):
     scheme = "HTTPS" if r.meta["https"] else "plain HTTP (Gateway had no --https-listen)"
     out = [f"kakuremichi benchmark: {r.meta['runs']} run(s){' (quick)' if r.meta['quick'] else ''}, "
            f"median (min–max); kakuremichi over {scheme}, nginx over HTTPS", ""]
-    head = ["workload"] + REFS + ["kakuremichi vs"]
+    head = ["workload"] + [ref.replace("_", "+") for ref in REFS] + ["kakuremichi vs"]
     body = []
     for label, w, fmt, base in rows:
         if not r.data[w][k]:
@@ -152,7 +178,7 @@ def table(r):
         if w.startswith("lat"):
             cells.append(f"{r.paired(w, k, base, lambda a, b: a - b):+.2f} ms vs {base}")
         else:
-            cells.append(f"{r.paired(w, k, base, ratio):.2f}× {base}")
+            cells.append(f"{r.paired(w, k, base, ratio):.2f}× {base.replace('_', '+')}")
         body.append(cells)
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     for row in [head] + body:
@@ -178,11 +204,14 @@ def table(r):
                f"{r.meta['iperf3_wggo_gbps']:.2f} Gbit/s")
     tcp = r.data["tcp_iperf3"]
     if tcp[k]:
-        vs = (f"; kakuremichi {r.paired('tcp_iperf3', k, 'rathole', ratio):.2f}× rathole"
-              if tcp["rathole"] else " (rathole not installed)")
         out.append("raw TCP, iperf3 1 stream, Gbit/s: "
-                   + ", ".join(f"{ref} {_cell(tcp[ref], g)}" for ref in ("direct", k, "rathole") if tcp[ref])
-                   + vs)
+                   + ", ".join(f"{ref} {_cell(tcp[ref], g)}" for ref in ("direct", k, "rathole", "bore"))
+                   + f"; kakuremichi {r.paired('tcp_iperf3', k, 'rathole', ratio):.2f}× rathole, "
+                   f"{r.paired('tcp_iperf3', k, 'bore', ratio):.2f}× bore")
+    if r.data["bulk_down"]["up"]:
+        out.append("kakuremichi up (one process) ÷ separate processes: " + ", ".join(
+            f"{w} {r.paired(w, 'up', k, ratio):.2f}×" for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2")
+            if r.data[w]["up"]))
     if r.cpu_per_gib:
         out.append(f"CPU-seconds per GiB, Gateway + Agent, 1-stream bulk: {_cell(r.cpu_per_gib, g)}")
     if r.control["agents"] == r.control["agents"]:  # not NaN: measured

@@ -1,4 +1,5 @@
-"""Starting the four references: `direct`, `nginx`, `wggo` and `kakuremichi`.
+"""Starting the references: `direct`, `nginx`, `wggo`, `nginx_rathole`, `caddy`, `up`, `kakuremichi`,
+and for raw TCP `rathole` and `bore`.
 
 Each is a `Ref`: where its clients connect (`scheme://bench.test:port`, bench.test resolving to
 `ip` inside the client's namespace `netns`). All of them end at a `kakuremichi hello` origin.
@@ -20,8 +21,12 @@ ADMIN_EMAIL = "bench@example.com"
 ADMIN_PASSWORD = f"bench-{random.getrandbits(64):016x}"
 ORIGIN_PORT, NGINX_PORT, CONTROL_PORT, SCALE_CONTROL_PORT = 8000, 8444, 8780, 8781
 GW_HTTP_PORT, GW_HTTPS_PORT, GW_WG_PORT, GW_ADMIN_PORT = 8080, 8443, 51820, 9090
-# Raw TCP: iperf3's server, a kakuremichi `tcp` tunnel's public port, rathole's (and its control).
-IPERF_PORT, KMI_TCP_PORT, RATHOLE_PORT, RATHOLE_CONTROL_PORT = 5201, 5202, 5203, 2333
+# Raw TCP: iperf3's server, a kakuremichi `tcp` tunnel's public port, rathole's (and its control),
+# bore's (its control port is fixed: 7835).
+IPERF_PORT, KMI_TCP_PORT, RATHOLE_PORT, RATHOLE_CONTROL_PORT, BORE_PORT = 5201, 5202, 5203, 2333, 5204
+# nginx in front of rathole, and rathole's port and control for it; Caddy; `up`'s demo app.
+NGINX_RATHOLE_PORT, RATHOLE_HTTP_PORT, RATHOLE_HTTP_CONTROL_PORT = 8445, 8001, 2334
+CADDY_PORT, UP_HELLO_PORT = 8446, 8782
 
 
 @dataclass
@@ -60,22 +65,86 @@ def start_origin(env, bins, ip, netns=None, name="origin"):
     return ref
 
 
-def start_nginx(env, ip):
+def start_nginx(env, ip, name="nginx", port=NGINX_PORT, upstream=None):
+    """nginx terminating TLS (HTTP/1.1 and h2) in front of `upstream` (default: the origin)."""
     w = env.work
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}",
-         "-keyout", f"{w}/nginx.key", "-out", f"{w}/nginx.crt"])
-    os.makedirs(f"{w}/nginx-tmp", exist_ok=True)
+    if not os.path.exists(f"{w}/nginx.crt"):
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "2", "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}",
+             "-keyout", f"{w}/nginx.key", "-out", f"{w}/nginx.crt"])
+    os.makedirs(f"{w}/{name}-tmp", exist_ok=True)
     with open(os.path.join(HERE, "nginx.conf.in")) as f:
         conf = f.read()
-    conf = conf.replace("@WORK@", w).replace("@LISTEN@", f"{ip}:{NGINX_PORT}") \
-        .replace("@ORIGIN@", f"{ip}:{ORIGIN_PORT}") \
+    conf = conf.replace("@WORK@", w).replace("@NAME@", name).replace("@LISTEN@", f"{ip}:{port}") \
+        .replace("@ORIGIN@", upstream or f"{ip}:{ORIGIN_PORT}") \
         .replace("@USER@", "user root;" if os.geteuid() == 0 else "")
-    with open(f"{w}/nginx.conf", "w") as f:
+    with open(f"{w}/{name}.conf", "w") as f:
         f.write(conf)
-    env.spawn("nginx", ["nginx", "-p", f"{w}/", "-e", f"{w}/nginx-error.log", "-c", f"{w}/nginx.conf"])
-    ref = Ref("nginx", "https", ip, NGINX_PORT)
-    wait_until("nginx", lambda: http_ok(env, ref), 20, env=env)
+    env.spawn(name, ["nginx", "-p", f"{w}/", "-e", f"{w}/{name}-error.log", "-c", f"{w}/{name}.conf"])
+    ref = Ref(name, "https", ip, port)
+    wait_until(name, lambda: http_ok(env, ref), 20, env=env)
+    return ref
+
+
+def start_nginx_rathole(env, ip):
+    """`nginx_rathole`, what people assemble instead of a tunnel product: nginx on the public side
+    terminates TLS and proxies to a rathole server's port; the rathole client, next to the app,
+    forwards to the origin (Noise transport, encrypted as WireGuard is)."""
+    service = start_rathole(env, ip, RATHOLE_HTTP_PORT, f"{ip}:{ORIGIN_PORT}",
+                            RATHOLE_HTTP_CONTROL_PORT, "rathole-http")
+    return start_nginx(env, ip, "nginx_rathole", NGINX_RATHOLE_PORT, f"{service.ip}:{service.port}")
+
+
+def start_caddy(env, ip):
+    """`caddy`: Debian's Caddy as the TLS reverse proxy (`tls internal`, HTTP/1.1 and h2) in front
+    of the origin, streaming both ways like the others."""
+    w = env.work
+    os.makedirs(f"{w}/caddy-home", exist_ok=True)
+    with open(f"{w}/Caddyfile", "w") as f:
+        f.write(f"""{{
+    admin off
+    skip_install_trust
+    auto_https disable_redirects
+    servers {{
+        protocols h1 h2
+    }}
+}}
+https://{HOST}:{CADDY_PORT} {{
+    bind {ip}
+    tls internal
+    reverse_proxy {ip}:{ORIGIN_PORT} {{
+        flush_interval -1
+    }}
+}}
+""")
+    home = f"{w}/caddy-home"
+    env.spawn("caddy", ["caddy", "run", "--adapter", "caddyfile", "--config", f"{w}/Caddyfile"],
+              env={"HOME": home, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home})
+    ref = Ref("caddy", "https", ip, CADDY_PORT)
+    wait_until("caddy", lambda: http_ok(env, ref), 30, env=env)
+    return ref
+
+
+def start_up(env, bins, ip, origin):
+    """`up`: `kakuremichi up` (Control, Gateway and Agent in one process) on an address of its own
+    (`ip`), with a tunnel bench.test → the shared `origin` added through its API: what a newcomer
+    measures first."""
+    w = f"{env.work}/up"
+    ports = {"--control-listen": CONTROL_PORT, "--http-listen": GW_HTTP_PORT,
+             "--https-listen": GW_HTTPS_PORT, "--wg-listen": GW_WG_PORT, "--admin-listen": GW_ADMIN_PORT,
+             "--hello-listen": UP_HELLO_PORT}
+    argv = [bins["kakuremichi"], "up", "--data-dir", w]
+    for flag, port in ports.items():
+        argv += [flag, f"{ip}:{port}"]
+    proc = env.spawn("up", argv, env={"KAKUREMICHI_LOG": "warn"})
+    wait_until("kakuremichi up's credentials", lambda: os.path.exists(f"{w}/up.json"), 60, env=env)
+    with open(f"{w}/up.json") as f:
+        state = json.load(f)
+    api = Api(f"http://{ip}:{CONTROL_PORT}", token=state["api_token"])
+    api.post("tunnels", {"hostname": HOST, "agent_id": state["agent_id"], "target": f"{origin.ip}:{origin.port}",
+                         "tls": "internal", "https_redirect": False})
+    ref = Ref("up", "https", ip, GW_HTTPS_PORT, pids={"up": proc.pid})
+    wait_until("the tunnel through kakuremichi up", lambda: http_ok(env, ref), 60, interval=0.25, env=env)
     return ref
 
 
@@ -125,8 +194,11 @@ def start_wggo(env, bins):
 class Api:
     """Control's REST API with a personal token (stdlib only)."""
 
-    def __init__(self, base):
+    def __init__(self, base, token=None):
         self.base = base
+        if token:
+            self.token = token
+            return
         status, login, headers = self._req("POST", "/api/v1/auth/login",
                                            {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
         cookie = "; ".join(v.split(";")[0] for k, v in headers if k.lower() == "set-cookie")
@@ -258,48 +330,67 @@ def tcp_open(ip, port):
         return False
 
 
-def rathole_binary():
-    """rathole from `cargo install rathole` (on PATH or in ~/.cargo/bin), or None."""
+def cargo_binary(name):
+    """A tool from `cargo install` (on PATH or in ~/.cargo/bin), or None."""
     import shutil
-    return shutil.which("rathole") or next(
-        (p for p in [os.path.expanduser("~/.cargo/bin/rathole")] if os.access(p, os.X_OK)), None)
+    return shutil.which(name) or next(
+        (p for p in [os.path.expanduser(f"~/.cargo/bin/{name}")] if os.access(p, os.X_OK)), None)
 
 
-def start_rathole(env, ip):
-    """rathole's server and client on loopback, one service to iperf3's server, over its Noise
-    transport (encrypted, as WireGuard is): the tunnel people pick for raw TCP."""
+def rathole_binary():
+    return cargo_binary("rathole")
+
+
+def start_rathole(env, ip, port=RATHOLE_PORT, local=None, control_port=RATHOLE_CONTROL_PORT, name="rathole"):
+    """rathole's server and client on loopback, one service from `ip:port` to `local` (default
+    iperf3's server), over its Noise transport (encrypted, as WireGuard is): the tunnel people pick
+    for raw TCP, and behind nginx for HTTP."""
     exe = rathole_binary()
+    local = local or f"{ip}:{IPERF_PORT}"
     keys = run([exe, "--genkey"])
     lines = [line.strip() for line in keys.splitlines() if line.strip()]
     private = lines[lines.index("Private Key:") + 1]
     public = lines[lines.index("Public Key:") + 1]
     w = env.work
-    with open(f"{w}/rathole-server.toml", "w") as f:
+    with open(f"{w}/{name}-server.toml", "w") as f:
         f.write(f'''[server]
-bind_addr = "{ip}:{RATHOLE_CONTROL_PORT}"
+bind_addr = "{ip}:{control_port}"
 [server.transport]
 type = "noise"
 [server.transport.noise]
 local_private_key = "{private}"
-[server.services.iperf]
+[server.services.bench]
 token = "bench"
-bind_addr = "{ip}:{RATHOLE_PORT}"
+bind_addr = "{ip}:{port}"
 ''')
-    with open(f"{w}/rathole-client.toml", "w") as f:
+    with open(f"{w}/{name}-client.toml", "w") as f:
         f.write(f'''[client]
-remote_addr = "{ip}:{RATHOLE_CONTROL_PORT}"
+remote_addr = "{ip}:{control_port}"
 [client.transport]
 type = "noise"
 [client.transport.noise]
 remote_public_key = "{public}"
-[client.services.iperf]
+[client.services.bench]
 token = "bench"
-local_addr = "{ip}:{IPERF_PORT}"
+local_addr = "{local}"
 ''')
-    env.spawn("rathole-server", [exe, "--server", f"{w}/rathole-server.toml"])
-    env.spawn("rathole-client", [exe, "--client", f"{w}/rathole-client.toml"])
-    wait_until("rathole's service port", lambda: tcp_open(ip, RATHOLE_PORT), 20, env=env)
-    return Ref("rathole", "tcp", ip, RATHOLE_PORT)
+    env.spawn(f"{name}-server", [exe, "--server", f"{w}/{name}-server.toml"])
+    env.spawn(f"{name}-client", [exe, "--client", f"{w}/{name}-client.toml"])
+    wait_until(f"{name}'s service port", lambda: tcp_open(ip, port), 20, env=env)
+    return Ref("rathole", "tcp", ip, port)
+
+
+def start_bore(env, ip):
+    """bore (`cargo install bore-cli`): its server and `bore local` on loopback, forwarding one
+    port to iperf3's server. Plain TCP inside (bore does not encrypt)."""
+    exe = cargo_binary("bore")
+    env.spawn("bore-server", [exe, "server", "--bind-addr", ip, "--bind-tunnels", ip,
+                              "--min-port", str(BORE_PORT), "--max-port", str(BORE_PORT)])
+    wait_until("bore's server", lambda: tcp_open(ip, 7835), 20, env=env)
+    env.spawn("bore-local", [exe, "local", str(IPERF_PORT), "--local-host", ip, "--to", ip,
+                             "--port", str(BORE_PORT)])
+    wait_until("bore's tunnel port", lambda: tcp_open(ip, BORE_PORT), 20, env=env)
+    return Ref("bore", "tcp", ip, BORE_PORT)
 
 
 def settle(seconds):
