@@ -23,7 +23,8 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Worker threads of the async runtime. Default: half the CPUs (at least one) for `gateway`
-    /// and `agent`, every CPU otherwise. A Gateway or Agent shares its machine with the kernel's
+    /// and `agent`, and for each of the runtimes `up` runs its Gateway and its Agent on; every CPU
+    /// otherwise. A Gateway or Agent shares its machine with the kernel's
     /// network work and, for an Agent, the apps it serves; on 2 CPUs one worker answered 1.5x the
     /// requests per second of two, at the same bulk throughput (docs/performance.md).
     #[arg(long, global = true, env = "KAKUREMICHI_THREADS", value_name = "N",
@@ -50,14 +51,17 @@ impl Cli {
 
     /// How many worker threads the runtime gets (see `--threads`).
     pub fn worker_threads(&self) -> usize {
-        if let Some(n) = self.threads {
-            return usize::from(n);
-        }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         match self.command {
-            Command::Gateway(_) | Command::Agent(_) => (cpus / 2).max(1),
-            _ => cpus,
+            Command::Gateway(_) | Command::Agent(_) => self.node_worker_threads(),
+            _ => self.threads.map_or_else(cpus, usize::from),
         }
+    }
+
+    /// The workers of a Gateway's or an Agent's runtime, also of each of the two runtimes `up`
+    /// runs them on.
+    fn node_worker_threads(&self) -> usize {
+        self.threads
+            .map_or_else(|| (cpus() / 2).max(1), usize::from)
     }
 }
 
@@ -306,7 +310,12 @@ struct HealthcheckArgs {
     timeout: u64,
 }
 
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let node_threads = cli.node_worker_threads();
     match cli.command {
         Command::Control(a) => control::run(*a).await,
         Command::Gateway(a) => {
@@ -344,7 +353,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config.metrics_listen = a.metrics_listen;
             kakuremichi_agent::run(config, signal::shutdown()).await
         }
-        Command::Up(a) => up::run(a).await,
+        Command::Up(a) => up::run(a, node_threads).await,
         Command::Hello(a) => {
             let listener = bind_tcp(a.listen, "--listen").await?;
             println!("hello app on http://{}/", listener.local_addr()?);

@@ -4,9 +4,14 @@
 //! On first start it creates the admin, a personal API token, the gateway, the agent and a demo
 //! tunnel `hello.localhost` through Control's own REST API ([`bootstrap`]), and keeps their
 //! credentials in `<data-dir>/up.json` (mode 0600, [`credentials`]) so later starts reuse them.
+//!
+//! The Gateway and the Agent each run on a runtime of their own ([`RoleRuntime`]), as when they
+//! are separate processes: on one shared runtime their tasks woke each other across its workers,
+//! and one HTTPS download through `up` moved half of what separate processes move.
 
 mod bootstrap;
 mod credentials;
+mod runtime;
 
 use crate::cli::{bind_tcp, bind_udp};
 use crate::signal;
@@ -16,6 +21,7 @@ use credentials::UpState;
 use kakuremichi::hello;
 use kakuremichi_gateway::GatewayListeners;
 use kakuremichi_node::Secret;
+use runtime::RoleRuntime;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,7 +59,8 @@ const DEMO_HOST: &str = "hello.localhost";
 const ADMIN_EMAIL: &str = "admin@localhost";
 
 /// Starts everything, says where it is, and runs until Ctrl-C or SIGTERM.
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+/// `node_threads`: the workers of the Gateway's runtime and of the Agent's (see `--threads`).
+pub async fn run(args: UpArgs, node_threads: usize) -> anyhow::Result<()> {
     let sockets = Sockets::bind(&args).await?;
     let addrs = sockets.addrs()?;
     let control_url = format!("http://{}", addrs.control);
@@ -76,7 +83,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => first_start(&client, &control_url, password, &addrs, &state_path).await?,
     };
     let node_sockets = (sockets.gateway, sockets.hello);
-    let roles = Roles::start(&args.data_dir, node_sockets, &state, &control_url, &stop)?;
+    let roles = Roles::start(
+        &args.data_dir,
+        node_sockets,
+        &state,
+        (&control_url, node_threads),
+        &stop,
+    )?;
     print_banner(
         &state,
         &control_url,
@@ -213,15 +226,18 @@ struct Roles {
     agent: JoinHandle<anyhow::Result<()>>,
     gateway: JoinHandle<anyhow::Result<()>>,
     hello: JoinHandle<()>,
+    /// Where the Gateway and the Agent run; shut down once both have finished.
+    runtimes: [RoleRuntime; 2],
 }
 
 impl Roles {
-    /// Starts the demo app, the Gateway and the Agent next to the running Control.
+    /// Starts the demo app next to the running Control, and the Gateway and the Agent each on a
+    /// runtime of its own with `threads` workers.
     fn start(
         data_dir: &Path,
         (gateway_sockets, hello_socket): (GatewayListeners, TcpListener),
         state: &UpState,
-        control_url: &str,
+        (control_url, threads): (&str, usize),
         stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let stopped = || stop.clone().cancelled_owned();
@@ -239,21 +255,25 @@ impl Roles {
         // tcp tunnels' ports on the address the HTTPS listener has (loopback unless told).
         gateway.ports_listen_ip = https.ip();
         let https_port = https.port();
-        let gateway = tokio::spawn(kakuremichi_gateway::run(
-            gateway,
-            gateway_sockets,
-            stopped(),
-        ));
+        let gateway_rt = RoleRuntime::new("gateway", threads)?;
+        let sockets = runtime::MovableListeners::new(gateway_sockets)?;
+        let gateway_stopped = stopped();
+        let gateway = gateway_rt.spawn(async move {
+            let sockets = sockets.register()?;
+            kakuremichi_gateway::run(gateway, sockets, gateway_stopped).await
+        });
         let mut agent =
             kakuremichi_agent::AgentConfig::new(control_url, Secret::new(state.agent_key.clone()));
         agent.data_dir = Some(data_dir.join("agent"));
         // The fallback for blocked UDP goes to this Gateway's HTTPS listener.
         agent.wg_fallback_port = https_port;
-        let agent = tokio::spawn(kakuremichi_agent::run(agent, stopped()));
+        let agent_rt = RoleRuntime::new("agent", threads)?;
+        let agent = agent_rt.spawn(kakuremichi_agent::run(agent, stopped()));
         Ok(Self {
             agent,
             gateway,
             hello,
+            runtimes: [gateway_rt, agent_rt],
         })
     }
 
@@ -273,6 +293,7 @@ impl Roles {
             }
         }
         let _ = self.hello.await;
+        drop(self.runtimes);
     }
 }
 
