@@ -157,29 +157,28 @@ def table(r):
     ms = lambda v: f"{v:.2f}"  # noqa: E731
     rate = r.meta["latency_rate"]
     rows = [
-        ("bulk download, 1 stream, Gbit/s", "bulk_down", g, "nginx_rathole"),
-        ("bulk upload, 1 stream, Gbit/s", "bulk_up", g, "nginx_rathole"),
-        ("bulk download, 4 streams, Gbit/s", "bulk_par4", g, "nginx_rathole"),
-        ("HTTP/1.1 1 KiB, 64 conns, req/s", "rps_h1", n, "nginx"),
-        ("HTTP/1.1 1 KiB, 64 conns, req/s", "rps_h1", n, "nginx_rathole"),
-        ("HTTP/2 1 KiB, 64 conns, req/s", "rps_h2", n, "nginx"),
-        (f"p50 ms at {rate:,.0f} req/s (HTTP/1.1)", "lat_p50", ms, "direct"),
-        (f"p99 ms at {rate:,.0f} req/s (HTTP/1.1)", "lat_p99", ms, "direct"),
+        ("bulk download, 1 stream, Gbit/s", "bulk_down", g, ["nginx_rathole"]),
+        ("bulk upload, 1 stream, Gbit/s", "bulk_up", g, ["nginx_rathole"]),
+        ("bulk download, 4 streams, Gbit/s", "bulk_par4", g, ["nginx_rathole"]),
+        ("HTTP/1.1 1 KiB, 64 conns, req/s", "rps_h1", n, ["nginx", "nginx_rathole"]),
+        ("HTTP/2 1 KiB, 64 conns, req/s", "rps_h2", n, ["nginx"]),
+        (f"p50 ms at {rate:,.0f} req/s (HTTP/1.1)", "lat_p50", ms, ["direct"]),
+        (f"p99 ms at {rate:,.0f} req/s (HTTP/1.1)", "lat_p99", ms, ["direct"]),
     ]
     scheme = "HTTPS" if r.meta["https"] else "plain HTTP (Gateway had no --https-listen)"
     out = [f"kakuremichi benchmark: {r.meta['runs']} run(s){' (quick)' if r.meta['quick'] else ''}, "
-           f"median (min–max); kakuremichi over {scheme}, nginx over HTTPS", ""]
+           f"median (min–max); kakuremichi over {scheme}, the proxies over HTTPS", ""]
     head = ["workload"] + [ref.replace("_", "+") for ref in REFS] + ["kakuremichi vs"]
     body = []
-    for label, w, fmt, base in rows:
+    for label, w, fmt, bases in rows:
         if not r.data[w][k]:
             continue  # not measured in this run (--only)
         cells = [label] + [_cell(r.data[w][ref], fmt) for ref in REFS]
         if w.startswith("lat"):
-            cells.append(f"{r.paired(w, k, base, lambda a, b: a - b):+.2f} ms vs {base}")
+            vs = [f"{r.paired(w, k, base, lambda a, b: a - b):+.2f} ms vs {base}" for base in bases]
         else:
-            cells.append(f"{r.paired(w, k, base, ratio):.2f}× {base.replace('_', '+')}")
-        body.append(cells)
+            vs = [f"{r.paired(w, k, base, ratio):.2f}× {base.replace('_', '+')}" for base in bases]
+        body.append(cells + [", ".join(vs)])
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     for row in [head] + body:
         out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
