@@ -157,6 +157,9 @@ def figures(r):
         (f["x_scale_gateway_rss_peers_0_mib"], f["x_scale_gateway_rss_peers_small_mib"],
          f["x_scale_gateway_rss_peers_large_mib"]) = m["scale_peers_rss"]
         f["x_scale_seconds"] = m["scale_seconds"]
+        for c in SCALE_CONNS:  # the share of wrk's requests that failed (non-2xx, errors, > 30 s)
+            f[f"x_scale_failed_{c}"] = m[f"scale_failed_{c}"]
+            f[f"x_scale_failed_nginx_{c}"] = m[f"scale_failed_nginx_{c}"]
     f["x_https"] = r.meta["https"]
     f["x_runs"] = r.meta["runs"]
     f["x_quick"] = r.meta["quick"]

@@ -77,18 +77,19 @@ def rps_h1(env, ref, duration, conns=64):
     return _wrk(env, ref, duration, conns)[0]
 
 
-def rps_h1_cpu(env, ref, duration, conns):
-    """`rps_h1` at `conns` connections: (requests/s, requests answered, CPU-seconds of ref's
-    processes meanwhile: the Gateway and the Agent for kakuremichi, 0 for a reference without
-    pids)."""
+def rps_h1_cpu(env, ref, duration, conns, timeout=5, max_failed=0.01):
+    """`rps_h1` at `conns` connections: (requests/s, requests answered, failed requests,
+    CPU-seconds of ref's processes meanwhile: the Gateway and the Agent for kakuremichi, 0 for a
+    reference without pids). `timeout`: seconds after which wrk counts a request as failed;
+    more than `max_failed` of them failed is an error."""
     cpu0 = _cpu(ref)
-    rps, total = _wrk(env, ref, duration, conns)
-    return rps, total, _cpu(ref) - cpu0
+    rps, total, failed = _wrk(env, ref, duration, conns, timeout, max_failed)
+    return rps, total, failed, _cpu(ref) - cpu0
 
 
-def _wrk(env, ref, duration, conns):
-    """(requests/s, requests) of one wrk run."""
-    out = env.client(ref, ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
+def _wrk(env, ref, duration, conns, timeout=5, max_failed=0.01):
+    """(requests/s, requests, failed requests) of one wrk run."""
+    out = env.client(ref, ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--timeout", f"{timeout}s",
                            ref.url("/bytes?n=1024")], timeout=duration + 60)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
@@ -97,11 +98,11 @@ def _wrk(env, ref, duration, conns):
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
-    if failed > 0.01 * int(total.group(1)):
+    if failed > max_failed * int(total.group(1)):
         raise BenchError(f"wrk through {ref.name}: {failed} failed of {total.group(1)}:\n{out}")
     if failed:
         log(f"wrk through {ref.name}: {failed} failed requests of {total.group(1)}")
-    return float(m.group(1)), int(total.group(1))
+    return float(m.group(1)), int(total.group(1)), failed
 
 
 def _h2load_counts(ref, out):
