@@ -180,13 +180,53 @@ def caption(f):
     return f"A {kind}: {runs_text}, {build}; {scheme}."
 
 
+def _line(cells):
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+
 def table(f):
-    """The Markdown of the figures `f` (the dict `--json` writes)."""
+    """The Markdown of the figures `f` (the dict `--json` writes): the main table, then the
+    scaling table."""
     head = ["workload", *(ref.replace("_", "+") for ref in REFS), "target", ""]
     rows = _throughput_rows(f) + _request_rows(f) + _resource_rows(f)
-    def line(cells):
-        return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
-    lines = [caption(f), "", line(head), "|" + " --- |" * len(head)] + [line(row) for row in rows]
+    lines = [caption(f), "", _line(head), "|" + " --- |" * len(head)] + [_line(row) for row in rows]
+    return "\n".join(lines) + "\n\n" + scale_table(f)
+
+
+def _count(f, key, default):
+    v = _num(f, key)
+    return f"{v if v is not None else default:,.0f}"
+
+
+def scale_table(f):
+    """The scaling shape (`--only scale`, issue 23): one pass of each; "—" for what the JSON lacks
+    (a run from before the group existed, or one without it)."""
+    def cells(keys, kind):
+        out = []
+        for key in keys:
+            v = _num(f, key)
+            out.append("—" if v is None else f"{v:.1f}" if kind == "1" else _fmt(v, kind))
+        return out
+    conns = ["64", "1,000", _count(f, "x_scale_conns_max", 10000)]
+    small, large = _count(f, "x_scale_peers_small", 100), _count(f, "x_scale_peers_large", 1000)
+    idle = _count(f, "x_scale_idle_conns", 1000)
+    total = _num(f, "x_scale_bulk_total_mib")
+    size = "" if total is None else f", {total / 1024:g} GiB in all" if total >= 1024 else f", {total:g} MiB in all"
+    c = ("c64", "c1000", "c10000")
+    rows = [
+        [f"HTTP/1.1 1 KiB, kakuremichi, req/s at {' / '.join(conns)} connections",
+         *cells([f"scale_rps_h1_{x}" for x in c], "n")],
+        ["HTTP/1.1 1 KiB, nginx, req/s (same)", *cells([f"scale_rps_h1_nginx_{x}" for x in c], "n")],
+        ["CPU µs per request, Gateway + Agent (same)", *cells([f"scale_cpu_us_per_req_{x}" for x in c], "1")],
+        [f"download, kakuremichi, Gbit/s in 1 / 4 / 16 streams{size}",
+         *cells([f"scale_bulk_gbps_s{n}" for n in (1, 4, 16)], "g")],
+        [f"Gateway KiB per Agent peer, at {small} / {large} peers",
+         *cells(["scale_gateway_kib_per_peer_100", "scale_gateway_kib_per_peer_1000"], "1"), ""],
+        [f"Gateway KiB per idle HTTPS keep-alive connection ({idle} held)",
+         *cells(["scale_gateway_kib_per_idle_conn"], "1"), "", ""],
+    ]
+    head = ["scaling shape (`scale`, one pass)", "small", "medium", "large"]
+    lines = [_line(head), "|" + " --- |" * len(head)] + [_line(row) for row in rows]
     return "\n".join(lines) + "\n"
 
 

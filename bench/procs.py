@@ -59,7 +59,8 @@ class Env:
         """The first panic in the log of a kakuremichi process: a panicking task may leave the
         process alive with part of it dead (a tunnel peer, say), which must not pass for slow."""
         for name, _ in self.procs:
-            if name not in ("control", "gateway", "agent", "origin", "control-scale", "up"):
+            if name not in ("control", "gateway", "agent", "origin", "control-scale", "up", "control-peers",
+                            "gateway-peers", "gateway-idle"):
                 continue
             try:
                 with open(os.path.join(self.work, f"{name}.log"), errors="replace") as f:

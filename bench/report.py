@@ -17,6 +17,15 @@ KEYS = ["bulk_down_gbps", "bulk_up_gbps", "bulk_down_wggo_gbps", "bulk_down_ngin
 KEYS += ["bulk_down_nginx_rathole_gbps", "bulk_ratio_vs_nginx_rathole", "rps_h1_nginx_rathole",
          "rps_ratio_vs_nginx_rathole", "rps_h1_caddy", "rps_ratio_vs_caddy", "x_rps_h2_ratio_vs_nginx_rathole",
          "x_bulk_down_up_ratio_vs_separate", "x_tcp_bore_gbps", "x_tcp_ratio_vs_bore"]
+# Issue 23's scaling shape (`scale`). In a quick run the counts are smaller: *_c10000 is then
+# x_scale_conns_max connections, *_100 and *_1000 are x_scale_peers_small and _large Agents.
+SCALE_CONNS = ["c64", "c1000", "c10000"]
+SCALE_STREAMS = [1, 4, 16]
+SCALE_PEERS = ["100", "1000"]
+SCALE_KEYS = ([f"scale_rps_h1_{c}" for c in SCALE_CONNS] + [f"scale_cpu_us_per_req_{c}" for c in SCALE_CONNS]
+              + [f"scale_rps_h1_nginx_{c}" for c in SCALE_CONNS] + [f"scale_bulk_gbps_s{n}" for n in SCALE_STREAMS]
+              + ["scale_gateway_kib_per_idle_conn"] + [f"scale_gateway_kib_per_peer_{n}" for n in SCALE_PEERS])
+KEYS += SCALE_KEYS
 
 
 def median(xs):
@@ -31,6 +40,7 @@ class Results:
         self.resources = defaultdict(nan)
         self.cpu_per_gib = []
         self.control = defaultdict(nan)
+        self.scale = {}  # SCALE_KEYS without their scale_ prefix, as measured
         self.meta = defaultdict(nan, {"runs": runs, "quick": 1 if quick else 0})
 
     def add(self, workload, ref, value):
@@ -135,6 +145,21 @@ def figures(r):
         f[f"x_tcp_{ref}_gbps"] = r.med("tcp_iperf3", ref)
     for ref in ("rathole", "bore"):
         f[f"x_tcp_ratio_vs_{ref}"] = r.paired("tcp_iperf3", k, ref, ratio)
+    for key in SCALE_KEYS:
+        f[key] = r.scale.get(key.removeprefix("scale_"), float("nan"))
+    if "scale_seconds" in r.meta:  # measured: the counts behind the keys, and the RSS readings they come from
+        m = r.meta
+        f["x_scale_conns_max"] = m["scale_conns"][-1]
+        f["x_scale_idle_conns"] = m["scale_idle"]
+        f["x_scale_peers_small"], f["x_scale_peers_large"] = m["scale_peers"]
+        f["x_scale_bulk_total_mib"] = m["bulk"] / (1 << 20)
+        f["x_scale_gateway_rss_before_idle_mib"], f["x_scale_gateway_rss_idle_held_mib"] = m["scale_idle_rss"]
+        (f["x_scale_gateway_rss_peers_0_mib"], f["x_scale_gateway_rss_peers_small_mib"],
+         f["x_scale_gateway_rss_peers_large_mib"]) = m["scale_peers_rss"]
+        f["x_scale_seconds"] = m["scale_seconds"]
+        for c in SCALE_CONNS:  # the share of wrk's requests that failed (non-2xx, errors, > 30 s)
+            f[f"x_scale_failed_{c}"] = m[f"scale_failed_{c}"]
+            f[f"x_scale_failed_nginx_{c}"] = m[f"scale_failed_nginx_{c}"]
     f["x_https"] = r.meta["https"]
     f["x_runs"] = r.meta["runs"]
     f["x_quick"] = r.meta["quick"]
@@ -221,5 +246,20 @@ def table(r):
                    f"CPU {r.control['control_cpu_s_sessions']:.1f} s for the sessions, "
                    f"{r.control['control_cpu_s_changes']:.1f} s for the changes "
                    f"(sessions up in {r.control['sessions_s']:.1f} s)")
+    if "scale_seconds" in r.meta:
+        f = figures(r)
+        conns = ["64", "1,000", f"{f['x_scale_conns_max']:,}"]
+        out.append("scaling, HTTP/1.1 1 KiB at " + " / ".join(conns) + " connections: kakuremichi "
+                   + " / ".join(f"{f[f'scale_rps_h1_{c}']:,.0f}" for c in SCALE_CONNS) + " req/s ("
+                   + " / ".join(f"{f[f'scale_cpu_us_per_req_{c}']:.1f}" for c in SCALE_CONNS)
+                   + " µs CPU per request, Gateway + Agent), nginx "
+                   + " / ".join(f"{f[f'scale_rps_h1_nginx_{c}']:,.0f}" for c in SCALE_CONNS) + " req/s")
+        out.append(f"scaling, download of {f['x_scale_bulk_total_mib']:,.0f} MiB in 1 / 4 / 16 streams: "
+                   + " / ".join(f"{f[f'scale_bulk_gbps_s{n}']:.2f}" for n in SCALE_STREAMS) + " Gbit/s")
+        out.append(f"scaling, Gateway memory: {f['scale_gateway_kib_per_idle_conn']:.1f} KiB per idle HTTPS "
+                   f"connection ({f['x_scale_idle_conns']:,} held), "
+                   f"{f['scale_gateway_kib_per_peer_100']:.1f} / {f['scale_gateway_kib_per_peer_1000']:.1f} KiB "
+                   f"per Agent peer at {f['x_scale_peers_small']:,} / {f['x_scale_peers_large']:,} peers "
+                   f"({r.meta['scale_seconds']:.0f} s for the group)")
     out.append(f"({r.meta['seconds']:.0f} s in all)")
     return "\n".join(out)

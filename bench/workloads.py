@@ -5,10 +5,13 @@ never reported as a fast one."""
 import json
 import os
 import re
+import selectors
+import socket
+import ssl
 import subprocess
 import time
 
-from procs import HOST, BenchError, cpu_seconds, log
+from procs import HOST, BenchError, cpu_seconds, log, rss_mib
 
 GIB = 1 << 30
 # A transfer that moves nothing for 30 s has stalled: fail then, not after the 30-minute cap.
@@ -71,7 +74,22 @@ def bulk_parallel(env, ref, size_each, streams=4):
 
 def rps_h1(env, ref, duration, conns=64):
     """wrk, HTTP/1.1 keep-alive, `conns` connections, 1 KiB responses: requests/s."""
-    out = env.client(ref, ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
+    return _wrk(env, ref, duration, conns)[0]
+
+
+def rps_h1_cpu(env, ref, duration, conns, timeout=5, max_failed=0.01):
+    """`rps_h1` at `conns` connections: (requests/s, requests answered, failed requests,
+    CPU-seconds of ref's processes meanwhile: the Gateway and the Agent for kakuremichi, 0 for a
+    reference without pids). `timeout`: seconds after which wrk counts a request as failed;
+    more than `max_failed` of them failed is an error."""
+    cpu0 = _cpu(ref)
+    rps, total, failed = _wrk(env, ref, duration, conns, timeout, max_failed)
+    return rps, total, failed, _cpu(ref) - cpu0
+
+
+def _wrk(env, ref, duration, conns, timeout=5, max_failed=0.01):
+    """(requests/s, requests, failed requests) of one wrk run."""
+    out = env.client(ref, ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--timeout", f"{timeout}s",
                            ref.url("/bytes?n=1024")], timeout=duration + 60)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
@@ -80,11 +98,11 @@ def rps_h1(env, ref, duration, conns=64):
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
-    if failed > 0.01 * int(total.group(1)):
+    if failed > max_failed * int(total.group(1)):
         raise BenchError(f"wrk through {ref.name}: {failed} failed of {total.group(1)}:\n{out}")
     if failed:
         log(f"wrk through {ref.name}: {failed} failed requests of {total.group(1)}")
-    return float(m.group(1))
+    return float(m.group(1)), int(total.group(1)), failed
 
 
 def _h2load_counts(ref, out):
@@ -203,3 +221,114 @@ def iperf3_client(env, ref, port, seconds):
 def _server_netns(ref):
     # wggo's clients live in namespace `a`; its origin side is the namespace `b` next to it.
     return ref.netns[:-1] + "b" if ref.netns else None
+
+
+def idle_connections(env, ref, n, pid, window, timeout):
+    """`n` HTTP/1.1 keep-alive connections to `ref` (HTTPS when it is), each after one 1 KiB
+    request and then idle, all held at once: the growth of process `pid`'s settled RSS (KiB per
+    connection), and its RSS before and while they are held (MiB)."""
+    before = settled_rss(env, pid, window, timeout)
+    ctx = None
+    if ref.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # as wrk and h2load: load, not trust
+        ctx.set_alpn_protocols(["http/1.1"])
+    socks = []
+    try:
+        started = time.monotonic()
+        for i in range(n):
+            try:
+                socks.append(_keepalive_request(ref, ctx))
+            except (OSError, ValueError) as e:
+                env.check_alive()
+                raise BenchError(f"idle connection {i + 1} of {n} to {ref.name}: {e}") from None
+        log(f"{n} idle keep-alive connections open in {time.monotonic() - started:.1f}s")
+        held = settled_rss(env, pid, window, timeout)
+        closed = _closed(socks)
+        if closed:
+            raise BenchError(f"{closed} of {n} idle connections to {ref.name} were closed while held")
+    finally:
+        for s in socks:
+            s.close()
+    return (held - before) * 1024 / n, before, held
+
+
+def _keepalive_request(ref, ctx):
+    """A connection to `ref` that has answered one GET /bytes?n=1024 and stays open."""
+    s = socket.create_connection((ref.ip, ref.port), timeout=30)
+    if ctx:
+        s = ctx.wrap_socket(s, server_hostname=HOST)
+    s.sendall(f"GET /bytes?n=1024 HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ValueError(f"closed before the response headers: {data[:200]!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if lines[0].split()[1:2] != ["200"]:
+        raise ValueError(f"answered {lines[0]!r}")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if "content-length" in headers:
+        done = lambda b: len(b) >= int(headers["content-length"])  # noqa: E731
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        done = lambda b: b.endswith(b"0\r\n\r\n")  # noqa: E731
+    else:
+        raise ValueError(f"a response without a length: {head!r}")
+    while not done(body):
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ValueError("closed during the response body")
+        body += chunk
+    if headers.get("connection", "").lower() == "close":
+        raise ValueError("the server closes the connection after the response")
+    return s
+
+
+def _closed(socks):
+    """How many of the idle connections the server has closed (readable: EOF or unasked data)."""
+    sel = selectors.DefaultSelector()  # epoll: more descriptors than select() takes
+    try:
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        return len(sel.select(timeout=0))
+    finally:
+        sel.close()
+
+
+def settled_rss(env, pid, window, timeout):
+    """Process `pid`'s RSS in MiB once it has stayed within 0.3 % (at least 128 KiB) for `window`
+    seconds: longer than the 5 s between the Gateway's `malloc_trim`s in a full run, so a reading
+    is never one taken just before freed memory is given back. After `timeout` s without such a
+    window, the median of the last one, with a note in the log."""
+    samples = []  # (time, MiB)
+    deadline = time.monotonic() + timeout
+    while True:
+        env.check_alive()
+        now = time.monotonic()
+        samples.append((now, rss_mib(pid)))
+        recent = [v for t, v in samples if t >= now - window]
+        if samples[0][0] <= now - window and max(recent) - min(recent) <= max(0.003 * recent[-1], 0.125):
+            return recent[-1]
+        if now >= deadline:
+            recent.sort()
+            log(f"RSS of pid {pid} did not settle within {timeout}s (last {window}s: "
+                f"{recent[0]:.2f}–{recent[-1]:.2f} MiB); taking the median")
+            return recent[len(recent) // 2]
+        time.sleep(0.25)
+
+
+def add_agents(bins, url, n, email, password, timeout):
+    """`kakuremichi-loadgen control --gateways 0 --changes 0`: `n` more Agents created on the
+    Control at `url`, each holding a simulated session until it has its config (so Control has its
+    WireGuard key and every Gateway's config names it as a peer), then the sessions end. The
+    Agents stay configured."""
+    argv = [bins["loadgen"], "control", "--url", url, "--email", email, "--agents", str(n),
+            "--gateways", "0", "--changes", "0", "--timeout-secs", str(timeout)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 600,
+                       env={**os.environ, "LOADGEN_PASSWORD": password}, check=False)
+    if r.returncode != 0:
+        raise BenchError(f"adding {n} simulated Agents: {r.stderr.strip()[-800:]}")
+    return json.loads(r.stdout)
