@@ -300,7 +300,7 @@ def _closed(socks):
 
 def settled_rss(env, pid, window, timeout):
     """Process `pid`'s RSS in MiB once it has stayed within 0.3 % (at least 128 KiB) for `window`
-    seconds: longer than the 5 s between the Gateway's `malloc_trim`s in a full run, so a reading
+    seconds: longer than the 1 s between the Gateway's memory-trim passes, so a reading
     is never one taken just before freed memory is given back. After `timeout` s without such a
     window, the median of the last one, with a note in the log."""
     samples = []  # (time, MiB)
