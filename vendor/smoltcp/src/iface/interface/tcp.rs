@@ -18,15 +18,42 @@ impl InterfaceInner {
             &self.caps.checksum
         ));
 
-        for tcp_socket in sockets
-            .items_mut()
-            .filter_map(|i| Socket::downcast_mut(&mut i.socket))
-        {
-            if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
-                return tcp_socket
-                    .process(self, &ip_repr, &tcp_repr)
-                    .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+        // kakuremichi patch: the socket that took this connection's last segment first, then
+        // every socket in turn (see `SocketSet::tcp_hints`).
+        #[cfg(feature = "alloc")]
+        let tuple = (
+            IpEndpoint::new(dst_addr, tcp_repr.dst_port),
+            IpEndpoint::new(src_addr, tcp_repr.src_port),
+        );
+        #[cfg(feature = "alloc")]
+        if let Some(handle) = sockets.tcp_hint(&tuple) {
+            if let Some(tcp_socket) = sockets
+                .item_mut(handle)
+                .and_then(|i| Socket::downcast_mut(&mut i.socket))
+            {
+                if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
+                    return tcp_socket
+                        .process(self, &ip_repr, &tcp_repr)
+                        .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+                }
             }
+        }
+        let mut found = None;
+        for item in sockets.items_mut() {
+            if let Some(tcp_socket) = Socket::downcast_mut(&mut item.socket) {
+                if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
+                    found = Some(item.meta.handle);
+                    break;
+                }
+            }
+        }
+        if let Some(handle) = found {
+            #[cfg(feature = "alloc")]
+            sockets.set_tcp_hint(tuple, handle);
+            return sockets
+                .get_mut::<Socket>(handle)
+                .process(self, &ip_repr, &tcp_repr)
+                .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
         }
 
         if tcp_repr.control == TcpControl::Rst

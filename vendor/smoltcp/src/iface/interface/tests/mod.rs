@@ -282,3 +282,90 @@ fn test_poll_egress_socket_sends_only_that_socket() {
     iface.poll_egress(Instant::ZERO, &mut device, &mut sockets);
     assert_eq!(src_ports(recv_all(&mut device, Instant::ZERO)), [49500]);
 }
+
+// kakuremichi patch regression test: an arriving segment goes to the socket of its connection,
+// found through `SocketSet::tcp_hints` once known; a stale hint (the socket removed, its slot
+// reused by a socket of another connection) falls back to asking every socket.
+#[cfg(all(feature = "socket-tcp", feature = "medium-ip", feature = "proto-ipv4"))]
+#[test]
+fn test_tcp_segment_finds_its_socket_through_a_hint() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, _) = setup(Medium::Ip);
+    let local = Ipv4Address::new(192, 168, 1, 1);
+    let remote = Ipv4Address::new(192, 168, 1, 2);
+    let listener = |port: u16| {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        );
+        socket.listen(port).unwrap();
+        socket
+    };
+    let syn = |iface: &mut Interface, sockets: &mut SocketSet, from: u16, to: u16| {
+        let tcp = TcpRepr {
+            src_port: from,
+            dst_port: to,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: None,
+            window_len: 256,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let mut bytes = vec![0u8; tcp.buffer_len()];
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut bytes),
+            &remote.into(),
+            &local.into(),
+            &ChecksumCapabilities::default(),
+        );
+        let ip = IpRepr::Ipv4(Ipv4Repr {
+            src_addr: remote,
+            dst_addr: local,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        });
+        iface
+            .inner
+            .process_tcp(sockets, ip, &bytes)
+            .map(|p| match p.payload() {
+                IpPayload::Tcp(tcp) => tcp.control,
+                _ => unreachable!(),
+            })
+    };
+    let state = |sockets: &SocketSet, h| sockets.get::<tcp::Socket>(h).state();
+    let tuple = |to: u16, from: u16| {
+        (
+            IpEndpoint::new(local.into(), to),
+            IpEndpoint::new(remote.into(), from),
+        )
+    };
+
+    let a = sockets.add(listener(80));
+    let b = sockets.add(listener(81));
+    assert_eq!(syn(&mut iface, &mut sockets, 4000, 81), None, "taken; its SYN-ACK leaves on egress");
+    assert_eq!(state(&sockets, b), tcp::State::SynReceived);
+    assert_eq!(state(&sockets, a), tcp::State::Listen);
+    assert_eq!(sockets.tcp_hint(&tuple(81, 4000)), Some(b));
+    assert_eq!(sockets.tcp_hints_len(), 1);
+
+    // The hint for 80 <- 4001 names `a`; then `a` goes and its slot takes a listener on 82.
+    assert_eq!(syn(&mut iface, &mut sockets, 4001, 80), None);
+    assert_eq!(sockets.tcp_hint(&tuple(80, 4001)), Some(a));
+    sockets.remove(a);
+    let c = sockets.add(listener(82));
+    assert_eq!(c, a, "the slot is reused");
+    // A segment of the old connection: the hinted socket does not accept it, nothing else does.
+    assert_eq!(syn(&mut iface, &mut sockets, 4001, 80), Some(TcpControl::Rst));
+    assert_eq!(state(&sockets, c), tcp::State::Listen);
+    // A segment for the new listener finds it by asking every socket.
+    assert_eq!(syn(&mut iface, &mut sockets, 4002, 82), None);
+    assert_eq!(state(&sockets, c), tcp::State::SynReceived);
+    assert_eq!(sockets.tcp_hint(&tuple(82, 4002)), Some(c));
+}
