@@ -157,7 +157,22 @@ async fn prometheus_reads_what_control_did() {
             .unwrap()
     };
     let created = "route=\"/api/v1/tunnels\",method=\"POST\",status=\"201\"";
-    let text = scrape().await;
+    // The Gateway's session must have had its first snapshot: that one follows its hello, not a
+    // change, and is not in the latency histogram, so a tunnel that rode on it would count none.
+    let text = eventually(
+        Duration::from_secs(30),
+        "the Gateway's first config snapshot",
+        || async {
+            let text = scrape().await;
+            (sample(
+                &text,
+                "kakuremichi_control_config_pushes_total",
+                "kind=\"gateway\"",
+            ) >= 1.0)
+                .then_some(text)
+        },
+    )
+    .await;
     let before = sample(&text, "kakuremichi_control_api_requests_total", created);
     let pushes = |t: &str| {
         sample(
