@@ -168,8 +168,8 @@ impl<'a> SocketSet<'a> {
     /// kakuremichi patch: the number of slots, live sockets and free ones (see `trim`).
     /// kakuremichi patch: the socket in `handle`'s slot, if there is one (a hint may be stale).
     #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
-    pub(crate) fn item_mut(&mut self, handle: SocketHandle) -> Option<&mut Item<'a>> {
-        self.sockets.get_mut(handle.0)?.inner.as_mut()
+    pub(crate) fn item(&self, handle: SocketHandle) -> Option<&Item<'a>> {
+        self.sockets.get(handle.0)?.inner.as_ref()
     }
 
     /// kakuremichi patch: see `tcp_hints`.
@@ -187,7 +187,7 @@ impl<'a> SocketSet<'a> {
         self.tcp_hints.insert(tuple, handle);
     }
 
-    #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+    #[cfg(all(test, feature = "alloc", feature = "socket-tcp"))]
     pub(crate) fn tcp_hints_len(&self) -> usize {
         self.tcp_hints.len()
     }

@@ -20,36 +20,30 @@ impl InterfaceInner {
 
         // kakuremichi patch: the socket that took this connection's last segment first, then
         // every socket in turn (see `SocketSet::tcp_hints`).
+        let accepts = |cx: &mut Self, item: &crate::iface::socket_set::Item| {
+            Socket::downcast(&item.socket).is_some_and(|s| s.accepts(cx, &ip_repr, &tcp_repr))
+        };
         #[cfg(feature = "alloc")]
         let tuple = (
             IpEndpoint::new(dst_addr, tcp_repr.dst_port),
             IpEndpoint::new(src_addr, tcp_repr.src_port),
         );
         #[cfg(feature = "alloc")]
-        if let Some(handle) = sockets.tcp_hint(&tuple) {
-            if let Some(tcp_socket) = sockets
-                .item_mut(handle)
-                .and_then(|i| Socket::downcast_mut(&mut i.socket))
-            {
-                if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
-                    return tcp_socket
-                        .process(self, &ip_repr, &tcp_repr)
-                        .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
-                }
-            }
-        }
-        let mut found = None;
-        for item in sockets.items_mut() {
-            if let Some(tcp_socket) = Socket::downcast_mut(&mut item.socket) {
-                if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
-                    found = Some(item.meta.handle);
-                    break;
-                }
-            }
-        }
-        if let Some(handle) = found {
+        let hinted = sockets
+            .tcp_hint(&tuple)
+            .filter(|&h| sockets.item(h).is_some_and(|item| accepts(self, item)));
+        #[cfg(not(feature = "alloc"))]
+        let hinted = None;
+        let handle = hinted.or_else(|| {
+            let found = sockets
+                .items()
+                .find(|item| accepts(self, item))
+                .map(|item| item.meta.handle)?;
             #[cfg(feature = "alloc")]
-            sockets.set_tcp_hint(tuple, handle);
+            sockets.set_tcp_hint(tuple, found);
+            Some(found)
+        });
+        if let Some(handle) = handle {
             return sockets
                 .get_mut::<Socket>(handle)
                 .process(self, &ip_repr, &tcp_repr)
