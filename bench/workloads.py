@@ -176,16 +176,24 @@ def streams(env, bins, ref, n, hold):
 
 
 def control_scale(env, bins, pid, url, agents, gateways, changes, email, password, timeout):
-    argv = [bins["loadgen"], "control", "--url", url, "--email", email,
-            "--agents", str(agents), "--gateways", str(gateways), "--changes", str(changes),
-            "--control-pid", str(pid), "--timeout-secs", str(timeout)]
+    out, stderr = _loadgen_control(bins, url, email, password, timeout, "control scale",
+                                   agents=agents, gateways=gateways, changes=changes, control_pid=pid)
+    for line in stderr.splitlines():
+        log(line.removeprefix("loadgen: "))
+    return out
+
+
+def _loadgen_control(bins, url, email, password, timeout, what, **counts):
+    """`kakuremichi-loadgen control` against the Control at `url` with `--<name> <value>` for each
+    of `counts`: its JSON result and its progress (stderr)."""
+    argv = [bins["loadgen"], "control", "--url", url, "--email", email, "--timeout-secs", str(timeout)]
+    for name, value in counts.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 600,
                        env={**os.environ, "LOADGEN_PASSWORD": password}, check=False)
     if r.returncode != 0:
-        raise BenchError(f"control scale: {r.stderr.strip()[-800:]}")
-    for line in r.stderr.splitlines():
-        log(line.removeprefix("loadgen: "))
-    return json.loads(r.stdout)
+        raise BenchError(f"{what}: {r.stderr.strip()[-800:]}")
+    return json.loads(r.stdout), r.stderr
 
 
 def iperf3(env, ref, seconds):
@@ -325,10 +333,5 @@ def add_agents(bins, url, n, email, password, timeout):
     Control at `url`, each holding a simulated session until it has its config (so Control has its
     WireGuard key and every Gateway's config names it as a peer), then the sessions end. The
     Agents stay configured."""
-    argv = [bins["loadgen"], "control", "--url", url, "--email", email, "--agents", str(n),
-            "--gateways", "0", "--changes", "0", "--timeout-secs", str(timeout)]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 600,
-                       env={**os.environ, "LOADGEN_PASSWORD": password}, check=False)
-    if r.returncode != 0:
-        raise BenchError(f"adding {n} simulated Agents: {r.stderr.strip()[-800:]}")
-    return json.loads(r.stdout)
+    return _loadgen_control(bins, url, email, password, timeout, f"adding {n} simulated Agents",
+                            agents=n, gateways=0, changes=0)[0]
