@@ -258,14 +258,22 @@ async fn replicas_through_the_api_and_into_snapshots() {
         own.services.iter().map(|s| (s.tunnel_id, s.port)).collect();
     services.sort();
     assert_eq!(services, vec![(1, 10000), (id, 10001)]);
-    let online = next_config(&mut gw, Duration::from_secs(5)).await;
-    assert_eq!(route(&online), vec![(a1, 10000, false), (a2, 10001, true)]);
+    // A session can bring more than one push (it connects, then reports what it serves), so
+    // each step waits for the snapshot that shows it rather than taking the next one.
+    let mut seen = Vec::new();
+    within(Duration::from_secs(5), async {
+        while seen != [(a1, 10000, false), (a2, 10001, true)] {
+            seen = route(&next_config(&mut gw, Duration::from_secs(5)).await);
+        }
+    })
+    .await;
     drop(agent2);
-    let offline = next_config(&mut gw, Duration::from_secs(5)).await;
-    assert_eq!(
-        route(&offline),
-        vec![(a1, 10000, false), (a2, 10001, false)]
-    );
+    within(Duration::from_secs(5), async {
+        while seen != [(a1, 10000, false), (a2, 10001, false)] {
+            seen = route(&next_config(&mut gw, Duration::from_secs(5)).await);
+        }
+    })
+    .await;
 
     // PATCH: agent_ids replaces the set; agent_id alone moves the primary and keeps the rest.
     let (s, t) = c
