@@ -148,7 +148,7 @@ impl Peer {
     pub fn open(self: &Arc<Self>, dst: SocketAddrV4) -> io::Result<TunnelStream> {
         let mut st = self.lock();
         st.check_usable(self.allowed_ip)?;
-        if st.sockets.iter().count() >= MAX_SOCKETS {
+        if st.sockets.len() >= MAX_SOCKETS {
             return Err(io::Error::other(
                 "too many connections through this WireGuard peer",
             ));

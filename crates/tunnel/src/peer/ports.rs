@@ -37,7 +37,7 @@ impl Listeners {
             .iter()
             .filter(|h| sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
             .count();
-        if idle >= wanted || sockets.iter().count() >= MAX_SOCKETS {
+        if idle >= wanted || sockets.len() >= MAX_SOCKETS {
             return;
         }
         let mut socket = shared.new_socket();

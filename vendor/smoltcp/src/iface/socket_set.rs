@@ -55,6 +55,11 @@ pub struct SocketSet<'a> {
     /// closed). Bounded: cleared when it outgrows twice the slots.
     #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
     tcp_hints: alloc::collections::BTreeMap<TcpTuple, SocketHandle>,
+    /// kakuremichi patch: how many slots hold a socket, and an index below which no slot is
+    /// free. Counting the sockets and finding a free slot walked every slot (528 bytes each),
+    /// so opening a connection cost O(sockets): two walks over ~5 MB at 10,000 connections.
+    live: usize,
+    free_from: usize,
 }
 
 impl<'a> SocketSet<'a> {
@@ -64,10 +69,13 @@ impl<'a> SocketSet<'a> {
         SocketsT: Into<ManagedSlice<'a, SocketStorage<'a>>>,
     {
         let sockets = sockets.into();
+        let live = sockets.iter().filter(|s| s.inner.is_some()).count();
         SocketSet {
             sockets,
             #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
             tcp_hints: alloc::collections::BTreeMap::new(),
+            live,
+            free_from: 0,
         }
     }
 
@@ -88,13 +96,18 @@ impl<'a> SocketSet<'a> {
         }
 
         let socket = socket.upcast();
+        self.live += 1;
 
-        for (index, slot) in self.sockets.iter_mut().enumerate() {
+        // kakuremichi patch: no slot below `free_from` is free.
+        let from = self.free_from.min(self.sockets.len());
+        for (index, slot) in self.sockets.iter_mut().enumerate().skip(from) {
             if slot.inner.is_none() {
+                self.free_from = index + 1;
                 return put(index, slot, socket);
             }
         }
 
+        self.free_from = self.sockets.len() + 1;
         match &mut self.sockets {
             ManagedSlice::Borrowed(_) => panic!("adding a socket to a full SocketSet"),
             #[cfg(feature = "alloc")]
@@ -140,9 +153,23 @@ impl<'a> SocketSet<'a> {
     pub fn remove(&mut self, handle: SocketHandle) -> Socket<'a> {
         net_trace!("[{}]: removing", handle.0);
         match self.sockets[handle.0].inner.take() {
-            Some(item) => item.socket,
+            Some(item) => {
+                self.live -= 1;
+                self.free_from = self.free_from.min(handle.0);
+                item.socket
+            }
             None => panic!("handle does not refer to a valid socket"),
         }
+    }
+
+    /// kakuremichi patch: how many sockets the set holds, without walking it.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// kakuremichi patch: whether the set holds no socket.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
     }
 
     /// Get an iterator to the inner sockets.
@@ -165,11 +192,15 @@ impl<'a> SocketSet<'a> {
         self.sockets.iter_mut().filter_map(|x| x.inner.as_mut())
     }
 
-    /// kakuremichi patch: the number of slots, live sockets and free ones (see `trim`).
     /// kakuremichi patch: the socket in `handle`'s slot, if there is one (a hint may be stale).
     #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
     pub(crate) fn item(&self, handle: SocketHandle) -> Option<&Item<'a>> {
         self.sockets.get(handle.0)?.inner.as_ref()
+    }
+
+    /// kakuremichi patch: the socket in `handle`'s slot, as mutable (one socket's egress).
+    pub(crate) fn item_mut(&mut self, handle: SocketHandle) -> Option<&mut Item<'a>> {
+        self.sockets.get_mut(handle.0)?.inner.as_mut()
     }
 
     /// kakuremichi patch: see `tcp_hints`.
@@ -192,6 +223,7 @@ impl<'a> SocketSet<'a> {
         self.tcp_hints.len()
     }
 
+    /// kakuremichi patch: the number of slots, live sockets and free ones (see `trim`).
     pub fn slots(&self) -> usize {
         self.sockets.len()
     }
@@ -258,5 +290,31 @@ mod trim_test {
         let _ = set.get_mut::<tcp::Socket>(kept);
         assert_eq!(set.add(socket()), SocketHandle(1));
         assert_eq!(set.iter().count(), 2);
+    }
+
+    #[test]
+    fn test_len_and_free_slots_without_a_walk() {
+        let mut set = SocketSet::new(Vec::new());
+        assert!(set.is_empty());
+        let handles: Vec<_> = (0..10).map(|_| set.add(socket())).collect();
+        assert_eq!(set.len(), 10);
+        // A freed slot is reused, the lowest first, as the full scan did.
+        set.remove(handles[7]);
+        set.remove(handles[3]);
+        assert_eq!(set.len(), 8);
+        assert_eq!(set.add(socket()), handles[3]);
+        assert_eq!(set.add(socket()), handles[7]);
+        assert_eq!(set.add(socket()), SocketHandle(10));
+        assert_eq!(set.len(), 11);
+        // After a trim dropped the free slots at the end, the next one is appended again.
+        for handle in [SocketHandle(10), handles[9], handles[8], handles[0]] {
+            set.remove(handle);
+        }
+        set.trim();
+        assert_eq!(slots(&set).0, 8);
+        assert_eq!(set.add(socket()), handles[0]);
+        assert_eq!(set.add(socket()), SocketHandle(8));
+        assert_eq!(set.len(), set.iter().count());
+        assert_eq!(set.len(), 9);
     }
 }

@@ -680,11 +680,20 @@ impl Interface {
         }
 
         let mut result = PollResult::None;
-        for item in sockets.items_mut() {
-            // kakuremichi patch: see `poll_egress_socket`.
-            if only.is_some_and(|handle| item.meta.handle != handle) {
-                continue;
+        // kakuremichi patch: see `poll_egress_socket`. One socket is looked up by its handle:
+        // skipping the others still walked every slot, O(sockets) per message.
+        let (mut one, mut every);
+        let items: &mut dyn Iterator<Item = &mut crate::iface::socket_set::Item<'_>> = match only {
+            Some(handle) => {
+                one = sockets.item_mut(handle).into_iter();
+                &mut one
             }
+            None => {
+                every = sockets.items_mut();
+                &mut every
+            }
+        };
+        for item in items {
             if !item
                 .meta
                 .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
