@@ -166,8 +166,10 @@ impl Peer {
         let handle = st.sockets.add(socket);
         st.ports.bind(handle, port);
         st.connections.add((port, dst.port()), handle);
+        // The SYN leaves now, from this task, as a stream's data does: waking the driver for
+        // it cost a thread hand-off and a poll of every socket per new connection.
+        st.send_from_stream(self, handle);
         drop(st);
-        self.wake.notify_one();
         Ok(TunnelStream::new(
             self.clone(),
             handle,
