@@ -145,6 +145,10 @@ pub struct InterfaceInner {
     routes: Routes,
     #[cfg(feature = "multicast")]
     multicast: multicast::State,
+    /// kakuremichi patch: the TCP socket that took the last packet ingress handled, if one did
+    /// (see `Interface::last_tcp_socket`).
+    #[cfg(feature = "socket-tcp")]
+    last_tcp: Option<SocketHandle>,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -248,6 +252,8 @@ impl Interface {
                 ip_addrs: Vec::new(),
                 any_ip: false,
                 routes: Routes::new(),
+                #[cfg(feature = "socket-tcp")]
+                last_tcp: None,
                 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
                 neighbor_cache: NeighborCache::new(),
                 #[cfg(feature = "multicast")]
@@ -563,18 +569,35 @@ impl Interface {
 
         sockets
             .items()
-            .filter_map(move |item| {
-                let socket_poll_at = item.socket.poll_at(inner);
-                match item
-                    .meta
-                    .poll_at(socket_poll_at, |ip_addr| inner.has_neighbor(&ip_addr))
-                {
-                    PollAt::Ingress => None,
-                    PollAt::Time(instant) => Some(instant),
-                    PollAt::Now => Some(Instant::from_millis(0)),
-                }
-            })
+            .filter_map(move |item| inner.item_poll_at(item))
             .min()
+    }
+
+    /// kakuremichi patch: `poll_at` for one socket, found by its handle. A caller that ran one
+    /// socket (`poll_egress_socket`, or the ingress of a packet `last_tcp_socket` took) learns
+    /// the timer that socket armed without asking every socket, O(sockets) per call.
+    pub fn socket_poll_at(
+        &mut self,
+        timestamp: Instant,
+        sockets: &SocketSet<'_>,
+        handle: SocketHandle,
+    ) -> Option<Instant> {
+        self.inner.now = timestamp;
+        #[cfg(feature = "_proto-fragmentation")]
+        if !self.fragmenter.is_empty() {
+            return Some(Instant::from_millis(0));
+        }
+        let item = sockets.item(handle)?;
+        self.inner.item_poll_at(item)
+    }
+
+    /// kakuremichi patch: the TCP socket that took the packet the last ingress call handled
+    /// (`poll_ingress_single`), or `None` when no socket did (the interface answered it with a
+    /// reset, or it was not TCP). With it, a caller that fed one packet can send that socket's
+    /// reply alone (`poll_egress_socket`) instead of polling every socket.
+    #[cfg(feature = "socket-tcp")]
+    pub fn last_tcp_socket(&self) -> Option<SocketHandle> {
+        self.inner.last_tcp
     }
 
     /// Return an _advisory wait time_ for calling [poll] the next time.
@@ -601,6 +624,10 @@ impl Interface {
         let Some((rx_token, tx_token)) = device.receive(self.inner.now) else {
             return PollIngressSingleResult::None;
         };
+        #[cfg(feature = "socket-tcp")]
+        {
+            self.inner.last_tcp = None;
+        }
 
         let rx_meta = rx_token.meta();
         rx_token.consume(|frame| {
@@ -991,6 +1018,19 @@ impl InterfaceInner {
 
         // Route via a router.
         self.routes.lookup(addr, timestamp)
+    }
+
+    /// kakuremichi patch: when one socket next needs polling (the body of `poll_at`).
+    fn item_poll_at(&mut self, item: &crate::iface::socket_set::Item<'_>) -> Option<Instant> {
+        let socket_poll_at = item.socket.poll_at(self);
+        match item
+            .meta
+            .poll_at(socket_poll_at, |ip_addr| self.has_neighbor(&ip_addr))
+        {
+            PollAt::Ingress => None,
+            PollAt::Time(instant) => Some(instant),
+            PollAt::Now => Some(Instant::from_millis(0)),
+        }
     }
 
     fn has_neighbor(&self, addr: &IpAddress) -> bool {

@@ -44,6 +44,7 @@ impl InterfaceInner {
             Some(found)
         });
         if let Some(handle) = handle {
+            self.last_tcp = Some(handle);
             return sockets
                 .get_mut::<Socket>(handle)
                 .process(self, &ip_repr, &tcp_repr)

@@ -349,7 +349,11 @@ fn test_tcp_segment_finds_its_socket_through_a_hint() {
 
     let a = sockets.add(listener(80));
     let b = sockets.add(listener(81));
-    assert_eq!(syn(&mut iface, &mut sockets, 4000, 81), None, "taken; its SYN-ACK leaves on egress");
+    assert_eq!(
+        syn(&mut iface, &mut sockets, 4000, 81),
+        None,
+        "taken; its SYN-ACK leaves on egress"
+    );
     assert_eq!(state(&sockets, b), tcp::State::SynReceived);
     assert_eq!(state(&sockets, a), tcp::State::Listen);
     assert_eq!(sockets.tcp_hint(&tuple(81, 4000)), Some(b));
@@ -362,10 +366,99 @@ fn test_tcp_segment_finds_its_socket_through_a_hint() {
     let c = sockets.add(listener(82));
     assert_eq!(c, a, "the slot is reused");
     // A segment of the old connection: the hinted socket does not accept it, nothing else does.
-    assert_eq!(syn(&mut iface, &mut sockets, 4001, 80), Some(TcpControl::Rst));
+    assert_eq!(
+        syn(&mut iface, &mut sockets, 4001, 80),
+        Some(TcpControl::Rst)
+    );
     assert_eq!(state(&sockets, c), tcp::State::Listen);
     // A segment for the new listener finds it by asking every socket.
     assert_eq!(syn(&mut iface, &mut sockets, 4002, 82), None);
     assert_eq!(state(&sockets, c), tcp::State::SynReceived);
     assert_eq!(sockets.tcp_hint(&tuple(82, 4002)), Some(c));
+}
+
+// kakuremichi patch regression test: after the ingress of one packet, `last_tcp_socket` names
+// the socket that took it (none when the interface answered it itself), and `socket_poll_at`
+// gives that socket's next poll, as `poll_at` does over every socket.
+#[cfg(all(feature = "socket-tcp", feature = "medium-ip", feature = "proto-ipv4"))]
+#[test]
+fn test_last_tcp_socket_and_its_poll_at() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, mut device) = setup(Medium::Ip);
+    let local = Ipv4Address::new(192, 168, 1, 1);
+    let remote = Ipv4Address::new(192, 168, 1, 2);
+    let listener = |port: u16| {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        );
+        socket.listen(port).unwrap();
+        socket
+    };
+    let syn = |to: u16| -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: 4000,
+            dst_port: to,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: None,
+            window_len: 256,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: remote,
+            dst_addr: local,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut bytes = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        let mut packet = Ipv4Packet::new_unchecked(&mut bytes);
+        ip.emit(&mut packet, &ChecksumCapabilities::default());
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &remote.into(),
+            &local.into(),
+            &ChecksumCapabilities::default(),
+        );
+        bytes
+    };
+    let now = Instant::from_millis(1000);
+
+    let idle = sockets.add(listener(80));
+    let taker = sockets.add(listener(81));
+    assert_eq!(
+        iface.socket_poll_at(now, &sockets, taker),
+        None,
+        "a listener waits"
+    );
+    device.rx_queue.push_back(syn(81));
+    iface.poll_ingress_single(now, &mut device, &mut sockets);
+    assert_eq!(iface.last_tcp_socket(), Some(taker));
+    assert_eq!(
+        iface.socket_poll_at(now, &sockets, taker),
+        Some(Instant::ZERO),
+        "its SYN-ACK is due now"
+    );
+    assert_eq!(iface.socket_poll_at(now, &sockets, idle), None);
+    iface.poll_egress_socket(now, &mut device, &mut sockets, taker);
+    assert_eq!(recv_all(&mut device, now).len(), 1, "the SYN-ACK");
+    let armed = iface.socket_poll_at(now, &sockets, taker);
+    assert!(
+        armed.is_some_and(|t| t > now),
+        "{armed:?}: its retransmission"
+    );
+    assert_eq!(armed, iface.poll_at(now, &sockets));
+
+    // A SYN to a port nobody listens on: the interface answers with a reset itself.
+    device.rx_queue.push_back(syn(82));
+    iface.poll_ingress_single(now, &mut device, &mut sockets);
+    assert_eq!(iface.last_tcp_socket(), None);
+    assert_eq!(recv_all(&mut device, now).len(), 1, "the RST");
 }
