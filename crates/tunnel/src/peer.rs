@@ -50,8 +50,6 @@ use timers::Handshake;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// smoltcp's smallest retransmission timeout: no timer armed by sending data fires sooner.
-const MIN_RTO: std::time::Duration = std::time::Duration::from_millis(10);
 /// Ceiling on TCP sockets per peer (streams, listeners and closing ones together).
 const MAX_SOCKETS: usize = 16_384;
 

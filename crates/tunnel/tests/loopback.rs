@@ -1,6 +1,6 @@
 //! Two devices on loopback: dial, accept, transfer, refuse, remove a peer; UDP datagrams (a
 //! bound port answers flows from fresh ports, each flow gets only its own replies, a rebinding
-//! takes a port over, oversize datagrams are refused).
+//! takes a port over, oversize datagrams are refused); which messages poll the whole stack.
 
 use kakuremichi_testkit::eventually;
 use kakuremichi_tunnel::{Acceptor, Device, DeviceConfig, PeerConfig, PrivateKey, MAX_UDP_PAYLOAD};
@@ -309,6 +309,44 @@ async fn single_datagrams_are_handled_on_arrival() {
     );
 }
 
+// Connections opened one after another: the SYN, the SYN-ACK and the handshake's last ACK are
+// each answered by the socket that takes them, on both sides, without a poll of the whole stack
+// (every socket asked), which made opening a connection cost O(connections).
+#[tokio::test]
+async fn opening_a_connection_asks_no_other_socket() {
+    const CONNECTIONS: usize = 100;
+    let (gw, ag, mut acceptor) = pair().await;
+    let (gw_before, ag_before) = (gw.peers()[0].full_polls, ag.peers()[0].full_polls);
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let dialled = dial(&gw).await;
+        let accepted = timeout(DEADLINE, acceptor.accept())
+            .await
+            .expect("accepted in time")
+            .expect("accepted");
+        held.push((dialled, accepted));
+    }
+    let gw_polls = gw.peers()[0].full_polls - gw_before;
+    let ag_polls = ag.peers()[0].full_polls - ag_before;
+    eprintln!("{CONNECTIONS} connections: {gw_polls} and {ag_polls} full polls");
+    // The peers' own timers (every 250 ms) and a packet arriving while the stack is busy
+    // still poll it all; per connection it took two or three.
+    assert!(
+        gw_polls < CONNECTIONS as u64 / 2,
+        "Gateway side: {gw_polls}"
+    );
+    assert!(ag_polls < CONNECTIONS as u64 / 2, "Agent side: {ag_polls}");
+    // They work.
+    let (mut c, mut s) = held.pop().unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    timeout(DEADLINE, s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
 // A current-thread runtime: the peer's driver task runs only when this test yields.
 #[tokio::test]
 async fn a_write_to_an_idle_connection_leaves_before_the_writer_yields() {
@@ -506,6 +544,7 @@ async fn flows_reach_a_bound_port_and_get_their_own_replies() {
     let mut a = gw.connect_udp(to).unwrap();
     let mut b = gw.connect_udp(to).unwrap();
     assert_ne!(a.local_addr().port(), b.local_addr().port());
+    let (gw_before, ag_before) = (gw.peers()[0].full_polls, ag.peers()[0].full_polls);
     for i in 0..100 {
         a.send_to(format!("a{i}").as_bytes(), to).unwrap();
         b.send_to(format!("b{i}").as_bytes(), to).unwrap();
@@ -515,6 +554,11 @@ async fn flows_reach_a_bound_port_and_get_their_own_replies() {
         let (got_b, _) = timeout(DEADLINE, b.recv()).await.unwrap().unwrap();
         assert_eq!(got_b, format!("{}:b{i}", b.local_addr().port()).as_bytes());
     }
+    // A datagram is handed to its flow without a poll of the TCP/IP stack (every socket asked).
+    let gw_polls = gw.peers()[0].full_polls - gw_before;
+    let ag_polls = ag.peers()[0].full_polls - ag_before;
+    assert!(gw_polls < 50, "{gw_polls} full polls for 200 datagrams");
+    assert!(ag_polls < 50, "{ag_polls} full polls for 200 datagrams");
     // The largest datagram that fits crosses whole; one byte more is refused at once.
     let big = vec![7u8; MAX_UDP_PAYLOAD];
     a.sender().send_to(&big, to).unwrap();

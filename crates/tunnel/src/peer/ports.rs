@@ -33,9 +33,11 @@ impl Listeners {
         *seen += 1;
         let wanted = *seen;
         let handles = self.by_port.entry(port).or_default();
+        // Counting stops at `wanted`: during a burst most of them are mid-handshake.
         let idle = handles
             .iter()
             .filter(|h| sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
+            .take(wanted)
             .count();
         if idle >= wanted || sockets.len() >= MAX_SOCKETS {
             return;
@@ -49,6 +51,29 @@ impl Listeners {
     /// Ends a batch of received packets (the stack has seen its SYNs).
     pub fn end_batch(&mut self) {
         self.syns_in_batch.clear();
+    }
+
+    /// [`Listeners::take_established`] for the one socket that just took a packet: whether its
+    /// connection got past the handshake (then it is taken out). Only its port's handles are
+    /// looked at, not every listening socket's state. What else `take_established` does (a
+    /// failed handshake, idle listeners to free) is left to the next full poll.
+    pub fn take_if_established(
+        &mut self,
+        sockets: &SocketSet<'static>,
+        handle: SocketHandle,
+    ) -> Option<SocketHandle> {
+        let socket = sockets.get::<tcp::Socket>(handle);
+        if matches!(
+            socket.state(),
+            tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed
+        ) {
+            return None;
+        }
+        let port = socket.local_endpoint()?.port;
+        let handles = self.by_port.get_mut(&port)?;
+        let at = handles.iter().position(|h| *h == handle)?;
+        handles.swap_remove(at);
+        Some(handle)
     }
 
     /// Takes out the sockets whose connection got past the handshake; puts sockets whose

@@ -4,7 +4,7 @@
 //! are matched to their socket by port.
 
 use super::stack::Pass;
-use super::{Inbound, Peer, PeerState, Source, MIN_RTO};
+use super::{Inbound, Peer, PeerState, Source};
 use crate::datagram::UdpPacket;
 use boringtun::noise::TunnResult;
 use smoltcp::iface::SocketHandle;
@@ -29,18 +29,22 @@ impl Peer {
         }
         st.stats.on_arrival += 1;
         match st.handle_datagram(self, src, datagram) {
+            // A UDP datagram, handed to its flow: nothing for the TCP/IP stack to do.
+            Arrival::Delivered => {}
             // A packet of an established connection: only that socket can have anything new
-            // to send. Like a stream's send, it arms no timer sooner than the minimum
-            // retransmission timeout (delayed ACKs wait as long), so the driver needs waking
-            // only if it sleeps longer than that, or to send the rest of a window that an ACK
-            // opened (one pass here sends one segment).
-            Some(Some(socket)) if st.nic.rx.len() == 1 => {
-                let more = st.run_stack(self, Pass::Received(socket));
-                if more || st.driver_wakes_at > Instant::now() + MIN_RTO {
+            // to send. The driver sends the rest of a window that an ACK opened (one pass here
+            // sends one segment).
+            Arrival::Stack(Some(socket)) if st.nic.rx.len() == 1 => {
+                if st.run_stack(self, Pass::Received(socket)) {
                     self.wake.notify_one();
+                } else {
+                    st.wake_driver_for(self, socket);
                 }
             }
-            // A handshake, a new connection, a packet for no connection: the whole stack.
+            // A TCP packet of no established connection (opening one, most often): the
+            // socket that takes it answers, no other socket is asked.
+            Arrival::Stack(None) if st.nic.rx.len() == 1 => st.run_handshake(self),
+            // A WireGuard handshake or keepalive, a packet behind others: the whole stack.
             _ => {
                 let delay = st.poll(self);
                 // The driver sleeps until the stack's next timer as it last saw it; wake it
@@ -63,6 +67,17 @@ impl Peer {
     }
 }
 
+/// What a datagram brought, as far as the TCP/IP stack is concerned.
+enum Arrival {
+    /// A TCP/IP packet, queued for the stack; the established connection it is for, if known.
+    Stack(Option<SocketHandle>),
+    /// A UDP datagram through the tunnel, delivered to its flow or dropped.
+    Delivered,
+    /// Anything else: a WireGuard handshake message or keepalive, a packet that did not
+    /// decrypt, or one the stack's full queue refused.
+    Other,
+}
+
 impl PeerState {
     pub(super) fn handle_inbound(&mut self, peer: &Peer, inbound: &Inbound) {
         for datagram in inbound.data.chunks(inbound.segment.max(1)) {
@@ -70,15 +85,9 @@ impl PeerState {
         }
     }
 
-    /// Decrypts one datagram; hands the IP packet to the stack or answers handshakes. Returns
-    /// whether an IP packet was queued for the stack, and if so the established connection it
-    /// is for, when it is for one.
-    fn handle_datagram(
-        &mut self,
-        peer: &Peer,
-        src: &Source,
-        datagram: &[u8],
-    ) -> Option<Option<SocketHandle>> {
+    /// Decrypts one datagram; hands the IP packet to the stack or a UDP datagram to its flow,
+    /// or answers handshakes.
+    fn handle_datagram(&mut self, peer: &Peer, src: &Source, datagram: &[u8]) -> Arrival {
         let kind = datagram.first().copied().unwrap_or(0);
         let Self { nic, decap, .. } = self;
         let mut tunnel_packet = None;
@@ -127,10 +136,12 @@ impl PeerState {
                 nic.send_datagram(d);
             }
         }
-        let len = tunnel_packet?;
+        let Some(len) = tunnel_packet else {
+            return Arrival::Other;
+        };
         if let Some(udp) = UdpPacket::parse(&self.decap[..len], peer.shared.address) {
             self.deliver_udp(peer, udp);
-            return None;
+            return Arrival::Delivered;
         }
         let segment = Segment::parse(&self.decap[..len], peer.shared.address);
         let mut connection = None;
@@ -144,7 +155,11 @@ impl PeerState {
                     .get((segment.local_port, segment.remote_port));
             }
         }
-        self.nic.push_rx(&self.decap[..len]).then_some(connection)
+        if self.nic.push_rx(&self.decap[..len]) {
+            Arrival::Stack(connection)
+        } else {
+            Arrival::Other
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! write), or the packets of one connection (a datagram handled on arrival); then handing
 //! established inbound connections to the acceptor and freeing sockets nobody owns.
 
-use super::{Peer, PeerState, MIN_RTO};
+use super::{Peer, PeerState};
 use crate::stream::TunnelStream;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -24,12 +24,16 @@ pub(super) enum Pass {
     Socket(SocketHandle),
     /// Received packets that all belong to one established connection, then its egress.
     Received(SocketHandle),
+    /// One received packet of no established connection (a SYN, a SYN-ACK, the last ACK of a
+    /// handshake, a reset), then the egress of the socket that took it, if one did.
+    Handshake,
 }
 
 impl PeerState {
     /// Runs the TCP/IP stack, then hands established connections to the acceptor and frees
     /// sockets nobody owns any more. Returns how long until the stack needs polling again.
     pub fn poll(&mut self, peer: &Arc<Peer>) -> Option<Duration> {
+        self.stats.full_polls += 1;
         let _ = self.run_stack(peer, Pass::Everything);
         self.listeners.end_batch();
         self.hand_over_accepted(peer);
@@ -45,14 +49,41 @@ impl PeerState {
     /// response leaves without waking the driver task (a thread hand-off per message). Only
     /// this socket's egress: the driver has already handed every received packet to the stack,
     /// and other sockets' ACKs and timers are the driver's (asking each of them costs a walk
-    /// over every connection per message). Sending data arms no timer sooner than the minimum
-    /// retransmission timeout, so the driver, which re-reads every timer when it wakes, needs
-    /// waking only when it sleeps longer than that.
+    /// over every connection per message).
     pub fn send_from_stream(&mut self, peer: &Arc<Peer>, handle: SocketHandle) {
         let _ = self.run_stack(peer, Pass::Socket(handle));
-        if self.driver_wakes_at > Instant::now() + MIN_RTO {
+        self.wake_driver_for(peer, handle);
+    }
+
+    /// Wakes the driver if the socket `handle`, just run on its own, needs polling before the
+    /// driver wakes by itself: the driver re-reads every timer when it wakes, and only this
+    /// socket's can have moved since. (A retransmission or a delayed ACK that it armed is
+    /// rarely sooner; waking the driver regardless cost a poll of every socket.)
+    pub(super) fn wake_driver_for(&mut self, peer: &Peer, handle: SocketHandle) {
+        let now = peer.shared.now();
+        let Some(at) = self.iface.socket_poll_at(now, &self.sockets, handle) else {
+            return;
+        };
+        let micros = u64::try_from(at.total_micros() - now.total_micros()).unwrap_or(0);
+        if Instant::now() + Duration::from_micros(micros) < self.driver_wakes_at {
             peer.wake.notify_one();
         }
+    }
+
+    /// Runs the one received packet of a connection being set up (see [`Pass::Handshake`]) on
+    /// the receiving task, then hands over a connection it established. A full poll here walked
+    /// every socket twice per connection (the SYN and the handshake's last ACK, on each side),
+    /// which made opening connections O(sockets): the bulk of the cost at 10,000 connections.
+    pub fn run_handshake(&mut self, peer: &Arc<Peer>) {
+        let _ = self.run_stack(peer, Pass::Handshake);
+        self.listeners.end_batch();
+        let Some(handle) = self.iface.last_tcp_socket() else {
+            return;
+        };
+        if let Some(established) = self.listeners.take_if_established(&self.sockets, handle) {
+            self.hand_over(peer, established);
+        }
+        self.wake_driver_for(peer, handle);
     }
 
     /// One pass of the stack, then more egress passes while full-size segments leave: smoltcp
@@ -87,6 +118,15 @@ impl PeerState {
                     iface.poll_egress_socket(now, nic, sockets, handle);
                     return; // one pass: the rest of an opened window is the driver's
                 }
+                Pass::Handshake => {
+                    while iface.poll_ingress_single(now, nic, sockets)
+                        != smoltcp::iface::PollIngressSingleResult::None
+                    {}
+                    if let Some(handle) = iface.last_tcp_socket() {
+                        iface.poll_egress_socket(now, nic, sockets, handle);
+                    }
+                    return;
+                }
                 Pass::Everything => {
                     iface.poll(now, nic, sockets);
                 }
@@ -120,21 +160,26 @@ impl PeerState {
             .listeners
             .take_established(&mut self.sockets, &peer.shared);
         for handle in established {
-            let socket = self.sockets.get::<tcp::Socket>(handle);
-            let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint())
-            else {
-                self.orphan(handle);
-                continue;
-            };
-            self.connections.add((local.port, remote.port), handle);
-            let stream = TunnelStream::new(peer.clone(), handle, v4(local), v4(remote));
-            if let Err(e) = peer.shared.accepted(stream) {
-                // No one to accept it: refuse the connection. The stream's Drop would take the
-                // lock we hold, so take the handle back out of it first.
-                let handle = e.into_handle();
-                self.sockets.get_mut::<tcp::Socket>(handle).abort();
-                self.orphan(handle);
-            }
+            self.hand_over(peer, handle);
+        }
+    }
+
+    /// Hands a connection that got past the handshake to the acceptor, as a stream.
+    fn hand_over(&mut self, peer: &Arc<Peer>, handle: SocketHandle) {
+        let socket = self.sockets.get::<tcp::Socket>(handle);
+        let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint())
+        else {
+            self.orphan(handle);
+            return;
+        };
+        self.connections.add((local.port, remote.port), handle);
+        let stream = TunnelStream::new(peer.clone(), handle, v4(local), v4(remote));
+        if let Err(e) = peer.shared.accepted(stream) {
+            // No one to accept it: refuse the connection. The stream's Drop would take the
+            // lock we hold, so take the handle back out of it first.
+            let handle = e.into_handle();
+            self.sockets.get_mut::<tcp::Socket>(handle).abort();
+            self.orphan(handle);
         }
     }
 }

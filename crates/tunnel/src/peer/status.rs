@@ -33,6 +33,10 @@ pub struct PeerStatus {
     /// Datagrams from this peer handled by the task that received them, without a hand-off
     /// to the peer's own task (the rest arrived in bursts or while the stack was busy).
     pub rx_on_arrival: u64,
+    /// Polls of the peer's whole TCP/IP stack, every socket asked: its own task's (timers,
+    /// bursts, handshakes of the tunnel) and a received packet's when it was not alone.
+    /// Opening or accepting a connection and carrying a message need none.
+    pub full_polls: u64,
     /// Slots of the peer's socket table: connections, listeners and free slots. It grows with
     /// a burst of connections and shrinks again within a second or so of their end.
     pub socket_slots: usize,
@@ -49,6 +53,8 @@ pub(super) struct RxStats {
     pub last_udp_rx: Option<Instant>,
     /// Datagrams handled by [`Peer::receive_now`].
     pub on_arrival: u64,
+    /// Polls of the whole stack ([`PeerState::poll`]).
+    pub full_polls: u64,
     /// UDP datagrams dropped on a full receive queue.
     pub udp_dropped: u64,
 }
@@ -71,6 +77,7 @@ impl Peer {
             tx_packets: st.nic.transmitted,
             tx_udp_sends: st.nic.udp_sends,
             rx_on_arrival: st.stats.on_arrival,
+            full_polls: st.stats.full_polls,
             socket_slots: st.sockets.slots(),
             udp_dropped: st.stats.udp_dropped,
         }
