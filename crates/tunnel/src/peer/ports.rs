@@ -6,6 +6,7 @@ use super::MAX_SOCKETS;
 use crate::device::Shared;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
+use smoltcp::wire::{IpAddress, IpEndpoint};
 use std::collections::{HashMap, HashSet};
 use std::io;
 
@@ -23,9 +24,17 @@ pub(super) struct Listeners {
 }
 
 impl Listeners {
-    /// Makes sure an incoming SYN for a served port finds a listening socket. smoltcp has no
-    /// listen backlog, so we add one listener per SYN seen in this batch.
-    pub fn prepare(&mut self, sockets: &mut SocketSet<'static>, shared: &Shared, port: u16) {
+    /// Makes sure an incoming SYN for a served port, from `remote`, finds a listening socket.
+    /// smoltcp has no listen backlog, so we add one listener per SYN seen in this batch, and
+    /// tell the stack which one the SYN is for (the n-th idle one for the n-th SYN of a batch),
+    /// so that it is not looked for among every socket.
+    pub fn prepare(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        shared: &Shared,
+        port: u16,
+        remote: IpEndpoint,
+    ) {
         if !shared.listening(port) {
             return;
         }
@@ -33,19 +42,25 @@ impl Listeners {
         *seen += 1;
         let wanted = *seen;
         let handles = self.by_port.entry(port).or_default();
-        // Counting stops at `wanted`: during a burst most of them are mid-handshake.
-        let idle = handles
+        // The search stops at the `wanted`-th: during a burst most are mid-handshake.
+        let mut idle = handles
             .iter()
-            .filter(|h| sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
-            .take(wanted)
-            .count();
-        if idle >= wanted || sockets.len() >= MAX_SOCKETS {
-            return;
-        }
-        let mut socket = shared.new_socket();
-        if socket.listen(port).is_ok() {
-            handles.push(sockets.add(socket));
-        }
+            .filter(|h| sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen);
+        let listener = match idle.nth(wanted - 1) {
+            Some(&handle) => handle,
+            None if sockets.len() >= MAX_SOCKETS => return,
+            None => {
+                let mut socket = shared.new_socket();
+                if socket.listen(port).is_err() {
+                    return;
+                }
+                let handle = sockets.add(socket);
+                handles.push(handle);
+                handle
+            }
+        };
+        let local = IpEndpoint::new(IpAddress::Ipv4(shared.address), port);
+        sockets.hint_tcp(local, remote, listener);
     }
 
     /// Ends a batch of received packets (the stack has seen its SYNs).

@@ -8,6 +8,7 @@ use super::{Inbound, Peer, PeerState, Source};
 use crate::datagram::UdpPacket;
 use boringtun::noise::TunnResult;
 use smoltcp::iface::SocketHandle;
+use smoltcp::wire::{IpAddress, IpEndpoint};
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, TryLockError};
@@ -147,8 +148,10 @@ impl PeerState {
         let mut connection = None;
         if let Some(segment) = segment {
             if segment.opens() {
+                // Only packets from the peer's own address get here (`tunnel_packet`).
+                let remote = IpEndpoint::new(IpAddress::Ipv4(peer.allowed_ip), segment.remote_port);
                 self.listeners
-                    .prepare(&mut self.sockets, &peer.shared, segment.local_port);
+                    .prepare(&mut self.sockets, &peer.shared, segment.local_port, remote);
             } else if !segment.is_syn() {
                 connection = self
                     .connections

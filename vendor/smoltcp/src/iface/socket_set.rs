@@ -225,6 +225,33 @@ impl<'a> SocketSet<'a> {
         self.tcp_hints.insert(tuple, handle);
     }
 
+    /// kakuremichi patch: names the socket that is to take the segments of a TCP connection
+    /// before any has arrived: the listening socket meant for a SYN. Without it a SYN found its
+    /// listener by asking every socket in turn, O(sockets) per new connection. Only a hint, as
+    /// those the set learns itself: a socket that does not accept the segment is passed over.
+    /// A hint naming a socket that already holds this connection is kept (a SYN sent again
+    /// belongs to it, not to a fresh listener).
+    #[cfg(all(feature = "alloc", feature = "socket-tcp"))]
+    pub fn hint_tcp(
+        &mut self,
+        local: crate::wire::IpEndpoint,
+        remote: crate::wire::IpEndpoint,
+        handle: SocketHandle,
+    ) {
+        let tuple = (local, remote);
+        let holds = |item: &Item<'_>| {
+            crate::socket::tcp::Socket::downcast(&item.socket).is_some_and(|s| {
+                s.local_endpoint() == Some(local) && s.remote_endpoint() == Some(remote)
+            })
+        };
+        if let Some(&current) = self.tcp_hints.get(&tuple) {
+            if self.item(current).is_some_and(holds) {
+                return;
+            }
+        }
+        self.set_tcp_hint(tuple, handle);
+    }
+
     #[cfg(all(test, feature = "alloc", feature = "socket-tcp"))]
     pub(crate) fn tcp_hints_len(&self) -> usize {
         self.tcp_hints.len()

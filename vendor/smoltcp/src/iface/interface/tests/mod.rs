@@ -375,6 +375,22 @@ fn test_tcp_segment_finds_its_socket_through_a_hint() {
     assert_eq!(syn(&mut iface, &mut sockets, 4002, 82), None);
     assert_eq!(state(&sockets, c), tcp::State::SynReceived);
     assert_eq!(sockets.tcp_hint(&tuple(82, 4002)), Some(c));
+
+    // A hint given before the first segment (`hint_tcp`): of two sockets listening on 83, the
+    // SYN goes to the one named, though the scan would have found the other first.
+    let first = sockets.add(listener(83));
+    let named = sockets.add(listener(83));
+    let (local, remote) = tuple(83, 4003);
+    sockets.hint_tcp(local, remote, named);
+    assert_eq!(syn(&mut iface, &mut sockets, 4003, 83), None);
+    assert_eq!(state(&sockets, named), tcp::State::SynReceived);
+    assert_eq!(state(&sockets, first), tcp::State::Listen);
+    // The SYN sent again goes to the socket that holds its connection, not to a listener
+    // named for it.
+    sockets.hint_tcp(local, remote, first);
+    assert_eq!(sockets.tcp_hint(&tuple(83, 4003)), Some(named));
+    assert_eq!(syn(&mut iface, &mut sockets, 4003, 83), None);
+    assert_eq!(state(&sockets, first), tcp::State::Listen);
 }
 
 // kakuremichi patch regression test: after the ingress of one packet, `last_tcp_socket` names
