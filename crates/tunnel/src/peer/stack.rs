@@ -111,21 +111,18 @@ impl PeerState {
             let start = nic.transmitted;
             let mut full = nic.transmitted_full;
             match pass {
-                Pass::Received(handle) => {
+                Pass::Received(_) | Pass::Handshake => {
                     while iface.poll_ingress_single(now, nic, sockets)
                         != smoltcp::iface::PollIngressSingleResult::None
                     {}
-                    iface.poll_egress_socket(now, nic, sockets, handle);
-                    return; // one pass: the rest of an opened window is the driver's
-                }
-                Pass::Handshake => {
-                    while iface.poll_ingress_single(now, nic, sockets)
-                        != smoltcp::iface::PollIngressSingleResult::None
-                    {}
-                    if let Some(handle) = iface.last_tcp_socket() {
+                    let handle = match pass {
+                        Pass::Received(handle) => Some(handle),
+                        _ => iface.last_tcp_socket(),
+                    };
+                    if let Some(handle) = handle {
                         iface.poll_egress_socket(now, nic, sockets, handle);
                     }
-                    return;
+                    return; // one pass: the rest of an opened window is the driver's
                 }
                 Pass::Everything => {
                     iface.poll(now, nic, sockets);
