@@ -8,7 +8,7 @@
 //! Layout:
 //! - [`routes`]: the hostname → route table, swapped atomically on each config snapshot.
 //! - `balance`: spreads requests over a tunnel's replicas and skips Agents that fail.
-//! - `connector`: adapts a [`Dialer`] into a pooled hyper client connector.
+//! - `upstream`: upstream connections, driven by the request's own task, and their pools.
 //! - `headers`: host normalisation, hop-by-hop stripping, `X-Forwarded-*` / `Forwarded`.
 //! - `forward`: the per-request handler, including HTTP/1.1 upgrades (WebSocket).
 //! - `pages`: the small error pages the proxy answers itself.
@@ -26,7 +26,6 @@ pub mod access;
 mod admin;
 pub(crate) mod balance;
 mod client_cap;
-mod connector;
 pub mod custom_pages;
 mod forward;
 mod headers;
@@ -39,6 +38,7 @@ pub mod routes;
 mod server;
 mod tcp_access;
 mod timeouts;
+mod upstream;
 
 /// The WebSocket of `tcp` tunnels with access control, for `kakuremichi access tcp`.
 pub use tcp_access::{bridge as bridge_websocket, TCP_PATH};
@@ -49,8 +49,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use routes::RouteTable;
@@ -146,17 +144,13 @@ impl Scheme {
     }
 }
 
-/// How long pooled upstream connections may sit idle. Agents see every Gateway connection as a
-/// tunnel stream, so idle ones are not free for them either.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The proxy's shared state: routes, the pooled upstream client and limits. One per Gateway,
+/// The proxy's shared state: routes, the upstream connection pool and limits. One per Gateway,
 /// shared by its HTTP and HTTPS listeners.
 pub struct Proxy {
     routes: Arc<RouteTable>,
     certs: Arc<CertStore>,
     access: Arc<access::AccessGate>,
-    client: Client<connector::DialConnector, forward::UpstreamBody>,
+    upstreams: Arc<upstream::UpstreamPool>,
     balancer: balance::Balancer,
     /// Shared by the HTTP and HTTPS listeners: a client's connections count once across both.
     client_cap: Arc<client_cap::ClientCap>,
@@ -173,19 +167,15 @@ impl Proxy {
             config.max_connections,
         );
         let passthrough = Arc::new(crate::streams::Passthrough::new(Arc::new(splicer)));
-        let connector = connector::DialConnector::new(dialer, config.connect_timeout);
-        // The pool is keyed by scheme+authority, i.e. by (agent address, port): keep-alive
-        // connections are reused per tunnel target.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
+        // Keep-alive connections are kept per tunnel target (Agent address and port); as many
+        // idle ones as a listener may have client connections.
+        let upstreams =
+            upstream::UpstreamPool::new(dialer, config.connect_timeout, config.max_connections);
         Arc::new(Self {
             routes,
             certs: Arc::new(CertStore::new()),
             access: Arc::new(access::AccessGate::default()),
-            client,
+            upstreams,
             balancer: balance::Balancer::new(),
             client_cap: client_cap::ClientCap::new(config.max_connections_per_ip),
             passthrough,

@@ -1,19 +1,20 @@
-//! Forwarding one client request: route lookup, the upstream request through the pooled tunnel
-//! client, and for HTTP/1.1 WebSocket upgrades the byte splice once both sides have switched
-//! protocols. Bodies are passed through as hyper streams, so nothing is buffered whole; a request
+//! Forwarding one client request: route lookup, the upstream request over a tunnel connection
+//! (see `upstream`), and for HTTP/1.1 WebSocket upgrades the byte splice once both sides have
+//! switched protocols. Bodies are passed through as hyper streams, so nothing is buffered whole; a request
 //! body that stalls is cut (408), and so is a spliced connection that carries nothing.
 
 use std::error::Error as StdError;
 
 use bytes::Bytes;
 use http::header::UPGRADE;
+use http::uri::PathAndQuery;
 use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use kakuremichi_proto::GatewayRoute;
-use std::net::Ipv4Addr;
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,13 +26,14 @@ use super::pages;
 use super::redirect;
 use super::reqlog;
 use super::server::{ClientConn, ConnGuard};
-use super::timeouts::{BodyError, IdleIo, RequestBody};
+use super::timeouts::{Abandoned, BodyError, IdleIo, RequestBody};
+use super::upstream::ResponseBody;
 use super::{Proxy, Scheme};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Either the origin's streamed body (holding the tunnel's concurrency permit, if it has a cap)
 /// or a page the proxy wrote itself.
-pub(crate) type ProxyBody = Either<Counted<Incoming>, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<Counted<ResponseBody>, Full<Bytes>>;
 
 /// The client's streamed body, or nothing: a request known to have no body can be sent again to
 /// another replica when a connect fails.
@@ -39,10 +41,10 @@ pub(crate) type UpstreamBody = Either<RequestBody, Empty<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 enum ForwardError {
-    #[error("cannot build upstream uri: {0}")]
-    Uri(#[from] http::Error),
+    #[error("cannot reach the Agent: {0}")]
+    Dial(std::io::Error),
     #[error("{}", chain(.0))]
-    Upstream(#[from] hyper_util::client::legacy::Error),
+    Upstream(#[from] hyper::Error),
     #[error("the route lists no Agent to send to")]
     NoTarget,
     #[error("origin answered 101 Switching Protocols to a request that did not ask to upgrade")]
@@ -55,18 +57,10 @@ impl ForwardError {
     /// How the request failed toward the Agent, for the tunnel's metrics.
     fn kind(&self) -> UpstreamError {
         match self {
-            ForwardError::Upstream(err) if err.is_connect() => {
-                let timed_out = std::iter::successors(err.source(), |e| (*e).source()).any(|e| {
-                    e.downcast_ref::<std::io::Error>()
-                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                });
-                if timed_out {
-                    UpstreamError::Timeout
-                } else {
-                    UpstreamError::Connect
-                }
+            ForwardError::Dial(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+                UpstreamError::Timeout
             }
-            ForwardError::NoTarget => UpstreamError::Connect,
+            ForwardError::Dial(_) | ForwardError::NoTarget => UpstreamError::Connect,
             _ => UpstreamError::Reset,
         }
     }
@@ -226,6 +220,13 @@ impl Proxy {
                 tracing::debug!(host = %host.name, error = %chain(&err), "request body stalled");
                 local(pages::request_timeout())
             }
+            // Not the Agent's failure: the client reset the request or went away mid-body.
+            Err(ForwardError::Upstream(err)) if BodyError::is_client(&err) => {
+                tracing::debug!(host = %host.name, error = %chain(&err), "client abandoned its request");
+                let mut page = local(pages::bad_request());
+                page.extensions_mut().insert(Abandoned);
+                page
+            }
             Err(err) => {
                 tracing::warn!(host = %host.name, error = %err, "upstream request failed");
                 count(&|s| s.upstream_error(err.kind()));
@@ -264,12 +265,15 @@ impl Proxy {
             upgrade,
         );
 
+        origin_form(&mut parts.uri);
+        let upgrading = client_upgrade.is_some();
         let mut response = if route.replicas.is_empty() {
-            parts.uri = upstream_uri(route.agent_address, route.port, &parts.uri)?;
+            let target = SocketAddrV4::new(route.agent_address, route.port);
             let request = Request::from_parts(parts, Either::Left(body));
-            self.client.request(request).await?
+            self.exchange(&conn, target, request, upgrading).await?
         } else {
-            self.send_to_replicas(route, parts, body).await?
+            self.send_to_replicas(&conn, route, parts, body, upgrading)
+                .await?
         };
 
         let mut switched_to = None;
@@ -297,36 +301,61 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// Sends `request` to `target` over a connection of the client connection's, the shared
+    /// pool's or a new one (see `upstream`). An upgrade's connection runs as a task of its own.
+    async fn exchange(
+        &self,
+        conn: &ClientConn,
+        target: SocketAddrV4,
+        request: Request<UpstreamBody>,
+        upgrade: bool,
+    ) -> Result<Response<ResponseBody>, ForwardError> {
+        let mut upstream = self
+            .upstreams
+            .lease(&conn.upstream, target)
+            .await
+            .map_err(ForwardError::Dial)?;
+        if upgrade {
+            let response = upstream.send_upgrade(request).await?;
+            return Ok(response.map(ResponseBody::detached));
+        }
+        let response = upstream.send(request).await?;
+        let home = conn.upstream.clone();
+        Ok(response.map(|body| ResponseBody::leased(body, upstream, home)))
+    }
+
     /// Sends a request of a tunnel with replicas, in the balancer's order. A failed connect marks
     /// that Agent down and, when the request has no body (so nothing was consumed), moves on to
     /// the next Agent; any other error ends the request as usual.
     async fn send_to_replicas(
         &self,
+        conn: &ClientConn,
         route: &GatewayRoute,
         parts: http::request::Parts,
         body: RequestBody,
-    ) -> Result<Response<Incoming>, ForwardError> {
+        upgrade: bool,
+    ) -> Result<Response<ResponseBody>, ForwardError> {
         let order = self.balancer.order(route.tunnel_id, route.replicas.clone());
         let retryable = body.is_end_stream();
         let mut body = Some(body);
         let last = order.len().saturating_sub(1);
         for (i, target) in order.iter().enumerate() {
-            let uri = upstream_uri(target.agent_address, target.port, &parts.uri)?;
             let upstream_body = match body.take() {
                 Some(b) if !retryable => Either::Left(b),
                 _ => Either::Right(Empty::new()),
             };
             let mut request = Request::new(upstream_body);
             *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri;
+            *request.uri_mut() = parts.uri.clone();
             *request.version_mut() = parts.version;
             *request.headers_mut() = parts.headers.clone();
-            match self.client.request(request).await {
+            let addr = SocketAddrV4::new(target.agent_address, target.port);
+            match self.exchange(conn, addr, request, upgrade).await {
                 Ok(response) => {
                     self.balancer.succeeded(target.agent_id);
                     return Ok(response);
                 }
-                Err(e) if e.is_connect() => {
+                Err(ForwardError::Dial(e)) => {
                     let skip = self.balancer.failed(target.agent_id);
                     let retry = retryable && i < last;
                     tracing::warn!(
@@ -337,24 +366,27 @@ impl Proxy {
                         if retry { ", trying the next one" } else { "" }
                     );
                     if !retry {
-                        return Err(e.into());
+                        return Err(ForwardError::Dial(e));
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         Err(ForwardError::NoTarget)
     }
 }
 
-/// `http://<agent_address>:<port><path?query>`: the pool key is the tunnel target.
-fn upstream_uri(agent_address: Ipv4Addr, port: u16, uri: &Uri) -> Result<Uri, http::Error> {
-    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::builder()
-        .scheme("http")
-        .authority(format!("{agent_address}:{port}"))
-        .path_and_query(path_and_query)
-        .build()
+/// Makes `uri` the `/path?query` an HTTP/1.1 origin expects; an HTTP/2 client's request (and an
+/// HTTP/1.1 one in absolute form) names the scheme and host, which `Host` carries instead.
+fn origin_form(uri: &mut Uri) {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return;
+    }
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *uri = Uri::from(path_and_query);
 }
 
 /// Copies bytes both ways between the upgraded client and origin connections until either side
@@ -391,7 +423,7 @@ pub(crate) fn local(page: Response<Full<Bytes>>) -> Response<ProxyBody> {
     page.map(Either::Right)
 }
 
-/// An error and its sources on one line: hyper-util's own message ("client error (Connect)")
+/// An error and its sources on one line: hyper's own message ("error from user's Body stream")
 /// says little without the cause.
 fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut text = err.to_string();
@@ -407,35 +439,20 @@ fn chain(err: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     #[test]
-    fn upstream_uri_targets_the_agent() {
-        let route = GatewayRoute {
-            tunnel_id: 1,
-            agent_id: 2,
-            agent_address: Ipv4Addr::new(10, 77, 0, 3),
-            port: 10007,
-            https_redirect: false,
-            hsts_max_age: 0,
-            replicas: Vec::new(),
-            access: Default::default(),
-            limits: Default::default(),
-            plain_http_only: false,
-            tcp_access: false,
-            basic_auth: None,
-            log_requests: false,
-            error_page: None,
-        };
-        let uri: Uri = "/a/b?c=d".parse().unwrap();
-        assert_eq!(
-            upstream_uri(route.agent_address, route.port, &uri).unwrap(),
-            "http://10.77.0.3:10007/a/b?c=d"
-        );
-        let uri: Uri = "https://example.com".parse().unwrap();
-        assert_eq!(
-            upstream_uri(route.agent_address, route.port, &uri).unwrap(),
-            "http://10.77.0.3:10007/"
-        );
+    fn origin_form_keeps_only_the_path_and_query() {
+        let cases = [
+            ("/a/b?c=d", "/a/b?c=d"),
+            ("https://example.com", "/"),
+            ("https://example.com/x?y", "/x?y"),
+            ("http://example.com:8080/", "/"),
+            ("*", "*"),
+        ];
+        for (given, sent) in cases {
+            let mut uri: Uri = given.parse().unwrap();
+            origin_form(&mut uri);
+            assert_eq!(uri, sent, "{given}");
+        }
     }
 }

@@ -26,7 +26,7 @@ use super::client_cap::{ClientCap, ClientPermit};
 use super::forward::ProxyBody;
 use super::metrics::Handshake;
 use super::metrics::Sources;
-use super::timeouts::{Activity, Tracked};
+use super::timeouts::{Abandoned, Activity, Tracked};
 use super::{Proxy, RouteTable, Scheme};
 use crate::streams::sni::{read_client_hello, Prefixed};
 use crate::tls::{ACME_TLS_ALPN, WG_TLS_ALPN};
@@ -270,6 +270,8 @@ pub(crate) struct ClientConn {
     pub(crate) peer: SocketAddr,
     pub(crate) scheme: Scheme,
     pub(crate) guard: ConnGuard,
+    /// The upstream connection its last request used, for its next one.
+    pub(crate) upstream: Arc<super::upstream::ConnUpstream>,
 }
 
 async fn accept_loop(
@@ -451,6 +453,7 @@ where
         peer,
         scheme: site.scheme,
         guard: guard.clone(),
+        upstream: Arc::default(),
     };
     let service = ConnService {
         site,
@@ -515,13 +518,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             Some(proxy) => {
                 let (proxy, conn) = (proxy.clone(), self.conn.clone());
                 Box::pin(async move {
-                    let response = proxy.handle(req, conn).await;
-                    Ok(response.map(|body| Tracked::new(body, in_flight)))
+                    let mut response = proxy.handle(req, conn).await;
+                    let abandoned = response.extensions_mut().remove::<Abandoned>().is_some();
+                    Ok(response.map(|body| Tracked::new(body, in_flight, !abandoned)))
                 })
             }
             None => {
                 let response =
-                    admin(&req, &self.site.sources).map(|body| Tracked::new(body, in_flight));
+                    admin(&req, &self.site.sources).map(|body| Tracked::new(body, in_flight, true));
                 Box::pin(std::future::ready(Ok(response)))
             }
         }

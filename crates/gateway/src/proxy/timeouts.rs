@@ -138,9 +138,15 @@ pub(crate) struct Tracked<B> {
     _in_flight: InFlight,
 }
 
+/// Marks a response to a request its client abandoned (see [`BodyError::is_client`]): nobody
+/// will read it, so its connection counts the request as cancelled.
+#[derive(Clone, Copy)]
+pub(crate) struct Abandoned;
+
 impl<B> Tracked<B> {
-    pub(crate) fn new(inner: B, mut in_flight: InFlight) -> Self {
-        in_flight.responded = true;
+    /// `response` is false for a request the client abandoned, which counts as cancelled.
+    pub(crate) fn new(inner: B, mut in_flight: InFlight, response: bool) -> Self {
+        in_flight.responded = response;
         Self {
             inner,
             _in_flight: in_flight,
@@ -180,14 +186,17 @@ pub(crate) enum BodyError {
 impl BodyError {
     /// Whether `err` (or one of its causes) is a body the client stopped sending.
     pub(crate) fn is_idle(err: &(dyn StdError + 'static)) -> bool {
-        let mut current = Some(err);
-        while let Some(err) = current {
-            if matches!(err.downcast_ref::<BodyError>(), Some(BodyError::Idle(_))) {
-                return true;
-            }
-            current = err.source();
-        }
-        false
+        matches!(Self::within(err), Some(BodyError::Idle(_)))
+    }
+
+    /// Whether `err` (or one of its causes) is a body the client broke off: it reset the
+    /// request (HTTP/2) or closed its connection in the middle of it.
+    pub(crate) fn is_client(err: &(dyn StdError + 'static)) -> bool {
+        matches!(Self::within(err), Some(BodyError::Client(_)))
+    }
+
+    fn within<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a BodyError> {
+        std::iter::successors(Some(err), |e| (*e).source()).find_map(|e| e.downcast_ref())
     }
 }
 

@@ -51,11 +51,11 @@ impl Origin {
             upload_started: state.upload_started.clone(),
         };
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, peer)) = listener.accept().await {
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(state, req).await) }
+                    async move { Ok::<_, Infallible>(route(state, peer, req).await) }
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
@@ -68,9 +68,9 @@ impl Origin {
     }
 }
 
-async fn route(state: OriginState, req: Request<Incoming>) -> Response<Body> {
+async fn route(state: OriginState, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/echo" => echo(state.name, &req),
+        "/echo" => echo(state.name, peer, &req),
         "/bytes" => download(query_n(&req)),
         "/upload" => upload(state, req).await,
         "/sse" => sse(state),
@@ -86,9 +86,10 @@ async fn route(state: OriginState, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// `origin <name>`, `method <m>`, `path <p>`, then `header <name>: <value>` lines.
-fn echo(name: &str, req: &Request<Incoming>) -> Response<Body> {
+/// `peer` is the connection the request came over (the Gateway's upstream connection).
+fn echo(name: &str, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
     let mut text = format!(
-        "origin {name}\nmethod {}\npath {}\n",
+        "origin {name}\npeer {peer}\nmethod {}\npath {}\n",
         req.method(),
         req.uri()
     );

@@ -45,7 +45,7 @@ pub async fn setup(config: ProxyConfig) -> Setup {
     Setup { dialer, gw, a, b }
 }
 
-/// The origin's `/echo` answer: `origin`, `method`, `path` and `header` lines.
+/// The origin's `/echo` answer: `origin`, `peer`, `method`, `path` and `header` lines.
 pub struct Echo(pub String);
 
 impl Echo {
