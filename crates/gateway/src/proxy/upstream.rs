@@ -247,13 +247,9 @@ impl UpstreamPool {
         let mut closed = Vec::new();
         let mut idle = self.idle();
         idle.by_target.retain(|_, parked| {
-            for mut upstream in std::mem::take(parked) {
-                if upstream.parked_at.elapsed() < IDLE_TIMEOUT && upstream.ready_now() {
-                    parked.push(upstream);
-                } else {
-                    closed.push(upstream);
-                }
-            }
+            closed.extend(parked.extract_if(.., |upstream| {
+                upstream.parked_at.elapsed() >= IDLE_TIMEOUT || !upstream.ready_now()
+            }));
             !parked.is_empty()
         });
         let active = !idle.by_target.is_empty();
