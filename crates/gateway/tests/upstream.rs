@@ -10,6 +10,7 @@ mod origin;
 mod support;
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use kakuremichi_gateway::proxy::ProxyConfig;
@@ -54,6 +55,37 @@ async fn each_client_connection_keeps_its_own_upstream_connection() {
     );
     assert!(first.is_disjoint(second), "two clients shared {first:?}");
     assert_eq!(s.dialer.dials(), 2);
+}
+
+#[tokio::test]
+async fn a_quiet_client_connection_leaves_its_upstream_connection_to_others() {
+    let s = setup(ProxyConfig::default()).await;
+    let url = s.gw.url("a.test", "/echo");
+    // Every client stays connected. Were a client connection to keep its upstream connection
+    // until it closes, each new one would dial.
+    let mut clients = vec![s.gw.client()];
+    assert_eq!(get(&clients[0], &url).await.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dials = s.dialer.dials();
+        let client = s.gw.client();
+        assert_eq!(get(&client, &url).await.status(), StatusCode::OK);
+        clients.push(client);
+        if s.dialer.dials() == dials {
+            break; // an idle client's connection served it
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} clients, {} dials: no quiet client connection gave its upstream connection up",
+            clients.len(),
+            s.dialer.dials()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The clients whose connection went on serve on: from the shared pool, or a new dial.
+    for client in &clients {
+        assert_eq!(get(client, &url).await.status(), StatusCode::OK);
+    }
 }
 
 #[tokio::test]

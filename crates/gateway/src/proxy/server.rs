@@ -449,11 +449,12 @@ where
     let builder = site.builder.clone();
     let limits = site.limits;
     let activity = Activity::new();
+    let home = Arc::<super::upstream::ConnUpstream>::default();
     let conn = ClientConn {
         peer,
         scheme: site.scheme,
         guard: guard.clone(),
-        upstream: Arc::default(),
+        upstream: home.clone(),
     };
     let service = ConnService {
         site,
@@ -461,7 +462,14 @@ where
         activity: activity.clone(),
     };
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
-    let idle = activity.expired(limits.header_read_timeout, limits.idle_timeout);
+    // A client connection keeps its upstream connection between requests only while it is
+    // busy: once it has been quiet for a moment, other client connections may use it.
+    let idle = activity.expired(
+        limits.header_read_timeout,
+        limits.idle_timeout,
+        super::upstream::HOLD,
+        move || home.release(),
+    );
     let grace = tokio::select! {
         result = conn.as_mut() => return log_connection_end(result, peer),
         () = guard.draining() => None,

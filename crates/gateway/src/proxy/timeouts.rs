@@ -79,9 +79,20 @@ impl Activity {
     }
 
     /// Resolves once the connection is due to close: no request yet after `first_request`, no
-    /// request in flight for `idle`, or too many requests cancelled.
-    pub(crate) async fn expired(&self, first_request: Duration, idle: Duration) {
+    /// request in flight for `idle`, or too many requests cancelled. Meanwhile, once in each
+    /// stretch without a request in flight, `on_quiet` runs after `quiet` of it (if that comes
+    /// before the close): what the connection keeps for its next request can go where others
+    /// use it.
+    pub(crate) async fn expired(
+        &self,
+        first_request: Duration,
+        idle: Duration,
+        quiet: Duration,
+        mut on_quiet: impl FnMut(),
+    ) {
         let mut rx = self.state.subscribe();
+        // The stretch (by its start) `on_quiet` last ran in.
+        let mut quieted = None;
         loop {
             let state = *rx.borrow_and_update();
             if state.cancelled > MAX_CANCELLED && state.cancelled * 2 > state.requests {
@@ -102,8 +113,18 @@ impl Activity {
             } else {
                 idle
             };
+            let close_at = state.idle_since + limit;
+            let quiet_at = Some(state.idle_since + quiet).filter(|at| {
+                state.requests > 0 && quieted != Some(state.idle_since) && *at < close_at
+            });
             tokio::select! {
-                () = tokio::time::sleep_until(state.idle_since + limit) => return,
+                () = tokio::time::sleep_until(quiet_at.unwrap_or(close_at)) => {
+                    if quiet_at.is_none() {
+                        return;
+                    }
+                    quieted = Some(state.idle_since);
+                    on_quiet();
+                }
                 changed = rx.changed() => if changed.is_err() {
                     return std::future::pending().await;
                 },
@@ -373,3 +394,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;

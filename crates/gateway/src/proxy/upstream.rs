@@ -8,7 +8,9 @@
 //!
 //! Where idle connections wait:
 //! - [`ConnUpstream`]: a client connection's own slot. The next request of an HTTP/1.1 client
-//!   finds the connection its last one used, behind a lock no other client touches.
+//!   finds the connection its last one used, behind a lock no other client touches. A client
+//!   connection quiet for [`HOLD`] gives it to the shared pool: an idle keep-alive client does
+//!   not hold a tunnel stream (and the Agent's connection to the app) for itself.
 //! - [`UpstreamPool`]: idle connections per Agent target, shared by every client connection:
 //!   what a client connection held when it closed, and what concurrent HTTP/2 streams give
 //!   back. At most `max_idle_per_target` of them per target; those idle for
@@ -38,6 +40,11 @@ use super::{BoxStream, Dialer};
 /// How long an upstream connection may sit idle in the shared pool. Agents see every Gateway
 /// connection as a tunnel stream, so idle ones are not free for them either.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a client connection with no request in flight keeps its upstream connection for its
+/// next request, before giving it to the shared pool. A browser's requests for one page come
+/// closer together than this; a keep-alive connection left open between pages does not.
+pub(crate) const HOLD: Duration = Duration::from_secs(1);
 
 /// How often the shared pool is swept of expired and closed connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -100,6 +107,13 @@ impl Upstream {
             response.as_mut().poll(cx)
         })
         .await
+    }
+
+    /// Keeps it in the shared pool it came from, for any client connection's next request.
+    fn to_pool(self: Box<Self>) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.park(self);
+        }
     }
 
     /// Hands the connection to a task of its own, which serves `request` and then, if the
@@ -312,20 +326,21 @@ impl ConnUpstream {
             return;
         }
         drop(slot);
-        if let Some(pool) = upstream.pool.upgrade() {
-            pool.park(upstream);
+        upstream.to_pool();
+    }
+
+    /// Gives the connection it keeps, if any, to the shared pool.
+    pub(crate) fn release(&self) {
+        let upstream = self.slot().take();
+        if let Some(upstream) = upstream {
+            upstream.to_pool();
         }
     }
 }
 
 impl Drop for ConnUpstream {
     fn drop(&mut self) {
-        let slot = self.slot.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some(upstream) = slot.take() {
-            if let Some(pool) = upstream.pool.upgrade() {
-                pool.park(upstream);
-            }
-        }
+        self.release();
     }
 }
 

@@ -161,3 +161,28 @@ async fn the_sweep_drops_expired_connections_and_those_the_origin_closed() {
     exchange(&pool, &home, target(1)).await;
     assert_eq!(dialer.dials.load(Ordering::SeqCst), 4);
 }
+
+#[tokio::test]
+async fn a_released_connection_serves_the_next_client_connection() {
+    let (origin, _close) = origin().await;
+    let (pool, dialer) = pool(origin, 8);
+    let quiet = Arc::new(ConnUpstream::default());
+    exchange(&pool, &quiet, target(1)).await;
+    quiet.release();
+    assert_eq!(pool.parked(), 1);
+    assert!(
+        quiet.take(target(1)).is_none(),
+        "it left the client connection"
+    );
+    quiet.release(); // with nothing left to give, nothing happens
+    assert_eq!(pool.parked(), 1);
+
+    let other = Arc::new(ConnUpstream::default());
+    exchange(&pool, &other, target(1)).await;
+    assert_eq!(
+        dialer.dials.load(Ordering::SeqCst),
+        1,
+        "the released one was used"
+    );
+    assert_eq!(pool.parked(), 0);
+}
