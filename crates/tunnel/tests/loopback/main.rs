@@ -1,12 +1,15 @@
 //! Two devices on loopback: dial, accept, transfer, refuse, remove a peer; UDP datagrams (a
 //! bound port answers flows from fresh ports, each flow gets only its own replies, a rebinding
-//! takes a port over, oversize datagrams are refused); which messages poll the whole stack.
+//! takes a port over, oversize datagrams are refused); how packets leave and arrive
+//! ([`egress`]).
+
+mod egress;
 
 use kakuremichi_testkit::eventually;
 use kakuremichi_tunnel::{Acceptor, Device, DeviceConfig, PeerConfig, PrivateKey, MAX_UDP_PAYLOAD};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 const GW: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -226,157 +229,6 @@ async fn the_socket_table_shrinks_after_a_burst_of_connections() {
         now.0 <= 16 && now.1 <= 16
     })
     .await;
-}
-
-/// One stream's window leaves in bursts: many packets per UDP send (GSO), not one send (and one
-/// wake-up of the peer's task) per packet, which cost a single stream 90% of its throughput.
-#[tokio::test]
-async fn a_bulk_stream_sends_its_packets_in_batches() {
-    let (gw, _ag, mut acceptor) = pair().await;
-    const BYTES: usize = 16 << 20;
-    let sink = tokio::spawn(async move {
-        let mut s = acceptor.accept().await.unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0;
-        loop {
-            match s.read(&mut buf).await.unwrap() {
-                0 => return total,
-                n => total += n,
-            }
-        }
-    });
-    let mut c = dial(&gw).await;
-    let before = gw.peers()[0].clone();
-    let data = vec![7u8; BYTES];
-    timeout(Duration::from_secs(60), async {
-        c.write_all(&data).await.unwrap();
-        c.shutdown().await.unwrap();
-    })
-    .await
-    .expect("upload finishes");
-    assert_eq!(timeout(DEADLINE, sink).await.unwrap().unwrap(), BYTES);
-    let after = gw.peers()[0].clone();
-    let packets = after.tx_packets - before.tx_packets;
-    let sends = after.tx_udp_sends - before.tx_udp_sends;
-    assert!(packets as usize >= BYTES / 1420, "{packets} packets sent");
-    let per_send = packets as f64 / sends.max(1) as f64;
-    eprintln!("{packets} packets in {sends} UDP sends: {per_send:.1} per send");
-    assert!(
-        per_send >= 4.0,
-        "{packets} packets took {sends} UDP sends ({per_send:.1} per send): not batched"
-    );
-}
-
-// Requests and responses one at a time, as over a keep-alive HTTP connection: each arrives as a
-// single datagram, which the receiving task hands to the stack itself rather than queueing it
-// for the peer's task, on both sides; and every byte still arrives, in order.
-#[tokio::test]
-async fn single_datagrams_are_handled_on_arrival() {
-    const ROUNDS: usize = 200;
-    let (gw, ag, mut acceptor) = pair().await;
-    let echo = tokio::spawn(async move {
-        let mut s = acceptor.accept().await.unwrap();
-        let mut buf = [0u8; 600];
-        for _ in 0..ROUNDS {
-            s.read_exact(&mut buf).await.unwrap();
-            s.write_all(&buf).await.unwrap();
-        }
-    });
-    let mut c = dial(&gw).await;
-    let (gw_before, ag_before) = (gw.peers()[0].rx_on_arrival, ag.peers()[0].rx_on_arrival);
-    for round in 0..ROUNDS {
-        let request = [round as u8; 600];
-        c.write_all(&request).await.unwrap();
-        let mut response = [0u8; 600];
-        timeout(DEADLINE, c.read_exact(&mut response))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(response, request, "round {round}");
-    }
-    timeout(DEADLINE, echo).await.unwrap().unwrap();
-    let gw_on_arrival = gw.peers()[0].rx_on_arrival - gw_before;
-    let ag_on_arrival = ag.peers()[0].rx_on_arrival - ag_before;
-    eprintln!("of {ROUNDS} responses and requests: {gw_on_arrival} and {ag_on_arrival} handled on arrival");
-    // Nearly all: a datagram arriving while a stream task holds the stack is queued instead.
-    assert!(
-        gw_on_arrival as usize >= ROUNDS / 2,
-        "Gateway side: {gw_on_arrival} of {ROUNDS}"
-    );
-    assert!(
-        ag_on_arrival as usize >= ROUNDS / 2,
-        "Agent side: {ag_on_arrival} of {ROUNDS}"
-    );
-}
-
-// Connections opened one after another: the SYN, the SYN-ACK and the handshake's last ACK are
-// each answered by the socket that takes them, on both sides, without a poll of the whole stack
-// (every socket asked), which made opening a connection cost O(connections).
-#[tokio::test]
-async fn opening_a_connection_asks_no_other_socket() {
-    const CONNECTIONS: usize = 100;
-    let (gw, ag, mut acceptor) = pair().await;
-    let (gw_before, ag_before) = (gw.peers()[0].full_polls, ag.peers()[0].full_polls);
-    let mut held = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let dialled = dial(&gw).await;
-        let accepted = timeout(DEADLINE, acceptor.accept())
-            .await
-            .expect("accepted in time")
-            .expect("accepted");
-        held.push((dialled, accepted));
-    }
-    let gw_polls = gw.peers()[0].full_polls - gw_before;
-    let ag_polls = ag.peers()[0].full_polls - ag_before;
-    eprintln!("{CONNECTIONS} connections: {gw_polls} and {ag_polls} full polls");
-    // The peers' own timers (every 250 ms) and a packet arriving while the stack is busy
-    // still poll it all; per connection it took two or three.
-    assert!(
-        gw_polls < CONNECTIONS as u64 / 2,
-        "Gateway side: {gw_polls}"
-    );
-    assert!(ag_polls < CONNECTIONS as u64 / 2, "Agent side: {ag_polls}");
-    // They work.
-    let (mut c, mut s) = held.pop().unwrap();
-    c.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    timeout(DEADLINE, s.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"ping");
-}
-
-// A current-thread runtime: the peer's driver task runs only when this test yields.
-#[tokio::test]
-async fn a_write_to_an_idle_connection_leaves_before_the_writer_yields() {
-    let (gw, _ag, mut acceptor) = pair().await;
-    let echo = tokio::spawn(async move {
-        let mut s = acceptor.accept().await.unwrap();
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).await.unwrap();
-        s.write_all(&buf).await.unwrap();
-    });
-    let mut c = dial(&gw).await;
-    let before = gw.peers()[0].tx_packets;
-    // One poll of the write, no await in between: only the writing task can have sent it.
-    let written = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(std::pin::Pin::new(&mut c).poll_write(cx, b"hello"))
-    })
-    .await;
-    assert!(
-        matches!(written, std::task::Poll::Ready(Ok(5))),
-        "{written:?}"
-    );
-    let sent = gw.peers()[0].tx_packets - before;
-    assert!(sent >= 1, "the request waited for the peer's task");
-    let mut buf = [0u8; 5];
-    timeout(DEADLINE, c.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"hello");
-    echo.await.unwrap();
 }
 
 #[tokio::test]
