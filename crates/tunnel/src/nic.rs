@@ -2,8 +2,10 @@
 //!
 //! Inbound: decrypted IP packets are queued in `rx` and handed to smoltcp on the next poll.
 //! Outbound: smoltcp writes an IP packet into a scratch buffer, which is encrypted straight into
-//! a second scratch buffer and sent with a non-blocking `send_to`. A full socket buffer drops the
-//! packet, exactly as a NIC would; TCP retransmits. No per-packet allocation on the way out.
+//! a second scratch buffer and queued in a batch, which leaves in one non-blocking send call
+//! (`sendmmsg` with GSO on Linux) when the stack's pass ends, or a little later for a message a
+//! connection's own task sent (see [`Nic::flush_soon`]). A full socket buffer drops packets,
+//! exactly as a NIC would; TCP retransmits. No per-packet allocation on the way out.
 //!
 //! Where UDP is blocked, the peer's path is a stream instead ([`StreamLink`]): sealed datagrams
 //! are then framed into one batch per poll and queued to the stream's writer. The UDP path does
@@ -15,7 +17,7 @@
 use crate::frame;
 use crate::link::StreamLink;
 use crate::peer::{Counters, Source, StreamPath};
-use crate::udp::{Udp, MAX_BATCH_BYTES, MAX_GSO_SEGMENTS};
+use crate::udp::{Batch, Udp, MAX_BATCH_BYTES};
 use boringtun::noise::{Tunn, TunnResult};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -53,15 +55,14 @@ pub(crate) struct Nic {
     pub transmitted: u64,
     /// Of those, full-size packets: a socket that sent one may have more queued behind it.
     pub transmitted_full: u64,
-    /// UDP sends those packets took (a GSO batch is one): packets per send shows the batching.
+    /// UDP send calls those packets took (a batch is one): packets per send shows the batching.
     pub udp_sends: u64,
     tx_plain: Vec<u8>,
     tx_sealed: Vec<u8>,
-    /// Sealed datagrams of one size waiting to leave in one GSO send (see [`Nic::flush`]).
-    batch: Vec<u8>,
-    batch_segment: usize,
-    batch_count: usize,
-    batch_to: Option<SocketAddr>,
+    /// Sealed datagrams waiting to leave together (see [`Nic::flush`]).
+    batch: Batch,
+    /// A flush of what is queued is on its way (see [`Nic::flush_soon`]).
+    flush_due: bool,
 }
 
 impl Nic {
@@ -84,10 +85,8 @@ impl Nic {
             udp_sends: 0,
             tx_plain: vec![0; TUNNEL_MTU],
             tx_sealed: vec![0; MAX_DATAGRAM],
-            batch: Vec::with_capacity(MAX_BATCH_BYTES + MAX_DATAGRAM),
-            batch_segment: 0,
-            batch_count: 0,
-            batch_to: None,
+            batch: Batch::new(),
+            flush_due: false,
         }
     }
 
@@ -204,22 +203,11 @@ impl Nic {
         }
         let Some(to) = self.endpoint else { return };
         self.counters.sent(sealed);
-        let fits = self.batch_to == Some(to)
-            && sealed <= self.batch_segment
-            && self.batch_count < MAX_GSO_SEGMENTS
-            && self.batch.len() + sealed <= MAX_BATCH_BYTES;
-        if !self.batch.is_empty() && !fits {
-            self.flush();
-        }
-        if self.batch.is_empty() {
-            self.batch_segment = sealed;
-            self.batch_to = Some(to);
-        }
-        self.batch.extend_from_slice(&self.tx_sealed[..sealed]);
-        self.batch_count += 1;
-        if sealed < self.batch_segment {
-            // Only the last datagram of a GSO send may be shorter than the others.
-            self.flush();
+        let datagram = &self.tx_sealed[..sealed];
+        if !self.batch.push(datagram, to) {
+            let calls = self.udp.send_batch(&mut self.batch);
+            self.udp_sends = self.udp_sends.wrapping_add(calls);
+            self.batch.push(datagram, to);
         }
     }
 
@@ -231,8 +219,19 @@ impl Nic {
         self.flush();
     }
 
+    /// Leaves the queued datagrams for a flush a little later, so that other connections'
+    /// packets sent meanwhile join them in the same send call; true when the caller must
+    /// arrange that flush (see the peer's driver): none is due yet.
+    pub fn flush_soon(&mut self) -> bool {
+        if self.batch.is_empty() && self.stream_batch.is_empty() {
+            return false;
+        }
+        !std::mem::replace(&mut self.flush_due, true)
+    }
+
     /// Sends the queued datagrams, in one syscall where the kernel allows.
     pub fn flush(&mut self) {
+        self.flush_due = false;
         if !self.stream_batch.is_empty() {
             // The next batch is likely the size of this one.
             let capacity = self.stream_batch.len();
@@ -241,12 +240,11 @@ impl Nic {
                 stream.link().send_framed(batch);
             }
         }
-        if let Some(to) = self.batch_to.take() {
-            self.udp.send_batch(&self.batch, self.batch_segment, to);
-            self.udp_sends = self.udp_sends.wrapping_add(1);
+        if !self.batch.is_empty() {
+            self.udp_sends = self
+                .udp_sends
+                .wrapping_add(self.udp.send_batch(&mut self.batch));
         }
-        self.batch.clear();
-        self.batch_count = 0;
     }
 }
 

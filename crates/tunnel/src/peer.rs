@@ -66,6 +66,9 @@ pub(crate) struct Peer {
     state: Mutex<PeerState>,
     /// Wakes the driver: a stream queued data or freed receive window.
     pub wake: Notify,
+    /// Asks the driver to send what connections' tasks left in the NIC's batch, once the
+    /// thread has run every task that was ready (see [`crate::nic::Nic::flush_soon`]).
+    pub flush: Notify,
     /// Datagrams queued for the driver and not yet handled: while there are any, a datagram
     /// handled on arrival would overtake them.
     queued: AtomicUsize,
@@ -116,6 +119,7 @@ impl Peer {
         Arc::new(Self {
             allowed_ip,
             wake: Notify::new(),
+            flush: Notify::new(),
             queued: AtomicUsize::new(0),
             counters,
             shared,

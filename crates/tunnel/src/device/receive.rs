@@ -34,9 +34,9 @@ impl Inner {
             },
         };
         match entry {
-            // A single datagram (a request, a response, an ACK) is handled right here when the
-            // peer's stack is free; bursts go to the peer's task, which sends in batches.
-            Some(e) if segment >= data.len() && e.peer.receive_now(&src, data) => {}
+            // A datagram (a request, a response, an ACK) or a burst of them is handled right
+            // here when the peer's stack is free; otherwise it goes to the peer's task.
+            Some(e) if e.peer.receive_now(&src, data, segment) => {}
             Some(e) => {
                 e.peer.queued();
                 let queued = e.inbound.try_send(Inbound {

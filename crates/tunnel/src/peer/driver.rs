@@ -1,5 +1,6 @@
 //! A peer's own task: feeds the stack the datagrams queued for it, runs the handshake timers,
-//! polls the stack and sleeps until the next of: a datagram, a stream's nudge, a timer.
+//! polls the stack and sleeps until the next of: a datagram, a stream's nudge, a timer. While
+//! it sleeps it also sends, without a poll, what connections' tasks left in the NIC's batch.
 
 use super::{Inbound, Peer};
 use std::sync::Arc;
@@ -54,13 +55,31 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
             tokio::task::yield_now().await;
             continue;
         }
-        tokio::select! {
-            d = inbound.recv() => match d {
-                Some(d) => pending = Some(d),
-                None => return,
-            },
-            _ = peer.wake.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                d = inbound.recv() => match d {
+                    Some(d) => pending = Some(d),
+                    None => return,
+                },
+                _ = peer.wake.notified() => {}
+                _ = &mut sleep => {}
+                _ = peer.flush.notified() => {
+                    flush_when_idle(&peer).await;
+                    continue;
+                }
+            }
+            break;
         }
     }
+}
+
+/// Sends what connections' tasks queued in the NIC (see [`crate::nic::Nic::flush_soon`]), once
+/// this thread has run every other task that was ready: their messages join the same send
+/// call. tokio runs a yielding task again only when its thread would otherwise wait for I/O,
+/// or after its periodic I/O check (every 61 tasks), so the wait is bounded.
+async fn flush_when_idle(peer: &Peer) {
+    tokio::task::yield_now().await;
+    peer.lock().nic.flush();
 }

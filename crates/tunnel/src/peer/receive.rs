@@ -1,7 +1,7 @@
 //! A peer's receive side: datagrams from the network into its TCP/IP stack, either on the
-//! task that received them (a single datagram while the stack is free) or queued for the
-//! peer's driver; new connections get a listening socket; packets of established connections
-//! are matched to their socket by port.
+//! task that received them (a datagram, or a GRO burst of them, while the stack is free) or
+//! queued for the peer's driver; new connections get a listening socket; packets of
+//! established connections are matched to their socket by port.
 
 use super::stack::Pass;
 use super::{Inbound, Peer, PeerState, Source};
@@ -15,11 +15,12 @@ use std::sync::{Arc, TryLockError};
 use tokio::time::Instant;
 
 impl Peer {
-    /// Handles one datagram on the receiving task, if that can be done at once: nothing is
-    /// queued for the driver (it would be overtaken) and no other task holds the stack. A
-    /// request or a response then reaches its stream without a hand-off to the driver task (a
-    /// wake-up, a copy and a queue per datagram). False means the caller queues it instead.
-    pub fn receive_now(self: &Arc<Self>, src: &Source, datagram: &[u8]) -> bool {
+    /// Handles a datagram, or a GRO burst of `segment`-byte datagrams, on the receiving task if
+    /// that can be done at once: nothing is queued for the driver (it would be overtaken) and no
+    /// other task holds the stack. A request or a response then reaches its stream without a
+    /// hand-off to the driver task (a wake-up, a copy and a queue per datagram). False means the
+    /// caller queues it instead.
+    pub fn receive_now(self: &Arc<Self>, src: &Source, data: &[u8], segment: usize) -> bool {
         let mut st = match self.state.try_lock() {
             Ok(st) => st,
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
@@ -29,23 +30,48 @@ impl Peer {
             return false;
         }
         st.stats.on_arrival += 1;
-        match st.handle_datagram(self, src, datagram) {
-            // A UDP datagram, handed to its flow: nothing for the TCP/IP stack to do.
-            Arrival::Delivered => {}
-            // A packet of an established connection: only that socket can have anything new
-            // to send. The driver sends the rest of a window that an ACK opened (one pass here
-            // sends one segment).
-            Arrival::Stack(Some(socket)) if st.nic.rx.len() == 1 => {
-                if st.run_stack(self, Pass::Received(socket)) {
+        let mut arrived = Arrived::default();
+        for datagram in data.chunks(segment.max(1)) {
+            arrived.add(st.handle_datagram(self, src, datagram));
+        }
+        match arrived {
+            // UDP datagrams, handed to their flows: nothing for the TCP/IP stack to do.
+            Arrived {
+                stack: 0,
+                other: false,
+                ..
+            } => {}
+            // Packets of established connections: only those sockets can have anything new to
+            // send. The driver sends the rest of a window that an ACK opened (one pass here
+            // sends one segment per socket).
+            Arrived {
+                first: Some(first),
+                more,
+                stack,
+                unestablished: 0,
+                other: false,
+            } if st.nic.rx.len() == stack => {
+                let mut full = st.run_stack(self, Pass::Received(first));
+                for &socket in &more {
+                    full |= st.run_stack(self, Pass::Egress(socket));
+                }
+                if full {
                     self.wake.notify_one();
                 } else {
-                    st.wake_driver_for(self, socket);
+                    for socket in std::iter::once(first).chain(more) {
+                        st.wake_driver_for(self, socket);
+                    }
                 }
             }
             // A TCP packet of no established connection (opening one, most often): the
             // socket that takes it answers, no other socket is asked.
-            Arrival::Stack(None) if st.nic.rx.len() == 1 => st.run_handshake(self),
-            // A WireGuard handshake or keepalive, a packet behind others: the whole stack.
+            Arrived {
+                stack: 1,
+                unestablished: 1,
+                other: false,
+                ..
+            } if st.nic.rx.len() == 1 => st.run_handshake(self),
+            // A WireGuard handshake or keepalive, packets behind others: the whole stack.
             _ => {
                 let delay = st.poll(self);
                 // The driver sleeps until the stack's next timer as it last saw it; wake it
@@ -77,6 +103,39 @@ enum Arrival {
     /// Anything else: a WireGuard handshake message or keepalive, a packet that did not
     /// decrypt, or one the stack's full queue refused.
     Other,
+}
+
+/// What a datagram or a burst brought, as far as the TCP/IP stack is concerned.
+#[derive(Default)]
+struct Arrived {
+    /// Packets queued for the stack.
+    stack: usize,
+    /// The established connection the first of them is for, and any others (a burst).
+    first: Option<SocketHandle>,
+    more: Vec<SocketHandle>,
+    /// Packets of no established connection.
+    unestablished: usize,
+    /// Anything else ([`Arrival::Other`]).
+    other: bool,
+}
+
+impl Arrived {
+    fn add(&mut self, arrival: Arrival) {
+        match arrival {
+            Arrival::Delivered => {}
+            Arrival::Other => self.other = true,
+            Arrival::Stack(socket) => {
+                self.stack += 1;
+                match socket {
+                    None => self.unestablished += 1,
+                    Some(s) if self.first.is_none() => self.first = Some(s),
+                    Some(s) if self.first == Some(s) || self.more.contains(&s) => {}
+                    // At most a burst's datagrams (64): a short list.
+                    Some(s) => self.more.push(s),
+                }
+            }
+        }
+    }
 }
 
 impl PeerState {

@@ -22,8 +22,11 @@ pub(super) enum Pass {
     Everything,
     /// One socket's egress.
     Socket(SocketHandle),
-    /// Received packets that all belong to one established connection, then its egress.
+    /// Received packets that all belong to established connections, then the egress of one of
+    /// them (the others' follow as [`Pass::Egress`]).
     Received(SocketHandle),
+    /// One egress pass of one socket, after received packets for it.
+    Egress(SocketHandle),
     /// One received packet of no established connection (a SYN, a SYN-ACK, the last ACK of a
     /// handshake, a reset), then the egress of the socket that took it, if one did.
     Handshake,
@@ -124,6 +127,10 @@ impl PeerState {
                     }
                     return; // one pass: the rest of an opened window is the driver's
                 }
+                Pass::Egress(handle) => {
+                    iface.poll_egress_socket(now, nic, sockets, handle);
+                    return;
+                }
                 Pass::Everything => {
                     iface.poll(now, nic, sockets);
                 }
@@ -148,7 +155,17 @@ impl PeerState {
                 }
             }
         }
-        nic.flush();
+        match pass {
+            // The driver's poll is a batch of its own: it leaves at once.
+            Pass::Everything => nic.flush(),
+            // A message sent or answered by a connection's own task: other connections' tasks
+            // that run before this thread has nothing left to do add theirs to the same send.
+            _ => {
+                if nic.flush_soon() {
+                    peer.flush.notify_one();
+                }
+            }
+        }
         nic.transmitted_full != full_before
     }
 

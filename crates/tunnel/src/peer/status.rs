@@ -51,7 +51,7 @@ pub(super) struct RxStats {
     pub last_rx: Option<Instant>,
     /// The same, over UDP only: whether UDP works while a stream is in use.
     pub last_udp_rx: Option<Instant>,
-    /// Datagrams handled by [`Peer::receive_now`].
+    /// Datagrams (a GRO burst counts once) handled by [`Peer::receive_now`].
     pub on_arrival: u64,
     /// Polls of the whole stack ([`PeerState::poll`]).
     pub full_polls: u64,

@@ -125,9 +125,11 @@ async fn opening_a_connection_asks_no_other_socket() {
     assert_eq!(&buf, b"ping");
 }
 
-// A current-thread runtime: the peer's driver task runs only when this test yields.
+// A current-thread runtime: the peer's driver task runs only when this test yields. The packet
+// is built and sealed by the writing task, with no poll of the whole stack; it leaves in the
+// send call that follows once the thread has run what was ready (see the next test).
 #[tokio::test]
-async fn a_write_to_an_idle_connection_leaves_before_the_writer_yields() {
+async fn a_write_to_an_idle_connection_is_sealed_before_the_writer_yields() {
     let (gw, _ag, mut acceptor) = pair().await;
     let echo = tokio::spawn(async move {
         let mut s = acceptor.accept().await.unwrap();
@@ -136,7 +138,7 @@ async fn a_write_to_an_idle_connection_leaves_before_the_writer_yields() {
         s.write_all(&buf).await.unwrap();
     });
     let mut c = dial(&gw).await;
-    let before = gw.peers()[0].tx_packets;
+    let before = gw.peers()[0].clone();
     // One poll of the write, no await in between: only the writing task can have sent it.
     let written = std::future::poll_fn(|cx| {
         std::task::Poll::Ready(std::pin::Pin::new(&mut c).poll_write(cx, b"hello"))
@@ -146,8 +148,15 @@ async fn a_write_to_an_idle_connection_leaves_before_the_writer_yields() {
         matches!(written, std::task::Poll::Ready(Ok(5))),
         "{written:?}"
     );
-    let sent = gw.peers()[0].tx_packets - before;
-    assert!(sent >= 1, "the request waited for the peer's task");
+    let after = gw.peers()[0].clone();
+    assert!(
+        after.tx_packets > before.tx_packets,
+        "the request waited for the peer's task"
+    );
+    assert_eq!(
+        after.full_polls, before.full_polls,
+        "the stack was polled whole"
+    );
     let mut buf = [0u8; 5];
     timeout(DEADLINE, c.read_exact(&mut buf))
         .await
@@ -155,4 +164,113 @@ async fn a_write_to_an_idle_connection_leaves_before_the_writer_yields() {
         .unwrap();
     assert_eq!(&buf, b"hello");
     echo.await.unwrap();
+}
+
+// Connections whose messages are written one after another, as the tasks of many HTTP
+// connections answer on one thread: their packets leave together, in one send call, instead
+// of one sendto each (a syscall, and a trip through the kernel's network stack, per message).
+#[tokio::test]
+async fn messages_of_many_connections_leave_in_one_send() {
+    const CONNECTIONS: usize = 16;
+    let (gw, _ag, mut acceptor) = pair().await;
+    let server = tokio::spawn(async move {
+        let mut streams = Vec::new();
+        for _ in 0..CONNECTIONS {
+            streams.push(acceptor.accept().await.unwrap());
+        }
+        let mut got = Vec::new();
+        for (i, s) in streams.iter_mut().enumerate() {
+            let mut buf = vec![0u8; message(i).len()];
+            s.read_exact(&mut buf).await.unwrap();
+            got.push(buf);
+        }
+        got
+    });
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        conns.push(dial(&gw).await);
+    }
+    let before = gw.peers()[0].clone();
+    // Two sizes, alternating: datagrams of several sizes in one send (runs of one each).
+    std::future::poll_fn(|cx| {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let written = std::pin::Pin::new(c).poll_write(cx, &message(i));
+            assert!(matches!(written, std::task::Poll::Ready(Ok(n)) if n == message(i).len()));
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let got = timeout(DEADLINE, server).await.unwrap().unwrap();
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(*m, message(i), "connection {i}");
+    }
+    let after = gw.peers()[0].clone();
+    let packets = after.tx_packets - before.tx_packets;
+    let sends = after.tx_udp_sends - before.tx_udp_sends;
+    eprintln!("{packets} packets in {sends} UDP send calls");
+    assert!(packets as usize >= CONNECTIONS, "{packets} packets");
+    assert!(
+        sends * 4 <= packets,
+        "{packets} packets took {sends} send calls: not batched across connections"
+    );
+}
+
+fn message(i: usize) -> Vec<u8> {
+    vec![i as u8; if i.is_multiple_of(2) { 100 } else { 700 }]
+}
+
+// Equal-sized messages of many connections leave as one GSO send and arrive as one GRO burst.
+// The receiving task hands the burst to the stack itself, as it does a single datagram: no
+// queue, copy and wake-up of the peer's task, and no poll of the whole stack per burst.
+#[tokio::test]
+async fn a_burst_for_many_connections_is_handled_on_arrival() {
+    const CONNECTIONS: usize = 8;
+    const ROUNDS: usize = 20;
+    let (gw, ag, mut acceptor) = pair().await;
+    let server = tokio::spawn(async move {
+        let mut streams = Vec::new();
+        for _ in 0..CONNECTIONS {
+            streams.push(acceptor.accept().await.unwrap());
+        }
+        streams
+    });
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        conns.push(dial(&gw).await);
+    }
+    let mut streams = timeout(DEADLINE, server).await.unwrap().unwrap();
+    let before = ag.peers()[0].clone();
+    for round in 0..ROUNDS {
+        let message = [round as u8; 300];
+        std::future::poll_fn(|cx| {
+            for c in conns.iter_mut() {
+                let written = std::pin::Pin::new(c).poll_write(cx, &message);
+                assert!(matches!(written, std::task::Poll::Ready(Ok(300))));
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        for (i, s) in streams.iter_mut().enumerate() {
+            let mut buf = [0u8; 300];
+            timeout(DEADLINE, s.read_exact(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(buf, message, "round {round}, connection {i}");
+        }
+    }
+    let after = ag.peers()[0].clone();
+    let on_arrival = after.rx_on_arrival - before.rx_on_arrival;
+    let polls = after.full_polls - before.full_polls;
+    eprintln!("{ROUNDS} rounds of {CONNECTIONS} messages: {on_arrival} arrivals handled on arrival, {polls} full polls");
+    // Sent to the peer's task, each burst cost a full poll (20 of 20, none on arrival). The
+    // task still polls it all when a socket's timer (a delayed ACK) is due before its own.
+    assert!(
+        on_arrival as usize >= ROUNDS / 2,
+        "{on_arrival} of {ROUNDS} bursts handled on arrival"
+    );
+    assert!(
+        polls < ROUNDS as u64,
+        "{polls} full polls for {ROUNDS} bursts"
+    );
 }
