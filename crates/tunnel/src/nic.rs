@@ -3,7 +3,7 @@
 //! Inbound: decrypted IP packets are queued in `rx` and handed to smoltcp on the next poll.
 //! Outbound: smoltcp writes an IP packet into a scratch buffer, which is encrypted straight into
 //! a second scratch buffer and queued in a batch, which leaves in one non-blocking send call
-//! (`sendmmsg` with GSO on Linux) when the stack's pass ends, or a little later for a message a
+//! (`sendmmsg` with GSO on Linux) when the driver's poll ends, or a little later for what a
 //! connection's own task sent (see [`Nic::flush_soon`]). A full socket buffer drops packets,
 //! exactly as a NIC would; TCP retransmits. No per-packet allocation on the way out.
 //!
