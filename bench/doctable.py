@@ -103,6 +103,9 @@ def _request_rows(f):
         _workload_row(f, "HTTP/2 1 KiB, 64 conns, req/s", "rps_h2", "n", "rps_h2",
                       [("x_rps_h2_ratio_vs_nginx", "nginx", 0.9)]),
     ]
+    costs = _cost_row(f)
+    if costs:
+        rows.append(costs)
     blank = [""] * len(OTHERS)
     for proto, w in (("HTTP/1.1", "rps_h1"), ("HTTP/2", "rps_h2")):
         m = _num(f, f"x_{w}_metrics_ratio")
@@ -129,6 +132,27 @@ def _request_rows(f):
     rows.append([f"p99 at half peak ({_fmt(rate, 'n')} req/s), ms"]
                 + [_fmt(_num(f, f"x_lat_p99_{ref}"), "g") for ref in OTHERS] + [kmi, "≤ +1.5 ms", verdict])
     return rows
+
+
+def _cost_row(f):
+    """What an HTTP/1.1 request of the row above cost each reference: CPU µs in its own processes
+    / in the whole machine (client and origin included), and the machine's idle share. Two cores
+    that are nearly never idle answer about 2 s ÷ (machine µs) requests per second, so nginx's
+    machine µs ÷ kakuremichi's is the requests/s ratio the CPU allows. None for a run from before
+    these figures existed."""
+    def cell(ref):
+        proxy, machine = _num(f, f"x_rps_h1_proxy_us_{ref}"), _num(f, f"x_rps_h1_machine_us_{ref}")
+        idle = _num(f, f"x_rps_h1_idle_{ref}")
+        if None in (proxy, machine, idle):
+            return ""
+        own = "—" if ref == "direct" else f"{proxy:.1f}"  # no process between wrk and the origin
+        return f"{own} / {machine:.1f}, {idle * 100:.0f} % idle"
+    cells = [cell(ref) for ref in REFS]
+    nginx, kmi = _num(f, "x_rps_h1_machine_us_nginx"), _num(f, "x_rps_h1_machine_us_kakuremichi")
+    if nginx is None or kmi is None:
+        return None
+    return ["HTTP/1.1 above, CPU µs per request: its processes / whole machine", *cells, "",
+            f"nginx's machine µs ÷ kakuremichi's: {nginx / kmi:.2f}"]
 
 
 def _resource_rows(f):
@@ -218,6 +242,7 @@ def scale_table(f):
          *cells([f"scale_rps_h1_{x}" for x in c], "n")],
         ["HTTP/1.1 1 KiB, nginx, req/s (same)", *cells([f"scale_rps_h1_nginx_{x}" for x in c], "n")],
         ["CPU µs per request, Gateway + Agent (same)", *cells([f"scale_cpu_us_per_req_{x}" for x in c], "1")],
+        ["CPU µs per request, nginx (same)", *cells([f"x_scale_cpu_us_per_req_nginx_{x}" for x in c], "1")],
         [f"download, kakuremichi, Gbit/s in 1 / 4 / 16 streams{size}",
          *cells([f"scale_bulk_gbps_s{n}" for n in (1, 4, 16)], "g")],
         [f"Gateway KiB per Agent peer, at {small} / {large} peers",

@@ -189,8 +189,39 @@ def rss_mib(pid):
     return 0.0
 
 
-def cpu_seconds(pid):
+def _stat(pid):
+    """/proc/PID/stat from field 3 (state) on: rest[3] is the session (field 6), rest[11] and
+    rest[12] utime and stime (fields 14, 15), every thread's included."""
     with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    # rest[0] is field 3 (state); utime, stime are fields 14, 15.
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid):
+    rest = _stat(pid)
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def session_cpu_seconds(sessions):
+    """CPU-seconds of every live process in `sessions`. `Env.spawn` makes each process it starts
+    the leader of a session of its own, so its PID names the session, and the workers a proxy
+    forks (nginx's) count with it."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            rest = _stat(entry)
+        except OSError:  # gone meanwhile
+            continue
+        if int(rest[3]) in sessions:
+            ticks += int(rest[11]) + int(rest[12])
+    return ticks / CLK_TCK
+
+
+def machine_cpu_seconds():
+    """(busy, idle) CPU-seconds of the whole machine since boot, every CPU summed (/proc/stat)."""
+    with open("/proc/stat") as f:
+        # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / CLK_TCK, idle / CLK_TCK

@@ -104,7 +104,10 @@ def figures(r):
     for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2"):
         f[f"x_{w}_up_ratio_vs_separate"] = r.paired(w, "up", k, ratio)
     # Beyond the contract: the other references and details, also numbers only.
-    for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2", "lat_p50", "lat_p99"):
+    # ... and what a request cost each reference: CPU µs in its processes and in the whole
+    # machine, and the machine's idle share (x_rps_h1_machine_us_nginx, ...).
+    for w in ("bulk_down", "bulk_up", "bulk_par4", "rps_h1", "rps_h2", "lat_p50", "lat_p99",
+              "rps_h1_proxy_us", "rps_h1_machine_us", "rps_h1_idle"):
         for ref in REFS:
             if r.data[w][ref]:
                 f[f"x_{w}_{ref}"] = r.med(w, ref)
@@ -160,6 +163,7 @@ def figures(r):
         for c in SCALE_CONNS:  # the share of wrk's requests that failed (non-2xx, errors, > 30 s)
             f[f"x_scale_failed_{c}"] = m[f"scale_failed_{c}"]
             f[f"x_scale_failed_nginx_{c}"] = m[f"scale_failed_nginx_{c}"]
+            f[f"x_scale_cpu_us_per_req_nginx_{c}"] = m[f"scale_cpu_us_per_req_nginx_{c}"]
     f["x_https"] = r.meta["https"]
     f["x_runs"] = r.meta["runs"]
     f["x_quick"] = r.meta["quick"]
@@ -217,6 +221,11 @@ def table(r):
                 f"Agent RSS MiB:   idle {f['agent_rss_idle_mib']:.1f}, {streams} streams "
                 f"{_cell(r.data['agent_rss_streams'][k], g)}, {after} s after load {f['x_agent_rss_after_mib']:.1f}",
                 f"RSS after load vs idle (worse of the two): {f['rss_after_load_ratio']:.2f}×"]
+    if r.data["rps_h1_machine_us"][k]:
+        out.append("HTTP/1.1, CPU µs per request in the reference's processes / the whole machine (idle share): "
+                   + ", ".join(f"{ref} {f[f'x_rps_h1_proxy_us_{ref}']:.1f} / {f[f'x_rps_h1_machine_us_{ref}']:.1f} "
+                               f"({f[f'x_rps_h1_idle_{ref}'] * 100:.0f} %)"
+                               for ref in REFS if r.data["rps_h1_machine_us"][ref]))
     if "x_rps_h1_metrics_ratio" in f:
         out.append("requests/s with the per-request metrics on ÷ off (a second Gateway with "
                    "--request-metrics off, same runs): " + ", ".join(

@@ -36,7 +36,9 @@ class Ref:
     ip: str
     port: int
     netns: str = None
-    pids: dict = field(default_factory=dict)  # role -> pid, for kakuremichi
+    # role -> PID of each process on the path between the client and the origin (the proxy, the
+    # tunnel's ends), each the leader of a session its forked workers share (procs.Env.spawn).
+    pids: dict = field(default_factory=dict)
     tcp_port: int = None  # kakuremichi: its `tcp` tunnel to iperf3's server, if the Gateway has one
 
     def url(self, path):
@@ -65,8 +67,9 @@ def start_origin(env, bins, ip, netns=None, name="origin"):
     return ref
 
 
-def start_nginx(env, ip, name="nginx", port=NGINX_PORT, upstream=None):
-    """nginx terminating TLS (HTTP/1.1 and h2) in front of `upstream` (default: the origin)."""
+def start_nginx(env, ip, name="nginx", port=NGINX_PORT, upstream=None, behind=None):
+    """nginx terminating TLS (HTTP/1.1 and h2) in front of `upstream` (default: the origin);
+    `behind`: the pids of what `upstream` is (a tunnel), counted with nginx's."""
     w = env.work
     if not os.path.exists(f"{w}/nginx.crt"):
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -80,8 +83,8 @@ def start_nginx(env, ip, name="nginx", port=NGINX_PORT, upstream=None):
         .replace("@USER@", "user root;" if os.geteuid() == 0 else "")
     with open(f"{w}/{name}.conf", "w") as f:
         f.write(conf)
-    env.spawn(name, ["nginx", "-p", f"{w}/", "-e", f"{w}/{name}-error.log", "-c", f"{w}/{name}.conf"])
-    ref = Ref(name, "https", ip, port)
+    proc = env.spawn(name, ["nginx", "-p", f"{w}/", "-e", f"{w}/{name}-error.log", "-c", f"{w}/{name}.conf"])
+    ref = Ref(name, "https", ip, port, pids={"nginx": proc.pid, **(behind or {})})
     wait_until(name, lambda: http_ok(env, ref), 20, env=env)
     return ref
 
@@ -92,7 +95,8 @@ def start_nginx_rathole(env, ip):
     forwards to the origin (Noise transport, encrypted as WireGuard is)."""
     service = start_rathole(env, ip, RATHOLE_HTTP_PORT, f"{ip}:{ORIGIN_PORT}",
                             RATHOLE_HTTP_CONTROL_PORT, "rathole-http")
-    return start_nginx(env, ip, "nginx_rathole", NGINX_RATHOLE_PORT, f"{service.ip}:{service.port}")
+    return start_nginx(env, ip, "nginx_rathole", NGINX_RATHOLE_PORT, f"{service.ip}:{service.port}",
+                       behind=service.pids)
 
 
 def start_caddy(env, ip):
@@ -118,9 +122,9 @@ https://{HOST}:{CADDY_PORT} {{
 }}
 """)
     home = f"{w}/caddy-home"
-    env.spawn("caddy", ["caddy", "run", "--adapter", "caddyfile", "--config", f"{w}/Caddyfile"],
-              env={"HOME": home, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home})
-    ref = Ref("caddy", "https", ip, CADDY_PORT)
+    proc = env.spawn("caddy", ["caddy", "run", "--adapter", "caddyfile", "--config", f"{w}/Caddyfile"],
+                     env={"HOME": home, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home})
+    ref = Ref("caddy", "https", ip, CADDY_PORT, pids={"caddy": proc.pid})
     wait_until("caddy", lambda: http_ok(env, ref), 30, env=env)
     return ref
 
@@ -158,7 +162,7 @@ def start_wggo(env, bins):
     run(["ip", "link", "add", va, "type", "veth", "peer", "name", vb])
     run(["ip", "link", "set", va, "netns", ns_a])
     run(["ip", "link", "set", vb, "netns", ns_b])
-    keys = {}
+    keys, pids = {}, {}
     for side in "ab":
         priv = run(["wg", "genkey"]).strip()
         pub = run(["wg", "pubkey"], input=priv).strip()
@@ -174,8 +178,9 @@ def start_wggo(env, bins):
         run(["ip", "-n", ns, "link", "set", veth, "up"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         dev = f"kmw{tag}{side}"
-        env.spawn(f"wireguard-go-{side}", ["wireguard-go", "-f", dev], netns=ns,
-                  env={"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"})
+        pids[f"wireguard-go-{side}"] = env.spawn(
+            f"wireguard-go-{side}", ["wireguard-go", "-f", dev], netns=ns,
+            env={"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"}).pid
         wait_until(f"wireguard-go {dev}", lambda d=dev: os.path.exists(f"/var/run/wireguard/{d}.sock"),
                    10, env=env)
         run(["ip", "netns", "exec", ns, "wg", "set", dev, "private-key", keys[side][0],
@@ -185,7 +190,7 @@ def start_wggo(env, bins):
         run(["ip", "-n", ns, "link", "set", dev, "up"])
     origin = start_origin(env, bins, "10.99.0.2", netns=ns_b, name="origin-wggo")
     # Clients live in `a` and reach the origin in `b` through the tunnel.
-    ref = Ref("wggo", "http", "10.99.0.2", ORIGIN_PORT, ns_a)
+    ref = Ref("wggo", "http", "10.99.0.2", ORIGIN_PORT, ns_a, pids=pids)
     wait_until("origin through wireguard-go", lambda: http_ok(env, ref), 20, env=env)
     del origin
     return ref
@@ -412,10 +417,10 @@ remote_public_key = "{public}"
 token = "bench"
 local_addr = "{local}"
 ''')
-    env.spawn(f"{name}-server", [exe, "--server", f"{w}/{name}-server.toml"])
-    env.spawn(f"{name}-client", [exe, "--client", f"{w}/{name}-client.toml"])
+    pids = {side: env.spawn(f"{name}-{side}", [exe, f"--{side}", f"{w}/{name}-{side}.toml"]).pid
+            for side in ("server", "client")}
     wait_until(f"{name}'s service port", lambda: tcp_open(ip, port), 20, env=env)
-    return Ref("rathole", "tcp", ip, port)
+    return Ref("rathole", "tcp", ip, port, pids={f"rathole-{side}": pid for side, pid in pids.items()})
 
 
 def start_bore(env, ip):

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import time
 
-from procs import HOST, BenchError, cpu_seconds, log, rss_mib
+from procs import HOST, BenchError, log, machine_cpu_seconds, rss_mib, session_cpu_seconds
 
 GIB = 1 << 30
 # A transfer that moves nothing for 30 s has stalled: fail then, not after the 30-minute cap.
@@ -19,7 +19,8 @@ CURL = ["curl", "-sS", "-k", "--http1.1", "--max-time", "1800", "--speed-time", 
 
 
 def _cpu(ref):
-    return sum(cpu_seconds(pid) for pid in ref.pids.values())
+    """CPU-seconds of ref's processes (and the workers they forked) so far."""
+    return session_cpu_seconds(set(ref.pids.values()))
 
 
 def bulk_down(env, ref, size):
@@ -73,18 +74,27 @@ def bulk_parallel(env, ref, size_each, streams=4):
 
 
 def rps_h1(env, ref, duration, conns=64):
-    """wrk, HTTP/1.1 keep-alive, `conns` connections, 1 KiB responses: requests/s."""
-    return _wrk(env, ref, duration, conns)[0]
+    """wrk, HTTP/1.1 keep-alive, `conns` connections, 1 KiB responses: (requests/s, costs), the
+    costs being what the requests took of the CPU, per request: `proxy_us` µs in ref's processes
+    (0 for `direct`), `machine_us` µs of the whole machine (wrk, the origin and the kernel's
+    loopback work included), and `idle`, the share of the machine's CPU time left idle. When the
+    machine is saturated, requests/s is about (number of CPUs) ÷ `machine_us`: the reference that
+    costs less per request answers more."""
+    rps, total, _, cpu, (busy, idle) = rps_h1_cpu(env, ref, duration, conns)
+    n = max(total, 1)
+    return rps, {"proxy_us": cpu / n * 1e6, "machine_us": busy / n * 1e6, "idle": idle / max(busy + idle, 1e-9)}
 
 
 def rps_h1_cpu(env, ref, duration, conns, timeout=5, max_failed=0.01):
     """`rps_h1` at `conns` connections: (requests/s, requests answered, failed requests,
-    CPU-seconds of ref's processes meanwhile: the Gateway and the Agent for kakuremichi, 0 for a
-    reference without pids). `timeout`: seconds after which wrk counts a request as failed;
-    more than `max_failed` of them failed is an error."""
-    cpu0 = _cpu(ref)
+    CPU-seconds of ref's processes meanwhile (the Gateway and the Agent for kakuremichi, 0 for a
+    reference without pids), (busy, idle) CPU-seconds of the whole machine meanwhile).
+    `timeout`: seconds after which wrk counts a request as failed; more than `max_failed` of
+    them failed is an error."""
+    cpu0, (busy0, idle0) = _cpu(ref), machine_cpu_seconds()
     rps, total, failed = _wrk(env, ref, duration, conns, timeout, max_failed)
-    return rps, total, failed, _cpu(ref) - cpu0
+    (busy1, idle1) = machine_cpu_seconds()
+    return rps, total, failed, _cpu(ref) - cpu0, (busy1 - busy0, idle1 - idle0)
 
 
 def _wrk(env, ref, duration, conns, timeout=5, max_failed=0.01):
