@@ -3,8 +3,8 @@
 //! Inbound: decrypted IP packets are queued in `rx` and handed to smoltcp on the next poll.
 //! Outbound: smoltcp writes an IP packet into a scratch buffer, which is encrypted straight into
 //! a second scratch buffer and queued in a batch, which leaves in one non-blocking send call
-//! (`sendmmsg` with GSO on Linux) when the driver's poll ends, or a little later for what a
-//! connection's own task sent (see [`Nic::flush_soon`]). A full socket buffer drops packets,
+//! (`sendmmsg` with GSO on Linux) when the driver's poll ends or a pass moved bulk data, or a
+//! little later for a message a connection's own task sent (see [`Nic::flush_soon`]). A full socket buffer drops packets,
 //! exactly as a NIC would; TCP retransmits. No per-packet allocation on the way out.
 //!
 //! Where UDP is blocked, the peer's path is a stream instead ([`StreamLink`]): sealed datagrams
@@ -36,6 +36,11 @@ pub const MAX_DATAGRAM: usize = TUNNEL_MTU + 32 + 16;
 /// A packet within this many bytes of the MTU counts as full size (TCP options vary).
 const FULL_SLACK: usize = 64;
 
+/// Whether an IP packet of `len` bytes is full size: bulk data rather than a message or an ACK.
+fn full_size(len: usize) -> bool {
+    len + FULL_SLACK >= TUNNEL_MTU
+}
+
 /// Bound on decrypted packets waiting for smoltcp, so a flood cannot grow memory.
 const RX_QUEUE_LIMIT: usize = 4096;
 
@@ -55,6 +60,8 @@ pub(crate) struct Nic {
     pub transmitted: u64,
     /// Of those, full-size packets: a socket that sent one may have more queued behind it.
     pub transmitted_full: u64,
+    /// Full-size IP packets the stack took from `rx` (wrapping): bulk data arrived.
+    pub received_full: u64,
     /// UDP send calls those packets took (a batch is one): packets per send shows the batching.
     pub udp_sends: u64,
     tx_plain: Vec<u8>,
@@ -82,6 +89,7 @@ impl Nic {
             rx: VecDeque::new(),
             transmitted: 0,
             transmitted_full: 0,
+            received_full: 0,
             udp_sends: 0,
             tx_plain: vec![0; TUNNEL_MTU],
             tx_sealed: vec![0; MAX_DATAGRAM],
@@ -179,7 +187,7 @@ impl Nic {
     /// Encrypts one IP packet and queues it for the next [`Nic::flush`].
     pub fn seal_and_send(&mut self, len: usize) {
         self.transmitted = self.transmitted.wrapping_add(1);
-        if len + FULL_SLACK >= TUNNEL_MTU {
+        if full_size(len) {
             self.transmitted_full = self.transmitted_full.wrapping_add(1);
         }
         let sealed = match self
@@ -254,6 +262,9 @@ impl phy::Device for Nic {
 
     fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let packet = self.rx.pop_front()?;
+        if full_size(packet.len()) {
+            self.received_full = self.received_full.wrapping_add(1);
+        }
         Some((RxToken(packet), TxToken(self)))
     }
 

@@ -101,6 +101,7 @@ impl PeerState {
     pub(super) fn run_stack(&mut self, peer: &Arc<Peer>, pass: Pass) -> bool {
         let now = peer.shared.now();
         let full_before = self.nic.transmitted_full;
+        let full_in_before = self.nic.received_full;
         let Self {
             iface,
             nic,
@@ -155,9 +156,14 @@ impl PeerState {
                 }
             }
         }
+        let bulk = nic.transmitted_full != full_before || nic.received_full != full_in_before;
         match pass {
-            // The driver's poll is a batch of its own: it leaves at once.
+            // The driver's poll is a batch of its own: it leaves at once. So do bulk data and
+            // the ACKs of bulk data, which the sender's window waits for: behind the other
+            // ready tasks (a TLS stream encrypting what just arrived) they came later, and one
+            // download moved 4 % less, four 8 % less.
             Pass::Everything => nic.flush(),
+            _ if bulk => nic.flush(),
             // A message sent or answered by a connection's own task: other connections' tasks
             // that run before this thread has nothing left to do add theirs to the same send.
             _ => {

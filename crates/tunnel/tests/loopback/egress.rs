@@ -166,6 +166,46 @@ async fn a_write_to_an_idle_connection_is_sealed_before_the_writer_yields() {
     echo.await.unwrap();
 }
 
+// Bulk data does not wait for the batch of lone messages: the writing task sends the full-size
+// segments it sealed before it yields. Left for the peer's task to send once the thread had run
+// every other ready task, a download's data (and the ACKs that open its window) came later,
+// and downloads moved 4-8 % less.
+#[tokio::test]
+async fn a_bulk_write_leaves_before_the_writer_yields() {
+    let (gw, _ag, mut acceptor) = pair().await;
+    const BYTES: usize = 16 * 1024;
+    let sink = tokio::spawn(async move {
+        let mut s = acceptor.accept().await.unwrap();
+        let mut buf = vec![0u8; BYTES];
+        s.read_exact(&mut buf).await.unwrap();
+        buf
+    });
+    let mut c = dial(&gw).await;
+    let before = gw.peers()[0].clone();
+    let data = vec![9u8; BYTES];
+    // One poll of the write, no await in between: what was sent, the writing task sent.
+    let written = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut c).poll_write(cx, &data))
+    })
+    .await;
+    assert!(
+        matches!(written, std::task::Poll::Ready(Ok(n)) if n == BYTES),
+        "{written:?}"
+    );
+    let after = gw.peers()[0].clone();
+    assert!(
+        after.tx_packets >= before.tx_packets + 2,
+        "{} packets sealed: the write did not leave as full-size segments",
+        after.tx_packets - before.tx_packets
+    );
+    assert!(
+        after.tx_udp_sends > before.tx_udp_sends,
+        "{} packets sealed, none sent: the bulk data waited for the peer's task",
+        after.tx_packets - before.tx_packets
+    );
+    assert_eq!(timeout(DEADLINE, sink).await.unwrap().unwrap(), data);
+}
+
 // Connections whose messages are written one after another, as the tasks of many HTTP
 // connections answer on one thread: their packets leave together, in one send call, instead
 // of one sendto each (a syscall, and a trip through the kernel's network stack, per message).
