@@ -196,11 +196,6 @@ def _stat(pid):
         return f.read().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid):
-    rest = _stat(pid)
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
 def session_cpu_seconds(sessions):
     """CPU-seconds of every live process in `sessions`. `Env.spawn` makes each process it starts
     the leader of a session of its own, so its PID names the session, and the workers a proxy

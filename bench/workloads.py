@@ -87,8 +87,8 @@ def rps_h1(env, ref, duration, conns=64):
 
 def rps_h1_cpu(env, ref, duration, conns, timeout=5, max_failed=0.01):
     """`rps_h1` at `conns` connections: (requests/s, requests answered, failed requests,
-    CPU-seconds of ref's processes meanwhile (the Gateway and the Agent for kakuremichi, 0 for a
-    reference without pids), (busy, idle) CPU-seconds of the whole machine meanwhile).
+    CPU-seconds of ref's processes meanwhile (the Gateway and the Agent for kakuremichi, nginx's
+    workers for nginx, 0 for `direct`), (busy, idle) CPU-seconds of the whole machine meanwhile).
     `timeout`: seconds after which wrk counts a request as failed; more than `max_failed` of
     them failed is an error."""
     cpu0, (busy0, idle0) = _cpu(ref), machine_cpu_seconds()
