@@ -65,6 +65,9 @@ pub(crate) struct Nic {
     pub received_full: u64,
     /// UDP send calls those packets took (a batch is one): packets per send shows the batching.
     pub udp_sends: u64,
+    /// Flushes left to the peer's task by [`Nic::flush_soon`] (wrapping): batches of lone
+    /// messages. Bulk data and its ACKs leave without one.
+    pub deferred_flushes: u64,
     tx_plain: Vec<u8>,
     tx_sealed: Vec<u8>,
     /// Sealed datagrams waiting to leave together (see [`Nic::flush`]).
@@ -92,6 +95,7 @@ impl Nic {
             transmitted_full: 0,
             received_full: 0,
             udp_sends: 0,
+            deferred_flushes: 0,
             tx_plain: vec![0; TUNNEL_MTU],
             tx_sealed: vec![0; MAX_DATAGRAM],
             batch: Batch::new(),
@@ -235,7 +239,11 @@ impl Nic {
         if self.batch.is_empty() && self.stream_batch.is_empty() {
             return false;
         }
-        !std::mem::replace(&mut self.flush_due, true)
+        let arrange = !std::mem::replace(&mut self.flush_due, true);
+        if arrange {
+            self.deferred_flushes = self.deferred_flushes.wrapping_add(1);
+        }
+        arrange
     }
 
     /// Sends the queued datagrams, in one syscall where the kernel allows.

@@ -30,6 +30,10 @@ pub struct PeerStatus {
     pub tx_packets: u64,
     /// UDP sends that carried them: with UDP GSO one send carries a burst of packets.
     pub tx_udp_sends: u64,
+    /// Flushes of queued packets left to the peer's own task, which sends them once its thread
+    /// has run the other ready tasks, so that lone messages of many connections leave together.
+    /// Bulk data and the ACKs of bulk data leave at once, without one.
+    pub tx_deferred_flushes: u64,
     /// Datagrams from this peer handled by the task that received them, without a hand-off
     /// to the peer's own task (the rest arrived in bursts or while the stack was busy).
     pub rx_on_arrival: u64,
@@ -76,6 +80,7 @@ impl Peer {
             rx_bytes,
             tx_packets: st.nic.transmitted,
             tx_udp_sends: st.nic.udp_sends,
+            tx_deferred_flushes: st.nic.deferred_flushes,
             rx_on_arrival: st.stats.on_arrival,
             full_polls: st.stats.full_polls,
             socket_slots: st.sockets.slots(),
