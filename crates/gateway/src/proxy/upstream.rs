@@ -33,6 +33,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::forward::UpstreamBody;
 use super::{BoxStream, Dialer};
@@ -49,12 +50,15 @@ pub(crate) const HOLD: Duration = Duration::from_secs(1);
 /// How often the shared pool is swept of expired and closed connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// The most one read of an upstream connection takes (see [`CappedReads`]).
+const READ_MAX: usize = 16 * 1024;
+
 /// One upstream HTTP/1.1 connection: hyper's sender and the connection future that does its I/O,
 /// which whoever holds the connection polls.
 pub(crate) struct Upstream {
     target: SocketAddrV4,
     sender: http1::SendRequest<UpstreamBody>,
-    conn: http1::Connection<TokioIo<BoxStream>, UpstreamBody>,
+    conn: http1::Connection<TokioIo<CappedReads<BoxStream>>, UpstreamBody>,
     /// The connection future has completed (closed or failed) and must not be polled again.
     done: bool,
     /// Where it goes back to when its client connection closes.
@@ -213,7 +217,7 @@ impl UpstreamPool {
             }
         };
         // An HTTP/1.1 handshake sends nothing: it only sets the connection up.
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = http1::handshake(TokioIo::new(CappedReads(stream)))
             .await
             .map_err(io::Error::other)?;
         Ok(Box::new(Upstream {
@@ -414,6 +418,67 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// An upstream connection whose reads take at most [`READ_MAX`] bytes each.
+///
+/// hyper sizes its read buffer to what reads return, up to 400 KiB, and a response body's
+/// chunks are split off that buffer, so while they are on their way to the client each new read
+/// takes a new block. The allocator gives every block of 64 KiB or more fresh pages of its own
+/// (kakuremichi's `allocator` module), so a download faulted in (and zeroed) every page it read
+/// into, and zeroed it first. Capped reads keep the buffer at
+/// 32 KiB, in blocks the allocator reuses. A response head larger than a read still arrives:
+/// hyper reads on until the head is complete.
+pub(crate) struct CappedReads<T>(pub(crate) T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for CappedReads<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() <= READ_MAX {
+            return Pin::new(&mut self.0).poll_read(cx, buf);
+        }
+        let mut part = buf.take(READ_MAX);
+        std::task::ready!(Pin::new(&mut self.0).poll_read(cx, &mut part))?;
+        let n = part.filled().len();
+        // SAFETY: the inner read filled, so initialised, the first `n` bytes of `buf`'s
+        // unfilled space, which `part` is a view of.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CappedReads<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

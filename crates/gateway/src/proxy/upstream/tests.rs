@@ -186,3 +186,56 @@ async fn a_released_connection_serves_the_next_client_connection() {
     );
     assert_eq!(pool.parked(), 0);
 }
+
+/// Reads of an upstream connection take at most `READ_MAX` bytes, whatever room the reader
+/// offers, and every byte arrives in order.
+#[tokio::test]
+async fn upstream_reads_are_capped_and_lose_nothing() {
+    let data: Vec<u8> = (0..200_000).map(|i| (i % 251) as u8).collect();
+    let mut capped = CappedReads(&data[..]);
+    let mut got = Vec::new();
+    let mut space = vec![0u8; 400 * 1024];
+    loop {
+        let n = capped.read(&mut space).await.unwrap();
+        assert!(n <= READ_MAX, "one read took {n} bytes");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&space[..n]);
+    }
+    assert!(
+        got == data,
+        "{} of {} bytes, not in order",
+        got.len(),
+        data.len()
+    );
+}
+
+/// A response head larger than one capped read still arrives whole: hyper reads on until the
+/// head is complete.
+#[tokio::test]
+async fn a_response_head_larger_than_a_read_arrives() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let cookie = "c".repeat(4 * READ_MAX);
+    let answer = format!("HTTP/1.1 200 OK\r\nx-big: {cookie}\r\ncontent-length: 2\r\n\r\nok");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        let _ = stream.read(&mut buf).await;
+    });
+    let (pool, _) = pool(origin, 8);
+    let home = Arc::new(ConnUpstream::default());
+    let mut upstream = pool.lease(&home, target(1)).await.unwrap();
+    let request = Request::builder()
+        .uri("/")
+        .header("host", "a.test")
+        .body(Either::Right(Empty::new()))
+        .unwrap();
+    let response = upstream.send(request).await.unwrap();
+    assert_eq!(response.headers()["x-big"], cookie.as_str());
+    let body = ResponseBody::leased(response.into_body(), upstream, home.clone());
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+}
