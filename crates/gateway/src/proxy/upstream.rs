@@ -426,10 +426,10 @@ impl Body for ResponseBody {
 /// hyper sizes its read buffer to what reads return, up to 400 KiB, and a response body's
 /// chunks are split off that buffer, so while they are on their way to the client each new read
 /// takes a new block. The allocator gives every block of 64 KiB or more fresh pages of its own
-/// (kakuremichi's `allocator` module), so a download faulted in (and zeroed) every page it read
-/// into, and zeroed it first. Capped reads keep the buffer at
-/// 32 KiB, in blocks the allocator reuses. A response head larger than a read still arrives:
-/// hyper reads on until the head is complete.
+/// (kakuremichi's `allocator` module), so a download took a page fault, and the kernel zeroed a
+/// page, for every 4 KiB it read. Capped reads keep the buffer at 32 KiB, in blocks the allocator
+/// reuses. A response head larger than a read still arrives: hyper reads on until the head is
+/// complete.
 pub(crate) struct CappedReads<T>(pub(crate) T);
 
 impl<T: AsyncRead + Unpin> AsyncRead for CappedReads<T> {
