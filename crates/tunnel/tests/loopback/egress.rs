@@ -2,6 +2,7 @@
 //! poll of the whole stack.
 
 use super::{dial, pair, DEADLINE};
+use kakuremichi_tunnel::{Acceptor, TunnelStream};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -10,28 +11,12 @@ use tokio::time::timeout;
 /// wake-up of the peer's task) per packet, which cost a single stream 90% of its throughput.
 #[tokio::test]
 async fn a_bulk_stream_sends_its_packets_in_batches() {
-    let (gw, _ag, mut acceptor) = pair().await;
+    let (gw, _ag, acceptor) = pair().await;
     const BYTES: usize = 16 << 20;
-    let sink = tokio::spawn(async move {
-        let mut s = acceptor.accept().await.unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0;
-        loop {
-            match s.read(&mut buf).await.unwrap() {
-                0 => return total,
-                n => total += n,
-            }
-        }
-    });
+    let sink = tokio::spawn(count_to_end(acceptor));
     let mut c = dial(&gw).await;
     let before = gw.peers()[0].clone();
-    let data = vec![7u8; BYTES];
-    timeout(Duration::from_secs(60), async {
-        c.write_all(&data).await.unwrap();
-        c.shutdown().await.unwrap();
-    })
-    .await
-    .expect("upload finishes");
+    upload(&mut c, &vec![7u8; BYTES]).await;
     assert_eq!(timeout(DEADLINE, sink).await.unwrap().unwrap(), BYTES);
     let after = gw.peers()[0].clone();
     let packets = after.tx_packets - before.tx_packets;
@@ -43,6 +28,29 @@ async fn a_bulk_stream_sends_its_packets_in_batches() {
         per_send >= 4.0,
         "{packets} packets took {sends} UDP sends ({per_send:.1} per send): not batched"
     );
+}
+
+/// Accepts one stream and reads it to its end: the number of bytes that arrived.
+async fn count_to_end(mut acceptor: Acceptor) -> usize {
+    let mut s = acceptor.accept().await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf).await.unwrap() {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}
+
+/// Writes all of `data` and closes the sending side, within a minute.
+async fn upload(c: &mut TunnelStream, data: &[u8]) {
+    timeout(Duration::from_secs(60), async {
+        c.write_all(data).await.unwrap();
+        c.shutdown().await.unwrap();
+    })
+    .await
+    .expect("upload finishes");
 }
 
 // Requests and responses one at a time, as over a keep-alive HTTP connection: each arrives as a
@@ -211,28 +219,12 @@ async fn a_bulk_write_leaves_before_the_writer_yields() {
 // run, and the sender's window waited for them (a download moved 4 % less).
 #[tokio::test]
 async fn the_acks_of_bulk_data_leave_at_once() {
-    let (gw, ag, mut acceptor) = pair().await;
+    let (gw, ag, acceptor) = pair().await;
     const BYTES: usize = 8 << 20;
-    let sink = tokio::spawn(async move {
-        let mut s = acceptor.accept().await.unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0;
-        loop {
-            match s.read(&mut buf).await.unwrap() {
-                0 => return total,
-                n => total += n,
-            }
-        }
-    });
+    let sink = tokio::spawn(count_to_end(acceptor));
     let mut c = dial(&gw).await;
     let before = ag.peers()[0].clone();
-    let data = vec![5u8; BYTES];
-    timeout(Duration::from_secs(60), async {
-        c.write_all(&data).await.unwrap();
-        c.shutdown().await.unwrap();
-    })
-    .await
-    .expect("upload finishes");
+    upload(&mut c, &vec![5u8; BYTES]).await;
     assert_eq!(timeout(DEADLINE, sink).await.unwrap().unwrap(), BYTES);
     let after = ag.peers()[0].clone();
     let sends = after.tx_udp_sends - before.tx_udp_sends;
