@@ -71,17 +71,23 @@ fn target(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 9), port)
 }
 
-/// One GET to `target` through `pool`, read to its end, so its connection goes back to `home`.
-async fn exchange(pool: &Arc<UpstreamPool>, home: &Arc<ConnUpstream>, target: SocketAddrV4) {
+/// One GET to `target` through `pool`, read to its end, so its connection goes back to `home`:
+/// the response's headers, once its body was `ok`.
+async fn exchange(
+    pool: &Arc<UpstreamPool>,
+    home: &Arc<ConnUpstream>,
+    target: SocketAddrV4,
+) -> http::HeaderMap {
     let mut upstream = pool.lease(home, target).await.unwrap();
     let request = Request::builder()
         .uri("/")
         .header("host", "a.test")
         .body(Either::Right(Empty::new()))
         .unwrap();
-    let response = upstream.send(request).await.unwrap();
-    let body = ResponseBody::leased(response.into_body(), upstream, home.clone());
+    let (head, body) = upstream.send(request).await.unwrap().into_parts();
+    let body = ResponseBody::leased(body, upstream, home.clone());
     assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+    head.headers
 }
 
 #[tokio::test]
@@ -228,14 +234,6 @@ async fn a_response_head_larger_than_a_read_arrives() {
     });
     let (pool, _) = pool(origin, 8);
     let home = Arc::new(ConnUpstream::default());
-    let mut upstream = pool.lease(&home, target(1)).await.unwrap();
-    let request = Request::builder()
-        .uri("/")
-        .header("host", "a.test")
-        .body(Either::Right(Empty::new()))
-        .unwrap();
-    let response = upstream.send(request).await.unwrap();
-    assert_eq!(response.headers()["x-big"], cookie.as_str());
-    let body = ResponseBody::leased(response.into_body(), upstream, home.clone());
-    assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+    let headers = exchange(&pool, &home, target(1)).await;
+    assert_eq!(headers["x-big"], cookie.as_str());
 }
