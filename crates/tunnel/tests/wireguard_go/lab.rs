@@ -190,6 +190,16 @@ impl Lab {
         .expect("file server ready in time")
     }
 
+    /// Datagrams the namespace's UDP sockets dropped for a full receive buffer, so far (what
+    /// bursts too large for wireguard-go's socket cost); `None` when `nstat` cannot tell.
+    pub(super) async fn udp_rcvbuf_errors(&self) -> Option<u64> {
+        let cmd = self.ns_cmd(&["nstat", "-az", "UdpRcvbufErrors"]);
+        let out = Command::new(&cmd[0]).args(&cmd[1..]).output().await.ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("UdpRcvbufErrors"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     pub(super) fn ns_cmd(&self, args: &[&str]) -> Vec<String> {
         ["ip", "netns", "exec", &self.netns]
             .iter()
