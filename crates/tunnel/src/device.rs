@@ -108,8 +108,7 @@ impl Device {
     ) -> io::Result<(Device, Acceptor)> {
         let sock = socket2::Socket::from(socket);
         // Bulk transfers burst many datagrams; small default buffers would drop them.
-        let _ = sock.set_recv_buffer_size(8 << 20);
-        let _ = sock.set_send_buffer_size(8 << 20);
+        crate::udp::size_buffers(&sock);
         sock.set_nonblocking(true)?;
         let udp = Arc::new(Udp::new(tokio::net::UdpSocket::from_std(sock.into())?));
         let (accept_tx, rx) = mpsc::channel(ACCEPT_QUEUE);

@@ -6,6 +6,10 @@
 //! Both are used when the kernel accepts them and quietly replaced by one datagram per call when
 //! it does not.
 
+mod buffers;
+
+pub(crate) use buffers::size_buffers;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;

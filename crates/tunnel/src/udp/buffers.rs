@@ -1,0 +1,126 @@
+//! The kernel buffers of the WireGuard socket.
+//!
+//! A bulk transfer arrives in bursts of a whole TCP window per stream, and several streams' at
+//! once. A receive buffer too small for a burst drops its tail, which the sender's TCP repairs
+//! only slowly (smoltcp: by retransmission timeout, 1 s). Linux caps what a process may ask at
+//! `net.core.rmem_max` / `wmem_max` (208 KiB on a stock kernel) unless it has `CAP_NET_ADMIN`,
+//! which may ask past them (`SO_RCVBUFFORCE`). So: force where allowed, else ask, and say once
+//! when the kernel gave less, and how to raise it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Bytes asked for each of the receive and send buffers.
+pub(crate) const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Whether the warning about small buffers was logged (once per process: a load generator
+/// starts a thousand devices).
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Sizes `sock`'s buffers for bursts; returns what the kernel reports (Linux doubles what it
+/// grants, for its bookkeeping) as (receive, send).
+pub(crate) fn size_buffers(sock: &socket2::Socket) -> (usize, usize) {
+    if !force(sock, Direction::Receive) {
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if !force(sock, Direction::Send) {
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    }
+    let got = (
+        sock.recv_buffer_size().unwrap_or(0),
+        sock.send_buffer_size().unwrap_or(0),
+    );
+    if let Some(warning) = shortfall(got) {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{warning}");
+        }
+    }
+    got
+}
+
+/// What to tell the operator when the buffers reported are under what was asked.
+fn shortfall((recv, send): (usize, usize)) -> Option<String> {
+    if recv >= SOCKET_BUFFER && send >= SOCKET_BUFFER {
+        return None;
+    }
+    Some(format!(
+        "the WireGuard socket got buffers of {} KiB (receive) and {} KiB (send), under the {} KiB \
+         asked for: bursts of bulk data may be dropped and transfers slowed. Raise the kernel's \
+         limits (sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}, \
+         kept in /etc/sysctl.d/) or give the process CAP_NET_ADMIN",
+        recv >> 10,
+        send >> 10,
+        SOCKET_BUFFER >> 10,
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Receive,
+    Send,
+}
+
+/// Asks past the sysctl limit; false where the process may not (or the OS has no such option).
+#[cfg(target_os = "linux")]
+fn force(sock: &socket2::Socket, direction: Direction) -> bool {
+    use std::os::fd::AsRawFd;
+    let option = match direction {
+        Direction::Receive => libc::SO_RCVBUFFORCE,
+        Direction::Send => libc::SO_SNDBUFFORCE,
+    };
+    let size = SOCKET_BUFFER as libc::c_int;
+    // SAFETY: a valid fd and a pointer to a c_int that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn force(_sock: &socket2::Socket, _direction: Direction) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket() -> socket2::Socket {
+        socket2::Socket::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+    }
+
+    /// As root, the buffers are what was asked even where the sysctl limits are lower (as on a
+    /// stock kernel, and on the test machines: 4 MiB): Linux grants the whole size, doubled.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn root_gets_the_whole_buffer_past_the_sysctl_limit() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: SO_RCVBUFFORCE is not allowed, nothing to check");
+            return;
+        }
+        let sock = socket();
+        let (recv, send) = size_buffers(&sock);
+        assert_eq!(recv, 2 * SOCKET_BUFFER, "receive buffer");
+        assert_eq!(send, 2 * SOCKET_BUFFER, "send buffer");
+        assert_eq!(shortfall((recv, send)), None);
+    }
+
+    /// Less than asked is said, with the sizes and the way to raise the limits.
+    #[test]
+    fn a_small_buffer_is_explained() {
+        assert_eq!(shortfall((SOCKET_BUFFER, SOCKET_BUFFER)), None);
+        let warning = shortfall((425_984, SOCKET_BUFFER)).expect("a warning");
+        assert!(warning.contains("416 KiB (receive)"), "{warning}");
+        assert!(warning.contains("8192 KiB (send)"), "{warning}");
+        assert!(
+            warning.contains("net.core.rmem_max=8388608 net.core.wmem_max=8388608"),
+            "{warning}"
+        );
+        assert!(shortfall((SOCKET_BUFFER, 0)).is_some());
+    }
+}
