@@ -270,17 +270,29 @@ fn is_gso_refusal(e: &io::Error) -> bool {
 #[cfg(target_os = "linux")]
 fn enable_gro(socket: &UdpSocket) {
     use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid fd and a pointer to a c_int that outlives the call.
-    let _ = unsafe {
+    set_int_option(socket.as_raw_fd(), libc::SOL_UDP, UDP_GRO, 1);
+}
+
+/// Sets an integer socket option; false where the kernel refused it.
+#[cfg(target_os = "linux")]
+fn set_int_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> bool {
+    // SAFETY: `fd` is a socket the caller owns, and the pointer is to a c_int that outlives
+    // the call.
+    let r = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_GRO,
-            &on as *const _ as *const libc::c_void,
+            fd,
+            level,
+            option,
+            &value as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+    r == 0
 }
 
 #[cfg(target_os = "linux")]

@@ -67,18 +67,12 @@ fn force(sock: &socket2::Socket, direction: Direction) -> bool {
         Direction::Receive => libc::SO_RCVBUFFORCE,
         Direction::Send => libc::SO_SNDBUFFORCE,
     };
-    let size = SOCKET_BUFFER as libc::c_int;
-    // SAFETY: a valid fd and a pointer to a c_int that outlives the call.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            &size as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    r == 0
+    super::set_int_option(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        option,
+        SOCKET_BUFFER as libc::c_int,
+    )
 }
 
 #[cfg(not(target_os = "linux"))]
