@@ -103,9 +103,10 @@ async fn main() {
     let cpu = cpu_seconds() - cpu0;
     let gib = total as f64 / (1u64 << 30) as f64;
     println!(
-        "{streams} stream(s), {:.0} MiB in {secs:.2} s: {:.2} Gbit/s, {:.1} CPU-s/GiB (both ends)",
+        "{streams} stream(s), {:.0} MiB in {secs:.2} s: {:.2} Gbit/s, {:.1} CPU-s/GiB (both ends), {} segments sent again",
         total as f64 / 1048576.0,
         total as f64 * 8.0 / secs / 1e9,
-        cpu / gib
+        cpu / gib,
+        ag.peers()[0].tx_retransmits
     );
 }

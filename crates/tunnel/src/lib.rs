@@ -37,6 +37,7 @@ mod guard;
 mod keys;
 mod link;
 mod nic;
+mod pacing;
 mod peer;
 mod stream;
 mod udp;

@@ -17,6 +17,7 @@
 
 use crate::frame;
 use crate::link::StreamLink;
+use crate::pacing::Pacer;
 use crate::peer::{Counters, Source, StreamPath};
 use crate::udp::{Batch, Udp, MAX_BATCH_BYTES};
 use boringtun::noise::{Tunn, TunnResult};
@@ -74,6 +75,8 @@ pub(crate) struct Nic {
     batch: Batch,
     /// A flush of what is queued is on its way (see [`Nic::flush_soon`]).
     flush_due: bool,
+    /// Holds datagrams back while the peer drops bursts.
+    pub pacer: Pacer,
 }
 
 impl Nic {
@@ -100,6 +103,7 @@ impl Nic {
             tx_sealed: vec![0; MAX_DATAGRAM],
             batch: Batch::new(),
             flush_due: false,
+            pacer: Pacer::default(),
         }
     }
 
@@ -278,6 +282,9 @@ impl phy::Device for Nic {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
+        if !self.pacer.allows() {
+            return None;
+        }
         Some(TxToken(self))
     }
 
@@ -311,6 +318,7 @@ impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let len = len.min(TUNNEL_MTU);
         let r = f(&mut self.0.tx_plain[..len]);
+        self.0.pacer.sent(&self.0.tx_plain[..len]);
         self.0.seal_and_send(len);
         r
     }

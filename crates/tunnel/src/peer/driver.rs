@@ -48,6 +48,11 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
                 Some(d) => (Instant::now() + d).min(next_tick),
                 None => next_tick,
             };
+            // Paced: what the NIC held back waits for the next window, not for now.
+            let deadline = match st.nic.pacer.take_held() {
+                Some(at) if !more => deadline.max(Instant::from_std(at)),
+                _ => deadline,
+            };
             st.driver_wakes_at = deadline;
             (deadline, more)
         };

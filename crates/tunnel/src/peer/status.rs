@@ -34,6 +34,9 @@ pub struct PeerStatus {
     /// has run the other ready tasks, so that lone messages of many connections leave together.
     /// Bulk data and the ACKs of bulk data leave at once, without one.
     pub tx_deferred_flushes: u64,
+    /// TCP segments the stack sent again (wrapping): losses on the way to the peer, which
+    /// pace what is sent to it (see the `pacing` module).
+    pub tx_retransmits: u64,
     /// Datagrams from this peer handled by the task that received them, without a hand-off
     /// to the peer's own task (the rest arrived in bursts or while the stack was busy).
     pub rx_on_arrival: u64,
@@ -81,6 +84,7 @@ impl Peer {
             tx_packets: st.nic.transmitted,
             tx_udp_sends: st.nic.udp_sends,
             tx_deferred_flushes: st.nic.deferred_flushes,
+            tx_retransmits: st.nic.pacer.retransmits,
             rx_on_arrival: st.stats.on_arrival,
             full_polls: st.stats.full_polls,
             socket_slots: st.sockets.slots(),
