@@ -77,6 +77,8 @@ pub(crate) struct Nic {
     flush_due: bool,
     /// Holds datagrams back while the peer drops bursts.
     pub pacer: Pacer,
+    /// The stack's clock at the pass that asked for the latest token.
+    now: Instant,
 }
 
 impl Nic {
@@ -104,6 +106,7 @@ impl Nic {
             batch: Batch::new(),
             flush_due: false,
             pacer: Pacer::default(),
+            now: Instant::ZERO,
         }
     }
 
@@ -273,18 +276,20 @@ impl phy::Device for Nic {
     type RxToken<'a> = RxToken;
     type TxToken<'a> = TxToken<'a>;
 
-    fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+    fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let packet = self.rx.pop_front()?;
+        self.now = now;
         if full_size(packet.len()) {
             self.received_full = self.received_full.wrapping_add(1);
         }
         Some((RxToken(packet), TxToken(self)))
     }
 
-    fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
-        if !self.pacer.allows() {
+    fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
+        if !self.pacer.allows(now) {
             return None;
         }
+        self.now = now;
         Some(TxToken(self))
     }
 
@@ -318,7 +323,7 @@ impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let len = len.min(TUNNEL_MTU);
         let r = f(&mut self.0.tx_plain[..len]);
-        self.0.pacer.sent(&self.0.tx_plain[..len]);
+        self.0.pacer.sent(&self.0.tx_plain[..len], self.0.now);
         self.0.seal_and_send(len);
         r
     }

@@ -15,8 +15,11 @@
 //! millisecond's datagrams are spent the NIC refuses to transmit: the data waits in the
 //! sockets' buffers, and the peer's task polls again when the next millisecond begins (tokio's
 //! timers have millisecond granularity, hence the unit).
+//!
+//! Time is the stack's clock, read once per pass and handed to the NIC: the pacer reads no
+//! clock of its own on the data path.
 
-use std::time::{Duration, Instant};
+use smoltcp::time::{Duration, Instant};
 
 /// The unit of pacing.
 const WINDOW: Duration = Duration::from_millis(1);
@@ -61,7 +64,7 @@ pub(crate) struct Pacer {
 
 impl Default for Pacer {
     fn default() -> Self {
-        let now = Instant::now();
+        let now = Instant::ZERO;
         Self {
             cap: None,
             window_start: now,
@@ -78,11 +81,10 @@ impl Default for Pacer {
 }
 
 impl Pacer {
-    /// Whether one more datagram may leave now.
-    pub fn allows(&mut self) -> bool {
+    /// Whether one more datagram may leave at `now`.
+    pub fn allows(&mut self, now: Instant) -> bool {
         let Some(cap) = self.cap else { return true };
-        let now = Instant::now();
-        if now.duration_since(self.window_start) >= WINDOW {
+        if now >= self.window_start + WINDOW {
             self.window_start = now;
             self.sent_in_window = 0;
         }
@@ -100,9 +102,9 @@ impl Pacer {
         std::mem::take(&mut self.held).then(|| self.window_start + WINDOW)
     }
 
-    /// Looks at an IPv4 packet on its way out: a TCP segment that carries data at or below
-    /// what its flow already sent is a retransmission.
-    pub fn sent(&mut self, packet: &[u8]) {
+    /// Looks at an IPv4 packet on its way out at `now`: a TCP segment that carries data at or
+    /// below what its flow already sent is a retransmission.
+    pub fn sent(&mut self, packet: &[u8], now: Instant) {
         let Some(segment) = tcp_segment(packet) else {
             return;
         };
@@ -124,12 +126,12 @@ impl Pacer {
         if segment.len < LOSS_SEGMENT {
             return;
         }
-        self.count(Instant::now(), again);
+        self.count(now, again);
     }
 
     /// Counts a full-size segment, sent `again` or not, and adapts the cap.
     fn count(&mut self, now: Instant, again: bool) {
-        if now.duration_since(self.period_start) >= PERIOD {
+        if now >= self.period_start + PERIOD {
             if !self.cut {
                 self.cap = self.cap.and_then(|cap| {
                     let grown = cap + (cap / 4).max(1);
@@ -223,39 +225,43 @@ mod tests {
     #[test]
     fn heavy_loss_paces_and_light_loss_does_not() {
         let mut p = Pacer::default();
+        let t = Instant::from_millis(5);
         for i in 0..1000u32 {
-            p.sent(&segment(
-                40000,
-                i.wrapping_mul(1400).wrapping_add(u32::MAX - 5000),
-                1400,
-            ));
-            assert!(p.allows());
+            p.sent(
+                &segment(
+                    40000,
+                    i.wrapping_mul(1400).wrapping_add(u32::MAX - 5000),
+                    1400,
+                ),
+                t,
+            );
+            assert!(p.allows(t));
         }
         // ACKs, other flows' data and a keep-alive (the last byte sent, again) are not
         // retransmissions; neither is a connection opened anew on the same ports.
-        p.sent(&segment(40000, 0, 0));
-        p.sent(&segment(40001, 7, 1400));
-        p.sent(&segment(40001, 1400 + 6, 1));
+        p.sent(&segment(40000, 0, 0), t);
+        p.sent(&segment(40001, 7, 1400), t);
+        p.sent(&segment(40001, 1400 + 6, 1), t);
         let mut syn = segment(40001, 0, 0);
         syn[33] = 0x02;
-        p.sent(&syn);
-        p.sent(&segment(40001, 1, 1400));
+        p.sent(&syn, t);
+        p.sent(&segment(40001, 1, 1400), t);
         assert_eq!((p.retransmits, p.cap()), (0, None));
         // A few segments sent again out of a thousand: light, left to TCP.
         for _ in 0..HEAVY_MIN {
-            p.sent(&segment(40000, u32::MAX - 5000, 1400));
+            p.sent(&segment(40000, u32::MAX - 5000, 1400), t);
         }
         assert_eq!((p.retransmits, p.cap()), (u64::from(HEAVY_MIN), None));
         // Over 5 %: paced.
         for _ in 0..60 {
-            p.sent(&segment(40000, u32::MAX - 5000, 1400));
+            p.sent(&segment(40000, u32::MAX - 5000, 1400), t);
         }
         assert_eq!(p.cap(), Some(FIRST_CAP), "cut once per period");
-        let allowed = (0..FIRST_CAP * 2).filter(|_| p.allows()).count();
+        let allowed = (0..FIRST_CAP * 2).filter(|_| p.allows(t)).count();
         assert_eq!(allowed, FIRST_CAP as usize, "one window's datagrams");
-        let release = p.take_held().expect("held back");
-        assert!(release > Instant::now() - WINDOW);
+        assert_eq!(p.take_held(), Some(t + WINDOW), "held back for a window");
         assert_eq!(p.take_held(), None);
+        assert!(p.allows(t + WINDOW), "the next window's first datagram");
     }
 
     #[test]
@@ -290,26 +296,27 @@ mod tests {
     #[test]
     fn malformed_packets_are_ignored() {
         let mut p = Pacer::default();
+        let t = Instant::ZERO;
         for packet in [
             &[][..],
             &[0x45][..],
             &[0x41, 0, 0, 40, 0, 0, 0, 0, 0, 6][..],
             &segment(1, 1, 10)[..30],
         ] {
-            p.sent(packet);
+            p.sent(packet, t);
         }
         let mut bad = segment(1, 1, 600);
         bad[2..4].copy_from_slice(&9999u16.to_be_bytes());
-        p.sent(&bad);
-        p.sent(&bad);
+        p.sent(&bad, t);
+        p.sent(&bad, t);
         assert_eq!(
             p.retransmits, 1,
             "a length past the packet counts what is there"
         );
         let mut bad = segment(1, 1, 10);
         bad[32] = 15 << 4; // a header longer than the segment
-        p.sent(&bad);
-        p.sent(&bad);
+        p.sent(&bad, t);
+        p.sent(&bad, t);
         assert_eq!(p.retransmits, 1);
     }
 }

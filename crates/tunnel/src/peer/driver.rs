@@ -50,7 +50,7 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
             };
             // Paced: what the NIC held back waits for the next window, not for now.
             let deadline = match st.nic.pacer.take_held() {
-                Some(at) if !more => deadline.max(Instant::from_std(at)),
+                Some(at) if !more => deadline.max(Instant::from_std(peer.shared.instant(at))),
                 _ => deadline,
             };
             st.driver_wakes_at = deadline;
