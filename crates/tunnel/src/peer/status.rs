@@ -34,8 +34,9 @@ pub struct PeerStatus {
     /// has run the other ready tasks, so that lone messages of many connections leave together.
     /// Bulk data and the ACKs of bulk data leave at once, without one.
     pub tx_deferred_flushes: u64,
-    /// TCP segments the stack sent again (wrapping): losses on the way to the peer, which
-    /// pace what is sent to it (see the `pacing` module).
+    /// TCP segments of 512 bytes of data or more that the stack sent again (wrapping): losses
+    /// of bulk data on the way to the peer, which pace what is sent to it (see the `pacing`
+    /// module). Short segments sent again (keep-alives, lone messages) are not counted.
     pub tx_retransmits: u64,
     /// Datagrams from this peer handled by the task that received them, without a hand-off
     /// to the peer's own task (the rest arrived in bursts or while the stack was busy).
