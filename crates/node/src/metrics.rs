@@ -183,6 +183,15 @@ pub fn encode_wireguard(
             ]
         }),
     )?;
+    counters(
+        encoder,
+        "kakuremichi_wireguard_tcp_retransmits",
+        "TCP segments of 512 bytes of data or more that the tunnel's stack sent to a peer again: bulk data lost on the way (the peer's socket buffer, a congested link). Over 5 % of what is sent, the peer is paced.",
+        peers
+            .iter()
+            .zip(&keys)
+            .map(|(p, key)| ([("peer", key.as_str())], p.tcp_retransmits)),
+    )?;
     gauges(
         encoder,
         "kakuremichi_wireguard_transport",
@@ -214,6 +223,7 @@ mod tests {
                 tx_bytes: 1 << 20,
                 since_handshake: Some(Duration::from_secs(42)),
                 transport: Some(Transport::Stream),
+                tcp_retransmits: 7,
             },
             PeerStats {
                 public_key: key(),
@@ -221,6 +231,7 @@ mod tests {
                 tx_bytes: 148,
                 since_handshake: None,
                 transport: None,
+                tcp_retransmits: 0,
             },
         ]
     }
@@ -265,6 +276,8 @@ mod tests {
             format!("kakuremichi_wireguard_bytes_total{{peer=\"{a}\",direction=\"rx\"}} 4096"),
             format!("kakuremichi_wireguard_bytes_total{{peer=\"{a}\",direction=\"tx\"}} 1048576"),
             format!("kakuremichi_wireguard_bytes_total{{peer=\"{b}\",direction=\"tx\"}} 148"),
+            format!("kakuremichi_wireguard_tcp_retransmits_total{{peer=\"{a}\"}} 7"),
+            format!("kakuremichi_wireguard_tcp_retransmits_total{{peer=\"{b}\"}} 0"),
             format!("kakuremichi_wireguard_transport{{peer=\"{a}\",mode=\"tls\"}} 1"),
             format!("kakuremichi_wireguard_transport{{peer=\"{a}\",mode=\"udp\"}} 0"),
             format!("kakuremichi_wireguard_transport{{peer=\"{b}\",mode=\"udp\"}} 0"),

@@ -323,7 +323,9 @@ impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let len = len.min(TUNNEL_MTU);
         let r = f(&mut self.0.tx_plain[..len]);
-        self.0.pacer.sent(&self.0.tx_plain[..len], self.0.now);
+        if self.0.pacer.sent(&self.0.tx_plain[..len], self.0.now) {
+            self.0.counters.retransmitted();
+        }
         self.0.seal_and_send(len);
         r
     }

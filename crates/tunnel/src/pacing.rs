@@ -56,8 +56,6 @@ pub(crate) struct Pacer {
     cut: bool,
     /// Per flow slot: (ports, end of the highest segment sent).
     flows: [(u32, u32); FLOW_SLOTS],
-    /// TCP segments sent again (wrapping).
-    pub retransmits: u64,
     /// The NIC refused to transmit since the last [`Pacer::take_held`].
     held: bool,
 }
@@ -74,7 +72,6 @@ impl Default for Pacer {
             lost: 0,
             cut: false,
             flows: [(u32::MAX, 0); FLOW_SLOTS],
-            retransmits: 0,
             held: false,
         }
     }
@@ -103,10 +100,11 @@ impl Pacer {
     }
 
     /// Looks at an IPv4 packet on its way out at `now`: a TCP segment that carries data at or
-    /// below what its flow already sent is a retransmission.
-    pub fn sent(&mut self, packet: &[u8], now: Instant) {
+    /// below what its flow already sent is a retransmission. True for a retransmission that
+    /// counts: a full-size segment's.
+    pub fn sent(&mut self, packet: &[u8], now: Instant) -> bool {
         let Some(segment) = tcp_segment(packet) else {
-            return;
+            return false;
         };
         let end = segment
             .seq
@@ -124,9 +122,10 @@ impl Pacer {
             true
         };
         if segment.len < LOSS_SEGMENT {
-            return;
+            return false;
         }
         self.count(now, again);
+        again
     }
 
     /// Counts a full-size segment, sent `again` or not, and adapts the cap.
@@ -147,7 +146,6 @@ impl Pacer {
         if !again {
             return;
         }
-        self.retransmits = self.retransmits.wrapping_add(1);
         self.lost = self.lost.saturating_add(1);
         let heavy = self.lost >= HEAVY_MIN
             && u64::from(self.lost) * 1000 >= u64::from(self.segments) * u64::from(HEAVY_PER_MILLE);
@@ -222,12 +220,25 @@ mod tests {
         p
     }
 
+    /// A pacer and the retransmissions it counted.
+    #[derive(Default)]
+    struct Counted {
+        p: Pacer,
+        retransmits: u64,
+    }
+
+    impl Counted {
+        fn sent(&mut self, packet: &[u8], now: Instant) {
+            self.retransmits += u64::from(self.p.sent(packet, now));
+        }
+    }
+
     #[test]
     fn heavy_loss_paces_and_light_loss_does_not() {
-        let mut p = Pacer::default();
+        let mut c = Counted::default();
         let t = Instant::from_millis(5);
         for i in 0..1000u32 {
-            p.sent(
+            c.sent(
                 &segment(
                     40000,
                     i.wrapping_mul(1400).wrapping_add(u32::MAX - 5000),
@@ -235,33 +246,33 @@ mod tests {
                 ),
                 t,
             );
-            assert!(p.allows(t));
+            assert!(c.p.allows(t));
         }
         // ACKs, other flows' data and a keep-alive (the last byte sent, again) are not
         // retransmissions; neither is a connection opened anew on the same ports.
-        p.sent(&segment(40000, 0, 0), t);
-        p.sent(&segment(40001, 7, 1400), t);
-        p.sent(&segment(40001, 1400 + 6, 1), t);
+        c.sent(&segment(40000, 0, 0), t);
+        c.sent(&segment(40001, 7, 1400), t);
+        c.sent(&segment(40001, 1400 + 6, 1), t);
         let mut syn = segment(40001, 0, 0);
         syn[33] = 0x02;
-        p.sent(&syn, t);
-        p.sent(&segment(40001, 1, 1400), t);
-        assert_eq!((p.retransmits, p.cap()), (0, None));
+        c.sent(&syn, t);
+        c.sent(&segment(40001, 1, 1400), t);
+        assert_eq!((c.retransmits, c.p.cap()), (0, None));
         // A few segments sent again out of a thousand: light, left to TCP.
         for _ in 0..HEAVY_MIN {
-            p.sent(&segment(40000, u32::MAX - 5000, 1400), t);
+            c.sent(&segment(40000, u32::MAX - 5000, 1400), t);
         }
-        assert_eq!((p.retransmits, p.cap()), (u64::from(HEAVY_MIN), None));
+        assert_eq!((c.retransmits, c.p.cap()), (u64::from(HEAVY_MIN), None));
         // Over 5 %: paced.
         for _ in 0..60 {
-            p.sent(&segment(40000, u32::MAX - 5000, 1400), t);
+            c.sent(&segment(40000, u32::MAX - 5000, 1400), t);
         }
-        assert_eq!(p.cap(), Some(FIRST_CAP), "cut once per period");
-        let allowed = (0..FIRST_CAP * 2).filter(|_| p.allows(t)).count();
+        assert_eq!(c.p.cap(), Some(FIRST_CAP), "cut once per period");
+        let allowed = (0..FIRST_CAP * 2).filter(|_| c.p.allows(t)).count();
         assert_eq!(allowed, FIRST_CAP as usize, "one window's datagrams");
-        assert_eq!(p.take_held(), Some(t + WINDOW), "held back for a window");
-        assert_eq!(p.take_held(), None);
-        assert!(p.allows(t + WINDOW), "the next window's first datagram");
+        assert_eq!(c.p.take_held(), Some(t + WINDOW), "held back for a window");
+        assert_eq!(c.p.take_held(), None);
+        assert!(c.p.allows(t + WINDOW), "the next window's first datagram");
     }
 
     #[test]
@@ -295,7 +306,7 @@ mod tests {
 
     #[test]
     fn malformed_packets_are_ignored() {
-        let mut p = Pacer::default();
+        let mut c = Counted::default();
         let t = Instant::ZERO;
         for packet in [
             &[][..],
@@ -303,20 +314,20 @@ mod tests {
             &[0x41, 0, 0, 40, 0, 0, 0, 0, 0, 6][..],
             &segment(1, 1, 10)[..30],
         ] {
-            p.sent(packet, t);
+            c.sent(packet, t);
         }
         let mut bad = segment(1, 1, 600);
         bad[2..4].copy_from_slice(&9999u16.to_be_bytes());
-        p.sent(&bad, t);
-        p.sent(&bad, t);
+        c.sent(&bad, t);
+        c.sent(&bad, t);
         assert_eq!(
-            p.retransmits, 1,
+            c.retransmits, 1,
             "a length past the packet counts what is there"
         );
         let mut bad = segment(1, 1, 10);
         bad[32] = 15 << 4; // a header longer than the segment
-        p.sent(&bad, t);
-        p.sent(&bad, t);
-        assert_eq!(p.retransmits, 1);
+        c.sent(&bad, t);
+        c.sent(&bad, t);
+        assert_eq!(c.retransmits, 1);
     }
 }

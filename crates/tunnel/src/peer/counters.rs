@@ -1,5 +1,5 @@
 //! A peer's counters that are read without its lock: the bytes of WireGuard datagrams each way,
-//! when its last handshake completed, and the path it uses. The data path updates them with
+//! when its last handshake completed, the path it uses, and the bulk data sent to it again. The data path updates them with
 //! relaxed atomics (it holds the peer's lock anyway, for the noise session); a scrape of the
 //! roles' `/metrics` reads them through [`crate::Device::peer_stats`] at any time without
 //! waiting for, or holding up, a peer's traffic.
@@ -40,6 +40,10 @@ pub struct PeerStats {
     /// The path the peer's datagrams take now; `None` while there is none (a Gateway's peer
     /// before the Agent's first handshake).
     pub transport: Option<Transport>,
+    /// TCP segments of 512 bytes of data or more that the tunnel's stack sent to this peer
+    /// again: bulk data lost on the way (a full socket buffer on the peer's side, a congested
+    /// link). A share of them over 5 % paces what is sent to the peer.
+    pub tcp_retransmits: u64,
 }
 
 impl PeerStats {
@@ -54,6 +58,7 @@ impl PeerStats {
 pub(crate) struct Counters {
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
+    tcp_retransmits: AtomicU64,
     /// Nanoseconds from `epoch` to the last completed handshake, plus one; 0: never.
     handshake: AtomicU64,
     /// Whether the peer has a UDP endpoint (configured or learned).
@@ -68,6 +73,7 @@ impl Counters {
         Self {
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
+            tcp_retransmits: AtomicU64::new(0),
             handshake: AtomicU64::new(0),
             endpoint: AtomicBool::new(endpoint),
             stream: ArcSwapOption::empty(),
@@ -81,6 +87,15 @@ impl Counters {
 
     pub fn sent(&self, bytes: usize) {
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A full-size TCP segment was sent to the peer again.
+    pub fn retransmitted(&self) {
+        self.tcp_retransmits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tcp_retransmits(&self) -> u64 {
+        self.tcp_retransmits.load(Ordering::Relaxed)
     }
 
     /// A handshake completed now: a session was established, this side initiating or not.
@@ -121,6 +136,7 @@ impl Counters {
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
             since_handshake,
             transport,
+            tcp_retransmits: self.tcp_retransmits(),
         }
     }
 }
@@ -146,8 +162,10 @@ mod tests {
         c.sent(32);
         c.handshake_completed();
         c.set_endpoint();
+        c.retransmitted();
         let s = c.snapshot(key());
         assert_eq!((s.rx_bytes, s.tx_bytes), (148, 124));
+        assert_eq!(s.tcp_retransmits, 1);
         let since = s.since_handshake.unwrap();
         assert!(since < Duration::from_secs(60), "{since:?}");
         assert!(s.is_up());

@@ -85,7 +85,7 @@ impl Peer {
             tx_packets: st.nic.transmitted,
             tx_udp_sends: st.nic.udp_sends,
             tx_deferred_flushes: st.nic.deferred_flushes,
-            tx_retransmits: st.nic.pacer.retransmits,
+            tx_retransmits: self.counters.tcp_retransmits(),
             rx_on_arrival: st.stats.on_arrival,
             full_polls: st.stats.full_polls,
             socket_slots: st.sockets.slots(),
