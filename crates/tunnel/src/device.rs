@@ -212,6 +212,16 @@ impl Device {
         stats
     }
 
+    /// Paces what is sent to the peer `public_key` at `datagrams_per_ms` from now on, whatever
+    /// its losses (the pacing otherwise starts only when a peer drops our bursts). For tests of
+    /// what a paced peer's task does; no role calls it.
+    #[doc(hidden)]
+    pub fn pin_pacing(&self, public_key: &PublicKey, datagrams_per_ms: u32) {
+        if let Some(e) = self.inner.peers.load().by_key.get(public_key) {
+            e.peer.lock().nic.pacer.pin(datagrams_per_ms);
+        }
+    }
+
     /// The status of one peer.
     pub fn peer(&self, public_key: &PublicKey) -> Option<PeerStatus> {
         self.peers()

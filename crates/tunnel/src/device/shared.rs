@@ -46,11 +46,6 @@ impl Shared {
         smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
 
-    /// The moment `at` of the stacks' clock (see [`Shared::now`]).
-    pub fn instant(&self, at: smoltcp::time::Instant) -> std::time::Instant {
-        self.epoch + std::time::Duration::from_micros(at.total_micros().max(0) as u64)
-    }
-
     pub fn listening(&self, port: u16) -> bool {
         self.listen_ports.load().contains(&port)
     }

@@ -43,15 +43,12 @@ pub(crate) async fn drive(peer: Arc<Peer>, mut inbound: mpsc::Receiver<Inbound>)
             }
             let delay = st.poll(&peer);
             let more = handled >= RX_BATCH;
+            // Data the pacer held back asks for a poll now (a delay of 0): tokio's timer rounds
+            // that up to its next millisecond tick, the pacer's next window (see `pacing`).
             let deadline = match delay {
                 _ if more => Instant::now(),
                 Some(d) => (Instant::now() + d).min(next_tick),
                 None => next_tick,
-            };
-            // Paced: what the NIC held back waits for the next window, not for now.
-            let deadline = match st.nic.pacer.take_held() {
-                Some(at) if !more => deadline.max(Instant::from_std(peer.shared.instant(at))),
-                _ => deadline,
             };
             st.driver_wakes_at = deadline;
             (deadline, more)
