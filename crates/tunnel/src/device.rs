@@ -108,7 +108,7 @@ impl Device {
     ) -> io::Result<(Device, Acceptor)> {
         let sock = socket2::Socket::from(socket);
         // Bulk transfers burst many datagrams; small default buffers would drop them.
-        crate::udp::size_buffers(&sock);
+        crate::udp::WIREGUARD.apply(&sock);
         sock.set_nonblocking(true)?;
         let udp = Arc::new(Udp::new(tokio::net::UdpSocket::from_std(sock.into())?));
         let (accept_tx, rx) = mpsc::channel(ACCEPT_QUEUE);

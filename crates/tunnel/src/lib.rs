@@ -50,3 +50,4 @@ pub use link::{AttachedStream, StreamEnd};
 pub use nic::TUNNEL_MTU;
 pub use peer::{PeerStats, PeerStatus, Transport, REJECT_AFTER_TIME};
 pub use stream::TunnelStream;
+pub use udp::SocketBuffers;

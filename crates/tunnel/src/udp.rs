@@ -8,7 +8,8 @@
 
 mod buffers;
 
-pub(crate) use buffers::size_buffers;
+pub use buffers::SocketBuffers;
+pub(crate) use buffers::WIREGUARD;
 
 use std::io;
 use std::net::SocketAddr;

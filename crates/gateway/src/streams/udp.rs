@@ -10,7 +10,7 @@
 
 use super::splice::{Admitted, Splicer, StreamTarget};
 use arc_swap::ArcSwap;
-use kakuremichi_tunnel::UdpSender;
+use kakuremichi_tunnel::{SocketBuffers, UdpSender};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// Largest datagram read from a client (the most UDP allows; the tunnel carries less and the
 /// rest are dropped, counted).
 const MAX_DATAGRAM: usize = 65_535;
+/// The buffers of a tunnel's public port.
+static PUBLIC_BUFFERS: SocketBuffers = SocketBuffers::new("a UDP tunnel's public socket", 4 << 20);
 /// How often idle flows are looked for.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
@@ -32,8 +34,7 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
     let socket = std::net::UdpSocket::bind(addr)?;
     let socket = socket2::Socket::from(socket);
     // Bursts (a game tick to many players, iperf) would overflow the small default buffers.
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
+    PUBLIC_BUFFERS.apply(&socket);
     socket.set_nonblocking(true)?;
     Ok(Arc::new(UdpSocket::from_std(socket.into())?))
 }
