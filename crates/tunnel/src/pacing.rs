@@ -55,7 +55,8 @@ pub(crate) struct Pacer {
     lost: u32,
     /// The cap was cut in this period (at most once per period).
     cut: bool,
-    /// The cap stays as set by [`Pacer::pin`], whatever the losses.
+    /// The cap stays as set by [`Pacer::pin`] (or off, see [`Pacer::disable`]), whatever the
+    /// losses.
     pinned: bool,
     /// Per flow slot: (ports, end of the highest segment sent).
     flows: [(u32, u32); FLOW_SLOTS],
@@ -122,6 +123,12 @@ impl Pacer {
         again
     }
 
+    /// Never paces; retransmissions are still counted (`KAKUREMICHI_PACING=off`).
+    pub fn disable(&mut self) {
+        self.cap = None;
+        self.pinned = true;
+    }
+
     /// Paces at `cap` datagrams per millisecond from now on, whatever the losses.
     pub fn pin(&mut self, cap: u32) {
         self.cap = Some(cap);
@@ -130,11 +137,8 @@ impl Pacer {
 
     /// Counts a full-size segment, sent `again` or not, and adapts the cap.
     fn count(&mut self, now: Instant, again: bool) {
-        if self.pinned {
-            return;
-        }
         if now >= self.period_start + PERIOD {
-            if !self.cut {
+            if !self.cut && !self.pinned {
                 self.cap = self.cap.and_then(|cap| {
                     let grown = cap + (cap / 4).max(1);
                     (grown < UNPACED_CAP).then_some(grown)
@@ -150,6 +154,9 @@ impl Pacer {
             return;
         }
         self.lost = self.lost.saturating_add(1);
+        if self.pinned {
+            return;
+        }
         let heavy = self.lost >= HEAVY_MIN
             && u64::from(self.lost) * 1000 >= u64::from(self.segments) * u64::from(HEAVY_PER_MILLE);
         if !heavy || self.cut {
@@ -304,6 +311,22 @@ mod tests {
             assert!(periods < 100, "{:?}", p.cap());
         }
         assert!(periods > 20, "{periods} periods");
+    }
+
+    #[test]
+    fn a_disabled_pacer_counts_but_never_paces() {
+        let mut p = Pacer::default();
+        p.disable();
+        for _ in 0..100 {
+            p.count(Instant::ZERO, true);
+        }
+        assert_eq!(p.cap(), None);
+        let mut p = Pacer::default();
+        p.pin(4);
+        for i in 0..100 {
+            p.count(Instant::ZERO + PERIOD * i, i % 2 == 0);
+        }
+        assert_eq!(p.cap(), Some(4), "a pinned cap neither shrinks nor grows");
     }
 
     #[test]

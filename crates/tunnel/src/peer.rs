@@ -108,6 +108,9 @@ impl Peer {
     ) -> Arc<Self> {
         let counters = Arc::new(Counters::new(endpoint.is_some()));
         let mut nic = Nic::new(tunn, endpoint, shared.udp.clone(), counters.clone());
+        if !shared.pacing {
+            nic.pacer.disable();
+        }
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = rand::random();
         let mut iface = Interface::new(config, &mut nic, shared.now());

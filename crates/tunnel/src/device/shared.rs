@@ -22,6 +22,9 @@ pub(crate) struct Shared {
     udp_ports: ArcSwap<HashMap<u16, DatagramTx>>,
     accept_tx: mpsc::Sender<TunnelStream>,
     epoch: std::time::Instant,
+    /// Whether peers that drop our bursts are paced: `KAKUREMICHI_PACING` = `auto` (default)
+    /// or `off` (for a path where the pacing costs more than it saves).
+    pub pacing: bool,
 }
 
 impl Shared {
@@ -39,6 +42,8 @@ impl Shared {
             udp_ports: ArcSwap::from_pointee(HashMap::new()),
             accept_tx,
             epoch: std::time::Instant::now(),
+            pacing: !std::env::var("KAKUREMICHI_PACING")
+                .is_ok_and(|v| v.eq_ignore_ascii_case("off")),
         }
     }
 
