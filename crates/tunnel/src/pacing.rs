@@ -43,6 +43,31 @@ const FLOW_SLOTS: usize = 64;
 /// keep-alive sends one byte again and a lone message is no burst.
 const LOSS_SEGMENT: u32 = 512;
 
+/// Whether pacing is on, from `KAKUREMICHI_PACING` (`auto`, the default, or `off`); read once
+/// per process, and a value that is neither is said once and taken as `auto`.
+pub(crate) fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let value = std::env::var("KAKUREMICHI_PACING").ok();
+        parse_setting(value.as_deref()).unwrap_or_else(|bad| {
+            tracing::warn!(
+                "KAKUREMICHI_PACING={bad:?} is neither auto nor off: pacing stays on (auto)"
+            );
+            true
+        })
+    })
+}
+
+/// `KAKUREMICHI_PACING`'s value: whether pacing is on, or the value that is neither setting.
+fn parse_setting(value: Option<&str>) -> Result<bool, &str> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("auto") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("off") => Ok(false),
+        Some(v) => Err(v),
+    }
+}
+
 pub(crate) struct Pacer {
     /// Datagrams per window while paced.
     cap: Option<u32>,
@@ -327,6 +352,15 @@ mod tests {
             p.count(Instant::ZERO + PERIOD * i, i % 2 == 0);
         }
         assert_eq!(p.cap(), Some(4), "a pinned cap neither shrinks nor grows");
+    }
+
+    #[test]
+    fn the_setting_is_auto_or_off_and_nothing_else() {
+        assert_eq!(parse_setting(None), Ok(true));
+        assert_eq!(parse_setting(Some("")), Ok(true));
+        assert_eq!(parse_setting(Some("AUTO")), Ok(true));
+        assert_eq!(parse_setting(Some(" off ")), Ok(false));
+        assert_eq!(parse_setting(Some("of")), Err("of"));
     }
 
     #[test]

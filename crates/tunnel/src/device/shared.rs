@@ -42,8 +42,7 @@ impl Shared {
             udp_ports: ArcSwap::from_pointee(HashMap::new()),
             accept_tx,
             epoch: std::time::Instant::now(),
-            pacing: !std::env::var("KAKUREMICHI_PACING")
-                .is_ok_and(|v| v.eq_ignore_ascii_case("off")),
+            pacing: crate::pacing::enabled(),
         }
     }
 
