@@ -1,8 +1,9 @@
 //! A peer's counters that are read without its lock: the bytes of WireGuard datagrams each way,
-//! when its last handshake completed, the path it uses, and the bulk data sent to it again. The data path updates them with
-//! relaxed atomics (it holds the peer's lock anyway, for the noise session); a scrape of the
-//! roles' `/metrics` reads them through [`crate::Device::peer_stats`] at any time without
-//! waiting for, or holding up, a peer's traffic.
+//! when its last handshake completed, the path it uses, and the bulk data sent to it again.
+//! The data path updates them with relaxed atomics (it holds the peer's lock anyway, for the
+//! noise session); a scrape of the roles' `/metrics` reads them through
+//! [`crate::Device::peer_stats`] at any time without waiting for, or holding up, a peer's
+//! traffic.
 
 use crate::keys::PublicKey;
 use crate::link::StreamLink;
