@@ -354,6 +354,20 @@ impl Timer {
         }
     }
 
+    /// kakuremichi patch: an ACK that acknowledges new data while more is in flight restarts
+    /// the retransmission timer (RFC 6298, 5.3). Without it the timer ran from the moment the
+    /// flight was first sent, so a bulk flow whose window never drained completely timed out
+    /// while its ACKs kept advancing, and sent its whole flight again. A pending fast
+    /// retransmit is left as it is.
+    fn restart_retransmit(&mut self, timestamp: Instant, delay: Duration) {
+        if let Timer::Retransmit { .. } = *self {
+            *self = Timer::Retransmit {
+                expires_at: timestamp + delay,
+                delay,
+            }
+        }
+    }
+
     fn set_for_fast_retransmit(&mut self) {
         *self = Timer::FastRetransmit
     }
@@ -1857,6 +1871,9 @@ impl<'a> Socket<'a> {
             (State::Established, TcpControl::None) => {
                 if !self.timer.is_retransmit() || ack_all {
                     self.timer.set_for_idle(cx.now(), self.keep_alive);
+                } else if ack_len > 0 {
+                    self.timer
+                        .restart_retransmit(cx.now(), self.rtte.retransmission_timeout());
                 }
             }
 
@@ -1876,6 +1893,9 @@ impl<'a> Socket<'a> {
                 }
                 if ack_all {
                     self.timer.set_for_idle(cx.now(), self.keep_alive);
+                } else if ack_len > 0 {
+                    self.timer
+                        .restart_retransmit(cx.now(), self.rtte.retransmission_timeout());
                 }
             }
 
@@ -6628,6 +6648,43 @@ mod test {
                 ..RECV_TEMPL
             }]
         );
+    }
+
+    // kakuremichi patch regression test: an ACK of new data restarts the retransmission timer
+    // (RFC 6298, 5.3), so a flight whose ACKs keep coming is not sent again when the timer armed
+    // by its first segments runs out.
+    #[test]
+    fn test_ack_of_new_data_restarts_the_retransmission_timer() {
+        let mut s = socket_established();
+        s.remote_mss = 6;
+        s.send_slice(b"abcdef012345ghijkl").unwrap();
+        for (seq, payload) in [(0, &b"abcdef"[..]), (6, b"012345"), (12, b"ghijkl")] {
+            recv!(s, time 0, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + seq,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload,
+                ..RECV_TEMPL
+            }));
+        }
+        recv_nothing!(s, time 0);
+        // The timer armed at 0 runs out at 700 ms (the initial RTO). The first segment is
+        // acknowledged at 600 ms, so the timer starts again from there.
+        send!(s, time 600, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        let rto = s.rtte.retransmission_timeout().total_millis() as i64;
+        assert!(rto > 200, "the RTO after one sample of 600 ms is {rto} ms");
+        recv_nothing!(s, time 700);
+        recv_nothing!(s, time 600 + rto - 1);
+        // Without a further ACK it does run out, and what is unacknowledged is sent again.
+        recv!(s, time 600 + rto, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"012345"[..],
+            ..RECV_TEMPL
+        }));
     }
 
     // kakuremichi patch regression test: data accepted beyond a window that rounding to the
