@@ -6652,14 +6652,22 @@ mod test {
 
     // kakuremichi patch regression test: an ACK of new data restarts the retransmission timer
     // (RFC 6298, 5.3), so a flight whose ACKs keep coming is not sent again when the timer armed
-    // by its first segments runs out.
-    #[test]
-    fn test_ack_of_new_data_restarts_the_retransmission_timer() {
+    // by its first segments runs out. `close` sends a FIN after the data: the same in FIN-WAIT-1.
+    fn ack_of_new_data_restarts_the_retransmission_timer(close: bool) {
         let mut s = socket_established();
         s.remote_mss = 6;
         s.send_slice(b"abcdef012345ghijkl").unwrap();
-        for (seq, payload) in [(0, &b"abcdef"[..]), (6, b"012345"), (12, b"ghijkl")] {
+        if close {
+            s.close();
+        }
+        let last = if close { TcpControl::Fin } else { TcpControl::None };
+        for (seq, payload, control) in [
+            (0, &b"abcdef"[..], TcpControl::None),
+            (6, b"012345", TcpControl::None),
+            (12, b"ghijkl", last),
+        ] {
             recv!(s, time 0, Ok(TcpRepr {
+                control,
                 seq_number: LOCAL_SEQ + 1 + seq,
                 ack_number: Some(REMOTE_SEQ + 1),
                 payload,
@@ -6674,6 +6682,7 @@ mod test {
             ack_number: Some(LOCAL_SEQ + 1 + 6),
             ..SEND_TEMPL
         });
+        assert_eq!(s.state, if close { State::FinWait1 } else { State::Established });
         let rto = s.rtte.retransmission_timeout().total_millis() as i64;
         assert!(rto > 200, "the RTO after one sample of 600 ms is {rto} ms");
         recv_nothing!(s, time 700);
@@ -6685,6 +6694,16 @@ mod test {
             payload: &b"012345"[..],
             ..RECV_TEMPL
         }));
+    }
+
+    #[test]
+    fn test_ack_of_new_data_restarts_the_retransmission_timer() {
+        ack_of_new_data_restarts_the_retransmission_timer(false);
+    }
+
+    #[test]
+    fn test_ack_of_new_data_restarts_the_retransmission_timer_in_fin_wait_1() {
+        ack_of_new_data_restarts_the_retransmission_timer(true);
     }
 
     // kakuremichi patch regression test: data accepted beyond a window that rounding to the
