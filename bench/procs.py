@@ -36,14 +36,20 @@ class Env:
 
     # -- processes ---------------------------------------------------------------------------
     def spawn(self, name, argv, env=None, netns=None):
-        """Starts a long-running process, its output in WORK/NAME.log."""
+        """Starts a long-running process, its output in WORK/NAME.log, as the leader of a process
+        group of its own (Ctrl-C reaches the bench, which cleans up, not the process; the workers a
+        proxy forks share the group, for `group_cpu_seconds`). It stays in the bench's session:
+        with the kernel's autogroup scheduling (`/proc/sys/kernel/sched_autogroup_enabled`, on by
+        default) each session shares the CPUs as one, so a session per process gave a reference
+        split over more processes more CPU under load (separate Gateway and Agent two shares,
+        `up` one, nginx with both its workers one). In one session every thread competes alike."""
         if netns:
             argv = ["ip", "netns", "exec", netns] + argv
         full_env = dict(os.environ)
         full_env.update(env or {})
         with open(os.path.join(self.work, f"{name}.log"), "ab") as logf:
             p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=full_env,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+                                 stdin=subprocess.DEVNULL, process_group=0)
         self.procs.append((name, p))
         return p
 
@@ -190,16 +196,16 @@ def rss_mib(pid):
 
 
 def _stat(pid):
-    """/proc/PID/stat from field 3 (state) on: rest[3] is the session (field 6), rest[11] and
+    """/proc/PID/stat from field 3 (state) on: rest[2] is the process group (field 5), rest[11] and
     rest[12] utime and stime (fields 14, 15), every thread's included."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()
 
 
-def session_cpu_seconds(sessions):
-    """CPU-seconds of every live process in `sessions`. `Env.spawn` makes each process it starts
-    the leader of a session of its own, so its PID names the session, and the workers a proxy
-    forks (nginx's) count with it."""
+def group_cpu_seconds(groups):
+    """CPU-seconds of every live process in the process `groups`. `Env.spawn` makes each process
+    it starts the leader of a group of its own, so its PID names the group, and the workers a
+    proxy forks (nginx's) count with it."""
     ticks = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -208,7 +214,7 @@ def session_cpu_seconds(sessions):
             rest = _stat(entry)
         except OSError:  # gone meanwhile
             continue
-        if int(rest[3]) in sessions:
+        if int(rest[2]) in groups:
             ticks += int(rest[11]) + int(rest[12])
     return ticks / CLK_TCK
 

@@ -37,7 +37,7 @@ class Ref:
     port: int
     netns: str = None
     # role -> PID of each process on the path between the client and the origin (the proxy, the
-    # tunnel's ends), each the leader of a session its forked workers share (procs.Env.spawn).
+    # tunnel's ends), each the leader of a process group its forked workers share (procs.Env.spawn).
     pids: dict = field(default_factory=dict)
     tcp_port: int = None  # kakuremichi: its `tcp` tunnel to iperf3's server, if the Gateway has one
 

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import time
 
-from procs import HOST, BenchError, log, machine_cpu_seconds, rss_mib, session_cpu_seconds
+from procs import HOST, BenchError, log, machine_cpu_seconds, rss_mib, group_cpu_seconds
 
 GIB = 1 << 30
 # A transfer that moves nothing for 30 s has stalled: fail then, not after the 30-minute cap.
@@ -20,7 +20,7 @@ CURL = ["curl", "-sS", "-k", "--http1.1", "--max-time", "1800", "--speed-time", 
 
 def _cpu(ref):
     """CPU-seconds of ref's processes (and the workers they forked) so far."""
-    return session_cpu_seconds(set(ref.pids.values()))
+    return group_cpu_seconds(set(ref.pids.values()))
 
 
 def bulk_down(env, ref, size):
