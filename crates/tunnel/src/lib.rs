@@ -47,7 +47,7 @@ pub use datagram::{Datagram, TunnelUdp, UdpSender, MAX_UDP_PAYLOAD};
 pub use device::{Acceptor, Device};
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use link::{AttachedStream, StreamEnd};
-pub use nic::TUNNEL_MTU;
+pub use nic::{EARLY_FLUSH_DATAGRAMS, TUNNEL_MTU};
 pub use peer::{PeerStats, PeerStatus, Transport, REJECT_AFTER_TIME};
 pub use stream::TunnelStream;
 pub use udp::SocketBuffers;

@@ -46,6 +46,11 @@ fn full_size(len: usize) -> bool {
 /// Bound on decrypted packets waiting for smoltcp, so a flood cannot grow memory.
 const RX_QUEUE_LIMIT: usize = 4096;
 
+/// Queued datagrams from which a message leaves at once instead of in a deferred flush (see
+/// [`Nic::flush_soon`]): a long burst of messages goes out in parts, so the peer, and the
+/// chain behind it, start on the first ones while this thread still works on the rest.
+pub const EARLY_FLUSH_DATAGRAMS: usize = 8;
+
 pub(crate) struct Nic {
     pub tunn: Tunn,
     /// The peer's UDP endpoint: configured, or learned from its packets (roaming).
@@ -57,6 +62,8 @@ pub(crate) struct Nic {
     stream: Option<StreamPath>,
     /// Framed datagrams for `stream`, queued to its writer on [`Nic::flush`].
     stream_batch: Vec<u8>,
+    /// Datagrams in `stream_batch`.
+    stream_datagrams: usize,
     pub rx: VecDeque<Vec<u8>>,
     /// IP packets handed to this NIC by the stack (wrapping); tells whether a poll sent anything.
     pub transmitted: u64,
@@ -95,6 +102,7 @@ impl Nic {
             counters,
             stream: None,
             stream_batch: Vec::new(),
+            stream_datagrams: 0,
             rx: VecDeque::new(),
             transmitted: 0,
             transmitted_full: 0,
@@ -124,6 +132,7 @@ impl Nic {
     pub fn stream(&mut self) -> Option<&StreamPath> {
         if let Some(ended) = self.stream.take_if(|s| s.link().is_closed()) {
             self.stream_batch.clear();
+            self.stream_datagrams = 0;
             self.counters.set_stream(None);
             tracing::info!(stream = %ended.link().remote, udp = ?self.endpoint, "WireGuard stream ended; peer back on UDP");
         }
@@ -216,6 +225,7 @@ impl Nic {
         if self.stream.is_some() && self.stream().is_some() {
             self.counters.sent(sealed);
             frame::encode(&mut self.stream_batch, &self.tx_sealed[..sealed]);
+            self.stream_datagrams += 1;
             if self.stream_batch.len() >= MAX_BATCH_BYTES {
                 self.flush();
             }
@@ -253,9 +263,15 @@ impl Nic {
         arrange
     }
 
+    /// Datagrams waiting for the next [`Nic::flush`].
+    pub fn queued_datagrams(&self) -> usize {
+        self.batch.len() + self.stream_datagrams
+    }
+
     /// Sends the queued datagrams, in one syscall where the kernel allows.
     pub fn flush(&mut self) {
         self.flush_due = false;
+        self.stream_datagrams = 0;
         if !self.stream_batch.is_empty() {
             // The next batch is likely the size of this one.
             let capacity = self.stream_batch.len();

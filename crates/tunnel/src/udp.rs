@@ -234,7 +234,6 @@ impl Batch {
     }
 
     /// Datagrams in the batch.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.runs.iter().map(|r| r.count).sum()
     }

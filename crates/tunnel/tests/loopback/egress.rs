@@ -246,10 +246,56 @@ async fn the_acks_of_bulk_data_leave_at_once() {
 #[tokio::test]
 async fn messages_of_many_connections_leave_in_one_send() {
     const CONNECTIONS: usize = 16;
-    let (gw, _ag, mut acceptor) = pair().await;
+    let (gw, _ag, acceptor) = pair().await;
+    let (mut conns, server) = dial_many(&gw, acceptor, CONNECTIONS).await;
+    let before = gw.peers()[0].clone();
+    write_messages_in_one_poll(&mut conns, || {}).await;
+    expect_messages(server, CONNECTIONS).await;
+    let after = gw.peers()[0].clone();
+    let packets = after.tx_packets - before.tx_packets;
+    let sends = after.tx_udp_sends - before.tx_udp_sends;
+    eprintln!("{packets} packets in {sends} UDP send calls");
+    assert!(packets as usize >= CONNECTIONS, "{packets} packets");
+    assert!(
+        sends * 4 <= packets,
+        "{packets} packets took {sends} send calls: not batched across connections"
+    );
+}
+
+// A long burst of messages, as when one thread answers many HTTP connections in one go: the
+// first ones leave while the rest are still being written, in sends of a few datagrams, so the
+// peer (and the origin and client behind it) has work before the burst ends. Held back to the
+// burst's end, they left the rest of the chain idle while this thread worked.
+#[tokio::test]
+async fn a_long_burst_of_messages_leaves_in_parts() {
+    const CONNECTIONS: usize = 32;
+    let (gw, _ag, acceptor) = pair().await;
+    let (mut conns, server) = dial_many(&gw, acceptor, CONNECTIONS).await;
+    let before = gw.peers()[0].clone();
+    let mut during = None;
+    write_messages_in_one_poll(&mut conns, || during = Some(gw.peers()[0].clone())).await;
+    let during = during.unwrap();
+    expect_messages(server, CONNECTIONS).await;
+    let sealed = during.tx_packets - before.tx_packets;
+    let sent = during.tx_udp_sends - before.tx_udp_sends;
+    eprintln!("{sealed} packets sealed, {sent} sends while the burst was written");
+    assert!(sealed as usize >= CONNECTIONS, "{sealed} packets sealed");
+    let parts = (CONNECTIONS / kakuremichi_tunnel::EARLY_FLUSH_DATAGRAMS - 1) as u64;
+    assert!(
+        sent >= parts,
+        "{sealed} packets sealed, {sent} sent while the burst was written: held to its end"
+    );
+}
+
+/// `n` connections from `gw`, and a task that accepts them and reads `message(i)` from the i-th.
+async fn dial_many(
+    gw: &kakuremichi_tunnel::Device,
+    mut acceptor: Acceptor,
+    n: usize,
+) -> (Vec<TunnelStream>, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
     let server = tokio::spawn(async move {
         let mut streams = Vec::new();
-        for _ in 0..CONNECTIONS {
+        for _ in 0..n {
             streams.push(acceptor.accept().await.unwrap());
         }
         let mut got = Vec::new();
@@ -261,32 +307,33 @@ async fn messages_of_many_connections_leave_in_one_send() {
         got
     });
     let mut conns = Vec::new();
-    for _ in 0..CONNECTIONS {
-        conns.push(dial(&gw).await);
+    for _ in 0..n {
+        conns.push(dial(gw).await);
     }
-    let before = gw.peers()[0].clone();
-    // Two sizes, alternating: datagrams of several sizes in one send (runs of one each).
+    (conns, server)
+}
+
+/// Writes `message(i)` on the i-th connection, all in one poll, as the tasks of one thread do
+/// in a burst; `before_return` runs after the last write, before the poll returns.
+async fn write_messages_in_one_poll(conns: &mut [TunnelStream], mut before_return: impl FnMut()) {
     std::future::poll_fn(|cx| {
         for (i, c) in conns.iter_mut().enumerate() {
             let written = std::pin::Pin::new(c).poll_write(cx, &message(i));
             assert!(matches!(written, std::task::Poll::Ready(Ok(n)) if n == message(i).len()));
         }
+        before_return();
         std::task::Poll::Ready(())
     })
     .await;
+}
+
+/// Every connection's message arrived whole, within the deadline.
+async fn expect_messages(server: tokio::task::JoinHandle<Vec<Vec<u8>>>, n: usize) {
     let got = timeout(DEADLINE, server).await.unwrap().unwrap();
+    assert_eq!(got.len(), n);
     for (i, m) in got.iter().enumerate() {
         assert_eq!(*m, message(i), "connection {i}");
     }
-    let after = gw.peers()[0].clone();
-    let packets = after.tx_packets - before.tx_packets;
-    let sends = after.tx_udp_sends - before.tx_udp_sends;
-    eprintln!("{packets} packets in {sends} UDP send calls");
-    assert!(packets as usize >= CONNECTIONS, "{packets} packets");
-    assert!(
-        sends * 4 <= packets,
-        "{packets} packets took {sends} send calls: not batched across connections"
-    );
 }
 
 fn message(i: usize) -> Vec<u8> {
