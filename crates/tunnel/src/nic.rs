@@ -4,7 +4,8 @@
 //! Outbound: smoltcp writes an IP packet into a scratch buffer, which is encrypted straight into
 //! a second scratch buffer and queued in a batch, which leaves in one non-blocking send call
 //! (`sendmmsg` with GSO on Linux) when the driver's poll ends or a pass moved bulk data, or a
-//! little later for a message a connection's own task sent (see [`Nic::flush_soon`]). A full
+//! little later for a message a connection's own task sent (see [`Nic::flush_soon`]), unless
+//! [`EARLY_FLUSH_DATAGRAMS`] are queued already. A full
 //! socket buffer drops packets, exactly as a NIC would; TCP retransmits. No per-packet
 //! allocation on the way out.
 //!
